@@ -1,0 +1,672 @@
+"""A client for the Distribution API v2 / OCI distribution spec.
+
+One ``RegistryClient`` per registry, shared by a thread pool: connections are pooled, every
+request is bounded in time, transient failures (connection errors, 5xx, 429) are retried with
+exponential backoff and jitter, and every failure surfaces as a typed ``RegistryError``.
+Names, tags and digests are validated before they reach a URL; blob bytes are hashed as they
+stream, so a digest mismatch is an error and never a committed blob.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from registry_replication import mediatypes
+from registry_replication.auth import (
+    CATALOG_SCOPE,
+    Auth,
+    BasicAuth,
+    Challenge,
+    JwtAuth,
+    TokenAuth,
+    repository_scope,
+)
+from registry_replication.config import RegistryConfig
+from registry_replication.errors import (
+    DigestMismatchError,
+    NotFoundError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnavailableError,
+)
+from registry_replication.reference import (
+    validate_digest,
+    validate_reference,
+    validate_repository,
+)
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1 << 20
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_RETRY_SLEEP_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """What ``HEAD`` of a manifest tells: its digest, media type and size."""
+
+    digest: str
+    media_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest's exact bytes as the registry served them, and their digest."""
+
+    raw: bytes
+    media_type: str
+    digest: str
+
+    @cached_property
+    def json(self) -> dict[str, Any]:
+        import json
+
+        return json.loads(self.raw)
+
+
+@dataclass
+class Upload:
+    """An open blob upload session: where to send the next bytes, and how many it holds."""
+
+    repository: str
+    location: str
+    offset: int = 0
+
+
+class RegistryClient:
+    """Talks to one registry. Read-only unless ``writable`` (the primary is never written)."""
+
+    def __init__(self, config: RegistryConfig, *, writable: bool = False) -> None:
+        self.config = config
+        self.url = config.url
+        self.writable = writable
+        self.session = requests.Session()
+        self.session.verify = config.verify
+        # Our own loop below retries (it logs, honours Retry-After and knows which bodies can
+        # be replayed); the adapter only pools connections.
+        adapter = HTTPAdapter(
+            pool_connections=4, pool_maxsize=config.max_connections, max_retries=0
+        )
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers["User-Agent"] = "registry-replication/0.1"
+        self._auth: Auth | None = None
+        self._auth_lock = threading.Lock()
+
+    # -- discovery and auth -----------------------------------------------------------------
+
+    @property
+    def auth(self) -> Auth:
+        with self._auth_lock:
+            if self._auth is None:
+                self._auth = self._build_auth()
+            return self._auth
+
+    def _build_auth(self) -> Auth:
+        cfg = self.config
+        kind, challenge = cfg.auth, None
+        if kind is None or (kind == "jwt" and not cfg.service):
+            challenge = self._probe()
+            if kind is None:
+                kind = _detect_auth(challenge, cfg)
+        if kind == "jwt":
+            service = cfg.service or (challenge.params.get("service") if challenge else None)
+            if not service:
+                raise RegistryAuthError(
+                    "cannot tell the token service name",
+                    registry=self.url,
+                    operation="ping",
+                    advice="set 'service' in the connection extra (GitLab: container_registry)",
+                )
+            return JwtAuth(
+                cfg.private_key or "",
+                service=service,
+                issuer=cfg.issuer,
+                ttl_seconds=cfg.token_ttl_seconds,
+                certificate_pem=cfg.certificate,
+            )
+        if kind == "token":
+            auth = TokenAuth(
+                self.session, cfg.login, cfg.password, timeout=cfg.timeout_seconds
+            )
+            if challenge:
+                auth.refresh(challenge, ())
+            return auth
+        if kind == "basic":
+            return BasicAuth(cfg.login or "", cfg.password or "")
+        return Auth()
+
+    def _probe(self) -> Challenge | None:
+        """``GET /v2/`` without credentials: the challenge tells the auth scheme and service."""
+        response = self._send("GET", "/v2/", operation="ping", authenticate=False, ok=(200, 401))
+        response.close()
+        return Challenge.parse(response.headers.get("WWW-Authenticate"))
+
+    def ping(self) -> None:
+        """``GET /v2/`` with credentials: raises unless the registry accepts us."""
+        self._send("GET", "/v2/", operation="ping", scopes=()).close()
+
+    # -- listing ------------------------------------------------------------------------------
+
+    def catalog(self, page_size: int = 1000) -> Iterator[str]:
+        """Every repository, following ``Link`` pagination (``n``/``last``)."""
+        path = f"/v2/_catalog?{urlencode({'n': page_size})}"
+        while path:
+            response = self._send("GET", path, operation="list catalog", scopes=(CATALOG_SCOPE,))
+            yield from response.json().get("repositories") or []
+            path = _next_link(response)
+
+    def tags(self, repository: str) -> list[str]:
+        """Every tag of a repository (distribution 2.8 returns them in one page)."""
+        validate_repository(repository)
+        path = f"/v2/{repository}/tags/list"
+        tags: list[str] = []
+        while path:
+            try:
+                response = self._send(
+                    "GET", path, operation="list tags", repository=repository,
+                    scopes=self._scopes(repository, "pull"),
+                )
+            except NotFoundError as exc:
+                if exc.code == "NAME_UNKNOWN" and not tags:
+                    return []  # a repository holding blobs but no tags
+                raise
+            tags.extend(response.json().get("tags") or [])
+            path = _next_link(response)
+        return tags
+
+    # -- manifests ------------------------------------------------------------------------------
+
+    def head_manifest(self, repository: str, reference: str) -> Descriptor | None:
+        """The digest, media type and size of a tag or digest; None when it does not exist."""
+        validate_repository(repository)
+        validate_reference(reference)
+        response = self._send(
+            "HEAD", f"/v2/{repository}/manifests/{reference}", operation="check manifest",
+            repository=repository, reference=reference, scopes=self._scopes(repository, "pull"),
+            headers={"Accept": mediatypes.MANIFEST_ACCEPT}, ok=(200, 404),
+        )
+        if response.status_code == 404:
+            return None
+        digest = response.headers.get("Docker-Content-Digest")
+        if not digest:
+            # Registries that omit the header on HEAD: fall back to fetching the bytes.
+            manifest = self.get_manifest(repository, reference)
+            return Descriptor(manifest.digest, manifest.media_type, len(manifest.raw))
+        return Descriptor(
+            validate_digest(digest),
+            _media_type(response),
+            int(response.headers.get("Content-Length") or 0),
+        )
+
+    def get_manifest(self, repository: str, reference: str) -> Manifest:
+        """A manifest's exact bytes, checked against the digest they were asked for or served as."""
+        validate_repository(repository)
+        validate_reference(reference)
+        response = self._send(
+            "GET", f"/v2/{repository}/manifests/{reference}", operation="get manifest",
+            repository=repository, reference=reference, scopes=self._scopes(repository, "pull"),
+            headers={"Accept": mediatypes.MANIFEST_ACCEPT},
+        )
+        raw = response.content
+        media_type = _media_type(response)
+        digest = _digest_of(raw, reference if ":" in reference else "sha256:")
+        expected = reference if ":" in reference else response.headers.get("Docker-Content-Digest")
+        # Schema 1 signed manifests are served with their signatures stripped from the digest,
+        # so their header digest legitimately differs; they are reported as unsupported later.
+        if expected and digest != expected and media_type not in mediatypes.SCHEMA1:
+            raise DigestMismatchError(
+                f"the manifest's bytes hash to {digest}",
+                registry=self.url, operation="get manifest", repository=repository,
+                reference=expected, code="DIGEST_INVALID",
+            )
+        return Manifest(raw, media_type, digest)
+
+    def put_manifest(self, repository: str, reference: str, raw: bytes, media_type: str) -> str:
+        """Push these exact bytes under a tag or digest; returns the digest the registry stored."""
+        validate_repository(repository)
+        validate_reference(reference)
+        response = self._send(
+            "PUT", f"/v2/{repository}/manifests/{reference}", operation="push manifest",
+            repository=repository, reference=reference,
+            scopes=self._scopes(repository, "pull,push"),
+            headers={"Content-Type": media_type}, data=raw, ok=(200, 201, 202),
+        )
+        response.close()
+        digest = _digest_of(raw, "sha256:")
+        stored = response.headers.get("Docker-Content-Digest")
+        if stored and stored != digest:
+            raise DigestMismatchError(
+                f"the registry stored the manifest as {stored}, not as {digest}",
+                registry=self.url, operation="push manifest", repository=repository,
+                reference=reference, code="DIGEST_INVALID",
+                advice="the registry rewrote the manifest; it cannot hold an exact replica",
+            )
+        return digest
+
+    def delete_manifest(self, repository: str, digest: str) -> bool:
+        """Delete by digest (untagging every tag on it); False when it was already gone."""
+        validate_repository(repository)
+        validate_digest(digest)
+        response = self._send(
+            "DELETE", f"/v2/{repository}/manifests/{digest}", operation="delete manifest",
+            repository=repository, reference=digest, scopes=self._scopes(repository, "delete"),
+            ok=(200, 202, 404),
+        )
+        response.close()
+        return response.status_code != 404
+
+    # -- blobs ----------------------------------------------------------------------------------
+
+    def blob_size(self, repository: str, digest: str) -> int | None:
+        """The size of a blob in a repository, or None when the repository does not have it."""
+        validate_repository(repository)
+        validate_digest(digest)
+        response = self._send(
+            "HEAD", f"/v2/{repository}/blobs/{digest}", operation="check blob",
+            repository=repository, reference=digest, scopes=self._scopes(repository, "pull"),
+            ok=(200, 404),
+        )
+        response.close()
+        if response.status_code == 404:
+            return None
+        return int(response.headers.get("Content-Length") or 0)
+
+    def read_blob(
+        self,
+        repository: str,
+        digest: str,
+        *,
+        offset: int = 0,
+        chunk_size: int = CHUNK_SIZE,
+    ) -> Iterator[bytes]:
+        """Stream a blob's bytes from ``offset``, following redirects to storage backends.
+
+        From offset 0 the bytes are hashed as they pass and a mismatch with ``digest`` raises
+        ``DigestMismatchError`` after the last chunk, before the caller can commit them.
+        """
+        validate_repository(repository)
+        validate_digest(digest)
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        response = self._send(
+            "GET", f"/v2/{repository}/blobs/{digest}", operation="get blob",
+            repository=repository, reference=digest, scopes=self._scopes(repository, "pull"),
+            headers=headers, stream=True, ok=(200, 206, 307, 302, 303), allow_redirects=False,
+        )
+        if response.is_redirect:
+            response.close()
+            # Storage backends (S3, GCS) get a presigned URL, never the registry's token.
+            location = urljoin(self.url + "/", response.headers["Location"])
+            try:
+                response = requests.get(
+                    location, headers=headers, stream=True, timeout=self._timeout,
+                    verify=self.config.verify,
+                )
+            except requests.RequestException as exc:
+                raise self._connection_error(exc, "get blob", repository, digest) from None
+            if response.status_code not in (200, 206):
+                response.close()
+                raise RegistryUnavailableError(
+                    "the storage backend the registry redirected to refused the download",
+                    registry=self.url, operation="get blob", repository=repository,
+                    reference=digest, status=response.status_code,
+                )
+        if offset and response.status_code != 206:
+            response.close()
+            raise RegistryError(
+                f"the registry ignored the Range request for offset {offset}",
+                registry=self.url, operation="get blob", repository=repository, reference=digest,
+                status=response.status_code,
+            )
+        return self._stream(response, repository, digest, verify=offset == 0, chunk_size=chunk_size)
+
+    def _stream(
+        self, response: requests.Response, repository: str, digest: str, *, verify: bool,
+        chunk_size: int,
+    ) -> Iterator[bytes]:
+        hasher = hashlib.new(digest.split(":", 1)[0]) if verify else None
+        try:
+            for chunk in response.iter_content(chunk_size):
+                if hasher:
+                    hasher.update(chunk)
+                yield chunk
+        except requests.RequestException as exc:
+            raise self._connection_error(exc, "get blob", repository, digest) from None
+        finally:
+            response.close()
+        if hasher and f"{hasher.name}:{hasher.hexdigest()}" != digest:
+            raise DigestMismatchError(
+                f"the blob's bytes hash to {hasher.name}:{hasher.hexdigest()}",
+                registry=self.url, operation="get blob", repository=repository, reference=digest,
+                code="DIGEST_INVALID",
+            )
+
+    def mount_blob(self, repository: str, digest: str, from_repository: str) -> bool:
+        """Cross-repository mount on this registry; False when it could not mount."""
+        validate_repository(repository)
+        validate_repository(from_repository)
+        validate_digest(digest)
+        query = urlencode({"mount": digest, "from": from_repository})
+        response = self._send(
+            "POST", f"/v2/{repository}/blobs/uploads/?{query}", operation="mount blob",
+            repository=repository, reference=digest,
+            scopes=(*self._scopes(repository, "pull,push"), repository_scope(from_repository, "pull")),
+            ok=(201, 202),
+        )
+        response.close()
+        if response.status_code == 202:
+            # The registry opened an upload instead; it expires on its own, but tidy up.
+            self.cancel_upload(Upload(repository, self._location(response)))
+            return False
+        return True
+
+    def start_upload(self, repository: str) -> Upload:
+        validate_repository(repository)
+        response = self._send(
+            "POST", f"/v2/{repository}/blobs/uploads/", operation="start upload",
+            repository=repository, scopes=self._scopes(repository, "pull,push"), ok=(202,),
+        )
+        response.close()
+        return Upload(repository, self._location(response))
+
+    def push_blob(
+        self, repository: str, digest: str, data: bytes | Iterable[bytes], size: int | None = None
+    ) -> None:
+        """Monolithic upload: ``POST`` then one streaming ``PUT ?digest=``.
+
+        The registry checks the digest before it commits; an iterable that raises (as
+        ``read_blob`` does on a mismatch) aborts the request, so nothing is committed.
+        """
+        validate_digest(digest)
+        upload = self.start_upload(repository)
+        self.finish_upload(upload, digest, data, size)
+
+    def upload_chunk(self, upload: Upload, data: bytes | Iterable[bytes], size: int) -> Upload:
+        """``PATCH`` ``size`` bytes at ``upload.offset``; returns the advanced session."""
+        response = self._send(
+            "PATCH", upload.location, operation="upload chunk", repository=upload.repository,
+            scopes=self._scopes(upload.repository, "pull,push"),
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{upload.offset}-{upload.offset + size - 1}",
+            },
+            data=_Body(data, size), ok=(202,),
+        )
+        response.close()
+        return Upload(upload.repository, self._location(response), _range_end(response))
+
+    def upload_status(self, upload: Upload) -> Upload:
+        """Ask where an interrupted upload stands (the offset to resume from)."""
+        response = self._send(
+            "GET", upload.location, operation="check upload", repository=upload.repository,
+            scopes=self._scopes(upload.repository, "pull,push"), ok=(204,),
+        )
+        response.close()
+        return Upload(upload.repository, self._location(response), _range_end(response))
+
+    def finish_upload(
+        self,
+        upload: Upload,
+        digest: str,
+        data: bytes | Iterable[bytes] = b"",
+        size: int | None = None,
+    ) -> None:
+        """``PUT ?digest=`` with the remaining bytes (none after chunked uploads): commits the blob."""
+        validate_digest(digest)
+        sep = "&" if "?" in upload.location else "?"
+        body = data if isinstance(data, bytes) else _Body(data, size)
+        response = self._send(
+            "PUT", f"{upload.location}{sep}{urlencode({'digest': digest})}",
+            operation="commit blob", repository=upload.repository, reference=digest,
+            scopes=self._scopes(upload.repository, "pull,push"),
+            headers={"Content-Type": "application/octet-stream"}, data=body, ok=(201, 204),
+        )
+        response.close()
+
+    def cancel_upload(self, upload: Upload) -> None:
+        try:
+            self._send(
+                "DELETE", upload.location, operation="cancel upload",
+                repository=upload.repository, scopes=self._scopes(upload.repository, "pull,push"),
+                ok=(204, 404),
+            ).close()
+        except RegistryError as exc:  # the session expires by itself; not worth failing for
+            log.info("could not cancel upload in %s: %s", upload.repository, exc)
+
+    # -- transport ------------------------------------------------------------------------------
+
+    @property
+    def _timeout(self) -> tuple[float, float]:
+        return (min(10.0, self.config.timeout_seconds), self.config.timeout_seconds)
+
+    def _scopes(self, repository: str, actions: str) -> tuple[str, ...]:
+        if actions != "pull" and not self.writable:
+            raise PermissionError(
+                f"refusing to {actions} on {self.url}/{repository}: this client is read-only "
+                "(the primary is never written to)"
+            )
+        return (repository_scope(repository, actions),)
+
+    def _location(self, response: requests.Response) -> str:
+        """An upload URL from ``Location``, kept on our own registry's scheme, host and port."""
+        location = response.headers.get("Location")
+        if not location:
+            raise RegistryError(
+                "the registry sent no upload Location", registry=self.url,
+                operation="upload", status=response.status_code,
+            )
+        parts = urlsplit(location)
+        return parts.path + (f"?{parts.query}" if parts.query else "")
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: str,
+        scopes: Sequence[str] = (),
+        repository: str | None = None,
+        reference: str | None = None,
+        headers: dict[str, str] | None = None,
+        data: Any = None,
+        stream: bool = False,
+        ok: Sequence[int] = (200,),
+        allow_redirects: bool = True,
+        authenticate: bool = True,
+    ) -> requests.Response:
+        """One request with auth, bounded retries and typed errors.
+
+        Retries: connection errors, 5xx and 429, with exponential backoff and jitter, honouring
+        ``Retry-After``. A body that is a stream cannot be replayed, so such a request is tried
+        once and the caller resumes (the copy engine resumes blob uploads from the registry's
+        offset).
+        """
+        url = urljoin(self.url + "/", path.lstrip("/"))
+        replayable = data is None or isinstance(data, bytes)
+        retry = Retry(total=self.config.max_retries, raise_on_status=False)
+        refreshed = False
+        while True:
+            request_headers = dict(headers or {})
+            if authenticate:
+                value = self.auth.header(scopes)
+                if value:
+                    request_headers["Authorization"] = value
+            try:
+                response = self.session.request(
+                    method, url, headers=request_headers, data=data, stream=stream,
+                    timeout=self._timeout, allow_redirects=allow_redirects,
+                )
+            except requests.RequestException as exc:
+                if not replayable or retry.total is not None and retry.total <= 0:
+                    raise self._connection_error(exc, operation, repository, reference) from None
+                retry = self._wait(retry, method, url, f"{type(exc).__name__}", None)
+                continue
+            status = response.status_code
+            if status in ok:
+                return response
+            if status == 401 and authenticate and not refreshed:
+                challenge = Challenge.parse(response.headers.get("WWW-Authenticate"))
+                if replayable and self.auth.refresh(challenge, scopes):
+                    refreshed = True
+                    response.close()
+                    continue
+            if status in RETRY_STATUSES and replayable and (retry.total or 0) > 0:
+                retry_after = response.headers.get("Retry-After")
+                response.close()
+                retry = self._wait(retry, method, url, f"HTTP {status}", retry_after)
+                continue
+            raise self._error(response, operation, repository, reference, scopes, request_headers)
+
+    def _wait(
+        self, retry: Retry, method: str, url: str, cause: str, retry_after: str | None
+    ) -> Retry:
+        retry = retry.new(total=(retry.total or 0) - 1, history=(*retry.history, None))
+        attempt = len(retry.history)
+        delay = self.config.backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
+        if retry_after:
+            try:
+                delay = retry.parse_retry_after(retry_after)
+            except Exception:  # an unparseable header falls back to our own backoff
+                pass
+        delay = min(delay, MAX_RETRY_SLEEP_SECONDS)
+        log.warning(
+            "%s %s: %s from %s; retry %d of %d in %.1fs%s",
+            method, urlsplit(url).path, cause, self.url, attempt, self.config.max_retries, delay,
+            " (Retry-After)" if retry_after else "",
+        )
+        time.sleep(delay)
+        return retry
+
+    def _connection_error(
+        self, exc: Exception, operation: str, repository: str | None, reference: str | None
+    ) -> RegistryUnavailableError:
+        return RegistryUnavailableError(
+            f"no answer from the registry ({type(exc).__name__})",
+            registry=self.url, operation=operation, repository=repository, reference=reference,
+            advice="check that the registry is running and reachable at the connection's URL; "
+            "the next run retries",
+        )
+
+    def _error(
+        self,
+        response: requests.Response,
+        operation: str,
+        repository: str | None,
+        reference: str | None,
+        scopes: Sequence[str],
+        sent: dict[str, str],
+    ) -> RegistryError:
+        status = response.status_code
+        code = message = detail = None
+        try:
+            errors = response.json().get("errors") or []
+            if errors:
+                code = errors[0].get("code")
+                message = errors[0].get("message")
+                raw_detail = errors[0].get("detail")
+                detail = str(raw_detail)[:300] if raw_detail else None
+        except ValueError:
+            pass
+        finally:
+            response.close()
+        kwargs: dict[str, Any] = dict(
+            registry=self.url, operation=operation, repository=repository, reference=reference,
+            status=status, code=code, detail=detail,
+        )
+        if status in (401, 403):
+            challenge = Challenge.parse(response.headers.get("WWW-Authenticate"))
+            reason = self.auth.explain_refusal(challenge, scopes, sent.get("Authorization"))
+            kwargs["code"] = code or ("DENIED" if status == 403 else "UNAUTHORIZED")
+            if challenge and challenge.error:
+                reason = f"{reason} [{challenge.error}]"
+            return RegistryAuthError(reason, **kwargs)
+        if status == 404:
+            return NotFoundError(message or "not found", **kwargs)
+        if status in RETRY_STATUSES:
+            return RegistryUnavailableError(
+                message or f"the registry answered {status} after {self.config.max_retries} retries",
+                **kwargs,
+            )
+        return RegistryError(message or f"unexpected HTTP {status}", **kwargs)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RegistryClient({self.url!r}, writable={self.writable})"
+
+
+class _Body:
+    """A streamed request body of known length: requests sends it with Content-Length."""
+
+    def __init__(self, data: bytes | Iterable[bytes], size: int | None) -> None:
+        self._data = data
+        self._size = size
+
+    def __iter__(self) -> Iterator[bytes]:
+        if isinstance(self._data, bytes):
+            yield self._data
+        else:
+            yield from self._data
+
+    def __len__(self) -> int:
+        if self._size is None:
+            raise TypeError("unknown length")  # requests falls back to chunked encoding
+        return self._size
+
+
+def _detect_auth(challenge: Challenge | None, config: RegistryConfig) -> str:
+    if challenge is None:
+        return "anonymous"
+    if challenge.scheme == "basic":
+        return "basic"
+    return "jwt" if config.private_key else "token"
+
+
+def _media_type(response: requests.Response) -> str:
+    return (response.headers.get("Content-Type") or "").split(";", 1)[0].strip()
+
+
+def _digest_of(raw: bytes, like: str) -> str:
+    algorithm = like.split(":", 1)[0] or "sha256"
+    return f"{algorithm}:{hashlib.new(algorithm, raw).hexdigest()}"
+
+
+def _next_link(response: requests.Response) -> str | None:
+    """The path and query of ``Link: <...>; rel="next"``, resolved against our own registry."""
+    link = response.links.get("next", {}).get("url")
+    if not link:
+        return None
+    parts = urlsplit(link)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def _range_end(response: requests.Response) -> int:
+    """The upload offset from ``Range: 0-<last byte>``.
+
+    distribution answers ``0-0`` both for an empty upload and for one byte; chunks are far
+    larger than a byte, so ``0-0`` means nothing received yet.
+    """
+    _, _, end = (response.headers.get("Range") or "").partition("-")
+    return int(end) + 1 if end.isdigit() and int(end) > 0 else 0

@@ -1,0 +1,161 @@
+"""Registry connection settings, read from Airflow-style connection definitions.
+
+The same definition serves Airflow (a Connection of type ``oci_registry``), the CLI and the
+tests: the JSON form of ``AIRFLOW_CONN_<ID>``::
+
+    {"conn_type": "oci_registry", "host": "https://registry.example.com", "login": "...",
+     "password": "...", "extra": {"auth": "jwt", "private_key_path": "/etc/gitlab/registry.key"}}
+
+or its URI form ``oci-registry://login:password@host:port/https?auth=jwt&...``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+AUTH_KINDS = ("jwt", "token", "basic", "anonymous")
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+class ConfigError(ValueError):
+    """A connection definition that cannot describe a registry."""
+
+
+@dataclass
+class RegistryConfig:
+    url: str
+    auth: str | None = None  # None: detect from the /v2/ challenge
+    login: str | None = None
+    password: str | None = field(default=None, repr=False)
+    private_key: str | None = field(default=None, repr=False)  # PEM
+    certificate: str | None = None  # PEM; sent as x5c
+    issuer: str = "gitlab-issuer"
+    service: str | None = None  # None: from the challenge
+    token_ttl_seconds: int = 300
+    verify: bool | str = True
+    max_connections: int = 16
+    timeout_seconds: float = 60.0
+    max_retries: int = 5
+    backoff_seconds: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.url = self.url.rstrip("/")
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"registry URL {self.url!r} must look like https://host[:port]")
+        if self.auth is not None and self.auth not in AUTH_KINDS:
+            raise ConfigError(f"auth {self.auth!r} is not one of {', '.join(AUTH_KINDS)}")
+        if self.auth == "jwt" and not self.private_key:
+            raise ConfigError("auth 'jwt' needs private_key or private_key_path in the extra")
+        if self.token_ttl_seconds <= 0 or self.max_connections <= 0:
+            raise ConfigError("token_ttl_seconds and max_connections must be positive")
+
+    @classmethod
+    def from_connection(cls, definition: str | Mapping[str, Any]) -> RegistryConfig:
+        """From an ``AIRFLOW_CONN_*`` value (JSON or URI) or its parsed JSON object."""
+        if isinstance(definition, str):
+            text = definition.strip()
+            definition = json.loads(text) if text.startswith("{") else _parse_uri(text)
+        fields = dict(definition)
+        extra = fields.get("extra") or {}
+        if isinstance(extra, str):
+            extra = json.loads(extra) if extra.strip() else {}
+        return cls.from_fields(
+            host=fields.get("host") or "",
+            port=fields.get("port"),
+            schema=fields.get("schema"),
+            login=fields.get("login"),
+            password=fields.get("password"),
+            extra=extra,
+        )
+
+    @classmethod
+    def from_fields(
+        cls,
+        *,
+        host: str,
+        port: int | str | None = None,
+        schema: str | None = None,
+        login: str | None = None,
+        password: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> RegistryConfig:
+        """From the fields of an Airflow Connection (host, port, schema, login, password, extra)."""
+        extra = dict(extra or {})
+        if not host:
+            raise ConfigError("the connection has no host (the registry base URL)")
+        url = host if "://" in host else f"{schema or 'https'}://{host}"
+        if port and not urlsplit(url).port:
+            url = f"{url.rstrip('/')}:{port}"
+        private_key = extra.pop("private_key", None) or _read(extra.pop("private_key_path", None))
+        certificate = extra.pop("certificate", None) or _read(extra.pop("certificate_path", None))
+        known = {f for f in cls.__dataclass_fields__} - {"url", "login", "password"}
+        unknown = set(extra) - known
+        if unknown:
+            raise ConfigError(f"unknown connection extra keys: {', '.join(sorted(unknown))}")
+        return cls(
+            url=url,
+            login=login or None,
+            password=password or None,
+            private_key=private_key,
+            certificate=certificate,
+            auth=extra.get("auth"),
+            issuer=extra.get("issuer", "gitlab-issuer"),
+            service=extra.get("service"),
+            token_ttl_seconds=int(extra.get("token_ttl_seconds", 300)),
+            verify=_verify(extra.get("verify", True)),
+            max_connections=int(extra.get("max_connections", 16)),
+            timeout_seconds=float(extra.get("timeout_seconds", 60.0)),
+            max_retries=int(extra.get("max_retries", 5)),
+            backoff_seconds=float(extra.get("backoff_seconds", 0.5)),
+        )
+
+    @classmethod
+    def from_env(cls, conn_id: str) -> RegistryConfig:
+        """From ``AIRFLOW_CONN_<CONN_ID>``, the way Airflow reads connections from the environment."""
+        name = f"AIRFLOW_CONN_{conn_id.upper()}"
+        value = os.environ.get(name)
+        if not value:
+            raise ConfigError(f"{name} is not set")
+        return cls.from_connection(value)
+
+
+def _read(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _verify(value: Any) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    return text  # a CA bundle path
+
+
+def _parse_uri(uri: str) -> dict[str, Any]:
+    parts = urlsplit(uri)
+    schema = parts.path.strip("/") or None
+    return {
+        "conn_type": parts.scheme.replace("-", "_"),
+        "host": parts.hostname,
+        "port": parts.port,
+        "schema": schema,
+        "login": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else None,
+        "extra": dict(parse_qsl(parts.query)),
+    }

@@ -1,0 +1,114 @@
+"""Typed registry errors whose messages tell an operator what failed and what to do.
+
+Every error carries the registry, the operation, the repository and tag or digest, the HTTP
+status and the registry's error code (``BLOB_UNKNOWN``, ``DENIED``, ...). Credentials and
+tokens are never part of a message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# What an operator can do about each registry error code (distribution spec error codes).
+ADVICE = {
+    "UNAUTHORIZED": "check the connection's credentials or signing key: the registry's "
+    "auth.token.rootcertbundle must hold this key's certificate, and issuer/service must match its config",
+    "DENIED": "the credentials are valid but not allowed this action: the primary needs pull, "
+    "the secondary pull and push",
+    "BLOB_UNKNOWN": "the blob is missing from that repository; if this is the primary, the image is "
+    "incomplete there and must be re-pushed",
+    "BLOB_UPLOAD_UNKNOWN": "the upload session expired or was cancelled; rerun the sync, it resumes",
+    "BLOB_UPLOAD_INVALID": "the registry rejected the upload; rerun the sync, it starts the blob over",
+    "DIGEST_INVALID": "the bytes do not match their digest: the blob is corrupt at the source and "
+    "must be re-pushed there",
+    "SIZE_INVALID": "the blob's length does not match its descriptor: re-push the image at the source",
+    "MANIFEST_UNKNOWN": "the tag or digest does not exist (it may have been deleted since it was "
+    "listed); the next reconcile catches up",
+    "MANIFEST_BLOB_UNKNOWN": "a blob or child manifest the manifest references is not on the registry "
+    "yet; rerun the sync, which copies blobs before manifests",
+    "MANIFEST_INVALID": "the registry rejected the manifest; check that the manifest type is "
+    "supported by the registry's version",
+    "MANIFEST_UNVERIFIED": "schema 1 signed manifests are not supported; rebuild the image with a "
+    "current client",
+    "NAME_INVALID": "the repository name is not valid for this registry",
+    "NAME_UNKNOWN": "the repository does not exist on the registry",
+    "TAG_INVALID": "the tag is not valid for this registry",
+    "UNSUPPORTED": "the registry does not allow this operation (deleting needs "
+    "storage.delete.enabled: true)",
+    "TOOMANYREQUESTS": "the registry is rate limiting: lower max_connections / parallelism, or "
+    "raise the registry's limit",
+    "PAGINATION_NUMBER_INVALID": "lower the catalog page size to the registry's catalog.maxentries",
+}
+
+
+@dataclass(eq=False)
+class RegistryError(Exception):
+    """A registry request that failed for good (after any retries)."""
+
+    message: str
+    registry: str = ""
+    operation: str = ""
+    repository: str | None = None
+    reference: str | None = None
+    status: int | None = None
+    code: str | None = None
+    detail: str | None = None
+    advice: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+        if self.advice is None:
+            self.advice = ADVICE.get(self.code or "") or _advice_for_status(self.status)
+
+    @property
+    def target(self) -> str:
+        if not self.repository:
+            return ""
+        if not self.reference:
+            return self.repository
+        sep = "@" if ":" in self.reference else ":"
+        return f"{self.repository}{sep}{self.reference}"
+
+    def __str__(self) -> str:
+        where = " ".join(p for p in (self.operation, self.target) if p)
+        head = f"{where} on {self.registry}" if self.registry else where
+        status = " ".join(p for p in (f"HTTP {self.status}" if self.status else "", self.code or "") if p)
+        text = f"{head}: " if head else ""
+        text += f"{status}: {self.message}" if status else self.message
+        if self.detail:
+            text += f" ({self.detail})"
+        if self.advice:
+            text += f". What to do: {self.advice}"
+        return text
+
+
+class RegistryAuthError(RegistryError):
+    """The registry refused our credentials or token (401/403)."""
+
+
+class NotFoundError(RegistryError):
+    """The repository, manifest or blob does not exist (404)."""
+
+
+class RegistryUnavailableError(RegistryError):
+    """Connection failures, timeouts, 5xx and 429 that outlasted the retries."""
+
+
+class DigestMismatchError(RegistryError):
+    """Bytes that do not hash to the digest they were fetched or pushed under."""
+
+
+class UnsupportedManifestError(RegistryError):
+    """A manifest this tool cannot replicate (Docker schema 1) or an unknown media type."""
+
+
+def _advice_for_status(status: int | None) -> str | None:
+    if status is None:
+        return "check that the registry URL in the connection is right and the registry is running"
+    if status >= 500:
+        return "the registry failed internally; check its logs and storage backend, then rerun"
+    if status == 429:
+        return ADVICE["TOOMANYREQUESTS"]
+    if status in (401, 403):
+        return ADVICE["UNAUTHORIZED" if status == 401 else "DENIED"]
+    return None

@@ -1,0 +1,190 @@
+"""Small loopback HTTP servers around real registries: a token service and a fault proxy.
+
+``TokenService`` plays GitLab's ``/jwt/auth``: it checks a login and password and signs a
+token for the scopes that user may have. ``FaultProxy`` forwards to a registry and injects
+the faults that retries must survive (503, 429 with ``Retry-After``, cut connections).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from registry_replication.auth import JwtAuth
+from registry_replication.local.keys import KeyPair
+from registry_replication.local.registry import GITLAB_ISSUER, GITLAB_SERVICE
+
+
+class _Server:
+    """A ThreadingHTTPServer on a free loopback port, served from a daemon thread."""
+
+    handler: type[BaseHTTPRequestHandler]
+
+    def start(self) -> _Server:
+        handler = type("Handler", (self.handler,), {"owner": self})
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _QuietHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+        pass
+
+
+class _TokenHandler(_QuietHandler):
+    owner: TokenService
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        query = parse_qs(urlsplit(self.path).query)
+        login = self.owner.check(self.headers.get("Authorization"))
+        if login is None:
+            self._reply(401, {"errors": [{"code": "UNAUTHORIZED", "message": "bad login"}]})
+            return
+        granted = [s for s in query.get("scope", []) if self.owner.allows(login, s)]
+        token = self.owner.signer.mint(granted)
+        self._reply(200, {"token": token, "expires_in": self.owner.signer.ttl_seconds})
+
+    def _reply(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class TokenService(_Server):
+    """GitLab's ``/jwt/auth`` in miniature: users with passwords and the actions they may use."""
+
+    handler = _TokenHandler
+
+    def __init__(self, keys: KeyPair, users: dict[str, tuple[str, set[str]]]) -> None:
+        self.signer = JwtAuth(keys.private_key_pem, service=GITLAB_SERVICE, issuer=GITLAB_ISSUER)
+        self.users = users
+
+    @property
+    def realm(self) -> str:
+        return f"{self.url}/jwt/auth"
+
+    def check(self, header: str | None) -> str | None:
+        if not header or not header.startswith("Basic "):
+            return None
+        login, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        expected = self.users.get(login)
+        return login if expected and expected[0] == password else None
+
+    def allows(self, login: str, scope: str) -> bool:
+        actions = set(scope.rpartition(":")[2].split(","))
+        return actions <= self.users[login][1]
+
+
+@dataclass
+class Fault:
+    status: int | None = None  # None with cut=True: close the connection without an answer
+    headers: dict[str, str] = field(default_factory=dict)
+    cut: bool = False
+    path_contains: str = ""
+
+
+class _ProxyHandler(_QuietHandler):
+    owner: FaultProxy
+
+    def _forward(self) -> None:
+        body = self._read_body()
+        fault = self.owner.next_fault(self.command, self.path)
+        if fault is not None:
+            self.owner.record(self.command, self.path, "cut" if fault.cut else fault.status)
+            if fault.cut:
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            data = json.dumps({"errors": [{"code": "UNAVAILABLE", "message": "injected"}]}).encode()
+            self.send_response(fault.status)
+            for name, value in fault.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        upstream = http.client.HTTPConnection(self.owner.upstream_host, timeout=60)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "transfer-encoding"}
+        headers["Content-Length"] = str(len(body))
+        upstream.request(self.command, self.path, body=body, headers=headers)
+        response = upstream.getresponse()
+        data = response.read()
+        self.owner.record(self.command, self.path, response.status)
+        self.send_response(response.status)
+        for name, value in response.getheaders():
+            if name.lower() not in ("transfer-encoding", "content-length", "connection"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        upstream.close()
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int(self.rfile.readline().strip(), 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _forward  # noqa: N815
+
+
+class FaultProxy(_Server):
+    """Forwards to a registry; ``inject`` queues faults for the next matching requests."""
+
+    handler = _ProxyHandler
+
+    def __init__(self, upstream_url: str) -> None:
+        self.upstream_host = urlsplit(upstream_url).netloc
+        self._faults: deque[Fault] = deque()
+        self._lock = threading.Lock()
+        self.log: list[tuple[str, str, int | str]] = []
+
+    def inject(self, *faults: Fault) -> None:
+        with self._lock:
+            self._faults.extend(faults)
+
+    def next_fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            if self._faults and self._faults[0].path_contains in path:
+                return self._faults.popleft()
+        return None
+
+    def record(self, method: str, path: str, outcome: int | str) -> None:
+        with self._lock:
+            self.log.append((method, path, outcome))
