@@ -91,7 +91,9 @@ class Upload:
 class RegistryClient:
     """Talks to one registry. Read-only unless ``writable`` (the primary is never written)."""
 
-    def __init__(self, config: RegistryConfig, *, writable: bool = False) -> None:
+    def __init__(
+        self, config: RegistryConfig, *, writable: bool = False, auth: Auth | None = None
+    ) -> None:
         self.config = config
         self.url = config.url
         self.writable = writable
@@ -105,7 +107,7 @@ class RegistryClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = "registry-replication/0.1"
-        self._auth: Auth | None = None
+        self._auth = auth  # None: built from the config on first use
         self._auth_lock = threading.Lock()
 
     # -- discovery and auth -----------------------------------------------------------------

@@ -45,13 +45,15 @@ class LocalRegistry:
     """One registry process with its own storage. Use as a context manager, or start()/stop().
 
     ``keys`` set: token auth the way GitLab configures it (issuer ``gitlab-issuer``, service
-    ``container_registry``, rootcertbundle = the key pair's certificate). No keys: no auth.
+    ``container_registry``, rootcertbundle = the key pair's certificate). ``htpasswd`` set:
+    basic auth. Neither: no auth.
     """
 
     workdir: Path
     keys: KeyPair | None = None
     notifications: Notifications | None = None
     token_realm: str | None = None
+    htpasswd: Path | None = None  # basic auth instead of token auth
     name: str = "registry"
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
@@ -83,7 +85,9 @@ class LocalRegistry:
                 "headers": {"X-Content-Type-Options": ["nosniff"]},
             },
         }
-        if self.keys:
+        if self.htpasswd:
+            config["auth"] = {"htpasswd": {"realm": "basic-realm", "path": str(self.htpasswd)}}
+        elif self.keys:
             config["auth"] = {
                 "token": {
                     "realm": self.token_realm or f"http://127.0.0.1:{self.port}/jwt/auth",

@@ -1,0 +1,80 @@
+"""Real registries for every test: Debian's docker-registry (distribution 2.8) on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from registry_replication.client import RegistryClient
+from registry_replication.local.keys import KeyPair, generate_key_pair
+from registry_replication.local.registry import LocalRegistry, Notifications
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
+    """The shared registry key pair (the stand-in for gitlab-registry.key)."""
+    return generate_key_pair(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture
+def start_registry(tmp_path: Path) -> Iterator[Callable[..., LocalRegistry]]:
+    """Start more registries: ``start_registry("name", keys=..., notifications=...)``."""
+    started: list[LocalRegistry] = []
+
+    def start(
+        name: str,
+        keys: KeyPair | None = None,
+        notifications: Notifications | None = None,
+        token_realm: str | None = None,
+        htpasswd: Path | None = None,
+    ) -> LocalRegistry:
+        registry = LocalRegistry(
+            tmp_path / name, keys=keys, notifications=notifications, token_realm=token_realm,
+            htpasswd=htpasswd, name=name,
+        )
+        started.append(registry.start())
+        return registry
+
+    yield start
+    for registry in started:
+        registry.stop()
+
+
+@pytest.fixture
+def primary(start_registry: Callable[..., LocalRegistry], keys: KeyPair) -> LocalRegistry:
+    """A primary configured as GitLab configures its registry (token auth, gitlab-issuer)."""
+    return start_registry("primary", keys=keys)
+
+
+@pytest.fixture
+def secondary(start_registry: Callable[..., LocalRegistry], keys: KeyPair) -> LocalRegistry:
+    """A secondary trusting the same key pair, as Geo requires."""
+    return start_registry("secondary", keys=keys)
+
+
+@pytest.fixture
+def open_registry(start_registry: Callable[..., LocalRegistry]) -> LocalRegistry:
+    """A registry without authentication."""
+    return start_registry("open")
+
+
+@pytest.fixture
+def primary_writer(primary: LocalRegistry) -> Iterator[RegistryClient]:
+    """Pushes to the primary, as CI jobs and developers do (the replicator never does)."""
+    with RegistryClient(primary.client_config(), writable=True) as client:
+        yield client
+
+
+@pytest.fixture
+def primary_reader(primary: LocalRegistry) -> Iterator[RegistryClient]:
+    """The replicator's view of the primary: read-only, pull-scoped tokens."""
+    with RegistryClient(primary.client_config()) as client:
+        yield client
+
+
+@pytest.fixture
+def secondary_writer(secondary: LocalRegistry) -> Iterator[RegistryClient]:
+    with RegistryClient(secondary.client_config(), writable=True) as client:
+        yield client

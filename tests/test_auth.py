@@ -1,0 +1,174 @@
+"""Authentication against real registries: Geo-style JWTs, the token flow, basic."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+
+import bcrypt
+import jwt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from registry_replication.auth import JwtAuth, libtrust_key_id, repository_scope
+from registry_replication.client import RegistryClient
+from registry_replication.config import RegistryConfig
+from registry_replication.errors import RegistryAuthError
+from registry_replication.local import images
+from registry_replication.local.keys import generate_key_pair
+from registry_replication.local.registry import GITLAB_SERVICE
+from registry_replication.local.servers import TokenService
+
+
+def test_kid_is_libtrust_key_id(keys):
+    cert = x509.load_pem_x509_certificate(keys.cert_path.read_bytes())
+    der = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    b32 = base64.b32encode(hashlib.sha256(der).digest()[:30]).decode()
+    kid = libtrust_key_id(cert.public_key())
+    assert kid == ":".join(b32[i : i + 4] for i in range(0, 48, 4))
+    assert len(kid.split(":")) == 12
+
+
+def test_minted_token_claims(keys):
+    auth = JwtAuth(keys.private_key_pem, service="container_registry", ttl_seconds=300,
+                   certificate_pem=keys.certificate_pem)
+    token = auth.mint([repository_scope("group/app", "pull"), "registry:catalog:*"])
+    header = jwt.get_unverified_header(token)
+    assert header["alg"] == "RS256" and header["kid"] == auth.key_id and len(header["x5c"]) == 1
+    claims = jwt.decode(token, _public_pem(keys),
+                        algorithms=["RS256"], audience="container_registry")
+    assert claims["iss"] == "gitlab-issuer"
+    assert claims["exp"] - claims["iat"] == 300 and claims["nbf"] == claims["iat"]
+    assert claims["jti"]
+    assert claims["access"] == [
+        {"type": "repository", "name": "group/app", "actions": ["pull"]},
+        {"type": "registry", "name": "catalog", "actions": ["*"]},
+    ]
+
+
+def test_token_is_cached_per_scope_and_renewed_before_expiry(keys):
+    now = [1_000_000.0]
+    auth = JwtAuth(keys.private_key_pem, service="s", ttl_seconds=100, clock=lambda: now[0])
+    first = auth.header(["repository:a:pull"])
+    assert auth.header(["repository:a:pull"]) == first
+    assert auth.header(["repository:b:pull"]) != first
+    now[0] += 85  # inside the last 20% of the lifetime
+    assert auth.header(["repository:a:pull"]) != first
+
+
+def _public_pem(keys):
+    cert = x509.load_pem_x509_certificate(keys.cert_path.read_bytes())
+    return cert.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def test_primary_accepts_minted_pull_token(primary, primary_writer, primary_reader):
+    images.push(primary_writer, "group/sub/app", images.ImageFactory().make(), ["1.0"])
+    assert primary_reader.tags("group/sub/app") == ["1.0"]
+    assert list(primary_reader.catalog()) == ["group/sub/app"]
+    assert primary_reader.auth.kind == "jwt"
+
+
+def test_kid_alone_identifies_the_key(primary, primary_writer):
+    """Without x5c, distribution 2.8 finds the key by its libtrust key id."""
+    images.push(primary_writer, "app", images.ImageFactory().make(), ["v1"])
+    config = RegistryConfig.from_connection(primary.connection(certificate_path=None))
+    assert config.certificate is None
+    with RegistryClient(config) as client:
+        assert client.tags("app") == ["v1"]
+
+
+def test_token_signed_by_another_key_is_refused(primary, primary_writer, tmp_path):
+    images.push(primary_writer, "app", images.ImageFactory().make(), ["v1"])
+    stranger = generate_key_pair(tmp_path / "stranger")
+    config = RegistryConfig.from_connection(
+        primary.connection(private_key_path=str(stranger.key_path), certificate_path=None)
+    )
+    with RegistryClient(config) as client, pytest.raises(RegistryAuthError) as refused:
+        client.tags("app")
+    message = str(refused.value)
+    assert refused.value.status == 401 and refused.value.code == "UNAUTHORIZED"
+    assert client.auth.key_id in message and "rootcertbundle" in message
+    assert "[invalid_token]" in message and "app" in message
+    assert stranger.private_key_pem.splitlines()[1] not in message
+
+
+def test_expired_token_is_refused(primary, primary_writer, keys):
+    images.push(primary_writer, "app", images.ImageFactory().make(), ["v1"])
+    late = JwtAuth(keys.private_key_pem, service=GITLAB_SERVICE, ttl_seconds=300,
+                   clock=lambda: time.time() - 3600)
+    with RegistryClient(primary.client_config(), auth=late) as client:
+        with pytest.raises(RegistryAuthError) as refused:
+            client.tags("app")
+    assert "expired" in str(refused.value)
+    assert refused.value.repository == "app"
+
+
+def test_token_lacking_the_action_is_refused(primary, keys):
+    class PullOnly(JwtAuth):
+        def header(self, scopes):
+            return super().header([s.replace("pull,push", "pull") for s in scopes])
+
+    auth = PullOnly(keys.private_key_pem, service=GITLAB_SERVICE)
+    with RegistryClient(primary.client_config(), writable=True, auth=auth) as client:
+        with pytest.raises(RegistryAuthError) as refused:
+            client.start_upload("app")
+    assert "lacks the needed action" in str(refused.value)
+    assert "repository:app:pull,push" in str(refused.value)
+    assert "insufficient_scope" in str(refused.value)
+
+
+def test_read_only_client_never_asks_for_push(primary_reader):
+    with pytest.raises(PermissionError, match="read-only"):
+        primary_reader.start_upload("app")
+    with pytest.raises(PermissionError, match="read-only"):
+        primary_reader.delete_manifest("app", "sha256:" + "0" * 64)
+
+
+def test_bearer_token_flow(start_registry, keys):
+    with TokenService(keys, {"ci": ("s3cret", {"pull", "push"}), "viewer": ("v", {"pull"})}) as tokens:
+        registry = start_registry("tokenauth", keys=keys, token_realm=tokens.realm)
+        writer_conn = {"host": registry.url, "login": "ci", "password": "s3cret"}
+        with RegistryClient(RegistryConfig.from_connection(writer_conn), writable=True) as writer:
+            assert writer.auth.kind == "token"  # detected from the challenge
+            images.push(writer, "team/app", images.ImageFactory().make(), ["1.2.3"])
+        viewer_conn = {"host": registry.url, "login": "viewer", "password": "v",
+                       "extra": {"auth": "token"}}
+        with RegistryClient(RegistryConfig.from_connection(viewer_conn), writable=True) as viewer:
+            assert viewer.tags("team/app") == ["1.2.3"]
+            with pytest.raises(RegistryAuthError) as refused:
+                viewer.start_upload("team/app")
+        assert "viewer" in str(refused.value) and "pull,push" in str(refused.value)
+        bad_conn = {"host": registry.url, "login": "ci", "password": "wrong"}
+        with RegistryClient(RegistryConfig.from_connection(bad_conn)) as bad:
+            with pytest.raises(RegistryAuthError) as refused:
+                bad.tags("team/app")
+        assert "wrong" not in str(refused.value) and "'ci'" in str(refused.value)
+
+
+def test_basic_auth(start_registry, tmp_path):
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_bytes(b"ops:" + bcrypt.hashpw(b"pa55", bcrypt.gensalt(rounds=4)) + b"\n")
+    registry = start_registry("basic", htpasswd=htpasswd)
+    good = {"host": registry.url, "login": "ops", "password": "pa55"}
+    with RegistryClient(RegistryConfig.from_connection(good), writable=True) as client:
+        assert client.auth.kind == "basic"
+        images.push(client, "app", images.ImageFactory().make(), ["v1"])
+        assert client.tags("app") == ["v1"]
+    bad = {"host": registry.url, "login": "ops", "password": "nope"}
+    with RegistryClient(RegistryConfig.from_connection(bad)) as client:
+        with pytest.raises(RegistryAuthError, match="login 'ops' was refused"):
+            client.tags("app")
+
+
+def test_anonymous_detected(open_registry):
+    with RegistryClient(RegistryConfig(open_registry.url), writable=True) as client:
+        images.push(client, "app", images.ImageFactory().make(), ["v1"])
+        assert client.auth.kind == "anonymous"
+        assert json.loads(client.get_manifest("app", "v1").raw)["schemaVersion"] == 2
