@@ -109,6 +109,8 @@ class RegistryClient:
         self.session.headers["User-Agent"] = "registry-replication/0.1"
         self._auth = auth  # None: built from the config on first use
         self._auth_lock = threading.Lock()
+        self.bytes_read = 0  # blob and manifest bytes received, for benchmarks and summaries
+        self._count_lock = threading.Lock()
 
     # -- discovery and auth -----------------------------------------------------------------
 
@@ -226,6 +228,7 @@ class RegistryClient:
             headers={"Accept": mediatypes.MANIFEST_ACCEPT},
         )
         raw = response.content
+        self._count(len(raw))
         media_type = _media_type(response)
         digest = _digest_of(raw, reference if ":" in reference else "sha256:")
         expected = reference if ":" in reference else response.headers.get("Docker-Content-Digest")
@@ -295,16 +298,22 @@ class RegistryClient:
         digest: str,
         *,
         offset: int = 0,
+        length: int | None = None,
         chunk_size: int = CHUNK_SIZE,
     ) -> Iterator[bytes]:
-        """Stream a blob's bytes from ``offset``, following redirects to storage backends.
+        """Stream a blob's bytes (``length`` of them from ``offset``; default: all), following
+        redirects to storage backends.
 
-        From offset 0 the bytes are hashed as they pass and a mismatch with ``digest`` raises
-        ``DigestMismatchError`` after the last chunk, before the caller can commit them.
+        A whole blob is hashed as it passes and a mismatch with ``digest`` raises
+        ``DigestMismatchError`` after the last chunk, before the caller can commit it.
         """
         validate_repository(repository)
         validate_digest(digest)
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        partial = bool(offset) or length is not None
+        headers = {}
+        if partial:
+            end = "" if length is None else str(offset + length - 1)
+            headers["Range"] = f"bytes={offset}-{end}"
         response = self._send(
             "GET", f"/v2/{repository}/blobs/{digest}", operation="get blob",
             repository=repository, reference=digest, scopes=self._scopes(repository, "pull"),
@@ -328,14 +337,14 @@ class RegistryClient:
                     registry=self.url, operation="get blob", repository=repository,
                     reference=digest, status=response.status_code,
                 )
-        if offset and response.status_code != 206:
+        if partial and response.status_code != 206:
             response.close()
             raise RegistryError(
-                f"the registry ignored the Range request for offset {offset}",
+                f"the registry ignored the Range request {headers['Range']}",
                 registry=self.url, operation="get blob", repository=repository, reference=digest,
                 status=response.status_code,
             )
-        return self._stream(response, repository, digest, verify=offset == 0, chunk_size=chunk_size)
+        return self._stream(response, repository, digest, verify=not partial, chunk_size=chunk_size)
 
     def _stream(
         self, response: requests.Response, repository: str, digest: str, *, verify: bool,
@@ -344,6 +353,7 @@ class RegistryClient:
         hasher = hashlib.new(digest.split(":", 1)[0]) if verify else None
         try:
             for chunk in response.iter_content(chunk_size):
+                self._count(len(chunk))
                 if hasher:
                     hasher.update(chunk)
                 yield chunk
@@ -449,6 +459,10 @@ class RegistryClient:
             ).close()
         except RegistryError as exc:  # the session expires by itself; not worth failing for
             log.info("could not cancel upload in %s: %s", upload.repository, exc)
+
+    def _count(self, n: int) -> None:
+        with self._count_lock:
+            self.bytes_read += n
 
     # -- transport ------------------------------------------------------------------------------
 

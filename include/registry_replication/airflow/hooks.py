@@ -27,7 +27,9 @@ class OciRegistryHook(BaseHook):
     conn_type = "oci_registry"
     hook_name = "OCI Registry"
 
-    def __init__(self, registry_conn_id: str = default_conn_name, *, writable: bool = False) -> None:
+    def __init__(
+        self, registry_conn_id: str = default_conn_name, *, writable: bool = False
+    ) -> None:
         super().__init__()
         self.registry_conn_id = registry_conn_id
         self.writable = writable

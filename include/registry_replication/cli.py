@@ -1,0 +1,159 @@
+"""``registry-replication``: the replication engine from a shell, for operators and benchmarks.
+
+Registries are given as connection definitions, exactly as Airflow reads them: a JSON object
+or URI, or the name of an ``AIRFLOW_CONN_<ID>`` variable (default ``registry_primary`` and
+``registry_secondary``)::
+
+    export AIRFLOW_CONN_REGISTRY_PRIMARY='{"conn_type": "oci_registry", "host": "https://...",
+        "extra": {"auth": "jwt", "private_key_path": "/etc/gitlab/registry.key"}}'
+    registry-replication plan
+    registry-replication sync --include 'group/*' --dry-run
+    registry-replication verify
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+import pandas as pd
+
+from registry_replication import diff as diffs
+from registry_replication.client import RegistryClient
+from registry_replication.config import ConfigError, RegistryConfig
+from registry_replication.errors import RegistryError
+from registry_replication.plan import build_plan
+from registry_replication.snapshot import Scope
+from registry_replication.sync import SyncOptions, run_sync, snapshots
+
+log = logging.getLogger("registry_replication")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        primary = RegistryClient(_config(args.primary))
+        secondary = RegistryClient(_config(args.secondary), writable=args.command == "sync")
+        options = SyncOptions(
+            scope=Scope.of(args.include, args.exclude, args.tags),
+            repositories=args.repository or None,
+            dry_run=args.command != "sync" or args.dry_run,
+            prune=not args.no_prune,
+            force_prune=args.force_prune,
+            max_prune_fraction=args.max_prune_fraction,
+            concurrency=args.concurrency,
+            parallelism=args.parallelism,
+            chunk_size=args.chunk_size_mib << 20 if args.chunk_size_mib else None,
+        )
+        return {"plan": _plan, "sync": _sync, "verify": _verify}[args.command](
+            primary, secondary, options, args
+        )
+    except (ConfigError, RegistryError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+
+
+def _plan(primary, secondary, options: SyncOptions, args) -> int:
+    source, target = snapshots(primary, secondary, options)
+    differences = diffs.diff(source, target)
+    plan = build_plan(primary, secondary, differences, concurrency=options.concurrency)
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2))
+        return 0
+    _print("tags per repository", diffs.summary(differences))
+    print(
+        f"\n{len(plan.images)} images to push, {len(plan.blobs)} blobs "
+        f"({plan.transfer_bytes / (1 << 20):.1f} MiB to transfer), {len(plan.skipped)} skipped"
+    )
+    for skipped in plan.skipped:
+        print(f"skipped {skipped.repository}:{','.join(skipped.tags)}: {skipped.reason}")
+    return 0
+
+
+def _sync(primary, secondary, options: SyncOptions, args) -> int:
+    report = run_sync(primary, secondary, options)
+    if args.json:
+        print(json.dumps({"counts": report.counts(), "seconds": report.seconds,
+                          "bytes_read_from_primary": primary.bytes_read}, indent=2))
+    else:
+        failed = [r for r in report.blobs if r.action == "failed"]
+        if failed:
+            _print("failed blobs", pd.DataFrame([r.__dict__ for r in failed])[
+                ["repository", "digest", "size", "status", "code", "error"]])
+        _print("summary", pd.Series(report.counts(), name="count").to_frame())
+        if report.prune_refused:
+            print(f"\nprune refused: {report.prune_refused}")
+        if report.verification is not None:
+            differ = report.verification[~report.verification["in_sync"]]
+            print(f"\nverification: {len(report.verification) - len(differ)} of "
+                  f"{len(report.verification)} repositories in sync")
+        print(f"done in {report.seconds:.1f}s, {primary.bytes_read / (1 << 20):.1f} MiB read from the primary")
+    return 1 if report.failed else 0
+
+
+def _verify(primary, secondary, options: SyncOptions, args) -> int:
+    source, target = snapshots(primary, secondary, options)
+    report = diffs.verify(source, target)
+    differ = report[~report["in_sync"]]
+    if args.json:
+        print(report.to_json(orient="records", indent=2))
+    else:
+        _print("repositories whose checksums differ" if len(differ) else "all repositories in sync",
+               differ if len(differ) else report)
+    return 1 if len(differ) or not source.complete or not target.complete else 0
+
+
+def _config(definition: str) -> RegistryConfig:
+    if definition.lstrip().startswith("{") or "://" in definition:
+        return RegistryConfig.from_connection(definition)
+    return RegistryConfig.from_env(definition)
+
+
+def _print(title: str, frame: pd.DataFrame) -> None:
+    print(f"\n{title}:")
+    print(frame.to_string() if len(frame) else "(none)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="registry-replication", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("plan", "show what a sync would copy (changes nothing)"),
+        ("sync", "make the secondary an exact replica of the primary"),
+        ("verify", "compare per-repository checksums of both sides"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--primary", default="registry_primary",
+                       help="connection JSON/URI, or AIRFLOW_CONN_ id (default: %(default)s)")
+        p.add_argument("--secondary", default="registry_secondary",
+                       help="connection JSON/URI, or AIRFLOW_CONN_ id (default: %(default)s)")
+        p.add_argument("--include", action="append", help="repository glob to include (repeatable)")
+        p.add_argument("--exclude", action="append", help="repository glob to exclude (repeatable)")
+        p.add_argument("--tags", help="regular expression a tag must fully match")
+        p.add_argument("--repository", action="append",
+                       help="list only this repository instead of the catalog (repeatable)")
+        p.add_argument("--concurrency", type=int, default=16, help="listing requests in flight")
+        p.add_argument("--parallelism", type=int, default=8, help="blob transfers in flight")
+        p.add_argument("--chunk-size-mib", type=int, default=0,
+                       help="blobs above this size upload in resumable chunks (default 128)")
+        p.add_argument("--dry-run", action="store_true", help="plan and report only")
+        p.add_argument("--no-prune", action="store_true", help="keep tags the primary deleted")
+        p.add_argument("--force-prune", action="store_true", help="prune past the mass-deletion guard")
+        p.add_argument("--max-prune-fraction", type=float, default=0.5,
+                       help="refuse to prune more than this share of the secondary's tags")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""Copy blobs and manifests from the primary to the secondary.
+
+Blobs stream primary -> secondary in constant memory, verified against their digest, several
+in parallel. Blobs larger than one chunk go up in ``PATCH`` chunks, and an interrupted upload
+resumes from the offset the registry reports. Manifests are pushed with the primary's exact
+bytes and media type, children before their index, tags last; the registry itself refuses a
+manifest whose blobs are not there, so the secondary never serves an incomplete tag.
+Every outcome is a record (``BlobResult``, ``ImageResult``) for logs and summaries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+from registry_replication.client import Manifest, RegistryClient, Upload
+from registry_replication.errors import DigestMismatchError, RegistryError, RegistryUnavailableError
+from registry_replication.plan import BlobTask, ImageTask
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+DEFAULT_CHUNK_SIZE = 128 * MiB
+TRANSFER_ATTEMPTS = 3
+
+SKIPPED, MOUNTED, COPIED, FAILED = "skipped", "mounted", "copied", "failed"
+PUSHED, BLOCKED = "pushed", "blocked"
+
+
+@dataclass
+class BlobResult:
+    repository: str
+    digest: str
+    size: int
+    action: str  # skipped | mounted | copied | failed
+    bytes: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    status: int | None = None
+    code: str | None = None
+
+    def log_line(self) -> str:
+        rate = f", {self.bytes / MiB / self.seconds:.1f} MiB/s" if self.bytes and self.seconds else ""
+        line = (
+            f"blob {self.action:<7} {self.repository}@{self.digest} "
+            f"{_mib(self.size)} in {self.seconds:.2f}s{rate}"
+        )
+        return f"{line}: {self.error}" if self.error else line
+
+
+@dataclass
+class ImageResult:
+    repository: str
+    digest: str
+    tags: list[str]
+    media_type: str
+    outcome: str  # pushed | skipped | blocked | failed
+    manifests_pushed: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+    def log_line(self) -> str:
+        line = (
+            f"image {self.outcome:<7} {self.repository}:{','.join(self.tags)} {self.digest} "
+            f"({self.manifests_pushed} manifests pushed)"
+        )
+        return f"{line}: {self.error}" if self.error else line
+
+
+@dataclass
+class _Progress:
+    """Bytes moved so far, logged every ``interval`` seconds while a transfer runs."""
+
+    total: int
+    interval: float
+    done: int = 0
+    started: float = field(default_factory=time.monotonic)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = self.done / elapsed
+        pct = 100 * self.done / self.total if self.total else 100
+        eta = (self.total - self.done) / rate if rate and self.total > self.done else 0
+        return (
+            f"progress: {_mib(self.done)} of {_mib(self.total)} ({pct:.0f}%), "
+            f"{rate / MiB:.1f} MiB/s, ETA {eta:.0f}s"
+        )
+
+
+class Copier:
+    """Copies blob and image tasks with a bounded number of transfers in flight."""
+
+    def __init__(
+        self,
+        primary: RegistryClient,
+        secondary: RegistryClient,
+        *,
+        parallelism: int = 8,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        progress_interval: float = 10.0,
+        manifests: dict[tuple[str, str], Manifest] | None = None,
+        on_result: Callable[[BlobResult | ImageResult], None] | None = None,
+    ) -> None:
+        self.primary = primary
+        self.secondary = secondary
+        self.parallelism = parallelism
+        self.chunk_size = chunk_size
+        self.progress_interval = progress_interval
+        self.manifests = manifests if manifests is not None else {}
+        self.on_result = on_result or (lambda result: log.info(result.log_line()))
+        self._progress: _Progress | None = None
+
+    # -- blobs ----------------------------------------------------------------------------------
+
+    def copy_blobs(self, tasks: Sequence[BlobTask]) -> list[BlobResult]:
+        total = sum(t.size for t in tasks if t.mount_from is None)
+        self._progress = _Progress(total, self.progress_interval)
+        stop = threading.Event()
+        reporter = threading.Thread(target=self._report, args=(stop,), daemon=True)
+        reporter.start()
+        try:
+            with ThreadPoolExecutor(self.parallelism, thread_name_prefix="copy") as pool:
+                results = [r for batch in pool.map(self.copy_blob, tasks) for r in batch]
+        finally:
+            stop.set()
+            reporter.join()
+        return results
+
+    def _report(self, stop: threading.Event) -> None:
+        while not stop.wait(self.progress_interval):
+            log.info(self._progress.line())
+
+    def copy_blob(self, task: BlobTask) -> list[BlobResult]:
+        """Put the blob into every repository of the task; one result per repository."""
+        results = [self._into_target(task)]
+        source_ok = results[0].action != FAILED
+        for repository in task.mounts:
+            results.append(self._mount_or_copy(task, repository, task.target if source_ok else None))
+        for result in results:
+            self.on_result(result)
+        return results
+
+    def _into_target(self, task: BlobTask) -> BlobResult:
+        return self._mount_or_copy(task, task.target, task.mount_from)
+
+    def _mount_or_copy(self, task: BlobTask, repository: str, mount_from: str | None) -> BlobResult:
+        started = time.monotonic()
+        result = BlobResult(repository, task.digest, task.size, SKIPPED)
+        try:
+            if self.secondary.blob_size(repository, task.digest) is not None:
+                pass  # already there: a rerun never transfers it again
+            elif mount_from and self.secondary.mount_blob(repository, task.digest, mount_from):
+                result.action = MOUNTED
+            else:
+                result.bytes = self._transfer(task, repository)
+                result.action = COPIED
+        except (RegistryError, PermissionError) as exc:
+            result.action = FAILED
+            result.error = str(exc)
+            result.status = getattr(exc, "status", None)
+            result.code = getattr(exc, "code", None)
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _transfer(self, task: BlobTask, repository: str) -> int:
+        """Stream the blob from the primary; returns the bytes read."""
+        if task.size > self.chunk_size:
+            return self._chunked(task, repository)
+        for attempt in range(1, TRANSFER_ATTEMPTS + 1):
+            body = self._counted(self.primary.read_blob(task.source, task.digest))
+            try:
+                self.secondary.push_blob(repository, task.digest, body, task.size)
+                return task.size
+            except RegistryUnavailableError as exc:
+                if attempt == TRANSFER_ATTEMPTS:
+                    raise
+                log.warning(
+                    "upload of %s@%s interrupted (%s); attempt %d of %d starts over",
+                    repository, task.digest, exc.message, attempt + 1, TRANSFER_ATTEMPTS,
+                )
+        raise AssertionError("unreachable")
+
+    def _chunked(self, task: BlobTask, repository: str) -> int:
+        """``PATCH`` chunks, resuming from the registry's offset after an interruption.
+
+        The hash covers exactly the bytes the registry holds, so the digest is verified before
+        the final ``PUT`` commits anything.
+        """
+        algorithm = task.digest.split(":", 1)[0]
+        hasher = hashlib.new(algorithm)
+        upload = self.secondary.start_upload(repository)
+        read = 0
+        failures = 0
+        while upload.offset < task.size:
+            length = min(self.chunk_size, task.size - upload.offset)
+            pending = hasher.copy()
+            chunks = self.primary.read_blob(task.source, task.digest, offset=upload.offset, length=length)
+            try:
+                upload = self.secondary.upload_chunk(upload, self._hashed(chunks, pending), length)
+                hasher = pending
+                read += length
+            except RegistryUnavailableError as exc:
+                failures += 1
+                if failures >= TRANSFER_ATTEMPTS:
+                    raise
+                confirmed = upload.offset
+                upload = self.secondary.upload_status(upload)
+                log.warning(
+                    "upload of %s@%s interrupted at %s (%s); resuming from %s, the registry's offset",
+                    repository, task.digest, _mib(confirmed), exc.message, _mib(upload.offset),
+                )
+                # Bytes the registry kept from the broken chunk: hash them without resending.
+                if upload.offset > confirmed:
+                    for chunk in self.primary.read_blob(
+                        task.source, task.digest, offset=confirmed, length=upload.offset - confirmed
+                    ):
+                        hasher.update(chunk)
+                        read += len(chunk)
+        actual = f"{algorithm}:{hasher.hexdigest()}"
+        if actual != task.digest:
+            self.secondary.cancel_upload(upload)
+            raise DigestMismatchError(
+                f"the blob's bytes hash to {actual}", registry=self.primary.url,
+                operation="get blob", repository=task.source, reference=task.digest,
+                code="DIGEST_INVALID",
+            )
+        self.secondary.finish_upload(upload, task.digest)
+        return read
+
+    def _hashed(self, chunks: Iterable[bytes], hasher) -> Iterator[bytes]:
+        for chunk in self._counted(chunks):
+            hasher.update(chunk)
+            yield chunk
+
+    def _counted(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            if self._progress:
+                self._progress.add(len(chunk))
+            yield chunk
+
+    # -- manifests ------------------------------------------------------------------------------
+
+    def push_images(
+        self, tasks: Sequence[ImageTask], failed_blobs: Iterable[str] = ()
+    ) -> list[ImageResult]:
+        failed = set(failed_blobs)
+        with ThreadPoolExecutor(self.parallelism, thread_name_prefix="push") as pool:
+            return list(pool.map(lambda t: self.push_image(t, failed), tasks))
+
+    def push_image(self, task: ImageTask, failed_blobs: set[str] | None = None) -> ImageResult:
+        started = time.monotonic()
+        result = ImageResult(task.repository, task.digest, task.tags, task.media_type, SKIPPED)
+        blocked = sorted(set(task.blobs) & (failed_blobs or set()))
+        if blocked:
+            result.outcome = BLOCKED
+            result.error = (
+                f"not pushed: blob {blocked[0]}" + (f" and {len(blocked) - 1} more" if len(blocked) > 1 else "")
+                + " failed to copy; fix that blob and rerun"
+            )
+        else:
+            try:
+                for child in task.children:
+                    if self.secondary.head_manifest(task.repository, child) is None:
+                        self._push(task.repository, child, child)
+                        result.manifests_pushed += 1
+                current = {
+                    tag for tag in task.tags
+                    if (d := self.secondary.head_manifest(task.repository, tag)) and d.digest == task.digest
+                }
+                for tag in task.tags:  # the tags go last, once everything they need is there
+                    if tag not in current:
+                        self._push(task.repository, task.digest, tag)
+                        result.manifests_pushed += 1
+                result.outcome = PUSHED if result.manifests_pushed else SKIPPED
+            except RegistryError as exc:
+                result.outcome = FAILED
+                result.error = str(exc)
+        result.seconds = time.monotonic() - started
+        self.on_result(result)
+        return result
+
+    def _push(self, repository: str, digest: str, reference: str) -> None:
+        manifest = self.manifests.get((repository, digest))
+        if manifest is None:
+            manifest = self.primary.get_manifest(repository, digest)
+            self.manifests[(repository, digest)] = manifest
+        self.secondary.put_manifest(repository, reference, manifest.raw, manifest.media_type)
+
+
+def records(results: Iterable[BlobResult | ImageResult]) -> list[dict[str, object]]:
+    return [asdict(r) for r in results]
+
+
+def _mib(size: float) -> str:
+    return f"{size / MiB:.1f} MiB" if size >= 100 * 1024 else f"{size / 1024:.1f} KiB"

@@ -1,0 +1,121 @@
+"""One full replication pass, in process: snapshot, diff, plan, copy, prune, verify.
+
+The Airflow DAGs run the same steps as separate tasks; the CLI and tests run them here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from registry_replication import diff as diffs
+from registry_replication.client import RegistryClient
+from registry_replication.copy import FAILED, BlobResult, Copier, ImageResult
+from registry_replication.plan import Plan, build_plan
+from registry_replication.prune import PruneRefused, PruneResult, prunable, prune
+from registry_replication.snapshot import Scope, Snapshot, take_snapshot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SyncOptions:
+    scope: Scope = field(default_factory=Scope)
+    repositories: list[str] | None = None  # list these instead of the catalog
+    dry_run: bool = False
+    prune: bool = True
+    force_prune: bool = False
+    max_prune_fraction: float = 0.5
+    concurrency: int = 16  # listing requests in flight per registry
+    parallelism: int = 8  # blob transfers in flight
+    chunk_size: int | None = None
+
+
+@dataclass
+class SyncReport:
+    primary: Snapshot
+    secondary: Snapshot
+    differences: pd.DataFrame
+    plan: Plan
+    blobs: list[BlobResult] = field(default_factory=list)
+    images: list[ImageResult] = field(default_factory=list)
+    pruned: list[PruneResult] = field(default_factory=list)
+    prune_refused: str | None = None
+    verification: pd.DataFrame | None = None
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return (
+            any(r.action == FAILED for r in self.blobs)
+            or any(r.outcome in (FAILED, "blocked") for r in self.images)
+            or any(r.action == FAILED for r in self.pruned)
+            or not self.primary.complete
+        )
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in self.blobs:
+            counts[f"blobs {r.action}"] = counts.get(f"blobs {r.action}", 0) + 1
+        for r in self.images:
+            counts[f"images {r.outcome}"] = counts.get(f"images {r.outcome}", 0) + 1
+        counts["manifests pushed"] = sum(r.manifests_pushed for r in self.images)
+        counts["bytes copied"] = sum(r.bytes for r in self.blobs)
+        counts["tags pruned"] = sum(1 for r in self.pruned if r.action == "deleted")
+        return counts
+
+
+def snapshots(
+    primary: RegistryClient, secondary: RegistryClient, options: SyncOptions
+) -> tuple[Snapshot, Snapshot]:
+    """Both sides, listed in parallel."""
+    with ThreadPoolExecutor(2) as pool:
+        futures = [
+            pool.submit(take_snapshot, client, options.scope, concurrency=options.concurrency,
+                        repositories=options.repositories)
+            for client in (primary, secondary)
+        ]
+        return futures[0].result(), futures[1].result()
+
+
+def run_sync(
+    primary: RegistryClient, secondary: RegistryClient, options: SyncOptions | None = None
+) -> SyncReport:
+    options = options or SyncOptions()
+    started = time.monotonic()
+    source, target = snapshots(primary, secondary, options)
+    differences = diffs.diff(source, target)
+    plan = build_plan(primary, secondary, differences, concurrency=options.concurrency)
+    report = SyncReport(source, target, differences, plan)
+    if options.dry_run:
+        log.info("dry run: nothing copied\n%s", diffs.summary(differences).to_string())
+    else:
+        copier = Copier(primary, secondary, parallelism=options.parallelism,
+                        manifests=plan.manifests,
+                        **({"chunk_size": options.chunk_size} if options.chunk_size else {}))
+        report.blobs = copier.copy_blobs(plan.blobs)
+        report.images = copier.push_images(plan.images, failed_digests(report.blobs))
+    if options.prune:
+        try:
+            doomed = prunable(differences, source, target, max_fraction=options.max_prune_fraction,
+                              force=options.force_prune)
+            report.pruned = prune(secondary, doomed, dry_run=options.dry_run,
+                                  concurrency=options.concurrency)
+        except PruneRefused as exc:
+            log.error(str(exc))
+            report.prune_refused = str(exc)
+    if not options.dry_run:
+        after = take_snapshot(secondary, options.scope, concurrency=options.concurrency,
+                              repositories=options.repositories)
+        report.verification = diffs.verify(source, after)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def failed_digests(results: Iterable[BlobResult]) -> set[str]:
+    return {r.digest for r in results if r.action == FAILED}
