@@ -10,12 +10,23 @@ import pytest
 from registry_replication.client import RegistryClient
 from registry_replication.local.keys import KeyPair, generate_key_pair
 from registry_replication.local.registry import LocalRegistry, Notifications
+from registry_replication.local.servers import TokenService
+
+# The login people and tools such as skopeo use against the test registries' token service.
+USER, PASSWORD = "skopeo", "skopeo-password"
 
 
 @pytest.fixture(scope="session")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
     """The shared registry key pair (the stand-in for gitlab-registry.key)."""
     return generate_key_pair(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture
+def token_service(keys: KeyPair) -> Iterator[TokenService]:
+    """GitLab's /jwt/auth stand-in, the realm of the token-auth registries."""
+    with TokenService(keys, {USER: (PASSWORD, {"pull", "push", "delete"})}) as service:
+        yield service
 
 
 @pytest.fixture
@@ -43,15 +54,19 @@ def start_registry(tmp_path: Path) -> Iterator[Callable[..., LocalRegistry]]:
 
 
 @pytest.fixture
-def primary(start_registry: Callable[..., LocalRegistry], keys: KeyPair) -> LocalRegistry:
+def primary(
+    start_registry: Callable[..., LocalRegistry], keys: KeyPair, token_service: TokenService
+) -> LocalRegistry:
     """A primary configured as GitLab configures its registry (token auth, gitlab-issuer)."""
-    return start_registry("primary", keys=keys)
+    return start_registry("primary", keys=keys, token_realm=token_service.realm)
 
 
 @pytest.fixture
-def secondary(start_registry: Callable[..., LocalRegistry], keys: KeyPair) -> LocalRegistry:
+def secondary(
+    start_registry: Callable[..., LocalRegistry], keys: KeyPair, token_service: TokenService
+) -> LocalRegistry:
     """A secondary trusting the same key pair, as Geo requires."""
-    return start_registry("secondary", keys=keys)
+    return start_registry("secondary", keys=keys, token_realm=token_service.realm)
 
 
 @pytest.fixture
@@ -77,4 +92,10 @@ def primary_reader(primary: LocalRegistry) -> Iterator[RegistryClient]:
 @pytest.fixture
 def secondary_writer(secondary: LocalRegistry) -> Iterator[RegistryClient]:
     with RegistryClient(secondary.client_config(), writable=True) as client:
+        yield client
+
+
+@pytest.fixture
+def secondary_reader(secondary: LocalRegistry) -> Iterator[RegistryClient]:
+    with RegistryClient(secondary.client_config()) as client:
         yield client

@@ -133,7 +133,9 @@ class _TokenCache:
         return token
 
     def put(self, key: tuple[str, ...], token: str, issued: float, expires: float) -> None:
-        secrets.mask(token)
+        # Not handed to the log masker: a run mints one short-lived token per repository, and
+        # Airflow's masker recompiles its pattern for every secret added (quadratic in tokens).
+        # Tokens stay out of logs by construction: only Authorization headers carry them.
         with self._lock:
             self._tokens[key] = (token, issued, expires)
 

@@ -1,8 +1,9 @@
 """Keep credentials and tokens out of logs.
 
-The core cannot import Airflow, so it reports every secret it handles (passwords, private keys,
-minted tokens) here; inside Airflow, ``registry_replication.airflow`` registers Airflow's secret
-masker, which then redacts those values from every task log line.
+The core cannot import Airflow, so it reports its long-lived secrets (passwords, private keys)
+here; inside Airflow, ``registry_replication.airflow`` registers Airflow's secret masker, which
+then redacts those values from every task log line. Short-lived bearer tokens are not reported
+(there is one per repository scope); they never leave the Authorization header.
 """
 
 from __future__ import annotations

@@ -84,6 +84,8 @@ class LocalRegistry:
                 "secret": secrets.token_hex(16),
                 "headers": {"X-Content-Type-Options": ["nosniff"]},
             },
+            # Like GitLab's: manifests may reference foreign (non-distributable) layers.
+            "validation": {"manifests": {"urls": {"allow": ["^https?://"]}}},
         }
         if self.htpasswd:
             config["auth"] = {"htpasswd": {"realm": "basic-realm", "path": str(self.htpasswd)}}

@@ -110,6 +110,8 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     cut: bool = False
     path_contains: str = ""
+    method: str = ""  # only requests with this method (default: any)
+    after: int = 0  # let this many matching requests through first
 
 
 class _ProxyHandler(_QuietHandler):
@@ -181,9 +183,15 @@ class FaultProxy(_Server):
 
     def next_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
-            if self._faults and self._faults[0].path_contains in path:
-                return self._faults.popleft()
-        return None
+            if not self._faults:
+                return None
+            fault = self._faults[0]
+            if fault.path_contains not in path or fault.method not in ("", method):
+                return None
+            if fault.after:
+                fault.after -= 1
+                return None
+            return self._faults.popleft()
 
     def record(self, method: str, path: str, outcome: int | str) -> None:
         with self._lock:
