@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
+# Airflow reads its configuration on import: give the test session its own home and DB first.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(
+    __import__("pathlib").Path(__file__).resolve().parent.parent / "dags"
+)
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+os.environ["AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES"] = "0"  # failures show at once
+
 from collections.abc import Callable, Iterator
 from pathlib import Path
 

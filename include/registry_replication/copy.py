@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from registry_replication.client import Manifest, RegistryClient, Upload
 from registry_replication.errors import DigestMismatchError, RegistryError, RegistryUnavailableError
@@ -117,7 +117,7 @@ class Copier:
         self.chunk_size = chunk_size
         self.progress_interval = progress_interval
         self.manifests = manifests if manifests is not None else {}
-        self.on_result = on_result or (lambda result: log.info(result.log_line()))
+        self.on_result = on_result or _log_result
         self._progress: _Progress | None = None
 
     # -- blobs ----------------------------------------------------------------------------------
@@ -297,8 +297,10 @@ class Copier:
         self.secondary.put_manifest(repository, reference, manifest.raw, manifest.media_type)
 
 
-def records(results: Iterable[BlobResult | ImageResult]) -> list[dict[str, object]]:
-    return [asdict(r) for r in results]
+def _log_result(result: BlobResult | ImageResult) -> None:
+    failed = getattr(result, "action", None) == FAILED or getattr(result, "outcome", None) in (
+        FAILED, BLOCKED)
+    (log.error if failed else log.info)(result.log_line())
 
 
 def _mib(size: float) -> str:

@@ -1,0 +1,53 @@
+"""Scheduled full reconciliation of the secondary registry (GitLab Geo's backfill)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.configuration import conf
+from airflow.sdk import dag
+
+from registry_replication.airflow.tasks import params, replicate
+
+SECTION = "registry_replication"
+
+
+@dag(
+    dag_id="registry_reconcile",
+    # Change without editing code: AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE="*/30 * * * *"
+    schedule=conf.get(SECTION, "reconcile_schedule", fallback="@hourly"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,  # runs never overlap
+    default_args={
+        "owner": "platform",
+        "retries": conf.getint(SECTION, "task_retries", fallback=3),
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=10),
+        # Copy tasks in flight at once, per run: bounds the load on both registries.
+        "max_active_tis_per_dagrun": conf.getint(SECTION, "max_active_copy_tasks", fallback=4),
+    },
+    params=params(),
+    tags=["registry-replication", "geo"],
+    doc_md="""
+### Registry reconcile (backfill)
+
+Makes the **secondary** registry (`registry_secondary` connection) an exact replica of the
+**primary** (`registry_primary`): lists both catalogs, copies every missing or moved tag (blobs
+first, then manifests, tags last), deletes tags the primary no longer has, and verifies
+per-repository checksums. Every run is a full, idempotent reconcile, so a backfill over any
+date range simply reconciles again; notifications missed by the event DAG are caught here.
+
+* **Failed layer?** Open the failed `copy_blobs` map index (named `blobs i/n (size)`) and search
+  its log for `blob failed`; the `report` task lists every failed layer of the run.
+* **Trigger form:** scope (`include`/`exclude` globs, `tags` regex), `dry_run`, `prune`,
+  `force_prune`, `parallelism`.
+""",
+)
+def registry_reconcile() -> None:
+    replicate()
+
+
+registry_reconcile()

@@ -1,0 +1,308 @@
+"""The tasks of the replication DAGs: each runs one step of the core and logs for operators.
+
+The DAG files only declare schedules, params and docs, then call ``replicate()`` to lay out
+snapshot primary | snapshot secondary -> diff -> plan -> copy_blobs[*] -> push_manifests[*]
+-> prune -> verify -> report. XComs stay small: batches carry digests, never manifest bodies.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+import pandas as pd
+from airflow.sdk import Param, TriggerRule, get_current_context, task
+
+from registry_replication import diff as diffs
+from registry_replication.airflow.hooks import OciRegistryHook
+from registry_replication.copy import FAILED, BlobResult, Copier, ImageResult
+from registry_replication.diff import IN_SYNC
+from registry_replication.plan import BlobTask, ImageTask, Plan, batch_label, build_plan
+from registry_replication.prune import PruneRefused, prunable, prune
+from registry_replication.snapshot import Scope, Snapshot, take_snapshot
+from registry_replication.sync import failed_digests
+
+log = logging.getLogger("registry_replication.airflow")
+
+PRIMARY_CONN_ID = "registry_primary"
+SECONDARY_CONN_ID = "registry_secondary"
+MiB = 1 << 20
+
+
+class ReplicationFailed(RuntimeError):
+    """Raised by a task whose blobs, images or checks failed; its log says which and why."""
+
+
+def params(*, repositories_required: bool = False) -> dict[str, Param]:
+    """The trigger form, shared by both DAGs."""
+    return {
+        "repositories": Param(
+            [] if not repositories_required else ["group/app"],
+            type="array",
+            items={"type": "string"},
+            minItems=1 if repositories_required else 0,
+            description="Repositories to sync, listed directly instead of reading the catalog"
+            + ("." if repositories_required else " (empty: the whole catalog)."),
+        ),
+        "include": Param(["*"], type="array", items={"type": "string"},
+                         description="Repository glob patterns to include, e.g. group/*."),
+        "exclude": Param([], type="array", items={"type": "string"},
+                         description="Repository glob patterns to leave out."),
+        "tags": Param(".*", type="string",
+                      description="Regular expression a tag must match in full, e.g. v\\d+\\..*"),
+        "dry_run": Param(False, type="boolean",
+                         description="Plan and report only: copy, push and delete nothing."),
+        "prune": Param(not repositories_required, type="boolean",
+                       description="Delete secondary tags that are gone from the primary."),
+        "force_prune": Param(False, type="boolean",
+                             description="Prune even above max_prune_fraction (mass deletion)."),
+        "max_prune_fraction": Param(0.5, type="number", minimum=0, maximum=1,
+                                    description="Refuse to prune more than this share of tags."),
+        "parallelism": Param(8, type="integer", minimum=1, maximum=64,
+                             description="Blob transfers in flight per copy task."),
+        "concurrency": Param(16, type="integer", minimum=1, maximum=128,
+                             description="Listing requests in flight per registry."),
+    }
+
+
+def _params() -> dict[str, Any]:
+    return get_current_context()["params"]
+
+
+def _scope(p: dict[str, Any]) -> Scope:
+    return Scope.of(p["include"], p["exclude"], p["tags"])
+
+
+def _client(conn_id: str, *, writable: bool = False):
+    return OciRegistryHook(conn_id, writable=writable).get_conn()
+
+
+@task
+def snapshot(conn_id: str) -> dict[str, Any]:
+    """List one registry's tags and digests within the run's scope."""
+    p = _params()
+    result = take_snapshot(
+        _client(conn_id), _scope(p), concurrency=p["concurrency"],
+        repositories=p["repositories"] or None,
+    )
+    return result.to_records()
+
+
+@task
+def diff(primary: dict[str, Any], secondary: dict[str, Any]) -> dict[str, Any]:
+    """Classify every tag; pass on only what is not in sync."""
+    differences = diffs.diff(Snapshot.from_records(primary), Snapshot.from_records(secondary))
+    log.info("tags per repository:\n%s", _table(diffs.summary(differences)))
+    counts = differences["status"].value_counts().to_dict()
+    log.info("overall: %s", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no tags")
+    changed = differences[differences["status"] != IN_SYNC]
+    return {"changes": changed.astype(object).where(changed.notna(), None).to_dict(orient="list"),
+            "counts": counts}
+
+
+@task
+def plan(differences: dict[str, Any]) -> list[dict[str, Any]]:
+    """Fetch the manifests to copy, find the blobs the secondary lacks, and batch the work.
+
+    Returns the blob batches; the image batches go to XCom key ``image_batches``.
+    """
+    p = _params()
+    changes = pd.DataFrame(differences["changes"])
+    if changes.empty:
+        changes = pd.DataFrame(columns=["repository", "tag", "status", "digest_primary"])
+    result = build_plan(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID), changes,
+                        concurrency=p["concurrency"])
+    for skipped in result.skipped:
+        log.warning("skipped %s:%s (%s): %s", skipped.repository, ",".join(skipped.tags),
+                    skipped.digest, skipped.reason)
+    if p["dry_run"]:
+        log.info("dry run: would push %d images and copy %d blobs (%.1f MiB); nothing changes",
+                 len(result.images), len(result.blobs), result.transfer_bytes / MiB)
+        result = Plan(skipped=result.skipped)
+    image_batches = [
+        {"label": b[0].label + (f" +{len(b) - 1} images" if len(b) > 1 else ""),
+         "images": [asdict(t) for t in b]}
+        for b in result.image_batches()
+    ]
+    get_current_context()["ti"].xcom_push(key="image_batches", value=image_batches)
+    blob_batches = result.blob_batches()
+    return [
+        {"label": batch_label(b, i, len(blob_batches)), "blobs": [asdict(t) for t in b]}
+        for i, b in enumerate(blob_batches)
+    ]
+
+
+@task
+def manifest_batches() -> list[dict[str, Any]]:
+    """The plan's image batches, as a list to map ``push_manifests`` over."""
+    return get_current_context()["ti"].xcom_pull(task_ids="plan", key="image_batches") or []
+
+
+@task(map_index_template="{{ batch_label }}", retry_exponential_backoff=2.0)
+def copy_blobs(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """Copy (or mount) one batch of blobs; fails, after retries, if any blob failed."""
+    context = get_current_context()
+    context["batch_label"] = batch["label"]
+    tasks = [BlobTask(**b) for b in batch["blobs"]]
+    copier = Copier(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
+                    parallelism=_params()["parallelism"])
+    results = copier.copy_blobs(tasks)
+    _summarise_blobs(results)
+    failed = [r for r in results if r.action == FAILED]
+    if failed:
+        context["ti"].xcom_push(key="failed", value=[asdict(r) for r in failed])
+        raise ReplicationFailed(
+            f"{len(failed)} of {len(results)} blobs failed in {batch['label']}; first: "
+            f"{failed[0].repository}@{failed[0].digest}: {failed[0].error}"
+        )
+    return [asdict(r) for r in results]
+
+
+@task(map_index_template="{{ batch_label }}", trigger_rule=TriggerRule.ALL_DONE,
+      retry_exponential_backoff=2.0)
+def push_manifests(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """Push one batch of images whose blobs are all on the secondary; tags last."""
+    context = get_current_context()
+    context["batch_label"] = batch["label"]
+    failed_blobs = _pulled(context, "copy_blobs", "failed")
+    copier = Copier(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
+                    parallelism=_params()["parallelism"])
+    results = copier.push_images([ImageTask(**i) for i in batch["images"]],
+                                 {r["digest"] for r in failed_blobs})
+    frame = pd.DataFrame([asdict(r) for r in results])
+    log.info("images in this batch:\n%s", _table(frame.groupby("outcome").agg(
+        images=("digest", "count"), manifests_pushed=("manifests_pushed", "sum"))))
+    bad = [r for r in results if r.outcome in (FAILED, "blocked")]
+    if bad:
+        context["ti"].xcom_push(key="failed", value=[asdict(r) for r in bad])
+        raise ReplicationFailed(
+            f"{len(bad)} of {len(results)} images not pushed; first: "
+            f"{bad[0].repository}:{','.join(bad[0].tags)}: {bad[0].error}"
+        )
+    return [asdict(r) for r in results]
+
+
+@task(trigger_rule=TriggerRule.ALL_DONE)
+def prune_tags(primary: dict[str, Any], secondary: dict[str, Any],
+               differences: dict[str, Any]) -> dict[str, Any]:
+    """Mirror deletions, behind the incomplete-snapshot and mass-deletion guards."""
+    p = _params()
+    if not p["prune"]:
+        log.info("prune is off for this run")
+        return {"pruned": [], "refused": None}
+    changes = pd.DataFrame(differences["changes"])
+    if changes.empty:
+        return {"pruned": [], "refused": None}
+    try:
+        doomed = prunable(changes, Snapshot.from_records(primary), Snapshot.from_records(secondary),
+                          max_fraction=p["max_prune_fraction"], force=p["force_prune"])
+        results = prune(_client(SECONDARY_CONN_ID, writable=True), doomed, dry_run=p["dry_run"],
+                        concurrency=p["concurrency"])
+    except PruneRefused as exc:
+        log.error("%s", exc)
+        return {"pruned": [], "refused": str(exc)}
+    return {"pruned": [asdict(r) for r in results], "refused": None}
+
+
+@task(trigger_rule=TriggerRule.ALL_DONE)
+def verify(primary: dict[str, Any]) -> dict[str, Any]:
+    """Geo's verification: per-repository checksums of (tag, digest) on both sides."""
+    p = _params()
+    after = take_snapshot(_client(SECONDARY_CONN_ID), _scope(p), concurrency=p["concurrency"],
+                          repositories=p["repositories"] or None)
+    report = diffs.verify(Snapshot.from_records(primary), after)
+    differ = report[~report["in_sync"]]
+    log.info("verification: %d of %d repositories in sync", len(report) - len(differ), len(report))
+    if len(differ):
+        log.warning("repositories whose checksums differ:\n%s", _table(differ))
+    return {"repositories": len(report), "differ": differ["repository"].tolist()}
+
+
+@task(trigger_rule=TriggerRule.ALL_DONE)
+def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, Any]) -> dict:
+    """The run's summary, and every failed layer; fails the run if anything failed."""
+    context = get_current_context()
+    p = context["params"]
+    blobs = [BlobResult(**r) for key in ("return_value", "failed")
+             for r in _pulled(context, "copy_blobs", key)]
+    images = [ImageResult(**r) for key in ("return_value", "failed")
+              for r in _pulled(context, "push_manifests", key)]
+    started = context["dag_run"].start_date
+    counts = {
+        "blobs copied": sum(r.action == "copied" for r in blobs),
+        "blobs mounted": sum(r.action == "mounted" for r in blobs),
+        "blobs skipped": sum(r.action == "skipped" for r in blobs),
+        "blobs failed": sum(r.action == FAILED for r in blobs),
+        "bytes copied": sum(r.bytes for r in blobs),
+        "images pushed": sum(r.outcome == "pushed" for r in images),
+        "images not pushed": sum(r.outcome in (FAILED, "blocked") for r in images),
+        "manifests pushed": sum(r.manifests_pushed for r in images),
+        "tags pruned": sum(r["action"] == "deleted" for r in pruned["pruned"]),
+        "repositories differing": len(verified.get("differ") or []),
+        "seconds": round(time.time() - started.timestamp(), 1) if started else None,
+    }
+    log.info("run summary%s:\n%s", " (dry run)" if p["dry_run"] else "",
+             _table(pd.Series(counts, name="value", dtype=object).to_frame()))
+    problems = []
+    failed = [r for r in blobs if r.action == FAILED]
+    if failed:
+        log.error("failed layers:\n%s", _table(pd.DataFrame([asdict(r) for r in failed])[
+            ["repository", "digest", "size", "status", "code", "error"]]))
+        problems.append(f"{len(failed)} blobs failed")
+    if counts["images not pushed"]:
+        problems.append(f"{counts['images not pushed']} images not pushed")
+    primary_errors = Snapshot.from_records(primary).errors
+    if primary_errors:
+        problems.append(f"the primary's listing was incomplete ({primary_errors[0]})")
+    if pruned.get("refused"):
+        problems.append(pruned["refused"])
+    if problems:
+        raise ReplicationFailed("; ".join(problems))
+    return counts
+
+
+def replicate() -> None:
+    """Lay out the replication tasks in the current DAG."""
+    primary = snapshot.override(task_id="snapshot_primary")(PRIMARY_CONN_ID)
+    secondary = snapshot.override(task_id="snapshot_secondary")(SECONDARY_CONN_ID)
+    differences = diff(primary, secondary)
+    blob_batches = plan(differences)
+    image_batches = manifest_batches()
+    blob_batches >> image_batches
+    copied = copy_blobs.expand(batch=blob_batches)
+    pushed = push_manifests.expand(batch=image_batches)
+    copied >> pushed
+    pruned = prune_tags(primary, secondary, differences)
+    pushed >> pruned
+    verified = verify(primary)
+    pruned >> verified
+    report(primary, pruned, verified)
+
+
+def _pulled(context: Any, task_id: str, key: str) -> list[Any]:
+    """Every map index's XCom under ``key`` (failed map indexes push ``failed``)."""
+    return _records(context["ti"].xcom_pull(task_ids=task_id, key=key))
+
+
+def _records(value: Any) -> list[dict[str, Any]]:
+    # One map index comes back as its own value, several as a sequence of values.
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [value]
+    return [record for item in value for record in _records(item)]
+
+
+def _summarise_blobs(results: list[BlobResult]) -> None:
+    if not results:
+        return
+    frame = pd.DataFrame([asdict(r) for r in results])
+    table = frame.groupby("action").agg(blobs=("digest", "count"), bytes=("bytes", "sum"),
+                                        seconds=("seconds", "sum"))
+    log.info("blobs in this batch:\n%s", _table(table))
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_string() if len(frame) else "(none)"
