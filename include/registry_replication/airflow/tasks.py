@@ -13,15 +13,18 @@ from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
+import pendulum
 from airflow.sdk import Param, TriggerRule, get_current_context, task
 
 from registry_replication import diff as diffs
+from registry_replication import realtime
 from registry_replication.airflow.hooks import OciRegistryHook
 from registry_replication.copy import FAILED, BlobResult, Copier, ImageResult
 from registry_replication.diff import IN_SYNC
 from registry_replication.plan import BlobTask, ImageTask, Plan, batch_label, build_plan
 from registry_replication.prune import PruneRefused, prunable, prune
 from registry_replication.snapshot import Scope, Snapshot, take_snapshot
+from registry_replication.store import EventStore
 from registry_replication.sync import failed_digests
 
 log = logging.getLogger("registry_replication.airflow")
@@ -306,3 +309,42 @@ def _summarise_blobs(results: list[BlobResult]) -> None:
 
 def _table(frame: pd.DataFrame) -> str:
     return frame.to_string() if len(frame) else "(none)"
+
+
+@task
+def replicate_events(lease_seconds: float = 300, max_attempts: int = 10) -> dict[str, int]:
+    """Claim waiting events, replicate them, and acknowledge each once its tag is complete."""
+    store = EventStore()
+    owner, claimed = store.claim(lease_seconds=lease_seconds)
+    if not claimed:
+        log.info("no events to process (another run took them, or they are backing off)")
+        return {"claimed": 0}
+    log.info("claimed %d events: %s", len(claimed), ", ".join(
+        f"{e.action} {e.repository}:{e.tag or e.digest}" for e in claimed[:20]))
+    outcomes = realtime.replicate_events(_client(PRIMARY_CONN_ID),
+                                         _client(SECONDARY_CONN_ID, writable=True), claimed)
+    done = [event_id for event_id, error in outcomes.items() if error is None]
+    store.complete(owner, done)
+    failed: dict[str, list[str]] = {}
+    for event_id, error in outcomes.items():
+        if error is not None:
+            failed.setdefault(error, []).append(event_id)
+    given_up: list[str] = []
+    for error, ids in failed.items():
+        log.error("events %s will be retried: %s", ", ".join(ids), error)
+        given_up += store.retry_later(owner, ids, error, max_attempts=max_attempts)
+    by_id = {e.id: e for e in claimed}
+    store.set_repository_state(
+        {"repository": repo, "state": "failed" if any(
+            by_id[i].repository == repo for ids in failed.values() for i in ids) else "synced",
+         "last_sync_at": pendulum.now("UTC"),
+         "last_error": next((err for err, ids in failed.items()
+                             if any(by_id[i].repository == repo for i in ids)), None)}
+        for repo in sorted({e.repository for e in claimed})
+    )
+    if given_up:
+        raise ReplicationFailed(
+            f"{len(given_up)} events failed {max_attempts} times and are marked failed: "
+            + ", ".join(f"{by_id[i].repository}:{by_id[i].tag or by_id[i].digest}" for i in given_up)
+        )
+    return {"claimed": len(claimed), "done": len(done), "retrying": len(outcomes) - len(done)}

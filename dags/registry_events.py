@@ -1,0 +1,37 @@
+"""Replicate each push within seconds of the primary's notification (Geo's event path)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import dag
+
+from registry_replication.airflow.sensors import PendingEventsSensor
+from registry_replication.airflow.tasks import replicate_events
+
+
+@dag(
+    dag_id="registry_events",
+    schedule="@continuous",
+    max_active_runs=1,  # required by @continuous; also keeps event claims in one run at a time
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    default_args={"owner": "platform", "retries": 2, "retry_delay": timedelta(seconds=5)},
+    tags=["registry-replication", "geo"],
+    doc_md="""
+### Registry events
+
+The primary registry POSTs a notification for every push and delete to
+`/registry-replication/events` on Airflow's API server; the webhook stores it durably.
+`wait_for_events` waits in the triggerer (no worker slot) until events are waiting, then
+`replicate_events` claims them under a lease, coalesces them per tag, replicates through the
+engine and acknowledges each once its image is complete on the secondary. Failed events back
+off and retry; after 10 attempts they are marked failed (see the task log and the status page).
+""",
+)
+def registry_events() -> None:
+    PendingEventsSensor(task_id="wait_for_events", poll_interval=1.0) >> replicate_events()
+
+
+registry_events()

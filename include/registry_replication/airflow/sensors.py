@@ -1,0 +1,30 @@
+"""The deferrable sensor that starts each ``registry_events`` run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseSensorOperator
+
+from registry_replication.airflow.triggers import PendingEventsTrigger
+from registry_replication.store import EventStore
+
+
+class PendingEventsSensor(BaseSensorOperator):
+    """Succeeds when notifications are waiting; meanwhile it waits in the triggerer."""
+
+    def __init__(self, *, poll_interval: float = 1.0, deferrable: bool = True, **kwargs: Any) -> None:
+        super().__init__(poke_interval=poll_interval, **kwargs)
+        self.poll_interval = poll_interval
+        self.deferrable = deferrable
+
+    def poke(self, context: Any) -> bool:
+        return EventStore().ready_count() > 0
+
+    def execute(self, context: Any) -> Any:
+        if not self.deferrable or self.poke(context):  # events already waiting: no deferral hop
+            return super().execute(context)
+        self.defer(trigger=PendingEventsTrigger(self.poll_interval), method_name="execute_complete")
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> None:
+        self.log.info("%s events ready", (event or {}).get("ready"))

@@ -1,0 +1,143 @@
+"""``airflow standalone`` on loopback with this project's DAGs and plugin, and a REST client.
+
+Used by the demo and by the end-to-end tests: scheduler, DAG processor, triggerer and API
+server run for real, on SQLite, in their own AIRFLOW_HOME.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from registry_replication.local.registry import free_port
+
+PROJECT = Path(__file__).resolve().parents[3]
+
+
+@dataclass
+class AirflowStandalone:
+    home: Path
+    env: dict[str, str] = field(default_factory=dict)  # connections, secrets, settings
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    _token: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "standalone.log"
+
+    def environment(self) -> dict[str, str]:
+        venv_bin = str(Path(sys.executable).parent)
+        return {
+            **os.environ,
+            # standalone starts its components as `airflow ...` subprocesses: the venv's.
+            "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API__BASE_URL": self.url,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            **self.env,
+        }
+
+    def start(self) -> AirflowStandalone:
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "airflow"), "standalone"],
+            env=self.environment(), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # one process group: stop() ends every component
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 240.0) -> None:
+        """Until the API server answers and scheduler, triggerer and DAG processor are healthy."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process and self.process.poll() is not None:
+                raise RuntimeError(f"airflow standalone exited; see {self.log_path}")
+            try:
+                health = requests.get(f"{self.url}/api/v2/monitor/health", timeout=2).json()
+                parts = ("scheduler", "triggerer", "dag_processor")
+                if all((health.get(p) or {}).get("status") == "healthy" for p in parts):
+                    return
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"airflow standalone not ready after {timeout}s; see {self.log_path}")
+
+    @property
+    def password(self) -> str:
+        generated = self.home / "simple_auth_manager_passwords.json.generated"
+        return json.loads(generated.read_text())["admin"]
+
+    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A call to Airflow's REST API (``/api/v2/...``) as the admin user."""
+        if self._token is None:
+            response = requests.post(f"{self.url}/auth/token", timeout=10,
+                                     json={"username": "admin", "password": self.password})
+            response.raise_for_status()
+            self._token = response.json()["access_token"]
+        response = requests.request(method, f"{self.url}/api/v2/{path.lstrip('/')}", timeout=30,
+                                    headers={"Authorization": f"Bearer {self._token}"}, **kwargs)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.api("GET", f"dags/{dag_id}")
+                return
+            except requests.HTTPError:
+                time.sleep(1)
+        raise TimeoutError(f"DAG {dag_id} was not parsed within {timeout}s; see {self.log_path}")
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        run = self.api("POST", f"dags/{dag_id}/dagRuns",
+                       json={"logical_date": None, "conf": conf or {}})
+        return run["dag_run_id"]
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.api("GET", f"dags/{dag_id}/dagRuns/{run_id}")["state"]
+            if state in ("success", "failed"):
+                return state
+            time.sleep(1)
+        raise TimeoutError(f"{dag_id} run {run_id} did not finish within {timeout}s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> AirflowStandalone:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

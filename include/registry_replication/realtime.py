@@ -1,0 +1,150 @@
+"""Replicate what notifications reported, within seconds: the event path of Geo.
+
+Events are coalesced per repository (the latest digest per tag; a delete after a push wins),
+then the primary is asked what is true now, since events can be stale or arrive out of order,
+and the engine copies or prunes exactly those tags. Each event gets an outcome: done once its
+tag is complete on the secondary, or an error to retry with.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from registry_replication import diff as diffs
+from registry_replication.client import RegistryClient
+from registry_replication.copy import BLOCKED, FAILED, Copier
+from registry_replication.errors import RegistryError
+from registry_replication.plan import build_plan
+from registry_replication.prune import FAILED as PRUNE_FAILED
+from registry_replication.prune import PruneRefused, prune
+from registry_replication.snapshot import Scope, take_snapshot
+from registry_replication.store import Event
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RepositoryWork:
+    """What a repository's events ask for, after coalescing."""
+
+    tags: dict[str, list[str]] = field(default_factory=dict)  # tag -> event ids
+    deleted: dict[str, list[str]] = field(default_factory=dict)  # digest -> event ids
+    noop: list[str] = field(default_factory=list)  # event ids with nothing to do
+
+
+def coalesce(events: Sequence[Event]) -> dict[str, RepositoryWork]:
+    work: dict[str, RepositoryWork] = defaultdict(RepositoryWork)
+    pushed_digest: dict[tuple[str, str], str | None] = {}
+    for e in sorted(events, key=lambda e: e.timestamp):
+        w = work[e.repository]
+        if e.action == "push" and e.tag:
+            w.tags.setdefault(e.tag, []).append(e.id)
+            pushed_digest[(e.repository, e.tag)] = e.digest
+        elif e.action == "delete" and e.digest:
+            w.deleted.setdefault(e.digest, []).append(e.id)
+            # A delete after a push wins: that tag is not copied, the delete is mirrored.
+            for tag in [t for t in w.tags if pushed_digest.get((e.repository, t)) == e.digest]:
+                w.deleted[e.digest].extend(w.tags.pop(tag))
+        else:
+            w.noop.append(e.id)  # pushes by digest only: their tagged parent brings them
+    return dict(work)
+
+
+def replicate_events(
+    primary: RegistryClient,
+    secondary: RegistryClient,
+    events: Sequence[Event],
+    *,
+    concurrency: int = 16,
+    parallelism: int = 8,
+) -> dict[str, str | None]:
+    """Process claimed events; returns {event id: None when done, else the error}."""
+    outcomes: dict[str, str | None] = {}
+    for repository, work in coalesce(events).items():
+        outcomes.update({event_id: None for event_id in work.noop})
+        if work.tags:
+            outcomes.update(_copy_tags(primary, secondary, repository, work.tags,
+                                       concurrency=concurrency, parallelism=parallelism))
+        if work.deleted:
+            outcomes.update(_mirror_deletes(primary, secondary, repository, work.deleted,
+                                            concurrency=concurrency))
+    return outcomes
+
+
+def _copy_tags(
+    primary: RegistryClient, secondary: RegistryClient, repository: str,
+    tags: dict[str, list[str]], *, concurrency: int, parallelism: int,
+) -> dict[str, str | None]:
+    def heads(tag: str):
+        return primary.head_manifest(repository, tag), secondary.head_manifest(repository, tag)
+
+    rows, outcomes = [], {}
+    try:
+        with ThreadPoolExecutor(concurrency) as pool:
+            found = dict(zip(tags, pool.map(heads, tags)))
+    except RegistryError as exc:
+        return {event_id: str(exc) for ids in tags.values() for event_id in ids}
+    for tag, (source, target) in found.items():
+        if source is None:
+            # Gone from the primary since: the delete event (or the reconcile) mirrors that.
+            outcomes.update({event_id: None for event_id in tags[tag]})
+            continue
+        status = diffs.IN_SYNC if target and target.digest == source.digest else (
+            diffs.OUTDATED if target else diffs.MISSING)
+        rows.append({"repository": repository, "tag": tag, "status": status,
+                     "digest_primary": source.digest,
+                     "digest_secondary": target.digest if target else None,
+                     "media_type": source.media_type})
+    differences = pd.DataFrame(rows, columns=["repository", "tag", "status", "digest_primary",
+                                              "digest_secondary", "media_type"])
+    plan = build_plan(primary, secondary, differences, concurrency=concurrency)
+    copier = Copier(primary, secondary, parallelism=parallelism, manifests=plan.manifests)
+    blobs = copier.copy_blobs(plan.blobs)
+    failed_blobs = {r.digest: r.error for r in blobs if r.action == FAILED}
+    images = copier.push_images(plan.images, failed_blobs)
+    errors = {tag: r.error for r in images if r.outcome in (FAILED, BLOCKED) for tag in r.tags}
+    errors.update({tag: s.reason for s in plan.skipped for tag in s.tags})
+    for row in rows:
+        outcomes.update({event_id: errors.get(row["tag"]) for event_id in tags[row["tag"]]})
+    return outcomes
+
+
+def _mirror_deletes(
+    primary: RegistryClient, secondary: RegistryClient, repository: str,
+    deleted: dict[str, list[str]], *, concurrency: int,
+) -> dict[str, str | None]:
+    outcomes: dict[str, str | None] = {}
+    for digest, ids in deleted.items():
+        try:
+            if primary.head_manifest(repository, digest) is not None:
+                outcomes.update({i: None for i in ids})  # a blob delete, or pushed again
+                continue
+            current = take_snapshot(secondary, Scope(), concurrency=concurrency,
+                                    repositories=[repository])
+            on_digest = current.tags[current.tags["digest"] == digest]
+            doomed = [t for t in on_digest["tag"] if _gone(primary, repository, t, digest)]
+            if doomed:
+                results = prune(secondary, pd.DataFrame({"repository": repository, "tag": doomed,
+                                                         "digest": digest}), concurrency=concurrency)
+                failed = [r for r in results if r.action == PRUNE_FAILED]
+                if failed:
+                    outcomes.update({i: failed[0].error for i in ids})
+                    continue
+            elif secondary.head_manifest(repository, digest) is not None:
+                secondary.delete_manifest(repository, digest)
+                log.info("deleted untagged %s@%s, as on the primary", repository, digest)
+            outcomes.update({i: None for i in ids})
+        except (RegistryError, PruneRefused) as exc:
+            outcomes.update({i: str(exc) for i in ids})
+    return outcomes
+
+
+def _gone(primary: RegistryClient, repository: str, tag: str, digest: str) -> bool:
+    current = primary.head_manifest(repository, tag)
+    return current is None or current.digest != digest

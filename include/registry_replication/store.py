@@ -1,0 +1,270 @@
+"""The durable event queue and per-repository sync state (SQLAlchemy).
+
+A registry keeps undelivered notifications only in memory, so the webhook stores each event
+here before it answers 2xx. The ``registry_events`` DAG claims events under a lease (a crashed
+run's events come back when the lease ends) and acknowledges each one only once its image is
+complete on the secondary. Default: SQLite in WAL mode at
+``$AIRFLOW_HOME/registry_replication.db``; any database at ``REGISTRY_REPLICATION_DB_URL``
+(PostgreSQL where several machines share the work).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+
+SCHEMA_VERSION = 1
+PENDING, PROCESSING, DONE, FAILED = "pending", "processing", "done", "failed"
+
+metadata = sa.MetaData()
+
+schema_info = sa.Table(
+    "rr_schema", metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+)
+
+events = sa.Table(
+    "rr_events", metadata,
+    sa.Column("id", sa.String(255), primary_key=True),  # the registry's event id
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False),  # the registry's
+    sa.Column("action", sa.String(16), nullable=False),  # push | delete
+    sa.Column("repository", sa.String(255), nullable=False),
+    sa.Column("tag", sa.String(128)),
+    sa.Column("digest", sa.String(160)),
+    sa.Column("media_type", sa.String(255)),
+    sa.Column("status", sa.String(16), nullable=False, default=PENDING),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("lease_owner", sa.String(64)),
+    sa.Column("lease_expires_at", sa.DateTime(timezone=True)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_rr_events_status_next", "status", "next_attempt_at"),
+)
+
+repository_state = sa.Table(
+    "rr_repository_state", metadata,
+    sa.Column("repository", sa.String(255), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),  # synced | pending | failed
+    sa.Column("tags_primary", sa.Integer),
+    sa.Column("tags_secondary", sa.Integer),
+    sa.Column("checksum_primary", sa.String(64)),
+    sa.Column("checksum_secondary", sa.String(64)),
+    sa.Column("last_sync_at", sa.DateTime(timezone=True)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A manifest push or delete reported by the primary."""
+
+    id: str
+    action: str
+    repository: str
+    tag: str | None
+    digest: str | None
+    media_type: str | None
+    timestamp: dt.datetime
+    attempts: int = 0
+
+
+def default_url() -> str:
+    url = os.environ.get("REGISTRY_REPLICATION_DB_URL")
+    if url:
+        return url
+    home = Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
+    return f"sqlite:///{home / 'registry_replication.db'}"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    # SQLite returns naive datetimes; everything here is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value
+
+
+class EventStore:
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url or default_url()
+        self.engine = sa.create_engine(self.url, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            Path(self.engine.url.database or ".").parent.mkdir(parents=True, exist_ok=True)
+            sa_event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.create_schema()
+
+    def create_schema(self) -> None:
+        """Create the tables, or check that an existing schema is one this code can use."""
+        metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            version = conn.execute(sa.select(sa.func.max(schema_info.c.version))).scalar()
+            if version is None:
+                conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
+            elif version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"the event store at {self.engine.url!r} has schema version {version}, newer "
+                    f"than this code's {SCHEMA_VERSION}: upgrade registry-replication"
+                )
+
+    # -- the webhook's side -------------------------------------------------------------------
+
+    def add(self, new: Iterable[Event]) -> int:
+        """Store events idempotently by id, in one transaction; returns how many were new."""
+        now = _now()
+        stored = 0
+        with self.engine.begin() as conn:
+            for e in new:
+                exists = conn.execute(sa.select(events.c.id).where(events.c.id == e.id)).first()
+                if exists:
+                    continue  # a repeated delivery
+                conn.execute(events.insert().values(
+                    id=e.id, received_at=now, timestamp=e.timestamp, action=e.action,
+                    repository=e.repository, tag=e.tag, digest=e.digest, media_type=e.media_type,
+                    status=PENDING, attempts=0, next_attempt_at=now, updated_at=now,
+                ))
+                stored += 1
+        return stored
+
+    # -- the DAG's side -----------------------------------------------------------------------
+
+    def ready_count(self) -> int:
+        """Events that a run could claim now (pending and due, or with an expired lease)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).where(self._claimable(_now()))).scalar()
+
+    def claim(self, *, lease_seconds: float = 300, limit: int = 500) -> tuple[str, list[Event]]:
+        """Take up to ``limit`` due events under a lease; returns the lease owner and events."""
+        owner = uuid.uuid4().hex
+        now = _now()
+        with self.engine.begin() as conn:
+            query = (
+                sa.select(events.c.id).where(self._claimable(now))
+                .order_by(events.c.timestamp).limit(limit).with_for_update(skip_locked=True)
+            )
+            ids = [row.id for row in conn.execute(query)]
+            if ids:
+                conn.execute(
+                    events.update().where(events.c.id.in_(ids)).values(
+                        status=PROCESSING, lease_owner=owner,
+                        lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
+                        attempts=events.c.attempts + 1, updated_at=now,
+                    )
+                )
+            rows = conn.execute(
+                sa.select(events).where(events.c.lease_owner == owner).order_by(events.c.timestamp)
+            ).all()
+        return owner, [_event(row) for row in rows]
+
+    def complete(self, owner: str, ids: Sequence[str]) -> None:
+        self._finish(owner, ids, status=DONE, error=None)
+
+    def retry_later(
+        self, owner: str, ids: Sequence[str], error: str, *, max_attempts: int = 10,
+        backoff_seconds: float = 5.0,
+    ) -> list[str]:
+        """Put events back with exponential backoff; returns the ids that ran out of attempts."""
+        now = _now()
+        exhausted = []
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(events.c.id, events.c.attempts)
+                .where(events.c.id.in_(ids), events.c.lease_owner == owner)
+            ).all()
+            for row in rows:
+                if row.attempts >= max_attempts:
+                    exhausted.append(row.id)
+                    values: dict[str, Any] = {"status": FAILED}
+                else:
+                    delay = min(backoff_seconds * 2 ** (row.attempts - 1), 3600)
+                    values = {"status": PENDING,
+                              "next_attempt_at": now + dt.timedelta(seconds=delay)}
+                conn.execute(events.update().where(events.c.id == row.id).values(
+                    **values, last_error=error[:4000], lease_owner=None, lease_expires_at=None,
+                    updated_at=now))
+        return exhausted
+
+    def _finish(self, owner: str, ids: Sequence[str], *, status: str, error: str | None) -> None:
+        if not ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                events.update().where(events.c.id.in_(ids), events.c.lease_owner == owner)
+                .values(status=status, last_error=error, lease_owner=None, lease_expires_at=None,
+                        updated_at=_now())
+            )
+
+    @staticmethod
+    def _claimable(now: dt.datetime):
+        return sa.or_(
+            sa.and_(events.c.status == PENDING, events.c.next_attempt_at <= now),
+            sa.and_(events.c.status == PROCESSING, events.c.lease_expires_at < now),
+        )
+
+    # -- status -------------------------------------------------------------------------------
+
+    def queue(self) -> dict[str, Any]:
+        """Depth per status and the age of the oldest waiting event."""
+        with self.engine.connect() as conn:
+            counts = dict(conn.execute(
+                sa.select(events.c.status, sa.func.count()).group_by(events.c.status)).all())
+            oldest = conn.execute(
+                sa.select(sa.func.min(events.c.received_at))
+                .where(events.c.status.in_([PENDING, PROCESSING]))
+            ).scalar()
+        oldest = _aware(oldest)
+        return {
+            "counts": {s: counts.get(s, 0) for s in (PENDING, PROCESSING, DONE, FAILED)},
+            "oldest_waiting_seconds": (_now() - oldest).total_seconds() if oldest else None,
+        }
+
+    def events(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        query = sa.select(events).order_by(events.c.timestamp.desc()).limit(limit)
+        if status:
+            query = query.where(events.c.status == status)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def set_repository_state(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Upsert per-repository state (for the status page)."""
+        now = _now()
+        with self.engine.begin() as conn:
+            for row in rows:
+                values = {**row, "updated_at": now}
+                updated = conn.execute(
+                    repository_state.update()
+                    .where(repository_state.c.repository == row["repository"]).values(**values)
+                ).rowcount
+                if not updated:
+                    conn.execute(repository_state.insert().values(**values))
+
+    def repository_states(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(repository_state).order_by(repository_state.c.repository))
+            return [dict(row._mapping) for row in rows]
+
+
+def _event(row: Any) -> Event:
+    return Event(row.id, row.action, row.repository, row.tag, row.digest, row.media_type,
+                 _aware(row.timestamp), row.attempts)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged event survives a power cut
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()

@@ -1,0 +1,89 @@
+"""The notification endpoint: ``POST /events`` (mounted at ``/registry-replication``).
+
+Airflow does not authenticate plugin apps, so the shared secret checked here is the only guard:
+the ``Authorization`` header must equal ``REGISTRY_NOTIFICATION_SECRET`` exactly, as a registry's
+``notifications.endpoints[].headers.Authorization`` sends it. With no secret configured every
+request is refused. An event is stored before the 2xx; a rejected request stores nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from collections.abc import Callable
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+
+from registry_replication import secrets
+from registry_replication.notifications import ENVELOPE_MEDIA_TYPE, InvalidNotification, parse
+from registry_replication.store import EventStore
+
+log = logging.getLogger(__name__)
+
+SECRET_ENV = "REGISTRY_NOTIFICATION_SECRET"
+MAX_BODY_BYTES = 1 << 20
+ACCEPTED_TYPES = (ENVELOPE_MEDIA_TYPE, "application/json")
+
+
+def events_router(store: Callable[[], EventStore], secret: Callable[[], str | None]) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/events", status_code=200)
+    async def receive(request: Request) -> dict[str, int]:
+        _authenticate(request, secret())
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type not in ACCEPTED_TYPES:
+            raise HTTPException(415, f"expected Content-Type {ENVELOPE_MEDIA_TYPE}")
+        body = await _read_limited(request)
+        try:
+            kept, dropped = parse(body)
+        except InvalidNotification as exc:
+            log.warning("rejected a notification: %s", exc)
+            raise HTTPException(400, str(exc)) from None
+        stored = store().add(kept)
+        log.info("notification: %d events stored, %d repeated, %d ignored (blob/pull/mount)",
+                 stored, len(kept) - stored, dropped)
+        return {"stored": stored, "duplicates": len(kept) - stored, "ignored": dropped}
+
+    return router
+
+
+def _authenticate(request: Request, secret: str | None) -> None:
+    if not secret:
+        log.error("refusing a notification: %s is not set", SECRET_ENV)
+        raise HTTPException(401, f"the webhook secret is not configured ({SECRET_ENV})")
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), secret.encode()):
+        raise HTTPException(401, "wrong or missing Authorization header")
+
+
+async def _read_limited(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise HTTPException(413, f"notification larger than {MAX_BODY_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise HTTPException(413, f"notification larger than {MAX_BODY_BYTES} bytes")
+    return bytes(body)
+
+
+def create_app(store: EventStore | None = None, secret: str | None = None) -> FastAPI:
+    """The app; by default the store and secret come from the environment, read lazily."""
+    cached: list[EventStore] = [store] if store else []
+
+    def get_store() -> EventStore:
+        if not cached:
+            cached.append(EventStore())
+        return cached[0]
+
+    def get_secret() -> str | None:
+        value = secret if secret is not None else os.environ.get(SECRET_ENV)
+        secrets.mask(value)
+        return value
+
+    app = FastAPI(title="registry-replication", docs_url=None, redoc_url=None)
+    app.include_router(events_router(get_store, get_secret))
+    return app

@@ -1,0 +1,67 @@
+"""The event path's engine: coalescing, and replication against real registries."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from registry_replication.local import images
+from registry_replication.realtime import coalesce, replicate_events
+from registry_replication.store import Event
+
+T0 = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.timezone.utc)
+
+
+def ev(i, action, repository, tag=None, digest=None):
+    return Event(f"e{i}", action, repository, tag, digest, None, T0 + dt.timedelta(seconds=i))
+
+
+def test_coalesce_latest_push_per_tag_and_delete_after_push_wins():
+    a, b = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    work = coalesce([
+        ev(3, "delete", "app", digest=b),
+        ev(1, "push", "app", "v1", a),
+        ev(2, "push", "app", "v2", b),
+        ev(4, "push", "app", "v1", a),
+        ev(5, "push", "app", None, a),  # by digest only
+    ])["app"]
+    assert work.tags == {"v1": ["e1", "e4"]}
+    assert work.deleted == {b: ["e3", "e2"]}
+    assert work.noop == ["e5"]
+
+
+def test_push_and_delete_events_replicate(primary_writer, primary_reader, secondary_writer,
+                                          secondary_reader):
+    factory = images.ImageFactory()
+    first = factory.multi_arch()
+    images.push(primary_writer, "group/app", first, ["1.0", "keep"])
+    outcomes = replicate_events(primary_reader, secondary_writer,
+                                [ev(1, "push", "group/app", "1.0", first.digest)])
+    assert outcomes == {"e1": None}
+    assert secondary_reader.head_manifest("group/app", "1.0").digest == first.digest
+    assert secondary_reader.head_manifest("group/app", "keep") is None  # only what was pushed
+
+    images.push(primary_writer, "group/app", first, ["keep"])
+    replicate_events(primary_reader, secondary_writer, [ev(2, "push", "group/app", "keep")])
+    # "1.0" is untagged on the primary (delete by digest, then "keep" pushed again).
+    primary_writer.delete_manifest("group/app", first.digest)
+    images.push(primary_writer, "group/app", first, ["keep"])
+    outcomes = replicate_events(primary_reader, secondary_writer,
+                                [ev(3, "delete", "group/app", digest=first.digest)])
+    assert outcomes == {"e3": None}
+    # The manifest is back on the primary (re-pushed), so nothing is deleted on the secondary.
+    assert secondary_reader.head_manifest("group/app", "1.0").digest == first.digest
+
+    primary_writer.delete_manifest("group/app", first.digest)
+    outcomes = replicate_events(primary_reader, secondary_writer,
+                                [ev(4, "delete", "group/app", digest=first.digest)])
+    assert outcomes == {"e4": None}
+    assert secondary_reader.tags("group/app") == []
+
+
+def test_failed_copy_is_reported_per_event(primary, primary_writer, primary_reader,
+                                           secondary_writer):
+    img = images.ImageFactory().make()
+    images.push(primary_writer, "app", img, ["v1"])
+    primary.blob_path(img.blobs[-1].digest).write_bytes(b"\0" * img.blobs[-1].size)
+    outcomes = replicate_events(primary_reader, secondary_writer, [ev(1, "push", "app", "v1")])
+    assert img.blobs[-1].digest in outcomes["e1"]
