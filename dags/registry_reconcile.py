@@ -13,10 +13,14 @@ from registry_replication.airflow.tasks import params, replicate
 SECTION = "registry_replication"
 
 
+# Change without editing code: AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE="*/30 * * * *"
+# ("none": only manual runs and backfills).
+SCHEDULE = conf.get(SECTION, "reconcile_schedule", fallback="@hourly")
+
+
 @dag(
     dag_id="registry_reconcile",
-    # Change without editing code: AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE="*/30 * * * *"
-    schedule=conf.get(SECTION, "reconcile_schedule", fallback="@hourly"),
+    schedule=None if SCHEDULE.strip().lower() in ("", "none") else SCHEDULE,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,  # runs never overlap

@@ -1,0 +1,99 @@
+"""End to end in `airflow standalone`: a push to the primary appears on the secondary by itself.
+
+Scheduler, triggerer, DAG processor and API server run for real on loopback; the primary's
+notifications go to the plugin's webhook; the registry_events DAG does the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import pytest
+
+from registry_replication.client import RegistryClient
+from registry_replication.local import images
+from registry_replication.local.registry import Notifications, free_port
+from registry_replication.local.standalone import AirflowStandalone
+from registry_replication.store import EventStore
+
+SECRET = "e2e_Notification-Secret"
+
+
+@pytest.fixture
+def stack(tmp_path, start_registry, keys, token_service):
+    port = free_port()
+    primary = start_registry(
+        "primary", keys=keys, token_realm=token_service.realm,
+        notifications=Notifications(f"http://127.0.0.1:{port}/registry-replication/events", SECRET,
+                                    backoff="500ms"),
+    )
+    secondary = start_registry("secondary", keys=keys, token_realm=token_service.realm)
+    db_url = f"sqlite:///{tmp_path / 'events.db'}"
+    airflow = AirflowStandalone(tmp_path / "airflow", port=port, env={
+        "AIRFLOW_CONN_REGISTRY_PRIMARY": json.dumps(primary.connection()),
+        "AIRFLOW_CONN_REGISTRY_SECONDARY": json.dumps(secondary.connection()),
+        "REGISTRY_NOTIFICATION_SECRET": SECRET,
+        "REGISTRY_REPLICATION_DB_URL": db_url,
+        "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
+    })
+    airflow.start()
+    try:
+        airflow.wait_ready()
+        airflow.wait_for_dag("registry_events")
+        yield primary, secondary, airflow, EventStore(db_url)
+    finally:
+        airflow.stop()
+
+
+def wait_for_replica(reader: RegistryClient, repository: str, tag: str, digest: str,
+                     timeout: float = 120) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        found = reader.head_manifest(repository, tag)
+        if found and found.digest == digest:
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise AssertionError(f"{repository}:{tag} did not reach the secondary in {timeout}s")
+
+
+def test_push_replicates_by_itself_and_survives_an_api_server_restart(stack, capsys):
+    primary, secondary, airflow, store = stack
+    writer = RegistryClient(primary.client_config(), writable=True)
+    reader = RegistryClient(secondary.client_config())
+    factory = images.ImageFactory(layer_size=256 * 1024)
+
+    # Warm-up push: the first run of the continuous DAG starts the chain.
+    warm = factory.make()
+    images.push(writer, "group/app", warm, ["warm-up"])
+    wait_for_replica(reader, "group/app", "warm-up", warm.digest, timeout=180)
+
+    latencies = []
+    for i in range(5):
+        img = factory.multi_arch() if i % 2 else factory.make()
+        pushed_at = time.monotonic()
+        images.push(writer, "group/app", img, [f"v{i}"])
+        pushed = time.monotonic() - pushed_at
+        latencies.append(pushed + wait_for_replica(reader, "group/app", f"v{i}", img.digest))
+        assert (reader.get_manifest("group/app", f"v{i}").raw == img.raw)
+    with capsys.disabled():
+        print(f"\npush-to-replica latency (s): {', '.join(f'{x:.2f}' for x in latencies)}; "
+              f"median {statistics.median(latencies):.2f}")
+
+    # Durability: an event acknowledged (2xx) just before the API server stops is not lost.
+    airflow.api("PATCH", "dags/registry_events", json={"is_paused": True})
+    time.sleep(3)  # let a run that is already going finish
+    late = factory.make()
+    images.push(writer, "group/app", late, ["after-restart"])
+    deadline = time.monotonic() + 30
+    while not any(e["tag"] == "after-restart" for e in store.events()):
+        assert time.monotonic() < deadline, "the notification never reached the webhook"
+        time.sleep(0.1)
+    airflow.stop()
+    assert reader.head_manifest("group/app", "after-restart") is None
+    airflow.start()
+    airflow.wait_ready()
+    airflow.api("PATCH", "dags/registry_events", json={"is_paused": False})
+    wait_for_replica(reader, "group/app", "after-restart", late.digest, timeout=180)
+    assert store.queue()["counts"]["pending"] == 0
