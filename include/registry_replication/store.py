@@ -65,6 +65,32 @@ repository_state = sa.Table(
 )
 
 
+failed_layers = sa.Table(
+    "rr_failed_layers", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(255), nullable=False),
+    sa.Column("dag_id", sa.String(255), nullable=False),
+    sa.Column("task_id", sa.String(255)),
+    sa.Column("map_index", sa.Integer),
+    sa.Column("repository", sa.String(255), nullable=False),
+    sa.Column("digest", sa.String(160), nullable=False),
+    sa.Column("size", sa.BigInteger),
+    sa.Column("status", sa.Integer),
+    sa.Column("code", sa.String(64)),
+    sa.Column("error", sa.Text),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+runs = sa.Table(
+    "rr_runs", metadata,
+    sa.Column("run_id", sa.String(255), primary_key=True),
+    sa.Column("dag_id", sa.String(255), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("summary", sa.JSON, nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
 @dataclass(frozen=True)
 class Event:
     """A manifest push or delete reported by the primary."""
@@ -250,6 +276,40 @@ class EventStore:
                 ).rowcount
                 if not updated:
                     conn.execute(repository_state.insert().values(**values))
+
+    def record_run(
+        self, dag_id: str, run_id: str, state: str, summary: dict[str, Any],
+        failures: Iterable[dict[str, Any]] = (),
+    ) -> None:
+        """A finished run's summary, replacing its failed layers (a rerun may have fixed some)."""
+        now = _now()
+        with self.engine.begin() as conn:
+            conn.execute(runs.delete().where(runs.c.run_id == run_id, runs.c.dag_id == dag_id))
+            conn.execute(runs.insert().values(run_id=run_id, dag_id=dag_id, state=state,
+                                              summary=summary, finished_at=now))
+            conn.execute(failed_layers.delete().where(failed_layers.c.run_id == run_id,
+                                                      failed_layers.c.dag_id == dag_id))
+            for failure in failures:
+                conn.execute(failed_layers.insert().values(
+                    run_id=run_id, dag_id=dag_id, recorded_at=now, **failure))
+
+    def last_run(self, dag_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(runs).where(runs.c.dag_id == dag_id)
+                               .order_by(runs.c.finished_at.desc()).limit(1)).first()
+        return dict(row._mapping) if row else None
+
+    def failed_layers(self, limit: int = 200) -> list[dict[str, Any]]:
+        """The failed layers of each DAG's latest recorded run."""
+        with self.engine.connect() as conn:
+            latest = (sa.select(runs.c.dag_id, sa.func.max(runs.c.finished_at).label("at"))
+                      .group_by(runs.c.dag_id).subquery())
+            latest_runs = sa.select(runs.c.run_id).join(
+                latest, sa.and_(runs.c.dag_id == latest.c.dag_id, runs.c.finished_at == latest.c.at))
+            rows = conn.execute(sa.select(failed_layers)
+                                .where(failed_layers.c.run_id.in_(latest_runs))
+                                .order_by(failed_layers.c.repository).limit(limit))
+            return [dict(row._mapping) for row in rows]
 
     def repository_states(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

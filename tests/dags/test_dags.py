@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from registry_replication.local import corpus, images
+from registry_replication.store import EventStore
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
@@ -24,6 +25,8 @@ def airflow_db():
     """A migrated SQLite metadata DB in the session's AIRFLOW_HOME (dag.test() needs one)."""
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
                    capture_output=True, timeout=300)
+    # Loading DAGs sets up Airflow's logging once, before any test's caplog attaches.
+    load_dags()
 
 
 @pytest.fixture
@@ -146,3 +149,7 @@ def test_failed_layer_is_named_in_the_task_log(airflow_db, connections, primary,
                for m in failures), failures
     assert any("failed layers" in m and rotten.digest in m for m in failures)
     assert secondary_reader.head_manifest("group/app", "broken") is None
+    # Recorded for the status page, with the map index whose log holds the details.
+    layers = [layer for layer in EventStore().failed_layers() if layer["digest"] == rotten.digest]
+    assert [(layer["repository"], layer["task_id"], layer["map_index"], layer["code"])
+            for layer in layers] == [("group/app", "copy_blobs", 0, "DIGEST_INVALID")]

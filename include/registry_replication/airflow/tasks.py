@@ -155,7 +155,9 @@ def copy_blobs(batch: dict[str, Any]) -> list[dict[str, Any]]:
     _summarise_blobs(results)
     failed = [r for r in results if r.action == FAILED]
     if failed:
-        context["ti"].xcom_push(key="failed", value=[asdict(r) for r in failed])
+        # The map index lets the report (and the status page) link to this task's log.
+        context["ti"].xcom_push(key="failed", value=[
+            {**asdict(r), "map_index": context["ti"].map_index} for r in failed])
         raise ReplicationFailed(
             f"{len(failed)} of {len(results)} blobs failed in {batch['label']}; first: "
             f"{failed[0].repository}@{failed[0].digest}: {failed[0].error}"
@@ -220,6 +222,19 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
     log.info("verification: %d of %d repositories in sync", len(report) - len(differ), len(report))
     if len(differ):
         log.warning("repositories whose checksums differ:\n%s", _table(differ))
+    source = Snapshot.from_records(primary)
+    counts = {side: snap.tags["repository"].value_counts().to_dict()
+              for side, snap in (("primary", source), ("secondary", after))}
+    now = pendulum.now("UTC")
+    EventStore().set_repository_state(
+        {"repository": row.repository, "state": "synced" if row.in_sync else "pending",
+         "tags_primary": int(counts["primary"].get(row.repository, 0)),
+         "tags_secondary": int(counts["secondary"].get(row.repository, 0)),
+         "checksum_primary": row.primary if isinstance(row.primary, str) else None,
+         "checksum_secondary": row.secondary if isinstance(row.secondary, str) else None,
+         **({"last_sync_at": now, "last_error": None} if row.in_sync else {})}
+        for row in report.itertuples()
+    )
     return {"repositories": len(report), "differ": differ["repository"].tolist()}
 
 
@@ -228,7 +243,7 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
     """The run's summary, and every failed layer; fails the run if anything failed."""
     context = get_current_context()
     p = context["params"]
-    blobs = [BlobResult(**r) for key in ("return_value", "failed")
+    blobs = [_blob_result(r) for key in ("return_value", "failed")
              for r in _pulled(context, "copy_blobs", key)]
     images = [ImageResult(**r) for key in ("return_value", "failed")
               for r in _pulled(context, "push_manifests", key)]
@@ -250,6 +265,8 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
              _table(pd.Series(counts, name="value", dtype=object).to_frame()))
     problems = []
     failed = [r for r in blobs if r.action == FAILED]
+    map_index = {(r["repository"], r["digest"]): r["map_index"]
+                 for r in _pulled(context, "copy_blobs", "failed")}
     if failed:
         log.error("failed layers:\n%s", _table(pd.DataFrame([asdict(r) for r in failed])[
             ["repository", "digest", "size", "status", "code", "error"]]))
@@ -261,9 +278,18 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
         problems.append(f"the primary's listing was incomplete ({primary_errors[0]})")
     if pruned.get("refused"):
         problems.append(pruned["refused"])
+    dag_run = context["dag_run"]
+    EventStore().record_run(
+        dag_run.dag_id, dag_run.run_id, "failed" if problems else "success",
+        {**counts, "problems": problems, "dry_run": p["dry_run"]},
+        [{"repository": r.repository, "digest": r.digest, "size": r.size, "status": r.status,
+          "code": r.code, "error": r.error, "task_id": "copy_blobs",
+          "map_index": map_index.get((r.repository, r.digest))} for r in failed],
+    )
     if problems:
         raise ReplicationFailed("; ".join(problems))
     return counts
+
 
 
 def replicate() -> None:
@@ -296,6 +322,10 @@ def _records(value: Any) -> list[dict[str, Any]]:
     if isinstance(value, dict):
         return [value]
     return [record for item in value for record in _records(item)]
+
+
+def _blob_result(record: dict[str, Any]) -> BlobResult:
+    return BlobResult(**{k: v for k, v in record.items() if k in BlobResult.__dataclass_fields__})
 
 
 def _summarise_blobs(results: list[BlobResult]) -> None:

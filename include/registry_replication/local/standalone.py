@@ -112,6 +112,11 @@ class AirflowStandalone:
                 time.sleep(1)
         raise TimeoutError(f"DAG {dag_id} was not parsed within {timeout}s; see {self.log_path}")
 
+    def latest_run(self, dag_id: str) -> str | None:
+        runs = self.api("GET", f"dags/{dag_id}/dagRuns", params={"order_by": "-run_after",
+                                                                  "limit": 1})["dag_runs"]
+        return runs[0]["dag_run_id"] if runs else None
+
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
         run = self.api("POST", f"dags/{dag_id}/dagRuns",
                        json={"logical_date": None, "conf": conf or {}})
