@@ -60,3 +60,29 @@ def images_task(i: int):
     from registry_replication.plan import ImageTask
 
     return ImageTask(f"r{i % 50}", f"sha256:{i:064x}", "m", [f"t{i}"])
+
+
+def test_schema1_manifest_is_skipped_as_unsupported(primary_reader, secondary_writer):
+    """distribution 2.8 refuses new schema 1 pushes, so this plans from a served-looking one."""
+    import pandas as pd
+
+    from registry_replication import mediatypes as mt
+    from registry_replication.client import Manifest
+
+    raw = json.dumps({"schemaVersion": 1, "name": "old/app", "tag": "v1", "fsLayers": []}).encode()
+    digest = "sha256:" + __import__("hashlib").sha256(raw).hexdigest()
+
+    class ServesSchema1:
+        url = primary_reader.url
+
+        def get_manifest(self, repository, reference):
+            return Manifest(raw, mt.DOCKER_SCHEMA1_SIGNED, digest)
+
+    differences = pd.DataFrame([{"repository": "old/app", "tag": "v1", "status": "missing",
+                                 "digest_primary": digest, "digest_secondary": None,
+                                 "media_type": mt.DOCKER_SCHEMA1_SIGNED}])
+    plan = build_plan(ServesSchema1(), secondary_writer, differences)
+    assert plan.images == [] and plan.blobs == []
+    (skipped,) = plan.skipped
+    assert (skipped.repository, skipped.tags, skipped.digest) == ("old/app", ["v1"], digest)
+    assert "schema 1" in skipped.reason and "rebuild" in skipped.reason
