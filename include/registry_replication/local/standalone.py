@@ -99,7 +99,9 @@ class AirflowStandalone:
             self._token = response.json()["access_token"]
         response = requests.request(method, f"{self.url}/api/v2/{path.lstrip('/')}", timeout=30,
                                     headers={"Authorization": f"Bearer {self._token}"}, **kwargs)
-        response.raise_for_status()
+        if response.status_code >= 400:
+            raise requests.HTTPError(f"{method} {path}: HTTP {response.status_code}: "
+                                     f"{response.text[:500]}", response=response)
         return response.json() if response.content else None
 
     def wait_for_dag(self, dag_id: str, timeout: float = 120.0) -> None:
