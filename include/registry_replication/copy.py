@@ -110,7 +110,11 @@ class Copier:
         progress_interval: float = 10.0,
         manifests: dict[tuple[str, str], Manifest] | None = None,
         on_result: Callable[[BlobResult | ImageResult], None] | None = None,
+        recheck: bool = True,
     ) -> None:
+        """``recheck=False`` trusts a plan made moments ago in this process and skips the
+        existence checks before each blob and tag; tasks that run later (Airflow batches,
+        retries) keep them, so a rerun never transfers what is already there."""
         self.primary = primary
         self.secondary = secondary
         self.parallelism = parallelism
@@ -118,6 +122,7 @@ class Copier:
         self.progress_interval = progress_interval
         self.manifests = manifests if manifests is not None else {}
         self.on_result = on_result or _log_result
+        self.recheck = recheck
         self._progress: _Progress | None = None
 
     # -- blobs ----------------------------------------------------------------------------------
@@ -157,7 +162,7 @@ class Copier:
         started = time.monotonic()
         result = BlobResult(repository, task.digest, task.size, SKIPPED)
         try:
-            if self.secondary.blob_size(repository, task.digest) is not None:
+            if self.recheck and self.secondary.blob_size(repository, task.digest) is not None:
                 pass  # already there: a rerun never transfers it again
             elif mount_from and self.secondary.mount_blob(repository, task.digest, mount_from):
                 result.action = MOUNTED
@@ -274,8 +279,9 @@ class Copier:
                         self._push(task.repository, child, child)
                         result.manifests_pushed += 1
                 current = {
-                    tag for tag in task.tags
-                    if (d := self.secondary.head_manifest(task.repository, tag)) and d.digest == task.digest
+                    tag for tag in task.tags if self.recheck
+                    and (d := self.secondary.head_manifest(task.repository, tag))
+                    and d.digest == task.digest
                 }
                 for tag in task.tags:  # the tags go last, once everything they need is there
                     if tag not in current:

@@ -96,7 +96,7 @@ def run_sync(
         log.info("dry run: nothing copied\n%s", diffs.summary(differences).to_string())
     else:
         copier = Copier(primary, secondary, parallelism=options.parallelism,
-                        manifests=plan.manifests,
+                        manifests=plan.manifests, recheck=False,
                         **({"chunk_size": options.chunk_size} if options.chunk_size else {}))
         report.blobs = copier.copy_blobs(plan.blobs)
         report.images = copier.push_images(plan.images, failed_digests(report.blobs))
@@ -110,11 +110,24 @@ def run_sync(
             log.error(str(exc))
             report.prune_refused = str(exc)
     if not options.dry_run:
-        after = take_snapshot(secondary, options.scope, concurrency=options.concurrency,
-                              repositories=options.repositories)
-        report.verification = diffs.verify(source, after)
+        report.verification = diffs.verify(source, _after(secondary, target, report, options))
     report.seconds = time.monotonic() - started
     return report
+
+
+def _after(
+    secondary: RegistryClient, before: Snapshot, report: SyncReport, options: SyncOptions
+) -> Snapshot:
+    """The secondary after the sync: listed again only where this run changed something."""
+    changed = sorted({r.repository for r in report.images if r.manifests_pushed}
+                     | {r.repository for r in report.pruned if r.action != "would delete"})
+    if not changed:
+        return before
+    fresh = take_snapshot(secondary, options.scope, concurrency=options.concurrency,
+                          repositories=changed)
+    kept = before.tags[~before.tags["repository"].isin(changed)]
+    return Snapshot(before.registry, pd.concat([kept, fresh.tags], ignore_index=True),
+                    before.errors + fresh.errors)
 
 
 def failed_digests(results: Iterable[BlobResult]) -> set[str]:

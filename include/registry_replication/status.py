@@ -1,0 +1,200 @@
+"""Replication status: Geo's "verify replication" view, assembled from the store alone.
+
+``status(store)`` reads only the event store (what the DAGs and the webhook recorded), never a
+registry, so a page load costs a few queries however large the registries are. Everything in
+the result is JSON-ready (ISO 8601 times, plain numbers and strings): the JSON endpoint returns
+it as is and the HTML page renders the very same dict.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, defaultdict
+from typing import Any
+from urllib.parse import quote
+
+from registry_replication.store import DONE, FAILED, PENDING, PROCESSING, EventStore
+
+RECONCILE_DAG_ID = "registry_reconcile"
+
+# The states the page shows per repository, in the order it shows them.
+SYNCED, OUT_OF_SYNC, FAILING, NEVER_SYNCED = "synced", "pending", "failed", "never synced"
+STATES = (SYNCED, OUT_OF_SYNC, FAILING, NEVER_SYNCED)
+
+
+def status(store: EventStore, *, ui_url: str = "",
+           now: dt.datetime | None = None) -> dict[str, Any]:
+    """Everything the status page shows.
+
+    ``ui_url`` is the Airflow UI's base URL (``[api] base_url``; empty: links are absolute
+    paths on the same host as the page).
+    """
+    now = now or dt.datetime.now(dt.timezone.utc)
+    base = ui_url.rstrip("/")
+    layers = [_failed_layer(row, base) for row in store.failed_layers()]
+    layers_by_repo: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for layer in layers:
+        layers_by_repo[layer["repository"]].append(layer)
+
+    repositories = [_repository(row, layers_by_repo.get(row["repository"], []), now)
+                    for row in store.repository_states()]
+    # A layer can fail in a repository the verification has not reached yet.
+    known = {r["repository"] for r in repositories}
+    for name in sorted(set(layers_by_repo) - known):
+        repositories.append(_repository({"repository": name, "state": FAILING},
+                                        layers_by_repo[name], now))
+        repositories.sort(key=lambda r: r["repository"])
+
+    states = Counter(r["state"] for r in repositories)
+    tags_total = sum(r["tags_primary"] or 0 for r in repositories)
+    tags_in_sync = sum(_tags_in_sync(r) for r in repositories)
+    reconcile = store.last_run(RECONCILE_DAG_ID)
+    summary = (reconcile or {}).get("summary") or {}
+
+    queue = store.queue()
+    counts = queue["counts"]
+    return {
+        "generated_at": _iso(now),
+        "backfill": {
+            "repositories": _progress(states[SYNCED], len(repositories)),
+            "tags": _progress(tags_in_sync, tags_total),
+            "bytes_copied": summary.get("bytes copied"),
+            "blobs_copied": summary.get("blobs copied"),
+        },
+        "states": {state: states[state] for state in STATES},
+        "repositories": repositories,
+        "failed_layers": layers,
+        "queue": {
+            "depth": counts[PENDING] + counts[PROCESSING],
+            "counts": {s: counts[s] for s in (PENDING, PROCESSING, DONE, FAILED)},
+            "oldest_waiting_seconds": _round(queue["oldest_waiting_seconds"]),
+        },
+        "failed_events": [_failed_event(row) for row in store.events(status=FAILED, limit=50)],
+        "last_reconcile": _run(reconcile, base, now) if reconcile else None,
+    }
+
+
+def task_log_url(base: str, dag_id: str, run_id: str, task_id: str,
+                 map_index: int | None = None) -> str:
+    """The Airflow 3 UI page of a task instance, whose first tab is its log.
+
+    The UI's routes (``airflow/ui``): ``/dags/:dagId/runs/:runId/tasks/:taskId`` and, for a
+    mapped task instance, ``.../tasks/:taskId/mapped/:mapIndex``; the log is the index tab.
+    """
+    url = f"{run_url(base, dag_id, run_id)}/tasks/{quote(task_id, safe='')}"
+    if map_index is not None and map_index >= 0:
+        url += f"/mapped/{map_index}"
+    return url
+
+
+def run_url(base: str, dag_id: str, run_id: str) -> str:
+    return f"{base}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+
+
+def _repository(row: dict[str, Any], layers: list[dict[str, Any]],
+                now: dt.datetime) -> dict[str, Any]:
+    stored = row.get("state")
+    last_sync = _aware(row.get("last_sync_at"))
+    if stored == SYNCED:
+        state = SYNCED
+    elif stored == FAILING or layers:
+        state = FAILING
+    elif last_sync is None:
+        state = NEVER_SYNCED
+    else:
+        state = OUT_OF_SYNC
+    return {
+        "repository": row["repository"],
+        "state": state,
+        "tags_primary": row.get("tags_primary"),
+        "tags_secondary": row.get("tags_secondary"),
+        "checksum_primary": row.get("checksum_primary"),
+        "checksum_secondary": row.get("checksum_secondary"),
+        "checksums_match": (row.get("checksum_primary") is not None
+                            and row.get("checksum_primary") == row.get("checksum_secondary")),
+        "last_sync_at": _iso(last_sync),
+        "last_sync_age_seconds": _age(last_sync, now),
+        "last_error": row.get("last_error"),
+        "failed_layers": len(layers),
+        "updated_at": _iso(_aware(row.get("updated_at"))),
+    }
+
+
+def _tags_in_sync(repo: dict[str, Any]) -> int:
+    primary = repo["tags_primary"] or 0
+    if repo["state"] == SYNCED:
+        return primary
+    # Out of sync: at most the tags the secondary has (a count, not a per-tag check).
+    return min(primary, repo["tags_secondary"] or 0)
+
+
+def _failed_layer(row: dict[str, Any], base: str) -> dict[str, Any]:
+    task_id = row.get("task_id")
+    return {
+        "repository": row["repository"],
+        "digest": row["digest"],
+        "size": row.get("size"),
+        "status": row.get("status"),
+        "code": row.get("code"),
+        "error": row.get("error"),
+        "dag_id": row["dag_id"],
+        "run_id": row["run_id"],
+        "task_id": task_id,
+        "map_index": row.get("map_index"),
+        "recorded_at": _iso(_aware(row.get("recorded_at"))),
+        "log_url": (task_log_url(base, row["dag_id"], row["run_id"], task_id, row.get("map_index"))
+                    if task_id else run_url(base, row["dag_id"], row["run_id"])),
+    }
+
+
+def _failed_event(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "action": row["action"],
+        "repository": row["repository"],
+        "tag": row.get("tag"),
+        "digest": row.get("digest"),
+        "attempts": row.get("attempts"),
+        "last_error": row.get("last_error"),
+        "received_at": _iso(_aware(row.get("received_at"))),
+    }
+
+
+def _run(row: dict[str, Any], base: str, now: dt.datetime) -> dict[str, Any]:
+    finished = _aware(row.get("finished_at"))
+    summary = dict(row.get("summary") or {})
+    return {
+        "dag_id": row["dag_id"],
+        "run_id": row["run_id"],
+        "state": row["state"],
+        "finished_at": _iso(finished),
+        "age_seconds": _age(finished, now),
+        "problems": list(summary.pop("problems", None) or []),
+        "summary": summary,
+        "url": run_url(base, row["dag_id"], row["run_id"]),
+    }
+
+
+def _progress(done: int, total: int) -> dict[str, Any]:
+    return {"in_sync": done, "total": total,
+            "percent": round(100.0 * done / total, 1) if total else None}
+
+
+def _aware(value: Any) -> dt.datetime | None:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)  # SQLite returns naive UTC
+    return value
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.astimezone(dt.timezone.utc).isoformat() if value else None
+
+
+def _age(value: dt.datetime | None, now: dt.datetime) -> float | None:
+    return _round((now - value).total_seconds()) if value else None
+
+
+def _round(seconds: float | None) -> float | None:
+    return round(seconds, 1) if seconds is not None else None
