@@ -153,3 +153,6 @@ def test_failed_layer_is_named_in_the_task_log(airflow_db, connections, primary,
     layers = [layer for layer in EventStore().failed_layers() if layer["digest"] == rotten.digest]
     assert [(layer["repository"], layer["task_id"], layer["map_index"], layer["code"])
             for layer in layers] == [("group/app", "copy_blobs", 0, "DIGEST_INVALID")]
+    summary = EventStore().last_run("registry_reconcile")["summary"]
+    # The failed batch's other blobs were copied, and the report counts them.
+    assert summary["blobs failed"] == 1 and summary["blobs copied"] == len(img.blobs) - 1

@@ -144,49 +144,63 @@ def manifest_batches() -> list[dict[str, Any]]:
 
 
 @task(map_index_template="{{ batch_label }}", retry_exponential_backoff=2.0)
-def copy_blobs(batch: dict[str, Any]) -> list[dict[str, Any]]:
-    """Copy (or mount) one batch of blobs; fails, after retries, if any blob failed."""
+def copy_blobs(batch: dict[str, Any]) -> dict[str, int]:
+    """Copy (or mount) one batch of blobs; fails, after retries, if any blob failed.
+
+    Every blob's record goes to XCom key ``results`` (with this map index, for links to this
+    log), failed or not, so the run's report counts what a failed batch did copy.
+    """
     context = get_current_context()
     context["batch_label"] = batch["label"]
     tasks = [BlobTask(**b) for b in batch["blobs"]]
     copier = Copier(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
                     parallelism=_params()["parallelism"])
     results = copier.copy_blobs(tasks)
-    _summarise_blobs(results)
+    counts = _push_results(context, results, "action")
     failed = [r for r in results if r.action == FAILED]
     if failed:
-        # The map index lets the report (and the status page) link to this task's log.
-        context["ti"].xcom_push(key="failed", value=[
-            {**asdict(r), "map_index": context["ti"].map_index} for r in failed])
         raise ReplicationFailed(
             f"{len(failed)} of {len(results)} blobs failed in {batch['label']}; first: "
             f"{failed[0].repository}@{failed[0].digest}: {failed[0].error}"
         )
-    return [asdict(r) for r in results]
+    return counts
 
 
 @task(map_index_template="{{ batch_label }}", trigger_rule=TriggerRule.ALL_DONE,
       retry_exponential_backoff=2.0)
-def push_manifests(batch: dict[str, Any]) -> list[dict[str, Any]]:
+def push_manifests(batch: dict[str, Any]) -> dict[str, int]:
     """Push one batch of images whose blobs are all on the secondary; tags last."""
     context = get_current_context()
     context["batch_label"] = batch["label"]
-    failed_blobs = _pulled(context, "copy_blobs", "failed")
+    failed_blobs = {r["digest"] for r in _pulled(context, "copy_blobs", "results")
+                    if r["action"] == FAILED}
     copier = Copier(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
                     parallelism=_params()["parallelism"])
-    results = copier.push_images([ImageTask(**i) for i in batch["images"]],
-                                 {r["digest"] for r in failed_blobs})
-    frame = pd.DataFrame([asdict(r) for r in results])
-    log.info("images in this batch:\n%s", _table(frame.groupby("outcome").agg(
-        images=("digest", "count"), manifests_pushed=("manifests_pushed", "sum"))))
+    results = copier.push_images([ImageTask(**i) for i in batch["images"]], failed_blobs)
+    counts = _push_results(context, results, "outcome")
     bad = [r for r in results if r.outcome in (FAILED, "blocked")]
     if bad:
-        context["ti"].xcom_push(key="failed", value=[asdict(r) for r in bad])
         raise ReplicationFailed(
             f"{len(bad)} of {len(results)} images not pushed; first: "
             f"{bad[0].repository}:{','.join(bad[0].tags)}: {bad[0].error}"
         )
-    return [asdict(r) for r in results]
+    return counts
+
+
+def _push_results(context: Any, results: list[BlobResult] | list[ImageResult],
+                  kind: str) -> dict[str, int]:
+    """Log the batch's summary table and share its records; returns counts per outcome."""
+    records = [{**asdict(r), "map_index": context["ti"].map_index} for r in results]
+    context["ti"].xcom_push(key="results", value=records)
+    if not records:
+        return {}
+    frame = pd.DataFrame(records)
+    sizes = {"bytes": ("bytes", "sum")} if "bytes" in frame else {
+        "manifests_pushed": ("manifests_pushed", "sum")}
+    table = frame.groupby(kind).agg(count=("digest", "count"), **sizes,
+                                    seconds=("seconds", "sum"))
+    log.info("this batch:\n%s", _table(table))
+    return frame[kind].value_counts().to_dict()
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
@@ -243,10 +257,8 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
     """The run's summary, and every failed layer; fails the run if anything failed."""
     context = get_current_context()
     p = context["params"]
-    blobs = [_blob_result(r) for key in ("return_value", "failed")
-             for r in _pulled(context, "copy_blobs", key)]
-    images = [ImageResult(**r) for key in ("return_value", "failed")
-              for r in _pulled(context, "push_manifests", key)]
+    blobs = [_result(BlobResult, r) for r in _pulled(context, "copy_blobs", "results")]
+    images = [_result(ImageResult, r) for r in _pulled(context, "push_manifests", "results")]
     started = context["dag_run"].start_date
     counts = {
         "blobs copied": sum(r.action == "copied" for r in blobs),
@@ -266,7 +278,7 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
     problems = []
     failed = [r for r in blobs if r.action == FAILED]
     map_index = {(r["repository"], r["digest"]): r["map_index"]
-                 for r in _pulled(context, "copy_blobs", "failed")}
+                 for r in _pulled(context, "copy_blobs", "results")}
     if failed:
         log.error("failed layers:\n%s", _table(pd.DataFrame([asdict(r) for r in failed])[
             ["repository", "digest", "size", "status", "code", "error"]]))
@@ -324,17 +336,8 @@ def _records(value: Any) -> list[dict[str, Any]]:
     return [record for item in value for record in _records(item)]
 
 
-def _blob_result(record: dict[str, Any]) -> BlobResult:
-    return BlobResult(**{k: v for k, v in record.items() if k in BlobResult.__dataclass_fields__})
-
-
-def _summarise_blobs(results: list[BlobResult]) -> None:
-    if not results:
-        return
-    frame = pd.DataFrame([asdict(r) for r in results])
-    table = frame.groupby("action").agg(blobs=("digest", "count"), bytes=("bytes", "sum"),
-                                        seconds=("seconds", "sum"))
-    log.info("blobs in this batch:\n%s", _table(table))
+def _result(kind: type, record: dict[str, Any]):
+    return kind(**{k: v for k, v in record.items() if k in kind.__dataclass_fields__})
 
 
 def _table(frame: pd.DataFrame) -> str:

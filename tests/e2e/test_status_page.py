@@ -1,0 +1,275 @@
+"""End to end in `airflow standalone`: the replication status page, behind Airflow's login.
+
+A reconcile with one corrupted layer on the primary, then the page's JSON (401 without a login,
+the failed layer and per-repository states with one) and the HTML page in headless Chromium
+(logged in through the UI's ``_token`` cookie), which must show what the JSON says. The
+screenshot lands in artifacts/status-page.png.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from contextlib import ExitStack
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from websockets.sync.client import connect
+
+from registry_replication.local import images
+from registry_replication.local.standalone import PROJECT, AirflowStandalone
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = PROJECT / "artifacts"
+SECRET = "e2e_Notification-Secret"
+
+
+@pytest.fixture
+def stack(tmp_path, primary, secondary):
+    db_url = f"sqlite:///{tmp_path / 'replication.db'}"
+    airflow = AirflowStandalone(tmp_path / "airflow", env={
+        "AIRFLOW_CONN_REGISTRY_PRIMARY": json.dumps(primary.connection()),
+        "AIRFLOW_CONN_REGISTRY_SECONDARY": json.dumps(secondary.connection()),
+        "REGISTRY_NOTIFICATION_SECRET": SECRET,
+        "REGISTRY_REPLICATION_DB_URL": db_url,
+        "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
+        "AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES": "0",
+    })
+    airflow.start()
+    try:
+        airflow.wait_ready()
+        airflow.wait_for_dag("registry_reconcile")
+        yield airflow
+    finally:
+        airflow.stop()
+
+
+def token(airflow: AirflowStandalone) -> str:
+    response = requests.post(f"{airflow.url}/auth/token", timeout=10,
+                             json={"username": "admin", "password": airflow.password})
+    response.raise_for_status()
+    return response.json()["access_token"]
+
+
+def test_status_page_shows_the_failed_layer_behind_the_login(stack, primary, primary_writer):
+    airflow = stack
+    factory = images.ImageFactory(layer_size=64 * 1024)
+    broken, healthy = factory.make(), factory.make()
+    images.push(primary_writer, "group/app", broken, ["broken"])
+    images.push(primary_writer, "group/ok", healthy, ["v1", "v2"])
+    rotten = broken.blobs[-1]
+    primary.blob_path(rotten.digest).write_bytes(b"\0" * rotten.size)  # DIGEST_INVALID
+
+    run_id = airflow.api("POST", "dags/registry_reconcile/dagRuns",
+                         json={"logical_date": None, "conf": {}})["dag_run_id"]
+    assert airflow.wait_for_run("registry_reconcile", run_id) == "failed"
+
+    page_url = f"{airflow.url}/registry-replication/status"
+    json_url = f"{airflow.url}/registry-replication/api/status"
+
+    # Without a login: 401 for the JSON, Airflow's login for the page; a forged token: 403.
+    assert requests.get(json_url, timeout=10).status_code == 401
+    assert requests.get(json_url, timeout=10, cookies={"_token": "forged"}).status_code == 403
+    redirect = requests.get(page_url, timeout=10, allow_redirects=False)
+    assert redirect.status_code in (302, 303, 307)
+    location = urlsplit(redirect.headers["location"])
+    assert location.path == "/api/v2/auth/login"
+    assert parse_qs(location.query)["next"] == [page_url]
+    login_page = requests.get(page_url, timeout=10)
+    assert login_page.ok and "/auth/login" in login_page.url  # the auth manager's login page
+    # The webhook still answers without a login, with its own shared-secret check.
+    hook = requests.post(f"{airflow.url}/registry-replication/events", timeout=10, data=b"{}",
+                         headers={"Content-Type": "application/json"})
+    assert (hook.status_code, hook.json()["detail"]) == (
+        401, "wrong or missing Authorization header")
+
+    # Logged in (the REST API's Bearer token, or the UI's _token cookie).
+    jwt = token(airflow)
+    data = requests.get(json_url, timeout=10, headers={"Authorization": f"Bearer {jwt}"}).json()
+    assert requests.get(json_url, timeout=10, cookies={"_token": jwt}).json()["failed_layers"] \
+        == data["failed_layers"]
+    [layer] = data["failed_layers"]
+    assert (layer["repository"], layer["digest"], layer["code"]) == (
+        "group/app", rotten.digest, "DIGEST_INVALID")
+    assert (layer["dag_id"], layer["run_id"], layer["task_id"]) == (
+        "registry_reconcile", run_id, "copy_blobs")
+    assert layer["log_url"].startswith(f"{airflow.url}/dags/registry_reconcile/runs/")
+    assert layer["log_url"].endswith(f"/tasks/copy_blobs/mapped/{layer['map_index']}")
+    states = {r["repository"]: r for r in data["repositories"]}
+    assert {name: r["state"] for name, r in states.items()} == {
+        "group/app": "failed", "group/ok": "synced"}
+    assert (states["group/ok"]["tags_primary"], states["group/ok"]["tags_secondary"]) == (2, 2)
+    assert states["group/ok"]["checksums_match"] and not states["group/app"]["checksums_match"]
+    assert data["backfill"]["repositories"] == {"in_sync": 1, "total": 2, "percent": 50.0}
+    # (A failed copy_blobs batch reports only its failures, so its copied bytes are not counted.)
+    assert data["backfill"]["bytes_copied"] == data["last_reconcile"]["summary"]["bytes copied"]
+    assert (data["last_reconcile"]["run_id"], data["last_reconcile"]["state"]) == (run_id, "failed")
+
+    # Linked from the UI's navigation (Browse menu).
+    [plugin] = [p for p in airflow.api("GET", "plugins")["plugins"]
+                if p["name"] == "registry_replication"]
+    assert [(v["name"], v["href"], v["destination"], v["category"])
+            for v in plugin["external_views"]] == [
+        ("Registry replication", "/registry-replication/status", "nav", "browse")]
+
+    # The page, in a real browser with the UI's session cookie.
+    ARTIFACTS.mkdir(exist_ok=True)
+    with Chromium() as browser:
+        browser.set_cookie("_token", jwt, airflow.url)
+        html = browser.open(page_url)
+        browser.screenshot(ARTIFACTS / "status-page.png")
+        shown = parse_page(html)
+        assert browser.evaluate("location.href") == page_url
+        assert shown["failed_layers"] == [
+            {"repository": layer["repository"], "digest": layer["digest"], "code": layer["code"],
+             "log_url": layer["log_url"]}]
+        assert rotten.digest in browser.evaluate("document.body.innerText")
+        assert shown["repositories"] == {name: r["state"] for name, r in states.items()}
+        assert shown["states"] == {k: str(v) for k, v in data["states"].items()}
+
+        # The log link opens the failed map index's log in the Airflow UI.
+        browser.open(layer["log_url"])
+        text = browser.wait_for_text(f"blob failed  group/app@{rotten.digest}")
+        assert "DIGEST_INVALID" in text
+        browser.screenshot(ARTIFACTS / "status-page-log-link.png")
+
+
+class _PageParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed_layers: list[dict[str, str]] = []
+        self.repositories: dict[str, str] = {}
+        self.states: dict[str, str] = {}
+        self._chip: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        classes = (a.get("class") or "").split()
+        if tag == "tr" and "failed-layer" in classes:
+            self.failed_layers.append({"repository": a["data-repository"],
+                                       "digest": a["data-digest"], "code": a["data-code"]})
+        elif tag == "a" and "log" in classes and self.failed_layers:
+            self.failed_layers[-1]["log_url"] = a["href"]
+        elif tag == "tr" and "repository" in classes:
+            self.repositories[a["data-repository"]] = a["data-state"]
+        elif tag == "span" and "data-state" in a:
+            self._chip = a["data-state"]
+
+    def handle_data(self, data: str) -> None:
+        if self._chip and data.strip():
+            self.states[self._chip] = data.strip().split()[0]
+            self._chip = None
+
+
+def parse_page(html: str) -> dict[str, Any]:
+    parser = _PageParser()
+    parser.feed(html)
+    return {"failed_layers": parser.failed_layers, "repositories": parser.repositories,
+            "states": parser.states}
+
+
+class Chromium:
+    """Headless Chromium driven over the DevTools protocol (no WebDriver needed)."""
+
+    def __init__(self, width: int = 1400, height: int = 900) -> None:
+        self.width, self.height = width, height
+        self.profile = Path(tempfile.mkdtemp(prefix="chromium-"))
+        self.ids = itertools.count(1)
+        self._events: list[dict[str, Any]] = []
+
+    def __enter__(self) -> Chromium:
+        self.process = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--hide-scrollbars", f"--user-data-dir={self.profile}",
+             "--remote-debugging-port=0", f"--window-size={self.width},{self.height}",
+             "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        active = self.profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not (active.exists() and len(active.read_text().split()) == 2):
+            assert self.process.poll() is None, "chromium exited"
+            assert time.monotonic() < deadline, "chromium did not open its DevTools port"
+            time.sleep(0.1)
+        port, path = active.read_text().split()
+        self.closing = ExitStack()
+        self.ws = self.closing.enter_context(
+            connect(f"ws://127.0.0.1:{port}{path}", max_size=None, open_timeout=10))
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.call("Target.attachToTarget", targetId=target,
+                                 flatten=True)["sessionId"]
+        self.call("Page.enable", session=True)
+        self.call("Emulation.setDeviceMetricsOverride", session=True, width=self.width,
+                  height=self.height, deviceScaleFactor=1, mobile=False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.closing.close()
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+    def call(self, method: str, session: bool = False, **params: Any) -> dict[str, Any]:
+        message_id = next(self.ids)
+        message: dict[str, Any] = {"id": message_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = self.session
+        self.ws.send(json.dumps(message))
+        while True:
+            reply = json.loads(self.ws.recv(timeout=60))
+            if reply.get("id") == message_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+            self._events.append(reply)
+
+    def set_cookie(self, name: str, value: str, url: str) -> None:
+        self.call("Network.setCookie", session=True, name=name, value=value, url=url,
+                  path="/", httpOnly=True, sameSite="Lax")
+
+    def open(self, url: str, timeout: float = 60) -> str:
+        """Navigate, wait for the load event, and return the DOM."""
+        self._events = []
+        self.call("Page.navigate", session=True, url=url)
+        deadline = time.monotonic() + timeout
+        while not any(e.get("method") == "Page.loadEventFired" for e in self._events):
+            assert time.monotonic() < deadline, f"{url} did not load within {timeout}s"
+            self._events.append(json.loads(self.ws.recv(timeout=timeout)))
+        return self.evaluate("document.documentElement.outerHTML")
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", session=True, expression=expression,
+                           returnByValue=True)
+        return result["result"].get("value")
+
+    def wait_for_text(self, text: str, timeout: float = 60) -> str:
+        """The page's visible text once it contains ``text`` (for pages that render in JS)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.evaluate("document.body ? document.body.innerText : ''") or ""
+            if text in body:
+                return body
+            assert time.monotonic() < deadline, f"{text!r} not shown within {timeout}s:\n{body}"
+            time.sleep(0.5)
+
+    def screenshot(self, path: Path) -> None:
+        metrics = self.call("Page.getLayoutMetrics", session=True)["cssContentSize"]
+        height = max(self.height, int(metrics["height"]))
+        shot = self.call("Page.captureScreenshot", session=True, format="png",
+                         captureBeyondViewport=True,
+                         clip={"x": 0, "y": 0, "width": self.width, "height": height, "scale": 1})
+        path.write_bytes(base64.b64decode(shot["data"]))
