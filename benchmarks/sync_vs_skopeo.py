@@ -689,7 +689,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report(corpus, full, noop, verified, args.parallelism)
         ok = all(r.ok for r in [*full.values(), *noop.values()]) and all(
             v[0] for v in verified.values())
-        print(f"\nload average (1/5/15 min) at the end: "
+        print("\nload average (1/5/15 min) at the end: "
               + " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs")
         print(f"\nresult: {'OK' if ok else 'FAILED'}; every secondary verified: "
               f"{'yes' if all(v[0] for v in verified.values()) else 'NO'}")

@@ -31,7 +31,7 @@ off and retry; after 10 attempts they are marked failed (see the task log and th
 """,
 )
 def registry_events() -> None:
-    PendingEventsSensor(task_id="wait_for_events", poll_interval=1.0) >> replicate_events()
+    PendingEventsSensor(task_id="wait_for_events", poll_interval=0.5) >> replicate_events()
 
 
 registry_events()

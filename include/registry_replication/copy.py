@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from registry_replication.client import Manifest, RegistryClient, Upload
+from registry_replication.client import Manifest, RegistryClient
 from registry_replication.errors import DigestMismatchError, RegistryError, RegistryUnavailableError
 from registry_replication.plan import BlobTask, ImageTask
 

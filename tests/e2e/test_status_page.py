@@ -26,6 +26,7 @@ import requests
 from websockets.sync.client import connect
 
 from registry_replication.local import images
+from registry_replication.local.registry import stop_process
 from registry_replication.local.standalone import PROJECT, AirflowStandalone
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -215,12 +216,7 @@ class Chromium:
 
     def __exit__(self, *exc: object) -> None:
         self.closing.close()
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
         shutil.rmtree(self.profile, ignore_errors=True)
 
     def call(self, method: str, session: bool = False, **params: Any) -> dict[str, Any]:

@@ -25,7 +25,6 @@ from registry_replication.plan import BlobTask, ImageTask, Plan, batch_label, bu
 from registry_replication.prune import PruneRefused, prunable, prune
 from registry_replication.snapshot import Scope, Snapshot, take_snapshot
 from registry_replication.store import EventStore
-from registry_replication.sync import failed_digests
 
 log = logging.getLogger("registry_replication.airflow")
 

@@ -28,6 +28,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """Terminate, and kill if it will not go."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @dataclass
 class Notifications:
     """A ``notifications.endpoints`` entry, as GitLab's ``registry['notifications']`` writes it."""
@@ -140,18 +151,9 @@ class LocalRegistry:
         raise RuntimeError(f"{self.name} did not start within {timeout}s; see {self.log_path}")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process:
+            stop_process(self.process)
         self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
     def connection(self, **extra: Any) -> dict[str, Any]:
         """This registry as an ``AIRFLOW_CONN_*`` JSON object for the replicator (``jwt`` auth)."""

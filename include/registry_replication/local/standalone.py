@@ -56,6 +56,9 @@ class AirflowStandalone:
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            # An idle scheduler loops every second by default; the event path waits for it
+            # twice per push (trigger fired, sensor done), so loop faster.
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
             **self.env,
         }
 
