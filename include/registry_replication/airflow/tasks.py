@@ -230,12 +230,12 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
     p = _params()
     after = take_snapshot(_client(SECONDARY_CONN_ID), _scope(p), concurrency=p["concurrency"],
                           repositories=p["repositories"] or None)
-    report = diffs.verify(Snapshot.from_records(primary), after)
+    source = Snapshot.from_records(primary)
+    report = diffs.verify(source, after)
     differ = report[~report["in_sync"]]
     log.info("verification: %d of %d repositories in sync", len(report) - len(differ), len(report))
     if len(differ):
         log.warning("repositories whose checksums differ:\n%s", _table(differ))
-    source = Snapshot.from_records(primary)
     counts = {side: snap.tags["repository"].value_counts().to_dict()
               for side, snap in (("primary", source), ("secondary", after))}
     now = pendulum.now("UTC")
