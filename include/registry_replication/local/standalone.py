@@ -100,8 +100,15 @@ class AirflowStandalone:
                                      json={"username": "admin", "password": self.password})
             response.raise_for_status()
             self._token = response.json()["access_token"]
-        response = requests.request(method, f"{self.url}/api/v2/{path.lstrip('/')}", timeout=30,
-                                    headers={"Authorization": f"Bearer {self._token}"}, **kwargs)
+        for _ in range(30):
+            response = requests.request(method, f"{self.url}/api/v2/{path.lstrip('/')}",
+                                        timeout=30, headers={"Authorization": f"Bearer {self._token}"},
+                                        **kwargs)
+            # On SQLite, a write can lose the race for the database lock to the scheduler
+            # (HTTP 500 "Database error", or 503 for backfills): try again.
+            if response.status_code not in (500, 503):
+                break
+            time.sleep(1)
         if response.status_code >= 400:
             raise requests.HTTPError(f"{method} {path}: HTTP {response.status_code}: "
                                      f"{response.text[:500]}", response=response)
