@@ -40,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exit", action="store_true", help="stop after the demo instead of waiting")
     args = parser.parse_args(argv)
 
-    # SIGTERM unwinds like Ctrl-C, so everything started below is stopped.
+    # SIGTERM unwinds like Ctrl-C, so everything started below is stopped; Ctrl-C works even
+    # when a parent shell started us with SIGINT ignored.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
     keys = generate_key_pair(args.workdir / "keys", "gitlab-registry")
