@@ -98,10 +98,6 @@ class DigestMismatchError(RegistryError):
     """Bytes that do not hash to the digest they were fetched or pushed under."""
 
 
-class UnsupportedManifestError(RegistryError):
-    """A manifest this tool cannot replicate (Docker schema 1) or an unknown media type."""
-
-
 def _advice_for_status(status: int | None) -> str | None:
     if status is None:
         return "check that the registry URL in the connection is right and the registry is running"

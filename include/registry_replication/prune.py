@@ -10,7 +10,7 @@ secondary's tags unless forced.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -136,7 +136,3 @@ def _index_children(secondary: RegistryClient, tags: pd.DataFrame) -> set[str]:
         body = secondary.get_manifest(repository, digest).json
         children.update(m["digest"] for m in body.get("manifests") or [])
     return children
-
-
-def records(results: list[PruneResult]) -> list[dict[str, object]]:
-    return [asdict(r) for r in results]

@@ -50,10 +50,6 @@ def validate_digest(digest: str) -> str:
     return digest
 
 
-def is_digest(reference: str) -> bool:
-    return isinstance(reference, str) and DIGEST_RE.fullmatch(reference) is not None
-
-
 def validate_reference(reference: str) -> str:
     """A manifest reference: a tag or a digest."""
     if isinstance(reference, str) and ":" in reference:
