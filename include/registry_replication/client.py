@@ -23,6 +23,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
 from registry_replication import mediatypes
@@ -522,7 +523,7 @@ class RegistryClient:
         """
         url = urljoin(self.url + "/", path.lstrip("/"))
         replayable = data is None or isinstance(data, bytes)
-        retry = Retry(total=self.config.max_retries, raise_on_status=False)
+        retries = 0
         refreshed = False
         while True:
             request_headers = dict(headers or {})
@@ -536,9 +537,10 @@ class RegistryClient:
                     timeout=self._timeout, allow_redirects=allow_redirects,
                 )
             except requests.RequestException as exc:
-                if not replayable or retry.total is not None and retry.total <= 0:
+                if not replayable or retries >= self.config.max_retries:
                     raise self._connection_error(exc, operation, repository, reference) from None
-                retry = self._wait(retry, method, url, f"{type(exc).__name__}", None)
+                retries += 1
+                self._wait(retries, method, url, type(exc).__name__, None)
                 continue
             status = response.status_code
             if status in ok:
@@ -549,23 +551,23 @@ class RegistryClient:
                     refreshed = True
                     response.close()
                     continue
-            if status in RETRY_STATUSES and replayable and (retry.total or 0) > 0:
+            if status in RETRY_STATUSES and replayable and retries < self.config.max_retries:
                 retry_after = response.headers.get("Retry-After")
                 response.close()
-                retry = self._wait(retry, method, url, f"HTTP {status}", retry_after)
+                retries += 1
+                self._wait(retries, method, url, f"HTTP {status}", retry_after)
                 continue
             raise self._error(response, operation, repository, reference, scopes, request_headers)
 
     def _wait(
-        self, retry: Retry, method: str, url: str, cause: str, retry_after: str | None
-    ) -> Retry:
-        retry = retry.new(total=(retry.total or 0) - 1, history=(*retry.history, None))
-        attempt = len(retry.history)
+        self, attempt: int, method: str, url: str, cause: str, retry_after: str | None
+    ) -> None:
+        """Sleep before retry ``attempt``: exponential backoff with jitter, or Retry-After."""
         delay = self.config.backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
         if retry_after:
-            try:
-                delay = retry.parse_retry_after(retry_after)
-            except Exception:  # an unparseable header falls back to our own backoff
+            try:  # seconds or an HTTP date, parsed as urllib3 does
+                delay = Retry().parse_retry_after(retry_after)
+            except InvalidHeader:  # an unparseable header falls back to our own backoff
                 pass
         delay = min(delay, MAX_RETRY_SLEEP_SECONDS)
         log.warning(
@@ -574,7 +576,6 @@ class RegistryClient:
             " (Retry-After)" if retry_after else "",
         )
         time.sleep(delay)
-        return retry
 
     def _connection_error(
         self, exc: Exception, operation: str, repository: str | None, reference: str | None
