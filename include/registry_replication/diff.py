@@ -14,6 +14,7 @@ OUTDATED = "outdated"  # the tag points to different digests
 EXTRA = "extra"  # on the secondary only
 IN_SYNC = "in_sync"
 STATUSES = [MISSING, OUTDATED, EXTRA, IN_SYNC]
+COLUMNS = ["repository", "tag", "status", "digest_primary", "digest_secondary", "media_type"]
 
 
 def diff(primary: Snapshot, secondary: Snapshot) -> pd.DataFrame:
@@ -37,8 +38,7 @@ def diff(primary: Snapshot, secondary: Snapshot) -> pd.DataFrame:
         default=IN_SYNC,
     )
     merged["media_type"] = merged["media_type_primary"].fillna(merged["media_type_secondary"])
-    columns = ["repository", "tag", "status", "digest_primary", "digest_secondary", "media_type"]
-    return merged[columns].sort_values(["repository", "tag"], ignore_index=True)
+    return merged[COLUMNS].sort_values(["repository", "tag"], ignore_index=True)
 
 
 def summary(differences: pd.DataFrame) -> pd.DataFrame:

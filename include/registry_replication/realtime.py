@@ -101,8 +101,7 @@ def _copy_tags(
                      "digest_primary": source.digest,
                      "digest_secondary": target.digest if target else None,
                      "media_type": source.media_type})
-    differences = pd.DataFrame(rows, columns=["repository", "tag", "status", "digest_primary",
-                                              "digest_secondary", "media_type"])
+    differences = pd.DataFrame(rows, columns=diffs.COLUMNS)
     plan = build_plan(primary, secondary, differences, concurrency=concurrency)
     copier = Copier(primary, secondary, parallelism=parallelism, manifests=plan.manifests)
     blobs = copier.copy_blobs(plan.blobs)

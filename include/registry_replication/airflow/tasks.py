@@ -111,9 +111,7 @@ def plan(differences: dict[str, Any]) -> list[dict[str, Any]]:
     Returns the blob batches; the image batches go to XCom key ``image_batches``.
     """
     p = _params()
-    changes = pd.DataFrame(differences["changes"])
-    if changes.empty:
-        changes = pd.DataFrame(columns=["repository", "tag", "status", "digest_primary"])
+    changes = pd.DataFrame(differences["changes"], columns=diffs.COLUMNS)
     result = build_plan(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID), changes,
                         concurrency=p["concurrency"])
     for skipped in result.skipped:
