@@ -364,13 +364,14 @@ def replicate_events(lease_seconds: float = 300, max_attempts: int = 10) -> dict
         log.error("events %s will be retried: %s", ", ".join(ids), error)
         given_up += store.retry_later(owner, ids, error, max_attempts=max_attempts)
     by_id = {e.id: e for e in claimed}
+    repository_error = {e.repository: None for e in claimed}
+    for error, ids in reversed(failed.items()):  # the first error per repository wins
+        repository_error.update({by_id[i].repository: error for i in ids})
+    now = pendulum.now("UTC")
     store.set_repository_state(
-        {"repository": repo, "state": "failed" if any(
-            by_id[i].repository == repo for ids in failed.values() for i in ids) else "synced",
-         "last_sync_at": pendulum.now("UTC"),
-         "last_error": next((err for err, ids in failed.items()
-                             if any(by_id[i].repository == repo for i in ids)), None)}
-        for repo in sorted({e.repository for e in claimed})
+        {"repository": repo, "state": "failed" if error else "synced", "last_sync_at": now,
+         "last_error": error}
+        for repo, error in sorted(repository_error.items())
     )
     if given_up:
         raise ReplicationFailed(
