@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 
 from registry_replication.client import RegistryClient
+from registry_replication.leases import Leases
 from registry_replication.local.keys import KeyPair, generate_key_pair
 from registry_replication.local.registry import LocalRegistry, Notifications
 from registry_replication.local.servers import TokenService
+from registry_replication.store import EventStore
 
 # The login people and tools such as skopeo use against the test registries' token service.
 USER, PASSWORD = "skopeo", "skopeo-password"
@@ -111,3 +113,16 @@ def secondary_writer(secondary: LocalRegistry) -> Iterator[RegistryClient]:
 def secondary_reader(secondary: LocalRegistry) -> Iterator[RegistryClient]:
     with RegistryClient(secondary.client_config()) as client:
         yield client
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> EventStore:
+    """A replication store of the test's own (SQLite)."""
+    return EventStore(f"sqlite:///{tmp_path / 'replication.db'}")
+
+
+@pytest.fixture
+def leases(store: EventStore) -> Iterator[Leases]:
+    """A writer's leases in the test's store."""
+    with Leases(store) as held:
+        yield held

@@ -15,14 +15,14 @@ MiB = 1 << 20
 
 
 def test_interrupted_chunked_upload_resumes_from_registry_offset(
-    secondary, primary_writer, primary_reader, secondary_reader, caplog
+    secondary, primary_writer, primary_reader, secondary_reader, leases, caplog
 ):
     layer = images.random_layer(3 * MiB + 4321)
     primary_writer.push_blob("app", layer.digest, layer.data, layer.size)
     with FaultProxy(secondary.url) as proxy:
         config = RegistryConfig.from_connection({**secondary.connection(), "host": proxy.url})
         with RegistryClient(config, writable=True) as target:
-            copier = Copier(primary_reader, target, chunk_size=MiB)
+            copier = Copier(primary_reader, target, leases=leases, chunk_size=MiB)
             proxy.inject(Fault(cut=True, method="PATCH", after=1))  # the second chunk is lost
             with caplog.at_level(logging.WARNING):
                 (result,) = copier.copy_blob(BlobTask(layer.digest, layer.size, "app", "app"))
@@ -38,12 +38,12 @@ def test_interrupted_chunked_upload_resumes_from_registry_offset(
 
 
 def test_rerun_skips_blobs_already_there_and_mounts_shared_ones(
-    primary_writer, primary_reader, secondary_writer, caplog
+    primary_writer, primary_reader, secondary_writer, leases, caplog
 ):
     layer = images.random_layer(64 * 1024)
     primary_writer.push_blob("a", layer.digest, layer.data, layer.size)
     task = BlobTask(layer.digest, layer.size, source="a", target="a", mounts=["b", "c/d"])
-    copier = Copier(primary_reader, secondary_writer)
+    copier = Copier(primary_reader, secondary_writer, leases=leases)
     with caplog.at_level(logging.INFO, logger="registry_replication.copy"):
         first = copier.copy_blob(task)
     assert [(r.repository, r.action) for r in first] == [("a", "copied"), ("b", "mounted"),
@@ -56,9 +56,10 @@ def test_rerun_skips_blobs_already_there_and_mounts_shared_ones(
     assert primary_reader.bytes_read == layer.size
 
 
-def test_failed_blob_is_recorded_with_status_code_and_advice(primary_reader, secondary_writer):
+def test_failed_blob_is_recorded_with_status_code_and_advice(primary_reader, secondary_writer,
+                                                             leases):
     missing = images.random_layer(100)
-    (result,) = Copier(primary_reader, secondary_writer).copy_blob(
+    (result,) = Copier(primary_reader, secondary_writer, leases=leases).copy_blob(
         BlobTask(missing.digest, missing.size, "app", "app")
     )
     assert result.action == "failed"
@@ -68,7 +69,7 @@ def test_failed_blob_is_recorded_with_status_code_and_advice(primary_reader, sec
 
 
 def test_index_children_go_first_and_existing_tags_are_not_repushed(
-    primary_writer, primary_reader, secondary_writer
+    primary_writer, primary_reader, secondary_writer, leases
 ):
     multi = images.ImageFactory().multi_arch()
     images.push(primary_writer, "app", multi, ["multi", "also"])
@@ -76,7 +77,7 @@ def test_index_children_go_first_and_existing_tags_are_not_repushed(
         secondary_writer.push_blob("app", blob.digest, blob.data, blob.size)
     task = ImageTask("app", multi.digest, multi.media_type, ["multi", "also"],
                      [c.digest for c in multi.children])
-    copier = Copier(primary_reader, secondary_writer)
+    copier = Copier(primary_reader, secondary_writer, leases=leases)
     result = copier.push_image(task)
     assert (result.outcome, result.manifests_pushed) == ("pushed", 4)
     assert secondary_writer.get_manifest("app", "also").raw == multi.raw

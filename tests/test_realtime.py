@@ -30,38 +30,40 @@ def test_coalesce_latest_push_per_tag_and_delete_after_push_wins():
 
 
 def test_push_and_delete_events_replicate(primary_writer, primary_reader, secondary_writer,
-                                          secondary_reader):
+                                          secondary_reader, leases):
     factory = images.ImageFactory()
     first = factory.multi_arch()
     images.push(primary_writer, "group/app", first, ["1.0", "keep"])
     outcomes = replicate_events(primary_reader, secondary_writer,
-                                [ev(1, "push", "group/app", "1.0", first.digest)])
+                                [ev(1, "push", "group/app", "1.0", first.digest)], leases=leases)
     assert outcomes == {"e1": None}
     assert secondary_reader.head_manifest("group/app", "1.0").digest == first.digest
     assert secondary_reader.head_manifest("group/app", "keep") is None  # only what was pushed
 
     images.push(primary_writer, "group/app", first, ["keep"])
-    replicate_events(primary_reader, secondary_writer, [ev(2, "push", "group/app", "keep")])
+    replicate_events(primary_reader, secondary_writer, [ev(2, "push", "group/app", "keep")],
+                     leases=leases)
     # "1.0" is untagged on the primary (delete by digest, then "keep" pushed again).
     primary_writer.delete_manifest("group/app", first.digest)
     images.push(primary_writer, "group/app", first, ["keep"])
     outcomes = replicate_events(primary_reader, secondary_writer,
-                                [ev(3, "delete", "group/app", digest=first.digest)])
+                                [ev(3, "delete", "group/app", digest=first.digest)], leases=leases)
     assert outcomes == {"e3": None}
     # The manifest is back on the primary (re-pushed), so nothing is deleted on the secondary.
     assert secondary_reader.head_manifest("group/app", "1.0").digest == first.digest
 
     primary_writer.delete_manifest("group/app", first.digest)
     outcomes = replicate_events(primary_reader, secondary_writer,
-                                [ev(4, "delete", "group/app", digest=first.digest)])
+                                [ev(4, "delete", "group/app", digest=first.digest)], leases=leases)
     assert outcomes == {"e4": None}
     assert secondary_reader.tags("group/app") == []
 
 
 def test_failed_copy_is_reported_per_event(primary, primary_writer, primary_reader,
-                                           secondary_writer):
+                                           secondary_writer, leases):
     img = images.ImageFactory().make()
     images.push(primary_writer, "app", img, ["v1"])
     primary.blob_path(img.blobs[-1].digest).write_bytes(b"\0" * img.blobs[-1].size)
-    outcomes = replicate_events(primary_reader, secondary_writer, [ev(1, "push", "app", "v1")])
+    outcomes = replicate_events(primary_reader, secondary_writer, [ev(1, "push", "app", "v1")],
+                                leases=leases)
     assert img.blobs[-1].digest in outcomes["e1"]

@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from registry_replication.client import Manifest, RegistryClient
+from registry_replication.client import Manifest, RegistryClient, Upload
 from registry_replication.errors import DigestMismatchError, RegistryError, RegistryUnavailableError
+from registry_replication.leases import LeaseBusy, LeaseLost, Leases
 from registry_replication.plan import BlobTask, ImageTask
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,18 @@ class ImageResult:
     manifests_pushed: int = 0
     seconds: float = 0.0
     error: str | None = None
+    # Tags the primary moved (to this digest, or None: deleted) after the plan: left to the
+    # writer that replicates the newer state, never overwritten with the planned one.
+    moved: dict[str, str | None] = field(default_factory=dict)
 
     def log_line(self) -> str:
         line = (
             f"image {self.outcome:<7} {self.repository}:{','.join(self.tags)} {self.digest} "
             f"({self.manifests_pushed} manifests pushed)"
         )
+        if self.moved:
+            line += "; moved on the primary since the plan, left to the newer writer: " + ", ".join(
+                f"{tag} -> {digest or 'deleted'}" for tag, digest in sorted(self.moved.items()))
         return f"{line}: {self.error}" if self.error else line
 
 
@@ -105,6 +112,7 @@ class Copier:
         primary: RegistryClient,
         secondary: RegistryClient,
         *,
+        leases: Leases,
         parallelism: int = 8,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         progress_interval: float = 10.0,
@@ -114,9 +122,13 @@ class Copier:
     ) -> None:
         """``recheck=False`` trusts a plan made moments ago in this process and skips the
         existence checks before each blob and tag; tasks that run later (Airflow batches,
-        retries) keep them, so a rerun never transfers what is already there."""
+        retries) keep them, so a rerun never transfers what is already there.
+
+        ``leases``: tags are written only under the repository's lease, and only while the
+        primary still has the planned digest (checked just before each write)."""
         self.primary = primary
         self.secondary = secondary
+        self.leases = leases
         self.parallelism = parallelism
         self.chunk_size = chunk_size
         self.progress_interval = progress_interval
@@ -128,6 +140,7 @@ class Copier:
     # -- blobs ----------------------------------------------------------------------------------
 
     def copy_blobs(self, tasks: Sequence[BlobTask]) -> list[BlobResult]:
+        self.cancel_abandoned_uploads()
         total = sum(t.size for t in tasks if t.mount_from is None)
         self._progress = _Progress(total, self.progress_interval)
         stop = threading.Event()
@@ -177,14 +190,28 @@ class Copier:
         result.seconds = time.monotonic() - started
         return result
 
+    def cancel_abandoned_uploads(self) -> None:
+        """Cancel the upload sessions that writers killed mid-upload left open on the secondary."""
+        for upload in self.leases.abandoned_uploads(self.secondary.url):
+            self.secondary.cancel_upload(Upload(upload["repository"], upload["location"]))
+            log.info("cancelled an upload session a stopped writer left open in %s (%s)",
+                     upload["repository"], upload["location"].split("?")[0])
+
+    def _tracked_upload(self, repository: str) -> tuple[Upload, str]:
+        upload = self.secondary.start_upload(repository)
+        return upload, self.leases.track_upload(self.secondary.url, repository, upload.location)
+
     def _transfer(self, task: BlobTask, repository: str) -> int:
         """Stream the blob from the primary; returns the bytes read."""
         if task.size > self.chunk_size:
             return self._chunked(task, repository)
         for attempt in range(1, TRANSFER_ATTEMPTS + 1):
             body = self._counted(self.primary.read_blob(task.source, task.digest))
+            upload, tracked = self._tracked_upload(repository)
+            committed = False
             try:
-                self.secondary.push_blob(repository, task.digest, body, task.size)
+                self.secondary.finish_upload(upload, task.digest, body, task.size)
+                committed = True
                 return task.size
             except RegistryUnavailableError as exc:
                 if attempt == TRANSFER_ATTEMPTS:
@@ -193,6 +220,10 @@ class Copier:
                     "upload of %s@%s interrupted (%s); attempt %d of %d starts over",
                     repository, task.digest, exc.message, attempt + 1, TRANSFER_ATTEMPTS,
                 )
+            finally:
+                if not committed:
+                    self.secondary.cancel_upload(upload)
+                self.leases.forget(tracked)
         raise AssertionError("unreachable")
 
     def _chunked(self, task: BlobTask, repository: str) -> int:
@@ -201,9 +232,21 @@ class Copier:
         The hash covers exactly the bytes the registry holds, so the digest is verified before
         the final ``PUT`` commits anything.
         """
+        upload, tracked = self._tracked_upload(repository)
+        latest = [upload]
+        try:
+            return self._upload_chunks(task, repository, latest)
+        except BaseException:
+            self.secondary.cancel_upload(latest[0])
+            raise
+        finally:
+            self.leases.forget(tracked)
+
+    def _upload_chunks(self, task: BlobTask, repository: str, latest: list[Upload]) -> int:
+        """The chunks of ``_chunked``; ``latest[0]`` follows the session's current location."""
+        upload = latest[0]
         algorithm = task.digest.split(":", 1)[0]
         hasher = hashlib.new(algorithm)
-        upload = self.secondary.start_upload(repository)
         read = 0
         failures = 0
         while upload.offset < task.size:
@@ -212,6 +255,8 @@ class Copier:
             chunks = self.primary.read_blob(task.source, task.digest, offset=upload.offset, length=length)
             try:
                 upload = self.secondary.upload_chunk(upload, self._hashed(chunks, pending), length)
+                latest[0] = upload
+                self.leases.track_upload(self.secondary.url, repository, upload.location)
                 hasher = pending
                 read += length
             except RegistryUnavailableError as exc:
@@ -219,7 +264,7 @@ class Copier:
                 if failures >= TRANSFER_ATTEMPTS:
                     raise
                 confirmed = upload.offset
-                upload = self.secondary.upload_status(upload)
+                upload = latest[0] = self.secondary.upload_status(upload)
                 log.warning(
                     "upload of %s@%s interrupted at %s (%s); resuming from %s, the registry's offset",
                     repository, task.digest, _mib(confirmed), exc.message, _mib(upload.offset),
@@ -233,7 +278,6 @@ class Copier:
                         read += len(chunk)
         actual = f"{algorithm}:{hasher.hexdigest()}"
         if actual != task.digest:
-            self.secondary.cancel_upload(upload)
             raise DigestMismatchError(
                 f"the blob's bytes hash to {actual}", registry=self.primary.url,
                 operation="get blob", repository=task.source, reference=task.digest,
@@ -274,26 +318,34 @@ class Copier:
             )
         else:
             try:
-                for child in task.children:
+                for child in task.children:  # by digest: no tag moves, so no lease needed
                     if self.secondary.head_manifest(task.repository, child) is None:
                         self._push(task.repository, child, child)
                         result.manifests_pushed += 1
-                current = {
-                    tag for tag in task.tags if self.recheck
-                    and (d := self.secondary.head_manifest(task.repository, tag))
-                    and d.digest == task.digest
-                }
-                for tag in task.tags:  # the tags go last, once everything they need is there
-                    if tag not in current:
-                        self._push(task.repository, task.digest, tag)
-                        result.manifests_pushed += 1
+                with self.leases.repository(task.repository):
+                    for tag in task.tags:  # the tags go last, once everything they need is there
+                        self._push_tag(task, tag, result)
                 result.outcome = PUSHED if result.manifests_pushed else SKIPPED
-            except RegistryError as exc:
+            except (RegistryError, LeaseBusy, LeaseLost) as exc:
                 result.outcome = FAILED
                 result.error = str(exc)
         result.seconds = time.monotonic() - started
         self.on_result(result)
         return result
+
+    def _push_tag(self, task: ImageTask, tag: str, result: ImageResult) -> None:
+        """Point ``tag`` at the planned digest, if the primary still does (compare-and-set)."""
+        now = self.primary.head_manifest(task.repository, tag)
+        if now is None or now.digest != task.digest:
+            result.moved[tag] = now.digest if now else None
+            return
+        if self.recheck:
+            current = self.secondary.head_manifest(task.repository, tag)
+            if current is not None and current.digest == task.digest:
+                return
+        self.leases.check()
+        self._push(task.repository, task.digest, tag)
+        result.manifests_pushed += 1
 
     def _push(self, repository: str, digest: str, reference: str) -> None:
         manifest = self.manifests.get((repository, digest))

@@ -1,15 +1,22 @@
 """Mirror deletions: remove tags from the secondary that are gone from the primary.
 
-distribution deletes manifests only by digest, which untags every tag on that digest. So each
-deletion reads the manifest first, deletes it, and restores in the same step every tag that
-must stay (and the manifest itself, by digest, when a kept index still refers to it).
-Guards: never from an incomplete snapshot, and never more than ``max_fraction`` of the
-secondary's tags unless forced.
+distribution 2.8 deletes manifests only by digest, which would untag every other tag on that
+digest too. So a tag is removed without touching its digest: it is first pointed at a
+*tombstone* (a tiny OCI artifact unique to this deletion) and the tombstone is deleted by
+digest, taking only that tag with it. No tag that must stay is ever missing, not even for a
+moment, and a crash between the two steps leaves a tombstone that the next prune removes.
+
+Every removal happens under the repository's lease and only while the primary still lacks
+the tag (compare-and-set), so a tag pushed again during the run is never deleted. Guards:
+never from an incomplete snapshot, and never more than ``max_fraction`` of the secondary's
+tags unless forced.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import uuid
 from dataclasses import dataclass
 
 import pandas as pd
@@ -18,11 +25,16 @@ from registry_replication import mediatypes as mt
 from registry_replication.client import RegistryClient
 from registry_replication.diff import EXTRA
 from registry_replication.errors import RegistryError
+from registry_replication.leases import LeaseBusy, LeaseLost, Leases
 from registry_replication.snapshot import Scope, Snapshot, take_snapshot
 
 log = logging.getLogger(__name__)
 
-DELETED, WOULD_DELETE, RESTORED, FAILED = "deleted", "would delete", "restored", "failed"
+DELETED, WOULD_DELETE, KEPT, FAILED = "deleted", "would delete", "kept", "failed"
+
+TOMBSTONE_ARTIFACT_TYPE = "application/vnd.registry-replication.tombstone.v1"
+EMPTY_CONFIG = b"{}"
+EMPTY_CONFIG_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
 
 
 class PruneRefused(Exception):
@@ -34,13 +46,12 @@ class PruneResult:
     repository: str
     tag: str
     digest: str
-    action: str  # deleted | would delete | restored | failed
-    error: str | None = None
+    action: str  # deleted | would delete | kept | failed
+    error: str | None = None  # why it failed, or why it was kept
 
     def log_line(self) -> str:
         line = f"prune {self.action:<12} {self.repository}:{self.tag} {self.digest}"
         return f"{line}: {self.error}" if self.error else line
-
 
 def prunable(
     differences: pd.DataFrame,
@@ -60,7 +71,7 @@ def prunable(
     if not secondary.complete:
         raise PruneRefused(
             f"not pruning: the secondary's listing was incomplete ({secondary.errors[0]}); "
-            "deleting by digest could untag tags that were not listed"
+            "fix that error, the next run prunes"
         )
     extra = differences[differences["status"] == EXTRA]
     rows = extra[["repository", "tag", "digest_secondary"]].rename(
@@ -77,62 +88,145 @@ def prunable(
 
 
 def prune(
+    primary: RegistryClient,
     secondary: RegistryClient,
     doomed: pd.DataFrame,
     *,
+    leases: Leases,
     dry_run: bool = False,
     concurrency: int = 16,
 ) -> list[PruneResult]:
-    """Delete ``doomed`` tags, restoring the tags (and index children) that share a digest.
-
-    The secondary is listed again first: the copy step may have moved tags since the snapshot.
-    """
+    """Delete the ``doomed`` (repository, tag, digest) rows that are still as planned: the
+    secondary's tag still on that digest, and the primary still without the tag."""
     if doomed.empty:
         return []
-    repositories = sorted(doomed["repository"].unique())
-    current = take_snapshot(secondary, Scope(), concurrency=concurrency, repositories=repositories)
-    if not current.complete:
-        raise PruneRefused(f"not pruning: cannot list the secondary again ({current.errors[0]})")
-    now = current.tags.set_index(["repository", "tag"])["digest"].to_dict()
     results: list[PruneResult] = []
-    for (repository, digest), group in doomed.groupby(["repository", "digest"], sort=True):
-        tags = [t for t in sorted(group["tag"]) if now.get((repository, t)) == digest]
-        if not tags:
-            continue  # already gone or moved since the snapshot
+    for repository, group in doomed.groupby("repository", sort=True):
+        planned = dict(zip(group["tag"], group["digest"]))
         if dry_run:
-            results += [PruneResult(repository, t, digest, WOULD_DELETE) for t in tags]
+            current, _ = _listing(secondary, repository, concurrency)
+            results += [PruneResult(repository, tag, digest, WOULD_DELETE)
+                        for tag, digest in sorted(planned.items()) if current.get(tag) == digest]
             continue
-        results += _delete(secondary, current, repository, digest, tags)
+        results += _under_lease(primary, secondary, repository, planned, leases, concurrency)
     for result in results:
         (log.error if result.action == FAILED else log.info)(result.log_line())
     return results
 
 
-def _delete(
-    secondary: RegistryClient, current: Snapshot, repository: str, digest: str, tags: list[str]
+def mirror_manifest_delete(
+    primary: RegistryClient, secondary: RegistryClient, repository: str, digest: str, *,
+    leases: Leases, concurrency: int = 16,
 ) -> list[PruneResult]:
-    in_repo = current.tags[current.tags["repository"] == repository]
-    keep = sorted(set(in_repo.loc[in_repo["digest"] == digest, "tag"]) - set(tags))
+    """The primary deleted ``digest``: remove its tags the primary no longer has (a tag it has
+    again, on any digest, stays), then the manifest itself once nothing refers to it."""
+    results = _under_lease(primary, secondary, repository, None, leases, concurrency, digest)
+    for result in results:
+        (log.error if result.action == FAILED else log.info)(result.log_line())
+    return results
+
+
+def _under_lease(
+    primary: RegistryClient, secondary: RegistryClient, repository: str,
+    planned: dict[str, str] | None, leases: Leases, concurrency: int, digest: str | None = None,
+) -> list[PruneResult]:
     try:
-        manifest = secondary.get_manifest(repository, digest)
-        referenced = _index_children(secondary, in_repo[in_repo["digest"] != digest])
-        secondary.delete_manifest(repository, digest)
-        results = [PruneResult(repository, t, digest, DELETED) for t in tags]
-        # Restore at once what deleting by digest took with it.
-        if digest in referenced:
-            secondary.put_manifest(repository, digest, manifest.raw, manifest.media_type)
-        for tag in keep:
-            secondary.put_manifest(repository, tag, manifest.raw, manifest.media_type)
-            results.append(PruneResult(repository, tag, digest, RESTORED))
-        return results
-    except RegistryError as exc:
-        return [PruneResult(repository, t, digest, FAILED, str(exc)) for t in tags]
+        with leases.repository(repository):
+            # Listed inside the lease: no other writer changes these tags until it ends.
+            current, indexes = _listing(secondary, repository, concurrency)
+            if planned is None:
+                planned = {tag: d for tag, d in current.items() if d == digest}
+            results = [_remove_tag(primary, secondary, repository, tag, d, current, leases)
+                       for tag, d in sorted(planned.items()) if current.get(tag) == d]
+            emptied = {r.digest for r in results if r.action == DELETED} | (
+                {digest} if digest else set())
+            _delete_untagged(primary, secondary, repository, emptied, current, indexes, leases)
+            return results
+    except (RegistryError, LeaseBusy, LeaseLost, PruneRefused) as exc:
+        return [PruneResult(repository, tag, d, FAILED, str(exc))
+                for tag, d in sorted((planned or {"*": digest or ""}).items())]
 
 
-def _index_children(secondary: RegistryClient, tags: pd.DataFrame) -> set[str]:
+def _listing(
+    secondary: RegistryClient, repository: str, concurrency: int
+) -> tuple[dict[str, str], set[str]]:
+    """The repository's tags on the secondary now ({tag: digest}), and its index digests."""
+    current = take_snapshot(secondary, Scope(), concurrency=concurrency, repositories=[repository])
+    if not current.complete:
+        raise PruneRefused(f"not pruning {repository}: cannot list it on the secondary "
+                           f"({current.errors[0]})")
+    tags = current.tags
+    return (dict(zip(tags["tag"], tags["digest"])),
+            set(tags.loc[tags["media_type"].isin(mt.INDEXES), "digest"]))
+
+
+def _remove_tag(
+    primary: RegistryClient, secondary: RegistryClient, repository: str, tag: str, digest: str,
+    current: dict[str, str], leases: Leases,
+) -> PruneResult:
+    try:
+        now = primary.head_manifest(repository, tag)
+        if now is not None:
+            return PruneResult(repository, tag, digest, KEPT,
+                               f"the primary has it again (on {now.digest}); not deleted")
+        leases.check()
+        untag(secondary, repository, tag)
+        del current[tag]
+        return PruneResult(repository, tag, digest, DELETED)
+    except (RegistryError, LeaseLost) as exc:
+        return PruneResult(repository, tag, digest, FAILED, str(exc))
+
+
+def untag(secondary: RegistryClient, repository: str, tag: str) -> None:
+    """Remove one tag, and only that tag: point it at a fresh tombstone, delete the tombstone."""
+    if secondary.blob_size(repository, EMPTY_CONFIG_DIGEST) is None:
+        secondary.push_blob(repository, EMPTY_CONFIG_DIGEST, EMPTY_CONFIG, len(EMPTY_CONFIG))
+    tombstone = secondary.put_manifest(repository, tag, _tombstone(repository, tag), mt.OCI_MANIFEST)
+    secondary.delete_manifest(repository, tombstone)
+
+
+def is_tombstone(raw: bytes) -> bool:
+    try:
+        return json.loads(raw).get("artifactType") == TOMBSTONE_ARTIFACT_TYPE
+    except (ValueError, AttributeError):
+        return False
+
+
+def _tombstone(repository: str, tag: str) -> bytes:
+    return json.dumps({
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_MANIFEST,
+        "artifactType": TOMBSTONE_ARTIFACT_TYPE,
+        "config": {"mediaType": mt.OCI_EMPTY,
+                   "digest": EMPTY_CONFIG_DIGEST, "size": len(EMPTY_CONFIG)},
+        "layers": [],
+        "annotations": {"org.opencontainers.image.description":
+                        f"registry-replication is deleting {repository}:{tag}",
+                        "registry-replication.nonce": uuid.uuid4().hex},
+    }, separators=(",", ":")).encode()
+
+
+def _delete_untagged(
+    primary: RegistryClient, secondary: RegistryClient, repository: str, digests: set[str],
+    current: dict[str, str], indexes: set[str], leases: Leases,
+) -> None:
+    """Delete manifests no tag points at any more, as on the primary: unless the primary still
+    has them or a kept index on the secondary refers to them."""
+    candidates = {d for d in digests if d not in current.values()}
+    if not candidates:
+        return
+    children = _index_children(secondary, repository, indexes & set(current.values()))
+    for digest in sorted(candidates - children):
+        if primary.head_manifest(repository, digest) is not None:
+            continue
+        leases.check()
+        if secondary.delete_manifest(repository, digest):
+            log.info("deleted untagged %s@%s, as on the primary", repository, digest)
+
+
+def _index_children(secondary: RegistryClient, repository: str, digests: set[str]) -> set[str]:
     children: set[str] = set()
-    indexes = tags[tags["media_type"].isin(mt.INDEXES)].drop_duplicates("digest")
-    for repository, digest in zip(indexes["repository"], indexes["digest"]):
+    for digest in sorted(digests):
         body = secondary.get_manifest(repository, digest).json
         children.update(m["digest"] for m in body.get("manifests") or [])
     return children

@@ -20,10 +20,10 @@ from registry_replication import diff as diffs
 from registry_replication.client import RegistryClient
 from registry_replication.copy import BLOCKED, FAILED, Copier
 from registry_replication.errors import RegistryError
+from registry_replication.leases import Leases
 from registry_replication.plan import build_plan
 from registry_replication.prune import FAILED as PRUNE_FAILED
-from registry_replication.prune import PruneRefused, prune
-from registry_replication.snapshot import Scope, take_snapshot
+from registry_replication.prune import mirror_manifest_delete
 from registry_replication.store import Event
 
 log = logging.getLogger(__name__)
@@ -61,25 +61,30 @@ def replicate_events(
     secondary: RegistryClient,
     events: Sequence[Event],
     *,
+    leases: Leases,
     concurrency: int = 16,
     parallelism: int = 8,
 ) -> dict[str, str | None]:
-    """Process claimed events; returns {event id: None when done, else the error}."""
+    """Process claimed events; returns {event id: None when done, else the error}.
+
+    Writes go through the shared write protocol (``leases``): a tag the primary moved again
+    meanwhile is left to the event that reports the move, so events are acknowledged as done.
+    """
     outcomes: dict[str, str | None] = {}
     for repository, work in coalesce(events).items():
         outcomes.update({event_id: None for event_id in work.noop})
         if work.tags:
-            outcomes.update(_copy_tags(primary, secondary, repository, work.tags,
+            outcomes.update(_copy_tags(primary, secondary, repository, work.tags, leases,
                                        concurrency=concurrency, parallelism=parallelism))
         if work.deleted:
-            outcomes.update(_mirror_deletes(primary, secondary, repository, work.deleted,
+            outcomes.update(_mirror_deletes(primary, secondary, repository, work.deleted, leases,
                                             concurrency=concurrency))
     return outcomes
 
 
 def _copy_tags(
     primary: RegistryClient, secondary: RegistryClient, repository: str,
-    tags: dict[str, list[str]], *, concurrency: int, parallelism: int,
+    tags: dict[str, list[str]], leases: Leases, *, concurrency: int, parallelism: int,
 ) -> dict[str, str | None]:
     def heads(tag: str):
         return primary.head_manifest(repository, tag), secondary.head_manifest(repository, tag)
@@ -103,7 +108,8 @@ def _copy_tags(
                      "media_type": source.media_type})
     differences = pd.DataFrame(rows, columns=diffs.COLUMNS)
     plan = build_plan(primary, secondary, differences, concurrency=concurrency)
-    copier = Copier(primary, secondary, parallelism=parallelism, manifests=plan.manifests)
+    copier = Copier(primary, secondary, leases=leases, parallelism=parallelism,
+                    manifests=plan.manifests)
     blobs = copier.copy_blobs(plan.blobs)
     failed_blobs = {r.digest: r.error for r in blobs if r.action == FAILED}
     images = copier.push_images(plan.images, failed_blobs)
@@ -116,7 +122,7 @@ def _copy_tags(
 
 def _mirror_deletes(
     primary: RegistryClient, secondary: RegistryClient, repository: str,
-    deleted: dict[str, list[str]], *, concurrency: int,
+    deleted: dict[str, list[str]], leases: Leases, *, concurrency: int,
 ) -> dict[str, str | None]:
     outcomes: dict[str, str | None] = {}
     for digest, ids in deleted.items():
@@ -124,26 +130,11 @@ def _mirror_deletes(
             if primary.head_manifest(repository, digest) is not None:
                 outcomes.update({i: None for i in ids})  # a blob delete, or pushed again
                 continue
-            current = take_snapshot(secondary, Scope(), concurrency=concurrency,
-                                    repositories=[repository])
-            on_digest = current.tags[current.tags["digest"] == digest]
-            doomed = [t for t in on_digest["tag"] if _gone(primary, repository, t, digest)]
-            if doomed:
-                results = prune(secondary, pd.DataFrame({"repository": repository, "tag": doomed,
-                                                         "digest": digest}), concurrency=concurrency)
-                failed = [r for r in results if r.action == PRUNE_FAILED]
-                if failed:
-                    outcomes.update({i: failed[0].error for i in ids})
-                    continue
-            elif secondary.head_manifest(repository, digest) is not None:
-                secondary.delete_manifest(repository, digest)
-                log.info("deleted untagged %s@%s, as on the primary", repository, digest)
-            outcomes.update({i: None for i in ids})
-        except (RegistryError, PruneRefused) as exc:
+        except RegistryError as exc:
             outcomes.update({i: str(exc) for i in ids})
+            continue
+        results = mirror_manifest_delete(primary, secondary, repository, digest, leases=leases,
+                                         concurrency=concurrency)
+        failed = [r for r in results if r.action == PRUNE_FAILED]
+        outcomes.update({i: failed[0].error if failed else None for i in ids})
     return outcomes
-
-
-def _gone(primary: RegistryClient, repository: str, tag: str, digest: str) -> bool:
-    current = primary.head_manifest(repository, tag)
-    return current is None or current.digest != digest

@@ -81,6 +81,17 @@ failed_layers = sa.Table(
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# Write leases: one row per resource (``repository:<name>`` or ``upload:<key>``), held by one
+# writer (``owner``) until ``expires_at``; the holder renews it while it works.
+leases = sa.Table(
+    "rr_leases", metadata,
+    sa.Column("resource", sa.String(512), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("detail", sa.JSON),
+)
+
 runs = sa.Table(
     "rr_runs", metadata,
     sa.Column("run_id", sa.String(255), primary_key=True),
@@ -240,6 +251,64 @@ class EventStore:
             sa.and_(events.c.status == PROCESSING, events.c.lease_expires_at < now),
         )
 
+    # -- write leases -------------------------------------------------------------------------
+
+    def acquire_lease(
+        self, resource: str, owner: str, ttl_seconds: float, detail: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """Take ``resource`` for ``owner`` if it is free, expired or already ``owner``'s (then
+        it is renewed). Returns None when ``owner`` holds it, else the holder's row."""
+        now = _now()
+        values = {"resource": resource, "owner": owner, "acquired_at": now, "detail": detail,
+                  "expires_at": now + dt.timedelta(seconds=ttl_seconds)}
+        insert = self._dialect_insert(leases).values(**values)
+        upsert = insert.on_conflict_do_update(
+            index_elements=[leases.c.resource],
+            set_={name: insert.excluded[name] for name in ("owner", "expires_at", "detail")}
+            | {"acquired_at": sa.case((leases.c.owner == owner, leases.c.acquired_at),
+                                      else_=insert.excluded.acquired_at)},
+            where=sa.or_(leases.c.owner == owner, leases.c.expires_at < now),
+        )
+        with self.engine.begin() as conn:
+            conn.execute(upsert)
+            row = conn.execute(sa.select(leases).where(leases.c.resource == resource)).one()
+        return None if row.owner == owner else _lease(row)
+
+    def renew_leases(self, owner: str, ttl_seconds: float) -> int:
+        """Extend every lease ``owner`` holds; returns how many it still holds."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                leases.update().where(leases.c.owner == owner).values(
+                    expires_at=_now() + dt.timedelta(seconds=ttl_seconds))
+            ).rowcount
+
+    def release_lease(self, resource: str, owner: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(leases.delete().where(leases.c.resource == resource,
+                                               leases.c.owner == owner))
+
+    def expired_leases(self, prefix: str) -> list[dict[str, Any]]:
+        """Leases on resources starting with ``prefix`` whose holder stopped renewing them."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(leases).where(
+                leases.c.resource.startswith(prefix, autoescape=True), leases.c.expires_at < _now()))
+            return [_lease(row) for row in rows]
+
+    def all_leases(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [_lease(row) for row in conn.execute(sa.select(leases).order_by(leases.c.resource))]
+
+    def _dialect_insert(self, table: sa.Table):
+        """``INSERT`` with ``on_conflict_do_update`` for this database (SQLite, PostgreSQL)."""
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif self.engine.dialect.name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            raise RuntimeError(
+                f"the replication store supports SQLite and PostgreSQL, not {self.engine.dialect.name}")
+        return insert(table)
+
     # -- status -------------------------------------------------------------------------------
 
     def queue(self) -> dict[str, Any]:
@@ -320,6 +389,10 @@ class EventStore:
 def _event(row: Any) -> Event:
     return Event(row.id, row.action, row.repository, row.tag, row.digest, row.media_type,
                  _aware(row.timestamp), row.attempts)
+
+
+def _lease(row: Any) -> dict[str, Any]:
+    return {**row._mapping, "expires_at": _aware(row.expires_at), "acquired_at": _aware(row.acquired_at)}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

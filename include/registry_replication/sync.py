@@ -16,9 +16,11 @@ import pandas as pd
 from registry_replication import diff as diffs
 from registry_replication.client import RegistryClient
 from registry_replication.copy import FAILED, BlobResult, Copier, ImageResult
+from registry_replication.leases import Leases
 from registry_replication.plan import Plan, build_plan
 from registry_replication.prune import PruneRefused, PruneResult, prunable, prune
 from registry_replication.snapshot import Scope, Snapshot, take_snapshot
+from registry_replication.store import EventStore
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +86,17 @@ def snapshots(
 
 
 def run_sync(
-    primary: RegistryClient, secondary: RegistryClient, options: SyncOptions | None = None
+    primary: RegistryClient,
+    secondary: RegistryClient,
+    options: SyncOptions | None = None,
+    *,
+    leases: Leases | None = None,
 ) -> SyncReport:
+    """``leases``: the write protocol shared with every other writer; default: leases in the
+    replication store the DAGs use (``REGISTRY_REPLICATION_DB_URL`` or ``$AIRFLOW_HOME``)."""
+    if leases is None:
+        with Leases(EventStore()) as own:
+            return run_sync(primary, secondary, options, leases=own)
     options = options or SyncOptions()
     started = time.monotonic()
     source, target = snapshots(primary, secondary, options)
@@ -95,7 +106,7 @@ def run_sync(
     if options.dry_run:
         log.info("dry run: nothing copied\n%s", diffs.summary(differences).to_string())
     else:
-        copier = Copier(primary, secondary, parallelism=options.parallelism,
+        copier = Copier(primary, secondary, leases=leases, parallelism=options.parallelism,
                         manifests=plan.manifests, recheck=False,
                         **({"chunk_size": options.chunk_size} if options.chunk_size else {}))
         report.blobs = copier.copy_blobs(plan.blobs)
@@ -104,8 +115,8 @@ def run_sync(
         try:
             doomed = prunable(differences, source, target, max_fraction=options.max_prune_fraction,
                               force=options.force_prune)
-            report.pruned = prune(secondary, doomed, dry_run=options.dry_run,
-                                  concurrency=options.concurrency)
+            report.pruned = prune(primary, secondary, doomed, leases=leases,
+                                  dry_run=options.dry_run, concurrency=options.concurrency)
         except PruneRefused as exc:
             log.error(str(exc))
             report.prune_refused = str(exc)

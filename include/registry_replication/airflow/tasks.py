@@ -21,6 +21,7 @@ from registry_replication import realtime
 from registry_replication.airflow.hooks import OciRegistryHook
 from registry_replication.copy import FAILED, BlobResult, Copier, ImageResult
 from registry_replication.diff import IN_SYNC
+from registry_replication.leases import Leases
 from registry_replication.plan import BlobTask, ImageTask, Plan, batch_label, build_plan
 from registry_replication.prune import PruneRefused, prunable, prune
 from registry_replication.snapshot import Scope, Snapshot, take_snapshot
@@ -79,6 +80,11 @@ def _scope(p: dict[str, Any]) -> Scope:
 
 def _client(conn_id: str, *, writable: bool = False):
     return OciRegistryHook(conn_id, writable=writable).get_conn()
+
+
+def _leases() -> Leases:
+    """This task's leases: the write protocol shared with every other writer."""
+    return Leases(EventStore())
 
 
 @task
@@ -150,9 +156,10 @@ def copy_blobs(batch: dict[str, Any]) -> dict[str, int]:
     context = get_current_context()
     context["batch_label"] = batch["label"]
     tasks = [BlobTask(**b) for b in batch["blobs"]]
-    copier = Copier(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
-                    parallelism=_params()["parallelism"])
-    results = copier.copy_blobs(tasks)
+    with _leases() as leases:
+        copier = Copier(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
+                        leases=leases, parallelism=_params()["parallelism"])
+        results = copier.copy_blobs(tasks)
     counts = _push_results(context, results, "action")
     failed = [r for r in results if r.action == FAILED]
     if failed:
@@ -171,9 +178,10 @@ def push_manifests(batch: dict[str, Any]) -> dict[str, int]:
     context["batch_label"] = batch["label"]
     failed_blobs = {r["digest"] for r in _pulled(context, "copy_blobs", "results")
                     if r["action"] == FAILED}
-    copier = Copier(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
-                    parallelism=_params()["parallelism"])
-    results = copier.push_images([ImageTask(**i) for i in batch["images"]], failed_blobs)
+    with _leases() as leases:
+        copier = Copier(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
+                        leases=leases, parallelism=_params()["parallelism"])
+        results = copier.push_images([ImageTask(**i) for i in batch["images"]], failed_blobs)
     counts = _push_results(context, results, "outcome")
     bad = [r for r in results if r.outcome in (FAILED, "blocked")]
     if bad:
@@ -214,8 +222,10 @@ def prune_tags(primary: dict[str, Any], secondary: dict[str, Any],
     try:
         doomed = prunable(changes, Snapshot.from_records(primary), Snapshot.from_records(secondary),
                           max_fraction=p["max_prune_fraction"], force=p["force_prune"])
-        results = prune(_client(SECONDARY_CONN_ID, writable=True), doomed, dry_run=p["dry_run"],
-                        concurrency=p["concurrency"])
+        with _leases() as leases:
+            results = prune(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
+                            doomed, leases=leases, dry_run=p["dry_run"],
+                            concurrency=p["concurrency"])
     except PruneRefused as exc:
         log.error("%s", exc)
         return {"pruned": [], "refused": str(exc)}
@@ -351,8 +361,10 @@ def replicate_events(lease_seconds: float = 300, max_attempts: int = 10) -> dict
         return {"claimed": 0}
     log.info("claimed %d events: %s", len(claimed), ", ".join(
         f"{e.action} {e.repository}:{e.tag or e.digest}" for e in claimed[:20]))
-    outcomes = realtime.replicate_events(_client(PRIMARY_CONN_ID),
-                                         _client(SECONDARY_CONN_ID, writable=True), claimed)
+    with _leases() as leases:
+        outcomes = realtime.replicate_events(_client(PRIMARY_CONN_ID),
+                                             _client(SECONDARY_CONN_ID, writable=True), claimed,
+                                             leases=leases)
     done = [event_id for event_id, error in outcomes.items() if error is None]
     store.complete(owner, done)
     failed: dict[str, list[str]] = {}

@@ -1,0 +1,175 @@
+"""Write leases: the protocol every writer of the secondary shares (event path, reconcile,
+ad-hoc syncs, CLI), across processes and machines.
+
+A writer changes a repository's tags only while it holds that repository's lease in the
+replication store, and only after reading the primary's current state inside it (see
+``copy`` and ``prune``). Leases expire unless renewed, so a writer killed mid-work loses its
+leases within ``ttl_seconds`` and the next writer takes them over. Blob upload sessions are
+recorded the same way, so the upload sessions of a killed writer are found and cancelled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+from registry_replication.store import EventStore
+
+log = logging.getLogger(__name__)
+
+REPOSITORY, UPLOAD = "repository:", "upload:"
+
+
+class LeaseBusy(Exception):
+    """Another live writer holds the lease; the message names it and says what to do."""
+
+    def __init__(self, resource: str, holder: dict[str, Any], waited: float) -> None:
+        super().__init__(
+            f"{resource} is held by another writer ({holder['owner']}, until "
+            f"{holder['expires_at']:%H:%M:%S} UTC) after waiting {waited:.0f}s; nothing was "
+            "written. What to do: nothing, the work is retried; if this repeats, find that "
+            "writer (the lease owner is host:pid:run)"
+        )
+
+
+class LeaseLost(Exception):
+    """This writer could not renew its leases in time: it must stop writing."""
+
+
+class Leases:
+    """One writer's leases. Thread-safe; use as a context manager (releases all on exit)."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        ttl_seconds: float = 60.0,
+        wait_seconds: float = 300.0,
+        owner: str | None = None,
+    ) -> None:
+        self.store = store
+        self.ttl = ttl_seconds
+        self.wait = wait_seconds
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._held: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._renewed_at = time.monotonic()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    @contextmanager
+    def repository(self, name: str) -> Iterator[None]:
+        """Hold ``name``'s lease for the block (re-entrant within this writer)."""
+        resource = REPOSITORY + name
+        self._acquire(resource)
+        try:
+            yield
+        finally:
+            self._release(resource)
+
+    def check(self) -> None:
+        """Raise ``LeaseLost`` unless the leases were renewed recently enough that nobody can
+        have taken them over: called just before each write."""
+        if time.monotonic() - self._renewed_at > self.ttl / 2:
+            raise LeaseLost(
+                f"writer {self.owner} could not renew its leases for "
+                f"{time.monotonic() - self._renewed_at:.0f}s (the store is unreachable or the "
+                "process stalled); it stops writing and the work is retried"
+            )
+
+    # -- upload sessions ------------------------------------------------------------------------
+
+    def track_upload(self, registry: str, repository: str, location: str) -> str:
+        """Record an open upload session until ``forget``; returns its resource name."""
+        session = urlsplit(location).path
+        resource = UPLOAD + hashlib.sha256(f"{registry}{session}".encode()).hexdigest()[:40]
+        self._acquire(resource, {"registry": registry, "repository": repository,
+                                 "location": location})
+        return resource
+
+    def forget(self, resource: str) -> None:
+        self._release(resource)
+
+    def abandoned_uploads(self, registry: str) -> Iterator[dict[str, Any]]:
+        """Upload sessions on ``registry`` whose writer died; each is taken over while yielded,
+        then forgotten."""
+        for row in self.store.expired_leases(UPLOAD):
+            detail = row.get("detail") or {}
+            if detail.get("registry") != registry:
+                continue
+            if self.store.acquire_lease(row["resource"], self.owner, self.ttl, detail) is not None:
+                continue  # another writer is cleaning it up
+            try:
+                yield detail
+            finally:
+                self.store.release_lease(row["resource"], self.owner)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._heartbeat:
+            self._heartbeat.join()
+        with self._lock:
+            held, self._held = list(self._held), Counter()
+        for resource in held:
+            self.store.release_lease(resource, self.owner)
+
+    def __enter__(self) -> Leases:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _acquire(self, resource: str, detail: dict[str, Any] | None = None) -> None:
+        started = time.monotonic()
+        delay = 0.05
+        while True:
+            attempt = time.monotonic()
+            holder = self.store.acquire_lease(resource, self.owner, self.ttl, detail)
+            if holder is None:
+                break
+            waited = time.monotonic() - started
+            if waited > self.wait:
+                raise LeaseBusy(resource, holder, waited)
+            if delay == 0.05:
+                log.info("waiting for %s: another writer (%s) holds it", resource, holder["owner"])
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        with self._lock:
+            self._held[resource] += 1
+            self._renewed_at = max(self._renewed_at, attempt)
+            if self._heartbeat is None:
+                self._heartbeat = threading.Thread(target=self._renew, daemon=True,
+                                                   name="lease-heartbeat")
+                self._heartbeat.start()
+
+    def _release(self, resource: str) -> None:
+        with self._lock:
+            self._held[resource] -= 1
+            if self._held[resource] > 0:
+                return
+            del self._held[resource]
+        self.store.release_lease(resource, self.owner)
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl / 4):
+            with self._lock:
+                if not self._held:
+                    continue
+            attempt = time.monotonic()
+            try:
+                self.store.renew_leases(self.owner, self.ttl)
+                self._renewed_at = attempt
+            except Exception as exc:  # noqa: BLE001 - any store failure: check() stops writes
+                log.warning("could not renew the leases of %s: %s", self.owner, exc)
