@@ -2,7 +2,8 @@
 
 ``TokenService`` plays GitLab's ``/jwt/auth``: it checks a login and password and signs a
 token for the scopes that user may have. ``FaultProxy`` forwards to a registry and injects
-the faults that retries must survive (503, 429 with ``Retry-After``, cut connections).
+the faults that retries must survive (503, 429 with ``Retry-After``, cut connections), and
+holds chosen requests until a test releases them: the window of a race, made deterministic.
 """
 
 from __future__ import annotations
@@ -114,11 +115,28 @@ class Fault:
     after: int = 0  # let this many matching requests through first
 
 
+@dataclass
+class Hold:
+    """Requests matching ``method`` and ``path_contains`` wait until ``release()``."""
+
+    path_contains: str = ""
+    method: str = ""
+    arrived: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.path_contains in path and self.method in ("", method)
+
+    def release(self) -> None:
+        self.released.set()
+
+
 class _ProxyHandler(_QuietHandler):
     owner: FaultProxy
 
     def _forward(self) -> None:
         body = self._read_body()
+        self.owner.wait_if_held(self.command, self.path)
         fault = self.owner.next_fault(self.command, self.path)
         if fault is not None:
             self.owner.record(self.command, self.path, "cut" if fault.cut else fault.status)
@@ -174,8 +192,23 @@ class FaultProxy(_Server):
     def __init__(self, upstream_url: str) -> None:
         self.upstream_host = urlsplit(upstream_url).netloc
         self._faults: deque[Fault] = deque()
+        self._holds: list[Hold] = []
         self._lock = threading.Lock()
         self.log: list[tuple[str, str, int | str]] = []
+
+    def hold(self, method: str = "", path_contains: str = "") -> Hold:
+        """Hold the matching requests (from now on) until the returned ``Hold`` is released."""
+        hold = Hold(path_contains, method)
+        with self._lock:
+            self._holds.append(hold)
+        return hold
+
+    def wait_if_held(self, method: str, path: str, timeout: float = 120) -> None:
+        with self._lock:
+            holds = [h for h in self._holds if h.matches(method, path) and not h.released.is_set()]
+        for hold in holds:
+            hold.arrived.set()
+            hold.released.wait(timeout)
 
     def inject(self, *faults: Fault) -> None:
         with self._lock:
