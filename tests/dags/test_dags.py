@@ -155,3 +155,102 @@ def test_failed_layer_is_named_in_the_task_log(airflow_db, connections, primary,
     summary = EventStore().last_run("registry_reconcile")["summary"]
     # The failed batch's other blobs were copied, and the report counts them.
     assert summary["blobs failed"] == 1 and summary["blobs copied"] == len(img.blobs) - 1
+
+
+@pytest.fixture
+def slow_connections(monkeypatch, primary, secondary):
+    """The primary behind a proxy that holds chosen requests: a reconcile over a slow link."""
+    from registry_replication.local.servers import FaultProxy
+
+    with FaultProxy(primary.url) as proxy:
+        monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_PRIMARY",
+                           json.dumps({**primary.connection(), "host": proxy.url}))
+        monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_SECONDARY", json.dumps(secondary.connection()))
+        yield proxy
+
+
+def race(hold, action):
+    """Run ``action`` once the reconcile's held request arrives, then let the request go on."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def go() -> None:
+        try:
+            assert hold.arrived.wait(120), "the reconcile never sent the held request"
+            action()
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+        finally:
+            hold.release()
+
+    thread = threading.Thread(target=go)
+    thread.start()
+    return thread, errors
+
+
+def replicate_push(primary_reader, secondary_writer, repository, tag, digest):
+    """The event path replicating one push, with its own leases in the DAGs' store."""
+    import datetime as dt
+
+    from registry_replication.leases import Leases
+    from registry_replication.realtime import replicate_events
+    from registry_replication.store import Event
+
+    event = Event(f"{repository}:{tag}@{digest}", "push", repository, tag, digest, None,
+                  dt.datetime.now(dt.timezone.utc))
+    with Leases(EventStore()) as leases:
+        assert replicate_events(primary_reader, secondary_writer, [event], leases=leases) == {
+            event.id: None}
+
+
+def test_reconcile_never_overwrites_a_newer_tag(airflow_db, slow_connections, primary_writer,
+                                                primary_reader, secondary_writer,
+                                                secondary_reader, caplog):
+    factory = images.ImageFactory()
+    old = factory.make()
+    images.push(primary_writer, "app", old, ["t"])
+    newer: list[str] = []
+
+    def move_and_replicate() -> None:
+        newer.append(images.push(primary_writer, "app", factory.make(), ["t"]))
+        replicate_push(primary_reader, secondary_writer, "app", "t", newer[0])
+
+    hold = slow_connections.hold("GET", f"/blobs/{old.blobs[-1].digest}")
+    thread, errors = race(hold, move_and_replicate)
+    with caplog.at_level(logging.INFO):
+        result = run("registry_reconcile")
+    thread.join()
+    assert errors == []
+    assert result.state == "success"
+    assert secondary_reader.head_manifest("app", "t").digest == newer[0] == \
+        primary_reader.head_manifest("app", "t").digest
+    assert f"left to the newer writer: t -> {newer[0]}" in caplog.text
+
+
+def test_reconcile_never_deletes_a_tag_pushed_again(airflow_db, slow_connections, primary_writer,
+                                                    primary_reader, secondary_writer,
+                                                    secondary_reader, caplog):
+    factory = images.ImageFactory()
+    kept = factory.make()
+    images.push(primary_writer, "keep", kept, ["k"])
+    images.push(primary_writer, "keep", factory.make(), ["other"])
+    assert run("registry_reconcile").state == "success"
+    primary_writer.delete_manifest("keep", kept.digest)
+    fresh = factory.make()
+    images.push(primary_writer, "app", fresh, ["new"])
+
+    def push_again_and_replicate() -> None:
+        images.push(primary_writer, "keep", kept, ["k"])
+        replicate_push(primary_reader, secondary_writer, "keep", "k", kept.digest)
+
+    hold = slow_connections.hold("GET", f"/blobs/{fresh.blobs[-1].digest}")
+    thread, errors = race(hold, push_again_and_replicate)
+    with caplog.at_level(logging.INFO):
+        result = run("registry_reconcile", {"prune": True})
+    thread.join()
+    assert errors == []
+    assert result.state == "success"
+    assert secondary_reader.head_manifest("keep", "k").digest == kept.digest
+    assert secondary_reader.head_manifest("app", "new").digest == fresh.digest
+    assert "prune kept" in caplog.text and "the primary has it again" in caplog.text
