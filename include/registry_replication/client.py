@@ -459,15 +459,18 @@ class RegistryClient:
         )
         response.close()
 
-    def cancel_upload(self, upload: Upload) -> None:
+    def cancel_upload(self, upload: Upload) -> bool:
+        """End an upload session (``DELETE`` needs the delete action); True once it is gone."""
         try:
             self._send(
                 "DELETE", upload.location, operation="cancel upload",
-                repository=upload.repository, scopes=self._scopes(upload.repository, "pull,push"),
+                repository=upload.repository, scopes=self._scopes(upload.repository, "delete"),
                 ok=(204, 404),
             ).close()
-        except RegistryError as exc:  # the session expires by itself; not worth failing for
+            return True
+        except RegistryError as exc:  # the registry purges it in time; not worth failing for
             log.info("could not cancel upload in %s: %s", upload.repository, exc)
+            return False
 
     def _count(self, n: int) -> None:
         with self._count_lock:

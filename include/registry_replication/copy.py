@@ -192,10 +192,10 @@ class Copier:
 
     def cancel_abandoned_uploads(self) -> None:
         """Cancel the upload sessions that writers killed mid-upload left open on the secondary."""
-        for upload in self.leases.abandoned_uploads(self.secondary.url):
-            self.secondary.cancel_upload(Upload(upload["repository"], upload["location"]))
-            log.info("cancelled an upload session a stopped writer left open in %s (%s)",
-                     upload["repository"], upload["location"].split("?")[0])
+        for upload in self.leases.abandoned_uploads():
+            if self.secondary.cancel_upload(Upload(upload["repository"], upload["location"])):
+                log.info("cancelled an upload session a stopped writer left open in %s (%s)",
+                         upload["repository"], upload["location"].split("?")[0])
 
     def _tracked_upload(self, repository: str) -> tuple[Upload, str]:
         upload = self.secondary.start_upload(repository)

@@ -28,6 +28,8 @@ from registry_replication.store import EventStore
 log = logging.getLogger(__name__)
 
 REPOSITORY, UPLOAD = "repository:", "upload:"
+TTL_ENV = "REGISTRY_REPLICATION_LEASE_SECONDS"
+DEFAULT_TTL_SECONDS = 60.0
 
 
 class LeaseBusy(Exception):
@@ -53,12 +55,14 @@ class Leases:
         self,
         store: EventStore,
         *,
-        ttl_seconds: float = 60.0,
+        ttl_seconds: float | None = None,
         wait_seconds: float = 300.0,
         owner: str | None = None,
     ) -> None:
+        """``ttl_seconds``: how long a killed writer's leases block others (default
+        ``$REGISTRY_REPLICATION_LEASE_SECONDS`` or 60); renewed every quarter of it."""
         self.store = store
-        self.ttl = ttl_seconds
+        self.ttl = ttl_seconds or float(os.environ.get(TTL_ENV) or DEFAULT_TTL_SECONDS)
         self.wait = wait_seconds
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._held: Counter[str] = Counter()
@@ -93,20 +97,24 @@ class Leases:
         """Record an open upload session until ``forget``; returns its resource name."""
         session = urlsplit(location).path
         resource = UPLOAD + hashlib.sha256(f"{registry}{session}".encode()).hexdigest()[:40]
-        self._acquire(resource, {"registry": registry, "repository": repository,
-                                 "location": location})
+        detail = {"registry": registry, "repository": repository, "location": location}
+        with self._lock:
+            tracked = self._held[resource] > 0
+        if tracked:  # the session moved on (a chunk went up): keep its latest location
+            self.store.acquire_lease(resource, self.owner, self.ttl, detail)
+        else:
+            self._acquire(resource, detail)
         return resource
 
     def forget(self, resource: str) -> None:
         self._release(resource)
 
-    def abandoned_uploads(self, registry: str) -> Iterator[dict[str, Any]]:
-        """Upload sessions on ``registry`` whose writer died; each is taken over while yielded,
-        then forgotten."""
+    def abandoned_uploads(self) -> Iterator[dict[str, Any]]:
+        """Upload sessions on the secondary whose writer died; each is taken over while
+        yielded, then forgotten. (A store serves one secondary, which writers may reach by
+        different addresses: the session's path is what identifies it.)"""
         for row in self.store.expired_leases(UPLOAD):
             detail = row.get("detail") or {}
-            if detail.get("registry") != registry:
-                continue
             if self.store.acquire_lease(row["resource"], self.owner, self.ttl, detail) is not None:
                 continue  # another writer is cleaning it up
             try:

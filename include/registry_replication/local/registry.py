@@ -67,6 +67,8 @@ class LocalRegistry:
     htpasswd: Path | None = None  # basic auth instead of token auth
     name: str = "registry"
     port: int = field(default_factory=free_port)
+    # Kept across restarts, as a real deployment's config keeps it: upload sessions survive.
+    http_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -92,7 +94,7 @@ class LocalRegistry:
             },
             "http": {
                 "addr": f"127.0.0.1:{self.port}",
-                "secret": secrets.token_hex(16),
+                "secret": self.http_secret,
                 "headers": {"X-Content-Type-Options": ["nosniff"]},
             },
             # Like GitLab's: manifests may reference foreign (non-distributable) layers.

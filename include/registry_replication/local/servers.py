@@ -121,13 +121,20 @@ class Hold:
 
     path_contains: str = ""
     method: str = ""
+    after: int = 0  # let this many matching requests through first
     arrived: threading.Event = field(default_factory=threading.Event)
     released: threading.Event = field(default_factory=threading.Event)
+    dropped: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         return self.path_contains in path and self.method in ("", method)
 
     def release(self) -> None:
+        self.released.set()
+
+    def drop(self) -> None:
+        """Let go of the held requests without forwarding them (their sender is gone)."""
+        self.dropped = True
         self.released.set()
 
 
@@ -136,7 +143,10 @@ class _ProxyHandler(_QuietHandler):
 
     def _forward(self) -> None:
         body = self._read_body()
-        self.owner.wait_if_held(self.command, self.path)
+        if not self.owner.wait_if_held(self.command, self.path):
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
         fault = self.owner.next_fault(self.command, self.path)
         if fault is not None:
             self.owner.record(self.command, self.path, "cut" if fault.cut else fault.status)
@@ -196,19 +206,29 @@ class FaultProxy(_Server):
         self._lock = threading.Lock()
         self.log: list[tuple[str, str, int | str]] = []
 
-    def hold(self, method: str = "", path_contains: str = "") -> Hold:
-        """Hold the matching requests (from now on) until the returned ``Hold`` is released."""
-        hold = Hold(path_contains, method)
+    def hold(self, method: str = "", path_contains: str = "", after: int = 0) -> Hold:
+        """Hold the matching requests (from now on, but the first ``after``) until the returned
+        ``Hold`` is released."""
+        hold = Hold(path_contains, method, after)
         with self._lock:
             self._holds.append(hold)
         return hold
 
-    def wait_if_held(self, method: str, path: str, timeout: float = 120) -> None:
+    def wait_if_held(self, method: str, path: str, timeout: float = 120) -> bool:
+        """Wait while a hold matches; False when the request is to be dropped."""
         with self._lock:
-            holds = [h for h in self._holds if h.matches(method, path) and not h.released.is_set()]
+            holds = []
+            for hold in self._holds:
+                if hold.released.is_set() or not hold.matches(method, path):
+                    continue
+                if hold.after:
+                    hold.after -= 1
+                else:
+                    holds.append(hold)
         for hold in holds:
             hold.arrived.set()
             hold.released.wait(timeout)
+        return not any(hold.dropped for hold in holds)
 
     def inject(self, *faults: Fault) -> None:
         with self._lock:
