@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -146,6 +147,16 @@ class EventStore:
 
     def create_schema(self) -> None:
         """Create the tables, or check that an existing schema is one this code can use."""
+        for attempt in range(1, 4):
+            try:
+                return self._create_schema()
+            except (sa.exc.OperationalError, sa.exc.IntegrityError, sa.exc.ProgrammingError):
+                # Another process created the same tables at the same moment: look again.
+                if attempt == 3:
+                    raise
+                time.sleep(0.1 * attempt)
+
+    def _create_schema(self) -> None:
         metadata.create_all(self.engine)
         with self.engine.begin() as conn:
             version = conn.execute(sa.select(sa.func.max(schema_info.c.version))).scalar()
@@ -187,20 +198,20 @@ class EventStore:
         """Take up to ``limit`` due events under a lease; returns the lease owner and events."""
         owner = uuid.uuid4().hex
         now = _now()
+        due = (
+            sa.select(events.c.id).where(self._claimable(now))
+            .order_by(events.c.timestamp).limit(limit).with_for_update(skip_locked=True)
+        )
         with self.engine.begin() as conn:
-            query = (
-                sa.select(events.c.id).where(self._claimable(now))
-                .order_by(events.c.timestamp).limit(limit).with_for_update(skip_locked=True)
-            )
-            ids = [row.id for row in conn.execute(query)]
-            if ids:
-                conn.execute(
-                    events.update().where(events.c.id.in_(ids)).values(
-                        status=PROCESSING, lease_owner=owner,
-                        lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
-                        attempts=events.c.attempts + 1, updated_at=now,
-                    )
+            # One statement: atomic on SQLite too (it takes the write lock before it reads),
+            # where a SELECT then UPDATE would let two claimers pick the same events.
+            conn.execute(
+                events.update().where(events.c.id.in_(due.scalar_subquery())).values(
+                    status=PROCESSING, lease_owner=owner,
+                    lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
+                    attempts=events.c.attempts + 1, updated_at=now,
                 )
+            )
             rows = conn.execute(
                 sa.select(events).where(events.c.lease_owner == owner).order_by(events.c.timestamp)
             ).all()
