@@ -95,6 +95,8 @@ class Watcher:
                 missing += self._missing(repository,
                                          self.secondary.get_manifest(repository, child["digest"]).json)
         for blob in [body["config"], *body.get("layers", [])] if body.get("config") else []:
+            if blob.get("urls"):
+                continue  # a foreign layer lives outside the registry
             if self.secondary.blob_size(repository, blob["digest"]) is None:
                 missing.append(blob["digest"])
         return missing
