@@ -116,3 +116,18 @@ def test_concurrent_claimers_never_share_or_lose_an_event(store_url):
         list(pool.map(claimer, range(8)))
     assert sorted(processed) == sorted(f"e{i}" for i in range(300))  # once each, none lost
     assert EventStore(store_url).queue()["counts"]["done"] == 300
+
+
+def test_claimed_events_live_as_long_as_their_writer(store_url):
+    """A writer's heartbeat keeps its claimed events; a killed writer's come back in one TTL."""
+    store = EventStore(store_url)
+    store.add([ev(1), ev(2)])
+    with Leases(store, ttl_seconds=0.6) as alive:
+        owner, claimed = store.claim(lease_seconds=alive.ttl, owner=alive.owner, limit=1)
+        alive.keep_alive()
+        dead_owner, dead_claim = store.claim(lease_seconds=0.6, owner="killed", limit=1)
+        time.sleep(1.5)  # more than two TTLs
+        again_owner, again = store.claim()
+        assert [e.id for e in again] == [e.id for e in dead_claim]  # the killed writer's event
+        store.complete(owner, [e.id for e in claimed])
+    assert store.queue()["counts"]["done"] == 1

@@ -157,10 +157,7 @@ class Leases:
         with self._lock:
             self._held[resource] += 1
             self._renewed_at = max(self._renewed_at, attempt)
-            if self._heartbeat is None:
-                self._heartbeat = threading.Thread(target=self._renew, daemon=True,
-                                                   name="lease-heartbeat")
-                self._heartbeat.start()
+            self._start_heartbeat()
 
     def _release(self, resource: str) -> None:
         with self._lock:
@@ -170,11 +167,19 @@ class Leases:
             del self._held[resource]
         self.store.release_lease(resource, self.owner)
 
+    def keep_alive(self) -> None:
+        """Renew from now on even while no lease is held (for events claimed as ``owner``)."""
+        with self._lock:
+            self._start_heartbeat()
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is None:
+            self._heartbeat = threading.Thread(target=self._renew, daemon=True,
+                                               name="lease-heartbeat")
+            self._heartbeat.start()
+
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl / 4):
-            with self._lock:
-                if not self._held:
-                    continue
             attempt = time.monotonic()
             try:
                 self.store.renew_leases(self.owner, self.ttl)

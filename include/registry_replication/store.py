@@ -194,9 +194,15 @@ class EventStore:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.count()).where(self._claimable(_now()))).scalar()
 
-    def claim(self, *, lease_seconds: float = 300, limit: int = 500) -> tuple[str, list[Event]]:
-        """Take up to ``limit`` due events under a lease; returns the lease owner and events."""
-        owner = uuid.uuid4().hex
+    def claim(
+        self, *, lease_seconds: float = 300, limit: int = 500, owner: str | None = None
+    ) -> tuple[str, list[Event]]:
+        """Take up to ``limit`` due events under a lease; returns the lease owner and events.
+
+        ``owner``: a writer's identity (``Leases.owner``), whose heartbeat then renews these
+        event leases with its write leases, so a short lease suffices for any amount of work.
+        """
+        owner = owner or uuid.uuid4().hex
         now = _now()
         due = (
             sa.select(events.c.id).where(self._claimable(now))
@@ -286,11 +292,15 @@ class EventStore:
         return None if row.owner == owner else _lease(row)
 
     def renew_leases(self, owner: str, ttl_seconds: float) -> int:
-        """Extend every lease ``owner`` holds; returns how many it still holds."""
+        """Extend every lease ``owner`` holds, its claimed events' too; returns how many write
+        leases it still holds."""
+        expires = _now() + dt.timedelta(seconds=ttl_seconds)
         with self.engine.begin() as conn:
+            conn.execute(events.update().where(events.c.lease_owner == owner,
+                                               events.c.status == PROCESSING)
+                         .values(lease_expires_at=expires))
             return conn.execute(
-                leases.update().where(leases.c.owner == owner).values(
-                    expires_at=_now() + dt.timedelta(seconds=ttl_seconds))
+                leases.update().where(leases.c.owner == owner).values(expires_at=expires)
             ).rowcount
 
     def release_lease(self, resource: str, owner: str) -> None:

@@ -25,7 +25,7 @@ from registry_replication.leases import Leases
 from registry_replication.plan import BlobTask, ImageTask, Plan, batch_label, build_plan
 from registry_replication.prune import PruneRefused, prunable, prune
 from registry_replication.snapshot import Scope, Snapshot, take_snapshot
-from registry_replication.store import EventStore
+from registry_replication.store import Event, EventStore
 
 log = logging.getLogger("registry_replication.airflow")
 
@@ -352,19 +352,28 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 @task
-def replicate_events(lease_seconds: float = 300, max_attempts: int = 10) -> dict[str, int]:
+def replicate_events(max_attempts: int = 10) -> dict[str, int]:
     """Claim waiting events, replicate them, and acknowledge each once its tag is complete."""
     store = EventStore()
-    owner, claimed = store.claim(lease_seconds=lease_seconds)
-    if not claimed:
-        log.info("no events to process (another run took them, or they are backing off)")
-        return {"claimed": 0}
-    log.info("claimed %d events: %s", len(claimed), ", ".join(
-        f"{e.action} {e.repository}:{e.tag or e.digest}" for e in claimed[:20]))
-    with _leases() as leases:
+    with Leases(store) as leases:
+        # Claimed under this writer's identity: its heartbeat keeps the claim alive while the
+        # work goes on, and a killed task's events come back within the lease time.
+        owner, claimed = store.claim(lease_seconds=leases.ttl, owner=leases.owner)
+        if not claimed:
+            log.info("no events to process (another run took them, or they are backing off)")
+            return {"claimed": 0}
+        leases.keep_alive()
+        log.info("claimed %d events: %s", len(claimed), ", ".join(
+            f"{e.action} {e.repository}:{e.tag or e.digest}" for e in claimed[:20]))
         outcomes = realtime.replicate_events(_client(PRIMARY_CONN_ID),
                                              _client(SECONDARY_CONN_ID, writable=True), claimed,
                                              leases=leases)
+        return _acknowledge(store, owner, claimed, outcomes, max_attempts)
+
+
+def _acknowledge(store: EventStore, owner: str, claimed: list[Event],
+                 outcomes: dict[str, str | None], max_attempts: int) -> dict[str, int]:
+    """Mark each event done, or back off; record each repository's state."""
     done = [event_id for event_id, error in outcomes.items() if error is None]
     store.complete(owner, done)
     failed: dict[str, list[str]] = {}
