@@ -4,7 +4,8 @@ The writer is ``registry-replication sync`` in its own process, writing the seco
 a proxy that holds one chosen request: mid-upload (chunked and monolithic), between an index's
 children and its tag, and mid-prune (between pointing a tag at its tombstone and deleting the
 tombstone). While it is held the writer is killed. A watcher samples the secondary the whole
-time; a second writer then finishes the work after the dead one's leases expire.
+time (incomplete tags, tags on digests the primary never had, tags deleted while the primary
+had them); a second writer then finishes the work after the dead one's leases expire.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +23,7 @@ import pytest
 from registry_replication.client import RegistryClient
 from registry_replication.local import images
 from registry_replication.local.servers import FaultProxy
+from registry_replication.local.watch import PrimaryHistory, ReplicaWatcher
 from registry_replication.prune import is_tombstone
 from registry_replication.store import EventStore
 
@@ -46,60 +47,12 @@ def tags_of(client: RegistryClient) -> dict[tuple[str, str], str]:
             for repo in client.catalog() for tag in client.tags(repo)}
 
 
-class Watcher:
-    """Samples every tag of the secondary until stopped; records any tag it finds incomplete
-    (a blob or child manifest missing) and any tag the primary never had on that digest."""
-
-    def __init__(self, secondary: RegistryClient, allowed: set[tuple[str, str, str]]) -> None:
-        self.secondary = secondary
-        self.allowed = allowed  # (repository, tag, digest) the primary has had
-        self.samples = 0
-        self.violations: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Watcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for repository in list(self.secondary.catalog()):
-                for tag in self.secondary.tags(repository):
-                    self._check(repository, tag)
-            self.samples += 1
-
-    def _check(self, repository: str, tag: str) -> None:
-        try:
-            manifest = self.secondary.get_manifest(repository, tag)
-        except Exception:  # noqa: BLE001 - untagged between the listing and the read
-            return
-        if is_tombstone(manifest.raw):
-            return  # a tag being deleted: it serves no image
-        if (repository, tag, manifest.digest) not in self.allowed:
-            self.violations.append(f"{repository}:{tag} on {manifest.digest}, never the primary's")
-        missing = self._missing(repository, manifest.json)
-        if missing:
-            self.violations.append(f"{repository}:{tag} incomplete: {missing} missing")
-
-    def _missing(self, repository: str, body: dict) -> list[str]:
-        missing = []
-        for child in body.get("manifests") or []:
-            if self.secondary.head_manifest(repository, child["digest"]) is None:
-                missing.append(child["digest"])
-            else:
-                missing += self._missing(repository,
-                                         self.secondary.get_manifest(repository, child["digest"]).json)
-        for blob in [body["config"], *body.get("layers", [])] if body.get("config") else []:
-            if blob.get("urls"):
-                continue  # a foreign layer lives outside the registry
-            if self.secondary.blob_size(repository, blob["digest"]) is None:
-                missing.append(blob["digest"])
-        return missing
+def history_of(primary: RegistryClient) -> PrimaryHistory:
+    """The primary's state as its history so far (everything pushed before the watch)."""
+    history = PrimaryHistory()
+    for (repository, tag), digest in tags_of(primary).items():
+        history.pushing(repository, tag, digest)
+    return history
 
 
 def open_uploads(secondary, repository: str) -> list[Path]:
@@ -134,12 +87,14 @@ def test_sigkill_then_rerun_leaves_the_secondary_exact(
     images.push(primary_writer, "app/multi", multi, ["1.0", "latest"])
     shared = factory.make()
     images.push(primary_writer, "app/prune", shared, ["keep", "drop"])
-    allowed = {(r, t, d) for (r, t), d in tags_of(primary_reader).items()}
+    history = history_of(primary_reader)
     args: tuple[str, ...] = ()
     if point == "prune between tombstone and its delete":
         first = writer(primary, secondary.url, secondary, store)
         assert first.wait(120) == 0, first.communicate()[0]
+        history.deleting("app/prune", ["drop", "keep"])
         primary_writer.delete_manifest("app/prune", shared.digest)  # untag "drop" only
+        history.pushing("app/prune", "keep", shared.digest)
         images.push(primary_writer, "app/prune", shared, ["keep"])
         hold = proxy.hold("DELETE", "/app/prune/manifests/sha256:")
     elif point == "chunked upload":
@@ -150,7 +105,8 @@ def test_sigkill_then_rerun_leaves_the_secondary_exact(
     else:
         hold = proxy.hold("PUT", "/app/multi/manifests/1.0")
 
-    with RegistryClient(secondary.client_config()) as watching, Watcher(watching, allowed) as watch:
+    with RegistryClient(secondary.client_config()) as watching, \
+            ReplicaWatcher(watching, history) as watch:
         # One transfer at a time: nothing else is between a request and its record when the
         # held request arrives (see the README's note on upload sessions).
         victim = writer(primary, proxy.url, secondary, store, "--parallelism", "1", *args)

@@ -14,14 +14,15 @@ from registry_replication.leases import Leases
 from registry_replication.local import corpus, images
 from registry_replication.local.servers import Fault, FaultProxy
 from registry_replication.sync import SyncOptions, run_sync
-from test_crash import Watcher, tags_of
+from registry_replication.local.watch import ReplicaWatcher
+from test_crash import history_of, tags_of
 
 
 def test_secondary_restarting_mid_run_is_retried(primary, secondary, store, primary_writer,
                                                  primary_reader, secondary_writer,
                                                  secondary_reader):
     corpus.push_every_kind(primary_writer)
-    allowed = {(r, t, d) for (r, t), d in tags_of(primary_reader).items()}
+    history = history_of(primary_reader)
     with FaultProxy(primary.url) as proxy, RegistryClient(secondary.client_config()) as watching:
         source = RegistryClient(RegistryConfig.from_connection(
             {**primary.connection(), "host": proxy.url}))
@@ -36,7 +37,7 @@ def test_secondary_restarting_mid_run_is_retried(primary, secondary, store, prim
 
         restarter = threading.Thread(target=restart)
         restarter.start()
-        with Watcher(watching, allowed) as watch:
+        with ReplicaWatcher(watching, history) as watch:
             report = run_sync(source, secondary_writer, leases=Leases(store))
         restarter.join()
     assert not report.failed, report.counts()
