@@ -67,3 +67,35 @@ def test_failed_copy_is_reported_per_event(primary, primary_writer, primary_read
     outcomes = replicate_events(primary_reader, secondary_writer, [ev(1, "push", "app", "v1")],
                                 leases=leases)
     assert img.blobs[-1].digest in outcomes["e1"]
+
+
+def test_coalesce_tag_deletes_against_pushes():
+    a = "sha256:" + "a" * 64
+    work = coalesce([
+        ev(1, "push", "app", "v1", a),
+        ev(2, "delete", "app", "v1"),  # distribution's per-tag event for a delete by digest
+        ev(3, "delete", "app", "v2"),
+        ev(4, "push", "app", "v2", a),  # pushed again afterwards: the push wins
+    ])["app"]
+    assert work.untagged == {"v1": ["e1", "e2"]}
+    assert work.tags == {"v2": ["e3", "e4"]}
+
+
+def test_a_moved_then_deleted_tag_is_removed(primary_writer, primary_reader, secondary_writer,
+                                             secondary_reader, leases):
+    """t on A (replicated), moved to B, B deleted: the secondary must not keep t on A."""
+    factory = images.ImageFactory()
+    old, new = factory.make(), factory.make()
+    images.push(primary_writer, "app", old, ["t", "other"])
+    replicate_events(primary_reader, secondary_writer, [ev(1, "push", "app", "t", old.digest)],
+                     leases=leases)
+    images.push(primary_writer, "app", new, ["t"])
+    primary_writer.delete_manifest("app", new.digest)
+    outcomes = replicate_events(primary_reader, secondary_writer, [
+        ev(2, "push", "app", "t", new.digest),
+        ev(3, "delete", "app", digest=new.digest),
+        ev(4, "delete", "app", "t"),
+    ], leases=leases)
+    assert outcomes == {"e2": None, "e3": None, "e4": None}
+    assert secondary_reader.head_manifest("app", "t") is None
+    assert secondary_reader.head_manifest("app", old.digest) is not None  # "other" is on it

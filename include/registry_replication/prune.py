@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -108,7 +109,8 @@ def prune(
             results += [PruneResult(repository, tag, digest, WOULD_DELETE)
                         for tag, digest in sorted(planned.items()) if current.get(tag) == digest]
             continue
-        results += _under_lease(primary, secondary, repository, planned, leases, concurrency)
+        results += _under_lease(primary, secondary, repository, lambda _: planned, leases,
+                                concurrency)
     for result in results:
         (log.error if result.action == FAILED else log.info)(result.log_line())
     return results
@@ -120,7 +122,24 @@ def mirror_manifest_delete(
 ) -> list[PruneResult]:
     """The primary deleted ``digest``: remove its tags the primary no longer has (a tag it has
     again, on any digest, stays), then the manifest itself once nothing refers to it."""
-    results = _under_lease(primary, secondary, repository, None, leases, concurrency, digest)
+    results = _under_lease(
+        primary, secondary, repository,
+        lambda current: {tag: d for tag, d in current.items() if d == digest},
+        leases, concurrency, also={digest})
+    for result in results:
+        (log.error if result.action == FAILED else log.info)(result.log_line())
+    return results
+
+
+def mirror_tag_deletes(
+    primary: RegistryClient, secondary: RegistryClient, repository: str, tags: list[str], *,
+    leases: Leases, concurrency: int = 16,
+) -> list[PruneResult]:
+    """The primary untagged ``tags``: remove those it still lacks, on whatever digest."""
+    results = _under_lease(
+        primary, secondary, repository,
+        lambda current: {tag: current[tag] for tag in tags if tag in current},
+        leases, concurrency)
     for result in results:
         (log.error if result.action == FAILED else log.info)(result.log_line())
     return results
@@ -128,23 +147,25 @@ def mirror_manifest_delete(
 
 def _under_lease(
     primary: RegistryClient, secondary: RegistryClient, repository: str,
-    planned: dict[str, str] | None, leases: Leases, concurrency: int, digest: str | None = None,
+    select: Callable[[dict[str, str]], dict[str, str]], leases: Leases, concurrency: int,
+    also: set[str] = frozenset(),
 ) -> list[PruneResult]:
+    """Remove the selected {tag: digest} (from the listing made inside the lease) that are
+    still on that digest, then the manifests left untagged (and ``also``), as on the primary."""
+    planned: dict[str, str] = {}
     try:
         with leases.repository(repository):
             # Listed inside the lease: no other writer changes these tags until it ends.
             current, indexes = _listing(secondary, repository, concurrency)
-            if planned is None:
-                planned = {tag: d for tag, d in current.items() if d == digest}
+            planned = select(current)
             results = [_remove_tag(primary, secondary, repository, tag, d, current, leases)
                        for tag, d in sorted(planned.items()) if current.get(tag) == d]
-            emptied = {r.digest for r in results if r.action == DELETED} | (
-                {digest} if digest else set())
+            emptied = {r.digest for r in results if r.action == DELETED} | set(also)
             _delete_untagged(primary, secondary, repository, emptied, current, indexes, leases)
             return results
     except (RegistryError, LeaseBusy, LeaseLost, PruneRefused) as exc:
         return [PruneResult(repository, tag, d, FAILED, str(exc))
-                for tag, d in sorted((planned or {"*": digest or ""}).items())]
+                for tag, d in sorted((planned or {"*": ",".join(sorted(also))}).items())]
 
 
 def _listing(

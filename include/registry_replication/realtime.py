@@ -23,7 +23,7 @@ from registry_replication.errors import RegistryError
 from registry_replication.leases import Leases
 from registry_replication.plan import build_plan
 from registry_replication.prune import FAILED as PRUNE_FAILED
-from registry_replication.prune import mirror_manifest_delete
+from registry_replication.prune import mirror_manifest_delete, mirror_tag_deletes
 from registry_replication.store import Event
 
 log = logging.getLogger(__name__)
@@ -35,17 +35,25 @@ class RepositoryWork:
 
     tags: dict[str, list[str]] = field(default_factory=dict)  # tag -> event ids
     deleted: dict[str, list[str]] = field(default_factory=dict)  # digest -> event ids
+    untagged: dict[str, list[str]] = field(default_factory=dict)  # tag -> event ids
     noop: list[str] = field(default_factory=list)  # event ids with nothing to do
 
 
 def coalesce(events: Sequence[Event]) -> dict[str, RepositoryWork]:
+    """Per repository: the tags to copy, digests and tags deleted; the latest event wins.
+
+    Deleting a manifest by digest makes distribution 2.8 report the digest and, separately,
+    each tag it untagged (tag only, no digest).
+    """
     work: dict[str, RepositoryWork] = defaultdict(RepositoryWork)
     pushed_digest: dict[tuple[str, str], str | None] = {}
     for e in sorted(events, key=lambda e: e.timestamp):
         w = work[e.repository]
         if e.action == "push" and e.tag:
-            w.tags.setdefault(e.tag, []).append(e.id)
+            w.tags.setdefault(e.tag, []).extend([*w.untagged.pop(e.tag, []), e.id])
             pushed_digest[(e.repository, e.tag)] = e.digest
+        elif e.action == "delete" and e.tag and not e.digest:
+            w.untagged.setdefault(e.tag, []).extend([*w.tags.pop(e.tag, []), e.id])
         elif e.action == "delete" and e.digest:
             w.deleted.setdefault(e.digest, []).append(e.id)
             # A delete after a push wins: that tag is not copied, the delete is mirrored.
@@ -79,6 +87,11 @@ def replicate_events(
         if work.deleted:
             outcomes.update(_mirror_deletes(primary, secondary, repository, work.deleted, leases,
                                             concurrency=concurrency))
+        if work.untagged:
+            results = mirror_tag_deletes(primary, secondary, repository, sorted(work.untagged),
+                                         leases=leases, concurrency=concurrency)
+            failed = next((r.error for r in results if r.action == PRUNE_FAILED), None)
+            outcomes.update({i: failed for ids in work.untagged.values() for i in ids})
     return outcomes
 
 
