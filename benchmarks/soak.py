@@ -25,6 +25,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import psutil
+import requests
 
 from registry_replication.client import RegistryClient
 from registry_replication.local import images
@@ -115,6 +116,13 @@ def task_processes(airflow: AirflowStandalone) -> list[psutil.Process]:
     return found
 
 
+def _run_state(airflow: AirflowStandalone, run_id: str) -> str:
+    try:
+        return airflow.api("GET", f"dags/registry_reconcile/dagRuns/{run_id}")["state"]
+    except requests.RequestException:
+        return "unknown"
+
+
 def soak(workdir: Path, *, minutes: float, kills: int, reconcile_every: float, seed: int) -> dict:
     rng = random.Random(seed)
     with ExitStack() as stack:
@@ -162,11 +170,16 @@ def soak(workdir: Path, *, minutes: float, kills: int, reconcile_every: float, s
         with ReplicaWatcher(reader, history) as watch:
             while (now := time.monotonic()) - started < duration:
                 source.random_operation()
-                if now >= next_reconcile and (running is None or airflow.api(
-                        "GET", f"dags/registry_reconcile/dagRuns/{running}")["state"]
-                        in ("success", "failed")):
-                    running = airflow.trigger("registry_reconcile", {"max_prune_fraction": 1.0})
-                    reconciles.append(running)
+                if now >= next_reconcile:
+                    try:  # best effort: on a loaded machine the API server may be slow
+                        if running is None or airflow.api(
+                                "GET", f"dags/registry_reconcile/dagRuns/{running}"
+                        )["state"] in ("success", "failed"):
+                            running = airflow.trigger("registry_reconcile",
+                                                      {"max_prune_fraction": 1.0})
+                            reconciles.append(running)
+                    except requests.RequestException as exc:
+                        say(f"could not trigger a reconcile this time: {exc}")
                     next_reconcile = now + reconcile_every
                 if kill_times and now - started >= kill_times[0]:
                     kill_times.pop(0)
@@ -190,8 +203,7 @@ def soak(workdir: Path, *, minutes: float, kills: int, reconcile_every: float, s
                     break
                 time.sleep(0.5)
             time.sleep(2)  # a last few samples of the converged state
-        states = Counter(airflow.api("GET", f"dags/registry_reconcile/dagRuns/{r}")["state"]
-                         for r in reconciles)
+        states = Counter(_run_state(airflow, run_id) for run_id in reconciles)
         return {
             "minutes": minutes,
             "operations": dict(source.operations),
