@@ -69,6 +69,11 @@ class SyncReport:
         counts["manifests pushed"] = sum(r.manifests_pushed for r in self.images)
         counts["bytes copied"] = sum(r.bytes for r in self.blobs)
         counts["tags pruned"] = sum(1 for r in self.pruned if r.action == "deleted")
+        # Changed on the primary during the run: left to the newer writer, not errors.
+        moved = sum(len(r.moved) for r in self.images)
+        kept = sum(1 for r in self.pruned if r.action == "kept")
+        counts.update({k: v for k, v in (("tags moved since the plan", moved),
+                                          ("tags kept, pushed again", kept)) if v})
         return counts
 
 

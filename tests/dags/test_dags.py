@@ -226,6 +226,7 @@ def test_reconcile_never_overwrites_a_newer_tag(airflow_db, slow_connections, pr
     assert secondary_reader.head_manifest("app", "t").digest == newer[0] == \
         primary_reader.head_manifest("app", "t").digest
     assert f"left to the newer writer: t -> {newer[0]}" in caplog.text
+    assert EventStore().last_run("registry_reconcile")["summary"]["tags moved since the plan"] == 1
 
 
 def test_reconcile_never_deletes_a_tag_pushed_again(airflow_db, slow_connections, primary_writer,
@@ -254,3 +255,4 @@ def test_reconcile_never_deletes_a_tag_pushed_again(airflow_db, slow_connections
     assert secondary_reader.head_manifest("keep", "k").digest == kept.digest
     assert secondary_reader.head_manifest("app", "new").digest == fresh.digest
     assert "prune kept" in caplog.text and "the primary has it again" in caplog.text
+    assert EventStore().last_run("registry_reconcile")["summary"]["tags kept, pushed again"] == 1

@@ -277,6 +277,9 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
         "images not pushed": sum(r.outcome in (FAILED, "blocked") for r in images),
         "manifests pushed": sum(r.manifests_pushed for r in images),
         "tags pruned": sum(r["action"] == "deleted" for r in pruned["pruned"]),
+        # Changed on the primary during the run: left to the newer writer, not errors.
+        "tags moved since the plan": sum(len(r.moved) for r in images),
+        "tags kept, pushed again": sum(r["action"] == "kept" for r in pruned["pruned"]),
         "repositories differing": len(verified.get("differ") or []),
         "seconds": round(time.time() - started.timestamp(), 1) if started else None,
     }
