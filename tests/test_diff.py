@@ -49,3 +49,12 @@ def test_scope():
     assert scope.wants_repository("group/app") and scope.wants_repository("group/sub/app")
     assert not scope.wants_repository("group/private-x") and not scope.wants_repository("other")
     assert scope.wants_tag("v12") and not scope.wants_tag("v12-dev")
+
+
+def test_an_empty_snapshot_survives_xcom_and_verifies():
+    """A scope that matches nothing: no repositories, nothing to compare, no error."""
+    empty = Snapshot("http://registry", pd.DataFrame(columns=COLUMNS))
+    restored = Snapshot.from_records(empty.to_records())
+    report = diff.verify(restored, restored)
+    assert report.empty and list(report.columns) == ["repository", "primary", "secondary", "in_sync"]
+    assert diff.diff(restored, empty).empty

@@ -85,7 +85,9 @@ class Snapshot:
 
     @classmethod
     def from_records(cls, data: dict[str, object]) -> Snapshot:
-        return cls(data["registry"], pd.DataFrame(data["tags"], columns=COLUMNS), list(data["errors"]))
+        # dtype=str: an empty snapshot's columns would otherwise come back as floats.
+        tags = pd.DataFrame(data["tags"], columns=COLUMNS, dtype=str)
+        return cls(data["registry"], tags, list(data["errors"]))
 
 
 def take_snapshot(

@@ -256,3 +256,13 @@ def test_reconcile_never_deletes_a_tag_pushed_again(airflow_db, slow_connections
     assert secondary_reader.head_manifest("app", "new").digest == fresh.digest
     assert "prune kept" in caplog.text and "the primary has it again" in caplog.text
     assert EventStore().last_run("registry_reconcile")["summary"]["tags kept, pushed again"] == 1
+
+
+def test_a_scope_that_matches_nothing_is_a_quick_success(airflow_db, connections, primary_writer,
+                                                         secondary_reader, caplog):
+    images.push(primary_writer, "group/app", images.ImageFactory().make(), ["1.0"])
+    with caplog.at_level(logging.INFO):
+        result = run("registry_reconcile", {"include": ["gruop/*"]})  # a typo
+    assert result.state == "success"
+    assert "the scope matched no tags on registry_primary" in caplog.text
+    assert list(secondary_reader.catalog()) == []

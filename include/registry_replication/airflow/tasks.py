@@ -95,6 +95,11 @@ def snapshot(conn_id: str) -> dict[str, Any]:
         _client(conn_id), _scope(p), concurrency=p["concurrency"],
         repositories=p["repositories"] or None,
     )
+    if result.complete and result.tags.empty:
+        log.warning("the scope matched no tags on %s (repositories %s, include %s, exclude %s, "
+                    "tags %r): nothing to replicate there; check the patterns for a typo",
+                    conn_id, p["repositories"] or "from the catalog", p["include"], p["exclude"],
+                    p["tags"])
     return result.to_records()
 
 
