@@ -233,58 +233,55 @@ class Copier:
         the final ``PUT`` commits anything.
         """
         upload, tracked = self._tracked_upload(repository)
-        latest = [upload]
         try:
-            return self._upload_chunks(task, repository, latest)
+            algorithm = task.digest.split(":", 1)[0]
+            hasher = hashlib.new(algorithm)
+            read = 0
+            failures = 0
+            while upload.offset < task.size:
+                length = min(self.chunk_size, task.size - upload.offset)
+                pending = hasher.copy()
+                chunks = self.primary.read_blob(task.source, task.digest, offset=upload.offset,
+                                                length=length)
+                try:
+                    upload = self.secondary.upload_chunk(upload, self._hashed(chunks, pending),
+                                                         length)
+                    self.leases.track_upload(self.secondary.url, repository, upload.location)
+                    hasher = pending
+                    read += length
+                except RegistryUnavailableError as exc:
+                    failures += 1
+                    if failures >= TRANSFER_ATTEMPTS:
+                        raise
+                    confirmed = upload.offset
+                    upload = self.secondary.upload_status(upload)
+                    log.warning(
+                        "upload of %s@%s interrupted at %s (%s); resuming from %s, the registry's "
+                        "offset",
+                        repository, task.digest, _mib(confirmed), exc.message, _mib(upload.offset),
+                    )
+                    # Bytes the registry kept from the broken chunk: hash them without resending.
+                    if upload.offset > confirmed:
+                        for chunk in self.primary.read_blob(
+                            task.source, task.digest, offset=confirmed,
+                            length=upload.offset - confirmed,
+                        ):
+                            hasher.update(chunk)
+                            read += len(chunk)
+            actual = f"{algorithm}:{hasher.hexdigest()}"
+            if actual != task.digest:
+                raise DigestMismatchError(
+                    f"the blob's bytes hash to {actual}", registry=self.primary.url,
+                    operation="get blob", repository=task.source, reference=task.digest,
+                    code="DIGEST_INVALID",
+                )
+            self.secondary.finish_upload(upload, task.digest)
+            return read
         except BaseException:
-            self.secondary.cancel_upload(latest[0])
+            self.secondary.cancel_upload(upload)  # its latest location: nothing half uploaded
             raise
         finally:
             self.leases.forget(tracked)
-
-    def _upload_chunks(self, task: BlobTask, repository: str, latest: list[Upload]) -> int:
-        """The chunks of ``_chunked``; ``latest[0]`` follows the session's current location."""
-        upload = latest[0]
-        algorithm = task.digest.split(":", 1)[0]
-        hasher = hashlib.new(algorithm)
-        read = 0
-        failures = 0
-        while upload.offset < task.size:
-            length = min(self.chunk_size, task.size - upload.offset)
-            pending = hasher.copy()
-            chunks = self.primary.read_blob(task.source, task.digest, offset=upload.offset, length=length)
-            try:
-                upload = self.secondary.upload_chunk(upload, self._hashed(chunks, pending), length)
-                latest[0] = upload
-                self.leases.track_upload(self.secondary.url, repository, upload.location)
-                hasher = pending
-                read += length
-            except RegistryUnavailableError as exc:
-                failures += 1
-                if failures >= TRANSFER_ATTEMPTS:
-                    raise
-                confirmed = upload.offset
-                upload = latest[0] = self.secondary.upload_status(upload)
-                log.warning(
-                    "upload of %s@%s interrupted at %s (%s); resuming from %s, the registry's offset",
-                    repository, task.digest, _mib(confirmed), exc.message, _mib(upload.offset),
-                )
-                # Bytes the registry kept from the broken chunk: hash them without resending.
-                if upload.offset > confirmed:
-                    for chunk in self.primary.read_blob(
-                        task.source, task.digest, offset=confirmed, length=upload.offset - confirmed
-                    ):
-                        hasher.update(chunk)
-                        read += len(chunk)
-        actual = f"{algorithm}:{hasher.hexdigest()}"
-        if actual != task.digest:
-            raise DigestMismatchError(
-                f"the blob's bytes hash to {actual}", registry=self.primary.url,
-                operation="get blob", repository=task.source, reference=task.digest,
-                code="DIGEST_INVALID",
-            )
-        self.secondary.finish_upload(upload, task.digest)
-        return read
 
     def _hashed(self, chunks: Iterable[bytes], hasher) -> Iterator[bytes]:
         for chunk in self._counted(chunks):
