@@ -95,8 +95,8 @@ class Leases:
 
     def track_upload(self, registry: str, repository: str, location: str) -> str:
         """Record an open upload session until ``forget``; returns its resource name."""
-        session = urlsplit(location).path
-        resource = UPLOAD + hashlib.sha256(f"{registry}{session}".encode()).hexdigest()[:40]
+        session = urlsplit(location).path  # the same session whatever its _state says
+        resource = UPLOAD + hashlib.sha256(session.encode()).hexdigest()[:40]
         detail = {"registry": registry, "repository": repository, "location": location}
         with self._lock:
             tracked = self._held[resource] > 0
