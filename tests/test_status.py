@@ -125,7 +125,8 @@ def test_empty_store(tmp_path):
     assert s["repositories"] == [] and s["failed_layers"] == [] and s["last_reconcile"] is None
     assert s["backfill"]["repositories"] == {"in_sync": 0, "total": 0, "percent": None}
     assert s["queue"] == {"depth": 0, "counts": {"pending": 0, "processing": 0, "done": 0,
-                                                 "failed": 0}, "oldest_waiting_seconds": None}
+                                                 "failed": 0, "rejected": 0},
+                          "oldest_waiting_seconds": None}
 
 
 def test_unmapped_task_log_url():

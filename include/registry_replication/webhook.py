@@ -3,7 +3,11 @@
 Airflow does not authenticate plugin apps, so the shared secret checked here is the only guard:
 the ``Authorization`` header must equal ``REGISTRY_NOTIFICATION_SECRET`` exactly, as a registry's
 ``notifications.endpoints[].headers.Authorization`` sends it. With no secret configured every
-request is refused. An event is stored before the 2xx; a rejected request stores nothing.
+request is refused. An event is stored before the 2xx; a refused request stores nothing.
+
+Every authenticated envelope gets a 2xx, even one holding events out of grammar: those are
+stored as rejected (shown on the status page), because a registry retries a refused envelope
+forever and delivers nothing after it. 4xx is only for what is not an envelope at all.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ log = logging.getLogger(__name__)
 
 SECRET_ENV = "REGISTRY_NOTIFICATION_SECRET"
 MAX_BODY_BYTES = 1 << 20
+MIN_SECRET_LENGTH = 32
 ACCEPTED_TYPES = (ENVELOPE_MEDIA_TYPE, "application/json")
 
 
@@ -37,14 +42,22 @@ def events_router(store: Callable[[], EventStore], secret: Callable[[], str | No
             raise HTTPException(415, f"expected Content-Type {ENVELOPE_MEDIA_TYPE}")
         body = await _read_limited(request)
         try:
-            kept, dropped = parse(body)
+            parsed = parse(body)
         except InvalidNotification as exc:
-            log.warning("rejected a notification: %s", exc)
+            log.warning("refused a notification: %s", exc)
             raise HTTPException(400, str(exc)) from None
-        stored = store().add(kept)
-        log.info("notification: %d events stored, %d repeated, %d ignored (blob/pull/mount)",
-                 stored, len(kept) - stored, dropped)
-        return {"stored": stored, "duplicates": len(kept) - stored, "ignored": dropped}
+        for event in parsed.rejected:
+            log.warning("notification event %s (%s %s) %s. What to do: nothing is replicated "
+                        "from this event; rename the repository or tag on the primary to a valid "
+                        "one, or delete it there", event.id, event.action, event.repository,
+                        event.error)
+        received = parsed.kept + parsed.rejected
+        stored = store().add(received)
+        log.info("notification: %d events stored (%d rejected), %d repeated, %d ignored "
+                 "(blob/pull/mount)", stored, len(parsed.rejected), len(received) - stored,
+                 parsed.ignored)
+        return {"stored": stored, "rejected": len(parsed.rejected),
+                "duplicates": len(received) - stored, "ignored": parsed.ignored}
 
     return router
 
@@ -70,6 +83,14 @@ async def _read_limited(request: Request) -> bytes:
     return bytes(body)
 
 
+def warn_if_weak(secret: str | None) -> None:
+    """Warn at start-up about a notification secret short enough to guess."""
+    if secret and len(secret) < MIN_SECRET_LENGTH:
+        log.warning("%s is %d characters long; use at least %d random characters (for example "
+                    "`openssl rand -hex 32`): it is the only guard on the webhook",
+                    SECRET_ENV, len(secret), MIN_SECRET_LENGTH)
+
+
 def create_app(store: EventStore | None = None, secret: str | None = None) -> FastAPI:
     """The app; by default the store and secret come from the environment, read lazily."""
     cached: list[EventStore] = [store] if store else []
@@ -84,6 +105,8 @@ def create_app(store: EventStore | None = None, secret: str | None = None) -> Fa
         secrets.mask(value)
         return value
 
-    app = FastAPI(title="registry-replication", docs_url=None, redoc_url=None)
+    warn_if_weak(get_secret())
+    # No schema or docs routes: nothing on this app is behind Airflow's login.
+    app = FastAPI(title="registry-replication", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(events_router(get_store, get_secret))
     return app
