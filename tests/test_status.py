@@ -89,7 +89,8 @@ def test_totals_states_and_links(store):
     assert layer["log_url"] == f"{UI}{run_path}/tasks/copy_blobs/mapped/2"
 
     queue = s["queue"]
-    assert queue["counts"] == {"pending": 2, "processing": 0, "done": 0, "failed": 1}
+    assert queue["counts"] == {"pending": 2, "processing": 0, "done": 0, "failed": 1,
+                               "rejected": 0}
     assert queue["depth"] == 2 and queue["oldest_waiting_seconds"] >= 0
     [failed_event] = s["failed_events"]
     assert (failed_event["id"], failed_event["last_error"]) == ("e1", "HTTP 404 MANIFEST_UNKNOWN")

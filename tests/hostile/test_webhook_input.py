@@ -161,3 +161,17 @@ def test_short_secret_warns_at_start_up(store, caplog):
     with caplog.at_level(logging.WARNING, logger="registry_replication.webhook"):
         create_app(store, secret=SECRET)
     assert caplog.text == ""
+
+
+def test_rejected_events_are_counted_and_shown_on_the_status_page(client, store):
+    from registry_replication.airflow.status_page import render
+    from registry_replication.status import status
+
+    post(client, [event(repository="Foo/app", tag="1.0"), event(tag="1.0")])
+    s = status(store)
+    assert s["queue"]["counts"][REJECTED] == 1 and s["queue"]["depth"] == 1
+    (shown,) = s["rejected_events"]
+    assert shown["repository"] == "Foo/app" and "invalid repository name" in shown["last_error"]
+    page = render(s)
+    assert 'class="rejected-event" data-repository="Foo/app"' in page
+    assert "1 rejected" in page
