@@ -3,8 +3,8 @@
 distribution deletes manifests only by digest, which untags every tag on that digest. So each
 deletion reads the manifest first, deletes it, and restores in the same step every tag that
 must stay (and the manifest itself, by digest, when a kept index still refers to it).
-Guards: never from an incomplete snapshot, and never more than ``max_fraction`` of the
-secondary's tags unless forced.
+Guards: never from an incomplete snapshot (nor in a repository with a listing problem), and
+never more than ``max_fraction`` of the secondary's tags unless forced.
 """
 
 from __future__ import annotations
@@ -51,18 +51,24 @@ def prunable(
     force: bool = False,
 ) -> pd.DataFrame:
     """The (repository, tag, digest) rows to delete, after the guards."""
-    if not primary.complete:
+    if primary.errors:
         raise PruneRefused(
             f"not pruning: the primary's listing was incomplete ({len(primary.errors)} errors, "
             f"first: {primary.errors[0]}); a tag that failed to list would look deleted. "
             "Fix the primary's errors; the next run prunes"
         )
-    if not secondary.complete:
+    if secondary.errors:
         raise PruneRefused(
             f"not pruning: the secondary's listing was incomplete ({secondary.errors[0]}); "
             "deleting by digest could untag tags that were not listed"
         )
     extra = differences[differences["status"] == EXTRA]
+    # A repository with a listing problem on either side is incomplete: leave it alone.
+    unsure = primary.problem_repositories | secondary.problem_repositories
+    if unsure & set(extra["repository"]):
+        log.warning("not pruning %s: their listing is incomplete (see the snapshot's problems)",
+                    ", ".join(sorted(unsure & set(extra["repository"]))))
+    extra = extra[~extra["repository"].isin(unsure)]
     rows = extra[["repository", "tag", "digest_secondary"]].rename(
         columns={"digest_secondary": "digest"}
     )
@@ -91,8 +97,9 @@ def prune(
         return []
     repositories = sorted(doomed["repository"].unique())
     current = take_snapshot(secondary, Scope(), concurrency=concurrency, repositories=repositories)
-    if not current.complete:
+    if current.errors:
         raise PruneRefused(f"not pruning: cannot list the secondary again ({current.errors[0]})")
+    doomed = doomed[~doomed["repository"].isin(current.problem_repositories)]
     now = current.tags.set_index(["repository", "tag"])["digest"].to_dict()
     results: list[PruneResult] = []
     for (repository, digest), group in doomed.groupby(["repository", "digest"], sort=True):
