@@ -138,7 +138,7 @@ def take_snapshot(
     def problem(repository: object, tag: object, reason: str, advice: str | None) -> None:
         found = {"repository": _shown(repository), "tag": None if tag is None else _shown(tag, 128),
                  "reason": reason, "advice": advice or "fix it on the registry; the next run retries"}
-        log.error("cannot replicate %s from %s", problem_line(found), client.url)
+        log.error("cannot replicate from %s: %s", client.url, problem_line(found))
         problems.append(found)
 
     def registry_problem(repository: str, tag: str | None, exc: RegistryError) -> None:
