@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
 
 from registry_replication import secrets
 from registry_replication.notifications import ENVELOPE_MEDIA_TYPE, InvalidNotification, parse
@@ -52,7 +53,9 @@ def events_router(store: Callable[[], EventStore], secret: Callable[[], str | No
                         "one, or delete it there", event.id, event.action, event.repository,
                         event.error)
         received = parsed.kept + parsed.rejected
-        stored = store().add(received)
+        # The database write blocks (SQLite fsyncs): off the event loop, which in Airflow's
+        # API server also serves the UI and the REST API.
+        stored = await run_in_threadpool(lambda: store().add(received))
         log.info("notification: %d events stored (%d rejected), %d repeated, %d ignored "
                  "(blob/pull/mount)", stored, len(parsed.rejected), len(received) - stored,
                  parsed.ignored)
