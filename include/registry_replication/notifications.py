@@ -53,7 +53,7 @@ class Parsed:
 class Target(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="ignore")
 
-    media_type: str | None = Field(default=None, alias="mediaType")
+    media_type: str | None = Field(default=None, alias="mediaType", max_length=255)
     digest: str | None = None
     repository: str
     tag: str | None = None

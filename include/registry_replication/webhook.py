@@ -18,11 +18,12 @@ import os
 from collections.abc import Callable
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from registry_replication import secrets
 from registry_replication.notifications import ENVELOPE_MEDIA_TYPE, InvalidNotification, parse
-from registry_replication.store import EventStore
+from registry_replication.store import Event, EventStore
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def events_router(store: Callable[[], EventStore], secret: Callable[[], str | No
         received = parsed.kept + parsed.rejected
         # The database write blocks (SQLite fsyncs): off the event loop, which in Airflow's
         # API server also serves the UI and the REST API.
-        stored = await run_in_threadpool(lambda: store().add(received))
+        stored = await run_in_threadpool(_add, store(), received)
         log.info("notification: %d events stored (%d rejected), %d repeated, %d ignored "
                  "(blob/pull/mount)", stored, len(parsed.rejected), len(received) - stored,
                  parsed.ignored)
@@ -63,6 +64,15 @@ def events_router(store: Callable[[], EventStore], secret: Callable[[], str | No
                 "duplicates": len(received) - stored, "ignored": parsed.ignored}
 
     return router
+
+
+def _add(store: EventStore, received: list[Event]) -> int:
+    """Store, idempotently: a copy of an event committed by a concurrent request meanwhile (a
+    redelivery racing the original) makes the first try fail; the second skips it."""
+    try:
+        return store.add(received)
+    except IntegrityError:
+        return store.add(received)
 
 
 def _authenticate(request: Request, secret: str | None) -> None:

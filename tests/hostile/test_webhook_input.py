@@ -77,6 +77,7 @@ HOSTILE = [
     ("uppercase digest", dict(digest="sha256:" + "B" * 64), "invalid digest"),
     ("digest of a non-string", dict(digest=["sha256:" + "b" * 64]), "target.digest"),
     ("repository of a number", dict(repository=12), "target.repository"),
+    ("media type of 300", dict(media_type="application/" + "x" * 300), "target.mediaType"),
     ("delete out of grammar", dict(action="delete", repository="Foo/app", tag=None,
                                    media_type=None), "invalid repository name"),
 ]
