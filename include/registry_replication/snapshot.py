@@ -120,8 +120,10 @@ def problem_line(problem: dict[str, str | None]) -> str:
 
 
 def _shown(value: object, limit: int = 255) -> str:
-    """A name as the registry sent it, for a report (non-strings as JSON), clipped."""
-    return (value if isinstance(value, str) else json.dumps(value, default=str))[:limit]
+    """A name as the registry sent it, for a report: non-strings as JSON, control characters
+    escaped (a line break must not forge a log line), clipped."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:limit]
 
 
 def take_snapshot(

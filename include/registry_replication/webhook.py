@@ -49,7 +49,7 @@ def events_router(store: Callable[[], EventStore], secret: Callable[[], str | No
             log.warning("refused a notification: %s", exc)
             raise HTTPException(400, str(exc)) from None
         for event in parsed.rejected:
-            log.warning("notification event %s (%s %s) %s. What to do: nothing is replicated "
+            log.warning("notification event %r (%s %r) %s. What to do: nothing is replicated "
                         "from this event; rename the repository or tag on the primary to a valid "
                         "one, or delete it there", event.id, event.action, event.repository,
                         event.error)

@@ -202,7 +202,7 @@ def odd_registry(request: Received) -> Reply:
     """A registry whose catalog and repositories hold every oddity at once."""
     json_type = {"Content-Type": "application/json"}
     catalog = ["good/app", 42, None, {"x": 1}, "Foo/app", "bad-digest/app", "schema1/app",
-               "html/app", "odd-tags/app"]
+               "html/app", "odd-tags/app", "forged\nERROR line"]
     tags = {"good/app": ["1.0"], "bad-digest/app": ["1.0", "2.0"], "schema1/app": ["old"],
             "odd-tags/app": ["ok", 7, "bad tag", "t" * 129]}
     path = request.path.split("?")[0]
@@ -235,7 +235,8 @@ def test_every_oddity_is_its_own_repositorys_problem():
     assert set(found) == {
         ("42", None), ("null", None), ('{"x": 1}', None), ("Foo/app", None),
         ("bad-digest/app", "1.0"), ("schema1/app", "old"), ("html/app", None),
-        ("odd-tags/app", "7"), ("odd-tags/app", "bad tag"), ("odd-tags/app", "t" * 128)}
+        ("odd-tags/app", "7"), ("odd-tags/app", "bad tag"), ("odd-tags/app", "t" * 128),
+        ("forged\\nERROR line", None)}  # escaped: a name cannot forge a log line
     assert "invalid repository name 'Foo/app'" in found[("Foo/app", None)]["reason"]
     assert "Docker-Content-Digest" in found[("bad-digest/app", "1.0")]["reason"]
     assert "DIGEST_INVALID" in found[("bad-digest/app", "1.0")]["reason"]
@@ -243,7 +244,8 @@ def test_every_oddity_is_its_own_repositorys_problem():
     assert "not the expected JSON" in found[("html/app", None)]["reason"]
     assert all(p["advice"] for p in snap.problems)
     assert snap.problem_repositories == {"42", "null", '{"x": 1}', "Foo/app", "bad-digest/app",
-                                         "schema1/app", "html/app", "odd-tags/app"}
+                                         "schema1/app", "html/app", "odd-tags/app",
+                                         "forged\\nERROR line"}
     # The snapshot crosses XCom and comes back with its problems.
     back = Snapshot.from_records(json.loads(json.dumps(snap.to_records())))
     assert back.problems == snap.problems and not back.complete
