@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import threading
 from collections.abc import Callable
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 SECRET_ENV = "REGISTRY_NOTIFICATION_SECRET"
 MAX_BODY_BYTES = 1 << 20
 MIN_SECRET_LENGTH = 32
+# One writer per process: SQLite takes one at a time anyway, and writers queued on a lock are
+# served in turn, where SQLite's busy handler makes them sleep and poll (a p99 of 0.6 s instead
+# of 0.2 s under 20 concurrent senders: benchmarks/webhook_flood.py).
+_WRITE_LOCK = threading.Lock()
 ACCEPTED_TYPES = (ENVELOPE_MEDIA_TYPE, "application/json")
 
 
@@ -69,10 +74,11 @@ def events_router(store: Callable[[], EventStore], secret: Callable[[], str | No
 def _add(store: EventStore, received: list[Event]) -> int:
     """Store, idempotently: a copy of an event committed by a concurrent request meanwhile (a
     redelivery racing the original) makes the first try fail; the second skips it."""
-    try:
-        return store.add(received)
-    except IntegrityError:
-        return store.add(received)
+    with _WRITE_LOCK:
+        try:
+            return store.add(received)
+        except IntegrityError:
+            return store.add(received)
 
 
 def _authenticate(request: Request, secret: str | None) -> None:
