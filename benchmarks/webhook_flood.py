@@ -42,13 +42,14 @@ def event(sender: int, n: int, *, odd: bool) -> dict:
                        "tag": f"v{n}", "digest": DIGEST, "size": 1234}}
 
 
-def serve(db_url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+def serve(db_url: str, port: int, log: Path, workers: int = 1) -> subprocess.Popen[bytes]:
     env = {**os.environ, "REGISTRY_NOTIFICATION_SECRET": SECRET,
            "REGISTRY_REPLICATION_DB_URL": db_url}
     EventStore(db_url)  # the schema, before the first request
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "registry_replication.webhook:create_app", "--factory",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
+         "--workers", str(workers)],
         env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -149,6 +150,7 @@ def main() -> int:
                         help="every Nth event names Foo/app (0: none)")
     parser.add_argument("--redeliver-every", type=int, default=20,
                         help="every Nth envelope is delivered twice (0: never)")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--workdir", type=Path, help="where the event store goes (default: temp)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
@@ -157,7 +159,7 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     db_url = f"sqlite:///{workdir / 'events.db'}"
     port = free_port()
-    server = serve(db_url, port, workdir / "uvicorn.log")
+    server = serve(db_url, port, workdir / "uvicorn.log", args.workers)
     try:
         result = flood(f"http://127.0.0.1:{port}/events", senders=args.senders,
                        events_total=args.events, batch=args.batch, odd_every=args.odd_every,
@@ -169,6 +171,7 @@ def main() -> int:
     latencies = result["latencies"]
     figures = {
         "senders": args.senders,
+        "workers": args.workers,
         "events_per_envelope": args.batch,
         "requests": len(latencies),
         "events_accepted": len(result["accepted"]),
