@@ -59,6 +59,10 @@ def test_an_odd_push_is_rejected_and_the_next_push_still_replicates(stack, capsy
                         timeout=10).text
     assert f'class="rejected-event" data-repository="{ODD}"' in page
     assert "invalid repository name" in page
+    # Nothing on the plugin app describes itself to whoever asks without a login.
+    for path in ("openapi.json", "docs", "redoc"):
+        assert requests.get(f"{airflow.url}/registry-replication/{path}",
+                            timeout=10).status_code == 404, path
     # Every good event was processed; the rejected one was never claimed.
     assert store.queue()["counts"]["pending"] == 0
     assert store.queue()["counts"][DONE] >= 4
