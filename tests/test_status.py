@@ -89,7 +89,8 @@ def test_totals_states_and_links(store):
     assert layer["log_url"] == f"{UI}{run_path}/tasks/copy_blobs/mapped/2"
 
     queue = s["queue"]
-    assert queue["counts"] == {"pending": 2, "processing": 0, "done": 0, "failed": 1}
+    assert queue["counts"] == {"pending": 2, "processing": 0, "done": 0, "failed": 1,
+                               "rejected": 0}
     assert queue["depth"] == 2 and queue["oldest_waiting_seconds"] >= 0
     [failed_event] = s["failed_events"]
     assert (failed_event["id"], failed_event["last_error"]) == ("e1", "HTTP 404 MANIFEST_UNKNOWN")
@@ -125,7 +126,8 @@ def test_empty_store(tmp_path):
     assert s["repositories"] == [] and s["failed_layers"] == [] and s["last_reconcile"] is None
     assert s["backfill"]["repositories"] == {"in_sync": 0, "total": 0, "percent": None}
     assert s["queue"] == {"depth": 0, "counts": {"pending": 0, "processing": 0, "done": 0,
-                                                 "failed": 0}, "oldest_waiting_seconds": None}
+                                                 "failed": 0, "rejected": 0},
+                          "oldest_waiting_seconds": None}
 
 
 def test_unmapped_task_log_url():

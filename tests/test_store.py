@@ -30,7 +30,8 @@ def test_claim_complete_and_idempotent_add(tmp_path):
     assert [e.id for e in claimed] == ["e1", "e2"] and claimed[0].attempts == 1
     assert store.ready_count() == 0 and store.claim()[1] == []  # leased, not claimable twice
     store.complete(owner, ["e1", "e2"])
-    assert store.queue()["counts"] == {"pending": 0, "processing": 0, "done": 2, "failed": 0}
+    assert store.queue()["counts"] == {"pending": 0, "processing": 0, "done": 2, "failed": 0,
+                                       "rejected": 0}
 
 
 def test_expired_lease_is_reclaimed(tmp_path):

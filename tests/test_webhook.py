@@ -68,12 +68,11 @@ def test_no_secret_configured_refuses_everything(store, monkeypatch):
 @pytest.mark.parametrize("body,media_type,status", [
     (b"x" * (1 << 20 + 1), ENVELOPE_MEDIA_TYPE, 413),
     (b"{not json", ENVELOPE_MEDIA_TYPE, 400),
-    ({"events": [{"id": "1"}]}, ENVELOPE_MEDIA_TYPE, 400),
     ({"nope": []}, ENVELOPE_MEDIA_TYPE, 400),
+    ({"events": {"not": "a list"}}, ENVELOPE_MEDIA_TYPE, 400),
+    ([event()], ENVELOPE_MEDIA_TYPE, 400),
+    ({"events": [0] * 10_001}, ENVELOPE_MEDIA_TYPE, 400),  # more events than allowed
     ({"events": [event()]}, "text/plain", 415),
-    ({"events": [event(), event(repository="../../etc")]}, ENVELOPE_MEDIA_TYPE, 400),
-    ({"events": [event(tag="bad tag")]}, ENVELOPE_MEDIA_TYPE, 400),
-    ({"events": [event(digest="sha256:zz")]}, ENVELOPE_MEDIA_TYPE, 400),
 ])
 def test_bad_input_is_4xx_and_stores_nothing(client, store, body, media_type, status):
     response = post(client, body, media_type=media_type)
@@ -83,8 +82,10 @@ def test_bad_input_is_4xx_and_stores_nothing(client, store, body, media_type, st
 
 def test_duplicate_delivery_is_stored_once(client, store):
     envelope = {"events": [event(), event(tag="2.0")]}
-    assert post(client, envelope).json() == {"stored": 2, "duplicates": 0, "ignored": 0}
-    assert post(client, envelope).json() == {"stored": 0, "duplicates": 2, "ignored": 0}
+    assert post(client, envelope).json() == {"stored": 2, "rejected": 0, "duplicates": 0,
+                                             "ignored": 0}
+    assert post(client, envelope).json() == {"stored": 0, "rejected": 0, "duplicates": 2,
+                                             "ignored": 0}
     assert len(store.events()) == 2
 
 
@@ -96,7 +97,8 @@ def test_blob_pull_and_mount_events_are_ignored(client, store):
         event(action="delete", media_type=None, tag=None),  # manifest (or blob) delete
         event(),
     ]}
-    assert post(client, envelope).json() == {"stored": 2, "duplicates": 0, "ignored": 3}
+    assert post(client, envelope).json() == {"stored": 2, "rejected": 0, "duplicates": 0,
+                                             "ignored": 3}
     stored = sorted((e["action"], e["tag"]) for e in store.events())
     assert stored == [("delete", None), ("push", "1.0")]
 

@@ -26,7 +26,7 @@ from registry_replication.client import RegistryClient
 from registry_replication.config import ConfigError, RegistryConfig
 from registry_replication.errors import RegistryError
 from registry_replication.plan import build_plan
-from registry_replication.snapshot import Scope
+from registry_replication.snapshot import Scope, Snapshot, problem_line
 from registry_replication.sync import SyncOptions, run_sync, snapshots
 
 log = logging.getLogger("registry_replication")
@@ -69,6 +69,7 @@ def _plan(primary, secondary, options: SyncOptions, args) -> int:
         print(json.dumps(plan.to_dict(), indent=2))
         return 0
     _print("tags per repository", diffs.summary(differences))
+    _print_problems(source, target)
     print(
         f"\n{len(plan.images)} images to push, {len(plan.blobs)} blobs "
         f"({plan.transfer_bytes / (1 << 20):.1f} MiB to transfer), {len(plan.skipped)} skipped"
@@ -82,13 +83,16 @@ def _sync(primary, secondary, options: SyncOptions, args) -> int:
     report = run_sync(primary, secondary, options)
     if args.json:
         print(json.dumps({"counts": report.counts(), "seconds": report.seconds,
-                          "bytes_read_from_primary": primary.bytes_read}, indent=2))
+                          "bytes_read_from_primary": primary.bytes_read,
+                          "problems": report.primary.problems + report.secondary.problems},
+                         indent=2))
     else:
         failed = [r for r in report.blobs if r.action == "failed"]
         if failed:
             _print("failed blobs", pd.DataFrame([r.__dict__ for r in failed])[
                 ["repository", "digest", "size", "status", "code", "error"]])
         _print("summary", pd.Series(report.counts(), name="count").to_frame())
+        _print_problems(report.primary, report.secondary)
         if report.prune_refused:
             print(f"\nprune refused: {report.prune_refused}")
         if report.verification is not None:
@@ -108,7 +112,17 @@ def _verify(primary, secondary, options: SyncOptions, args) -> int:
     else:
         _print("repositories whose checksums differ" if len(differ) else "all repositories in sync",
                differ if len(differ) else report)
+        _print_problems(source, target)
     return 1 if len(differ) or not source.complete or not target.complete else 0
+
+
+def _print_problems(*listings: Snapshot) -> None:
+    """Repositories and tags that could not be handled, each with what to do."""
+    for listing in listings:
+        if listing.problems:
+            print(f"\ncannot replicate from {listing.registry} (every other repository was):")
+            for found in listing.problems:
+                print(f"  {problem_line(found)}")
 
 
 def _config(definition: str) -> RegistryConfig:

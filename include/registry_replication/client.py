@@ -5,6 +5,11 @@ request is bounded in time, transient failures (connection errors, 5xx, 429) are
 exponential backoff and jitter, and every failure surfaces as a typed ``RegistryError``.
 Names, tags and digests are validated before they reach a URL; blob bytes are hashed as they
 stream, so a digest mismatch is an error and never a committed blob.
+
+Credentials go only to the configured registry: every URL it requests, including those the
+registry hands back (``Link``, upload ``Location``, redirects), must have the configured scheme,
+host and port. The one exception is a blob download redirected to a storage backend, which is
+fetched without credentials by a session that reads no ``~/.netrc`` and no proxy variables.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from registry_replication.errors import (
     RegistryUnavailableError,
 )
 from registry_replication.reference import (
+    InvalidReference,
     validate_digest,
     validate_reference,
     validate_repository,
@@ -55,6 +61,8 @@ log = logging.getLogger(__name__)
 CHUNK_SIZE = 1 << 20
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_RETRY_SLEEP_SECONDS = 120.0
+MAX_REDIRECTS = 5
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -181,14 +189,16 @@ class RegistryClient:
         path = f"/v2/_catalog?{urlencode({'n': page_size})}"
         while path:
             response = self._send("GET", path, operation="list catalog", scopes=(CATALOG_SCOPE,))
-            yield from response.json().get("repositories") or []
-            path = _next_link(response)
+            # Entries are yielded as the registry sent them (even non-strings): the snapshot
+            # reports a bad entry as that repository's problem.
+            yield from self._json_list(response, "repositories", "list catalog", None)
+            path = self._next_link(response, "list catalog", None)
 
-    def tags(self, repository: str) -> list[str]:
-        """Every tag of a repository (distribution 2.8 returns them in one page)."""
+    def tags(self, repository: str) -> list[Any]:
+        """Every tag of a repository (distribution 2.8 returns them in one page), as sent."""
         validate_repository(repository)
         path = f"/v2/{repository}/tags/list"
-        tags: list[str] = []
+        tags: list[Any] = []
         while path:
             try:
                 response = self._send(
@@ -199,8 +209,8 @@ class RegistryClient:
                 if exc.code == "NAME_UNKNOWN" and not tags:
                     return []  # a repository holding blobs but no tags
                 raise
-            tags.extend(response.json().get("tags") or [])
-            path = _next_link(response)
+            tags.extend(self._json_list(response, "tags", "list tags", repository))
+            path = self._next_link(response, "list tags", repository)
         return tags
 
     # -- manifests ------------------------------------------------------------------------------
@@ -221,11 +231,18 @@ class RegistryClient:
             # Registries that omit the header on HEAD: fall back to fetching the bytes.
             manifest = self.get_manifest(repository, reference)
             return Descriptor(manifest.digest, manifest.media_type, len(manifest.raw))
-        return Descriptor(
-            validate_digest(digest),
-            _media_type(response),
-            int(response.headers.get("Content-Length") or 0),
-        )
+        try:
+            validate_digest(digest)
+        except InvalidReference:
+            raise RegistryError(
+                f"the registry answered with an invalid Docker-Content-Digest {digest[:100]!r}",
+                registry=self.url, operation="check manifest", repository=repository,
+                reference=reference, status=response.status_code, code="DIGEST_INVALID",
+                advice="the registry (or a proxy in front of it) sends a broken digest header "
+                "for this manifest: check the registry's version and any proxy, or re-push the "
+                "tag; other repositories are not affected",
+            ) from None
+        return Descriptor(digest, _media_type(response), _content_length(response))
 
     def get_manifest(self, repository: str, reference: str) -> Manifest:
         """A manifest's exact bytes, checked against the digest they were asked for or served as."""
@@ -299,7 +316,7 @@ class RegistryClient:
         response.close()
         if response.status_code == 404:
             return None
-        return int(response.headers.get("Content-Length") or 0)
+        return _content_length(response)
 
     def read_blob(
         self,
@@ -331,12 +348,17 @@ class RegistryClient:
         if response.is_redirect:
             response.close()
             # Storage backends (S3, GCS) get a presigned URL, never the registry's token.
-            location = urljoin(self.url + "/", response.headers["Location"])
-            try:
-                response = requests.get(
-                    location, headers=headers, stream=True, timeout=self._timeout,
-                    verify=self.session.verify,
+            location = urljoin(response.url, response.headers["Location"])
+            if urlsplit(location).scheme not in DEFAULT_PORTS:
+                raise RegistryError(
+                    "the registry redirected the download to a non-HTTP URL",
+                    registry=self.url, operation="get blob", repository=repository,
+                    reference=digest, status=response.status_code,
+                    advice="check the registry's storage redirect configuration",
                 )
+            try:
+                response = self._storage.get(location, headers=headers, stream=True,
+                                             timeout=self._timeout)
             except requests.RequestException as exc:
                 raise self._connection_error(exc, "get blob", repository, digest) from None
             if response.status_code not in (200, 206):
@@ -472,6 +494,17 @@ class RegistryClient:
             log.info("could not cancel upload in %s: %s", upload.repository, exc)
             return False
 
+    @cached_property
+    def _storage(self) -> requests.Session:
+        """For blob redirects to storage: no credentials, no ``~/.netrc``, no proxy variables
+        read per request (the registry's proxy settings, read once, apply to its storage)."""
+        session = requests.Session()
+        session.trust_env = False
+        session.proxies = dict(self.session.proxies)
+        session.verify = self.session.verify
+        session.headers["User-Agent"] = self.session.headers["User-Agent"]
+        return session
+
     def _count(self, n: int) -> None:
         with self._count_lock:
             self.bytes_read += n
@@ -491,15 +524,63 @@ class RegistryClient:
         return (repository_scope(repository, actions),)
 
     def _location(self, response: requests.Response) -> str:
-        """An upload URL from ``Location``, kept on our own registry's scheme, host and port."""
+        """An upload URL from ``Location``; refused unless it is on our own registry."""
         location = response.headers.get("Location")
         if not location:
             raise RegistryError(
                 "the registry sent no upload Location", registry=self.url,
                 operation="upload", status=response.status_code,
             )
-        parts = urlsplit(location)
-        return parts.path + (f"?{parts.query}" if parts.query else "")
+        return self._own_url(urljoin(response.url, location), "upload", None, "Location")
+
+    def _next_link(
+        self, response: requests.Response, operation: str, repository: str | None
+    ) -> str | None:
+        """The next page from ``Link: <...>; rel="next"``; refused unless on our own registry."""
+        link = response.links.get("next", {}).get("url")
+        if not link:
+            return None
+        return self._own_url(urljoin(response.url, link), operation, repository, "Link")
+
+    def _own_url(self, url: str, operation: str, repository: str | None, source: str) -> str:
+        """``url`` if it has the configured scheme, host and port; else a ``RegistryError``.
+
+        Credentials go with every request to the registry, so a URL the registry hands back
+        must not lead anywhere else (``http:http://other-host/x``, ``//other-host``, userinfo,
+        backslashes that parsers read differently).
+        """
+        if _same_origin(url, self.url):
+            return url
+        parts = urlsplit(url.replace("\\", "/"))
+        port = _port(parts)
+        elsewhere = f"{parts.scheme}://{parts.hostname or ''}" + (f":{port}" if port else "")
+        raise RegistryError(
+            f"refused to follow a {source} to {elsewhere!r}: it is not the configured registry, "
+            "and requests carry its credentials; nothing was sent there",
+            registry=self.url, operation=operation, repository=repository,
+            advice="the registry (or a proxy in front of it) sends URLs for another host: set "
+            "its http.host to the URL in this connection, or fix the connection's URL",
+        )
+
+    def _json_list(
+        self, response: requests.Response, key: str, operation: str, repository: str | None
+    ) -> list[Any]:
+        """``body[key]`` of a listing answer, which must be a JSON object holding a list."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        value = body.get(key) if isinstance(body, dict) else None
+        if not isinstance(body, dict) or not isinstance(value, (list, type(None))):
+            raise RegistryError(
+                f"the answer is not the expected JSON object with a {key!r} list "
+                f"({_body_shape(response)})",
+                registry=self.url, operation=operation, repository=repository,
+                status=response.status_code,
+                advice="the registry or a proxy in front of it answered with something else; "
+                "check that the connection's URL points at the registry itself",
+            )
+        return value or []
 
     def _send(
         self,
@@ -524,9 +605,14 @@ class RegistryClient:
         once and the caller resumes (the copy engine resumes blob uploads from the registry's
         offset).
         """
-        url = urljoin(self.url + "/", path.lstrip("/"))
+        if urlsplit(path).scheme:  # a URL the registry handed back, already checked
+            url = path
+        else:
+            url = urljoin(self.url + "/", path.lstrip("/"))
+        url = self._own_url(url, operation, repository, "URL")
         replayable = data is None or isinstance(data, bytes)
         retries = 0
+        redirects = 0
         refreshed = False
         while True:
             request_headers = dict(headers or {})
@@ -535,9 +621,11 @@ class RegistryClient:
                 if value:
                     request_headers["Authorization"] = value
             try:
+                # Redirects are followed below, only within the registry: requests would follow
+                # them anywhere.
                 response = self.session.request(
                     method, url, headers=request_headers, data=data, stream=stream,
-                    timeout=self._timeout, allow_redirects=allow_redirects,
+                    timeout=self._timeout, allow_redirects=False,
                 )
             except requests.RequestException as exc:
                 if not replayable or retries >= self.config.max_retries:
@@ -548,6 +636,13 @@ class RegistryClient:
             status = response.status_code
             if status in ok:
                 return response
+            if (response.is_redirect and allow_redirects and method in ("GET", "HEAD")
+                    and redirects < MAX_REDIRECTS):
+                location = urljoin(response.url, response.headers["Location"])
+                response.close()
+                url = self._own_url(location, operation, repository, "redirect")
+                redirects += 1
+                continue
             if status == 401 and authenticate and not refreshed:
                 challenge = Challenge.parse(response.headers.get("WWW-Authenticate"))
                 if replayable and self.auth.refresh(challenge, scopes):
@@ -602,16 +697,19 @@ class RegistryClient:
         status = response.status_code
         code = message = detail = None
         try:
-            errors = response.json().get("errors") or []
-            if errors:
-                code = errors[0].get("code")
-                message = errors[0].get("message")
-                raw_detail = errors[0].get("detail")
-                detail = str(raw_detail)[:300] if raw_detail else None
+            body = response.json()
         except ValueError:
-            pass
-        finally:
-            response.close()
+            body = None
+        errors = body.get("errors") if isinstance(body, dict) else None
+        first = errors[0] if isinstance(errors, list) and errors else None
+        if isinstance(first, dict):
+            code = _text(first.get("code"), 64)
+            message = _text(first.get("message"), 300)
+            raw_detail = first.get("detail")
+            detail = str(raw_detail)[:300] if raw_detail else None
+        elif status >= 400 and _has_body(response):
+            detail = f"the error body is not the registry's JSON error shape ({_body_shape(response)})"
+        response.close()
         kwargs: dict[str, Any] = dict(
             registry=self.url, operation=operation, repository=repository, reference=reference,
             status=status, code=code, detail=detail,
@@ -681,13 +779,46 @@ def _digest_of(raw: bytes, like: str) -> str:
     return f"{algorithm}:{hashlib.new(algorithm, raw).hexdigest()}"
 
 
-def _next_link(response: requests.Response) -> str | None:
-    """The path and query of ``Link: <...>; rel="next"``, resolved against our own registry."""
-    link = response.links.get("next", {}).get("url")
-    if not link:
+def _same_origin(url: str, base: str) -> bool:
+    """Same scheme, host and port as ``base``, no userinfo, nothing parsers read differently."""
+    if any(c == "\\" or c.isspace() or ord(c) < 32 for c in url):
+        return False
+    theirs, ours = urlsplit(url), urlsplit(base)
+    if theirs.username is not None or theirs.password is not None or not theirs.hostname:
+        return False
+    port = _port(theirs)
+    return (
+        theirs.scheme.lower() == ours.scheme.lower()
+        and theirs.hostname == ours.hostname
+        and port is not None
+        and port == _port(ours)
+    )
+
+
+def _port(parts: Any) -> int | None:
+    """The explicit or default port; None when the port is not a valid number."""
+    try:
+        return parts.port or DEFAULT_PORTS.get(parts.scheme.lower())
+    except ValueError:
         return None
-    parts = urlsplit(link)
-    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def _content_length(response: requests.Response) -> int:
+    value = response.headers.get("Content-Length") or "0"
+    return int(value) if value.isdigit() else 0
+
+
+def _text(value: Any, limit: int) -> str | None:
+    return value[:limit] if isinstance(value, str) else None
+
+
+def _has_body(response: requests.Response) -> bool:
+    return response.request is None or response.request.method != "HEAD"
+
+
+def _body_shape(response: requests.Response) -> str:
+    kind = _media_type(response) or "no Content-Type"
+    return f"HTTP {response.status_code}, {kind}, {len(response.content)} bytes"
 
 
 def _range_end(response: requests.Response) -> int:

@@ -24,6 +24,10 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
 
+# A leaked token is usable until it expires: an hour at most (GitLab's default is 5 minutes).
+MAX_TOKEN_TTL_SECONDS = 3600
+
+
 class ConfigError(ValueError):
     """A connection definition that cannot describe a registry."""
 
@@ -56,6 +60,11 @@ class RegistryConfig:
             raise ConfigError("auth 'jwt' needs private_key or private_key_path in the extra")
         if self.token_ttl_seconds <= 0 or self.max_connections <= 0:
             raise ConfigError("token_ttl_seconds and max_connections must be positive")
+        if self.token_ttl_seconds > MAX_TOKEN_TTL_SECONDS:
+            raise ConfigError(
+                f"token_ttl_seconds {self.token_ttl_seconds} is above {MAX_TOKEN_TTL_SECONDS}: "
+                "a minted token is a bearer credential, keep it short-lived (GitLab uses 300)"
+            )
 
     @classmethod
     def from_connection(cls, definition: str | Mapping[str, Any]) -> RegistryConfig:

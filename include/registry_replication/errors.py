@@ -70,6 +70,14 @@ class RegistryError(Exception):
         return f"{self.repository}{sep}{self.reference}"
 
     def __str__(self) -> str:
+        text = self.without_advice
+        if self.advice:
+            text += f". What to do: {self.advice}"
+        return text
+
+    @property
+    def without_advice(self) -> str:
+        """The message without its "What to do" part (for reports that show advice apart)."""
         where = " ".join(p for p in (self.operation, self.target) if p)
         head = f"{where} on {self.registry}" if self.registry else where
         status = " ".join(p for p in (f"HTTP {self.status}" if self.status else "", self.code or "") if p)
@@ -77,8 +85,6 @@ class RegistryError(Exception):
         text += f"{status}: {self.message}" if status else self.message
         if self.detail:
             text += f" ({self.detail})"
-        if self.advice:
-            text += f". What to do: {self.advice}"
         return text
 
 

@@ -184,6 +184,7 @@ def build_plan(
 def _image_task(
     primary: RegistryClient, repository: str, digest: str, tags: list[str], plan: Plan
 ) -> tuple[ImageTask | None, dict[str, int]]:
+    media_type = ""
     try:
         manifest = _fetch(primary, repository, digest, plan)
         children: list[str] = []
@@ -191,12 +192,17 @@ def _image_task(
         _collect(primary, repository, manifest, children, sizes, plan)
     except (RegistryError, UnsupportedError) as exc:
         reason = str(exc)
-        log.warning("skipping %s@%s (tags %s): %s", repository, digest, ", ".join(tags), reason)
         media_type = getattr(exc, "media_type", "") or ""
-        plan.skipped.append(Skipped(repository, tags, digest, media_type, reason))
-        return None, {}
-    task = ImageTask(repository, digest, manifest.media_type, tags, children, sorted(sizes))
-    return task, sizes
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        # A manifest that is not the JSON its media type promises (or names a child digest
+        # out of grammar): this image's problem, not the run's.
+        reason = f"malformed manifest ({type(exc).__name__}: {str(exc)[:200]}); re-push it"
+    else:
+        task = ImageTask(repository, digest, manifest.media_type, tags, children, sorted(sizes))
+        return task, sizes
+    log.warning("skipping %s@%s (tags %s): %s", repository, digest, ", ".join(tags), reason)
+    plan.skipped.append(Skipped(repository, tags, digest, media_type, reason))
+    return None, {}
 
 
 class UnsupportedError(Exception):

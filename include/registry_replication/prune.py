@@ -8,8 +8,8 @@ moment, and a crash between the two steps leaves a tombstone that the next prune
 
 Every removal happens under the repository's lease and only while the primary still lacks
 the tag (compare-and-set), so a tag pushed again during the run is never deleted. Guards:
-never from an incomplete snapshot, and never more than ``max_fraction`` of the secondary's
-tags unless forced.
+never from an incomplete snapshot (nor in a repository with a listing problem), and never
+more than ``max_fraction`` of the secondary's tags unless forced.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from registry_replication.client import RegistryClient
 from registry_replication.diff import EXTRA
 from registry_replication.errors import RegistryError
 from registry_replication.leases import LeaseBusy, LeaseLost, Leases
-from registry_replication.snapshot import Scope, Snapshot, take_snapshot
+from registry_replication.snapshot import Scope, Snapshot, problem_line, take_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +63,24 @@ def prunable(
     force: bool = False,
 ) -> pd.DataFrame:
     """The (repository, tag, digest) rows to delete, after the guards."""
-    if not primary.complete:
+    if primary.errors:
         raise PruneRefused(
             f"not pruning: the primary's listing was incomplete ({len(primary.errors)} errors, "
             f"first: {primary.errors[0]}); a tag that failed to list would look deleted. "
             "Fix the primary's errors; the next run prunes"
         )
-    if not secondary.complete:
+    if secondary.errors:
         raise PruneRefused(
             f"not pruning: the secondary's listing was incomplete ({secondary.errors[0]}); "
             "fix that error, the next run prunes"
         )
     extra = differences[differences["status"] == EXTRA]
+    # A repository with a listing problem on either side is incomplete: leave it alone.
+    unsure = primary.problem_repositories | secondary.problem_repositories
+    if unsure & set(extra["repository"]):
+        log.warning("not pruning %s: their listing is incomplete (see the snapshot's problems)",
+                    ", ".join(sorted(unsure & set(extra["repository"]))))
+    extra = extra[~extra["repository"].isin(unsure)]
     rows = extra[["repository", "tag", "digest_secondary"]].rename(
         columns={"digest_secondary": "digest"}
     )
@@ -174,8 +180,9 @@ def _listing(
     """The repository's tags on the secondary now ({tag: digest}), and its index digests."""
     current = take_snapshot(secondary, Scope(), concurrency=concurrency, repositories=[repository])
     if not current.complete:
-        raise PruneRefused(f"not pruning {repository}: cannot list it on the secondary "
-                           f"({current.errors[0]})")
+        why = current.errors[0] if current.errors else problem_line(current.problems[0])
+        raise PruneRefused(f"not pruning {repository}: its listing on the secondary is "
+                           f"incomplete ({why})")
     tags = current.tags
     return (dict(zip(tags["tag"], tags["digest"])),
             set(tags.loc[tags["media_type"].isin(mt.INDEXES), "digest"]))

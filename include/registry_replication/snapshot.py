@@ -1,13 +1,18 @@
 """Snapshots: every (repository, tag, digest, media type) a registry holds, within a scope.
 
 Catalog, then tags per repository, then ``HEAD`` of each tag's manifest, concurrently through
-a bounded pool. A snapshot with any listing error is *incomplete*: it can still drive copies,
-but never a deletion.
+a bounded pool. A snapshot whose catalog could not be read has ``errors``: it can still drive
+copies, but never a deletion. A repository or tag that cannot be handled (a name out of
+grammar, a non-string catalog entry, a bad ``Docker-Content-Digest``, a schema 1 manifest, an
+answer that is not the expected JSON, any listing error) is that repository's *problem*: it is
+reported with what to do, and only that repository is kept from pruning; every other
+repository replicates.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import re
 from collections.abc import Iterable
@@ -16,12 +21,20 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from registry_replication import mediatypes as mt
 from registry_replication.client import RegistryClient
 from registry_replication.errors import RegistryError
+from registry_replication.reference import InvalidReference, validate_repository, validate_tag
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["repository", "tag", "digest", "media_type"]
+NAME_ADVICE = (
+    "the registry accepted a name our reference grammar refuses (for example an uppercase "
+    "first component, which distribution reads as a hostname); push the image again under a "
+    "valid lowercase name and delete this one on the primary. Other repositories replicate"
+)
+SCHEMA1_ADVICE = "rebuild and push the image with a current client (Docker schema 2 or OCI)"
 
 
 @dataclass(frozen=True)
@@ -62,32 +75,57 @@ class Scope:
 
 @dataclass
 class Snapshot:
-    """One registry's tags within a scope. ``errors`` non-empty means incomplete."""
+    """One registry's tags within a scope.
+
+    ``errors`` (the catalog could not be read) make the whole snapshot incomplete; each of
+    ``problems`` ({repository, tag, reason, advice}) makes only its repository incomplete.
+    """
 
     registry: str
     tags: pd.DataFrame
     errors: list[str] = field(default_factory=list)
+    problems: list[dict[str, str | None]] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
-        return not self.errors
+        return not self.errors and not self.problems
 
     @property
     def repositories(self) -> list[str]:
         return sorted(self.tags["repository"].unique())
+
+    @property
+    def problem_repositories(self) -> set[str]:
+        """Repositories whose listing is incomplete: never pruned from this snapshot."""
+        return {p["repository"] for p in self.problems if p["repository"]}
 
     def to_records(self) -> dict[str, object]:
         return {
             "registry": self.registry,
             "tags": self.tags.to_dict(orient="list"),
             "errors": self.errors,
+            "problems": self.problems,
         }
 
     @classmethod
     def from_records(cls, data: dict[str, object]) -> Snapshot:
         # dtype=str: an empty snapshot's columns would otherwise come back as floats.
         tags = pd.DataFrame(data["tags"], columns=COLUMNS, dtype=str)
-        return cls(data["registry"], tags, list(data["errors"]))
+        return cls(data["registry"], tags, list(data["errors"]),
+                   list(data.get("problems") or []))
+
+
+def problem_line(problem: dict[str, str | None]) -> str:
+    """One problem as a log or report line: where, why, and what to do."""
+    where = problem["repository"] + (f":{problem['tag']}" if problem.get("tag") else "")
+    return f"{where}: {problem['reason']}. What to do: {problem['advice']}"
+
+
+def _shown(value: object, limit: int = 255) -> str:
+    """A name as the registry sent it, for a report: non-strings as JSON, control characters
+    escaped (a line break must not forge a log line), clipped."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:limit]
 
 
 def take_snapshot(
@@ -99,41 +137,78 @@ def take_snapshot(
 ) -> Snapshot:
     """List a registry. ``repositories`` skips the catalog and lists just those."""
     errors: list[str] = []
+    problems: list[dict[str, str | None]] = []
+
+    def problem(repository: object, tag: object, reason: str, advice: str | None) -> None:
+        found = {"repository": _shown(repository), "tag": None if tag is None else _shown(tag, 128),
+                 "reason": reason, "advice": advice or "fix it on the registry; the next run retries"}
+        log.error("cannot replicate from %s: %s", client.url, problem_line(found))
+        problems.append(found)
+
+    def registry_problem(repository: str, tag: str | None, exc: RegistryError) -> None:
+        problem(repository, tag, exc.without_advice, exc.advice)
+
     if repositories is None:
         try:
-            names = [name for name in client.catalog() if scope.wants_repository(name)]
+            listed = list(client.catalog())
         except RegistryError as exc:
             log.error("cannot list the catalog of %s: %s", client.url, exc)
             return Snapshot(client.url, pd.DataFrame(columns=COLUMNS), [str(exc)])
     else:
-        names = [name for name in repositories if scope.wants_repository(name)]
+        listed = list(repositories)
+    names = []
+    for name in listed:
+        if not isinstance(name, str):
+            problem(name, None, f"the catalog holds a non-string entry {_shown(name, 80)}",
+                    "the registry's catalog is corrupt: check its storage for a repository "
+                    "directory with an odd name; other repositories replicate")
+        elif scope.wants_repository(name):
+            try:
+                names.append(validate_repository(name))
+            except InvalidReference as exc:
+                problem(name, None, str(exc), NAME_ADVICE)
 
     def list_tags(name: str) -> list[tuple[str, str]]:
         try:
-            return [(name, tag) for tag in client.tags(name) if scope.wants_tag(tag)]
+            listed_tags = client.tags(name)
         except RegistryError as exc:
-            log.error("cannot list the tags of %s on %s: %s", name, client.url, exc)
-            errors.append(str(exc))
+            registry_problem(name, None, exc)
             return []
+        wanted = []
+        for tag in listed_tags:
+            try:
+                validate_tag(tag)
+            except InvalidReference as exc:
+                problem(name, tag, str(exc), "the registry listed a tag our reference grammar "
+                        "refuses; re-tag the image with a valid tag on the primary")
+                continue
+            if scope.wants_tag(tag):
+                wanted.append((name, tag))
+        return wanted
 
     def head(pair: tuple[str, str]) -> tuple[str, str, str, str] | None:
         repository, tag = pair
         try:
             descriptor = client.head_manifest(repository, tag)
         except RegistryError as exc:
-            log.error("cannot read %s:%s on %s: %s", repository, tag, client.url, exc)
-            errors.append(str(exc))
+            registry_problem(repository, tag, exc)
             return None
         if descriptor is None:  # deleted between listing and HEAD: simply not there
             return None
+        if descriptor.media_type in mt.SCHEMA1:
+            # Listed all the same (the diff sees it); the plan skips it.
+            problem(repository, tag, "a Docker schema 1 manifest, which cannot be replicated "
+                    "byte for byte (deprecated, signed per registry)", SCHEMA1_ADVICE)
         return repository, tag, descriptor.digest, descriptor.media_type
 
     with ThreadPoolExecutor(concurrency, thread_name_prefix="snapshot") as pool:
         pairs = [pair for found in pool.map(list_tags, names) for pair in found]
         rows = [row for row in pool.map(head, pairs) if row is not None]
     frame = pd.DataFrame(rows, columns=COLUMNS)
+    odd = {p["repository"] for p in problems}
     log.info(
         "snapshot of %s: %d repositories, %d tags%s",
-        client.url, len(names), len(frame), f", {len(errors)} errors (incomplete)" if errors else "",
+        client.url, len(names), len(frame),
+        f", {len(problems)} problems in {len(odd)} repositories (not pruned)" if problems else "",
     )
-    return Snapshot(client.url, frame, errors)
+    return Snapshot(client.url, frame, errors, problems)

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from typing import Any
 from urllib.parse import quote
 
-from registry_replication.store import DONE, FAILED, PENDING, PROCESSING, EventStore
+from registry_replication.store import DONE, FAILED, PENDING, PROCESSING, REJECTED, EventStore
 
 RECONCILE_DAG_ID = "registry_reconcile"
 
@@ -66,10 +66,13 @@ def status(store: EventStore, *, ui_url: str = "",
         "failed_layers": layers,
         "queue": {
             "depth": counts[PENDING] + counts[PROCESSING],
-            "counts": {s: counts[s] for s in (PENDING, PROCESSING, DONE, FAILED)},
+            "counts": {s: counts[s] for s in (PENDING, PROCESSING, DONE, FAILED, REJECTED)},
             "oldest_waiting_seconds": _round(queue["oldest_waiting_seconds"]),
         },
         "failed_events": [_failed_event(row) for row in store.events(status=FAILED, limit=50)],
+        # Events the webhook stored but will not process (names out of grammar, malformed).
+        "rejected_events": [_failed_event(row)
+                            for row in store.events(status=REJECTED, limit=50)],
         "last_reconcile": _run(reconcile, base, now) if reconcile else None,
     }
 

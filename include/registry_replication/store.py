@@ -24,6 +24,9 @@ from sqlalchemy import event as sa_event
 
 SCHEMA_VERSION = 1
 PENDING, PROCESSING, DONE, FAILED = "pending", "processing", "done", "failed"
+# A kept event whose names are out of grammar or that is malformed: stored so an operator
+# sees it, with its reason in ``last_error``; never claimed.
+REJECTED = "rejected"
 
 metadata = sa.MetaData()
 
@@ -115,6 +118,8 @@ class Event:
     media_type: str | None
     timestamp: dt.datetime
     attempts: int = 0
+    status: str = PENDING  # REJECTED for an event the webhook refused to process
+    error: str | None = None  # why it was rejected
 
 
 def default_url() -> str:
@@ -182,7 +187,8 @@ class EventStore:
                 conn.execute(events.insert().values(
                     id=e.id, received_at=now, timestamp=e.timestamp, action=e.action,
                     repository=e.repository, tag=e.tag, digest=e.digest, media_type=e.media_type,
-                    status=PENDING, attempts=0, next_attempt_at=now, updated_at=now,
+                    status=e.status, last_error=e.error, attempts=0, next_attempt_at=now,
+                    updated_at=now,
                 ))
                 stored += 1
         return stored
@@ -343,7 +349,7 @@ class EventStore:
             ).scalar()
         oldest = _aware(oldest)
         return {
-            "counts": {s: counts.get(s, 0) for s in (PENDING, PROCESSING, DONE, FAILED)},
+            "counts": {s: counts.get(s, 0) for s in (PENDING, PROCESSING, DONE, FAILED, REJECTED)},
             "oldest_waiting_seconds": (_now() - oldest).total_seconds() if oldest else None,
         }
 

@@ -143,7 +143,7 @@ def _after(
                           repositories=changed)
     kept = before.tags[~before.tags["repository"].isin(changed)]
     return Snapshot(before.registry, pd.concat([kept, fresh.tags], ignore_index=True),
-                    before.errors + fresh.errors)
+                    before.errors + fresh.errors, before.problems + fresh.problems)
 
 
 def failed_digests(results: Iterable[BlobResult]) -> set[str]:

@@ -254,7 +254,8 @@ _TEMPLATE = _env.from_string("""<!doctype html>
     <div class="k">Event queue</div>
     <div class="v">{{ s.queue.depth }} waiting</div>
     <div class="s">{% if s.queue.depth %}oldest {{ s.queue.oldest_waiting_seconds | duration }} ·
-      {% endif %}{{ s.queue.counts.done }} done · {{ s.queue.counts.failed }} failed</div>
+      {% endif %}{{ s.queue.counts.done }} done · {{ s.queue.counts.failed }} failed ·
+      {{ s.queue.counts.rejected }} rejected</div>
   </div>
   <div class="card" id="last-reconcile">
     <div class="k">Last reconcile</div>
@@ -340,6 +341,25 @@ _TEMPLATE = _env.from_string("""<!doctype html>
     <td>{{ e.received_at | when }}</td><td>{{ e.action }}</td><td>{{ e.repository }}</td>
     <td><code class="digest">{{ e.tag or e.digest }}</code></td>
     <td class="num">{{ e.attempts }}</td><td class="error">{{ e.last_error or "" }}</td>
+  </tr>
+  {% endfor %}
+  </tbody>
+</table>
+{% endif %}
+
+{% if s.rejected_events %}
+<h2 id="rejected-events">Rejected events ({{ s.queue.counts.rejected }})</h2>
+<p class="muted">Stored but not replicated: the repository, tag or digest is outside the
+reference grammar, or the event is malformed. Rename or delete it on the primary.</p>
+<table>
+  <thead><tr><th>Received</th><th>Action</th><th>Repository</th><th>Tag / digest</th>
+    <th>Reason</th></tr></thead>
+  <tbody>
+  {% for e in s.rejected_events %}
+  <tr class="rejected-event" data-repository="{{ e.repository }}">
+    <td>{{ e.received_at | when }}</td><td>{{ e.action }}</td><td>{{ e.repository }}</td>
+    <td><code class="digest">{{ e.tag or e.digest or "" }}</code></td>
+    <td class="error">{{ e.last_error or "" }}</td>
   </tr>
   {% endfor %}
   </tbody>

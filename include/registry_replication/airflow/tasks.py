@@ -24,7 +24,7 @@ from registry_replication.diff import IN_SYNC
 from registry_replication.leases import Leases
 from registry_replication.plan import BlobTask, ImageTask, Plan, batch_label, build_plan
 from registry_replication.prune import PruneRefused, prunable, prune
-from registry_replication.snapshot import Scope, Snapshot, take_snapshot
+from registry_replication.snapshot import Scope, Snapshot, problem_line, take_snapshot
 from registry_replication.store import Event, EventStore
 
 log = logging.getLogger("registry_replication.airflow")
@@ -300,9 +300,10 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
         problems.append(f"{len(failed)} blobs failed")
     if counts["images not pushed"]:
         problems.append(f"{counts['images not pushed']} images not pushed")
-    primary_errors = Snapshot.from_records(primary).errors
-    if primary_errors:
-        problems.append(f"the primary's listing was incomplete ({primary_errors[0]})")
+    listing = Snapshot.from_records(primary)
+    if listing.errors:
+        problems.append(f"the primary's listing was incomplete ({listing.errors[0]})")
+    problems += _repository_problems(listing)
     if pruned.get("refused"):
         problems.append(pruned["refused"])
     dag_run = context["dag_run"]
@@ -317,6 +318,25 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
         raise ReplicationFailed("; ".join(problems))
     return counts
 
+
+def _repository_problems(listing: Snapshot, shown: int = 20) -> list[str]:
+    """Log, record on the status page and name the repositories that could not be handled."""
+    if not listing.problems:
+        return []
+    log.error("repositories and tags that cannot be replicated (every other repository was):\n%s",
+              _table(pd.DataFrame(listing.problems)))
+    reasons: dict[str, list[str]] = {}
+    for found in listing.problems:
+        reasons.setdefault(found["repository"], []).append(problem_line(found))
+    EventStore().set_repository_state(
+        {"repository": repository, "state": "failed", "last_error": "; ".join(lines)[:4000]}
+        for repository, lines in sorted(reasons.items())
+    )
+    lines = [f"cannot replicate {problem_line(found)}" for found in listing.problems[:shown]]
+    if len(listing.problems) > shown:
+        lines.append(f"and {len(listing.problems) - shown} more problems: see the "
+                     "snapshot_primary log")
+    return lines
 
 
 def replicate() -> None:

@@ -1,0 +1,36 @@
+"""registry_reconcile with a repository in the primary's catalog that the grammar refuses."""
+
+from __future__ import annotations
+
+import logging
+
+from registry_replication.local import images
+from registry_replication.status import status
+from registry_replication.store import EventStore
+from test_dags import airflow_db, connections, run  # noqa: F401 - fixtures
+
+ODD = "Foo/app"
+
+
+def test_reconcile_replicates_every_other_repository_and_names_the_odd_one(
+        airflow_db, connections, primary, primary_writer, secondary_reader, caplog):  # noqa: F811
+    factory = images.ImageFactory()
+    images.push_unchecked(primary, ODD, factory.make(), "1.0")
+    wanted = {name: images.push(primary_writer, name, factory.make(), ["1.0"])
+              for name in ("group/app", "group/other")}
+    with caplog.at_level(logging.INFO):
+        result = run("registry_reconcile", {"prune": True})
+    assert result.state == "failed"  # the report task fails the run, after everything else ran
+    for name, digest in wanted.items():
+        assert secondary_reader.head_manifest(name, "1.0").digest == digest
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("cannot replicate" in m and ODD in m and "What to do" in m for m in errors), errors
+    assert not any("not pruning" in m for m in errors), errors
+
+    run_summary = EventStore().last_run("registry_reconcile")["summary"]
+    assert any(ODD in p and "invalid repository name" in p for p in run_summary["problems"])
+    assert run_summary["images pushed"] == 2
+    page = status(EventStore())
+    odd = next(r for r in page["repositories"] if r["repository"] == ODD)
+    assert odd["state"] == "failed" and "invalid repository name" in odd["last_error"]
+    assert ODD in " ".join(page["last_reconcile"]["problems"])

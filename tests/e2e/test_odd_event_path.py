@@ -1,0 +1,68 @@
+"""End to end in `airflow standalone`: a push to a repository out of grammar (``Foo/app``, which
+distribution 2.8 stores) must not switch the event path off. Its envelope gets a 2xx, the event
+shows as rejected on the status page, and the next push replicates within seconds.
+
+Before, the webhook answered 400; distribution's notification queue is serial and retries a
+refused envelope forever, so no later push was ever delivered.
+"""
+
+from __future__ import annotations
+
+import time
+
+import requests
+
+from registry_replication.client import RegistryClient
+from registry_replication.local import images
+from registry_replication.store import DONE, REJECTED
+from test_event_path import stack, wait_for_replica  # noqa: F401 - the fixture
+
+ODD = "Foo/app"
+
+
+def test_an_odd_push_is_rejected_and_the_next_push_still_replicates(stack, capsys):  # noqa: F811
+    primary, secondary, airflow, store = stack
+    writer = RegistryClient(primary.client_config(), writable=True)
+    reader = RegistryClient(secondary.client_config())
+    factory = images.ImageFactory(layer_size=64 * 1024)
+
+    warm = factory.make()
+    images.push(writer, "group/app", warm, ["warm-up"])
+    wait_for_replica(reader, "group/app", "warm-up", warm.digest, timeout=180)
+
+    images.push_unchecked(primary, ODD, factory.make(), "1.0")
+    latencies = []
+    for i in range(3):
+        img = factory.make()
+        pushed_at = time.monotonic()
+        images.push(writer, "group/app", img, [f"after-odd-{i}"])
+        pushed = time.monotonic() - pushed_at
+        latencies.append(pushed + wait_for_replica(reader, "group/app", f"after-odd-{i}",
+                                                   img.digest, timeout=60))
+    with capsys.disabled():
+        print(f"\npush-to-replica after an odd push (s): "
+              f"{', '.join(f'{x:.2f}' for x in latencies)}")
+
+    rejected = [e for e in store.events(status=REJECTED)]
+    assert [(e["action"], e["repository"], e["tag"]) for e in rejected] == [("push", ODD, "1.0")]
+    assert "invalid repository name 'Foo/app'" in rejected[0]["last_error"]
+    assert ODD not in list(reader.catalog())
+
+    token = requests.post(f"{airflow.url}/auth/token", timeout=10, json={
+        "username": "admin", "password": airflow.password}).json()["access_token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    data = requests.get(f"{airflow.url}/registry-replication/api/status", headers=auth,
+                        timeout=10).json()
+    assert data["queue"]["counts"]["rejected"] == 1
+    assert [(e["repository"], e["tag"]) for e in data["rejected_events"]] == [(ODD, "1.0")]
+    page = requests.get(f"{airflow.url}/registry-replication/status", headers=auth,
+                        timeout=10).text
+    assert f'class="rejected-event" data-repository="{ODD}"' in page
+    assert "invalid repository name" in page
+    # Nothing on the plugin app describes itself to whoever asks without a login.
+    for path in ("openapi.json", "docs", "redoc"):
+        assert requests.get(f"{airflow.url}/registry-replication/{path}",
+                            timeout=10).status_code == 404, path
+    # Every good event was processed; the rejected one was never claimed.
+    assert store.queue()["counts"]["pending"] == 0
+    assert store.queue()["counts"][DONE] >= 4

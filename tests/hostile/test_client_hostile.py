@@ -1,0 +1,271 @@
+"""A registry (or whatever answers in its place) that sends hostile URLs and bodies.
+
+No real registry sends a malicious ``Link`` or ``Location``, redirects API calls to another
+host, or answers with HTML, so these run against a small fake on loopback. A second server,
+``elsewhere``, records every request it receives: it must never see a credential.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+
+import pandas as pd
+import pytest
+
+from registry_replication import diff as diffs
+from registry_replication import mediatypes as mt
+from registry_replication.client import RegistryClient
+from registry_replication.config import ConfigError, RegistryConfig
+from registry_replication.errors import RegistryError
+from registry_replication.prune import prunable
+from registry_replication.snapshot import COLUMNS, Snapshot, take_snapshot
+from fake_http import FakeServer, Received, Reply
+
+LOGIN, PASSWORD = "replicator", "never-leaves-the-registry"
+DIGEST = "sha256:" + "c" * 64
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[FakeServer]:
+    """Another host: serves a blob at /storage/blob, records everything."""
+    data = b"layer bytes from storage"
+
+    def answer(request: Received) -> Reply:
+        if request.path.startswith("/storage/blob"):
+            return Reply(200, {"Content-Type": "application/octet-stream"}, data)
+        return Reply(200, {"Content-Type": "application/json"}, b'{"repositories": ["x"]}')
+
+    with FakeServer(answer) as server:
+        server.blob = data  # type: ignore[attr-defined]
+        yield server
+
+
+def fake_registry(answer) -> FakeServer:
+    return FakeServer(answer)
+
+
+def client_for(server: FakeServer, **extra) -> RegistryClient:
+    config = RegistryConfig.from_connection({
+        "conn_type": "oci_registry", "host": server.url, "login": LOGIN, "password": PASSWORD,
+        "extra": {"auth": "basic", "max_retries": 0, **extra}})
+    return RegistryClient(config, writable=True)
+
+
+def assert_nothing_reached(elsewhere: FakeServer) -> None:
+    assert elsewhere.received == [], elsewhere.received
+
+
+def catalog_with_link(link: str):
+    def answer(request: Received) -> Reply:
+        if request.path.startswith("/v2/_catalog") and "last" not in request.path:
+            return Reply(200, {"Content-Type": "application/json", "Link": f'<{link}>; rel="next"'},
+                         b'{"repositories": ["a"]}')
+        return Reply(404, {"Content-Type": "application/json"},
+                     b'{"errors": [{"code": "NAME_UNKNOWN", "message": "no"}]}')
+    return answer
+
+
+LINKS = [
+    "http:{other}/v2/_catalog?last=a",  # the crafted value that used to get through
+    "{other}/v2/_catalog?last=a",
+    "//127.0.0.1:{other_port}/v2/_catalog?last=a",
+    "http://127.0.0.1:{port}@127.0.0.1:{other_port}/v2/_catalog?last=a",
+    "http://127.0.0.1:{port}\\@127.0.0.1:{other_port}/v2/_catalog?last=a",
+    "https://127.0.0.1:{port}/v2/_catalog?last=a",
+    "http://localhost:{port}/v2/_catalog?last=a",
+    "http://127.0.0.1:{other_port}/v2/_catalog?last=a",
+    "http://127.0.0.1:99999/v2/_catalog?last=a",
+]
+
+
+@pytest.mark.parametrize("template", LINKS)
+def test_a_link_never_takes_credentials_elsewhere(elsewhere, template):
+    with fake_registry(lambda r: Reply()) as registry:
+        link = template.format(other=elsewhere.url, other_port=elsewhere.port, port=registry.port)
+        registry.answer = catalog_with_link(link)
+        client = client_for(registry)
+        with pytest.raises(RegistryError):
+            list(client.catalog())
+        assert all(r.headers.get("authorization") for r in registry.received)  # it did send them
+    assert_nothing_reached(elsewhere)
+
+
+@pytest.mark.parametrize("template", [t.replace("_catalog?last=a", "upload/1") for t in LINKS])
+def test_an_upload_location_never_takes_credentials_elsewhere(elsewhere, template):
+    def answer(request: Received) -> Reply:
+        if request.method == "POST":
+            return Reply(202, {"Location": template.format(
+                other=elsewhere.url, other_port=elsewhere.port, port=registry.port)})
+        return Reply(404)
+
+    with fake_registry(answer) as registry:
+        with pytest.raises(RegistryError):
+            client_for(registry).push_blob("group/app", "sha256:" + hashlib.sha256(b"x").hexdigest(),
+                                           b"x")
+    assert_nothing_reached(elsewhere)
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_of_an_api_call_never_takes_credentials_elsewhere(elsewhere, status):
+    def answer(request: Received) -> Reply:
+        return Reply(status, {"Location": f"{elsewhere.url}/v2/group/app/manifests/1.0"})
+
+    with fake_registry(answer) as registry:
+        client = client_for(registry)
+        for call in (lambda: client.get_manifest("group/app", "1.0"),
+                     lambda: client.tags("group/app"), lambda: list(client.catalog())):
+            with pytest.raises(RegistryError, match="refused to follow a redirect"):
+                call()
+    assert_nothing_reached(elsewhere)
+
+
+def test_a_redirect_within_the_registry_is_followed_with_credentials():
+    raw = b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json"}'
+    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+
+    def answer(request: Received) -> Reply:
+        if request.path == "/v2/group/app/manifests/1.0":
+            return Reply(307, {"Location": f"/v2/group/app/manifests/{digest}"})
+        return Reply(200, {"Content-Type": mt.OCI_MANIFEST, "Docker-Content-Digest": digest}, raw)
+
+    with fake_registry(answer) as registry:
+        manifest = client_for(registry).get_manifest("group/app", "1.0")
+        assert manifest.raw == raw and manifest.digest == digest
+        assert [r.path for r in registry.received] == [
+            "/v2/group/app/manifests/1.0", f"/v2/group/app/manifests/{digest}"]
+        assert all(r.headers["authorization"].startswith("Basic ") for r in registry.received)
+
+
+def test_a_blob_redirect_to_storage_gets_no_credentials_netrc_or_proxy(
+        elsewhere, tmp_path, monkeypatch):
+    data = elsewhere.blob
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+
+    def answer(request: Received) -> Reply:
+        return Reply(307, {"Location": f"{elsewhere.url}/storage/blob?X-Amz-Signature=abc"})
+
+    with FakeServer() as proxy, fake_registry(answer) as registry:
+        client = client_for(registry)
+        # Set after the client was built: an operator's shell, not its configuration.
+        (tmp_path / ".netrc").write_text(f"machine 127.0.0.1 login netrc-user password {PASSWORD}\n")
+        monkeypatch.setenv("HOME", str(tmp_path))
+        monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, proxy.url)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        assert b"".join(client.read_blob("group/app", digest)) == data
+        assert registry.received[0].headers["authorization"].startswith("Basic ")
+    (fetched,) = elsewhere.received
+    assert fetched.path == "/storage/blob?X-Amz-Signature=abc"
+    assert "authorization" not in fetched.headers and "cookie" not in fetched.headers
+    assert proxy.received == []
+
+
+@pytest.mark.parametrize("body,content_type", [
+    (b"<html><body>502 Bad Gateway</body></html>", "text/html"),
+    (b"[1, 2, 3]", "application/json"),
+    (b'{"errors": "boom"}', "application/json"),
+    (b'{"errors": [42]}', "application/json"),
+    (b'{"errors": [{"code": {"nested": 1}, "message": 5, "detail": [1]}]}', "application/json"),
+    (b"\xff\xfe not utf-8", "application/json"),
+    (b"", "application/json"),
+])
+def test_an_error_body_of_any_shape_is_a_registry_error(body, content_type):
+    def answer(request: Received) -> Reply:
+        return Reply(400, {"Content-Type": content_type}, body)
+
+    with fake_registry(answer) as registry:
+        client = client_for(registry)
+        with pytest.raises(RegistryError) as raised:
+            client.get_manifest("group/app", "1.0")
+        assert raised.value.status == 400 and raised.value.repository == "group/app"
+        assert "HTTP 400" in str(raised.value) and PASSWORD not in str(raised.value)
+        with pytest.raises(RegistryError):
+            client.tags("group/app")
+
+
+@pytest.mark.parametrize("body", [b"<html>", b"[]", b'{"repositories": "a", "tags": 7}', b'"text"',
+                                  b"null"])
+def test_a_listing_that_is_not_the_expected_json_is_a_registry_error(body):
+    with fake_registry(lambda r: Reply(200, {"Content-Type": "application/json"}, body)) as registry:
+        client = client_for(registry)
+        with pytest.raises(RegistryError, match="not the expected JSON"):
+            list(client.catalog())
+        with pytest.raises(RegistryError, match="not the expected JSON"):
+            client.tags("group/app")
+
+
+def odd_registry(request: Received) -> Reply:
+    """A registry whose catalog and repositories hold every oddity at once."""
+    json_type = {"Content-Type": "application/json"}
+    catalog = ["good/app", 42, None, {"x": 1}, "Foo/app", "bad-digest/app", "schema1/app",
+               "html/app", "odd-tags/app", "forged\nERROR line"]
+    tags = {"good/app": ["1.0"], "bad-digest/app": ["1.0", "2.0"], "schema1/app": ["old"],
+            "odd-tags/app": ["ok", 7, "bad tag", "t" * 129]}
+    path = request.path.split("?")[0]
+    if path == "/v2/_catalog":
+        return Reply(200, json_type, json.dumps({"repositories": catalog}).encode())
+    if path == "/v2/html/app/tags/list":
+        return Reply(200, {"Content-Type": "text/html"}, b"<html>login</html>")
+    for name, listed in tags.items():
+        if path == f"/v2/{name}/tags/list":
+            return Reply(200, json_type, json.dumps({"name": name, "tags": listed}).encode())
+        if path.startswith(f"/v2/{name}/manifests/"):
+            tag = path.rsplit("/", 1)[1]
+            if name == "bad-digest/app" and tag == "1.0":
+                return Reply(200, {"Docker-Content-Digest": "sha256:../../etc/passwd",
+                                   "Content-Type": mt.OCI_MANIFEST})
+            media_type = mt.DOCKER_SCHEMA1_SIGNED if name == "schema1/app" else mt.OCI_MANIFEST
+            return Reply(200, {"Docker-Content-Digest": DIGEST, "Content-Type": media_type,
+                               "Content-Length": "100"})
+    return Reply(404, json_type, b'{"errors": [{"code": "NAME_UNKNOWN", "message": "no"}]}')
+
+
+def test_every_oddity_is_its_own_repositorys_problem():
+    with fake_registry(odd_registry) as registry:
+        snap = take_snapshot(client_for(registry))
+    assert snap.errors == []  # nothing stops the run
+    listed = set(zip(snap.tags["repository"], snap.tags["tag"]))
+    assert listed == {("good/app", "1.0"), ("bad-digest/app", "2.0"), ("schema1/app", "old"),
+                      ("odd-tags/app", "ok")}
+    found = {(p["repository"], p["tag"]): p for p in snap.problems}
+    assert set(found) == {
+        ("42", None), ("null", None), ('{"x": 1}', None), ("Foo/app", None),
+        ("bad-digest/app", "1.0"), ("schema1/app", "old"), ("html/app", None),
+        ("odd-tags/app", "7"), ("odd-tags/app", "bad tag"), ("odd-tags/app", "t" * 128),
+        ("forged\\nERROR line", None)}  # escaped: a name cannot forge a log line
+    assert "invalid repository name 'Foo/app'" in found[("Foo/app", None)]["reason"]
+    assert "Docker-Content-Digest" in found[("bad-digest/app", "1.0")]["reason"]
+    assert "DIGEST_INVALID" in found[("bad-digest/app", "1.0")]["reason"]
+    assert "schema 1" in found[("schema1/app", "old")]["reason"]
+    assert "not the expected JSON" in found[("html/app", None)]["reason"]
+    assert all(p["advice"] for p in snap.problems)
+    assert snap.problem_repositories == {"42", "null", '{"x": 1}', "Foo/app", "bad-digest/app",
+                                         "schema1/app", "html/app", "odd-tags/app",
+                                         "forged\\nERROR line"}
+    # The snapshot crosses XCom and comes back with its problems.
+    back = Snapshot.from_records(json.loads(json.dumps(snap.to_records())))
+    assert back.problems == snap.problems and not back.complete
+
+
+def test_prune_skips_only_the_repositories_with_problems():
+    def snap(rows, problems=()):
+        return Snapshot("r", pd.DataFrame(rows, columns=COLUMNS), [], list(problems))
+
+    primary = snap([("other/app", "keep", DIGEST, mt.OCI_MANIFEST)],
+                   [{"repository": "odd/app", "tag": None, "reason": "r", "advice": "a"}])
+    secondary = snap([("other/app", "keep", DIGEST, mt.OCI_MANIFEST),
+                      ("other/app", "gone", DIGEST, mt.OCI_MANIFEST),
+                      ("odd/app", "1.0", DIGEST, mt.OCI_MANIFEST),
+                      ("odd/app", "2.0", DIGEST, mt.OCI_MANIFEST)])
+    doomed = prunable(diffs.diff(primary, secondary), primary, secondary, max_fraction=1.0)
+    assert list(zip(doomed["repository"], doomed["tag"])) == [("other/app", "gone")]
+
+
+def test_token_ttl_has_an_upper_bound():
+    with pytest.raises(ConfigError, match="token_ttl_seconds 86400 is above 3600"):
+        RegistryConfig(url="https://r.example", token_ttl_seconds=86400)
+    assert RegistryConfig(url="https://r.example", token_ttl_seconds=3600).token_ttl_seconds == 3600
