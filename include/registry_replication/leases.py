@@ -95,9 +95,12 @@ class Leases:
 
     def track_upload(self, registry: str, repository: str, location: str) -> str:
         """Record an open upload session until ``forget``; returns its resource name."""
-        session = urlsplit(location).path  # the same session whatever its _state says
+        parts = urlsplit(location)
+        session = parts.path  # the same session whatever its _state says
         resource = UPLOAD + hashlib.sha256(session.encode()).hexdigest()[:40]
-        detail = {"registry": registry, "repository": repository, "location": location}
+        # Relative: whichever address of the secondary the cleaner uses, it cancels it there.
+        relative = session + (f"?{parts.query}" if parts.query else "")
+        detail = {"registry": registry, "repository": repository, "location": relative}
         with self._lock:
             tracked = self._held[resource] > 0
         if tracked:  # the session moved on (a chunk went up): keep its latest location
