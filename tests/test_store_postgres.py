@@ -31,7 +31,8 @@ def test_add_claim_complete(postgres):
     assert claimed[0].timestamp == T0 + dt.timedelta(seconds=1)  # timezone-aware round trip
     assert store.claim()[1] == []  # leased
     store.complete(owner, ["e1", "e2"])
-    assert store.queue()["counts"] == {"pending": 0, "processing": 0, "done": 2, "failed": 0}
+    assert store.queue()["counts"] == {"pending": 0, "processing": 0, "done": 2, "failed": 0,
+                                       "rejected": 0}
     store.record_run("registry_events", "run1", "success", {"copied": 2})
     assert store.last_run("registry_events")["summary"] == {"copied": 2}
 
