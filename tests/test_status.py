@@ -89,10 +89,12 @@ def test_totals_states_and_links(store):
     assert layer["log_url"] == f"{UI}{run_path}/tasks/copy_blobs/mapped/2"
 
     queue = s["queue"]
-    assert queue["counts"] == {"pending": 2, "processing": 0, "done": 0, "failed": 1}
+    assert queue["counts"] == {"pending": 2, "processing": 0, "done": 0, "failed": 1,
+                               "rejected": 0}
     assert queue["depth"] == 2 and queue["oldest_waiting_seconds"] >= 0
-    [failed_event] = s["failed_events"]
+    [failed_event] = s["dead_letters"]
     assert (failed_event["id"], failed_event["last_error"]) == ("e1", "HTTP 404 MANIFEST_UNKNOWN")
+    assert (failed_event["status"], failed_event["retryable"]) == ("failed", True)
 
     run = s["last_reconcile"]
     assert (run["run_id"], run["state"]) == (RUN_ID, "failed")
@@ -125,7 +127,10 @@ def test_empty_store(tmp_path):
     assert s["repositories"] == [] and s["failed_layers"] == [] and s["last_reconcile"] is None
     assert s["backfill"]["repositories"] == {"in_sync": 0, "total": 0, "percent": None}
     assert s["queue"] == {"depth": 0, "counts": {"pending": 0, "processing": 0, "done": 0,
-                                                 "failed": 0}, "oldest_waiting_seconds": None}
+                                                 "failed": 0, "rejected": 0},
+                          "oldest_waiting_seconds": None}
+    assert s["dead_letters"] == [] and s["history"]["push_to_replica"] == []
+    assert {point["depth"] for point in s["history"]["pending_depth"]} == {0}
 
 
 def test_unmapped_task_log_url():

@@ -18,6 +18,7 @@ from airflow.sdk import Param, TriggerRule, get_current_context, task
 
 from registry_replication import diff as diffs
 from registry_replication import realtime
+from registry_replication.airflow import alerts
 from registry_replication.airflow.hooks import OciRegistryHook
 from registry_replication.copy import FAILED, BlobResult, Copier, ImageResult
 from registry_replication.diff import IN_SYNC
@@ -154,6 +155,7 @@ def copy_blobs(batch: dict[str, Any]) -> dict[str, int]:
                     parallelism=_params()["parallelism"])
     results = copier.copy_blobs(tasks)
     counts = _push_results(context, results, "action")
+    _record_copied_bytes(context, sum(r.bytes for r in results))
     failed = [r for r in results if r.action == FAILED]
     if failed:
         raise ReplicationFailed(
@@ -182,6 +184,13 @@ def push_manifests(batch: dict[str, Any]) -> dict[str, int]:
             f"{bad[0].repository}:{','.join(bad[0].tags)}: {bad[0].error}"
         )
     return counts
+
+
+def _record_copied_bytes(context: Any, copied: int) -> None:
+    """For ``registry_replication_bytes_copied_total`` and Airflow's ``Stats``."""
+    ti = context["ti"]
+    EventStore().record_copied_bytes(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, copied)
+    alerts.send_copied_bytes(copied)
 
 
 def _push_results(context: Any, results: list[BlobResult] | list[ImageResult],
@@ -295,6 +304,7 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
           "code": r.code, "error": r.error, "task_id": "copy_blobs",
           "map_index": map_index.get((r.repository, r.digest))} for r in failed],
     )
+    alerts.send_stats(EventStore())
     if problems:
         raise ReplicationFailed("; ".join(problems))
     return counts
@@ -355,6 +365,8 @@ def replicate_events(lease_seconds: float = 300, max_attempts: int = 10) -> dict
                                          _client(SECONDARY_CONN_ID, writable=True), claimed)
     done = [event_id for event_id, error in outcomes.items() if error is None]
     store.complete(owner, done)
+    acknowledged = set(done)
+    alerts.send_latencies(store.record_acknowledged(e for e in claimed if e.id in acknowledged))
     failed: dict[str, list[str]] = {}
     for event_id, error in outcomes.items():
         if error is not None:
@@ -373,6 +385,7 @@ def replicate_events(lease_seconds: float = 300, max_attempts: int = 10) -> dict
          "last_error": error}
         for repo, error in sorted(repository_error.items())
     )
+    alerts.send_stats(store)
     if given_up:
         raise ReplicationFailed(
             f"{len(given_up)} events failed {max_attempts} times and are marked failed: "
