@@ -38,8 +38,10 @@ the status page's dead-letter list shows them, with a Retry button.
 def registry_events() -> None:
     # AIRFLOW__REGISTRY_REPLICATION__EVENT_MAX_ATTEMPTS: attempts before an event is dead-lettered.
     max_attempts = conf.getint("registry_replication", "event_max_attempts", fallback=10)
-    PendingEventsSensor(task_id="wait_for_events", poll_interval=0.5) >> replicate_events(
-        max_attempts=max_attempts)
+    # No task retries: events retry through the store's backoff, and a task retry would find the
+    # dead-lettered events gone and turn the run green (no failure alert).
+    PendingEventsSensor(task_id="wait_for_events", poll_interval=0.5) >> replicate_events.override(
+        retries=0)(max_attempts=max_attempts)
 
 
 registry_events()
