@@ -41,8 +41,10 @@ class RecordingNotifier(BaseNotifier):
         self.subject, self.message = subject, message
 
     def notify(self, context: Any) -> None:
-        RecordingNotifier.calls.append({"subject": self.subject, "message": self.message,
-                                        "run_id": context["dag_run"].run_id})
+        dag_run = context["dag_run"]  # a DagRun, or its JSON in a deadline callback
+        RecordingNotifier.calls.append({
+            "subject": self.subject, "message": self.message,
+            "run_id": dag_run["run_id"] if isinstance(dag_run, dict) else dag_run.run_id})
 
 
 @pytest.fixture
@@ -206,6 +208,35 @@ def test_notifier_on_failure_and_on_recovery_only(airflow_db, connections, store
     assert run("registry_reconcile", {"prune": False}).state == "success"
     assert len(RecordingNotifier.calls) == 2
     assert [r["state"] for r in _outcomes(store)] == ["failed", "success", "success"]
+
+
+def test_reconcile_deadline_alert(airflow_db, store, monkeypatch):  # noqa: F811
+    """Airflow 3.3's DeadlineAlert, when configured: its callback notifies "overdue"."""
+    from registry_replication.airflow import alerts
+    from test_dags import load_dags
+
+    assert load_dags().get_dag("registry_reconcile").deadline is None  # off by default
+    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__RECONCILE_DEADLINE_MINUTES", "90")
+    [deadline] = _as_list(load_dags().get_dag("registry_reconcile").deadline)
+    assert deadline.interval == dt.timedelta(minutes=90)
+    assert deadline.callback.path == "registry_replication.airflow.alerts.deadline_missed"
+
+    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__NOTIFIER", f"{__name__}.RecordingNotifier")
+    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__NOTIFIER_KWARGS",
+                       '{"subject": "{{ replication_alert.subject }}", '
+                       '"message": "{{ replication_alert.text }}"}')
+    RecordingNotifier.calls.clear()
+    # The context Airflow's deadline handler passes: the run as JSON, and the deadline.
+    alerts.deadline_missed(context={
+        "dag_run": {"dag_id": "registry_reconcile", "run_id": "scheduled__2026-11-30T01:00"},
+        "deadline": {"id": "1", "deadline_time": "2026-11-30T02:30:00+00:00"}})
+    [alert] = RecordingNotifier.calls
+    assert alert["subject"] == "[registry-replication] registry_reconcile has not succeeded in time"
+    assert "/dags/registry_reconcile/runs/scheduled__2026-11-30T01%3A00" in alert["message"]
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
 
 
 def _outcomes(store: EventStore) -> list[dict[str, Any]]:
