@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 import uvicorn
 from airflow.sdk import BaseNotifier
+from airflow.sdk._shared.observability.metrics.base_stats_logger import NoStatsLogger
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from test_dags import airflow_db, connections, run  # noqa: F401 (fixtures)
@@ -45,6 +46,35 @@ class RecordingNotifier(BaseNotifier):
         RecordingNotifier.calls.append({
             "subject": self.subject, "message": self.message,
             "run_id": dag_run["run_id"] if isinstance(dag_run, dict) else dag_run.run_id})
+
+
+class RecordingStatsLogger(NoStatsLogger):
+    """Airflow's Stats backend slot (StatsD or OpenTelemetry in production), recording."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, Any, dict[str, Any]]] = []
+
+    def incr(self, stat: str, count: int = 1, rate: float = 1, *, tags=None) -> None:
+        self.sent.append(("incr", stat, count, tags or {}))
+
+    def gauge(self, stat: str, value: float, rate: float = 1, delta: bool = False, *,
+              tags=None) -> None:
+        self.sent.append(("gauge", stat, value, tags or {}))
+
+    def timing(self, stat: str, dt: Any, *, tags=None) -> None:
+        self.sent.append(("timing", stat, dt, tags or {}))
+
+
+@pytest.fixture
+def stats() -> Iterator[RecordingStatsLogger]:
+    """Airflow's ``Stats``, initialized as the task runner does, with a recording backend."""
+    from airflow.sdk._shared.observability.metrics import stats as module
+
+    saved = module._factory, module._backend, module._export_legacy_names
+    backend = RecordingStatsLogger()
+    module.initialize(factory=lambda: backend, export_legacy_names=False)
+    yield backend
+    module._factory, module._backend, module._export_legacy_names = saved
 
 
 @pytest.fixture
@@ -96,7 +126,7 @@ def scrape(app: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
 
 def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
         airflow_db, connections, store, webhook_url, app, start_registry, keys,  # noqa: F811
-        token_service, secondary_reader, monkeypatch):
+        token_service, secondary_reader, monkeypatch, stats):
     # Without the variable there is no endpoint; with it, a wrong token is refused.
     monkeypatch.delenv("REGISTRY_REPLICATION_METRICS_TOKEN", raising=False)
     assert app.get("/metrics").status_code == 404
@@ -169,6 +199,21 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
     again = scrape(TestClient(create_app(EventStore(store.url))))
     age = ("registry_replication_oldest_pending_event_age_seconds", ())
     assert again.pop(age) >= m.pop(age) and again == m
+
+    # The same figures went to Airflow's Stats from the tasks (the sync's report sent last).
+    gauges = {(stat, tuple(tags.items())): value for kind, stat, value, tags in stats.sent
+              if kind == "gauge"}
+    assert gauges[("registry_replication.events_pending", ())] == 1
+    assert gauges[("registry_replication.events_total", (("outcome", "rejected"),))] == 1
+    assert gauges[("registry_replication.repositories", (("state", "failed"),))] == 1
+    assert gauges[("registry_replication.tags", (("side", "secondary"),))] == 3
+    assert gauges[("registry_replication.bytes_copied_total", ())] == sum(b.size for b in missing)
+    assert sum(count for kind, stat, count, _ in stats.sent
+               if (kind, stat) == ("incr", "registry_replication.bytes_copied")) \
+        == sum(b.size for b in missing)
+    timings = [value for kind, stat, value, _ in stats.sent
+               if (kind, stat) == ("timing", "registry_replication.push_to_replica")]
+    assert len(timings) == 2 and all(t.total_seconds() > 0 for t in timings)
 
 
 def test_notifier_on_failure_and_on_recovery_only(airflow_db, connections, store, primary,  # noqa: F811
