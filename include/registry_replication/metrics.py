@@ -40,7 +40,7 @@ DAG_IDS = ("registry_reconcile", "registry_sync", "registry_events")
 def figures(store: EventStore, now: dt.datetime | None = None) -> dict[str, Any]:
     """Every metric's current value, from the store alone."""
     now = now or dt.datetime.now(dt.timezone.utc)
-    page = statuses.status(store, now=now)
+    page = statuses.status(store, now=now, with_history=False)
     counts = store.status_counts()
     queue = store.queue()
     states = {label: page["states"].get(state, 0) for state, label in STATE_LABELS.items()}

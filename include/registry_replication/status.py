@@ -34,12 +34,13 @@ SYNCED, OUT_OF_SYNC, FAILING, NEVER_SYNCED = "synced", "pending", "failed", "nev
 STATES = (SYNCED, OUT_OF_SYNC, FAILING, NEVER_SYNCED)
 
 
-def status(store: EventStore, *, ui_url: str = "",
-           now: dt.datetime | None = None) -> dict[str, Any]:
+def status(store: EventStore, *, ui_url: str = "", now: dt.datetime | None = None,
+           with_history: bool = True) -> dict[str, Any]:
     """Everything the status page shows.
 
     ``ui_url`` is the Airflow UI's base URL (``[api] base_url``; empty: links are absolute
-    paths on the same host as the page).
+    paths on the same host as the page). ``with_history``: include the lag chart's series
+    (the metrics leave them out: they read the last day's events).
     """
     now = now or dt.datetime.now(dt.timezone.utc)
     base = ui_url.rstrip("/")
@@ -82,7 +83,7 @@ def status(store: EventStore, *, ui_url: str = "",
             "oldest_waiting_seconds": _round(queue["oldest_waiting_seconds"]),
         },
         "dead_letters": [_failed_event(row) for row in store.dead_letters(limit=100)],
-        "history": history(store, now),
+        **({"history": history(store, now)} if with_history else {}),
         "last_reconcile": _run(reconcile, base, now) if reconcile else None,
     }
 

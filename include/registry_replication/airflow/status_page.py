@@ -99,11 +99,17 @@ def create_app(store: EventStore | None = None) -> FastAPI:
     return app
 
 
+def _configured_base_url() -> str:
+    from airflow.configuration import conf
+
+    return conf.get("api", "base_url", fallback="").rstrip("/")
+
+
 def _api_url() -> str:
     """Airflow's REST API, from its configuration (never from a request's Host header)."""
     from airflow.configuration import conf
 
-    base = conf.get("api", "base_url", fallback="").rstrip("/")
+    base = _configured_base_url()
     if not urlsplit(base).netloc:
         base = f"http://127.0.0.1:{conf.getint('api', 'port', fallback=8080)}{base}"
     return f"{base}/api/v2"
@@ -142,10 +148,9 @@ def _bearer(request: Request) -> str | None:
 def check_csrf(request: Request, given: str | None) -> None:
     """Refuse a state-changing request a cross-site page could have made."""
     origin = request.headers.get("origin")
-    if origin and origin != "null":
-        if urlsplit(origin).netloc != request.headers.get("host"):
-            raise HTTPException(403, "cross-origin request refused")
-    elif origin == "null":
+    # The page's own origin: as the browser reached it, or as configured (behind a proxy).
+    own = {request.headers.get("host"), urlsplit(_configured_base_url()).netloc} - {None, ""}
+    if origin is not None and urlsplit(origin).netloc not in own:  # also "null"
         raise HTTPException(403, "cross-origin request refused")
     if _bearer(request):
         return  # a header a browser never adds on its own: not forgeable cross-site
