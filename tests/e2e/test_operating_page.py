@@ -193,13 +193,22 @@ def test_chart_dead_letter_retry_csrf_and_sync_now(stack):
         assert landed.endswith(requests.utils.quote(sync["dag_run_id"], safe=""))
         assert airflow.wait_for_run("registry_sync", sync["dag_run_id"]) == "success"
 
-    # The metrics endpoint on the real server.
+    # The metrics endpoint on the real server. The DAG callbacks run in the DAG processor, a
+    # little after the run ends: they record each DAG's outcome (the alerts' memory).
     metrics_url = f"{airflow.url}/registry-replication/metrics"
     assert requests.get(metrics_url, timeout=10).status_code == 401
-    scraped = requests.get(metrics_url, timeout=10,
-                           headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
-    samples = {(s.name, tuple(s.labels.values())): s.value
-               for f in text_string_to_metric_families(scraped.text) for s in f.samples}
+
+    def scrape() -> dict[tuple[str, tuple[str, ...]], float]:
+        scraped = requests.get(metrics_url, timeout=10,
+                               headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        return {(s.name, tuple(s.labels.values())): s.value
+                for f in text_string_to_metric_families(scraped.text) for s in f.samples}
+
+    success = ("registry_replication_last_success_timestamp_seconds", ("registry_sync",))
+    samples = wait(lambda: (m := scrape()).get(success) and m, "registry_sync's success", 60)
+    assert time.time() - 300 < samples[success] <= time.time()
+    assert ("registry_replication_last_success_timestamp_seconds", ("registry_reconcile",)) \
+        not in samples  # it failed
     assert samples[("registry_replication_events_total", ("done",))] == 3
     assert samples[("registry_replication_events_total", ("failed",))] == 0
     assert samples[("registry_replication_push_to_replica_seconds_count", ())] == 3
