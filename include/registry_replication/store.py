@@ -123,6 +123,17 @@ dag_outcomes = sa.Table(
     sa.Index("ix_rr_dag_outcomes_dag", "dag_id", "id"),
 )
 
+sent_alerts = sa.Table(
+    "rr_alerts", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dag_id", sa.String(255), nullable=False),
+    sa.Column("run_id", sa.String(255), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # failed | recovered | overdue
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("notifier", sa.String(255)),  # None: logged only, no notifier configured
+    sa.Column("sent_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 
 @dataclass(frozen=True)
 class Event:
@@ -455,6 +466,20 @@ class EventStore:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(runs).where(runs.c.finished_at >= since)
                                 .order_by(runs.c.finished_at))
+            return [dict(row._mapping) for row in rows]
+
+    def record_alert(self, dag_id: str, run_id: str, state: str, subject: str,
+                     notifier: str | None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sent_alerts.insert().values(
+                dag_id=dag_id, run_id=run_id, state=state, subject=subject, notifier=notifier,
+                sent_at=_now()))
+
+    def alerts(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The alerts sent, newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(sent_alerts).order_by(sent_alerts.c.id.desc())
+                                .limit(limit))
             return [dict(row._mapping) for row in rows]
 
 

@@ -45,7 +45,7 @@ class RecordingNotifier(BaseNotifier):
         dag_run = context["dag_run"]  # a DagRun, or its JSON in a deadline callback
         RecordingNotifier.calls.append({
             "subject": self.subject, "message": self.message,
-            "run_id": dag_run["run_id"] if isinstance(dag_run, dict) else dag_run.run_id})
+            "run_id": dag_run["dag_run_id"] if isinstance(dag_run, dict) else dag_run.run_id})
 
 
 class RecordingStatsLogger(NoStatsLogger):
@@ -273,7 +273,7 @@ def test_reconcile_deadline_alert(airflow_db, store, monkeypatch):  # noqa: F811
     RecordingNotifier.calls.clear()
     # The context Airflow's deadline handler passes: the run as JSON, and the deadline.
     alerts.deadline_missed(context={
-        "dag_run": {"dag_id": "registry_reconcile", "run_id": "scheduled__2026-11-30T01:00"},
+        "dag_run": {"dag_id": "registry_reconcile", "dag_run_id": "scheduled__2026-11-30T01:00"},
         "deadline": {"id": "1", "deadline_time": "2026-11-30T02:30:00+00:00"}})
     [alert] = RecordingNotifier.calls
     assert alert["subject"] == "[registry-replication] registry_reconcile has not succeeded in time"

@@ -50,6 +50,8 @@ def stack(tmp_path, start_registry, keys, token_service):
         "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
         "AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES": "0",
         "AIRFLOW__REGISTRY_REPLICATION__EVENT_MAX_ATTEMPTS": "1",
+        # Shorter than any reconcile here: its DeadlineAlert fires during the run.
+        "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_DEADLINE_MINUTES": "0.05",
     })
     airflow.start()
     try:
@@ -209,6 +211,22 @@ def test_chart_dead_letter_retry_csrf_and_sync_now(stack):
     assert time.time() - 300 < samples[success] <= time.time()
     assert ("registry_replication_last_success_timestamp_seconds", ("registry_reconcile",)) \
         not in samples  # it failed
+
+    # The alerts, as sent by the DAG processor's callbacks and the deadline's callback (no
+    # notifier is configured here: they are logged and recorded).
+    def sent() -> list[tuple[str, str, str]]:
+        return sorted((a["dag_id"], a["run_id"], a["state"]) for a in store.alerts())
+
+    events_runs = {r["dag_run_id"]: r["state"] for r in
+                   airflow.api("GET", "dags/registry_events/dagRuns")["dag_runs"]}
+    [failed_events_run] = [run_id for run_id, state in events_runs.items() if state == "failed"]
+    wait(lambda: ("registry_reconcile", reconcile, "overdue") in sent(), "the deadline alert", 60)
+    assert ("registry_reconcile", reconcile, "failed") in sent()
+    assert ("registry_events", failed_events_run, "failed") in sent()
+    # The first success of registry_events after its failure (the retried event) recovered it.
+    recovered = [a for a in sent() if a[0] == "registry_events" and a[2] == "recovered"]
+    assert len(recovered) == 1 and events_runs[recovered[0][1]] == "success"
+    assert not [a for a in sent() if a[0] == "registry_sync"]  # a plain success: no alert
     assert samples[("registry_replication_events_total", ("done",))] == 3
     assert samples[("registry_replication_events_total", ("failed",))] == 0
     assert samples[("registry_replication_push_to_replica_seconds_count", ())] == 3

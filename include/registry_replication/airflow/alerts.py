@@ -84,8 +84,9 @@ def deadline_missed(context: dict[str, Any] | None = None, **_: Any) -> None:
     """A ``DeadlineAlert`` callback: the reconcile has not succeeded within the deadline."""
     dag_run = (context or {}).get("dag_run") or {}
     get = dag_run.get if isinstance(dag_run, dict) else lambda k: getattr(dag_run, k, None)
+    # Airflow passes the run as its REST API shows it (``dag_run_id``).
     notify(dict(context or {}), OVERDUE, get("dag_id") or "registry_reconcile",
-           get("run_id") or "")
+           get("dag_run_id") or get("run_id") or "")
 
 
 def reconcile_deadline() -> DeadlineAlert | None:
@@ -103,9 +104,11 @@ def reconcile_deadline() -> DeadlineAlert | None:
 
 def notify(context: Any, state: str, dag_id: str, run_id: str) -> None:
     """Send one alert through the configured notifier (logged only, if none is configured)."""
-    alert = describe(state, dag_id, run_id, EventStore())
+    store = EventStore()
+    alert = describe(state, dag_id, run_id, store)
     log.warning("%s", alert["text"])
     path = conf.get(SECTION, "notifier", fallback="").strip()
+    store.record_alert(dag_id, run_id, state, alert["subject"], path or None)
     if not path:
         return
     kwargs = json.loads(conf.get(SECTION, "notifier_kwargs", fallback="") or "{}")
