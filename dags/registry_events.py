@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
+from airflow.configuration import conf
 from airflow.sdk import dag
 
+from registry_replication.airflow import alerts
 from registry_replication.airflow.sensors import PendingEventsSensor
 from registry_replication.airflow.tasks import replicate_events
 
@@ -18,6 +20,8 @@ from registry_replication.airflow.tasks import replicate_events
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     default_args={"owner": "platform", "retries": 2, "retry_delay": timedelta(seconds=5)},
+    on_failure_callback=alerts.on_dag_failure,
+    on_success_callback=alerts.on_dag_success,
     tags=["registry-replication", "geo"],
     doc_md="""
 ### Registry events
@@ -27,11 +31,17 @@ The primary registry POSTs a notification for every push and delete to
 `wait_for_events` waits in the triggerer (no worker slot) until events are waiting, then
 `replicate_events` claims them under a lease, coalesces them per tag, replicates through the
 engine and acknowledges each once its image is complete on the secondary. Failed events back
-off and retry; after 10 attempts they are marked failed (see the task log and the status page).
+off and retry; after 10 attempts (`[registry_replication] event_max_attempts`) they are marked failed:
+the status page's dead-letter list shows them, with a Retry button.
 """,
 )
 def registry_events() -> None:
-    PendingEventsSensor(task_id="wait_for_events", poll_interval=0.5) >> replicate_events()
+    # AIRFLOW__REGISTRY_REPLICATION__EVENT_MAX_ATTEMPTS: attempts before an event is dead-lettered.
+    max_attempts = conf.getint("registry_replication", "event_max_attempts", fallback=10)
+    # No task retries: events retry through the store's backoff, and a task retry would find the
+    # dead-lettered events gone and turn the run green (no failure alert).
+    PendingEventsSensor(task_id="wait_for_events", poll_interval=0.5) >> replicate_events.override(
+        retries=0)(max_attempts=max_attempts)
 
 
 registry_events()

@@ -8,6 +8,7 @@ import pendulum
 from airflow.configuration import conf
 from airflow.sdk import dag
 
+from registry_replication.airflow import alerts
 from registry_replication.airflow.tasks import params, replicate
 
 SECTION = "registry_replication"
@@ -34,6 +35,9 @@ SCHEDULE = conf.get(SECTION, "reconcile_schedule", fallback="@hourly")
         "max_active_tis_per_dagrun": conf.getint(SECTION, "max_active_copy_tasks", fallback=4),
     },
     params=params(),
+    on_failure_callback=alerts.on_dag_failure,
+    on_success_callback=alerts.on_dag_success,
+    deadline=alerts.reconcile_deadline(),
     tags=["registry-replication", "geo"],
     doc_md="""
 ### Registry reconcile (backfill)

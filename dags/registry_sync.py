@@ -7,6 +7,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag
 
+from registry_replication.airflow import alerts
 from registry_replication.airflow.tasks import params, replicate
 
 
@@ -22,6 +23,8 @@ from registry_replication.airflow.tasks import params, replicate
         "retry_exponential_backoff": 2.0,
     },
     params=params(repositories_required=True),
+    on_failure_callback=alerts.on_dag_failure,
+    on_success_callback=alerts.on_dag_success,
     tags=["registry-replication"],
     doc_md="""
 ### Registry sync (ad hoc)

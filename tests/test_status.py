@@ -92,8 +92,9 @@ def test_totals_states_and_links(store):
     assert queue["counts"] == {"pending": 2, "processing": 0, "done": 0, "failed": 1,
                                "rejected": 0}
     assert queue["depth"] == 2 and queue["oldest_waiting_seconds"] >= 0
-    [failed_event] = s["failed_events"]
+    [failed_event] = s["dead_letters"]
     assert (failed_event["id"], failed_event["last_error"]) == ("e1", "HTTP 404 MANIFEST_UNKNOWN")
+    assert (failed_event["status"], failed_event["retryable"]) == ("failed", True)
 
     run = s["last_reconcile"]
     assert (run["run_id"], run["state"]) == (RUN_ID, "failed")
@@ -128,6 +129,8 @@ def test_empty_store(tmp_path):
     assert s["queue"] == {"depth": 0, "counts": {"pending": 0, "processing": 0, "done": 0,
                                                  "failed": 0, "rejected": 0},
                           "oldest_waiting_seconds": None}
+    assert s["dead_letters"] == [] and s["history"]["push_to_replica"] == []
+    assert {point["depth"] for point in s["history"]["pending_depth"]} == {0}
 
 
 def test_unmapped_task_log_url():
@@ -147,3 +150,42 @@ def test_the_page_shows_what_the_json_has(store, tmp_path):
     assert "3.0 MiB" in page  # bytes copied by the last reconcile
     empty = render(status(EventStore(f"sqlite:///{tmp_path / 'empty.db'}")))
     assert "<table" not in empty and "No failed layers" in empty
+
+
+def test_history_depth_latency_and_bytes_per_run(tmp_path):
+    from registry_replication.airflow.status_page import render
+    from registry_replication.store import events
+
+    store = EventStore(f"sqlite:///{tmp_path / 'history.db'}")
+    now = T0 + dt.timedelta(days=1)
+    minutes = lambda m: now - dt.timedelta(minutes=m)  # noqa: E731
+    store.add([event(1), event(2), event(3), event(4)])
+    # (received, last update, status): e4 left the queue before the chart's day began.
+    times = {"e1": (minutes(60), minutes(50), "done"), "e2": (minutes(55), minutes(55), "pending"),
+             "e3": (minutes(10), minutes(9), "failed"),
+             "e4": (minutes(3000), minutes(2990), "done")}
+    with store.engine.begin() as conn:
+        for event_id, (received, updated, state) in times.items():
+            conn.execute(events.update().where(events.c.id == event_id).values(
+                received_at=received, updated_at=updated, status=state))
+    store.record_run("registry_reconcile", "r1", "success", {"bytes copied": 4096})
+
+    h = status(store, now=now)["history"]
+    depth = [p["depth"] for p in h["pending_depth"]]
+    assert len(depth) == 288 and h["pending_depth"][-1]["at"] == minutes(5).isoformat()
+    # Buckets of 5 minutes: e1 arrives 60 min ago, e2 55, e1 leaves 50, e3 from 10 to 9.
+    assert depth[:276] == [0] * 276
+    assert depth[276:] == [1, 2, 2, 1, 1, 1, 1, 1, 1, 1, 2, 1]
+    assert [r["bytes"] for r in h["bytes_per_run"]] == [4096]
+
+    # Push-to-replica: from the registry's timestamp to the acknowledgement.
+    [seconds] = store.record_acknowledged([event(1)])
+    assert store.record_acknowledged([event(1)]) == []  # once per event
+    assert seconds == pytest.approx((dt.datetime.now(dt.timezone.utc) - event(1).timestamp)
+                                    .total_seconds(), abs=5)
+    assert store.push_latency_histogram([1.0, seconds + 1]) == ([0, 1], 1, seconds)
+
+    page = render(status(store, now=dt.datetime.now(dt.timezone.utc)), csrf="t0ken")
+    assert page.count('class="latency-point"') == 1 and 'data-bytes="4096"' in page
+    # The dead letter (e3 failed) has a retry form carrying the CSRF token.
+    assert 'name="event_id" value="e3"' in page and page.count('value="t0ken"') == 1

@@ -17,17 +17,23 @@ from registry_replication.store import DONE, FAILED, PENDING, PROCESSING, REJECT
 
 RECONCILE_DAG_ID = "registry_reconcile"
 
+# The lag chart: the last day, pending depth as its maximum per 5-minute bucket.
+HISTORY = dt.timedelta(hours=24)
+DEPTH_BUCKET = dt.timedelta(minutes=5)
+MAX_LATENCY_POINTS = 2000
+
 # The states the page shows per repository, in the order it shows them.
 SYNCED, OUT_OF_SYNC, FAILING, NEVER_SYNCED = "synced", "pending", "failed", "never synced"
 STATES = (SYNCED, OUT_OF_SYNC, FAILING, NEVER_SYNCED)
 
 
-def status(store: EventStore, *, ui_url: str = "",
-           now: dt.datetime | None = None) -> dict[str, Any]:
+def status(store: EventStore, *, ui_url: str = "", now: dt.datetime | None = None,
+           with_history: bool = True) -> dict[str, Any]:
     """Everything the status page shows.
 
     ``ui_url`` is the Airflow UI's base URL (``[api] base_url``; empty: links are absolute
-    paths on the same host as the page).
+    paths on the same host as the page). ``with_history``: include the lag chart's series
+    (the metrics leave them out: they read the last day's events).
     """
     now = now or dt.datetime.now(dt.timezone.utc)
     base = ui_url.rstrip("/")
@@ -52,7 +58,7 @@ def status(store: EventStore, *, ui_url: str = "",
     summary = (reconcile or {}).get("summary") or {}
 
     queue = store.queue()
-    counts = queue["counts"]
+    counts = store.status_counts()
     return {
         "generated_at": _iso(now),
         "backfill": {
@@ -69,11 +75,48 @@ def status(store: EventStore, *, ui_url: str = "",
             "counts": {s: counts[s] for s in (PENDING, PROCESSING, DONE, FAILED, REJECTED)},
             "oldest_waiting_seconds": _round(queue["oldest_waiting_seconds"]),
         },
-        "failed_events": [_failed_event(row) for row in store.events(status=FAILED, limit=50)],
+        "dead_letters": [_failed_event(row) for row in store.dead_letters(limit=100)],
         # Events the webhook stored but will not process (names out of grammar, malformed).
         "rejected_events": [_failed_event(row)
                             for row in store.events(status=REJECTED, limit=50)],
+        **({"history": history(store, now)} if with_history else {}),
         "last_reconcile": _run(reconcile, base, now) if reconcile else None,
+    }
+
+
+def history(store: EventStore, now: dt.datetime) -> dict[str, Any]:
+    """The lag chart's series over the last day: queue depth, push-to-replica, bytes per run."""
+    since = now - HISTORY
+    buckets = int(HISTORY / DEPTH_BUCKET)
+    changes = []
+    for received, left in store.queue_intervals(since):
+        changes.append((received, 1))
+        if left is not None:
+            changes.append((max(left, received), -1))
+    changes.sort()
+    peak = [0] * buckets
+    depth, i = 0, 0
+    for b in range(buckets):
+        end = since + DEPTH_BUCKET * (b + 1)
+        peak[b] = depth  # what was waiting as the bucket opened
+        while i < len(changes) and changes[i][0] < end:
+            depth += changes[i][1]
+            peak[b] = max(peak[b], depth)
+            i += 1
+    latencies = store.push_latencies(since)[-MAX_LATENCY_POINTS:]
+    runs = [
+        {"dag_id": r["dag_id"], "run_id": r["run_id"], "state": r["state"],
+         "finished_at": _iso(_aware(r["finished_at"])),
+         "bytes": int((r.get("summary") or {}).get("bytes copied") or 0)}
+        for r in store.runs_since(since)
+    ]
+    return {
+        "since": _iso(since),
+        "until": _iso(now),
+        "pending_depth": [{"at": _iso(since + DEPTH_BUCKET * b), "depth": n}
+                          for b, n in enumerate(peak)],
+        "push_to_replica": [{"at": _iso(at), "seconds": round(s, 3)} for at, s in latencies],
+        "bytes_per_run": runs,
     }
 
 
@@ -153,6 +196,8 @@ def _failed_layer(row: dict[str, Any], base: str) -> dict[str, Any]:
 def _failed_event(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
+        "status": row["status"],
+        "retryable": row["status"] == FAILED,  # a rejected event can never be replicated
         "action": row["action"],
         "repository": row["repository"],
         "tag": row.get("tag"),
@@ -160,6 +205,7 @@ def _failed_event(row: dict[str, Any]) -> dict[str, Any]:
         "attempts": row.get("attempts"),
         "last_error": row.get("last_error"),
         "received_at": _iso(_aware(row.get("received_at"))),
+        "updated_at": _iso(_aware(row.get("updated_at"))),
     }
 
 

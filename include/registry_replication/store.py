@@ -105,6 +105,49 @@ runs = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# Operating history (append-only): what the metrics endpoint, the alerts and the lag chart read.
+copied_bytes = sa.Table(
+    "rr_copied_bytes", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dag_id", sa.String(255), nullable=False),
+    sa.Column("run_id", sa.String(255), nullable=False),
+    sa.Column("task_id", sa.String(255), nullable=False),
+    sa.Column("map_index", sa.Integer),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+push_latency = sa.Table(
+    "rr_push_latency", metadata,
+    sa.Column("event_id", sa.String(255), primary_key=True),
+    sa.Column("repository", sa.String(255), nullable=False),
+    sa.Column("pushed_at", sa.DateTime(timezone=True), nullable=False),  # the registry's time
+    sa.Column("acknowledged_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("seconds", sa.Float, nullable=False),
+    sa.Index("ix_rr_push_latency_ack", "acknowledged_at"),
+)
+
+dag_outcomes = sa.Table(
+    "rr_dag_outcomes", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dag_id", sa.String(255), nullable=False),
+    sa.Column("run_id", sa.String(255), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # success | failed
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_rr_dag_outcomes_dag", "dag_id", "id"),
+)
+
+sent_alerts = sa.Table(
+    "rr_alerts", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dag_id", sa.String(255), nullable=False),
+    sa.Column("run_id", sa.String(255), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # failed | recovered | overdue
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("notifier", sa.String(255)),  # None: logged only, no notifier configured
+    sa.Column("sent_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 
 @dataclass(frozen=True)
 class Event:
@@ -410,6 +453,128 @@ class EventStore:
     def repository_states(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(repository_state).order_by(repository_state.c.repository))
+            return [dict(row._mapping) for row in rows]
+
+    # -- operating history: metrics, alerts, the lag chart ------------------------------------
+
+    def record_copied_bytes(self, dag_id: str, run_id: str, task_id: str,
+                            map_index: int | None, copied: int) -> None:
+        """Bytes one task try copied (append-only, so their total only grows)."""
+        with self.engine.begin() as conn:
+            conn.execute(copied_bytes.insert().values(
+                dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index,
+                bytes=copied, recorded_at=_now()))
+
+    def copied_bytes_total(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.sum(copied_bytes.c.bytes))).scalar() or 0)
+
+    def record_acknowledged(self, acknowledged: Iterable[Event]) -> list[float]:
+        """Each acknowledged event's push-to-replica time; returns the seconds recorded."""
+        now = _now()
+        recorded = []
+        with self.engine.begin() as conn:
+            for e in acknowledged:
+                if conn.execute(sa.select(push_latency.c.event_id)
+                                .where(push_latency.c.event_id == e.id)).first():
+                    continue  # acknowledged again after a retry from the dead-letter list
+                seconds = max(0.0, (now - _aware(e.timestamp)).total_seconds())
+                conn.execute(push_latency.insert().values(
+                    event_id=e.id, repository=e.repository, pushed_at=e.timestamp,
+                    acknowledged_at=now, seconds=seconds))
+                recorded.append(seconds)
+        return recorded
+
+    def push_latency_histogram(self, bounds: Sequence[float]) -> tuple[list[int], int, float]:
+        """Cumulative counts per upper bound, the total count and the sum of seconds."""
+        columns = [sa.func.sum(sa.case((push_latency.c.seconds <= b, 1), else_=0))
+                   for b in bounds]
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(*columns, sa.func.count(),
+                                         sa.func.sum(push_latency.c.seconds))).one()
+        return [int(v or 0) for v in row[:len(bounds)]], int(row[-2]), float(row[-1] or 0.0)
+
+    def push_latencies(self, since: dt.datetime) -> list[tuple[dt.datetime, float]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(push_latency.c.acknowledged_at, push_latency.c.seconds)
+                .where(push_latency.c.acknowledged_at >= since)
+                .order_by(push_latency.c.acknowledged_at))
+            return [(_aware(r.acknowledged_at), r.seconds) for r in rows]
+
+    def record_dag_outcome(self, dag_id: str, run_id: str, state: str) -> str | None:
+        """A finished DAG run's state; returns the state of the run recorded before it."""
+        with self.engine.begin() as conn:
+            previous = conn.execute(
+                sa.select(dag_outcomes.c.state).where(dag_outcomes.c.dag_id == dag_id)
+                .order_by(dag_outcomes.c.id.desc()).limit(1)).scalar()
+            conn.execute(dag_outcomes.insert().values(
+                dag_id=dag_id, run_id=run_id, state=state, finished_at=_now()))
+        return previous
+
+    def last_success_times(self) -> dict[str, dt.datetime]:
+        """Per DAG, when its latest successful run finished."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(dag_outcomes.c.dag_id, sa.func.max(dag_outcomes.c.finished_at))
+                .where(dag_outcomes.c.state == "success").group_by(dag_outcomes.c.dag_id))
+            return {dag_id: _aware(at) for dag_id, at in rows}
+
+    def status_counts(self) -> dict[str, int]:
+        """Events per status, every status included."""
+        with self.engine.connect() as conn:
+            counts = dict(conn.execute(
+                sa.select(events.c.status, sa.func.count()).group_by(events.c.status)).all())
+        return {s: counts.get(s, 0) for s in (PENDING, PROCESSING, DONE, FAILED, REJECTED)}
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Events that failed for good or were rejected, newest first."""
+        query = (sa.select(events).where(events.c.status.in_([FAILED, REJECTED]))
+                 .order_by(events.c.updated_at.desc()).limit(limit))
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def retry_failed(self, event_id: str) -> bool:
+        """Put a failed event back in the queue with fresh attempts; False if it is not failed."""
+        now = _now()
+        with self.engine.begin() as conn:
+            return conn.execute(
+                events.update().where(events.c.id == event_id, events.c.status == FAILED)
+                .values(status=PENDING, attempts=0, next_attempt_at=now, lease_owner=None,
+                        lease_expires_at=None, updated_at=now)
+            ).rowcount == 1
+
+    def queue_intervals(self, since: dt.datetime) -> list[tuple[dt.datetime, dt.datetime | None]]:
+        """(received, left the queue or None) of each event waiting at some time after ``since``.
+
+        An event waits from its arrival until it is done, failed or rejected (its last update).
+        """
+        waiting = events.c.status.in_([PENDING, PROCESSING])
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(events.c.received_at, events.c.updated_at, waiting.label("waiting"))
+                .where(sa.or_(waiting, events.c.updated_at >= since)))
+            return [(_aware(r.received_at), None if r.waiting else _aware(r.updated_at))
+                    for r in rows]
+
+    def runs_since(self, since: dt.datetime) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(runs).where(runs.c.finished_at >= since)
+                                .order_by(runs.c.finished_at))
+            return [dict(row._mapping) for row in rows]
+
+    def record_alert(self, dag_id: str, run_id: str, state: str, subject: str,
+                     notifier: str | None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sent_alerts.insert().values(
+                dag_id=dag_id, run_id=run_id, state=state, subject=subject, notifier=notifier,
+                sent_at=_now()))
+
+    def alerts(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The alerts sent, newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(sent_alerts).order_by(sent_alerts.c.id.desc())
+                                .limit(limit))
             return [dict(row._mapping) for row in rows]
 
 

@@ -239,12 +239,18 @@ class Chromium:
 
     def open(self, url: str, timeout: float = 60) -> str:
         """Navigate, wait for the load event, and return the DOM."""
+        self.evaluate("window.__previous_document = true")
         self._events = []
         self.call("Page.navigate", session=True, url=url)
         deadline = time.monotonic() + timeout
         while not any(e.get("method") == "Page.loadEventFired" for e in self._events):
             assert time.monotonic() < deadline, f"{url} did not load within {timeout}s"
             self._events.append(json.loads(self.ws.recv(timeout=timeout)))
+        # A load event still unread from an earlier navigation (a form post's redirect) must
+        # not pass for this one: wait for a new document (without the mark), loaded.
+        while not self.evaluate("!window.__previous_document && document.readyState == 'complete'"):
+            assert time.monotonic() < deadline, f"{url} did not load within {timeout}s"
+            time.sleep(0.1)
         return self.evaluate("document.documentElement.outerHTML")
 
     def evaluate(self, expression: str) -> Any:

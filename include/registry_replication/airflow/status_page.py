@@ -10,6 +10,15 @@ read the runs of the replication DAGs. Without a valid login the JSON answers 40
 redirects to Airflow's login and comes back, as the Airflow UI itself does. ``POST /events``
 keeps its own shared-secret check and needs no login.
 
+Operating it: ``GET /metrics`` is Prometheus' text format, outside Airflow's login (Prometheus
+cannot log in) and behind its own Bearer token (``REGISTRY_REPLICATION_METRICS_TOKEN``; unset:
+404). ``POST /dead-letters/retry`` (put a failed event back in the queue) and ``POST /sync-now``
+(trigger ``registry_sync`` for one repository through Airflow's REST API, as the logged-in user)
+change state, so besides Airflow's login they need a CSRF token that the page embeds in its
+forms: an HMAC keyed by the user's own JWT, which a cross-site page cannot read. A request
+authenticated by an ``Authorization`` header (not a cookie) cannot be forged cross-site and
+needs no such token. A cross-origin ``Origin`` header is refused outright.
+
 Airflow loads plugins in every component (scheduler, DAG processor, task runners), and its API
 security module takes seconds to import, so the app is built on its first request, which only
 the API server ever receives.
@@ -18,21 +27,31 @@ the API server ever receives.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
+import logging
 from collections.abc import Callable
-from typing import Any
-from urllib.parse import urlencode
+from typing import Annotated, Any
+from urllib.parse import urlencode, urlsplit
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+import requests
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from jinja2 import Environment
+from markupsafe import Markup, escape
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from registry_replication import webhook
-from registry_replication.status import status
+from registry_replication import metrics, webhook
+from registry_replication.status import run_url, status
 from registry_replication.store import EventStore
+
+log = logging.getLogger("registry_replication.airflow")
 
 # Reading the page needs read access to the runs of these DAGs: it shows what they recorded.
 DAG_IDS = ("registry_reconcile", "registry_events")
+EVENTS_DAG_ID, SYNC_DAG_ID = "registry_events", "registry_sync"
+JWT_COOKIE = "_token"  # the Airflow UI's session cookie
 
 
 class LazyApp:
@@ -67,7 +86,115 @@ def create_app(store: EventStore | None = None) -> FastAPI:
     login_url = f"{API_ROOT_PATH.rstrip('/')}/api/v2/auth/login"
     app.include_router(status_router(lambda: status(store, ui_url=API_BASE_URL), access,
                                      login_url))
+    app.include_router(metrics_router(store, metrics.configured_token))
+    # Retrying an event starts work in registry_events; "sync now" starts a registry_sync run.
+    app.include_router(actions_router(
+        store,
+        retry_access=[Depends(requires_access_dag("POST", DagAccessEntity.RUN,
+                                                  param_dag_id=EVENTS_DAG_ID))],
+        sync_access=[Depends(requires_access_dag("POST", DagAccessEntity.RUN,
+                                                 param_dag_id=SYNC_DAG_ID))],
+        api_url=_api_url(), ui_url=API_BASE_URL,
+    ))
     return app
+
+
+def _configured_base_url() -> str:
+    from airflow.configuration import conf
+
+    return conf.get("api", "base_url", fallback="").rstrip("/")
+
+
+def _api_url() -> str:
+    """Airflow's REST API, from its configuration (never from a request's Host header)."""
+    from airflow.configuration import conf
+
+    base = _configured_base_url()
+    if not urlsplit(base).netloc:
+        base = f"http://127.0.0.1:{conf.getint('api', 'port', fallback=8080)}{base}"
+    return f"{base}/api/v2"
+
+
+def metrics_router(store: EventStore, token: Callable[[], str | None]) -> APIRouter:
+    """``GET /metrics``: 404 without a configured token, 401 with a wrong one."""
+    router = APIRouter()
+
+    @router.get("/metrics")
+    def scrape(request: Request) -> Response:
+        expected = token()
+        if not expected:
+            raise HTTPException(404, f"metrics are off: {metrics.TOKEN_ENV} is not set")
+        if not metrics.token_matches(request.headers.get("authorization"), expected):
+            raise HTTPException(401, "wrong or missing Bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return Response(metrics.exposition(store), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def csrf_token(request: Request) -> str | None:
+    """The page's CSRF token for this login: HMAC of a fixed label, keyed by the user's JWT."""
+    jwt = request.cookies.get(JWT_COOKIE)
+    if not jwt:
+        return None
+    return hmac.new(jwt.encode(), b"registry-replication csrf", hashlib.sha256).hexdigest()
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    return (credentials.strip() or None) if scheme.lower() == "bearer" else None
+
+
+def check_csrf(request: Request, given: str | None) -> None:
+    """Refuse a state-changing request a cross-site page could have made."""
+    origin = request.headers.get("origin")
+    # The page's own origin: as the browser reached it, or as configured (behind a proxy).
+    own = {request.headers.get("host"), urlsplit(_configured_base_url()).netloc} - {None, ""}
+    if origin is not None and urlsplit(origin).netloc not in own:  # also "null"
+        raise HTTPException(403, "cross-origin request refused")
+    if _bearer(request):
+        return  # a header a browser never adds on its own: not forgeable cross-site
+    expected = csrf_token(request)
+    if not (expected and given and hmac.compare_digest(given.encode(), expected.encode())):
+        raise HTTPException(403, "missing or wrong CSRF token: reload the status page and retry")
+
+
+def actions_router(store: EventStore, *, retry_access: list[Any], sync_access: list[Any],
+                   api_url: str, ui_url: str) -> APIRouter:
+    """The page's two buttons: retry a dead-lettered event, and sync one repository now."""
+    router = APIRouter()
+
+    @router.post("/dead-letters/retry", dependencies=retry_access)
+    def retry(request: Request, event_id: Annotated[str, Form()],
+              csrf: Annotated[str | None, Form()] = None) -> Response:
+        check_csrf(request, csrf)
+        if not store.retry_failed(event_id):
+            raise HTTPException(409, f"event {event_id!r} is not a failed event (a rejected "
+                                     "event cannot be replicated; a done one needs nothing)")
+        log.info("event %s put back in the queue from the dead-letter list", event_id)
+        return RedirectResponse("status#dead-letters", status_code=303)
+
+    @router.post("/sync-now", dependencies=sync_access)
+    def sync_now(request: Request, repository: Annotated[str, Form()],
+                 csrf: Annotated[str | None, Form()] = None) -> Response:
+        check_csrf(request, csrf)
+        repository = repository.strip()
+        if not repository or len(repository) > 255 or any(c.isspace() for c in repository):
+            raise HTTPException(400, f"not a repository name: {repository!r}")
+        user_token = _bearer(request) or request.cookies.get(JWT_COOKIE)
+        response = requests.post(
+            f"{api_url}/dags/{SYNC_DAG_ID}/dagRuns", timeout=30,
+            headers={"Authorization": f"Bearer {user_token}"},
+            json={"logical_date": None, "conf": {"repositories": [repository]}},
+        )
+        if not response.ok:
+            raise HTTPException(response.status_code,
+                                f"Airflow refused to start {SYNC_DAG_ID}: {response.text[:500]}")
+        run_id = response.json()["dag_run_id"]
+        log.info("%s run %s started for %s from the status page", SYNC_DAG_ID, run_id, repository)
+        return RedirectResponse(run_url(ui_url.rstrip("/"), SYNC_DAG_ID, run_id), status_code=303)
+
+    return router
 
 
 def status_router(get_status: Callable[[], dict[str, Any]], access: list[Any],
@@ -83,8 +210,8 @@ def status_router(get_status: Callable[[], dict[str, Any]], access: list[Any],
     page_routes = APIRouter(dependencies=access, route_class=_login_redirect(login_url))
 
     @page_routes.get("/status", response_class=HTMLResponse)
-    def status_page() -> HTMLResponse:
-        return HTMLResponse(render(get_status()))
+    def status_page(request: Request) -> HTMLResponse:
+        return HTMLResponse(render(get_status(), csrf=csrf_token(request)))
 
     router = APIRouter()
     router.include_router(json_routes)
@@ -223,6 +350,18 @@ _TEMPLATE = _env.from_string("""<!doctype html>
   dl.summary div { display: flex; justify-content: space-between; gap: .5rem;
                    border-bottom: 1px dotted var(--line); padding: .15rem 0; }
   dl.summary dt { color: var(--muted); } dl.summary dd { margin: 0; font-weight: 600; }
+  .chart { background: var(--card); border: 1px solid var(--line); border-radius: 8px;
+           padding: .6rem 1rem; }
+  .chart svg { width: 100%; height: auto; display: block; }
+  .chart text { font: 11px system-ui, sans-serif; fill: var(--muted); }
+  .chart .title { font-weight: 600; fill: var(--fg); }
+  .chart .grid { stroke: var(--line); }
+  .chart .depth-line { fill: none; stroke: #b7791f; stroke-width: 1.5; }
+  .chart .latency-point { fill: #0b5cad; fill-opacity: .75; }
+  .chart .bytes-bar { fill: var(--green); }
+  .chart .bytes-bar.failed { fill: var(--red); }
+  form { margin: 0; } button { font: inherit; font-size: .8rem; padding: .1rem .5rem;
+    border: 1px solid var(--line); border-radius: 4px; background: #fafbfc; cursor: pointer; }
 </style>
 </head>
 <body>
@@ -269,6 +408,9 @@ _TEMPLATE = _env.from_string("""<!doctype html>
   </div>
 </section>
 
+<h2 id="lag">Last 24 hours</h2>
+<div class="chart">{{ chart }}</div>
+
 <h2 id="failed-layers">Failed layers ({{ s.failed_layers | length }})</h2>
 {% if s.failed_layers %}
 <table>
@@ -305,7 +447,7 @@ _TEMPLATE = _env.from_string("""<!doctype html>
 <table>
   <thead><tr><th>Repository</th><th>State</th><th class="num">Tags primary</th>
     <th class="num">Tags secondary</th><th>Checksum primary</th><th>Checksum secondary</th>
-    <th>Last sync</th><th>Last error</th></tr></thead>
+    <th>Last sync</th><th>Last error</th><th></th></tr></thead>
   <tbody>
   {% for r in s.repositories %}
   <tr class="repository" data-repository="{{ r.repository }}" data-state="{{ r.state }}">
@@ -322,6 +464,11 @@ _TEMPLATE = _env.from_string("""<!doctype html>
     <td class="error">{{ r.last_error or "" }}{% if r.failed_layers %}{{ "\n" if r.last_error
       }}<a href="#failed-layers">{{ r.failed_layers }} failed layer{{ "s" if r.failed_layers > 1
       }}</a>{% endif %}</td>
+    <td><form method="post" action="sync-now" class="sync-now">
+      <input type="hidden" name="repository" value="{{ r.repository }}">
+      <input type="hidden" name="csrf" value="{{ csrf or '' }}">
+      <button type="submit" title="Start registry_sync for this repository">Sync now</button>
+    </form></td>
   </tr>
   {% endfor %}
   </tbody>
@@ -330,21 +477,36 @@ _TEMPLATE = _env.from_string("""<!doctype html>
 <div class="empty">No repository verified yet: run <code>registry_reconcile</code>.</div>
 {% endif %}
 
-{% if s.failed_events %}
-<h2 id="failed-events">Events that ran out of attempts ({{ s.failed_events | length }})</h2>
+<h2 id="dead-letters">Dead letters ({{ s.dead_letters | length }})</h2>
+{% if s.dead_letters %}
+<p class="muted">Events that failed every attempt, or were rejected. <b>Retry</b> puts a failed
+event back in the queue with fresh attempts (fix the cause first: the error says what to do). A
+rejected event (a name out of the registry's grammar) can never be replicated, so it has no
+retry.</p>
 <table>
-  <thead><tr><th>Received</th><th>Action</th><th>Repository</th><th>Tag / digest</th>
-    <th class="num">Attempts</th><th>Last error</th></tr></thead>
+  <thead><tr><th>Received</th><th>Status</th><th>Action</th><th>Repository</th>
+    <th>Tag / digest</th><th class="num">Attempts</th><th>Reason</th><th></th></tr></thead>
   <tbody>
-  {% for e in s.failed_events %}
-  <tr class="failed-event">
-    <td>{{ e.received_at | when }}</td><td>{{ e.action }}</td><td>{{ e.repository }}</td>
+  {% for e in s.dead_letters %}
+  <tr class="dead-letter" data-id="{{ e.id }}" data-status="{{ e.status }}"
+      data-repository="{{ e.repository }}">
+    <td class="nowrap">{{ e.received_at | when }}</td>
+    <td><span class="badge failed">{{ e.status }}</span></td>
+    <td>{{ e.action }}</td><td>{{ e.repository }}</td>
     <td><code class="digest">{{ e.tag or e.digest }}</code></td>
     <td class="num">{{ e.attempts }}</td><td class="error">{{ e.last_error or "" }}</td>
+    <td>{% if e.retryable %}
+      <form method="post" action="dead-letters/retry" class="retry">
+        <input type="hidden" name="event_id" value="{{ e.id }}">
+        <input type="hidden" name="csrf" value="{{ csrf or '' }}">
+        <button type="submit">Retry</button>
+      </form>{% else %}<span class="muted">cannot be retried</span>{% endif %}</td>
   </tr>
   {% endfor %}
   </tbody>
 </table>
+{% else %}
+<div class="empty">No failed or rejected events.</div>
 {% endif %}
 
 {% if s.rejected_events %}
@@ -383,6 +545,78 @@ reference grammar, or the event is malformed. Rename or delete it on the primary
 """)
 
 
-def render(data: dict[str, Any], *, json_url: str = "api/status") -> str:
-    """The page for a ``status()`` result."""
-    return _TEMPLATE.render(s=data, json_url=json_url)
+def render(data: dict[str, Any], *, json_url: str = "api/status", csrf: str | None = None) -> str:
+    """The page for a ``status()`` result; ``csrf``: the token its forms send back."""
+    return _TEMPLATE.render(s=data, json_url=json_url, csrf=csrf,
+                            chart=lag_chart(data["history"]) if "history" in data else "")
+
+
+# -- the lag chart (server-rendered SVG) -------------------------------------------------------
+
+_WIDTH, _LEFT, _RIGHT, _PANEL, _GAP = 1000, 78, 16, 96, 34
+
+
+def lag_chart(history: dict[str, Any]) -> Markup:
+    """Three panels over one time axis: pending depth, push-to-replica seconds, bytes per run."""
+    since = dt.datetime.fromisoformat(history["since"]).timestamp()
+    until = dt.datetime.fromisoformat(history["until"]).timestamp()
+    plot = _WIDTH - _LEFT - _RIGHT
+
+    def x(iso: str) -> float:
+        at = dt.datetime.fromisoformat(iso).timestamp()
+        return _LEFT + plot * min(max((at - since) / (until - since), 0.0), 1.0)
+
+    parts: list[str] = []
+    depth = history["pending_depth"]
+    latency = history["push_to_replica"]
+    runs = history["bytes_per_run"]
+    panels = (
+        ("Pending events (max per 5 min)", max([p["depth"] for p in depth] + [1]), str),
+        ("Push to replica (s)", max([p["seconds"] for p in latency] + [1.0]), _seconds),
+        ("Bytes copied per reconcile run", max([r["bytes"] for r in runs] + [1]), _bytes),
+    )
+    tops = []
+    for i, (title, top, fmt) in enumerate(panels):
+        y0 = 18 + i * (_PANEL + _GAP)
+        tops.append((y0, top))
+        parts.append(f'<text class="title" x="{_LEFT}" y="{y0 - 5}">{escape(title)}</text>')
+        for frac in (0, 0.5, 1):
+            gy = y0 + _PANEL * (1 - frac)
+            parts.append(f'<line class="grid" x1="{_LEFT}" x2="{_WIDTH - _RIGHT}" y1="{gy:.1f}" '
+                         f'y2="{gy:.1f}"/><text x="{_LEFT - 6}" y="{gy + 4:.1f}" '
+                         f'text-anchor="end">{escape(fmt(top * frac))}</text>')
+
+    def y(panel: int, value: float) -> float:
+        y0, top = tops[panel]
+        return y0 + _PANEL * (1 - value / top)
+
+    # A step line: each bucket's depth holds from its start to the next bucket's.
+    starts = [x(point["at"]) for point in depth] + [float(_WIDTH - _RIGHT)]
+    step = [f"{starts[i + k]:.1f},{y(0, point['depth']):.1f}"
+            for i, point in enumerate(depth) for k in (0, 1)]
+    peak = max((p["depth"] for p in depth), default=0)
+    parts.append(f'<polyline class="depth-line" data-peak="{peak}" points="{" ".join(step)}"/>')
+    for point in latency:
+        parts.append(f'<circle class="latency-point" data-seconds="{point["seconds"]}" '
+                     f'cx="{x(point["at"]):.1f}" cy="{y(1, point["seconds"]):.1f}" r="3">'
+                     f'<title>{escape(point["at"])}: {point["seconds"]} s</title></circle>')
+    for run in runs:
+        rx, ry = x(run["finished_at"]), y(2, run["bytes"])
+        height = max(tops[2][0] + _PANEL - ry, 1)
+        parts.append(
+            f'<rect class="bytes-bar {escape(run["state"])}" data-bytes="{run["bytes"]}" '
+            f'data-run-id="{escape(run["run_id"])}" x="{rx - 3:.1f}" y="{ry:.1f}" width="6" '
+            f'height="{height:.1f}"><title>{escape(run["dag_id"])} {escape(run["run_id"])}: '
+            f'{escape(_bytes(run["bytes"]))} ({escape(run["state"])})</title></rect>')
+    bottom = 18 + 3 * _PANEL + 2 * _GAP
+    for hours in range(0, 25, 6):
+        tx = _LEFT + plot * hours / 24
+        label = "now" if hours == 24 else f"-{24 - hours} h"
+        parts.append(f'<text x="{tx:.1f}" y="{bottom + 16}" text-anchor="middle">{label}</text>')
+    height = bottom + 24
+    return Markup(f'<svg id="lag-chart" viewBox="0 0 {_WIDTH} {height}" role="img" '
+                  f'aria-label="Replication lag over the last 24 hours">{"".join(parts)}</svg>')
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 or value == 0 else f"{value:.1f}"

@@ -18,6 +18,7 @@ from airflow.sdk import Param, TriggerRule, get_current_context, task
 
 from registry_replication import diff as diffs
 from registry_replication import realtime
+from registry_replication.airflow import alerts
 from registry_replication.airflow.hooks import OciRegistryHook
 from registry_replication.copy import FAILED, BlobResult, Copier, ImageResult
 from registry_replication.diff import IN_SYNC
@@ -166,6 +167,7 @@ def copy_blobs(batch: dict[str, Any]) -> dict[str, int]:
                         leases=leases, parallelism=_params()["parallelism"])
         results = copier.copy_blobs(tasks)
     counts = _push_results(context, results, "action")
+    _record_copied_bytes(context, sum(r.bytes for r in results))
     failed = [r for r in results if r.action == FAILED]
     if failed:
         raise ReplicationFailed(
@@ -195,6 +197,13 @@ def push_manifests(batch: dict[str, Any]) -> dict[str, int]:
             f"{bad[0].repository}:{','.join(bad[0].tags)}: {bad[0].error}"
         )
     return counts
+
+
+def _record_copied_bytes(context: Any, copied: int) -> None:
+    """For ``registry_replication_bytes_copied_total`` and Airflow's ``Stats``."""
+    ti = context["ti"]
+    EventStore().record_copied_bytes(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, copied)
+    alerts.send_copied_bytes(copied)
 
 
 def _push_results(context: Any, results: list[BlobResult] | list[ImageResult],
@@ -314,6 +323,7 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
           "code": r.code, "error": r.error, "task_id": "copy_blobs",
           "map_index": map_index.get((r.repository, r.digest))} for r in failed],
     )
+    alerts.send_stats(EventStore())
     if problems:
         raise ReplicationFailed("; ".join(problems))
     return counts
@@ -404,6 +414,8 @@ def _acknowledge(store: EventStore, owner: str, claimed: list[Event],
     """Mark each event done, or back off; record each repository's state."""
     done = [event_id for event_id, error in outcomes.items() if error is None]
     store.complete(owner, done)
+    acknowledged = set(done)
+    alerts.send_latencies(store.record_acknowledged(e for e in claimed if e.id in acknowledged))
     failed: dict[str, list[str]] = {}
     for event_id, error in outcomes.items():
         if error is not None:
@@ -422,6 +434,7 @@ def _acknowledge(store: EventStore, owner: str, claimed: list[Event],
          "last_error": error}
         for repo, error in sorted(repository_error.items())
     )
+    alerts.send_stats(store)
     if given_up:
         raise ReplicationFailed(
             f"{len(given_up)} events failed {max_attempts} times and are marked failed: "

@@ -1,0 +1,152 @@
+"""Operating the replication from Airflow: its ``Stats`` figures, and alerts through a notifier.
+
+The notifier is chosen in configuration (``[registry_replication]``), so nothing is hard-wired::
+
+    notifier = airflow.providers.smtp.notifications.smtp.SmtpNotifier
+    notifier_kwargs = {"to": "oncall@example.com", "subject": "{{ replication_alert.subject }}",
+                       "html_content": "<pre>{{ replication_alert.text }}</pre>"}
+
+Notifiers render their fields as Jinja templates against the callback's context, where
+``replication_alert`` holds ``subject``, ``text``, ``state`` (failed, recovered, overdue),
+``dag_id``, ``run_id`` and ``url``. A DAG run notifies when it fails and when it is the first
+success after a failure (recovery), never on an ordinary success: the store remembers each DAG's
+last outcome, so every scheduler and DAG processor agrees on what came before.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+from airflow.configuration import conf
+from airflow.sdk import DeadlineAlert, DeadlineReference, SyncCallback
+from airflow.sdk.observability.stats import Stats
+from airflow.sdk.module_loading import import_string
+
+from registry_replication import metrics
+from registry_replication.status import run_url
+from registry_replication.store import EventStore
+
+log = logging.getLogger("registry_replication.airflow")
+
+SECTION = "registry_replication"
+FAILED, RECOVERED, OVERDUE = "failed", "recovered", "overdue"
+
+
+# -- Airflow's own metrics -------------------------------------------------------------------
+
+def send_stats(store: EventStore) -> None:
+    """The metrics endpoint's figures, as Airflow ``Stats`` gauges (StatsD or OpenTelemetry)."""
+    f = metrics.figures(store)
+    name = metrics.PREFIX
+    Stats.gauge(f"{name}.events_pending", f["events_pending"])
+    Stats.gauge(f"{name}.oldest_pending_event_age_seconds", f["oldest_pending_event_age_seconds"])
+    for outcome, n in f["events_total"].items():
+        Stats.gauge(f"{name}.events_total", n, tags={"outcome": outcome})
+    for state, n in f["repositories"].items():
+        Stats.gauge(f"{name}.repositories", n, tags={"state": state})
+    for side, n in f["tags"].items():
+        Stats.gauge(f"{name}.tags", n, tags={"side": side})
+    Stats.gauge(f"{name}.bytes_copied_total", f["bytes_copied_total"])
+    for dag_id, at in f["last_success_timestamp_seconds"].items():
+        Stats.gauge(f"{name}.last_success_timestamp_seconds", at, tags={"dag_id": dag_id})
+
+
+def send_copied_bytes(copied: int) -> None:
+    Stats.incr(f"{metrics.PREFIX}.bytes_copied", copied)
+
+
+def send_latencies(seconds: list[float]) -> None:
+    for value in seconds:
+        Stats.timing(f"{metrics.PREFIX}.push_to_replica", timedelta(seconds=value))
+
+
+# -- alerts ----------------------------------------------------------------------------------
+
+def on_dag_failure(context: Any) -> None:
+    """DAG ``on_failure_callback``: record the outcome and notify."""
+    dag_run = context["dag_run"]
+    EventStore().record_dag_outcome(dag_run.dag_id, dag_run.run_id, "failed")
+    notify(context, FAILED, dag_run.dag_id, dag_run.run_id)
+
+
+def on_dag_success(context: Any) -> None:
+    """DAG ``on_success_callback``: record the outcome; notify only on recovery."""
+    dag_run = context["dag_run"]
+    previous = EventStore().record_dag_outcome(dag_run.dag_id, dag_run.run_id, "success")
+    if previous == "failed":
+        notify(context, RECOVERED, dag_run.dag_id, dag_run.run_id)
+
+
+def deadline_missed(context: dict[str, Any] | None = None, **_: Any) -> None:
+    """A ``DeadlineAlert`` callback: the reconcile has not succeeded within the deadline."""
+    dag_run = (context or {}).get("dag_run") or {}
+    get = dag_run.get if isinstance(dag_run, dict) else lambda k: getattr(dag_run, k, None)
+    # Airflow passes the run as its REST API shows it (``dag_run_id``).
+    notify(dict(context or {}), OVERDUE, get("dag_id") or "registry_reconcile",
+           get("dag_run_id") or get("run_id") or "")
+
+
+def reconcile_deadline() -> DeadlineAlert | None:
+    """``[registry_replication] reconcile_deadline_minutes`` after a run is queued (0: none)."""
+    minutes = conf.getfloat(SECTION, "reconcile_deadline_minutes", fallback=0)
+    if minutes <= 0:
+        return None
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(minutes=minutes),
+        callback=SyncCallback(f"{__name__}.deadline_missed"),
+        name="registry_reconcile not done in time",
+    )
+
+
+def notify(context: Any, state: str, dag_id: str, run_id: str) -> None:
+    """Send one alert through the configured notifier (logged only, if none is configured)."""
+    store = EventStore()
+    alert = describe(state, dag_id, run_id, store)
+    log.warning("%s", alert["text"])
+    path = conf.get(SECTION, "notifier", fallback="").strip()
+    store.record_alert(dag_id, run_id, state, alert["subject"], path or None)
+    if not path:
+        return
+    kwargs = json.loads(conf.get(SECTION, "notifier_kwargs", fallback="") or "{}")
+    notifier = import_string(path)(**kwargs)
+    context = {**context, "replication_alert": alert}
+    if not hasattr(context.get("dag"), "get_template_env"):
+        # Rendering templates needs an authoring DAG; some callers pass a serialized one.
+        context.pop("dag", None)
+    notifier(context)
+
+
+def describe(state: str, dag_id: str, run_id: str, store: EventStore) -> dict[str, Any]:
+    """The alert's subject and text: what failed (layers, repositories, events) and a link."""
+    url = run_url(conf.get("api", "base_url", fallback="").rstrip("/"), dag_id, run_id)
+    lines: list[str] = []
+    if state == FAILED:
+        subject = f"[registry-replication] {dag_id} failed"
+        run = store.last_run(dag_id)
+        problems = (run["summary"].get("problems") or []) if run and run["run_id"] == run_id \
+            else []
+        lines += [f"Problems: {'; '.join(problems)}"] if problems else []
+        layers = [layer for layer in store.failed_layers()
+                  if layer["dag_id"] == dag_id and layer["run_id"] == run_id]
+        lines += [f"Failed layer: {layer['repository']}@{layer['digest']} "
+                  f"({layer.get('code') or 'error'}): {layer.get('error') or ''}"
+                  for layer in layers]
+        failing = sorted({r["repository"] for r in store.repository_states()
+                          if r["state"] == "failed"})
+        lines += [f"Failing repositories: {', '.join(failing)}"] if failing else []
+        dead = store.dead_letters(limit=20)
+        lines += [f"Failed event: {e['action']} {e['repository']}:{e['tag'] or e['digest']}: "
+                  f"{e['last_error'] or ''}" for e in dead if e["status"] == "failed"]
+    elif state == RECOVERED:
+        subject = f"[registry-replication] {dag_id} recovered"
+        lines.append(f"{dag_id} succeeded again after a failure.")
+    else:
+        subject = f"[registry-replication] {dag_id} has not succeeded in time"
+        lines.append(f"{dag_id} run {run_id} did not finish within its deadline.")
+    lines.append(f"Run: {url}")
+    return {"state": state, "subject": subject, "dag_id": dag_id, "run_id": run_id, "url": url,
+            "text": f"{subject}\n" + "\n".join(lines)}
