@@ -21,6 +21,7 @@ import pytest
 
 from registry_replication.client import RegistryClient
 from registry_replication.local.keys import KeyPair, generate_key_pair
+from registry_replication.local.postgres import LocalPostgres
 from registry_replication.local.registry import LocalRegistry, Notifications
 from registry_replication.local.servers import TokenService
 
@@ -32,6 +33,13 @@ USER, PASSWORD = "skopeo", "skopeo-password"
 def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
     """The shared registry key pair (the stand-in for gitlab-registry.key)."""
     return generate_key_pair(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """One PostgreSQL server for the session (Debian's postgresql); tests create databases on it."""
+    with LocalPostgres() as server:
+        yield server
 
 
 @pytest.fixture
