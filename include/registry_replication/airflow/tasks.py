@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 import pendulum
+from airflow.configuration import conf
 from airflow.sdk import Param, TriggerRule, get_current_context, task
 
 from registry_replication import diff as diffs
@@ -31,6 +32,12 @@ log = logging.getLogger("registry_replication.airflow")
 PRIMARY_CONN_ID = "registry_primary"
 SECONDARY_CONN_ID = "registry_secondary"
 MiB = 1 << 20
+
+# Production controls (README, "Production controls"): the Celery queue the copy tasks of all
+# three DAGs go to, and the pool that bounds how many run at once across every DAG run.
+COPY_QUEUE = conf.get("registry_replication", "copy_queue",
+                      fallback=conf.get("operators", "default_queue"))
+COPY_POOL = conf.get("registry_replication", "copy_pool", fallback="default_pool")
 
 
 class ReplicationFailed(RuntimeError):
@@ -140,7 +147,8 @@ def manifest_batches() -> list[dict[str, Any]]:
     return get_current_context()["ti"].xcom_pull(task_ids="plan", key="image_batches") or []
 
 
-@task(map_index_template="{{ batch_label }}", retry_exponential_backoff=2.0)
+@task(map_index_template="{{ batch_label }}", retry_exponential_backoff=2.0, queue=COPY_QUEUE,
+      pool=COPY_POOL)
 def copy_blobs(batch: dict[str, Any]) -> dict[str, int]:
     """Copy (or mount) one batch of blobs; fails, after retries, if any blob failed.
 
@@ -164,7 +172,7 @@ def copy_blobs(batch: dict[str, Any]) -> dict[str, int]:
 
 
 @task(map_index_template="{{ batch_label }}", trigger_rule=TriggerRule.ALL_DONE,
-      retry_exponential_backoff=2.0)
+      retry_exponential_backoff=2.0, queue=COPY_QUEUE, pool=COPY_POOL)
 def push_manifests(batch: dict[str, Any]) -> dict[str, int]:
     """Push one batch of images whose blobs are all on the secondary; tags last."""
     context = get_current_context()
@@ -341,7 +349,7 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_string() if len(frame) else "(none)"
 
 
-@task
+@task(queue=COPY_QUEUE, pool=COPY_POOL)
 def replicate_events(lease_seconds: float = 300, max_attempts: int = 10) -> dict[str, int]:
     """Claim waiting events, replicate them, and acknowledge each once its tag is complete."""
     store = EventStore()
