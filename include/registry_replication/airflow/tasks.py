@@ -22,7 +22,14 @@ from registry_replication import realtime
 from registry_replication.airflow.hooks import OciRegistryHook
 from registry_replication.copy import FAILED, BlobResult, Copier, ImageResult
 from registry_replication.diff import IN_SYNC
-from registry_replication.plan import BlobTask, ImageTask, Plan, batch_label, build_plan
+from registry_replication.plan import (
+    DEFAULT_BATCH_BYTES,
+    BlobTask,
+    ImageTask,
+    Plan,
+    batch_label,
+    build_plan,
+)
 from registry_replication.prune import PruneRefused, prunable, prune
 from registry_replication.snapshot import Scope, Snapshot, take_snapshot
 from registry_replication.store import EventStore
@@ -38,6 +45,9 @@ MiB = 1 << 20
 COPY_QUEUE = conf.get("registry_replication", "copy_queue",
                       fallback=conf.get("operators", "default_queue"))
 COPY_POOL = conf.get("registry_replication", "copy_pool", fallback="default_pool")
+# Bytes per copy_blobs task: smaller batches spread a copy over more workers.
+BLOB_BATCH_BYTES = conf.getint("registry_replication", "blob_batch_bytes",
+                               fallback=DEFAULT_BATCH_BYTES)
 
 
 class ReplicationFailed(RuntimeError):
@@ -134,7 +144,7 @@ def plan(differences: dict[str, Any]) -> list[dict[str, Any]]:
         for b in result.image_batches()
     ]
     get_current_context()["ti"].xcom_push(key="image_batches", value=image_batches)
-    blob_batches = result.blob_batches()
+    blob_batches = result.blob_batches(BLOB_BATCH_BYTES)
     return [
         {"label": batch_label(b, i, len(blob_batches)), "blobs": [asdict(t) for t in b]}
         for i, b in enumerate(blob_batches)
