@@ -36,8 +36,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory,
         # Small copy batches: even the tests' images make several copy tasks.
         "AIRFLOW__REGISTRY_REPLICATION__BLOB_BATCH_BYTES": str(512 * 1024),
     })
-    airflow.start()
     try:
+        airflow.start()
         airflow.wait_ready()
         for dag_id in ("registry_reconcile", "registry_events", "registry_sync"):
             airflow.wait_for_dag(dag_id)
