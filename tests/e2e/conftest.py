@@ -65,11 +65,12 @@ def use_cluster(cluster: AirflowCluster) -> Callable[..., EventStore]:
 
 @pytest.fixture
 def start_standalone() -> Iterator[Callable[..., AirflowStandalone]]:
-    """``airflow standalone`` with the connections in its environment, started and ready."""
+    """``airflow standalone`` with the connections in its environment, started (and ready,
+    unless ``wait=False``)."""
     started: list[AirflowStandalone] = []
 
     def start(home: Path, primary: LocalRegistry, secondary: LocalRegistry, store_url: str,
-              port: int | None = None, **env: str) -> AirflowStandalone:
+              port: int | None = None, wait: bool = True, **env: str) -> AirflowStandalone:
         airflow = AirflowStandalone(home, port=port or free_port(), env={
             "AIRFLOW_CONN_REGISTRY_PRIMARY": json.dumps(primary.connection()),
             "AIRFLOW_CONN_REGISTRY_SECONDARY": json.dumps(secondary.connection()),
@@ -79,7 +80,8 @@ def start_standalone() -> Iterator[Callable[..., AirflowStandalone]]:
             **env,
         })
         started.append(airflow.start())
-        airflow.wait_ready()
+        if wait:
+            airflow.wait_ready()
         return airflow
 
     yield start

@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import requests
 
@@ -137,12 +137,16 @@ class AirflowCluster(AirflowStandalone):
             self._own_postgres = True
         metadata = self.postgres.create_database("airflow")
         self.store_url = self.postgres.create_database("replication")
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is not installed: run scripts/setup "
+                               "(apt-get install redis-server)")
         redis_port = free_port()
-        self._redis = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "",
-             "--appendonly", "no", "--dir", str(self.home)],
-            stdout=(self.home / "redis.log").open("ab"), stderr=subprocess.STDOUT,
-        )
+        with (self.home / "redis.log").open("ab") as log:
+            self._redis = subprocess.Popen(
+                ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "",
+                 "--appendonly", "no", "--dir", str(self.home)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
         shared_log_port = free_port()
         self._shared = {
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
@@ -194,9 +198,10 @@ class AirflowCluster(AirflowStandalone):
         return self
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log: IO[bytes] = (self.home / name / f"{name}.log").open("ab")
-        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # its own group: stop or kill it whole
+        with (self.home / name / f"{name}.log").open("ab") as log:
+            # Its own process group: stop, or kill, it with everything it started.
+            process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
         self._processes[name] = process
         self._commands[name] = (argv, env)
         return process
