@@ -51,6 +51,7 @@ def use_cluster(cluster: AirflowCluster) -> Callable[..., EventStore]:
     """Point the cluster's connections at this test's registries and empty its store."""
 
     def use(primary: LocalRegistry, secondary: LocalRegistry, **primary_extra: Any) -> EventStore:
+        cluster.wait_ready()  # a worker a test before this one restarted
         cluster.set_connection("registry_primary", primary.connection(**primary_extra))
         cluster.set_connection("registry_secondary", secondary.connection())
         store = EventStore(cluster.store_url)

@@ -81,7 +81,7 @@ def test_reconcile_fans_out_survives_a_killed_worker_and_shares_its_status(
         state = cluster.wait_for_run("registry_reconcile", run_id, timeout=400)
         ran = cluster.task_hosts("registry_reconcile", run_id, tasks=None)
     finally:
-        cluster.start_component(victim)  # for the tests after this one
+        cluster.start_component(victim)  # for the tests after this one (use_cluster waits)
     with capsys.disabled():
         print(f"\nreconcile {run_id}: {state} in {time.monotonic() - started:.1f}s; "
               f"copy tasks running at once: {sorted(running.items())}; "

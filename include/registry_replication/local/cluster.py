@@ -92,6 +92,7 @@ class Worker:
     address: str  # this worker's "machine"
     log_port: int  # its own log server port
     process: subprocess.Popen[bytes] | None = None
+    starts: int = 0  # how often it was started: its log says "ready." once per start
 
 
 @dataclass
@@ -192,6 +193,7 @@ class AirflowCluster(AirflowStandalone):
             worker.process = self._spawn(worker.name, [
                 airflow, "celery", "worker", "--celery-hostname", f"{worker.name}@{worker.address}",
                 "--queues", f"default,{COPY_QUEUE}"], env)
+            worker.starts = 1
             self._forwards.append(PortForward((worker.address, shared_log_port),
                                               ("127.0.0.1", worker.log_port)))
             self._workers.append(worker)
@@ -210,15 +212,13 @@ class AirflowCluster(AirflowStandalone):
         """Stop one process (``api-server``, ``scheduler``, ``worker1``, ...) and its children."""
         _terminate_group(self._processes[name])
 
-    def start_component(self, name: str, timeout: float = 120.0) -> None:
-        """Start a stopped process again, as it was started first; a worker, until it is ready."""
-        log = self.home / name / f"{name}.log"
-        ready_before = log.read_bytes().count(b" ready.")
+    def start_component(self, name: str) -> None:
+        """Start a stopped process again, as it was started first (wait_ready() waits for it)."""
         process = self._spawn(name, *self._commands[name])
         for worker in self._workers:
             if worker.name == name:
                 worker.process = process
-                self._wait_for_worker(worker, ready_before + 1, time.monotonic() + timeout)
+                worker.starts += 1
 
     def wait_ready(self, timeout: float = 300.0) -> None:
         """Until the API server reports scheduler, triggerer and DAG processor healthy and
@@ -229,12 +229,12 @@ class AirflowCluster(AirflowStandalone):
                 raise RuntimeError(f"{name} exited; see {self.home / name / f'{name}.log'}")
         super().wait_ready(timeout)
         for worker in self._workers:
-            self._wait_for_worker(worker, 1, deadline)
+            self._wait_for_worker(worker, deadline)
 
-    def _wait_for_worker(self, worker: Worker, times_ready: int, deadline: float) -> None:
-        """Until the worker's log says ``ready.`` for the ``times_ready``-th time."""
+    def _wait_for_worker(self, worker: Worker, deadline: float) -> None:
+        """Until the worker's log says ``ready.`` once for each time it was started."""
         log = self.home / worker.name / f"{worker.name}.log"
-        while log.read_bytes().count(b" ready.") < times_ready:
+        while log.read_bytes().count(b" ready.") < worker.starts:
             if worker.process and worker.process.poll() is not None:
                 raise RuntimeError(f"{worker.name} exited; see {log}")
             if time.monotonic() > deadline:
