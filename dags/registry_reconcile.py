@@ -28,7 +28,8 @@ SCHEDULE = conf.get(SECTION, "reconcile_schedule", fallback="@hourly")
     default_args={
         "owner": "platform",
         "retries": conf.getint(SECTION, "task_retries", fallback=3),
-        "retry_delay": timedelta(seconds=30),
+        "retry_delay": timedelta(seconds=conf.getint(SECTION, "task_retry_delay_seconds",
+                                                     fallback=30)),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=10),
         # Copy tasks in flight at once, per run: bounds the load on both registries.

@@ -41,6 +41,7 @@ from registry_replication.auth import (
     TokenAuth,
     repository_scope,
 )
+from registry_replication.bandwidth import BandwidthLimit
 from registry_replication.config import RegistryConfig
 from registry_replication.errors import (
     DigestMismatchError,
@@ -128,6 +129,8 @@ class RegistryClient:
         self._auth_lock = threading.Lock()
         self.bytes_read = 0  # blob and manifest bytes received, for benchmarks and summaries
         self._count_lock = threading.Lock()
+        self.bandwidth = (BandwidthLimit(config.max_bytes_per_second)
+                          if config.max_bytes_per_second else None)
 
     # -- discovery and auth -----------------------------------------------------------------
 
@@ -385,6 +388,8 @@ class RegistryClient:
         try:
             for chunk in response.iter_content(chunk_size):
                 self._count(len(chunk))
+                if self.bandwidth:
+                    self.bandwidth.consume(len(chunk))
                 if hasher:
                     hasher.update(chunk)
                 yield chunk

@@ -48,6 +48,7 @@ class RegistryConfig:
     timeout_seconds: float = 60.0
     max_retries: int = 5
     backoff_seconds: float = 0.5
+    max_bytes_per_second: int | None = None  # blob bytes read from this registry; None: no limit
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
@@ -65,6 +66,8 @@ class RegistryConfig:
                 f"token_ttl_seconds {self.token_ttl_seconds} is above {MAX_TOKEN_TTL_SECONDS}: "
                 "a minted token is a bearer credential, keep it short-lived (GitLab uses 300)"
             )
+        if self.max_bytes_per_second is not None and self.max_bytes_per_second <= 0:
+            raise ConfigError("max_bytes_per_second must be a positive number of bytes")
 
     @classmethod
     def from_connection(cls, definition: str | Mapping[str, Any]) -> RegistryConfig:
@@ -124,6 +127,8 @@ class RegistryConfig:
             timeout_seconds=float(extra.get("timeout_seconds", 60.0)),
             max_retries=int(extra.get("max_retries", 5)),
             backoff_seconds=float(extra.get("backoff_seconds", 0.5)),
+            max_bytes_per_second=(int(extra["max_bytes_per_second"])
+                                  if extra.get("max_bytes_per_second") else None),
         )
 
     @classmethod

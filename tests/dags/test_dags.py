@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -266,3 +267,25 @@ def test_a_scope_that_matches_nothing_is_a_quick_success(airflow_db, connections
     assert result.state == "success"
     assert "the scope matched no tags on registry_primary" in caplog.text
     assert list(secondary_reader.catalog()) == []
+
+
+def test_copy_tasks_of_every_dag_share_the_configured_queue_and_pool():
+    """Production controls: AIRFLOW__REGISTRY_REPLICATION__COPY_QUEUE / __COPY_POOL."""
+    code = (
+        "import json; from airflow.dag_processing.dagbag import DagBag;"
+        f"bag = DagBag(dag_folder={str(ROOT / 'dags')!r});"
+        "print(json.dumps({f'{d.dag_id}.{t.task_id}': [t.queue, t.pool]"
+        " for d in bag.dags.values() for t in d.tasks}))"
+    )
+    env = {**os.environ, "AIRFLOW__REGISTRY_REPLICATION__COPY_QUEUE": "near_registries",
+           "AIRFLOW__REGISTRY_REPLICATION__COPY_POOL": "registry_copies"}
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                          timeout=120, env=env)
+    tasks = json.loads(done.stdout.strip().splitlines()[-1])
+    copying = {name: where for name, where in tasks.items()
+               if name.split(".")[1] in ("copy_blobs", "push_manifests", "replicate_events")}
+    assert set(copying) == {"registry_reconcile.copy_blobs", "registry_reconcile.push_manifests",
+                            "registry_sync.copy_blobs", "registry_sync.push_manifests",
+                            "registry_events.replicate_events"}
+    assert set(map(tuple, copying.values())) == {("near_registries", "registry_copies")}
+    assert tasks["registry_reconcile.diff"] == ["default", "default_pool"]

@@ -1,12 +1,12 @@
-"""End to end in `airflow standalone`: a push to the primary appears on the secondary by itself.
+"""End to end: a push to the primary appears on the secondary by itself.
 
-Scheduler, triggerer, DAG processor and API server run for real on loopback; the primary's
-notifications go to the plugin's webhook; the registry_events DAG does the rest.
+On ``airflow standalone`` and on the Celery cluster: scheduler, triggerer, DAG processor, API
+server (and Celery workers) run for real on loopback; the primary's notifications go to the
+plugin's webhook; the registry_events DAG does the rest.
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 
@@ -14,37 +14,48 @@ import pytest
 
 from registry_replication.client import RegistryClient
 from registry_replication.local import images
+from registry_replication.local.cluster import AirflowCluster
 from registry_replication.local.registry import Notifications, free_port
 from registry_replication.local.standalone import AirflowStandalone
 from registry_replication.store import EventStore
 
-SECRET = "e2e_Notification-Secret"
+SECRET = "e2e_Notification-Secret"  # the cluster's (tests/e2e/conftest.py)
 
 
-@pytest.fixture
-def stack(tmp_path, start_registry, keys, token_service):
-    port = free_port()
+@pytest.fixture(params=["standalone", "cluster"])
+def stack(request, tmp_path, start_registry, keys, token_service, start_standalone):
+    """Registries, and an Airflow they notify: standalone (SQLite store) or the cluster."""
+    cluster = request.getfixturevalue("cluster") if request.param == "cluster" else None
+    port = cluster.port if cluster else free_port()
     primary = start_registry(
         "primary", keys=keys, token_realm=token_service.realm,
         notifications=Notifications(f"http://127.0.0.1:{port}/registry-replication/events", SECRET,
                                     backoff="500ms"),
     )
     secondary = start_registry("secondary", keys=keys, token_realm=token_service.realm)
+    if cluster:
+        store = request.getfixturevalue("use_cluster")(primary, secondary)
+        cluster.api("PATCH", "dags/registry_events", json={"is_paused": False})
+        return primary, secondary, cluster, store
     db_url = f"sqlite:///{tmp_path / 'events.db'}"
-    airflow = AirflowStandalone(tmp_path / "airflow", port=port, env={
-        "AIRFLOW_CONN_REGISTRY_PRIMARY": json.dumps(primary.connection()),
-        "AIRFLOW_CONN_REGISTRY_SECONDARY": json.dumps(secondary.connection()),
-        "REGISTRY_NOTIFICATION_SECRET": SECRET,
-        "REGISTRY_REPLICATION_DB_URL": db_url,
-        "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
-    })
-    airflow.start()
-    try:
-        airflow.wait_ready()
-        airflow.wait_for_dag("registry_events")
-        yield primary, secondary, airflow, EventStore(db_url)
-    finally:
+    airflow = start_standalone(tmp_path / "airflow", primary, secondary, db_url, port=port)
+    airflow.wait_for_dag("registry_events")
+    return primary, secondary, airflow, EventStore(db_url)
+
+
+def stop_api_server(airflow: AirflowStandalone) -> None:
+    if isinstance(airflow, AirflowCluster):
+        airflow.stop_component("api-server")
+    else:
         airflow.stop()
+
+
+def start_api_server(airflow: AirflowStandalone) -> None:
+    if isinstance(airflow, AirflowCluster):
+        airflow.start_component("api-server")
+    else:
+        airflow.start()
+    airflow.wait_ready()
 
 
 def wait_for_replica(reader: RegistryClient, repository: str, tag: str, digest: str,
@@ -78,7 +89,7 @@ def test_push_replicates_by_itself_and_survives_an_api_server_restart(stack, cap
         latencies.append(pushed + wait_for_replica(reader, "group/app", f"v{i}", img.digest))
         assert (reader.get_manifest("group/app", f"v{i}").raw == img.raw)
     with capsys.disabled():
-        print(f"\npush-to-replica latency (s): {', '.join(f'{x:.2f}' for x in latencies)}; "
+        print(f"\n{type(airflow).__name__} push-to-replica latency (s): {', '.join(f'{x:.2f}' for x in latencies)}; "
               f"median {statistics.median(latencies):.2f}")
 
     # Durability: an event acknowledged (2xx) just before the API server stops is not lost.
@@ -90,10 +101,9 @@ def test_push_replicates_by_itself_and_survives_an_api_server_restart(stack, cap
     while not any(e["tag"] == "after-restart" for e in store.events()):
         assert time.monotonic() < deadline, "the notification never reached the webhook"
         time.sleep(0.1)
-    airflow.stop()
+    stop_api_server(airflow)
     assert reader.head_manifest("group/app", "after-restart") is None
-    airflow.start()
-    airflow.wait_ready()
+    start_api_server(airflow)
     airflow.api("PATCH", "dags/registry_events", json={"is_paused": False})
     wait_for_replica(reader, "group/app", "after-restart", late.digest, timeout=180)
     assert store.queue()["counts"]["pending"] == 0

@@ -1,4 +1,4 @@
-"""End to end in `airflow standalone`: the replication status page, behind Airflow's login.
+"""End to end on `airflow standalone` and on the Celery cluster: the status page, behind the login.
 
 A reconcile with one corrupted layer on the primary, then the page's JSON (401 without a login,
 the failed layer and per-repository states with one) and the HTML page in headless Chromium
@@ -26,32 +26,25 @@ import requests
 from websockets.sync.client import connect
 
 from registry_replication.local import images
+from registry_replication.local.cluster import AirflowCluster
 from registry_replication.local.registry import stop_process
 from registry_replication.local.standalone import PROJECT, AirflowStandalone
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = PROJECT / "artifacts"
-SECRET = "e2e_Notification-Secret"
 
 
-@pytest.fixture
-def stack(tmp_path, primary, secondary):
-    db_url = f"sqlite:///{tmp_path / 'replication.db'}"
-    airflow = AirflowStandalone(tmp_path / "airflow", env={
-        "AIRFLOW_CONN_REGISTRY_PRIMARY": json.dumps(primary.connection()),
-        "AIRFLOW_CONN_REGISTRY_SECONDARY": json.dumps(secondary.connection()),
-        "REGISTRY_NOTIFICATION_SECRET": SECRET,
-        "REGISTRY_REPLICATION_DB_URL": db_url,
-        "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
-        "AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES": "0",
-    })
-    airflow.start()
-    try:
-        airflow.wait_ready()
-        airflow.wait_for_dag("registry_reconcile")
-        yield airflow
-    finally:
-        airflow.stop()
+@pytest.fixture(params=["standalone", "cluster"])
+def stack(request, tmp_path, primary, secondary, start_standalone):
+    """Standalone (SQLite store, no retries), or the Celery cluster (PostgreSQL store)."""
+    if request.param == "cluster":
+        request.getfixturevalue("use_cluster")(primary, secondary)
+        return request.getfixturevalue("cluster")
+    airflow = start_standalone(tmp_path / "airflow", primary, secondary,
+                               f"sqlite:///{tmp_path / 'replication.db'}",
+                               AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES="0")
+    airflow.wait_for_dag("registry_reconcile")
+    return airflow
 
 
 def token(airflow: AirflowStandalone) -> str:
@@ -137,11 +130,18 @@ def test_status_page_shows_the_failed_layer_behind_the_login(stack, primary, pri
         assert shown["repositories"] == {name: r["state"] for name, r in states.items()}
         assert shown["states"] == {k: str(v) for k, v in data["states"].items()}
 
-        # The log link opens the failed map index's log in the Airflow UI.
+        # The log link opens the failed map index's log in the Airflow UI; on the cluster, the
+        # API server reads it from the log server of whichever worker ran it.
         browser.open(layer["log_url"])
         text = browser.wait_for_text(f"blob failed  group/app@{rotten.digest}")
         assert "DIGEST_INVALID" in text
-        browser.screenshot(ARTIFACTS / "status-page-log-link.png")
+        browser.screenshot(ARTIFACTS / f"status-page-log-link-{type(airflow).__name__}.png")
+    if isinstance(airflow, AirflowCluster):
+        ran_on = {worker for task, index, _, worker in airflow.task_hosts("registry_reconcile", run_id)
+                  if (task, index) == ("copy_blobs", layer["map_index"])}
+        assert ran_on and ran_on <= set(airflow.worker_addresses()), ran_on
+        api_home_logs = list((airflow.home / "api-server").rglob("*.log"))
+        assert not [p for p in api_home_logs if "copy_blobs" in str(p)]  # not read from disk
 
 
 class _PageParser(HTMLParser):

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 import pendulum
+from airflow.configuration import conf
 from airflow.sdk import Param, TriggerRule, get_current_context, task
 
 from registry_replication import diff as diffs
@@ -23,7 +24,14 @@ from registry_replication.airflow.hooks import OciRegistryHook
 from registry_replication.copy import FAILED, BlobResult, Copier, ImageResult
 from registry_replication.diff import IN_SYNC
 from registry_replication.leases import Leases
-from registry_replication.plan import BlobTask, ImageTask, Plan, batch_label, build_plan
+from registry_replication.plan import (
+    DEFAULT_BATCH_BYTES,
+    BlobTask,
+    ImageTask,
+    Plan,
+    batch_label,
+    build_plan,
+)
 from registry_replication.prune import PruneRefused, prunable, prune
 from registry_replication.snapshot import Scope, Snapshot, problem_line, take_snapshot
 from registry_replication.store import Event, EventStore
@@ -33,6 +41,15 @@ log = logging.getLogger("registry_replication.airflow")
 PRIMARY_CONN_ID = "registry_primary"
 SECONDARY_CONN_ID = "registry_secondary"
 MiB = 1 << 20
+
+# Production controls (README, "Production controls"): the Celery queue the copy tasks of all
+# three DAGs go to, and the pool that bounds how many run at once across every DAG run.
+COPY_QUEUE = conf.get("registry_replication", "copy_queue",
+                      fallback=conf.get("operators", "default_queue"))
+COPY_POOL = conf.get("registry_replication", "copy_pool", fallback="default_pool")
+# Bytes per copy_blobs task: smaller batches spread a copy over more workers.
+BLOB_BATCH_BYTES = conf.getint("registry_replication", "blob_batch_bytes",
+                               fallback=DEFAULT_BATCH_BYTES)
 
 
 class ReplicationFailed(RuntimeError):
@@ -139,7 +156,7 @@ def plan(differences: dict[str, Any]) -> list[dict[str, Any]]:
         for b in result.image_batches()
     ]
     get_current_context()["ti"].xcom_push(key="image_batches", value=image_batches)
-    blob_batches = result.blob_batches()
+    blob_batches = result.blob_batches(BLOB_BATCH_BYTES)
     return [
         {"label": batch_label(b, i, len(blob_batches)), "blobs": [asdict(t) for t in b]}
         for i, b in enumerate(blob_batches)
@@ -152,7 +169,8 @@ def manifest_batches() -> list[dict[str, Any]]:
     return get_current_context()["ti"].xcom_pull(task_ids="plan", key="image_batches") or []
 
 
-@task(map_index_template="{{ batch_label }}", retry_exponential_backoff=2.0)
+@task(map_index_template="{{ batch_label }}", retry_exponential_backoff=2.0, queue=COPY_QUEUE,
+      pool=COPY_POOL)
 def copy_blobs(batch: dict[str, Any]) -> dict[str, int]:
     """Copy (or mount) one batch of blobs; fails, after retries, if any blob failed.
 
@@ -178,7 +196,7 @@ def copy_blobs(batch: dict[str, Any]) -> dict[str, int]:
 
 
 @task(map_index_template="{{ batch_label }}", trigger_rule=TriggerRule.ALL_DONE,
-      retry_exponential_backoff=2.0)
+      retry_exponential_backoff=2.0, queue=COPY_QUEUE, pool=COPY_POOL)
 def push_manifests(batch: dict[str, Any]) -> dict[str, int]:
     """Push one batch of images whose blobs are all on the secondary; tags last."""
     context = get_current_context()
@@ -389,7 +407,7 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_string() if len(frame) else "(none)"
 
 
-@task
+@task(queue=COPY_QUEUE, pool=COPY_POOL)
 def replicate_events(max_attempts: int = 10) -> dict[str, int]:
     """Claim waiting events, replicate them, and acknowledge each once its tag is complete."""
     store = EventStore()

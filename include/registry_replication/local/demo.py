@@ -1,5 +1,8 @@
 """The whole thing on one machine: ``scripts/demo`` (or ``python -m registry_replication.local.demo``).
 
+``--cluster`` (``scripts/cluster``): a distributed Airflow instead of ``airflow standalone``:
+CeleryExecutor with two workers, PostgreSQL and Redis (see ``local/cluster.py``).
+
 Starts a primary registry (token auth with a generated key, notifications pointed at Airflow)
 and a secondary, seeds the primary with sample images, starts ``airflow standalone`` on
 loopback with this project's DAGs unpaused and the connections and webhook secret configured,
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from registry_replication.client import RegistryClient
 from registry_replication.local import corpus, images
+from registry_replication.local.cluster import AirflowCluster
 from registry_replication.local.keys import generate_key_pair
 from registry_replication.local.registry import LocalRegistry, Notifications, free_port
 from registry_replication.local.servers import TokenService
@@ -38,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=PROJECT / ".demo",
                         help="where registries, keys and Airflow live (wiped first)")
     parser.add_argument("--exit", action="store_true", help="stop after the demo instead of waiting")
+    parser.add_argument("--cluster", action="store_true",
+                        help="CeleryExecutor, two workers, PostgreSQL and Redis instead of standalone")
     args = parser.parse_args(argv)
 
     # SIGTERM unwinds like Ctrl-C, so everything started below is stopped; Ctrl-C works even
@@ -62,20 +68,28 @@ def main(argv: list[str] | None = None) -> int:
         say(f"secondary registry {secondary.url}")
 
         writer = stack.enter_context(RegistryClient(primary.client_config(), writable=True))
-        seeded = corpus.push_every_kind(writer)
+        # On the cluster, bigger layers in small copy batches: the copy fans out over workers.
+        seeded = corpus.push_every_kind(writer, layer_size=256 * 1024 if args.cluster else 4096)
         say(f"seeded the primary with {len(seeded)} tags in {len({r for r, _ in seeded})} "
             "repositories (Docker, OCI, multi-arch, signatures, artifacts)")
 
-        airflow = AirflowStandalone(args.workdir / "airflow", port=port, env={
+        kind = AirflowCluster if args.cluster else AirflowStandalone
+        airflow = kind(args.workdir / "airflow", port=port, env={
             "AIRFLOW_CONN_REGISTRY_PRIMARY": json.dumps(primary.connection()),
             "AIRFLOW_CONN_REGISTRY_SECONDARY": json.dumps(secondary.connection()),
             "REGISTRY_NOTIFICATION_SECRET": secret,
             "REGISTRY_REPLICATION_DB_URL": f"sqlite:///{args.workdir / 'registry_replication.db'}",
+            **({"AIRFLOW__REGISTRY_REPLICATION__BLOB_BATCH_BYTES": str(1 << 20)}
+               if args.cluster else {}),
         })
         stack.callback(airflow.stop)
-        say(f"starting airflow standalone on {airflow.url} (log: {airflow.log_path}) ...")
+        name = "a Celery cluster" if args.cluster else "airflow standalone"
+        say(f"starting {name} on {airflow.url} (logs: {airflow.log_path}) ...")
         airflow.start()
         airflow.wait_ready()
+        if isinstance(airflow, AirflowCluster):
+            for line in airflow.describe():
+                say(line)
         for dag_id in ("registry_reconcile", "registry_sync", "registry_events"):
             airflow.wait_for_dag(dag_id)
 
@@ -89,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1)
         state = airflow.wait_for_run("registry_reconcile", run_id)
         say(f"registry_reconcile {run_id}: {state}")
+        if isinstance(airflow, AirflowCluster):
+            ran = airflow.task_hosts("registry_reconcile", run_id, tasks=None)
+            for worker in sorted({w for *_, w in ran}):
+                say(f"  on {worker}: " + ", ".join(
+                    t if i < 0 else f"{t}[{i}]" for t, i, _, w in ran if w == worker))
 
         reader = stack.enter_context(RegistryClient(secondary.client_config()))
         fresh = images.ImageFactory().make()

@@ -82,13 +82,13 @@ class LocalPostgres:
             check=True, capture_output=True, **self._as_postgres(),
         )
         pwfile.unlink()
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [str(bindir / "postgres"), "-D", str(data), "-p", str(self.port),
-             "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-             "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=300"],
-            stdout=log, stderr=subprocess.STDOUT, **self._as_postgres(),
-        )
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(bindir / "postgres"), "-D", str(data), "-p", str(self.port),
+                 "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
+                 "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=300"],
+                stdout=log, stderr=subprocess.STDOUT, **self._as_postgres(),
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -1,0 +1,90 @@
+"""The end-to-end tests' Airflows: ``airflow standalone``, and one distributed cluster.
+
+The cluster (CeleryExecutor, PostgreSQL, Redis, two workers) is started once per session and
+pointed at each test's registries through Airflow connections in its metadata DB (what a
+production deployment's secrets backend serves); the replication store is emptied between
+tests (``use_cluster``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from registry_replication.local.cluster import AirflowCluster
+from registry_replication.local.postgres import LocalPostgres
+from registry_replication.local.registry import LocalRegistry, free_port
+from registry_replication.local.standalone import AirflowStandalone
+from registry_replication.store import EventStore, metadata
+
+SECRET = "e2e_Notification-Secret"
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory,
+            postgres: LocalPostgres) -> Iterator[AirflowCluster]:
+    airflow = AirflowCluster(tmp_path_factory.mktemp("cluster"), postgres=postgres, env={
+        "REGISTRY_NOTIFICATION_SECRET": SECRET,
+        "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
+        # One retry, soon: a killed worker's tasks run again elsewhere within the test.
+        "AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES": "1",
+        "AIRFLOW__REGISTRY_REPLICATION__TASK_RETRY_DELAY_SECONDS": "2",
+        # Small copy batches: even the tests' images make several copy tasks.
+        "AIRFLOW__REGISTRY_REPLICATION__BLOB_BATCH_BYTES": str(512 * 1024),
+    })
+    try:
+        airflow.start()
+        airflow.wait_ready()
+        for dag_id in ("registry_reconcile", "registry_events", "registry_sync"):
+            airflow.wait_for_dag(dag_id)
+        yield airflow
+    finally:
+        airflow.stop()
+
+
+@pytest.fixture
+def use_cluster(cluster: AirflowCluster) -> Callable[..., EventStore]:
+    """Point the cluster's connections at this test's registries and empty its store."""
+
+    def use(primary: LocalRegistry, secondary: LocalRegistry, **primary_extra: Any) -> EventStore:
+        cluster.wait_ready()  # a worker a test before this one restarted
+        cluster.set_connection("registry_primary", primary.connection(**primary_extra))
+        cluster.set_connection("registry_secondary", secondary.connection())
+        store = EventStore(cluster.store_url)
+        with store.engine.begin() as conn:
+            for table in reversed(metadata.sorted_tables):
+                if table.name != "rr_schema":
+                    conn.execute(table.delete())
+        return store
+
+    return use
+
+
+@pytest.fixture
+def start_standalone() -> Iterator[Callable[..., AirflowStandalone]]:
+    """``airflow standalone`` with the connections in its environment, started (and ready,
+    unless ``wait=False``)."""
+    started: list[AirflowStandalone] = []
+
+    def start(home: Path, primary: LocalRegistry, secondary: LocalRegistry, store_url: str,
+              port: int | None = None, wait: bool = True, **env: str) -> AirflowStandalone:
+        airflow = AirflowStandalone(home, port=port or free_port(), env={
+            "AIRFLOW_CONN_REGISTRY_PRIMARY": json.dumps(primary.connection()),
+            "AIRFLOW_CONN_REGISTRY_SECONDARY": json.dumps(secondary.connection()),
+            "REGISTRY_NOTIFICATION_SECRET": SECRET,
+            "REGISTRY_REPLICATION_DB_URL": store_url,
+            "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
+            **env,
+        })
+        started.append(airflow.start())
+        if wait:
+            airflow.wait_ready()
+        return airflow
+
+    yield start
+    for airflow in started:
+        airflow.stop()
