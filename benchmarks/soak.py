@@ -33,7 +33,7 @@ from registry_replication.local.keys import generate_key_pair
 from registry_replication.local.registry import LocalRegistry, Notifications, free_port
 from registry_replication.local.servers import TokenService
 from registry_replication.local.standalone import AirflowStandalone
-from registry_replication.local.watch import PrimaryHistory, ReplicaWatcher
+from registry_replication.local.watch import PrimaryHistory, ReplicaWatcher, tags_of
 from registry_replication.store import EventStore
 
 REPOSITORIES = ("soak/a", "soak/b", "soak/c", "soak/multi")
@@ -46,16 +46,6 @@ TASK_PROCESS_PREFIX = "airflow worker -- "
 
 def say(text: str) -> None:
     print(f"[soak {time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-
-def tags_of(client: RegistryClient) -> dict[tuple[str, str], str]:
-    found = {}
-    for repository in client.catalog():
-        for tag in client.tags(repository):
-            descriptor = client.head_manifest(repository, tag)
-            if descriptor is not None:
-                found[(repository, tag)] = descriptor.digest
-    return found
 
 
 class Primary:

@@ -25,10 +25,9 @@ from registry_replication.local.keys import KeyPair, generate_key_pair
 from registry_replication.local.postgres import LocalPostgres
 from registry_replication.local.registry import LocalRegistry, Notifications
 from registry_replication.local.servers import TokenService
+from registry_replication.local.skopeo import LOGIN
 from registry_replication.store import EventStore
 
-# The login people and tools such as skopeo use against the test registries' token service.
-USER, PASSWORD = "skopeo", "skopeo-password"
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +46,8 @@ def postgres() -> Iterator[LocalPostgres]:
 @pytest.fixture
 def token_service(keys: KeyPair) -> Iterator[TokenService]:
     """GitLab's /jwt/auth stand-in, the realm of the token-auth registries."""
-    with TokenService(keys, {USER: (PASSWORD, {"pull", "push", "delete"})}) as service:
+    # skopeo's login: the independent checker reads the registries as people do.
+    with TokenService(keys, {LOGIN[0]: (LOGIN[1], {"pull", "push", "delete"})}) as service:
         yield service
 
 

@@ -23,7 +23,7 @@ import pytest
 from registry_replication.client import RegistryClient
 from registry_replication.local import images
 from registry_replication.local.servers import FaultProxy
-from registry_replication.local.watch import PrimaryHistory, ReplicaWatcher
+from registry_replication.local.watch import PrimaryHistory, ReplicaWatcher, tags_of
 from registry_replication.prune import is_tombstone
 from registry_replication.store import EventStore
 
@@ -40,19 +40,6 @@ def writer(primary, target_url: str, secondary, store: EventStore, *args: str) -
          "--secondary", json.dumps({**secondary.connection(), "host": target_url}), *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-
-
-def tags_of(client: RegistryClient) -> dict[tuple[str, str], str]:
-    return {(repo, tag): client.head_manifest(repo, tag).digest
-            for repo in client.catalog() for tag in client.tags(repo)}
-
-
-def history_of(primary: RegistryClient) -> PrimaryHistory:
-    """The primary's state as its history so far (everything pushed before the watch)."""
-    history = PrimaryHistory()
-    for (repository, tag), digest in tags_of(primary).items():
-        history.pushing(repository, tag, digest)
-    return history
 
 
 def open_uploads(secondary, repository: str) -> list[Path]:
@@ -87,7 +74,7 @@ def test_sigkill_then_rerun_leaves_the_secondary_exact(
     images.push(primary_writer, "app/multi", multi, ["1.0", "latest"])
     shared = factory.make()
     images.push(primary_writer, "app/prune", shared, ["keep", "drop"])
-    history = history_of(primary_reader)
+    history = PrimaryHistory.of(primary_reader)
     args: tuple[str, ...] = ()
     if point == "prune between tombstone and its delete":
         first = writer(primary, secondary.url, secondary, store)

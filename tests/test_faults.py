@@ -14,15 +14,14 @@ from registry_replication.leases import Leases
 from registry_replication.local import corpus, images
 from registry_replication.local.servers import Fault, FaultProxy
 from registry_replication.sync import SyncOptions, run_sync
-from registry_replication.local.watch import ReplicaWatcher
-from test_crash import history_of, tags_of
+from registry_replication.local.watch import PrimaryHistory, ReplicaWatcher, tags_of
 
 
 def test_secondary_restarting_mid_run_is_retried(primary, secondary, store, primary_writer,
                                                  primary_reader, secondary_writer,
                                                  secondary_reader):
     corpus.push_every_kind(primary_writer)
-    history = history_of(primary_reader)
+    history = PrimaryHistory.of(primary_reader)
     with FaultProxy(primary.url) as proxy, RegistryClient(secondary.client_config()) as watching:
         source = RegistryClient(RegistryConfig.from_connection(
             {**primary.connection(), "host": proxy.url}))

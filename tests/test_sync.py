@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from conftest import PASSWORD, USER
 from registry_replication.client import RegistryClient
 from registry_replication.local import corpus, images
+from registry_replication.local.skopeo import skopeo_raw
 from registry_replication.snapshot import Scope
 from registry_replication.sync import SyncOptions, run_sync
-
-
-def skopeo_raw(registry, repository: str, tag: str) -> bytes:
-    """The independent check: skopeo's view of a manifest's exact bytes."""
-    address = registry.url.removeprefix("http://")
-    return subprocess.run(
-        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"--creds={USER}:{PASSWORD}",
-         f"docker://{address}/{repository}:{tag}"],
-        check=True, capture_output=True, timeout=60,
-    ).stdout
 
 
 @pytest.fixture

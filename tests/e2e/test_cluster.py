@@ -3,7 +3,6 @@ the status page reads the same PostgreSQL store as an ``airflow standalone`` nex
 
 from __future__ import annotations
 
-import subprocess
 import time
 from typing import Any
 
@@ -11,9 +10,8 @@ import requests
 
 from registry_replication.local import corpus
 from registry_replication.local.cluster import AirflowCluster
+from registry_replication.local.skopeo import skopeo_raw
 from registry_replication.local.standalone import AirflowStandalone
-
-SKOPEO_CREDS = "skopeo:skopeo-password"  # tests/conftest.py's token service user
 
 
 def running_copy_tasks(cluster: AirflowCluster, run_id: str) -> dict[tuple[str, int], str]:
@@ -44,15 +42,6 @@ def comparable(value: Any, base_url: str) -> Any:
     if isinstance(value, str):
         return value.replace(base_url, "<ui>")
     return value
-
-
-def skopeo_raw(registry, repository: str, tag: str) -> bytes:
-    address = registry.url.removeprefix("http://")
-    return subprocess.run(
-        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"--creds={SKOPEO_CREDS}",
-         f"docker://{address}/{repository}:{tag}"],
-        check=True, capture_output=True, timeout=60,
-    ).stdout
 
 
 def test_reconcile_fans_out_survives_a_killed_worker_and_shares_its_status(

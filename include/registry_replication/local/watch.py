@@ -25,12 +25,31 @@ from registry_replication.errors import RegistryError
 from registry_replication.prune import is_tombstone
 
 
+def tags_of(client: RegistryClient) -> dict[tuple[str, str], str]:
+    """Every (repository, tag) of a registry and its digest."""
+    found = {}
+    for repository in client.catalog():
+        for tag in client.tags(repository):
+            descriptor = client.head_manifest(repository, tag)
+            if descriptor is not None:
+                found[(repository, tag)] = descriptor.digest
+    return found
+
+
 @dataclass
 class PrimaryHistory:
     pushes: dict[tuple[str, str], list[tuple[float, str]]] = field(
         default_factory=lambda: defaultdict(list))
     deletions: dict[tuple[str, str], list[float]] = field(default_factory=lambda: defaultdict(list))
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def of(cls, primary: RegistryClient) -> PrimaryHistory:
+        """The primary's state now, as its history so far."""
+        history = cls()
+        for (repository, tag), digest in tags_of(primary).items():
+            history.pushing(repository, tag, digest)
+        return history
 
     def pushing(self, repository: str, tag: str, digest: str) -> None:
         with self._lock:
