@@ -407,24 +407,64 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_string() if len(frame) else "(none)"
 
 
+# How often a draining replicate_events looks for new events: a cheap count, no write lock.
+DRAIN_POLL_SECONDS = 0.2
+
+
 @task(queue=COPY_QUEUE, pool=COPY_POOL)
 def replicate_events(max_attempts: int = 10) -> dict[str, int]:
-    """Claim waiting events, replicate them, and acknowledge each once its tag is complete."""
+    """Claim waiting events, replicate them, and acknowledge each once its tag is complete.
+
+    Then keep draining: claim and replicate whatever arrives next, until no event has come for
+    ``[registry_replication] event_drain_idle_seconds`` (default 60), so a burst of pushes skips
+    the scheduler's and the task start-up's seconds. A batch with events that ran out of
+    attempts ends the drain at once (the run fails and alerts).
+    """
+    idle_seconds = conf.getfloat("registry_replication", "event_drain_idle_seconds", fallback=60)
+    # A cap on one task's life, so logs and runs stay readable under a never-ending stream.
+    max_seconds = conf.getfloat("registry_replication", "event_drain_max_seconds", fallback=3600)
     store = EventStore()
+    primary, secondary = _client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True)
+    totals = {"claimed": 0, "done": 0, "retrying": 0, "batches": 0}
+    started = last_work = time.monotonic()
     with Leases(store) as leases:
-        # Claimed under this writer's identity: its heartbeat keeps the claim alive while the
-        # work goes on, and a killed task's events come back within the lease time.
-        owner, claimed = store.claim(lease_seconds=leases.ttl, owner=leases.owner)
-        if not claimed:
-            log.info("no events to process (another run took them, or they are backing off)")
-            return {"claimed": 0}
+        # Renewed from the start: events are claimed under this writer's identity, so its
+        # heartbeat keeps the claims alive while the work goes on, and a killed task's events
+        # come back within the lease time.
         leases.keep_alive()
-        log.info("claimed %d events: %s", len(claimed), ", ".join(
-            f"{e.action} {e.repository}:{e.tag or e.digest}" for e in claimed[:20]))
-        outcomes = realtime.replicate_events(_client(PRIMARY_CONN_ID),
-                                             _client(SECONDARY_CONN_ID, writable=True), claimed,
-                                             leases=leases)
-        return _acknowledge(store, owner, claimed, outcomes, max_attempts)
+        while True:
+            owner, claimed = store.claim(lease_seconds=leases.ttl, owner=leases.owner)
+            if claimed:
+                log.info("claimed %d events: %s", len(claimed), ", ".join(
+                    f"{e.action} {e.repository}:{e.tag or e.digest}" for e in claimed[:20]))
+                outcomes = realtime.replicate_events(primary, secondary, claimed, leases=leases)
+                counts = _acknowledge(store, owner, claimed, outcomes, max_attempts)
+                totals = {k: totals[k] + counts.get(k, 0) for k in totals}
+                totals["batches"] += 1
+                last_work = time.monotonic()
+            now = time.monotonic()
+            if now - started >= max_seconds:
+                log.info("drained for %.0fs (event_drain_max_seconds): ending; the next run "
+                         "carries on", now - started)
+                break
+            if not _wait_for_events(store, last_work + idle_seconds):
+                break
+    if not totals["batches"]:
+        log.info("no events to process (another run took them, or they are backing off)")
+    else:
+        log.info("drained %d events in %d batches; none came for %.0fs", totals["claimed"],
+                 totals["batches"], idle_seconds)
+    return totals
+
+
+def _wait_for_events(store: EventStore, until: float) -> bool:
+    """Poll the store (a count, cheap) until events are claimable or ``until`` passes."""
+    while True:
+        if store.ready_count():
+            return True
+        if time.monotonic() >= until:
+            return False
+        time.sleep(min(DRAIN_POLL_SECONDS, max(until - time.monotonic(), 0)))
 
 
 def _acknowledge(store: EventStore, owner: str, claimed: list[Event],
