@@ -12,7 +12,7 @@ from registry_replication.local import images
 
 def test_reconcile_writes_its_artifacts_to_storage_and_removes_old_runs(
         airflow_db, connections, primary_writer, secondary_reader, tmp_path,  # noqa: F811
-        monkeypatch):
+        monkeypatch, caplog):
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
@@ -29,8 +29,12 @@ def test_reconcile_writes_its_artifacts_to_storage_and_removes_old_runs(
     for tag, img in pushed.items():
         images.push(primary_writer, "group/app", img, [tag])
 
+    caplog.set_level("INFO", logger="registry_replication.airflow")
     result = run("registry_reconcile")
     assert result.state == "success"
+    # It wrote to the secondary: verification listed it again and found it in sync.
+    assert "changed nothing on the secondary" not in caplog.text
+    assert "verification: 1 of 1 repositories in sync" in caplog.text
     for tag, img in pushed.items():
         assert secondary_reader.head_manifest("group/app", tag).digest == img.digest
 
@@ -54,3 +58,17 @@ def test_reconcile_writes_its_artifacts_to_storage_and_removes_old_runs(
     for (task_id, key), value in values.items():
         if task_id in ("snapshot_primary", "snapshot_secondary", "diff", "plan"):
             assert len(json.dumps(value)) < 2048, (task_id, key)
+
+
+def test_a_no_op_reconcile_verifies_the_secondary_it_listed_once(
+        airflow_db, connections, primary_writer, secondary_reader,  # noqa: F811
+        tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH", f"file://{tmp_path}")
+    img = images.ImageFactory(layer_size=16 * 1024).make()
+    images.push(primary_writer, "group/app", img, ["v1"])
+    assert run("registry_reconcile").state == "success"
+    caplog.clear()
+    caplog.set_level("INFO", logger="registry_replication.airflow")
+    assert run("registry_reconcile").state == "success"
+    assert "changed nothing on the secondary" in caplog.text
+    assert "verification: 1 of 1 repositories in sync" in caplog.text

@@ -332,10 +332,23 @@ def prune_tags(primary: dict[str, Any], secondary: dict[str, Any],
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
 def verify(primary: dict[str, Any]) -> dict[str, Any]:
-    """Geo's verification: per-repository checksums of (tag, digest) on both sides."""
+    """Geo's verification: per-repository checksums of (tag, digest) on both sides.
+
+    The secondary is listed again unless this run found nothing to change (a no-op): then the
+    complete snapshot it took of the secondary at the start is what is verified.
+    """
     p = _params()
-    after = take_snapshot(_client(SECONDARY_CONN_ID), _scope(p), concurrency=p["concurrency"],
-                          repositories=p["repositories"] or None)
+    ti = get_current_context()["ti"]
+    differences = ti.xcom_pull(task_ids="diff")
+    taken = ti.xcom_pull(task_ids="snapshot_secondary")
+    before = _snapshot(taken) if taken and differences and differences["changes"] == 0 else None
+    if before is not None and before.complete:
+        log.info("this run changed nothing on the secondary: its snapshot from the start of the "
+                 "run is verified rather than listing it again")
+        after = before
+    else:
+        after = take_snapshot(_client(SECONDARY_CONN_ID), _scope(p), concurrency=p["concurrency"],
+                              repositories=p["repositories"] or None)
     source = _snapshot(primary)
     report = diffs.verify(source, after)
     differ = report[~report["in_sync"]]
