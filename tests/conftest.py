@@ -13,6 +13,8 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(
 )
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ["AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES"] = "0"  # failures show at once
+# replicate_events ends after its batch unless a test asks for the hot drain.
+os.environ["AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS"] = "0"
 
 from collections.abc import Callable, Iterator
 from pathlib import Path

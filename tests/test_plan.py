@@ -49,6 +49,20 @@ def test_blob_batches_balance_bytes_and_stay_below_the_map_limit():
     assert len(many.blob_batches()) == 256
 
 
+def test_blob_batches_hold_a_bounded_number_of_blobs_at_any_size():
+    # One large blob and many small ones: the small ones still spread, at most 1000 a batch.
+    sizes = [1 << 30] + [1024] * 4999
+    plan = Plan(blobs=[BlobTask(f"sha256:{i:064x}", s, "r", "r") for i, s in enumerate(sizes)])
+    batches = plan.blob_batches(batch_bytes=1 << 30, max_blobs=1000)
+    assert len(batches) == 5 and max(map(len, batches)) <= 1000
+    assert sorted(t.digest for b in batches for t in b) == sorted(t.digest for t in plan.blobs)
+    # 300,000 blobs: the fan-out cap wins (Airflow's max_map_length), batches grow instead.
+    huge = Plan(blobs=[BlobTask(f"sha256:{i:064x}", 1024, "r", "r") for i in range(300_000)])
+    batches = huge.blob_batches(max_blobs=1000)
+    assert len(batches) == 256 and max(map(len, batches)) == 1172
+    assert sum(map(len, batches)) == 300_000
+
+
 def test_image_batches_cap_the_fan_out():
     plan = Plan()
     plan.images = [images_task(i) for i in range(100_000)]

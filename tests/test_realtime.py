@@ -99,3 +99,22 @@ def test_a_moved_then_deleted_tag_is_removed(primary_writer, primary_reader, sec
     assert outcomes == {"e2": None, "e3": None, "e4": None}
     assert secondary_reader.head_manifest("app", "t") is None
     assert secondary_reader.head_manifest("app", old.digest) is not None  # "other" is on it
+
+
+def test_events_over_many_repositories_replicate_together(primary_writer, primary_reader,
+                                                          secondary_writer, secondary_reader,
+                                                          leases):
+    factory = images.ImageFactory(layer_size=16 * 1024)
+    pushed = {}
+    for i in range(12):
+        img = factory.multi_arch() if i % 4 == 0 else factory.make()
+        repository = f"burst/r{i % 6}"
+        images.push(primary_writer, repository, img, [f"t{i}"])
+        pushed[(repository, f"t{i}")] = img
+    events = [ev(i, "push", repository, tag, img.digest)
+              for i, ((repository, tag), img) in enumerate(pushed.items())]
+    outcomes = replicate_events(primary_reader, secondary_writer, events, leases=leases,
+                                repositories_at_once=4)
+    assert outcomes == {e.id: None for e in events}
+    for (repository, tag), img in pushed.items():
+        assert secondary_reader.get_manifest(repository, tag).raw == img.raw

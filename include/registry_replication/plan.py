@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_BYTES = 1 << 30
 MAX_BATCHES = 256  # far below Airflow's max_map_length (1024)
+# Blobs per copy task: bounds a task's records, results and log, whatever the blobs' sizes.
+MAX_BLOBS_PER_BATCH = 1000
 
 
 @dataclass
@@ -90,18 +92,24 @@ class Plan:
         return sum(b.size for b in self.blobs if b.mount_from is None)
 
     def blob_batches(
-        self, batch_bytes: int = DEFAULT_BATCH_BYTES, max_batches: int = MAX_BATCHES
+        self, batch_bytes: int = DEFAULT_BATCH_BYTES, max_batches: int = MAX_BATCHES,
+        max_blobs: int = MAX_BLOBS_PER_BATCH,
     ) -> list[list[BlobTask]]:
-        """Batches of about ``batch_bytes`` each, balanced by bytes (largest blob first)."""
+        """Batches of about ``batch_bytes`` and at most ``max_blobs`` blobs each (unless that
+        would take more than ``max_batches``), balanced by bytes (largest blob first)."""
         if not self.blobs:
             return []
-        count = min(max_batches, len(self.blobs), max(1, math.ceil(self.transfer_bytes / batch_bytes)))
+        wanted = max(1, math.ceil(self.transfer_bytes / batch_bytes),
+                     math.ceil(len(self.blobs) / max_blobs))
+        count = min(max_batches, len(self.blobs), wanted)
+        cap = max(max_blobs, math.ceil(len(self.blobs) / count))
         heap = [(0, i) for i in range(count)]
         batches: list[list[BlobTask]] = [[] for _ in range(count)]
         for task in sorted(self.blobs, key=lambda t: (-_cost(t), t.digest)):
             load, i = heapq.heappop(heap)
             batches[i].append(task)
-            heapq.heappush(heap, (load + _cost(task), i))
+            if len(batches[i]) < cap:  # a full batch takes no more
+                heapq.heappush(heap, (load + _cost(task), i))
         return batches
 
     def image_batches(

@@ -72,15 +72,18 @@ def replicate_events(
     leases: Leases,
     concurrency: int = 16,
     parallelism: int = 8,
+    repositories_at_once: int = 4,
 ) -> dict[str, str | None]:
     """Process claimed events; returns {event id: None when done, else the error}.
 
-    Writes go through the shared write protocol (``leases``): a tag the primary moved again
-    meanwhile is left to the event that reports the move, so events are acknowledged as done.
+    Repositories are handled ``repositories_at_once`` at a time (a burst of pushes spreads
+    over many), each under its own lease. Writes go through the shared write protocol
+    (``leases``): a tag the primary moved again meanwhile is left to the event that reports
+    the move, so events are acknowledged as done.
     """
-    outcomes: dict[str, str | None] = {}
-    for repository, work in coalesce(events).items():
-        outcomes.update({event_id: None for event_id in work.noop})
+
+    def one(repository: str, work: RepositoryWork) -> dict[str, str | None]:
+        outcomes: dict[str, str | None] = {event_id: None for event_id in work.noop}
         if work.tags:
             outcomes.update(_copy_tags(primary, secondary, repository, work.tags, leases,
                                        concurrency=concurrency, parallelism=parallelism))
@@ -92,6 +95,13 @@ def replicate_events(
                                          leases=leases, concurrency=concurrency)
             failed = next((r.error for r in results if r.action == PRUNE_FAILED), None)
             outcomes.update({i: failed for ids in work.untagged.values() for i in ids})
+        return outcomes
+
+    work = coalesce(events)
+    outcomes: dict[str, str | None] = {}
+    with ThreadPoolExecutor(max(1, min(repositories_at_once, len(work)))) as pool:
+        for done in pool.map(lambda item: one(*item), work.items()):
+            outcomes.update(done)
     return outcomes
 
 

@@ -38,7 +38,10 @@ def stack(request, tmp_path, start_registry, keys, token_service, start_standalo
         cluster.api("PATCH", "dags/registry_events", json={"is_paused": False})
         return primary, secondary, cluster, store
     db_url = f"sqlite:///{tmp_path / 'events.db'}"
-    airflow = start_standalone(tmp_path / "airflow", primary, secondary, db_url, port=port)
+    # The hot drain on (short, so the run a pause leaves going ends soon): pushes made one
+    # after another replicate within the same replicate_events task.
+    airflow = start_standalone(tmp_path / "airflow", primary, secondary, db_url, port=port,
+                               AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS="5")
     airflow.wait_for_dag("registry_events")
     return primary, secondary, airflow, EventStore(db_url)
 
@@ -69,6 +72,17 @@ def wait_for_replica(reader: RegistryClient, repository: str, tag: str, digest: 
     raise AssertionError(f"{repository}:{tag} did not reach the secondary in {timeout}s")
 
 
+def wait_until_no_task_is_running(airflow: AirflowStandalone, dag_id: str, task_id: str,
+                                  timeout: float = 120) -> None:
+    """A paused DAG's running task carries on (a draining ``replicate_events``): wait for it."""
+    deadline = time.monotonic() + timeout
+    while [ti for ti in airflow.api("GET", f"dags/{dag_id}/dagRuns/~/taskInstances",
+                                    params={"state": ["running", "queued"]})["task_instances"]
+           if ti["task_id"] == task_id]:
+        assert time.monotonic() < deadline, f"{dag_id}.{task_id} still running after {timeout}s"
+        time.sleep(0.5)
+
+
 def test_push_replicates_by_itself_and_survives_an_api_server_restart(stack, capsys):
     primary, secondary, airflow, store = stack
     writer = RegistryClient(primary.client_config(), writable=True)
@@ -94,7 +108,8 @@ def test_push_replicates_by_itself_and_survives_an_api_server_restart(stack, cap
 
     # Durability: an event acknowledged (2xx) just before the API server stops is not lost.
     airflow.api("PATCH", "dags/registry_events", json={"is_paused": True})
-    time.sleep(3)  # let a run that is already going finish
+    time.sleep(1)  # a run starting just now
+    wait_until_no_task_is_running(airflow, "registry_events", "replicate_events")
     late = factory.make()
     images.push(writer, "group/app", late, ["after-restart"])
     deadline = time.monotonic() + 30

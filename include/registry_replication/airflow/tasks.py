@@ -2,21 +2,25 @@
 
 The DAG files only declare schedules, params and docs, then call ``replicate()`` to lay out
 snapshot primary | snapshot secondary -> diff -> plan -> copy_blobs[*] -> push_manifests[*]
--> prune -> verify -> report. XComs stay small: batches carry digests, never manifest bodies.
+-> prune -> verify -> report. Snapshots, differences and plan batches go to the run's folder
+under ``[registry_replication] artifacts_path`` as Parquet; XComs carry only file names and
+counts.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
 import pendulum
-from airflow.configuration import conf
-from airflow.sdk import Param, TriggerRule, get_current_context, task
+from airflow.configuration import AIRFLOW_HOME, conf
+from airflow.sdk import ObjectStoragePath, Param, TriggerRule, get_current_context, task
 
+from registry_replication import artifacts
 from registry_replication import diff as diffs
 from registry_replication import realtime
 from registry_replication.airflow import alerts
@@ -100,6 +104,59 @@ def _client(conn_id: str, *, writable: bool = False):
     return OciRegistryHook(conn_id, writable=writable).get_conn()
 
 
+def _artifacts_base() -> ObjectStoragePath:
+    """``[registry_replication] artifacts_path``: a local directory by default, ``s3://`` or
+    ``gs://`` in production (with ``artifacts_conn_id`` naming the storage connection)."""
+    url = conf.get("registry_replication", "artifacts_path", fallback="") or (
+        f"file://{AIRFLOW_HOME}/registry_replication/artifacts")
+    conn_id = conf.get("registry_replication", "artifacts_conn_id", fallback="") or None
+    return ObjectStoragePath(url, conn_id=conn_id)
+
+
+def _run_folder() -> ObjectStoragePath:
+    """This run's folder: ``<dag_id>/<when the run was due>_<run_id>``, so cleanup can read
+    each run's age from its name on any storage."""
+    dag_run = get_current_context()["dag_run"]
+    when = pendulum.instance(dag_run.run_after).in_timezone("UTC")
+    safe_run_id = re.sub(r"[^A-Za-z0-9._-]", "_", dag_run.run_id)
+    return _artifacts_base() / dag_run.dag_id / f"{when:%Y%m%dT%H%M%S}_{safe_run_id}"
+
+
+def _remove_old_runs(now: pendulum.DateTime) -> list[str]:
+    """Delete run folders older than ``[registry_replication] artifacts_retention_days``
+    (default 7); returns their names. Best effort: a folder that cannot go is logged."""
+    days = conf.getfloat("registry_replication", "artifacts_retention_days", fallback=7)
+    cutoff = now.subtract(seconds=int(days * 86400))
+    base, removed = _artifacts_base(), []
+    if not base.exists():
+        return removed
+    for dag_folder in base.iterdir():
+        if not dag_folder.is_dir():
+            continue
+        for run_folder in dag_folder.iterdir():
+            try:
+                when = pendulum.from_format(run_folder.name.split("_", 1)[0], "YYYYMMDDTHHmmss",
+                                            tz="UTC")
+            except ValueError:
+                continue  # not a run folder of ours
+            if when < cutoff:
+                try:
+                    run_folder.rmdir(recursive=True)
+                    removed.append(f"{dag_folder.name}/{run_folder.name}")
+                except OSError as exc:
+                    log.warning("could not remove the old run folder %s: %s. What to do: check "
+                                "the storage's permissions, or remove it by hand", run_folder, exc)
+    return removed
+
+
+def _snapshot(ref: dict[str, Any]) -> Snapshot:
+    return artifacts.read_snapshot(_run_folder(), ref["name"])
+
+
+def _changes(differences: dict[str, Any]) -> pd.DataFrame:
+    return artifacts.read_frame(_run_folder() / differences["file"])
+
+
 def _leases() -> Leases:
     """This task's leases: the write protocol shared with every other writer."""
     return Leases(EventStore())
@@ -107,7 +164,7 @@ def _leases() -> Leases:
 
 @task
 def snapshot(conn_id: str) -> dict[str, Any]:
-    """List one registry's tags and digests within the run's scope."""
+    """List one registry's tags and digests within the run's scope, into the run's folder."""
     p = _params()
     result = take_snapshot(
         _client(conn_id), _scope(p), concurrency=p["concurrency"],
@@ -118,29 +175,34 @@ def snapshot(conn_id: str) -> dict[str, Any]:
                     "tags %r): nothing to replicate there; check the patterns for a typo",
                     conn_id, p["repositories"] or "from the catalog", p["include"], p["exclude"],
                     p["tags"])
-    return result.to_records()
+    ref = artifacts.write_snapshot(_run_folder(), get_current_context()["ti"].task_id, result)
+    log.info("snapshot of %d tags written to %s (%d bytes)", ref["tags"], _run_folder(),
+             ref["bytes"])
+    return ref
 
 
 @task
 def diff(primary: dict[str, Any], secondary: dict[str, Any]) -> dict[str, Any]:
     """Classify every tag; pass on only what is not in sync."""
-    differences = diffs.diff(Snapshot.from_records(primary), Snapshot.from_records(secondary))
+    differences = diffs.diff(_snapshot(primary), _snapshot(secondary))
     log.info("tags per repository:\n%s", _table(diffs.summary(differences)))
     counts = differences["status"].value_counts().to_dict()
     log.info("overall: %s", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no tags")
     changed = differences[differences["status"] != IN_SYNC]
-    return {"changes": changed.astype(object).where(changed.notna(), None).to_dict(orient="list"),
-            "counts": counts}
+    size = artifacts.write_frame(_run_folder() / "changes.parquet", changed)
+    return {"file": "changes.parquet", "changes": len(changed), "bytes": size, "counts": counts}
 
 
 @task
 def plan(differences: dict[str, Any]) -> list[dict[str, Any]]:
     """Fetch the manifests to copy, find the blobs the secondary lacks, and batch the work.
 
-    Returns the blob batches; the image batches go to XCom key ``image_batches``.
+    Each batch goes to its own file in the run's folder. Returns the blob batches' labels and
+    files; the image batches' go to XCom key ``image_batches``.
     """
     p = _params()
-    changes = pd.DataFrame(differences["changes"], columns=diffs.COLUMNS)
+    folder = _run_folder()
+    changes = _changes(differences)
     result = build_plan(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID), changes,
                         concurrency=p["concurrency"])
     for skipped in result.skipped:
@@ -150,17 +212,20 @@ def plan(differences: dict[str, Any]) -> list[dict[str, Any]]:
         log.info("dry run: would push %d images and copy %d blobs (%.1f MiB); nothing changes",
                  len(result.images), len(result.blobs), result.transfer_bytes / MiB)
         result = Plan(skipped=result.skipped)
-    image_batches = [
-        {"label": b[0].label + (f" +{len(b) - 1} images" if len(b) > 1 else ""),
-         "images": [asdict(t) for t in b]}
-        for b in result.image_batches()
-    ]
+    image_batches = []
+    for i, b in enumerate(result.image_batches()):
+        name = f"images-{i:05d}.parquet"
+        artifacts.write_records(folder / name, [asdict(t) for t in b])
+        image_batches.append({"label": b[0].label + (f" +{len(b) - 1} images" if len(b) > 1
+                                                     else ""), "file": name})
     get_current_context()["ti"].xcom_push(key="image_batches", value=image_batches)
     blob_batches = result.blob_batches(BLOB_BATCH_BYTES)
-    return [
-        {"label": batch_label(b, i, len(blob_batches)), "blobs": [asdict(t) for t in b]}
-        for i, b in enumerate(blob_batches)
-    ]
+    refs = []
+    for i, b in enumerate(blob_batches):
+        name = f"blobs-{i:05d}.parquet"
+        artifacts.write_records(folder / name, [asdict(t) for t in b])
+        refs.append({"label": batch_label(b, i, len(blob_batches)), "file": name})
+    return refs
 
 
 @task
@@ -179,7 +244,7 @@ def copy_blobs(batch: dict[str, Any]) -> dict[str, int]:
     """
     context = get_current_context()
     context["batch_label"] = batch["label"]
-    tasks = [BlobTask(**b) for b in batch["blobs"]]
+    tasks = [BlobTask(**b) for b in artifacts.read_records(_run_folder() / batch["file"])]
     with _leases() as leases:
         copier = Copier(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
                         leases=leases, parallelism=_params()["parallelism"])
@@ -206,7 +271,8 @@ def push_manifests(batch: dict[str, Any]) -> dict[str, int]:
     with _leases() as leases:
         copier = Copier(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
                         leases=leases, parallelism=_params()["parallelism"])
-        results = copier.push_images([ImageTask(**i) for i in batch["images"]], failed_blobs)
+        planned = artifacts.read_records(_run_folder() / batch["file"])
+        results = copier.push_images([ImageTask(**i) for i in planned], failed_blobs)
     counts = _push_results(context, results, "outcome")
     bad = [r for r in results if r.outcome in (FAILED, "blocked")]
     if bad:
@@ -248,11 +314,11 @@ def prune_tags(primary: dict[str, Any], secondary: dict[str, Any],
     if not p["prune"]:
         log.info("prune is off for this run")
         return {"pruned": [], "refused": None}
-    changes = pd.DataFrame(differences["changes"])
+    changes = _changes(differences)
     if changes.empty:
         return {"pruned": [], "refused": None}
     try:
-        doomed = prunable(changes, Snapshot.from_records(primary), Snapshot.from_records(secondary),
+        doomed = prunable(changes, _snapshot(primary), _snapshot(secondary),
                           max_fraction=p["max_prune_fraction"], force=p["force_prune"])
         with _leases() as leases:
             results = prune(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
@@ -266,11 +332,24 @@ def prune_tags(primary: dict[str, Any], secondary: dict[str, Any],
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
 def verify(primary: dict[str, Any]) -> dict[str, Any]:
-    """Geo's verification: per-repository checksums of (tag, digest) on both sides."""
+    """Geo's verification: per-repository checksums of (tag, digest) on both sides.
+
+    The secondary is listed again unless this run found nothing to change (a no-op): then the
+    complete snapshot it took of the secondary at the start is what is verified.
+    """
     p = _params()
-    after = take_snapshot(_client(SECONDARY_CONN_ID), _scope(p), concurrency=p["concurrency"],
-                          repositories=p["repositories"] or None)
-    source = Snapshot.from_records(primary)
+    ti = get_current_context()["ti"]
+    differences = ti.xcom_pull(task_ids="diff")
+    taken = ti.xcom_pull(task_ids="snapshot_secondary")
+    before = _snapshot(taken) if taken and differences and differences["changes"] == 0 else None
+    if before is not None and before.complete:
+        log.info("this run changed nothing on the secondary: its snapshot from the start of the "
+                 "run is verified rather than listing it again")
+        after = before
+    else:
+        after = take_snapshot(_client(SECONDARY_CONN_ID), _scope(p), concurrency=p["concurrency"],
+                              repositories=p["repositories"] or None)
+    source = _snapshot(primary)
     report = diffs.verify(source, after)
     differ = report[~report["in_sync"]]
     log.info("verification: %d of %d repositories in sync", len(report) - len(differ), len(report))
@@ -327,7 +406,7 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
         problems.append(f"{len(failed)} blobs failed")
     if counts["images not pushed"]:
         problems.append(f"{counts['images not pushed']} images not pushed")
-    listing = Snapshot.from_records(primary)
+    listing = _snapshot(primary)
     if listing.errors:
         problems.append(f"the primary's listing was incomplete ({listing.errors[0]})")
     problems += _repository_problems(listing)
@@ -342,6 +421,10 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
           "map_index": map_index.get((r.repository, r.digest))} for r in failed],
     )
     alerts.send_stats(EventStore())
+    removed = _remove_old_runs(pendulum.now("UTC"))
+    if removed:
+        log.info("removed %d run folders older than the retention: %s", len(removed),
+                 ", ".join(removed[:10]) + (" ..." if len(removed) > 10 else ""))
     if problems:
         raise ReplicationFailed("; ".join(problems))
     return counts
@@ -407,24 +490,64 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_string() if len(frame) else "(none)"
 
 
+# How often a draining replicate_events looks for new events: a cheap count, no write lock.
+DRAIN_POLL_SECONDS = 0.2
+
+
 @task(queue=COPY_QUEUE, pool=COPY_POOL)
 def replicate_events(max_attempts: int = 10) -> dict[str, int]:
-    """Claim waiting events, replicate them, and acknowledge each once its tag is complete."""
+    """Claim waiting events, replicate them, and acknowledge each once its tag is complete.
+
+    Then keep draining: claim and replicate whatever arrives next, until no event has come for
+    ``[registry_replication] event_drain_idle_seconds`` (default 60), so a burst of pushes skips
+    the scheduler's and the task start-up's seconds. A batch with events that ran out of
+    attempts ends the drain at once (the run fails and alerts).
+    """
+    idle_seconds = conf.getfloat("registry_replication", "event_drain_idle_seconds", fallback=60)
+    # A cap on one task's life, so logs and runs stay readable under a never-ending stream.
+    max_seconds = conf.getfloat("registry_replication", "event_drain_max_seconds", fallback=3600)
     store = EventStore()
+    primary, secondary = _client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True)
+    totals = {"claimed": 0, "done": 0, "retrying": 0, "batches": 0}
+    started = last_work = time.monotonic()
     with Leases(store) as leases:
-        # Claimed under this writer's identity: its heartbeat keeps the claim alive while the
-        # work goes on, and a killed task's events come back within the lease time.
-        owner, claimed = store.claim(lease_seconds=leases.ttl, owner=leases.owner)
-        if not claimed:
-            log.info("no events to process (another run took them, or they are backing off)")
-            return {"claimed": 0}
+        # Renewed from the start: events are claimed under this writer's identity, so its
+        # heartbeat keeps the claims alive while the work goes on, and a killed task's events
+        # come back within the lease time.
         leases.keep_alive()
-        log.info("claimed %d events: %s", len(claimed), ", ".join(
-            f"{e.action} {e.repository}:{e.tag or e.digest}" for e in claimed[:20]))
-        outcomes = realtime.replicate_events(_client(PRIMARY_CONN_ID),
-                                             _client(SECONDARY_CONN_ID, writable=True), claimed,
-                                             leases=leases)
-        return _acknowledge(store, owner, claimed, outcomes, max_attempts)
+        while True:
+            owner, claimed = store.claim(lease_seconds=leases.ttl, owner=leases.owner)
+            if claimed:
+                log.info("claimed %d events: %s", len(claimed), ", ".join(
+                    f"{e.action} {e.repository}:{e.tag or e.digest}" for e in claimed[:20]))
+                outcomes = realtime.replicate_events(primary, secondary, claimed, leases=leases)
+                counts = _acknowledge(store, owner, claimed, outcomes, max_attempts)
+                totals = {k: totals[k] + counts.get(k, 0) for k in totals}
+                totals["batches"] += 1
+                last_work = time.monotonic()
+            now = time.monotonic()
+            if now - started >= max_seconds:
+                log.info("drained for %.0fs (event_drain_max_seconds): ending; the next run "
+                         "carries on", now - started)
+                break
+            if not _wait_for_events(store, last_work + idle_seconds):
+                break
+    if not totals["batches"]:
+        log.info("no events to process (another run took them, or they are backing off)")
+    else:
+        log.info("drained %d events in %d batches; none came for %.0fs", totals["claimed"],
+                 totals["batches"], idle_seconds)
+    return totals
+
+
+def _wait_for_events(store: EventStore, until: float) -> bool:
+    """Poll the store (a count, cheap) until events are claimable or ``until`` passes."""
+    while True:
+        if store.ready_count():
+            return True
+        if time.monotonic() >= until:
+            return False
+        time.sleep(min(DRAIN_POLL_SECONDS, max(until - time.monotonic(), 0)))
 
 
 def _acknowledge(store: EventStore, owner: str, claimed: list[Event],

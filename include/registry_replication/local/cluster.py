@@ -158,6 +158,9 @@ class AirflowCluster(AirflowStandalone):
             "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata}",
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
+            # The runs' snapshots and plans: a folder every "machine" reaches (production:
+            # object storage), since each process here has an AIRFLOW_HOME of its own.
+            "AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH": f"file://{self.home / 'artifacts'}",
             # The same secrets on every machine: Fernet for connections and variables, JWTs
             # between API server, workers and log servers.
             "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),

@@ -1,0 +1,74 @@
+"""Snapshots, differences and plans go to the run's folder; XCom carries names and counts."""
+
+from __future__ import annotations
+
+import json
+
+import sqlalchemy as sa
+from test_dags import airflow_db, connections, run  # noqa: F401 (fixtures)
+
+from registry_replication.local import images
+
+
+def test_reconcile_writes_its_artifacts_to_storage_and_removes_old_runs(
+        airflow_db, connections, primary_writer, secondary_reader, tmp_path,  # noqa: F811
+        monkeypatch, caplog):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    base = tmp_path / "artifacts"
+    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH", f"file://{base}")
+    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_RETENTION_DAYS", "7")
+    old = base / "registry_reconcile" / "20200101T000000_scheduled__2020-01-01T00_00_00_00_00"
+    old.mkdir(parents=True)
+    (old / "snapshot_primary.parquet").write_bytes(b"old")
+    recent = base / "registry_sync" / "not-a-run-folder"
+    recent.mkdir(parents=True)
+    factory = images.ImageFactory(layer_size=64 * 1024)
+    pushed = {f"v{i}": factory.make() for i in range(30)}
+    for tag, img in pushed.items():
+        images.push(primary_writer, "group/app", img, [tag])
+
+    caplog.set_level("INFO", logger="registry_replication.airflow")
+    result = run("registry_reconcile")
+    assert result.state == "success"
+    # It wrote to the secondary: verification listed it again and found it in sync.
+    assert "changed nothing on the secondary" not in caplog.text
+    assert "verification: 1 of 1 repositories in sync" in caplog.text
+    for tag, img in pushed.items():
+        assert secondary_reader.head_manifest("group/app", tag).digest == img.digest
+
+    [folder] = [f for f in (base / "registry_reconcile").iterdir()]
+    assert folder.name.endswith(result.run_id.replace(":", "_").replace("+", "_"))
+    names = {p.name for p in folder.iterdir()}
+    assert {"snapshot_primary.parquet", "snapshot_primary.json", "snapshot_secondary.parquet",
+            "snapshot_secondary.json", "changes.parquet", "blobs-00000.parquet",
+            "images-00000.parquet"} <= names
+    assert not old.exists() and recent.exists()  # only our run folders past the retention go
+
+    with create_session() as session:
+        rows = session.scalars(sa.select(XComModel).where(XComModel.run_id == result.run_id)
+                               ).all()
+        values = {(row.task_id, row.key): XComModel.deserialize_value(row) for row in rows}
+    assert values[("snapshot_primary", "return_value")]["tags"] == 30
+    assert values[("snapshot_secondary", "return_value")]["tags"] == 0
+    assert values[("diff", "return_value")]["changes"] == 30
+    # Nothing that grows with the tags but the batch list: each entry a label and a file name.
+    assert all(set(batch) == {"label", "file"} for batch in values[("plan", "return_value")])
+    for (task_id, key), value in values.items():
+        if task_id in ("snapshot_primary", "snapshot_secondary", "diff", "plan"):
+            assert len(json.dumps(value)) < 2048, (task_id, key)
+
+
+def test_a_no_op_reconcile_verifies_the_secondary_it_listed_once(
+        airflow_db, connections, primary_writer, secondary_reader,  # noqa: F811
+        tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH", f"file://{tmp_path}")
+    img = images.ImageFactory(layer_size=16 * 1024).make()
+    images.push(primary_writer, "group/app", img, ["v1"])
+    assert run("registry_reconcile").state == "success"
+    caplog.clear()
+    caplog.set_level("INFO", logger="registry_replication.airflow")
+    assert run("registry_reconcile").state == "success"
+    assert "changed nothing on the secondary" in caplog.text
+    assert "verification: 1 of 1 repositories in sync" in caplog.text

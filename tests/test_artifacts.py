@@ -1,0 +1,46 @@
+"""Run artifacts as Parquet: snapshots, differences and plan batches survive the round trip."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pandas as pd
+
+from registry_replication import artifacts
+from registry_replication.plan import BlobTask, ImageTask
+from registry_replication.snapshot import COLUMNS, Snapshot
+
+
+def test_a_snapshot_with_errors_and_problems_round_trips(tmp_path):
+    tags = pd.DataFrame([["group/app", "v1", "sha256:" + "a" * 64, "application/vnd.oci.image.manifest.v1+json"],
+                         ["group/app", "v2", "sha256:" + "b" * 64, "application/vnd.oci.image.index.v1+json"]],
+                        columns=COLUMNS)
+    problems = [{"repository": "odd/repo", "tag": None, "reason": "HTTP 500", "advice": "retry"}]
+    snap = Snapshot("https://primary", tags, ["catalog cut short"], problems)
+    folder = tmp_path / "run"
+    ref = artifacts.write_snapshot(folder, "snapshot_primary", snap)
+    assert ref == {"name": "snapshot_primary", "tags": 2, "errors": 1, "problems": 1,
+                   "bytes": ref["bytes"]}
+    assert ref["bytes"] == sum(p.stat().st_size for p in folder.iterdir()) > 0
+    back = artifacts.read_snapshot(folder, "snapshot_primary")
+    assert back.registry == "https://primary"
+    assert back.tags.astype(object).values.tolist() == tags.values.tolist()
+    assert back.errors == ["catalog cut short"] and back.problems == problems
+
+
+def test_an_empty_snapshot_round_trips_with_its_columns(tmp_path):
+    empty = Snapshot("https://secondary", pd.DataFrame(columns=COLUMNS))
+    artifacts.write_snapshot(tmp_path, "s", empty)
+    back = artifacts.read_snapshot(tmp_path, "s")
+    assert list(back.tags.columns) == COLUMNS and back.tags.empty and back.complete
+
+
+def test_plan_batches_round_trip_with_lists_and_nulls(tmp_path):
+    blobs = [BlobTask("sha256:" + "c" * 64, 12, "a", "b", ["c", "d"], None),
+             BlobTask("sha256:" + "d" * 64, 0, "a", "b", [], "e")]
+    images = [ImageTask("a", "sha256:" + "e" * 64, "application/vnd.oci.image.index.v1+json",
+                        ["v1", "latest"], ["sha256:" + "f" * 64], ["sha256:" + "c" * 64])]
+    artifacts.write_records(tmp_path / "blobs.parquet", [asdict(b) for b in blobs])
+    artifacts.write_records(tmp_path / "images.parquet", [asdict(i) for i in images])
+    assert [BlobTask(**r) for r in artifacts.read_records(tmp_path / "blobs.parquet")] == blobs
+    assert [ImageTask(**r) for r in artifacts.read_records(tmp_path / "images.parquet")] == images
