@@ -27,7 +27,7 @@ from pathlib import Path
 import requests
 import sqlalchemy as sa
 
-from registry_replication.local.registry import free_port
+from replication_harness.registry import free_port
 from registry_replication.notifications import ENVELOPE_MEDIA_TYPE
 from registry_replication.store import PENDING, REJECTED, EventStore, events
 

@@ -21,14 +21,13 @@ import pytest
 
 from registry_replication.client import RegistryClient
 from registry_replication.leases import Leases
-from registry_replication.local.keys import KeyPair, generate_key_pair
-from registry_replication.local.postgres import LocalPostgres
-from registry_replication.local.registry import LocalRegistry, Notifications
-from registry_replication.local.servers import TokenService
+from replication_harness.keys import KeyPair, generate_key_pair
+from replication_harness.postgres import LocalPostgres
+from replication_harness.registry import LocalRegistry, Notifications
+from replication_harness.servers import PASSWORD, USER, TokenService
 from registry_replication.store import EventStore
 
 # The login people and tools such as skopeo use against the test registries' token service.
-USER, PASSWORD = "skopeo", "skopeo-password"
 
 
 @pytest.fixture(scope="session")

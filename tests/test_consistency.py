@@ -19,8 +19,8 @@ import pytest
 
 from registry_replication.client import RegistryClient
 from registry_replication.leases import Leases
-from registry_replication.local import images
-from registry_replication.local.servers import FaultProxy
+from replication_harness import images
+from replication_harness.servers import FaultProxy
 from registry_replication.prune import is_tombstone
 from registry_replication.realtime import replicate_events
 from registry_replication.store import Event, EventStore

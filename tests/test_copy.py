@@ -7,8 +7,8 @@ import logging
 from registry_replication.client import RegistryClient
 from registry_replication.config import RegistryConfig
 from registry_replication.copy import Copier
-from registry_replication.local import images
-from registry_replication.local.servers import Fault, FaultProxy
+from replication_harness import images
+from replication_harness.servers import Fault, FaultProxy
 from registry_replication.plan import BlobTask, ImageTask
 
 MiB = 1 << 20

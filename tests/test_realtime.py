@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from registry_replication.local import images
+from replication_harness import images
 from registry_replication.realtime import coalesce, replicate_events
 from registry_replication.store import Event
 

@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
-from conftest import PASSWORD, USER
+from replication_harness.servers import PASSWORD, USER
 from registry_replication.client import RegistryClient
-from registry_replication.local import corpus, images
+from replication_harness import corpus, images
 from registry_replication.snapshot import Scope
 from registry_replication.sync import SyncOptions, run_sync
 

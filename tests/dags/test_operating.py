@@ -23,8 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_dags import airflow_db, connections, run  # noqa: F401 (fixtures)
 
 from registry_replication.client import RegistryClient
-from registry_replication.local import images
-from registry_replication.local.registry import Notifications, free_port
+from replication_harness import images
+from replication_harness.registry import Notifications, free_port
 from registry_replication.store import REJECTED, Event, EventStore, events
 
 SECRET = "operating_Notification-Secret"

@@ -9,9 +9,9 @@ from typing import Any
 
 import requests
 
-from registry_replication.local import corpus
-from registry_replication.local.cluster import AirflowCluster
-from registry_replication.local.standalone import AirflowStandalone
+from replication_harness import corpus
+from replication_harness.cluster import AirflowCluster
+from replication_harness.standalone import AirflowStandalone
 
 SKOPEO_CREDS = "skopeo:skopeo-password"  # tests/conftest.py's token service user
 

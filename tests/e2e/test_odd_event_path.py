@@ -13,7 +13,7 @@ import time
 import requests
 
 from registry_replication.client import RegistryClient
-from registry_replication.local import images
+from replication_harness import images
 from registry_replication.store import DONE, REJECTED
 from test_event_path import stack, wait_for_replica  # noqa: F401 - the fixture
 

@@ -47,7 +47,7 @@ def test_the_same_envelope_from_20_senders_at_once_is_stored_once(tmp_path):
 
     import requests
 
-    from registry_replication.local.registry import free_port
+    from replication_harness.registry import free_port
     from registry_replication.notifications import ENVELOPE_MEDIA_TYPE
     from registry_replication.store import EventStore
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 
-from conftest import PASSWORD, USER  # noqa: F401 - the skopeo login, via skopeo_raw
+from replication_harness.servers import PASSWORD, USER  # noqa: F401 - the skopeo login, via skopeo_raw
 from registry_replication.cli import main
-from registry_replication.local import images
+from replication_harness import images
 from registry_replication.sync import SyncOptions, run_sync
 from test_sync import skopeo_raw
 

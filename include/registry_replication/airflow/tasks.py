@@ -38,8 +38,11 @@ from registry_replication.store import Event, EventStore
 
 log = logging.getLogger("registry_replication.airflow")
 
-PRIMARY_CONN_ID = "registry_primary"
-SECONDARY_CONN_ID = "registry_secondary"
+# The two registries' Airflow connections ([registry_replication] primary_conn_id /
+# secondary_conn_id), read when the DAG files are parsed and again in each task's process.
+PRIMARY_CONN_ID = conf.get("registry_replication", "primary_conn_id", fallback="registry_primary")
+SECONDARY_CONN_ID = conf.get("registry_replication", "secondary_conn_id",
+                             fallback="registry_secondary")
 MiB = 1 << 20
 
 # Production controls (README, "Production controls"): the Celery queue the copy tasks of all

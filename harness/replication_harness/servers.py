@@ -18,8 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from registry_replication.auth import JwtAuth
-from registry_replication.local.keys import KeyPair
-from registry_replication.local.registry import GITLAB_ISSUER, GITLAB_SERVICE
+from replication_harness.keys import KeyPair
+from replication_harness.registry import GITLAB_ISSUER, GITLAB_SERVICE
 
 
 class _Server:
@@ -78,6 +78,10 @@ class _TokenHandler(_QuietHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+# The login the tests give the token service, for skopeo (the independent checker).
+USER, PASSWORD = "skopeo", "skopeo-password"
 
 
 class TokenService(_Server):
