@@ -121,8 +121,10 @@ def _copy_tags(
                      "media_type": source.media_type})
     differences = pd.DataFrame(rows, columns=diffs.COLUMNS)
     plan = build_plan(primary, secondary, differences, concurrency=concurrency)
+    # The plan was made moments ago from these very HEADs: no second existence check per blob
+    # and tag (the compare-and-set on the primary before each tag write stays).
     copier = Copier(primary, secondary, leases=leases, parallelism=parallelism,
-                    manifests=plan.manifests)
+                    manifests=plan.manifests, recheck=False)
     blobs = copier.copy_blobs(plan.blobs)
     failed_blobs = {r.digest: r.error for r in blobs if r.action == FAILED}
     images = copier.push_images(plan.images, failed_blobs)
