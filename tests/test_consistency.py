@@ -131,7 +131,7 @@ def test_prune_never_untags_a_tag_that_shares_the_digest(primary_writer, primary
     finally:
         stop.set()
         poller.join()
-    assert sorted(r.tag for r in report.pruned if r.action == "deleted") == sorted(
+    assert sorted(r.tag for r in report.pruned if r.outcome == "deleted") == sorted(
         f"drop{i}" for i in range(20))
     assert missing == []
     assert sorted(secondary_reader.tags("app")) == ["keep"]
