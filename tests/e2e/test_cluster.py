@@ -37,8 +37,11 @@ def status_json(airflow: AirflowStandalone) -> dict[str, Any]:
 def comparable(value: Any, base_url: str) -> Any:
     """The status without what depends on the moment or the server's own address."""
     if isinstance(value, dict):
+        # The lag chart's time axis ("since", "until", each point's "at") starts from the
+        # moment of the request, like generated_at; its values are still compared.
         return {k: comparable(v, base_url) for k, v in value.items()
-                if k != "generated_at" and not k.endswith("_seconds")}
+                if k not in ("generated_at", "since", "until", "at")
+                and not k.endswith("_seconds")}
     if isinstance(value, list):
         return [comparable(v, base_url) for v in value]
     if isinstance(value, str):
