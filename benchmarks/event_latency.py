@@ -30,11 +30,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from registry_replication.client import RegistryClient
-from registry_replication.local import images
-from registry_replication.local.keys import generate_key_pair
-from registry_replication.local.registry import LocalRegistry, Notifications, free_port
-from registry_replication.local.servers import TokenService
-from registry_replication.local.standalone import AirflowStandalone
+from replication_harness import images
+from replication_harness.keys import generate_key_pair
+from replication_harness.registry import LocalRegistry, Notifications, free_port
+from replication_harness.servers import TokenService
+from replication_harness.standalone import AirflowStandalone
 
 SECRET = "latency_" + "s" * 32
 

@@ -51,7 +51,7 @@ from sync_vs_skopeo import (  # noqa: E402 (a sibling script)
     write_skopeo_yaml,
 )
 
-from registry_replication.local.registry import LocalRegistry  # noqa: E402
+from replication_harness.registry import LocalRegistry  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW = str(Path(sys.executable).parent / "airflow")

@@ -28,12 +28,12 @@ import psutil
 import requests
 
 from registry_replication.client import RegistryClient
-from registry_replication.local import images
-from registry_replication.local.keys import generate_key_pair
-from registry_replication.local.registry import LocalRegistry, Notifications, free_port
-from registry_replication.local.servers import TokenService
-from registry_replication.local.standalone import AirflowStandalone
-from registry_replication.local.watch import PrimaryHistory, ReplicaWatcher, tags_of
+from replication_harness import images
+from replication_harness.keys import generate_key_pair
+from replication_harness.registry import LocalRegistry, Notifications, free_port
+from replication_harness.servers import TokenService
+from replication_harness.standalone import AirflowStandalone
+from replication_harness.watch import PrimaryHistory, ReplicaWatcher, tags_of
 from registry_replication.store import EventStore
 
 REPOSITORIES = ("soak/a", "soak/b", "soak/c", "soak/multi")

@@ -64,8 +64,8 @@ import requests
 
 from registry_replication import mediatypes as mt
 from registry_replication.client import RegistryClient
-from registry_replication.local.images import Blob, Image, image, index
-from registry_replication.local.registry import LocalRegistry
+from replication_harness.images import Blob, Image, image, index
+from replication_harness.registry import LocalRegistry
 
 MiB = 1 << 20
 VENV_BIN = Path(sys.executable).parent

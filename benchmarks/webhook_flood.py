@@ -27,9 +27,10 @@ from pathlib import Path
 import requests
 import sqlalchemy as sa
 
-from registry_replication.local.registry import free_port
+from replication_harness.registry import free_port
 from registry_replication.notifications import ENVELOPE_MEDIA_TYPE
-from registry_replication.store import PENDING, REJECTED, EventStore, events
+from registry_replication.outcomes import EventStatus
+from registry_replication.store import EventStore, events
 
 SECRET = "flood-benchmark-secret-0123456789abcdef"
 DIGEST = "sha256:" + "d" * 64
@@ -129,8 +130,8 @@ def check(db_url: str, accepted: list[str], odd: set[str]) -> dict:
         "duplicate_rows": len(stored) - len(set(stored)),
         "lost": len(unique - set(stored)),
         "unexpected": len(set(stored) - unique),
-        "wrong_state": sum(status.get(i) != (REJECTED if i in odd else PENDING) for i in unique),
-        "rejected": sum(1 for s in status.values() if s == REJECTED),
+        "wrong_state": sum(status.get(i) != (EventStatus.REJECTED if i in odd else EventStatus.PENDING) for i in unique),
+        "rejected": sum(1 for s in status.values() if s == EventStatus.REJECTED),
     }
 
 

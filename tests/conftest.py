@@ -23,11 +23,11 @@ import pytest
 
 from registry_replication.client import RegistryClient
 from registry_replication.leases import Leases
-from registry_replication.local.keys import KeyPair, generate_key_pair
-from registry_replication.local.postgres import LocalPostgres
-from registry_replication.local.registry import LocalRegistry, Notifications
-from registry_replication.local.servers import TokenService
-from registry_replication.local.skopeo import LOGIN
+from replication_harness.keys import KeyPair, generate_key_pair
+from replication_harness.postgres import LocalPostgres
+from replication_harness.registry import LocalRegistry, Notifications
+from replication_harness.servers import TokenService
+from replication_harness.skopeo import LOGIN
 from registry_replication.store import EventStore
 
 

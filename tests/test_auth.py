@@ -17,10 +17,10 @@ from registry_replication.auth import JwtAuth, libtrust_key_id, repository_scope
 from registry_replication.client import RegistryClient
 from registry_replication.config import RegistryConfig
 from registry_replication.errors import RegistryAuthError
-from registry_replication.local import images
-from registry_replication.local.keys import generate_key_pair
-from registry_replication.local.registry import GITLAB_SERVICE
-from registry_replication.local.servers import TokenService
+from replication_harness import images
+from replication_harness.keys import generate_key_pair
+from replication_harness.registry import GITLAB_SERVICE
+from replication_harness.servers import TokenService
 
 
 def test_kid_is_libtrust_key_id(keys):

@@ -9,7 +9,7 @@ import pytest
 
 from registry_replication.client import RegistryClient
 from registry_replication.config import ConfigError
-from registry_replication.local import images
+from replication_harness import images
 
 MiB = 1 << 20
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from registry_replication.cli import main
-from registry_replication.local import images
+from replication_harness import images
 
 
 def test_plan_sync_verify(primary, secondary, primary_writer, secondary_writer, monkeypatch,

@@ -19,8 +19,8 @@ from registry_replication.errors import (
     NotFoundError,
     RegistryUnavailableError,
 )
-from registry_replication.local import images
-from registry_replication.local.servers import Fault, FaultProxy
+from replication_harness import images
+from replication_harness.servers import Fault, FaultProxy
 from registry_replication.reference import InvalidReference
 
 MiB = 1 << 20

@@ -19,8 +19,8 @@ import pytest
 
 from registry_replication.client import RegistryClient
 from registry_replication.leases import Leases
-from registry_replication.local import images
-from registry_replication.local.servers import FaultProxy
+from replication_harness import images
+from replication_harness.servers import FaultProxy
 from registry_replication.prune import is_tombstone
 from registry_replication.realtime import replicate_events
 from registry_replication.store import Event, EventStore
@@ -131,7 +131,7 @@ def test_prune_never_untags_a_tag_that_shares_the_digest(primary_writer, primary
     finally:
         stop.set()
         poller.join()
-    assert sorted(r.tag for r in report.pruned if r.action == "deleted") == sorted(
+    assert sorted(r.tag for r in report.pruned if r.outcome == "deleted") == sorted(
         f"drop{i}" for i in range(20))
     assert missing == []
     assert sorted(secondary_reader.tags("app")) == ["keep"]

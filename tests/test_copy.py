@@ -7,8 +7,8 @@ import logging
 from registry_replication.client import RegistryClient
 from registry_replication.config import RegistryConfig
 from registry_replication.copy import Copier
-from registry_replication.local import images
-from registry_replication.local.servers import Fault, FaultProxy
+from replication_harness import images
+from replication_harness.servers import Fault, FaultProxy
 from registry_replication.plan import BlobTask, ImageTask
 
 MiB = 1 << 20
@@ -28,7 +28,7 @@ def test_interrupted_chunked_upload_resumes_from_registry_offset(
                 (result,) = copier.copy_blob(BlobTask(layer.digest, layer.size, "app", "app"))
         patches = [status for method, _, status in proxy.log if method == "PATCH"]
         status_checks = [path for method, path, _ in proxy.log if method == "GET" and "uploads" in path]
-    assert result.action == "copied", result.error
+    assert result.outcome == "copied", result.error
     assert patches == [202, "cut", 202, 202, 202]
     assert len(status_checks) == 1
     # Only the lost chunk was read twice; nothing started over.
@@ -46,13 +46,13 @@ def test_rerun_skips_blobs_already_there_and_mounts_shared_ones(
     copier = Copier(primary_reader, secondary_writer, leases=leases)
     with caplog.at_level(logging.INFO, logger="registry_replication.copy"):
         first = copier.copy_blob(task)
-    assert [(r.repository, r.action) for r in first] == [("a", "copied"), ("b", "mounted"),
+    assert [(r.repository, r.outcome) for r in first] == [("a", "copied"), ("b", "mounted"),
                                                          ("c/d", "mounted")]
     assert primary_reader.bytes_read == layer.size
     lines = [r.getMessage() for r in caplog.records]
     assert any(line.startswith(f"blob copied  a@{layer.digest} 64.0 KiB") for line in lines)
     again = copier.copy_blob(task)
-    assert [r.action for r in again] == ["skipped"] * 3
+    assert [r.outcome for r in again] == ["skipped"] * 3
     assert primary_reader.bytes_read == layer.size
 
 
@@ -62,7 +62,7 @@ def test_failed_blob_is_recorded_with_status_code_and_advice(primary_reader, sec
     (result,) = Copier(primary_reader, secondary_writer, leases=leases).copy_blob(
         BlobTask(missing.digest, missing.size, "app", "app")
     )
-    assert result.action == "failed"
+    assert result.outcome == "failed"
     assert (result.status, result.code) == (404, "BLOB_UNKNOWN")
     assert f"app@{missing.digest}" in result.error and "re-pushed" in result.error
     assert result.log_line().startswith(f"blob failed  app@{missing.digest}")

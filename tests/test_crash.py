@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from registry_replication.client import RegistryClient
-from registry_replication.local import images
-from registry_replication.local.servers import FaultProxy
-from registry_replication.local.watch import PrimaryHistory, ReplicaWatcher, tags_of
+from replication_harness import images
+from replication_harness.servers import FaultProxy
+from replication_harness.watch import PrimaryHistory, ReplicaWatcher, tags_of
 from registry_replication.prune import is_tombstone
 from registry_replication.store import EventStore
 

@@ -11,10 +11,10 @@ from registry_replication.client import RegistryClient
 from registry_replication.config import RegistryConfig
 from registry_replication.errors import RegistryUnavailableError
 from registry_replication.leases import Leases
-from registry_replication.local import corpus, images
-from registry_replication.local.servers import Fault, FaultProxy
+from replication_harness import corpus, images
+from replication_harness.servers import Fault, FaultProxy
 from registry_replication.sync import SyncOptions, run_sync
-from registry_replication.local.watch import PrimaryHistory, ReplicaWatcher, tags_of
+from replication_harness.watch import PrimaryHistory, ReplicaWatcher, tags_of
 
 
 def test_secondary_restarting_mid_run_is_retried(primary, secondary, store, primary_writer,

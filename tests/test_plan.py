@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from registry_replication import diff
-from registry_replication.local import images
+from replication_harness import images
 from registry_replication.plan import BlobTask, Plan, batch_label, build_plan
 from registry_replication.snapshot import take_snapshot
 

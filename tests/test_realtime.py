@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from registry_replication.local import images
+from replication_harness import images
 from registry_replication.realtime import coalesce, replicate_events
 from registry_replication.store import Event
 
@@ -118,3 +118,36 @@ def test_events_over_many_repositories_replicate_together(primary_writer, primar
     assert outcomes == {e.id: None for e in events}
     for (repository, tag), img in pushed.items():
         assert secondary_reader.get_manifest(repository, tag).raw == img.raw
+
+
+def test_one_push_event_sends_each_read_once(primary_writer, primary_reader, secondary_writer,
+                                             secondary_reader, leases):
+    """From the event to the blob PUT, no HEAD or GET is repeated; the only second look is the
+    compare-and-set HEAD of the tag on the primary right before the tag is written."""
+    image = images.ImageFactory().multi_arch()
+    images.push(primary_writer, "group/once", image, ["1.0"])
+    sent: dict[str, list[tuple[str, str]]] = {"primary": [], "secondary": []}
+
+    def recorder(side):
+        def record(response, *args, **kwargs):
+            request = response.request
+            if request.method in ("HEAD", "GET") and "/v2/" in request.path_url:
+                sent[side].append((request.method, request.path_url.split("?")[0]))
+        return record
+
+    hooks = {"primary": recorder("primary"), "secondary": recorder("secondary")}
+    primary_reader.session.hooks["response"].append(hooks["primary"])
+    secondary_writer.session.hooks["response"].append(hooks["secondary"])
+    try:
+        outcomes = replicate_events(primary_reader, secondary_writer,
+                                    [ev(1, "push", "group/once", "1.0", image.digest)],
+                                    leases=leases)
+    finally:
+        primary_reader.session.hooks["response"].remove(hooks["primary"])
+        secondary_writer.session.hooks["response"].remove(hooks["secondary"])
+    assert outcomes == {"e1": None}
+    assert secondary_reader.head_manifest("group/once", "1.0").digest == image.digest
+    repeated = {side: sorted({r for r in requests if requests.count(r) > 1})
+                for side, requests in sent.items()}
+    assert repeated == {"primary": [("HEAD", "/v2/group/once/manifests/1.0")], "secondary": []}
+    assert any(path.startswith("/v2/group/once/blobs/") for _, path in sent["primary"])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from registry_replication.client import RegistryClient
-from registry_replication.local import corpus, images
-from registry_replication.local.skopeo import skopeo_raw
+from replication_harness import corpus, images
+from replication_harness.skopeo import skopeo_raw
 from registry_replication.snapshot import Scope
 from registry_replication.sync import SyncOptions, run_sync
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from registry_replication.local import images
-from registry_replication.local.watch import PrimaryHistory, ReplicaWatcher
+from replication_harness import images
+from replication_harness.watch import PrimaryHistory, ReplicaWatcher
 from registry_replication.prune import untag
 
 

@@ -11,8 +11,8 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from registry_replication.local import images
-from registry_replication.local.registry import Notifications, free_port
+from replication_harness import images
+from replication_harness.registry import Notifications, free_port
 from registry_replication.notifications import ENVELOPE_MEDIA_TYPE
 from registry_replication.store import EventStore
 from registry_replication.webhook import create_app

@@ -25,6 +25,7 @@ from registry_replication import diff as diffs
 from registry_replication.client import RegistryClient
 from registry_replication.config import ConfigError, RegistryConfig
 from registry_replication.errors import RegistryError
+from registry_replication.outcomes import BlobOutcome
 from registry_replication.plan import build_plan
 from registry_replication.snapshot import Scope, Snapshot, problem_line
 from registry_replication.sync import SyncOptions, run_sync, snapshots
@@ -87,7 +88,7 @@ def _sync(primary, secondary, options: SyncOptions, args) -> int:
                           "problems": report.primary.problems + report.secondary.problems},
                          indent=2))
     else:
-        failed = [r for r in report.blobs if r.action == "failed"]
+        failed = [r for r in report.blobs if r.outcome == BlobOutcome.FAILED]
         if failed:
             _print("failed blobs", pd.DataFrame([r.__dict__ for r in failed])[
                 ["repository", "digest", "size", "status", "code", "error"]])

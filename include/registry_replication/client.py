@@ -222,11 +222,9 @@ class RegistryClient:
         """The digest, media type and size of a tag or digest; None when it does not exist."""
         validate_repository(repository)
         validate_reference(reference)
-        response = self._send(
-            "HEAD", f"/v2/{repository}/manifests/{reference}", operation="check manifest",
-            repository=repository, reference=reference, scopes=self._scopes(repository, "pull"),
-            headers={"Accept": mediatypes.MANIFEST_ACCEPT}, ok=(200, 404),
-        )
+        response = self._at("HEAD", repository, "manifests", reference, "check manifest",
+                            headers={"Accept": mediatypes.MANIFEST_ACCEPT}, ok=(200, 404))
+        response.close()
         if response.status_code == 404:
             return None
         digest = response.headers.get("Docker-Content-Digest")
@@ -251,11 +249,8 @@ class RegistryClient:
         """A manifest's exact bytes, checked against the digest they were asked for or served as."""
         validate_repository(repository)
         validate_reference(reference)
-        response = self._send(
-            "GET", f"/v2/{repository}/manifests/{reference}", operation="get manifest",
-            repository=repository, reference=reference, scopes=self._scopes(repository, "pull"),
-            headers={"Accept": mediatypes.MANIFEST_ACCEPT},
-        )
+        response = self._at("GET", repository, "manifests", reference, "get manifest",
+                            headers={"Accept": mediatypes.MANIFEST_ACCEPT})
         raw = response.content
         self._count(len(raw))
         media_type = _media_type(response)
@@ -297,11 +292,8 @@ class RegistryClient:
         """Delete by digest (untagging every tag on it); False when it was already gone."""
         validate_repository(repository)
         validate_digest(digest)
-        response = self._send(
-            "DELETE", f"/v2/{repository}/manifests/{digest}", operation="delete manifest",
-            repository=repository, reference=digest, scopes=self._scopes(repository, "delete"),
-            ok=(200, 202, 404),
-        )
+        response = self._at("DELETE", repository, "manifests", digest, "delete manifest",
+                            action="delete", ok=(200, 202, 404))
         response.close()
         return response.status_code != 404
 
@@ -311,15 +303,17 @@ class RegistryClient:
         """The size of a blob in a repository, or None when the repository does not have it."""
         validate_repository(repository)
         validate_digest(digest)
-        response = self._send(
-            "HEAD", f"/v2/{repository}/blobs/{digest}", operation="check blob",
-            repository=repository, reference=digest, scopes=self._scopes(repository, "pull"),
-            ok=(200, 404),
-        )
+        response = self._at("HEAD", repository, "blobs", digest, "check blob", ok=(200, 404))
         response.close()
-        if response.status_code == 404:
-            return None
-        return _content_length(response)
+        return None if response.status_code == 404 else _content_length(response)
+
+    def _at(self, method: str, repository: str, kind: str, reference: str, operation: str, *,
+            action: str = "pull", **send: Any) -> requests.Response:
+        """``<method> /v2/<repository>/<kind>/<reference>`` with the repository's ``action``
+        scope; the caller has validated the names."""
+        return self._send(method, f"/v2/{repository}/{kind}/{reference}", operation=operation,
+                          repository=repository, reference=reference,
+                          scopes=self._scopes(repository, action), **send)
 
     def read_blob(
         self,

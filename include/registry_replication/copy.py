@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from registry_replication.client import Manifest, RegistryClient, Upload
 from registry_replication.errors import DigestMismatchError, RegistryError, RegistryUnavailableError
 from registry_replication.leases import LeaseBusy, LeaseLost, Leases
+from registry_replication.outcomes import NOT_PUSHED, BlobOutcome, ImageOutcome, human_size
 from registry_replication.plan import BlobTask, ImageTask
 
 log = logging.getLogger(__name__)
@@ -29,16 +30,13 @@ MiB = 1 << 20
 DEFAULT_CHUNK_SIZE = 128 * MiB
 TRANSFER_ATTEMPTS = 3
 
-SKIPPED, MOUNTED, COPIED, FAILED = "skipped", "mounted", "copied", "failed"
-PUSHED, BLOCKED = "pushed", "blocked"
-
 
 @dataclass
 class BlobResult:
     repository: str
     digest: str
     size: int
-    action: str  # skipped | mounted | copied | failed
+    outcome: BlobOutcome
     bytes: int = 0
     seconds: float = 0.0
     error: str | None = None
@@ -48,8 +46,8 @@ class BlobResult:
     def log_line(self) -> str:
         rate = f", {self.bytes / MiB / self.seconds:.1f} MiB/s" if self.bytes and self.seconds else ""
         line = (
-            f"blob {self.action:<7} {self.repository}@{self.digest} "
-            f"{_mib(self.size)} in {self.seconds:.2f}s{rate}"
+            f"blob {self.outcome:<7} {self.repository}@{self.digest} "
+            f"{human_size(self.size)} in {self.seconds:.2f}s{rate}"
         )
         return f"{line}: {self.error}" if self.error else line
 
@@ -60,7 +58,7 @@ class ImageResult:
     digest: str
     tags: list[str]
     media_type: str
-    outcome: str  # pushed | skipped | blocked | failed
+    outcome: ImageOutcome
     manifests_pushed: int = 0
     seconds: float = 0.0
     error: str | None = None
@@ -99,7 +97,7 @@ class _Progress:
         pct = 100 * self.done / self.total if self.total else 100
         eta = (self.total - self.done) / rate if rate and self.total > self.done else 0
         return (
-            f"progress: {_mib(self.done)} of {_mib(self.total)} ({pct:.0f}%), "
+            f"progress: {human_size(self.done)} of {human_size(self.total)} ({pct:.0f}%), "
             f"{rate / MiB:.1f} MiB/s, ETA {eta:.0f}s"
         )
 
@@ -161,7 +159,7 @@ class Copier:
     def copy_blob(self, task: BlobTask) -> list[BlobResult]:
         """Put the blob into every repository of the task; one result per repository."""
         results = [self._into_target(task)]
-        source_ok = results[0].action != FAILED
+        source_ok = results[0].outcome != BlobOutcome.FAILED
         for repository in task.mounts:
             results.append(self._mount_or_copy(task, repository, task.target if source_ok else None))
         for result in results:
@@ -173,17 +171,17 @@ class Copier:
 
     def _mount_or_copy(self, task: BlobTask, repository: str, mount_from: str | None) -> BlobResult:
         started = time.monotonic()
-        result = BlobResult(repository, task.digest, task.size, SKIPPED)
+        result = BlobResult(repository, task.digest, task.size, BlobOutcome.SKIPPED)
         try:
             if self.recheck and self.secondary.blob_size(repository, task.digest) is not None:
                 pass  # already there: a rerun never transfers it again
             elif mount_from and self.secondary.mount_blob(repository, task.digest, mount_from):
-                result.action = MOUNTED
+                result.outcome = BlobOutcome.MOUNTED
             else:
                 result.bytes = self._transfer(task, repository)
-                result.action = COPIED
+                result.outcome = BlobOutcome.COPIED
         except (RegistryError, PermissionError) as exc:
-            result.action = FAILED
+            result.outcome = BlobOutcome.FAILED
             result.error = str(exc)
             result.status = getattr(exc, "status", None)
             result.code = getattr(exc, "code", None)
@@ -258,7 +256,7 @@ class Copier:
                     log.warning(
                         "upload of %s@%s interrupted at %s (%s); resuming from %s, the registry's "
                         "offset",
-                        repository, task.digest, _mib(confirmed), exc.message, _mib(upload.offset),
+                        repository, task.digest, human_size(confirmed), exc.message, human_size(upload.offset),
                     )
                     # Bytes the registry kept from the broken chunk: hash them without resending.
                     if upload.offset > confirmed:
@@ -305,10 +303,11 @@ class Copier:
 
     def push_image(self, task: ImageTask, failed_blobs: set[str] | None = None) -> ImageResult:
         started = time.monotonic()
-        result = ImageResult(task.repository, task.digest, task.tags, task.media_type, SKIPPED)
+        result = ImageResult(task.repository, task.digest, task.tags, task.media_type,
+                             ImageOutcome.SKIPPED)
         blocked = sorted(set(task.blobs) & (failed_blobs or set()))
         if blocked:
-            result.outcome = BLOCKED
+            result.outcome = ImageOutcome.BLOCKED
             result.error = (
                 f"not pushed: blob {blocked[0]}" + (f" and {len(blocked) - 1} more" if len(blocked) > 1 else "")
                 + " failed to copy; fix that blob and rerun"
@@ -322,9 +321,10 @@ class Copier:
                 with self.leases.repository(task.repository):
                     for tag in task.tags:  # the tags go last, once everything they need is there
                         self._push_tag(task, tag, result)
-                result.outcome = PUSHED if result.manifests_pushed else SKIPPED
+                result.outcome = (ImageOutcome.PUSHED if result.manifests_pushed
+                                  else ImageOutcome.SKIPPED)
             except (RegistryError, LeaseBusy, LeaseLost) as exc:
-                result.outcome = FAILED
+                result.outcome = ImageOutcome.FAILED
                 result.error = str(exc)
         result.seconds = time.monotonic() - started
         self.on_result(result)
@@ -353,10 +353,6 @@ class Copier:
 
 
 def _log_result(result: BlobResult | ImageResult) -> None:
-    failed = getattr(result, "action", None) == FAILED or getattr(result, "outcome", None) in (
-        FAILED, BLOCKED)
+    failed = result.outcome in (BlobOutcome.FAILED, *NOT_PUSHED)
     (log.error if failed else log.info)(result.log_line())
 
-
-def _mib(size: float) -> str:
-    return f"{size / MiB:.1f} MiB" if size >= 100 * 1024 else f"{size / 1024:.1f} KiB"

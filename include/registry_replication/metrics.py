@@ -25,15 +25,16 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from registry_replication import status as statuses
-from registry_replication.store import DONE, FAILED, PENDING, PROCESSING, REJECTED, EventStore
+from registry_replication.outcomes import EventStatus, RepositoryState
+from registry_replication.store import EventStore
 
 TOKEN_ENV = "REGISTRY_REPLICATION_METRICS_TOKEN"
 PREFIX = "registry_replication"
 # Push-to-replica seconds: the event path aims at seconds, a reconcile catches up in minutes.
 LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
 # The status page's repository states, as label values.
-STATE_LABELS = {statuses.SYNCED: "synced", statuses.OUT_OF_SYNC: "pending",
-                statuses.FAILING: "failed", statuses.NEVER_SYNCED: "never"}
+STATE_LABELS = {RepositoryState.SYNCED: "synced", RepositoryState.PENDING: "pending",
+                RepositoryState.FAILED: "failed", RepositoryState.NEVER_SYNCED: "never"}
 DAG_IDS = ("registry_reconcile", "registry_sync", "registry_events")
 
 
@@ -46,9 +47,10 @@ def figures(store: EventStore, now: dt.datetime | None = None) -> dict[str, Any]
     states = {label: page["states"].get(state, 0) for state, label in STATE_LABELS.items()}
     buckets, count, total = store.push_latency_histogram(LATENCY_BUCKETS)
     return {
-        "events_pending": counts[PENDING] + counts[PROCESSING],
+        "events_pending": counts[EventStatus.PENDING] + counts[EventStatus.PROCESSING],
         "oldest_pending_event_age_seconds": queue["oldest_waiting_seconds"] or 0.0,
-        "events_total": {outcome: counts[outcome] for outcome in (DONE, FAILED, REJECTED)},
+        "events_total": {status: counts[status] for status in (
+            EventStatus.DONE, EventStatus.FAILED, EventStatus.REJECTED)},
         "repositories": states,
         "tags": {side: sum(r[f"tags_{side}"] or 0 for r in page["repositories"])
                  for side in ("primary", "secondary")},

@@ -29,7 +29,8 @@ from registry_replication.reference import (
     validate_repository,
     validate_tag,
 )
-from registry_replication.store import REJECTED, Event
+from registry_replication.outcomes import EventStatus
+from registry_replication.store import Event
 
 ENVELOPE_MEDIA_TYPE = "application/vnd.docker.distribution.events.v1+json"
 MANIFEST_TYPES = mt.SUPPORTED | mt.SCHEMA1
@@ -147,7 +148,7 @@ def _rejected(item: dict[str, Any], reason: str) -> Event:
         event_id, item["action"], _text(target.get("repository"), 255) or "(none)",
         _text(target.get("tag"), 128), _text(target.get("digest"), 160),
         _text(target.get("mediaType"), 255), _timestamp(item.get("timestamp")),
-        status=REJECTED, error=f"rejected: {reason}"[:4000],
+        status=EventStatus.REJECTED, error=f"rejected: {reason}"[:4000],
     )
 
 

@@ -22,6 +22,7 @@ from registry_replication import mediatypes as mt
 from registry_replication.client import Manifest, RegistryClient
 from registry_replication.diff import MISSING, OUTDATED
 from registry_replication.errors import RegistryError
+from registry_replication.outcomes import human_size
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +183,9 @@ def build_plan(
             )
         )
     log.info(
-        "plan: %d images to push, %d blobs (%d to transfer, %.1f MiB), %d skipped",
+        "plan: %d images to push, %d blobs (%d to transfer, %s), %d skipped",
         len(plan.images), len(plan.blobs), sum(1 for b in plan.blobs if b.mount_from is None),
-        plan.transfer_bytes / (1 << 20), len(plan.skipped),
+        human_size(plan.transfer_bytes), len(plan.skipped),
     )
     return plan
 
@@ -273,12 +274,5 @@ def _cost(task: BlobTask) -> int:
 
 def batch_label(batch: Sequence[BlobTask], index: int, total: int) -> str:
     size = sum(t.size for t in batch if t.mount_from is None)
-    return f"blobs {index + 1}/{total} ({_human(size)})"
+    return f"blobs {index + 1}/{total} ({human_size(size)})"
 
-
-def _human(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    return f"{size:.1f} GiB"

@@ -27,11 +27,10 @@ from registry_replication.client import RegistryClient
 from registry_replication.diff import EXTRA
 from registry_replication.errors import RegistryError
 from registry_replication.leases import LeaseBusy, LeaseLost, Leases
+from registry_replication.outcomes import PruneOutcome
 from registry_replication.snapshot import Scope, Snapshot, problem_line, take_snapshot
 
 log = logging.getLogger(__name__)
-
-DELETED, WOULD_DELETE, KEPT, FAILED = "deleted", "would delete", "kept", "failed"
 
 TOMBSTONE_ARTIFACT_TYPE = "application/vnd.registry-replication.tombstone.v1"
 EMPTY_CONFIG = b"{}"
@@ -47,11 +46,11 @@ class PruneResult:
     repository: str
     tag: str
     digest: str
-    action: str  # deleted | would delete | kept | failed
+    outcome: PruneOutcome
     error: str | None = None  # why it failed, or why it was kept
 
     def log_line(self) -> str:
-        line = f"prune {self.action:<12} {self.repository}:{self.tag} {self.digest}"
+        line = f"prune {self.outcome:<12} {self.repository}:{self.tag} {self.digest}"
         return f"{line}: {self.error}" if self.error else line
 
 def prunable(
@@ -112,13 +111,13 @@ def prune(
         planned = dict(zip(group["tag"], group["digest"]))
         if dry_run:
             current, _ = _listing(secondary, repository, concurrency)
-            results += [PruneResult(repository, tag, digest, WOULD_DELETE)
+            results += [PruneResult(repository, tag, digest, PruneOutcome.WOULD_DELETE)
                         for tag, digest in sorted(planned.items()) if current.get(tag) == digest]
             continue
         results += _under_lease(primary, secondary, repository, lambda _: planned, leases,
                                 concurrency)
     for result in results:
-        (log.error if result.action == FAILED else log.info)(result.log_line())
+        (log.error if result.outcome == PruneOutcome.FAILED else log.info)(result.log_line())
     return results
 
 
@@ -133,7 +132,7 @@ def mirror_manifest_delete(
         lambda current: {tag: d for tag, d in current.items() if d == digest},
         leases, concurrency, also={digest})
     for result in results:
-        (log.error if result.action == FAILED else log.info)(result.log_line())
+        (log.error if result.outcome == PruneOutcome.FAILED else log.info)(result.log_line())
     return results
 
 
@@ -147,7 +146,7 @@ def mirror_tag_deletes(
         lambda current: {tag: current[tag] for tag in tags if tag in current},
         leases, concurrency)
     for result in results:
-        (log.error if result.action == FAILED else log.info)(result.log_line())
+        (log.error if result.outcome == PruneOutcome.FAILED else log.info)(result.log_line())
     return results
 
 
@@ -166,11 +165,11 @@ def _under_lease(
             planned = select(current)
             results = [_remove_tag(primary, secondary, repository, tag, d, current, leases)
                        for tag, d in sorted(planned.items()) if current.get(tag) == d]
-            emptied = {r.digest for r in results if r.action == DELETED} | set(also)
+            emptied = {r.digest for r in results if r.outcome == PruneOutcome.DELETED} | set(also)
             _delete_untagged(primary, secondary, repository, emptied, current, indexes, leases)
             return results
     except (RegistryError, LeaseBusy, LeaseLost, PruneRefused) as exc:
-        return [PruneResult(repository, tag, d, FAILED, str(exc))
+        return [PruneResult(repository, tag, d, PruneOutcome.FAILED, str(exc))
                 for tag, d in sorted((planned or {"*": ",".join(sorted(also))}).items())]
 
 
@@ -195,14 +194,14 @@ def _remove_tag(
     try:
         now = primary.head_manifest(repository, tag)
         if now is not None:
-            return PruneResult(repository, tag, digest, KEPT,
+            return PruneResult(repository, tag, digest, PruneOutcome.KEPT,
                                f"the primary has it again (on {now.digest}); not deleted")
         leases.check()
         untag(secondary, repository, tag)
         del current[tag]
-        return PruneResult(repository, tag, digest, DELETED)
+        return PruneResult(repository, tag, digest, PruneOutcome.DELETED)
     except (RegistryError, LeaseLost) as exc:
-        return PruneResult(repository, tag, digest, FAILED, str(exc))
+        return PruneResult(repository, tag, digest, PruneOutcome.FAILED, str(exc))
 
 
 def untag(secondary: RegistryClient, repository: str, tag: str) -> None:

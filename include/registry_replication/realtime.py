@@ -18,11 +18,11 @@ import pandas as pd
 
 from registry_replication import diff as diffs
 from registry_replication.client import RegistryClient
-from registry_replication.copy import BLOCKED, FAILED, Copier
+from registry_replication.copy import Copier
 from registry_replication.errors import RegistryError
 from registry_replication.leases import Leases
+from registry_replication.outcomes import NOT_PUSHED, BlobOutcome, PruneOutcome
 from registry_replication.plan import build_plan
-from registry_replication.prune import FAILED as PRUNE_FAILED
 from registry_replication.prune import mirror_manifest_delete, mirror_tag_deletes
 from registry_replication.store import Event
 
@@ -93,7 +93,7 @@ def replicate_events(
         if work.untagged:
             results = mirror_tag_deletes(primary, secondary, repository, sorted(work.untagged),
                                          leases=leases, concurrency=concurrency)
-            failed = next((r.error for r in results if r.action == PRUNE_FAILED), None)
+            failed = next((r.error for r in results if r.outcome == PruneOutcome.FAILED), None)
             outcomes.update({i: failed for ids in work.untagged.values() for i in ids})
         return outcomes
 
@@ -131,12 +131,14 @@ def _copy_tags(
                      "media_type": source.media_type})
     differences = pd.DataFrame(rows, columns=diffs.COLUMNS)
     plan = build_plan(primary, secondary, differences, concurrency=concurrency)
+    # The plan was made moments ago from these very HEADs: no second existence check per blob
+    # and tag (the compare-and-set on the primary before each tag write stays).
     copier = Copier(primary, secondary, leases=leases, parallelism=parallelism,
-                    manifests=plan.manifests)
+                    manifests=plan.manifests, recheck=False)
     blobs = copier.copy_blobs(plan.blobs)
-    failed_blobs = {r.digest: r.error for r in blobs if r.action == FAILED}
+    failed_blobs = {r.digest for r in blobs if r.outcome == BlobOutcome.FAILED}
     images = copier.push_images(plan.images, failed_blobs)
-    errors = {tag: r.error for r in images if r.outcome in (FAILED, BLOCKED) for tag in r.tags}
+    errors = {tag: r.error for r in images if r.outcome in NOT_PUSHED for tag in r.tags}
     errors.update({tag: s.reason for s in plan.skipped for tag in s.tags})
     for row in rows:
         outcomes.update({event_id: errors.get(row["tag"]) for event_id in tags[row["tag"]]})
@@ -158,6 +160,6 @@ def _mirror_deletes(
             continue
         results = mirror_manifest_delete(primary, secondary, repository, digest, leases=leases,
                                          concurrency=concurrency)
-        failed = [r for r in results if r.action == PRUNE_FAILED]
+        failed = [r for r in results if r.outcome == PruneOutcome.FAILED]
         outcomes.update({i: failed[0].error if failed else None for i in ids})
     return outcomes

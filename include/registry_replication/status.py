@@ -13,7 +13,8 @@ from collections import Counter, defaultdict
 from typing import Any
 from urllib.parse import quote
 
-from registry_replication.store import DONE, FAILED, PENDING, PROCESSING, REJECTED, EventStore
+from registry_replication.outcomes import EventStatus, RepositoryState
+from registry_replication.store import EventStore
 
 RECONCILE_DAG_ID = "registry_reconcile"
 
@@ -23,8 +24,6 @@ DEPTH_BUCKET = dt.timedelta(minutes=5)
 MAX_LATENCY_POINTS = 2000
 
 # The states the page shows per repository, in the order it shows them.
-SYNCED, OUT_OF_SYNC, FAILING, NEVER_SYNCED = "synced", "pending", "failed", "never synced"
-STATES = (SYNCED, OUT_OF_SYNC, FAILING, NEVER_SYNCED)
 
 
 def status(store: EventStore, *, ui_url: str = "", now: dt.datetime | None = None,
@@ -47,7 +46,7 @@ def status(store: EventStore, *, ui_url: str = "", now: dt.datetime | None = Non
     # A layer can fail in a repository the verification has not reached yet.
     known = {r["repository"] for r in repositories}
     for name in sorted(set(layers_by_repo) - known):
-        repositories.append(_repository({"repository": name, "state": FAILING},
+        repositories.append(_repository({"repository": name, "state": RepositoryState.FAILED},
                                         layers_by_repo[name], now))
         repositories.sort(key=lambda r: r["repository"])
 
@@ -62,23 +61,23 @@ def status(store: EventStore, *, ui_url: str = "", now: dt.datetime | None = Non
     return {
         "generated_at": _iso(now),
         "backfill": {
-            "repositories": _progress(states[SYNCED], len(repositories)),
+            "repositories": _progress(states[RepositoryState.SYNCED], len(repositories)),
             "tags": _progress(tags_in_sync, tags_total),
             "bytes_copied": summary.get("bytes copied"),
             "blobs_copied": summary.get("blobs copied"),
         },
-        "states": {state: states[state] for state in STATES},
+        "states": {state: states[state] for state in RepositoryState},
         "repositories": repositories,
         "failed_layers": layers,
         "queue": {
-            "depth": counts[PENDING] + counts[PROCESSING],
-            "counts": {s: counts[s] for s in (PENDING, PROCESSING, DONE, FAILED, REJECTED)},
+            "depth": counts[EventStatus.PENDING] + counts[EventStatus.PROCESSING],
+            "counts": {s: counts[s] for s in EventStatus},
             "oldest_waiting_seconds": _round(queue["oldest_waiting_seconds"]),
         },
         "dead_letters": [_failed_event(row) for row in store.dead_letters(limit=100)],
         # Events the webhook stored but will not process (names out of grammar, malformed).
         "rejected_events": [_failed_event(row)
-                            for row in store.events(status=REJECTED, limit=50)],
+                            for row in store.events(status=EventStatus.REJECTED, limit=50)],
         **({"history": history(store, now)} if with_history else {}),
         "last_reconcile": _run(reconcile, base, now) if reconcile else None,
     }
@@ -141,14 +140,14 @@ def _repository(row: dict[str, Any], layers: list[dict[str, Any]],
                 now: dt.datetime) -> dict[str, Any]:
     stored = row.get("state")
     last_sync = _aware(row.get("last_sync_at"))
-    if stored == SYNCED:
-        state = SYNCED
-    elif stored == FAILING or layers:
-        state = FAILING
+    if stored == RepositoryState.SYNCED:
+        state = RepositoryState.SYNCED
+    elif stored == RepositoryState.FAILED or layers:
+        state = RepositoryState.FAILED
     elif last_sync is None:
-        state = NEVER_SYNCED
+        state = RepositoryState.NEVER_SYNCED
     else:
-        state = OUT_OF_SYNC
+        state = RepositoryState.PENDING
     return {
         "repository": row["repository"],
         "state": state,
@@ -168,7 +167,7 @@ def _repository(row: dict[str, Any], layers: list[dict[str, Any]],
 
 def _tags_in_sync(repo: dict[str, Any]) -> int:
     primary = repo["tags_primary"] or 0
-    if repo["state"] == SYNCED:
+    if repo["state"] == RepositoryState.SYNCED:
         return primary
     # Out of sync: at most the tags the secondary has (a count, not a per-tag check).
     return min(primary, repo["tags_secondary"] or 0)
@@ -197,7 +196,7 @@ def _failed_event(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
         "status": row["status"],
-        "retryable": row["status"] == FAILED,  # a rejected event can never be replicated
+        "retryable": row["status"] == EventStatus.FAILED,  # a rejected event can never be replicated
         "action": row["action"],
         "repository": row["repository"],
         "tag": row.get("tag"),

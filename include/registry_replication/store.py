@@ -22,11 +22,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 
+from registry_replication.outcomes import EventStatus
+
 SCHEMA_VERSION = 1
-PENDING, PROCESSING, DONE, FAILED = "pending", "processing", "done", "failed"
-# A kept event whose names are out of grammar or that is malformed: stored so an operator
-# sees it, with its reason in ``last_error``; never claimed.
-REJECTED = "rejected"
 
 metadata = sa.MetaData()
 
@@ -45,7 +43,7 @@ events = sa.Table(
     sa.Column("tag", sa.String(128)),
     sa.Column("digest", sa.String(160)),
     sa.Column("media_type", sa.String(255)),
-    sa.Column("status", sa.String(16), nullable=False, default=PENDING),
+    sa.Column("status", sa.String(16), nullable=False, default=EventStatus.PENDING),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("lease_owner", sa.String(64)),
@@ -69,13 +67,18 @@ repository_state = sa.Table(
 )
 
 
+def _written_by(*, task_id_required: bool) -> list[sa.Column]:
+    """The task instance that wrote a row: its DAG, run, task and map index."""
+    return [sa.Column("dag_id", sa.String(255), nullable=False),
+            sa.Column("run_id", sa.String(255), nullable=False),
+            sa.Column("task_id", sa.String(255), nullable=not task_id_required),
+            sa.Column("map_index", sa.Integer)]
+
+
 failed_layers = sa.Table(
     "rr_failed_layers", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("run_id", sa.String(255), nullable=False),
-    sa.Column("dag_id", sa.String(255), nullable=False),
-    sa.Column("task_id", sa.String(255)),
-    sa.Column("map_index", sa.Integer),
+    *_written_by(task_id_required=False),
     sa.Column("repository", sa.String(255), nullable=False),
     sa.Column("digest", sa.String(160), nullable=False),
     sa.Column("size", sa.BigInteger),
@@ -109,10 +112,7 @@ runs = sa.Table(
 copied_bytes = sa.Table(
     "rr_copied_bytes", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("dag_id", sa.String(255), nullable=False),
-    sa.Column("run_id", sa.String(255), nullable=False),
-    sa.Column("task_id", sa.String(255), nullable=False),
-    sa.Column("map_index", sa.Integer),
+    *_written_by(task_id_required=True),
     sa.Column("bytes", sa.BigInteger, nullable=False),
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
 )
@@ -161,7 +161,7 @@ class Event:
     media_type: str | None
     timestamp: dt.datetime
     attempts: int = 0
-    status: str = PENDING  # REJECTED for an event the webhook refused to process
+    status: str = EventStatus.PENDING  # REJECTED for an event the webhook refused to process
     error: str | None = None  # why it was rejected
 
 
@@ -262,7 +262,7 @@ class EventStore:
             # where a SELECT then UPDATE would let two claimers pick the same events.
             conn.execute(
                 events.update().where(events.c.id.in_(due.scalar_subquery())).values(
-                    status=PROCESSING, lease_owner=owner,
+                    status=EventStatus.PROCESSING, lease_owner=owner,
                     lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
                     attempts=events.c.attempts + 1, updated_at=now,
                 )
@@ -273,7 +273,7 @@ class EventStore:
         return owner, [_event(row) for row in rows]
 
     def complete(self, owner: str, ids: Sequence[str]) -> None:
-        self._finish(owner, ids, status=DONE, error=None)
+        self._finish(owner, ids, status=EventStatus.DONE, error=None)
 
     def retry_later(
         self, owner: str, ids: Sequence[str], error: str, *, max_attempts: int = 10,
@@ -290,10 +290,10 @@ class EventStore:
             for row in rows:
                 if row.attempts >= max_attempts:
                     exhausted.append(row.id)
-                    values: dict[str, Any] = {"status": FAILED}
+                    values: dict[str, Any] = {"status": EventStatus.FAILED}
                 else:
                     delay = min(backoff_seconds * 2 ** (row.attempts - 1), 3600)
-                    values = {"status": PENDING,
+                    values = {"status": EventStatus.PENDING,
                               "next_attempt_at": now + dt.timedelta(seconds=delay)}
                 conn.execute(events.update().where(events.c.id == row.id).values(
                     **values, last_error=error[:4000], lease_owner=None, lease_expires_at=None,
@@ -313,8 +313,8 @@ class EventStore:
     @staticmethod
     def _claimable(now: dt.datetime):
         return sa.or_(
-            sa.and_(events.c.status == PENDING, events.c.next_attempt_at <= now),
-            sa.and_(events.c.status == PROCESSING, events.c.lease_expires_at < now),
+            sa.and_(events.c.status == EventStatus.PENDING, events.c.next_attempt_at <= now),
+            sa.and_(events.c.status == EventStatus.PROCESSING, events.c.lease_expires_at < now),
         )
 
     # -- write leases -------------------------------------------------------------------------
@@ -346,7 +346,7 @@ class EventStore:
         expires = _now() + dt.timedelta(seconds=ttl_seconds)
         with self.engine.begin() as conn:
             conn.execute(events.update().where(events.c.lease_owner == owner,
-                                               events.c.status == PROCESSING)
+                                               events.c.status == EventStatus.PROCESSING)
                          .values(lease_expires_at=expires))
             return conn.execute(
                 leases.update().where(leases.c.owner == owner).values(expires_at=expires)
@@ -388,11 +388,11 @@ class EventStore:
                 sa.select(events.c.status, sa.func.count()).group_by(events.c.status)).all())
             oldest = conn.execute(
                 sa.select(sa.func.min(events.c.received_at))
-                .where(events.c.status.in_([PENDING, PROCESSING]))
+                .where(events.c.status.in_([EventStatus.PENDING, EventStatus.PROCESSING]))
             ).scalar()
         oldest = _aware(oldest)
         return {
-            "counts": {s: counts.get(s, 0) for s in (PENDING, PROCESSING, DONE, FAILED, REJECTED)},
+            "counts": {s: counts.get(s, 0) for s in EventStatus},
             "oldest_waiting_seconds": (_now() - oldest).total_seconds() if oldest else None,
         }
 
@@ -525,11 +525,12 @@ class EventStore:
         with self.engine.connect() as conn:
             counts = dict(conn.execute(
                 sa.select(events.c.status, sa.func.count()).group_by(events.c.status)).all())
-        return {s: counts.get(s, 0) for s in (PENDING, PROCESSING, DONE, FAILED, REJECTED)}
+        return {s: counts.get(s, 0) for s in EventStatus}
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """Events that failed for good or were rejected, newest first."""
-        query = (sa.select(events).where(events.c.status.in_([FAILED, REJECTED]))
+        query = (sa.select(events)
+                 .where(events.c.status.in_([EventStatus.FAILED, EventStatus.REJECTED]))
                  .order_by(events.c.updated_at.desc()).limit(limit))
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
@@ -539,9 +540,9 @@ class EventStore:
         now = _now()
         with self.engine.begin() as conn:
             return conn.execute(
-                events.update().where(events.c.id == event_id, events.c.status == FAILED)
-                .values(status=PENDING, attempts=0, next_attempt_at=now, lease_owner=None,
-                        lease_expires_at=None, updated_at=now)
+                events.update().where(events.c.id == event_id, events.c.status == EventStatus.FAILED)
+                .values(status=EventStatus.PENDING, attempts=0, next_attempt_at=now,
+                        lease_owner=None, lease_expires_at=None, updated_at=now)
             ).rowcount == 1
 
     def queue_intervals(self, since: dt.datetime) -> list[tuple[dt.datetime, dt.datetime | None]]:
@@ -549,7 +550,7 @@ class EventStore:
 
         An event waits from its arrival until it is done, failed or rejected (its last update).
         """
-        waiting = events.c.status.in_([PENDING, PROCESSING])
+        waiting = events.c.status.in_([EventStatus.PENDING, EventStatus.PROCESSING])
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(events.c.received_at, events.c.updated_at, waiting.label("waiting"))

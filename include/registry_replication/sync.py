@@ -15,8 +15,9 @@ import pandas as pd
 
 from registry_replication import diff as diffs
 from registry_replication.client import RegistryClient
-from registry_replication.copy import FAILED, BlobResult, Copier, ImageResult
+from registry_replication.copy import BlobResult, Copier, ImageResult
 from registry_replication.leases import Leases
+from registry_replication.outcomes import NOT_PUSHED, BlobOutcome, PruneOutcome, summarize
 from registry_replication.plan import Plan, build_plan
 from registry_replication.prune import PruneRefused, PruneResult, prunable, prune
 from registry_replication.snapshot import Scope, Snapshot, take_snapshot
@@ -54,27 +55,14 @@ class SyncReport:
     @property
     def failed(self) -> bool:
         return (
-            any(r.action == FAILED for r in self.blobs)
-            or any(r.outcome in (FAILED, "blocked") for r in self.images)
-            or any(r.action == FAILED for r in self.pruned)
+            any(r.outcome == BlobOutcome.FAILED for r in self.blobs)
+            or any(r.outcome in NOT_PUSHED for r in self.images)
+            or any(r.outcome == PruneOutcome.FAILED for r in self.pruned)
             or not self.primary.complete
         )
 
     def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for r in self.blobs:
-            counts[f"blobs {r.action}"] = counts.get(f"blobs {r.action}", 0) + 1
-        for r in self.images:
-            counts[f"images {r.outcome}"] = counts.get(f"images {r.outcome}", 0) + 1
-        counts["manifests pushed"] = sum(r.manifests_pushed for r in self.images)
-        counts["bytes copied"] = sum(r.bytes for r in self.blobs)
-        counts["tags pruned"] = sum(1 for r in self.pruned if r.action == "deleted")
-        # Changed on the primary during the run: left to the newer writer, not errors.
-        moved = sum(len(r.moved) for r in self.images)
-        kept = sum(1 for r in self.pruned if r.action == "kept")
-        counts.update({k: v for k, v in (("tags moved since the plan", moved),
-                                          ("tags kept, pushed again", kept)) if v})
-        return counts
+        return summarize(self.blobs, self.images, self.pruned)
 
 
 def snapshots(
@@ -136,7 +124,7 @@ def _after(
 ) -> Snapshot:
     """The secondary after the sync: listed again only where this run changed something."""
     changed = sorted({r.repository for r in report.images if r.manifests_pushed}
-                     | {r.repository for r in report.pruned if r.action != "would delete"})
+                     | {r.repository for r in report.pruned if r.outcome != PruneOutcome.WOULD_DELETE})
     if not changed:
         return before
     fresh = take_snapshot(secondary, options.scope, concurrency=options.concurrency,
@@ -147,4 +135,4 @@ def _after(
 
 
 def failed_digests(results: Iterable[BlobResult]) -> set[str]:
-    return {r.digest for r in results if r.action == FAILED}
+    return {r.digest for r in results if r.outcome == BlobOutcome.FAILED}

@@ -21,8 +21,8 @@ from registry_replication import secrets
 from registry_replication.airflow.hooks import OciRegistryHook
 from registry_replication.airflow.provider import get_provider_info
 from registry_replication.config import ConfigError
-from registry_replication.local.keys import KeyPair
-from registry_replication.local.registry import LocalRegistry
+from replication_harness.keys import KeyPair
+from replication_harness.registry import LocalRegistry
 
 FORM_EXTRAS = {
     "auth", "private_key_path", "certificate_path", "issuer", "service",

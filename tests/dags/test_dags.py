@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from registry_replication.local import corpus, images
+from replication_harness import corpus, images
 from registry_replication.store import EventStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,7 +161,7 @@ def test_failed_layer_is_named_in_the_task_log(airflow_db, connections, primary,
 @pytest.fixture
 def slow_connections(monkeypatch, primary, secondary):
     """The primary behind a proxy that holds chosen requests: a reconcile over a slow link."""
-    from registry_replication.local.servers import FaultProxy
+    from replication_harness.servers import FaultProxy
 
     with FaultProxy(primary.url) as proxy:
         monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_PRIMARY",
@@ -289,3 +289,26 @@ def test_copy_tasks_of_every_dag_share_the_configured_queue_and_pool():
                             "registry_events.replicate_events"}
     assert set(map(tuple, copying.values())) == {("near_registries", "registry_copies")}
     assert tasks["registry_reconcile.diff"] == ["default", "default_pool"]
+
+
+def test_connection_ids_come_from_configuration(airflow_db, primary, secondary, primary_writer,
+                                                secondary_reader):
+    """[registry_replication] primary_conn_id / secondary_conn_id name the connections; the
+    default names are not defined at all in this run, so nothing can fall back to them."""
+    pushed = images.push(primary_writer, "team/configured", images.ImageFactory().make(), ["1.0"])
+    code = (
+        "from airflow.dag_processing.dagbag import DagBag;"
+        f"bag = DagBag(dag_folder={str(ROOT / 'dags')!r});"
+        "run = bag.get_dag('registry_sync').test(run_conf={'repositories': ['team/configured']});"
+        "print('state', run.state)"
+    )
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("AIRFLOW_CONN_REGISTRY_PRIMARY", "AIRFLOW_CONN_REGISTRY_SECONDARY")}
+    env |= {"AIRFLOW__REGISTRY_REPLICATION__PRIMARY_CONN_ID": "geo_primary",
+            "AIRFLOW__REGISTRY_REPLICATION__SECONDARY_CONN_ID": "geo_secondary",
+            "AIRFLOW_CONN_GEO_PRIMARY": json.dumps(primary.connection()),
+            "AIRFLOW_CONN_GEO_SECONDARY": json.dumps(secondary.connection())}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.stdout.strip().splitlines()[-1] == "state success", done.stderr[-3000:]
+    assert secondary_reader.head_manifest("team/configured", "1.0").digest == pushed

@@ -16,8 +16,8 @@ from test_dags import airflow_db, connections, run  # noqa: F401 (fixtures)
 from test_operating import SECRET, store, wait_for_events, webhook_url  # noqa: F401 (fixtures)
 
 from registry_replication.client import RegistryClient
-from registry_replication.local import images
-from registry_replication.local.registry import Notifications
+from replication_harness import images
+from replication_harness.registry import Notifications
 from registry_replication.store import Event
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from registry_replication.local import images
+from replication_harness import images
 from registry_replication.status import status
 from registry_replication.store import EventStore
 from test_dags import airflow_db, connections, run  # noqa: F401 - fixtures

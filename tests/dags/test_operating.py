@@ -23,9 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_dags import airflow_db, connections, run  # noqa: F401 (fixtures)
 
 from registry_replication.client import RegistryClient
-from registry_replication.local import images
-from registry_replication.local.registry import Notifications, free_port
-from registry_replication.store import REJECTED, Event, EventStore, events
+from replication_harness import images
+from replication_harness.registry import Notifications, free_port
+from registry_replication.outcomes import EventStatus
+from registry_replication.store import Event, EventStore, events
 
 SECRET = "operating_Notification-Secret"
 METRICS_TOKEN = "scrape-Token-1"
@@ -164,7 +165,7 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
                      dt.datetime.now(dt.timezone.utc))])
     with store.engine.begin() as conn:
         conn.execute(events.update().where(events.c.id == "bad-name").values(
-            status=REJECTED, last_error="repository name out of grammar"))
+            status=EventStatus.REJECTED, last_error="repository name out of grammar"))
 
     # What the reconcile must copy: every blob the secondary lacks, but the rotten one.
     missing = [b for repo, img in (("group/app", broken), ("group/new", new))

@@ -7,7 +7,7 @@ import json
 import sqlalchemy as sa
 from test_dags import airflow_db, connections, run  # noqa: F401 (fixtures)
 
-from registry_replication.local import images
+from replication_harness import images
 
 
 def test_reconcile_writes_its_artifacts_to_storage_and_removes_old_runs(

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from registry_replication.local.cluster import AirflowCluster
-from registry_replication.local.postgres import LocalPostgres
-from registry_replication.local.registry import LocalRegistry, free_port
-from registry_replication.local.standalone import AirflowStandalone
+from replication_harness.cluster import AirflowCluster
+from replication_harness.postgres import LocalPostgres
+from replication_harness.registry import LocalRegistry, free_port
+from replication_harness.standalone import AirflowStandalone
 from registry_replication.store import EventStore, metadata
 
 SECRET = "e2e_Notification-Secret"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-from registry_replication.local import corpus
-from registry_replication.local.standalone import AirflowStandalone
+from replication_harness import corpus
+from replication_harness.standalone import AirflowStandalone
 from registry_replication.store import EventStore
 
 

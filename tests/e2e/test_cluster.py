@@ -8,10 +8,10 @@ from typing import Any
 
 import requests
 
-from registry_replication.local import corpus
-from registry_replication.local.cluster import AirflowCluster
-from registry_replication.local.skopeo import skopeo_raw
-from registry_replication.local.standalone import AirflowStandalone
+from replication_harness import corpus
+from replication_harness.cluster import AirflowCluster
+from replication_harness.skopeo import skopeo_raw
+from replication_harness.standalone import AirflowStandalone
 
 
 def running_copy_tasks(cluster: AirflowCluster, run_id: str) -> dict[tuple[str, int], str]:

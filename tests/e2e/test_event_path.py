@@ -13,10 +13,10 @@ import time
 import pytest
 
 from registry_replication.client import RegistryClient
-from registry_replication.local import images
-from registry_replication.local.cluster import AirflowCluster
-from registry_replication.local.registry import Notifications, free_port
-from registry_replication.local.standalone import AirflowStandalone
+from replication_harness import images
+from replication_harness.cluster import AirflowCluster
+from replication_harness.registry import Notifications, free_port
+from replication_harness.standalone import AirflowStandalone
 from registry_replication.store import EventStore
 
 SECRET = "e2e_Notification-Secret"  # the cluster's (tests/e2e/conftest.py)

@@ -22,9 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_status_page import ARTIFACTS, Chromium, token
 
 from registry_replication.client import RegistryClient
-from registry_replication.local import images
-from registry_replication.local.registry import Notifications, free_port
-from registry_replication.local.standalone import AirflowStandalone
+from replication_harness import images
+from replication_harness.registry import Notifications, free_port
+from replication_harness.standalone import AirflowStandalone
 from registry_replication.store import EventStore
 
 SECRET = "e2e_Notification-Secret"

@@ -25,10 +25,10 @@ import pytest
 import requests
 from websockets.sync.client import connect
 
-from registry_replication.local import images
-from registry_replication.local.cluster import AirflowCluster
-from registry_replication.local.registry import stop_process
-from registry_replication.local.standalone import PROJECT, AirflowStandalone
+from replication_harness import images
+from replication_harness.cluster import AirflowCluster
+from replication_harness.registry import stop_process
+from replication_harness.standalone import PROJECT, AirflowStandalone
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = PROJECT / "artifacts"

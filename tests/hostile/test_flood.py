@@ -13,7 +13,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from registry_replication.store import PENDING, REJECTED, events
+from registry_replication.outcomes import EventStatus
+from registry_replication.store import events
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "webhook_flood.py"
 
@@ -33,7 +34,7 @@ def test_a_flood_from_20_senders_loses_nothing_and_stores_nothing_twice(tmp_path
                                    .group_by(events.c.status)).all())
         distinct = conn.execute(sa.select(sa.func.count(sa.distinct(events.c.id)))).scalar()
     odd = sum(1 for n in range(150) if n % 7 == 0) * 20
-    assert counts == {PENDING: 3000 - odd, REJECTED: odd}
+    assert counts == {EventStatus.PENDING: 3000 - odd, EventStatus.REJECTED: odd}
     assert distinct == 3000
     # Some envelopes really were delivered twice.
     assert figures["events_accepted"] > 3000
@@ -47,7 +48,7 @@ def test_the_same_envelope_from_20_senders_at_once_is_stored_once(tmp_path):
 
     import requests
 
-    from registry_replication.local.registry import free_port
+    from replication_harness.registry import free_port
     from registry_replication.notifications import ENVELOPE_MEDIA_TYPE
     from registry_replication.store import EventStore
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 
 from registry_replication.cli import main
-from registry_replication.local import images
+from replication_harness import images
 from registry_replication.sync import SyncOptions, run_sync
-from registry_replication.local.skopeo import skopeo_raw
+from replication_harness.skopeo import skopeo_raw
 
 ODD = "Foo/app"
 

@@ -11,7 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from registry_replication.notifications import ENVELOPE_MEDIA_TYPE
-from registry_replication.store import PENDING, REJECTED, EventStore
+from registry_replication.outcomes import EventStatus
+from registry_replication.store import EventStore
 from registry_replication.webhook import create_app
 
 SECRET = "hostile-suite-secret-0123456789abcdef"
@@ -56,7 +57,7 @@ def test_names_at_the_grammars_limits_are_kept(client, store, repository, tag):
     assert response.status_code == 200, response.text
     assert response.json()["stored"] == 1 and response.json()["rejected"] == 0
     (row,) = store.events()
-    assert (row["status"], row["repository"], row["tag"]) == (PENDING, repository, tag)
+    assert (row["status"], row["repository"], row["tag"]) == (EventStatus.PENDING, repository, tag)
 
 
 HOSTILE = [
@@ -92,16 +93,16 @@ def test_an_event_out_of_grammar_is_rejected_and_the_rest_kept(client, store, ca
     assert response.status_code == 200, response.text
     assert response.json() == {"stored": 2, "rejected": 1, "duplicates": 0, "ignored": 0}
     rows = {row["id"]: row for row in store.events()}
-    assert rows[good["id"]]["status"] == PENDING
+    assert rows[good["id"]]["status"] == EventStatus.PENDING
     rejected = rows[bad["id"]]
-    assert rejected["status"] == REJECTED and reason in rejected["last_error"]
+    assert rejected["status"] == EventStatus.REJECTED and reason in rejected["last_error"]
     assert len(rejected["repository"]) <= 255
     if isinstance(fields.get("repository"), str):
         assert rejected["repository"] == fields["repository"][:255]  # what the operator sees
     # Never claimable: only the good event comes out of the queue.
     _, claimed = store.claim()
     assert [e.id for e in claimed] == [good["id"]]
-    assert store.queue()["counts"][REJECTED] == 1
+    assert store.queue()["counts"][EventStatus.REJECTED] == 1
 
 
 @pytest.mark.parametrize("broken", [
@@ -121,8 +122,8 @@ def test_broken_kept_events_are_rejected_with_a_stable_id(client, store, broken)
         response = post(client, [broken, good])
         assert response.status_code == 200, response.text
     rows = store.events()
-    assert sorted(r["status"] for r in rows) == [PENDING, REJECTED]
-    rejected = next(r for r in rows if r["status"] == REJECTED)
+    assert sorted(r["status"] for r in rows) == [EventStatus.PENDING, EventStatus.REJECTED]
+    rejected = next(r for r in rows if r["status"] == EventStatus.REJECTED)
     assert 0 < len(rejected["id"]) <= 255 and rejected["last_error"].startswith("rejected: ")
 
 
@@ -136,7 +137,7 @@ def test_blob_pull_and_mount_events_are_not_validated(client, store):
         event(tag="ok"),
     ])
     assert response.json() == {"stored": 1, "rejected": 0, "duplicates": 0, "ignored": 6}
-    assert [(r["status"], r["tag"]) for r in store.events()] == [(PENDING, "ok")]
+    assert [(r["status"], r["tag"]) for r in store.events()] == [(EventStatus.PENDING, "ok")]
 
 
 def test_one_bad_event_never_blocks_the_next_envelopes(client, store):
@@ -145,7 +146,7 @@ def test_one_bad_event_never_blocks_the_next_envelopes(client, store):
         events = [event(repository="Foo/app", tag=f"v{i}"), event(tag=f"v{i}")]
         assert post(client, events).status_code == 200
     counts = store.queue()["counts"]
-    assert (counts[PENDING], counts[REJECTED]) == (20, 20)
+    assert (counts[EventStatus.PENDING], counts[EventStatus.REJECTED]) == (20, 20)
 
 
 def test_no_schema_or_docs_routes(client):
@@ -170,7 +171,7 @@ def test_rejected_events_are_counted_and_shown_on_the_status_page(client, store)
 
     post(client, [event(repository="Foo/app", tag="1.0"), event(tag="1.0")])
     s = status(store)
-    assert s["queue"]["counts"][REJECTED] == 1 and s["queue"]["depth"] == 1
+    assert s["queue"]["counts"][EventStatus.REJECTED] == 1 and s["queue"]["depth"] == 1
     (shown,) = s["rejected_events"]
     assert shown["repository"] == "Foo/app" and "invalid repository name" in shown["last_error"]
     page = render(s)

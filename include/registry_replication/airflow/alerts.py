@@ -26,6 +26,7 @@ from airflow.sdk.observability.stats import Stats
 from airflow.sdk.module_loading import import_string
 
 from registry_replication import metrics
+from registry_replication.outcomes import EventStatus, RepositoryState
 from registry_replication.status import run_url
 from registry_replication.store import EventStore
 
@@ -136,11 +137,11 @@ def describe(state: str, dag_id: str, run_id: str, store: EventStore) -> dict[st
                   f"({layer.get('code') or 'error'}): {layer.get('error') or ''}"
                   for layer in layers]
         failing = sorted({r["repository"] for r in store.repository_states()
-                          if r["state"] == "failed"})
+                          if r["state"] == RepositoryState.FAILED})
         lines += [f"Failing repositories: {', '.join(failing)}"] if failing else []
         dead = store.dead_letters(limit=20)
         lines += [f"Failed event: {e['action']} {e['repository']}:{e['tag'] or e['digest']}: "
-                  f"{e['last_error'] or ''}" for e in dead if e["status"] == "failed"]
+                  f"{e['last_error'] or ''}" for e in dead if e["status"] == EventStatus.FAILED]
     elif state == RECOVERED:
         subject = f"[registry-replication] {dag_id} recovered"
         lines.append(f"{dag_id} succeeded again after a failure.")

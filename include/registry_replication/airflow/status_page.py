@@ -38,11 +38,12 @@ import requests
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
-from jinja2 import Environment
+from jinja2 import Environment, PackageLoader
 from markupsafe import Markup, escape
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from registry_replication import metrics, webhook
+from registry_replication.outcomes import human_size
 from registry_replication.status import run_url, status
 from registry_replication.store import EventStore
 
@@ -255,16 +256,6 @@ to read the runs of the replication DAGs (registry_reconcile, registry_events).<
 
 # -- rendering -------------------------------------------------------------------------------
 
-def _bytes(value: float | None) -> str:
-    if value is None:
-        return "–"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return ""
-
-
 def _ago(seconds: float | None) -> str:
     if seconds is None:
         return "never"
@@ -289,260 +280,12 @@ def _label(key: str) -> str:
     return key.replace("_", " ")
 
 
-_env = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
-_env.filters.update(bytes=_bytes, ago=_ago, duration=_duration, when=_when, label=_label)
+# The page is a Jinja template file shipped in the package (package data).
+_env = Environment(loader=PackageLoader("registry_replication.airflow", "templates"),
+                   autoescape=True, trim_blocks=True, lstrip_blocks=True)
+_env.filters.update(bytes=human_size, ago=_ago, duration=_duration, when=_when, label=_label)
 
-_TEMPLATE = _env.from_string("""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Registry replication status</title>
-<style>
-  :root { --fg: #1f2933; --muted: #616e7c; --line: #e4e7eb; --bg: #f5f7fa; --card: #fff;
-          --green: #1f7a3f; --green-bg: #e3f4e8; --amber: #8a5a00; --amber-bg: #fff3d6;
-          --red: #b42318; --red-bg: #fde8e6; --grey: #52606d; --grey-bg: #eceff3; }
-  * { box-sizing: border-box; }
-  body { margin: 0; padding: 1.5rem 2rem 3rem; background: var(--bg); color: var(--fg);
-         font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
-  header { display: flex; align-items: baseline; gap: 1rem; flex-wrap: wrap; }
-  h1 { font-size: 1.4rem; margin: 0; }
-  h2 { font-size: 1.05rem; margin: 2rem 0 .6rem; }
-  .muted { color: var(--muted); }
-  a { color: #0b5cad; text-decoration: none; } a:hover { text-decoration: underline; }
-  .cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(190px, 1fr));
-           gap: .8rem; margin-top: 1.2rem; }
-  .card { background: var(--card); border: 1px solid var(--line); border-radius: 8px;
-          padding: .8rem 1rem; }
-  .card .k { color: var(--muted); font-size: .8rem; text-transform: uppercase;
-             letter-spacing: .03em; }
-  .card .v { font-size: 1.5rem; font-weight: 600; margin: .15rem 0; }
-  .card .s { color: var(--muted); font-size: .85rem; }
-  .bar { height: 6px; background: var(--line); border-radius: 3px; overflow: hidden;
-         margin-top: .4rem; }
-  .bar > span { display: block; height: 100%; background: var(--green); }
-  table { width: 100%; border-collapse: collapse; background: var(--card);
-          border: 1px solid var(--line); border-radius: 8px; overflow: hidden; }
-  th, td { text-align: left; padding: .45rem .7rem; border-bottom: 1px solid var(--line);
-           vertical-align: top; }
-  th { background: #fafbfc; font-weight: 600; font-size: .8rem; color: var(--muted); }
-  tr:last-child td { border-bottom: 0; }
-  td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-  td.nowrap { white-space: nowrap; }
-  code { font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
-  .digest { word-break: break-all; min-width: 17rem; }
-  .error { max-width: 48rem; white-space: pre-wrap; word-break: break-word; }
-  .badge { display: inline-block; padding: .05rem .55rem; border-radius: 999px;
-           font-size: .8rem; font-weight: 600; white-space: nowrap; }
-  .synced, .success { color: var(--green); background: var(--green-bg); }
-  .pending, .running { color: var(--amber); background: var(--amber-bg); }
-  .failed { color: var(--red); background: var(--red-bg); }
-  .never-synced { color: var(--grey); background: var(--grey-bg); }
-  .ok { color: var(--green); } .differ { color: var(--red); }
-  .chips { display: flex; gap: .5rem; flex-wrap: wrap; margin: .2rem 0 .7rem; }
-  .empty { background: var(--card); border: 1px dashed var(--line); border-radius: 8px;
-           padding: .8rem 1rem; color: var(--muted); }
-  .problems { background: var(--red-bg); color: var(--red); border-radius: 8px;
-              padding: .6rem 1rem; margin-bottom: .6rem; }
-  dl.summary { display: grid; grid-template-columns: repeat(auto-fill, minmax(210px, 1fr));
-               gap: .1rem 1.2rem; margin: 0; background: var(--card); padding: .8rem 1rem;
-               border: 1px solid var(--line); border-radius: 8px; }
-  dl.summary div { display: flex; justify-content: space-between; gap: .5rem;
-                   border-bottom: 1px dotted var(--line); padding: .15rem 0; }
-  dl.summary dt { color: var(--muted); } dl.summary dd { margin: 0; font-weight: 600; }
-  .chart { background: var(--card); border: 1px solid var(--line); border-radius: 8px;
-           padding: .6rem 1rem; }
-  .chart svg { width: 100%; height: auto; display: block; }
-  .chart text { font: 11px system-ui, sans-serif; fill: var(--muted); }
-  .chart .title { font-weight: 600; fill: var(--fg); }
-  .chart .grid { stroke: var(--line); }
-  .chart .depth-line { fill: none; stroke: #b7791f; stroke-width: 1.5; }
-  .chart .latency-point { fill: #0b5cad; fill-opacity: .75; }
-  .chart .bytes-bar { fill: var(--green); }
-  .chart .bytes-bar.failed { fill: var(--red); }
-  form { margin: 0; } button { font: inherit; font-size: .8rem; padding: .1rem .5rem;
-    border: 1px solid var(--line); border-radius: 4px; background: #fafbfc; cursor: pointer; }
-</style>
-</head>
-<body>
-{% set b = s.backfill %}
-{% set run = s.last_reconcile %}
-<header>
-  <h1>Registry replication</h1>
-  <span class="muted">as of {{ s.generated_at | when }} ·
-    <a href="{{ json_url }}">JSON</a></span>
-</header>
-
-<section class="cards">
-  <div class="card" id="repositories-in-sync">
-    <div class="k">Repositories in sync</div>
-    <div class="v">{{ b.repositories.in_sync }} / {{ b.repositories.total }}</div>
-    <div class="bar"><span style="width: {{ b.repositories.percent or 0 }}%"></span></div>
-  </div>
-  <div class="card" id="tags-in-sync">
-    <div class="k">Tags in sync</div>
-    <div class="v">{{ b.tags.in_sync }} / {{ b.tags.total }}</div>
-    <div class="bar"><span style="width: {{ b.tags.percent or 0 }}%"></span></div>
-  </div>
-  <div class="card" id="bytes-copied">
-    <div class="k">Copied by last reconcile</div>
-    <div class="v">{{ b.bytes_copied | bytes }}</div>
-    <div class="s">{{ b.blobs_copied if b.blobs_copied is not none else "–" }} blobs</div>
-  </div>
-  <div class="card" id="event-queue">
-    <div class="k">Event queue</div>
-    <div class="v">{{ s.queue.depth }} waiting</div>
-    <div class="s">{% if s.queue.depth %}oldest {{ s.queue.oldest_waiting_seconds | duration }} ·
-      {% endif %}{{ s.queue.counts.done }} done · {{ s.queue.counts.failed }} failed ·
-      {{ s.queue.counts.rejected }} rejected</div>
-  </div>
-  <div class="card" id="last-reconcile">
-    <div class="k">Last reconcile</div>
-    {% if run %}
-    <div class="v"><span class="badge {{ run.state }}">{{ run.state }}</span></div>
-    <div class="s" title="{{ run.finished_at | when }}">finished {{ run.age_seconds | ago }} ·
-      <a href="{{ run.url }}">run</a></div>
-    {% else %}
-    <div class="v">–</div><div class="s">no run recorded yet</div>
-    {% endif %}
-  </div>
-</section>
-
-<h2 id="lag">Last 24 hours</h2>
-<div class="chart">{{ chart }}</div>
-
-<h2 id="failed-layers">Failed layers ({{ s.failed_layers | length }})</h2>
-{% if s.failed_layers %}
-<table>
-  <thead><tr><th>Repository</th><th>Digest</th><th class="num">Size</th><th>Code</th>
-    <th>Error</th><th>Log</th></tr></thead>
-  <tbody>
-  {% for l in s.failed_layers %}
-  <tr class="failed-layer" data-repository="{{ l.repository }}" data-digest="{{ l.digest }}"
-      data-code="{{ l.code or '' }}">
-    <td>{{ l.repository }}</td>
-    <td class="digest"><code>{{ l.digest }}</code></td>
-    <td class="num">{{ l.size | bytes }}</td>
-    <td>{% if l.code %}<span class="badge failed">{{ l.code }}</span>{% endif %}
-      {% if l.status %}<div class="muted">HTTP {{ l.status }}</div>{% endif %}</td>
-    <td class="error">{{ l.error or "" }}</td>
-    <td class="nowrap"><a class="log" href="{{ l.log_url }}">{{ l.task_id or "run" }}
-      {%- if l.map_index is not none %} [{{ l.map_index }}]{% endif %}</a></td>
-  </tr>
-  {% endfor %}
-  </tbody>
-</table>
-{% else %}
-<div class="empty">No failed layers in the latest runs.</div>
-{% endif %}
-
-<h2 id="repositories">Repositories ({{ s.repositories | length }})</h2>
-<div class="chips">
-  {% for state, n in s.states.items() %}
-  <span class="badge {{ state | replace(' ', '-') }}" data-state="{{ state }}">
-    {{- n }} {{ state }}</span>
-  {% endfor %}
-</div>
-{% if s.repositories %}
-<table>
-  <thead><tr><th>Repository</th><th>State</th><th class="num">Tags primary</th>
-    <th class="num">Tags secondary</th><th>Checksum primary</th><th>Checksum secondary</th>
-    <th>Last sync</th><th>Last error</th><th></th></tr></thead>
-  <tbody>
-  {% for r in s.repositories %}
-  <tr class="repository" data-repository="{{ r.repository }}" data-state="{{ r.state }}">
-    <td>{{ r.repository }}</td>
-    <td><span class="badge {{ r.state | replace(' ', '-') }}">{{ r.state }}</span></td>
-    <td class="num">{{ r.tags_primary if r.tags_primary is not none else "–" }}</td>
-    <td class="num">{{ r.tags_secondary if r.tags_secondary is not none else "–" }}</td>
-    <td><code title="{{ r.checksum_primary or '' }}">
-      {{- (r.checksum_primary or "–")[:12] }}</code></td>
-    <td><code class="{{ 'ok' if r.checksums_match else 'differ' if r.checksum_primary else '' }}"
-      title="{{ r.checksum_secondary or '' }}">
-      {{- (r.checksum_secondary or "–")[:12] }}</code></td>
-    <td class="nowrap" title="{{ r.last_sync_at | when }}">{{ r.last_sync_age_seconds | ago }}</td>
-    <td class="error">{{ r.last_error or "" }}{% if r.failed_layers %}{{ "\n" if r.last_error
-      }}<a href="#failed-layers">{{ r.failed_layers }} failed layer{{ "s" if r.failed_layers > 1
-      }}</a>{% endif %}</td>
-    <td><form method="post" action="sync-now" class="sync-now">
-      <input type="hidden" name="repository" value="{{ r.repository }}">
-      <input type="hidden" name="csrf" value="{{ csrf or '' }}">
-      <button type="submit" title="Start registry_sync for this repository">Sync now</button>
-    </form></td>
-  </tr>
-  {% endfor %}
-  </tbody>
-</table>
-{% else %}
-<div class="empty">No repository verified yet: run <code>registry_reconcile</code>.</div>
-{% endif %}
-
-<h2 id="dead-letters">Dead letters ({{ s.dead_letters | length }})</h2>
-{% if s.dead_letters %}
-<p class="muted">Events that failed every attempt, or were rejected. <b>Retry</b> puts a failed
-event back in the queue with fresh attempts (fix the cause first: the error says what to do). A
-rejected event (a name out of the registry's grammar) can never be replicated, so it has no
-retry.</p>
-<table>
-  <thead><tr><th>Received</th><th>Status</th><th>Action</th><th>Repository</th>
-    <th>Tag / digest</th><th class="num">Attempts</th><th>Reason</th><th></th></tr></thead>
-  <tbody>
-  {% for e in s.dead_letters %}
-  <tr class="dead-letter" data-id="{{ e.id }}" data-status="{{ e.status }}"
-      data-repository="{{ e.repository }}">
-    <td class="nowrap">{{ e.received_at | when }}</td>
-    <td><span class="badge failed">{{ e.status }}</span></td>
-    <td>{{ e.action }}</td><td>{{ e.repository }}</td>
-    <td><code class="digest">{{ e.tag or e.digest }}</code></td>
-    <td class="num">{{ e.attempts }}</td><td class="error">{{ e.last_error or "" }}</td>
-    <td>{% if e.retryable %}
-      <form method="post" action="dead-letters/retry" class="retry">
-        <input type="hidden" name="event_id" value="{{ e.id }}">
-        <input type="hidden" name="csrf" value="{{ csrf or '' }}">
-        <button type="submit">Retry</button>
-      </form>{% else %}<span class="muted">cannot be retried</span>{% endif %}</td>
-  </tr>
-  {% endfor %}
-  </tbody>
-</table>
-{% else %}
-<div class="empty">No failed or rejected events.</div>
-{% endif %}
-
-{% if s.rejected_events %}
-<h2 id="rejected-events">Rejected events ({{ s.queue.counts.rejected }})</h2>
-<p class="muted">Stored but not replicated: the repository, tag or digest is outside the
-reference grammar, or the event is malformed. Rename or delete it on the primary.</p>
-<table>
-  <thead><tr><th>Received</th><th>Action</th><th>Repository</th><th>Tag / digest</th>
-    <th>Reason</th></tr></thead>
-  <tbody>
-  {% for e in s.rejected_events %}
-  <tr class="rejected-event" data-repository="{{ e.repository }}">
-    <td>{{ e.received_at | when }}</td><td>{{ e.action }}</td><td>{{ e.repository }}</td>
-    <td><code class="digest">{{ e.tag or e.digest or "" }}</code></td>
-    <td class="error">{{ e.last_error or "" }}</td>
-  </tr>
-  {% endfor %}
-  </tbody>
-</table>
-{% endif %}
-
-{% if run %}
-<h2 id="last-run">Last reconcile: <a href="{{ run.url }}"><code>{{ run.run_id }}</code></a></h2>
-{% if run.problems %}
-<div class="problems">{{ run.problems | join("; ") }}</div>
-{% endif %}
-<dl class="summary">
-  {% for key, value in run.summary.items() %}
-  <div><dt>{{ key | label }}</dt>
-    <dd>{{ value | bytes if key == "bytes copied" else value }}</dd></div>
-  {% endfor %}
-</dl>
-{% endif %}
-</body>
-</html>
-""")
+_TEMPLATE = _env.get_template("status.html")
 
 
 def render(data: dict[str, Any], *, json_url: str = "api/status", csrf: str | None = None) -> str:
@@ -573,7 +316,7 @@ def lag_chart(history: dict[str, Any]) -> Markup:
     panels = (
         ("Pending events (max per 5 min)", max([p["depth"] for p in depth] + [1]), str),
         ("Push to replica (s)", max([p["seconds"] for p in latency] + [1.0]), _seconds),
-        ("Bytes copied per reconcile run", max([r["bytes"] for r in runs] + [1]), _bytes),
+        ("Bytes copied per reconcile run", max([r["bytes"] for r in runs] + [1]), human_size),
     )
     tops = []
     for i, (title, top, fmt) in enumerate(panels):
@@ -607,7 +350,7 @@ def lag_chart(history: dict[str, Any]) -> Markup:
             f'<rect class="bytes-bar {escape(run["state"])}" data-bytes="{run["bytes"]}" '
             f'data-run-id="{escape(run["run_id"])}" x="{rx - 3:.1f}" y="{ry:.1f}" width="6" '
             f'height="{height:.1f}"><title>{escape(run["dag_id"])} {escape(run["run_id"])}: '
-            f'{escape(_bytes(run["bytes"]))} ({escape(run["state"])})</title></rect>')
+            f'{escape(human_size(run["bytes"]))} ({escape(run["state"])})</title></rect>')
     bottom = 18 + 3 * _PANEL + 2 * _GAP
     for hours in range(0, 25, 6):
         tx = _LEFT + plot * hours / 24

@@ -25,9 +25,16 @@ from registry_replication import diff as diffs
 from registry_replication import realtime
 from registry_replication.airflow import alerts
 from registry_replication.airflow.hooks import OciRegistryHook
-from registry_replication.copy import FAILED, BlobResult, Copier, ImageResult
+from registry_replication.copy import BlobResult, Copier, ImageResult
 from registry_replication.diff import IN_SYNC
 from registry_replication.leases import Leases
+from registry_replication.outcomes import (
+    NOT_PUSHED,
+    BlobOutcome,
+    RepositoryState,
+    human_size,
+    summarize,
+)
 from registry_replication.plan import (
     DEFAULT_BATCH_BYTES,
     BlobTask,
@@ -42,9 +49,11 @@ from registry_replication.store import Event, EventStore
 
 log = logging.getLogger("registry_replication.airflow")
 
-PRIMARY_CONN_ID = "registry_primary"
-SECONDARY_CONN_ID = "registry_secondary"
-MiB = 1 << 20
+# The two registries' Airflow connections ([registry_replication] primary_conn_id /
+# secondary_conn_id), read when the DAG files are parsed and again in each task's process.
+PRIMARY_CONN_ID = conf.get("registry_replication", "primary_conn_id", fallback="registry_primary")
+SECONDARY_CONN_ID = conf.get("registry_replication", "secondary_conn_id",
+                             fallback="registry_secondary")
 
 # Production controls (README, "Production controls"): the Celery queue the copy tasks of all
 # three DAGs go to, and the pool that bounds how many run at once across every DAG run.
@@ -209,8 +218,8 @@ def plan(differences: dict[str, Any]) -> list[dict[str, Any]]:
         log.warning("skipped %s:%s (%s): %s", skipped.repository, ",".join(skipped.tags),
                     skipped.digest, skipped.reason)
     if p["dry_run"]:
-        log.info("dry run: would push %d images and copy %d blobs (%.1f MiB); nothing changes",
-                 len(result.images), len(result.blobs), result.transfer_bytes / MiB)
+        log.info("dry run: would push %d images and copy %d blobs (%s); nothing changes",
+                 len(result.images), len(result.blobs), human_size(result.transfer_bytes))
         result = Plan(skipped=result.skipped)
     image_batches = []
     for i, b in enumerate(result.image_batches()):
@@ -249,9 +258,9 @@ def copy_blobs(batch: dict[str, Any]) -> dict[str, int]:
         copier = Copier(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
                         leases=leases, parallelism=_params()["parallelism"])
         results = copier.copy_blobs(tasks)
-    counts = _push_results(context, results, "action")
+    counts = _push_results(context, results)
     _record_copied_bytes(context, sum(r.bytes for r in results))
-    failed = [r for r in results if r.action == FAILED]
+    failed = [r for r in results if r.outcome == BlobOutcome.FAILED]
     if failed:
         raise ReplicationFailed(
             f"{len(failed)} of {len(results)} blobs failed in {batch['label']}; first: "
@@ -267,14 +276,14 @@ def push_manifests(batch: dict[str, Any]) -> dict[str, int]:
     context = get_current_context()
     context["batch_label"] = batch["label"]
     failed_blobs = {r["digest"] for r in _pulled(context, "copy_blobs", "results")
-                    if r["action"] == FAILED}
+                    if r["outcome"] == BlobOutcome.FAILED}
     with _leases() as leases:
         copier = Copier(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
                         leases=leases, parallelism=_params()["parallelism"])
         planned = artifacts.read_records(_run_folder() / batch["file"])
         results = copier.push_images([ImageTask(**i) for i in planned], failed_blobs)
-    counts = _push_results(context, results, "outcome")
-    bad = [r for r in results if r.outcome in (FAILED, "blocked")]
+    counts = _push_results(context, results)
+    bad = [r for r in results if r.outcome in NOT_PUSHED]
     if bad:
         raise ReplicationFailed(
             f"{len(bad)} of {len(results)} images not pushed; first: "
@@ -290,8 +299,7 @@ def _record_copied_bytes(context: Any, copied: int) -> None:
     alerts.send_copied_bytes(copied)
 
 
-def _push_results(context: Any, results: list[BlobResult] | list[ImageResult],
-                  kind: str) -> dict[str, int]:
+def _push_results(context: Any, results: list[BlobResult] | list[ImageResult]) -> dict[str, int]:
     """Log the batch's summary table and share its records; returns counts per outcome."""
     records = [{**asdict(r), "map_index": context["ti"].map_index} for r in results]
     context["ti"].xcom_push(key="results", value=records)
@@ -300,10 +308,10 @@ def _push_results(context: Any, results: list[BlobResult] | list[ImageResult],
     frame = pd.DataFrame(records)
     sizes = {"bytes": ("bytes", "sum")} if "bytes" in frame else {
         "manifests_pushed": ("manifests_pushed", "sum")}
-    table = frame.groupby(kind).agg(count=("digest", "count"), **sizes,
+    table = frame.groupby("outcome").agg(count=("digest", "count"), **sizes,
                                     seconds=("seconds", "sum"))
     log.info("this batch:\n%s", _table(table))
-    return frame[kind].value_counts().to_dict()
+    return frame["outcome"].value_counts().to_dict()
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
@@ -359,7 +367,7 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
               for side, snap in (("primary", source), ("secondary", after))}
     now = pendulum.now("UTC")
     EventStore().set_repository_state(
-        {"repository": row.repository, "state": "synced" if row.in_sync else "pending",
+        {"repository": row.repository, "state": RepositoryState.SYNCED if row.in_sync else RepositoryState.PENDING,
          "tags_primary": int(counts["primary"].get(row.repository, 0)),
          "tags_secondary": int(counts["secondary"].get(row.repository, 0)),
          "checksum_primary": row.primary if isinstance(row.primary, str) else None,
@@ -378,34 +386,24 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
     blobs = [_result(BlobResult, r) for r in _pulled(context, "copy_blobs", "results")]
     images = [_result(ImageResult, r) for r in _pulled(context, "push_manifests", "results")]
     started = context["dag_run"].start_date
-    counts = {
-        "blobs copied": sum(r.action == "copied" for r in blobs),
-        "blobs mounted": sum(r.action == "mounted" for r in blobs),
-        "blobs skipped": sum(r.action == "skipped" for r in blobs),
-        "blobs failed": sum(r.action == FAILED for r in blobs),
-        "bytes copied": sum(r.bytes for r in blobs),
-        "images pushed": sum(r.outcome == "pushed" for r in images),
-        "images not pushed": sum(r.outcome in (FAILED, "blocked") for r in images),
-        "manifests pushed": sum(r.manifests_pushed for r in images),
-        "tags pruned": sum(r["action"] == "deleted" for r in pruned["pruned"]),
-        # Changed on the primary during the run: left to the newer writer, not errors.
-        "tags moved since the plan": sum(len(r.moved) for r in images),
-        "tags kept, pushed again": sum(r["action"] == "kept" for r in pruned["pruned"]),
+    not_pushed = sum(r.outcome in NOT_PUSHED for r in images)
+    counts: dict[str, Any] = {
+        **summarize(blobs, images, pruned["pruned"], zeros=True),
         "repositories differing": len(verified.get("differ") or []),
         "seconds": round(time.time() - started.timestamp(), 1) if started else None,
     }
     log.info("run summary%s:\n%s", " (dry run)" if p["dry_run"] else "",
              _table(pd.Series(counts, name="value", dtype=object).to_frame()))
     problems = []
-    failed = [r for r in blobs if r.action == FAILED]
+    failed = [r for r in blobs if r.outcome == BlobOutcome.FAILED]
     map_index = {(r["repository"], r["digest"]): r["map_index"]
                  for r in _pulled(context, "copy_blobs", "results")}
     if failed:
         log.error("failed layers:\n%s", _table(pd.DataFrame([asdict(r) for r in failed])[
             ["repository", "digest", "size", "status", "code", "error"]]))
         problems.append(f"{len(failed)} blobs failed")
-    if counts["images not pushed"]:
-        problems.append(f"{counts['images not pushed']} images not pushed")
+    if not_pushed:
+        problems.append(f"{not_pushed} images not pushed")
     listing = _snapshot(primary)
     if listing.errors:
         problems.append(f"the primary's listing was incomplete ({listing.errors[0]})")
@@ -440,7 +438,7 @@ def _repository_problems(listing: Snapshot, shown: int = 20) -> list[str]:
     for found in listing.problems:
         reasons.setdefault(found["repository"], []).append(problem_line(found))
     EventStore().set_repository_state(
-        {"repository": repository, "state": "failed", "last_error": "; ".join(lines)[:4000]}
+        {"repository": repository, "state": RepositoryState.FAILED, "last_error": "; ".join(lines)[:4000]}
         for repository, lines in sorted(reasons.items())
     )
     lines = [f"cannot replicate {problem_line(found)}" for found in listing.problems[:shown]]
@@ -571,7 +569,8 @@ def _acknowledge(store: EventStore, owner: str, claimed: list[Event],
         repository_error.update({by_id[i].repository: error for i in ids})
     now = pendulum.now("UTC")
     store.set_repository_state(
-        {"repository": repo, "state": "failed" if error else "synced", "last_sync_at": now,
+        {"repository": repo, "state": RepositoryState.FAILED if error else RepositoryState.SYNCED,
+         "last_sync_at": now,
          "last_error": error}
         for repo, error in sorted(repository_error.items())
     )

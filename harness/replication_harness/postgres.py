@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psycopg2
 
-from registry_replication.local.registry import free_port
+from replication_harness.registry import free_port
 
 POSTGRES_LIB = Path("/usr/lib/postgresql")
 SUPERUSER = "postgres"

@@ -19,7 +19,7 @@ import requests
 from registry_replication import mediatypes as mt
 from registry_replication.auth import JwtAuth
 from registry_replication.client import RegistryClient
-from registry_replication.local.registry import GITLAB_ISSUER, GITLAB_SERVICE, LocalRegistry
+from replication_harness.registry import GITLAB_ISSUER, GITLAB_SERVICE, LocalRegistry
 
 
 @dataclass(frozen=True)

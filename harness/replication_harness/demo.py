@@ -1,4 +1,4 @@
-"""The whole thing on one machine: ``scripts/demo`` (or ``python -m registry_replication.local.demo``).
+"""The whole thing on one machine: ``scripts/demo`` (or ``python -m replication_harness.demo``).
 
 ``--cluster`` (``scripts/cluster``): a distributed Airflow instead of ``airflow standalone``:
 CeleryExecutor with two workers, PostgreSQL and Redis (see ``local/cluster.py``).
@@ -23,12 +23,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from registry_replication.client import RegistryClient
-from registry_replication.local import corpus, images
-from registry_replication.local.cluster import AirflowCluster
-from registry_replication.local.keys import generate_key_pair
-from registry_replication.local.registry import LocalRegistry, Notifications, free_port
-from registry_replication.local.servers import TokenService
-from registry_replication.local.standalone import PROJECT, AirflowStandalone
+from replication_harness import corpus, images
+from replication_harness.cluster import AirflowCluster
+from replication_harness.keys import generate_key_pair
+from replication_harness.registry import LocalRegistry, Notifications, free_port
+from replication_harness.servers import TokenService
+from replication_harness.standalone import PROJECT, AirflowStandalone
 
 DEMO_USER, DEMO_PASSWORD = "demo", "demo-password"
 

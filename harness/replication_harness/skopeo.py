@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import subprocess
 
-from registry_replication.local.registry import LocalRegistry
+from replication_harness.registry import LocalRegistry
 
 LOGIN = ("skopeo", "skopeo-password")
 

@@ -12,7 +12,7 @@ import json
 
 from registry_replication import mediatypes as mt
 from registry_replication.client import RegistryClient
-from registry_replication.local import images
+from replication_harness import images
 
 
 def push_every_kind(writer: RegistryClient, layer_size: int = 4096) -> dict[tuple[str, str], str]:

@@ -15,7 +15,7 @@ from typing import Any
 import requests
 
 from registry_replication.config import RegistryConfig
-from registry_replication.local.keys import KeyPair
+from replication_harness.keys import KeyPair
 
 REGISTRY_BINARY = "docker-registry"
 GITLAB_ISSUER = "gitlab-issuer"

@@ -18,8 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from registry_replication.auth import JwtAuth
-from registry_replication.local.keys import KeyPair
-from registry_replication.local.registry import GITLAB_ISSUER, GITLAB_SERVICE
+from replication_harness.keys import KeyPair
+from replication_harness.registry import GITLAB_ISSUER, GITLAB_SERVICE
 
 
 class _Server:

@@ -30,9 +30,9 @@ import requests
 
 from cryptography.fernet import Fernet
 
-from registry_replication.local.postgres import LocalPostgres
-from registry_replication.local.registry import free_port
-from registry_replication.local.standalone import AirflowStandalone
+from replication_harness.postgres import LocalPostgres
+from replication_harness.registry import free_port
+from replication_harness.standalone import AirflowStandalone
 
 NODE_ADDRESS = "REGISTRY_REPLICATION_NODE_ADDRESS"
 COPY_QUEUE = "registry_copy"

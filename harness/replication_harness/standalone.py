@@ -18,9 +18,9 @@ from typing import Any
 
 import requests
 
-from registry_replication.local.registry import free_port
+from replication_harness.registry import free_port
 
-PROJECT = Path(__file__).resolve().parents[3]
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 @dataclass

@@ -1,0 +1,96 @@
+"""What happened to each thing a run touched, the run's summary, and how sizes read.
+
+Every result type names its result ``outcome``, typed by the ``StrEnum`` of its kind. The values
+are the strings the logs, XCom records and the replication store have always held, so records
+written before these types existed read back the same.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from enum import StrEnum
+from typing import Any
+
+
+class BlobOutcome(StrEnum):
+    SKIPPED = "skipped"  # already on the secondary
+    MOUNTED = "mounted"  # cross-repository mount: no bytes moved
+    COPIED = "copied"
+    FAILED = "failed"
+
+
+class ImageOutcome(StrEnum):
+    PUSHED = "pushed"
+    SKIPPED = "skipped"  # every manifest already there
+    BLOCKED = "blocked"  # a blob it needs failed to copy
+    FAILED = "failed"
+
+
+class PruneOutcome(StrEnum):
+    DELETED = "deleted"
+    WOULD_DELETE = "would delete"  # dry run
+    KEPT = "kept"  # pushed again on the primary meanwhile
+    FAILED = "failed"
+
+
+class EventStatus(StrEnum):
+    """An event in the queue."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"  # out of attempts: a dead letter
+    REJECTED = "rejected"  # stored but never processed (out of grammar, malformed)
+
+
+class RepositoryState(StrEnum):
+    """A repository's replication state: recorded by the tasks, shown by the status page."""
+
+    SYNCED = "synced"
+    PENDING = "pending"  # differs, a run will copy it
+    FAILED = "failed"
+    NEVER_SYNCED = "never synced"  # shown for a repository no run has recorded yet
+
+
+NOT_PUSHED = frozenset({ImageOutcome.FAILED, ImageOutcome.BLOCKED})
+
+
+def summarize(blobs: Iterable[Any], images: Iterable[Any], pruned: Iterable[Any], *,
+              zeros: bool = False) -> dict[str, int]:
+    """The run's counts: CLI, the tasks' report and (through the run history) the status page.
+
+    ``blobs``/``images``/``pruned`` are result objects or their records (dicts). Per-outcome
+    counts appear when non-zero, or always with ``zeros`` (the recorded run history).
+    """
+    blobs, images, pruned = list(map(_record, blobs)), list(map(_record, images)), list(
+        map(_record, pruned))
+    counts: dict[str, int] = {}
+    for kind, outcomes, results in (("blobs", BlobOutcome, blobs),
+                                    ("images", ImageOutcome, images)):
+        seen = Counter(r["outcome"] for r in results)
+        counts.update({f"{kind} {o}": seen[o] for o in outcomes if zeros or seen[o]})
+    counts["manifests pushed"] = sum(r["manifests_pushed"] for r in images)
+    counts["bytes copied"] = sum(r["bytes"] for r in blobs)
+    counts["tags pruned"] = sum(r["outcome"] == PruneOutcome.DELETED for r in pruned)
+    # Changed on the primary during the run: left to the newer writer, not errors.
+    moved = sum(len(r.get("moved") or {}) for r in images)
+    kept = sum(r["outcome"] == PruneOutcome.KEPT for r in pruned)
+    counts.update({k: v for k, v in (("tags moved since the plan", moved),
+                                      ("tags kept, pushed again", kept)) if zeros or v})
+    return counts
+
+
+def _record(result: Any) -> dict[str, Any]:
+    return result if isinstance(result, dict) else vars(result)
+
+
+def human_size(size: float | None) -> str:
+    """``512 B``, ``64.0 KiB``, ``3.0 MiB``: every size a person reads; ``–`` for unknown."""
+    if size is None:
+        return "–"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
