@@ -57,7 +57,7 @@ def test_moved_tag_is_updated_and_deleted_tag_pruned(primary_writer, replicator,
     assert secondary_reader.head_manifest("app", "keep").digest == shared.digest
     assert sorted(secondary_reader.tags("app")) == ["keep", "moving", "other"]
     # Only "drop" was touched: "keep", on the same digest, was never untagged.
-    assert [(r.tag, r.action) for r in report.pruned] == [("drop", "deleted")]
+    assert [(r.tag, r.outcome) for r in report.pruned] == [("drop", "deleted")]
     assert report.verification["in_sync"].all()
 
 
@@ -109,7 +109,7 @@ def test_prune_refuses_a_mass_deletion_unless_forced(primary_writer, replicator,
 
     preview = run_sync(*replicator, SyncOptions(force_prune=True, dry_run=True))
     assert sorted(r.tag for r in preview.pruned) == ["v0", "v1"]
-    assert {r.action for r in preview.pruned} == {"would delete"}
+    assert {r.outcome for r in preview.pruned} == {"would delete"}
     assert sorted(secondary_reader.tags("app")) == ["v0", "v1", "v2"]
 
     forced = run_sync(*replicator, SyncOptions(force_prune=True))
@@ -128,7 +128,7 @@ def test_corrupt_blob_fails_that_blob_and_blocks_its_manifest(primary, primary_w
     primary.blob_path(rotten.digest).write_bytes(b"\0" * rotten.size)
 
     report = run_sync(*replicator)
-    failed = [r for r in report.blobs if r.action == "failed"]
+    failed = [r for r in report.blobs if r.outcome == "failed"]
     assert [(r.repository, r.digest) for r in failed] == [("app", rotten.digest)]
     assert "app@" + rotten.digest in failed[0].error and "DIGEST_INVALID" in failed[0].error
     blocked = [r for r in report.images if r.outcome == "blocked"]
