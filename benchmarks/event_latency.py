@@ -31,12 +31,8 @@ from pathlib import Path
 
 from registry_replication.client import RegistryClient
 from replication_harness import images
-from replication_harness.keys import generate_key_pair
-from replication_harness.registry import LocalRegistry, Notifications, free_port
-from replication_harness.servers import TokenService
-from replication_harness.standalone import AirflowStandalone
+from replication_harness.event_stack import event_stack
 
-SECRET = "latency_" + "s" * 32
 
 
 def say(text: str) -> None:
@@ -58,27 +54,13 @@ def wait_for(reader: RegistryClient, repository: str, tag: str, digest: str,
 def measure(workdir: Path, *, sequential: int, idle_minutes: float, burst: int,
             burst_repositories: int, drain_idle_seconds: float | None) -> dict:
     with ExitStack() as stack:
-        keys = generate_key_pair(workdir / "keys")
-        tokens = stack.enter_context(TokenService(keys, {}))
-        port = free_port()
-        primary = stack.enter_context(LocalRegistry(
-            workdir / "primary", keys=keys, token_realm=tokens.realm, name="primary",
-            notifications=Notifications(f"http://127.0.0.1:{port}/registry-replication/events",
-                                        SECRET, backoff="500ms")))
-        secondary = stack.enter_context(LocalRegistry(
-            workdir / "secondary", keys=keys, token_realm=tokens.realm, name="secondary"))
-        env = {
-            "AIRFLOW_CONN_REGISTRY_PRIMARY": json.dumps(primary.connection()),
-            "AIRFLOW_CONN_REGISTRY_SECONDARY": json.dumps(secondary.connection()),
-            "REGISTRY_NOTIFICATION_SECRET": SECRET,
-            "REGISTRY_REPLICATION_DB_URL": f"sqlite:///{workdir / 'replication.db'}",
-            "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
-        }
+        env = {}
         if drain_idle_seconds is not None:
             env["AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS"] = str(drain_idle_seconds)
         else:  # the default (60 s), whatever the caller's environment says
             os.environ.pop("AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS", None)
-        airflow = stack.enter_context(AirflowStandalone(workdir / "airflow", port=port, env=env))
+        started = stack.enter_context(event_stack(workdir, env))
+        primary, secondary, airflow = started.primary, started.secondary, started.airflow
         say(f"starting airflow standalone at {airflow.url} ...")
         airflow.wait_ready()
         airflow.wait_for_dag("registry_events")

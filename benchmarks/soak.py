@@ -29,16 +29,13 @@ import requests
 
 from registry_replication.client import RegistryClient
 from replication_harness import images
-from replication_harness.keys import generate_key_pair
-from replication_harness.registry import LocalRegistry, Notifications, free_port
-from replication_harness.servers import TokenService
+from replication_harness.event_stack import event_stack
 from replication_harness.standalone import AirflowStandalone
 from replication_harness.watch import PrimaryHistory, ReplicaWatcher, tags_of
 from registry_replication.store import EventStore
 
 REPOSITORIES = ("soak/a", "soak/b", "soak/c", "soak/multi")
 TAGS = tuple(f"t{i}" for i in range(6))
-SECRET = "soak_" + "s" * 32
 # LocalExecutor's worker supervises each task in a child process titled by the task instance
 # id; killing that child is a worker killed mid-task (the supervisor reports it, Airflow retries).
 TASK_PROCESS_PREFIX = "airflow worker -- "
@@ -116,26 +113,12 @@ def _run_state(airflow: AirflowStandalone, run_id: str) -> str:
 def soak(workdir: Path, *, minutes: float, kills: int, reconcile_every: float, seed: int) -> dict:
     rng = random.Random(seed)
     with ExitStack() as stack:
-        keys = generate_key_pair(workdir / "keys")
-        tokens = stack.enter_context(TokenService(keys, {}))
-        port = free_port()
-        primary = stack.enter_context(LocalRegistry(
-            workdir / "primary", keys=keys, token_realm=tokens.realm, name="primary",
-            notifications=Notifications(f"http://127.0.0.1:{port}/registry-replication/events",
-                                        SECRET, backoff="500ms")))
-        secondary = stack.enter_context(LocalRegistry(
-            workdir / "secondary", keys=keys, token_realm=tokens.realm, name="secondary"))
-        db_url = f"sqlite:///{workdir / 'replication.db'}"
-        airflow = AirflowStandalone(workdir / "airflow", port=port, env={
-            "AIRFLOW_CONN_REGISTRY_PRIMARY": json.dumps(primary.connection()),
-            "AIRFLOW_CONN_REGISTRY_SECONDARY": json.dumps(secondary.connection()),
-            "REGISTRY_NOTIFICATION_SECRET": SECRET,
-            "REGISTRY_REPLICATION_DB_URL": db_url,
+        started = stack.enter_context(event_stack(workdir, {
             "REGISTRY_REPLICATION_LEASE_SECONDS": "10",
-            "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
             "AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES": "3",
-        })
-        stack.enter_context(airflow)
+        }))
+        primary, secondary, airflow = started.primary, started.secondary, started.airflow
+        db_url = started.store_url
         say(f"starting airflow standalone at {airflow.url} ...")
         airflow.wait_ready()
         for dag_id in ("registry_events", "registry_reconcile"):
