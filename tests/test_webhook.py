@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from replication_harness import images
-from replication_harness.registry import Notifications, free_port
+from replication_harness.registry import Notifications
+from replication_harness.servers import serve_on_loopback
 from registry_replication.notifications import ENVELOPE_MEDIA_TYPE
 from registry_replication.store import EventStore
 from registry_replication.webhook import create_app
@@ -106,16 +105,8 @@ def test_blob_pull_and_mount_events_are_ignored(client, store):
 @pytest.fixture
 def served_webhook(store):
     """The app behind a real uvicorn server on loopback."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(store, secret=SECRET), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/events"
-    server.should_exit = True
-    thread.join(10)
+    with serve_on_loopback(create_app(store, secret=SECRET)) as url:
+        yield f"{url}/events"
 
 
 def test_real_registry_notifications_are_stored(start_registry, keys, token_service,

@@ -12,9 +12,13 @@ import base64
 import http.client
 import json
 import threading
+import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from registry_replication.auth import JwtAuth
@@ -249,3 +253,23 @@ class FaultProxy(_Server):
     def record(self, method: str, path: str, outcome: int | str) -> None:
         with self._lock:
             self.log.append((method, path, outcome))
+
+
+@contextmanager
+def serve_on_loopback(app: Any) -> Iterator[str]:
+    """An ASGI app behind a real uvicorn server on a free loopback port; yields its base URL."""
+    import uvicorn
+
+    from replication_harness.registry import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

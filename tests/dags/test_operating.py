@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from airflow.sdk import BaseNotifier
 from airflow.sdk._shared.observability.metrics.base_stats_logger import NoStatsLogger
 from fastapi.testclient import TestClient
@@ -24,7 +22,8 @@ from test_dags import airflow_db, connections, run  # noqa: F401 (fixtures)
 
 from registry_replication.client import RegistryClient
 from replication_harness import images
-from replication_harness.registry import Notifications, free_port
+from replication_harness.registry import Notifications
+from replication_harness.servers import serve_on_loopback
 from registry_replication.outcomes import EventStatus
 from registry_replication.store import Event, EventStore, events
 
@@ -90,16 +89,8 @@ def store(tmp_path, monkeypatch) -> EventStore:
 def webhook_url(store) -> Iterator[str]:
     from registry_replication.webhook import create_app
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(store, secret=SECRET), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/events"
-    server.should_exit = True
-    thread.join(10)
+    with serve_on_loopback(create_app(store, secret=SECRET)) as url:
+        yield f"{url}/events"
 
 
 @pytest.fixture
