@@ -6,7 +6,7 @@ import datetime as dt
 
 from replication_harness import images
 from registry_replication.realtime import coalesce, replicate_events
-from registry_replication.store import Event
+from registry_replication.store.queue import Event
 
 T0 = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.timezone.utc)
 

@@ -21,7 +21,7 @@ from registry_replication.outcomes import NOT_PUSHED, BlobOutcome, PruneOutcome,
 from registry_replication.plan import Plan, build_plan
 from registry_replication.prune import PruneRefused, PruneResult, prunable, prune
 from registry_replication.snapshot import Scope, Snapshot, take_snapshot
-from registry_replication.store import EventStore
+from registry_replication.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +88,14 @@ def run_sync(
     """``leases``: the write protocol shared with every other writer; default: leases in the
     replication store the DAGs use (``REGISTRY_REPLICATION_DB_URL`` or ``$AIRFLOW_HOME``)."""
     if leases is None:
-        with Leases(EventStore()) as own:
+        with Leases(Store()) as own:
             return run_sync(primary, secondary, options, leases=own)
     options = options or SyncOptions()
     started = time.monotonic()
     source, target = snapshots(primary, secondary, options)
     differences = diffs.diff(source, target)
-    plan = build_plan(primary, secondary, differences, concurrency=options.concurrency)
+    plan = build_plan(primary, secondary, diffs.wanted(differences),
+                      concurrency=options.concurrency)
     report = SyncReport(source, target, differences, plan)
     if options.dry_run:
         log.info("dry run: nothing copied\n%s", diffs.summary(differences).to_string())
