@@ -88,3 +88,14 @@ def test_the_migrations_make_exactly_the_declared_tables(tmp_path):
 
 def test_a_store_from_before_migrations_upgrades_with_its_data(tmp_path):
     assert_premigration_store_upgrades(f"sqlite:///{tmp_path / 'old.db'}")
+
+
+def test_the_cli_upgrades_a_store(tmp_path, capsys):
+    from registry_replication.cli import main
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    assert main(["store", "upgrade", "--url", url]) == 0
+    assert f"upgraded from None to {migrate.head()}" in capsys.readouterr().out
+    assert main(["store", "upgrade", "--url", url]) == 0
+    assert f"already at revision {migrate.head()}" in capsys.readouterr().out
+    assert_schema_matches(Store(url))

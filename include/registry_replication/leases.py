@@ -118,7 +118,8 @@ class Leases:
         different addresses: the session's path is what identifies it.)"""
         for row in self.store.state.expired_leases(UPLOAD):
             detail = row.get("detail") or {}
-            if self.store.state.acquire_lease(row["resource"], self.owner, self.ttl, detail) is not None:
+            holder = self.store.state.acquire_lease(row["resource"], self.owner, self.ttl, detail)
+            if holder is not None:
                 continue  # another writer is cleaning it up
             try:
                 yield detail

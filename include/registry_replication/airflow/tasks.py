@@ -213,8 +213,8 @@ def plan(differences: dict[str, Any]) -> list[dict[str, Any]]:
     p = _params()
     folder = _run_folder()
     changes = _changes(differences)
-    result = build_plan(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID), diffs.wanted(changes),
-                        concurrency=p["concurrency"])
+    result = build_plan(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID),
+                        diffs.wanted(changes), concurrency=p["concurrency"])
     for skipped in result.skipped:
         log.warning("skipped %s:%s (%s): %s", skipped.repository, ",".join(skipped.tags),
                     skipped.digest, skipped.reason)

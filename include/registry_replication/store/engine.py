@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,15 @@ from registry_replication.store import migrate
 
 URL_ENV = "REGISTRY_REPLICATION_DB_URL"
 
-_engines: dict[str, sa.Engine] = {}
+# A process uses one store; a test session many. The least recently used beyond this many give
+# back their pooled connections (such an engine stays usable, with a new pool).
+MAX_ENGINES = 8
+_engines: OrderedDict[str, sa.Engine] = OrderedDict()
 _lock = threading.Lock()
 
 
 def default_url() -> str:
-    """``$REGISTRY_REPLICATION_DB_URL``, else SQLite at ``$AIRFLOW_HOME/registry_replication.db``."""
+    """``$REGISTRY_REPLICATION_DB_URL``, else ``$AIRFLOW_HOME/registry_replication.db``."""
     url = os.environ.get(URL_ENV)
     if url:
         return url
@@ -38,10 +42,14 @@ def shared_engine(url: str | None = None) -> sa.Engine:
     url = url or default_url()
     with _lock:
         found = _engines.get(url)
-        if found is None:
+        if found is not None:
+            _engines.move_to_end(url)
+        else:
             found = create(url)
             migrate.upgrade(found)
             _engines[url] = found
+            while len(_engines) > MAX_ENGINES:
+                _engines.popitem(last=False)[1].dispose()
     return found
 
 
