@@ -87,7 +87,8 @@ os.register_at_fork(after_in_child=_forget_in_child)
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    # First: switching a new file to WAL needs its lock, which another process may hold.
+    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged event survives a power cut
-    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
