@@ -1,6 +1,6 @@
 """Write leases and event claims on both store backends (SQLite and a real PostgreSQL), with
-many writers at once: each a separate process with its own engine and connections, as separate
-processes and machines have."""
+many writers at once, each in its own process with its own engine and connections, as on
+separate machines."""
 
 from __future__ import annotations
 
