@@ -196,7 +196,6 @@ def _failed_event(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
         "status": row["status"],
-        "retryable": row["status"] == EventStatus.FAILED,  # a rejected event can never be replicated
         "action": row["action"],
         "repository": row["repository"],
         "tag": row.get("tag"),

@@ -26,7 +26,7 @@ from airflow.sdk.observability.stats import Stats
 from airflow.sdk.module_loading import import_string
 
 from registry_replication import metrics
-from registry_replication.outcomes import EventStatus, RepositoryState
+from registry_replication.outcomes import RepositoryState
 from registry_replication.status import run_url
 from registry_replication.store import Store
 
@@ -141,7 +141,7 @@ def describe(state: str, dag_id: str, run_id: str, store: Store) -> dict[str, An
         lines += [f"Failing repositories: {', '.join(failing)}"] if failing else []
         dead = store.queue.dead_letters(limit=20)
         lines += [f"Failed event: {e['action']} {e['repository']}:{e['tag'] or e['digest']}: "
-                  f"{e['last_error'] or ''}" for e in dead if e["status"] == EventStatus.FAILED]
+                  f"{e['last_error'] or ''}" for e in dead]
     elif state == RECOVERED:
         subject = f"[registry-replication] {dag_id} recovered"
         lines.append(f"{dag_id} succeeded again after a failure.")

@@ -181,9 +181,9 @@ class EventQueue:
         return {s: counts.get(s, 0) for s in EventStatus}
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Events that failed for good or were rejected, newest first."""
+        """Events that failed every attempt, newest first (rejected events are listed by status)."""
         query = (sa.select(events)
-                 .where(events.c.status.in_([EventStatus.FAILED, EventStatus.REJECTED]))
+                 .where(events.c.status == EventStatus.FAILED)
                  .order_by(events.c.updated_at.desc()).limit(limit))
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
