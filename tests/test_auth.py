@@ -134,9 +134,9 @@ def test_read_only_client_never_asks_for_push(primary_reader):
 
 
 def test_bearer_token_flow(start_registry, keys):
-    with TokenService(keys, {"ci": ("s3cret", {"pull", "push"}), "viewer": ("v", {"pull"})}) as tokens:
+    with TokenService(keys, {"ci": ("ci-password", {"pull", "push"}), "viewer": ("v", {"pull"})}) as tokens:
         registry = start_registry("tokenauth", keys=keys, token_realm=tokens.realm)
-        writer_conn = {"host": registry.url, "login": "ci", "password": "s3cret"}
+        writer_conn = {"host": registry.url, "login": "ci", "password": "ci-password"}
         with RegistryClient(RegistryConfig.from_connection(writer_conn), writable=True) as writer:
             assert writer.auth.kind == "token"  # detected from the challenge
             images.push(writer, "team/app", images.ImageFactory().make(), ["1.2.3"])
@@ -203,6 +203,18 @@ def test_token_service_down_is_a_typed_error_with_advice(start_registry, keys):
     message = str(down.value)
     assert message.startswith(f"get token on {tokens.realm}: no answer from the token service")
     assert "What to do: check that the token service" in message and "pw" not in message
+
+
+def test_unreadable_signing_key_is_a_typed_error_with_advice():
+    config = RegistryConfig("http://127.0.0.1:9", auth="jwt", service=GITLAB_SERVICE,
+                            private_key="-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n"
+                                        "-----END PRIVATE KEY-----\n")
+    with RegistryClient(config) as client, pytest.raises(RegistryAuthError) as refused:
+        client.tags("app")
+    message = str(refused.value)
+    assert "the signing key or certificate cannot be read" in message
+    assert "What to do: private_key_path must name the registry's PEM private key" in message
+    assert "bm90IGEga2V5" not in message
 
 
 def test_basic_auth(start_registry, tmp_path):
