@@ -16,11 +16,11 @@ from cryptography.hazmat.primitives import serialization
 from registry_replication.auth import JwtAuth, libtrust_key_id, repository_scope
 from registry_replication.client import RegistryClient
 from registry_replication.config import RegistryConfig
-from registry_replication.errors import RegistryAuthError
+from registry_replication.errors import RegistryAuthError, RegistryUnavailableError
 from replication_harness import images
 from replication_harness.keys import generate_key_pair
 from replication_harness.registry import GITLAB_SERVICE
-from replication_harness.servers import TokenService
+from replication_harness.servers import FaultProxy, TokenService
 
 
 def test_kid_is_libtrust_key_id(keys):
@@ -114,8 +114,8 @@ def test_expired_token_is_refused(primary, primary_writer, keys):
 
 def test_token_lacking_the_action_is_refused(primary, keys):
     class PullOnly(JwtAuth):
-        def header(self, scopes):
-            return super().header([s.replace("pull,push", "pull") for s in scopes])
+        def authorization(self, scopes):
+            return super().authorization([s.replace("pull,push", "pull") for s in scopes])
 
     auth = PullOnly(keys.private_key_pem, service=GITLAB_SERVICE)
     with RegistryClient(primary.client_config(), writable=True, auth=auth) as client:
@@ -134,9 +134,9 @@ def test_read_only_client_never_asks_for_push(primary_reader):
 
 
 def test_bearer_token_flow(start_registry, keys):
-    with TokenService(keys, {"ci": ("s3cret", {"pull", "push"}), "viewer": ("v", {"pull"})}) as tokens:
+    with TokenService(keys, {"ci": ("ci-password", {"pull", "push"}), "viewer": ("v", {"pull"})}) as tokens:
         registry = start_registry("tokenauth", keys=keys, token_realm=tokens.realm)
-        writer_conn = {"host": registry.url, "login": "ci", "password": "s3cret"}
+        writer_conn = {"host": registry.url, "login": "ci", "password": "ci-password"}
         with RegistryClient(RegistryConfig.from_connection(writer_conn), writable=True) as writer:
             assert writer.auth.kind == "token"  # detected from the challenge
             images.push(writer, "team/app", images.ImageFactory().make(), ["1.2.3"])
@@ -152,6 +152,69 @@ def test_bearer_token_flow(start_registry, keys):
             with pytest.raises(RegistryAuthError) as refused:
                 bad.tags("team/app")
         assert "wrong" not in str(refused.value) and "'ci'" in str(refused.value)
+
+
+def test_token_is_fetched_again_once_it_expires(start_registry, keys):
+    """The service says 2 s and means it: the client renews before sending, no 401."""
+    with TokenService(keys, {"ci": ("pw", {"pull", "push"})}, refused_after_seconds=2,
+                      expires_in=2) as tokens:
+        registry = start_registry("tokenauth", keys=keys, token_realm=tokens.realm)
+        with FaultProxy(registry.url) as proxy, RegistryClient(RegistryConfig.from_connection(
+                {"host": proxy.url, "login": "ci", "password": "pw"}), writable=True) as client:
+            images.push(client, "app", images.ImageFactory().make(), ["v1"])
+            time.sleep(3)  # every token the client holds is refused by now
+            issued, proxy.log[:] = tokens.issued, []
+            assert client.tags("app") == ["v1"]
+            assert [status for _, _, status in proxy.log] == [200]
+    assert tokens.issued == issued + 1
+
+
+def test_cached_token_refused_by_the_registry_is_refreshed_once(start_registry, keys):
+    """The service says 300 s but the registry refuses the token after 2 s: the 401 on the
+    cached token earns one fresh token and the request is sent again."""
+    with TokenService(keys, {"ci": ("pw", {"pull", "push"})}, refused_after_seconds=2,
+                      expires_in=300) as tokens:
+        registry = start_registry("tokenauth", keys=keys, token_realm=tokens.realm)
+        with FaultProxy(registry.url) as proxy, RegistryClient(RegistryConfig.from_connection(
+                {"host": proxy.url, "login": "ci", "password": "pw"}), writable=True) as client:
+            image = images.ImageFactory().make()
+            images.push(client, "app", image, ["v1"])
+            time.sleep(3)
+            issued, proxy.log[:] = tokens.issued, []
+            assert client.tags("app") == ["v1"]
+            assert [status for _, _, status in proxy.log] == [401, 200]
+            assert tokens.issued == issued + 1
+            # A body goes again too: a manifest PUT on a refused token.
+            time.sleep(3)
+            proxy.log[:] = []
+            client.put_manifest("app", "v2", image.raw, image.media_type)
+            assert [(m, status) for m, _, status in proxy.log] == [("PUT", 401), ("PUT", 201)]
+            assert client.head_manifest("app", "v2").digest == image.digest
+
+
+def test_token_service_down_is_a_typed_error_with_advice(start_registry, keys):
+    tokens = TokenService(keys, {"ci": ("pw", {"pull"})}).start()
+    registry = start_registry("tokenauth", keys=keys, token_realm=tokens.realm)
+    tokens.stop()
+    config = RegistryConfig.from_connection({"host": registry.url, "login": "ci", "password": "pw",
+                                             "extra": {"max_retries": 1, "backoff_seconds": 0.01}})
+    with RegistryClient(config) as client, pytest.raises(RegistryUnavailableError) as down:
+        client.tags("app")
+    message = str(down.value)
+    assert message.startswith(f"get token on {tokens.realm}: no answer from the token service")
+    assert "What to do: check that the token service" in message and "pw" not in message
+
+
+def test_unreadable_signing_key_is_a_typed_error_with_advice():
+    config = RegistryConfig("http://127.0.0.1:9", auth="jwt", service=GITLAB_SERVICE,
+                            private_key="-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n"
+                                        "-----END PRIVATE KEY-----\n")
+    with RegistryClient(config) as client, pytest.raises(RegistryAuthError) as refused:
+        client.tags("app")
+    message = str(refused.value)
+    assert "the signing key or certificate cannot be read" in message
+    assert "What to do: private_key_path must name the registry's PEM private key" in message
+    assert "bm90IGEga2V5" not in message
 
 
 def test_basic_auth(start_registry, tmp_path):

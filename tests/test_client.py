@@ -144,21 +144,59 @@ def test_corrupt_blob_is_refused_before_commit(primary, primary_writer, primary_
     assert secondary_writer.blob_size("app", layer.digest) is None
 
 
-def test_chunked_upload_resumes_from_the_registry_offset(primary_writer, primary_reader,
-                                                         secondary_writer):
+def test_upload_interrupted_mid_patch_resumes_inside_the_client(
+        secondary, primary_writer, primary_reader, caplog):
+    """A PATCH cut off: the client asks the registry for the upload's offset and reopens the
+    body there; the caller sees one call that succeeded."""
     layer = images.random_layer(3 * MiB + 123)
     primary_writer.push_blob("app", layer.digest, layer.data, layer.size)
-    upload = secondary_writer.start_upload("app")
-    upload = secondary_writer.upload_chunk(upload, layer.data[:MiB], MiB)
-    assert upload.offset == MiB
-    # A new process only knows the upload's location: ask the registry where it stands.
-    upload = secondary_writer.upload_status(upload)
-    assert upload.offset == MiB
-    rest = primary_reader.read_blob("app", layer.digest, offset=upload.offset)
-    upload = secondary_writer.upload_chunk(upload, rest, layer.size - MiB)
-    assert upload.offset == layer.size
-    secondary_writer.finish_upload(upload, layer.digest)
-    assert b"".join(secondary_writer.read_blob("app", layer.digest)) == layer.data
+    opened: list[int] = []
+    sessions: list[str] = []
+
+    def open_body(offset: int):
+        opened.append(offset)
+        return primary_reader.read_blob("app", layer.digest, offset=offset)
+
+    with FaultProxy(secondary.url) as proxy:
+        config = RegistryConfig.from_connection({**secondary.connection(), "host": proxy.url})
+        with RegistryClient(config, writable=True) as target:
+            proxy.inject(Fault(cut=True, method="PATCH", after=1))  # the second chunk is lost
+            with caplog.at_level(logging.WARNING, logger="registry_replication.client"):
+                target.upload_blob("app", layer.digest, layer.size, open_body, chunk_size=MiB,
+                                   on_session=lambda upload: sessions.append(upload.location))
+        calls = [(method, outcome) for method, path, outcome in proxy.log if "uploads" in path]
+    assert calls == [("POST", 202), ("PATCH", 202), ("PATCH", "cut"), ("GET", 204),
+                     ("PATCH", 202), ("PATCH", 202), ("PUT", 201)]
+    assert opened == [0, MiB]  # one stream, reopened once at the registry's offset
+    assert primary_reader.bytes_read == layer.size + MiB  # only the lost chunk read twice
+    assert len(sessions) == 5  # opened, and moved on by each accepted chunk and the status
+    assert any(f"resuming at byte {MiB}, the registry's offset" in r.getMessage()
+               for r in caplog.records)
+    with RegistryClient(secondary.client_config()) as reader:
+        assert b"".join(reader.read_blob("app", layer.digest)) == layer.data
+
+
+def test_upload_restarts_when_the_registry_dropped_the_session(secondary, primary_writer,
+                                                               primary_reader):
+    """distribution cancels a session whose bytes no longer match its state: start over."""
+    layer = images.random_layer(2 * MiB + 5)
+    primary_writer.push_blob("app", layer.digest, layer.data, layer.size)
+    with FaultProxy(secondary.url) as proxy:
+        config = RegistryConfig.from_connection({**secondary.connection(), "host": proxy.url})
+        with RegistryClient(config, writable=True) as target:
+            proxy.inject(Fault(cut=True, method="PATCH", after=1),
+                         Fault(status=404, method="GET", path_contains="/uploads/",
+                               code="BLOB_UPLOAD_UNKNOWN"))
+            target.upload_blob("app", layer.digest, layer.size,
+                               lambda offset: primary_reader.read_blob("app", layer.digest,
+                                                                       offset=offset),
+                               chunk_size=MiB)
+        calls = [(method, outcome) for method, path, outcome in proxy.log if "uploads" in path]
+    assert calls == [("POST", 202), ("PATCH", 202), ("PATCH", "cut"), ("GET", 404),
+                     ("DELETE", 204), ("POST", 202), ("PATCH", 202), ("PATCH", 202),
+                     ("PUT", 201)]
+    with RegistryClient(secondary.client_config()) as reader:
+        assert b"".join(reader.read_blob("app", layer.digest)) == layer.data
 
 
 def test_cross_repository_mount(primary_writer):
@@ -190,7 +228,7 @@ def test_503_then_200_is_retried_and_logged(proxied, caplog):
     retries = [r.getMessage() for r in caplog.records]
     assert len(retries) == 2
     assert "HTTP 503" in retries[0] and "retry 1 of 3" in retries[0]
-    assert "/v2/app/tags/list" in retries[0]
+    assert retries[0].startswith(f"list tags app on {proxy.url}: HTTP 503")
 
 
 def test_429_honours_retry_after(proxied, caplog):
@@ -202,6 +240,21 @@ def test_429_honours_retry_after(proxied, caplog):
     assert time.monotonic() - started >= 1.0
     assert [status for _, _, status in proxy.log] == [429, 200]
     assert "(Retry-After)" in caplog.records[0].getMessage()
+
+
+def test_503_retry_after_is_honoured_and_capped(proxied, caplog, monkeypatch):
+    proxy, client = proxied
+    monkeypatch.setattr("registry_replication.client.MAX_RETRY_SLEEP_SECONDS", 1.5)
+    proxy.inject(Fault(503, headers={"Retry-After": "1"}),
+                 Fault(503, headers={"Retry-After": "3600"}))  # an hour: capped
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="registry_replication.client"):
+        assert client.tags("app") == ["v1"]
+    waited = time.monotonic() - started
+    assert 2.5 <= waited < 10, waited
+    assert [status for _, _, status in proxy.log] == [503, 503, 200]
+    lines = [r.getMessage() for r in caplog.records]
+    assert "in 1.0s (Retry-After)" in lines[0] and "in 1.5s (Retry-After)" in lines[1]
 
 
 def test_cut_connection_is_retried(proxied):

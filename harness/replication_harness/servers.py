@@ -26,6 +26,10 @@ from replication_harness.keys import KeyPair
 from replication_harness.registry import GITLAB_ISSUER, GITLAB_SERVICE
 
 
+# distribution's token check allows this much clock skew on exp and nbf (token.Leeway).
+JWT_LEEWAY_SECONDS = 60
+
+
 class _Server:
     """A ThreadingHTTPServer on a free loopback port, served from a daemon thread."""
 
@@ -73,7 +77,8 @@ class _TokenHandler(_QuietHandler):
             return
         granted = [s for s in query.get("scope", []) if self.owner.allows(login, s)]
         token = self.owner.signer.mint(granted)
-        self._reply(200, {"token": token, "expires_in": self.owner.signer.ttl_seconds})
+        self.owner.issued += 1
+        self._reply(200, {"token": token, "expires_in": self.owner.expires_in})
 
     def _reply(self, status: int, body: dict) -> None:
         data = json.dumps(body).encode()
@@ -89,9 +94,28 @@ class TokenService(_Server):
 
     handler = _TokenHandler
 
-    def __init__(self, keys: KeyPair, users: dict[str, tuple[str, set[str]]]) -> None:
-        self.signer = JwtAuth(keys.private_key_pem, service=GITLAB_SERVICE, issuer=GITLAB_ISSUER)
+    def __init__(
+        self,
+        keys: KeyPair,
+        users: dict[str, tuple[str, set[str]]],
+        *,
+        refused_after_seconds: float | None = None,
+        expires_in: int | None = None,
+    ) -> None:
+        """``refused_after_seconds``: the registry refuses each token that long after it was
+        issued (distribution allows 60 s of clock leeway past ``exp``, so ``exp`` is set that
+        much earlier); ``expires_in``: the lifetime the service tells clients (default: the
+        real one), which may differ, as a token revoked early would."""
+        ttl = 300
+        clock = time.time
+        if refused_after_seconds is not None:
+            backdate = ttl + JWT_LEEWAY_SECONDS - refused_after_seconds
+            clock = lambda: time.time() - backdate  # noqa: E731
+        self.signer = JwtAuth(keys.private_key_pem, service=GITLAB_SERVICE, issuer=GITLAB_ISSUER,
+                              ttl_seconds=ttl, clock=clock)
+        self.expires_in = expires_in if expires_in is not None else ttl
         self.users = users
+        self.issued = 0  # tokens handed out
 
     @property
     def realm(self) -> str:
@@ -117,6 +141,7 @@ class Fault:
     path_contains: str = ""
     method: str = ""  # only requests with this method (default: any)
     after: int = 0  # let this many matching requests through first
+    code: str = "UNAVAILABLE"  # the registry error code in the injected answer's body
 
 
 @dataclass
@@ -158,7 +183,7 @@ class _ProxyHandler(_QuietHandler):
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
-            data = json.dumps({"errors": [{"code": "UNAVAILABLE", "message": "injected"}]}).encode()
+            data = json.dumps({"errors": [{"code": fault.code, "message": "injected"}]}).encode()
             self.send_response(fault.status)
             for name, value in fault.headers.items():
                 self.send_header(name, value)

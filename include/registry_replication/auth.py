@@ -1,5 +1,12 @@
 """Registry authentication: Geo-style self-minted JWTs, the Bearer token flow, basic, anonymous.
 
+Each kind is a ``requests.auth.AuthBase`` attached to the client's session. It reads the scopes a
+request needs from its method and path, the way distribution grants them (``GET``/``HEAD``:
+pull; ``POST``/``PUT``/``PATCH``: pull,push; ``DELETE``: delete; a mount also pulls ``from``),
+adds the ``Authorization`` header, and answers a 401 once: it reads the ``WWW-Authenticate``
+challenge, refreshes its token if that can help, and sends the request again (bodies are bytes
+or replayable, see ``client.Body``). Every failure is a typed ``RegistryError`` with advice.
+
 ``JwtAuth`` is how a GitLab Geo secondary reads its primary: it holds a copy of the registry's
 key pair and signs its own short-lived, minimal-scope RS256 tokens, exactly as GitLab's
 ``/jwt/auth`` would issue them. ``TokenAuth`` is the standard challenge flow against a token
@@ -9,6 +16,7 @@ service (Docker Hub, Harbor, GitLab.com).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import threading
@@ -16,23 +24,45 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from requests.auth import AuthBase, HTTPBasicAuth
 
 from registry_replication import secrets
+from registry_replication.errors import RegistryAuthError, RegistryUnavailableError
 
 CATALOG_SCOPE = "registry:catalog:*"
 # Renew a cached token when less than this share of its lifetime is left.
 _RENEW_FRACTION = 0.2
+# /v2/<name>/tags/..., /manifests/..., /blobs/... (greedy: a name may hold "blobs" itself).
+_REPOSITORY_PATH = re.compile(r"^/v2/(?P<name>.+)/(?:tags|manifests|blobs)/")
 
 
 def repository_scope(repository: str, actions: str) -> str:
-    """``repository:<name>:<actions>``, actions being ``pull`` or ``pull,push``."""
+    """``repository:<name>:<actions>``, actions being ``pull``, ``pull,push`` or ``delete``."""
     return f"repository:{repository}:{actions}"
+
+
+def scopes_for(method: str, url: str) -> tuple[str, ...]:
+    """The token scopes a request needs, as distribution's ``appendAccessRecords`` grants them."""
+    parts = urlsplit(url)
+    if parts.path.rstrip("/") == "/v2/_catalog":
+        return (CATALOG_SCOPE,)
+    match = _REPOSITORY_PATH.match(parts.path)
+    if not match:
+        return ()  # /v2/ itself
+    actions = {"GET": "pull", "HEAD": "pull", "DELETE": "delete"}.get(method, "pull,push")
+    scopes = [repository_scope(match["name"], actions)]
+    source = parse_qs(parts.query).get("from")
+    if source and method == "POST":  # a cross-repository mount reads the other repository
+        scopes.append(repository_scope(source[0], "pull"))
+    return tuple(scopes)
 
 
 @dataclass(frozen=True)
@@ -68,16 +98,51 @@ def libtrust_key_id(public_key: PublicKeyTypes) -> str:
     return ":".join(b32[i : i + 4] for i in range(0, len(b32), 4))
 
 
-class Auth:
-    """Produces the ``Authorization`` header for a request needing ``scopes``."""
+class Auth(AuthBase):
+    """Anonymous: no header. Subclasses produce the ``Authorization`` header for ``scopes``."""
 
     kind = "anonymous"
 
-    def header(self, scopes: Sequence[str]) -> str | None:
-        return None
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        scopes = scopes_for(request.method or "GET", request.url or "")
+        value, fresh = self.authorization(scopes)
+        if value:
+            request.headers["Authorization"] = value
+        request.register_hook("response", functools.partial(self._on_response, scopes, fresh))
+        return request
 
-    def refresh(self, challenge: Challenge | None, scopes: Sequence[str]) -> bool:
-        """Called on a 401; True when retrying the request may now succeed."""
+    def _on_response(
+        self, scopes: tuple[str, ...], fresh: bool, response: requests.Response, **send: Any
+    ) -> requests.Response:
+        """A 401 once per request: refresh the token if that can help, and send it again."""
+        if response.status_code != 401 or getattr(response.request, "reauthenticated", False):
+            return response
+        challenge = Challenge.parse(response.headers.get("WWW-Authenticate"))
+        if not self.refresh(challenge, scopes, fresh=fresh):
+            return response
+        response.content  # noqa: B018 - read it, so the connection goes back to the pool
+        response.close()
+        again = response.request.copy()
+        again.reauthenticated = True  # type: ignore[attr-defined]
+        value, _ = self.authorization(scopes)
+        if value:
+            again.headers["Authorization"] = value
+        retried = response.connection.send(again, **send)
+        retried.history.append(response)
+        retried.request = again
+        return retried
+
+    def authorization(self, scopes: Sequence[str]) -> tuple[str | None, bool]:
+        """The header value for ``scopes``, and whether it was obtained just now (not cached)."""
+        return None, False
+
+    def header(self, scopes: Sequence[str]) -> str | None:
+        """The ``Authorization`` header value for a request needing ``scopes``."""
+        return self.authorization(scopes)[0]
+
+    def refresh(self, challenge: Challenge | None, scopes: Sequence[str], *, fresh: bool) -> bool:
+        """Called on a 401 (``fresh``: the refused token was obtained for this very request);
+        True when sending the request again may now succeed."""
         return False
 
     def explain_refusal(
@@ -85,7 +150,13 @@ class Auth:
     ) -> str:
         """Why the registry refused us (``sent`` = the Authorization header sent), for errors."""
         if challenge and challenge.error == "insufficient_scope":
-            return f"the credentials do not grant {' '.join(scopes)}"
+            return self._lacks(" ".join(scopes))
+        return self._refused(sent)
+
+    def _lacks(self, wanted: str) -> str:
+        return f"the credentials do not grant {wanted}"
+
+    def _refused(self, sent: str | None) -> str:
         return "the registry requires authentication; set auth and credentials on the connection"
 
     def __repr__(self) -> str:
@@ -102,12 +173,10 @@ class BasicAuth(Auth):
         secrets.mask(self._header)
         self.login = login
 
-    def header(self, scopes: Sequence[str]) -> str | None:
-        return self._header
+    def authorization(self, scopes: Sequence[str]) -> tuple[str | None, bool]:
+        return self._header, True
 
-    def explain_refusal(
-        self, challenge: Challenge | None, scopes: Sequence[str], sent: str | None = None
-    ) -> str:
+    def _refused(self, sent: str | None) -> str:
         return f"login {self.login!r} was refused; check the connection's login and password"
 
     def __repr__(self) -> str:
@@ -144,7 +213,23 @@ class _TokenCache:
             self._tokens.pop(key, None)
 
 
-class JwtAuth(Auth):
+class _BearerAuth(Auth):
+    """Bearer tokens per scope set, from a cache (``_cache``) or obtained anew (``_obtain``)."""
+
+    _cache: _TokenCache
+
+    def authorization(self, scopes: Sequence[str]) -> tuple[str | None, bool]:
+        key = tuple(scopes)
+        token = self._cache.get(key)
+        if token is not None:
+            return f"Bearer {token}", False
+        return f"Bearer {self._obtain(key)}", True
+
+    def _obtain(self, key: tuple[str, ...]) -> str:
+        raise NotImplementedError
+
+
+class JwtAuth(_BearerAuth):
     """Mints RS256 registry tokens with the registry's own key pair (GitLab Geo's way)."""
 
     kind = "jwt"
@@ -197,21 +282,19 @@ class JwtAuth(Auth):
         self._cache.put(tuple(scopes), token, now, now + self.ttl_seconds)
         return token
 
-    def header(self, scopes: Sequence[str]) -> str | None:
-        key = tuple(scopes)
-        token = self._cache.get(key) or self.mint(key)
-        return f"Bearer {token}"
+    def _obtain(self, key: tuple[str, ...]) -> str:
+        return self.mint(key)
 
-    def refresh(self, challenge: Challenge | None, scopes: Sequence[str]) -> bool:
+    def refresh(self, challenge: Challenge | None, scopes: Sequence[str], *, fresh: bool) -> bool:
         self._cache.drop(tuple(scopes))
-        return False  # a fresh token from the same key would be refused the same way
+        # A cached token may have expired at the registry (clocks, a long pause): mint once more.
+        # One minted for this request would be refused the same way.
+        return not fresh and not (challenge and challenge.error == "insufficient_scope")
 
-    def explain_refusal(
-        self, challenge: Challenge | None, scopes: Sequence[str], sent: str | None = None
-    ) -> str:
-        wanted = " ".join(scopes)
-        if challenge and challenge.error == "insufficient_scope":
-            return f"the token was valid but lacks the needed action ({wanted})"
+    def _lacks(self, wanted: str) -> str:
+        return f"the token was valid but lacks the needed action ({wanted})"
+
+    def _refused(self, sent: str | None) -> str:
         if sent and sent.startswith("Bearer "):
             claims = jwt.decode(sent[7:], options={"verify_signature": False})
             if claims.get("exp", 0) <= time.time():
@@ -229,7 +312,7 @@ class JwtAuth(Auth):
         return f"JwtAuth(key_id={self.key_id!r}, issuer={self.issuer!r}, service={self.service!r})"
 
 
-class TokenAuth(Auth):
+class TokenAuth(_BearerAuth):
     """The Bearer challenge flow: ask the realm named by the registry's challenge for a token."""
 
     kind = "token"
@@ -254,19 +337,15 @@ class TokenAuth(Auth):
         self._cache = _TokenCache(clock)
         self._lock = threading.Lock()
 
-    def header(self, scopes: Sequence[str]) -> str | None:
+    def authorization(self, scopes: Sequence[str]) -> tuple[str | None, bool]:
         if self._realm is None:
-            return None  # the first request earns the challenge that names the realm
-        key = tuple(scopes)
-        token = self._cache.get(key)
-        if token is None:
-            token = self._fetch(key)
-        return f"Bearer {token}"
+            return None, False  # the first request earns the challenge that names the realm
+        return super().authorization(scopes)
 
-    def refresh(self, challenge: Challenge | None, scopes: Sequence[str]) -> bool:
+    def refresh(self, challenge: Challenge | None, scopes: Sequence[str], *, fresh: bool) -> bool:
         if challenge is None or challenge.scheme != "bearer" or "realm" not in challenge.params:
             return False
-        if challenge.error in ("invalid_token", "insufficient_scope") and self._realm:
+        if challenge.error == "insufficient_scope" or (fresh and self._realm):
             return False  # the token service's answer would not change
         with self._lock:
             self._realm = challenge.params["realm"]
@@ -274,38 +353,64 @@ class TokenAuth(Auth):
         self._cache.drop(tuple(scopes))
         return True
 
-    def _fetch(self, key: tuple[str, ...]) -> str:
+    def _obtain(self, key: tuple[str, ...]) -> str:
+        """A token from the realm; every failure is a typed error naming the realm."""
         params: list[tuple[str, str]] = [("scope", s) for s in key]
         if self._service:
             params.append(("service", self._service))
-        auth = (self.login, self._password) if self.login else None
-        response = self._session.get(self._realm, params=params, auth=auth, timeout=self._timeout)
-        if response.status_code != 200:
-            from registry_replication.errors import RegistryAuthError
-
-            raise RegistryAuthError(
-                f"the token service refused login {self.login!r}",
-                registry=self._realm or "",
+        realm = self._realm or ""
+        failure = dict(registry=realm, operation="get token", code="UNAUTHORIZED")
+        # Explicit auth: the session's own (this object) must not apply to the token service.
+        login = HTTPBasicAuth(self.login, self._password or "") if self.login else no_auth
+        try:
+            response = self._session.get(realm, params=params, auth=login, timeout=self._timeout)
+        except requests.RequestException as exc:
+            raise RegistryUnavailableError(
+                f"no answer from the token service ({type(exc).__name__})", registry=realm,
                 operation="get token",
-                status=response.status_code,
-                code="UNAUTHORIZED",
+                advice="check that the token service named by the registry's challenge (its "
+                "auth.token.realm) is running and reachable from here; the request is retried",
+            ) from None
+        if response.status_code in (429, 500, 502, 503, 504):
+            raise RegistryUnavailableError(
+                f"the token service answered {response.status_code}", registry=realm,
+                operation="get token", status=response.status_code,
             )
-        body = response.json()
-        token = body.get("token") or body.get("access_token")
+        if response.status_code != 200:
+            raise RegistryAuthError(
+                f"the token service refused login {self.login!r}", status=response.status_code,
+                advice="check the connection's login and password (or access token) against the "
+                "token service", **failure,
+            )
+        try:
+            body = response.json()
+            token = body.get("token") or body.get("access_token")
+            expires_in = float(body.get("expires_in") or 60)
+        except (ValueError, AttributeError, TypeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise RegistryAuthError(
+                "the token service's answer holds no token", status=response.status_code,
+                advice="check that the registry's auth.token.realm points at a token service "
+                "(GitLab: /jwt/auth)", **failure,
+            )
         issued = self._clock()
-        expires = issued + float(body.get("expires_in") or 60)
-        self._cache.put(key, token, issued, expires)
+        self._cache.put(key, token, issued, issued + expires_in)
         return token
 
-    def explain_refusal(
-        self, challenge: Challenge | None, scopes: Sequence[str], sent: str | None = None
-    ) -> str:
-        if challenge and challenge.error == "insufficient_scope":
-            return f"the token service did not grant {' '.join(scopes)} to login {self.login!r}"
+    def _lacks(self, wanted: str) -> str:
+        return f"the token service did not grant {wanted} to login {self.login!r}"
+
+    def _refused(self, sent: str | None) -> str:
         return f"the registry refused the token issued to login {self.login!r}"
 
     def __repr__(self) -> str:
         return f"TokenAuth(login={self.login!r})"
+
+
+def no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """Per-request auth that sends no credentials (the session's auth does not apply)."""
+    return request
 
 
 def _access_claim(scope: str) -> dict[str, object]:

@@ -1,15 +1,20 @@
 """A client for the Distribution API v2 / OCI distribution spec.
 
-One ``RegistryClient`` per registry, shared by a thread pool: connections are pooled, every
-request is bounded in time, transient failures (connection errors, 5xx, 429) are retried with
-exponential backoff and jitter, and every failure surfaces as a typed ``RegistryError``.
-Names, tags and digests are validated before they reach a URL; blob bytes are hashed as they
-stream, so a digest mismatch is an error and never a committed blob.
+One ``RegistryClient`` per registry, shared by a thread pool: one pooled ``requests`` session
+carries every request (blob redirects to storage included), authentication is the session's
+``AuthBase`` (``auth.py``: scopes, the 401 challenge, token refresh), every request is bounded
+in time, and one retry policy (``RegistryClient.retrying``, tenacity) retries connection
+errors, 5xx and 429 with exponential backoff and jitter, honouring a capped ``Retry-After``.
+Request bodies are bytes or a ``Body`` that can be read again, so any request can be sent
+again, and ``upload_blob`` resumes an interrupted upload from the registry's offset. Every
+failure surfaces as a typed ``RegistryError``. Names, tags and digests are validated before
+they reach a URL; blob bytes are hashed as they stream, so a digest mismatch is an error and
+never a committed blob.
 
 Credentials go only to the configured registry: every URL it requests, including those the
 registry hands back (``Link``, upload ``Location``, redirects), must have the configured scheme,
 host and port. The one exception is a blob download redirected to a storage backend, which is
-fetched without credentials by a session that reads no ``~/.netrc`` and no proxy variables.
+fetched without credentials (the session reads no ``~/.netrc`` and no proxy variables).
 """
 
 from __future__ import annotations
@@ -19,8 +24,7 @@ import logging
 import os
 import random
 import threading
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -28,18 +32,19 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
 from registry_replication import mediatypes
 from registry_replication.auth import (
-    CATALOG_SCOPE,
     Auth,
     BasicAuth,
     Challenge,
     JwtAuth,
     TokenAuth,
-    repository_scope,
+    no_auth,
+    scopes_for,
 )
 from registry_replication.bandwidth import BandwidthLimit
 from registry_replication.config import RegistryConfig
@@ -61,9 +66,12 @@ log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-MAX_RETRY_SLEEP_SECONDS = 120.0
+MAX_RETRY_SLEEP_SECONDS = 120.0  # the cap on any wait, Retry-After included
 MAX_REDIRECTS = 5
 DEFAULT_PORTS = {"http": 80, "https": 443}
+
+# A blob's bytes from an offset to its end (``open_body(0)``: all of them).
+OpenBody = Callable[[int], Iterable[bytes]]
 
 
 @dataclass(frozen=True)
@@ -117,8 +125,9 @@ class RegistryClient:
             config.verify if config.verify is not True
             else os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         )
-        # Our own loop below retries (it logs, honours Retry-After and knows which bodies can
-        # be replayed); the adapter only pools connections.
+        # The adapter only pools connections: ``retrying`` retries (it logs, honours a capped
+        # Retry-After and sends replayable bodies again; urllib3's Retry would resend a body
+        # it cannot reopen).
         adapter = HTTPAdapter(
             pool_connections=4, pool_maxsize=config.max_connections, max_retries=0
         )
@@ -126,19 +135,31 @@ class RegistryClient:
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = "registry-replication/0.1"
         self._auth = auth  # None: built from the config on first use
+        self.session.auth = auth
         self._auth_lock = threading.Lock()
         self.bytes_read = 0  # blob and manifest bytes received, for benchmarks and summaries
         self._count_lock = threading.Lock()
         self.bandwidth = (BandwidthLimit(config.max_bytes_per_second)
                           if config.max_bytes_per_second else None)
+        # The retry policy, declared once: every request (``_send``) and every step of a blob
+        # upload (``upload_blob``) runs under a copy of it.
+        self.retrying = Retrying(
+            stop=stop_after_attempt(config.max_retries + 1),
+            retry=retry_if_exception_type(RegistryUnavailableError),
+            wait=self._backoff,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
 
     # -- discovery and auth -----------------------------------------------------------------
 
     @property
     def auth(self) -> Auth:
+        """The session's authentication, built from the config (and the registry's challenge)
+        on first use."""
         with self._auth_lock:
             if self._auth is None:
-                self._auth = self._build_auth()
+                self._auth = self.session.auth = self._build_auth()
             return self._auth
 
     def _build_auth(self) -> Auth:
@@ -157,19 +178,27 @@ class RegistryClient:
                     operation="ping",
                     advice="set 'service' in the connection extra (GitLab: container_registry)",
                 )
-            return JwtAuth(
-                cfg.private_key or "",
-                service=service,
-                issuer=cfg.issuer,
-                ttl_seconds=cfg.token_ttl_seconds,
-                certificate_pem=cfg.certificate,
-            )
+            try:
+                return JwtAuth(
+                    cfg.private_key or "",
+                    service=service,
+                    issuer=cfg.issuer,
+                    ttl_seconds=cfg.token_ttl_seconds,
+                    certificate_pem=cfg.certificate,
+                )
+            except ValueError as exc:  # cryptography: not a PEM key or certificate
+                raise RegistryAuthError(
+                    f"the signing key or certificate cannot be read ({type(exc).__name__})",
+                    registry=self.url, operation="sign token",
+                    advice="private_key_path must name the registry's PEM private key (GitLab: "
+                    "gitlab-registry.key) and certificate_path its PEM certificate",
+                ) from None
         if kind == "token":
             auth = TokenAuth(
                 self.session, cfg.login, cfg.password, timeout=cfg.timeout_seconds
             )
             if challenge:
-                auth.refresh(challenge, ())
+                auth.refresh(challenge, (), fresh=False)
             return auth
         if kind == "basic":
             return BasicAuth(cfg.login or "", cfg.password or "")
@@ -183,7 +212,7 @@ class RegistryClient:
 
     def ping(self) -> None:
         """``GET /v2/`` with credentials: raises unless the registry accepts us."""
-        self._send("GET", "/v2/", operation="ping", scopes=()).close()
+        self._send("GET", "/v2/", operation="ping").close()
 
     # -- listing ------------------------------------------------------------------------------
 
@@ -191,7 +220,7 @@ class RegistryClient:
         """Every repository, following ``Link`` pagination (``n``/``last``)."""
         path = f"/v2/_catalog?{urlencode({'n': page_size})}"
         while path:
-            response = self._send("GET", path, operation="list catalog", scopes=(CATALOG_SCOPE,))
+            response = self._send("GET", path, operation="list catalog")
             # Entries are yielded as the registry sent them (even non-strings): the snapshot
             # reports a bad entry as that repository's problem.
             yield from self._json_list(response, "repositories", "list catalog", None)
@@ -204,10 +233,7 @@ class RegistryClient:
         tags: list[Any] = []
         while path:
             try:
-                response = self._send(
-                    "GET", path, operation="list tags", repository=repository,
-                    scopes=self._scopes(repository, "pull"),
-                )
+                response = self._send("GET", path, operation="list tags", repository=repository)
             except NotFoundError as exc:
                 if exc.code == "NAME_UNKNOWN" and not tags:
                     return []  # a repository holding blobs but no tags
@@ -272,9 +298,7 @@ class RegistryClient:
         validate_reference(reference)
         response = self._send(
             "PUT", f"/v2/{repository}/manifests/{reference}", operation="push manifest",
-            repository=repository, reference=reference,
-            scopes=self._scopes(repository, "pull,push"),
-            headers={"Content-Type": media_type}, data=raw, ok=(200, 201, 202),
+            repository=repository, reference=reference, headers={"Content-Type": media_type}, data=raw, ok=(200, 201, 202),
         )
         response.close()
         digest = _digest_of(raw, "sha256:")
@@ -293,7 +317,7 @@ class RegistryClient:
         validate_repository(repository)
         validate_digest(digest)
         response = self._at("DELETE", repository, "manifests", digest, "delete manifest",
-                            action="delete", ok=(200, 202, 404))
+                            ok=(200, 202, 404))
         response.close()
         return response.status_code != 404
 
@@ -307,13 +331,11 @@ class RegistryClient:
         response.close()
         return None if response.status_code == 404 else _content_length(response)
 
-    def _at(self, method: str, repository: str, kind: str, reference: str, operation: str, *,
-            action: str = "pull", **send: Any) -> requests.Response:
-        """``<method> /v2/<repository>/<kind>/<reference>`` with the repository's ``action``
-        scope; the caller has validated the names."""
+    def _at(self, method: str, repository: str, kind: str, reference: str, operation: str,
+            **send: Any) -> requests.Response:
+        """``<method> /v2/<repository>/<kind>/<reference>``; the caller has validated the names."""
         return self._send(method, f"/v2/{repository}/{kind}/{reference}", operation=operation,
-                          repository=repository, reference=reference,
-                          scopes=self._scopes(repository, action), **send)
+                          repository=repository, reference=reference, **send)
 
     def read_blob(
         self,
@@ -339,8 +361,8 @@ class RegistryClient:
             headers["Range"] = f"bytes={offset}-{end}"
         response = self._send(
             "GET", f"/v2/{repository}/blobs/{digest}", operation="get blob",
-            repository=repository, reference=digest, scopes=self._scopes(repository, "pull"),
-            headers=headers, stream=True, ok=(200, 206, 307, 302, 303), allow_redirects=False,
+            repository=repository, reference=digest, headers=headers, stream=True,
+            ok=(200, 206, 307, 302, 303), allow_redirects=False,
         )
         if response.is_redirect:
             response.close()
@@ -353,18 +375,9 @@ class RegistryClient:
                     reference=digest, status=response.status_code,
                     advice="check the registry's storage redirect configuration",
                 )
-            try:
-                response = self._storage.get(location, headers=headers, stream=True,
-                                             timeout=self._timeout)
-            except requests.RequestException as exc:
-                raise self._connection_error(exc, "get blob", repository, digest) from None
-            if response.status_code not in (200, 206):
-                response.close()
-                raise RegistryUnavailableError(
-                    "the storage backend the registry redirected to refused the download",
-                    registry=self.url, operation="get blob", repository=repository,
-                    reference=digest, status=response.status_code,
-                )
+            response = self._send("GET", location, operation="get blob", repository=repository,
+                                  reference=digest, headers=headers, stream=True,
+                                  ok=(200, 206), storage=True)
         if partial and response.status_code != 206:
             response.close()
             raise RegistryError(
@@ -406,9 +419,7 @@ class RegistryClient:
         query = urlencode({"mount": digest, "from": from_repository})
         response = self._send(
             "POST", f"/v2/{repository}/blobs/uploads/?{query}", operation="mount blob",
-            repository=repository, reference=digest,
-            scopes=(*self._scopes(repository, "pull,push"), repository_scope(from_repository, "pull")),
-            ok=(201, 202),
+            repository=repository, reference=digest, ok=(201, 202),
         )
         response.close()
         if response.status_code == 202:
@@ -417,11 +428,12 @@ class RegistryClient:
             return False
         return True
 
-    def start_upload(self, repository: str) -> Upload:
+    def start_upload(self, repository: str, *, retry: bool = True) -> Upload:
+        """``POST``: open an upload session."""
         validate_repository(repository)
         response = self._send(
             "POST", f"/v2/{repository}/blobs/uploads/", operation="start upload",
-            repository=repository, scopes=self._scopes(repository, "pull,push"), ok=(202,),
+            repository=repository, ok=(202,), retry=retry,
         )
         response.close()
         return Upload(repository, self._location(response))
@@ -429,80 +441,94 @@ class RegistryClient:
     def push_blob(
         self, repository: str, digest: str, data: bytes | Iterable[bytes], size: int | None = None
     ) -> None:
-        """Monolithic upload: ``POST`` then one streaming ``PUT ?digest=``.
+        """Upload bytes, or a stream of ``size`` bytes read once (``upload_blob`` can resume;
+        a stream that would have to be read again fails instead)."""
+        if isinstance(data, bytes):
+            self.upload_blob(repository, digest, len(data), lambda offset: (data[offset:],))
+            return
+        if size is None:
+            raise ValueError("push_blob needs the size of a streamed body")
+        self.upload_blob(repository, digest, size, _read_once(data, self.url, repository, digest))
 
-        The registry checks the digest before it commits; an iterable that raises (as
-        ``read_blob`` does on a mismatch) aborts the request, so nothing is committed.
+    def upload_blob(
+        self,
+        repository: str,
+        digest: str,
+        size: int,
+        open_body: OpenBody,
+        *,
+        chunk_size: int | None = None,
+        on_session: Callable[[Upload], None] | None = None,
+    ) -> None:
+        """Upload and commit a blob whose bytes ``open_body(offset)`` yields from ``offset`` on.
+
+        Up to ``chunk_size`` bytes (default: any size) go up in one ``PUT ?digest=``; a larger
+        blob in ``PATCH`` chunks, its last piece in the ``PUT``. Each request is a step run under
+        the retry policy. After an interrupted step the next attempt asks the registry where
+        the upload stands (``GET`` of its location: the ``Range`` offset) and carries on from
+        there, reopening the body at that offset; a session the registry dropped is started
+        over. The registry checks the digest before it commits, and a whole body read from a
+        registry is checked before its last bytes go up.
+
+        ``on_session`` is called with the session each time it is opened or moves on, so the
+        caller can record it (a killed writer's sessions are cancelled by the next writer); on
+        failure the session is cancelled here.
         """
+        validate_repository(repository)
         validate_digest(digest)
-        upload = self.start_upload(repository)
-        self.finish_upload(upload, digest, data, size)
+        upload = _BlobUpload(self, repository, digest, size, chunk_size or max(size, 1),
+                             _Source(open_body, size, self.url, repository, digest), on_session)
+        try:
+            while not upload.committed:
+                self.retrying.copy()(upload.step)
+        except BaseException:
+            if upload.session is not None:
+                self.cancel_upload(upload.session)
+            raise
 
-    def upload_chunk(self, upload: Upload, data: bytes | Iterable[bytes], size: int) -> Upload:
-        """``PATCH`` ``size`` bytes at ``upload.offset``; returns the advanced session."""
+    def _patch(self, upload: Upload, body: Body) -> Upload:
+        """``PATCH`` ``body`` at ``upload.offset`` (one try); returns the advanced session."""
         response = self._send(
             "PATCH", upload.location, operation="upload chunk", repository=upload.repository,
-            scopes=self._scopes(upload.repository, "pull,push"),
             headers={
                 "Content-Type": "application/octet-stream",
-                "Content-Range": f"{upload.offset}-{upload.offset + size - 1}",
+                "Content-Range": f"{upload.offset}-{upload.offset + len(body) - 1}",
             },
-            data=_Body(data, size), ok=(202,),
+            data=body, ok=(202,), retry=False,
         )
         response.close()
         return Upload(upload.repository, self._location(response), _range_end(response))
 
-    def upload_status(self, upload: Upload) -> Upload:
+    def _commit(self, upload: Upload, digest: str, body: Body) -> None:
+        """``PUT ?digest=`` with the last bytes (one try): the registry verifies and commits."""
+        sep = "&" if "?" in upload.location else "?"
+        self._send(
+            "PUT", f"{upload.location}{sep}{urlencode({'digest': digest})}",
+            operation="commit blob", repository=upload.repository, reference=digest,
+            headers={"Content-Type": "application/octet-stream"},
+            data=body if len(body) else b"", ok=(201, 204), retry=False,
+        ).close()
+
+    def upload_status(self, upload: Upload, *, retry: bool = True) -> Upload:
         """Ask where an interrupted upload stands (the offset to resume from)."""
         response = self._send(
             "GET", upload.location, operation="check upload", repository=upload.repository,
-            scopes=self._scopes(upload.repository, "pull,push"), ok=(204,),
+            ok=(204,), retry=retry,
         )
         response.close()
         return Upload(upload.repository, self._location(response), _range_end(response))
-
-    def finish_upload(
-        self,
-        upload: Upload,
-        digest: str,
-        data: bytes | Iterable[bytes] = b"",
-        size: int | None = None,
-    ) -> None:
-        """``PUT ?digest=`` with the remaining bytes (none after chunked uploads): commits the blob."""
-        validate_digest(digest)
-        sep = "&" if "?" in upload.location else "?"
-        body = data if isinstance(data, bytes) else _Body(data, size)
-        response = self._send(
-            "PUT", f"{upload.location}{sep}{urlencode({'digest': digest})}",
-            operation="commit blob", repository=upload.repository, reference=digest,
-            scopes=self._scopes(upload.repository, "pull,push"),
-            headers={"Content-Type": "application/octet-stream"}, data=body, ok=(201, 204),
-        )
-        response.close()
 
     def cancel_upload(self, upload: Upload) -> bool:
         """End an upload session (``DELETE`` needs the delete action); True once it is gone."""
         try:
             self._send(
                 "DELETE", upload.location, operation="cancel upload",
-                repository=upload.repository, scopes=self._scopes(upload.repository, "delete"),
-                ok=(204, 404),
+                repository=upload.repository, ok=(204, 404),
             ).close()
             return True
         except RegistryError as exc:  # the registry purges it in time; not worth failing for
             log.info("could not cancel upload in %s: %s", upload.repository, exc)
             return False
-
-    @cached_property
-    def _storage(self) -> requests.Session:
-        """For blob redirects to storage: no credentials, no ``~/.netrc``, no proxy variables
-        read per request (the registry's proxy settings, read once, apply to its storage)."""
-        session = requests.Session()
-        session.trust_env = False
-        session.proxies = dict(self.session.proxies)
-        session.verify = self.session.verify
-        session.headers["User-Agent"] = self.session.headers["User-Agent"]
-        return session
 
     def _count(self, n: int) -> None:
         with self._count_lock:
@@ -513,14 +539,6 @@ class RegistryClient:
     @property
     def _timeout(self) -> tuple[float, float]:
         return (min(10.0, self.config.timeout_seconds), self.config.timeout_seconds)
-
-    def _scopes(self, repository: str, actions: str) -> tuple[str, ...]:
-        if actions != "pull" and not self.writable:
-            raise PermissionError(
-                f"refusing to {actions} on {self.url}/{repository}: this client is read-only "
-                "(the primary is never written to)"
-            )
-        return (repository_scope(repository, actions),)
 
     def _location(self, response: requests.Response) -> str:
         """An upload URL from ``Location``; refused unless it is on our own registry."""
@@ -587,53 +605,60 @@ class RegistryClient:
         path: str,
         *,
         operation: str,
-        scopes: Sequence[str] = (),
         repository: str | None = None,
         reference: str | None = None,
         headers: dict[str, str] | None = None,
-        data: Any = None,
+        data: bytes | Body | None = None,
         stream: bool = False,
         ok: Sequence[int] = (200,),
         allow_redirects: bool = True,
         authenticate: bool = True,
+        retry: bool = True,
+        storage: bool = False,
     ) -> requests.Response:
-        """One request with auth, bounded retries and typed errors.
-
-        Retries: connection errors, 5xx and 429, with exponential backoff and jitter, honouring
-        ``Retry-After``. A body that is a stream cannot be replayed, so such a request is tried
-        once and the caller resumes (the copy engine resumes blob uploads from the registry's
-        offset).
-        """
+        """One request to this registry (or, ``storage``, to the storage backend it redirected a
+        download to: no credentials), under the retry policy unless ``retry`` is off (a blob
+        upload step is retried as a whole). Errors are typed, with advice."""
         if urlsplit(path).scheme:  # a URL the registry handed back, already checked
             url = path
         else:
             url = urljoin(self.url + "/", path.lstrip("/"))
-        url = self._own_url(url, operation, repository, "URL")
-        replayable = data is None or isinstance(data, bytes)
-        retries = 0
+        if not storage:
+            url = self._own_url(url, operation, repository, "URL")
+        if method not in ("GET", "HEAD") and not self.writable:
+            raise PermissionError(
+                f"refusing to {method} {repository or urlsplit(url).path} on {self.url}: this "
+                "client is read-only (the primary is never written to)"
+            )
+        if authenticate and not storage:
+            self.auth  # noqa: B018 - built (and attached to the session) before the first request
+            auth = None  # the session's
+        else:
+            auth = no_auth
+
+        def attempt() -> requests.Response:
+            return self._attempt(method, url, operation, repository, reference, headers, data,
+                                 stream, ok, allow_redirects, auth, storage)
+
+        return self.retrying.copy()(attempt) if retry else attempt()
+
+    def _attempt(
+        self, method: str, url: str, operation: str, repository: str | None,
+        reference: str | None, headers: dict[str, str] | None, data: bytes | Body | None,
+        stream: bool, ok: Sequence[int], allow_redirects: bool, auth: Any, storage: bool,
+    ) -> requests.Response:
+        """One try; redirects are followed here, only within the registry (requests would
+        follow them anywhere)."""
         redirects = 0
-        refreshed = False
         while True:
-            request_headers = dict(headers or {})
-            if authenticate:
-                value = self.auth.header(scopes)
-                if value:
-                    request_headers["Authorization"] = value
             try:
-                # Redirects are followed below, only within the registry: requests would follow
-                # them anywhere.
                 response = self.session.request(
-                    method, url, headers=request_headers, data=data, stream=stream,
-                    timeout=self._timeout, allow_redirects=False,
+                    method, url, headers=headers, data=data, stream=stream,
+                    timeout=self._timeout, allow_redirects=False, auth=auth,
                 )
             except requests.RequestException as exc:
-                if not replayable or retries >= self.config.max_retries:
-                    raise self._connection_error(exc, operation, repository, reference) from None
-                retries += 1
-                self._wait(retries, method, url, type(exc).__name__, None)
-                continue
-            status = response.status_code
-            if status in ok:
+                raise self._connection_error(exc, operation, repository, reference) from None
+            if response.status_code in ok:
                 return response
             if (response.is_redirect and allow_redirects and method in ("GET", "HEAD")
                     and redirects < MAX_REDIRECTS):
@@ -642,37 +667,28 @@ class RegistryClient:
                 url = self._own_url(location, operation, repository, "redirect")
                 redirects += 1
                 continue
-            if status == 401 and authenticate and not refreshed:
-                challenge = Challenge.parse(response.headers.get("WWW-Authenticate"))
-                if replayable and self.auth.refresh(challenge, scopes):
-                    refreshed = True
-                    response.close()
-                    continue
-            if status in RETRY_STATUSES and replayable and retries < self.config.max_retries:
-                retry_after = response.headers.get("Retry-After")
-                response.close()
-                retries += 1
-                self._wait(retries, method, url, f"HTTP {status}", retry_after)
-                continue
-            raise self._error(response, operation, repository, reference, scopes, request_headers)
+            if storage:
+                raise self._storage_error(response, repository, reference)
+            raise self._error(response, operation, repository, reference)
 
-    def _wait(
-        self, attempt: int, method: str, url: str, cause: str, retry_after: str | None
-    ) -> None:
-        """Sleep before retry ``attempt``: exponential backoff with jitter, or Retry-After."""
-        delay = self.config.backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
-        if retry_after:
-            try:  # seconds or an HTTP date, parsed as urllib3 does
-                delay = Retry().parse_retry_after(retry_after)
-            except InvalidHeader:  # an unparseable header falls back to our own backoff
-                pass
-        delay = min(delay, MAX_RETRY_SLEEP_SECONDS)
+    def _backoff(self, state: RetryCallState) -> float:
+        """The wait before the next try: ``Retry-After`` if the registry sent one, else
+        exponential backoff with jitter; capped either way."""
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        delay = (retry_after if retry_after is not None else
+                 self.config.backoff_seconds * 2 ** (state.attempt_number - 1)
+                 * random.uniform(0.5, 1.0))
+        return min(delay, MAX_RETRY_SLEEP_SECONDS)
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        what = exc.without_advice if isinstance(exc, RegistryError) else repr(exc)
         log.warning(
-            "%s %s: %s from %s; retry %d of %d in %.1fs%s",
-            method, urlsplit(url).path, cause, self.url, attempt, self.config.max_retries, delay,
-            " (Retry-After)" if retry_after else "",
+            "%s; retry %d of %d in %.1fs%s", what, state.attempt_number,
+            self.config.max_retries, state.upcoming_sleep,
+            " (Retry-After)" if getattr(exc, "retry_after", None) is not None else "",
         )
-        time.sleep(delay)
 
     def _connection_error(
         self, exc: Exception, operation: str, repository: str | None, reference: str | None
@@ -684,14 +700,26 @@ class RegistryClient:
             "the next run retries",
         )
 
+    def _storage_error(
+        self, response: requests.Response, repository: str | None, digest: str | None
+    ) -> RegistryError:
+        response.close()
+        status = response.status_code
+        kind = RegistryUnavailableError if status in RETRY_STATUSES else RegistryError
+        return kind(
+            "the storage backend the registry redirected to refused the download",
+            registry=self.url, operation="get blob", repository=repository, reference=digest,
+            status=status,
+            advice="check the registry's storage backend (its redirect URLs, credentials and "
+            "clock: presigned URLs expire); the next run retries",
+        )
+
     def _error(
         self,
         response: requests.Response,
         operation: str,
         repository: str | None,
         reference: str | None,
-        scopes: Sequence[str],
-        sent: dict[str, str],
     ) -> RegistryError:
         status = response.status_code
         code = message = detail = None
@@ -715,7 +743,11 @@ class RegistryClient:
         )
         if status in (401, 403):
             challenge = Challenge.parse(response.headers.get("WWW-Authenticate"))
-            reason = self.auth.explain_refusal(challenge, scopes, sent.get("Authorization"))
+            sent = response.request
+            # Not ``self.auth``: this may be the probe that builds it.
+            reason = (self._auth or Auth()).explain_refusal(
+                challenge, scopes_for(sent.method or "GET", sent.url or ""),
+                sent.headers.get("Authorization"))
             kwargs["code"] = code or ("DENIED" if status == 403 else "UNAUTHORIZED")
             if challenge and challenge.error:
                 reason = f"{reason} [{challenge.error}]"
@@ -724,7 +756,7 @@ class RegistryClient:
             return NotFoundError(message or "not found", **kwargs)
         if status in RETRY_STATUSES:
             return RegistryUnavailableError(
-                message or f"the registry answered {status} after {self.config.max_retries} retries",
+                message or f"the registry answered {status}", retry_after=_retry_after(response),
                 **kwargs,
             )
         return RegistryError(message or f"unexpected HTTP {status}", **kwargs)
@@ -742,23 +774,159 @@ class RegistryClient:
         return f"RegistryClient({self.url!r}, writable={self.writable})"
 
 
-class _Body:
-    """A streamed request body of known length: requests sends it with Content-Length."""
+class Body:
+    """A request body of known length that can be read again, like Go's ``GetBody``: each read
+    calls ``open``, so a retried or re-authenticated request sends it anew. requests sends it
+    with a Content-Length."""
 
-    def __init__(self, data: bytes | Iterable[bytes], size: int | None) -> None:
-        self._data = data
+    def __init__(self, open_body: Callable[[], Iterable[bytes]], size: int) -> None:
+        self._open = open_body
         self._size = size
 
     def __iter__(self) -> Iterator[bytes]:
-        if isinstance(self._data, bytes):
-            yield self._data
-        else:
-            yield from self._data
+        return iter(self._open())
 
     def __len__(self) -> int:
-        if self._size is None:
-            raise TypeError("unknown length")  # requests falls back to chunked encoding
         return self._size
+
+
+class _Source:
+    """A blob's bytes for upload requests: one stream read in order across chunks, reopened
+    at an offset when a request is sent again or the registry holds another offset."""
+
+    def __init__(self, open_body: OpenBody, size: int, registry: str, repository: str,
+                 digest: str) -> None:
+        self._open = open_body
+        self._size = size
+        self._where = dict(registry=registry, operation="upload blob", repository=repository,
+                           reference=digest, code="SIZE_INVALID")
+        self._stream: Iterator[bytes] | None = None
+        self._position = 0  # of the stream's next byte
+        self._pending = b""
+
+    def body(self, offset: int, length: int) -> Body:
+        return Body(lambda: self._read(offset, length), length)
+
+    def _read(self, offset: int, length: int) -> Iterator[bytes]:
+        if self._stream is None or self._position != offset:
+            if self._stream is not None and hasattr(self._stream, "close"):
+                self._stream.close()
+            self._stream, self._position, self._pending = iter(self._open(offset)), offset, b""
+        left = length
+        while left:
+            piece = self._pending or next(self._stream, None)
+            if piece is None:
+                raise RegistryError(f"the blob's bytes ended at byte {self._position} of "
+                                    f"{self._size}", **self._where)
+            piece, self._pending = piece[:left], piece[left:]
+            left -= len(piece)
+            self._position += len(piece)
+            if not left and self._position == self._size:
+                # Read to the end before the last piece goes up: a whole blob read from a
+                # registry is verified there, so a mismatch aborts the request uncommitted.
+                if self._pending or any(self._stream):
+                    raise RegistryError(f"the blob has more bytes than its size {self._size}",
+                                        **self._where)
+            yield piece
+
+
+@dataclass
+class _BlobUpload:
+    """One blob upload between the steps of ``RegistryClient.upload_blob``."""
+
+    client: RegistryClient
+    repository: str
+    digest: str
+    size: int
+    chunk_size: int
+    source: _Source
+    on_session: Callable[[Upload], None] | None
+    session: Upload | None = None
+    interrupted: bool = False
+    committed: bool = False
+
+    def step(self) -> None:
+        """One request: the next chunk, or the last piece and the commit (after an interruption,
+        first ask the registry where the upload stands)."""
+        try:
+            if self.session is None:
+                self._moved(self.client.start_upload(self.repository, retry=False))
+            elif self.interrupted:
+                self._resume()
+                if self.committed:
+                    return
+            self.interrupted = False
+            offset = self.session.offset
+            rest = self.size - offset
+            if rest > self.chunk_size:
+                self._moved(self.client._patch(self.session,
+                                               self.source.body(offset, self.chunk_size)))
+            else:
+                self.client._commit(self.session, self.digest, self.source.body(offset, rest))
+                self.committed = True
+        except BaseException:
+            self.interrupted = True
+            raise
+
+    def _resume(self) -> None:
+        assert self.session is not None
+        confirmed = self.session.offset
+        try:
+            status = self.client.upload_status(self.session, retry=False)
+        except RegistryError as exc:
+            if exc.code not in ("BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID"):
+                raise
+            # The registry dropped the session (distribution cancels one whose bytes do not
+            # match its state, e.g. after a request cut mid-body), or the commit went through
+            # before the answer was lost.
+            if self.client.blob_size(self.repository, self.digest) is not None:
+                self.committed = True
+                return
+            log.warning("upload of %s@%s interrupted at byte %d; the registry dropped the "
+                        "session (%s): starting over", self.repository, self.digest, confirmed,
+                        exc.code)
+            self.client.cancel_upload(self.session)
+            self.session = None
+            self._moved(self.client.start_upload(self.repository, retry=False))
+            return
+        log.warning("upload of %s@%s interrupted at byte %d; resuming at byte %d, the "
+                    "registry's offset", self.repository, self.digest, confirmed, status.offset)
+        self._moved(status)
+
+    def _moved(self, session: Upload) -> None:
+        self.session = session
+        if self.on_session:
+            self.on_session(session)
+
+
+def _read_once(data: Iterable[bytes], registry: str, repository: str, digest: str) -> OpenBody:
+    """``open_body`` for a stream that can be read only once, from its start."""
+    opened = threading.Event()
+
+    def open_body(offset: int) -> Iterable[bytes]:
+        if opened.is_set() or offset:
+            raise RegistryError(
+                "the upload was interrupted and its body is a stream that cannot be read again",
+                registry=registry, operation="upload blob", repository=repository,
+                reference=digest,
+                advice="rerun; to resume inside the client, call upload_blob with a function "
+                "that opens the body at an offset",
+            )
+        opened.set()
+        return data
+
+    return open_body
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    """``Retry-After`` in seconds (seconds or an HTTP date, parsed as urllib3 does)."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return Retry().parse_retry_after(value)
+    except InvalidHeader:  # an unparseable header: our own backoff
+        return None
 
 
 def _detect_auth(challenge: Challenge | None, config: RegistryConfig) -> str:

@@ -1,16 +1,16 @@
 """Copy blobs and manifests from the primary to the secondary.
 
 Blobs stream primary -> secondary in constant memory, verified against their digest, several
-in parallel. Blobs larger than one chunk go up in ``PATCH`` chunks, and an interrupted upload
-resumes from the offset the registry reports. Manifests are pushed with the primary's exact
-bytes and media type, children before their index, tags last; the registry itself refuses a
-manifest whose blobs are not there, so the secondary never serves an incomplete tag.
-Every outcome is a record (``BlobResult``, ``ImageResult``) for logs and summaries.
+in parallel; the secondary's client uploads each one (``RegistryClient.upload_blob``: ``PATCH``
+chunks above the chunk size, resumed from the registry's offset after an interruption).
+Manifests are pushed with the primary's exact bytes and media type, children before their
+index, tags last; the registry itself refuses a manifest whose blobs are not there, so the
+secondary never serves an incomplete tag. Every outcome is a record (``BlobResult``,
+``ImageResult``) for logs and summaries.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from registry_replication.client import Manifest, RegistryClient, Upload
-from registry_replication.errors import DigestMismatchError, RegistryError, RegistryUnavailableError
+from registry_replication.errors import RegistryError
 from registry_replication.leases import LeaseBusy, LeaseLost, Leases
 from registry_replication.outcomes import NOT_PUSHED, BlobOutcome, ImageOutcome, human_size
 from registry_replication.plan import BlobTask, ImageTask
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 DEFAULT_CHUNK_SIZE = 128 * MiB
-TRANSFER_ATTEMPTS = 3
 
 
 @dataclass
@@ -195,102 +194,34 @@ class Copier:
                 log.info("cancelled an upload session a stopped writer left open in %s (%s)",
                          upload["repository"], upload["location"].split("?")[0])
 
-    def _tracked_upload(self, repository: str) -> tuple[Upload, str]:
-        upload = self.secondary.start_upload(repository)
-        return upload, self.leases.track_upload(self.secondary.url, repository, upload.location)
-
     def _transfer(self, task: BlobTask, repository: str) -> int:
-        """Stream the blob from the primary; returns the bytes read."""
-        if task.size > self.chunk_size:
-            return self._chunked(task, repository)
-        for attempt in range(1, TRANSFER_ATTEMPTS + 1):
-            body = self._counted(self.primary.read_blob(task.source, task.digest))
-            upload, tracked = self._tracked_upload(repository)
-            committed = False
-            try:
-                self.secondary.finish_upload(upload, task.digest, body, task.size)
-                committed = True
-                return task.size
-            except RegistryUnavailableError as exc:
-                if attempt == TRANSFER_ATTEMPTS:
-                    raise
-                log.warning(
-                    "upload of %s@%s interrupted (%s); attempt %d of %d starts over",
-                    repository, task.digest, exc.message, attempt + 1, TRANSFER_ATTEMPTS,
-                )
-            finally:
-                if not committed:
-                    self.secondary.cancel_upload(upload)
-                self.leases.forget(tracked)
-        raise AssertionError("unreachable")
+        """Stream the blob from the primary into the secondary; returns the bytes read.
 
-    def _chunked(self, task: BlobTask, repository: str) -> int:
-        """``PATCH`` chunks, resuming from the registry's offset after an interruption.
-
-        The hash covers exactly the bytes the registry holds, so the digest is verified before
-        the final ``PUT`` commits anything.
+        The secondary's client uploads it (and resumes it after an interruption, reopening the
+        primary's stream at the registry's offset); its sessions are recorded in the store
+        while open, so the next writer cancels those of a writer killed mid-upload.
         """
-        upload, tracked = self._tracked_upload(repository)
+        read = 0
+        tracked: set[str] = set()
+
+        def open_body(offset: int) -> Iterator[bytes]:
+            nonlocal read
+            for chunk in self.primary.read_blob(task.source, task.digest, offset=offset):
+                read += len(chunk)
+                if self._progress:
+                    self._progress.add(len(chunk))
+                yield chunk
+
+        def track(upload: Upload) -> None:
+            tracked.add(self.leases.track_upload(self.secondary.url, repository, upload.location))
+
         try:
-            algorithm = task.digest.split(":", 1)[0]
-            hasher = hashlib.new(algorithm)
-            read = 0
-            failures = 0
-            while upload.offset < task.size:
-                length = min(self.chunk_size, task.size - upload.offset)
-                pending = hasher.copy()
-                chunks = self.primary.read_blob(task.source, task.digest, offset=upload.offset,
-                                                length=length)
-                try:
-                    upload = self.secondary.upload_chunk(upload, self._hashed(chunks, pending),
-                                                         length)
-                    self.leases.track_upload(self.secondary.url, repository, upload.location)
-                    hasher = pending
-                    read += length
-                except RegistryUnavailableError as exc:
-                    failures += 1
-                    if failures >= TRANSFER_ATTEMPTS:
-                        raise
-                    confirmed = upload.offset
-                    upload = self.secondary.upload_status(upload)
-                    log.warning(
-                        "upload of %s@%s interrupted at %s (%s); resuming from %s, the registry's "
-                        "offset",
-                        repository, task.digest, human_size(confirmed), exc.message, human_size(upload.offset),
-                    )
-                    # Bytes the registry kept from the broken chunk: hash them without resending.
-                    if upload.offset > confirmed:
-                        for chunk in self.primary.read_blob(
-                            task.source, task.digest, offset=confirmed,
-                            length=upload.offset - confirmed,
-                        ):
-                            hasher.update(chunk)
-                            read += len(chunk)
-            actual = f"{algorithm}:{hasher.hexdigest()}"
-            if actual != task.digest:
-                raise DigestMismatchError(
-                    f"the blob's bytes hash to {actual}", registry=self.primary.url,
-                    operation="get blob", repository=task.source, reference=task.digest,
-                    code="DIGEST_INVALID",
-                )
-            self.secondary.finish_upload(upload, task.digest)
-            return read
-        except BaseException:
-            self.secondary.cancel_upload(upload)  # its latest location: nothing half uploaded
-            raise
+            self.secondary.upload_blob(repository, task.digest, task.size, open_body,
+                                       chunk_size=self.chunk_size, on_session=track)
         finally:
-            self.leases.forget(tracked)
-
-    def _hashed(self, chunks: Iterable[bytes], hasher) -> Iterator[bytes]:
-        for chunk in self._counted(chunks):
-            hasher.update(chunk)
-            yield chunk
-
-    def _counted(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        for chunk in chunks:
-            if self._progress:
-                self._progress.add(len(chunk))
-            yield chunk
+            for resource in tracked:
+                self.leases.forget(resource)
+        return read
 
     # -- manifests ------------------------------------------------------------------------------
 

@@ -96,8 +96,12 @@ class NotFoundError(RegistryError):
     """The repository, manifest or blob does not exist (404)."""
 
 
+@dataclass(eq=False)
 class RegistryUnavailableError(RegistryError):
-    """Connection failures, timeouts, 5xx and 429 that outlasted the retries."""
+    """Connection failures, timeouts, 5xx and 429: retried by the client, raised once they
+    outlast its retries."""
+
+    retry_after: float | None = None  # seconds the registry asked us to wait (Retry-After)
 
 
 class DigestMismatchError(RegistryError):

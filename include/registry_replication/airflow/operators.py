@@ -1,0 +1,118 @@
+"""``ReplicateImagesOperator``: replicate the image a pipeline just pushed, then deploy from the
+secondary.
+
+A build DAG pushes ``group/app:1.4`` to the primary, then::
+
+    ReplicateImagesOperator(task_id="replicate", repositories=["group/app"],
+                            tags=["{{ params.version }}"])
+
+and its deploy task pulls from the secondary, knowing the tag is there and complete. The work is
+the ad-hoc sync's (``registry_sync``), in one task: the connections from
+``[registry_replication] primary_conn_id`` / ``secondary_conn_id``, the writers' ``Leases``, the
+plan, the ``Copier`` with its compare-and-set before each tag write, and the verification.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from registry_replication.airflow.hooks import OciRegistryHook
+from registry_replication.airflow.tasks import (
+    PRIMARY_CONN_ID,
+    SECONDARY_CONN_ID,
+    ReplicationFailed,
+)
+from registry_replication.leases import Leases
+from registry_replication.outcomes import NOT_PUSHED, BlobOutcome
+from registry_replication.snapshot import Scope, problem_line
+from registry_replication.store import Store
+from registry_replication.sync import SyncOptions, SyncReport, run_sync
+
+
+class ReplicateImagesOperator(BaseOperator):
+    """Replicate ``tags`` (default: every tag) of ``repositories`` to the secondary, and verify.
+
+    Returns the counts of what it did (XCom); fails naming each ``repository:tag`` that is not
+    on the secondary afterwards, with the registry's error and what to do. Tags are never
+    pruned here.
+    """
+
+    template_fields: Sequence[str] = ("repositories", "tags")
+    ui_color = "#d9ecf7"
+
+    def __init__(
+        self,
+        *,
+        repositories: str | list[str],
+        tags: str | list[str] | None = None,
+        primary_conn_id: str = PRIMARY_CONN_ID,
+        secondary_conn_id: str = SECONDARY_CONN_ID,
+        parallelism: int = 8,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.repositories = repositories
+        self.tags = tags
+        self.primary_conn_id = primary_conn_id
+        self.secondary_conn_id = secondary_conn_id
+        self.parallelism = parallelism
+
+    def execute(self, context: Any) -> dict[str, int]:
+        repositories, tags = _names(self.repositories), _names(self.tags)
+        if not repositories:
+            raise ValueError("ReplicateImagesOperator needs at least one repository")
+        # The tags exactly as named (escaped: a tag such as 1.4 is not a pattern).
+        scope = Scope.of(tags="|".join(map(re.escape, tags)) if tags else None)
+        options = SyncOptions(scope=scope, repositories=repositories, prune=False,
+                              parallelism=self.parallelism)
+        primary = OciRegistryHook(self.primary_conn_id).get_conn()
+        secondary = OciRegistryHook(self.secondary_conn_id, writable=True).get_conn()
+        with Leases(Store()) as leases:
+            report = run_sync(primary, secondary, options, leases=leases)
+        counts = report.counts()
+        self.log.info("replicated %s (tags %s): %s", ", ".join(repositories),
+                      ", ".join(tags) or "all", counts)
+        problems = _problems(report, repositories, tags)
+        if problems:
+            self.log.error("not replicated:\n%s", "\n".join(problems))
+            raise ReplicationFailed("; ".join(problems))
+        return counts
+
+
+def _names(value: str | list[str] | None) -> list[str]:
+    """One name, a list, or a rendered template of either (comma or space separated)."""
+    if value is None:
+        return []
+    items = re.split(r"[,\s]+", value) if isinstance(value, str) else value
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def _problems(report: SyncReport, repositories: list[str], tags: list[str]) -> list[str]:
+    """Each requested ``repository:tag`` that is not replicated, and why."""
+    problems = [f"cannot list the primary: {error}" for error in report.primary.errors]
+    problems += [f"cannot replicate {problem_line(found)}" for found in report.primary.problems]
+    listed = set(zip(report.primary.tags["repository"], report.primary.tags["tag"]))
+    problems += [f"{repository}:{tag} is not on the primary (check the tag the build pushed)"
+                 for repository in repositories for tag in tags
+                 if (repository, tag) not in listed]
+    failed_blobs = {r.digest: r.error for r in report.blobs if r.outcome == BlobOutcome.FAILED}
+    planned = {(task.repository, task.digest): task.blobs for task in report.plan.images}
+    for image in report.images:
+        if image.outcome not in NOT_PUSHED:
+            continue
+        blobs = planned.get((image.repository, image.digest), [])
+        cause = next((failed_blobs[d] for d in blobs if d in failed_blobs), None)
+        problems.append(f"{image.repository}:{','.join(image.tags)} ({image.digest}): "
+                        f"{cause or image.error}")
+    problems += [f"{skipped.repository}:{','.join(skipped.tags)}: {skipped.reason}"
+                 for skipped in report.plan.skipped]
+    if not problems and report.verification is not None and not report.verification[
+            "in_sync"].all():
+        differ = report.verification.loc[~report.verification["in_sync"], "repository"]
+        problems.append(f"the secondary differs from the primary after the copy in "
+                        f"{', '.join(differ)}; rerun (a push may have landed meanwhile)")
+    return problems
