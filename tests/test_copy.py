@@ -36,7 +36,7 @@ def test_interrupted_chunked_upload_resumes_from_registry_offset(
     assert b"".join(secondary_reader.read_blob("app", layer.digest)) == layer.data
     assert any(f"resuming at byte {MiB}, the registry's offset" in r.getMessage()
                for r in caplog.records)
-    assert leases.store.all_leases() == []  # the session was recorded while open, then forgotten
+    assert leases.store.state.all_leases() == []  # the session was recorded while open, then forgotten
 
 
 def test_rerun_skips_blobs_already_there_and_mounts_shared_ones(
