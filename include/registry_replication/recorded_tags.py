@@ -265,6 +265,12 @@ def secondary_listing(
     cadence = full_verify_hours() if cadence_hours is None else cadence_hours
     kind = choose(record, secondary.url, scope, repositories, full_verify=full_verify,
                   cadence_hours=cadence)
+    if kind.kind == "cheap" and repositories is None:
+        try:
+            on_primary = _primary_names(primary, scope)
+        except RegistryError as exc:
+            kind = RunKind("full", f"the primary's catalog could not be read to find repositories "
+                                   f"the record lacks ({exc.without_advice})")
     log.info("%s", kind.line())
     if kind.kind == "full":
         started = now()
@@ -286,11 +292,7 @@ def secondary_listing(
 
     stamps = record.verified(secondary.url)
     if repositories is None:
-        try:
-            names = _primary_names(primary, scope) + [r for r in stamps if scope.wants_repository(r)]
-        except RegistryError as exc:
-            log.error("cannot list the catalog of %s: %s", primary.url, exc)
-            return Snapshot(secondary.url, pd.DataFrame(columns=COLUMNS), [str(exc)]), kind
+        names = on_primary + [r for r in stamps if scope.wants_repository(r)]
     else:
         names = [n for n in repositories if scope.wants_repository(n) and _valid(n)]
     names = sorted(set(names))
