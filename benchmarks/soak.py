@@ -32,7 +32,7 @@ from replication_harness import images
 from replication_harness.event_stack import event_stack
 from replication_harness.standalone import AirflowStandalone
 from replication_harness.watch import PrimaryHistory, ReplicaWatcher, tags_of
-from registry_replication.store import EventStore
+from registry_replication.store import Store
 
 REPOSITORIES = ("soak/a", "soak/b", "soak/c", "soak/multi")
 TAGS = tuple(f"t{i}" for i in range(6))
@@ -184,7 +184,7 @@ def soak(workdir: Path, *, minutes: float, kills: int, reconcile_every: float, s
             "violations": watch.violations,
             "kills": killed,
             "reconcile runs": dict(states),
-            "events": EventStore(db_url).queue()["counts"],
+            "events": Store(db_url).queue.queue()["counts"],
             "converged_seconds": converged,
             "tags": len(expected),
         }

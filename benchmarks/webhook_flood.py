@@ -30,7 +30,8 @@ import sqlalchemy as sa
 from replication_harness.registry import free_port
 from registry_replication.notifications import ENVELOPE_MEDIA_TYPE
 from registry_replication.outcomes import EventStatus
-from registry_replication.store import EventStore, events
+from registry_replication.store import Store
+from registry_replication.store.schema import events
 
 SECRET = "flood-benchmark-secret-0123456789abcdef"
 DIGEST = "sha256:" + "d" * 64
@@ -46,7 +47,7 @@ def event(sender: int, n: int, *, odd: bool) -> dict:
 def serve(db_url: str, port: int, log: Path, workers: int = 1) -> subprocess.Popen[bytes]:
     env = {**os.environ, "REGISTRY_NOTIFICATION_SECRET": SECRET,
            "REGISTRY_REPLICATION_DB_URL": db_url}
-    EventStore(db_url)  # the schema, before the first request
+    Store(db_url)  # the schema, before the first request
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "registry_replication.webhook:create_app", "--factory",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",

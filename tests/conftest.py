@@ -28,7 +28,7 @@ from replication_harness.postgres import LocalPostgres
 from replication_harness.registry import LocalRegistry, Notifications
 from replication_harness.servers import TokenService
 from replication_harness.skopeo import LOGIN
-from registry_replication.store import EventStore
+from registry_replication.store import Store
 
 
 
@@ -135,13 +135,13 @@ def secondary_reader(secondary: LocalRegistry) -> Iterator[RegistryClient]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> EventStore:
+def store(tmp_path: Path) -> Store:
     """A replication store of the test's own (SQLite)."""
-    return EventStore(f"sqlite:///{tmp_path / 'replication.db'}")
+    return Store(f"sqlite:///{tmp_path / 'replication.db'}")
 
 
 @pytest.fixture
-def leases(store: EventStore) -> Iterator[Leases]:
+def leases(store: Store) -> Iterator[Leases]:
     """A writer's leases in the test's store."""
     with Leases(store) as held:
         yield held

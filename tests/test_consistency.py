@@ -23,7 +23,8 @@ from replication_harness import images
 from replication_harness.servers import FaultProxy
 from registry_replication.prune import is_tombstone
 from registry_replication.realtime import replicate_events
-from registry_replication.store import Event, EventStore
+from registry_replication.store import Store
+from registry_replication.store.queue import Event
 from registry_replication.sync import SyncOptions, run_sync
 
 
@@ -34,7 +35,7 @@ def slow_primary(primary) -> Iterator[FaultProxy]:
         yield proxy
 
 
-def cli_sync(proxy: FaultProxy, primary, secondary, store: EventStore) -> subprocess.Popen:
+def cli_sync(proxy: FaultProxy, primary, secondary, store: Store) -> subprocess.Popen:
     """``registry-replication sync`` in its own process, reading the primary through ``proxy``."""
     env = {**os.environ, "REGISTRY_REPLICATION_DB_URL": store.url}
     return subprocess.Popen(
@@ -45,7 +46,7 @@ def cli_sync(proxy: FaultProxy, primary, secondary, store: EventStore) -> subpro
     )
 
 
-def event_path(primary_reader, secondary_writer, store: EventStore, repository: str, tag: str,
+def event_path(primary_reader, secondary_writer, store: Store, repository: str, tag: str,
                digest: str) -> None:
     """The second writer: the event path replicating one push, with its own leases."""
     event = Event(f"push-{tag}-{digest[-8:]}", "push", repository, tag, digest, None,

@@ -25,13 +25,13 @@ from replication_harness import images
 from replication_harness.servers import FaultProxy
 from replication_harness.watch import PrimaryHistory, ReplicaWatcher, tags_of
 from registry_replication.prune import is_tombstone
-from registry_replication.store import EventStore
+from registry_replication.store import Store
 
 MiB = 1 << 20
 LEASE_SECONDS = "2"
 
 
-def writer(primary, target_url: str, secondary, store: EventStore, *args: str) -> subprocess.Popen:
+def writer(primary, target_url: str, secondary, store: Store, *args: str) -> subprocess.Popen:
     env = {**os.environ, "REGISTRY_REPLICATION_DB_URL": store.url,
            "REGISTRY_REPLICATION_LEASE_SECONDS": LEASE_SECONDS}
     return subprocess.Popen(
@@ -98,7 +98,7 @@ def test_sigkill_then_rerun_leaves_the_secondary_exact(
         # held request arrives (see the README's note on upload sessions).
         victim = writer(primary, proxy.url, secondary, store, "--parallelism", "1", *args)
         kill_at(hold, victim)
-        left = [lease for lease in store.all_leases()]
+        left = [lease for lease in store.state.all_leases()]
         assert left, "the killed writer held no lease or upload at that moment"
         if "upload" in point:
             assert open_uploads(secondary, "app/big"), "no upload session was open"
@@ -111,7 +111,7 @@ def test_sigkill_then_rerun_leaves_the_secondary_exact(
         if "upload" in point:
             # The next run after the dead writer's leases expired finds its upload sessions.
             deadline = time.monotonic() + 30
-            while len(store.expired_leases("upload:")) < len(
+            while len(store.state.expired_leases("upload:")) < len(
                     [lease for lease in left if lease["resource"].startswith("upload:")]):
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
@@ -121,7 +121,7 @@ def test_sigkill_then_rerun_leaves_the_secondary_exact(
 
     assert tags_of(secondary_reader) == tags_of(primary_reader), output
     assert watch.violations == [] and watch.samples > 0
-    assert store.all_leases() == [], "\n".join([str((l["resource"], l["owner"], (l["detail"] or {}).get("location","")[:60])) for l in store.all_leases()] + [output])
+    assert store.state.all_leases() == [], "\n".join([str((l["resource"], l["owner"], (l["detail"] or {}).get("location","")[:60])) for l in store.state.all_leases()] + [output])
     assert open_uploads(secondary, "app/big") == [], output
     if "upload" in point:
         assert "cancelled an upload session a stopped writer left open in app/big" in output

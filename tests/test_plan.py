@@ -6,7 +6,7 @@ import json
 
 from registry_replication import diff
 from replication_harness import images
-from registry_replication.plan import BlobTask, Plan, batch_label, build_plan
+from registry_replication.plan import BlobTask, Plan, WantedTag, batch_label, build_plan
 from registry_replication.snapshot import take_snapshot
 
 
@@ -20,7 +20,7 @@ def test_shared_blobs_are_transferred_once_and_mounted_elsewhere(
     for blob in factory.base:
         secondary_writer.push_blob("c", blob.digest, blob.data, blob.size)
     differences = diff.diff(take_snapshot(primary_reader), take_snapshot(secondary_writer))
-    plan = build_plan(primary_reader, secondary_writer, differences)
+    plan = build_plan(primary_reader, secondary_writer, diff.wanted(differences))
 
     by_digest = {task.digest: task for task in plan.blobs}
     for base in factory.base:
@@ -78,8 +78,6 @@ def images_task(i: int):
 
 def test_schema1_manifest_is_skipped_as_unsupported(primary_reader, secondary_writer):
     """distribution 2.8 refuses new schema 1 pushes, so this plans from a served-looking one."""
-    import pandas as pd
-
     from registry_replication import mediatypes as mt
     from registry_replication.client import Manifest
 
@@ -92,10 +90,7 @@ def test_schema1_manifest_is_skipped_as_unsupported(primary_reader, secondary_wr
         def get_manifest(self, repository, reference):
             return Manifest(raw, mt.DOCKER_SCHEMA1_SIGNED, digest)
 
-    differences = pd.DataFrame([{"repository": "old/app", "tag": "v1", "status": "missing",
-                                 "digest_primary": digest, "digest_secondary": None,
-                                 "media_type": mt.DOCKER_SCHEMA1_SIGNED}])
-    plan = build_plan(ServesSchema1(), secondary_writer, differences)
+    plan = build_plan(ServesSchema1(), secondary_writer, [WantedTag("old/app", "v1", digest)])
     assert plan.images == [] and plan.blobs == []
     (skipped,) = plan.skipped
     assert (skipped.repository, skipped.tags, skipped.digest) == ("old/app", ["v1"], digest)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 
 from replication_harness import images
+from replication_harness.servers import FaultProxy
+from registry_replication.client import RegistryClient
+from registry_replication.config import RegistryConfig
 from registry_replication.realtime import coalesce, replicate_events
-from registry_replication.store import Event
+from registry_replication.store.queue import Event
 
 T0 = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.timezone.utc)
 
@@ -162,3 +166,50 @@ def test_one_push_event_sends_each_read_once(primary_writer, primary_reader, sec
                 for side, requests in sent.items()}
     assert repeated == {"primary": [("HEAD", "/v2/group/once/manifests/1.0")], "secondary": []}
     assert any(path.startswith("/v2/group/once/blobs/") for _, path in sent["primary"])
+
+
+def test_the_event_path_repeats_no_request(primary, secondary, primary_writer, secondary_reader,
+                                           leases):
+    """One batch of events, counted at both registries: each blob and each secondary tag is
+    asked about once, each manifest read once; the primary's tag is HEADed twice (the plan,
+    then the compare-and-set just before the tag write, which is the protocol)."""
+    factory = images.ImageFactory()
+    app, other = factory.multi_arch(), factory.make()
+    images.push(primary_writer, "group/app", app, ["1.0", "latest"])
+    images.push(primary_writer, "group/other", other, ["v1"])
+    batch = [ev(1, "push", "group/app", "1.0", app.digest),
+             ev(2, "push", "group/app", "latest", app.digest),
+             ev(3, "push", "group/other", "v1", other.digest),
+             ev(4, "push", "group/app", "1.0", app.digest)]  # a repeated push: coalesced
+    with FaultProxy(primary.url) as at_primary, FaultProxy(secondary.url) as at_secondary:
+        def through(registry, proxy, **kwargs):
+            config = RegistryConfig.from_connection({**registry.connection(), "host": proxy.url})
+            return RegistryClient(config, **kwargs)
+
+        with through(primary, at_primary) as source, \
+                through(secondary, at_secondary, writable=True) as target:
+            outcomes = replicate_events(source, target, batch, leases=leases)
+        primary_log, secondary_log = list(at_primary.log), list(at_secondary.log)
+    assert outcomes == {"e1": None, "e2": None, "e3": None, "e4": None}
+    for repository, image, tags in (("group/app", app, ["1.0", "latest"]),
+                                    ("group/other", other, ["v1"])):
+        assert [secondary_reader.head_manifest(repository, t).digest for t in tags] == \
+            [image.digest] * len(tags)
+
+    def reads(log):
+        return Counter((m, p) for m, p, _ in log if m in ("GET", "HEAD"))
+
+    tag_heads = {("HEAD", f"/v2/{r}/manifests/{t}")
+                 for r, t in (("group/app", "1.0"), ("group/app", "latest"), ("group/other", "v1"))}
+    at_primary_reads, at_secondary_reads = reads(primary_log), reads(secondary_log)
+    assert {k: at_primary_reads[k] for k in tag_heads} == dict.fromkeys(tag_heads, 2)
+    assert {k: n for k, n in at_primary_reads.items() if n > 1 and k not in tag_heads} == {}
+    assert {k: n for k, n in at_secondary_reads.items() if n > 1} == {}
+    # Every blob of each repository was asked about on the secondary, once.
+    needed = {(r, b.digest) for r, image in (("group/app", app), ("group/other", other))
+              for b in image.all_blobs()}
+    asked = {(p.split("/blobs/")[0].removeprefix("/v2/"), p.split("/blobs/")[1])
+             for m, p, _ in secondary_log if m == "HEAD" and "/blobs/" in p}
+    assert asked == needed
+    manifest_puts = Counter(p for m, p, _ in secondary_log if m == "PUT" and "/manifests/" in p)
+    assert set(manifest_puts.values()) == {1}

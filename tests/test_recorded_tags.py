@@ -21,7 +21,8 @@ from registry_replication.client import RegistryClient
 from registry_replication.config import RegistryConfig
 from registry_replication.leases import Leases
 from registry_replication.recorded_tags import ABSENT, INTENT, PRESENT, TagRecord
-from registry_replication.store import Event, EventStore
+from registry_replication.store import Store
+from registry_replication.store.queue import Event
 from registry_replication.sync import SyncOptions, run_sync
 from replication_harness import images
 from replication_harness.servers import FaultProxy
@@ -30,10 +31,10 @@ _databases = itertools.count()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def any_store(request, tmp_path) -> EventStore:
+def any_store(request, tmp_path) -> Store:
     if request.param == "sqlite":
-        return EventStore(f"sqlite:///{tmp_path / 'recorded.db'}")
-    return EventStore(request.getfixturevalue("postgres").create_database(
+        return Store(f"sqlite:///{tmp_path / 'recorded.db'}")
+    return Store(request.getfixturevalue("postgres").create_database(
         f"recorded_{next(_databases)}"))
 
 
@@ -48,7 +49,7 @@ def through(registry, url: str, *, writable: bool = False) -> RegistryClient:
                           writable=writable)
 
 
-def sync(primary, target: RegistryClient, store: EventStore, **options) -> object:
+def sync(primary, target: RegistryClient, store: Store, **options) -> object:
     with RegistryClient(primary.client_config()) as source, Leases(store) as leases:
         return run_sync(source, target, SyncOptions(**options), leases=leases)
 

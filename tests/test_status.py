@@ -8,7 +8,8 @@ import json
 import pytest
 
 from registry_replication.status import status, task_log_url
-from registry_replication.store import Event, EventStore
+from registry_replication.store import Store
+from registry_replication.store.queue import Event
 
 T0 = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.timezone.utc)
 RUN_ID = "manual__2026-11-28T06:00:00+00:00"
@@ -22,10 +23,10 @@ def event(i: int, repository: str = "group/new") -> Event:
 
 
 @pytest.fixture
-def store(tmp_path) -> EventStore:
-    store = EventStore(f"sqlite:///{tmp_path / 'status.db'}")
+def store(tmp_path) -> Store:
+    store = Store(f"sqlite:///{tmp_path / 'status.db'}")
     # What registry_reconcile's verify task writes...
-    store.set_repository_state([
+    store.state.set_repository_state([
         {"repository": "group/app", "state": "pending", "tags_primary": 4, "tags_secondary": 3,
          "checksum_primary": "a" * 64, "checksum_secondary": "b" * 64},
         {"repository": "group/db", "state": "synced", "tags_primary": 5, "tags_secondary": 5,
@@ -38,21 +39,21 @@ def store(tmp_path) -> EventStore:
          "checksum_primary": "9" * 64, "checksum_secondary": None},
     ])
     # ...and registry_events' replicate task for a repository whose event failed.
-    store.set_repository_state([
+    store.state.set_repository_state([
         {"repository": "group/api", "state": "failed", "last_sync_at": T0,
          "last_error": "HTTP 503 from the secondary"},
     ])
     # registry_reconcile's report task: one failed layer in copy_blobs map index 2.
-    store.record_run("registry_reconcile", RUN_ID, "failed",
+    store.history.record_run("registry_reconcile", RUN_ID, "failed",
                      {"blobs copied": 7, "bytes copied": 3 * 1024 * 1024, "blobs failed": 1,
                       "problems": ["1 blobs failed", "1 images not pushed"], "dry_run": False},
                      [{"repository": "group/app", "digest": ROTTEN, "size": 1024, "status": 400,
                        "code": "DIGEST_INVALID", "error": "the blob's bytes hash to sha256:0",
                        "task_id": "copy_blobs", "map_index": 2}])
     # The webhook: three events waiting, one that ran out of attempts.
-    store.add([event(1), event(2), event(3)])
-    owner, _ = store.claim(limit=1)
-    assert store.retry_later(owner, ["e1"], "HTTP 404 MANIFEST_UNKNOWN", max_attempts=1) == ["e1"]
+    store.queue.add([event(1), event(2), event(3)])
+    owner, _ = store.queue.claim(limit=1)
+    assert store.queue.retry_later(owner, ["e1"], "HTTP 404 MANIFEST_UNKNOWN", max_attempts=1) == ["e1"]
     return store
 
 
@@ -94,7 +95,7 @@ def test_totals_states_and_links(store):
     assert queue["depth"] == 2 and queue["oldest_waiting_seconds"] >= 0
     [failed_event] = s["dead_letters"]
     assert (failed_event["id"], failed_event["last_error"]) == ("e1", "HTTP 404 MANIFEST_UNKNOWN")
-    assert (failed_event["status"], failed_event["retryable"]) == ("failed", True)
+    assert failed_event["status"] == "failed"
 
     run = s["last_reconcile"]
     assert (run["run_id"], run["state"]) == (RUN_ID, "failed")
@@ -105,7 +106,7 @@ def test_totals_states_and_links(store):
 
 
 def test_a_rerun_replaces_the_failed_layers(store):
-    store.record_run("registry_reconcile", "manual__2", "success", {"bytes copied": 0})
+    store.history.record_run("registry_reconcile", "manual__2", "success", {"bytes copied": 0})
     s = status(store)
     assert s["failed_layers"] == []
     assert s["last_reconcile"]["run_id"] == "manual__2"
@@ -113,8 +114,8 @@ def test_a_rerun_replaces_the_failed_layers(store):
 
 
 def test_a_failed_layer_in_a_repository_not_verified_yet(tmp_path):
-    store = EventStore(f"sqlite:///{tmp_path / 'status.db'}")
-    store.record_run("registry_reconcile", "r1", "failed", {}, [
+    store = Store(f"sqlite:///{tmp_path / 'status.db'}")
+    store.history.record_run("registry_reconcile", "r1", "failed", {}, [
         {"repository": "team/new", "digest": ROTTEN, "task_id": "copy_blobs", "map_index": 0}])
     s = status(store)
     assert [(r["repository"], r["state"]) for r in s["repositories"]] == [("team/new", "failed")]
@@ -123,7 +124,7 @@ def test_a_failed_layer_in_a_repository_not_verified_yet(tmp_path):
 
 
 def test_empty_store(tmp_path):
-    s = status(EventStore(f"sqlite:///{tmp_path / 'status.db'}"))
+    s = status(Store(f"sqlite:///{tmp_path / 'status.db'}"))
     assert s["repositories"] == [] and s["failed_layers"] == [] and s["last_reconcile"] is None
     assert s["backfill"]["repositories"] == {"in_sync": 0, "total": 0, "percent": None}
     assert s["queue"] == {"depth": 0, "counts": {"pending": 0, "processing": 0, "done": 0,
@@ -148,18 +149,18 @@ def test_the_page_shows_what_the_json_has(store, tmp_path):
         assert f'data-repository="{repo["repository"]}" data-state="{repo["state"]}"' in page
     assert f'href="{s["failed_layers"][0]["log_url"]}"' in page
     assert "3.0 MiB" in page  # bytes copied by the last reconcile
-    empty = render(status(EventStore(f"sqlite:///{tmp_path / 'empty.db'}")))
+    empty = render(status(Store(f"sqlite:///{tmp_path / 'empty.db'}")))
     assert "<table" not in empty and "No failed layers" in empty
 
 
 def test_history_depth_latency_and_bytes_per_run(tmp_path):
     from registry_replication.airflow.status_page import render
-    from registry_replication.store import events
+    from registry_replication.store.schema import events
 
-    store = EventStore(f"sqlite:///{tmp_path / 'history.db'}")
+    store = Store(f"sqlite:///{tmp_path / 'history.db'}")
     now = T0 + dt.timedelta(days=1)
     minutes = lambda m: now - dt.timedelta(minutes=m)  # noqa: E731
-    store.add([event(1), event(2), event(3), event(4)])
+    store.queue.add([event(1), event(2), event(3), event(4)])
     # (received, last update, status): e4 left the queue before the chart's day began.
     times = {"e1": (minutes(60), minutes(50), "done"), "e2": (minutes(55), minutes(55), "pending"),
              "e3": (minutes(10), minutes(9), "failed"),
@@ -168,7 +169,7 @@ def test_history_depth_latency_and_bytes_per_run(tmp_path):
         for event_id, (received, updated, state) in times.items():
             conn.execute(events.update().where(events.c.id == event_id).values(
                 received_at=received, updated_at=updated, status=state))
-    store.record_run("registry_reconcile", "r1", "success", {"bytes copied": 4096})
+    store.history.record_run("registry_reconcile", "r1", "success", {"bytes copied": 4096})
 
     h = status(store, now=now)["history"]
     depth = [p["depth"] for p in h["pending_depth"]]
@@ -179,11 +180,11 @@ def test_history_depth_latency_and_bytes_per_run(tmp_path):
     assert [r["bytes"] for r in h["bytes_per_run"]] == [4096]
 
     # Push-to-replica: from the registry's timestamp to the acknowledgement.
-    [seconds] = store.record_acknowledged([event(1)])
-    assert store.record_acknowledged([event(1)]) == []  # once per event
+    [seconds] = store.history.record_acknowledged([event(1)])
+    assert store.history.record_acknowledged([event(1)]) == []  # once per event
     assert seconds == pytest.approx((dt.datetime.now(dt.timezone.utc) - event(1).timestamp)
                                     .total_seconds(), abs=5)
-    assert store.push_latency_histogram([1.0, seconds + 1]) == ([0, 1], 1, seconds)
+    assert store.history.push_latency_histogram([1.0, seconds + 1]) == ([0, 1], 1, seconds)
 
     page = render(status(store, now=dt.datetime.now(dt.timezone.utc)), csrf="t0ken")
     assert page.count('class="latency-point"') == 1 and 'data-bytes="4096"' in page

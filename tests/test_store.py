@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 import sqlalchemy as sa
 
-from registry_replication.store import Event, EventStore, events
+from replication_harness.legacy_store import (
+    assert_premigration_store_upgrades, assert_schema_matches,
+)
+from registry_replication.store import Store, engine, migrate
+from registry_replication.store.queue import Event
+from registry_replication.store.schema import events
 
 T0 = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.timezone.utc)
 
@@ -17,57 +23,79 @@ def ev(i: int, tag: str = "1.0") -> Event:
 
 
 def test_sqlite_store_uses_wal(tmp_path):
-    store = EventStore(f"sqlite:///{tmp_path / 'q.db'}")
+    store = Store(f"sqlite:///{tmp_path / 'q.db'}")
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 
 
 def test_claim_complete_and_idempotent_add(tmp_path):
-    store = EventStore(f"sqlite:///{tmp_path / 'q.db'}")
-    assert store.add([ev(1), ev(2)]) == 2 and store.add([ev(1)]) == 0
-    assert store.ready_count() == 2
-    owner, claimed = store.claim()
+    store = Store(f"sqlite:///{tmp_path / 'q.db'}")
+    assert store.queue.add([ev(1), ev(2)]) == 2 and store.queue.add([ev(1)]) == 0
+    assert store.queue.ready_count() == 2
+    owner, claimed = store.queue.claim()
     assert [e.id for e in claimed] == ["e1", "e2"] and claimed[0].attempts == 1
-    assert store.ready_count() == 0 and store.claim()[1] == []  # leased, not claimable twice
-    store.complete(owner, ["e1", "e2"])
-    assert store.queue()["counts"] == {"pending": 0, "processing": 0, "done": 2, "failed": 0,
+    assert store.queue.ready_count() == 0 and store.queue.claim()[1] == []  # leased, not claimable twice
+    store.queue.complete(owner, ["e1", "e2"])
+    assert store.queue.queue()["counts"] == {"pending": 0, "processing": 0, "done": 2, "failed": 0,
                                        "rejected": 0}
 
 
 def test_expired_lease_is_reclaimed(tmp_path):
-    store = EventStore(f"sqlite:///{tmp_path / 'q.db'}")
-    store.add([ev(1)])
-    crashed_owner, _ = store.claim(lease_seconds=-1)  # the run died holding the lease
-    owner, claimed = store.claim()
+    store = Store(f"sqlite:///{tmp_path / 'q.db'}")
+    store.queue.add([ev(1)])
+    crashed_owner, _ = store.queue.claim(lease_seconds=-1)  # the run died holding the lease
+    owner, claimed = store.queue.claim()
     assert [e.id for e in claimed] == ["e1"] and owner != crashed_owner
-    store.complete(crashed_owner, ["e1"])  # a late ack from the dead run changes nothing
-    assert store.queue()["counts"]["processing"] == 1
+    store.queue.complete(crashed_owner, ["e1"])  # a late ack from the dead run changes nothing
+    assert store.queue.queue()["counts"]["processing"] == 1
 
 
 def test_retry_backs_off_then_fails(tmp_path):
-    store = EventStore(f"sqlite:///{tmp_path / 'q.db'}")
-    store.add([ev(1)])
-    owner, _ = store.claim()
-    assert store.retry_later(owner, ["e1"], "HTTP 503", max_attempts=2, backoff_seconds=60) == []
-    assert store.ready_count() == 0  # backing off
+    store = Store(f"sqlite:///{tmp_path / 'q.db'}")
+    store.queue.add([ev(1)])
+    owner, _ = store.queue.claim()
+    assert store.queue.retry_later(owner, ["e1"], "HTTP 503", max_attempts=2, backoff_seconds=60) == []
+    assert store.queue.ready_count() == 0  # backing off
     with store.engine.begin() as conn:
         conn.execute(events.update().values(next_attempt_at=T0))
-    owner, claimed = store.claim()
+    owner, claimed = store.queue.claim()
     assert claimed[0].attempts == 2
-    assert store.retry_later(owner, ["e1"], "HTTP 503 again", max_attempts=2) == ["e1"]
-    failed = store.events(status="failed")
+    assert store.queue.retry_later(owner, ["e1"], "HTTP 503 again", max_attempts=2) == ["e1"]
+    failed = store.queue.events(status="failed")
     assert [(e["id"], e["last_error"]) for e in failed] == [("e1", "HTTP 503 again")]
-    assert store.ready_count() == 0
+    assert store.queue.ready_count() == 0
 
 
-def test_newer_schema_is_refused(tmp_path):
+def test_a_store_upgraded_by_newer_code_is_refused(tmp_path):
     url = f"sqlite:///{tmp_path / 'q.db'}"
-    store = EventStore(url)
-    with store.engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO rr_schema (version) VALUES (99)"))
-    try:
-        EventStore(url)
-    except RuntimeError as exc:
-        assert "schema version 99" in str(exc)
-    else:
-        raise AssertionError("a newer schema was accepted")
+    with Store(url).engine.begin() as conn:
+        conn.execute(sa.text("UPDATE rr_alembic_version SET version_num = '9999'"))
+    fresh = engine.create(url)  # as another process would, on its first use of the store
+    with pytest.raises(RuntimeError, match=r"at revision 9999, which this code \(head "
+                                           r"\d+\) does not know.*upgrade this installation"):
+        migrate.upgrade(fresh)
+
+
+def test_one_engine_per_url_in_a_process(tmp_path):
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    assert Store(url).engine is Store(url).engine
+    assert Store(url).engine is not Store(f"sqlite:///{tmp_path / 'other.db'}").engine
+
+
+def test_the_migrations_make_exactly_the_declared_tables(tmp_path):
+    assert_schema_matches(Store(f"sqlite:///{tmp_path / 'q.db'}"))
+
+
+def test_a_store_from_before_migrations_upgrades_with_its_data(tmp_path):
+    assert_premigration_store_upgrades(f"sqlite:///{tmp_path / 'old.db'}")
+
+
+def test_the_cli_upgrades_a_store(tmp_path, capsys):
+    from registry_replication.cli import main
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    assert main(["store", "upgrade", "--url", url]) == 0
+    assert f"upgraded from None to {migrate.head()}" in capsys.readouterr().out
+    assert main(["store", "upgrade", "--url", url]) == 0
+    assert f"already at revision {migrate.head()}" in capsys.readouterr().out
+    assert_schema_matches(Store(url))

@@ -13,7 +13,7 @@ from replication_harness import images
 from replication_harness.registry import Notifications
 from replication_harness.servers import serve_on_loopback
 from registry_replication.notifications import ENVELOPE_MEDIA_TYPE
-from registry_replication.store import EventStore
+from registry_replication.store import Store
 from registry_replication.webhook import create_app
 
 SECRET = "Geo_s3cret-token"
@@ -33,7 +33,7 @@ def event(action="push", media_type=MANIFEST, tag="1.0", repository="group/app",
 
 @pytest.fixture
 def store(tmp_path):
-    return EventStore(f"sqlite:///{tmp_path / 'events.db'}")
+    return Store(f"sqlite:///{tmp_path / 'events.db'}")
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def post(client, body, *, auth=SECRET, media_type=ENVELOPE_MEDIA_TYPE):
 def test_missing_or_wrong_secret_is_401(client, store, auth):
     response = post(client, {"events": [event()]}, auth=auth)
     assert response.status_code == 401
-    assert store.events() == []
+    assert store.queue.events() == []
 
 
 def test_no_secret_configured_refuses_everything(store, monkeypatch):
@@ -61,7 +61,7 @@ def test_no_secret_configured_refuses_everything(store, monkeypatch):
     unconfigured = TestClient(create_app(store))
     response = post(unconfigured, {"events": [event()]}, auth="")
     assert response.status_code == 401 and "not configured" in response.json()["detail"]
-    assert store.events() == []
+    assert store.queue.events() == []
 
 
 @pytest.mark.parametrize("body,media_type,status", [
@@ -76,7 +76,7 @@ def test_no_secret_configured_refuses_everything(store, monkeypatch):
 def test_bad_input_is_4xx_and_stores_nothing(client, store, body, media_type, status):
     response = post(client, body, media_type=media_type)
     assert response.status_code == status, response.text
-    assert store.events() == []
+    assert store.queue.events() == []
 
 
 def test_duplicate_delivery_is_stored_once(client, store):
@@ -85,7 +85,7 @@ def test_duplicate_delivery_is_stored_once(client, store):
                                              "ignored": 0}
     assert post(client, envelope).json() == {"stored": 0, "rejected": 0, "duplicates": 2,
                                              "ignored": 0}
-    assert len(store.events()) == 2
+    assert len(store.queue.events()) == 2
 
 
 def test_blob_pull_and_mount_events_are_ignored(client, store):
@@ -98,7 +98,7 @@ def test_blob_pull_and_mount_events_are_ignored(client, store):
     ]}
     assert post(client, envelope).json() == {"stored": 2, "rejected": 0, "duplicates": 0,
                                              "ignored": 3}
-    stored = sorted((e["action"], e["tag"]) for e in store.events())
+    stored = sorted((e["action"], e["tag"]) for e in store.queue.events())
     assert stored == [("delete", None), ("push", "1.0")]
 
 
@@ -120,12 +120,12 @@ def test_real_registry_notifications_are_stored(start_registry, keys, token_serv
         images.push(writer, "group/app", img, ["1.0"])
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        tagged = [e for e in store.events() if e["tag"] == "1.0"]
+        tagged = [e for e in store.queue.events() if e["tag"] == "1.0"]
         if tagged:
             break
         time.sleep(0.2)
     assert [(e["action"], e["repository"], e["digest"]) for e in tagged] == [
         ("push", "group/app", img.digest)]
     # The children were pushed by digest: kept (manifest pushes), blobs dropped.
-    by_digest = {e["digest"] for e in store.events() if e["tag"] is None}
+    by_digest = {e["digest"] for e in store.queue.events() if e["tag"] is None}
     assert by_digest == {child.digest for child in img.children}

@@ -9,6 +9,7 @@ or URI, or the name of an ``AIRFLOW_CONN_<ID>`` variable (default ``registry_pri
     registry-replication plan
     registry-replication sync --include 'group/*' --dry-run
     registry-replication verify
+    registry-replication store upgrade   # the replication store's schema, to this version's
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from registry_replication.errors import RegistryError
 from registry_replication.outcomes import BlobOutcome
 from registry_replication.plan import build_plan
 from registry_replication.snapshot import Scope, Snapshot, problem_line
-from registry_replication.store import EventStore
+from registry_replication.store import Store
 from registry_replication.sync import SyncOptions, listings, run_sync, snapshots
 
 log = logging.getLogger("registry_replication")
@@ -41,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "store":
+        return _store_upgrade(args.url)
     try:
         primary = RegistryClient(_config(args.primary))
         secondary = RegistryClient(_config(args.secondary), writable=args.command == "sync")
@@ -65,9 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _plan(primary, secondary, options: SyncOptions, args) -> int:
-    source, target, kind = listings(primary, secondary, options, EventStore())
+    source, target, kind = listings(primary, secondary, options, Store())
     differences = diffs.diff(source, target)
-    plan = build_plan(primary, secondary, differences, concurrency=options.concurrency)
+    plan = build_plan(primary, secondary, diffs.wanted(differences),
+                      concurrency=options.concurrency)
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
         return 0
@@ -120,6 +124,21 @@ def _verify(primary, secondary, options: SyncOptions, args) -> int:
                differ if len(differ) else report)
         _print_problems(source, target)
     return 1 if len(differ) or not source.complete or not target.complete else 0
+
+
+def _store_upgrade(url: str | None) -> int:
+    """Bring the replication store's schema to this version (also done on first use)."""
+    from registry_replication.store import engine, migrate
+
+    target = engine.create(url or engine.default_url())
+    try:
+        was = migrate.upgrade(target)
+    finally:
+        target.dispose()
+    head = migrate.head()
+    print(f"replication store at {target.url!r}: "
+          + (f"already at revision {head}" if was == head else f"upgraded from {was} to {head}"))
+    return 0
 
 
 def _print_problems(*listings: Snapshot) -> None:
@@ -176,6 +195,12 @@ def _parser() -> argparse.ArgumentParser:
                            "every REGISTRY_REPLICATION_FULL_VERIFY_HOURS, 24)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("-v", "--verbose", action="store_true")
+    store = sub.add_parser("store", help="the replication store (event queue, state, history)")
+    store.add_argument("action", choices=["upgrade"],
+                       help="upgrade: migrate the schema to this version's (Alembic)")
+    store.add_argument("--url", help="the store's SQLAlchemy URL (default: "
+                                     "$REGISTRY_REPLICATION_DB_URL, else SQLite in $AIRFLOW_HOME)")
+    store.add_argument("-v", "--verbose", action="store_true")
     return parser
 
 

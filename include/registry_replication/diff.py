@@ -7,6 +7,7 @@ import hashlib
 import numpy as np
 import pandas as pd
 
+from registry_replication.plan import WantedTag
 from registry_replication.snapshot import Snapshot
 
 MISSING = "missing"  # on the primary only
@@ -39,6 +40,13 @@ def diff(primary: Snapshot, secondary: Snapshot) -> pd.DataFrame:
     )
     merged["media_type"] = merged["media_type_primary"].fillna(merged["media_type_secondary"])
     return merged[COLUMNS].sort_values(["repository", "tag"], ignore_index=True)
+
+
+def wanted(differences: pd.DataFrame) -> list[WantedTag]:
+    """The ``missing`` and ``outdated`` tags, as the plan takes them."""
+    rows = differences[differences["status"].isin([MISSING, OUTDATED])]
+    return [WantedTag(r.repository, r.tag, r.digest_primary)
+            for r in rows[["repository", "tag", "digest_primary"]].itertuples(index=False)]
 
 
 def summary(differences: pd.DataFrame) -> pd.DataFrame:

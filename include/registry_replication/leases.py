@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-from registry_replication.store import EventStore
+from registry_replication.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Leases:
 
     def __init__(
         self,
-        store: EventStore,
+        store: Store,
         *,
         ttl_seconds: float | None = None,
         wait_seconds: float = 300.0,
@@ -104,7 +104,7 @@ class Leases:
         with self._lock:
             tracked = self._held[resource] > 0
         if tracked:  # the session moved on (a chunk went up): keep its latest location
-            self.store.acquire_lease(resource, self.owner, self.ttl, detail)
+            self.store.state.acquire_lease(resource, self.owner, self.ttl, detail)
         else:
             self._acquire(resource, detail)
         return resource
@@ -116,14 +116,15 @@ class Leases:
         """Upload sessions on the secondary whose writer died; each is taken over while
         yielded, then forgotten. (A store serves one secondary, which writers may reach by
         different addresses: the session's path is what identifies it.)"""
-        for row in self.store.expired_leases(UPLOAD):
+        for row in self.store.state.expired_leases(UPLOAD):
             detail = row.get("detail") or {}
-            if self.store.acquire_lease(row["resource"], self.owner, self.ttl, detail) is not None:
+            holder = self.store.state.acquire_lease(row["resource"], self.owner, self.ttl, detail)
+            if holder is not None:
                 continue  # another writer is cleaning it up
             try:
                 yield detail
             finally:
-                self.store.release_lease(row["resource"], self.owner)
+                self.store.state.release_lease(row["resource"], self.owner)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -134,7 +135,7 @@ class Leases:
         with self._lock:
             held, self._held = list(self._held), Counter()
         for resource in held:
-            self.store.release_lease(resource, self.owner)
+            self.store.state.release_lease(resource, self.owner)
 
     def __enter__(self) -> Leases:
         return self
@@ -147,7 +148,7 @@ class Leases:
         delay = 0.05
         while True:
             attempt = time.monotonic()
-            holder = self.store.acquire_lease(resource, self.owner, self.ttl, detail)
+            holder = self.store.state.acquire_lease(resource, self.owner, self.ttl, detail)
             if holder is None:
                 break
             waited = time.monotonic() - started
@@ -168,7 +169,7 @@ class Leases:
             if self._held[resource] > 0:
                 return
             del self._held[resource]
-        self.store.release_lease(resource, self.owner)
+        self.store.state.release_lease(resource, self.owner)
 
     def keep_alive(self) -> None:
         """Renew from now on even while no lease is held (for events claimed as ``owner``)."""
@@ -185,7 +186,8 @@ class Leases:
         while not self._stop.wait(self.ttl / 4):
             attempt = time.monotonic()
             try:
-                self.store.renew_leases(self.owner, self.ttl)
+                self.store.state.renew_leases(self.owner, self.ttl)
+                self.store.queue.renew_claims(self.owner, self.ttl)
                 self._renewed_at = attempt
             except Exception as exc:  # noqa: BLE001 - any store failure: check() stops writes
                 log.warning("could not renew the leases of %s: %s", self.owner, exc)

@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from registry_replication import status as statuses
 from registry_replication.outcomes import EventStatus, RepositoryState
-from registry_replication.store import EventStore
+from registry_replication.store import Store
 
 TOKEN_ENV = "REGISTRY_REPLICATION_METRICS_TOKEN"
 PREFIX = "registry_replication"
@@ -38,14 +38,14 @@ STATE_LABELS = {RepositoryState.SYNCED: "synced", RepositoryState.PENDING: "pend
 DAG_IDS = ("registry_reconcile", "registry_sync", "registry_events")
 
 
-def figures(store: EventStore, now: dt.datetime | None = None) -> dict[str, Any]:
+def figures(store: Store, now: dt.datetime | None = None) -> dict[str, Any]:
     """Every metric's current value, from the store alone."""
     now = now or dt.datetime.now(dt.timezone.utc)
     page = statuses.status(store, now=now, with_history=False)
-    counts = store.status_counts()
-    queue = store.queue()
+    counts = store.queue.status_counts()
+    queue = store.queue.queue()
     states = {label: page["states"].get(state, 0) for state, label in STATE_LABELS.items()}
-    buckets, count, total = store.push_latency_histogram(LATENCY_BUCKETS)
+    buckets, count, total = store.history.push_latency_histogram(LATENCY_BUCKETS)
     return {
         "events_pending": counts[EventStatus.PENDING] + counts[EventStatus.PROCESSING],
         "oldest_pending_event_age_seconds": queue["oldest_waiting_seconds"] or 0.0,
@@ -54,9 +54,9 @@ def figures(store: EventStore, now: dt.datetime | None = None) -> dict[str, Any]
         "repositories": states,
         "tags": {side: sum(r[f"tags_{side}"] or 0 for r in page["repositories"])
                  for side in ("primary", "secondary")},
-        "bytes_copied_total": store.copied_bytes_total(),
+        "bytes_copied_total": store.history.copied_bytes_total(),
         "last_success_timestamp_seconds": {
-            dag_id: at.timestamp() for dag_id, at in sorted(store.last_success_times().items())},
+            dag_id: at.timestamp() for dag_id, at in sorted(store.history.last_success_times().items())},
         "push_to_replica_seconds": {
             "buckets": list(zip(LATENCY_BUCKETS, buckets)), "count": count, "sum": total},
     }
@@ -65,7 +65,7 @@ def figures(store: EventStore, now: dt.datetime | None = None) -> dict[str, Any]
 class StoreCollector(Collector):
     """Reads the store on each scrape."""
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
 
     def collect(self) -> Iterator[Metric]:
@@ -108,7 +108,7 @@ class StoreCollector(Collector):
             sum_value=latency["sum"])
 
 
-def exposition(store: EventStore) -> bytes:
+def exposition(store: Store) -> bytes:
     """The text exposition format of one scrape."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(store))

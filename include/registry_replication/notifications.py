@@ -30,7 +30,7 @@ from registry_replication.reference import (
     validate_tag,
 )
 from registry_replication.outcomes import EventStatus
-from registry_replication.store import Event
+from registry_replication.store.queue import Event
 
 ENVELOPE_MEDIA_TYPE = "application/vnd.docker.distribution.events.v1+json"
 MANIFEST_TYPES = mt.SUPPORTED | mt.SCHEMA1

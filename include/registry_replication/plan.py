@@ -16,11 +16,8 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-import pandas as pd
-
 from registry_replication import mediatypes as mt
 from registry_replication.client import Manifest, RegistryClient
-from registry_replication.diff import MISSING, OUTDATED
 from registry_replication.errors import RegistryError
 from registry_replication.outcomes import human_size
 
@@ -30,6 +27,15 @@ DEFAULT_BATCH_BYTES = 1 << 30
 MAX_BATCHES = 256  # far below Airflow's max_map_length (1024)
 # Blobs per copy task: bounds a task's records, results and log, whatever the blobs' sizes.
 MAX_BLOBS_PER_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class WantedTag:
+    """A tag the secondary should point at ``digest``, the primary's (as the caller knows it)."""
+
+    repository: str
+    tag: str
+    digest: str
 
 
 @dataclass
@@ -140,19 +146,20 @@ class Plan:
 def build_plan(
     primary: RegistryClient,
     secondary: RegistryClient,
-    differences: pd.DataFrame,
+    wanted: Iterable[WantedTag],
     *,
     concurrency: int = 16,
 ) -> Plan:
-    """Plan the copy of every ``missing`` or ``outdated`` tag in ``differences``."""
-    wanted = differences[differences["status"].isin([MISSING, OUTDATED])]
+    """Plan the copy of every wanted tag: each image (repository, digest) once, with its tags."""
+    tags_of: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for w in wanted:
+        tags_of[(w.repository, w.digest)].add(w.tag)
     plan = Plan()
-    groups = wanted.groupby(["repository", "digest_primary"], sort=True)
     with ThreadPoolExecutor(concurrency, thread_name_prefix="plan") as pool:
         tasks = list(
             pool.map(
-                lambda item: _image_task(primary, item[0][0], item[0][1], sorted(item[1]["tag"]), plan),
-                groups,
+                lambda item: _image_task(primary, *item[0], sorted(item[1]), plan),
+                sorted(tags_of.items()),
             )
         )
         sizes: dict[str, int] = {}

@@ -28,8 +28,9 @@ from registry_replication.diff import EXTRA
 from registry_replication.errors import RegistryError
 from registry_replication.leases import LeaseBusy, LeaseLost, Leases
 from registry_replication.outcomes import PruneOutcome
-from registry_replication.recorded_tags import TagRecord, now
+from registry_replication.recorded_tags import TagRecord
 from registry_replication.snapshot import Scope, Snapshot, problem_line, take_snapshot
+from registry_replication.store.schema import now
 
 log = logging.getLogger(__name__)
 

@@ -14,17 +14,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import pandas as pd
-
-from registry_replication import diff as diffs
 from registry_replication.client import RegistryClient
 from registry_replication.copy import Copier
 from registry_replication.errors import RegistryError
 from registry_replication.leases import Leases
 from registry_replication.outcomes import NOT_PUSHED, BlobOutcome, PruneOutcome
-from registry_replication.plan import build_plan
+from registry_replication.plan import WantedTag, build_plan
 from registry_replication.prune import mirror_manifest_delete, mirror_tag_deletes
-from registry_replication.store import Event
+from registry_replication.store.queue import Event
 
 log = logging.getLogger(__name__)
 
@@ -112,25 +109,18 @@ def _copy_tags(
     def heads(tag: str):
         return primary.head_manifest(repository, tag), secondary.head_manifest(repository, tag)
 
-    rows, outcomes = [], {}
     try:
         with ThreadPoolExecutor(concurrency) as pool:
             found = dict(zip(tags, pool.map(heads, tags)))
     except RegistryError as exc:
         return {event_id: str(exc) for ids in tags.values() for event_id in ids}
-    for tag, (source, target) in found.items():
-        if source is None:
-            # Gone from the primary since: the delete event (or the reconcile) mirrors that.
-            outcomes.update({event_id: None for event_id in tags[tag]})
-            continue
-        status = diffs.IN_SYNC if target and target.digest == source.digest else (
-            diffs.OUTDATED if target else diffs.MISSING)
-        rows.append({"repository": repository, "tag": tag, "status": status,
-                     "digest_primary": source.digest,
-                     "digest_secondary": target.digest if target else None,
-                     "media_type": source.media_type})
-    differences = pd.DataFrame(rows, columns=diffs.COLUMNS)
-    plan = build_plan(primary, secondary, differences, concurrency=concurrency)
+    # Gone from the primary since (the delete event or the reconcile mirrors that), or already
+    # where the primary points: done. The rest is what the plan copies.
+    wanted = [WantedTag(repository, tag, source.digest) for tag, (source, target) in found.items()
+              if source is not None and (target is None or target.digest != source.digest)]
+    if not wanted:
+        return {event_id: None for ids in tags.values() for event_id in ids}
+    plan = build_plan(primary, secondary, wanted, concurrency=concurrency)
     # The plan was made moments ago from these very HEADs: no second existence check per blob
     # and tag (the compare-and-set on the primary before each tag write stays).
     copier = Copier(primary, secondary, leases=leases, parallelism=parallelism,
@@ -140,9 +130,7 @@ def _copy_tags(
     images = copier.push_images(plan.images, failed_blobs)
     errors = {tag: r.error for r in images if r.outcome in NOT_PUSHED for tag in r.tags}
     errors.update({tag: s.reason for s in plan.skipped for tag in s.tags})
-    for row in rows:
-        outcomes.update({event_id: errors.get(row["tag"]) for event_id in tags[row["tag"]]})
-    return outcomes
+    return {event_id: errors.get(tag) for tag, ids in tags.items() for event_id in ids}
 
 
 def _mirror_deletes(

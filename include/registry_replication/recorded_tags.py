@@ -29,7 +29,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import weakref
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,7 +40,8 @@ from registry_replication.client import RegistryClient
 from registry_replication.errors import RegistryError
 from registry_replication.reference import InvalidReference, validate_repository
 from registry_replication.snapshot import COLUMNS, Scope, Snapshot, problem_line, take_snapshot
-from registry_replication.store import EventStore, metadata
+from registry_replication.store import Store
+from registry_replication.store.schema import aware, now, recorded_tags, recorded_verifications
 
 log = logging.getLogger(__name__)
 
@@ -49,37 +49,6 @@ FULL_VERIFY_HOURS_ENV = "REGISTRY_REPLICATION_FULL_VERIFY_HOURS"
 DEFAULT_FULL_VERIFY_HOURS = 24.0
 
 PRESENT, ABSENT, INTENT = "present", "absent", "intent"
-
-recorded_tags = sa.Table(
-    "rr_recorded_tags", metadata,
-    sa.Column("repository", sa.String(255), primary_key=True),
-    sa.Column("tag", sa.String(128), primary_key=True),
-    sa.Column("state", sa.String(8), nullable=False),  # present | absent | intent
-    sa.Column("digest", sa.String(160)),  # present: the digest the secondary confirmed
-    sa.Column("media_type", sa.String(255)),
-    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("written_by", sa.String(255), nullable=False),  # a writer's lease owner, or a run
-)
-
-# Per repository: when a full listing of the secondary last confirmed its record, and where.
-recorded_verifications = sa.Table(
-    "rr_recorded_verifications", metadata,
-    sa.Column("repository", sa.String(255), primary_key=True),
-    sa.Column("registry", sa.String(512), nullable=False),  # the secondary's URL as listed
-    sa.Column("verified_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-_TABLES = [recorded_tags, recorded_verifications]
-_ready: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
-
-
-def now() -> dt.datetime:
-    """The store's clock for ``recorded_at`` (UTC)."""
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
 def full_verify_hours() -> float:
@@ -90,12 +59,8 @@ def full_verify_hours() -> float:
 class TagRecord:
     """The record of the secondary's tags in one replication store."""
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.engine = store.engine
-        if self.engine not in _ready:
-            # The store made its schema before this module may have been imported.
-            metadata.create_all(self.engine, tables=_TABLES)
-            _ready.add(self.engine)
 
     # -- writers (under the repository's lease) ---------------------------------------------
 
@@ -153,7 +118,7 @@ class TagRecord:
                                               recorded_tags.c.recorded_at)
                                     .where(recorded_tags.c.repository == repository)).all()
                 keep = {r.tag for r in rows
-                        if r.state == INTENT or _aware(r.recorded_at) >= listed_since}
+                        if r.state == INTENT or aware(r.recorded_at) >= listed_since}
                 stale = [r.tag for r in rows if r.tag not in keep and scope.wants_tag(r.tag)]
                 if stale:
                     conn.execute(recorded_tags.delete().where(
@@ -182,7 +147,7 @@ class TagRecord:
             rows = conn.execute(sa.select(recorded_verifications.c.repository,
                                           recorded_verifications.c.verified_at)
                                 .where(recorded_verifications.c.registry == registry))
-            return {r.repository: _aware(r.verified_at) for r in rows}
+            return {r.repository: aware(r.verified_at) for r in rows}
 
     def tags(self, repositories: Iterable[str]) -> pd.DataFrame:
         """The recorded rows of ``repositories``: repository, tag, state, digest, media_type."""
@@ -246,7 +211,7 @@ def choose(record: TagRecord, registry: str, scope: Scope, repositories: list[st
 def secondary_listing(
     secondary: RegistryClient,
     primary: RegistryClient,
-    store: EventStore,
+    store: Store,
     scope: Scope = Scope(),
     *,
     repositories: list[str] | None = None,

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from registry_replication.outcomes import EventStatus, RepositoryState
-from registry_replication.store import EventStore
+from registry_replication.store import Store
 
 RECONCILE_DAG_ID = "registry_reconcile"
 
@@ -26,7 +26,7 @@ MAX_LATENCY_POINTS = 2000
 # The states the page shows per repository, in the order it shows them.
 
 
-def status(store: EventStore, *, ui_url: str = "", now: dt.datetime | None = None,
+def status(store: Store, *, ui_url: str = "", now: dt.datetime | None = None,
            with_history: bool = True) -> dict[str, Any]:
     """Everything the status page shows.
 
@@ -36,13 +36,13 @@ def status(store: EventStore, *, ui_url: str = "", now: dt.datetime | None = Non
     """
     now = now or dt.datetime.now(dt.timezone.utc)
     base = ui_url.rstrip("/")
-    layers = [_failed_layer(row, base) for row in store.failed_layers()]
+    layers = [_failed_layer(row, base) for row in store.history.failed_layers()]
     layers_by_repo: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for layer in layers:
         layers_by_repo[layer["repository"]].append(layer)
 
     repositories = [_repository(row, layers_by_repo.get(row["repository"], []), now)
-                    for row in store.repository_states()]
+                    for row in store.state.repository_states()]
     # A layer can fail in a repository the verification has not reached yet.
     known = {r["repository"] for r in repositories}
     for name in sorted(set(layers_by_repo) - known):
@@ -53,11 +53,11 @@ def status(store: EventStore, *, ui_url: str = "", now: dt.datetime | None = Non
     states = Counter(r["state"] for r in repositories)
     tags_total = sum(r["tags_primary"] or 0 for r in repositories)
     tags_in_sync = sum(_tags_in_sync(r) for r in repositories)
-    reconcile = store.last_run(RECONCILE_DAG_ID)
+    reconcile = store.history.last_run(RECONCILE_DAG_ID)
     summary = (reconcile or {}).get("summary") or {}
 
-    queue = store.queue()
-    counts = store.status_counts()
+    queue = store.queue.queue()
+    counts = store.queue.status_counts()
     return {
         "generated_at": _iso(now),
         "backfill": {
@@ -74,21 +74,21 @@ def status(store: EventStore, *, ui_url: str = "", now: dt.datetime | None = Non
             "counts": {s: counts[s] for s in EventStatus},
             "oldest_waiting_seconds": _round(queue["oldest_waiting_seconds"]),
         },
-        "dead_letters": [_failed_event(row) for row in store.dead_letters(limit=100)],
+        "dead_letters": [_failed_event(row) for row in store.queue.dead_letters(limit=100)],
         # Events the webhook stored but will not process (names out of grammar, malformed).
         "rejected_events": [_failed_event(row)
-                            for row in store.events(status=EventStatus.REJECTED, limit=50)],
+                            for row in store.queue.events(status=EventStatus.REJECTED, limit=50)],
         **({"history": history(store, now)} if with_history else {}),
         "last_reconcile": _run(reconcile, base, now) if reconcile else None,
     }
 
 
-def history(store: EventStore, now: dt.datetime) -> dict[str, Any]:
+def history(store: Store, now: dt.datetime) -> dict[str, Any]:
     """The lag chart's series over the last day: queue depth, push-to-replica, bytes per run."""
     since = now - HISTORY
     buckets = int(HISTORY / DEPTH_BUCKET)
     changes = []
-    for received, left in store.queue_intervals(since):
+    for received, left in store.queue.queue_intervals(since):
         changes.append((received, 1))
         if left is not None:
             changes.append((max(left, received), -1))
@@ -102,12 +102,12 @@ def history(store: EventStore, now: dt.datetime) -> dict[str, Any]:
             depth += changes[i][1]
             peak[b] = max(peak[b], depth)
             i += 1
-    latencies = store.push_latencies(since)[-MAX_LATENCY_POINTS:]
+    latencies = store.history.push_latencies(since)[-MAX_LATENCY_POINTS:]
     runs = [
         {"dag_id": r["dag_id"], "run_id": r["run_id"], "state": r["state"],
          "finished_at": _iso(_aware(r["finished_at"])),
          "bytes": int((r.get("summary") or {}).get("bytes copied") or 0)}
-        for r in store.runs_since(since)
+        for r in store.history.runs_since(since)
     ]
     return {
         "since": _iso(since),
@@ -196,7 +196,6 @@ def _failed_event(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
         "status": row["status"],
-        "retryable": row["status"] == EventStatus.FAILED,  # a rejected event can never be replicated
         "action": row["action"],
         "repository": row["repository"],
         "tag": row.get("tag"),

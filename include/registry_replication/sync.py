@@ -22,7 +22,7 @@ from registry_replication.plan import Plan, build_plan
 from registry_replication.prune import PruneRefused, PruneResult, prunable, prune
 from registry_replication.recorded_tags import RunKind, secondary_listing
 from registry_replication.snapshot import Scope, Snapshot, take_snapshot
-from registry_replication.store import EventStore
+from registry_replication.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def snapshots(
 
 
 def listings(
-    primary: RegistryClient, secondary: RegistryClient, options: SyncOptions, store: EventStore,
+    primary: RegistryClient, secondary: RegistryClient, options: SyncOptions, store: Store,
     *, written_by: str = "listing",
 ) -> tuple[Snapshot, Snapshot, RunKind]:
     """The primary, listed; the secondary, listed (a full run) or as recorded (a cheap run)."""
@@ -108,14 +108,15 @@ def run_sync(
     """``leases``: the write protocol shared with every other writer; default: leases in the
     replication store the DAGs use (``REGISTRY_REPLICATION_DB_URL`` or ``$AIRFLOW_HOME``)."""
     if leases is None:
-        with Leases(EventStore()) as own:
+        with Leases(Store()) as own:
             return run_sync(primary, secondary, options, leases=own)
     options = options or SyncOptions()
     started = time.monotonic()
     source, target, kind = listings(primary, secondary, options, leases.store,
                                     written_by=leases.owner)
     differences = diffs.diff(source, target)
-    plan = build_plan(primary, secondary, differences, concurrency=options.concurrency)
+    plan = build_plan(primary, secondary, diffs.wanted(differences),
+                      concurrency=options.concurrency)
     report = SyncReport(source, target, differences, plan, run_kind=kind)
     if options.dry_run:
         log.info("dry run: nothing copied\n%s", diffs.summary(differences).to_string())

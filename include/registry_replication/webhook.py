@@ -19,12 +19,12 @@ import threading
 from collections.abc import Callable
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
-from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from registry_replication import secrets
 from registry_replication.notifications import ENVELOPE_MEDIA_TYPE, InvalidNotification, parse
-from registry_replication.store import Event, EventStore
+from registry_replication.store import Store
+from registry_replication.store.queue import Event
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ _WRITE_LOCK = threading.Lock()
 ACCEPTED_TYPES = (ENVELOPE_MEDIA_TYPE, "application/json")
 
 
-def events_router(store: Callable[[], EventStore], secret: Callable[[], str | None]) -> APIRouter:
+def events_router(store: Callable[[], Store], secret: Callable[[], str | None]) -> APIRouter:
     router = APIRouter()
 
     @router.post("/events", status_code=200)
@@ -71,14 +71,10 @@ def events_router(store: Callable[[], EventStore], secret: Callable[[], str | No
     return router
 
 
-def _add(store: EventStore, received: list[Event]) -> int:
-    """Store, idempotently: a copy of an event committed by a concurrent request meanwhile (a
-    redelivery racing the original) makes the first try fail; the second skips it."""
+def _add(store: Store, received: list[Event]) -> int:
+    """Store, idempotently: a redelivery, even one racing the original, is skipped."""
     with _WRITE_LOCK:
-        try:
-            return store.add(received)
-        except IntegrityError:
-            return store.add(received)
+        return store.queue.add(received)
 
 
 def _authenticate(request: Request, secret: str | None) -> None:
@@ -110,13 +106,13 @@ def warn_if_weak(secret: str | None) -> None:
                     SECRET_ENV, len(secret), MIN_SECRET_LENGTH)
 
 
-def create_app(store: EventStore | None = None, secret: str | None = None) -> FastAPI:
+def create_app(store: Store | None = None, secret: str | None = None) -> FastAPI:
     """The app; by default the store and secret come from the environment, read lazily."""
-    cached: list[EventStore] = [store] if store else []
+    cached: list[Store] = [store] if store else []
 
-    def get_store() -> EventStore:
+    def get_store() -> Store:
         if not cached:
-            cached.append(EventStore())
+            cached.append(Store())
         return cached[0]
 
     def get_secret() -> str | None:

@@ -15,7 +15,7 @@ import pytest
 
 from replication_harness import corpus, images
 from registry_replication.recorded_tags import TagRecord
-from registry_replication.store import EventStore
+from registry_replication.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
@@ -116,12 +116,12 @@ def test_reconcile_replicates_then_does_nothing(airflow_db, connections, primary
     assert re.search(r"manifests pushed\s+0\n", summary), summary
     # The first run listed the secondary and recorded it; the no-op read that record instead.
     assert re.search(r"run kind\s+cheap run: the secondary as recorded", summary), summary
-    record = TagRecord(EventStore())
+    record = TagRecord(Store())
     for (repository, tag), digest in pushed.items():
         assert record.rows(repository)[tag] == ("present", digest), (repository, tag)
 
     assert run("registry_reconcile", {"full_verify": True}).state == "success"
-    assert EventStore().last_run("registry_reconcile")["summary"]["run kind"] == (
+    assert Store().history.last_run("registry_reconcile")["summary"]["run kind"] == (
         "full run: a full verification was asked for")
 
 
@@ -160,10 +160,10 @@ def test_failed_layer_is_named_in_the_task_log(airflow_db, connections, primary,
     assert any("failed layers" in m and rotten.digest in m for m in failures)
     assert secondary_reader.head_manifest("group/app", "broken") is None
     # Recorded for the status page, with the map index whose log holds the details.
-    layers = [layer for layer in EventStore().failed_layers() if layer["digest"] == rotten.digest]
+    layers = [layer for layer in Store().history.failed_layers() if layer["digest"] == rotten.digest]
     assert [(layer["repository"], layer["task_id"], layer["map_index"], layer["code"])
             for layer in layers] == [("group/app", "copy_blobs", 0, "DIGEST_INVALID")]
-    summary = EventStore().last_run("registry_reconcile")["summary"]
+    summary = Store().history.last_run("registry_reconcile")["summary"]
     # The failed batch's other blobs were copied, and the report counts them.
     assert summary["blobs failed"] == 1 and summary["blobs copied"] == len(img.blobs) - 1
 
@@ -206,11 +206,11 @@ def replicate_push(primary_reader, secondary_writer, repository, tag, digest):
 
     from registry_replication.leases import Leases
     from registry_replication.realtime import replicate_events
-    from registry_replication.store import Event
+    from registry_replication.store.queue import Event
 
     event = Event(f"{repository}:{tag}@{digest}", "push", repository, tag, digest, None,
                   dt.datetime.now(dt.timezone.utc))
-    with Leases(EventStore()) as leases:
+    with Leases(Store()) as leases:
         assert replicate_events(primary_reader, secondary_writer, [event], leases=leases) == {
             event.id: None}
 
@@ -237,7 +237,7 @@ def test_reconcile_never_overwrites_a_newer_tag(airflow_db, slow_connections, pr
     assert secondary_reader.head_manifest("app", "t").digest == newer[0] == \
         primary_reader.head_manifest("app", "t").digest
     assert f"left to the newer writer: t -> {newer[0]}" in caplog.text
-    assert EventStore().last_run("registry_reconcile")["summary"]["tags moved since the plan"] == 1
+    assert Store().history.last_run("registry_reconcile")["summary"]["tags moved since the plan"] == 1
 
 
 def test_reconcile_never_deletes_a_tag_pushed_again(airflow_db, slow_connections, primary_writer,
@@ -266,7 +266,7 @@ def test_reconcile_never_deletes_a_tag_pushed_again(airflow_db, slow_connections
     assert secondary_reader.head_manifest("keep", "k").digest == kept.digest
     assert secondary_reader.head_manifest("app", "new").digest == fresh.digest
     assert "prune kept" in caplog.text and "the primary has it again" in caplog.text
-    assert EventStore().last_run("registry_reconcile")["summary"]["tags kept, pushed again"] == 1
+    assert Store().history.last_run("registry_reconcile")["summary"]["tags kept, pushed again"] == 1
 
 
 def test_a_scope_that_matches_nothing_is_a_quick_success(airflow_db, connections, primary_writer,

@@ -18,7 +18,7 @@ from test_operating import SECRET, store, wait_for_events, webhook_url  # noqa: 
 from registry_replication.client import RegistryClient
 from replication_harness import images
 from replication_harness.registry import Notifications
-from registry_replication.store import Event
+from registry_replication.store.queue import Event
 
 
 def test_pushes_during_the_drain_replicate_in_the_same_run(
@@ -59,10 +59,10 @@ def test_pushes_during_the_drain_replicate_in_the_same_run(
                                  ("group/other", "v3", third)):
         assert secondary_reader.get_manifest(repository, tag).raw == img.raw
     # Every event done: the three tags, and the index's child manifests (pushed by digest).
-    assert {e["tag"] for e in store.events()} == {"v1", "v2", "v3", None}
-    assert {e["status"] for e in store.events()} == {"done"}
+    assert {e["tag"] for e in store.queue.events()} == {"v1", "v2", "v3", None}
+    assert {e["status"] for e in store.queue.events()} == {"done"}
     drained = [r.getMessage() for r in caplog.records if r.getMessage().startswith("drained ")]
-    assert drained and drained[-1].startswith(f"drained {len(store.events())} events in ")
+    assert drained and drained[-1].startswith(f"drained {len(store.queue.events())} events in ")
     assert int(drained[-1].split(" in ")[1].split()[0]) >= 2  # v1 first, the others later
     # It ended by itself once no event came for the idle period (not at the 3600 s cap).
     assert later_pushed and ended - later_pushed[0] < 120
@@ -74,7 +74,7 @@ def test_without_an_idle_period_the_task_ends_after_its_batch(
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS", "0")
     img = images.ImageFactory(layer_size=32 * 1024).make()
     images.push(primary_writer, "group/app", img, ["v1"])
-    store.add([Event("e1", "push", "group/app", "v1", img.digest, None,
+    store.queue.add([Event("e1", "push", "group/app", "v1", img.digest, None,
                      dt.datetime.now(dt.timezone.utc))])
     caplog.set_level("INFO", logger="registry_replication.airflow")
     assert run("registry_events").state == "success"

@@ -6,7 +6,7 @@ import logging
 
 from replication_harness import images
 from registry_replication.status import status
-from registry_replication.store import EventStore
+from registry_replication.store import Store
 from test_dags import airflow_db, connections, run  # noqa: F401 - fixtures
 
 ODD = "Foo/app"
@@ -27,10 +27,10 @@ def test_reconcile_replicates_every_other_repository_and_names_the_odd_one(
     assert any("cannot replicate" in m and ODD in m and "What to do" in m for m in errors), errors
     assert not any("not pruning" in m for m in errors), errors
 
-    run_summary = EventStore().last_run("registry_reconcile")["summary"]
+    run_summary = Store().history.last_run("registry_reconcile")["summary"]
     assert any(ODD in p and "invalid repository name" in p for p in run_summary["problems"])
     assert run_summary["images pushed"] == 2
-    page = status(EventStore())
+    page = status(Store())
     odd = next(r for r in page["repositories"] if r["repository"] == ODD)
     assert odd["state"] == "failed" and "invalid repository name" in odd["last_error"]
     assert ODD in " ".join(page["last_reconcile"]["problems"])

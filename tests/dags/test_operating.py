@@ -25,7 +25,9 @@ from replication_harness import images
 from replication_harness.registry import Notifications
 from replication_harness.servers import serve_on_loopback
 from registry_replication.outcomes import EventStatus
-from registry_replication.store import Event, EventStore, events
+from registry_replication.store import Store
+from registry_replication.store.queue import Event
+from registry_replication.store.schema import events
 
 SECRET = "operating_Notification-Secret"
 METRICS_TOKEN = "scrape-Token-1"
@@ -78,11 +80,11 @@ def stats() -> Iterator[RecordingStatsLogger]:
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch) -> EventStore:
+def store(tmp_path, monkeypatch) -> Store:
     """The test's own replication store, for the tasks and the app alike."""
     url = f"sqlite:///{tmp_path / 'replication.db'}"
     monkeypatch.setenv("REGISTRY_REPLICATION_DB_URL", url)
-    return EventStore(url)
+    return Store(url)
 
 
 @pytest.fixture
@@ -100,9 +102,9 @@ def app(store, airflow_db):  # noqa: F811
     return TestClient(create_app(store))
 
 
-def wait_for_events(store: EventStore, tags: set[str], timeout: float = 30) -> None:
+def wait_for_events(store: Store, tags: set[str], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
-    while {e["tag"] for e in store.events()} < tags:
+    while {e["tag"] for e in store.queue.events()} < tags:
         assert time.monotonic() < deadline, f"notifications for {tags} never arrived"
         time.sleep(0.1)
 
@@ -142,17 +144,17 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
 
     # The event path: group/ok replicates, group/app's event fails its one attempt.
     assert run("registry_events").state == "failed"
-    assert {e["tag"]: e["status"] for e in store.events()} == {
+    assert {e["tag"]: e["status"] for e in store.queue.events()} == {
         "v1": "done", "v2": "done", "broken": "failed"}
 
     # One more push whose event stays pending, and a rejected event (issue 10's webhook marks
     # names out of grammar so; here it is written as that webhook writes it).
     images.push(writer, "group/new", new, ["v1"])
     deadline = time.monotonic() + 30
-    while not [e for e in store.events() if e["repository"] == "group/new"]:
+    while not [e for e in store.queue.events() if e["repository"] == "group/new"]:
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    store.add([Event("bad-name", "push", "Group/BAD", "v1", None, None,
+    store.queue.add([Event("bad-name", "push", "Group/BAD", "v1", None, None,
                      dt.datetime.now(dt.timezone.utc))])
     with store.engine.begin() as conn:
         conn.execute(events.update().where(events.c.id == "bad-name").values(
@@ -188,7 +190,7 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
     # Every API server reports the same: a second app over the same store.
     from registry_replication.airflow.status_page import create_app
 
-    again = scrape(TestClient(create_app(EventStore(store.url))))
+    again = scrape(TestClient(create_app(Store(store.url))))
     age = ("registry_replication_oldest_pending_event_age_seconds", ())
     assert again.pop(age) >= m.pop(age) and again == m
 
@@ -276,8 +278,8 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def _outcomes(store: EventStore) -> list[dict[str, Any]]:
-    from registry_replication.store import dag_outcomes
+def _outcomes(store: Store) -> list[dict[str, Any]]:
+    from registry_replication.store.schema import dag_outcomes
 
     with store.engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(

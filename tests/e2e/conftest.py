@@ -19,7 +19,8 @@ from replication_harness.cluster import AirflowCluster
 from replication_harness.postgres import LocalPostgres
 from replication_harness.registry import LocalRegistry, free_port
 from replication_harness.standalone import AirflowStandalone
-from registry_replication.store import EventStore, metadata
+from registry_replication.store import Store
+from registry_replication.store.schema import metadata
 
 SECRET = "e2e_Notification-Secret"
 
@@ -47,14 +48,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory,
 
 
 @pytest.fixture
-def use_cluster(cluster: AirflowCluster) -> Callable[..., EventStore]:
+def use_cluster(cluster: AirflowCluster) -> Callable[..., Store]:
     """Point the cluster's connections at this test's registries and empty its store."""
 
-    def use(primary: LocalRegistry, secondary: LocalRegistry, **primary_extra: Any) -> EventStore:
+    def use(primary: LocalRegistry, secondary: LocalRegistry, **primary_extra: Any) -> Store:
         cluster.wait_ready()  # a worker a test before this one restarted
         cluster.set_connection("registry_primary", primary.connection(**primary_extra))
         cluster.set_connection("registry_secondary", secondary.connection())
-        store = EventStore(cluster.store_url)
+        store = Store(cluster.store_url)
         with store.engine.begin() as conn:
             for table in reversed(metadata.sorted_tables):
                 if table.name != "rr_schema":

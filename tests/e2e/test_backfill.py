@@ -7,7 +7,7 @@ import time
 
 from replication_harness import corpus
 from replication_harness.standalone import AirflowStandalone
-from registry_replication.store import EventStore
+from registry_replication.store import Store
 
 
 def test_backfill_runs_reconcile_idempotently(tmp_path, primary, secondary, primary_writer,
@@ -36,5 +36,5 @@ def test_backfill_runs_reconcile_idempotently(tmp_path, primary, secondary, prim
     assert states and set(states) == {"success"}, states
     for (repository, tag), digest in pushed.items():
         assert secondary_reader.head_manifest(repository, tag).digest == digest
-    last = EventStore(db_url).last_run("registry_reconcile")
+    last = Store(db_url).history.last_run("registry_reconcile")
     assert last["state"] == "success" and last["summary"]["problems"] == []

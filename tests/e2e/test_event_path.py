@@ -17,7 +17,7 @@ from replication_harness import images
 from replication_harness.cluster import AirflowCluster
 from replication_harness.registry import Notifications, free_port
 from replication_harness.standalone import AirflowStandalone
-from registry_replication.store import EventStore
+from registry_replication.store import Store
 
 SECRET = "e2e_Notification-Secret"  # the cluster's (tests/e2e/conftest.py)
 
@@ -43,7 +43,7 @@ def stack(request, tmp_path, start_registry, keys, token_service, start_standalo
     airflow = start_standalone(tmp_path / "airflow", primary, secondary, db_url, port=port,
                                AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS="5")
     airflow.wait_for_dag("registry_events")
-    return primary, secondary, airflow, EventStore(db_url)
+    return primary, secondary, airflow, Store(db_url)
 
 
 def stop_api_server(airflow: AirflowStandalone) -> None:
@@ -113,7 +113,7 @@ def test_push_replicates_by_itself_and_survives_an_api_server_restart(stack, cap
     late = factory.make()
     images.push(writer, "group/app", late, ["after-restart"])
     deadline = time.monotonic() + 30
-    while not any(e["tag"] == "after-restart" for e in store.events()):
+    while not any(e["tag"] == "after-restart" for e in store.queue.events()):
         assert time.monotonic() < deadline, "the notification never reached the webhook"
         time.sleep(0.1)
     stop_api_server(airflow)
@@ -121,4 +121,4 @@ def test_push_replicates_by_itself_and_survives_an_api_server_restart(stack, cap
     start_api_server(airflow)
     airflow.api("PATCH", "dags/registry_events", json={"is_paused": False})
     wait_for_replica(reader, "group/app", "after-restart", late.digest, timeout=180)
-    assert store.queue()["counts"]["pending"] == 0
+    assert store.queue.queue()["counts"]["pending"] == 0

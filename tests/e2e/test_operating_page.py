@@ -25,7 +25,7 @@ from registry_replication.client import RegistryClient
 from replication_harness import images
 from replication_harness.registry import Notifications, free_port
 from replication_harness.standalone import AirflowStandalone
-from registry_replication.store import EventStore
+from registry_replication.store import Store
 
 SECRET = "e2e_Notification-Secret"
 METRICS_TOKEN = "e2e-metrics-Token"
@@ -58,7 +58,7 @@ def stack(tmp_path, start_registry, keys, token_service):
         airflow.wait_ready()
         airflow.wait_for_dag("registry_events")
         airflow.wait_for_dag("registry_reconcile")
-        yield primary, secondary, airflow, EventStore(db_url)
+        yield primary, secondary, airflow, Store(db_url)
     finally:
         airflow.stop()
 
@@ -107,19 +107,19 @@ def test_chart_dead_letter_retry_csrf_and_sync_now(stack):
     rotten = broken.blobs[-1]
     good_bytes = primary.blob_path(rotten.digest).read_bytes()
     primary.blob_path(rotten.digest).write_bytes(b"\0" * rotten.size)
-    wait(lambda: len(store.events()) >= 3, "three notifications", 60)
+    wait(lambda: len(store.queue.events()) >= 3, "three notifications", 60)
 
     # A reconcile copies group/ok and fails on the corrupted layer: a bar of bytes.
     reconcile = airflow.trigger("registry_reconcile")
     assert airflow.wait_for_run("registry_reconcile", reconcile) == "failed"
-    copied = store.last_run("registry_reconcile")["summary"]["bytes copied"]
+    copied = store.history.last_run("registry_reconcile")["summary"]["bytes copied"]
     assert copied >= 2 * 96 * 1024
 
     # The event DAG: group/ok's events are acknowledged, group/app's is dead-lettered.
     airflow.api("PATCH", "dags/registry_events", json={"is_paused": False})
-    [dead] = wait(lambda: store.dead_letters(), "the dead letter")
+    [dead] = wait(lambda: store.queue.dead_letters(), "the dead letter")
     assert (dead["repository"], dead["tag"], dead["status"]) == ("group/app", "broken", "failed")
-    wait(lambda: {e["status"] for e in store.events() if e["repository"] == "group/ok"}
+    wait(lambda: {e["status"] for e in store.queue.events() if e["repository"] == "group/ok"}
          == {"done"}, "group/ok's events acknowledged")
 
     jwt = token(airflow)
@@ -161,7 +161,7 @@ def test_chart_dead_letter_retry_csrf_and_sync_now(stack):
             forged = requests.post(_Attacker.target, data=form, cookies={"_token": jwt},
                                    timeout=10, allow_redirects=False)
             assert forged.status_code == 403 and "CSRF" in forged.text
-        assert store.dead_letters()[0]["status"] == "failed"
+        assert store.queue.dead_letters()[0]["status"] == "failed"
         assert requests.post(_Attacker.target, data={"event_id": dead["id"]},
                              timeout=10).status_code == 401  # no login at all
 
@@ -174,7 +174,7 @@ def test_chart_dead_letter_retry_csrf_and_sync_now(stack):
              and reader.head_manifest("group/app", "broken").digest == broken.digest,
              "the retried image on the secondary")
         assert reader.get_manifest("group/app", "broken").raw == broken.raw
-        assert store.dead_letters() == []
+        assert store.queue.dead_letters() == []
         browser.open(status_url)
         assert browser.evaluate("document.querySelectorAll('tr.dead-letter').length") == 0
         latencies = browser.evaluate("document.querySelectorAll('#lag-chart .latency-point')"
@@ -215,7 +215,7 @@ def test_chart_dead_letter_retry_csrf_and_sync_now(stack):
     # The alerts, as sent by the DAG processor's callbacks and the deadline's callback (no
     # notifier is configured here: they are logged and recorded).
     def sent() -> list[tuple[str, str, str]]:
-        return sorted((a["dag_id"], a["run_id"], a["state"]) for a in store.alerts())
+        return sorted((a["dag_id"], a["run_id"], a["state"]) for a in store.history.alerts())
 
     events_runs = {r["dag_run_id"]: r["state"] for r in
                    airflow.api("GET", "dags/registry_events/dagRuns")["dag_runs"]}

@@ -14,7 +14,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from registry_replication.outcomes import EventStatus
-from registry_replication.store import events
+from registry_replication.store.schema import events
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "webhook_flood.py"
 
@@ -50,7 +50,7 @@ def test_the_same_envelope_from_20_senders_at_once_is_stored_once(tmp_path):
 
     from replication_harness.registry import free_port
     from registry_replication.notifications import ENVELOPE_MEDIA_TYPE
-    from registry_replication.store import EventStore
+    from registry_replication.store import Store
 
     spec = importlib.util.spec_from_file_location("webhook_flood", SCRIPT)
     flood = importlib.util.module_from_spec(spec)
@@ -84,5 +84,5 @@ def test_the_same_envelope_from_20_senders_at_once_is_stored_once(tmp_path):
         server.terminate()
         server.wait(30)
     assert statuses == [200] * 400, (tmp_path / "uvicorn.log").read_text()[-3000:]
-    rows = EventStore(db_url).events(limit=1000)
+    rows = Store(db_url).queue.events(limit=1000)
     assert len(rows) == len({r["id"] for r in rows}) == 100

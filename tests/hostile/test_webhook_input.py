@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from registry_replication.notifications import ENVELOPE_MEDIA_TYPE
 from registry_replication.outcomes import EventStatus
-from registry_replication.store import EventStore
+from registry_replication.store import Store
 from registry_replication.webhook import create_app
 
 SECRET = "hostile-suite-secret-0123456789abcdef"
@@ -31,7 +31,7 @@ def event(action="push", repository="group/app", tag="1.0", digest=DIGEST, media
 
 @pytest.fixture
 def store(tmp_path):
-    return EventStore(f"sqlite:///{tmp_path / 'events.db'}")
+    return Store(f"sqlite:///{tmp_path / 'events.db'}")
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_names_at_the_grammars_limits_are_kept(client, store, repository, tag):
     response = post(client, [event(repository=repository, tag=tag)])
     assert response.status_code == 200, response.text
     assert response.json()["stored"] == 1 and response.json()["rejected"] == 0
-    (row,) = store.events()
+    (row,) = store.queue.events()
     assert (row["status"], row["repository"], row["tag"]) == (EventStatus.PENDING, repository, tag)
 
 
@@ -92,7 +92,7 @@ def test_an_event_out_of_grammar_is_rejected_and_the_rest_kept(client, store, ca
     response = post(client, [bad, good])
     assert response.status_code == 200, response.text
     assert response.json() == {"stored": 2, "rejected": 1, "duplicates": 0, "ignored": 0}
-    rows = {row["id"]: row for row in store.events()}
+    rows = {row["id"]: row for row in store.queue.events()}
     assert rows[good["id"]]["status"] == EventStatus.PENDING
     rejected = rows[bad["id"]]
     assert rejected["status"] == EventStatus.REJECTED and reason in rejected["last_error"]
@@ -100,9 +100,9 @@ def test_an_event_out_of_grammar_is_rejected_and_the_rest_kept(client, store, ca
     if isinstance(fields.get("repository"), str):
         assert rejected["repository"] == fields["repository"][:255]  # what the operator sees
     # Never claimable: only the good event comes out of the queue.
-    _, claimed = store.claim()
+    _, claimed = store.queue.claim()
     assert [e.id for e in claimed] == [good["id"]]
-    assert store.queue()["counts"][EventStatus.REJECTED] == 1
+    assert store.queue.queue()["counts"][EventStatus.REJECTED] == 1
 
 
 @pytest.mark.parametrize("broken", [
@@ -121,7 +121,7 @@ def test_broken_kept_events_are_rejected_with_a_stable_id(client, store, broken)
     for _ in range(2):  # the registry redelivers: still stored once
         response = post(client, [broken, good])
         assert response.status_code == 200, response.text
-    rows = store.events()
+    rows = store.queue.events()
     assert sorted(r["status"] for r in rows) == [EventStatus.PENDING, EventStatus.REJECTED]
     rejected = next(r for r in rows if r["status"] == EventStatus.REJECTED)
     assert 0 < len(rejected["id"]) <= 255 and rejected["last_error"].startswith("rejected: ")
@@ -137,7 +137,7 @@ def test_blob_pull_and_mount_events_are_not_validated(client, store):
         event(tag="ok"),
     ])
     assert response.json() == {"stored": 1, "rejected": 0, "duplicates": 0, "ignored": 6}
-    assert [(r["status"], r["tag"]) for r in store.events()] == [(EventStatus.PENDING, "ok")]
+    assert [(r["status"], r["tag"]) for r in store.queue.events()] == [(EventStatus.PENDING, "ok")]
 
 
 def test_one_bad_event_never_blocks_the_next_envelopes(client, store):
@@ -145,7 +145,7 @@ def test_one_bad_event_never_blocks_the_next_envelopes(client, store):
     for i in range(20):
         events = [event(repository="Foo/app", tag=f"v{i}"), event(tag=f"v{i}")]
         assert post(client, events).status_code == 200
-    counts = store.queue()["counts"]
+    counts = store.queue.queue()["counts"]
     assert (counts[EventStatus.PENDING], counts[EventStatus.REJECTED]) == (20, 20)
 
 

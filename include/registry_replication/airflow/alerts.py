@@ -26,9 +26,9 @@ from airflow.sdk.observability.stats import Stats
 from airflow.sdk.module_loading import import_string
 
 from registry_replication import metrics
-from registry_replication.outcomes import EventStatus, RepositoryState
+from registry_replication.outcomes import RepositoryState
 from registry_replication.status import run_url
-from registry_replication.store import EventStore
+from registry_replication.store import Store
 
 log = logging.getLogger("registry_replication.airflow")
 
@@ -38,7 +38,7 @@ FAILED, RECOVERED, OVERDUE = "failed", "recovered", "overdue"
 
 # -- Airflow's own metrics -------------------------------------------------------------------
 
-def send_stats(store: EventStore) -> None:
+def send_stats(store: Store) -> None:
     """The metrics endpoint's figures, as Airflow ``Stats`` gauges (StatsD or OpenTelemetry)."""
     f = metrics.figures(store)
     name = metrics.PREFIX
@@ -69,14 +69,14 @@ def send_latencies(seconds: list[float]) -> None:
 def on_dag_failure(context: Any) -> None:
     """DAG ``on_failure_callback``: record the outcome and notify."""
     dag_run = context["dag_run"]
-    EventStore().record_dag_outcome(dag_run.dag_id, dag_run.run_id, "failed")
+    Store().history.record_dag_outcome(dag_run.dag_id, dag_run.run_id, "failed")
     notify(context, FAILED, dag_run.dag_id, dag_run.run_id)
 
 
 def on_dag_success(context: Any) -> None:
     """DAG ``on_success_callback``: record the outcome; notify only on recovery."""
     dag_run = context["dag_run"]
-    previous = EventStore().record_dag_outcome(dag_run.dag_id, dag_run.run_id, "success")
+    previous = Store().history.record_dag_outcome(dag_run.dag_id, dag_run.run_id, "success")
     if previous == "failed":
         notify(context, RECOVERED, dag_run.dag_id, dag_run.run_id)
 
@@ -105,11 +105,11 @@ def reconcile_deadline() -> DeadlineAlert | None:
 
 def notify(context: Any, state: str, dag_id: str, run_id: str) -> None:
     """Send one alert through the configured notifier (logged only, if none is configured)."""
-    store = EventStore()
+    store = Store()
     alert = describe(state, dag_id, run_id, store)
     log.warning("%s", alert["text"])
     path = conf.get(SECTION, "notifier", fallback="").strip()
-    store.record_alert(dag_id, run_id, state, alert["subject"], path or None)
+    store.history.record_alert(dag_id, run_id, state, alert["subject"], path or None)
     if not path:
         return
     kwargs = json.loads(conf.get(SECTION, "notifier_kwargs", fallback="") or "{}")
@@ -121,27 +121,27 @@ def notify(context: Any, state: str, dag_id: str, run_id: str) -> None:
     notifier(context)
 
 
-def describe(state: str, dag_id: str, run_id: str, store: EventStore) -> dict[str, Any]:
+def describe(state: str, dag_id: str, run_id: str, store: Store) -> dict[str, Any]:
     """The alert's subject and text: what failed (layers, repositories, events) and a link."""
     url = run_url(conf.get("api", "base_url", fallback="").rstrip("/"), dag_id, run_id)
     lines: list[str] = []
     if state == FAILED:
         subject = f"[registry-replication] {dag_id} failed"
-        run = store.last_run(dag_id)
+        run = store.history.last_run(dag_id)
         problems = (run["summary"].get("problems") or []) if run and run["run_id"] == run_id \
             else []
         lines += [f"Problems: {'; '.join(problems)}"] if problems else []
-        layers = [layer for layer in store.failed_layers()
+        layers = [layer for layer in store.history.failed_layers()
                   if layer["dag_id"] == dag_id and layer["run_id"] == run_id]
         lines += [f"Failed layer: {layer['repository']}@{layer['digest']} "
                   f"({layer.get('code') or 'error'}): {layer.get('error') or ''}"
                   for layer in layers]
-        failing = sorted({r["repository"] for r in store.repository_states()
+        failing = sorted({r["repository"] for r in store.state.repository_states()
                           if r["state"] == RepositoryState.FAILED})
         lines += [f"Failing repositories: {', '.join(failing)}"] if failing else []
-        dead = store.dead_letters(limit=20)
+        dead = store.queue.dead_letters(limit=20)
         lines += [f"Failed event: {e['action']} {e['repository']}:{e['tag'] or e['digest']}: "
-                  f"{e['last_error'] or ''}" for e in dead if e["status"] == EventStatus.FAILED]
+                  f"{e['last_error'] or ''}" for e in dead]
     elif state == RECOVERED:
         subject = f"[registry-replication] {dag_id} recovered"
         lines.append(f"{dag_id} succeeded again after a failure.")

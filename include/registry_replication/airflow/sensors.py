@@ -7,7 +7,7 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator
 
 from registry_replication.airflow.triggers import PendingEventsTrigger
-from registry_replication.store import EventStore
+from registry_replication.store import Store
 
 
 class PendingEventsSensor(BaseSensorOperator):
@@ -19,7 +19,7 @@ class PendingEventsSensor(BaseSensorOperator):
         self.deferrable = deferrable
 
     def poke(self, context: Any) -> bool:
-        return EventStore().ready_count() > 0
+        return Store().queue.ready_count() > 0
 
     def execute(self, context: Any) -> Any:
         if not self.deferrable or self.poke(context):  # events already waiting: no deferral hop

@@ -45,7 +45,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from registry_replication import metrics, webhook
 from registry_replication.outcomes import human_size
 from registry_replication.status import run_url, status
-from registry_replication.store import EventStore
+from registry_replication.store import Store
 
 log = logging.getLogger("registry_replication.airflow")
 
@@ -73,13 +73,13 @@ def plugin_app() -> LazyApp:
     return LazyApp(create_app)
 
 
-def create_app(store: EventStore | None = None) -> FastAPI:
+def create_app(store: Store | None = None) -> FastAPI:
     """The webhook app plus the status routes; call it inside Airflow's API server."""
     from airflow.api_fastapi.app import API_BASE_URL, API_ROOT_PATH
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
     from airflow.api_fastapi.core_api.security import requires_access_dag
 
-    store = store or EventStore()
+    store = store or Store()
     app = webhook.create_app(store=store)
     access = [Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=dag_id))
               for dag_id in DAG_IDS]
@@ -116,7 +116,7 @@ def _api_url() -> str:
     return f"{base}/api/v2"
 
 
-def metrics_router(store: EventStore, token: Callable[[], str | None]) -> APIRouter:
+def metrics_router(store: Store, token: Callable[[], str | None]) -> APIRouter:
     """``GET /metrics``: 404 without a configured token, 401 with a wrong one."""
     router = APIRouter()
 
@@ -160,7 +160,7 @@ def check_csrf(request: Request, given: str | None) -> None:
         raise HTTPException(403, "missing or wrong CSRF token: reload the status page and retry")
 
 
-def actions_router(store: EventStore, *, retry_access: list[Any], sync_access: list[Any],
+def actions_router(store: Store, *, retry_access: list[Any], sync_access: list[Any],
                    api_url: str, ui_url: str) -> APIRouter:
     """The page's two buttons: retry a dead-lettered event, and sync one repository now."""
     router = APIRouter()
@@ -169,7 +169,7 @@ def actions_router(store: EventStore, *, retry_access: list[Any], sync_access: l
     def retry(request: Request, event_id: Annotated[str, Form()],
               csrf: Annotated[str | None, Form()] = None) -> Response:
         check_csrf(request, csrf)
-        if not store.retry_failed(event_id):
+        if not store.queue.retry_failed(event_id):
             raise HTTPException(409, f"event {event_id!r} is not a failed event (a rejected "
                                      "event cannot be replicated; a done one needs nothing)")
         log.info("event %s put back in the queue from the dead-letter list", event_id)

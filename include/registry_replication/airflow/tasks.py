@@ -46,7 +46,8 @@ from registry_replication.plan import (
 from registry_replication.prune import PruneRefused, prunable, prune
 from registry_replication.recorded_tags import full_verify_hours, secondary_listing
 from registry_replication.snapshot import Scope, Snapshot, problem_line, take_snapshot
-from registry_replication.store import Event, EventStore
+from registry_replication.store import Store
+from registry_replication.store.queue import Event
 
 log = logging.getLogger("registry_replication.airflow")
 
@@ -175,7 +176,7 @@ def _changes(differences: dict[str, Any]) -> pd.DataFrame:
 
 def _leases() -> Leases:
     """This task's leases: the write protocol shared with every other writer."""
-    return Leases(EventStore())
+    return Leases(Store())
 
 
 @task
@@ -186,7 +187,7 @@ def snapshot(conn_id: str) -> dict[str, Any]:
     if conn_id == SECONDARY_CONN_ID:  # listed in a full run, read from the record in a cheap one
         dag_run = get_current_context()["dag_run"]
         result, kind = secondary_listing(
-            _client(conn_id), _client(PRIMARY_CONN_ID), EventStore(), _scope(p),
+            _client(conn_id), _client(PRIMARY_CONN_ID), Store(), _scope(p),
             repositories=p["repositories"] or None, concurrency=p["concurrency"],
             full_verify=p.get("full_verify", False), cadence_hours=FULL_VERIFY_HOURS,
             written_by=f"{dag_run.dag_id}/{dag_run.run_id}")
@@ -230,8 +231,8 @@ def plan(differences: dict[str, Any]) -> list[dict[str, Any]]:
     p = _params()
     folder = _run_folder()
     changes = _changes(differences)
-    result = build_plan(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID), changes,
-                        concurrency=p["concurrency"])
+    result = build_plan(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID),
+                        diffs.wanted(changes), concurrency=p["concurrency"])
     for skipped in result.skipped:
         log.warning("skipped %s:%s (%s): %s", skipped.repository, ",".join(skipped.tags),
                     skipped.digest, skipped.reason)
@@ -313,7 +314,7 @@ def push_manifests(batch: dict[str, Any]) -> dict[str, int]:
 def _record_copied_bytes(context: Any, copied: int) -> None:
     """For ``registry_replication_bytes_copied_total`` and Airflow's ``Stats``."""
     ti = context["ti"]
-    EventStore().record_copied_bytes(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, copied)
+    Store().history.record_copied_bytes(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, copied)
     alerts.send_copied_bytes(copied)
 
 
@@ -384,7 +385,7 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
     counts = {side: snap.tags["repository"].value_counts().to_dict()
               for side, snap in (("primary", source), ("secondary", after))}
     now = pendulum.now("UTC")
-    EventStore().set_repository_state(
+    Store().state.set_repository_state(
         {"repository": row.repository, "state": RepositoryState.SYNCED if row.in_sync else RepositoryState.PENDING,
          "tags_primary": int(counts["primary"].get(row.repository, 0)),
          "tags_secondary": int(counts["secondary"].get(row.repository, 0)),
@@ -431,14 +432,14 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
     if pruned.get("refused"):
         problems.append(pruned["refused"])
     dag_run = context["dag_run"]
-    EventStore().record_run(
+    Store().history.record_run(
         dag_run.dag_id, dag_run.run_id, "failed" if problems else "success",
         {**counts, "problems": problems, "dry_run": p["dry_run"]},
         [{"repository": r.repository, "digest": r.digest, "size": r.size, "status": r.status,
           "code": r.code, "error": r.error, "task_id": "copy_blobs",
           "map_index": map_index.get((r.repository, r.digest))} for r in failed],
     )
-    alerts.send_stats(EventStore())
+    alerts.send_stats(Store())
     removed = _remove_old_runs(pendulum.now("UTC"))
     if removed:
         log.info("removed %d run folders older than the retention: %s", len(removed),
@@ -457,7 +458,7 @@ def _repository_problems(listing: Snapshot, shown: int = 20) -> list[str]:
     reasons: dict[str, list[str]] = {}
     for found in listing.problems:
         reasons.setdefault(found["repository"], []).append(problem_line(found))
-    EventStore().set_repository_state(
+    Store().state.set_repository_state(
         {"repository": repository, "state": RepositoryState.FAILED, "last_error": "; ".join(lines)[:4000]}
         for repository, lines in sorted(reasons.items())
     )
@@ -524,7 +525,7 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
     idle_seconds = conf.getfloat("registry_replication", "event_drain_idle_seconds", fallback=60)
     # A cap on one task's life, so logs and runs stay readable under a never-ending stream.
     max_seconds = conf.getfloat("registry_replication", "event_drain_max_seconds", fallback=3600)
-    store = EventStore()
+    store = Store()
     primary, secondary = _client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True)
     totals = {"claimed": 0, "done": 0, "retrying": 0, "batches": 0}
     started = last_work = time.monotonic()
@@ -534,7 +535,7 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
         # come back within the lease time.
         leases.keep_alive()
         while True:
-            owner, claimed = store.claim(lease_seconds=leases.ttl, owner=leases.owner)
+            owner, claimed = store.queue.claim(lease_seconds=leases.ttl, owner=leases.owner)
             if claimed:
                 log.info("claimed %d events: %s", len(claimed), ", ".join(
                     f"{e.action} {e.repository}:{e.tag or e.digest}" for e in claimed[:20]))
@@ -558,23 +559,23 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
     return totals
 
 
-def _wait_for_events(store: EventStore, until: float) -> bool:
+def _wait_for_events(store: Store, until: float) -> bool:
     """Poll the store (a count, cheap) until events are claimable or ``until`` passes."""
     while True:
-        if store.ready_count():
+        if store.queue.ready_count():
             return True
         if time.monotonic() >= until:
             return False
         time.sleep(min(DRAIN_POLL_SECONDS, max(until - time.monotonic(), 0)))
 
 
-def _acknowledge(store: EventStore, owner: str, claimed: list[Event],
+def _acknowledge(store: Store, owner: str, claimed: list[Event],
                  outcomes: dict[str, str | None], max_attempts: int) -> dict[str, int]:
     """Mark each event done, or back off; record each repository's state."""
     done = [event_id for event_id, error in outcomes.items() if error is None]
-    store.complete(owner, done)
+    store.queue.complete(owner, done)
     acknowledged = set(done)
-    alerts.send_latencies(store.record_acknowledged(e for e in claimed if e.id in acknowledged))
+    alerts.send_latencies(store.history.record_acknowledged(e for e in claimed if e.id in acknowledged))
     failed: dict[str, list[str]] = {}
     for event_id, error in outcomes.items():
         if error is not None:
@@ -582,13 +583,13 @@ def _acknowledge(store: EventStore, owner: str, claimed: list[Event],
     given_up: list[str] = []
     for error, ids in failed.items():
         log.error("events %s will be retried: %s", ", ".join(ids), error)
-        given_up += store.retry_later(owner, ids, error, max_attempts=max_attempts)
+        given_up += store.queue.retry_later(owner, ids, error, max_attempts=max_attempts)
     by_id = {e.id: e for e in claimed}
     repository_error = {e.repository: None for e in claimed}
     for error, ids in reversed(failed.items()):  # the first error per repository wins
         repository_error.update({by_id[i].repository: error for i in ids})
     now = pendulum.now("UTC")
-    store.set_repository_state(
+    store.state.set_repository_state(
         {"repository": repo, "state": RepositoryState.FAILED if error else RepositoryState.SYNCED,
          "last_sync_at": now,
          "last_error": error}

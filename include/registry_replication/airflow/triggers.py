@@ -8,7 +8,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from registry_replication.store import EventStore
+from registry_replication.store import Store
 
 
 class PendingEventsTrigger(BaseTrigger):
@@ -27,9 +27,9 @@ class PendingEventsTrigger(BaseTrigger):
                 {"poll_interval": self.poll_interval})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        store = await asyncio.to_thread(EventStore)
+        queue = (await asyncio.to_thread(Store)).queue
         while True:
-            ready = await asyncio.to_thread(store.ready_count)
+            ready = await asyncio.to_thread(queue.ready_count)
             if ready:
                 yield TriggerEvent({"ready": ready})
                 return

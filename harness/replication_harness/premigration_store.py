@@ -1,4 +1,8 @@
-"""The durable event queue and per-repository sync state (SQLAlchemy).
+"""FROZEN: the replication store as main wrote it before migrations (SCHEMA_VERSION = 1,
+commit 4c03f36), kept verbatim below so that the tests can make a store exactly as an old
+installation did and check that today's code upgrades it. Do not edit or import it elsewhere.
+
+The durable event queue and per-repository sync state (SQLAlchemy).
 
 A registry keeps undelivered notifications only in memory, so the webhook stores each event
 here before it answers 2xx. The ``registry_events`` DAG claims events under a lease (a crashed

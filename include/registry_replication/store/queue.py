@@ -1,0 +1,217 @@
+"""The durable event queue.
+
+A registry keeps undelivered notifications only in memory, so the webhook stores each event
+here before it answers 2xx. The ``registry_events`` DAG claims events under a lease (a crashed
+run's events come back when the lease ends) and acknowledges each one only once its image is
+complete on the secondary.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from registry_replication.outcomes import EventStatus
+from registry_replication.store.engine import dialect_insert
+from registry_replication.store.schema import aware, events, now
+
+
+@dataclass(frozen=True)
+class Event:
+    """A manifest push or delete reported by the primary."""
+
+    id: str
+    action: str
+    repository: str
+    tag: str | None
+    digest: str | None
+    media_type: str | None
+    timestamp: dt.datetime
+    attempts: int = 0
+    status: str = EventStatus.PENDING  # REJECTED for an event the webhook refused to process
+    error: str | None = None  # why it was rejected
+
+
+class EventQueue:
+    """Events from the webhook to the event DAG: add, claim, acknowledge, back off."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    # -- the webhook's side -------------------------------------------------------------------
+
+    def add(self, new: Iterable[Event]) -> int:
+        """Store events idempotently by id, in one transaction; returns how many were new."""
+        at = now()
+        rows = [{"id": e.id, "received_at": at, "timestamp": e.timestamp, "action": e.action,
+                 "repository": e.repository, "tag": e.tag, "digest": e.digest,
+                 "media_type": e.media_type, "status": e.status, "last_error": e.error,
+                 "attempts": 0, "next_attempt_at": at, "updated_at": at} for e in new]
+        if not rows:
+            return 0
+        # A repeated delivery (same id) is skipped by the database, not looked up first.
+        insert = dialect_insert(self.engine, events).on_conflict_do_nothing(
+            index_elements=[events.c.id]).returning(events.c.id)
+        with self.engine.begin() as conn:
+            return len(conn.execute(insert, rows).all())
+
+    # -- the DAG's side -----------------------------------------------------------------------
+
+    def ready_count(self) -> int:
+        """Events that a run could claim now (pending and due, or with an expired lease)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).where(self._claimable(now()))).scalar()
+
+    def claim(
+        self, *, lease_seconds: float = 300, limit: int = 500, owner: str | None = None
+    ) -> tuple[str, list[Event]]:
+        """Take up to ``limit`` due events under a lease; returns the lease owner and events.
+
+        ``owner``: a writer's identity (``Leases.owner``), whose heartbeat then renews these
+        event leases with its write leases, so a short lease suffices for any amount of work.
+        """
+        owner = owner or uuid.uuid4().hex
+        at = now()
+        due = (
+            sa.select(events.c.id).where(self._claimable(at))
+            .order_by(events.c.timestamp).limit(limit).with_for_update(skip_locked=True)
+        )
+        with self.engine.begin() as conn:
+            # One statement: atomic on SQLite too (it takes the write lock before it reads),
+            # where a SELECT then UPDATE would let two claimers pick the same events.
+            conn.execute(
+                events.update().where(events.c.id.in_(due.scalar_subquery())).values(
+                    status=EventStatus.PROCESSING, lease_owner=owner,
+                    lease_expires_at=at + dt.timedelta(seconds=lease_seconds),
+                    attempts=events.c.attempts + 1, updated_at=at,
+                )
+            )
+            rows = conn.execute(
+                sa.select(events).where(events.c.lease_owner == owner).order_by(events.c.timestamp)
+            ).all()
+        return owner, [_event(row) for row in rows]
+
+    def renew_claims(self, owner: str, ttl_seconds: float) -> int:
+        """Extend the leases of the events ``owner`` claimed; returns how many it holds."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                events.update().where(events.c.lease_owner == owner,
+                                      events.c.status == EventStatus.PROCESSING)
+                .values(lease_expires_at=now() + dt.timedelta(seconds=ttl_seconds))).rowcount
+
+    def complete(self, owner: str, ids: Sequence[str]) -> None:
+        self._finish(owner, ids, status=EventStatus.DONE, error=None)
+
+    def retry_later(
+        self, owner: str, ids: Sequence[str], error: str, *, max_attempts: int = 10,
+        backoff_seconds: float = 5.0,
+    ) -> list[str]:
+        """Put events back with exponential backoff; returns the ids that ran out of attempts."""
+        at = now()
+        exhausted = []
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(events.c.id, events.c.attempts)
+                .where(events.c.id.in_(ids), events.c.lease_owner == owner)
+            ).all()
+            for row in rows:
+                if row.attempts >= max_attempts:
+                    exhausted.append(row.id)
+                    values: dict[str, Any] = {"status": EventStatus.FAILED}
+                else:
+                    delay = min(backoff_seconds * 2 ** (row.attempts - 1), 3600)
+                    values = {"status": EventStatus.PENDING,
+                              "next_attempt_at": at + dt.timedelta(seconds=delay)}
+                conn.execute(events.update().where(events.c.id == row.id).values(
+                    **values, last_error=error[:4000], lease_owner=None, lease_expires_at=None,
+                    updated_at=at))
+        return exhausted
+
+    def _finish(self, owner: str, ids: Sequence[str], *, status: str, error: str | None) -> None:
+        if not ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                events.update().where(events.c.id.in_(ids), events.c.lease_owner == owner)
+                .values(status=status, last_error=error, lease_owner=None, lease_expires_at=None,
+                        updated_at=now())
+            )
+
+    @staticmethod
+    def _claimable(at: dt.datetime) -> sa.ColumnElement[bool]:
+        return sa.or_(
+            sa.and_(events.c.status == EventStatus.PENDING, events.c.next_attempt_at <= at),
+            sa.and_(events.c.status == EventStatus.PROCESSING, events.c.lease_expires_at < at),
+        )
+
+    # -- status -------------------------------------------------------------------------------
+
+    def queue(self) -> dict[str, Any]:
+        """Depth per status and the age of the oldest waiting event."""
+        with self.engine.connect() as conn:
+            counts = dict(conn.execute(
+                sa.select(events.c.status, sa.func.count()).group_by(events.c.status)).all())
+            oldest = conn.execute(
+                sa.select(sa.func.min(events.c.received_at))
+                .where(events.c.status.in_([EventStatus.PENDING, EventStatus.PROCESSING]))
+            ).scalar()
+        oldest = aware(oldest)
+        return {
+            "counts": {s: counts.get(s, 0) for s in EventStatus},
+            "oldest_waiting_seconds": (now() - oldest).total_seconds() if oldest else None,
+        }
+
+    def events(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        query = sa.select(events).order_by(events.c.timestamp.desc()).limit(limit)
+        if status:
+            query = query.where(events.c.status == status)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def status_counts(self) -> dict[str, int]:
+        """Events per status, every status included."""
+        with self.engine.connect() as conn:
+            counts = dict(conn.execute(
+                sa.select(events.c.status, sa.func.count()).group_by(events.c.status)).all())
+        return {s: counts.get(s, 0) for s in EventStatus}
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Events that failed every attempt, newest first (rejected events are listed by status)."""
+        query = (sa.select(events)
+                 .where(events.c.status == EventStatus.FAILED)
+                 .order_by(events.c.updated_at.desc()).limit(limit))
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def retry_failed(self, event_id: str) -> bool:
+        """Put a failed event back in the queue with fresh attempts; False if it is not failed."""
+        at = now()
+        with self.engine.begin() as conn:
+            return conn.execute(
+                events.update().where(events.c.id == event_id, events.c.status == EventStatus.FAILED)
+                .values(status=EventStatus.PENDING, attempts=0, next_attempt_at=at,
+                        lease_owner=None, lease_expires_at=None, updated_at=at)
+            ).rowcount == 1
+
+    def queue_intervals(self, since: dt.datetime) -> list[tuple[dt.datetime, dt.datetime | None]]:
+        """(received, left the queue or None) of each event waiting at some time after ``since``.
+
+        An event waits from its arrival until it is done, failed or rejected (its last update).
+        """
+        waiting = events.c.status.in_([EventStatus.PENDING, EventStatus.PROCESSING])
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(events.c.received_at, events.c.updated_at, waiting.label("waiting"))
+                .where(sa.or_(waiting, events.c.updated_at >= since)))
+            return [(aware(r.received_at), None if r.waiting else aware(r.updated_at))
+                    for r in rows]
+
+
+def _event(row: Any) -> Event:
+    return Event(row.id, row.action, row.repository, row.tag, row.digest, row.media_type,
+                 aware(row.timestamp), row.attempts)

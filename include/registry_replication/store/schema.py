@@ -1,0 +1,170 @@
+"""The replication store's tables, on one ``MetaData`` (every table of the store goes here).
+
+The schema itself is created and changed only by the Alembic revisions in ``migrations/``;
+``tests/test_store.py`` checks that they produce exactly these tables.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+
+from registry_replication.outcomes import EventStatus
+
+metadata = sa.MetaData()
+
+# Read only by code from before migrations, which refuses a store whose version is newer than
+# its own 1 (revision 0002 sets 2): an old worker cannot write to an upgraded store.
+schema_info = sa.Table(
+    "rr_schema", metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+)
+
+events = sa.Table(
+    "rr_events", metadata,
+    sa.Column("id", sa.String(255), primary_key=True),  # the registry's event id
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False),  # the registry's
+    sa.Column("action", sa.String(16), nullable=False),  # push | delete
+    sa.Column("repository", sa.String(255), nullable=False),
+    sa.Column("tag", sa.String(128)),
+    sa.Column("digest", sa.String(160)),
+    sa.Column("media_type", sa.String(255)),
+    sa.Column("status", sa.String(16), nullable=False, default=EventStatus.PENDING),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("lease_owner", sa.String(64)),
+    sa.Column("lease_expires_at", sa.DateTime(timezone=True)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_rr_events_status_next", "status", "next_attempt_at"),
+)
+
+repository_state = sa.Table(
+    "rr_repository_state", metadata,
+    sa.Column("repository", sa.String(255), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),  # synced | pending | failed
+    sa.Column("tags_primary", sa.Integer),
+    sa.Column("tags_secondary", sa.Integer),
+    sa.Column("checksum_primary", sa.String(64)),
+    sa.Column("checksum_secondary", sa.String(64)),
+    sa.Column("last_sync_at", sa.DateTime(timezone=True)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def _written_by(*, task_id_required: bool) -> list[sa.Column]:
+    """The task instance that wrote a row: its DAG, run, task and map index."""
+    return [sa.Column("dag_id", sa.String(255), nullable=False),
+            sa.Column("run_id", sa.String(255), nullable=False),
+            sa.Column("task_id", sa.String(255), nullable=not task_id_required),
+            sa.Column("map_index", sa.Integer)]
+
+
+failed_layers = sa.Table(
+    "rr_failed_layers", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    *_written_by(task_id_required=False),
+    sa.Column("repository", sa.String(255), nullable=False),
+    sa.Column("digest", sa.String(160), nullable=False),
+    sa.Column("size", sa.BigInteger),
+    sa.Column("status", sa.Integer),
+    sa.Column("code", sa.String(64)),
+    sa.Column("error", sa.Text),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Write leases: one row per resource (``repository:<name>`` or ``upload:<key>``), held by one
+# writer (``owner``) until ``expires_at``; the holder renews it while it works.
+leases = sa.Table(
+    "rr_leases", metadata,
+    sa.Column("resource", sa.String(512), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("detail", sa.JSON),
+)
+
+runs = sa.Table(
+    "rr_runs", metadata,
+    sa.Column("run_id", sa.String(255), primary_key=True),
+    sa.Column("dag_id", sa.String(255), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("summary", sa.JSON, nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Operating history (append-only): what the metrics endpoint, the alerts and the lag chart read.
+copied_bytes = sa.Table(
+    "rr_copied_bytes", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    *_written_by(task_id_required=True),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+push_latency = sa.Table(
+    "rr_push_latency", metadata,
+    sa.Column("event_id", sa.String(255), primary_key=True),
+    sa.Column("repository", sa.String(255), nullable=False),
+    sa.Column("pushed_at", sa.DateTime(timezone=True), nullable=False),  # the registry's time
+    sa.Column("acknowledged_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("seconds", sa.Float, nullable=False),
+    sa.Index("ix_rr_push_latency_ack", "acknowledged_at"),
+)
+
+dag_outcomes = sa.Table(
+    "rr_dag_outcomes", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dag_id", sa.String(255), nullable=False),
+    sa.Column("run_id", sa.String(255), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # success | failed
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_rr_dag_outcomes_dag", "dag_id", "id"),
+)
+
+sent_alerts = sa.Table(
+    "rr_alerts", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dag_id", sa.String(255), nullable=False),
+    sa.Column("run_id", sa.String(255), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # failed | recovered | overdue
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("notifier", sa.String(255)),  # None: logged only, no notifier configured
+    sa.Column("sent_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+# The secondary's tags as their writers recorded them (``recorded_tags``): what a cheap run
+# reads instead of listing the secondary. state: present (digest confirmed) | absent | intent.
+recorded_tags = sa.Table(
+    "rr_recorded_tags", metadata,
+    sa.Column("repository", sa.String(255), primary_key=True),
+    sa.Column("tag", sa.String(128), primary_key=True),
+    sa.Column("state", sa.String(8), nullable=False),
+    sa.Column("digest", sa.String(160)),
+    sa.Column("media_type", sa.String(255)),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("written_by", sa.String(255), nullable=False),  # a writer's lease owner, or a run
+)
+
+# Per repository: when a full listing of the secondary (at ``registry``) last confirmed it.
+recorded_verifications = sa.Table(
+    "rr_recorded_verifications", metadata,
+    sa.Column("repository", sa.String(255), primary_key=True),
+    sa.Column("registry", sa.String(512), nullable=False),
+    sa.Column("verified_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def aware(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite returns naive datetimes; everything in the store is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value
