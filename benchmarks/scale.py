@@ -125,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    # The CLI's own replication store (leases, the record of the secondary's tags): a store
+    # left by an earlier run must not describe this run's fresh secondaries.
+    os.environ["REGISTRY_REPLICATION_DB_URL"] = f"sqlite:///{workdir / 'replication-cli.db'}"
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
     registries: list[LocalRegistry] = []

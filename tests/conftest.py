@@ -32,6 +32,15 @@ from registry_replication.store import Store
 
 
 
+@pytest.fixture(autouse=True)
+def default_store(tmp_path_factory: pytest.TempPathFactory,
+                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's own default replication store: the record of the secondary's tags
+    (``recorded_tags``) must not outlive the registries a test started."""
+    folder = tmp_path_factory.mktemp("default-store")
+    monkeypatch.setenv("REGISTRY_REPLICATION_DB_URL", f"sqlite:///{folder / 'replication.db'}")
+
+
 @pytest.fixture(scope="session")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
     """The shared registry key pair (the stand-in for gitlab-registry.key)."""

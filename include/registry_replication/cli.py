@@ -29,7 +29,8 @@ from registry_replication.errors import RegistryError
 from registry_replication.outcomes import BlobOutcome
 from registry_replication.plan import build_plan
 from registry_replication.snapshot import Scope, Snapshot, problem_line
-from registry_replication.sync import SyncOptions, run_sync, snapshots
+from registry_replication.store import Store
+from registry_replication.sync import SyncOptions, listings, run_sync, snapshots
 
 log = logging.getLogger("registry_replication")
 
@@ -56,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             concurrency=args.concurrency,
             parallelism=args.parallelism,
             chunk_size=args.chunk_size_mib << 20 if args.chunk_size_mib else None,
+            full_verify=getattr(args, "full_verify", False),
         )
         return {"plan": _plan, "sync": _sync, "verify": _verify}[args.command](
             primary, secondary, options, args
@@ -66,13 +68,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _plan(primary, secondary, options: SyncOptions, args) -> int:
-    source, target = snapshots(primary, secondary, options)
+    source, target, kind = listings(primary, secondary, options, Store())
     differences = diffs.diff(source, target)
     plan = build_plan(primary, secondary, diffs.wanted(differences),
                       concurrency=options.concurrency)
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
         return 0
+    print(kind.line())
     _print("tags per repository", diffs.summary(differences))
     _print_problems(source, target)
     print(
@@ -88,10 +91,12 @@ def _sync(primary, secondary, options: SyncOptions, args) -> int:
     report = run_sync(primary, secondary, options)
     if args.json:
         print(json.dumps({"counts": report.counts(), "seconds": report.seconds,
+                          "run": {"kind": report.run_kind.kind, "reason": report.run_kind.reason},
                           "bytes_read_from_primary": primary.bytes_read,
                           "problems": report.primary.problems + report.secondary.problems},
                          indent=2))
     else:
+        print(report.run_kind.line())
         failed = [r for r in report.blobs if r.outcome == BlobOutcome.FAILED]
         if failed:
             _print("failed blobs", pd.DataFrame([r.__dict__ for r in failed])[
@@ -184,6 +189,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--force-prune", action="store_true", help="prune past the mass-deletion guard")
         p.add_argument("--max-prune-fraction", type=float, default=0.5,
                        help="refuse to prune more than this share of the secondary's tags")
+        if name != "verify":  # verify always lists both sides
+            p.add_argument("--full-verify", action="store_true",
+                           help="list the secondary even if its record is recent enough (default: "
+                           "every REGISTRY_REPLICATION_FULL_VERIFY_HOURS, 24)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("-v", "--verbose", action="store_true")
     store = sub.add_parser("store", help="the replication store (event queue, state, history)")

@@ -23,6 +23,7 @@ from registry_replication.errors import RegistryError
 from registry_replication.leases import LeaseBusy, LeaseLost, Leases
 from registry_replication.outcomes import NOT_PUSHED, BlobOutcome, ImageOutcome, human_size
 from registry_replication.plan import BlobTask, ImageTask
+from registry_replication.recorded_tags import TagRecord
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,7 @@ class Copier:
         self.manifests = manifests if manifests is not None else {}
         self.on_result = on_result or _log_result
         self.recheck = recheck
+        self.record = TagRecord(leases.store)  # what cheap runs read instead of listing
         self._progress: _Progress | None = None
 
     # -- blobs ----------------------------------------------------------------------------------
@@ -270,9 +272,14 @@ class Copier:
         if self.recheck:
             current = self.secondary.head_manifest(task.repository, tag)
             if current is not None and current.digest == task.digest:
+                self.record.record(task.repository, tag, task.digest, self.leases.owner,
+                                   task.media_type)
                 return
+        # Intent first: a writer killed after the PUT leaves "unknown", never a stale digest.
+        self.record.intend(task.repository, [tag], self.leases.owner)
         self.leases.check()
         self._push(task.repository, task.digest, tag)
+        self.record.record(task.repository, tag, task.digest, self.leases.owner, task.media_type)
         result.manifests_pushed += 1
 
     def _push(self, repository: str, digest: str, reference: str) -> None:

@@ -28,7 +28,9 @@ from registry_replication.diff import EXTRA
 from registry_replication.errors import RegistryError
 from registry_replication.leases import LeaseBusy, LeaseLost, Leases
 from registry_replication.outcomes import PruneOutcome
+from registry_replication.recorded_tags import TagRecord
 from registry_replication.snapshot import Scope, Snapshot, problem_line, take_snapshot
+from registry_replication.store.schema import now
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +162,12 @@ def _under_lease(
     planned: dict[str, str] = {}
     try:
         with leases.repository(repository):
-            # Listed inside the lease: no other writer changes these tags until it ends.
+            # Listed inside the lease: no other writer changes these tags until it ends, so the
+            # listing also replaces the repository's record (intents of dead writers included).
+            listed_since = now()
             current, indexes = _listing(secondary, repository, concurrency)
+            TagRecord(leases.store).replace_under_lease(repository, current, listed_since,
+                                                        leases.owner)
             planned = select(current)
             results = [_remove_tag(primary, secondary, repository, tag, d, current, leases)
                        for tag, d in sorted(planned.items()) if current.get(tag) == d]
@@ -196,8 +202,11 @@ def _remove_tag(
         if now is not None:
             return PruneResult(repository, tag, digest, PruneOutcome.KEPT,
                                f"the primary has it again (on {now.digest}); not deleted")
+        record = TagRecord(leases.store)
+        record.intend(repository, [tag], leases.owner)  # a kill mid-untag leaves "unknown"
         leases.check()
         untag(secondary, repository, tag)
+        record.record(repository, tag, None, leases.owner)
         del current[tag]
         return PruneResult(repository, tag, digest, PruneOutcome.DELETED)
     except (RegistryError, LeaseLost) as exc:

@@ -20,6 +20,7 @@ from registry_replication.leases import Leases
 from registry_replication.outcomes import NOT_PUSHED, BlobOutcome, PruneOutcome, summarize
 from registry_replication.plan import Plan, build_plan
 from registry_replication.prune import PruneRefused, PruneResult, prunable, prune
+from registry_replication.recorded_tags import RunKind, secondary_listing
 from registry_replication.snapshot import Scope, Snapshot, take_snapshot
 from registry_replication.store import Store
 
@@ -37,6 +38,8 @@ class SyncOptions:
     concurrency: int = 16  # listing requests in flight per registry
     parallelism: int = 8  # blob transfers in flight
     chunk_size: int | None = None
+    full_verify: bool = False  # list the secondary even if its record is fresh enough
+    full_verify_hours: float | None = None  # default: $REGISTRY_REPLICATION_FULL_VERIFY_HOURS or 24
 
 
 @dataclass
@@ -51,6 +54,7 @@ class SyncReport:
     prune_refused: str | None = None
     verification: pd.DataFrame | None = None
     seconds: float = 0.0
+    run_kind: RunKind | None = None  # whether the secondary was listed or read from the record
 
     @property
     def failed(self) -> bool:
@@ -78,6 +82,22 @@ def snapshots(
         return futures[0].result(), futures[1].result()
 
 
+def listings(
+    primary: RegistryClient, secondary: RegistryClient, options: SyncOptions, store: Store,
+    *, written_by: str = "listing",
+) -> tuple[Snapshot, Snapshot, RunKind]:
+    """The primary, listed; the secondary, listed (a full run) or as recorded (a cheap run)."""
+    with ThreadPoolExecutor(2) as pool:
+        source = pool.submit(take_snapshot, primary, options.scope,
+                             concurrency=options.concurrency, repositories=options.repositories)
+        target = pool.submit(secondary_listing, secondary, primary, store, options.scope,
+                             repositories=options.repositories, concurrency=options.concurrency,
+                             full_verify=options.full_verify,
+                             cadence_hours=options.full_verify_hours, written_by=written_by)
+        listing, kind = target.result()
+        return source.result(), listing, kind
+
+
 def run_sync(
     primary: RegistryClient,
     secondary: RegistryClient,
@@ -92,11 +112,12 @@ def run_sync(
             return run_sync(primary, secondary, options, leases=own)
     options = options or SyncOptions()
     started = time.monotonic()
-    source, target = snapshots(primary, secondary, options)
+    source, target, kind = listings(primary, secondary, options, leases.store,
+                                    written_by=leases.owner)
     differences = diffs.diff(source, target)
     plan = build_plan(primary, secondary, diffs.wanted(differences),
                       concurrency=options.concurrency)
-    report = SyncReport(source, target, differences, plan)
+    report = SyncReport(source, target, differences, plan, run_kind=kind)
     if options.dry_run:
         log.info("dry run: nothing copied\n%s", diffs.summary(differences).to_string())
     else:

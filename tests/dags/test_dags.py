@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from replication_harness import corpus, images
+from registry_replication.recorded_tags import TagRecord
 from registry_replication.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,6 +114,15 @@ def test_reconcile_replicates_then_does_nothing(airflow_db, connections, primary
     summary = caplog.text[caplog.text.index("run summary"):]
     assert re.search(r"bytes copied\s+0\n", summary), summary
     assert re.search(r"manifests pushed\s+0\n", summary), summary
+    # The first run listed the secondary and recorded it; the no-op read that record instead.
+    assert re.search(r"run kind\s+cheap run: the secondary as recorded", summary), summary
+    record = TagRecord(Store())
+    for (repository, tag), digest in pushed.items():
+        assert record.rows(repository)[tag] == ("present", digest), (repository, tag)
+
+    assert run("registry_reconcile", {"full_verify": True}).state == "success"
+    assert Store().history.last_run("registry_reconcile")["summary"]["run kind"] == (
+        "full run: a full verification was asked for")
 
 
 def test_dry_run_changes_nothing(airflow_db, connections, primary_writer, secondary_reader,

@@ -44,6 +44,7 @@ from registry_replication.plan import (
     build_plan,
 )
 from registry_replication.prune import PruneRefused, prunable, prune
+from registry_replication.recorded_tags import full_verify_hours, secondary_listing
 from registry_replication.snapshot import Scope, Snapshot, problem_line, take_snapshot
 from registry_replication.store import Store
 from registry_replication.store.queue import Event
@@ -64,6 +65,9 @@ COPY_POOL = conf.get("registry_replication", "copy_pool", fallback="default_pool
 # Bytes per copy_blobs task: smaller batches spread a copy over more workers.
 BLOB_BATCH_BYTES = conf.getint("registry_replication", "blob_batch_bytes",
                                fallback=DEFAULT_BATCH_BYTES)
+# Hours between full verifications (listing the secondary); between them it is read as recorded.
+FULL_VERIFY_HOURS = conf.getfloat("registry_replication", "full_verify_hours",
+                                  fallback=full_verify_hours())
 
 
 class ReplicationFailed(RuntimeError):
@@ -99,6 +103,9 @@ def params(*, repositories_required: bool = False) -> dict[str, Param]:
                              description="Blob transfers in flight per copy task."),
         "concurrency": Param(16, type="integer", minimum=1, maximum=128,
                              description="Listing requests in flight per registry."),
+        "full_verify": Param(False, type="boolean",
+                             description="List the secondary rather than read its record, "
+                             "whatever the age of the last full verification."),
     }
 
 
@@ -176,10 +183,19 @@ def _leases() -> Leases:
 def snapshot(conn_id: str) -> dict[str, Any]:
     """List one registry's tags and digests within the run's scope, into the run's folder."""
     p = _params()
-    result = take_snapshot(
-        _client(conn_id), _scope(p), concurrency=p["concurrency"],
-        repositories=p["repositories"] or None,
-    )
+    kind = None
+    if conn_id == SECONDARY_CONN_ID:  # listed in a full run, read from the record in a cheap one
+        dag_run = get_current_context()["dag_run"]
+        result, kind = secondary_listing(
+            _client(conn_id), _client(PRIMARY_CONN_ID), Store(), _scope(p),
+            repositories=p["repositories"] or None, concurrency=p["concurrency"],
+            full_verify=p.get("full_verify", False), cadence_hours=FULL_VERIFY_HOURS,
+            written_by=f"{dag_run.dag_id}/{dag_run.run_id}")
+    else:
+        result = take_snapshot(
+            _client(conn_id), _scope(p), concurrency=p["concurrency"],
+            repositories=p["repositories"] or None,
+        )
     if result.complete and result.tags.empty:
         log.warning("the scope matched no tags on %s (repositories %s, include %s, exclude %s, "
                     "tags %r): nothing to replicate there; check the patterns for a typo",
@@ -188,6 +204,8 @@ def snapshot(conn_id: str) -> dict[str, Any]:
     ref = artifacts.write_snapshot(_run_folder(), get_current_context()["ti"].task_id, result)
     log.info("snapshot of %d tags written to %s (%d bytes)", ref["tags"], _run_folder(),
              ref["bytes"])
+    if kind is not None:
+        ref["run_kind"] = kind.line()
     return ref
 
 
@@ -392,6 +410,8 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
         **summarize(blobs, images, pruned["pruned"], zeros=True),
         "repositories differing": len(verified.get("differ") or []),
         "seconds": round(time.time() - started.timestamp(), 1) if started else None,
+        # full (the secondary listed) or cheap (read from its record), and why
+        "run kind": (context["ti"].xcom_pull(task_ids="snapshot_secondary") or {}).get("run_kind"),
     }
     log.info("run summary%s:\n%s", " (dry run)" if p["dry_run"] else "",
              _table(pd.Series(counts, name="value", dtype=object).to_frame()))

@@ -137,6 +137,28 @@ sent_alerts = sa.Table(
 )
 
 
+# The secondary's tags as their writers recorded them (``recorded_tags``): what a cheap run
+# reads instead of listing the secondary. state: present (digest confirmed) | absent | intent.
+recorded_tags = sa.Table(
+    "rr_recorded_tags", metadata,
+    sa.Column("repository", sa.String(255), primary_key=True),
+    sa.Column("tag", sa.String(128), primary_key=True),
+    sa.Column("state", sa.String(8), nullable=False),
+    sa.Column("digest", sa.String(160)),
+    sa.Column("media_type", sa.String(255)),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("written_by", sa.String(255), nullable=False),  # a writer's lease owner, or a run
+)
+
+# Per repository: when a full listing of the secondary (at ``registry``) last confirmed it.
+recorded_verifications = sa.Table(
+    "rr_recorded_verifications", metadata,
+    sa.Column("repository", sa.String(255), primary_key=True),
+    sa.Column("registry", sa.String(512), nullable=False),
+    sa.Column("verified_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
 def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 

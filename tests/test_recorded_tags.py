@@ -1,0 +1,225 @@
+"""The cheap no-op: the secondary read from the record its writers keep, not listed again.
+
+Against real registries: the secondary sits behind a FaultProxy whose log counts every request
+it gets, so "a cheap run does not list the secondary" is an observed fact, not a claim.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from registry_replication import realtime
+from registry_replication.client import RegistryClient
+from registry_replication.config import RegistryConfig
+from registry_replication.leases import Leases
+from registry_replication.recorded_tags import ABSENT, INTENT, PRESENT, TagRecord
+from registry_replication.store import Store
+from registry_replication.store.queue import Event
+from registry_replication.sync import SyncOptions, run_sync
+from replication_harness import images
+from replication_harness.servers import FaultProxy
+
+_databases = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request, tmp_path) -> Store:
+    if request.param == "sqlite":
+        return Store(f"sqlite:///{tmp_path / 'recorded.db'}")
+    return Store(request.getfixturevalue("postgres").create_database(
+        f"recorded_{next(_databases)}"))
+
+
+@pytest.fixture
+def proxy(secondary) -> Iterator[FaultProxy]:
+    with FaultProxy(secondary.url) as proxy:
+        yield proxy
+
+
+def through(registry, url: str, *, writable: bool = False) -> RegistryClient:
+    return RegistryClient(RegistryConfig.from_connection({**registry.connection(), "host": url}),
+                          writable=writable)
+
+
+def sync(primary, target: RegistryClient, store: Store, **options) -> object:
+    with RegistryClient(primary.client_config()) as source, Leases(store) as leases:
+        return run_sync(source, target, SyncOptions(**options), leases=leases)
+
+
+def listings(proxy: FaultProxy) -> list[str]:
+    """The listing requests the secondary received: catalog and tags/list."""
+    return [path for method, path, _ in proxy.log
+            if method == "GET" and ("/_catalog" in path or path.endswith("/tags/list"))]
+
+
+def test_a_cheap_run_does_not_list_the_secondary_yet_copies_and_prunes(
+    primary, secondary, proxy, any_store, primary_writer, secondary_reader,
+):
+    factory = images.ImageFactory()
+    images.push(primary_writer, "app", factory.make(), ["v1"])
+    doomed = factory.make()
+    images.push(primary_writer, "app", doomed, ["v2"])
+    images.push(primary_writer, "other", factory.make(), ["1.0"])
+    target = through(secondary, proxy.url, writable=True)
+
+    first = sync(primary, target, any_store)
+    assert first.run_kind.kind == "full" and "no record" in first.run_kind.reason
+    assert any("/_catalog" in p for p in listings(proxy))
+    record = TagRecord(any_store)
+    assert record.rows("other") == {"1.0": (PRESENT, secondary_reader.head_manifest(
+        "other", "1.0").digest)}
+
+    proxy.log.clear()
+    noop = sync(primary, target, any_store)
+    assert noop.run_kind.kind == "cheap", noop.run_kind
+    assert proxy.log == []  # not one request to the secondary
+    assert noop.counts() == {"manifests pushed": 0, "bytes copied": 0, "tags pruned": 0}
+    assert noop.verification["in_sync"].all()
+
+    new = images.push(primary_writer, "app", factory.make(), ["v3"])
+    primary_writer.delete_manifest("app", doomed.digest)
+    proxy.log.clear()
+    cheap = sync(primary, target, any_store)
+    assert cheap.run_kind.kind == "cheap" and not cheap.failed
+    assert sorted(secondary_reader.tags("app")) == ["v1", "v3"]
+    assert secondary_reader.head_manifest("app", "v3").digest == new
+    # No catalog, and "other" (unchanged) was never listed; "app" only inside the prune's lease
+    # and by the verification of what changed.
+    assert not [p for p in listings(proxy) if "/_catalog" in p or "/other/" in p]
+    assert cheap.verification["in_sync"].all()
+    assert record.rows("app") == {"v1": (PRESENT, secondary_reader.head_manifest("app", "v1").digest),
+                                  "v2": (ABSENT, None), "v3": (PRESENT, new)}
+
+
+def test_drift_is_caught_by_the_full_verification_the_cadence_brings(
+    primary, secondary, proxy, store, primary_writer, secondary_writer, secondary_reader,
+):
+    factory = images.ImageFactory()
+    img = factory.make()
+    images.push(primary_writer, "app", img, ["v1"])
+    images.push(primary_writer, "app", factory.make(), ["v2"])
+    target = through(secondary, proxy.url, writable=True)
+    assert sync(primary, target, store).run_kind.kind == "full"
+
+    secondary_writer.delete_manifest("app", img.digest)  # out of band: nobody records it
+    cheap = sync(primary, target, store)
+    assert cheap.run_kind.kind == "cheap"
+    assert secondary_reader.head_manifest("app", "v1") is None  # a cheap run cannot see it
+
+    proxy.log.clear()
+    full = sync(primary, target, store, full_verify_hours=0)
+    assert full.run_kind.kind == "full" and "older than full_verify_hours=0" in full.run_kind.reason
+    assert any("/_catalog" in p for p in listings(proxy))
+    assert secondary_reader.head_manifest("app", "v1").digest == img.digest
+    assert full.verification["in_sync"].all()
+
+    asked = sync(primary, target, store, full_verify=True)
+    assert asked.run_kind.kind == "full" and "asked" in asked.run_kind.reason
+
+
+def test_a_record_made_against_another_address_is_not_trusted(
+    primary, secondary, proxy, store, primary_writer,
+):
+    images.push(primary_writer, "app", images.ImageFactory().make(), ["v1"])
+    with RegistryClient(secondary.client_config(), writable=True) as direct:
+        assert sync(primary, direct, store).run_kind.kind == "full"
+        assert sync(primary, direct, store).run_kind.kind == "cheap"
+    assert sync(primary, through(secondary, proxy.url, writable=True), store).run_kind.kind == "full"
+
+
+def test_the_cli_records_and_says_which_kind_of_run(primary, secondary, primary_writer, store):
+    images.push(primary_writer, "app", images.ImageFactory().make(), ["v1"])
+    env = {**os.environ, "REGISTRY_REPLICATION_DB_URL": store.url}
+
+    def cli(*args: str) -> dict:
+        done = subprocess.run(
+            [sys.executable, "-m", "registry_replication.cli", "sync", "--json",
+             "--primary", json.dumps(primary.connection()),
+             "--secondary", json.dumps(secondary.connection()), *args],
+            env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    assert cli()["run"]["kind"] == "full"
+    assert TagRecord(store).rows("app")["v1"][0] == PRESENT
+    assert cli()["run"]["kind"] == "cheap"
+    forced = cli("--full-verify")["run"]
+    assert forced == {"kind": "full", "reason": "a full verification was asked for"}
+
+
+def test_the_event_path_records_pushes_and_deletes(
+    primary, secondary, store, primary_writer, primary_reader, secondary_writer, secondary_reader,
+):
+    img = images.ImageFactory().make()
+    digest = images.push(primary_writer, "app", img, ["v1", "v2"])
+    now = dt.datetime.now(dt.timezone.utc)
+    pushed = [Event(f"p{t}", "push", "app", t, digest, img.media_type, now) for t in ("v1", "v2")]
+    with Leases(store) as leases:
+        outcomes = realtime.replicate_events(primary_reader, secondary_writer, pushed,
+                                             leases=leases)
+        assert outcomes == {"pv1": None, "pv2": None}
+        record = TagRecord(store)
+        assert record.rows("app") == {"v1": (PRESENT, digest), "v2": (PRESENT, digest)}
+
+        primary_writer.delete_manifest("app", digest)
+        images.push(primary_writer, "app", img, ["v2"])  # only v1 is gone
+        later = dt.datetime.now(dt.timezone.utc)
+        deleted = [Event("d1", "delete", "app", "v1", None, None, later)]
+        assert realtime.replicate_events(primary_reader, secondary_writer, deleted,
+                                         leases=leases) == {"d1": None}
+    assert secondary_reader.tags("app") == ["v2"]
+    assert record.rows("app") == {"v1": (ABSENT, None), "v2": (PRESENT, digest)}
+
+
+def test_a_writer_killed_between_the_tag_write_and_its_record_leaves_an_intent(
+    primary, secondary, proxy, store, primary_writer, secondary_reader,
+):
+    """The worst case for a record: the registry took the tag, the writer died before saying
+    so. Then the primary moves the tag back and that event is lost: only the intent left by
+    the dead writer makes the next cheap run look, and put the tag right."""
+    factory = images.ImageFactory()
+    first, second = factory.make(), factory.make()
+    images.push(primary_writer, "app", first, ["v1"])
+    target = through(secondary, proxy.url, writable=True)
+    assert sync(primary, target, store).run_kind.kind == "full"
+    images.push(primary_writer, "app", second, ["v1"])
+
+    hold = proxy.hold("PUT", "/manifests/v1")
+    env = {**os.environ, "REGISTRY_REPLICATION_DB_URL": store.url,
+           "REGISTRY_REPLICATION_LEASE_SECONDS": "2"}
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "registry_replication.cli", "sync",
+         "--primary", json.dumps(primary.connection()),
+         "--secondary", json.dumps({**secondary.connection(), "host": proxy.url})],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert hold.arrived.wait(60), writer.communicate(timeout=60)[0] if writer.poll() else ""
+    writer.kill()
+    writer.wait(30)
+    hold.release()  # the registry now takes the tag its dead writer sent
+    _wait_for(lambda: secondary_reader.head_manifest("app", "v1").digest == second.digest)
+    assert TagRecord(store).rows("app")["v1"] == (INTENT, None)
+
+    images.push(primary_writer, "app", first, ["v1"])  # moved back; no event reaches us
+    proxy.log.clear()
+    rerun = sync(primary, target, store)
+    assert rerun.run_kind.kind == "cheap" and not rerun.failed
+    assert ("HEAD", "/v2/app/manifests/v1") in {(m, p) for m, p, _ in proxy.log}
+    assert secondary_reader.head_manifest("app", "v1").digest == first.digest
+    assert TagRecord(store).rows("app")["v1"] == (PRESENT, first.digest)
+
+
+def _wait_for(condition, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
