@@ -92,7 +92,7 @@ def test_reconcile_fans_out_survives_a_killed_worker_and_shares_its_status(
         assert secondary_reader.head_manifest(repository, tag).digest == digest, (repository, tag)
     for repository, tag in pushed:
         assert skopeo_raw(secondary, repository, tag) == skopeo_raw(primary, repository, tag)
-    last = store.last_run("registry_reconcile")
+    last = store.history.last_run("registry_reconcile")
     assert last["state"] == "success" and last["summary"]["problems"] == []
 
     # The status page of the airflow standalone reading the same PostgreSQL store says the same.

@@ -43,7 +43,7 @@ def test_an_odd_push_is_rejected_and_the_next_push_still_replicates(stack, capsy
         print(f"\npush-to-replica after an odd push (s): "
               f"{', '.join(f'{x:.2f}' for x in latencies)}")
 
-    rejected = [e for e in store.events(status=EventStatus.REJECTED)]
+    rejected = [e for e in store.queue.events(status=EventStatus.REJECTED)]
     assert [(e["action"], e["repository"], e["tag"]) for e in rejected] == [("push", ODD, "1.0")]
     assert "invalid repository name 'Foo/app'" in rejected[0]["last_error"]
     assert ODD not in list(reader.catalog())
@@ -64,5 +64,5 @@ def test_an_odd_push_is_rejected_and_the_next_push_still_replicates(stack, capsy
         assert requests.get(f"{airflow.url}/registry-replication/{path}",
                             timeout=10).status_code == 404, path
     # Every good event was processed; the rejected one was never claimed.
-    assert store.queue()["counts"]["pending"] == 0
-    assert store.queue()["counts"][EventStatus.DONE] >= 4
+    assert store.queue.queue()["counts"]["pending"] == 0
+    assert store.queue.queue()["counts"][EventStatus.DONE] >= 4
