@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
@@ -44,7 +45,13 @@ from registry_replication.plan import (
     build_plan,
 )
 from registry_replication.prune import PruneRefused, prunable, prune
-from registry_replication.snapshot import Scope, Snapshot, problem_line, take_snapshot
+from registry_replication.snapshot import (
+    Scope,
+    Snapshot,
+    problem_line,
+    stream_snapshot,
+    take_snapshot,
+)
 from registry_replication.store import Event, EventStore
 
 log = logging.getLogger("registry_replication.airflow")
@@ -63,6 +70,10 @@ COPY_POOL = conf.get("registry_replication", "copy_pool", fallback="default_pool
 # Bytes per copy_blobs task: smaller batches spread a copy over more workers.
 BLOB_BATCH_BYTES = conf.getint("registry_replication", "blob_batch_bytes",
                                fallback=DEFAULT_BATCH_BYTES)
+
+
+# Names an XCom or a run's problem list shows at most (the rest are in the task's log).
+SHOWN = 20
 
 
 class ReplicationFailed(RuntimeError):
@@ -175,18 +186,19 @@ def _leases() -> Leases:
 def snapshot(conn_id: str) -> dict[str, Any]:
     """List one registry's tags and digests within the run's scope, into the run's folder."""
     p = _params()
-    result = take_snapshot(
-        _client(conn_id), _scope(p), concurrency=p["concurrency"],
-        repositories=p["repositories"] or None,
-    )
-    if result.complete and result.tags.empty:
+    folder = _run_folder()
+    # Streamed: each batch of repositories' rows goes to storage as soon as it is listed.
+    with artifacts.SnapshotWriter(folder, get_current_context()["ti"].task_id) as writer:
+        listing = stream_snapshot(_client(conn_id), writer.write, _scope(p),
+                                  concurrency=p["concurrency"],
+                                  repositories=p["repositories"] or None)
+        ref = writer.finish(listing)
+    if not listing.errors and not listing.problems and not listing.tags:
         log.warning("the scope matched no tags on %s (repositories %s, include %s, exclude %s, "
                     "tags %r): nothing to replicate there; check the patterns for a typo",
                     conn_id, p["repositories"] or "from the catalog", p["include"], p["exclude"],
                     p["tags"])
-    ref = artifacts.write_snapshot(_run_folder(), get_current_context()["ti"].task_id, result)
-    log.info("snapshot of %d tags written to %s (%d bytes)", ref["tags"], _run_folder(),
-             ref["bytes"])
+    log.info("snapshot of %d tags written to %s (%d bytes)", ref["tags"], folder, ref["bytes"])
     return ref
 
 
@@ -225,6 +237,10 @@ def plan(differences: dict[str, Any]) -> list[dict[str, Any]]:
     for i, b in enumerate(result.image_batches()):
         name = f"images-{i:05d}.parquet"
         artifacts.write_records(folder / name, [asdict(t) for t in b])
+        # The manifests read while planning, so that push_manifests need not read them again.
+        artifacts.write_manifests(folder / _manifests_file(name), [
+            (t.repository, found) for t in b for digest in (*t.children, t.digest)
+            if (found := result.manifests.get((t.repository, digest))) is not None])
         image_batches.append({"label": b[0].label + (f" +{len(b) - 1} images" if len(b) > 1
                                                      else ""), "file": name})
     get_current_context()["ti"].xcom_push(key="image_batches", value=image_batches)
@@ -248,8 +264,9 @@ def manifest_batches() -> list[dict[str, Any]]:
 def copy_blobs(batch: dict[str, Any]) -> dict[str, int]:
     """Copy (or mount) one batch of blobs; fails, after retries, if any blob failed.
 
-    Every blob's record goes to XCom key ``results`` (with this map index, for links to this
-    log), failed or not, so the run's report counts what a failed batch did copy.
+    Every blob's record goes to the run's folder, failed or not, so the run's report counts
+    what a failed batch did copy; XCom key ``results`` names the file (with this map index, for
+    links to this log) and carries the batch's counts.
     """
     context = get_current_context()
     context["batch_label"] = batch["label"]
@@ -258,7 +275,7 @@ def copy_blobs(batch: dict[str, Any]) -> dict[str, int]:
         copier = Copier(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
                         leases=leases, parallelism=_params()["parallelism"])
         results = copier.copy_blobs(tasks)
-    counts = _push_results(context, results)
+    counts = _push_results(context, batch, results)
     _record_copied_bytes(context, sum(r.bytes for r in results))
     failed = [r for r in results if r.outcome == BlobOutcome.FAILED]
     if failed:
@@ -275,14 +292,15 @@ def push_manifests(batch: dict[str, Any]) -> dict[str, int]:
     """Push one batch of images whose blobs are all on the secondary; tags last."""
     context = get_current_context()
     context["batch_label"] = batch["label"]
-    failed_blobs = {r["digest"] for r in _pulled(context, "copy_blobs", "results")
-                    if r["outcome"] == BlobOutcome.FAILED}
+    failed_blobs = {record["digest"] for _, record in _failed_blob_refs(context)}
     with _leases() as leases:
         copier = Copier(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
                         leases=leases, parallelism=_params()["parallelism"])
-        planned = artifacts.read_records(_run_folder() / batch["file"])
-        results = copier.push_images([ImageTask(**i) for i in planned], failed_blobs)
-    counts = _push_results(context, results)
+        folder = _run_folder()
+        planned = [ImageTask(**i) for i in artifacts.read_records(folder / batch["file"])]
+        copier.manifests.update(artifacts.read_manifests(folder / _manifests_file(batch["file"])))
+        results = copier.push_images(planned, failed_blobs)
+    counts = _push_results(context, batch, results)
     bad = [r for r in results if r.outcome in NOT_PUSHED]
     if bad:
         raise ReplicationFailed(
@@ -292,6 +310,10 @@ def push_manifests(batch: dict[str, Any]) -> dict[str, int]:
     return counts
 
 
+def _manifests_file(batch_file: str) -> str:
+    return batch_file.removesuffix(".parquet") + ".manifests.parquet"
+
+
 def _record_copied_bytes(context: Any, copied: int) -> None:
     """For ``registry_replication_bytes_copied_total`` and Airflow's ``Stats``."""
     ti = context["ti"]
@@ -299,13 +321,21 @@ def _record_copied_bytes(context: Any, copied: int) -> None:
     alerts.send_copied_bytes(copied)
 
 
-def _push_results(context: Any, results: list[BlobResult] | list[ImageResult]) -> dict[str, int]:
-    """Log the batch's summary table and share its records; returns counts per outcome."""
-    records = [{**asdict(r), "map_index": context["ti"].map_index} for r in results]
-    context["ti"].xcom_push(key="results", value=records)
-    if not records:
+def _push_results(context: Any, batch: dict[str, Any],
+                  results: list[BlobResult] | list[ImageResult]) -> dict[str, int]:
+    """Log the batch's summary table, write its records next to the batch's file and share
+    their name and counts (XCom key ``results``); returns counts per outcome."""
+    blobs = [r for r in results if isinstance(r, BlobResult)]
+    images = [r for r in results if isinstance(r, ImageResult)]
+    name = batch["file"].removesuffix(".parquet") + ".results.jsonl"
+    artifacts.write_json_lines(_run_folder() / name, [asdict(r) for r in results])
+    failed = sum(r.outcome in (BlobOutcome.FAILED, *NOT_PUSHED) for r in results)
+    context["ti"].xcom_push(key="results", value={
+        "file": name, "map_index": context["ti"].map_index, "failed": failed,
+        "summary": summarize(blobs, images, [], zeros=True)})
+    if not results:
         return {}
-    frame = pd.DataFrame(records)
+    frame = pd.DataFrame([asdict(r) for r in results])
     sizes = {"bytes": ("bytes", "sum")} if "bytes" in frame else {
         "manifests_pushed": ("manifests_pushed", "sum")}
     table = frame.groupby("outcome").agg(count=("digest", "count"), **sizes,
@@ -321,10 +351,10 @@ def prune_tags(primary: dict[str, Any], secondary: dict[str, Any],
     p = _params()
     if not p["prune"]:
         log.info("prune is off for this run")
-        return {"pruned": [], "refused": None}
+        return _pruned([])
     changes = _changes(differences)
     if changes.empty:
-        return {"pruned": [], "refused": None}
+        return _pruned([])
     try:
         doomed = prunable(changes, _snapshot(primary), _snapshot(secondary),
                           max_fraction=p["max_prune_fraction"], force=p["force_prune"])
@@ -334,8 +364,16 @@ def prune_tags(primary: dict[str, Any], secondary: dict[str, Any],
                             concurrency=p["concurrency"])
     except PruneRefused as exc:
         log.error("%s", exc)
-        return {"pruned": [], "refused": str(exc)}
-    return {"pruned": [asdict(r) for r in results], "refused": None}
+        return _pruned([], refused=str(exc))
+    artifacts.write_json_lines(_run_folder() / "pruned.jsonl", [asdict(r) for r in results])
+    return _pruned(results, file="pruned.jsonl")
+
+
+def _pruned(results: list[Any], *, refused: str | None = None,
+            file: str | None = None) -> dict[str, Any]:
+    """``prune_tags``' XCom: counts, the refusal if any, and the file of its records."""
+    return {"summary": summarize([], [], results, zeros=True), "refused": refused,
+            "file": file}
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
@@ -375,7 +413,9 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
          **({"last_sync_at": now, "last_error": None} if row.in_sync else {})}
         for row in report.itertuples()
     )
-    return {"repositories": len(report), "differ": differ["repository"].tolist()}
+    # The names that differ are in the log and on the status page; XCom keeps the first few.
+    return {"repositories": len(report), "differ": len(differ),
+            "first_differing": differ["repository"].head(SHOWN).tolist()}
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
@@ -383,21 +423,25 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
     """The run's summary, and every failed layer; fails the run if anything failed."""
     context = get_current_context()
     p = context["params"]
-    blobs = [_result(BlobResult, r) for r in _pulled(context, "copy_blobs", "results")]
-    images = [_result(ImageResult, r) for r in _pulled(context, "push_manifests", "results")]
+    refs = [*_pulled(context, "copy_blobs", "results"),
+            *_pulled(context, "push_manifests", "results")]
+    summed: Counter[str] = Counter(summarize([], [], [], zeros=True))
+    for summary in [*(ref["summary"] for ref in refs), pruned["summary"]]:
+        summed.update(summary)
     started = context["dag_run"].start_date
-    not_pushed = sum(r.outcome in NOT_PUSHED for r in images)
+    not_pushed = sum(summed[f"images {o}"] for o in NOT_PUSHED)
     counts: dict[str, Any] = {
-        **summarize(blobs, images, pruned["pruned"], zeros=True),
-        "repositories differing": len(verified.get("differ") or []),
+        **summed,
+        "repositories differing": verified.get("differ") or 0,
         "seconds": round(time.time() - started.timestamp(), 1) if started else None,
     }
     log.info("run summary%s:\n%s", " (dry run)" if p["dry_run"] else "",
              _table(pd.Series(counts, name="value", dtype=object).to_frame()))
     problems = []
-    failed = [r for r in blobs if r.outcome == BlobOutcome.FAILED]
-    map_index = {(r["repository"], r["digest"]): r["map_index"]
-                 for r in _pulled(context, "copy_blobs", "results")}
+    failed, map_index = [], {}
+    for ref, record in _failed_blob_refs(context):
+        failed.append(_result(BlobResult, record))
+        map_index[(record["repository"], record["digest"])] = ref["map_index"]
     if failed:
         log.error("failed layers:\n%s", _table(pd.DataFrame([asdict(r) for r in failed])[
             ["repository", "digest", "size", "status", "code", "error"]]))
@@ -428,7 +472,7 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
     return counts
 
 
-def _repository_problems(listing: Snapshot, shown: int = 20) -> list[str]:
+def _repository_problems(listing: Snapshot, shown: int = SHOWN) -> list[str]:
     """Log, record on the status page and name the repositories that could not be handled."""
     if not listing.problems:
         return []
@@ -464,6 +508,15 @@ def replicate() -> None:
     verified = verify(primary)
     pruned >> verified
     report(primary, pruned, verified)
+
+
+def _failed_blob_refs(context: Any) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The failed blobs' records of this run's ``copy_blobs`` batches, with their batch's
+    reference: only the files of batches that had failures are read."""
+    folder = _run_folder()
+    return [(ref, record) for ref in _pulled(context, "copy_blobs", "results") if ref["failed"]
+            for record in artifacts.read_json_lines(folder / ref["file"])
+            if record["outcome"] == BlobOutcome.FAILED]
 
 
 def _pulled(context: Any, task_id: str, key: str) -> list[Any]:
