@@ -76,3 +76,27 @@ def test_manifests_round_trip_byte_for_byte(tmp_path):
     assert artifacts.read_manifests(tmp_path / "m.parquet") == {
         ("group/app", manifest.digest): manifest}
     assert artifacts.read_manifests(tmp_path / "none.parquet") == {}
+
+
+def test_a_registry_is_listed_batch_by_batch_into_storage(primary_writer, primary_reader, tmp_path):
+    """Each batch of repositories' rows is written as it is listed; the file holds them all."""
+    from registry_replication.snapshot import stream_snapshot, take_snapshot
+    from replication_harness import images as synthetic
+
+    factory = synthetic.ImageFactory(layer_size=1024)
+    for i in range(5):
+        synthetic.push(primary_writer, f"group/app{i}", factory.make(), ["v1", "v2"])
+    batches: list[int] = []
+    with artifacts.SnapshotWriter(tmp_path, "snapshot_primary") as writer:
+        def sink(rows):
+            batches.append(len(rows))
+            writer.write(rows)
+
+        listing = stream_snapshot(primary_reader, sink, batch=2)
+        ref = writer.finish(listing)
+    assert batches == [4, 4, 2] and ref["tags"] == listing.tags == 10
+    streamed = artifacts.read_snapshot(tmp_path, "snapshot_primary").tags
+    in_memory = take_snapshot(primary_reader).tags
+    key = ["repository", "tag"]
+    assert (streamed.sort_values(key).astype(object).values.tolist()
+            == in_memory.sort_values(key).astype(object).values.tolist())

@@ -272,8 +272,7 @@ def copy_blobs(batch: dict[str, Any]) -> dict[str, int]:
     context["batch_label"] = batch["label"]
     tasks = [BlobTask(**b) for b in artifacts.read_records(_run_folder() / batch["file"])]
     with _leases() as leases:
-        copier = Copier(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
-                        leases=leases, parallelism=_params()["parallelism"])
+        copier = _copier(context, leases)
         results = copier.copy_blobs(tasks)
     counts = _push_results(context, batch, results)
     _record_copied_bytes(context, sum(r.bytes for r in results))
@@ -294,8 +293,7 @@ def push_manifests(batch: dict[str, Any]) -> dict[str, int]:
     context["batch_label"] = batch["label"]
     failed_blobs = {record["digest"] for _, record in _failed_blob_refs(context)}
     with _leases() as leases:
-        copier = Copier(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
-                        leases=leases, parallelism=_params()["parallelism"])
+        copier = _copier(context, leases)
         folder = _run_folder()
         planned = [ImageTask(**i) for i in artifacts.read_records(folder / batch["file"])]
         copier.manifests.update(artifacts.read_manifests(folder / _manifests_file(batch["file"])))
@@ -308,6 +306,16 @@ def push_manifests(batch: dict[str, Any]) -> dict[str, int]:
             f"{bad[0].repository}:{','.join(bad[0].tags)}: {bad[0].error}"
         )
     return counts
+
+
+def _copier(context: Any, leases: Leases) -> Copier:
+    """A copy task's copier. Its first try trusts the plan, which asked the secondary about
+    every blob and tag minutes ago in this run (a tag written meanwhile by another writer is
+    written again with the same bytes; the compare-and-set on the primary still guards every
+    tag); a retry checks again before each blob and tag, so it never transfers twice."""
+    return Copier(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
+                  leases=leases, parallelism=_params()["parallelism"],
+                  recheck=context["ti"].try_number > 1)
 
 
 def _manifests_file(batch_file: str) -> str:
@@ -557,6 +565,9 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
     idle_seconds = conf.getfloat("registry_replication", "event_drain_idle_seconds", fallback=60)
     # A cap on one task's life, so logs and runs stay readable under a never-ending stream.
     max_seconds = conf.getfloat("registry_replication", "event_drain_max_seconds", fallback=3600)
+    # Each repository's work is a few round trips one after another (HEADs, manifests,
+    # blobs, tags): a burst over many repositories goes as fast as it overlaps them.
+    at_once = conf.getint("registry_replication", "event_repositories_at_once", fallback=16)
     store = EventStore()
     primary, secondary = _client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True)
     totals = {"claimed": 0, "done": 0, "retrying": 0, "batches": 0}
@@ -571,7 +582,8 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
             if claimed:
                 log.info("claimed %d events: %s", len(claimed), ", ".join(
                     f"{e.action} {e.repository}:{e.tag or e.digest}" for e in claimed[:20]))
-                outcomes = realtime.replicate_events(primary, secondary, claimed, leases=leases)
+                outcomes = realtime.replicate_events(primary, secondary, claimed, leases=leases,
+                                                     repositories_at_once=at_once)
                 counts = _acknowledge(store, owner, claimed, outcomes, max_attempts)
                 totals = {k: totals[k] + counts.get(k, 0) for k in totals}
                 totals["batches"] += 1
