@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import asdict
 from typing import Any
 
@@ -297,7 +298,12 @@ def push_manifests(batch: dict[str, Any]) -> dict[str, int]:
         folder = _run_folder()
         planned = [ImageTask(**i) for i in artifacts.read_records(folder / batch["file"])]
         copier.manifests.update(artifacts.read_manifests(folder / _manifests_file(batch["file"])))
-        results = copier.push_images(planned, failed_blobs)
+        with ExitStack() as held:
+            # The batch's repositories' leases, held for the batch: one store write per
+            # repository rather than one per image (each image still takes it, re-entrantly).
+            for repository in sorted({t.repository for t in planned}):
+                held.enter_context(leases.repository(repository))
+            results = copier.push_images(planned, failed_blobs)
     counts = _push_results(context, batch, results)
     bad = [r for r in results if r.outcome in NOT_PUSHED]
     if bad:
