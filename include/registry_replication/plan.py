@@ -148,12 +148,14 @@ def build_plan(
     """Plan the copy of every ``missing`` or ``outdated`` tag in ``differences``."""
     wanted = differences[differences["status"].isin([MISSING, OUTDATED])]
     plan = Plan()
-    groups = wanted.groupby(["repository", "digest_primary"], sort=True)
+    # Each image's tags as a plain list: pool.map takes every item at once, and a DataFrame per
+    # group would hold 100,000 small frames (a gigabyte) for a registry of 100,000 tags.
+    groups = wanted.groupby(["repository", "digest_primary"], sort=True)["tag"].agg(sorted)
     with ThreadPoolExecutor(concurrency, thread_name_prefix="plan") as pool:
         tasks = list(
             pool.map(
-                lambda item: _image_task(primary, item[0][0], item[0][1], sorted(item[1]["tag"]), plan),
-                groups,
+                lambda item: _image_task(primary, item[0][0], item[0][1], item[1], plan),
+                groups.items(),
             )
         )
         sizes: dict[str, int] = {}
