@@ -27,12 +27,16 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from datetime import datetime, timezone
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from registry_replication.client import RegistryClient
+from registry_replication.store import events
 from replication_harness import images
 from replication_harness.event_stack import event_stack
-
+from replication_harness.measure import load_average
 
 
 def say(text: str) -> None:
@@ -51,6 +55,22 @@ def wait_for(reader: RegistryClient, repository: str, tag: str, digest: str,
     raise TimeoutError(f"{repository}:{tag} did not replicate in {timeout}s")
 
 
+def last_received(store_url: str, repositories: str) -> float:
+    """When the webhook stored the last tag push event for ``repositories`` (a LIKE pattern),
+    as a Unix time."""
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            when = conn.execute(sa.select(sa.func.max(events.c.received_at)).where(
+                events.c.repository.like(repositories), events.c.action == "push",
+                events.c.tag.is_not(None))).scalar()
+    finally:
+        engine.dispose()
+    if isinstance(when, str):
+        when = datetime.fromisoformat(when)
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+
+
 def measure(workdir: Path, *, sequential: int, idle_minutes: float, burst: int,
             burst_repositories: int, drain_idle_seconds: float | None) -> dict:
     with ExitStack() as stack:
@@ -59,8 +79,9 @@ def measure(workdir: Path, *, sequential: int, idle_minutes: float, burst: int,
             env["AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS"] = str(drain_idle_seconds)
         else:  # the default (60 s), whatever the caller's environment says
             os.environ.pop("AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS", None)
-        started = stack.enter_context(event_stack(workdir, env))
-        primary, secondary, airflow = started.primary, started.secondary, started.airflow
+        started_stack = stack.enter_context(event_stack(workdir, env))
+        primary, secondary = started_stack.primary, started_stack.secondary
+        airflow = started_stack.airflow
         say(f"starting airflow standalone at {airflow.url} ...")
         airflow.wait_ready()
         airflow.wait_for_dag("registry_events")
@@ -89,10 +110,11 @@ def measure(workdir: Path, *, sequential: int, idle_minutes: float, burst: int,
         started = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda p: images.push(writer, p[0], p[2], [p[1]]), planned))
-        last_push = time.monotonic()
+        last_push, last_push_at = time.monotonic(), time.time()
         for repository, tag, img in planned:
             wait_for(reader, repository, tag, img.digest)
         all_replicated = time.monotonic()
+        delivered = last_received(started_stack.store_url, "bench/burst-%") - last_push_at
         return {
             "drain_idle_seconds": drain_idle_seconds if drain_idle_seconds is not None else 60,
             "warm_up_seconds": round(warm_up, 2),
@@ -105,6 +127,9 @@ def measure(workdir: Path, *, sequential: int, idle_minutes: float, burst: int,
             "burst_repositories": burst_repositories,
             "burst_push_seconds": round(last_push - started, 2),
             "burst_replicated_after_last_push_seconds": round(all_replicated - last_push, 2),
+            # The primary's notifications go out one at a time: how late the last one came.
+            "burst_last_event_stored_after_last_push_seconds": round(delivered, 2),
+            "load_average": load_average(),
         }
 
 

@@ -2,22 +2,27 @@
 """Scale benchmark: N tags over R repositories, the CLI and ``registry_reconcile`` side by side.
 
 1. A primary (``docker-registry``, no auth, loopback) is filled with ``--tags`` distinct
-   manifests over ``--repos`` repositories, pushed concurrently over shared base layers (the
-   corpus of ``sync_vs_skopeo.py``).
+   manifests over ``--repos`` repositories, pushed concurrently over blobs shared within each
+   repository (``replication_harness.synthetic.plan_scale_corpus``: N tags cost N manifest
+   ``PUT``\\ s). With ``--workdir``, a primary already filled with the same corpus is reused
+   (``--generate-only`` fills one and stops).
 2. In one run, each timed as a child process under GNU ``time`` (wall time, peak RSS):
 
-   * CLI ``registry-replication sync`` full, into an empty secondary, then its no-op;
+   * CLI ``registry-replication sync`` full, into an empty secondary, then its no-op
+     (``--no-cli``: skipped);
    * ``skopeo sync`` no-op against that same, synced secondary (digests are preserved, so it
-     only checks every tag; its full sync is ``sync_vs_skopeo.py``'s business);
+     only checks every tag);
    * ``airflow dags test registry_reconcile`` with an empty scope (Airflow's fixed per-run
      cost), full into a second empty secondary, then its no-op.
 
-   ``airflow dags test`` runs every task in one process, so its peak RSS bounds each task's.
-   For each DAG run: the largest XCom value it wrote (from the metadata DB) and the bytes of
-   its snapshot files (and of all its artifacts) in ``artifacts_path``.
+   ``airflow dags test`` runs every task in one process: its peak RSS bounds each task's, and
+   the process's RSS, sampled while each task instance runs, is that task's peak (an upper
+   bound: memory a task freed may still be held). For each DAG run: the largest XCom value it
+   wrote (from the metadata DB) and the bytes of its snapshot files (and of all its artifacts)
+   in ``artifacts_path``.
 
     .venv/bin/python benchmarks/scale.py --tags 5000 --repos 10
-    .venv/bin/python benchmarks/scale.py --tags 100000 --repos 100
+    .venv/bin/python benchmarks/scale.py --tags 100000 --repos 100 --workdir /tmp/scale100k
 """
 
 from __future__ import annotations
@@ -32,34 +37,33 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import psutil
 
-from sync_vs_skopeo import (  # noqa: E402 (a sibling script)
+from replication_harness.measure import (
     ENGINE,
     Run,
-    _mib,
-    _rss,
-    _s,
     engine_sync,
-    generate,
-    plan_corpus,
+    fmt_mib,
+    fmt_rss,
+    fmt_seconds,
+    load_average,
+    markdown,
     run_child,
     skopeo_sync,
     write_skopeo_yaml,
 )
-
-from replication_harness.registry import LocalRegistry  # noqa: E402
+from replication_harness.registry import LocalRegistry
+from replication_harness.synthetic import ensure_generated, plan_scale_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 EMPTY_SCOPE = {"include": ["no-such-repository/*"]}
-
-
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join("| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *rows])
 
 
 def airflow_env(workdir: Path, primary: LocalRegistry, secondary: LocalRegistry) -> dict[str, str]:
@@ -78,38 +82,89 @@ def airflow_env(workdir: Path, primary: LocalRegistry, secondary: LocalRegistry)
     }
 
 
-def dag_run(env: dict[str, str], conf: dict, log_path: Path) -> Run:
-    """``airflow dags test registry_reconcile`` with ``conf``; notes its XCom and storage."""
-    run = run_child_env([AIRFLOW, "dags", "test", "registry_reconcile", "-c", json.dumps(conf)],
-                        log_path, env)
+class RssSampler:
+    """The RSS of a process tree, sampled every ``interval`` seconds, with the sample times."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.samples: list[tuple[float, int]] = []  # (unix time, bytes of the largest process)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, pid: int) -> None:
+        self._thread = threading.Thread(target=self._run, args=(pid,), daemon=True)
+        self._thread.start()
+
+    def _run(self, pid: int) -> None:
+        try:
+            root = psutil.Process(pid)
+        except psutil.Error:
+            return
+        while not self._stop.wait(self.interval):
+            largest = 0
+            try:
+                for proc in [root, *root.children(recursive=True)]:
+                    try:
+                        largest = max(largest, proc.memory_info().rss)
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                return
+            self.samples.append((time.time(), largest))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    def peak(self, start: float, end: float) -> int:
+        return max((rss for at, rss in self.samples if start <= at <= end), default=0)
+
+
+def dag_run(env: dict[str, str], conf: dict, log_path: Path) -> tuple[Run, list[list[str]]]:
+    """``airflow dags test registry_reconcile`` with ``conf``; notes its XCom and storage, and
+    returns a row per task: its time, sampled peak RSS and largest XCom."""
+    sampler = RssSampler()
+    run = run_child([AIRFLOW, "dags", "test", "registry_reconcile", "-c", json.dumps(conf)],
+                    log_path, Run(), env=env, on_start=sampler.watch)
+    sampler.stop()
     home = Path(env["AIRFLOW_HOME"])
     with sqlite3.connect(home / "airflow.db") as db:
         run_id, state = db.execute("SELECT run_id, state FROM dag_run WHERE dag_id = "
                                    "'registry_reconcile' ORDER BY id DESC LIMIT 1").fetchone()
         largest = db.execute("SELECT task_id, key, length(value) FROM xcom WHERE run_id = ? "
                              "ORDER BY length(value) DESC LIMIT 1", (run_id,)).fetchone()
+        per_task = db.execute(
+            "SELECT ti.task_id, count(*), min(ti.start_date), max(ti.end_date), "
+            "sum((julianday(ti.end_date) - julianday(ti.start_date)) * 86400), "
+            "(SELECT max(length(x.value)) FROM xcom x WHERE x.run_id = ti.run_id "
+            " AND x.task_id = ti.task_id), group_concat(ti.start_date || '|' || ti.end_date, ',') "
+            "FROM task_instance ti WHERE ti.run_id = ? AND ti.dag_id = 'registry_reconcile' "
+            "GROUP BY ti.task_id ORDER BY min(ti.start_date)", (run_id,)).fetchall()
     if state != "success":
         run.error = run.error or f"run {run_id} ended {state}"
     folders = [f for f in (Path(env["AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH"]
                                 .removeprefix("file://")) / "registry_reconcile").iterdir()
                if f.name.endswith(re.sub(r"[^A-Za-z0-9._-]", "_", run_id))]
-    files = [p for f in folders for p in f.iterdir()]
+    files = [p for f in folders for p in f.rglob("*") if p.is_file()]
     snapshot_bytes = sum(p.stat().st_size for p in files if p.name.startswith("snapshot_"))
-    run.note = (f"largest XCom {largest[2] if largest else 0} B"
-                f" ({largest[0]}.{largest[1]})" if largest else "no XCom")
-    run.note += f"; snapshots {snapshot_bytes} B, all artifacts {sum(p.stat().st_size for p in files)} B"
-    return run
+    run.note = (f"largest XCom {largest[2]} B ({largest[0]}.{largest[1]})" if largest
+                else "no XCom")
+    run.note += (f"; snapshots {snapshot_bytes} B, all artifacts "
+                 f"{sum(p.stat().st_size for p in files)} B")
+    rows = []
+    for task_id, instances, _, _, seconds, xcom, spans in per_task:
+        peak = max((sampler.peak(_unix(s), _unix(e)) for s, e in
+                    (span.split("|") for span in (spans or "").split(",") if "|" in span)),
+                   default=0)
+        rows.append([task_id, str(instances), fmt_seconds(seconds), fmt_rss(peak // 1024),
+                     f"{xcom or 0} B"])
+    return run, rows
 
 
-def run_child_env(argv: Sequence[str], log_path: Path, env: dict[str, str]) -> Run:
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        return run_child(argv, log_path, Run())
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+def _unix(text: str) -> float:
+    when = datetime.fromisoformat(text)
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -120,7 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--base-sets", type=int, default=4)
     parser.add_argument("--threads", type=int, default=16, help="threads pushing the corpus")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--workdir", type=Path,
+                        help="kept; a primary there holding the same corpus is reused")
+    parser.add_argument("--generate-only", action="store_true",
+                        help="fill the primary in --workdir and stop")
+    parser.add_argument("--no-cli", action="store_true", help="skip the CLI and skopeo runs")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="scale-"))
@@ -132,59 +191,77 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.mkdir(exist_ok=True)
     registries: list[LocalRegistry] = []
 
-    def start(name: str) -> LocalRegistry:
+    def start(name: str, fresh: bool = True) -> LocalRegistry:
+        if fresh:
+            shutil.rmtree(workdir / name, ignore_errors=True)
         registry = LocalRegistry(workdir / name, name=name)
         registries.append(registry)
         return registry.start()
 
     rows: list[tuple[str, Run]] = []
+    task_rows: list[list[str]] = []
 
     def record(name: str, run: Run) -> Run:
         rows.append((name, run))
-        print(f"[{name}] {_s(run.seconds)}, peak RSS {_rss(run.max_rss_kib)}"
+        print(f"[{name}] {fmt_seconds(run.seconds)}, peak RSS {fmt_rss(run.max_rss_kib)}"
               + (f", {run.note}" if run.note else "")
               + (f" FAILED: {run.error}" if run.error else ""), flush=True)
         return run
 
+    def record_dag(name: str, conf: dict) -> None:
+        run, per_task = dag_run(env, conf, logs / f"{name.replace(' ', '-')}.log")
+        record(name, run)
+        task_rows.extend([[name, *row] for row in per_task])
+
     try:
-        primary = start("primary")
-        corpus = plan_corpus(args.repos, args.tags, args.unique_mib, args.base_sets, args.seed)
-        generate(primary, corpus, args.threads)
+        primary = start("primary", fresh=False)
+        corpus = plan_scale_corpus(args.repos, args.tags, args.unique_mib, args.base_sets,
+                                   args.seed)
+        pushed = ensure_generated(primary, corpus, args.threads)
         print(f"corpus: {corpus.tags} tags in {len(corpus.repositories)} repositories, "
               f"{corpus.manifests} manifests, {len(corpus.blobs)} unique blobs "
-              f"({_mib(corpus.unique_bytes)}); pushed in {corpus.seconds:.1f}s; engine {ENGINE}",
-              flush=True)
+              f"({fmt_mib(corpus.unique_bytes)}); "
+              + (f"pushed in {corpus.seconds:.1f}s" if pushed else f"reused from {workdir}")
+              + f"; engine {ENGINE}", flush=True)
+        if args.generate_only:
+            return 0
 
-        cli = start("secondary-cli")
-        record("CLI full", engine_sync(primary, cli, logs / "cli-full.log"))
-        record("CLI no-op", engine_sync(primary, cli, logs / "cli-noop.log"))
-        skopeo_yaml = workdir / "skopeo-source.yaml"
-        write_skopeo_yaml(primary, corpus, skopeo_yaml)
-        record("skopeo sync no-op", skopeo_sync(skopeo_yaml, cli, logs / "skopeo-noop.log"))
-        cli.stop()
+        if not args.no_cli:
+            cli = start("secondary-cli")
+            record("CLI full", engine_sync(primary, cli, logs / "cli-full.log"))
+            record("CLI no-op", engine_sync(primary, cli, logs / "cli-noop.log"))
+            skopeo_yaml = workdir / "skopeo-source.yaml"
+            write_skopeo_yaml(primary, corpus, skopeo_yaml)
+            record("skopeo sync no-op", skopeo_sync(skopeo_yaml, cli, logs / "skopeo-noop.log"))
+            cli.stop()
 
         dag = start("secondary-dag")
+        shutil.rmtree(workdir / "airflow", ignore_errors=True)
+        shutil.rmtree(workdir / "artifacts", ignore_errors=True)
+        (workdir / "replication.db").unlink(missing_ok=True)
         env = airflow_env(workdir, primary, dag)
         subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
-        record("registry_reconcile empty scope",
-               dag_run(env, EMPTY_SCOPE, logs / "dag-empty.log"))
-        record("registry_reconcile full", dag_run(env, {}, logs / "dag-full.log"))
-        record("registry_reconcile no-op", dag_run(env, {}, logs / "dag-noop.log"))
+        record_dag("registry_reconcile empty scope", EMPTY_SCOPE)
+        record_dag("registry_reconcile full", {})
+        record_dag("registry_reconcile no-op", {})
 
         by_name = dict(rows)
         print(f"\n{corpus.tags} tags, {len(corpus.repositories)} repositories, "
-              f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on "
-              f"{os.cpu_count()} CPUs\n")
-        skopeo_noop = by_name["skopeo sync no-op"].seconds
+              f"load average {load_average()}\n")
+        skopeo_noop = by_name["skopeo sync no-op"].seconds if "skopeo sync no-op" in by_name else 0
         print(markdown(["run", "wall", "vs skopeo no-op", "peak RSS", "notes"], [
-            [name, _s(run.seconds),
+            [name, fmt_seconds(run.seconds),
              f"{run.seconds / skopeo_noop:.3f}x" if skopeo_noop and run.seconds else "-",
-             _rss(run.max_rss_kib), (run.note or "") + (f" FAILED: {run.error}" if run.error
-                                                         else "")]
+             fmt_rss(run.max_rss_kib), (run.note or "") + (f" FAILED: {run.error}" if run.error
+                                                             else "")]
             for name, run in rows]))
+        print("\nper task (peak RSS: the `airflow dags test` process while the task ran, "
+              "sampled every 0.2 s; all map indexes of a mapped task together)\n")
+        print(markdown(["run", "task", "instances", "time", "peak RSS", "largest XCom"],
+                       task_rows))
         fixed = by_name["registry_reconcile empty scope"].seconds
         noop = by_name["registry_reconcile no-op"].seconds
-        cli_noop = by_name["CLI no-op"].seconds
+        cli_noop = by_name["CLI no-op"].seconds if "CLI no-op" in by_name else None
         if fixed and noop and cli_noop:
             print(f"\nDAG no-op {noop:.1f}s vs CLI no-op + Airflow's fixed cost "
                   f"{cli_noop:.1f} + {fixed:.1f} = {cli_noop + fixed:.1f}s")

@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from urllib.parse import urljoin
 
 import requests
@@ -27,8 +28,9 @@ class Blob:
     data: bytes
     media_type: str = mt.OCI_LAYER
 
-    @property
+    @cached_property
     def digest(self) -> str:
+        # Hashed once: a corpus of thousands of images asks for each blob's digest many times.
         return "sha256:" + hashlib.sha256(self.data).hexdigest()
 
     @property
@@ -71,10 +73,13 @@ def image(
     docker: bool = False,
     architecture: str = "amd64",
     label: str = "",
+    config: Blob | None = None,
 ) -> Image:
-    """A single-platform image manifest (Docker v2 schema 2 or OCI) with a real config blob."""
+    """A single-platform image manifest (Docker v2 schema 2 or OCI) with a real config blob
+    (``config``: one shared by many manifests, as a benchmark of many tags over few blobs
+    wants; by default one made for these layers)."""
     layers = tuple(layers)
-    config = Blob(
+    config = config or Blob(
         json.dumps(
             {
                 "architecture": architecture,
@@ -94,6 +99,16 @@ def image(
         "layers": [layer.descriptor() for layer in layers],
     }
     return Image(_dump(manifest), media_type, (config, *layers))
+
+
+def shared_config(label: str, architecture: str = "amd64", *, docker: bool = False) -> Blob:
+    """A config blob to share between many manifests (its ``rootfs`` names no layers)."""
+    return Blob(
+        json.dumps({"architecture": architecture, "os": "linux",
+                    "config": {"Labels": {"label": label}},
+                    "rootfs": {"type": "layers", "diff_ids": []}}, sort_keys=True).encode(),
+        mt.DOCKER_CONFIG if docker else mt.OCI_CONFIG,
+    )
 
 
 def index(images: Iterable[Image], *, docker: bool = False) -> Image:

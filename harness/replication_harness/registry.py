@@ -49,6 +49,11 @@ class Notifications:
     timeout: str = "500ms"
     threshold: int = 5
     backoff: str = "1s"
+    # What the replicator does not use, as README's example config leaves out: the registry
+    # sends each event in its own POST, one after another, so a pull event per HEAD or GET
+    # (the replicator's own reads among them) would queue ahead of the next push.
+    ignore: dict[str, list[str]] = field(default_factory=lambda: {
+        "mediatypes": ["application/octet-stream"], "actions": ["pull", "mount"]})
 
 
 @dataclass
@@ -122,6 +127,7 @@ class LocalRegistry:
                         "timeout": n.timeout,
                         "threshold": n.threshold,
                         "backoff": n.backoff,
+                        **({"ignore": n.ignore} if n.ignore else {}),
                     }
                 ]
             }

@@ -1,8 +1,10 @@
-"""A run's artifacts (snapshots, differences, plan batches) as Parquet files in one folder.
+"""A run's artifacts (snapshots, differences, plan batches, copy results) in one folder.
 
 The folder is any path-like object with ``/``, ``open`` and ``mkdir``: a ``pathlib.Path``, or
 Airflow's ``ObjectStoragePath`` for ``file://``, ``s3://`` or ``gs://`` (the DAGs pass that), so
-tasks hand each other a reference and small counts instead of the data itself.
+tasks hand each other a reference and small counts instead of the data itself. Tables are
+Parquet; a snapshot is written batch by batch as it is listed (``SnapshotWriter``), so a
+registry of any size is never held in memory whole; copy results, which nest, are JSON Lines.
 """
 
 from __future__ import annotations
@@ -12,8 +14,13 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from registry_replication.snapshot import COLUMNS, Snapshot
+from registry_replication.client import Manifest
+from registry_replication.snapshot import COLUMNS, Listing, Row, Snapshot
+
+SNAPSHOT_SCHEMA = pa.schema([(column, pa.string()) for column in COLUMNS])
 
 
 class Folder(Protocol):
@@ -36,23 +43,58 @@ def read_frame(path: Folder) -> pd.DataFrame:
         return pd.read_parquet(source)
 
 
+class SnapshotWriter:
+    """``<name>.parquet``, one row group per batch of listed rows, then ``<name>.json`` (the
+    registry, errors and problems) once the listing is done."""
+
+    def __init__(self, folder: Folder, name: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.name = folder, name
+        self._file = (folder / f"{name}.parquet").open("wb")
+        self._writer = pq.ParquetWriter(self._file, SNAPSHOT_SCHEMA)
+
+    def write(self, rows: list[Row]) -> None:
+        if rows:
+            columns = list(zip(*rows))
+            self._writer.write_table(pa.table(
+                {name: pa.array(values, pa.string()) for name, values in zip(COLUMNS, columns)},
+                schema=SNAPSHOT_SCHEMA))
+
+    def finish(self, listing: Listing) -> dict[str, Any]:
+        """Close the table, write the header; returns the counts and bytes for XCom."""
+        self._writer.close()
+        size = self._file.tell()
+        self._file.close()
+        header = json.dumps({"registry": listing.registry, "errors": listing.errors,
+                             "problems": listing.problems}).encode()
+        with (self.folder / f"{self.name}.json").open("wb") as out:
+            out.write(header)
+        return {"name": self.name, "tags": listing.tags, "errors": len(listing.errors),
+                "problems": len(listing.problems), "bytes": size + len(header)}
+
+    def __enter__(self) -> SnapshotWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._file.closed:  # an unfinished listing: leave no header, close the file
+            self._writer.close()
+            self._file.close()
+
+
 def write_snapshot(folder: Folder, name: str, snapshot: Snapshot) -> dict[str, Any]:
-    """``<name>.parquet`` (the tags) and ``<name>.json`` (registry, errors, problems); returns
-    the counts and bytes for XCom."""
-    folder.mkdir(parents=True, exist_ok=True)
-    size = write_frame(folder / f"{name}.parquet", snapshot.tags[COLUMNS].astype(str))
-    header = json.dumps({"registry": snapshot.registry, "errors": snapshot.errors,
-                         "problems": snapshot.problems}).encode()
-    with (folder / f"{name}.json").open("wb") as out:
-        out.write(header)
-    return {"name": name, "tags": len(snapshot.tags), "errors": len(snapshot.errors),
-            "problems": len(snapshot.problems), "bytes": size + len(header)}
+    """An in-memory snapshot, as ``SnapshotWriter`` writes a streamed one."""
+    with SnapshotWriter(folder, name) as writer:
+        writer.write(list(snapshot.tags[COLUMNS].astype(str).itertuples(index=False, name=None)))
+        return writer.finish(Listing(snapshot.registry, len(snapshot.tags), snapshot.errors,
+                                     snapshot.problems))
 
 
 def read_snapshot(folder: Folder, name: str) -> Snapshot:
     with (folder / f"{name}.json").open("rb") as source:
         header = json.loads(source.read())
     tags = read_frame(folder / f"{name}.parquet")
+    if tags.empty:  # a table of no batches reads as columns of no chunks, which pandas cannot join
+        tags = pd.DataFrame(columns=COLUMNS, dtype=str)
     return Snapshot(header["registry"], tags.reindex(columns=COLUMNS).astype(str),
                     list(header["errors"]), list(header["problems"] or []))
 
@@ -76,3 +118,42 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and np.isnan(value):
         return None
     return value
+
+
+def write_json_lines(path: Folder, records: list[dict[str, Any]]) -> int:
+    """One JSON object per line (records with nested values: copy results); returns bytes."""
+    data = "".join(json.dumps(record, default=str) + "\n" for record in records).encode()
+    with path.open("wb") as out:
+        out.write(data)
+    return len(data)
+
+
+def read_json_lines(path: Folder) -> list[dict[str, Any]]:
+    with path.open("rb") as source:
+        return [json.loads(line) for line in source.read().splitlines() if line.strip()]
+
+
+def write_manifests(path: Folder, manifests: list[tuple[str, Manifest]]) -> int:
+    """(repository, manifest) pairs: the exact bytes, media types and digests, as Parquet;
+    returns the bytes written."""
+    table = pa.table({
+        "repository": pa.array([r for r, _ in manifests], pa.string()),
+        "digest": pa.array([m.digest for _, m in manifests], pa.string()),
+        "media_type": pa.array([m.media_type for _, m in manifests], pa.string()),
+        "raw": pa.array([m.raw for _, m in manifests], pa.binary()),
+    })
+    with path.open("wb") as out:
+        pq.write_table(table, out)
+        return out.tell()
+
+
+def read_manifests(path: Folder) -> dict[tuple[str, str], Manifest]:
+    """``write_manifests``' manifests by (repository, digest); a missing file reads as none."""
+    try:
+        with path.open("rb") as source:
+            table = pq.read_table(source)
+    except FileNotFoundError:
+        return {}
+    columns = (table.column(c).to_pylist() for c in ("repository", "digest", "media_type", "raw"))
+    return {(repository, digest): Manifest(raw, media_type, digest)
+            for repository, digest, media_type, raw in zip(*columns)}

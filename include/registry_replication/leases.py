@@ -144,6 +144,12 @@ class Leases:
         self.close()
 
     def _acquire(self, resource: str, detail: dict[str, Any] | None = None) -> None:
+        with self._lock:
+            if self._held[resource] > 0:
+                # Already this writer's: the heartbeat renews it, so no store write (a batch
+                # of images in one repository costs one acquisition, not one per image).
+                self._held[resource] += 1
+                return
         started = time.monotonic()
         delay = 0.05
         while True:

@@ -9,6 +9,7 @@ orchestrator can pass them between tasks.
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import math
 from collections import defaultdict
@@ -248,7 +249,9 @@ def _collect(
             "rebuild and push the image with a current client",
             manifest.media_type,
         )
-    body = manifest.json
+    # Parsed here and dropped: the plan keeps every manifest's bytes, and a parsed copy of
+    # each (``manifest.json`` caches it) would multiply a large plan's memory.
+    body = json.loads(manifest.raw)
     if manifest.media_type in mt.INDEXES:
         for child in body.get("manifests") or []:
             child_manifest = _fetch(primary, repository, child["digest"], plan)

@@ -15,7 +15,7 @@ import fnmatch
 import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -128,6 +128,22 @@ def _shown(value: object, limit: int = 255) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:limit]
 
 
+# Repositories listed at a time when streaming: bounds the rows held before they are written.
+REPOSITORY_BATCH = 32
+
+Row = tuple[str, str, str, str]
+
+
+@dataclass
+class Listing:
+    """What a streamed snapshot reports besides its rows (which went to the sink)."""
+
+    registry: str
+    tags: int = 0
+    errors: list[str] = field(default_factory=list)
+    problems: list[dict[str, str | None]] = field(default_factory=list)
+
+
 def take_snapshot(
     client: RegistryClient,
     scope: Scope = Scope(),
@@ -135,9 +151,28 @@ def take_snapshot(
     concurrency: int = 16,
     repositories: Iterable[str] | None = None,
 ) -> Snapshot:
-    """List a registry. ``repositories`` skips the catalog and lists just those."""
-    errors: list[str] = []
-    problems: list[dict[str, str | None]] = []
+    """List a registry into memory. ``repositories`` skips the catalog and lists just those."""
+    rows: list[Row] = []
+    listing = stream_snapshot(client, rows.extend, scope, concurrency=concurrency,
+                              repositories=repositories)
+    return Snapshot(listing.registry, pd.DataFrame(rows, columns=COLUMNS), listing.errors,
+                    listing.problems)
+
+
+def stream_snapshot(
+    client: RegistryClient,
+    sink: Callable[[list[Row]], object],
+    scope: Scope = Scope(),
+    *,
+    concurrency: int = 16,
+    repositories: Iterable[str] | None = None,
+    batch: int = REPOSITORY_BATCH,
+) -> Listing:
+    """List a registry, ``batch`` repositories at a time (their tag lists, then a ``HEAD`` of
+    each tag, ``concurrency`` requests in flight), handing each batch's rows to ``sink``: a
+    registry of any size is listed in the memory of one batch."""
+    listing = Listing(client.url)
+    errors, problems = listing.errors, listing.problems
 
     def problem(repository: object, tag: object, reason: str, advice: str | None) -> None:
         found = {"repository": _shown(repository), "tag": None if tag is None else _shown(tag, 128),
@@ -153,7 +188,8 @@ def take_snapshot(
             listed = list(client.catalog())
         except RegistryError as exc:
             log.error("cannot list the catalog of %s: %s", client.url, exc)
-            return Snapshot(client.url, pd.DataFrame(columns=COLUMNS), [str(exc)])
+            errors.append(str(exc))
+            return listing
     else:
         listed = list(repositories)
     names = []
@@ -186,7 +222,7 @@ def take_snapshot(
                 wanted.append((name, tag))
         return wanted
 
-    def head(pair: tuple[str, str]) -> tuple[str, str, str, str] | None:
+    def head(pair: tuple[str, str]) -> Row | None:
         repository, tag = pair
         try:
             descriptor = client.head_manifest(repository, tag)
@@ -202,13 +238,16 @@ def take_snapshot(
         return repository, tag, descriptor.digest, descriptor.media_type
 
     with ThreadPoolExecutor(concurrency, thread_name_prefix="snapshot") as pool:
-        pairs = [pair for found in pool.map(list_tags, names) for pair in found]
-        rows = [row for row in pool.map(head, pairs) if row is not None]
-    frame = pd.DataFrame(rows, columns=COLUMNS)
+        for start in range(0, len(names), batch):
+            pairs = [pair for found in pool.map(list_tags, names[start:start + batch])
+                     for pair in found]
+            rows = [row for row in pool.map(head, pairs) if row is not None]
+            sink(rows)
+            listing.tags += len(rows)
     odd = {p["repository"] for p in problems}
     log.info(
         "snapshot of %s: %d repositories, %d tags%s",
-        client.url, len(names), len(frame),
+        client.url, len(names), listing.tags,
         f", {len(problems)} problems in {len(odd)} repositories (not pruned)" if problems else "",
     )
-    return Snapshot(client.url, frame, errors, problems)
+    return listing

@@ -55,9 +55,18 @@ def test_reconcile_writes_its_artifacts_to_storage_and_removes_old_runs(
     assert values[("diff", "return_value")]["changes"] == 30
     # Nothing that grows with the tags but the batch list: each entry a label and a file name.
     assert all(set(batch) == {"label", "file"} for batch in values[("plan", "return_value")])
+    # The copy tasks' records are in the run's folder; XCom names the file and counts.
+    copied = values[("copy_blobs", "results")]
+    assert copied["failed"] == 0 and copied["summary"]["blobs copied"] > 0
+    records = [json.loads(line) for line in (folder / copied["file"]).read_text().splitlines()]
+    assert len(records) == copied["summary"]["blobs copied"] + copied["summary"]["blobs mounted"]
+    pushed_ref = values[("push_manifests", "results")]
+    assert pushed_ref["summary"]["images pushed"] == 30
+    assert {tag for line in (folder / pushed_ref["file"]).read_text().splitlines()
+            for tag in json.loads(line)["tags"]} == set(pushed)
+    assert values[("report", "return_value")]["images pushed"] == 30
     for (task_id, key), value in values.items():
-        if task_id in ("snapshot_primary", "snapshot_secondary", "diff", "plan"):
-            assert len(json.dumps(value)) < 2048, (task_id, key)
+        assert len(json.dumps(value)) < 2048, (task_id, key)
 
 
 def test_a_no_op_reconcile_verifies_the_secondary_it_listed_once(

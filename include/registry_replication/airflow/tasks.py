@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections import Counter
+from contextlib import ExitStack
 from dataclasses import asdict
 from typing import Any
 
@@ -45,7 +47,13 @@ from registry_replication.plan import (
 )
 from registry_replication.prune import PruneRefused, prunable, prune
 from registry_replication.recorded_tags import full_verify_hours, secondary_listing
-from registry_replication.snapshot import Scope, Snapshot, problem_line, take_snapshot
+from registry_replication.snapshot import (
+    Scope,
+    Snapshot,
+    problem_line,
+    stream_snapshot,
+    take_snapshot,
+)
 from registry_replication.store import Store
 from registry_replication.store.queue import Event
 
@@ -68,6 +76,10 @@ BLOB_BATCH_BYTES = conf.getint("registry_replication", "blob_batch_bytes",
 # Hours between full verifications (listing the secondary); between them it is read as recorded.
 FULL_VERIFY_HOURS = conf.getfloat("registry_replication", "full_verify_hours",
                                   fallback=full_verify_hours())
+
+
+# Names an XCom or a run's problem list shows at most (the rest are in the task's log).
+SHOWN = 20
 
 
 class ReplicationFailed(RuntimeError):
@@ -183,6 +195,7 @@ def _leases() -> Leases:
 def snapshot(conn_id: str) -> dict[str, Any]:
     """List one registry's tags and digests within the run's scope, into the run's folder."""
     p = _params()
+    folder, name = _run_folder(), get_current_context()["ti"].task_id
     kind = None
     if conn_id == SECONDARY_CONN_ID:  # listed in a full run, read from the record in a cheap one
         dag_run = get_current_context()["dag_run"]
@@ -191,21 +204,23 @@ def snapshot(conn_id: str) -> dict[str, Any]:
             repositories=p["repositories"] or None, concurrency=p["concurrency"],
             full_verify=p.get("full_verify", False), cadence_hours=FULL_VERIFY_HOURS,
             written_by=f"{dag_run.dag_id}/{dag_run.run_id}")
+        ref = artifacts.write_snapshot(folder, name, result)
+        ref["run_kind"] = kind.line()
+        matched_nothing = result.complete and result.tags.empty
     else:
-        result = take_snapshot(
-            _client(conn_id), _scope(p), concurrency=p["concurrency"],
-            repositories=p["repositories"] or None,
-        )
-    if result.complete and result.tags.empty:
+        # Streamed: each batch of repositories' rows goes to storage as soon as it is listed.
+        with artifacts.SnapshotWriter(folder, name) as writer:
+            listing = stream_snapshot(_client(conn_id), writer.write, _scope(p),
+                                      concurrency=p["concurrency"],
+                                      repositories=p["repositories"] or None)
+            ref = writer.finish(listing)
+        matched_nothing = not listing.errors and not listing.problems and not listing.tags
+    if matched_nothing:
         log.warning("the scope matched no tags on %s (repositories %s, include %s, exclude %s, "
                     "tags %r): nothing to replicate there; check the patterns for a typo",
                     conn_id, p["repositories"] or "from the catalog", p["include"], p["exclude"],
                     p["tags"])
-    ref = artifacts.write_snapshot(_run_folder(), get_current_context()["ti"].task_id, result)
-    log.info("snapshot of %d tags written to %s (%d bytes)", ref["tags"], _run_folder(),
-             ref["bytes"])
-    if kind is not None:
-        ref["run_kind"] = kind.line()
+    log.info("snapshot of %d tags written to %s (%d bytes)", ref["tags"], folder, ref["bytes"])
     return ref
 
 
@@ -244,6 +259,10 @@ def plan(differences: dict[str, Any]) -> list[dict[str, Any]]:
     for i, b in enumerate(result.image_batches()):
         name = f"images-{i:05d}.parquet"
         artifacts.write_records(folder / name, [asdict(t) for t in b])
+        # The manifests read while planning, so that push_manifests need not read them again.
+        artifacts.write_manifests(folder / _manifests_file(name), [
+            (t.repository, found) for t in b for digest in (*t.children, t.digest)
+            if (found := result.manifests.get((t.repository, digest))) is not None])
         image_batches.append({"label": b[0].label + (f" +{len(b) - 1} images" if len(b) > 1
                                                      else ""), "file": name})
     get_current_context()["ti"].xcom_push(key="image_batches", value=image_batches)
@@ -267,17 +286,17 @@ def manifest_batches() -> list[dict[str, Any]]:
 def copy_blobs(batch: dict[str, Any]) -> dict[str, int]:
     """Copy (or mount) one batch of blobs; fails, after retries, if any blob failed.
 
-    Every blob's record goes to XCom key ``results`` (with this map index, for links to this
-    log), failed or not, so the run's report counts what a failed batch did copy.
+    Every blob's record goes to the run's folder, failed or not, so the run's report counts
+    what a failed batch did copy; XCom key ``results`` names the file (with this map index, for
+    links to this log) and carries the batch's counts.
     """
     context = get_current_context()
     context["batch_label"] = batch["label"]
     tasks = [BlobTask(**b) for b in artifacts.read_records(_run_folder() / batch["file"])]
     with _leases() as leases:
-        copier = Copier(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
-                        leases=leases, parallelism=_params()["parallelism"])
+        copier = _copier(context, leases)
         results = copier.copy_blobs(tasks)
-    counts = _push_results(context, results)
+    counts = _push_results(context, batch, results)
     _record_copied_bytes(context, sum(r.bytes for r in results))
     failed = [r for r in results if r.outcome == BlobOutcome.FAILED]
     if failed:
@@ -294,14 +313,19 @@ def push_manifests(batch: dict[str, Any]) -> dict[str, int]:
     """Push one batch of images whose blobs are all on the secondary; tags last."""
     context = get_current_context()
     context["batch_label"] = batch["label"]
-    failed_blobs = {r["digest"] for r in _pulled(context, "copy_blobs", "results")
-                    if r["outcome"] == BlobOutcome.FAILED}
+    failed_blobs = {record["digest"] for _, record in _failed_blob_refs(context)}
     with _leases() as leases:
-        copier = Copier(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
-                        leases=leases, parallelism=_params()["parallelism"])
-        planned = artifacts.read_records(_run_folder() / batch["file"])
-        results = copier.push_images([ImageTask(**i) for i in planned], failed_blobs)
-    counts = _push_results(context, results)
+        copier = _copier(context, leases)
+        folder = _run_folder()
+        planned = [ImageTask(**i) for i in artifacts.read_records(folder / batch["file"])]
+        copier.manifests.update(artifacts.read_manifests(folder / _manifests_file(batch["file"])))
+        with ExitStack() as held:
+            # The batch's repositories' leases, held for the batch: one store write per
+            # repository rather than one per image (each image still takes it, re-entrantly).
+            for repository in sorted({t.repository for t in planned}):
+                held.enter_context(leases.repository(repository))
+            results = copier.push_images(planned, failed_blobs)
+    counts = _push_results(context, batch, results)
     bad = [r for r in results if r.outcome in NOT_PUSHED]
     if bad:
         raise ReplicationFailed(
@@ -311,6 +335,20 @@ def push_manifests(batch: dict[str, Any]) -> dict[str, int]:
     return counts
 
 
+def _copier(context: Any, leases: Leases) -> Copier:
+    """A copy task's copier. Its first try trusts the plan, which asked the secondary about
+    every blob and tag minutes ago in this run (a tag written meanwhile by another writer is
+    written again with the same bytes; the compare-and-set on the primary still guards every
+    tag); a retry checks again before each blob and tag, so it never transfers twice."""
+    return Copier(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
+                  leases=leases, parallelism=_params()["parallelism"],
+                  recheck=context["ti"].try_number > 1)
+
+
+def _manifests_file(batch_file: str) -> str:
+    return batch_file.removesuffix(".parquet") + ".manifests.parquet"
+
+
 def _record_copied_bytes(context: Any, copied: int) -> None:
     """For ``registry_replication_bytes_copied_total`` and Airflow's ``Stats``."""
     ti = context["ti"]
@@ -318,13 +356,21 @@ def _record_copied_bytes(context: Any, copied: int) -> None:
     alerts.send_copied_bytes(copied)
 
 
-def _push_results(context: Any, results: list[BlobResult] | list[ImageResult]) -> dict[str, int]:
-    """Log the batch's summary table and share its records; returns counts per outcome."""
-    records = [{**asdict(r), "map_index": context["ti"].map_index} for r in results]
-    context["ti"].xcom_push(key="results", value=records)
-    if not records:
+def _push_results(context: Any, batch: dict[str, Any],
+                  results: list[BlobResult] | list[ImageResult]) -> dict[str, int]:
+    """Log the batch's summary table, write its records next to the batch's file and share
+    their name and counts (XCom key ``results``); returns counts per outcome."""
+    blobs = [r for r in results if isinstance(r, BlobResult)]
+    images = [r for r in results if isinstance(r, ImageResult)]
+    name = batch["file"].removesuffix(".parquet") + ".results.jsonl"
+    artifacts.write_json_lines(_run_folder() / name, [asdict(r) for r in results])
+    failed = sum(r.outcome in (BlobOutcome.FAILED, *NOT_PUSHED) for r in results)
+    context["ti"].xcom_push(key="results", value={
+        "file": name, "map_index": context["ti"].map_index, "failed": failed,
+        "summary": summarize(blobs, images, [], zeros=True)})
+    if not results:
         return {}
-    frame = pd.DataFrame(records)
+    frame = pd.DataFrame([asdict(r) for r in results])
     sizes = {"bytes": ("bytes", "sum")} if "bytes" in frame else {
         "manifests_pushed": ("manifests_pushed", "sum")}
     table = frame.groupby("outcome").agg(count=("digest", "count"), **sizes,
@@ -340,10 +386,10 @@ def prune_tags(primary: dict[str, Any], secondary: dict[str, Any],
     p = _params()
     if not p["prune"]:
         log.info("prune is off for this run")
-        return {"pruned": [], "refused": None}
+        return _pruned([])
     changes = _changes(differences)
     if changes.empty:
-        return {"pruned": [], "refused": None}
+        return _pruned([])
     try:
         doomed = prunable(changes, _snapshot(primary), _snapshot(secondary),
                           max_fraction=p["max_prune_fraction"], force=p["force_prune"])
@@ -353,8 +399,16 @@ def prune_tags(primary: dict[str, Any], secondary: dict[str, Any],
                             concurrency=p["concurrency"])
     except PruneRefused as exc:
         log.error("%s", exc)
-        return {"pruned": [], "refused": str(exc)}
-    return {"pruned": [asdict(r) for r in results], "refused": None}
+        return _pruned([], refused=str(exc))
+    artifacts.write_json_lines(_run_folder() / "pruned.jsonl", [asdict(r) for r in results])
+    return _pruned(results, file="pruned.jsonl")
+
+
+def _pruned(results: list[Any], *, refused: str | None = None,
+            file: str | None = None) -> dict[str, Any]:
+    """``prune_tags``' XCom: counts, the refusal if any, and the file of its records."""
+    return {"summary": summarize([], [], results, zeros=True), "refused": refused,
+            "file": file}
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
@@ -394,7 +448,9 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
          **({"last_sync_at": now, "last_error": None} if row.in_sync else {})}
         for row in report.itertuples()
     )
-    return {"repositories": len(report), "differ": differ["repository"].tolist()}
+    # The names that differ are in the log and on the status page; XCom keeps the first few.
+    return {"repositories": len(report), "differ": len(differ),
+            "first_differing": differ["repository"].head(SHOWN).tolist()}
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
@@ -402,13 +458,16 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
     """The run's summary, and every failed layer; fails the run if anything failed."""
     context = get_current_context()
     p = context["params"]
-    blobs = [_result(BlobResult, r) for r in _pulled(context, "copy_blobs", "results")]
-    images = [_result(ImageResult, r) for r in _pulled(context, "push_manifests", "results")]
+    refs = [*_pulled(context, "copy_blobs", "results"),
+            *_pulled(context, "push_manifests", "results")]
+    summed: Counter[str] = Counter(summarize([], [], [], zeros=True))
+    for summary in [*(ref["summary"] for ref in refs), pruned["summary"]]:
+        summed.update(summary)
     started = context["dag_run"].start_date
-    not_pushed = sum(r.outcome in NOT_PUSHED for r in images)
+    not_pushed = sum(summed[f"images {o}"] for o in NOT_PUSHED)
     counts: dict[str, Any] = {
-        **summarize(blobs, images, pruned["pruned"], zeros=True),
-        "repositories differing": len(verified.get("differ") or []),
+        **summed,
+        "repositories differing": verified.get("differ") or 0,
         "seconds": round(time.time() - started.timestamp(), 1) if started else None,
         # full (the secondary listed) or cheap (read from its record), and why
         "run kind": (context["ti"].xcom_pull(task_ids="snapshot_secondary") or {}).get("run_kind"),
@@ -416,9 +475,10 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
     log.info("run summary%s:\n%s", " (dry run)" if p["dry_run"] else "",
              _table(pd.Series(counts, name="value", dtype=object).to_frame()))
     problems = []
-    failed = [r for r in blobs if r.outcome == BlobOutcome.FAILED]
-    map_index = {(r["repository"], r["digest"]): r["map_index"]
-                 for r in _pulled(context, "copy_blobs", "results")}
+    failed, map_index = [], {}
+    for ref, record in _failed_blob_refs(context):
+        failed.append(_result(BlobResult, record))
+        map_index[(record["repository"], record["digest"])] = ref["map_index"]
     if failed:
         log.error("failed layers:\n%s", _table(pd.DataFrame([asdict(r) for r in failed])[
             ["repository", "digest", "size", "status", "code", "error"]]))
@@ -449,7 +509,7 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
     return counts
 
 
-def _repository_problems(listing: Snapshot, shown: int = 20) -> list[str]:
+def _repository_problems(listing: Snapshot, shown: int = SHOWN) -> list[str]:
     """Log, record on the status page and name the repositories that could not be handled."""
     if not listing.problems:
         return []
@@ -485,6 +545,15 @@ def replicate() -> None:
     verified = verify(primary)
     pruned >> verified
     report(primary, pruned, verified)
+
+
+def _failed_blob_refs(context: Any) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The failed blobs' records of this run's ``copy_blobs`` batches, with their batch's
+    reference: only the files of batches that had failures are read."""
+    folder = _run_folder()
+    return [(ref, record) for ref in _pulled(context, "copy_blobs", "results") if ref["failed"]
+            for record in artifacts.read_json_lines(folder / ref["file"])
+            if record["outcome"] == BlobOutcome.FAILED]
 
 
 def _pulled(context: Any, task_id: str, key: str) -> list[Any]:
@@ -525,6 +594,9 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
     idle_seconds = conf.getfloat("registry_replication", "event_drain_idle_seconds", fallback=60)
     # A cap on one task's life, so logs and runs stay readable under a never-ending stream.
     max_seconds = conf.getfloat("registry_replication", "event_drain_max_seconds", fallback=3600)
+    # Each repository's work is a few round trips one after another (HEADs, manifests,
+    # blobs, tags): a burst over many repositories goes as fast as it overlaps them.
+    at_once = conf.getint("registry_replication", "event_repositories_at_once", fallback=16)
     store = Store()
     primary, secondary = _client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True)
     totals = {"claimed": 0, "done": 0, "retrying": 0, "batches": 0}
@@ -539,7 +611,8 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
             if claimed:
                 log.info("claimed %d events: %s", len(claimed), ", ".join(
                     f"{e.action} {e.repository}:{e.tag or e.digest}" for e in claimed[:20]))
-                outcomes = realtime.replicate_events(primary, secondary, claimed, leases=leases)
+                outcomes = realtime.replicate_events(primary, secondary, claimed, leases=leases,
+                                                     repositories_at_once=at_once)
                 counts = _acknowledge(store, owner, claimed, outcomes, max_attempts)
                 totals = {k: totals[k] + counts.get(k, 0) for k in totals}
                 totals["batches"] += 1

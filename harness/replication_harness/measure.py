@@ -1,0 +1,227 @@
+"""Measuring the replication tools as child processes, for the benchmarks.
+
+Each tool runs under GNU ``time`` (wall time, peak RSS, CPU seconds of the child); the bytes
+the primary sent are its registry process's socket writes. The tools: this engine's CLI
+(``engine_sync``, ``verify``), ``skopeo sync`` and the raw ``curl`` floor (``floor.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from replication_harness.registry import LocalRegistry
+from replication_harness.synthetic import Corpus
+
+MiB = 1 << 20
+VENV_BIN = Path(sys.executable).parent
+ENGINE = shutil.which("registry-replication", path=str(VENV_BIN)) or "registry-replication"
+
+
+@dataclass
+class Run:
+    seconds: float = math.nan
+    rc: int | None = None
+    max_rss_kib: int | None = None
+    cpu_seconds: float | None = None  # user + system of the tool's processes
+    primary_sent: int | None = None  # bytes the primary wrote to sockets during the run
+    bytes_read: int | None = None  # as the tool itself reports (or by construction)
+    stdout: str = ""
+    stderr_path: Path | None = None
+    error: str | None = None
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0 and self.error is None
+
+
+class PrimaryMeter:
+    """Bytes the primary registry wrote to sockets: its ``wchar`` minus its log file's growth."""
+
+    def __init__(self, registry: LocalRegistry) -> None:
+        self.registry = registry
+
+    def sample(self) -> tuple[int, int] | None:
+        try:
+            io = Path(f"/proc/{self.registry.process.pid}/io").read_text()
+        except (OSError, AttributeError):
+            return None
+        wchar = next(int(line.split()[1]) for line in io.splitlines() if line.startswith("wchar:"))
+        return wchar, self.registry.log_path.stat().st_size
+
+    @staticmethod
+    def delta(before: tuple[int, int] | None, after: tuple[int, int] | None) -> int | None:
+        if before is None or after is None:
+            return None
+        return (after[0] - before[0]) - (after[1] - before[1])
+
+
+TIME = "/usr/bin/time"  # GNU time: reports the peak RSS of a process it forked itself
+
+
+def measured(argv: Sequence[str], rss_path: Path) -> list[str]:
+    """``argv`` under GNU time, which writes the command's peak RSS (KiB) to ``rss_path``.
+
+    ``ru_maxrss`` from our own ``wait4`` would be wrong: a child forked from this (large)
+    Python process starts with the parent's RSS as its high-water mark, and exec keeps it.
+    """
+    return [TIME, "-f", "%M %U %S", "-o", str(rss_path), *argv]
+
+
+def read_usage(rss_path: Path) -> tuple[int | None, float | None]:
+    """(peak RSS KiB, user + system CPU seconds) as GNU time wrote them."""
+    try:  # "Command exited with non-zero status N" may come first
+        rss, user, system = rss_path.read_text().splitlines()[-1].split()
+        return int(rss), float(user) + float(system)
+    except (OSError, ValueError, IndexError):
+        return None, None
+
+
+def run_child(argv: Sequence[str], log_path: Path, run: Run,
+              env: dict[str, str] | None = None,
+              on_start: Callable[[int], None] | None = None) -> Run:
+    """Run one child process (``env``: its whole environment; ``on_start``: called with its
+    pid): its wall time and peak RSS (of its whole tree's largest process)."""
+    rss_path = log_path.with_suffix(".rss")
+    with log_path.open("wb") as stderr:
+        started = time.perf_counter()
+        proc = subprocess.Popen(measured(argv, rss_path), stdout=subprocess.PIPE, stderr=stderr,
+                                start_new_session=True, env=env)
+        if on_start:
+            on_start(proc.pid)
+        try:
+            out, _ = proc.communicate()
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        run.seconds = time.perf_counter() - started
+    run.rc = proc.returncode
+    run.max_rss_kib, run.cpu_seconds = read_usage(rss_path)
+    run.stdout = out.decode(errors="replace")
+    run.stderr_path = log_path
+    if run.rc != 0:
+        run.error = f"exit {run.rc}: " + _tail(log_path)
+    return run
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def timed(meter: PrimaryMeter, fn: Callable[..., Run], *args: object) -> Run:
+    before = meter.sample()
+    run = fn(*args)
+    run.primary_sent = PrimaryMeter.delta(before, meter.sample())
+    return run
+
+
+# -- the tools ------------------------------------------------------------------------------------
+
+
+def engine_sync(primary: LocalRegistry, secondary: LocalRegistry, log_path: Path) -> Run:
+    run = run_child(
+        [ENGINE, "sync", "--primary", json.dumps(primary.connection()),
+         "--secondary", json.dumps(secondary.connection()), "--json", "--no-prune"],
+        log_path, Run(),
+    )
+    if run.rc is not None and run.stdout.strip():
+        try:
+            report = json.loads(run.stdout)
+            run.bytes_read = report["bytes_read_from_primary"]
+            run.note = json.dumps(report["counts"], separators=(",", ":"))
+        except (ValueError, KeyError) as exc:
+            run.error = run.error or f"unreadable --json output: {exc}"
+    return run
+
+
+def skopeo_sync(source_yaml: Path, secondary: LocalRegistry, log_path: Path) -> Run:
+    dest = secondary.url.removeprefix("http://")
+    return run_child(
+        ["skopeo", "sync", "--all", "--preserve-digests", "--src", "yaml", "--dest", "docker",
+         "--src-tls-verify=false", "--dest-tls-verify=false", str(source_yaml), dest],
+        log_path, Run(),
+    )
+
+
+def write_skopeo_yaml(primary: LocalRegistry, corpus: Corpus, path: Path) -> None:
+    # skopeo sync without --scoped names the destination after the source's last path
+    # component: the corpus's repositories are one component deep, so names are kept.
+    source = {
+        primary.url.removeprefix("http://"): {
+            "tls-verify": False,
+            "images": {repo: [] for repo in corpus.repositories},  # [] = every tag
+        }
+    }
+    path.write_text(json.dumps(source, indent=2))  # YAML is a JSON superset
+
+
+# -- verification ---------------------------------------------------------------------------------
+
+
+def verify(primary: LocalRegistry, secondary: LocalRegistry, log_path: Path) -> tuple[bool, str]:
+    run = run_child(
+        [ENGINE, "verify", "--primary", json.dumps(primary.connection()),
+         "--secondary", json.dumps(secondary.connection()), "--json"],
+        log_path, Run(),
+    )
+    try:
+        records = json.loads(run.stdout)
+    except ValueError:
+        return False, f"verify failed: {run.error or 'no output'}"
+    in_sync = sum(1 for r in records if r.get("in_sync"))
+    ok = run.rc == 0 and in_sync == len(records) and bool(records)
+    return ok, f"{'in sync' if ok else 'NOT in sync'} ({in_sync}/{len(records)} repositories)"
+
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    return "n/a" if seconds is None or math.isnan(seconds) else f"{seconds:.2f}s"
+
+
+def fmt_ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or math.isnan(a) or math.isnan(b) or b <= 0:
+        return "n/a"
+    return f"{a / b:.2f}x"
+
+
+def fmt_mib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / MiB:.1f} MiB"
+
+
+def fmt_rss(kib: int | None) -> str:
+    return "n/a" if not kib else f"{kib / 1024:.0f} MiB"
+
+
+def fmt_cpu(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds:.1f}s"
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    return "\n".join("| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *rows])
+
+
+def load_average() -> str:
+    return (" ".join(f"{x:.2f}" for x in os.getloadavg()) + f" (1/5/15 min) on {os.cpu_count()} CPUs")
