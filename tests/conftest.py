@@ -16,6 +16,7 @@ os.environ["AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES"] = "0"  # failures show
 # replicate_events ends after its batch unless a test asks for the hot drain.
 os.environ["AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS"] = "0"
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import pytest
 
 from registry_replication.client import RegistryClient
 from registry_replication.leases import Leases
+from replication_harness.dag_runs import load_dags, migrate_metadata_db
 from replication_harness.keys import KeyPair, generate_key_pair
 from replication_harness.postgres import LocalPostgres
 from replication_harness.registry import LocalRegistry, Notifications
@@ -39,6 +41,22 @@ def default_store(tmp_path_factory: pytest.TempPathFactory,
     (``recorded_tags``) must not outlive the registries a test started."""
     folder = tmp_path_factory.mktemp("default-store")
     monkeypatch.setenv("REGISTRY_REPLICATION_DB_URL", f"sqlite:///{folder / 'replication.db'}")
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """A migrated metadata DB in the session's AIRFLOW_HOME: ``dag.test()`` needs one."""
+    migrate_metadata_db()
+    # Loading DAGs sets up Airflow's logging once, before any test's caplog attaches.
+    load_dags()
+
+
+@pytest.fixture
+def connections(monkeypatch: pytest.MonkeyPatch, primary: LocalRegistry,
+                secondary: LocalRegistry) -> None:
+    """The DAGs' registry connections point at this test's registries."""
+    monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_PRIMARY", json.dumps(primary.connection()))
+    monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_SECONDARY", json.dumps(secondary.connection()))
 
 
 @pytest.fixture(scope="session")

@@ -93,13 +93,18 @@ class AirflowStandalone:
         generated = self.home / "simple_auth_manager_passwords.json.generated"
         return json.loads(generated.read_text())["admin"]
 
-    def api(self, method: str, path: str, **kwargs: Any) -> Any:
-        """A call to Airflow's REST API (``/api/v2/...``) as the admin user."""
+    def token(self) -> str:
+        """A JWT of the admin user, for the REST API and the UI's ``_token`` cookie."""
         if self._token is None:
             response = requests.post(f"{self.url}/auth/token", timeout=10,
                                      json={"username": "admin", "password": self.password})
             response.raise_for_status()
             self._token = response.json()["access_token"]
+        return self._token
+
+    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A call to Airflow's REST API (``/api/v2/...``) as the admin user."""
+        self.token()
         for _ in range(30):
             response = requests.request(method, f"{self.url}/api/v2/{path.lstrip('/')}",
                                         timeout=30, headers={"Authorization": f"Bearer {self._token}"},

@@ -36,6 +36,18 @@ def tags_of(client: RegistryClient) -> dict[tuple[str, str], str]:
     return found
 
 
+def wait_for_replica(reader: RegistryClient, repository: str, tag: str, digest: str,
+                     timeout: float = 120) -> float:
+    """Seconds until ``repository:tag`` on ``reader`` is ``digest``."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        found = reader.head_manifest(repository, tag)
+        if found and found.digest == digest:
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise AssertionError(f"{repository}:{tag} did not reach the secondary in {timeout}s")
+
+
 @dataclass
 class PrimaryHistory:
     pushes: dict[tuple[str, str], list[tuple[float, str]]] = field(

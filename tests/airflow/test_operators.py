@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,19 +13,6 @@ from replication_harness import images
 from replication_harness.skopeo import skopeo_raw
 
 LOCAL_BUNDLE = "airflow.dag_processing.bundles.local.LocalDagBundle"
-
-
-@pytest.fixture(scope="module")
-def airflow_db() -> None:
-    """A migrated metadata DB in the session's AIRFLOW_HOME: dag.test() needs one."""
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
-                   capture_output=True, timeout=300)
-
-
-@pytest.fixture
-def connections(monkeypatch, primary, secondary) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_PRIMARY", json.dumps(primary.connection()))
-    monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_SECONDARY", json.dumps(secondary.connection()))
 
 
 PIPELINE = Path(__file__).parent / "pipeline"

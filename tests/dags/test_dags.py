@@ -14,33 +14,12 @@ from pathlib import Path
 import pytest
 
 from replication_harness import corpus, images
+from replication_harness.dag_runs import load_dags, run
 from registry_replication.recorded_tags import TagRecord
 from registry_replication.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
-
-
-@pytest.fixture(scope="session")
-def airflow_db():
-    """A migrated SQLite metadata DB in the session's AIRFLOW_HOME (dag.test() needs one)."""
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
-                   capture_output=True, timeout=300)
-    # Loading DAGs sets up Airflow's logging once, before any test's caplog attaches.
-    load_dags()
-
-
-@pytest.fixture
-def connections(monkeypatch, primary, secondary):
-    monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_PRIMARY", json.dumps(primary.connection()))
-    monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_SECONDARY", json.dumps(secondary.connection()))
-
-
-def load_dags():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(ROOT / "dags"))
-    return bag
 
 
 def test_dagbag_loads_every_dag_without_errors(airflow_db):
@@ -88,12 +67,6 @@ def test_no_metadata_db_access_from_task_code():
             if name and (name in forbidden or name.split(".")[-1] in forbidden):
                 offenders.append(f"{path.name}:{node.lineno}: {name}")
     assert offenders == []
-
-
-def run(dag_id: str, conf: dict | None = None):
-    bag = load_dags()
-    dag = bag.get_dag(dag_id)
-    return dag.test(run_conf=conf or {})
 
 
 def test_reconcile_replicates_then_does_nothing(airflow_db, connections, primary_writer,

@@ -12,20 +12,20 @@ import json
 import threading
 import time
 
-from test_dags import airflow_db, connections, run  # noqa: F401 (fixtures)
-from test_operating import SECRET, store, wait_for_events, webhook_url  # noqa: F401 (fixtures)
 
 from registry_replication.client import RegistryClient
 from replication_harness import images
+from replication_harness.dag_runs import run, wait_for_events
 from replication_harness.registry import Notifications
 from registry_replication.store.queue import Event
 
 
 def test_pushes_during_the_drain_replicate_in_the_same_run(
-        airflow_db, connections, store, webhook_url, start_registry, keys,  # noqa: F811
+        airflow_db, connections, store, webhook_url, webhook_secret, start_registry, keys,
         token_service, secondary_reader, monkeypatch, caplog):
     primary = start_registry("notifying", keys=keys, token_realm=token_service.realm,
-                             notifications=Notifications(webhook_url, SECRET, backoff="200ms"))
+                             notifications=Notifications(webhook_url, webhook_secret,
+                                                         backoff="200ms"))
     monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_PRIMARY", json.dumps(primary.connection()))
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS", "4")
     writer = RegistryClient(primary.client_config(), writable=True)
@@ -69,7 +69,7 @@ def test_pushes_during_the_drain_replicate_in_the_same_run(
 
 
 def test_without_an_idle_period_the_task_ends_after_its_batch(
-        airflow_db, connections, store, primary_writer, secondary_reader,  # noqa: F811
+        airflow_db, connections, store, primary_writer, secondary_reader,
         monkeypatch, caplog):
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS", "0")
     img = images.ImageFactory(layer_size=32 * 1024).make()

@@ -5,15 +5,15 @@ from __future__ import annotations
 import logging
 
 from replication_harness import images
+from replication_harness.dag_runs import run
 from registry_replication.status import status
 from registry_replication.store import Store
-from test_dags import airflow_db, connections, run  # noqa: F401 - fixtures
 
 ODD = "Foo/app"
 
 
 def test_reconcile_replicates_every_other_repository_and_names_the_odd_one(
-        airflow_db, connections, primary, primary_writer, secondary_reader, caplog):  # noqa: F811
+        airflow_db, connections, primary, primary_writer, secondary_reader, caplog):
     factory = images.ImageFactory()
     images.push_unchecked(primary, ODD, factory.make(), "1.0")
     wanted = {name: images.push(primary_writer, name, factory.make(), ["1.0"])

@@ -18,18 +18,16 @@ from airflow.sdk import BaseNotifier
 from airflow.sdk._shared.observability.metrics.base_stats_logger import NoStatsLogger
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from test_dags import airflow_db, connections, run  # noqa: F401 (fixtures)
 
 from registry_replication.client import RegistryClient
 from replication_harness import images
+from replication_harness.dag_runs import load_dags, run, wait_for_events
 from replication_harness.registry import Notifications
-from replication_harness.servers import serve_on_loopback
 from registry_replication.outcomes import EventStatus
 from registry_replication.store import Store
 from registry_replication.store.queue import Event
 from registry_replication.store.schema import events
 
-SECRET = "operating_Notification-Secret"
 METRICS_TOKEN = "scrape-Token-1"
 
 
@@ -80,33 +78,10 @@ def stats() -> Iterator[RecordingStatsLogger]:
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch) -> Store:
-    """The test's own replication store, for the tasks and the app alike."""
-    url = f"sqlite:///{tmp_path / 'replication.db'}"
-    monkeypatch.setenv("REGISTRY_REPLICATION_DB_URL", url)
-    return Store(url)
-
-
-@pytest.fixture
-def webhook_url(store) -> Iterator[str]:
-    from registry_replication.webhook import create_app
-
-    with serve_on_loopback(create_app(store, secret=SECRET)) as url:
-        yield f"{url}/events"
-
-
-@pytest.fixture
-def app(store, airflow_db):  # noqa: F811
+def app(store, airflow_db):
     from registry_replication.airflow.status_page import create_app
 
     return TestClient(create_app(store))
-
-
-def wait_for_events(store: Store, tags: set[str], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while {e["tag"] for e in store.queue.events()} < tags:
-        assert time.monotonic() < deadline, f"notifications for {tags} never arrived"
-        time.sleep(0.1)
 
 
 def scrape(app: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -119,7 +94,7 @@ def scrape(app: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
 
 
 def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
-        airflow_db, connections, store, webhook_url, app, start_registry, keys,  # noqa: F811
+        airflow_db, connections, store, webhook_url, webhook_secret, app, start_registry, keys,
         token_service, secondary_reader, monkeypatch, stats):
     # Without the variable there is no endpoint; with it, a wrong token is refused.
     monkeypatch.delenv("REGISTRY_REPLICATION_METRICS_TOKEN", raising=False)
@@ -131,7 +106,8 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
 
     # A primary that notifies the webhook (the connections fixture's primary is replaced).
     primary = start_registry("notifying", keys=keys, token_realm=token_service.realm,
-                             notifications=Notifications(webhook_url, SECRET, backoff="200ms"))
+                             notifications=Notifications(webhook_url, webhook_secret,
+                                                         backoff="200ms"))
     monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_PRIMARY", json.dumps(primary.connection()))
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__EVENT_MAX_ATTEMPTS", "1")
     writer = RegistryClient(primary.client_config(), writable=True)
@@ -210,7 +186,7 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
     assert len(timings) == 2 and all(t.total_seconds() > 0 for t in timings)
 
 
-def test_notifier_on_failure_and_on_recovery_only(airflow_db, connections, store, primary,  # noqa: F811
+def test_notifier_on_failure_and_on_recovery_only(airflow_db, connections, store, primary,
                                                   primary_writer, secondary_reader, monkeypatch):
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__NOTIFIER",
                        f"{__name__}.RecordingNotifier")
@@ -249,10 +225,9 @@ def test_notifier_on_failure_and_on_recovery_only(airflow_db, connections, store
     assert [r["state"] for r in _outcomes(store)] == ["failed", "success", "success"]
 
 
-def test_reconcile_deadline_alert(airflow_db, store, monkeypatch):  # noqa: F811
+def test_reconcile_deadline_alert(airflow_db, store, monkeypatch):
     """Airflow 3.3's DeadlineAlert, when configured: its callback notifies "overdue"."""
     from registry_replication.airflow import alerts
-    from test_dags import load_dags
 
     assert load_dags().get_dag("registry_reconcile").deadline is None  # off by default
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__RECONCILE_DEADLINE_MINUTES", "90")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import sqlalchemy as sa
-from test_dags import airflow_db, connections, run  # noqa: F401 (fixtures)
 
 from replication_harness import images
+from replication_harness.dag_runs import run
 
 
 def test_reconcile_writes_its_artifacts_to_storage_and_removes_old_runs(
-        airflow_db, connections, primary_writer, secondary_reader, tmp_path,  # noqa: F811
+        airflow_db, connections, primary_writer, secondary_reader, tmp_path,
         monkeypatch, caplog):
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
@@ -70,7 +70,7 @@ def test_reconcile_writes_its_artifacts_to_storage_and_removes_old_runs(
 
 
 def test_a_no_op_reconcile_verifies_the_secondary_it_listed_once(
-        airflow_db, connections, primary_writer, secondary_reader,  # noqa: F811
+        airflow_db, connections, primary_writer, secondary_reader,
         tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH", f"file://{tmp_path}")
     img = images.ImageFactory(layer_size=16 * 1024).make()

@@ -17,7 +17,7 @@ import pytest
 
 from replication_harness.cluster import AirflowCluster
 from replication_harness.postgres import LocalPostgres
-from replication_harness.registry import LocalRegistry, free_port
+from replication_harness.registry import LocalRegistry, Notifications, free_port
 from replication_harness.standalone import AirflowStandalone
 from registry_replication.store import Store
 from registry_replication.store.schema import metadata
@@ -89,3 +89,27 @@ def start_standalone() -> Iterator[Callable[..., AirflowStandalone]]:
     yield start
     for airflow in started:
         airflow.stop()
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def notified_stack(request, tmp_path, start_registry, keys, token_service, start_standalone):
+    """Registries, and an Airflow they notify: standalone (SQLite store) or the cluster."""
+    cluster = request.getfixturevalue("cluster") if request.param == "cluster" else None
+    port = cluster.port if cluster else free_port()
+    primary = start_registry(
+        "primary", keys=keys, token_realm=token_service.realm,
+        notifications=Notifications(f"http://127.0.0.1:{port}/registry-replication/events", SECRET,
+                                    backoff="500ms"),
+    )
+    secondary = start_registry("secondary", keys=keys, token_realm=token_service.realm)
+    if cluster:
+        store = request.getfixturevalue("use_cluster")(primary, secondary)
+        cluster.api("PATCH", "dags/registry_events", json={"is_paused": False})
+        return primary, secondary, cluster, store
+    db_url = f"sqlite:///{tmp_path / 'events.db'}"
+    # The hot drain on (short, so the run a pause leaves going ends soon): pushes made one
+    # after another replicate within the same replicate_events task.
+    airflow = start_standalone(tmp_path / "airflow", primary, secondary, db_url, port=port,
+                               AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS="5")
+    airflow.wait_for_dag("registry_events")
+    return primary, secondary, airflow, Store(db_url)

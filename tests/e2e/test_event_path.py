@@ -10,41 +10,11 @@ from __future__ import annotations
 import statistics
 import time
 
-import pytest
-
 from registry_replication.client import RegistryClient
 from replication_harness import images
 from replication_harness.cluster import AirflowCluster
-from replication_harness.registry import Notifications, free_port
 from replication_harness.standalone import AirflowStandalone
-from registry_replication.store import Store
-
-SECRET = "e2e_Notification-Secret"  # the cluster's (tests/e2e/conftest.py)
-
-
-@pytest.fixture(params=["standalone", "cluster"])
-def stack(request, tmp_path, start_registry, keys, token_service, start_standalone):
-    """Registries, and an Airflow they notify: standalone (SQLite store) or the cluster."""
-    cluster = request.getfixturevalue("cluster") if request.param == "cluster" else None
-    port = cluster.port if cluster else free_port()
-    primary = start_registry(
-        "primary", keys=keys, token_realm=token_service.realm,
-        notifications=Notifications(f"http://127.0.0.1:{port}/registry-replication/events", SECRET,
-                                    backoff="500ms"),
-    )
-    secondary = start_registry("secondary", keys=keys, token_realm=token_service.realm)
-    if cluster:
-        store = request.getfixturevalue("use_cluster")(primary, secondary)
-        cluster.api("PATCH", "dags/registry_events", json={"is_paused": False})
-        return primary, secondary, cluster, store
-    db_url = f"sqlite:///{tmp_path / 'events.db'}"
-    # The hot drain on (short, so the run a pause leaves going ends soon): pushes made one
-    # after another replicate within the same replicate_events task.
-    airflow = start_standalone(tmp_path / "airflow", primary, secondary, db_url, port=port,
-                               AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS="5")
-    airflow.wait_for_dag("registry_events")
-    return primary, secondary, airflow, Store(db_url)
-
+from replication_harness.watch import wait_for_replica
 
 def stop_api_server(airflow: AirflowStandalone) -> None:
     if isinstance(airflow, AirflowCluster):
@@ -61,17 +31,6 @@ def start_api_server(airflow: AirflowStandalone) -> None:
     airflow.wait_ready()
 
 
-def wait_for_replica(reader: RegistryClient, repository: str, tag: str, digest: str,
-                     timeout: float = 120) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        found = reader.head_manifest(repository, tag)
-        if found and found.digest == digest:
-            return time.monotonic() - started
-        time.sleep(0.1)
-    raise AssertionError(f"{repository}:{tag} did not reach the secondary in {timeout}s")
-
-
 def wait_until_no_task_is_running(airflow: AirflowStandalone, dag_id: str, task_id: str,
                                   timeout: float = 120) -> None:
     """A paused DAG's running task carries on (a draining ``replicate_events``): wait for it."""
@@ -83,8 +42,8 @@ def wait_until_no_task_is_running(airflow: AirflowStandalone, dag_id: str, task_
         time.sleep(0.5)
 
 
-def test_push_replicates_by_itself_and_survives_an_api_server_restart(stack, capsys):
-    primary, secondary, airflow, store = stack
+def test_push_replicates_by_itself_and_survives_an_api_server_restart(notified_stack, capsys):
+    primary, secondary, airflow, store = notified_stack
     writer = RegistryClient(primary.client_config(), writable=True)
     reader = RegistryClient(secondary.client_config())
     factory = images.ImageFactory(layer_size=256 * 1024)

@@ -14,14 +14,14 @@ import requests
 
 from registry_replication.client import RegistryClient
 from replication_harness import images
+from replication_harness.watch import wait_for_replica
 from registry_replication.outcomes import EventStatus
-from test_event_path import stack, wait_for_replica  # noqa: F401 - the fixture
 
 ODD = "Foo/app"
 
 
-def test_an_odd_push_is_rejected_and_the_next_push_still_replicates(stack, capsys):  # noqa: F811
-    primary, secondary, airflow, store = stack
+def test_an_odd_push_is_rejected_and_the_next_push_still_replicates(notified_stack, capsys):
+    primary, secondary, airflow, store = notified_stack
     writer = RegistryClient(primary.client_config(), writable=True)
     reader = RegistryClient(secondary.client_config())
     factory = images.ImageFactory(layer_size=64 * 1024)

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
-from test_status_page import ARTIFACTS, Chromium, token
 
 from registry_replication.client import RegistryClient
 from replication_harness import images
+from replication_harness.browser import ARTIFACTS, Chromium
 from replication_harness.registry import Notifications, free_port
 from replication_harness.standalone import AirflowStandalone
 from registry_replication.store import Store
@@ -122,7 +122,7 @@ def test_chart_dead_letter_retry_csrf_and_sync_now(stack):
     wait(lambda: {e["status"] for e in store.queue.events() if e["repository"] == "group/ok"}
          == {"done"}, "group/ok's events acknowledged")
 
-    jwt = token(airflow)
+    jwt = airflow.token()
     ARTIFACTS.mkdir(exist_ok=True)
     with Chromium(height=1100) as browser:
         browser.set_cookie("_token", jwt, airflow.url)
