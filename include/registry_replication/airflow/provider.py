@@ -13,6 +13,8 @@ from registry_replication import __version__
 from registry_replication.config import AUTH_KINDS
 
 CONN_TYPE = "oci_registry"
+INTEGRATION = "OCI Registry Replication"
+GEO_DOCS = "https://docs.gitlab.com/administration/geo/replication/container_registry/"
 
 
 def _field(label: str, description: str, **schema: Any) -> dict[str, Any]:
@@ -61,6 +63,21 @@ def get_provider_info() -> dict[str, Any]:
         "name": "Registry Replication",
         "description": "Replicate a primary container registry to a secondary, GitLab Geo style.",
         "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": INTEGRATION,
+                "external-doc-url": GEO_DOCS,
+                "tags": ["software"],
+            }
+        ],
+        "operators": [{"integration-name": INTEGRATION,
+                       "python-modules": ["registry_replication.airflow.operators"]}],
+        "sensors": [{"integration-name": INTEGRATION,
+                     "python-modules": ["registry_replication.airflow.sensors"]}],
+        "hooks": [{"integration-name": INTEGRATION,
+                   "python-modules": ["registry_replication.airflow.hooks"]}],
+        "triggers": [{"integration-name": INTEGRATION,
+                      "python-modules": ["registry_replication.airflow.triggers"]}],
         "connection-types": [
             {
                 "hook-class-name": "registry_replication.airflow.hooks.OciRegistryHook",
