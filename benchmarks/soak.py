@@ -184,7 +184,7 @@ def soak(workdir: Path, *, minutes: float, kills: int, reconcile_every: float, s
             "violations": watch.violations,
             "kills": killed,
             "reconcile runs": dict(states),
-            "events": Store(db_url).queue.queue()["counts"],
+            "events": Store(db_url).queue.stats()["counts"],
             "converged_seconds": converged,
             "tags": len(expected),
         }

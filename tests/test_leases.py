@@ -141,7 +141,7 @@ def test_concurrent_claimers_never_share_or_lose_an_event(store_url):
     with _processes() as pool:
         processed = [i for one in pool.map(_claimer, [store_url] * 8, [start] * 8) for i in one]
     assert sorted(processed) == sorted(f"e{i}" for i in range(300))  # once each, none lost
-    assert Store(store_url).queue.queue()["counts"]["done"] == 300
+    assert Store(store_url).queue.stats()["counts"]["done"] == 300
 
 
 def test_claimed_events_live_as_long_as_their_writer(store_url):
@@ -156,4 +156,4 @@ def test_claimed_events_live_as_long_as_their_writer(store_url):
         again_owner, again = store.queue.claim()
         assert [e.id for e in again] == [e.id for e in dead_claim]  # the killed writer's event
         store.queue.complete(owner, [e.id for e in claimed])
-    assert store.queue.queue()["counts"]["done"] == 1
+    assert store.queue.stats()["counts"]["done"] == 1

@@ -36,7 +36,7 @@ def test_claim_complete_and_idempotent_add(tmp_path):
     assert [e.id for e in claimed] == ["e1", "e2"] and claimed[0].attempts == 1
     assert store.queue.ready_count() == 0 and store.queue.claim()[1] == []  # leased, not claimable twice
     store.queue.complete(owner, ["e1", "e2"])
-    assert store.queue.queue()["counts"] == {"pending": 0, "processing": 0, "done": 2, "failed": 0,
+    assert store.queue.stats()["counts"] == {"pending": 0, "processing": 0, "done": 2, "failed": 0,
                                        "rejected": 0}
 
 
@@ -47,7 +47,7 @@ def test_expired_lease_is_reclaimed(tmp_path):
     owner, claimed = store.queue.claim()
     assert [e.id for e in claimed] == ["e1"] and owner != crashed_owner
     store.queue.complete(crashed_owner, ["e1"])  # a late ack from the dead run changes nothing
-    assert store.queue.queue()["counts"]["processing"] == 1
+    assert store.queue.stats()["counts"]["processing"] == 1
 
 
 def test_retry_backs_off_then_fails(tmp_path):

@@ -48,7 +48,7 @@ def assert_premigration_store_upgrades(url: str) -> None:
     store = Store(url)  # the first use upgrades it
     with store.engine.connect() as conn:
         assert migrate.current(conn) == migrate.head()
-    assert store.queue.queue()["counts"] == {"pending": 3, "processing": 0, "done": 2,
+    assert store.queue.stats()["counts"] == {"pending": 3, "processing": 0, "done": 2,
                                              "failed": 0, "rejected": 0}
     assert store.history.last_run("registry_reconcile")["summary"] == {"copied": 3}
     assert [(r["digest"], r["code"]) for r in store.history.failed_layers()] == [

@@ -43,7 +43,7 @@ def figures(store: Store, now: dt.datetime | None = None) -> dict[str, Any]:
     now = now or dt.datetime.now(dt.timezone.utc)
     page = statuses.status(store, now=now, with_history=False)
     counts = store.queue.status_counts()
-    queue = store.queue.queue()
+    queue = store.queue.stats()
     states = {label: page["states"].get(state, 0) for state, label in STATE_LABELS.items()}
     buckets, count, total = store.history.push_latency_histogram(LATENCY_BUCKETS)
     return {

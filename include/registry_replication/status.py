@@ -56,7 +56,7 @@ def status(store: Store, *, ui_url: str = "", now: dt.datetime | None = None,
     reconcile = store.history.last_run(RECONCILE_DAG_ID)
     summary = (reconcile or {}).get("summary") or {}
 
-    queue = store.queue.queue()
+    queue = store.queue.stats()
     counts = store.queue.status_counts()
     return {
         "generated_at": _iso(now),

@@ -80,4 +80,4 @@ def test_push_replicates_by_itself_and_survives_an_api_server_restart(notified_s
     start_api_server(airflow)
     airflow.api("PATCH", "dags/registry_events", json={"is_paused": False})
     wait_for_replica(reader, "group/app", "after-restart", late.digest, timeout=180)
-    assert store.queue.queue()["counts"]["pending"] == 0
+    assert store.queue.stats()["counts"]["pending"] == 0

@@ -102,7 +102,7 @@ def test_an_event_out_of_grammar_is_rejected_and_the_rest_kept(client, store, ca
     # Never claimable: only the good event comes out of the queue.
     _, claimed = store.queue.claim()
     assert [e.id for e in claimed] == [good["id"]]
-    assert store.queue.queue()["counts"][EventStatus.REJECTED] == 1
+    assert store.queue.stats()["counts"][EventStatus.REJECTED] == 1
 
 
 @pytest.mark.parametrize("broken", [
@@ -145,7 +145,7 @@ def test_one_bad_event_never_blocks_the_next_envelopes(client, store):
     for i in range(20):
         events = [event(repository="Foo/app", tag=f"v{i}"), event(tag=f"v{i}")]
         assert post(client, events).status_code == 200
-    counts = store.queue.queue()["counts"]
+    counts = store.queue.stats()["counts"]
     assert (counts[EventStatus.PENDING], counts[EventStatus.REJECTED]) == (20, 20)
 
 

@@ -151,8 +151,8 @@ class EventQueue:
 
     # -- status -------------------------------------------------------------------------------
 
-    def queue(self) -> dict[str, Any]:
-        """Depth per status and the age of the oldest waiting event."""
+    def stats(self) -> dict[str, Any]:
+        """Events per status and the age of the oldest waiting event."""
         with self.engine.connect() as conn:
             counts = dict(conn.execute(
                 sa.select(events.c.status, sa.func.count()).group_by(events.c.status)).all())
