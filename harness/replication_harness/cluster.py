@@ -174,6 +174,9 @@ class AirflowCluster(AirflowStandalone):
             # its task instances fail and are retried elsewhere.
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+            # A task the dead worker had taken off the queue but not started heartbeats nowhere:
+            # it is revoked and queued again after this (Airflow's default: 600 s).
+            "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "90",
             "AIRFLOW__REGISTRY_REPLICATION__COPY_QUEUE": COPY_QUEUE,
             "AIRFLOW__REGISTRY_REPLICATION__COPY_POOL": COPY_POOL,
             "REGISTRY_REPLICATION_DB_URL": self.store_url,
