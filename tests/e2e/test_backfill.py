@@ -22,6 +22,16 @@ def test_backfill_runs_reconcile_idempotently(tmp_path, primary, secondary, prim
     }) as airflow:
         airflow.wait_ready()
         airflow.wait_for_dag("registry_reconcile")
+        # Fewer writers on the standalone's SQLite while the backfill is created: Airflow 3.3's
+        # scheduler dies (ObjectDeletedError) if it sees a backfill run that the API then rolls
+        # back on "database is locked" (HTTP 503). The event DAG is not part of this test, and
+        # the hourly run the scheduler started on its own finishes first.
+        airflow.api("PATCH", "dags/registry_events", json={"is_paused": True})
+        deadline = time.monotonic() + 300
+        while airflow.api("GET", "dags/registry_reconcile/dagRuns",
+                          params={"state": ["queued", "running"]})["total_entries"]:
+            assert time.monotonic() < deadline, "the scheduled reconcile did not finish"
+            time.sleep(2)
         body = {"dag_id": "registry_reconcile", "from_date": "2026-11-27T00:00:00Z",
                 "to_date": "2026-11-27T01:00:00Z", "max_active_runs": 1, "run_backwards": False,
                 "dag_run_conf": {}, "reprocess_behavior": "completed"}
