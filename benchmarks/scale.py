@@ -36,7 +36,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -54,6 +53,7 @@ from replication_harness.measure import (
     fmt_seconds,
     load_average,
     markdown,
+    prepare_workdir,
     run_child,
     skopeo_sync,
     write_skopeo_yaml,
@@ -182,13 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-cli", action="store_true", help="skip the CLI and skopeo runs")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="scale-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    # The CLI's own replication store (leases, the record of the secondary's tags): a store
-    # left by an earlier run must not describe this run's fresh secondaries.
-    os.environ["REGISTRY_REPLICATION_DB_URL"] = f"sqlite:///{workdir / 'replication-cli.db'}"
+    workdir = prepare_workdir(args.workdir, prefix="scale-")
     logs = workdir / "logs"
-    logs.mkdir(exist_ok=True)
     registries: list[LocalRegistry] = []
 
     def start(name: str, fresh: bool = True) -> LocalRegistry:

@@ -42,12 +42,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -63,6 +61,7 @@ from replication_harness.measure import (
     fmt_rss,
     fmt_seconds,
     load_average,
+    prepare_workdir,
     skopeo_sync,
     text_table,
     timed,
@@ -186,13 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not shutil.which(tool):
             print(f"{tool} is not installed", file=sys.stderr)
             return 2
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sync-vs-skopeo-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    # The CLI's own replication store (leases, the record of the secondary's tags): a store
-    # left by an earlier run must not describe this run's fresh secondaries.
-    os.environ["REGISTRY_REPLICATION_DB_URL"] = f"sqlite:///{workdir / 'replication-cli.db'}"
+    workdir = prepare_workdir(args.workdir, prefix="sync-vs-skopeo-")
     logs = workdir / "logs"
-    logs.mkdir(exist_ok=True)
     registries: list[LocalRegistry] = []
 
     def start(name: str) -> LocalRegistry:

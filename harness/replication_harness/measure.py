@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,18 @@ class PrimaryMeter:
 
 
 TIME = "/usr/bin/time"  # GNU time: reports the peak RSS of a process it forked itself
+
+
+def prepare_workdir(given: Path | None, prefix: str) -> Path:
+    """The benchmark's work directory (a new temporary one unless given), with ``logs/``.
+
+    The CLI's replication store (leases, the record of the secondary's tags) goes in it: a
+    store left by an earlier run must not describe this run's fresh secondaries.
+    """
+    workdir = given or Path(tempfile.mkdtemp(prefix=prefix))
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    os.environ["REGISTRY_REPLICATION_DB_URL"] = f"sqlite:///{workdir / 'replication-cli.db'}"
+    return workdir
 
 
 def measured(argv: Sequence[str], rss_path: Path) -> list[str]:
