@@ -44,8 +44,12 @@ from pathlib import Path
 
 import psutil
 
+from registry_replication.recorded_tags import TagRecord
+from registry_replication.store import Store
+from replication_harness.floor import floor_primary_noop
 from replication_harness.measure import (
     ENGINE,
+    PrimaryMeter,
     Run,
     engine_sync,
     fmt_mib,
@@ -56,6 +60,7 @@ from replication_harness.measure import (
     prepare_workdir,
     run_child,
     skopeo_sync,
+    timed,
     write_skopeo_yaml,
 )
 from replication_harness.registry import LocalRegistry
@@ -204,8 +209,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run
 
     def record_dag(name: str, conf: dict) -> None:
-        run, per_task = dag_run(env, conf, logs / f"{name.replace(' ', '-')}.log")
-        record(name, run)
+        per_task: list[list[str]] = []
+
+        def one() -> Run:
+            run, rows = dag_run(env, conf, logs / f"{name.replace(' ', '-')}.log")
+            per_task.extend(rows)
+            return run
+
+        record(name, timed(meter, one))
         task_rows.extend([[name, *row] for row in per_task])
 
     try:
@@ -221,14 +232,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.generate_only:
             return 0
 
+        meter = PrimaryMeter(primary)
         if not args.no_cli:
             cli = start("secondary-cli")
-            record("CLI full", engine_sync(primary, cli, logs / "cli-full.log"))
-            record("CLI no-op", engine_sync(primary, cli, logs / "cli-noop.log"))
+            record("CLI full", timed(meter, engine_sync, primary, cli, logs / "cli-full.log"))
+            record("CLI no-op", timed(meter, engine_sync, primary, cli, logs / "cli-noop.log"))
             skopeo_yaml = workdir / "skopeo-source.yaml"
             write_skopeo_yaml(primary, corpus, skopeo_yaml)
-            record("skopeo sync no-op", skopeo_sync(skopeo_yaml, cli, logs / "skopeo-noop.log"))
+            record("skopeo sync no-op",
+                   timed(meter, skopeo_sync, skopeo_yaml, cli, logs / "skopeo-noop.log"))
             cli.stop()
+            # The least a correct no-op asks of the primary, by curl: what is left of a no-op
+            # once the client costs nothing. The conditional one uses the CLI's record.
+            record("floor: primary HEADs (curl)",
+                   timed(meter, floor_primary_noop, primary, corpus, 16, logs))
+            known = {pair: d.digest for pair, d in
+                     TagRecord(Store()).descriptors(corpus.repositories).items()}
+            record("floor: primary conditional HEADs (curl)",
+                   timed(meter, floor_primary_noop, primary, corpus, 16, logs, known))
 
         dag = start("secondary-dag")
         shutil.rmtree(workdir / "airflow", ignore_errors=True)
@@ -244,11 +265,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n{corpus.tags} tags, {len(corpus.repositories)} repositories, "
               f"load average {load_average()}\n")
         skopeo_noop = by_name["skopeo sync no-op"].seconds if "skopeo sync no-op" in by_name else 0
-        print(markdown(["run", "wall", "vs skopeo no-op", "peak RSS", "notes"], [
+        print(markdown(["run", "wall", "vs skopeo no-op", "peak RSS", "primary CPU", "notes"], [
             [name, fmt_seconds(run.seconds),
              f"{run.seconds / skopeo_noop:.3f}x" if skopeo_noop and run.seconds else "-",
-             fmt_rss(run.max_rss_kib), (run.note or "") + (f" FAILED: {run.error}" if run.error
-                                                             else "")]
+             fmt_rss(run.max_rss_kib),
+             "-" if run.primary_cpu_seconds is None else f"{run.primary_cpu_seconds:.1f}s",
+             (run.note or "") + (f" FAILED: {run.error}" if run.error else "")]
             for name, run in rows]))
         print("\nper task (peak RSS: the `airflow dags test` process while the task ran, "
               "sampled every 0.2 s; all map indexes of a mapped task together)\n")
@@ -257,6 +279,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         fixed = by_name["registry_reconcile empty scope"].seconds
         noop = by_name["registry_reconcile no-op"].seconds
         cli_noop = by_name["CLI no-op"].seconds if "CLI no-op" in by_name else None
+        floors = [by_name.get(f"floor: primary {kind}HEADs (curl)") for kind in ("", "conditional ")]
+        if skopeo_noop and all(f and f.ok for f in floors):
+            print(f"\nthe primary's floor (tag lists + a HEAD per tag by curl): "
+                  f"{floors[0].seconds:.2f}s = {floors[0].seconds / skopeo_noop:.3f}x skopeo's "
+                  f"no-op; conditional {floors[1].seconds:.2f}s = "
+                  f"{floors[1].seconds / skopeo_noop:.3f}x")
         if fixed and noop and cli_noop:
             print(f"\nDAG no-op {noop:.1f}s vs CLI no-op + Airflow's fixed cost "
                   f"{cli_noop:.1f} + {fixed:.1f} = {cli_noop + fixed:.1f}s")

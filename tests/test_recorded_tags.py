@@ -223,3 +223,33 @@ def _wait_for(condition, timeout: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_the_primary_is_read_with_conditional_heads_yet_every_move_is_seen(
+    primary, secondary, any_store, primary_writer, secondary_reader,
+):
+    factory = images.ImageFactory()
+    images.push(primary_writer, "app", factory.make(), ["v1"])
+    images.push(primary_writer, "app", factory.make(), ["v2"])
+    with FaultProxy(primary.url) as primary_proxy:
+        source = through(primary, primary_proxy.url)
+        with Leases(any_store) as leases:
+            run_sync(source, RegistryClient(secondary.client_config(), writable=True),
+                     SyncOptions(), leases=leases)
+        moved = images.push(primary_writer, "app", factory.make(), ["v1"])  # no event: unseen
+        added = images.push(primary_writer, "app", factory.make(), ["v3"])
+        primary_proxy.log.clear()
+        with Leases(any_store) as leases:
+            report = run_sync(source, RegistryClient(secondary.client_config(), writable=True),
+                              SyncOptions(), leases=leases)
+
+    heads = {path.rsplit("/", 1)[1]: status for method, path, status in primary_proxy.log
+             if method == "HEAD" and "/manifests/v" in path}
+    # The unchanged tag is confirmed without the manifest being read; the moved tag's
+    # condition fails and the registry answers with its new digest; the new tag had no record.
+    assert heads["v2"] == 304 and heads["v1"] == 200 and heads["v3"] == 200, primary_proxy.log
+    listed = dict(zip(report.primary.tags["tag"], report.primary.tags["digest"]))
+    assert listed == {t: primary_writer.head_manifest("app", t).digest for t in ("v1", "v2", "v3")}
+    assert secondary_reader.head_manifest("app", "v1").digest == moved
+    assert secondary_reader.head_manifest("app", "v3").digest == added
+    assert report.verification["in_sync"].all() and not report.failed

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from replication_harness.registry import LocalRegistry
 from replication_harness.synthetic import Corpus
 
@@ -35,6 +37,7 @@ class Run:
     max_rss_kib: int | None = None
     cpu_seconds: float | None = None  # user + system of the tool's processes
     primary_sent: int | None = None  # bytes the primary wrote to sockets during the run
+    primary_cpu_seconds: float | None = None  # the primary registry's CPU during the run
     bytes_read: int | None = None  # as the tool itself reports (or by construction)
     stdout: str = ""
     stderr_path: Path | None = None
@@ -47,21 +50,25 @@ class Run:
 
 
 class PrimaryMeter:
-    """Bytes the primary registry wrote to sockets: its ``wchar`` minus its log file's growth."""
+    """What the primary registry spent on a run: the bytes it wrote to sockets (its ``wchar``
+    minus its log file's growth) and its CPU seconds."""
 
     def __init__(self, registry: LocalRegistry) -> None:
         self.registry = registry
 
-    def sample(self) -> tuple[int, int] | None:
+    def sample(self) -> tuple[int, int, float] | None:
         try:
-            io = Path(f"/proc/{self.registry.process.pid}/io").read_text()
-        except (OSError, AttributeError):
+            pid = self.registry.process.pid
+            io = Path(f"/proc/{pid}/io").read_text()
+            cpu = psutil.Process(pid).cpu_times()
+        except (OSError, AttributeError, psutil.Error):
             return None
         wchar = next(int(line.split()[1]) for line in io.splitlines() if line.startswith("wchar:"))
-        return wchar, self.registry.log_path.stat().st_size
+        return wchar, self.registry.log_path.stat().st_size, cpu.user + cpu.system
 
     @staticmethod
-    def delta(before: tuple[int, int] | None, after: tuple[int, int] | None) -> int | None:
+    def delta(before: tuple[int, int, float] | None,
+              after: tuple[int, int, float] | None) -> int | None:
         if before is None or after is None:
             return None
         return (after[0] - before[0]) - (after[1] - before[1])
@@ -136,9 +143,13 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def timed(meter: PrimaryMeter, fn: Callable[..., Run], *args: object) -> Run:
+    """``fn(*args)``, with what the primary spent on it."""
     before = meter.sample()
     run = fn(*args)
-    run.primary_sent = PrimaryMeter.delta(before, meter.sample())
+    after = meter.sample()
+    run.primary_sent = PrimaryMeter.delta(before, after)
+    if before and after:
+        run.primary_cpu_seconds = after[2] - before[2]
     return run
 
 

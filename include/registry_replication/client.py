@@ -76,11 +76,12 @@ OpenBody = Callable[[int], Iterable[bytes]]
 
 @dataclass(frozen=True)
 class Descriptor:
-    """What ``HEAD`` of a manifest tells: its digest, media type and size."""
+    """What ``HEAD`` of a manifest tells: its digest, media type and size (None: not known, a
+    descriptor recalled from a record rather than read from a registry)."""
 
     digest: str
     media_type: str
-    size: int
+    size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -244,13 +245,26 @@ class RegistryClient:
 
     # -- manifests ------------------------------------------------------------------------------
 
-    def head_manifest(self, repository: str, reference: str) -> Descriptor | None:
-        """The digest, media type and size of a tag or digest; None when it does not exist."""
+    def head_manifest(
+        self, repository: str, reference: str, *, known: Descriptor | None = None
+    ) -> Descriptor | None:
+        """The digest, media type and size of a tag or digest; None when it does not exist.
+
+        ``known``: what the caller last saw there. The request is then conditional
+        (``If-None-Match``): a registry whose reference still resolves to that digest answers
+        304 without reading the manifest (a fifth of distribution's CPU per ``HEAD``), and
+        ``known`` is returned. Any other answer is read as usual.
+        """
         validate_repository(repository)
         validate_reference(reference)
+        headers = {"Accept": mediatypes.MANIFEST_ACCEPT}
+        if known is not None:
+            headers["If-None-Match"] = f'"{known.digest}"'
         response = self._at("HEAD", repository, "manifests", reference, "check manifest",
-                            headers={"Accept": mediatypes.MANIFEST_ACCEPT}, ok=(200, 404))
+                            headers=headers, ok=(200, 304, 404))
         response.close()
+        if response.status_code == 304 and known is not None:
+            return known
         if response.status_code == 404:
             return None
         digest = response.headers.get("Docker-Content-Digest")

@@ -29,14 +29,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pandas as pd
 import sqlalchemy as sa
 
-from registry_replication.client import RegistryClient
+from registry_replication.client import Descriptor, RegistryClient
 from registry_replication.errors import RegistryError
 from registry_replication.reference import InvalidReference, validate_repository
 from registry_replication.snapshot import COLUMNS, Scope, Snapshot, problem_line, take_snapshot
@@ -160,6 +160,18 @@ class TagRecord:
                          .where(recorded_tags.c.repository.in_(wanted[start:start + 500])))
                 frames.append(pd.DataFrame(conn.execute(query).all(), columns=columns))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+    def descriptors(self, repositories: Sequence[str]) -> dict[tuple[str, str], Descriptor]:
+        """{(repository, tag): descriptor} of the tags recorded present with their media type:
+        what a listing of the primary confirms with conditional HEADs (``known``)."""
+        rows = self.tags(repositories)
+        if not len(rows):
+            return {}
+        rows = rows[(rows["state"] == PRESENT) & rows["digest"].notna()
+                    & rows["media_type"].notna()]
+        return {(repository, tag): Descriptor(digest, media_type)
+                for repository, tag, digest, media_type in zip(
+                    rows["repository"], rows["tag"], rows["digest"], rows["media_type"])}
 
     def repositories(self) -> set[str]:
         """Every repository with a recorded tag or verification."""

@@ -15,14 +15,14 @@ import fnmatch
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from registry_replication import mediatypes as mt
-from registry_replication.client import RegistryClient
+from registry_replication.client import Descriptor, RegistryClient
 from registry_replication.errors import RegistryError
 from registry_replication.reference import InvalidReference, validate_repository, validate_tag
 
@@ -132,6 +132,8 @@ def _shown(value: object, limit: int = 255) -> str:
 REPOSITORY_BATCH = 32
 
 Row = tuple[str, str, str, str]
+# What the caller last saw of some repositories' tags: {(repository, tag): descriptor}.
+KnownTags = Callable[[Sequence[str]], Mapping[tuple[str, str], Descriptor]]
 
 
 @dataclass
@@ -150,11 +152,12 @@ def take_snapshot(
     *,
     concurrency: int = 16,
     repositories: Iterable[str] | None = None,
+    known: KnownTags | None = None,
 ) -> Snapshot:
     """List a registry into memory. ``repositories`` skips the catalog and lists just those."""
     rows: list[Row] = []
     listing = stream_snapshot(client, rows.extend, scope, concurrency=concurrency,
-                              repositories=repositories)
+                              repositories=repositories, known=known)
     return Snapshot(listing.registry, pd.DataFrame(rows, columns=COLUMNS), listing.errors,
                     listing.problems)
 
@@ -167,10 +170,17 @@ def stream_snapshot(
     concurrency: int = 16,
     repositories: Iterable[str] | None = None,
     batch: int = REPOSITORY_BATCH,
+    known: KnownTags | None = None,
 ) -> Listing:
     """List a registry, ``batch`` repositories at a time (their tag lists, then a ``HEAD`` of
     each tag, ``concurrency`` requests in flight), handing each batch's rows to ``sink``: a
-    registry of any size is listed in the memory of one batch."""
+    registry of any size is listed in the memory of one batch.
+
+    ``known(repositories)``: what the caller last saw of those repositories' tags (the record
+    of the secondary's tags). Each of those tags is ``HEAD``ed conditionally: the registry
+    confirms an unchanged tag without reading its manifest. Whatever ``known`` says, the rows
+    are what the registry holds now.
+    """
     listing = Listing(client.url)
     errors, problems = listing.errors, listing.problems
 
@@ -222,10 +232,12 @@ def stream_snapshot(
                 wanted.append((name, tag))
         return wanted
 
+    expected: Mapping[tuple[str, str], Descriptor] = {}
+
     def head(pair: tuple[str, str]) -> Row | None:
         repository, tag = pair
         try:
-            descriptor = client.head_manifest(repository, tag)
+            descriptor = client.head_manifest(repository, tag, known=expected.get(pair))
         except RegistryError as exc:
             registry_problem(repository, tag, exc)
             return None
@@ -239,8 +251,10 @@ def stream_snapshot(
 
     with ThreadPoolExecutor(concurrency, thread_name_prefix="snapshot") as pool:
         for start in range(0, len(names), batch):
-            pairs = [pair for found in pool.map(list_tags, names[start:start + batch])
-                     for pair in found]
+            chunk = names[start:start + batch]
+            if known is not None:
+                expected = known(chunk)
+            pairs = [pair for found in pool.map(list_tags, chunk) for pair in found]
             rows = [row for row in pool.map(head, pairs) if row is not None]
             sink(rows)
             listing.tags += len(rows)

@@ -20,7 +20,7 @@ from registry_replication.leases import Leases
 from registry_replication.outcomes import NOT_PUSHED, BlobOutcome, PruneOutcome, summarize
 from registry_replication.plan import Plan, build_plan
 from registry_replication.prune import PruneRefused, PruneResult, prunable, prune
-from registry_replication.recorded_tags import RunKind, secondary_listing
+from registry_replication.recorded_tags import RunKind, TagRecord, secondary_listing
 from registry_replication.snapshot import Scope, Snapshot, take_snapshot
 from registry_replication.store import Store
 
@@ -86,10 +86,12 @@ def listings(
     primary: RegistryClient, secondary: RegistryClient, options: SyncOptions, store: Store,
     *, written_by: str = "listing",
 ) -> tuple[Snapshot, Snapshot, RunKind]:
-    """The primary, listed; the secondary, listed (a full run) or as recorded (a cheap run)."""
+    """The primary, listed (conditionally on the record of the secondary's tags); the
+    secondary, listed (a full run) or as recorded (a cheap run)."""
     with ThreadPoolExecutor(2) as pool:
         source = pool.submit(take_snapshot, primary, options.scope,
-                             concurrency=options.concurrency, repositories=options.repositories)
+                             concurrency=options.concurrency, repositories=options.repositories,
+                             known=TagRecord(store).descriptors)
         target = pool.submit(secondary_listing, secondary, primary, store, options.scope,
                              repositories=options.repositories, concurrency=options.concurrency,
                              full_verify=options.full_verify,

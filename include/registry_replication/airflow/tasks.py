@@ -46,7 +46,7 @@ from registry_replication.plan import (
     build_plan,
 )
 from registry_replication.prune import PruneRefused, prunable, prune
-from registry_replication.recorded_tags import full_verify_hours, secondary_listing
+from registry_replication.recorded_tags import TagRecord, full_verify_hours, secondary_listing
 from registry_replication.snapshot import (
     Scope,
     Snapshot,
@@ -208,11 +208,13 @@ def snapshot(conn_id: str) -> dict[str, Any]:
         ref["run_kind"] = kind.line()
         matched_nothing = result.complete and result.tags.empty
     else:
-        # Streamed: each batch of repositories' rows goes to storage as soon as it is listed.
+        # Streamed: each batch of repositories' rows goes to storage as soon as it is listed;
+        # tags the record has are HEADed conditionally.
         with artifacts.SnapshotWriter(folder, name) as writer:
             listing = stream_snapshot(_client(conn_id), writer.write, _scope(p),
                                       concurrency=p["concurrency"],
-                                      repositories=p["repositories"] or None)
+                                      repositories=p["repositories"] or None,
+                                      known=TagRecord(Store()).descriptors)
             ref = writer.finish(listing)
         matched_nothing = not listing.errors and not listing.problems and not listing.tags
     if matched_nothing:
