@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import random
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -952,7 +953,8 @@ def _detect_auth(challenge: Challenge | None, config: RegistryConfig) -> str:
 
 
 def _media_type(response: requests.Response) -> str:
-    return (response.headers.get("Content-Type") or "").split(";", 1)[0].strip()
+    # Interned: a listing or plan of 100,000 tags holds a handful of distinct media types.
+    return sys.intern((response.headers.get("Content-Type") or "").split(";", 1)[0].strip())
 
 
 def _digest_of(raw: bytes, like: str) -> str:

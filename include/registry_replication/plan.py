@@ -12,6 +12,7 @@ import heapq
 import json
 import logging
 import math
+import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -157,15 +158,11 @@ def build_plan(
         tags_of[(w.repository, w.digest)].add(w.tag)
     plan = Plan()
     with ThreadPoolExecutor(concurrency, thread_name_prefix="plan") as pool:
-        tasks = list(
-            pool.map(
-                lambda item: _image_task(primary, *item[0], sorted(item[1]), plan),
-                sorted(tags_of.items()),
-            )
-        )
+        tasks = pool.map(lambda item: _image_task(primary, *item[0], sorted(item[1]), plan),
+                         sorted(tags_of.items()))
         sizes: dict[str, int] = {}
         needed: dict[str, list[str]] = defaultdict(list)  # digest -> repositories needing it
-        for task, blob_sizes in tasks:
+        for task, blob_sizes in tasks:  # each image's sizes are let go once merged
             if task is None:
                 continue
             plan.images.append(task)
@@ -254,17 +251,19 @@ def _collect(
     body = json.loads(manifest.raw)
     if manifest.media_type in mt.INDEXES:
         for child in body.get("manifests") or []:
-            child_manifest = _fetch(primary, repository, child["digest"], plan)
+            child_digest = sys.intern(child["digest"])
+            child_manifest = _fetch(primary, repository, child_digest, plan)
             _collect(primary, repository, child_manifest, children, sizes, plan)
-            if child["digest"] not in children:
-                children.append(child["digest"])
+            if child_digest not in children:
+                children.append(child_digest)
         return
     if manifest.media_type not in mt.IMAGE_MANIFESTS:
         raise UnsupportedError(f"unsupported manifest media type {manifest.media_type!r}", manifest.media_type)
     for descriptor in _blob_descriptors(body):
         if descriptor.get("urls"):
             continue  # foreign, non-distributable layer: lives outside the registry
-        sizes[descriptor["digest"]] = int(descriptor["size"])
+        # Interned: images share blobs, and a plan holds every image's list of them.
+        sizes[sys.intern(descriptor["digest"])] = int(descriptor["size"])
 
 
 def _blob_descriptors(body: dict) -> Iterable[dict]:
