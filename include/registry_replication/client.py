@@ -712,8 +712,9 @@ class RegistryClient:
         ``_retried_by_outer_policy``). ``interrupted`` begins each retry's log line."""
         if _retried_by_outer_policy.get():
             return operation()
-        retrying = self.retrying.copy(before_sleep=partial(self._log_retry,
-                                                           interrupted=interrupted))
+        retrying = (self.retrying.copy(before_sleep=partial(self._log_retry,
+                                                            interrupted=interrupted))
+                    if interrupted else self.retrying.copy())
         with _one_try_each():
             return retrying(operation)
 
@@ -840,7 +841,8 @@ class Body:
 
 class _Source:
     """A blob's bytes for upload requests: one stream read in order across chunks, reopened
-    at an offset when a request is sent again or the registry holds another offset."""
+    at the offset a request starts from when the stream is elsewhere (a request sent again,
+    the registry holding another offset) or broke."""
 
     def __init__(self, open_body: OpenBody, size: int, registry: str, repository: str,
                  digest: str) -> None:
