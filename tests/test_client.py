@@ -199,6 +199,34 @@ def test_upload_restarts_when_the_registry_dropped_the_session(secondary, primar
         assert b"".join(reader.read_blob("app", layer.digest)) == layer.data
 
 
+def test_the_retry_budget_starts_again_when_the_registry_accepts_a_chunk(
+        secondary, primary_writer, primary_reader, caplog):
+    """``max_retries`` bounds the attempts without progress: each chunk the registry accepts
+    starts the count again, so a long upload on a flaky link still gets through."""
+    layer = images.random_layer(3 * MiB + 99)
+    primary_writer.push_blob("app", layer.digest, layer.data, layer.size)
+    with FaultProxy(secondary.url) as proxy:
+        config = RegistryConfig.from_connection(
+            {**secondary.connection(max_retries=2, backoff_seconds=0.01), "host": proxy.url})
+        with RegistryClient(config, writable=True) as target:
+            # The second and the third chunk each fail twice: four failures, two per chunk.
+            proxy.inject(Fault(503, method="PATCH", after=1), Fault(503, method="PATCH"),
+                         Fault(503, method="PATCH", after=1), Fault(503, method="PATCH"))
+            with caplog.at_level(logging.WARNING, logger="registry_replication.client"):
+                target.upload_blob("app", layer.digest, layer.size,
+                                   lambda offset: primary_reader.read_blob(
+                                       "app", layer.digest, offset=offset),
+                                   chunk_size=MiB)
+        patches = [outcome for method, _, outcome in proxy.log if method == "PATCH"]
+    assert patches == [202, 503, 503, 202, 503, 503, 202]
+    retries = [r.getMessage() for r in caplog.records if "; retry " in r.getMessage()]
+    assert [line.split("; retry ")[1][:6] for line in retries] == ["1 of 2", "2 of 2"] * 2
+    assert all(line.startswith(f"upload of app@{layer.digest} to {proxy.url} interrupted: "
+                               f"upload chunk app on {proxy.url}: HTTP 503") for line in retries)
+    with RegistryClient(secondary.client_config()) as reader:
+        assert b"".join(reader.read_blob("app", layer.digest)) == layer.data
+
+
 def test_cross_repository_mount(primary_writer):
     layer = images.random_layer(4096)
     primary_writer.push_blob("source", layer.digest, layer.data, layer.size)

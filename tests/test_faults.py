@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 
@@ -13,6 +14,7 @@ from registry_replication.errors import RegistryUnavailableError
 from registry_replication.leases import Leases
 from replication_harness import corpus, images
 from replication_harness.servers import Fault, FaultProxy
+from replication_harness.skopeo import skopeo_blob, skopeo_raw
 from registry_replication.sync import SyncOptions, run_sync
 from replication_harness.watch import PrimaryHistory, ReplicaWatcher, tags_of
 
@@ -86,3 +88,31 @@ def test_primary_errors_and_cut_connections_are_retried(primary, store, primary_
     assert not report.failed
     for (repository, tag), digest in pushed.items():
         assert secondary_reader.head_manifest(repository, tag).digest == digest
+
+
+def test_a_layer_the_primary_fails_to_serve_max_retries_times_is_replicated_intact(
+    primary, secondary, store, primary_writer, tmp_path
+):
+    """A 503, a cut connection and a download cut mid-stream, all on one layer: the copy's one
+    policy spends its three retries and the fourth GET brings the layer, whole."""
+    layer = images.random_layer(3 * (1 << 20) // 2)
+    image = images.image([layer])
+    images.push(primary_writer, "app", image, ["1.0"])
+    where = f"/blobs/{layer.digest}"
+    with FaultProxy(primary.url) as proxy:
+        proxy.inject(Fault(status=503, method="GET", path_contains=where),
+                     Fault(cut=True, method="GET", path_contains=where),
+                     Fault(cut_after_bytes=(1 << 20) + 1024, method="GET", path_contains=where))
+        patient = {"max_retries": 3, "backoff_seconds": 0.01}
+        with RegistryClient(RegistryConfig.from_connection(
+                {**primary.connection(**patient), "host": proxy.url})) as source, \
+                RegistryClient(secondary.client_config(**patient), writable=True) as target:
+            report = run_sync(source, target, leases=Leases(store))
+        gets = [outcome for method, path, outcome in proxy.log
+                if method == "GET" and layer.digest in path]
+    assert not report.failed, report.counts()
+    assert gets == [503, "cut", "cut mid-body", 200]
+    assert skopeo_raw(secondary, "app", "1.0") == image.raw
+    copied = skopeo_blob(secondary, "app", "1.0", layer.digest, tmp_path / "pulled")
+    assert copied == layer.data
+    assert "sha256:" + hashlib.sha256(copied).hexdigest() == layer.digest

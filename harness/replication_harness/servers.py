@@ -2,7 +2,8 @@
 
 ``TokenService`` plays GitLab's ``/jwt/auth``: it checks a login and password and signs a
 token for the scopes that user may have. ``FaultProxy`` forwards to a registry and injects
-the faults that retries must survive (503, 429 with ``Retry-After``, cut connections), and
+the faults that retries must survive (503, 429 with ``Retry-After``, connections cut before an
+answer or in the middle of its body), and
 holds chosen requests until a test releases them: the window of a race, made deterministic.
 """
 
@@ -138,6 +139,9 @@ class Fault:
     status: int | None = None  # None with cut=True: close the connection without an answer
     headers: dict[str, str] = field(default_factory=dict)
     cut: bool = False
+    # Forward the request, then close the connection after this many bytes of the answer's
+    # body (its headers promise all of them): a download cut mid-stream.
+    cut_after_bytes: int | None = None
     path_contains: str = ""
     method: str = ""  # only requests with this method (default: any)
     after: int = 0  # let this many matching requests through first
@@ -177,7 +181,7 @@ class _ProxyHandler(_QuietHandler):
             self.connection.shutdown(2)
             return
         fault = self.owner.next_fault(self.command, self.path)
-        if fault is not None:
+        if fault is not None and fault.cut_after_bytes is None:
             self.owner.record(self.command, self.path, "cut" if fault.cut else fault.status)
             if fault.cut:
                 self.close_connection = True
@@ -197,7 +201,10 @@ class _ProxyHandler(_QuietHandler):
         upstream.request(self.command, self.path, body=body, headers=headers)
         response = upstream.getresponse()
         data = response.read()
-        self.owner.record(self.command, self.path, response.status)
+        upstream.close()
+        cut_after = fault.cut_after_bytes if fault is not None else None
+        self.owner.record(self.command, self.path,
+                          response.status if cut_after is None else "cut mid-body")
         self.send_response(response.status)
         for name, value in response.getheaders():
             if name.lower() not in ("transfer-encoding", "content-length", "connection"):
@@ -205,8 +212,11 @@ class _ProxyHandler(_QuietHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(data)
-        upstream.close()
+            self.wfile.write(data[:cut_after])
+        if cut_after is not None:
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(2)
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

@@ -5,8 +5,11 @@ carries every request (blob redirects to storage included), authentication is th
 ``AuthBase`` (``auth.py``: scopes, the 401 challenge, token refresh), every request is bounded
 in time, and one retry policy (``RegistryClient.retrying``, tenacity) retries connection
 errors, 5xx and 429 with exponential backoff and jitter, honouring a capped ``Retry-After``.
-Request bodies are bytes or a ``Body`` that can be read again, so any request can be sent
-again, and ``upload_blob`` resumes an interrupted upload from the registry's offset. Every
+One policy owns each operation: the requests made inside an operation a policy already
+retries (a blob upload's steps, and the primary's download that feeds its body) get one try
+each, so attempts never multiply. Request bodies are bytes or a ``Body`` that can be read
+again, so any request can be sent again, and ``upload_blob`` resumes an interrupted upload
+from the registry's offset. Every
 failure surfaces as a typed ``RegistryError``. Names, tags and digests are validated before
 they reach a URL; blob bytes are hashed as they stream, so a digest mismatch is an error and
 never a committed blob.
@@ -26,9 +29,11 @@ import random
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any
+from functools import cached_property, partial
+from typing import Any, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import requests
@@ -73,6 +78,25 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # A blob's bytes from an offset to its end (``open_body(0)``: all of them).
 OpenBody = Callable[[int], Iterable[bytes]]
+
+T = TypeVar("T")
+
+# Set while a retry policy runs an operation in this thread (any client's): the requests
+# inside it get one try each and their failures go to that policy, which retries the whole.
+# Two policies nested would multiply the attempts (a download retried inside each attempt of
+# the upload it feeds) and the time an operator was promised by ``max_retries``.
+_retried_by_outer_policy: ContextVar[bool] = ContextVar("retried_by_outer_policy",
+                                                        default=False)
+
+
+@contextmanager
+def _one_try_each() -> Iterator[None]:
+    """Requests made inside get one try each: an outer policy owns their retries."""
+    token = _retried_by_outer_policy.set(True)
+    try:
+        yield
+    finally:
+        _retried_by_outer_policy.reset(token)
 
 
 @dataclass(frozen=True)
@@ -144,7 +168,8 @@ class RegistryClient:
         self.bandwidth = (BandwidthLimit(config.max_bytes_per_second)
                           if config.max_bytes_per_second else None)
         # The retry policy, declared once: every request (``_send``) and every step of a blob
-        # upload (``upload_blob``) runs under a copy of it.
+        # upload (``upload_blob``) runs under a copy of it (``_retried``), never one inside
+        # another.
         self.retrying = Retrying(
             stop=stop_after_attempt(config.max_retries + 1),
             retry=retry_if_exception_type(RegistryUnavailableError),
@@ -443,12 +468,12 @@ class RegistryClient:
             return False
         return True
 
-    def start_upload(self, repository: str, *, retry: bool = True) -> Upload:
+    def start_upload(self, repository: str) -> Upload:
         """``POST``: open an upload session."""
         validate_repository(repository)
         response = self._send(
             "POST", f"/v2/{repository}/blobs/uploads/", operation="start upload",
-            repository=repository, ok=(202,), retry=retry,
+            repository=repository, ok=(202,),
         )
         response.close()
         return Upload(repository, self._location(response))
@@ -485,20 +510,30 @@ class RegistryClient:
         over. The registry checks the digest before it commits, and a whole body read from a
         registry is checked before its last bytes go up.
 
+        This client's policy is the only one retrying the copy: every request inside a step,
+        ``open_body``'s own (the primary's download, on whichever client) included, gets one
+        try, so a failure on either side spends the same budget of ``max_retries`` retries.
+        The budget starts again each time the registry accepts a ``PATCH`` chunk (its offset
+        moves on): it bounds the attempts without progress, and a blob sent in one ``PUT``
+        gets ``max_retries`` retries in all.
+
         ``on_session`` is called with the session each time it is opened or moves on, so the
         caller can record it (a killed writer's sessions are cancelled by the next writer); on
-        failure the session is cancelled here.
+        failure the session is cancelled here, with one try (the copy's retries are spent, and
+        the registry purges a session left behind).
         """
         validate_repository(repository)
         validate_digest(digest)
         upload = _BlobUpload(self, repository, digest, size, chunk_size or max(size, 1),
                              _Source(open_body, size, self.url, repository, digest), on_session)
+        interrupted = f"upload of {repository}@{digest} to {self.url} interrupted"
         try:
             while not upload.committed:
-                self.retrying.copy()(upload.step)
+                self._retried(upload.step, interrupted)
         except BaseException:
             if upload.session is not None:
-                self.cancel_upload(upload.session)
+                with _one_try_each():
+                    self.cancel_upload(upload.session)
             raise
 
     def _patch(self, upload: Upload, body: Body) -> Upload:
@@ -509,7 +544,7 @@ class RegistryClient:
                 "Content-Type": "application/octet-stream",
                 "Content-Range": f"{upload.offset}-{upload.offset + len(body) - 1}",
             },
-            data=body, ok=(202,), retry=False,
+            data=body, ok=(202,),
         )
         response.close()
         return Upload(upload.repository, self._location(response), _range_end(response))
@@ -521,14 +556,14 @@ class RegistryClient:
             "PUT", f"{upload.location}{sep}{urlencode({'digest': digest})}",
             operation="commit blob", repository=upload.repository, reference=digest,
             headers={"Content-Type": "application/octet-stream"},
-            data=body if len(body) else b"", ok=(201, 204), retry=False,
+            data=body if len(body) else b"", ok=(201, 204),
         ).close()
 
-    def upload_status(self, upload: Upload, *, retry: bool = True) -> Upload:
+    def upload_status(self, upload: Upload) -> Upload:
         """Ask where an interrupted upload stands (the offset to resume from)."""
         response = self._send(
             "GET", upload.location, operation="check upload", repository=upload.repository,
-            ok=(204,), retry=retry,
+            ok=(204,),
         )
         response.close()
         return Upload(upload.repository, self._location(response), _range_end(response))
@@ -628,12 +663,12 @@ class RegistryClient:
         ok: Sequence[int] = (200,),
         allow_redirects: bool = True,
         authenticate: bool = True,
-        retry: bool = True,
         storage: bool = False,
     ) -> requests.Response:
         """One request to this registry (or, ``storage``, to the storage backend it redirected a
-        download to: no credentials), under the retry policy unless ``retry`` is off (a blob
-        upload step is retried as a whole). Errors are typed, with advice."""
+        download to: no credentials), under the retry policy (``_retried``: one try inside an
+        operation a policy already retries, such as a blob upload's step). Errors are typed,
+        with advice."""
         if urlsplit(path).scheme:  # a URL the registry handed back, already checked
             url = path
         else:
@@ -655,7 +690,7 @@ class RegistryClient:
             return self._attempt(method, url, operation, repository, reference, headers, data,
                                  stream, ok, allow_redirects, auth, storage)
 
-        return self.retrying.copy()(attempt) if retry else attempt()
+        return self._retried(attempt)
 
     def _attempt(
         self, method: str, url: str, operation: str, repository: str | None,
@@ -686,6 +721,18 @@ class RegistryClient:
                 raise self._storage_error(response, repository, reference)
             raise self._error(response, operation, repository, reference)
 
+    def _retried(self, operation: Callable[[], T], interrupted: str | None = None) -> T:
+        """``operation()`` under this client's retry policy, which then owns every request made
+        inside it; inside an operation another policy retries, one try (see
+        ``_retried_by_outer_policy``). ``interrupted`` begins each retry's log line."""
+        if _retried_by_outer_policy.get():
+            return operation()
+        retrying = (self.retrying.copy(before_sleep=partial(self._log_retry,
+                                                            interrupted=interrupted))
+                    if interrupted else self.retrying.copy())
+        with _one_try_each():
+            return retrying(operation)
+
     def _backoff(self, state: RetryCallState) -> float:
         """The wait before the next try: ``Retry-After`` if the registry sent one, else
         exponential backoff with jitter; capped either way."""
@@ -696,9 +743,11 @@ class RegistryClient:
                  * random.uniform(0.5, 1.0))
         return min(delay, MAX_RETRY_SLEEP_SECONDS)
 
-    def _log_retry(self, state: RetryCallState) -> None:
+    def _log_retry(self, state: RetryCallState, interrupted: str | None = None) -> None:
         exc = state.outcome.exception() if state.outcome else None
         what = exc.without_advice if isinstance(exc, RegistryError) else repr(exc)
+        if interrupted:
+            what = f"{interrupted}: {what}"
         log.warning(
             "%s; retry %d of %d in %.1fs%s", what, state.attempt_number,
             self.config.max_retries, state.upcoming_sleep,
@@ -807,7 +856,8 @@ class Body:
 
 class _Source:
     """A blob's bytes for upload requests: one stream read in order across chunks, reopened
-    at an offset when a request is sent again or the registry holds another offset."""
+    at the offset a request starts from when the stream is elsewhere (a request sent again,
+    the registry holding another offset) or broke."""
 
     def __init__(self, open_body: OpenBody, size: int, registry: str, repository: str,
                  digest: str) -> None:
@@ -829,7 +879,7 @@ class _Source:
             self._stream, self._position, self._pending = iter(self._open(offset)), offset, b""
         left = length
         while left:
-            piece = self._pending or next(self._stream, None)
+            piece = self._pending or self._next()
             if piece is None:
                 raise RegistryError(f"the blob's bytes ended at byte {self._position} of "
                                     f"{self._size}", **self._where)
@@ -839,10 +889,21 @@ class _Source:
             if not left and self._position == self._size:
                 # Read to the end before the last piece goes up: a whole blob read from a
                 # registry is verified there, so a mismatch aborts the request uncommitted.
-                if self._pending or any(self._stream):
+                if self._pending or self._next() is not None:
                     raise RegistryError(f"the blob has more bytes than its size {self._size}",
                                         **self._where)
             yield piece
+
+    def _next(self) -> bytes | None:
+        """The stream's next piece (skipping empty ones), None at its end."""
+        assert self._stream is not None
+        try:
+            return next((piece for piece in self._stream if piece), None)
+        except BaseException:
+            # A broken stream has nothing more to give: the next attempt opens a new one,
+            # even at the same offset.
+            self._stream = None
+            raise
 
 
 @dataclass
@@ -865,7 +926,7 @@ class _BlobUpload:
         first ask the registry where the upload stands)."""
         try:
             if self.session is None:
-                self._moved(self.client.start_upload(self.repository, retry=False))
+                self._moved(self.client.start_upload(self.repository))
             elif self.interrupted:
                 self._resume()
                 if self.committed:
@@ -887,7 +948,7 @@ class _BlobUpload:
         assert self.session is not None
         confirmed = self.session.offset
         try:
-            status = self.client.upload_status(self.session, retry=False)
+            status = self.client.upload_status(self.session)
         except RegistryError as exc:
             if exc.code not in ("BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID"):
                 raise
@@ -902,7 +963,7 @@ class _BlobUpload:
                         exc.code)
             self.client.cancel_upload(self.session)
             self.session = None
-            self._moved(self.client.start_upload(self.repository, retry=False))
+            self._moved(self.client.start_upload(self.repository))
             return
         log.warning("upload of %s@%s interrupted at byte %d; resuming at byte %d, the "
                     "registry's offset", self.repository, self.digest, confirmed, status.offset)
