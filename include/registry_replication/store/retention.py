@@ -30,8 +30,10 @@ from registry_replication.store.schema import (
 )
 
 RETENTION_DAYS_ENV = "REGISTRY_REPLICATION_HISTORY_RETENTION_DAYS"
-# A month of history: 4x the run folders' 7 days, for a monthly review of what happened; the
-# rows of a month are small (an event and its latency are about 0.5 KB together).
+# A month of history: 4x the run folders' 7 days, so a month's incidents can be traced (when a
+# push reached the secondary, which run failed and why) after their folders are gone. A push
+# costs about 0.75 KB (its event and latency rows with their indexes, measured on SQLite):
+# 22 MiB a month at 1,000 pushes a day.
 DEFAULT_RETENTION_DAYS = 30.0
 # The status page's lag chart reads the last day of events, latencies and runs (status.HISTORY).
 MINIMUM = dt.timedelta(days=1)
