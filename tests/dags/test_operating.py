@@ -269,6 +269,24 @@ def test_a_report_prunes_the_store_history_and_the_counters_hold(
     assert after[("registry_replication_events_total", (("outcome", "done"),))] == 1
 
 
+def test_a_history_retention_below_a_day_is_logged_and_prunes_nothing(store, monkeypatch, caplog):
+    from registry_replication.airflow.tasks import _prune_history
+
+    store.history.record_copied_bytes("registry_reconcile", "old", "copy_blobs", 0, 12345)
+    with store.engine.begin() as conn:
+        conn.execute(copied_bytes.update().values(
+            recorded_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=40)))
+    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__HISTORY_RETENTION_DAYS", "0.5")
+    assert _prune_history() == "nothing (history_retention_days refused)"
+    assert "history retention of 0.5 days is below the minimum of 1 day" in caplog.text
+    assert "set [registry_replication] history_retention_days to 1 or more" in caplog.text
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(copied_bytes.c.bytes)).scalars().all() == [12345]
+    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__HISTORY_RETENTION_DAYS", "30")
+    assert _prune_history() == "1 copied bytes records older than 30 days"
+    assert store.history.copied_bytes_total() == 12345
+
+
 def test_notifier_on_failure_and_on_recovery_only(airflow_db, connections, store, primary,
                                                   primary_writer, secondary_reader, monkeypatch):
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__NOTIFIER",
