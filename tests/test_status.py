@@ -9,6 +9,7 @@ import pytest
 
 from registry_replication.status import status, task_log_url
 from registry_replication.store import Store
+from registry_replication.store.history import LATENCY_BUCKETS
 from registry_replication.store.queue import Event
 
 T0 = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.timezone.utc)
@@ -184,7 +185,8 @@ def test_history_depth_latency_and_bytes_per_run(tmp_path):
     assert store.history.record_acknowledged([event(1)]) == []  # once per event
     assert seconds == pytest.approx((dt.datetime.now(dt.timezone.utc) - event(1).timestamp)
                                     .total_seconds(), abs=5)
-    assert store.history.push_latency_histogram([1.0, seconds + 1]) == ([0, 1], 1, seconds)
+    assert store.history.push_latency_histogram() == (
+        [int(seconds <= bound) for bound in LATENCY_BUCKETS], 1, seconds)
 
     page = render(status(store, now=dt.datetime.now(dt.timezone.utc)), csrf="t0ken")
     assert page.count('class="latency-point"') == 1 and 'data-bytes="4096"' in page

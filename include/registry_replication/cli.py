@@ -10,6 +10,7 @@ or URI, or the name of an ``AIRFLOW_CONN_<ID>`` variable (default ``registry_pri
     registry-replication sync --include 'group/*' --dry-run
     registry-replication verify
     registry-replication store upgrade   # the replication store's schema, to this version's
+    registry-replication store prune     # its history older than 30 days (--days)
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if args.command == "store":
+        if args.action == "prune":
+            return _store_prune(args.url, args.days)
         return _store_upgrade(args.url)
     try:
         primary = RegistryClient(_config(args.primary))
@@ -141,6 +144,24 @@ def _store_upgrade(url: str | None) -> int:
     return 0
 
 
+def _store_prune(url: str | None, days: float | None) -> int:
+    """Delete the store's history older than ``days`` (what the DAGs' reports do hourly)."""
+    import datetime as dt
+
+    from registry_replication.store import retention
+
+    days = retention.history_retention_days() if days is None else days
+    store = Store(url)
+    try:
+        pruned = retention.prune(store.engine, dt.timedelta(days=days))
+    except ValueError as exc:
+        log.error("%s: nothing was pruned. What to do: give --days 1 or more", exc)
+        return 2
+    print(f"replication store at {store.engine.url!r}: removed {pruned.line()} older than "
+          f"{days:g} days (each DAG's latest run and outcome, and unfinished events, stay)")
+    return 0
+
+
 def _print_problems(*listings: Snapshot) -> None:
     """Repositories and tags that could not be handled, each with what to do."""
     for listing in listings:
@@ -196,8 +217,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("-v", "--verbose", action="store_true")
     store = sub.add_parser("store", help="the replication store (event queue, state, history)")
-    store.add_argument("action", choices=["upgrade"],
-                       help="upgrade: migrate the schema to this version's (Alembic)")
+    store.add_argument("action", choices=["upgrade", "prune"],
+                       help="upgrade: migrate the schema to this version's (Alembic); prune: "
+                       "delete the history older than --days")
+    store.add_argument("--days", type=float,
+                       help="prune: the history retention in days (default: "
+                       "$REGISTRY_REPLICATION_HISTORY_RETENTION_DAYS, else 30)")
     store.add_argument("--url", help="the store's SQLAlchemy URL (default: "
                                      "$REGISTRY_REPLICATION_DB_URL, else SQLite in $AIRFLOW_HOME)")
     store.add_argument("-v", "--verbose", action="store_true")

@@ -27,11 +27,10 @@ from prometheus_client.registry import Collector
 from registry_replication import status as statuses
 from registry_replication.outcomes import EventStatus, RepositoryState
 from registry_replication.store import Store
+from registry_replication.store.history import LATENCY_BUCKETS
 
 TOKEN_ENV = "REGISTRY_REPLICATION_METRICS_TOKEN"
 PREFIX = "registry_replication"
-# Push-to-replica seconds: the event path aims at seconds, a reconcile catches up in minutes.
-LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
 # The status page's repository states, as label values.
 STATE_LABELS = {RepositoryState.SYNCED: "synced", RepositoryState.PENDING: "pending",
                 RepositoryState.FAILED: "failed", RepositoryState.NEVER_SYNCED: "never"}
@@ -45,7 +44,7 @@ def figures(store: Store, now: dt.datetime | None = None) -> dict[str, Any]:
     counts = store.queue.status_counts()
     queue = store.queue.stats()
     states = {label: page["states"].get(state, 0) for state, label in STATE_LABELS.items()}
-    buckets, count, total = store.history.push_latency_histogram(LATENCY_BUCKETS)
+    buckets, count, total = store.history.push_latency_histogram()
     return {
         "events_pending": counts[EventStatus.PENDING] + counts[EventStatus.PROCESSING],
         "oldest_pending_event_age_seconds": queue["oldest_waiting_seconds"] or 0.0,

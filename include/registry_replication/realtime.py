@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -70,20 +70,23 @@ def replicate_events(
     concurrency: int = 16,
     parallelism: int = 8,
     repositories_at_once: int = 4,
+    on_copied: Callable[[int], None] | None = None,
 ) -> dict[str, str | None]:
     """Process claimed events; returns {event id: None when done, else the error}.
 
     Repositories are handled ``repositories_at_once`` at a time (a burst of pushes spreads
     over many), each under its own lease. Writes go through the shared write protocol
     (``leases``): a tag the primary moved again meanwhile is left to the event that reports
-    the move, so events are acknowledged as done.
+    the move, so events are acknowledged as done. ``on_copied`` is called with the blob bytes
+    copied for each repository (from the worker threads), failed or not.
     """
 
     def one(repository: str, work: RepositoryWork) -> dict[str, str | None]:
         outcomes: dict[str, str | None] = {event_id: None for event_id in work.noop}
         if work.tags:
             outcomes.update(_copy_tags(primary, secondary, repository, work.tags, leases,
-                                       concurrency=concurrency, parallelism=parallelism))
+                                       concurrency=concurrency, parallelism=parallelism,
+                                       on_copied=on_copied))
         if work.deleted:
             outcomes.update(_mirror_deletes(primary, secondary, repository, work.deleted, leases,
                                             concurrency=concurrency))
@@ -105,6 +108,7 @@ def replicate_events(
 def _copy_tags(
     primary: RegistryClient, secondary: RegistryClient, repository: str,
     tags: dict[str, list[str]], leases: Leases, *, concurrency: int, parallelism: int,
+    on_copied: Callable[[int], None] | None,
 ) -> dict[str, str | None]:
     def heads(tag: str):
         return primary.head_manifest(repository, tag), secondary.head_manifest(repository, tag)
@@ -126,6 +130,8 @@ def _copy_tags(
     copier = Copier(primary, secondary, leases=leases, parallelism=parallelism,
                     manifests=plan.manifests, recheck=False)
     blobs = copier.copy_blobs(plan.blobs)
+    if on_copied is not None:
+        on_copied(sum(r.bytes for r in blobs))
     failed_blobs = {r.digest for r in blobs if r.outcome == BlobOutcome.FAILED}
     images = copier.push_images(plan.images, failed_blobs)
     errors = {tag: r.error for r in images if r.outcome in NOT_PUSHED for tag in r.tags}

@@ -23,10 +23,11 @@ from registry_replication.client import RegistryClient
 from replication_harness import images
 from replication_harness.dag_runs import load_dags, run, wait_for_events
 from replication_harness.registry import Notifications
+from replication_harness.skopeo import skopeo_raw
 from registry_replication.outcomes import EventStatus
 from registry_replication.store import Store
 from registry_replication.store.queue import Event
-from registry_replication.store.schema import events
+from registry_replication.store.schema import copied_bytes, events, runs
 
 METRICS_TOKEN = "scrape-Token-1"
 
@@ -152,7 +153,12 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
         == {"synced": 2, "pending": 0, "failed": 1, "never": 0}
     assert {k[1][0][1]: v for k, v in m.items() if k[0] == "registry_replication_tags"} \
         == {"primary": 4, "secondary": 3}
-    assert m[("registry_replication_bytes_copied_total", ())] == sum(b.size for b in missing) > 0
+    # Every blob byte copied, by the event path (group/ok, and group/app's good blobs) and by
+    # the reconcile (the rest): all blobs of the three images but the rotten one.
+    copied = sum(b.size for img in (ok, broken, new) for b in img.blobs
+                 if b.digest != rotten.digest)
+    assert copied > sum(b.size for b in missing) > 0
+    assert m[("registry_replication_bytes_copied_total", ())] == copied
     last_success = {k[1][0][1]: v for k, v in m.items()
                     if k[0] == "registry_replication_last_success_timestamp_seconds"}
     assert list(last_success) == ["registry_sync"]  # the events run and the reconcile failed
@@ -177,13 +183,108 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
     assert gauges[("registry_replication.events_total", (("outcome", "rejected"),))] == 1
     assert gauges[("registry_replication.repositories", (("state", "failed"),))] == 1
     assert gauges[("registry_replication.tags", (("side", "secondary"),))] == 3
-    assert gauges[("registry_replication.bytes_copied_total", ())] == sum(b.size for b in missing)
+    assert gauges[("registry_replication.bytes_copied_total", ())] == copied
     assert sum(count for kind, stat, count, _ in stats.sent
-               if (kind, stat) == ("incr", "registry_replication.bytes_copied")) \
-        == sum(b.size for b in missing)
+               if (kind, stat) == ("incr", "registry_replication.bytes_copied")) == copied
     timings = [value for kind, stat, value, _ in stats.sent
                if (kind, stat) == ("timing", "registry_replication.push_to_replica")]
     assert len(timings) == 2 and all(t.total_seconds() > 0 for t in timings)
+
+
+def test_bytes_copied_counts_the_event_path(
+        airflow_db, connections, store, webhook_url, webhook_secret, app, start_registry, keys,
+        token_service, secondary, monkeypatch, stats):
+    """registry_events' copies count in registry_replication_bytes_copied_total, exactly."""
+    monkeypatch.setenv("REGISTRY_REPLICATION_METRICS_TOKEN", METRICS_TOKEN)
+    primary = start_registry("notifying", keys=keys, token_realm=token_service.realm,
+                             notifications=Notifications(webhook_url, webhook_secret,
+                                                         backoff="200ms"))
+    monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_PRIMARY", json.dumps(primary.connection()))
+    writer = RegistryClient(primary.client_config(), writable=True)
+    factory = images.ImageFactory(layer_size=48 * 1024)
+    first, second = factory.make(unique_layers=2), factory.make(unique_layers=1)
+    assert scrape(app)[("registry_replication_bytes_copied_total", ())] == 0
+
+    images.push(writer, "group/app", first, ["v1"])
+    wait_for_events(store, {"v1"})
+    assert run("registry_events").state == "success"
+    # The image's blob bytes, as its manifest on the secondary declares them (skopeo's read).
+    manifest = json.loads(skopeo_raw(secondary, "group/app", "v1"))
+    declared = manifest["config"]["size"] + sum(layer["size"] for layer in manifest["layers"])
+    assert len(manifest["layers"]) == 4 and declared > 4 * 48 * 1024
+    assert scrape(app)[("registry_replication_bytes_copied_total", ())] == declared
+
+    # A second image on the same base: only its own config and top layer cross.
+    images.push(writer, "group/app", second, ["v2"])
+    wait_for_events(store, {"v1", "v2"})
+    assert run("registry_events").state == "success"
+    manifest = json.loads(skopeo_raw(secondary, "group/app", "v2"))
+    own = manifest["config"]["size"] + manifest["layers"][-1]["size"]
+    m = scrape(app)
+    assert m[("registry_replication_bytes_copied_total", ())] == declared + own
+    assert sum(count for kind, stat, count, _ in stats.sent
+               if (kind, stat) == ("incr", "registry_replication.bytes_copied")) == declared + own
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(copied_bytes.c.dag_id, copied_bytes.c.task_id,
+                                      copied_bytes.c.bytes).order_by(copied_bytes.c.id)).all()
+    assert [tuple(r) for r in rows] == [("registry_events", "replicate_events", declared),
+                                        ("registry_events", "replicate_events", own)]
+
+
+def test_a_report_prunes_the_store_history_and_the_counters_hold(
+        airflow_db, connections, store, primary_writer, app, monkeypatch, caplog):
+    """The reconcile's report applies history_retention_days next to the run folders'."""
+    monkeypatch.setenv("REGISTRY_REPLICATION_METRICS_TOKEN", METRICS_TOKEN)
+    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__HISTORY_RETENTION_DAYS", "30")
+    long_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=40)
+    store.history.record_run("registry_reconcile", "old", "success", {"bytes copied": 12345})
+    store.history.record_copied_bytes("registry_reconcile", "old", "copy_blobs", 0, 12345)
+    store.queue.add([Event("old-event", "push", "group/app", "v0", None, None, long_ago)])
+    owner, _ = store.queue.claim()
+    store.queue.complete(owner, ["old-event"])
+    with store.engine.begin() as conn:
+        conn.execute(runs.update().values(finished_at=long_ago))
+        conn.execute(copied_bytes.update().values(recorded_at=long_ago))
+        conn.execute(events.update().values(updated_at=long_ago))
+    before = scrape(app)
+    assert before[("registry_replication_bytes_copied_total", ())] == 12345
+    assert before[("registry_replication_events_total", (("outcome", "done"),))] == 1
+
+    img = images.ImageFactory(layer_size=16 * 1024).make()
+    images.push(primary_writer, "group/app", img, ["v1"])
+    caplog.set_level("INFO", logger="registry_replication.airflow")
+    assert run("registry_reconcile").state == "success"
+
+    assert "from the replication store, 1 runs, 1 events, 1 copied bytes records older than " \
+           "30 days" in caplog.text
+    with store.engine.connect() as conn:
+        kept = conn.execute(sa.select(runs.c.run_id)).scalars().all()
+        assert len(kept) == 1 and kept != ["old"]  # this run's, recorded before the prune
+        assert conn.execute(sa.select(sa.func.count()).select_from(events)).scalar() == 0
+        assert conn.execute(sa.select(copied_bytes.c.bytes)).scalars().all() == [
+            sum(b.size for b in img.blobs)]
+    after = scrape(app)
+    assert after[("registry_replication_bytes_copied_total", ())] \
+        == 12345 + sum(b.size for b in img.blobs)
+    assert after[("registry_replication_events_total", (("outcome", "done"),))] == 1
+
+
+def test_a_history_retention_below_a_day_is_logged_and_prunes_nothing(store, monkeypatch, caplog):
+    from registry_replication.airflow.tasks import _prune_history
+
+    store.history.record_copied_bytes("registry_reconcile", "old", "copy_blobs", 0, 12345)
+    with store.engine.begin() as conn:
+        conn.execute(copied_bytes.update().values(
+            recorded_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=40)))
+    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__HISTORY_RETENTION_DAYS", "0.5")
+    assert _prune_history() == "nothing (history_retention_days refused)"
+    assert "history retention of 0.5 days is below the minimum of 1 day" in caplog.text
+    assert "set [registry_replication] history_retention_days to 1 or more" in caplog.text
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(copied_bytes.c.bytes)).scalars().all() == [12345]
+    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__HISTORY_RETENTION_DAYS", "30")
+    assert _prune_history() == "1 copied bytes records older than 30 days"
+    assert store.history.copied_bytes_total() == 12345
 
 
 def test_notifier_on_failure_and_on_recovery_only(airflow_db, connections, store, primary,

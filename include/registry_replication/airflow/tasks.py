@@ -9,6 +9,7 @@ counts.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 import pendulum
+import sqlalchemy as sa
 from airflow.configuration import AIRFLOW_HOME, conf
 from airflow.sdk import ObjectStoragePath, Param, TriggerRule, get_current_context, task
 
@@ -54,7 +56,7 @@ from registry_replication.snapshot import (
     stream_snapshot,
     take_snapshot,
 )
-from registry_replication.store import Store
+from registry_replication.store import Store, retention
 from registry_replication.store.queue import Event
 
 log = logging.getLogger("registry_replication.airflow")
@@ -176,6 +178,33 @@ def _remove_old_runs(now: pendulum.DateTime) -> list[str]:
                     log.warning("could not remove the old run folder %s: %s. What to do: check "
                                 "the storage's permissions, or remove it by hand", run_folder, exc)
     return removed
+
+
+def _prune_history() -> str:
+    """Delete the store's history older than ``[registry_replication] history_retention_days``
+    (default 30); returns what went. Best effort: a refusal or a database error is logged."""
+    days = conf.getfloat("registry_replication", "history_retention_days",
+                         fallback=retention.history_retention_days())
+    try:
+        pruned = retention.prune(Store().engine, dt.timedelta(days=days))
+    except ValueError as exc:
+        log.error("the store's history was not pruned: %s. What to do: set [registry_replication]"
+                  " history_retention_days to 1 or more", exc)
+        return "nothing (history_retention_days refused)"
+    except sa.exc.SQLAlchemyError as exc:
+        log.warning("the store's history was not pruned: %s. The next run's report tries again;"
+                    " if this repeats, check the replication store's database", exc)
+        return "nothing (database error)"
+    return f"{pruned.line()} older than {days:g} days"
+
+
+def _apply_retention(now: pendulum.DateTime) -> None:
+    """The maintenance step of every report: old run folders and old store history go."""
+    folders = _remove_old_runs(now)
+    history = _prune_history()
+    log.info("retention: removed %d run folders%s; from the replication store, %s",
+             len(folders), (": " + ", ".join(folders[:10]) + (" ..." if len(folders) > 10 else ""))
+             if folders else "", history)
 
 
 def _snapshot(ref: dict[str, Any]) -> Snapshot:
@@ -502,10 +531,7 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
           "map_index": map_index.get((r.repository, r.digest))} for r in failed],
     )
     alerts.send_stats(Store())
-    removed = _remove_old_runs(pendulum.now("UTC"))
-    if removed:
-        log.info("removed %d run folders older than the retention: %s", len(removed),
-                 ", ".join(removed[:10]) + (" ..." if len(removed) > 10 else ""))
+    _apply_retention(pendulum.now("UTC"))
     if problems:
         raise ReplicationFailed("; ".join(problems))
     return counts
@@ -613,8 +639,14 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
             if claimed:
                 log.info("claimed %d events: %s", len(claimed), ", ".join(
                     f"{e.action} {e.repository}:{e.tag or e.digest}" for e in claimed[:20]))
-                outcomes = realtime.replicate_events(primary, secondary, claimed, leases=leases,
-                                                     repositories_at_once=at_once)
+                copied: list[int] = []
+                try:
+                    outcomes = realtime.replicate_events(
+                        primary, secondary, claimed, leases=leases, repositories_at_once=at_once,
+                        on_copied=copied.append)
+                finally:
+                    if sum(copied):
+                        _record_copied_bytes(get_current_context(), sum(copied))
                 counts = _acknowledge(store, owner, claimed, outcomes, max_attempts)
                 totals = {k: totals[k] + counts.get(k, 0) for k in totals}
                 totals["batches"] += 1

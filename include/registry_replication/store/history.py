@@ -4,7 +4,7 @@ DAG outcomes and the alerts sent (what the status page, the metrics and the aler
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,8 +12,22 @@ import sqlalchemy as sa
 from registry_replication.store.engine import dialect_insert
 from registry_replication.store.queue import Event
 from registry_replication.store.schema import (
-    aware, copied_bytes, dag_outcomes, failed_layers, now, push_latency, runs, sent_alerts,
+    aware, carried, copied_bytes, dag_outcomes, failed_layers, now, push_latency, runs,
+    sent_alerts,
 )
+
+# Push-to-replica seconds: the event path aims at seconds, a reconcile catches up in minutes.
+# Retention carries the pruned latencies' counts per bound, so the bounds are fixed here.
+LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
+# The carried totals (``rr_carried_totals``) of the counters read from this history.
+BYTES_COPIED = "bytes_copied"
+LATENCY_COUNT = "push_latency_count"
+LATENCY_MICROSECONDS = "push_latency_microseconds"
+
+
+def latency_bucket(bound: float) -> str:
+    """The carried total of the latencies at most ``bound`` seconds."""
+    return f"push_latency_le_{float(bound)!r}"
 
 
 class RunHistory:
@@ -79,8 +93,10 @@ class RunHistory:
                 bytes=copied, recorded_at=now()))
 
     def copied_bytes_total(self) -> int:
+        """Every byte ever recorded: the rows in the store and those retention carried."""
+        rows = sa.func.coalesce(sa.select(sa.func.sum(copied_bytes.c.bytes)).scalar_subquery(), 0)
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.sum(copied_bytes.c.bytes))).scalar() or 0)
+            return int(conn.execute(sa.select(rows + carried(BYTES_COPIED))).scalar())
 
     def record_acknowledged(self, acknowledged: Iterable[Event]) -> list[float]:
         """Each acknowledged event's push-to-replica time; returns the seconds recorded.
@@ -100,14 +116,21 @@ class RunHistory:
             recorded = conn.execute(insert, list(rows.values())).scalars().all()
         return [rows[event_id]["seconds"] for event_id in recorded]
 
-    def push_latency_histogram(self, bounds: Sequence[float]) -> tuple[list[int], int, float]:
-        """Cumulative counts per upper bound, the total count and the sum of seconds."""
-        columns = [sa.func.sum(sa.case((push_latency.c.seconds <= b, 1), else_=0))
-                   for b in bounds]
+    def push_latency_histogram(self) -> tuple[list[int], int, float]:
+        """Cumulative counts per bound of ``LATENCY_BUCKETS``, the total count and the sum of
+        seconds, over every latency recorded (those retention pruned included)."""
+        def rows(value: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+            return sa.func.coalesce(sa.select(value).scalar_subquery(), 0)
+
+        columns = [rows(sa.func.sum(sa.case((push_latency.c.seconds <= b, 1), else_=0)))
+                   + carried(latency_bucket(b)) for b in LATENCY_BUCKETS]
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(*columns, sa.func.count(),
-                                         sa.func.sum(push_latency.c.seconds))).one()
-        return [int(v or 0) for v in row[:len(bounds)]], int(row[-2]), float(row[-1] or 0.0)
+            row = conn.execute(sa.select(
+                *columns, rows(sa.func.count(push_latency.c.event_id)) + carried(LATENCY_COUNT),
+                rows(sa.func.sum(push_latency.c.seconds)), carried(LATENCY_MICROSECONDS))).one()
+        n = len(LATENCY_BUCKETS)
+        return ([int(v) for v in row[:n]], int(row[n]),
+                float(row[n + 1]) + int(row[n + 2]) / 1e6)
 
     def push_latencies(self, since: dt.datetime) -> list[tuple[dt.datetime, float]]:
         with self.engine.connect() as conn:

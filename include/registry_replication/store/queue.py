@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,16 @@ import sqlalchemy as sa
 
 from registry_replication.outcomes import EventStatus
 from registry_replication.store.engine import dialect_insert
-from registry_replication.store.schema import aware, events, now
+from registry_replication.store.schema import aware, carried, events, now
+
+# The events retention deletes once they are this old: finished ones, never one waiting or
+# failed. Their counts are carried (``rr_carried_totals``, as ``finished_total(status)``).
+FINISHED = (EventStatus.DONE, EventStatus.REJECTED)
+
+
+def finished_total(status: str) -> str:
+    """The carried total of the pruned events of a finished ``status``."""
+    return f"events_{status}"
 
 
 @dataclass(frozen=True)
@@ -174,11 +184,16 @@ class EventQueue:
             return [dict(row._mapping) for row in conn.execute(query)]
 
     def status_counts(self) -> dict[str, int]:
-        """Events per status, every status included."""
-        with self.engine.connect() as conn:
-            counts = dict(conn.execute(
-                sa.select(events.c.status, sa.func.count()).group_by(events.c.status)).all())
-        return {s: counts.get(s, 0) for s in EventStatus}
+        """Events per status, every status included; done and rejected count the events
+        retention pruned too (they are counters: they never go down)."""
+        in_queue = sa.select(events.c.status, sa.func.count().label("n")).group_by(events.c.status)
+        pruned = [sa.select(sa.literal(s, sa.String).label("status"), carried(finished_total(s)))
+                  for s in FINISHED]
+        counts: Counter[str] = Counter()
+        with self.engine.connect() as conn:  # one statement: one snapshot of rows and totals
+            for status, n in conn.execute(sa.union_all(in_queue, *pruned)):
+                counts[status] += int(n)
+        return {s: counts[s] for s in EventStatus}
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """Events that failed every attempt, newest first (rejected events are listed by status)."""

@@ -39,6 +39,7 @@ events = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_rr_events_status_next", "status", "next_attempt_at"),
+    sa.Index("ix_rr_events_status_updated", "status", "updated_at"),  # retention, lag chart
 )
 
 repository_state = sa.Table(
@@ -103,6 +104,7 @@ copied_bytes = sa.Table(
     *_written_by(task_id_required=True),
     sa.Column("bytes", sa.BigInteger, nullable=False),
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_rr_copied_bytes_recorded", "recorded_at"),  # retention
 )
 
 push_latency = sa.Table(
@@ -134,6 +136,15 @@ sent_alerts = sa.Table(
     sa.Column("subject", sa.Text, nullable=False),
     sa.Column("notifier", sa.String(255)),  # None: logged only, no notifier configured
     sa.Column("sent_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# What the history rows that retention deleted had added to the counters the metrics read
+# (``retention``): each such counter is its carried total plus its rows still in the store, so
+# pruning never lowers it. One row per counter, e.g. ``bytes_copied``, ``events_done``.
+carried_totals = sa.Table(
+    "rr_carried_totals", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
 )
 
 
@@ -168,3 +179,13 @@ def aware(value: dt.datetime | None) -> dt.datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=dt.timezone.utc)
     return value
+
+
+def carried(name: str) -> sa.ColumnElement[int]:
+    """The carried total of counter ``name`` (0 if none), as a scalar subquery.
+
+    Read it in the same statement as the counter's rows: a statement sees one snapshot, so a
+    prune that commits meanwhile is counted either in the rows or in the total, never twice.
+    """
+    return sa.func.coalesce(sa.select(carried_totals.c.value)
+                            .where(carried_totals.c.name == name).scalar_subquery(), 0)

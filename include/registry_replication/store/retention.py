@@ -1,0 +1,163 @@
+"""History retention: the store's history rows older than the retention go; counters stay.
+
+What stays whatever its age: each DAG's latest run with its failed layers (the status page, the
+alerts), each DAG's latest outcome and latest success (the "recovered" alert, the metric
+``last_success_timestamp_seconds``), and every event that is not finished (pending, being
+processed, failed: a dead letter waits for an operator). The counters the metrics read from
+rows (bytes copied, events done and rejected, the push-to-replica histogram) are carried: what
+the deleted rows added goes to ``rr_carried_totals`` in the same transaction as the delete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import sqlalchemy as sa
+
+from registry_replication.store.engine import dialect_insert
+from registry_replication.store.history import (
+    BYTES_COPIED, LATENCY_BUCKETS, LATENCY_COUNT, LATENCY_MICROSECONDS, latency_bucket,
+)
+from registry_replication.store.queue import FINISHED, finished_total
+from registry_replication.store.schema import (
+    carried_totals, copied_bytes, dag_outcomes, events, failed_layers, now, push_latency, runs,
+    sent_alerts,
+)
+
+RETENTION_DAYS_ENV = "REGISTRY_REPLICATION_HISTORY_RETENTION_DAYS"
+# A month of history: 4x the run folders' 7 days, so a month's incidents can be traced (when a
+# push reached the secondary, which run failed and why) after their folders are gone. A push
+# costs about 0.75 KB (its event and latency rows with their indexes, measured on SQLite):
+# 22 MiB a month at 1,000 pushes a day.
+DEFAULT_RETENTION_DAYS = 30.0
+# The status page's lag chart reads the last day of events, latencies and runs (status.HISTORY).
+MINIMUM = dt.timedelta(days=1)
+# Rows deleted per transaction: SQLite's write lock (which the webhook waits for) is held for
+# one chunk at a time, however much a first prune of a long-lived store deletes.
+CHUNK = 5000
+
+
+def history_retention_days() -> float:
+    """``$REGISTRY_REPLICATION_HISTORY_RETENTION_DAYS``, or 30."""
+    return float(os.environ.get(RETENTION_DAYS_ENV) or DEFAULT_RETENTION_DAYS)
+
+
+@dataclass
+class Pruned:
+    """How many rows of each kind a prune deleted."""
+
+    runs: int = 0
+    failed_layers: int = 0
+    events: int = 0
+    push_latencies: int = 0
+    copied_bytes_records: int = 0
+    dag_outcomes: int = 0
+    alerts: int = 0
+
+    def total(self) -> int:
+        return sum(getattr(self, f.name) for f in fields(self))
+
+    def line(self) -> str:
+        counts = [f"{getattr(self, f.name)} {f.name.replace('_', ' ')}" for f in fields(self)
+                  if getattr(self, f.name)]
+        return ", ".join(counts) or "nothing"
+
+
+def prune(engine: sa.Engine, retention: dt.timedelta, *, at: dt.datetime | None = None) -> Pruned:
+    """Delete the history older than ``retention`` (before ``at``, default now)."""
+    if retention < MINIMUM:
+        raise ValueError(
+            f"a history retention of {retention.total_seconds() / 86400:g} days is below the "
+            f"minimum of {MINIMUM.days} day: the status page's lag chart reads the last day")
+    cutoff = (at or now()) - retention
+    pruned = Pruned()
+    pruned.runs, pruned.failed_layers = _prune_runs(engine, cutoff)
+    pruned.events = _delete_chunks(
+        engine, events.c.id,
+        sa.and_(events.c.status.in_(FINISHED), events.c.updated_at < cutoff),
+        [events.c.status], _event_totals)
+    pruned.push_latencies = _delete_chunks(
+        engine, push_latency.c.event_id, push_latency.c.acknowledged_at < cutoff,
+        [push_latency.c.seconds], _latency_totals)
+    pruned.copied_bytes_records = _delete_chunks(
+        engine, copied_bytes.c.id, copied_bytes.c.recorded_at < cutoff,
+        [copied_bytes.c.bytes], lambda rows: {BYTES_COPIED: sum(r.bytes for r in rows)})
+    # Each DAG's latest outcome and latest success stay (ids only grow: the latest has the
+    # largest); the subquery never yields NULL, which NOT IN would turn into "keep all".
+    latest = sa.union(
+        sa.select(sa.func.max(dag_outcomes.c.id)).group_by(dag_outcomes.c.dag_id),
+        sa.select(sa.func.max(dag_outcomes.c.id)).where(dag_outcomes.c.state == "success")
+        .group_by(dag_outcomes.c.dag_id))
+    pruned.dag_outcomes = _delete_chunks(
+        engine, dag_outcomes.c.id,
+        sa.and_(dag_outcomes.c.finished_at < cutoff, dag_outcomes.c.id.not_in(latest)))
+    pruned.alerts = _delete_chunks(engine, sent_alerts.c.id, sent_alerts.c.sent_at < cutoff)
+    return pruned
+
+
+def _prune_runs(engine: sa.Engine, cutoff: dt.datetime) -> tuple[int, int]:
+    """Runs older than ``cutoff`` but each DAG's latest, and their failed layers (together)."""
+    newer = runs.alias("newer")
+    superseded = sa.exists().where(newer.c.dag_id == runs.c.dag_id,
+                                   newer.c.finished_at > runs.c.finished_at)
+    orphaned = ~sa.exists().where(runs.c.dag_id == failed_layers.c.dag_id,
+                                  runs.c.run_id == failed_layers.c.run_id)
+    with engine.begin() as conn:
+        deleted_runs = conn.execute(
+            runs.delete().where(runs.c.finished_at < cutoff, superseded)).rowcount
+        deleted_layers = conn.execute(failed_layers.delete().where(
+            failed_layers.c.recorded_at < cutoff, orphaned)).rowcount
+    return deleted_runs, deleted_layers
+
+
+def _delete_chunks(
+    engine: sa.Engine, key: sa.Column, where: sa.ColumnElement[bool],
+    returning: Sequence[sa.Column] = (),
+    totals: Callable[[Sequence[Any]], dict[str, int]] | None = None,
+) -> int:
+    """Delete the rows of ``key``'s table matching ``where``, ``CHUNK`` per transaction;
+    ``totals`` turns each chunk's deleted rows (``returning``) into what it adds to the
+    carried totals, written in the chunk's transaction. Returns how many rows went."""
+    table = key.table
+    deleted = 0
+    while True:
+        chunk = sa.select(key).where(where).limit(CHUNK).scalar_subquery()
+        statement = table.delete().where(key.in_(chunk))
+        with engine.begin() as conn:
+            if totals is None:
+                n = conn.execute(statement).rowcount
+            else:
+                rows = conn.execute(statement.returning(*returning)).all()
+                n = len(rows)
+                _carry(conn, totals(rows))
+        deleted += n
+        # Not "fewer than CHUNK": a concurrent prune may have taken part of this chunk.
+        if n == 0:
+            return deleted
+
+
+def _carry(conn: sa.Connection, amounts: dict[str, int]) -> None:
+    """Add ``amounts`` to the carried totals."""
+    rows = [{"name": name, "value": value} for name, value in amounts.items() if value]
+    if not rows:
+        return
+    insert = dialect_insert(conn, carried_totals)
+    conn.execute(insert.on_conflict_do_update(
+        index_elements=[carried_totals.c.name],
+        set_={"value": carried_totals.c.value + insert.excluded.value}), rows)
+
+
+def _event_totals(rows: Sequence[Any]) -> dict[str, int]:
+    return {finished_total(s): sum(r.status == s for r in rows) for s in FINISHED}
+
+
+def _latency_totals(rows: Sequence[Any]) -> dict[str, int]:
+    return {LATENCY_COUNT: len(rows),
+            # Rounded up: the histogram's sum must never dip, or Prometheus sees a reset.
+            LATENCY_MICROSECONDS: math.ceil(sum(r.seconds for r in rows) * 1e6),
+            **{latency_bucket(b): sum(r.seconds <= b for r in rows) for b in LATENCY_BUCKETS}}
