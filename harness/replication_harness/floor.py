@@ -1,12 +1,13 @@
-"""The raw ``curl`` floor of a sync: the least any tool must do, for the benchmarks.
+"""The floor of a sync: the least any tool must do, for the benchmarks.
 
 Full sync: every unique blob once, ``curl GET | curl -X PUT -T -``; no-op: every tag list, then
-a ``HEAD`` of every tag's manifest, on both registries (``sync_vs_skopeo.py``), or on the
-primary alone, as a cheap run asks it (``scale.py``).
+a ``HEAD`` of every tag's manifest, on both registries by curl (``sync_vs_skopeo.py``), or on
+the primary alone by a bare ``http.client``, as a cheap run asks it (``scale.py``).
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import threading
@@ -70,59 +71,6 @@ def floor_sync(primary: LocalRegistry, secondary: LocalRegistry, corpus: Corpus,
     return run
 
 
-def _curl_parallel(config_lines: list[str], name: str, parallelism: int, workdir: Path,
-                   run: Run) -> None:
-    """``parallelism`` curl processes at once, each over its slice of the URLs on one
-    keep-alive connection; their peak RSS, CPU and first error go to ``run``. (One
-    ``curl --parallel`` over every URL was tried first: on a loaded 2-core machine it used
-    ~18 s of CPU for ~2,500 requests, competing with the registries it measured.)"""
-    lock = threading.Lock()
-
-    def one(k: int) -> None:
-        config = workdir / f"{name}-{k}.curlrc"
-        config.write_text("\n".join(config_lines[k::parallelism]) + "\n")
-        child = run_child(["curl", "-sS", "-K", str(config)], workdir / f"{name}-{k}.log", Run())
-        with lock:
-            run.max_rss_kib = max(run.max_rss_kib or 0, child.max_rss_kib or 0)
-            run.cpu_seconds = (run.cpu_seconds or 0.0) + (child.cpu_seconds or 0.0)
-            if child.rc:
-                run.error = run.error or f"{name}: {child.error}"
-
-    with ThreadPoolExecutor(parallelism) as slices:
-        list(slices.map(one, range(min(parallelism, len(config_lines)))))
-
-
-def _tag_lists(registry: LocalRegistry, corpus: Corpus, name: str, parallelism: int,
-               workdir: Path, run: Run) -> list[tuple[str, str]]:
-    """Every tag list of the corpus's repositories, by curl: the (repository, tag) pairs."""
-    out = workdir / f"{name}-tags"
-    out.mkdir(exist_ok=True)
-    _curl_parallel([f'url = "{registry.url}/v2/{repo}/tags/list"\noutput = "{out / repo}.json"'
-                    for repo in corpus.repositories], f"{name}-lists", parallelism, workdir, run)
-    tags = []
-    for repo in corpus.repositories:
-        try:
-            body = json.loads((out / f"{repo}.json").read_text())
-            tags += [(repo, tag) for tag in body.get("tags") or []]
-        except (OSError, ValueError) as exc:
-            run.error = run.error or f"tag list of {repo}: {exc}"
-    return tags
-
-
-def _heads(registry: LocalRegistry, tags: list[tuple[str, str]], name: str, parallelism: int,
-           workdir: Path, run: Run, known: dict[tuple[str, str], str] | None = None) -> None:
-    """``HEAD`` of every tag's manifest by curl; with ``known`` digests, conditional
-    (``If-None-Match``), as the engine sends them."""
-    def lines(repo: str, tag: str) -> str:
-        condition = (f'\nheader = "If-None-Match: \\"{known[repo, tag]}\\""'
-                     if known and (repo, tag) in known else "")
-        return (f'url = "{registry.url}/v2/{repo}/manifests/{tag}"\nhead\n'
-                f'header = "Accept: {mt.MANIFEST_ACCEPT}"{condition}\noutput = "/dev/null"')
-
-    _curl_parallel([lines(repo, tag) for repo, tag in tags], f"{name}-heads", parallelism,
-                   workdir, run)
-
-
 def floor_noop(primary: LocalRegistry, secondary: LocalRegistry, corpus: Corpus,
                parallelism: int, workdir: Path) -> Run:
     """The least a no-op must do: every tag list, then HEAD of every tag, on both sides.
@@ -131,14 +79,50 @@ def floor_noop(primary: LocalRegistry, secondary: LocalRegistry, corpus: Corpus,
     same round trips. The tags HEADed on both sides are the primary's.
     """
     run = Run(max_rss_kib=0, cpu_seconds=0.0)
+    lock = threading.Lock()
     started = time.perf_counter()
+
+    def curl_parallel(config_lines: list[str], name: str) -> None:
+        """``parallelism`` curl processes at once, each over its slice of the URLs on one
+        keep-alive connection. (One ``curl --parallel`` over every URL was tried first: on a
+        loaded 2-core machine it used ~18 s of CPU for ~2,500 requests, competing with the
+        registries it measured.)"""
+        def one(k: int) -> None:
+            config = workdir / f"{name}-{k}.curlrc"
+            config.write_text("\n".join(config_lines[k::parallelism]) + "\n")
+            child = run_child(["curl", "-sS", "-K", str(config)], workdir / f"{name}-{k}.log", Run())
+            with lock:
+                run.max_rss_kib = max(run.max_rss_kib, child.max_rss_kib or 0)
+                run.cpu_seconds += child.cpu_seconds or 0.0
+                if child.rc:
+                    run.error = run.error or f"{name}: {child.error}"
+
+        with ThreadPoolExecutor(parallelism) as slices:
+            list(slices.map(one, range(min(parallelism, len(config_lines)))))
+
+    def lists(registry: LocalRegistry, name: str) -> Path:
+        out = workdir / f"{name}-tags"
+        out.mkdir(exist_ok=True)
+        curl_parallel([f'url = "{registry.url}/v2/{repo}/tags/list"\noutput = "{out / repo}.json"'
+                       for repo in corpus.repositories], f"{name}-lists")
+        return out
+
+    def heads(registry: LocalRegistry, name: str, tags: list[tuple[str, str]]) -> None:
+        curl_parallel([f'url = "{registry.url}/v2/{repo}/manifests/{tag}"\nhead\n'
+                       f'header = "Accept: {mt.MANIFEST_ACCEPT}"\noutput = "/dev/null"'
+                       for repo, tag in tags], f"{name}-heads")
+
     with ThreadPoolExecutor(2) as pool:
-        listed = pool.submit(_tag_lists, primary, corpus, "noop-primary", parallelism, workdir,
-                             run)
-        pool.submit(_tag_lists, secondary, corpus, "noop-secondary", parallelism, workdir,
-                    run).result()
-        tags = listed.result()
-        list(pool.map(lambda side: _heads(*side, tags, side[1], parallelism, workdir, run),
+        listed = pool.submit(lists, primary, "noop-primary")
+        pool.submit(lists, secondary, "noop-secondary").result()
+        tags = []
+        for repo in corpus.repositories:
+            try:
+                body = json.loads((listed.result() / f"{repo}.json").read_text())
+                tags += [(repo, tag) for tag in body.get("tags") or []]
+            except (OSError, ValueError) as exc:
+                run.error = run.error or f"tag list of {repo}: {exc}"
+        list(pool.map(lambda side: heads(*side, tags),
                       [(primary, "noop-primary"), (secondary, "noop-secondary")]))
     run.seconds = time.perf_counter() - started
     run.rc = 1 if run.error else 0
@@ -146,20 +130,49 @@ def floor_noop(primary: LocalRegistry, secondary: LocalRegistry, corpus: Corpus,
     return run
 
 
-def floor_primary_noop(primary: LocalRegistry, corpus: Corpus, parallelism: int, workdir: Path,
+def floor_primary_noop(primary: LocalRegistry, corpus: Corpus, parallelism: int,
                        known: dict[tuple[str, str], str] | None = None) -> Run:
-    """The least a correct no-op must ask of the primary, sent by curl (next to no client
-    CPU): its tag lists, then a ``HEAD`` of every tag (a tag can move with no notification
-    reaching us), conditional on ``known`` digests when given."""
+    """The least a correct no-op must ask of the primary: its tag lists, then a ``HEAD`` of
+    every tag (a tag can move with no notification reaching us), conditional on ``known``
+    digests when given; sent by the barest client there is (``http.client``, one keep-alive
+    connection per thread, nothing parsed), so that what is left is the primary's own cost.
+    (curl was tried first: its per-URL set-up cost more than this whole engine's client.)"""
+    host, port = primary.url.removeprefix("http://").split(":")
+    local = threading.local()
     run = Run(max_rss_kib=0, cpu_seconds=0.0)
-    name = "primary-floor" + ("-conditional" if known else "")
+
+    def ask(method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        if not hasattr(local, "connection"):
+            local.connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        local.connection.request(method, path, headers=headers)
+        response = local.connection.getresponse()
+        return response.status, response.read()
+
+    def tag_list(repo: str) -> list[tuple[str, str]]:
+        status, body = ask("GET", f"/v2/{repo}/tags/list", {})
+        if status != 200:
+            raise RuntimeError(f"tag list of {repo}: HTTP {status}")
+        return [(repo, tag) for tag in json.loads(body).get("tags") or []]
+
+    def head(pair: tuple[str, str]) -> None:
+        headers = {"Accept": mt.MANIFEST_ACCEPT}
+        if known and pair in known:
+            headers["If-None-Match"] = f'"{known[pair]}"'
+        status, _ = ask("HEAD", f"/v2/{pair[0]}/manifests/{pair[1]}", headers)
+        if status not in (200, 304):
+            raise RuntimeError(f"HEAD {pair[0]}:{pair[1]}: HTTP {status}")
+
     started = time.perf_counter()
-    tags = _tag_lists(primary, corpus, name, parallelism, workdir, run)
-    _heads(primary, tags, name, parallelism, workdir, run, known)
+    try:
+        with ThreadPoolExecutor(parallelism) as pool:
+            tags = [pair for found in pool.map(tag_list, corpus.repositories) for pair in found]
+            list(pool.map(head, tags))
+        run.rc = 0
+    except (OSError, RuntimeError, ValueError) as exc:
+        run.rc, run.error, tags = 1, str(exc), []
     run.seconds = time.perf_counter() - started
-    run.rc = 1 if run.error else 0
     run.note = (f"{len(tags)} tags: tag lists + {'conditional ' if known else ''}HEAD of every "
-                f"tag, primary only, {parallelism} curls")
+                f"tag, primary only, bare http.client x{parallelism}")
     return run
 
 

@@ -22,11 +22,11 @@ def test_tiny_scale_run_reports_every_row(tmp_path: Path) -> None:
          "--base-sets", "2", "--workdir", str(tmp_path / "work")],
         capture_output=True, text=True, timeout=540)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for row in ("CLI full", "CLI no-op", "skopeo sync no-op", "floor: primary HEADs (curl)",
-                "floor: primary conditional HEADs (curl)", "registry_reconcile empty scope",
+    for row in ("CLI full", "CLI no-op", "skopeo sync no-op", "floor: primary HEADs",
+                "floor: primary conditional HEADs", "registry_reconcile empty scope",
                 "registry_reconcile full", "registry_reconcile no-op"):
         assert f"| {row} |" in done.stdout, done.stdout
     assert "40 tags: tag lists + conditional HEAD of every tag" in done.stdout
-    assert "the primary's floor (tag lists + a HEAD per tag by curl)" in done.stdout
+    assert "the primary's floor (tag lists + a HEAD per tag, bare http.client)" in done.stdout
     assert "largest XCom" in done.stdout and "snapshots " in done.stdout
     assert "corpus: 40 tags in 4 repositories" in done.stdout
