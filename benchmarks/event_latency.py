@@ -33,7 +33,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from registry_replication.client import RegistryClient
-from registry_replication.store import events
+from registry_replication.store.schema import events
 from replication_harness import images
 from replication_harness.event_stack import event_stack
 from replication_harness.measure import load_average
