@@ -21,6 +21,7 @@ from registry_replication.client import RegistryClient
 from registry_replication.config import RegistryConfig
 from registry_replication.leases import Leases
 from registry_replication.recorded_tags import ABSENT, INTENT, PRESENT, TagRecord
+from registry_replication.snapshot import take_snapshot
 from registry_replication.store import Store
 from registry_replication.store.queue import Event
 from registry_replication.sync import SyncOptions, run_sync
@@ -253,3 +254,20 @@ def test_the_primary_is_read_with_conditional_heads_yet_every_move_is_seen(
     assert secondary_reader.head_manifest("app", "v1").digest == moved
     assert secondary_reader.head_manifest("app", "v3").digest == added
     assert report.verification["in_sync"].all() and not report.failed
+
+
+def test_a_record_that_cannot_be_read_only_makes_the_heads_unconditional(
+    primary, primary_writer, caplog,
+):
+    factory = images.ImageFactory()
+    pushed = images.push(primary_writer, "app", factory.make(), ["v1"])
+
+    def unreadable(repositories):
+        raise RuntimeError("the store is down")
+
+    with RegistryClient(primary.client_config()) as source:
+        listed = take_snapshot(source, known=unreadable)
+    assert dict(zip(listed.tags["tag"], listed.tags["digest"])) == {"v1": pushed}
+    assert listed.complete
+    assert ("without conditional HEADs, the record of the secondary's tags being unreadable "
+            "(RuntimeError: the store is down; repositories app)") in caplog.text

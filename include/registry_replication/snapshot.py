@@ -253,7 +253,15 @@ def stream_snapshot(
         for start in range(0, len(names), batch):
             chunk = names[start:start + batch]
             if known is not None:
-                expected = known(chunk)
+                try:
+                    expected = known(chunk)
+                except Exception as exc:  # only an optimisation: list unconditionally instead
+                    log.warning("listing %s without conditional HEADs, the record of the "
+                                "secondary's tags being unreadable (%s: %s; repositories %s): "
+                                "the listing is as complete, the registry does more work",
+                                client.url, type(exc).__name__, exc, ", ".join(chunk[:5])
+                                + (" ..." if len(chunk) > 5 else ""))
+                    expected = {}
             pairs = [pair for found in pool.map(list_tags, chunk) for pair in found]
             rows = [row for row in pool.map(head, pairs) if row is not None]
             sink(rows)
