@@ -86,6 +86,7 @@ def test_schema1_manifest_is_skipped_as_unsupported(primary_reader, secondary_wr
 
     class ServesSchema1:
         url = primary_reader.url
+        config = primary_reader.config
 
         def get_manifest(self, repository, reference):
             return Manifest(raw, mt.DOCKER_SCHEMA1_SIGNED, digest)

@@ -53,9 +53,11 @@ from registry_replication.auth import (
     scopes_for,
 )
 from registry_replication.bandwidth import BandwidthLimit
+from registry_replication.bounded import loads, read_body
 from registry_replication.config import RegistryConfig
 from registry_replication.errors import (
     DigestMismatchError,
+    LimitExceeded,
     NotFoundError,
     RegistryAuthError,
     RegistryError,
@@ -245,28 +247,32 @@ class RegistryClient:
 
     def catalog(self, page_size: int = 1000) -> Iterator[str]:
         """Every repository, following ``Link`` pagination (``n``/``last``)."""
-        path = f"/v2/_catalog?{urlencode({'n': page_size})}"
+        pages = _Pages(self, "list catalog", None)
+        path: str | None = f"/v2/_catalog?{urlencode({'n': page_size})}"
         while path:
-            response = self._send("GET", path, operation="list catalog")
+            response = self._send("GET", path, operation="list catalog",
+                                  body_bound="max_listing_bytes")
             # Entries are yielded as the registry sent them (even non-strings): the snapshot
             # reports a bad entry as that repository's problem.
             yield from self._json_list(response, "repositories", "list catalog", None)
-            path = self._next_link(response, "list catalog", None)
+            path = pages.next(response)
 
     def tags(self, repository: str) -> list[Any]:
         """Every tag of a repository (distribution 2.8 returns them in one page), as sent."""
         validate_repository(repository)
-        path = f"/v2/{repository}/tags/list"
+        pages = _Pages(self, "list tags", repository)
+        path: str | None = f"/v2/{repository}/tags/list"
         tags: list[Any] = []
         while path:
             try:
-                response = self._send("GET", path, operation="list tags", repository=repository)
+                response = self._send("GET", path, operation="list tags", repository=repository,
+                                      body_bound="max_listing_bytes")
             except NotFoundError as exc:
                 if exc.code == "NAME_UNKNOWN" and not tags:
                     return []  # a repository holding blobs but no tags
                 raise
             tags.extend(self._json_list(response, "tags", "list tags", repository))
-            path = self._next_link(response, "list tags", repository)
+            path = pages.next(response)
         return tags
 
     # -- manifests ------------------------------------------------------------------------------
@@ -316,7 +322,8 @@ class RegistryClient:
         validate_repository(repository)
         validate_reference(reference)
         response = self._at("GET", repository, "manifests", reference, "get manifest",
-                            headers={"Accept": mediatypes.MANIFEST_ACCEPT})
+                            headers={"Accept": mediatypes.MANIFEST_ACCEPT},
+                            body_bound="max_manifest_bytes")
         raw = response.content
         self._count(len(raw))
         media_type = _media_type(response)
@@ -330,6 +337,17 @@ class RegistryClient:
                 registry=self.url, operation="get manifest", repository=repository,
                 reference=expected, code="DIGEST_INVALID",
             )
+        try:
+            # Parsed to be checked only: whoever reads it parses it again, within this bound.
+            loads(raw, self.config.bounds.max_json_depth, registry=self.url,
+                  operation="get manifest", repository=repository, reference=digest)
+        except ValueError:
+            raise RegistryError(
+                "the manifest is not JSON", registry=self.url, operation="get manifest",
+                repository=repository, reference=digest, code="MANIFEST_INVALID",
+                advice="the registry serves something that is not a manifest under this "
+                "digest: re-push the image on the registry",
+            ) from None
         return Manifest(raw, media_type, digest)
 
     def put_manifest(self, repository: str, reference: str, raw: bytes, media_type: str) -> str:
@@ -600,14 +618,6 @@ class RegistryClient:
             )
         return self._own_url(urljoin(response.url, location), "upload", None, "Location")
 
-    def _next_link(
-        self, response: requests.Response, operation: str, repository: str | None
-    ) -> str | None:
-        """The next page from ``Link: <...>; rel="next"``; refused unless on our own registry."""
-        link = response.links.get("next", {}).get("url")
-        if not link:
-            return None
-        return self._own_url(urljoin(response.url, link), operation, repository, "Link")
 
     def _own_url(self, url: str, operation: str, repository: str | None, source: str) -> str:
         """``url`` if it has the configured scheme, host and port; else a ``RegistryError``.
@@ -634,7 +644,8 @@ class RegistryClient:
     ) -> list[Any]:
         """``body[key]`` of a listing answer, which must be a JSON object holding a list."""
         try:
-            body = response.json()
+            body = loads(response.content, self.config.bounds.max_json_depth, registry=self.url,
+                         operation=operation, repository=repository)
         except ValueError:
             body = None
         value = body.get(key) if isinstance(body, dict) else None
@@ -664,11 +675,15 @@ class RegistryClient:
         allow_redirects: bool = True,
         authenticate: bool = True,
         storage: bool = False,
+        body_bound: str = "max_error_bytes",
     ) -> requests.Response:
         """One request to this registry (or, ``storage``, to the storage backend it redirected a
         download to: no credentials), under the retry policy (``_retried``: one try inside an
         operation a policy already retries, such as a blob upload's step). Errors are typed,
-        with advice."""
+        with advice.
+
+        Unless ``stream``, the answer's body is read here, within the bound ``body_bound``
+        names (``config.Bounds``; an error answer's within ``max_error_bytes``)."""
         if urlsplit(path).scheme:  # a URL the registry handed back, already checked
             url = path
         else:
@@ -688,7 +703,7 @@ class RegistryClient:
 
         def attempt() -> requests.Response:
             return self._attempt(method, url, operation, repository, reference, headers, data,
-                                 stream, ok, allow_redirects, auth, storage)
+                                 stream, ok, allow_redirects, auth, storage, body_bound)
 
         return self._retried(attempt)
 
@@ -696,16 +711,25 @@ class RegistryClient:
         self, method: str, url: str, operation: str, repository: str | None,
         reference: str | None, headers: dict[str, str] | None, data: bytes | Body | None,
         stream: bool, ok: Sequence[int], allow_redirects: bool, auth: Any, storage: bool,
+        body_bound: str,
     ) -> requests.Response:
         """One try; redirects are followed here, only within the registry (requests would
         follow them anywhere)."""
         redirects = 0
         while True:
             try:
+                # Always streamed: requests would read any body whole, however large.
                 response = self.session.request(
-                    method, url, headers=headers, data=data, stream=stream,
+                    method, url, headers=headers, data=data, stream=True,
                     timeout=self._timeout, allow_redirects=False, auth=auth,
                 )
+                if not stream or response.status_code not in ok:
+                    bound = body_bound if response.status_code in ok else "max_error_bytes"
+                    # Kept where ``response.content`` and ``.json()`` read it.
+                    response._content = read_body(
+                        response, getattr(self.config.bounds, bound), bound,
+                        registry=self.url, operation=operation, repository=repository,
+                        reference=reference, status=response.status_code)
             except requests.RequestException as exc:
                 raise self._connection_error(exc, operation, repository, reference) from None
             if response.status_code in ok:
@@ -788,8 +812,8 @@ class RegistryClient:
         status = response.status_code
         code = message = detail = None
         try:
-            body = response.json()
-        except ValueError:
+            body = loads(response.content, self.config.bounds.max_json_depth)
+        except (ValueError, RegistryError):  # not the JSON error shape: said below
             body = None
         errors = body.get("errors") if isinstance(body, dict) else None
         first = errors[0] if isinstance(errors, list) and errors else None
@@ -836,6 +860,38 @@ class RegistryClient:
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.url!r}, writable={self.writable})"
+
+
+class _Pages:
+    """The pages of one listing: the next page from ``Link: <...>; rel="next"``, refused
+    unless on our own registry, once already visited (a loop), or past ``max_listing_pages``."""
+
+    def __init__(self, client: RegistryClient, operation: str, repository: str | None) -> None:
+        self.client = client
+        self.operation = operation
+        self.repository = repository
+        self.visited: set[str] = set()
+
+    def next(self, response: requests.Response) -> str | None:
+        link = response.links.get("next", {}).get("url")
+        if not link:
+            return None
+        client, bound = self.client, self.client.config.bounds.max_listing_pages
+        url = client._own_url(urljoin(response.url, link), self.operation, self.repository,
+                              "Link")
+        where = dict(registry=client.url, operation=self.operation, repository=self.repository)
+        if url in self.visited:
+            raise RegistryError(
+                "the registry's Link header leads back to a page already read (a loop)",
+                code="PAGINATION_LOOP", **where,
+                advice="the registry or a proxy in front of it rewrites pagination links: "
+                "check its http.host and any proxy; other listings are not affected")
+        if len(self.visited) + 1 >= bound:
+            raise LimitExceeded(f"the listing goes on past {bound} pages",
+                                code="LIMIT_EXCEEDED", setting="max_listing_pages",
+                                limit=bound, **where)
+        self.visited.add(url)
+        return url
 
 
 class Body:

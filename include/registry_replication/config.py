@@ -32,6 +32,42 @@ class ConfigError(ValueError):
     """A connection definition that cannot describe a registry."""
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """Bounds on what a registry sends, each a connection extra of the same name.
+
+    The defaults are far beyond any real image (distribution itself refuses to accept a
+    manifest over 4 MiB), so only a broken or hostile object meets one, and then it fails
+    alone, named with the bound (``errors.LimitExceeded``): one pushed object never stops the
+    replication of the others.
+    """
+
+    max_manifest_bytes: int = 4 << 20  # distribution's own limit on a pushed manifest
+    max_listing_bytes: int = 64 << 20  # one catalog page or tag list (2.8's is one page)
+    max_error_bytes: int = 64 << 10  # an error answer's body
+    max_json_depth: int = 64  # nesting of any JSON document; real manifests nest 4 or 5 deep
+    max_listing_pages: int = 100_000  # pages of one catalog or tag listing
+    max_index_depth: int = 8  # index in index in ...; real ones nest 1 or 2 deep
+    max_index_children: int = 4096  # manifests one index lists
+    max_manifests_per_image: int = 10_000  # distinct manifests in one image's tree
+    max_descriptors: int = 100_000  # layers (and config) of one image manifest
+    image_plan_seconds: float = 600.0  # wall-clock budget to read one image's manifests
+
+    @classmethod
+    def from_extra(cls, extra: Mapping[str, Any]) -> Bounds:
+        values = {}
+        for name, f in cls.__dataclass_fields__.items():
+            if name in extra:
+                kind = float if f.type == "float" else int
+                try:
+                    values[name] = kind(extra[name])
+                except (TypeError, ValueError):
+                    raise ConfigError(f"{name} must be a number, not {str(extra[name])[:40]!r}") from None
+                if values[name] <= 0:
+                    raise ConfigError(f"{name} must be positive")
+        return cls(**values)
+
+
 @dataclass
 class RegistryConfig:
     url: str
@@ -49,6 +85,7 @@ class RegistryConfig:
     max_retries: int = 5
     backoff_seconds: float = 0.5
     max_bytes_per_second: int | None = None  # blob bytes read from this registry; None: no limit
+    bounds: Bounds = field(default_factory=Bounds)
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
@@ -108,7 +145,8 @@ class RegistryConfig:
             url = f"{url.rstrip('/')}:{port}"
         private_key = extra.pop("private_key", None) or _read(extra.pop("private_key_path", None))
         certificate = extra.pop("certificate", None) or _read(extra.pop("certificate_path", None))
-        known = {f for f in cls.__dataclass_fields__} - {"url", "login", "password"}
+        known = ({f for f in cls.__dataclass_fields__} - {"url", "login", "password", "bounds"}
+                 | set(Bounds.__dataclass_fields__))
         unknown = set(extra) - known
         if unknown:
             raise ConfigError(f"unknown connection extra keys: {', '.join(sorted(unknown))}")
@@ -129,6 +167,7 @@ class RegistryConfig:
             backoff_seconds=float(extra.get("backoff_seconds", 0.5)),
             max_bytes_per_second=(int(extra["max_bytes_per_second"])
                                   if extra.get("max_bytes_per_second") else None),
+            bounds=Bounds.from_extra(extra),
         )
 
     @classmethod

@@ -108,6 +108,28 @@ class DigestMismatchError(RegistryError):
     """Bytes that do not hash to the digest they were fetched or pushed under."""
 
 
+@dataclass(eq=False)
+class LimitExceeded(RegistryError):
+    """Something a registry sent is larger, deeper or slower than a bound allows.
+
+    ``setting`` names the bound (a connection extra of the registry that sent it); a real
+    registry never comes near the defaults, so the object is broken or hostile.
+    """
+
+    setting: str = ""
+    limit: float | int | None = None
+
+    def __post_init__(self) -> None:
+        if self.advice is None:
+            self.advice = (
+                f"a well-formed image never comes near this bound ({self.setting} = "
+                f"{self.limit}): delete or re-push the object on the registry; if it is "
+                f"legitimate, raise {self.setting} in the registry connection's extra. Other "
+                "images and repositories are not held back"
+            )
+        super().__post_init__()
+
+
 def _advice_for_status(status: int | None) -> str | None:
     if status is None:
         return "check that the registry URL in the connection is right and the registry is running"

@@ -13,6 +13,8 @@ import json
 import logging
 import math
 import sys
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 
 from registry_replication import mediatypes as mt
 from registry_replication.client import Manifest, RegistryClient
-from registry_replication.errors import RegistryError
+from registry_replication.errors import LimitExceeded, RegistryError
+from registry_replication.reference import validate_digest
 from registry_replication.outcomes import human_size
 
 log = logging.getLogger(__name__)
@@ -95,6 +98,10 @@ class Plan:
     skipped: list[Skipped] = field(default_factory=list)
     # Manifests read while planning, for an in-process copy to reuse (never serialised).
     manifests: dict[tuple[str, str], Manifest] = field(default_factory=dict, repr=False)
+    cache: ManifestCache = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.cache = ManifestCache(self.manifests)
 
     @property
     def transfer_bytes(self) -> int:
@@ -198,25 +205,32 @@ def build_plan(
 def _image_task(
     primary: RegistryClient, repository: str, digest: str, tags: list[str], plan: Plan
 ) -> tuple[ImageTask | None, dict[str, int]]:
-    media_type = ""
+    """The image's task, or None once it is recorded as skipped: whatever its manifests raise
+    (any exception, a bound exceeded, its time budget spent) is this image's outcome alone."""
+    walk = _Walk(primary, repository, plan)
     try:
-        manifest = _fetch(primary, repository, digest, plan)
-        children: list[str] = []
-        sizes: dict[str, int] = {}
-        _collect(primary, repository, manifest, children, sizes, plan)
-    except (RegistryError, UnsupportedError) as exc:
-        reason = str(exc)
-        media_type = getattr(exc, "media_type", "") or ""
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        # A manifest that is not the JSON its media type promises (or names a child digest
-        # out of grammar): this image's problem, not the run's.
-        reason = f"malformed manifest ({type(exc).__name__}: {str(exc)[:200]}); re-push it"
+        manifest = walk.fetch(digest)
+        walk.collect(manifest, depth=0)
+    except Exception as exc:  # noqa: BLE001 - the unit's boundary: nothing escapes one image
+        reason = _reason(exc)
+        media_type = getattr(exc, "media_type", "") or walk.media_type
     else:
-        task = ImageTask(repository, digest, manifest.media_type, tags, children, sorted(sizes))
-        return task, sizes
+        task = ImageTask(repository, digest, manifest.media_type, tags, walk.children,
+                         sorted(walk.sizes))
+        return task, walk.sizes
     log.warning("skipping %s@%s (tags %s): %s", repository, digest, ", ".join(tags), reason)
     plan.skipped.append(Skipped(repository, tags, digest, media_type, reason))
     return None, {}
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, (RegistryError, UnsupportedError)):
+        return str(exc)
+    if isinstance(exc, RecursionError):  # a bound should have held first: say so plainly
+        return "the manifest nests too deeply to read (RecursionError); delete or re-push it"
+    # Anything else the manifest's contents raised: malformed for what it claims to be.
+    return (f"malformed manifest ({type(exc).__name__}: {str(exc)[:200]}); delete or re-push "
+            "it on the primary")
 
 
 class UnsupportedError(Exception):
@@ -225,54 +239,151 @@ class UnsupportedError(Exception):
         self.media_type = media_type
 
 
-def _fetch(primary: RegistryClient, repository: str, digest: str, plan: Plan) -> Manifest:
-    manifest = primary.get_manifest(repository, digest)
-    plan.manifests[(repository, digest)] = manifest
-    return manifest
+class _Walk:
+    """One image's manifests, children first, within the primary's bounds: index depth,
+    children per index, distinct manifests and a wall-clock budget. A child listed twice (at
+    any depth) is walked once, and each manifest is fetched once per plan (``ManifestCache``)."""
+
+    def __init__(self, primary: RegistryClient, repository: str, plan: Plan) -> None:
+        self.primary = primary
+        self.bounds = primary.config.bounds
+        self.repository = repository
+        self.plan = plan
+        self.deadline = time.monotonic() + self.bounds.image_plan_seconds
+        self.children: list[str] = []  # digests, in push order
+        self.sizes: dict[str, int] = {}
+        self.walked: set[str] = set()
+        self.media_type = ""
+
+    def fetch(self, digest: str) -> Manifest:
+        if len(self.walked) >= self.bounds.max_manifests_per_image:
+            raise self._exceeded(f"the image holds more than {len(self.walked)} manifests",
+                                 "max_manifests_per_image", digest)
+        if time.monotonic() > self.deadline:
+            raise self._exceeded(
+                f"reading the image's manifests took over {self.bounds.image_plan_seconds:.0f}s",
+                "image_plan_seconds", digest)
+        self.walked.add(digest)
+        manifest = self.plan.cache.get(self.primary, self.repository, digest)
+        self.media_type = self.media_type or manifest.media_type
+        return manifest
+
+    def collect(self, manifest: Manifest, depth: int) -> None:
+        """Walk a manifest: children (depth first, so they are pushed before their index) and
+        blobs."""
+        if manifest.media_type in mt.SCHEMA1:
+            raise UnsupportedError(
+                "Docker schema 1 manifests are not supported (deprecated, signed per registry); "
+                "rebuild and push the image with a current client",
+                manifest.media_type,
+            )
+        # Parsed here and dropped: the plan keeps every manifest's bytes, and a parsed copy of
+        # each (``manifest.json`` caches it) would multiply a large plan's memory.
+        body = json.loads(manifest.raw)
+        if not isinstance(body, dict):
+            raise ValueError("the manifest is not a JSON object")
+        if manifest.media_type in mt.INDEXES:
+            self._collect_index(manifest, body, depth)
+            return
+        if manifest.media_type not in mt.IMAGE_MANIFESTS:
+            raise UnsupportedError(f"unsupported manifest media type {manifest.media_type!r}",
+                                   manifest.media_type)
+        descriptors = _blob_descriptors(body)
+        if len(descriptors) > self.bounds.max_descriptors:
+            raise self._exceeded(f"the manifest lists {len(descriptors)} blobs",
+                                 "max_descriptors", manifest.digest)
+        for descriptor in descriptors:
+            if descriptor.get("urls"):
+                continue  # foreign, non-distributable layer: lives outside the registry
+            # Interned: images share blobs, and a plan holds every image's list of them.
+            digest = sys.intern(_descriptor_digest(descriptor))
+            self.sizes[digest] = _descriptor_size(descriptor)
+
+    def _collect_index(self, manifest: Manifest, body: dict, depth: int) -> None:
+        listed = body.get("manifests") or []
+        if not isinstance(listed, list):
+            raise ValueError("the index's 'manifests' is not a list")
+        if depth + 1 > self.bounds.max_index_depth:
+            raise self._exceeded(f"indexes nest more than {self.bounds.max_index_depth} deep",
+                                 "max_index_depth", manifest.digest)
+        if len(listed) > self.bounds.max_index_children:
+            raise self._exceeded(f"the index lists {len(listed)} manifests",
+                                 "max_index_children", manifest.digest)
+        for child in listed:
+            child_digest = sys.intern(_descriptor_digest(child))
+            if child_digest in self.walked:
+                continue  # listed twice (a diamond): its subtree is already in this image
+            self.collect(self.fetch(child_digest), depth + 1)
+            self.children.append(child_digest)
+
+    def _exceeded(self, what: str, setting: str, digest: str) -> LimitExceeded:
+        return LimitExceeded(what, registry=self.primary.url, operation="plan image",
+                             repository=self.repository, reference=digest,
+                             code="LIMIT_EXCEEDED", setting=setting,
+                             limit=getattr(self.bounds, setting))
 
 
-def _collect(
-    primary: RegistryClient,
-    repository: str,
-    manifest: Manifest,
-    children: list[str],
-    sizes: dict[str, int],
-    plan: Plan,
-) -> None:
-    """Walk a manifest: children (depth first, so they are pushed before their index) and blobs."""
-    if manifest.media_type in mt.SCHEMA1:
-        raise UnsupportedError(
-            "Docker schema 1 manifests are not supported (deprecated, signed per registry); "
-            "rebuild and push the image with a current client",
-            manifest.media_type,
-        )
-    # Parsed here and dropped: the plan keeps every manifest's bytes, and a parsed copy of
-    # each (``manifest.json`` caches it) would multiply a large plan's memory.
-    body = json.loads(manifest.raw)
-    if manifest.media_type in mt.INDEXES:
-        for child in body.get("manifests") or []:
-            child_digest = sys.intern(child["digest"])
-            child_manifest = _fetch(primary, repository, child_digest, plan)
-            _collect(primary, repository, child_manifest, children, sizes, plan)
-            if child_digest not in children:
-                children.append(child_digest)
-        return
-    if manifest.media_type not in mt.IMAGE_MANIFESTS:
-        raise UnsupportedError(f"unsupported manifest media type {manifest.media_type!r}", manifest.media_type)
-    for descriptor in _blob_descriptors(body):
-        if descriptor.get("urls"):
-            continue  # foreign, non-distributable layer: lives outside the registry
-        # Interned: images share blobs, and a plan holds every image's list of them.
-        sizes[sys.intern(descriptor["digest"])] = int(descriptor["size"])
+class ManifestCache:
+    """The manifests a plan read, each fetched from the primary once however many images (or
+    threads) ask for it; they stay in ``manifests`` for the copy to push."""
+
+    def __init__(self, manifests: dict[tuple[str, str], Manifest]) -> None:
+        self.manifests = manifests
+        self._failed: dict[tuple[str, str], Exception] = {}  # asked once, failed: not again
+        self._lock = threading.Lock()
+        self._fetching: dict[tuple[str, str], threading.Lock] = {}
+
+    def get(self, primary: RegistryClient, repository: str, digest: str) -> Manifest:
+        key = (repository, digest)
+        with self._lock:
+            fetching = self._fetching.setdefault(key, threading.Lock())
+        with fetching:  # another thread fetching the same manifest: wait for its answer
+            with self._lock:
+                found, failed = self.manifests.get(key), self._failed.get(key)
+            if failed is not None:
+                raise failed
+            if found is not None:
+                return found
+            try:
+                found = primary.get_manifest(repository, digest)
+                with self._lock:
+                    self.manifests[key] = found
+                return found
+            except Exception as exc:
+                with self._lock:
+                    self._failed[key] = exc
+                raise
+            finally:
+                with self._lock:  # one lock per manifest being fetched, not per manifest read
+                    self._fetching.pop(key, None)
 
 
-def _blob_descriptors(body: dict) -> Iterable[dict]:
-    if body.get("config"):
-        yield body["config"]
-    yield from body.get("layers") or []
+def _descriptor_digest(descriptor: object) -> str:
+    if not isinstance(descriptor, dict):
+        raise ValueError(f"a descriptor is not a JSON object ({str(descriptor)[:80]!r})")
+    return validate_digest(descriptor.get("digest"))
+
+
+def _descriptor_size(descriptor: dict) -> int:
+    """The descriptor's size: a whole number of bytes a registry can hold (JSON allows ``1e400``,
+    ``-1``, ``true`` and 5,000-digit integers)."""
+    size = descriptor.get("size")
+    if type(size) is not int or not 0 <= size < 1 << 63:
+        raise ValueError(f"blob {descriptor.get('digest')} has an invalid size "
+                         f"{str(size)[:40]!r}")
+    return size
+
+
+def _blob_descriptors(body: dict) -> list:
+    layers = body.get("layers") or []
+    if not isinstance(layers, list):
+        raise ValueError("the manifest's 'layers' is not a list")
+    return [body["config"], *layers] if body.get("config") else layers
 
 
 def _has_blob(secondary: RegistryClient, repository: str, digest: str) -> bool:
+    # Not contained per blob: the digest is validated, so only the secondary itself can fail
+    # here (down, refusing us), and that ends the run at once rather than blob by blob.
     return secondary.blob_size(repository, digest) is not None
 
 

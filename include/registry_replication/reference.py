@@ -45,7 +45,7 @@ def validate_tag(tag: str) -> str:
 def validate_digest(digest: str) -> str:
     if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
         raise InvalidReference(
-            f"invalid digest {digest!r}: expected sha256:<64 lowercase hex> or sha512:<128 lowercase hex>"
+            f"invalid digest {str(digest)[:100]!r}: expected sha256:<64 lowercase hex> or sha512:<128 lowercase hex>"
         )
     return digest
 
