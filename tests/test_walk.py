@@ -40,7 +40,7 @@ EVENT_STEPS = [
     (webhook, "_authenticate"), (webhook, "_read_limited"), (webhook, "parse"),
     (webhook, "_add"), (EventQueue, "add"), (EventQueue, "claim"),
     (realtime, "coalesce"), (realtime, "_copy_tags"), (realtime, "build_plan"),
-    (plan, "_image_task"), (plan, "_fetch"), (Copier, "copy_blobs"), (Copier, "push_images"),
+    (plan, "_image_task"), (plan.ManifestCache, "get"), (Copier, "copy_blobs"), (Copier, "push_images"),
     (Copier, "_push_tag"), (RegistryClient, "put_manifest"),
 ]
 DIGEST_STEPS = [

@@ -19,9 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from registry_replication.client import Manifest, RegistryClient, Upload
-from registry_replication.errors import RegistryError
-from registry_replication.leases import LeaseBusy, LeaseLost, Leases
-from registry_replication.outcomes import NOT_PUSHED, BlobOutcome, ImageOutcome, human_size
+from registry_replication.leases import Leases
+from registry_replication.outcomes import (
+    NOT_PUSHED,
+    BlobOutcome,
+    ImageOutcome,
+    describe,
+    human_size,
+)
 from registry_replication.plan import BlobTask, ImageTask
 from registry_replication.recorded_tags import TagRecord
 
@@ -181,9 +186,9 @@ class Copier:
             else:
                 result.bytes = self._transfer(task, repository)
                 result.outcome = BlobOutcome.COPIED
-        except (RegistryError, PermissionError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the unit's boundary: this blob, this repository
             result.outcome = BlobOutcome.FAILED
-            result.error = str(exc)
+            result.error = describe(exc)
             result.status = getattr(exc, "status", None)
             result.code = getattr(exc, "code", None)
         result.seconds = time.monotonic() - started
@@ -256,9 +261,9 @@ class Copier:
                         self._push_tag(task, tag, result)
                 result.outcome = (ImageOutcome.PUSHED if result.manifests_pushed
                                   else ImageOutcome.SKIPPED)
-            except (RegistryError, LeaseBusy, LeaseLost) as exc:
+            except Exception as exc:  # noqa: BLE001 - the unit's boundary: this image
                 result.outcome = ImageOutcome.FAILED
-                result.error = str(exc)
+                result.error = describe(exc)
         result.seconds = time.monotonic() - started
         self.on_result(result)
         return result

@@ -94,3 +94,13 @@ def human_size(size: float | None) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TiB"
+
+
+def describe(exc: BaseException) -> str:
+    """The reason a unit of work (an image, a repository, an event) failed, from whatever it
+    raised. The engine's own errors say what to do; anything else is named by its type."""
+    text = str(exc)
+    if type(exc).__module__.startswith("registry_replication."):  # ours: says what to do
+        return text
+    return (f"{type(exc).__name__}: {text[:500]} (unexpected: the task log has the traceback; "
+            "the object is skipped, others go on)")

@@ -25,9 +25,8 @@ import pandas as pd
 from registry_replication import mediatypes as mt
 from registry_replication.client import RegistryClient
 from registry_replication.diff import EXTRA
-from registry_replication.errors import RegistryError
-from registry_replication.leases import LeaseBusy, LeaseLost, Leases
-from registry_replication.outcomes import PruneOutcome
+from registry_replication.leases import Leases
+from registry_replication.outcomes import PruneOutcome, describe
 from registry_replication.recorded_tags import TagRecord
 from registry_replication.snapshot import Scope, Snapshot, problem_line, take_snapshot
 from registry_replication.store.schema import now
@@ -174,8 +173,8 @@ def _under_lease(
             emptied = {r.digest for r in results if r.outcome == PruneOutcome.DELETED} | set(also)
             _delete_untagged(primary, secondary, repository, emptied, current, indexes, leases)
             return results
-    except (RegistryError, LeaseBusy, LeaseLost, PruneRefused) as exc:
-        return [PruneResult(repository, tag, d, PruneOutcome.FAILED, str(exc))
+    except Exception as exc:  # noqa: BLE001 - the unit's boundary: this repository
+        return [PruneResult(repository, tag, d, PruneOutcome.FAILED, describe(exc))
                 for tag, d in sorted((planned or {"*": ",".join(sorted(also))}).items())]
 
 
@@ -209,8 +208,8 @@ def _remove_tag(
         record.record(repository, tag, None, leases.owner)
         del current[tag]
         return PruneResult(repository, tag, digest, PruneOutcome.DELETED)
-    except (RegistryError, LeaseLost) as exc:
-        return PruneResult(repository, tag, digest, PruneOutcome.FAILED, str(exc))
+    except Exception as exc:  # noqa: BLE001 - this tag's outcome
+        return PruneResult(repository, tag, digest, PruneOutcome.FAILED, describe(exc))
 
 
 def untag(secondary: RegistryClient, repository: str, tag: str) -> None:

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 
 from registry_replication.client import RegistryClient
 from registry_replication.copy import Copier
-from registry_replication.errors import RegistryError
 from registry_replication.leases import Leases
-from registry_replication.outcomes import NOT_PUSHED, BlobOutcome, PruneOutcome
+from registry_replication.outcomes import NOT_PUSHED, BlobOutcome, PruneOutcome, describe
 from registry_replication.plan import WantedTag, build_plan
 from registry_replication.prune import mirror_manifest_delete, mirror_tag_deletes
 from registry_replication.store.queue import Event
@@ -34,6 +33,11 @@ class RepositoryWork:
     deleted: dict[str, list[str]] = field(default_factory=dict)  # digest -> event ids
     untagged: dict[str, list[str]] = field(default_factory=dict)  # tag -> event ids
     noop: list[str] = field(default_factory=list)  # event ids with nothing to do
+
+    @property
+    def event_ids(self) -> list[str]:
+        return [*self.noop, *(i for part in (self.tags, self.deleted, self.untagged)
+                              for ids in part.values() for i in ids)]
 
 
 def coalesce(events: Sequence[Event]) -> dict[str, RepositoryWork]:
@@ -82,6 +86,13 @@ def replicate_events(
     """
 
     def one(repository: str, work: RepositoryWork) -> dict[str, str | None]:
+        try:
+            return replicate_repository(repository, work)
+        except Exception as exc:  # noqa: BLE001 - the unit's boundary: one repository's events
+            log.exception("events of %s failed", repository)
+            return {event_id: describe(exc) for event_id in work.event_ids}
+
+    def replicate_repository(repository: str, work: RepositoryWork) -> dict[str, str | None]:
         outcomes: dict[str, str | None] = {event_id: None for event_id in work.noop}
         if work.tags:
             outcomes.update(_copy_tags(primary, secondary, repository, work.tags, leases,
@@ -116,8 +127,8 @@ def _copy_tags(
     try:
         with ThreadPoolExecutor(concurrency) as pool:
             found = dict(zip(tags, pool.map(heads, tags)))
-    except RegistryError as exc:
-        return {event_id: str(exc) for ids in tags.values() for event_id in ids}
+    except Exception as exc:  # noqa: BLE001 - these events' outcome
+        return {event_id: describe(exc) for ids in tags.values() for event_id in ids}
     # Gone from the primary since (the delete event or the reconcile mirrors that), or already
     # where the primary points: done. The rest is what the plan copies.
     wanted = [WantedTag(repository, tag, source.digest) for tag, (source, target) in found.items()
@@ -149,8 +160,8 @@ def _mirror_deletes(
             if primary.head_manifest(repository, digest) is not None:
                 outcomes.update({i: None for i in ids})  # a blob delete, or pushed again
                 continue
-        except RegistryError as exc:
-            outcomes.update({i: str(exc) for i in ids})
+        except Exception as exc:  # noqa: BLE001 - this digest's events' outcome
+            outcomes.update({i: describe(exc) for i in ids})
             continue
         results = mirror_manifest_delete(primary, secondary, repository, digest, leases=leases,
                                          concurrency=concurrency)

@@ -24,6 +24,7 @@ import pandas as pd
 from registry_replication import mediatypes as mt
 from registry_replication.client import Descriptor, RegistryClient
 from registry_replication.errors import RegistryError
+from registry_replication.outcomes import describe
 from registry_replication.reference import InvalidReference, validate_repository, validate_tag
 
 log = logging.getLogger(__name__)
@@ -190,15 +191,20 @@ def stream_snapshot(
         log.error("cannot replicate from %s: %s", client.url, problem_line(found))
         problems.append(found)
 
-    def registry_problem(repository: str, tag: str | None, exc: RegistryError) -> None:
-        problem(repository, tag, exc.without_advice, exc.advice)
+    def failed(repository: str, tag: str | None, exc: Exception) -> None:
+        """Whatever listing one repository or tag raised is that one's problem alone."""
+        if isinstance(exc, RegistryError):
+            problem(repository, tag, exc.without_advice, exc.advice)
+        else:
+            log.error("listing %s:%s raised", repository, tag, exc_info=exc)
+            problem(repository, tag, describe(exc), None)
 
     if repositories is None:
         try:
             listed = list(client.catalog())
-        except RegistryError as exc:
-            log.error("cannot list the catalog of %s: %s", client.url, exc)
-            errors.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - an incomplete listing, said as such
+            log.error("cannot list the catalog of %s: %s", client.url, describe(exc))
+            errors.append(describe(exc))
             return listing
     else:
         listed = list(repositories)
@@ -217,8 +223,8 @@ def stream_snapshot(
     def list_tags(name: str) -> list[tuple[str, str]]:
         try:
             listed_tags = client.tags(name)
-        except RegistryError as exc:
-            registry_problem(name, None, exc)
+        except Exception as exc:  # noqa: BLE001 - the unit's boundary: one repository
+            failed(name, None, exc)
             return []
         wanted = []
         for tag in listed_tags:
@@ -238,8 +244,8 @@ def stream_snapshot(
         repository, tag = pair
         try:
             descriptor = client.head_manifest(repository, tag, known=expected.get(pair))
-        except RegistryError as exc:
-            registry_problem(repository, tag, exc)
+        except Exception as exc:  # noqa: BLE001 - the unit's boundary: one tag
+            failed(repository, tag, exc)
             return None
         if descriptor is None:  # deleted between listing and HEAD: simply not there
             return None

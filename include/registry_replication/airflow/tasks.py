@@ -634,8 +634,11 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
         # heartbeat keeps the claims alive while the work goes on, and a killed task's events
         # come back within the lease time.
         leases.keep_alive()
+        lost: list[Event] = []
         while True:
-            owner, claimed = store.queue.claim(lease_seconds=leases.ttl, owner=leases.owner)
+            lost += _dead_letter_lost(store, max_attempts)
+            owner, claimed = store.queue.claim(lease_seconds=leases.ttl, owner=leases.owner,
+                                               max_attempts=max_attempts)
             if claimed:
                 log.info("claimed %d events: %s", len(claimed), ", ".join(
                     f"{e.action} {e.repository}:{e.tag or e.digest}" for e in claimed[:20]))
@@ -651,6 +654,10 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
                 totals = {k: totals[k] + counts.get(k, 0) for k in totals}
                 totals["batches"] += 1
                 last_work = time.monotonic()
+            if lost:
+                raise ReplicationFailed(
+                    f"{len(lost)} events lost their worker {max_attempts} times and are marked "
+                    "failed: " + ", ".join(f"{e.repository}:{e.tag or e.digest}" for e in lost))
             now = time.monotonic()
             if now - started >= max_seconds:
                 log.info("drained for %.0fs (event_drain_max_seconds): ending; the next run "
@@ -664,6 +671,14 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
         log.info("drained %d events in %d batches; none came for %.0fs", totals["claimed"],
                  totals["batches"], idle_seconds)
     return totals
+
+
+def _dead_letter_lost(store: Store, max_attempts: int) -> list[Event]:
+    lost = store.queue.dead_letter_lost(max_attempts)
+    for event in lost:
+        log.error("event %s (%s %s:%s) is marked failed: %s", event.id, event.action,
+                  event.repository, event.tag or event.digest, event.error)
+    return lost
 
 
 def _wait_for_events(store: Store, until: float) -> bool:

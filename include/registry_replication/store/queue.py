@@ -8,6 +8,7 @@ complete on the secondary.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from collections import Counter
@@ -78,19 +79,35 @@ class EventQueue:
             return conn.execute(sa.select(sa.func.count()).where(self._claimable(now()))).scalar()
 
     def claim(
-        self, *, lease_seconds: float = 300, limit: int = 500, owner: str | None = None
+        self, *, lease_seconds: float = 300, limit: int = 500, owner: str | None = None,
+        max_attempts: int = 10,
     ) -> tuple[str, list[Event]]:
         """Take up to ``limit`` due events under a lease; returns the lease owner and events.
 
         ``owner``: a writer's identity (``Leases.owner``), whose heartbeat then renews these
         event leases with its write leases, so a short lease suffices for any amount of work.
+
+        Every claim counts as an attempt. Events whose worker was lost (their lease ran out
+        unacknowledged) are claimed before any other, by themselves, in a batch halved for
+        each attempt (``limit >> attempts``): an event that kills its worker (out of memory,
+        a crash) is soon alone, so the events it was claimed with go on, and after
+        ``max_attempts`` claims ``dead_letter_lost`` fails it. Lost events at ``max_attempts``
+        are never claimed again.
         """
         owner = owner or uuid.uuid4().hex
         at = now()
-        due = (
-            sa.select(events.c.id).where(self._claimable(at))
-            .order_by(events.c.timestamp).limit(limit).with_for_update(skip_locked=True)
-        )
+        lost = sa.and_(events.c.status == EventStatus.PROCESSING, events.c.lease_expires_at < at,
+                       events.c.attempts < max_attempts)
+        with self.engine.connect() as conn:  # a read apart: the claim below stays one statement
+            lost_attempts = conn.execute(sa.select(sa.func.max(events.c.attempts))
+                                         .where(lost)).scalar()
+        if lost_attempts is None:
+            due = sa.select(events.c.id).where(self._claimable(at)).order_by(events.c.timestamp)
+        else:
+            limit = max(1, limit >> min(lost_attempts, 30))
+            due = sa.select(events.c.id).where(lost).order_by(events.c.attempts.desc(),
+                                                               events.c.timestamp)
+        due = due.limit(limit).with_for_update(skip_locked=True)
         with self.engine.begin() as conn:
             # One statement: atomic on SQLite too (it takes the write lock before it reads),
             # where a SELECT then UPDATE would let two claimers pick the same events.
@@ -105,6 +122,29 @@ class EventQueue:
                 sa.select(events).where(events.c.lease_owner == owner).order_by(events.c.timestamp)
             ).all()
         return owner, [_event(row) for row in rows]
+
+    def dead_letter_lost(self, max_attempts: int) -> list[Event]:
+        """Fail the events claimed ``max_attempts`` times whose last claim's lease ran out
+        unacknowledged: each of those claims lost its worker (killed, out of memory, hung past
+        its lease), so the event is what kills it. Returns them, with the reason."""
+        at = now()
+        reason = (sa.literal("worker lost while processing; claimed ", sa.String)
+                  + sa.cast(events.c.attempts, sa.String)
+                  + sa.literal(" times in all (event_max_attempts), never acknowledged: the "
+                               "push may be what kills the worker (out of memory, a crash); "
+                               "check the worker's logs for this repository, then retry the "
+                               "event from the status page or let the reconcile copy it",
+                               sa.String))
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                events.update().where(events.c.status == EventStatus.PROCESSING,
+                                      events.c.lease_expires_at < at,
+                                      events.c.attempts >= max_attempts)
+                .values(status=EventStatus.FAILED, last_error=reason, lease_owner=None,
+                        lease_expires_at=None, updated_at=at)
+                .returning(*events.c)).all()
+        return [dataclasses.replace(_event(row), status=EventStatus.FAILED,
+                                    error=row.last_error) for row in rows]
 
     def renew_claims(self, owner: str, ttl_seconds: float) -> int:
         """Extend the leases of the events ``owner`` claimed; returns how many it holds."""
