@@ -20,6 +20,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 
 import pandas as pd
 
@@ -28,7 +29,7 @@ from registry_replication.client import RegistryClient
 from registry_replication.config import ConfigError, RegistryConfig
 from registry_replication.errors import RegistryError
 from registry_replication.outcomes import BlobOutcome
-from registry_replication.plan import build_plan
+from registry_replication.plan import Plan, build_plan
 from registry_replication.snapshot import Scope, Snapshot, problem_line
 from registry_replication.store import Store
 from registry_replication.sync import SyncOptions, listings, run_sync, snapshots
@@ -85,9 +86,14 @@ def _plan(primary, secondary, options: SyncOptions, args) -> int:
         f"\n{len(plan.images)} images to push, {len(plan.blobs)} blobs "
         f"({plan.transfer_bytes / (1 << 20):.1f} MiB to transfer), {len(plan.skipped)} skipped"
     )
-    for skipped in plan.skipped:
-        print(f"skipped {skipped.repository}:{','.join(skipped.tags)}: {skipped.reason}")
+    _print_skipped(plan)
     return 0
+
+
+def _print_skipped(plan: Plan) -> None:
+    for skipped in plan.skipped:
+        print(f"cannot replicate {skipped.repository}:{','.join(skipped.tags)} "
+              f"({skipped.digest}): {skipped.reason}")
 
 
 def _sync(primary, secondary, options: SyncOptions, args) -> int:
@@ -96,7 +102,8 @@ def _sync(primary, secondary, options: SyncOptions, args) -> int:
         print(json.dumps({"counts": report.counts(), "seconds": report.seconds,
                           "run": {"kind": report.run_kind.kind, "reason": report.run_kind.reason},
                           "bytes_read_from_primary": primary.bytes_read,
-                          "problems": report.primary.problems + report.secondary.problems},
+                          "problems": report.primary.problems + report.secondary.problems,
+                          "skipped": [asdict(s) for s in report.plan.skipped]},
                          indent=2))
     else:
         print(report.run_kind.line())
@@ -106,6 +113,7 @@ def _sync(primary, secondary, options: SyncOptions, args) -> int:
                 ["repository", "digest", "size", "status", "code", "error"]])
         _print("summary", pd.Series(report.counts(), name="count").to_frame())
         _print_problems(report.primary, report.secondary)
+        _print_skipped(report.plan)
         if report.prune_refused:
             print(f"\nprune refused: {report.prune_refused}")
         if report.verification is not None:

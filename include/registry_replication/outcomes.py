@@ -96,6 +96,12 @@ def human_size(size: float | None) -> str:
     return f"{size:.1f} TiB"
 
 
+class PermanentFailure(str):
+    """A failure reason that no retry changes (the object itself is malformed, unsupported or
+    past a bound): its event fails at once instead of backing off ``event_max_attempts``
+    times. A new push of the tag brings a new event."""
+
+
 def describe(exc: BaseException) -> str:
     """The reason a unit of work (an image, a repository, an event) failed, from whatever it
     raised. The engine's own errors say what to do; anything else is named by its type."""

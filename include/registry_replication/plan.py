@@ -22,7 +22,13 @@ from dataclasses import asdict, dataclass, field
 
 from registry_replication import mediatypes as mt
 from registry_replication.client import Manifest, RegistryClient
-from registry_replication.errors import LimitExceeded, RegistryError
+from registry_replication.errors import (
+    LimitExceeded,
+    NotFoundError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnavailableError,
+)
 from registry_replication.reference import validate_digest
 from registry_replication.outcomes import human_size
 
@@ -82,13 +88,19 @@ class ImageTask:
 
 @dataclass
 class Skipped:
-    """An image the plan leaves out, and why (unsupported type, unreadable manifest)."""
+    """An image the plan leaves out, and why (unsupported type, unreadable manifest).
+
+    ``permanent``: the object itself is the reason (malformed, unsupported, past a bound), so
+    asking again changes nothing until it is pushed again; otherwise the registry could not
+    answer (down, refusing us, too slow), and a later try may succeed.
+    """
 
     repository: str
     tags: list[str]
     digest: str
     media_type: str
     reason: str
+    permanent: bool = True
 
 
 @dataclass
@@ -214,13 +226,22 @@ def _image_task(
     except Exception as exc:  # noqa: BLE001 - the unit's boundary: nothing escapes one image
         reason = _reason(exc)
         media_type = getattr(exc, "media_type", "") or walk.media_type
+        permanent = not _may_pass(exc)
     else:
         task = ImageTask(repository, digest, manifest.media_type, tags, walk.children,
                          sorted(walk.sizes))
         return task, walk.sizes
     log.warning("skipping %s@%s (tags %s): %s", repository, digest, ", ".join(tags), reason)
-    plan.skipped.append(Skipped(repository, tags, digest, media_type, reason))
+    plan.skipped.append(Skipped(repository, tags, digest, media_type, reason, permanent))
     return None, {}
+
+
+def _may_pass(exc: Exception) -> bool:
+    """Whether asking again may succeed: the registry, not the object, failed (down, refusing
+    our credentials, the image gone meanwhile, or slower than the time budget)."""
+    if isinstance(exc, LimitExceeded):
+        return exc.setting == "image_plan_seconds"
+    return isinstance(exc, (RegistryUnavailableError, RegistryAuthError, NotFoundError))
 
 
 def _reason(exc: Exception) -> str:

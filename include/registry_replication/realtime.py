@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from registry_replication.client import RegistryClient
 from registry_replication.copy import Copier
 from registry_replication.leases import Leases
-from registry_replication.outcomes import NOT_PUSHED, BlobOutcome, PruneOutcome, describe
+from registry_replication.outcomes import (
+    NOT_PUSHED,
+    BlobOutcome,
+    PermanentFailure,
+    PruneOutcome,
+    describe,
+)
 from registry_replication.plan import WantedTag, build_plan
 from registry_replication.prune import mirror_manifest_delete, mirror_tag_deletes
 from registry_replication.store.queue import Event
@@ -76,7 +82,8 @@ def replicate_events(
     repositories_at_once: int = 4,
     on_copied: Callable[[int], None] | None = None,
 ) -> dict[str, str | None]:
-    """Process claimed events; returns {event id: None when done, else the error}.
+    """Process claimed events; returns {event id: None when done, else the error} (a
+    ``PermanentFailure`` when no retry can help).
 
     Repositories are handled ``repositories_at_once`` at a time (a burst of pushes spreads
     over many), each under its own lease. Writes go through the shared write protocol
@@ -146,7 +153,8 @@ def _copy_tags(
     failed_blobs = {r.digest for r in blobs if r.outcome == BlobOutcome.FAILED}
     images = copier.push_images(plan.images, failed_blobs)
     errors = {tag: r.error for r in images if r.outcome in NOT_PUSHED for tag in r.tags}
-    errors.update({tag: s.reason for s in plan.skipped for tag in s.tags})
+    errors.update({tag: PermanentFailure(s.reason) if s.permanent else s.reason
+                   for s in plan.skipped for tag in s.tags})
     return {event_id: errors.get(tag) for tag, ids in tags.items() for event_id in ids}
 
 

@@ -62,6 +62,7 @@ class SyncReport:
             any(r.outcome == BlobOutcome.FAILED for r in self.blobs)
             or any(r.outcome in NOT_PUSHED for r in self.images)
             or any(r.outcome == PruneOutcome.FAILED for r in self.pruned)
+            or bool(self.plan.skipped)
             or not self.primary.complete
         )
 

@@ -35,6 +35,7 @@ from registry_replication.leases import Leases
 from registry_replication.outcomes import (
     NOT_PUSHED,
     BlobOutcome,
+    PermanentFailure,
     RepositoryState,
     human_size,
     summarize,
@@ -44,6 +45,7 @@ from registry_replication.plan import (
     BlobTask,
     ImageTask,
     Plan,
+    Skipped,
     batch_label,
     build_plan,
 )
@@ -280,8 +282,11 @@ def plan(differences: dict[str, Any]) -> list[dict[str, Any]]:
     result = build_plan(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID),
                         diffs.wanted(changes), concurrency=p["concurrency"])
     for skipped in result.skipped:
-        log.warning("skipped %s:%s (%s): %s", skipped.repository, ",".join(skipped.tags),
-                    skipped.digest, skipped.reason)
+        log.error("cannot replicate %s:%s (%s): %s", skipped.repository, ",".join(skipped.tags),
+                  skipped.digest, skipped.reason)
+    # For the report, which fails the run and names them (a few: the log above has them all).
+    get_current_context()["ti"].xcom_push(key="skipped", value={
+        "count": len(result.skipped), "shown": [asdict(s) for s in result.skipped[:SHOWN]]})
     if p["dry_run"]:
         log.info("dry run: would push %d images and copy %d blobs (%s); nothing changes",
                  len(result.images), len(result.blobs), human_size(result.transfer_bytes))
@@ -520,6 +525,7 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
     if listing.errors:
         problems.append(f"the primary's listing was incomplete ({listing.errors[0]})")
     problems += _repository_problems(listing)
+    problems += _skipped_problems(context["ti"].xcom_pull(task_ids="plan", key="skipped"))
     if pruned.get("refused"):
         problems.append(pruned["refused"])
     dag_run = context["dag_run"]
@@ -535,6 +541,21 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
     if problems:
         raise ReplicationFailed("; ".join(problems))
     return counts
+
+
+def _skipped_problems(skipped: dict[str, Any] | None) -> list[str]:
+    """Name the images the plan could not replicate (malformed, unsupported, past a bound)."""
+    if not skipped or not skipped["count"]:
+        return []
+    shown = [_result(Skipped, record) for record in skipped["shown"]]
+    Store().state.set_repository_state(
+        {"repository": s.repository, "state": RepositoryState.FAILED,
+         "last_error": f"{s.digest}: {s.reason}"[:4000]} for s in shown)
+    lines = [f"cannot replicate {s.repository}:{','.join(s.tags)} ({s.digest}): {s.reason}"
+             for s in shown]
+    if skipped["count"] > len(shown):
+        lines.append(f"and {skipped['count'] - len(shown)} more images: see the plan log")
+    return lines
 
 
 def _repository_problems(listing: Snapshot, shown: int = SHOWN) -> list[str]:
@@ -704,6 +725,12 @@ def _acknowledge(store: Store, owner: str, claimed: list[Event],
             failed.setdefault(error, []).append(event_id)
     given_up: list[str] = []
     for error, ids in failed.items():
+        if isinstance(error, PermanentFailure):
+            log.error("events %s are marked failed (no retry can help): %s", ", ".join(ids),
+                      error)
+            store.queue.fail(owner, ids, error)
+            given_up += ids
+            continue
         log.error("events %s will be retried: %s", ", ".join(ids), error)
         given_up += store.queue.retry_later(owner, ids, error, max_attempts=max_attempts)
     by_id = {e.id: e for e in claimed}
@@ -720,7 +747,8 @@ def _acknowledge(store: Store, owner: str, claimed: list[Event],
     alerts.send_stats(store)
     if given_up:
         raise ReplicationFailed(
-            f"{len(given_up)} events failed {max_attempts} times and are marked failed: "
+            f"{len(given_up)} events are marked failed (their image cannot be replicated, or "
+            f"they failed {max_attempts} times): "
             + ", ".join(f"{by_id[i].repository}:{by_id[i].tag or by_id[i].digest}" for i in given_up)
         )
     return {"claimed": len(claimed), "done": len(done), "retrying": len(outcomes) - len(done)}

@@ -88,26 +88,26 @@ class EventQueue:
         event leases with its write leases, so a short lease suffices for any amount of work.
 
         Every claim counts as an attempt. Events whose worker was lost (their lease ran out
-        unacknowledged) are claimed before any other, by themselves, in a batch halved for
-        each attempt (``limit >> attempts``): an event that kills its worker (out of memory,
-        a crash) is soon alone, so the events it was claimed with go on, and after
-        ``max_attempts`` claims ``dead_letter_lost`` fails it. Lost events at ``max_attempts``
-        are never claimed again.
+        unacknowledged) are claimed before any other, by bisection: of the lost events with
+        the most attempts (the suspects), half at a time. An event that kills its worker (out
+        of memory, a crash) is alone after about log2(batch) claims, the events it was claimed
+        with go on in the halves it is not in, and after ``max_attempts`` claims
+        ``dead_letter_lost`` fails it; lost events at ``max_attempts`` are never claimed again.
         """
         owner = owner or uuid.uuid4().hex
         at = now()
         lost = sa.and_(events.c.status == EventStatus.PROCESSING, events.c.lease_expires_at < at,
                        events.c.attempts < max_attempts)
         with self.engine.connect() as conn:  # a read apart: the claim below stays one statement
-            lost_attempts = conn.execute(sa.select(sa.func.max(events.c.attempts))
-                                         .where(lost)).scalar()
-        if lost_attempts is None:
-            due = sa.select(events.c.id).where(self._claimable(at)).order_by(events.c.timestamp)
+            suspects = conn.execute(
+                sa.select(events.c.attempts, sa.func.count().label("n")).where(lost)
+                .group_by(events.c.attempts).order_by(events.c.attempts.desc()).limit(1)).first()
+        if suspects is None:
+            due = sa.select(events.c.id).where(self._claimable(at))
         else:
-            limit = max(1, limit >> min(lost_attempts, 30))
-            due = sa.select(events.c.id).where(lost).order_by(events.c.attempts.desc(),
-                                                               events.c.timestamp)
-        due = due.limit(limit).with_for_update(skip_locked=True)
+            limit = min(limit, max(1, suspects.n // 2))
+            due = sa.select(events.c.id).where(lost, events.c.attempts == suspects.attempts)
+        due = due.order_by(events.c.timestamp).limit(limit).with_for_update(skip_locked=True)
         with self.engine.begin() as conn:
             # One statement: atomic on SQLite too (it takes the write lock before it reads),
             # where a SELECT then UPDATE would let two claimers pick the same events.
@@ -156,6 +156,10 @@ class EventQueue:
 
     def complete(self, owner: str, ids: Sequence[str]) -> None:
         self._finish(owner, ids, status=EventStatus.DONE, error=None)
+
+    def fail(self, owner: str, ids: Sequence[str], error: str) -> None:
+        """Dead-letter events no retry can help (their object is malformed or past a bound)."""
+        self._finish(owner, ids, status=EventStatus.FAILED, error=error[:4000])
 
     def retry_later(
         self, owner: str, ids: Sequence[str], error: str, *, max_attempts: int = 10,
