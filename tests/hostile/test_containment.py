@@ -100,3 +100,47 @@ def test_the_reconcile_replicates_every_healthy_image_and_fails_naming_each_host
         assert any(f"cannot replicate {repository}:v1" in m and setting in m for m in errors), (
             repository, errors)
         assert secondary_reader.head_manifest(repository, "v1") is None
+
+
+def test_an_event_that_kills_its_worker_never_holds_the_others_back(
+        primary, secondary, primary_writer, secondary_reader, store):
+    """Its worker SIGKILLed mid-batch each time it is claimed: the event is claimed
+    event_max_attempts times, then dead-lettered with the reason; the events it was claimed
+    with are isolated from it by bisection and replicated."""
+    import datetime as dt
+    import subprocess
+    import sys
+
+    from registry_replication.store.queue import Event
+
+    factory = images.ImageFactory()
+    pushed = {f"team/app{i}": images.push(primary_writer, f"team/app{i}", factory.make(), ["v1"])
+              for i in range(5)}
+    pushed["poison/app"] = images.push(primary_writer, "poison/app", factory.make(), ["v1"])
+    at = dt.datetime.now(dt.timezone.utc)
+    store.queue.add(Event(f"{repository}:v1", "push", repository, "v1", digest, None, at)
+                    for repository, digest in pushed.items())
+    max_attempts, kills, runs = 10, 0, 0
+    command = [sys.executable, "-m", "replication_harness.event_worker",
+               "--store", str(store.engine.url), "--poison", "poison/app:v1",
+               "--primary", json.dumps(primary.connection()),
+               "--secondary", json.dumps(secondary.connection()),
+               "--max-attempts", str(max_attempts), "--lease-seconds", "1"]
+    while runs < 3 * max_attempts:
+        runs += 1
+        worker = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if worker.returncode == 0:
+            break
+        assert worker.returncode == -9, worker.stderr[-2000:]
+        kills += 1
+    assert worker.returncode == 0, "the queue never drained"
+    assert kills == max_attempts  # one kill per claim of the poison, and no more
+    events = {e["id"]: e for e in store.queue.events()}
+    poison = events.pop("poison/app:v1")
+    assert poison["status"] == "failed" and poison["attempts"] == max_attempts
+    assert "worker lost while processing; claimed 10 times" in poison["last_error"]
+    for event in events.values():  # isolated from the poison after a few halvings
+        assert event["status"] == "done" and event["attempts"] <= 4, event
+    for repository, digest in pushed.items():
+        if repository != "poison/app":
+            assert secondary_reader.head_manifest(repository, "v1").digest == digest

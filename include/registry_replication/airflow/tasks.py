@@ -637,8 +637,9 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
 
     Then keep draining: claim and replicate whatever arrives next, until no event has come for
     ``[registry_replication] event_drain_idle_seconds`` (default 60), so a burst of pushes skips
-    the scheduler's and the task start-up's seconds. A batch with events that ran out of
-    attempts ends the drain at once (the run fails and alerts).
+    the scheduler's and the task start-up's seconds. Events marked failed (their image cannot
+    be replicated, they ran out of attempts, or they kept losing their worker) do not stop the
+    drain: the run fails once it ends, naming them, and the failure alert fires.
     """
     idle_seconds = conf.getfloat("registry_replication", "event_drain_idle_seconds", fallback=60)
     # A cap on one task's life, so logs and runs stay readable under a never-ending stream.
@@ -655,9 +656,9 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
         # heartbeat keeps the claims alive while the work goes on, and a killed task's events
         # come back within the lease time.
         leases.keep_alive()
-        lost: list[Event] = []
+        failed: list[str] = []  # events marked failed, as repository:tag
         while True:
-            lost += _dead_letter_lost(store, max_attempts)
+            failed += _dead_letter_lost(store, max_attempts)
             owner, claimed = store.queue.claim(lease_seconds=leases.ttl, owner=leases.owner,
                                                max_attempts=max_attempts)
             if claimed:
@@ -671,14 +672,11 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
                 finally:
                     if sum(copied):
                         _record_copied_bytes(get_current_context(), sum(copied))
-                counts = _acknowledge(store, owner, claimed, outcomes, max_attempts)
+                counts, given_up = _acknowledge(store, owner, claimed, outcomes, max_attempts)
+                failed += given_up
                 totals = {k: totals[k] + counts.get(k, 0) for k in totals}
                 totals["batches"] += 1
                 last_work = time.monotonic()
-            if lost:
-                raise ReplicationFailed(
-                    f"{len(lost)} events lost their worker {max_attempts} times and are marked "
-                    "failed: " + ", ".join(f"{e.repository}:{e.tag or e.digest}" for e in lost))
             now = time.monotonic()
             if now - started >= max_seconds:
                 log.info("drained for %.0fs (event_drain_max_seconds): ending; the next run "
@@ -691,15 +689,21 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
     else:
         log.info("drained %d events in %d batches; none came for %.0fs", totals["claimed"],
                  totals["batches"], idle_seconds)
+    if failed:
+        raise ReplicationFailed(
+            f"{len(failed)} events are marked failed (their image cannot be replicated, they "
+            f"failed {max_attempts} times, or their worker was lost {max_attempts} times; the "
+            "log above says which): " + ", ".join(failed[:SHOWN])
+            + (f" and {len(failed) - SHOWN} more" if len(failed) > SHOWN else ""))
     return totals
 
 
-def _dead_letter_lost(store: Store, max_attempts: int) -> list[Event]:
+def _dead_letter_lost(store: Store, max_attempts: int) -> list[str]:
     lost = store.queue.dead_letter_lost(max_attempts)
     for event in lost:
         log.error("event %s (%s %s:%s) is marked failed: %s", event.id, event.action,
                   event.repository, event.tag or event.digest, event.error)
-    return lost
+    return [f"{e.repository}:{e.tag or e.digest}" for e in lost]
 
 
 def _wait_for_events(store: Store, until: float) -> bool:
@@ -713,8 +717,10 @@ def _wait_for_events(store: Store, until: float) -> bool:
 
 
 def _acknowledge(store: Store, owner: str, claimed: list[Event],
-                 outcomes: dict[str, str | None], max_attempts: int) -> dict[str, int]:
-    """Mark each event done, or back off; record each repository's state."""
+                 outcomes: dict[str, str | None], max_attempts: int,
+                 ) -> tuple[dict[str, int], list[str]]:
+    """Mark each event done, failed (no retry can help) or back off; record each
+    repository's state. Returns the counts and the events marked failed."""
     done = [event_id for event_id, error in outcomes.items() if error is None]
     store.queue.complete(owner, done)
     acknowledged = set(done)
@@ -745,10 +751,6 @@ def _acknowledge(store: Store, owner: str, claimed: list[Event],
         for repo, error in sorted(repository_error.items())
     )
     alerts.send_stats(store)
-    if given_up:
-        raise ReplicationFailed(
-            f"{len(given_up)} events are marked failed (their image cannot be replicated, or "
-            f"they failed {max_attempts} times): "
-            + ", ".join(f"{by_id[i].repository}:{by_id[i].tag or by_id[i].digest}" for i in given_up)
-        )
-    return {"claimed": len(claimed), "done": len(done), "retrying": len(outcomes) - len(done)}
+    counts = {"claimed": len(claimed), "done": len(done),
+              "retrying": len(outcomes) - len(done) - len(given_up)}
+    return counts, [f"{by_id[i].repository}:{by_id[i].tag or by_id[i].digest}" for i in given_up]

@@ -1,0 +1,62 @@
+"""An event worker that a test can kill: claims, replicates and acknowledges events the way
+``registry_events`` does, until the queue holds nothing it may claim.
+
+An event whose id is ``--poison`` stands for a push that kills its worker (out of memory, a
+crash): the worker SIGKILLs itself when a claim hands it that event, mid-batch, before any
+event of the batch is acknowledged.
+
+    python -m replication_harness.event_worker --store URL --primary JSON --secondary JSON \
+        --poison ID --max-attempts 10 --lease-seconds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+from registry_replication.client import RegistryClient
+from registry_replication.config import RegistryConfig
+from registry_replication.leases import Leases
+from registry_replication.outcomes import EventStatus
+from registry_replication.realtime import replicate_events
+from registry_replication.store import Store
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    for name in ("--store", "--primary", "--secondary", "--poison"):
+        parser.add_argument(name, required=True)
+    parser.add_argument("--max-attempts", type=int, default=10)
+    parser.add_argument("--lease-seconds", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    store = Store(args.store)
+    primary = RegistryClient(RegistryConfig.from_connection(args.primary))
+    secondary = RegistryClient(RegistryConfig.from_connection(args.secondary), writable=True)
+    with Leases(store, ttl_seconds=args.lease_seconds) as leases:
+        leases.keep_alive()
+        while True:
+            store.queue.dead_letter_lost(args.max_attempts)
+            owner, claimed = store.queue.claim(lease_seconds=leases.ttl, owner=leases.owner,
+                                               max_attempts=args.max_attempts)
+            if not claimed:
+                waiting = store.queue.stats()["counts"]
+                if not waiting[EventStatus.PENDING] and not waiting[EventStatus.PROCESSING]:
+                    return 0
+                time.sleep(0.2)  # leases of a killed worker's events still running
+                continue
+            print("claimed", ",".join(sorted(e.id for e in claimed)), flush=True)
+            if any(e.id == args.poison for e in claimed):
+                os.kill(os.getpid(), signal.SIGKILL)
+            outcomes = replicate_events(primary, secondary, claimed, leases=leases)
+            store.queue.complete(owner, [i for i, error in outcomes.items() if error is None])
+            for event_id, error in outcomes.items():
+                if error is not None:
+                    store.queue.retry_later(owner, [event_id], error,
+                                            max_attempts=args.max_attempts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
