@@ -222,7 +222,8 @@ class RegistryClient:
                 ) from None
         if kind == "token":
             auth = TokenAuth(
-                self.session, cfg.login, cfg.password, timeout=cfg.timeout_seconds
+                self.session, cfg.login, cfg.password, timeout=cfg.timeout_seconds,
+                registry=self.url, realm_hosts=cfg.token_realm_hosts,
             )
             if challenge:
                 auth.refresh(challenge, (), fresh=False)

@@ -49,6 +49,8 @@ class RegistryConfig:
     max_retries: int = 5
     backoff_seconds: float = 0.5
     max_bytes_per_second: int | None = None  # blob bytes read from this registry; None: no limit
+    # The only hosts a token realm may be on (the login goes there); empty: any host.
+    token_realm_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
@@ -129,6 +131,7 @@ class RegistryConfig:
             backoff_seconds=float(extra.get("backoff_seconds", 0.5)),
             max_bytes_per_second=(int(extra["max_bytes_per_second"])
                                   if extra.get("max_bytes_per_second") else None),
+            token_realm_hosts=_hosts(extra.get("token_realm_hosts")),
         )
 
     @classmethod
@@ -148,6 +151,16 @@ def _read(path: str | None) -> str | None:
         return Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _hosts(value: Any) -> tuple[str, ...]:
+    """A list of hosts, or one string of them separated by commas."""
+    if not value:
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(h, str) for h in items):
+        raise ConfigError("token_realm_hosts must be a list of hosts or a comma-separated string")
+    return tuple(h.strip().lower() for h in items if h.strip())
 
 
 def _verify(value: Any) -> bool | str:

@@ -16,9 +16,10 @@ import pytest
 
 from registry_replication import diff as diffs
 from registry_replication import mediatypes as mt
+from registry_replication.auth import Challenge
 from registry_replication.client import RegistryClient
 from registry_replication.config import ConfigError, RegistryConfig
-from registry_replication.errors import RegistryError
+from registry_replication.errors import RegistryAuthError, RegistryError
 from registry_replication.prune import prunable
 from registry_replication.snapshot import COLUMNS, Snapshot, take_snapshot
 from fake_http import FakeServer, Received, Reply
@@ -269,3 +270,21 @@ def test_token_ttl_has_an_upper_bound():
     with pytest.raises(ConfigError, match="token_ttl_seconds 86400 is above 3600"):
         RegistryConfig(url="https://r.example", token_ttl_seconds=86400)
     assert RegistryConfig(url="https://r.example", token_ttl_seconds=3600).token_ttl_seconds == 3600
+
+
+def test_an_https_registry_sends_its_login_only_to_an_https_realm():
+    """A challenge (from whatever answers at the registry's address) naming a plain-http realm:
+    refused before any connection, for an https registry. The registry itself is never asked
+    here: the challenge is handed to the client's auth as a registry's 401 would be."""
+    with FakeServer() as realm:
+        config = RegistryConfig("https://registry.example", auth="token", login="ci",
+                                password="clear-text-never")
+        with RegistryClient(config) as client:
+            with pytest.raises(RegistryAuthError) as refused:
+                client.auth.refresh(Challenge("bearer", {"realm": f"{realm.url}/jwt/auth"}), (),
+                                    fresh=False)
+                client.auth.header(["repository:app:pull"])
+    assert realm.received == []
+    message = str(refused.value)
+    assert f"'http://127.0.0.1:{realm.port}'" in message and "https" in message
+    assert "token_realm_hosts" in message and "clear-text-never" not in message
