@@ -55,6 +55,14 @@ class RegistryConfig:
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
         parts = urlsplit(self.url)
+        if "@" in parts.netloc:
+            # Checked first, and the URL never quoted: it holds a password.
+            host = parts.netloc.rpartition("@")[2]
+            raise ConfigError(
+                f"the registry URL for {host!r} holds a login or password (user:password@host): "
+                "put them in the connection's login and password fields and keep the URL to "
+                "scheme://host[:port]"
+            )
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"registry URL {self.url!r} must look like https://host[:port]")
         if self.auth is not None and self.auth not in AUTH_KINDS:

@@ -288,3 +288,15 @@ def test_an_https_registry_sends_its_login_only_to_an_https_realm():
     message = str(refused.value)
     assert f"'http://127.0.0.1:{realm.port}'" in message and "https" in message
     assert "token_realm_hosts" in message and "clear-text-never" not in message
+
+
+@pytest.mark.parametrize("host", ["https://ci:url-password-1@registry.example",
+                                  "ci:url-password-1@registry.example:5000",
+                                  "ftp://ci:url-password-1@registry.example"])
+def test_a_registry_url_with_a_password_is_refused_when_read(host):
+    """Else every request fails and the URL, password and all, lands in each error, XCom, the
+    status page and the run's artifacts."""
+    with pytest.raises(ConfigError) as refused:
+        RegistryConfig.from_connection({"conn_type": "oci_registry", "host": host})
+    assert "url-password-1" not in str(refused.value)
+    assert "registry.example" in str(refused.value) and "login and password" in str(refused.value)
