@@ -323,13 +323,16 @@ class RegistryClient:
         media_type = _media_type(response)
         digest = _digest_of(raw, reference if ":" in reference else "sha256:")
         expected = reference if ":" in reference else response.headers.get("Docker-Content-Digest")
-        # Schema 1 signed manifests are served with their signatures stripped from the digest,
-        # so their header digest legitimately differs; they are reported as unsupported later.
-        if expected and digest != expected and media_type not in mediatypes.SCHEMA1:
+        # No exception for schema 1: a signed one's digest is over its payload without the
+        # signatures, which we do not verify, so its bytes are refused rather than trusted.
+        if expected and digest != expected:
+            schema1 = media_type in mediatypes.SCHEMA1
             raise DigestMismatchError(
-                f"the manifest's bytes hash to {digest}",
+                f"the manifest's bytes hash to {digest}" + (
+                    " (a signed Docker schema 1 manifest, whose bytes cannot be verified "
+                    "against its digest)" if schema1 else ""),
                 registry=self.url, operation="get manifest", repository=repository,
-                reference=expected, code="DIGEST_INVALID",
+                reference=expected, code="MANIFEST_UNVERIFIED" if schema1 else "DIGEST_INVALID",
             )
         return Manifest(raw, media_type, digest)
 

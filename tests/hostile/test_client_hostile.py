@@ -300,3 +300,22 @@ def test_a_registry_url_with_a_password_is_refused_when_read(host):
         RegistryConfig.from_connection({"conn_type": "oci_registry", "host": host})
     assert "url-password-1" not in str(refused.value)
     assert "registry.example" in str(refused.value) and "login and password" in str(refused.value)
+
+
+@pytest.mark.parametrize("reference", ["old", DIGEST])
+def test_a_schema1_manifest_whose_bytes_do_not_hash_to_its_digest_is_never_returned(reference):
+    """A signed schema 1 manifest's digest is over its payload without the signatures, so its
+    bytes cannot be checked the usual way: they are refused, never passed on unverified (here
+    bytes that are not the manifest at all, served under that digest)."""
+    raw = json.dumps({"schemaVersion": 1, "name": "group/app", "tag": "old",
+                      "fsLayers": [{"blobSum": "sha256:" + "e" * 64}]}).encode()
+
+    def answer(request: Received) -> Reply:
+        return Reply(200, {"Content-Type": mt.DOCKER_SCHEMA1_SIGNED,
+                           "Docker-Content-Digest": DIGEST}, raw)
+
+    with fake_registry(answer) as registry:
+        with pytest.raises(RegistryError) as refused:
+            client_for(registry).get_manifest("group/app", reference)
+    assert refused.value.code == "MANIFEST_UNVERIFIED" and refused.value.reference == DIGEST
+    assert "schema 1" in str(refused.value) and "rebuild the image" in str(refused.value)
