@@ -9,7 +9,9 @@ registry of any size is never held in memory whole; copy results, which nest, ar
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from typing import Any, Protocol
 
 import numpy as np
@@ -19,6 +21,8 @@ import pyarrow.parquet as pq
 
 from registry_replication.client import Manifest
 from registry_replication.snapshot import COLUMNS, Listing, Row, Snapshot
+
+log = logging.getLogger(__name__)
 
 SNAPSHOT_SCHEMA = pa.schema([(column, pa.string()) for column in COLUMNS])
 
@@ -148,12 +152,33 @@ def write_manifests(path: Folder, manifests: list[tuple[str, Manifest]]) -> int:
 
 
 def read_manifests(path: Folder) -> dict[tuple[str, str], Manifest]:
-    """``write_manifests``' manifests by (repository, digest); a missing file reads as none."""
+    """``write_manifests``' manifests by (repository, digest); a missing file reads as none.
+
+    Each is hashed against its digest: the folder may be a shared bucket, and whoever can write
+    there must not choose what gets tagged. One that does not match is left out (with a
+    warning), so the push reads it again from the primary, verified.
+    """
     try:
         with path.open("rb") as source:
             table = pq.read_table(source)
     except FileNotFoundError:
         return {}
     columns = (table.column(c).to_pylist() for c in ("repository", "digest", "media_type", "raw"))
-    return {(repository, digest): Manifest(raw, media_type, digest)
-            for repository, digest, media_type, raw in zip(*columns)}
+    manifests = {}
+    for repository, digest, media_type, raw in zip(*columns):
+        found = _digest_of(raw, digest)
+        if found != digest:
+            log.warning("the run's saved manifest %s@%s hashes to %s, not to its digest (in %s): "
+                        "not used; it is read again from the primary", repository, digest,
+                        found, path)
+            continue
+        manifests[(repository, digest)] = Manifest(raw, media_type, digest)
+    return manifests
+
+
+def _digest_of(raw: Any, digest: Any) -> str:
+    """``raw``'s digest with ``digest``'s algorithm ("unverifiable" if either is not usable)."""
+    algorithm = digest.partition(":")[0] if isinstance(digest, str) else ""
+    if not isinstance(raw, bytes) or algorithm not in ("sha256", "sha512"):
+        return "unverifiable"
+    return f"{algorithm}:{hashlib.new(algorithm, raw).hexdigest()}"
