@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property, partial
 from typing import Any, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -293,7 +293,7 @@ class RegistryClient:
         if response.status_code == 304 and known is not None:
             return known
         if response.status_code == 404:
-            return None
+            return self._gone_or_here(repository, reference)
         digest = response.headers.get("Docker-Content-Digest")
         if not digest:
             # Registries that omit the header on HEAD: fall back to fetching the bytes.
@@ -311,6 +311,23 @@ class RegistryClient:
                 "tag; other repositories are not affected",
             ) from None
         return Descriptor(digest, _media_type(response), _content_length(response))
+
+    def _gone_or_here(self, repository: str, reference: str) -> Descriptor | None:
+        """After a ``HEAD`` 404: None only if a ``GET`` says ``MANIFEST_UNKNOWN`` or
+        ``NAME_UNKNOWN``. A HEAD has no body to tell whose 404 it is, and "gone" deletes tags:
+        a proxy's 404 page (no registry error code) must never pass for it."""
+        try:
+            manifest = self.get_manifest(repository, reference)
+        except NotFoundError as exc:
+            if exc.code in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN"):
+                return None
+            raise replace(
+                exc, message="not found, without the registry's error code (MANIFEST_UNKNOWN "
+                "or NAME_UNKNOWN): not taken to mean it is gone",
+                advice="something other than the registry answered 404 (a proxy or load "
+                "balancer page?): check that the connection's URL reaches the registry itself; "
+                "nothing is deleted on such an answer") from None
+        return Descriptor(manifest.digest, manifest.media_type, len(manifest.raw))
 
     def get_manifest(self, repository: str, reference: str) -> Manifest:
         """A manifest's exact bytes, checked against the digest they were asked for or served as."""
