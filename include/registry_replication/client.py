@@ -23,9 +23,11 @@ fetched without credentials (the session reads no ``~/.netrc`` and no proxy vari
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import os
 import random
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -436,6 +438,23 @@ class RegistryClient:
                     reference=digest, status=response.status_code,
                     advice="check the registry's storage redirect configuration",
                 )
+            # Whatever answers at the registry's address must not make us read internal
+            # services (cloud metadata, admin ports): off the registry's own host:port, only
+            # public addresses, unless the connection allows private storage.
+            if not self.config.allow_private_redirects and not _same_origin(location, self.url):
+                host = urlsplit(location).hostname or ""
+                private = _non_public_address(host)
+                if private is not None:
+                    raise RegistryError(
+                        f"refused to follow the storage redirect to {host!r} ({private}, not a "
+                        "public address); nothing was sent there",
+                        registry=self.url, operation="get blob", repository=repository,
+                        reference=digest, status=response.status_code,
+                        advice="if the registry's storage really is on a private network (MinIO, "
+                        "an internal S3), set allow_private_redirects: true in the connection "
+                        "extra; otherwise check the registry's storage redirect settings and "
+                        "any proxy in front of it",
+                    )
             response = self._send("GET", location, operation="get blob", repository=repository,
                                   reference=digest, headers=headers, stream=True,
                                   ok=(200, 206), storage=True)
@@ -1058,6 +1077,21 @@ def _same_origin(url: str, base: str) -> bool:
         and port is not None
         and port == _port(ours)
     )
+
+
+def _non_public_address(host: str) -> str | None:
+    """The first address ``host`` is (or resolves to) that is not public (loopback, private,
+    link-local, reserved...); None when all are public or it does not resolve (the connection
+    then fails on its own)."""
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return None
+    for *_, sockaddr in found:
+        address = ipaddress.ip_address(str(sockaddr[0]).partition("%")[0])
+        if not address.is_global:
+            return str(address)
+    return None
 
 
 def _port(parts: Any) -> int | None:

@@ -51,6 +51,9 @@ class RegistryConfig:
     max_bytes_per_second: int | None = None  # blob bytes read from this registry; None: no limit
     # The only hosts a token realm may be on (the login goes there); empty: any host.
     token_realm_hosts: tuple[str, ...] = ()
+    # Follow blob redirects off the registry's host:port to non-public addresses (MinIO on a
+    # private network); off by default, so a redirect cannot reach internal services.
+    allow_private_redirects: bool = False
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
@@ -140,6 +143,8 @@ class RegistryConfig:
             max_bytes_per_second=(int(extra["max_bytes_per_second"])
                                   if extra.get("max_bytes_per_second") else None),
             token_realm_hosts=_hosts(extra.get("token_realm_hosts")),
+            allow_private_redirects=_flag(extra.get("allow_private_redirects", False),
+                                          "allow_private_redirects"),
         )
 
     @classmethod
@@ -169,6 +174,15 @@ def _hosts(value: Any) -> tuple[str, ...]:
     if not isinstance(items, (list, tuple)) or not all(isinstance(h, str) for h in items):
         raise ConfigError("token_realm_hosts must be a list of hosts or a comma-separated string")
     return tuple(h.strip().lower() for h in items if h.strip())
+
+
+def _flag(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise ConfigError(f"{name} must be true or false, not {str(value)[:20]!r}")
 
 
 def _verify(value: Any) -> bool | str:
