@@ -259,3 +259,17 @@ def test_login_goes_only_to_a_token_realm_on_token_realm_hosts(start_registry, k
             assert client.tags("app") == []
         assert tokens.issued == 1
 
+
+
+def test_expired_tokens_leave_the_cache(keys):
+    """One scope set per repository: over a long life the cache holds only the live tokens
+    (a 10 s lifetime, one new scope a second: about ten), not every token it ever had. The
+    cache is the same for tokens from a realm (``TokenAuth``)."""
+    now = [1_000_000.0]
+    auth = JwtAuth(keys.private_key_pem, service="s", ttl_seconds=10, clock=lambda: now[0])
+    for i in range(5000):
+        auth.header([repository_scope(f"group/app{i}", "pull")])
+        now[0] += 1
+    assert len(auth._cache._tokens) <= 2 * 11 + 64
+    latest = auth.header([repository_scope("group/app4999", "pull")])
+    assert auth.header([repository_scope("group/app4999", "pull")]) == latest  # still cached

@@ -184,12 +184,20 @@ class BasicAuth(Auth):
 
 
 class _TokenCache:
-    """Bearer tokens per scope set, renewed before they expire. Thread safe."""
+    """Bearer tokens per scope set, renewed before they expire. Thread safe.
+
+    Expired tokens are evicted: a run asks for one scope set per repository, so a long-lived
+    client would otherwise hold every token it ever had. The sweep runs when the cache has
+    doubled since the last one (amortised constant time per token).
+    """
+
+    _MIN_SWEEP = 64
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._tokens: dict[tuple[str, ...], tuple[str, float, float]] = {}
         self._lock = threading.Lock()
+        self._sweep_at = self._MIN_SWEEP
 
     def get(self, key: tuple[str, ...]) -> str | None:
         with self._lock:
@@ -207,6 +215,10 @@ class _TokenCache:
         # Tokens stay out of logs by construction: only Authorization headers carry them.
         with self._lock:
             self._tokens[key] = (token, issued, expires)
+            if len(self._tokens) >= self._sweep_at:
+                now = self._clock()
+                self._tokens = {k: v for k, v in self._tokens.items() if v[2] > now}
+                self._sweep_at = max(self._MIN_SWEEP, 2 * len(self._tokens))
 
     def drop(self, key: tuple[str, ...]) -> None:
         with self._lock:
