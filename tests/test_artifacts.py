@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import asdict
 
 import pandas as pd
+import pytest
 
 from registry_replication import artifacts
 from registry_replication.client import Manifest
@@ -128,3 +129,26 @@ def test_a_manifest_swapped_in_the_run_folder_is_never_what_gets_tagged(
     assert secondary_reader.get_manifest("app", "v1").raw == wanted.raw
     (warning,) = [r.getMessage() for r in caplog.records if "saved manifest" in r.getMessage()]
     assert f"app@{wanted.digest} hashes to {planted.digest}" in warning
+
+
+@pytest.mark.parametrize("kind", ["path", "object storage file://"])
+def test_run_folders_and_their_files_are_readable_only_by_their_owner(tmp_path, kind):
+    """0700 folders, 0600 files on a local filesystem: a run's artifacts hold repository
+    names, digests and the registries' error texts. The tasks pass ``file://`` storage paths."""
+    base = tmp_path / "artifacts"
+    if kind == "path":
+        folder = base / "registry_reconcile" / "20261128T060000_manual"
+    else:
+        from airflow.sdk import ObjectStoragePath
+
+        folder = ObjectStoragePath(f"file://{base}") / "registry_reconcile" / "20261128T060000_manual"
+    artifacts.write_snapshot(folder, "snapshot_primary",
+                             Snapshot("https://primary", pd.DataFrame(columns=COLUMNS)))
+    artifacts.write_records(folder / "images-00000.parquet", [{"repository": "a"}])
+    artifacts.write_json_lines(folder / "pruned.jsonl", [{"repository": "a"}])
+    artifacts.write_manifests(folder / "images-00000.manifests.parquet", [])
+    run = base / "registry_reconcile" / "20261128T060000_manual"
+    assert {p.name: p.stat().st_mode & 0o777 for p in run.iterdir()} == dict.fromkeys(
+        ["snapshot_primary.parquet", "snapshot_primary.json", "images-00000.parquet",
+         "pruned.jsonl", "images-00000.manifests.parquet"], 0o600)
+    assert [p.stat().st_mode & 0o777 for p in (run, run.parent, base)] == [0o700] * 3
