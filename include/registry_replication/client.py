@@ -17,7 +17,9 @@ never a committed blob.
 Credentials go only to the configured registry: every URL it requests, including those the
 registry hands back (``Link``, upload ``Location``, redirects), must have the configured scheme,
 host and port. The one exception is a blob download redirected to a storage backend, which is
-fetched without credentials (the session reads no ``~/.netrc`` and no proxy variables).
+fetched without credentials (the session reads no ``~/.netrc`` and no proxy variables), and
+only from a public address unless the connection allows private ones
+(``allow_private_redirects``).
 """
 
 from __future__ import annotations
