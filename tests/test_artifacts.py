@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict
 
 import pandas as pd
+import pytest
 
 from registry_replication import artifacts
-from registry_replication.plan import BlobTask, ImageTask
+from registry_replication.client import Manifest
+from registry_replication.copy import Copier
+from registry_replication.plan import BlobTask, ImageTask, WantedTag, build_plan
+from replication_harness import images
 from registry_replication.snapshot import COLUMNS, Snapshot
 
 
@@ -71,7 +76,8 @@ def test_manifests_round_trip_byte_for_byte(tmp_path):
     from registry_replication.client import Manifest
 
     raw = b'{\n   "schemaVersion": 2\n}'
-    manifest = Manifest(raw, "application/vnd.oci.image.manifest.v1+json", "sha256:" + "a" * 64)
+    manifest = Manifest(raw, "application/vnd.oci.image.manifest.v1+json",
+                        "sha256:" + hashlib.sha256(raw).hexdigest())
     artifacts.write_manifests(tmp_path / "m.parquet", [("group/app", manifest)])
     assert artifacts.read_manifests(tmp_path / "m.parquet") == {
         ("group/app", manifest.digest): manifest}
@@ -100,3 +106,49 @@ def test_a_registry_is_listed_batch_by_batch_into_storage(primary_writer, primar
     key = ["repository", "tag"]
     assert (streamed.sort_values(key).astype(object).values.tolist()
             == in_memory.sort_values(key).astype(object).values.tolist())
+
+
+def test_a_manifest_swapped_in_the_run_folder_is_never_what_gets_tagged(
+        primary_writer, primary_reader, secondary_writer, secondary_reader, leases, tmp_path,
+        caplog):
+    """The run's folder may be a shared bucket: bytes saved under a digest are hashed before
+    they are pushed, and a swapped manifest is read again from the primary instead."""
+    factory = images.ImageFactory()
+    wanted, planted = factory.make(), factory.make()
+    images.push(primary_writer, "app", wanted, ["v1"])
+    images.push(secondary_writer, "app", planted)  # its blobs are there: the PUT would succeed
+    plan = build_plan(primary_reader, secondary_writer, [WantedTag("app", "v1", wanted.digest)])
+    saved = tmp_path / "images-00000.manifests.parquet"
+    artifacts.write_manifests(saved, [
+        ("app", Manifest(planted.raw, planted.media_type, wanted.digest))])
+    copier = Copier(primary_reader, secondary_writer, leases=leases, recheck=False,
+                    manifests=artifacts.read_manifests(saved))
+    copier.copy_blobs(plan.blobs)
+    (result,) = copier.push_images(plan.images, set())
+    assert result.outcome == "pushed", result.error
+    assert secondary_reader.get_manifest("app", "v1").raw == wanted.raw
+    (warning,) = [r.getMessage() for r in caplog.records if "saved manifest" in r.getMessage()]
+    assert f"app@{wanted.digest} hashes to {planted.digest}" in warning
+
+
+@pytest.mark.parametrize("kind", ["path", "object storage file://"])
+def test_run_folders_and_their_files_are_readable_only_by_their_owner(tmp_path, kind):
+    """0700 folders, 0600 files on a local filesystem: a run's artifacts hold repository
+    names, digests and the registries' error texts. The tasks pass ``file://`` storage paths."""
+    base = tmp_path / "artifacts"
+    if kind == "path":
+        folder = base / "registry_reconcile" / "20261128T060000_manual"
+    else:
+        from airflow.sdk import ObjectStoragePath
+
+        folder = ObjectStoragePath(f"file://{base}") / "registry_reconcile" / "20261128T060000_manual"
+    artifacts.write_snapshot(folder, "snapshot_primary",
+                             Snapshot("https://primary", pd.DataFrame(columns=COLUMNS)))
+    artifacts.write_records(folder / "images-00000.parquet", [{"repository": "a"}])
+    artifacts.write_json_lines(folder / "pruned.jsonl", [{"repository": "a"}])
+    artifacts.write_manifests(folder / "images-00000.manifests.parquet", [])
+    run = base / "registry_reconcile" / "20261128T060000_manual"
+    assert {p.name: p.stat().st_mode & 0o777 for p in run.iterdir()} == dict.fromkeys(
+        ["snapshot_primary.parquet", "snapshot_primary.json", "images-00000.parquet",
+         "pruned.jsonl", "images-00000.manifests.parquet"], 0o600)
+    assert [p.stat().st_mode & 0o777 for p in (run, run.parent, base)] == [0o700] * 3

@@ -237,3 +237,39 @@ def test_anonymous_detected(open_registry):
         images.push(client, "app", images.ImageFactory().make(), ["v1"])
         assert client.auth.kind == "anonymous"
         assert json.loads(client.get_manifest("app", "v1").raw)["schemaVersion"] == 2
+
+
+def test_login_goes_only_to_a_token_realm_on_token_realm_hosts(start_registry, keys):
+    """The challenge names the realm; a connection that lists its token hosts sends the login
+    nowhere else, and the refusal names the realm's host and the setting, not the password."""
+    with TokenService(keys, {"ci": ("realm-secret", {"pull"})}) as tokens:
+        registry = start_registry("tokenauth", keys=keys, token_realm=tokens.realm)
+        elsewhere = {"host": registry.url, "login": "ci", "password": "realm-secret",
+                     "extra": {"token_realm_hosts": "tokens.example.com, auth.example.com"}}
+        with RegistryClient(RegistryConfig.from_connection(elsewhere)) as client:
+            with pytest.raises(RegistryAuthError) as refused:
+                client.tags("app")
+        message = str(refused.value)
+        assert tokens.issued == 0  # the token service never saw the login
+        assert "http://127.0.0.1" in message and "token_realm_hosts" in message
+        assert "realm-secret" not in message
+        listed = {"host": registry.url, "login": "ci", "password": "realm-secret",
+                  "extra": {"token_realm_hosts": ["tokens.example.com", "127.0.0.1"]}}
+        with RegistryClient(RegistryConfig.from_connection(listed)) as client:
+            assert client.tags("app") == []
+        assert tokens.issued == 1
+
+
+
+def test_expired_tokens_leave_the_cache(keys):
+    """One scope set per repository: over a long life the cache holds only the live tokens
+    (a 10 s lifetime, one new scope a second: about ten), not every token it ever had. The
+    cache is the same for tokens from a realm (``TokenAuth``)."""
+    now = [1_000_000.0]
+    auth = JwtAuth(keys.private_key_pem, service="s", ttl_seconds=10, clock=lambda: now[0])
+    for i in range(5000):
+        auth.header([repository_scope(f"group/app{i}", "pull")])
+        now[0] += 1
+    assert len(auth._cache._tokens) <= 2 * 11 + 64
+    latest = auth.header([repository_scope("group/app4999", "pull")])
+    assert auth.header([repository_scope("group/app4999", "pull")]) == latest  # still cached

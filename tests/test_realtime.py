@@ -5,10 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 
+import pandas as pd
+import pytest
+
 from replication_harness import images
-from replication_harness.servers import FaultProxy
+from replication_harness.servers import Fault, FaultProxy
 from registry_replication.client import RegistryClient
 from registry_replication.config import RegistryConfig
+from registry_replication.outcomes import PruneOutcome
+from registry_replication.prune import prune
 from registry_replication.realtime import coalesce, replicate_events
 from registry_replication.store.queue import Event
 
@@ -57,8 +62,10 @@ def test_push_and_delete_events_replicate(primary_writer, primary_reader, second
     assert secondary_reader.head_manifest("group/app", "1.0").digest == first.digest
 
     primary_writer.delete_manifest("group/app", first.digest)
+    # Both of the secondary's tags: all of it, above the default mass-deletion guard.
     outcomes = replicate_events(primary_reader, secondary_writer,
-                                [ev(4, "delete", "group/app", digest=first.digest)], leases=leases)
+                                [ev(4, "delete", "group/app", digest=first.digest)], leases=leases,
+                                max_prune_fraction=1.0)
     assert outcomes == {"e4": None}
     assert secondary_reader.tags("group/app") == []
 
@@ -99,7 +106,7 @@ def test_a_moved_then_deleted_tag_is_removed(primary_writer, primary_reader, sec
         ev(2, "push", "app", "t", new.digest),
         ev(3, "delete", "app", digest=new.digest),
         ev(4, "delete", "app", "t"),
-    ], leases=leases)
+    ], leases=leases, max_prune_fraction=1.0)  # "t" is all the secondary holds
     assert outcomes == {"e2": None, "e3": None, "e4": None}
     assert secondary_reader.head_manifest("app", "t") is None
     assert secondary_reader.head_manifest("app", old.digest) is not None  # "other" is on it
@@ -202,3 +209,63 @@ def test_the_event_path_repeats_no_request(primary, secondary, primary_writer, s
     assert asked == needed
     manifest_puts = Counter(p for m, p, _ in secondary_log if m == "PUT" and "/manifests/" in p)
     assert set(manifest_puts.values()) == {1}
+
+
+PROXY_PAGE = Fault(404, {"Content-Type": "text/html"}, body=b"<html><h1>404 Not Found</h1>"
+                   b"<hr>nginx</html>", path_contains="/manifests/")
+
+
+@pytest.mark.parametrize("path", ["tag delete event", "digest delete event", "prune"])
+def test_a_proxys_404_page_never_deletes_a_tag(path, primary, primary_writer, primary_reader,
+                                               secondary_writer, secondary_reader, leases):
+    """A 404 means gone only with the registry's MANIFEST_UNKNOWN or NAME_UNKNOWN: a HEAD has
+    no body, so a GET asks; a proxy's page in front of the primary never causes a delete."""
+    image = images.ImageFactory().make()
+    tags = ["v1", "v2", "v3"]
+    images.push(primary_writer, "app", image, tags)
+    assert replicate_events(primary_reader, secondary_writer,
+                            [ev(i, "push", "app", t, image.digest) for i, t in enumerate(tags)],
+                            leases=leases) == {f"e{i}": None for i in range(3)}
+    with FaultProxy(primary.url) as proxy, RegistryClient(RegistryConfig.from_connection(
+            {**primary.connection(), "host": proxy.url})) as through_proxy:
+        proxy.inject(*[PROXY_PAGE] * 4)  # every HEAD and GET of a manifest: the page
+        if path == "prune":
+            (result,) = prune(through_proxy, secondary_writer, pd.DataFrame(
+                [("app", "v1", image.digest)], columns=["repository", "tag", "digest"]),
+                leases=leases)
+            assert result.outcome == PruneOutcome.FAILED
+            error = result.error
+        else:
+            event = (ev(9, "delete", "app", "v1") if path == "tag delete event"
+                     else ev(9, "delete", "app", digest=image.digest))
+            error = replicate_events(through_proxy, secondary_writer, [event],
+                                     leases=leases)["e9"]
+        asked = [(m, outcome) for m, p, outcome in proxy.log if "/manifests/" in p]
+    assert sorted(secondary_reader.tags("app")) == tags
+    assert error is not None and "without the registry's error code" in error
+    assert asked == [("HEAD", 404), ("GET", 404)]
+
+
+def test_the_event_paths_deletes_stop_at_the_mass_deletion_guard(
+        primary_writer, primary_reader, secondary_writer, secondary_reader, leases):
+    """As prune's: one batch of events removes at most max_prune_fraction of the secondary's
+    tags; the refused events come back with why, and the tags stay."""
+    factory = images.ImageFactory()
+    kept, doomed = factory.make(), factory.make()
+    images.push(primary_writer, "app", kept, ["keep"])
+    images.push(primary_writer, "app", doomed, ["a", "b", "c"])
+    pushed = [ev(i, "push", "app", t) for i, t in enumerate(["keep", "a", "b", "c"])]
+    assert set(replicate_events(primary_reader, secondary_writer, pushed,
+                                leases=leases).values()) == {None}
+    primary_writer.delete_manifest("app", doomed.digest)  # 3 of the 4 tags
+    deletes = [ev(10, "delete", "app", digest=doomed.digest),
+               *(ev(11 + i, "delete", "app", t) for i, t in enumerate("abc"))]
+    outcomes = replicate_events(primary_reader, secondary_writer, deletes, leases=leases)
+    assert set(outcomes) == {"e10", "e11", "e12", "e13"}
+    assert all(error and "3 of the secondary's 4 recorded tags" in error
+               and "max_prune_fraction (50%)" in error for error in outcomes.values()), outcomes
+    assert sorted(secondary_reader.tags("app")) == ["a", "b", "c", "keep"]
+    # The operator's way through: a higher fraction (or the reconcile's force_prune).
+    assert set(replicate_events(primary_reader, secondary_writer, deletes, leases=leases,
+                                max_prune_fraction=0.75).values()) == {None}
+    assert secondary_reader.tags("app") == ["keep"]

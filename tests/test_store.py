@@ -99,3 +99,18 @@ def test_the_cli_upgrades_a_store(tmp_path, capsys):
     assert main(["store", "upgrade", "--url", url]) == 0
     assert f"already at revision {migrate.head()}" in capsys.readouterr().out
     assert_schema_matches(Store(url))
+
+
+def test_a_new_sqlite_store_is_readable_only_by_its_owner(tmp_path):
+    """It holds event payloads, error texts and the registries' names: 0600, in folders made
+    0700 (SQLite gives the -wal and -shm files the database's mode)."""
+    path = tmp_path / "private" / "store" / "replication.db"
+    store = Store(f"sqlite:///{path}")
+    store.queue.add([ev(1)])
+    with store.engine.connect() as conn:  # the WAL holds the write until a checkpoint
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        files = {p.name: p.stat().st_mode & 0o777 for p in path.parent.iterdir()}
+    assert files["replication.db"] == 0o600 and "replication.db-wal" in files
+    assert set(files.values()) == {0o600}, files
+    assert {(p.name, p.stat().st_mode & 0o777) for p in (path.parent, path.parent.parent)} == {
+        ("store", 0o700), ("private", 0o700)}

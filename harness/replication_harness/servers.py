@@ -146,6 +146,7 @@ class Fault:
     method: str = ""  # only requests with this method (default: any)
     after: int = 0  # let this many matching requests through first
     code: str = "UNAVAILABLE"  # the registry error code in the injected answer's body
+    body: bytes | None = None  # this body instead (a proxy's own page: no error code at all)
 
 
 @dataclass
@@ -187,13 +188,15 @@ class _ProxyHandler(_QuietHandler):
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
-            data = json.dumps({"errors": [{"code": fault.code, "message": "injected"}]}).encode()
+            data = fault.body if fault.body is not None else json.dumps(
+                {"errors": [{"code": fault.code, "message": "injected"}]}).encode()
             self.send_response(fault.status)
             for name, value in fault.headers.items():
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":  # an answer to HEAD has no body, whatever it promises
+                self.wfile.write(data)
             return
         upstream = http.client.HTTPConnection(self.owner.upstream_host, timeout=60)
         headers = {k: v for k, v in self.headers.items() if k.lower() != "transfer-encoding"}

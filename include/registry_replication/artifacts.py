@@ -5,12 +5,19 @@ Airflow's ``ObjectStoragePath`` for ``file://``, ``s3://`` or ``gs://`` (the DAG
 tasks hand each other a reference and small counts instead of the data itself. Tables are
 Parquet; a snapshot is written batch by batch as it is listed (``SnapshotWriter``), so a
 registry of any size is never held in memory whole; copy results, which nest, are JSON Lines.
+
+On a local filesystem the folders this module creates are 0700 and its files 0600: they hold
+the registries' repository names, digests and error texts (object storage has its own ACLs).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from typing import Any, Protocol
+import logging
+import os
+from pathlib import Path, PurePath
+from typing import IO, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -19,6 +26,8 @@ import pyarrow.parquet as pq
 
 from registry_replication.client import Manifest
 from registry_replication.snapshot import COLUMNS, Listing, Row, Snapshot
+
+log = logging.getLogger(__name__)
 
 SNAPSHOT_SCHEMA = pa.schema([(column, pa.string()) for column in COLUMNS])
 
@@ -31,9 +40,45 @@ class Folder(Protocol):
     def mkdir(self, *args: Any, **kwargs: Any) -> None: ...
 
 
+def _local(path: Folder) -> Path | None:
+    """``path`` on this machine's filesystem (a ``Path`` or a ``file://`` storage path), else
+    None (object storage)."""
+    if isinstance(path, PurePath):
+        return Path(path)
+    if getattr(path, "protocol", None) in ("file", "local"):
+        return Path(path.path)  # type: ignore[attr-defined]
+    return None
+
+
+def make_folder(folder: Folder) -> None:
+    """Create ``folder`` and its missing parents: 0700 each, on a local filesystem."""
+    local = _local(folder)
+    if local is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        return
+    missing = [p for p in (local, *local.parents) if not p.exists()]
+    for created in reversed(missing):
+        try:
+            created.mkdir(mode=0o700)
+        except FileExistsError:  # another task made it meanwhile
+            pass
+
+
+def create(path: Folder) -> IO[bytes]:
+    """Open ``path`` to be written anew (its folder made if missing): 0600 on a local
+    filesystem."""
+    local = _local(path)
+    if local is None:
+        return path.open("wb")
+    make_folder(local.parent)
+    fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file written again keeps no older, wider mode
+    return os.fdopen(fd, "wb")
+
+
 def write_frame(path: Folder, frame: pd.DataFrame) -> int:
     """Write ``frame`` as Parquet; returns the bytes written."""
-    with path.open("wb") as out:
+    with create(path) as out:
         frame.to_parquet(out, index=False)
         return out.tell()
 
@@ -48,9 +93,9 @@ class SnapshotWriter:
     registry, errors and problems) once the listing is done."""
 
     def __init__(self, folder: Folder, name: str) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
         self.folder, self.name = folder, name
-        self._file = (folder / f"{name}.parquet").open("wb")
+        self._file = create(folder / f"{name}.parquet")
         self._writer = pq.ParquetWriter(self._file, SNAPSHOT_SCHEMA)
 
     def write(self, rows: list[Row]) -> None:
@@ -67,7 +112,7 @@ class SnapshotWriter:
         self._file.close()
         header = json.dumps({"registry": listing.registry, "errors": listing.errors,
                              "problems": listing.problems}).encode()
-        with (self.folder / f"{self.name}.json").open("wb") as out:
+        with create(self.folder / f"{self.name}.json") as out:
             out.write(header)
         return {"name": self.name, "tags": listing.tags, "errors": len(listing.errors),
                 "problems": len(listing.problems), "bytes": size + len(header)}
@@ -123,7 +168,7 @@ def _plain(value: Any) -> Any:
 def write_json_lines(path: Folder, records: list[dict[str, Any]]) -> int:
     """One JSON object per line (records with nested values: copy results); returns bytes."""
     data = "".join(json.dumps(record, default=str) + "\n" for record in records).encode()
-    with path.open("wb") as out:
+    with create(path) as out:
         out.write(data)
     return len(data)
 
@@ -142,18 +187,39 @@ def write_manifests(path: Folder, manifests: list[tuple[str, Manifest]]) -> int:
         "media_type": pa.array([m.media_type for _, m in manifests], pa.string()),
         "raw": pa.array([m.raw for _, m in manifests], pa.binary()),
     })
-    with path.open("wb") as out:
+    with create(path) as out:
         pq.write_table(table, out)
         return out.tell()
 
 
 def read_manifests(path: Folder) -> dict[tuple[str, str], Manifest]:
-    """``write_manifests``' manifests by (repository, digest); a missing file reads as none."""
+    """``write_manifests``' manifests by (repository, digest); a missing file reads as none.
+
+    Each is hashed against its digest: the folder may be a shared bucket, and whoever can write
+    there must not choose what gets tagged. One that does not match is left out (with a
+    warning), so the push reads it again from the primary, verified.
+    """
     try:
         with path.open("rb") as source:
             table = pq.read_table(source)
     except FileNotFoundError:
         return {}
     columns = (table.column(c).to_pylist() for c in ("repository", "digest", "media_type", "raw"))
-    return {(repository, digest): Manifest(raw, media_type, digest)
-            for repository, digest, media_type, raw in zip(*columns)}
+    manifests = {}
+    for repository, digest, media_type, raw in zip(*columns):
+        found = _digest_of(raw, digest)
+        if found != digest:
+            log.warning("the run's saved manifest %s@%s hashes to %s, not to its digest (in %s): "
+                        "not used; it is read again from the primary", repository, digest,
+                        found, path)
+            continue
+        manifests[(repository, digest)] = Manifest(raw, media_type, digest)
+    return manifests
+
+
+def _digest_of(raw: Any, digest: Any) -> str:
+    """``raw``'s digest with ``digest``'s algorithm ("unverifiable" if either is not usable)."""
+    algorithm = digest.partition(":")[0] if isinstance(digest, str) else ""
+    if not isinstance(raw, bytes) or algorithm not in ("sha256", "sha512"):
+        return "unverifiable"
+    return f"{algorithm}:{hashlib.new(algorithm, raw).hexdigest()}"

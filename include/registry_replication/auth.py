@@ -184,12 +184,20 @@ class BasicAuth(Auth):
 
 
 class _TokenCache:
-    """Bearer tokens per scope set, renewed before they expire. Thread safe."""
+    """Bearer tokens per scope set, renewed before they expire. Thread safe.
+
+    Expired tokens are evicted: a run asks for one scope set per repository, so a long-lived
+    client would otherwise hold every token it ever had. The sweep runs when the cache has
+    doubled since the last one (amortised constant time per token).
+    """
+
+    _MIN_SWEEP = 64
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._tokens: dict[tuple[str, ...], tuple[str, float, float]] = {}
         self._lock = threading.Lock()
+        self._sweep_at = self._MIN_SWEEP
 
     def get(self, key: tuple[str, ...]) -> str | None:
         with self._lock:
@@ -207,6 +215,10 @@ class _TokenCache:
         # Tokens stay out of logs by construction: only Authorization headers carry them.
         with self._lock:
             self._tokens[key] = (token, issued, expires)
+            if len(self._tokens) >= self._sweep_at:
+                now = self._clock()
+                self._tokens = {k: v for k, v in self._tokens.items() if v[2] > now}
+                self._sweep_at = max(self._MIN_SWEEP, 2 * len(self._tokens))
 
     def drop(self, key: tuple[str, ...]) -> None:
         with self._lock:
@@ -325,11 +337,17 @@ class TokenAuth(_BearerAuth):
         *,
         timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
+        registry: str = "",
+        realm_hosts: Sequence[str] = (),
     ) -> None:
+        """``registry``: the registry's URL (an https registry accepts only an https realm);
+        ``realm_hosts``: when set, the only hosts (``host`` or ``host:port``) a realm may be on."""
         secrets.mask(password)
         self._session = session
         self.login = login
         self._password = password
+        self.registry = registry
+        self.realm_hosts = frozenset(h.strip().lower() for h in realm_hosts if h.strip())
         self._timeout = timeout
         self._clock = clock
         self._realm: str | None = None
@@ -347,11 +365,42 @@ class TokenAuth(_BearerAuth):
             return False
         if challenge.error == "insufficient_scope" or (fresh and self._realm):
             return False  # the token service's answer would not change
+        realm = challenge.params["realm"]
+        self._check_realm(realm)
         with self._lock:
-            self._realm = challenge.params["realm"]
+            self._realm = realm
             self._service = challenge.params.get("service")
         self._cache.drop(tuple(scopes))
         return True
+
+    def _check_realm(self, realm: str) -> None:
+        """Refuse a realm our login must not go to: another scheme than an https registry's,
+        or a host outside ``token_realm_hosts``. The challenge comes from whatever answers at
+        the registry's address, so it alone must not decide where the password goes."""
+        parts = urlsplit(realm)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        host = (parts.hostname or "").lower()
+        where = f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+        if parts.scheme not in ("http", "https") or not host:
+            why = "it is not an http(s) URL"
+        elif urlsplit(self.registry).scheme == "https" and parts.scheme != "https":
+            why = "the registry is https and the realm is not: the login would cross in clear"
+        elif self.realm_hosts and not {host, f"{host}:{port}"} & self.realm_hosts:
+            why = (f"its host is not in the connection's token_realm_hosts "
+                   f"({', '.join(sorted(self.realm_hosts))})")
+        else:
+            return
+        raise RegistryAuthError(
+            f"refused to send login {self.login!r} to the token realm {where!r}: {why}; "
+            "nothing was sent there", registry=self.registry, operation="get token",
+            code="UNAUTHORIZED",
+            advice=f"if {host or 'that host'} is your token service, add it to the connection "
+            "extra token_realm_hosts (and use https for an https registry); otherwise check the "
+            "registry's auth.token.realm and any proxy in front of the registry",
+        )
 
     def _obtain(self, key: tuple[str, ...]) -> str:
         """A token from the realm; every failure is a typed error naming the realm."""

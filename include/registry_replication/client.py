@@ -17,21 +17,25 @@ never a committed blob.
 Credentials go only to the configured registry: every URL it requests, including those the
 registry hands back (``Link``, upload ``Location``, redirects), must have the configured scheme,
 host and port. The one exception is a blob download redirected to a storage backend, which is
-fetched without credentials (the session reads no ``~/.netrc`` and no proxy variables).
+fetched without credentials (the session reads no ``~/.netrc`` and no proxy variables), and
+only from a public address unless the connection allows private ones
+(``allow_private_redirects``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import os
 import random
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property, partial
 from typing import Any, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -224,7 +228,8 @@ class RegistryClient:
                 ) from None
         if kind == "token":
             auth = TokenAuth(
-                self.session, cfg.login, cfg.password, timeout=cfg.timeout_seconds
+                self.session, cfg.login, cfg.password, timeout=cfg.timeout_seconds,
+                registry=self.url, realm_hosts=cfg.token_realm_hosts,
             )
             if challenge:
                 auth.refresh(challenge, (), fresh=False)
@@ -298,7 +303,7 @@ class RegistryClient:
         if response.status_code == 304 and known is not None:
             return known
         if response.status_code == 404:
-            return None
+            return self._gone_or_here(repository, reference)
         digest = response.headers.get("Docker-Content-Digest")
         if not digest:
             # Registries that omit the header on HEAD: fall back to fetching the bytes.
@@ -317,6 +322,23 @@ class RegistryClient:
             ) from None
         return Descriptor(digest, _media_type(response), _content_length(response))
 
+    def _gone_or_here(self, repository: str, reference: str) -> Descriptor | None:
+        """After a ``HEAD`` 404: None only if a ``GET`` says ``MANIFEST_UNKNOWN`` or
+        ``NAME_UNKNOWN``. A HEAD has no body to tell whose 404 it is, and "gone" deletes tags:
+        a proxy's 404 page (no registry error code) must never pass for it."""
+        try:
+            manifest = self.get_manifest(repository, reference)
+        except NotFoundError as exc:
+            if exc.code in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN"):
+                return None
+            raise replace(
+                exc, message="not found, without the registry's error code (MANIFEST_UNKNOWN "
+                "or NAME_UNKNOWN): not taken to mean it is gone",
+                advice="something other than the registry answered 404 (a proxy or load "
+                "balancer page?): check that the connection's URL reaches the registry itself; "
+                "nothing is deleted on such an answer") from None
+        return Descriptor(manifest.digest, manifest.media_type, len(manifest.raw))
+
     def get_manifest(self, repository: str, reference: str) -> Manifest:
         """A manifest's exact bytes, checked against the digest they were asked for or served as."""
         validate_repository(repository)
@@ -329,13 +351,16 @@ class RegistryClient:
         media_type = _media_type(response)
         digest = _digest_of(raw, reference if ":" in reference else "sha256:")
         expected = reference if ":" in reference else response.headers.get("Docker-Content-Digest")
-        # Schema 1 signed manifests are served with their signatures stripped from the digest,
-        # so their header digest legitimately differs; they are reported as unsupported later.
-        if expected and digest != expected and media_type not in mediatypes.SCHEMA1:
+        # No exception for schema 1: a signed one's digest is over its payload without the
+        # signatures, which we do not verify, so its bytes are refused rather than trusted.
+        if expected and digest != expected:
+            schema1 = media_type in mediatypes.SCHEMA1
             raise DigestMismatchError(
-                f"the manifest's bytes hash to {digest}",
+                f"the manifest's bytes hash to {digest}" + (
+                    " (a signed Docker schema 1 manifest, whose bytes cannot be verified "
+                    "against its digest)" if schema1 else ""),
                 registry=self.url, operation="get manifest", repository=repository,
-                reference=expected, code="DIGEST_INVALID",
+                reference=expected, code="MANIFEST_UNVERIFIED" if schema1 else "DIGEST_INVALID",
             )
         try:
             # Parsed to be checked only: whoever reads it parses it again, within this bound.
@@ -433,6 +458,23 @@ class RegistryClient:
                     reference=digest, status=response.status_code,
                     advice="check the registry's storage redirect configuration",
                 )
+            # Whatever answers at the registry's address must not make us read internal
+            # services (cloud metadata, admin ports): off the registry's own host:port, only
+            # public addresses, unless the connection allows private storage.
+            if not self.config.allow_private_redirects and not _same_origin(location, self.url):
+                host = urlsplit(location).hostname or ""
+                private = _non_public_address(host)
+                if private is not None:
+                    raise RegistryError(
+                        f"refused to follow the storage redirect to {host!r} ({private}, not a "
+                        "public address); nothing was sent there",
+                        registry=self.url, operation="get blob", repository=repository,
+                        reference=digest, status=response.status_code,
+                        advice="if the registry's storage really is on a private network (MinIO, "
+                        "an internal S3), set allow_private_redirects: true in the connection "
+                        "extra; otherwise check the registry's storage redirect settings and "
+                        "any proxy in front of it",
+                    )
             response = self._send("GET", location, operation="get blob", repository=repository,
                                   reference=digest, headers=headers, stream=True,
                                   ok=(200, 206), storage=True)
@@ -1093,6 +1135,21 @@ def _same_origin(url: str, base: str) -> bool:
         and port is not None
         and port == _port(ours)
     )
+
+
+def _non_public_address(host: str) -> str | None:
+    """The first address ``host`` is (or resolves to) that is not public (loopback, private,
+    link-local, reserved...); None when all are public or it does not resolve (the connection
+    then fails on its own)."""
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return None
+    for *_, sockaddr in found:
+        address = ipaddress.ip_address(str(sockaddr[0]).partition("%")[0])
+        if not address.is_global:
+            return str(address)
+    return None
 
 
 def _port(parts: Any) -> int | None:

@@ -85,11 +85,24 @@ class RegistryConfig:
     max_retries: int = 5
     backoff_seconds: float = 0.5
     max_bytes_per_second: int | None = None  # blob bytes read from this registry; None: no limit
+    # The only hosts a token realm may be on (the login goes there); empty: any host.
+    token_realm_hosts: tuple[str, ...] = ()
+    # Follow blob redirects off the registry's host:port to non-public addresses (MinIO on a
+    # private network); off by default, so a redirect cannot reach internal services.
+    allow_private_redirects: bool = False
     bounds: Bounds = field(default_factory=Bounds)
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
         parts = urlsplit(self.url)
+        if "@" in parts.netloc:
+            # Checked first, and the URL never quoted: it holds a password.
+            host = parts.netloc.rpartition("@")[2]
+            raise ConfigError(
+                f"the registry URL for {host!r} holds a login or password (user:password@host): "
+                "put them in the connection's login and password fields and keep the URL to "
+                "scheme://host[:port]"
+            )
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"registry URL {self.url!r} must look like https://host[:port]")
         if self.auth is not None and self.auth not in AUTH_KINDS:
@@ -167,6 +180,9 @@ class RegistryConfig:
             backoff_seconds=float(extra.get("backoff_seconds", 0.5)),
             max_bytes_per_second=(int(extra["max_bytes_per_second"])
                                   if extra.get("max_bytes_per_second") else None),
+            token_realm_hosts=_hosts(extra.get("token_realm_hosts")),
+            allow_private_redirects=_flag(extra.get("allow_private_redirects", False),
+                                          "allow_private_redirects"),
             bounds=Bounds.from_extra(extra),
         )
 
@@ -187,6 +203,25 @@ def _read(path: str | None) -> str | None:
         return Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _hosts(value: Any) -> tuple[str, ...]:
+    """A list of hosts, or one string of them separated by commas."""
+    if not value:
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(h, str) for h in items):
+        raise ConfigError("token_realm_hosts must be a list of hosts or a comma-separated string")
+    return tuple(h.strip().lower() for h in items if h.strip())
+
+
+def _flag(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise ConfigError(f"{name} must be true or false, not {str(value)[:20]!r}")
 
 
 def _verify(value: Any) -> bool | str:

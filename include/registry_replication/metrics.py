@@ -9,7 +9,9 @@ scrape; ``figures()`` is the same data as plain numbers, which the tasks also se
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hmac
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -29,7 +31,11 @@ from registry_replication.outcomes import EventStatus, RepositoryState
 from registry_replication.store import Store
 from registry_replication.store.history import LATENCY_BUCKETS
 
+log = logging.getLogger(__name__)
+
 TOKEN_ENV = "REGISTRY_REPLICATION_METRICS_TOKEN"
+# Shorter tokens get a warning: /metrics faces whoever reaches the API server.
+MIN_TOKEN_LENGTH = 32
 PREFIX = "registry_replication"
 # The status page's repository states, as label values.
 STATE_LABELS = {RepositoryState.SYNCED: "synced", RepositoryState.PENDING: "pending",
@@ -122,7 +128,19 @@ def token_matches(authorization: str | None, token: str) -> bool:
 
 
 def configured_token() -> str | None:
-    return os.environ.get(TOKEN_ENV) or None
+    """``$REGISTRY_REPLICATION_METRICS_TOKEN`` (None: no endpoint); a short one is warned about."""
+    token = os.environ.get(TOKEN_ENV) or None
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        _warn_short_token(len(token))
+    return token
+
+
+@functools.cache
+def _warn_short_token(length: int) -> None:
+    """Once per process and length: the token is read on every scrape."""
+    log.warning("%s is %d characters long: use at least %d random ones (openssl rand -hex 32); "
+                "a short token can be guessed by whoever reaches /metrics", TOKEN_ENV, length,
+                MIN_TOKEN_LENGTH)
 
 
 def _bound(value: float) -> str:

@@ -9,15 +9,17 @@ moment, and a crash between the two steps leaves a tombstone that the next prune
 Every removal happens under the repository's lease and only while the primary still lacks
 the tag (compare-and-set), so a tag pushed again during the run is never deleted. Guards:
 never from an incomplete snapshot (nor in a repository with a listing problem), and never
-more than ``max_fraction`` of the secondary's tags unless forced.
+more than ``max_fraction`` of the secondary's tags unless forced; the event path's deletes,
+made one repository at a time, share a ``DeleteBudget`` with the same fraction.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import pandas as pd
@@ -53,6 +55,39 @@ class PruneResult:
     def log_line(self) -> str:
         line = f"prune {self.outcome:<12} {self.repository}:{self.tag} {self.digest}"
         return f"{line}: {self.error}" if self.error else line
+
+class DeleteBudget:
+    """``prunable``'s mass-deletion guard for deletes decided one repository at a time (the
+    event path): together they remove at most ``max_fraction`` of the secondary's tags, as
+    recorded (``TagRecord``) when the first is taken. A record that lacks repositories counts
+    fewer tags, so it refuses sooner, never later. Thread safe."""
+
+    def __init__(self, record: TagRecord, max_fraction: float) -> None:
+        self._record = record
+        self.max_fraction = max_fraction
+        self._total: int | None = None
+        self._taken = 0
+        self._lock = threading.Lock()
+
+    def take(self, repository: str, tags: Collection[str]) -> None:
+        """Reserve the removal of ``tags``; ``PruneRefused`` if that passes the fraction."""
+        if not tags:
+            return
+        with self._lock:
+            if self._total is None:
+                self._total = self._record.tag_count()
+            taken = self._taken + len(tags)
+            if taken > self.max_fraction * max(self._total, len(tags)):
+                raise PruneRefused(
+                    f"not deleting {len(tags)} tags of {repository} ({', '.join(sorted(tags)[:5])}"
+                    f"{' ...' if len(tags) > 5 else ''}): with this batch's other deletes, "
+                    f"{taken} of the secondary's {self._total} recorded tags would go, above "
+                    f"max_prune_fraction ({100 * self.max_fraction:.0f}%). If the primary really "
+                    "deleted them, run registry_reconcile with force_prune (or raise "
+                    "[registry_replication] max_prune_fraction)"
+                )
+            self._taken = taken
+
 
 def prunable(
     differences: pd.DataFrame,
@@ -124,14 +159,14 @@ def prune(
 
 def mirror_manifest_delete(
     primary: RegistryClient, secondary: RegistryClient, repository: str, digest: str, *,
-    leases: Leases, concurrency: int = 16,
+    leases: Leases, budget: DeleteBudget, concurrency: int = 16,
 ) -> list[PruneResult]:
     """The primary deleted ``digest``: remove its tags the primary no longer has (a tag it has
     again, on any digest, stays), then the manifest itself once nothing refers to it."""
     results = _under_lease(
         primary, secondary, repository,
         lambda current: {tag: d for tag, d in current.items() if d == digest},
-        leases, concurrency, also={digest})
+        leases, concurrency, also={digest}, budget=budget)
     for result in results:
         (log.error if result.outcome == PruneOutcome.FAILED else log.info)(result.log_line())
     return results
@@ -139,13 +174,13 @@ def mirror_manifest_delete(
 
 def mirror_tag_deletes(
     primary: RegistryClient, secondary: RegistryClient, repository: str, tags: list[str], *,
-    leases: Leases, concurrency: int = 16,
+    leases: Leases, budget: DeleteBudget, concurrency: int = 16,
 ) -> list[PruneResult]:
     """The primary untagged ``tags``: remove those it still lacks, on whatever digest."""
     results = _under_lease(
         primary, secondary, repository,
         lambda current: {tag: current[tag] for tag in tags if tag in current},
-        leases, concurrency)
+        leases, concurrency, budget=budget)
     for result in results:
         (log.error if result.outcome == PruneOutcome.FAILED else log.info)(result.log_line())
     return results
@@ -154,10 +189,11 @@ def mirror_tag_deletes(
 def _under_lease(
     primary: RegistryClient, secondary: RegistryClient, repository: str,
     select: Callable[[dict[str, str]], dict[str, str]], leases: Leases, concurrency: int,
-    also: set[str] = frozenset(),
+    also: set[str] = frozenset(), budget: DeleteBudget | None = None,
 ) -> list[PruneResult]:
     """Remove the selected {tag: digest} (from the listing made inside the lease) that are
-    still on that digest, then the manifests left untagged (and ``also``), as on the primary."""
+    still on that digest, then the manifests left untagged (and ``also``), as on the primary.
+    ``budget``: the guard of deletes decided here rather than by ``prunable``."""
     planned: dict[str, str] = {}
     try:
         with leases.repository(repository):
@@ -168,8 +204,11 @@ def _under_lease(
             TagRecord(leases.store).replace_under_lease(repository, current, listed_since,
                                                         leases.owner)
             planned = select(current)
+            doomed = [(tag, d) for tag, d in sorted(planned.items()) if current.get(tag) == d]
+            if budget is not None:
+                budget.take(repository, [tag for tag, _ in doomed])
             results = [_remove_tag(primary, secondary, repository, tag, d, current, leases)
-                       for tag, d in sorted(planned.items()) if current.get(tag) == d]
+                       for tag, d in doomed]
             emptied = {r.digest for r in results if r.outcome == PruneOutcome.DELETED} | set(also)
             _delete_untagged(primary, secondary, repository, emptied, current, indexes, leases)
             return results

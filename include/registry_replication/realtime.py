@@ -25,7 +25,8 @@ from registry_replication.outcomes import (
     describe,
 )
 from registry_replication.plan import WantedTag, build_plan
-from registry_replication.prune import mirror_manifest_delete, mirror_tag_deletes
+from registry_replication.prune import DeleteBudget, mirror_manifest_delete, mirror_tag_deletes
+from registry_replication.recorded_tags import TagRecord
 from registry_replication.store.queue import Event
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def replicate_events(
     parallelism: int = 8,
     repositories_at_once: int = 4,
     on_copied: Callable[[int], None] | None = None,
+    max_prune_fraction: float = 0.5,
 ) -> dict[str, str | None]:
     """Process claimed events; returns {event id: None when done, else the error} (a
     ``PermanentFailure`` when no retry can help).
@@ -89,8 +91,11 @@ def replicate_events(
     over many), each under its own lease. Writes go through the shared write protocol
     (``leases``): a tag the primary moved again meanwhile is left to the event that reports
     the move, so events are acknowledged as done. ``on_copied`` is called with the blob bytes
-    copied for each repository (from the worker threads), failed or not.
+    copied for each repository (from the worker threads), failed or not. The batch's tag
+    deletes together remove at most ``max_prune_fraction`` of the secondary's recorded tags
+    (prune's mass-deletion guard); the events of a repository refused go back to retry.
     """
+    budget = DeleteBudget(TagRecord(leases.store), max_prune_fraction)
 
     def one(repository: str, work: RepositoryWork) -> dict[str, str | None]:
         try:
@@ -107,10 +112,10 @@ def replicate_events(
                                        on_copied=on_copied))
         if work.deleted:
             outcomes.update(_mirror_deletes(primary, secondary, repository, work.deleted, leases,
-                                            concurrency=concurrency))
+                                            budget, concurrency=concurrency))
         if work.untagged:
             results = mirror_tag_deletes(primary, secondary, repository, sorted(work.untagged),
-                                         leases=leases, concurrency=concurrency)
+                                         leases=leases, budget=budget, concurrency=concurrency)
             failed = next((r.error for r in results if r.outcome == PruneOutcome.FAILED), None)
             outcomes.update({i: failed for ids in work.untagged.values() for i in ids})
         return outcomes
@@ -160,7 +165,7 @@ def _copy_tags(
 
 def _mirror_deletes(
     primary: RegistryClient, secondary: RegistryClient, repository: str,
-    deleted: dict[str, list[str]], leases: Leases, *, concurrency: int,
+    deleted: dict[str, list[str]], leases: Leases, budget: DeleteBudget, *, concurrency: int,
 ) -> dict[str, str | None]:
     outcomes: dict[str, str | None] = {}
     for digest, ids in deleted.items():
@@ -172,7 +177,7 @@ def _mirror_deletes(
             outcomes.update({i: describe(exc) for i in ids})
             continue
         results = mirror_manifest_delete(primary, secondary, repository, digest, leases=leases,
-                                         concurrency=concurrency)
+                                         budget=budget, concurrency=concurrency)
         failed = [r for r in results if r.outcome == PruneOutcome.FAILED]
         outcomes.update({i: failed[0].error if failed else None for i in ids})
     return outcomes

@@ -173,6 +173,12 @@ class TagRecord:
                 for repository, tag, digest, media_type in zip(
                     rows["repository"], rows["tag"], rows["digest"], rows["media_type"])}
 
+    def tag_count(self) -> int:
+        """How many tags the secondary holds as recorded (present, or an intent to write)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(recorded_tags)
+                                .where(recorded_tags.c.state != ABSENT)).scalar_one()
+
     def repositories(self) -> set[str]:
         """Every repository with a recorded tag or verification."""
         with self.engine.connect() as conn:

@@ -261,3 +261,18 @@ def test_provider_info_matches_airflows_schemas() -> None:
     schema_file = Path(airflow.__file__).parent / "provider.yaml.schema.json"
     yaml_schema = json.loads(schema_file.read_text())
     jsonschema.validate(info["connection-types"], yaml_schema["properties"]["connection-types"])
+
+
+def test_a_host_with_a_password_in_it_is_refused_without_the_password(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    password = unique_secret()
+    set_connection(monkeypatch, host=f"https://geo:{password}@registry.example.com")
+    hook = OciRegistryHook()
+
+    with pytest.raises(ConfigError) as info:
+        hook.get_conn()
+
+    assert str(info.value).startswith("connection 'registry_primary': the registry URL for "
+                                      "'registry.example.com' holds a login or password")
+    ok, message = hook.test_connection()
+    assert not ok and password not in message and password not in str(info.value)

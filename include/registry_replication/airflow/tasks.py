@@ -647,6 +647,9 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
     # Each repository's work is a few round trips one after another (HEADs, manifests,
     # blobs, tags): a burst over many repositories goes as fast as it overlaps them.
     at_once = conf.getint("registry_replication", "event_repositories_at_once", fallback=16)
+    # The event path's mass-deletion guard (the reconcile's is its max_prune_fraction param).
+    max_prune_fraction = conf.getfloat("registry_replication", "max_prune_fraction",
+                                       fallback=0.5)
     store = Store()
     primary, secondary = _client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True)
     totals = {"claimed": 0, "done": 0, "retrying": 0, "batches": 0}
@@ -668,7 +671,7 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
                 try:
                     outcomes = realtime.replicate_events(
                         primary, secondary, claimed, leases=leases, repositories_at_once=at_once,
-                        on_copied=copied.append)
+                        on_copied=copied.append, max_prune_fraction=max_prune_fraction)
                 finally:
                     if sum(copied):
                         _record_copied_bytes(get_current_context(), sum(copied))

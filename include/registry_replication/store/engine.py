@@ -57,13 +57,27 @@ def create(url: str) -> sa.Engine:
     """A new engine for ``url``, schema untouched (``shared_engine`` is the cached one)."""
     created = sa.create_engine(url, pool_pre_ping=True)
     if created.dialect.name == "sqlite":
-        Path(created.url.database or ".").parent.mkdir(parents=True, exist_ok=True)
+        _private_file(created.url.database)
         sa_event.listen(created, "connect", _sqlite_pragmas)
     elif created.dialect.name != "postgresql":
         raise RuntimeError(
             f"the replication store supports SQLite and PostgreSQL, not {created.dialect.name} "
             f"({created.url!r}): set {URL_ENV} to a sqlite:/// or postgresql+psycopg2:// URL")
     return created
+
+
+def _private_file(database: str | None) -> None:
+    """Create a new SQLite store 0600 (SQLite gives its -wal and -shm files the same mode), in
+    a folder made 0700: it holds event payloads, error texts and the registries' names."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    for folder in reversed([p for p in path.parents if not p.exists()]):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:  # another process made it meanwhile
+            pass
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # an existing store keeps its mode
 
 
 def dialect_insert(bind: sa.Engine | sa.Connection, table: sa.Table) -> Any:
