@@ -291,6 +291,10 @@ class RegistryClient:
         (``If-None-Match``): a registry whose reference still resolves to that digest answers
         304 without reading the manifest (a fifth of distribution's CPU per ``HEAD``), and
         ``known`` is returned. Any other answer is read as usual.
+
+        A 404 from the primary (a read-only client) is confirmed by a ``GET`` before it counts
+        as gone (``_gone_or_here``), since "gone on the primary" deletes on the secondary; a
+        writable client is the secondary, where "absent" only ever makes us copy.
         """
         validate_repository(repository)
         validate_reference(reference)
@@ -303,7 +307,7 @@ class RegistryClient:
         if response.status_code == 304 and known is not None:
             return known
         if response.status_code == 404:
-            return self._gone_or_here(repository, reference)
+            return None if self.writable else self._gone_or_here(repository, reference)
         digest = response.headers.get("Docker-Content-Digest")
         if not digest:
             # Registries that omit the header on HEAD: fall back to fetching the bytes.
