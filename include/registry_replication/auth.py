@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import json
 import re
 import threading
 import time
@@ -35,9 +36,12 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from requests.auth import AuthBase, HTTPBasicAuth
 
 from registry_replication import secrets
+from registry_replication.bounded import read_body
 from registry_replication.errors import RegistryAuthError, RegistryUnavailableError
 
 CATALOG_SCOPE = "registry:catalog:*"
+# A token the service says lasts longer is renewed after this all the same.
+MAX_TOKEN_LIFE_SECONDS = 86400.0
 # Renew a cached token when less than this share of its lifetime is left.
 _RENEW_FRACTION = 0.2
 # /v2/<name>/tags/..., /manifests/..., /blobs/... (greedy: a name may hold "blobs" itself).
@@ -120,8 +124,7 @@ class Auth(AuthBase):
         challenge = Challenge.parse(response.headers.get("WWW-Authenticate"))
         if not self.refresh(challenge, scopes, fresh=fresh):
             return response
-        response.content  # noqa: B018 - read it, so the connection goes back to the pool
-        response.close()
+        response.close()  # unread: a 401's body tells nothing, and could be of any size
         again = response.request.copy()
         again.reauthenticated = True  # type: ignore[attr-defined]
         value, _ = self.authorization(scopes)
@@ -339,9 +342,12 @@ class TokenAuth(_BearerAuth):
         clock: Callable[[], float] = time.time,
         registry: str = "",
         realm_hosts: Sequence[str] = (),
+        max_answer_bytes: int = 64 << 10,
     ) -> None:
         """``registry``: the registry's URL (an https registry accepts only an https realm);
-        ``realm_hosts``: when set, the only hosts (``host`` or ``host:port``) a realm may be on."""
+        ``realm_hosts``: when set, the only hosts (``host`` or ``host:port``) a realm may be on;
+        ``max_answer_bytes``: the token service's answer is read no further (its bound,
+        ``max_token_bytes``)."""
         secrets.mask(password)
         self._session = session
         self.login = login
@@ -349,6 +355,7 @@ class TokenAuth(_BearerAuth):
         self.registry = registry
         self.realm_hosts = frozenset(h.strip().lower() for h in realm_hosts if h.strip())
         self._timeout = timeout
+        self._max_answer_bytes = max_answer_bytes
         self._clock = clock
         self._realm: str | None = None
         self._service: str | None = None
@@ -412,7 +419,10 @@ class TokenAuth(_BearerAuth):
         # Explicit auth: the session's own (this object) must not apply to the token service.
         login = HTTPBasicAuth(self.login, self._password or "") if self.login else no_auth
         try:
-            response = self._session.get(realm, params=params, auth=login, timeout=self._timeout)
+            response = self._session.get(realm, params=params, auth=login, timeout=self._timeout,
+                                         stream=True)
+            answer = read_body(response, self._max_answer_bytes, "max_token_bytes",
+                               registry=realm, operation="get token")
         except requests.RequestException as exc:
             raise RegistryUnavailableError(
                 f"no answer from the token service ({type(exc).__name__})", registry=realm,
@@ -431,12 +441,15 @@ class TokenAuth(_BearerAuth):
                 advice="check the connection's login and password (or access token) against the "
                 "token service", **failure,
             )
+        token, expires_in = None, 60.0
         try:
-            body = response.json()
+            body = json.loads(answer)
             token = body.get("token") or body.get("access_token")
             expires_in = float(body.get("expires_in") or 60)
-        except (ValueError, AttributeError, TypeError):
+        except Exception:  # noqa: BLE001 - an answer of any other shape holds no token
             token = None
+        if not 0 < expires_in <= MAX_TOKEN_LIFE_SECONDS:  # NaN, inf, negative: the default
+            expires_in = 60.0
         if not isinstance(token, str) or not token:
             raise RegistryAuthError(
                 "the token service's answer holds no token", status=response.status_code,

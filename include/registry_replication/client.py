@@ -230,6 +230,7 @@ class RegistryClient:
             auth = TokenAuth(
                 self.session, cfg.login, cfg.password, timeout=cfg.timeout_seconds,
                 registry=self.url, realm_hosts=cfg.token_realm_hosts,
+                max_answer_bytes=cfg.bounds.max_token_bytes,
             )
             if challenge:
                 auth.refresh(challenge, (), fresh=False)

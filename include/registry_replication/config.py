@@ -45,6 +45,7 @@ class Bounds:
     max_manifest_bytes: int = 4 << 20  # distribution's own limit on a pushed manifest
     max_listing_bytes: int = 64 << 20  # one catalog page or tag list (2.8's is one page)
     max_error_bytes: int = 64 << 10  # an error answer's body
+    max_token_bytes: int = 64 << 10  # a token service's answer
     max_json_depth: int = 64  # nesting of any JSON document; real manifests nest 4 or 5 deep
     max_listing_pages: int = 100_000  # pages of one catalog or tag listing
     max_index_depth: int = 8  # index in index in ...; real ones nest 1 or 2 deep
