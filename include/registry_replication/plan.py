@@ -263,7 +263,8 @@ class UnsupportedError(Exception):
 class _Walk:
     """One image's manifests, children first, within the primary's bounds: index depth,
     children per index, distinct manifests and a wall-clock budget. A child listed twice (at
-    any depth) is walked once, and each manifest is fetched once per plan (``ManifestCache``)."""
+    any depth) is walked once, its height remembered so that a deeper path to it still counts
+    against ``max_index_depth``; each manifest is fetched once per plan (``ManifestCache``)."""
 
     def __init__(self, primary: RegistryClient, repository: str, plan: Plan) -> None:
         self.primary = primary
@@ -274,6 +275,7 @@ class _Walk:
         self.children: list[str] = []  # digests, in push order
         self.sizes: dict[str, int] = {}
         self.walked: set[str] = set()
+        self.heights: dict[str, int] = {}  # levels of indexes from a walked manifest down
         self.media_type = ""
 
     def fetch(self, digest: str) -> Manifest:
@@ -290,8 +292,11 @@ class _Walk:
         return manifest
 
     def collect(self, manifest: Manifest, depth: int) -> None:
-        """Walk a manifest: children (depth first, so they are pushed before their index) and
-        blobs."""
+        """Walk a manifest at ``depth`` indexes below the image's top: children (depth first,
+        so they are pushed before their index) and blobs."""
+        self.heights[manifest.digest] = self._collect(manifest, depth)
+
+    def _collect(self, manifest: Manifest, depth: int) -> int:
         if manifest.media_type in mt.SCHEMA1:
             raise UnsupportedError(
                 "Docker schema 1 manifests are not supported (deprecated, signed per registry); "
@@ -304,8 +309,7 @@ class _Walk:
         if not isinstance(body, dict):
             raise ValueError("the manifest is not a JSON object")
         if manifest.media_type in mt.INDEXES:
-            self._collect_index(manifest, body, depth)
-            return
+            return self._collect_index(manifest, body, depth)
         if manifest.media_type not in mt.IMAGE_MANIFESTS:
             raise UnsupportedError(f"unsupported manifest media type {manifest.media_type!r}",
                                    manifest.media_type)
@@ -319,8 +323,9 @@ class _Walk:
             # Interned: images share blobs, and a plan holds every image's list of them.
             digest = sys.intern(_descriptor_digest(descriptor))
             self.sizes[digest] = _descriptor_size(descriptor)
+        return 0
 
-    def _collect_index(self, manifest: Manifest, body: dict, depth: int) -> None:
+    def _collect_index(self, manifest: Manifest, body: dict, depth: int) -> int:
         listed = body.get("manifests") or []
         if not isinstance(listed, list):
             raise ValueError("the index's 'manifests' is not a list")
@@ -330,12 +335,19 @@ class _Walk:
         if len(listed) > self.bounds.max_index_children:
             raise self._exceeded(f"the index lists {len(listed)} manifests",
                                  "max_index_children", manifest.digest)
+        height = 0
         for child in listed:
             child_digest = sys.intern(_descriptor_digest(child))
-            if child_digest in self.walked:
-                continue  # listed twice (a diamond): its subtree is already in this image
-            self.collect(self.fetch(child_digest), depth + 1)
-            self.children.append(child_digest)
+            if child_digest not in self.walked:
+                self.collect(self.fetch(child_digest), depth + 1)
+                self.children.append(child_digest)
+            # Listed twice (a diamond): walked once, but as deep as its deepest path.
+            height = max(height, self.heights[child_digest])
+            if depth + 1 + height > self.bounds.max_index_depth:
+                raise self._exceeded(
+                    f"indexes nest more than {self.bounds.max_index_depth} deep",
+                    "max_index_depth", child_digest)
+        return height + 1
 
     def _exceeded(self, what: str, setting: str, digest: str) -> LimitExceeded:
         return LimitExceeded(what, registry=self.primary.url, operation="plan image",
