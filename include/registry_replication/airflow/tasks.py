@@ -3,8 +3,9 @@
 The DAG files only declare schedules, params and docs, then call ``replicate()`` to lay out
 snapshot primary | snapshot secondary -> diff -> plan -> copy_blobs[*] -> push_manifests[*]
 -> prune -> verify -> report. Snapshots, differences and plan batches go to the run's folder
-under ``[registry_replication] artifacts_path`` as Parquet; XComs carry only file names and
-counts.
+(in the replication store, or under ``[registry_replication] artifacts_path``) as Parquet; XComs
+carry only file names and counts. Every task refuses, before any work, state that the executor's
+machines cannot share (``deployment.checked``).
 """
 
 from __future__ import annotations
