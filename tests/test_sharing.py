@@ -103,7 +103,8 @@ def test_the_status_page_shows_the_misconfiguration_first(tmp_path):
     from registry_replication.status import status
 
     store = Store(f"sqlite:///{tmp_path / 'page.db'}")
-    problem = "the replication store is the SQLite file x. What to do: set REGISTRY_REPLICATION_DB_URL"
+    problem = ("the replication store is the SQLite file x. What to do: set "
+               "REGISTRY_REPLICATION_DB_URL")
     page = render({"misconfiguration": [problem], **status(store)})
     assert page.index('id="misconfiguration"') < page.index('id="repositories-in-sync"')
     assert problem in page

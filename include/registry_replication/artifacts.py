@@ -4,8 +4,8 @@ The folder is any path-like object with ``/``, ``open`` and ``mkdir``: a ``pathl
 ``RunFolder`` (the DAGs pass that): its files are at a path (Airflow's ``ObjectStoragePath`` for
 ``file://``, ``s3://`` or ``gs://``) or in the replication store itself, and each write is
 recorded in the store with the host that made it, so that a file another task cannot read says
-where it was written. Tasks hand each other a reference and small counts instead of the data. Tables are
-Parquet; a snapshot is written batch by batch as it is listed (``SnapshotWriter``), so a
+where it was written. Tasks hand each other a reference and small counts instead of the data.
+Tables are Parquet; a snapshot is written batch by batch as it is listed (``SnapshotWriter``), so a
 registry of any size is never held in memory whole; copy results, which nest, are JSON Lines.
 """
 
