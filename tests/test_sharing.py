@@ -94,6 +94,11 @@ def test_the_webhook_refuses_to_store_events_no_worker_would_see(tmp_path, monke
     assert refused.status_code == 503  # the registry keeps the envelope and retries it
     assert "REGISTRY_REPLICATION_DB_URL=postgresql" in refused.json()["detail"]
     assert store.queue.stats()["counts"]["pending"] == 0
+    # The runs' artifacts are no concern of the webhook's: with a shared store, it stores.
+    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH", "file:///srv/a")
+    monkeypatch.setenv("REGISTRY_REPLICATION_DB_URL", PG)
+    assert "artifacts_path" in deployment.problems()[0] and deployment.refusal() is None
+    monkeypatch.setenv("REGISTRY_REPLICATION_DB_URL", store.url)
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")  # airflow standalone
     assert client.post("/events", content=envelope, headers=headers).json()["stored"] == 1
 

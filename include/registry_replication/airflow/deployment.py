@@ -24,25 +24,25 @@ def artifacts_path() -> str:
     return conf.get("registry_replication", "artifacts_path", fallback="") or ""
 
 
-def problems() -> list[str]:
-    """What this process's settings leave unshared that its executor needs shared."""
+def problems(*, artifacts: bool = True) -> list[str]:
+    """What this process's settings leave unshared that its executor needs shared (the store,
+    and unless ``artifacts`` is False, the run artifacts' path)."""
     return sharing.problems(
         conf.get("core", "executor", fallback="LocalExecutor"), store_url=default_url(),
-        artifacts_path=artifacts_path(),
+        artifacts_path=artifacts_path() if artifacts else "",
         artifacts_path_shared=conf.getboolean("registry_replication", "artifacts_path_shared",
                                               fallback=False))
 
 
 def refusal() -> str | None:
-    """The webhook's reason to refuse an envelope, or None."""
-    found = problems()
-    return "; ".join(found) if found else None
+    """The webhook's reason to refuse an envelope, or None: only the store matters to it."""
+    return "; ".join(problems(artifacts=False)) or None
 
 
 def refuse_unshared_state() -> None:
     """Fail the task at once, without retries, if the state it needs is not shared."""
-    if reason := refusal():
-        raise AirflowFailException(f"refusing to start: {reason}")
+    if found := problems():
+        raise AirflowFailException(f"refusing to start: {'; '.join(found)}")
 
 
 def checked(function: Function) -> Function:
