@@ -1,8 +1,11 @@
 """A distributed Airflow on this machine: CeleryExecutor, PostgreSQL, Redis, two workers.
 
 Used by ``scripts/cluster`` and the end-to-end tests. Every Airflow process (API server,
-scheduler, DAG processor, triggerer, each Celery worker) has its own ``AIRFLOW_HOME``, as on
-separate machines; they share only network addresses, secrets and the DAG and plugin folders.
+scheduler, DAG processor, triggerer, each Celery worker) has its own ``AIRFLOW_HOME`` and its own
+temporary directory, as on separate machines; they share only network addresses (PostgreSQL,
+Redis, the API server), secrets and the DAG and plugin folders, never a directory of run data.
+The replication store is PostgreSQL (``REGISTRY_REPLICATION_DB_URL``) and ``artifacts_path`` is
+left unset, so the runs' artifacts go into that store: the defaults a cluster should work with.
 Each worker stands for a machine of its own with a loopback address of its own (127.0.0.2,
 127.0.0.3, ...): that address is the task instances' ``hostname``, and the API server reads a
 task's log from ``http://<that address>:<worker_log_server_port>`` as it would across machines.
@@ -111,6 +114,7 @@ class AirflowCluster(AirflowStandalone):
     _own_postgres: bool = False
     _processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
+    _first_env: dict[str, dict[str, str]] = field(default_factory=dict)
     _workers: list[Worker] = field(default_factory=list)
     _redis: subprocess.Popen[bytes] | None = None
     _forwards: list[PortForward] = field(default_factory=list)
@@ -127,9 +131,9 @@ class AirflowCluster(AirflowStandalone):
 
     def process_environment(self, name: str, address: str = "127.0.0.1") -> dict[str, str]:
         home = self.home / name
-        home.mkdir(parents=True, exist_ok=True)
+        (home / "tmp").mkdir(parents=True, exist_ok=True)
         return {**self.environment(), **self._shared, "AIRFLOW_HOME": str(home),
-                NODE_ADDRESS: address}
+                "TMPDIR": str(home / "tmp"), NODE_ADDRESS: address}
 
     def start(self) -> AirflowCluster:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -158,9 +162,6 @@ class AirflowCluster(AirflowStandalone):
             "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata}",
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
-            # The runs' snapshots and plans: a folder every "machine" reaches (production:
-            # object storage), since each process here has an AIRFLOW_HOME of its own.
-            "AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH": f"file://{self.home / 'artifacts'}",
             # The same secrets on every machine: Fernet for connections and variables, JWTs
             # between API server, workers and log servers.
             "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
@@ -212,6 +213,7 @@ class AirflowCluster(AirflowStandalone):
                                        start_new_session=True)
         self._processes[name] = process
         self._commands[name] = (argv, env)
+        self._first_env.setdefault(name, env)
         return process
 
     def stop_component(self, name: str) -> None:
@@ -225,6 +227,22 @@ class AirflowCluster(AirflowStandalone):
             if worker.name == name:
                 worker.process = process
                 worker.starts += 1
+
+    def restart_with(self, names: list[str], **settings: str | None) -> None:
+        """Restart processes with ``settings`` over the environment they were first started
+        with (None: unset), as an operator changes some machines' configuration; no settings:
+        as first started. wait_ready() waits for them."""
+        for name in names:
+            process = self._processes[name]
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for name in names:
+            _terminate_group(self._processes[name], signalled=True)
+        for name in names:
+            argv, _ = self._commands[name]
+            env = {**self._first_env[name], **settings}
+            self._commands[name] = (argv, {k: v for k, v in env.items() if v is not None})
+            self.start_component(name)
 
     def wait_ready(self, timeout: float = 300.0) -> None:
         """Until the API server reports scheduler, triggerer and DAG processor healthy and

@@ -1,9 +1,11 @@
 """A run's artifacts (snapshots, differences, plan batches, copy results) in one folder.
 
-The folder is any path-like object with ``/``, ``open`` and ``mkdir``: a ``pathlib.Path``, or
-Airflow's ``ObjectStoragePath`` for ``file://``, ``s3://`` or ``gs://`` (the DAGs pass that), so
-tasks hand each other a reference and small counts instead of the data itself. Tables are
-Parquet; a snapshot is written batch by batch as it is listed (``SnapshotWriter``), so a
+The folder is any path-like object with ``/``, ``open`` and ``mkdir``: a ``pathlib.Path``, or a
+``RunFolder`` (the DAGs pass that): its files are at a path (Airflow's ``ObjectStoragePath`` for
+``file://``, ``s3://`` or ``gs://``) or in the replication store itself, and each write is
+recorded in the store with the host that made it, so that a file another task cannot read says
+where it was written. Tasks hand each other a reference and small counts instead of the data.
+Tables are Parquet; a snapshot is written batch by batch as it is listed (``SnapshotWriter``), so a
 registry of any size is never held in memory whole; copy results, which nest, are JSON Lines.
 
 On a local filesystem the folders this module creates are 0700 and its files 0600: they hold
@@ -13,6 +15,8 @@ the registries' repository names, digests and error texts (object storage has it
 from __future__ import annotations
 
 import hashlib
+import datetime as dt
+import io
 import json
 import logging
 import os
@@ -26,6 +30,7 @@ import pyarrow.parquet as pq
 
 from registry_replication.client import Manifest
 from registry_replication.snapshot import COLUMNS, Listing, Row, Snapshot
+from registry_replication.store.artifacts import ArtifactRecords
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +79,90 @@ def create(path: Folder) -> IO[bytes]:
     fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)  # a file written again keeps no older, wider mode
     return os.fdopen(fd, "wb")
+class ArtifactUnreadable(FileNotFoundError):
+    """A run's file that this task cannot read; the message says where it was written and what
+    to change. Retrying cannot help: the tasks fail at once."""
+
+
+class RunFolder:
+    """One run's folder: its files under ``files`` (a path), or in the store when None.
+
+    ``key`` is ``<dag_id>/<run due time>_<run_id>``, ``run_at`` the run's due time (retention),
+    ``host`` the name of this machine as Airflow records it for task instances.
+    """
+
+    def __init__(self, records: ArtifactRecords, key: str, run_at: dt.datetime, *, host: str,
+                 files: Folder | None, name: str = "") -> None:
+        self.records, self.key, self.run_at, self.host = records, key, run_at, host
+        self.files, self.name = files, name
+
+    def __truediv__(self, name: str) -> RunFolder:
+        return RunFolder(self.records, self.key, self.run_at, host=self.host,
+                         files=None if self.files is None else self.files / name, name=name)
+
+    def __str__(self) -> str:
+        if self.files is not None:
+            return str(self.files)
+        database = self.records.engine.url.render_as_string(hide_password=True)
+        return f"{database} table rr_run_artifacts: {self.key}/{self.name}".rstrip("/")
+
+    def mkdir(self, *args: Any, **kwargs: Any) -> None:
+        if self.files is not None:
+            make_folder(self.files)
+
+    def open(self, mode: str = "rb") -> Any:
+        if "w" in mode:
+            if self.files is None:
+                return _StoredFile(self)
+            self._record(None)  # before the bytes: a reader that misses them learns the writer
+            return create(self.files)
+        if self.files is not None:
+            try:
+                return self.files.open(mode)
+            except FileNotFoundError:
+                raise self._unreadable() from None
+        found = self.records.find(self.key, self.name)
+        if found is None or found["data"] is None:
+            raise self._unreadable()
+        return io.BytesIO(found["data"])
+
+    def _record(self, data: bytes | None) -> None:
+        self.records.record(self.key, self.name, run_at=self.run_at, host=self.host, data=data)
+
+    def _unreadable(self) -> ArtifactUnreadable:
+        found = self.records.find(self.key, self.name)
+        if found is None:
+            return ArtifactUnreadable(
+                f"cannot read the run's file {self}: no task of this run recorded writing it "
+                f"(this host: {self.host}). Run folders older than [registry_replication] "
+                f"artifacts_retention_days (e.g. 7) are removed: if this run is older, start a "
+                f"new run; otherwise clear this run from its first task")
+        return ArtifactUnreadable(
+            f"cannot read the run's file {self}: written by {found['host']} at "
+            f"{found['written_at']:%Y-%m-%d %H:%M:%S} UTC, but this host ({self.host}) does not "
+            f"see it. What to do: every worker must reach [registry_replication] artifacts_path: "
+            f"unset it (AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH) to keep the runs' "
+            f"artifacts in the replication store, or set it to object storage, e.g. "
+            f"s3://my-bucket/registry-replication")
+
+
+class _StoredFile(io.BytesIO):
+    """A file written to the store when it is closed (not when left by an exception)."""
+
+    def __init__(self, folder: RunFolder) -> None:
+        super().__init__()
+        self.folder, self._failed = folder, False
+
+    def __exit__(self, kind: Any, *rest: Any) -> None:
+        self._failed = kind is not None
+        super().__exit__(kind, *rest)
+
+    def close(self) -> None:
+        if not self.closed:
+            data = self.getvalue()
+            super().close()
+            if not self._failed:
+                self.folder._record(data)
 
 
 def write_frame(path: Folder, frame: pd.DataFrame) -> int:

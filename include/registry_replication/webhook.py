@@ -8,6 +8,10 @@ request is refused. An event is stored before the 2xx; a refused request stores 
 Every authenticated envelope gets a 2xx, even one holding events out of grammar: those are
 stored as rejected (shown on the status page), because a registry retries a refused envelope
 forever and delivers nothing after it. 4xx is only for what is not an envelope at all.
+
+A 503 is for a deployment that would store the event where no worker looks (a local SQLite
+store on a distributed executor: ``refusal``): the registry keeps the envelope and retries it
+until the setting the message names is fixed, so nothing is lost meanwhile.
 """
 
 from __future__ import annotations
@@ -38,12 +42,16 @@ _WRITE_LOCK = threading.Lock()
 ACCEPTED_TYPES = (ENVELOPE_MEDIA_TYPE, "application/json")
 
 
-def events_router(store: Callable[[], Store], secret: Callable[[], str | None]) -> APIRouter:
+def events_router(store: Callable[[], Store], secret: Callable[[], str | None],
+                  refusal: Callable[[], str | None] = lambda: None) -> APIRouter:
     router = APIRouter()
 
     @router.post("/events", status_code=200)
     async def receive(request: Request) -> dict[str, int]:
         _authenticate(request, secret())
+        if reason := refusal():
+            log.error("refusing a notification (the registry will retry it): %s", reason)
+            raise HTTPException(503, f"not stored: {reason}")
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type not in ACCEPTED_TYPES:
             raise HTTPException(415, f"expected Content-Type {ENVELOPE_MEDIA_TYPE}")
@@ -106,8 +114,10 @@ def warn_if_weak(secret: str | None) -> None:
                     SECRET_ENV, len(secret), MIN_SECRET_LENGTH)
 
 
-def create_app(store: Store | None = None, secret: str | None = None) -> FastAPI:
-    """The app; by default the store and secret come from the environment, read lazily."""
+def create_app(store: Store | None = None, secret: str | None = None,
+               refusal: Callable[[], str | None] = lambda: None) -> FastAPI:
+    """The app; by default the store and secret come from the environment, read lazily.
+    ``refusal``: why events cannot be stored here now (None: they can)."""
     cached: list[Store] = [store] if store else []
 
     def get_store() -> Store:
@@ -123,5 +133,5 @@ def create_app(store: Store | None = None, secret: str | None = None) -> FastAPI
     warn_if_weak(get_secret())
     # No schema or docs routes: nothing on this app is behind Airflow's login.
     app = FastAPI(title="registry-replication", docs_url=None, redoc_url=None, openapi_url=None)
-    app.include_router(events_router(get_store, get_secret))
+    app.include_router(events_router(get_store, get_secret, refusal))
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import sqlalchemy as sa
 
@@ -81,3 +82,36 @@ def test_a_no_op_reconcile_verifies_the_secondary_it_listed_once(
     assert run("registry_reconcile").state == "success"
     assert "changed nothing on the secondary" in caplog.text
     assert "verification: 1 of 1 repositories in sync" in caplog.text
+
+
+def test_without_artifacts_path_the_runs_files_follow_a_shared_store(
+        airflow_db, connections, primary_writer, secondary_reader, postgres, monkeypatch):
+    from airflow.configuration import AIRFLOW_HOME
+    from airflow.utils.net import get_hostname
+
+    from registry_replication.store import Store
+    from registry_replication.store.schema import run_artifacts
+
+    store = Store(postgres.create_database("dag_artifacts"))
+    monkeypatch.setenv("REGISTRY_REPLICATION_DB_URL", store.url)
+    monkeypatch.delenv("AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH", raising=False)
+    factory = images.ImageFactory(layer_size=16 * 1024)
+    pushed = {f"v{i}": factory.make() for i in range(3)}
+    for tag, img in pushed.items():
+        images.push(primary_writer, "group/app", img, [tag])
+
+    result = run("registry_reconcile")
+    assert result.state == "success"
+    for tag, img in pushed.items():
+        assert secondary_reader.head_manifest("group/app", tag).digest == img.digest
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(run_artifacts)).mappings().all()
+    [folder] = {row["folder"] for row in rows}
+    assert folder.startswith("registry_reconcile/") and folder.endswith(
+        result.run_id.replace(":", "_").replace("+", "_"))
+    assert {"snapshot_primary.parquet", "snapshot_secondary.json", "changes.parquet",
+            "blobs-00000.parquet", "blobs-00000.results.jsonl",
+            "images-00000.results.jsonl"} <= {row["name"] for row in rows}
+    assert all(row["data"] is not None and row["host"] == get_hostname() for row in rows)
+    local = f"{AIRFLOW_HOME}/registry_replication/artifacts/{folder}"
+    assert not os.path.exists(local)  # nothing went to this machine's disk

@@ -1,11 +1,17 @@
-"""The Celery cluster: a reconcile fans out over both workers, survives a SIGKILLed worker, and
-the status page reads the same PostgreSQL store as an ``airflow standalone`` next to it."""
+"""The Celery cluster, with its defaults (a PostgreSQL store, no ``artifacts_path``, each process
+its own AIRFLOW_HOME and temporary directory): a reconcile fans out over both workers, survives a
+SIGKILLed worker, and the status page reads the same PostgreSQL store as an ``airflow
+standalone`` next to it. What a cluster cannot share (a local artifacts directory, a SQLite
+store) fails the run's first tasks at once, naming the setting."""
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import requests
 
 from replication_harness import corpus
@@ -106,3 +112,61 @@ def test_reconcile_fans_out_survives_a_killed_worker_and_shares_its_status(
     differ = sorted(key for key in seen_by_cluster.keys() | seen_by_standalone.keys()
                     if seen_by_cluster.get(key) != seen_by_standalone.get(key))
     assert differ == [], differ
+
+
+@pytest.fixture(scope="module")
+def reconfigured(cluster: AirflowCluster) -> Iterator[Any]:
+    """Restart the workers with some settings changed; as first started after the module."""
+    workers = list(cluster.worker_addresses())
+    changed = []
+
+    def change(**settings: str | None) -> None:
+        changed.append(settings)
+        cluster.restart_with(workers, **settings)
+
+    yield change
+    if changed:
+        cluster.restart_with(workers)
+        cluster.wait_ready()
+
+
+def assert_refused_at_once(cluster: AirflowCluster, setting: str) -> None:
+    """A reconcile fails within seconds, its first tasks on their first try, each log naming
+    ``setting``."""
+    started = time.monotonic()
+    run_id = cluster.trigger("registry_reconcile")
+    state = cluster.wait_for_run("registry_reconcile", run_id, timeout=180)
+    took = time.monotonic() - started
+    instances = {ti["task_id"]: ti for ti in cluster.api(
+        "GET", f"dags/registry_reconcile/dagRuns/{run_id}/taskInstances",
+        params={"limit": 1000})["task_instances"]}
+    print(f"\nrefused: {state} in {took:.1f}s; " + ", ".join(
+        f"{t} {ti['state']} try {ti['try_number']}" for t, ti in sorted(instances.items())))
+    assert state == "failed"
+    for task_id in ("snapshot_primary", "snapshot_secondary"):
+        ti = instances[task_id]
+        # Failed on the first try although the cluster's tasks have a retry: not retried.
+        assert ti["state"] == "failed" and ti["try_number"] == 1, ti
+        assert ti["duration"] is not None and ti["duration"] < 30, ti
+        log = cluster.api("GET", f"dags/registry_reconcile/dagRuns/{run_id}/taskInstances/"
+                                 f"{task_id}/logs/1")
+        text = json.dumps(log)
+        assert "refusing to start" in text and setting in text, text[-3000:]
+    assert took < 120, took
+
+
+def test_a_local_artifacts_path_is_refused_at_once(
+        cluster, use_cluster, reconfigured, primary, secondary, tmp_path):
+    use_cluster(primary, secondary)
+    reconfigured(AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH=f"file://{tmp_path}/artifacts")
+    cluster.wait_ready()
+    assert_refused_at_once(cluster, f"artifacts_path = file://{tmp_path}/artifacts")
+    assert not (tmp_path / "artifacts").exists()  # refused before anything was written
+
+
+def test_no_store_url_is_refused_at_once(cluster, use_cluster, reconfigured, primary,
+                                         secondary):
+    use_cluster(primary, secondary)
+    reconfigured(REGISTRY_REPLICATION_DB_URL=None)
+    cluster.wait_ready()
+    assert_refused_at_once(cluster, "set REGISTRY_REPLICATION_DB_URL")

@@ -20,6 +20,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from registry_replication.airflow.deployment import refuse_unshared_state
 from registry_replication.airflow.hooks import OciRegistryHook
 from registry_replication.airflow.tasks import (
     PRIMARY_CONN_ID,
@@ -62,6 +63,7 @@ class ReplicateImagesOperator(BaseOperator):
         self.parallelism = parallelism
 
     def execute(self, context: Any) -> dict[str, int]:
+        refuse_unshared_state()  # its leases live in the store every writer must share
         repositories, tags = _names(self.repositories), _names(self.tags)
         if not repositories:
             raise ValueError("ReplicateImagesOperator needs at least one repository")

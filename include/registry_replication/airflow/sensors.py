@@ -6,6 +6,7 @@ from typing import Any
 
 from airflow.sdk import BaseSensorOperator
 
+from registry_replication.airflow.deployment import refuse_unshared_state
 from registry_replication.airflow.triggers import PendingEventsTrigger
 from registry_replication.store import Store
 
@@ -22,6 +23,8 @@ class PendingEventsSensor(BaseSensorOperator):
         return Store().queue.ready_count() > 0
 
     def execute(self, context: Any) -> Any:
+        # The webhook stores events where this sensor and the triggerer look: the same store.
+        refuse_unshared_state()
         if not self.deferrable or self.poke(context):  # events already waiting: no deferral hop
             return super().execute(context)
         self.defer(trigger=PendingEventsTrigger(self.poll_interval), method_name="execute_complete")

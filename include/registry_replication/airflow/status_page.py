@@ -43,6 +43,7 @@ from markupsafe import Markup, escape
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from registry_replication import metrics, webhook
+from registry_replication.airflow import deployment
 from registry_replication.outcomes import human_size
 from registry_replication.status import run_url, status
 from registry_replication.store import Store
@@ -80,13 +81,15 @@ def create_app(store: Store | None = None) -> FastAPI:
     from airflow.api_fastapi.core_api.security import requires_access_dag
 
     store = store or Store()
-    app = webhook.create_app(store=store)
+    app = webhook.create_app(store=store, refusal=deployment.refusal)
     access = [Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=dag_id))
               for dag_id in DAG_IDS]
     # Where the Airflow UI sends a browser that is not logged in (it validates ``next``).
     login_url = f"{API_ROOT_PATH.rstrip('/')}/api/v2/auth/login"
-    app.include_router(status_router(lambda: status(store, ui_url=API_BASE_URL), access,
-                                     login_url))
+    # What this deployment leaves unshared goes first: it explains anything odd below.
+    app.include_router(status_router(
+        lambda: {"misconfiguration": deployment.problems(),
+                 **status(store, ui_url=API_BASE_URL)}, access, login_url))
     app.include_router(metrics_router(store, metrics.configured_token))
     # Retrying an event starts work in registry_events; "sync now" starts a registry_sync run.
     app.include_router(actions_router(

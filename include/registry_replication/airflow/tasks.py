@@ -3,8 +3,9 @@
 The DAG files only declare schedules, params and docs, then call ``replicate()`` to lay out
 snapshot primary | snapshot secondary -> diff -> plan -> copy_blobs[*] -> push_manifests[*]
 -> prune -> verify -> report. Snapshots, differences and plan batches go to the run's folder
-under ``[registry_replication] artifacts_path`` as Parquet; XComs carry only file names and
-counts.
+(in the replication store, or under ``[registry_replication] artifacts_path``) as Parquet; XComs
+carry only file names and counts. Every task refuses, before any work, state that the executor's
+machines cannot share (``deployment.checked``).
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ from typing import Any
 import pandas as pd
 import pendulum
 import sqlalchemy as sa
-from airflow.configuration import AIRFLOW_HOME, conf
-from airflow.sdk import ObjectStoragePath, Param, TriggerRule, get_current_context, task
+from airflow.configuration import conf
+from airflow.sdk import Param, TriggerRule, get_current_context, task
+from airflow.utils.net import get_hostname
 
 from registry_replication import artifacts
 from registry_replication import diff as diffs
 from registry_replication import realtime
-from registry_replication.airflow import alerts
+from registry_replication.airflow import alerts, deployment
+from registry_replication.airflow.deployment import checked
 from registry_replication.airflow.hooks import OciRegistryHook
 from registry_replication.copy import BlobResult, Copier, ImageResult
 from registry_replication.diff import IN_SYNC
@@ -59,6 +62,7 @@ from registry_replication.snapshot import (
     take_snapshot,
 )
 from registry_replication.store import Store, retention
+from registry_replication.store.artifacts import ArtifactRecords
 from registry_replication.store.queue import Event
 
 log = logging.getLogger("registry_replication.airflow")
@@ -137,32 +141,28 @@ def _client(conn_id: str, *, writable: bool = False):
     return OciRegistryHook(conn_id, writable=writable).get_conn()
 
 
-def _artifacts_base() -> ObjectStoragePath:
-    """``[registry_replication] artifacts_path``: a local directory by default, ``s3://`` or
-    ``gs://`` in production (with ``artifacts_conn_id`` naming the storage connection)."""
-    url = conf.get("registry_replication", "artifacts_path", fallback="") or (
-        f"file://{AIRFLOW_HOME}/registry_replication/artifacts")
-    conn_id = conf.get("registry_replication", "artifacts_conn_id", fallback="") or None
-    return ObjectStoragePath(url, conn_id=conn_id)
-
-
-def _run_folder() -> ObjectStoragePath:
+def _run_folder() -> artifacts.RunFolder:
     """This run's folder: ``<dag_id>/<when the run was due>_<run_id>``, so cleanup can read
-    each run's age from its name on any storage."""
+    each run's age from its name on any storage; under ``artifacts_path``, or in the store."""
     dag_run = get_current_context()["dag_run"]
     when = pendulum.instance(dag_run.run_after).in_timezone("UTC")
     safe_run_id = re.sub(r"[^A-Za-z0-9._-]", "_", dag_run.run_id)
-    return _artifacts_base() / dag_run.dag_id / f"{when:%Y%m%dT%H%M%S}_{safe_run_id}"
+    key = f"{dag_run.dag_id}/{when:%Y%m%dT%H%M%S}_{safe_run_id}"
+    base = deployment.artifacts_base()
+    return artifacts.RunFolder(ArtifactRecords(Store().engine), key, when, host=get_hostname(),
+                               files=None if base is None else base / key)
 
 
 def _remove_old_runs(now: pendulum.DateTime) -> list[str]:
     """Delete run folders older than ``[registry_replication] artifacts_retention_days``
-    (default 7); returns their names. Best effort: a folder that cannot go is logged."""
+    (default 7), in the store and at ``artifacts_path``; returns their names. Best effort: a
+    folder that cannot go is logged."""
     days = conf.getfloat("registry_replication", "artifacts_retention_days", fallback=7)
     cutoff = now.subtract(seconds=int(days * 86400))
-    base, removed = _artifacts_base(), []
-    if not base.exists():
-        return removed
+    removed = set(retention.prune_run_artifacts(Store().engine, cutoff))
+    base = deployment.artifacts_base()
+    if base is None or not base.exists():
+        return sorted(removed)
     for dag_folder in base.iterdir():
         if not dag_folder.is_dir():
             continue
@@ -175,11 +175,11 @@ def _remove_old_runs(now: pendulum.DateTime) -> list[str]:
             if when < cutoff:
                 try:
                     run_folder.rmdir(recursive=True)
-                    removed.append(f"{dag_folder.name}/{run_folder.name}")
+                    removed.add(f"{dag_folder.name}/{run_folder.name}")
                 except OSError as exc:
                     log.warning("could not remove the old run folder %s: %s. What to do: check "
                                 "the storage's permissions, or remove it by hand", run_folder, exc)
-    return removed
+    return sorted(removed)
 
 
 def _prune_history() -> str:
@@ -223,6 +223,7 @@ def _leases() -> Leases:
 
 
 @task
+@checked
 def snapshot(conn_id: str) -> dict[str, Any]:
     """List one registry's tags and digests within the run's scope, into the run's folder."""
     p = _params()
@@ -258,6 +259,7 @@ def snapshot(conn_id: str) -> dict[str, Any]:
 
 
 @task
+@checked
 def diff(primary: dict[str, Any], secondary: dict[str, Any]) -> dict[str, Any]:
     """Classify every tag; pass on only what is not in sync."""
     differences = diffs.diff(_snapshot(primary), _snapshot(secondary))
@@ -270,6 +272,7 @@ def diff(primary: dict[str, Any], secondary: dict[str, Any]) -> dict[str, Any]:
 
 
 @task
+@checked
 def plan(differences: dict[str, Any]) -> list[dict[str, Any]]:
     """Fetch the manifests to copy, find the blobs the secondary lacks, and batch the work.
 
@@ -319,6 +322,7 @@ def manifest_batches() -> list[dict[str, Any]]:
 
 @task(map_index_template="{{ batch_label }}", retry_exponential_backoff=2.0, queue=COPY_QUEUE,
       pool=COPY_POOL)
+@checked
 def copy_blobs(batch: dict[str, Any]) -> dict[str, int]:
     """Copy (or mount) one batch of blobs; fails, after retries, if any blob failed.
 
@@ -345,6 +349,7 @@ def copy_blobs(batch: dict[str, Any]) -> dict[str, int]:
 
 @task(map_index_template="{{ batch_label }}", trigger_rule=TriggerRule.ALL_DONE,
       retry_exponential_backoff=2.0, queue=COPY_QUEUE, pool=COPY_POOL)
+@checked
 def push_manifests(batch: dict[str, Any]) -> dict[str, int]:
     """Push one batch of images whose blobs are all on the secondary; tags last."""
     context = get_current_context()
@@ -416,6 +421,7 @@ def _push_results(context: Any, batch: dict[str, Any],
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
+@checked
 def prune_tags(primary: dict[str, Any], secondary: dict[str, Any],
                differences: dict[str, Any]) -> dict[str, Any]:
     """Mirror deletions, behind the incomplete-snapshot and mass-deletion guards."""
@@ -448,6 +454,7 @@ def _pruned(results: list[Any], *, refused: str | None = None,
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
+@checked
 def verify(primary: dict[str, Any]) -> dict[str, Any]:
     """Geo's verification: per-repository checksums of (tag, digest) on both sides.
 
@@ -490,6 +497,7 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
+@checked
 def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, Any]) -> dict:
     """The run's summary, and every failed layer; fails the run if anything failed."""
     context = get_current_context()
@@ -632,6 +640,7 @@ DRAIN_POLL_SECONDS = 0.2
 
 
 @task(queue=COPY_QUEUE, pool=COPY_POOL)
+@checked
 def replicate_events(max_attempts: int = 10) -> dict[str, int]:
     """Claim waiting events, replicate them, and acknowledge each once its tag is complete.
 

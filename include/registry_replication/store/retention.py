@@ -25,8 +25,8 @@ from registry_replication.store.history import (
 )
 from registry_replication.store.queue import FINISHED, finished_total
 from registry_replication.store.schema import (
-    carried_totals, copied_bytes, dag_outcomes, events, failed_layers, now, push_latency, runs,
-    sent_alerts,
+    carried_totals, copied_bytes, dag_outcomes, events, failed_layers, now, push_latency,
+    run_artifacts, runs, sent_alerts,
 )
 
 RETENTION_DAYS_ENV = "REGISTRY_REPLICATION_HISTORY_RETENTION_DAYS"
@@ -98,6 +98,18 @@ def prune(engine: sa.Engine, retention: dt.timedelta, *, at: dt.datetime | None 
         sa.and_(dag_outcomes.c.finished_at < cutoff, dag_outcomes.c.id.not_in(latest)))
     pruned.alerts = _delete_chunks(engine, sent_alerts.c.id, sent_alerts.c.sent_at < cutoff)
     return pruned
+
+
+def prune_run_artifacts(engine: sa.Engine, cutoff: dt.datetime) -> list[str]:
+    """Delete the artifact rows of runs due before ``cutoff`` (``artifacts_retention_days``,
+    not the history's retention), a run folder per transaction; returns the folders."""
+    with engine.connect() as conn:
+        folders = conn.execute(sa.select(run_artifacts.c.folder).distinct()
+                               .where(run_artifacts.c.run_at < cutoff)).scalars().all()
+    for folder in folders:
+        with engine.begin() as conn:
+            conn.execute(run_artifacts.delete().where(run_artifacts.c.folder == folder))
+    return sorted(folders)
 
 
 def _prune_runs(engine: sa.Engine, cutoff: dt.datetime) -> tuple[int, int]:

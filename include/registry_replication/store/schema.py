@@ -169,6 +169,21 @@ recorded_verifications = sa.Table(
     sa.Column("verified_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# Each file of a run's folder (``artifacts.RunFolder``): the host that wrote it, and its bytes
+# when the store holds the runs' artifacts (no ``artifacts_path`` and a shared store); NULL when
+# they are at ``artifacts_path``. Kept ``artifacts_retention_days`` after the run's due time.
+run_artifacts = sa.Table(
+    "rr_run_artifacts", metadata,
+    sa.Column("folder", sa.String(512), primary_key=True),  # <dag_id>/<run due time>_<run_id>
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("run_at", sa.DateTime(timezone=True), nullable=False),  # the run's due time
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("written_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("size", sa.BigInteger),
+    sa.Column("data", sa.LargeBinary),
+    sa.Index("ix_rr_run_artifacts_run_at", "run_at"),  # retention
+)
+
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)

@@ -1,0 +1,73 @@
+"""This deployment's shared state, read from Airflow's configuration: where run artifacts go,
+and the refusal of a store or artifacts path that the executor's machines cannot share
+(``registry_replication.sharing`` judges; this reads ``[core] executor`` and the settings)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from airflow.configuration import AIRFLOW_HOME, conf
+from airflow.sdk import ObjectStoragePath
+from airflow.sdk.exceptions import AirflowFailException
+
+from registry_replication import sharing
+from registry_replication.artifacts import ArtifactUnreadable
+from registry_replication.store import default_url
+
+Function = TypeVar("Function", bound=Callable[..., Any])
+
+
+def artifacts_path() -> str:
+    """``[registry_replication] artifacts_path`` as configured; empty when unset."""
+    return conf.get("registry_replication", "artifacts_path", fallback="") or ""
+
+
+def problems(*, artifacts: bool = True) -> list[str]:
+    """What this process's settings leave unshared that its executor needs shared (the store,
+    and unless ``artifacts`` is False, the run artifacts' path)."""
+    return sharing.problems(
+        conf.get("core", "executor", fallback="LocalExecutor"), store_url=default_url(),
+        artifacts_path=artifacts_path() if artifacts else "",
+        artifacts_path_shared=conf.getboolean("registry_replication", "artifacts_path_shared",
+                                              fallback=False))
+
+
+def refusal() -> str | None:
+    """The webhook's reason to refuse an envelope, or None: only the store matters to it."""
+    return "; ".join(problems(artifacts=False)) or None
+
+
+def refuse_unshared_state() -> None:
+    """Fail the task at once, without retries, if the state it needs is not shared."""
+    if found := problems():
+        raise AirflowFailException(f"refusing to start: {'; '.join(found)}")
+
+
+def checked(function: Function) -> Function:
+    """A task that refuses unshared state before its work, and fails without retries on a run
+    file it cannot read (another try on this machine would not read it either)."""
+
+    @functools.wraps(function)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        refuse_unshared_state()
+        try:
+            return function(*args, **kwargs)
+        except ArtifactUnreadable as exc:
+            raise AirflowFailException(str(exc)) from exc
+
+    return run  # type: ignore[return-value]
+
+
+def artifacts_base() -> ObjectStoragePath | None:
+    """Where run folders go: ``artifacts_path`` when set; else the replication store (None),
+    unless the store is a local SQLite file (``airflow standalone``): then
+    ``$AIRFLOW_HOME/registry_replication/artifacts``."""
+    url = artifacts_path()
+    if not url:
+        if not sharing.local_store(default_url()):
+            return None
+        url = f"file://{AIRFLOW_HOME}/registry_replication/artifacts"
+    conn_id = conf.get("registry_replication", "artifacts_conn_id", fallback="") or None
+    return ObjectStoragePath(url, conn_id=conn_id)
