@@ -4,9 +4,8 @@ the store, and one another host cannot read says where it was written."""
 
 from __future__ import annotations
 
-import hashlib
-
 import datetime as dt
+import hashlib
 import json
 
 import pandas as pd
