@@ -16,6 +16,7 @@ from registry_replication.client import RegistryClient
 from registry_replication.outcomes import CheckOutcome, RepositoryState
 from registry_replication.sync import SyncOptions, run_sync
 from replication_harness import images
+from replication_harness.damage import damage, pulls_exactly
 
 
 @pytest.fixture
@@ -23,29 +24,6 @@ def replicator(primary, secondary):
     with RegistryClient(primary.client_config()) as source, \
             RegistryClient(secondary.client_config(), writable=True) as target:
         yield source, target
-
-
-def damage(secondary, secondary_writer, imgs: dict[str, images.Image]) -> dict[str, images.Blob]:
-    """One layer's data file deleted, one truncated, one with a byte flipped (same size); tag
-    ``d`` deleted through the API, tag ``e`` moved to an image the primary never had."""
-    hit = {name: imgs[name].blobs[-1] for name in ("a", "b", "c")}
-    secondary.blob_path(hit["a"].digest).unlink()
-    path = secondary.blob_path(hit["b"].digest)
-    path.write_bytes(path.read_bytes()[:-100])
-    path = secondary.blob_path(hit["c"].digest)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-    secondary_writer.delete_manifest("app", imgs["d"].digest)
-    images.push(secondary_writer, "app", images.ImageFactory().make(), ["e"])
-    return hit
-
-
-def pulls_exactly(client: RegistryClient, repository: str, img: images.Image) -> None:
-    """Every blob of the image reads back from the registry with its digest (read_blob
-    hashes it and raises on a mismatch)."""
-    for blob in img.all_blobs():
-        assert b"".join(client.read_blob(repository, blob.digest)) == blob.data
 
 
 def test_content_verification_repairs_what_it_can_and_names_the_rest(
