@@ -335,6 +335,14 @@ def _repair(primary: RegistryClient, secondary: RegistryClient,
     not_repaired = {(r.repository, r.digest): r.error for r in report.images
                     if r.outcome in NOT_PUSHED}
     not_repaired.update({(s.repository, s.digest): s.reason for s in plan.skipped})
+    # Every tag moved on the primary since its listing: the image is no longer wanted (the
+    # newer writer, or the next run, replicates what the tags point at now).
+    moved = {(r.repository, r.digest) for r in report.images if r.moved and set(r.moved) ==
+             set(r.tags)}
+    for key in sorted(moved):
+        log.info("%s@%s: every tag of it moved on the primary since the listing; left to the "
+                 "newer writer, not verified", *key)
+    report.findings = [f for f in report.findings if (f.repository, f.digest) not in moved]
     copies = {(r.repository, r.digest): r for r in report.blobs}
     for finding in report.findings:
         if finding.outcome != CheckOutcome.MISSING:
@@ -349,7 +357,7 @@ def _repair(primary: RegistryClient, secondary: RegistryClient,
             finding.outcome = CheckOutcome.REPAIRED
     # A missing manifest hid what lies below it: walk those images again, their manifests
     # fetched anew (the blobs already checked are not asked twice).
-    again = [k for k in images if k not in not_repaired
+    again = [k for k in images if k not in not_repaired and k not in moved
              and any(f.kind == "manifest" and f.repository == k[0] for f in report.findings)]
     for repository in {r for r, _ in again}:
         check.plans[repository] = Plan()
