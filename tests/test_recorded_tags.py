@@ -72,7 +72,8 @@ def test_a_cheap_run_does_not_list_the_secondary_yet_copies_and_prunes(
     target = through(secondary, proxy.url, writable=True)
 
     first = sync(primary, target, any_store)
-    assert first.run_kind.kind == "full" and "no record" in first.run_kind.reason
+    # Never verified deep: the cadence makes it a blobs verification, which lists the secondary.
+    assert first.run_kind.kind == "full" and "blobs verification" in first.run_kind.reason
     assert any("/_catalog" in p for p in listings(proxy))
     record = TagRecord(any_store)
     assert record.rows("other") == {"1.0": (PRESENT, secondary_reader.head_manifest(
@@ -81,7 +82,11 @@ def test_a_cheap_run_does_not_list_the_secondary_yet_copies_and_prunes(
     proxy.log.clear()
     noop = sync(primary, target, any_store)
     assert noop.run_kind.kind == "cheap", noop.run_kind
-    assert proxy.log == []  # not one request to the secondary
+    # Not listed: one catalog page and one sampled tag per repository, to check the record.
+    assert sorted((method, path.split("?")[0].rsplit("/", 1)[0]) for method, path, _
+                  in proxy.log) == [("GET", "/v2"), ("HEAD", "/v2/app/manifests"),
+                                    ("HEAD", "/v2/other/manifests")]
+    assert noop.run_kind.sampled == 2
     assert noop.counts() == {"manifests pushed": 0, "bytes copied": 0, "tags pruned": 0}
     assert noop.verification["in_sync"].all()
 
@@ -94,13 +99,13 @@ def test_a_cheap_run_does_not_list_the_secondary_yet_copies_and_prunes(
     assert secondary_reader.head_manifest("app", "v3").digest == new
     # No catalog, and "other" (unchanged) was never listed; "app" only inside the prune's lease
     # and by the verification of what changed.
-    assert not [p for p in listings(proxy) if "/_catalog" in p or "/other/" in p]
+    assert not [p for p in listings(proxy) if "/other/" in p]
     assert cheap.verification["in_sync"].all()
     assert record.rows("app") == {"v1": (PRESENT, secondary_reader.head_manifest("app", "v1").digest),
                                   "v2": (ABSENT, None), "v3": (PRESENT, new)}
 
 
-def test_drift_is_caught_by_the_full_verification_the_cadence_brings(
+def test_drift_is_caught_by_the_rotating_sample_or_the_full_verification(
     primary, secondary, proxy, store, primary_writer, secondary_writer, secondary_reader,
 ):
     factory = images.ImageFactory()
@@ -110,11 +115,20 @@ def test_drift_is_caught_by_the_full_verification_the_cadence_brings(
     target = through(secondary, proxy.url, writable=True)
     assert sync(primary, target, store).run_kind.kind == "full"
 
-    secondary_writer.delete_manifest("app", img.digest)  # out of band: nobody records it
-    cheap = sync(primary, target, store)
-    assert cheap.run_kind.kind == "cheap"
-    assert secondary_reader.head_manifest("app", "v1") is None  # a cheap run cannot see it
+    # Out of band: nobody records it. Each cheap run HEADs one of app's two tags, the one
+    # sampled longest ago: within two cheap runs v1 is sampled, and that run lists app.
+    secondary_writer.delete_manifest("app", img.digest)
+    caught = []
+    for _ in range(2):
+        proxy.log.clear()
+        cheap = sync(primary, target, store)
+        assert cheap.run_kind.kind == "cheap" and cheap.run_kind.sampled == 1
+        caught.append(any(p.endswith("/app/tags/list") for p in listings(proxy)))
+        assert not cheap.failed
+    assert caught in ([True, False], [False, True])
+    assert secondary_reader.head_manifest("app", "v1").digest == img.digest
 
+    secondary_writer.delete_manifest("app", img.digest)
     proxy.log.clear()
     full = sync(primary, target, store, full_verify_hours=0)
     assert full.run_kind.kind == "full" and "older than full_verify_hours=0" in full.run_kind.reason

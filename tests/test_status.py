@@ -65,7 +65,7 @@ def test_totals_states_and_links(store):
     states = {r["repository"]: r["state"] for r in s["repositories"]}
     assert states == {"group/api": "failed", "group/app": "failed", "group/db": "synced",
                       "group/lib": "pending", "group/web": "never synced"}
-    assert s["states"] == {"synced": 1, "pending": 1, "failed": 2, "never synced": 1}
+    assert s["states"] == {"synced": 1, "pending": 1, "failed": 2, "damaged": 0, "never synced": 1}
     # Backfill progress: repositories synced of all known; tags on both sides.
     assert s["backfill"]["repositories"] == {"in_sync": 1, "total": 5, "percent": 20.0}
     assert s["backfill"]["tags"] == {"in_sync": 5 + 3 + 1 + 0, "total": 4 + 5 + 2 + 1,

@@ -212,7 +212,9 @@ class _ProxyHandler(_QuietHandler):
         for name, value in response.getheaders():
             if name.lower() not in ("transfer-encoding", "content-length", "connection"):
                 self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
+        # A HEAD's Content-Length is the size a GET would send (a blob's size), not its own.
+        self.send_header("Content-Length", response.getheader("Content-Length") or "0"
+                         if self.command == "HEAD" else str(len(data)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data[:cut_after])

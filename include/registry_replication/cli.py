@@ -28,7 +28,7 @@ from registry_replication import diff as diffs
 from registry_replication.client import RegistryClient
 from registry_replication.config import ConfigError, RegistryConfig
 from registry_replication.errors import RegistryError
-from registry_replication.outcomes import BlobOutcome
+from registry_replication.outcomes import BlobOutcome, VerifyLevel
 from registry_replication.plan import Plan, build_plan
 from registry_replication.snapshot import Scope, Snapshot, problem_line
 from registry_replication.store import Store
@@ -62,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parallelism=args.parallelism,
             chunk_size=args.chunk_size_mib << 20 if args.chunk_size_mib else None,
             full_verify=getattr(args, "full_verify", False),
+            **({"verify": args.verify, "content_verify_fraction": args.content_verify_fraction,
+                "deep_verify_days": args.deep_verify_days} if args.command == "sync" else {}),
         )
         return {"plan": _plan, "sync": _sync, "verify": _verify}[args.command](
             primary, secondary, options, args
@@ -103,6 +105,9 @@ def _sync(primary, secondary, options: SyncOptions, args) -> int:
                           "run": {"kind": report.run_kind.kind, "reason": report.run_kind.reason},
                           "bytes_read_from_primary": primary.bytes_read,
                           "problems": report.primary.problems + report.secondary.problems,
+                          "verification": report.verification_line(),
+                          "findings": [asdict(f) for f in (report.deep.findings
+                                                           if report.deep else [])],
                           "skipped": [asdict(s) for s in report.plan.skipped]},
                          indent=2))
     else:
@@ -116,10 +121,11 @@ def _sync(primary, secondary, options: SyncOptions, args) -> int:
         _print_skipped(report.plan)
         if report.prune_refused:
             print(f"\nprune refused: {report.prune_refused}")
-        if report.verification is not None:
-            differ = report.verification[~report.verification["in_sync"]]
-            print(f"\nverification: {len(report.verification) - len(differ)} of "
-                  f"{len(report.verification)} repositories in sync")
+        if report.deep is not None:
+            print(f"\n{report.deep.line()}")
+            for finding in report.deep.findings:
+                print(f"  {finding.line()}")
+        print(f"\n{report.verification_line()}")
         print(f"done in {report.seconds:.1f}s, {primary.bytes_read / (1 << 20):.1f} MiB read from the primary")
     return 1 if report.failed else 0
 
@@ -222,6 +228,17 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--full-verify", action="store_true",
                            help="list the secondary even if its record is recent enough (default: "
                            "every REGISTRY_REPLICATION_FULL_VERIFY_HOURS, 24)")
+        if name == "sync":
+            p.add_argument("--verify", choices=["auto", *VerifyLevel], default="auto",
+                           help="tags: tag lists; blobs: every tag's manifests and blobs exist "
+                           "with their sizes; content: and each blob hashes to its digest "
+                           "(default auto: blobs every --deep-verify-days, else tags)")
+            p.add_argument("--deep-verify-days", type=float, default=None,
+                           help="days between blobs verifications under --verify auto (default: "
+                           "$REGISTRY_REPLICATION_DEEP_VERIFY_DAYS, else 7)")
+            p.add_argument("--content-verify-fraction", type=float, default=1.0,
+                           help="share of the blobs a content verification reads back; the "
+                           "share rotates over runs (default %(default)s)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("-v", "--verbose", action="store_true")
     store = sub.add_parser("store", help="the replication store (event queue, state, history)")

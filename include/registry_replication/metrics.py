@@ -27,7 +27,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from registry_replication import status as statuses
-from registry_replication.outcomes import EventStatus, RepositoryState
+from registry_replication.outcomes import EventStatus, RepositoryState, VerifyLevel
 from registry_replication.store import Store
 from registry_replication.store.history import LATENCY_BUCKETS
 
@@ -39,7 +39,8 @@ MIN_TOKEN_LENGTH = 32
 PREFIX = "registry_replication"
 # The status page's repository states, as label values.
 STATE_LABELS = {RepositoryState.SYNCED: "synced", RepositoryState.PENDING: "pending",
-                RepositoryState.FAILED: "failed", RepositoryState.NEVER_SYNCED: "never"}
+                RepositoryState.FAILED: "failed", RepositoryState.DAMAGED: "damaged",
+                RepositoryState.NEVER_SYNCED: "never"}
 DAG_IDS = ("registry_reconcile", "registry_sync", "registry_events")
 
 
@@ -64,6 +65,13 @@ def figures(store: Store, now: dt.datetime | None = None) -> dict[str, Any]:
             dag_id: at.timestamp() for dag_id, at in sorted(store.history.last_success_times().items())},
         "push_to_replica_seconds": {
             "buckets": list(zip(LATENCY_BUCKETS, buckets)), "count": count, "sum": total},
+        # Per level, the oldest of the repositories' last verifications at that level: what an
+        # alert on "no blobs verification for 8 days" reads.
+        "last_verified_timestamp_seconds": {
+            level: min(at.timestamp() for at in stamps) for level in VerifyLevel
+            if (stamps := [dt.datetime.fromisoformat(r["verified_at"])
+                           for r in page["repositories"]
+                           if r.get("verified_level") == level and r.get("verified_at")])},
     }
 
 
@@ -104,6 +112,13 @@ class StoreCollector(Collector):
         for dag_id, at in f["last_success_timestamp_seconds"].items():
             success.add_metric([dag_id], at)
         yield success
+        verified = GaugeMetricFamily(
+            f"{PREFIX}_last_verified_timestamp_seconds",
+            "Per verification level (blobs, content), the oldest of the repositories' last "
+            "verifications at that level.", labels=["level"])
+        for level, at in f["last_verified_timestamp_seconds"].items():
+            verified.add_metric([level], at)
+        yield verified
         latency = f["push_to_replica_seconds"]
         yield HistogramMetricFamily(
             f"{PREFIX}_push_to_replica_seconds",

@@ -50,7 +50,32 @@ class RepositoryState(StrEnum):
     SYNCED = "synced"
     PENDING = "pending"  # differs, a run will copy it
     FAILED = "failed"
+    # A blob or manifest present on the secondary with the wrong size or bytes: the registry
+    # never overwrites an existing data file, so only its removal by an operator repairs it.
+    DAMAGED = "damaged"
     NEVER_SYNCED = "never synced"  # shown for a repository no run has recorded yet
+
+
+class VerifyLevel(StrEnum):
+    """How deep a run verifies the secondary (``verify``): each level includes the one above."""
+
+    TAGS = "tags"  # tag -> digest lists, from the record or a listing
+    BLOBS = "blobs"  # every tag's closure: child manifests fetched, blobs HEADed with their size
+    CONTENT = "content"  # as blobs, and each blob read back and hashed
+
+    @property
+    def depth(self) -> int:
+        return list(VerifyLevel).index(self)
+
+
+class CheckOutcome(StrEnum):
+    """One blob or manifest of a deep verification."""
+
+    OK = "ok"
+    REPAIRED = "repaired"  # missing: copied again in this run
+    MISSING = "missing"  # missing, and copying it again failed
+    DAMAGED = "damaged"  # present with the wrong size or bytes: only an operator can fix it
+    FAILED = "failed"  # could not be checked (the registry's error says why)
 
 
 NOT_PUSHED = frozenset({ImageOutcome.FAILED, ImageOutcome.BLOCKED})

@@ -20,8 +20,10 @@ never in the one that hides a difference:
 - a verification stamp names the secondary's URL: a record made against another address is
   not trusted (one store serves one secondary; use one URL for it everywhere).
 
-Drift made outside this package (a tag deleted on the secondary by hand) is invisible to a
-cheap run and is found by the next full verification.
+Drift made outside this package (a tag deleted on the secondary by hand, its storage emptied)
+is checked for by every cheap run before it trusts the record (``record_check``: the catalog
+and a rotating sample of recorded tags); what the check cannot see is found by the next full
+verification.
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 import sqlalchemy as sa
 
 from registry_replication.client import Descriptor, RegistryClient
 from registry_replication.errors import RegistryError
+from registry_replication.record_check import RecordCheck, check_record
 from registry_replication.reference import InvalidReference, validate_repository
 from registry_replication.snapshot import COLUMNS, Scope, Snapshot, problem_line, take_snapshot
 from registry_replication.store import Store
@@ -198,6 +201,7 @@ class RunKind:
 
     kind: str  # full | cheap
     reason: str
+    sampled: int = 0  # recorded tags HEADed to check the record (record_check)
 
     def line(self) -> str:
         return f"{self.kind} run: {self.reason}"
@@ -254,6 +258,13 @@ def secondary_listing(
         except RegistryError as exc:
             kind = RunKind("full", f"the primary's catalog could not be read to find repositories "
                                    f"the record lacks ({exc.without_advice})")
+    checked = RecordCheck()
+    if kind.kind == "cheap":  # trusted only once the secondary still matches it (record_check)
+        in_scope = [r for r in (repositories if repositories is not None else
+                                record.verified(secondary.url)) if scope.wants_repository(r)]
+        checked = check_record(secondary, store.engine, in_scope, concurrency=concurrency)
+        kind = (RunKind("full", checked.lost) if checked.lost else
+                replace(kind, reason=f"{kind.reason}; {checked.line()}", sampled=checked.sampled))
     log.info("%s", kind.line())
     if kind.kind == "full":
         started = now()
@@ -279,11 +290,12 @@ def secondary_listing(
     else:
         names = [n for n in repositories if scope.wants_repository(n) and _valid(n)]
     names = sorted(set(names))
-    unrecorded = [n for n in names if n not in stamps]
-    recorded = [n for n in names if n in stamps]
+    unrecorded = [n for n in names if n not in stamps or n in checked.stale]
+    recorded = [n for n in names if n in stamps and n not in checked.stale]
     frames, problems = [], []
     if unrecorded:
-        log.info("listing %d repositories the record does not know yet on %s: %s",
+        log.info("listing %d repositories the record does not know yet, or that differ from "
+                 "it, on %s: %s",
                  len(unrecorded), secondary.url, ", ".join(unrecorded[:10])
                  + (" ..." if len(unrecorded) > 10 else ""))
         started = now()

@@ -140,7 +140,10 @@ def _repository(row: dict[str, Any], layers: list[dict[str, Any]],
                 now: dt.datetime) -> dict[str, Any]:
     stored = row.get("state")
     last_sync = _aware(row.get("last_sync_at"))
-    if stored == RepositoryState.SYNCED:
+    verified = _aware(row.get("verified_at"))
+    if stored == RepositoryState.DAMAGED:  # only a passing verification at its level clears it
+        state = RepositoryState.DAMAGED
+    elif stored == RepositoryState.SYNCED:
         state = RepositoryState.SYNCED
     elif stored == RepositoryState.FAILED or layers:
         state = RepositoryState.FAILED
@@ -160,6 +163,11 @@ def _repository(row: dict[str, Any], layers: list[dict[str, Any]],
         "last_sync_at": _iso(last_sync),
         "last_sync_age_seconds": _age(last_sync, now),
         "last_error": row.get("last_error"),
+        # The last blobs or content verification: synced says how deep it was looked at.
+        "verified_level": row.get("verified_level"),
+        "verified_at": _iso(verified),
+        "verified_age_seconds": _age(verified, now),
+        "damaged": sorted(row.get("damaged") or {}),
         "failed_layers": len(layers),
         "updated_at": _iso(_aware(row.get("updated_at"))),
     }

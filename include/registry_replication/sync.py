@@ -9,15 +9,22 @@ import logging
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
 from registry_replication import diff as diffs
+from registry_replication import verify as verifying
 from registry_replication.client import RegistryClient
 from registry_replication.copy import BlobResult, Copier, ImageResult
 from registry_replication.leases import Leases
-from registry_replication.outcomes import NOT_PUSHED, BlobOutcome, PruneOutcome, summarize
+from registry_replication.outcomes import (
+    NOT_PUSHED,
+    BlobOutcome,
+    PruneOutcome,
+    VerifyLevel,
+    summarize,
+)
 from registry_replication.plan import Plan, build_plan
 from registry_replication.prune import PruneRefused, PruneResult, prunable, prune
 from registry_replication.recorded_tags import RunKind, TagRecord, secondary_listing
@@ -40,6 +47,9 @@ class SyncOptions:
     chunk_size: int | None = None
     full_verify: bool = False  # list the secondary even if its record is fresh enough
     full_verify_hours: float | None = None  # default: $REGISTRY_REPLICATION_FULL_VERIFY_HOURS or 24
+    verify: str = verifying.AUTO  # tags | blobs | content | auto (the cadence decides)
+    deep_verify_days: float | None = None  # default: $REGISTRY_REPLICATION_DEEP_VERIFY_DAYS or 7
+    content_verify_fraction: float = 1.0  # of the blobs a content verification reads back
 
 
 @dataclass
@@ -55,6 +65,9 @@ class SyncReport:
     verification: pd.DataFrame | None = None
     seconds: float = 0.0
     run_kind: RunKind | None = None  # whether the secondary was listed or read from the record
+    level: VerifyLevel = VerifyLevel.TAGS
+    deep: verifying.DeepReport | None = None  # blobs or content verification
+    damaged: dict[str, dict[str, str]] = field(default_factory=dict)  # {repository: {digest: level}}
 
     @property
     def failed(self) -> bool:
@@ -64,7 +77,14 @@ class SyncReport:
             or any(r.outcome == PruneOutcome.FAILED for r in self.pruned)
             or bool(self.plan.skipped)
             or not self.primary.complete
+            or bool(self.deep and self.deep.failed)
+            or bool(self.damaged)
         )
+
+    def verification_line(self) -> str:
+        """What the run verified and how: never "in sync" for what it did not look at."""
+        return verifying.verification_line(self.verification, self.level, self.run_kind,
+                                           self.damaged, self.deep)
 
     def counts(self) -> dict[str, int]:
         return summarize(self.blobs, self.images, self.pruned)
@@ -115,12 +135,20 @@ def run_sync(
             return run_sync(primary, secondary, options, leases=own)
     options = options or SyncOptions()
     started = time.monotonic()
+    level, why = verifying.choose_level(leases.store, options.verify, options.repositories,
+                                        options.scope, options.deep_verify_days)
+    log.info("verification level %s: %s", level, why)
+    forced = level != VerifyLevel.TAGS and not options.full_verify
+    if forced:  # a deep verification starts from a listing of the secondary
+        options = replace(options, full_verify=True)
     source, target, kind = listings(primary, secondary, options, leases.store,
                                     written_by=leases.owner)
+    if forced:
+        kind = RunKind("full", f"a {level} verification lists the secondary ({why})")
     differences = diffs.diff(source, target)
     plan = build_plan(primary, secondary, diffs.wanted(differences),
                       concurrency=options.concurrency)
-    report = SyncReport(source, target, differences, plan, run_kind=kind)
+    report = SyncReport(source, target, differences, plan, run_kind=kind, level=level)
     if options.dry_run:
         log.info("dry run: nothing copied\n%s", diffs.summary(differences).to_string())
     else:
@@ -139,7 +167,13 @@ def run_sync(
             log.error(str(exc))
             report.prune_refused = str(exc)
     if not options.dry_run:
+        if level != VerifyLevel.TAGS:
+            report.deep = verifying.deep_verify(
+                primary, secondary, verifying.images_of(source), level, leases=leases,
+                fraction=options.content_verify_fraction, concurrency=options.concurrency,
+                parallelism=options.parallelism)
         report.verification = diffs.verify(source, _after(secondary, target, report, options))
+        report.damaged = verifying.settle(leases.store, report.verification, level)
     report.seconds = time.monotonic() - started
     return report
 

@@ -44,7 +44,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from registry_replication import metrics, webhook
 from registry_replication.airflow import deployment
-from registry_replication.outcomes import human_size
+from registry_replication.outcomes import VerifyLevel, human_size
 from registry_replication.status import run_url, status
 from registry_replication.store import Store
 
@@ -165,7 +165,7 @@ def check_csrf(request: Request, given: str | None) -> None:
 
 def actions_router(store: Store, *, retry_access: list[Any], sync_access: list[Any],
                    api_url: str, ui_url: str) -> APIRouter:
-    """The page's two buttons: retry a dead-lettered event, and sync one repository now."""
+    """The page's buttons: retry a dead-lettered event, and sync (or verify) one repository now."""
     router = APIRouter()
 
     @router.post("/dead-letters/retry", dependencies=retry_access)
@@ -180,8 +180,13 @@ def actions_router(store: Store, *, retry_access: list[Any], sync_access: list[A
 
     @router.post("/sync-now", dependencies=sync_access)
     def sync_now(request: Request, repository: Annotated[str, Form()],
-                 csrf: Annotated[str | None, Form()] = None) -> Response:
+                 csrf: Annotated[str | None, Form()] = None,
+                 verify: Annotated[str | None, Form()] = None) -> Response:
         check_csrf(request, csrf)
+        # "Verify now" is this button with verify=blobs (or content): the run's DAG param.
+        if verify is not None and verify not in list(VerifyLevel):
+            raise HTTPException(400, f"not a verification level: {verify!r} "
+                                     f"(one of {', '.join(VerifyLevel)})")
         repository = repository.strip()
         if not repository or len(repository) > 255 or any(c.isspace() for c in repository):
             raise HTTPException(400, f"not a repository name: {repository!r}")
@@ -189,7 +194,8 @@ def actions_router(store: Store, *, retry_access: list[Any], sync_access: list[A
         response = requests.post(
             f"{api_url}/dags/{SYNC_DAG_ID}/dagRuns", timeout=30,
             headers={"Authorization": f"Bearer {user_token}"},
-            json={"logical_date": None, "conf": {"repositories": [repository]}},
+            json={"logical_date": None, "conf": {"repositories": [repository],
+                                                  **({"verify": verify} if verify else {})}},
         )
         if not response.ok:
             raise HTTPException(response.status_code,

@@ -29,6 +29,7 @@ from airflow.utils.net import get_hostname
 from registry_replication import artifacts
 from registry_replication import diff as diffs
 from registry_replication import realtime
+from registry_replication import verify as verifying
 from registry_replication.airflow import alerts, deployment
 from registry_replication.airflow.deployment import checked
 from registry_replication.airflow.hooks import OciRegistryHook
@@ -40,6 +41,7 @@ from registry_replication.outcomes import (
     BlobOutcome,
     PermanentFailure,
     RepositoryState,
+    VerifyLevel,
     human_size,
     summarize,
 )
@@ -53,7 +55,12 @@ from registry_replication.plan import (
     build_plan,
 )
 from registry_replication.prune import PruneRefused, prunable, prune
-from registry_replication.recorded_tags import TagRecord, full_verify_hours, secondary_listing
+from registry_replication.recorded_tags import (
+    RunKind,
+    TagRecord,
+    full_verify_hours,
+    secondary_listing,
+)
 from registry_replication.snapshot import (
     Scope,
     Snapshot,
@@ -84,6 +91,9 @@ BLOB_BATCH_BYTES = conf.getint("registry_replication", "blob_batch_bytes",
 # Hours between full verifications (listing the secondary); between them it is read as recorded.
 FULL_VERIFY_HOURS = conf.getfloat("registry_replication", "full_verify_hours",
                                   fallback=full_verify_hours())
+# Days between blobs verifications (every tag's closure on the secondary) under verify=auto.
+DEEP_VERIFY_DAYS = conf.getfloat("registry_replication", "deep_verify_days",
+                                 fallback=verifying.deep_verify_days())
 
 
 # Names an XCom or a run's problem list shows at most (the rest are in the task's log).
@@ -126,6 +136,14 @@ def params(*, repositories_required: bool = False) -> dict[str, Param]:
         "full_verify": Param(False, type="boolean",
                              description="List the secondary rather than read its record, "
                              "whatever the age of the last full verification."),
+        "verify": Param(verifying.AUTO, type="string", enum=[verifying.AUTO, *VerifyLevel],
+                        description="tags: compare tag lists; blobs: every tag's manifests and "
+                        "blobs exist on the secondary with their sizes (missing ones copied "
+                        "again); content: and every blob read back and hashed. auto: blobs "
+                        "every deep_verify_days, else tags."),
+        "content_verify_fraction": Param(1.0, type="number", minimum=0, maximum=1,
+                                         description="Share of the blobs a content "
+                                         "verification reads back; it rotates over runs."),
     }
 
 
@@ -231,13 +249,22 @@ def snapshot(conn_id: str) -> dict[str, Any]:
     kind = None
     if conn_id == SECONDARY_CONN_ID:  # listed in a full run, read from the record in a cheap one
         dag_run = get_current_context()["dag_run"]
+        level, why = verifying.choose_level(Store(), p.get("verify", verifying.AUTO),
+                                            p["repositories"] or None, _scope(p),
+                                            DEEP_VERIFY_DAYS)
+        log.info("verification level %s: %s", level, why)
+        # A deep verification starts from a listing of the secondary.
+        forced = level != VerifyLevel.TAGS and not p.get("full_verify", False)
         result, kind = secondary_listing(
             _client(conn_id), _client(PRIMARY_CONN_ID), Store(), _scope(p),
             repositories=p["repositories"] or None, concurrency=p["concurrency"],
-            full_verify=p.get("full_verify", False), cadence_hours=FULL_VERIFY_HOURS,
+            full_verify=p.get("full_verify", False) or forced, cadence_hours=FULL_VERIFY_HOURS,
             written_by=f"{dag_run.dag_id}/{dag_run.run_id}")
+        if forced:
+            kind = RunKind("full", f"a {level} verification lists the secondary ({why})")
         ref = artifacts.write_snapshot(folder, name, result)
-        ref["run_kind"] = kind.line()
+        ref.update(run_kind=kind.line(), kind=kind.kind, sampled=kind.sampled,
+                   verify_level=level.value)
         matched_nothing = result.complete and result.tags.empty
     else:
         # Streamed: each batch of repositories' rows goes to storage as soon as it is listed;
@@ -453,6 +480,33 @@ def _pruned(results: list[Any], *, refused: str | None = None,
             "file": file}
 
 
+@task(trigger_rule=TriggerRule.ALL_DONE, queue=COPY_QUEUE, pool=COPY_POOL)
+@checked
+def verify_closure(primary: dict[str, Any]) -> dict[str, Any]:
+    """``blobs``/``content``: every tag's closure on the secondary; what is missing is copied
+    again, damage that no copy can repair is named (data file, expected and found, the fix)."""
+    p = _params()
+    taken = get_current_context()["ti"].xcom_pull(task_ids="snapshot_secondary") or {}
+    level = VerifyLevel(taken.get("verify_level", VerifyLevel.TAGS))
+    if level == VerifyLevel.TAGS or p["dry_run"]:
+        log.info("this run verifies tags only (verify=%s)", p.get("verify", verifying.AUTO))
+        return {"level": VerifyLevel.TAGS.value}
+    with _leases() as leases:
+        report = verifying.deep_verify(
+            _client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
+            verifying.images_of(_snapshot(primary)), level, leases=leases,
+            fraction=p.get("content_verify_fraction", 1.0), concurrency=p["concurrency"],
+            parallelism=p["parallelism"])
+    if report.blobs:
+        _record_copied_bytes(get_current_context(), sum(r.bytes for r in report.blobs))
+    artifacts.write_json_lines(_run_folder() / "verified.jsonl",
+                               [asdict(f) for f in report.findings])
+    return {"level": level.value, "line": report.line(), "problems": len(report.problems),
+            "manifests": report.manifests_checked, "blobs": report.blobs_checked,
+            "read": report.blobs_read,
+            "first_problems": [f.line() for f in report.problems[:SHOWN]]}
+
+
 @task(trigger_rule=TriggerRule.ALL_DONE)
 @checked
 def verify(primary: dict[str, Any]) -> dict[str, Any]:
@@ -476,23 +530,35 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
     source = _snapshot(primary)
     report = diffs.verify(source, after)
     differ = report[~report["in_sync"]]
-    log.info("verification: %d of %d repositories in sync", len(report) - len(differ), len(report))
+    store = Store()
+    damaged = verifying.settle(store, report, VerifyLevel(taken.get("verify_level", "tags")
+                                                          if taken else "tags"))
+    deep = ti.xcom_pull(task_ids="verify_closure") or {}
+    line = verifying.verification_line(
+        report, VerifyLevel(deep.get("level", "tags")),
+        RunKind(taken.get("kind", "full"), "", taken.get("sampled", 0)) if taken else None,
+        damaged, None) + (f"; {deep['line']}" if deep.get("line") else "")
+    log.info("%s", line)
     if len(differ):
         log.warning("repositories whose checksums differ:\n%s", _table(differ))
     counts = {side: snap.tags["repository"].value_counts().to_dict()
               for side, snap in (("primary", source), ("secondary", after))}
     now = pendulum.now("UTC")
-    Store().state.set_repository_state(
-        {"repository": row.repository, "state": RepositoryState.SYNCED if row.in_sync else RepositoryState.PENDING,
+    store.state.set_repository_state(
+        {"repository": row.repository,
+         "state": RepositoryState.DAMAGED if row.repository in damaged
+         else RepositoryState.SYNCED if row.in_sync else RepositoryState.PENDING,
          "tags_primary": int(counts["primary"].get(row.repository, 0)),
          "tags_secondary": int(counts["secondary"].get(row.repository, 0)),
          "checksum_primary": row.primary if isinstance(row.primary, str) else None,
          "checksum_secondary": row.secondary if isinstance(row.secondary, str) else None,
-         **({"last_sync_at": now, "last_error": None} if row.in_sync else {})}
+         **({"last_sync_at": now, "last_error": None}
+            if row.in_sync and row.repository not in damaged else {})}
         for row in report.itertuples()
     )
     # The names that differ are in the log and on the status page; XCom keeps the first few.
-    return {"repositories": len(report), "differ": len(differ),
+    return {"repositories": len(report), "differ": len(differ), "line": line,
+            "damaged": sorted(damaged)[:SHOWN], "damaged_count": len(damaged),
             "first_differing": differ["repository"].head(SHOWN).tolist()}
 
 
@@ -515,6 +581,7 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
         "seconds": round(time.time() - started.timestamp(), 1) if started else None,
         # full (the secondary listed) or cheap (read from its record), and why
         "run kind": (context["ti"].xcom_pull(task_ids="snapshot_secondary") or {}).get("run_kind"),
+        "verification": verified.get("line"),
     }
     log.info("run summary%s:\n%s", " (dry run)" if p["dry_run"] else "",
              _table(pd.Series(counts, name="value", dtype=object).to_frame()))
@@ -536,6 +603,12 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
     problems += _skipped_problems(context["ti"].xcom_pull(task_ids="plan", key="skipped"))
     if pruned.get("refused"):
         problems.append(pruned["refused"])
+    deep = context["ti"].xcom_pull(task_ids="verify_closure") or {}
+    problems += deep.get("first_problems") or []
+    if verified.get("damaged_count"):
+        problems.append(f"{verified['damaged_count']} repositories damaged on the secondary "
+                        f"({', '.join(verified['damaged'])}): the verify_closure log of the run "
+                        "that found it names each data file to remove, then run verify=blobs")
     dag_run = context["dag_run"]
     Store().history.record_run(
         dag_run.dag_id, dag_run.run_id, "failed" if problems else "success",
@@ -600,7 +673,8 @@ def replicate() -> None:
     pruned = prune_tags(primary, secondary, differences)
     pushed >> pruned
     verified = verify(primary)
-    pruned >> verified
+    closure = verify_closure(primary)
+    pruned >> closure >> verified
     report(primary, pruned, verified)
 
 

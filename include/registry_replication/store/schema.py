@@ -53,6 +53,13 @@ repository_state = sa.Table(
     sa.Column("last_sync_at", sa.DateTime(timezone=True)),
     sa.Column("last_error", sa.Text),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # The last verification of the secondary (``verify``): its level (tags | blobs | content),
+    # when, the next slice of its blobs a partial content check reads, and the digests it found
+    # damaged (kept until a check at that level passes or the blob is copied again).
+    sa.Column("verified_level", sa.String(16)),
+    sa.Column("verified_at", sa.DateTime(timezone=True)),
+    sa.Column("content_slice", sa.Integer),
+    sa.Column("damaged", sa.JSON),
 )
 
 
@@ -159,6 +166,8 @@ recorded_tags = sa.Table(
     sa.Column("media_type", sa.String(255)),
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("written_by", sa.String(255), nullable=False),  # a writer's lease owner, or a run
+    # When a cheap run's sample last HEADed it (``record_check``): the sample rotates.
+    sa.Column("sampled_at", sa.DateTime(timezone=True)),
 )
 
 # Per repository: when a full listing of the secondary (at ``registry``) last confirmed it.
