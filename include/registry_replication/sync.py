@@ -169,7 +169,8 @@ def run_sync(
     if not options.dry_run:
         if level != VerifyLevel.TAGS:
             report.deep = verifying.deep_verify(
-                primary, secondary, verifying.images_of(source), level, leases=leases,
+                primary, secondary, verifying.images_of(source, plan.skipped), level,
+                leases=leases,
                 fraction=options.content_verify_fraction, concurrency=options.concurrency,
                 parallelism=options.parallelism)
         report.verification = diffs.verify(source, _after(secondary, target, report, options))

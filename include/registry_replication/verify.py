@@ -47,7 +47,7 @@ from registry_replication.outcomes import (
     describe,
     human_size,
 )
-from registry_replication.plan import Plan, WantedTag, _Walk, build_plan
+from registry_replication.plan import Plan, Skipped, WantedTag, _Walk, build_plan
 from registry_replication.recorded_tags import RunKind
 from registry_replication.snapshot import Scope, Snapshot
 from registry_replication.store import Store
@@ -417,12 +417,17 @@ def damaged_repositories(store: Store) -> dict[str, dict[str, str]]:
             sa.select(t.repository, t.damaged).where(t.state == RepositoryState.DAMAGED))}
 
 
-def images_of(primary: Snapshot) -> dict[tuple[str, str], list[str]]:
-    """{(repository, digest): tags} of the primary's listing: what a deep verification walks."""
+def images_of(primary: Snapshot, skipped: Iterable[Skipped] = ()
+              ) -> dict[tuple[str, str], list[str]]:
+    """{(repository, digest): tags} of the primary's listing: what a deep verification walks,
+    less the images this run's plan ``skipped`` (named already; walking them again would only
+    fetch their manifests twice)."""
+    left_out = {(s.repository, s.digest) for s in skipped}
     found: dict[tuple[str, str], list[str]] = defaultdict(list)
     for repository, tag, digest in zip(primary.tags["repository"], primary.tags["tag"],
                                        primary.tags["digest"]):
-        found[(repository, digest)].append(tag)
+        if (repository, digest) not in left_out:
+            found[(repository, digest)].append(tag)
     return dict(found)
 
 

@@ -98,6 +98,8 @@ DEEP_VERIFY_DAYS = conf.getfloat("registry_replication", "deep_verify_days",
 
 # Names an XCom or a run's problem list shows at most (the rest are in the task's log).
 SHOWN = 20
+# The images the plan skipped, in the run's folder.
+SKIPPED_FILE = "skipped.jsonl"
 
 
 class ReplicationFailed(RuntimeError):
@@ -314,9 +316,11 @@ def plan(differences: dict[str, Any]) -> list[dict[str, Any]]:
     for skipped in result.skipped:
         log.error("cannot replicate %s:%s (%s): %s", skipped.repository, ",".join(skipped.tags),
                   skipped.digest, skipped.reason)
-    # For the report, which fails the run and names them (a few: the log above has them all).
+    # For the report, which fails the run and names them (a few: the log above has them all),
+    # and for verify_closure, which leaves them out (all of them).
     get_current_context()["ti"].xcom_push(key="skipped", value={
         "count": len(result.skipped), "shown": [asdict(s) for s in result.skipped[:SHOWN]]})
+    artifacts.write_json_lines(folder / SKIPPED_FILE, [asdict(s) for s in result.skipped])
     if p["dry_run"]:
         log.info("dry run: would push %d images and copy %d blobs (%s); nothing changes",
                  len(result.images), len(result.blobs), human_size(result.transfer_bytes))
@@ -491,10 +495,15 @@ def verify_closure(primary: dict[str, Any]) -> dict[str, Any]:
     if level == VerifyLevel.TAGS or p["dry_run"]:
         log.info("this run verifies tags only (verify=%s)", p.get("verify", verifying.AUTO))
         return {"level": VerifyLevel.TAGS.value}
+    try:
+        skipped = [_result(Skipped, r)
+                   for r in artifacts.read_json_lines(_run_folder() / SKIPPED_FILE)]
+    except FileNotFoundError:  # no plan this run (it failed): nothing was skipped by it
+        skipped = []
     with _leases() as leases:
         report = verifying.deep_verify(
             _client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
-            verifying.images_of(_snapshot(primary)), level, leases=leases,
+            verifying.images_of(_snapshot(primary), skipped), level, leases=leases,
             fraction=p.get("content_verify_fraction", 1.0), concurrency=p["concurrency"],
             parallelism=p["parallelism"])
     if report.blobs:
