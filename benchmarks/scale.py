@@ -9,9 +9,13 @@
 2. In one run, each timed as a child process under GNU ``time`` (wall time, peak RSS):
 
    * CLI ``registry-replication sync`` full, into an empty secondary, then its no-op
-     (``--no-cli``: skipped);
+     (``--no-cli``: skipped, with the skopeo runs and the floors);
    * ``skopeo sync`` no-op against that same, synced secondary (digests are preserved, so it
-     only checks every tag);
+     only checks every tag), and ``skopeo sync`` full into an empty secondary of its own;
+   * the full-copy floor into another empty secondary: each repository's blobs uploaded once,
+     then a manifest ``GET`` from the primary and a ``PUT`` to the secondary per tag, by a bare
+     ``http.client`` over 16 keep-alive connections (``floor.floor_full_copy``); the full
+     runs' ratios are to it;
    * ``airflow dags test registry_reconcile`` with an empty scope (Airflow's fixed per-run
      cost), full into a second empty secondary, then its no-op.
 
@@ -46,7 +50,7 @@ import psutil
 
 from registry_replication.recorded_tags import TagRecord
 from registry_replication.store import Store
-from replication_harness.floor import floor_primary_noop
+from replication_harness.floor import floor_full_copy, floor_primary_noop
 from replication_harness.measure import (
     ENGINE,
     PrimaryMeter,
@@ -69,6 +73,8 @@ from replication_harness.synthetic import ensure_generated, plan_scale_corpus
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 EMPTY_SCOPE = {"include": ["no-such-repository/*"]}
+# Rows compared with the full-copy floor.
+FULL_RUNS = ("CLI full", "skopeo sync full", "floor: full copy", "registry_reconcile full")
 
 
 def airflow_env(workdir: Path, primary: LocalRegistry, secondary: LocalRegistry) -> dict[str, str]:
@@ -242,6 +248,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             record("skopeo sync no-op",
                    timed(meter, skopeo_sync, skopeo_yaml, cli, logs / "skopeo-noop.log"))
             cli.stop()
+            copied = start("secondary-skopeo")
+            record("skopeo sync full",
+                   timed(meter, skopeo_sync, skopeo_yaml, copied, logs / "skopeo-full.log"))
+            copied.stop()
+            copied = start("secondary-floor")
+            record("floor: full copy", timed(meter, floor_full_copy, primary, copied, corpus, 16))
+            copied.stop()
             # The least a correct no-op asks of the primary, by the barest client: what is left
             # of a no-op once the client costs next to nothing. The conditional one uses the
             # CLI's record, as the CLI does.
@@ -266,9 +279,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n{corpus.tags} tags, {len(corpus.repositories)} repositories, "
               f"load average {load_average()}\n")
         skopeo_noop = by_name["skopeo sync no-op"].seconds if "skopeo sync no-op" in by_name else 0
-        print(markdown(["run", "wall", "vs skopeo no-op", "peak RSS", "primary CPU", "notes"], [
+        floor = by_name["floor: full copy"].seconds if "floor: full copy" in by_name else 0
+        print(markdown(["run", "wall", "vs skopeo no-op", "vs full-copy floor", "peak RSS",
+                        "primary CPU", "notes"], [
             [name, fmt_seconds(run.seconds),
              f"{run.seconds / skopeo_noop:.3f}x" if skopeo_noop and run.seconds else "-",
+             f"{run.seconds / floor:.2f}x" if floor and run.seconds and name in FULL_RUNS
+             else "-",
              fmt_rss(run.max_rss_kib),
              "-" if run.primary_cpu_seconds is None else f"{run.primary_cpu_seconds:.1f}s",
              (run.note or "") + (f" FAILED: {run.error}" if run.error else "")]
@@ -289,6 +306,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if fixed and noop and cli_noop:
             print(f"\nDAG no-op {noop:.1f}s vs CLI no-op + Airflow's fixed cost "
                   f"{cli_noop:.1f} + {fixed:.1f} = {cli_noop + fixed:.1f}s")
+        full, cli_full = by_name["registry_reconcile full"].seconds, by_name.get("CLI full")
+        if fixed and cli_full and floor:
+            print(f"\nfull sync vs the full-copy floor {floor:.1f}s: CLI {cli_full.seconds:.1f}s"
+                  f" = {cli_full.seconds / floor:.2f}x; DAG {full:.1f}s vs CLI full + Airflow's "
+                  f"fixed cost {cli_full.seconds:.1f} + {fixed:.1f} = "
+                  f"{cli_full.seconds + fixed:.1f}s ({full / (cli_full.seconds + fixed):.2f}x)")
         return 0 if all(run.ok for _, run in rows) else 1
     finally:
         for registry in registries:

@@ -217,6 +217,55 @@ def test_a_writer_killed_between_the_tag_write_and_its_record_leaves_an_intent(
     assert TagRecord(store).rows("app")["v1"] == (PRESENT, first.digest)
 
 
+def test_a_writer_killed_mid_batch_leaves_intents_on_the_whole_batch(
+    primary, secondary, proxy, store, primary_writer, secondary_reader,
+):
+    """Tags are written a batch at a time: one intent for the batch, the writes, one record.
+    Killed with some of the batch's tags written and one held, the writer leaves an intent on
+    every tag of the batch (written or not): none keeps the digest recorded before the batch,
+    which the secondary no longer holds. The next cheap run asks about each and puts all
+    right, a tag moved back meanwhile included."""
+    factory = images.ImageFactory()
+    tags = [f"t{i}" for i in range(5)]
+    old = {tag: images.push(primary_writer, "app", factory.make(), [tag]) for tag in tags}
+    target = through(secondary, proxy.url, writable=True)
+    assert sync(primary, target, store).run_kind.kind == "full"
+    assert TagRecord(store).rows("app") == {tag: (PRESENT, old[tag]) for tag in tags}
+    new = {tag: images.push(primary_writer, "app", factory.make(), [tag]) for tag in tags}
+
+    hold = proxy.hold("PUT", "/manifests/t3")
+    env = {**os.environ, "REGISTRY_REPLICATION_DB_URL": store.url,
+           "REGISTRY_REPLICATION_LEASE_SECONDS": "2"}
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "registry_replication.cli", "sync",
+         "--primary", json.dumps(primary.connection()),
+         "--secondary", json.dumps({**secondary.connection(), "host": proxy.url})],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert hold.arrived.wait(60), writer.communicate(timeout=60)[0] if writer.poll() else ""
+    written = [tag for tag in tags if tag != "t3"]
+    _wait_for(lambda: all(secondary_reader.head_manifest("app", tag).digest == new[tag]
+                          for tag in written))
+    writer.kill()
+    writer.wait(30)
+    assert TagRecord(store).rows("app") == dict.fromkeys(tags, (INTENT, None))
+    hold.release()  # the registry takes the held write too
+    _wait_for(lambda: secondary_reader.head_manifest("app", "t3").digest == new["t3"])
+
+    images.push(primary_writer, "app", factory.make(), ["t1"])  # moved again; no event
+    proxy.log.clear()
+    rerun = sync(primary, target, store)
+    assert rerun.run_kind.kind == "cheap" and not rerun.failed
+    assert {("HEAD", f"/v2/app/manifests/{tag}") for tag in tags} <= {
+        (m, p) for m, p, _ in proxy.log}
+    now = {tag: secondary_reader.head_manifest("app", tag).digest for tag in tags}
+    assert now == {tag: primary_writer.head_manifest("app", tag).digest for tag in tags}
+    # Rewritten tags are recorded; the others keep their intent (a HEAD outside the lease
+    # cannot record them) until a write or a full run: never a digest the secondary lacks.
+    rows = TagRecord(store).rows("app")
+    assert rows["t1"] == (PRESENT, now["t1"])
+    assert all(rows[tag] in ((INTENT, None), (PRESENT, now[tag])) for tag in tags), rows
+
+
 def _wait_for(condition, timeout: float = 30.0) -> None:
     import time
 
@@ -244,11 +293,16 @@ def test_the_primary_is_read_with_conditional_heads_yet_every_move_is_seen(
             report = run_sync(source, RegistryClient(secondary.client_config(), writable=True),
                               SyncOptions(), leases=leases)
 
-    heads = {path.rsplit("/", 1)[1]: status for method, path, status in primary_proxy.log
-             if method == "HEAD" and "/manifests/v" in path}
+    asked: dict[str, list[int]] = {}
+    for method, path, status in primary_proxy.log:
+        if method == "HEAD" and "/manifests/v" in path:
+            asked.setdefault(path.rsplit("/", 1)[1], []).append(status)
+    heads = {tag: statuses[0] for tag, statuses in asked.items()}  # the listing's
     # The unchanged tag is confirmed without the manifest being read; the moved tag's
     # condition fails and the registry answers with its new digest; the new tag had no record.
     assert heads["v2"] == 304 and heads["v1"] == 200 and heads["v3"] == 200, primary_proxy.log
+    # The compare-and-set before each write is conditional on the planned digest too.
+    assert asked["v1"][1:] == [304] and asked["v3"][1:] == [304], primary_proxy.log
     listed = dict(zip(report.primary.tags["tag"], report.primary.tags["digest"]))
     assert listed == {t: primary_writer.head_manifest("app", t).digest for t in ("v1", "v2", "v3")}
     assert secondary_reader.head_manifest("app", "v1").digest == moved

@@ -71,8 +71,16 @@ class TagRecord:
     def record(self, repository: str, tag: str, digest: str | None, written_by: str,
                media_type: str | None = None) -> None:
         """The secondary confirmed ``tag`` on ``digest`` (None: the tag is gone)."""
+        self.record_all(repository, {tag: (digest, media_type)}, written_by)
+
+    def record_all(self, repository: str,
+                   confirmed: Mapping[str, tuple[str | None, str | None]],
+                   written_by: str) -> None:
+        """The secondary confirmed each tag on its (digest, media type), in one transaction
+        (digest None: the tag is gone)."""
         self._put(repository, {tag: (PRESENT, digest, media_type) if digest else
-                               (ABSENT, None, None)}, written_by)
+                               (ABSENT, None, None)
+                               for tag, (digest, media_type) in confirmed.items()}, written_by)
 
     def _put(self, repository: str, rows: Mapping[str, tuple[str, str | None, str | None]],
              written_by: str) -> None:

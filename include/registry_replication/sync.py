@@ -124,6 +124,7 @@ def run_sync(
         log.info("dry run: nothing copied\n%s", diffs.summary(differences).to_string())
     else:
         copier = Copier(primary, secondary, leases=leases, parallelism=options.parallelism,
+                        concurrency=options.concurrency,
                         manifests=plan.manifests, recheck=False,
                         **({"chunk_size": options.chunk_size} if options.chunk_size else {}))
         report.blobs = copier.copy_blobs(plan.blobs)

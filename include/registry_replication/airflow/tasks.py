@@ -373,6 +373,7 @@ def _copier(context: Any, leases: Leases) -> Copier:
     tag); a retry checks again before each blob and tag, so it never transfers twice."""
     return Copier(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
                   leases=leases, parallelism=_params()["parallelism"],
+                  concurrency=_params()["concurrency"],
                   recheck=context["ti"].try_number > 1)
 
 
