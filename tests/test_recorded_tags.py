@@ -26,7 +26,7 @@ from registry_replication.store import Store
 from registry_replication.store.queue import Event
 from registry_replication.sync import SyncOptions, run_sync
 from replication_harness import images
-from replication_harness.servers import FaultProxy
+from replication_harness.servers import Fault, FaultProxy
 
 _databases = itertools.count()
 
@@ -98,6 +98,39 @@ def test_a_cheap_run_does_not_list_the_secondary_yet_copies_and_prunes(
     assert cheap.verification["in_sync"].all()
     assert record.rows("app") == {"v1": (PRESENT, secondary_reader.head_manifest("app", "v1").digest),
                                   "v2": (ABSENT, None), "v3": (PRESENT, new)}
+
+
+def test_a_full_run_verifies_from_its_listing_and_its_acknowledged_writes(
+    primary, secondary, proxy, store, primary_writer, secondary_reader,
+):
+    """After writing, the secondary is not listed again where every write was acknowledged:
+    the run's listing plus those writes are what is verified. A repository where a write
+    failed is listed again (and found out of sync); a full verification asked for lists every
+    repository the run changed."""
+    factory = images.ImageFactory()
+    for tag in ("v1", "v2"):
+        images.push(primary_writer, "app", factory.make(), [tag])
+    images.push(primary_writer, "other", factory.make(), ["1.0"])
+    target = through(secondary, proxy.url, writable=True)
+    proxy.inject(Fault(status=400, code="MANIFEST_INVALID", method="PUT",
+                       path_contains="/other/manifests/1.0"))
+
+    first = sync(primary, target, store)
+    assert first.run_kind.kind == "full" and not first.run_kind.verification_due
+    assert [p for p in listings(proxy) if p.endswith("/tags/list")] == ["/v2/other/tags/list"]
+    in_sync = dict(zip(first.verification["repository"], first.verification["in_sync"]))
+    assert in_sync == {"app": True, "other": False}
+    assert {t: secondary_reader.head_manifest("app", t).digest for t in ("v1", "v2")} == {
+        t: primary_writer.head_manifest("app", t).digest for t in ("v1", "v2")}
+    assert secondary_reader.head_manifest("other", "1.0") is None
+
+    images.push(primary_writer, "app", factory.make(), ["v3"])
+    proxy.log.clear()
+    forced = sync(primary, target, store, full_verify=True)
+    assert forced.run_kind.verification_due and forced.verification["in_sync"].all()
+    # Listed at the start (both), then again after writing (both changed).
+    assert sorted(p for p in listings(proxy) if p.endswith("/tags/list")) == [
+        "/v2/app/tags/list", "/v2/app/tags/list", "/v2/other/tags/list", "/v2/other/tags/list"]
 
 
 def test_drift_is_caught_by_the_full_verification_the_cadence_brings(

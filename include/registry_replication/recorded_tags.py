@@ -200,6 +200,8 @@ class RunKind:
 
     kind: str  # full | cheap
     reason: str
+    # Asked for, or the cadence's: the secondary is listed again after writing, too.
+    verification_due: bool = False
 
     def line(self) -> str:
         return f"{self.kind} run: {self.reason}"
@@ -209,7 +211,7 @@ def choose(record: TagRecord, registry: str, scope: Scope, repositories: list[st
            full_verify: bool, cadence_hours: float, at: dt.datetime | None = None) -> RunKind:
     """Full or cheap, and why (the run log and summary say it)."""
     if full_verify:
-        return RunKind("full", "a full verification was asked for")
+        return RunKind("full", "a full verification was asked for", verification_due=True)
     stamps = record.verified(registry)
     if not stamps:
         return RunKind("full", f"no record of the secondary {registry} yet")
@@ -221,7 +223,8 @@ def choose(record: TagRecord, registry: str, scope: Scope, repositories: list[st
         if age > cadence_hours:
             return RunKind("full", f"the last full verification ({oldest}, "
                                    f"{stamps[oldest]:%Y-%m-%d %H:%M} UTC) is {age:.1f}h old, "
-                                   f"older than full_verify_hours={cadence_hours:g}")
+                                   f"older than full_verify_hours={cadence_hours:g}",
+                           verification_due=True)
         return RunKind("cheap", f"the secondary as recorded, last fully verified "
                                 f"{stamps[oldest]:%Y-%m-%d %H:%M} UTC ({age:.1f}h ago, "
                                 f"full_verify_hours={cadence_hours:g})")

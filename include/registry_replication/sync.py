@@ -17,11 +17,17 @@ from registry_replication import diff as diffs
 from registry_replication.client import RegistryClient
 from registry_replication.copy import BlobResult, Copier, ImageResult
 from registry_replication.leases import Leases
-from registry_replication.outcomes import NOT_PUSHED, BlobOutcome, PruneOutcome, summarize
+from registry_replication.outcomes import (
+    NOT_PUSHED,
+    BlobOutcome,
+    ImageOutcome,
+    PruneOutcome,
+    summarize,
+)
 from registry_replication.plan import Plan, build_plan
 from registry_replication.prune import PruneRefused, PruneResult, prunable, prune
 from registry_replication.recorded_tags import RunKind, TagRecord, secondary_listing
-from registry_replication.snapshot import Scope, Snapshot, take_snapshot
+from registry_replication.snapshot import COLUMNS, Scope, Snapshot, take_snapshot
 from registry_replication.store import Store
 
 log = logging.getLogger(__name__)
@@ -139,24 +145,49 @@ def run_sync(
             log.error(str(exc))
             report.prune_refused = str(exc)
     if not options.dry_run:
-        report.verification = diffs.verify(source, _after(secondary, target, report, options))
+        report.verification = diffs.verify(source, _after(secondary, target, report, options,
+                                                          relist_all=kind.verification_due))
     report.seconds = time.monotonic() - started
     return report
 
 
 def _after(
-    secondary: RegistryClient, before: Snapshot, report: SyncReport, options: SyncOptions
+    secondary: RegistryClient, before: Snapshot, report: SyncReport, options: SyncOptions,
+    *, relist_all: bool,
 ) -> Snapshot:
-    """The secondary after the sync: listed again only where this run changed something."""
-    changed = sorted({r.repository for r in report.images if r.manifests_pushed}
-                     | {r.repository for r in report.pruned if r.outcome != PruneOutcome.WOULD_DELETE})
-    if not changed:
-        return before
-    fresh = take_snapshot(secondary, options.scope, concurrency=options.concurrency,
-                          repositories=changed)
-    kept = before.tags[~before.tags["repository"].isin(changed)]
-    return Snapshot(before.registry, pd.concat([kept, fresh.tags], ignore_index=True),
-                    before.errors + fresh.errors, before.problems + fresh.problems)
+    """The secondary after the sync: the listing the run began with plus the writes the
+    secondary acknowledged. Listed again: the repositories where something did not go as
+    planned (a write failed, blocked or skipped, a tag moved, a removal not done), or, when a
+    full verification is due (``relist_all``), every repository this run changed."""
+    done = (ImageOutcome.PUSHED, ImageOutcome.SKIPPED)
+    changed = ({r.repository for r in report.images if r.manifests_pushed or r.moved}
+               | {r.repository for r in report.pruned
+                  if r.outcome != PruneOutcome.WOULD_DELETE})
+    unsure = ({r.repository for r in report.images if r.outcome not in done or r.moved}
+              | {s.repository for s in report.plan.skipped}
+              | {r.repository for r in report.pruned if r.outcome not in
+                 (PruneOutcome.DELETED, PruneOutcome.WOULD_DELETE)})
+    relist = sorted(changed | unsure if relist_all else unsure)
+    written = pd.DataFrame(
+        [(r.repository, tag, r.digest, r.media_type) for r in report.images
+         if r.outcome in done and r.repository not in relist for tag in r.tags],
+        columns=COLUMNS)
+    gone = {(r.repository, r.tag) for r in report.pruned if r.outcome == PruneOutcome.DELETED}
+    replaced = gone | set(zip(written["repository"], written["tag"]))
+    listed_again = set(relist)
+    keep = [repository not in listed_again and (repository, tag) not in replaced
+            for repository, tag in zip(before.tags["repository"], before.tags["tag"])]
+    tags = before.tags.loc[pd.Series(keep, index=before.tags.index, dtype=bool)]
+    frames = [tags, written]
+    errors, problems = before.errors, before.problems
+    if relist:
+        fresh = take_snapshot(secondary, options.scope, concurrency=options.concurrency,
+                              repositories=relist)
+        frames.append(fresh.tags)
+        errors, problems = errors + fresh.errors, problems + fresh.problems
+    return Snapshot(before.registry, pd.concat([f for f in frames if len(f)], ignore_index=True)
+                    if any(len(f) for f in frames) else pd.DataFrame(columns=COLUMNS),
+                    errors, problems)
 
 
 def failed_digests(results: Iterable[BlobResult]) -> set[str]:
