@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+from collections import Counter
 import json
 import os
 import subprocess
@@ -326,21 +327,49 @@ def test_the_primary_is_read_with_conditional_heads_yet_every_move_is_seen(
             report = run_sync(source, RegistryClient(secondary.client_config(), writable=True),
                               SyncOptions(), leases=leases)
 
-    asked: dict[str, list[int]] = {}
+    asked: dict[str, list[tuple[str, int]]] = {}
     for method, path, status in primary_proxy.log:
-        if method == "HEAD" and "/manifests/v" in path:
-            asked.setdefault(path.rsplit("/", 1)[1], []).append(status)
-    heads = {tag: statuses[0] for tag, statuses in asked.items()}  # the listing's
+        if "/manifests/v" in path:
+            asked.setdefault(path.rsplit("/", 1)[1], []).append((method, status))
+    heads = {tag: requests[0] for tag, requests in asked.items()}  # the listing's
     # The unchanged tag is confirmed without the manifest being read; the moved tag's
-    # condition fails and the registry answers with its new digest; the new tag had no record.
-    assert heads["v2"] == 304 and heads["v1"] == 200 and heads["v3"] == 200, primary_proxy.log
+    # condition fails and the registry answers with its new digest; the new tag had no record
+    # (read whole: the plan needs it).
+    assert heads == {"v2": ("HEAD", 304), "v1": ("HEAD", 200), "v3": ("GET", 200)}, \
+        primary_proxy.log
     # The compare-and-set before each write is conditional on the planned digest too.
-    assert asked["v1"][1:] == [304] and asked["v3"][1:] == [304], primary_proxy.log
+    assert asked["v1"][1:] == asked["v3"][1:] == [("HEAD", 304)], primary_proxy.log
     listed = dict(zip(report.primary.tags["tag"], report.primary.tags["digest"]))
     assert listed == {t: primary_writer.head_manifest("app", t).digest for t in ("v1", "v2", "v3")}
     assert secondary_reader.head_manifest("app", "v1").digest == moved
     assert secondary_reader.head_manifest("app", "v3").digest == added
     assert report.verification["in_sync"].all() and not report.failed
+
+
+def test_a_full_run_reads_each_manifest_once(primary, secondary, store, primary_writer,
+                                             secondary_reader):
+    """The listing reads whole the tags the record cannot confirm, and the plan reuses what it
+    read: one GET per tag, plus one per index child; the compare-and-set before each write
+    is a conditional HEAD the registry answers 304."""
+    factory = images.ImageFactory()
+    single = images.push(primary_writer, "app", factory.make(), ["v1", "v2"])
+    multi = factory.multi_arch()
+    images.push(primary_writer, "app", multi, ["multi"])
+    with FaultProxy(primary.url) as primary_proxy:
+        with Leases(store) as leases:
+            report = run_sync(through(primary, primary_proxy.url),
+                              RegistryClient(secondary.client_config(), writable=True),
+                              SyncOptions(), leases=leases)
+    manifests = Counter((method, path.rsplit("/", 1)[1], status)
+                        for method, path, status in primary_proxy.log if "/manifests/" in path)
+    assert manifests == Counter({
+        **{("GET", tag, 200): 1 for tag in ("v1", "v2", "multi")},
+        **{("GET", child.digest, 200): 1 for child in multi.children},
+        **{("HEAD", tag, 304): 1 for tag in ("v1", "v2", "multi")},
+    }), primary_proxy.log
+    assert not report.failed and report.verification["in_sync"].all()
+    assert {t: secondary_reader.head_manifest("app", t).digest for t in ("v1", "v2", "multi")} \
+        == {"v1": single, "v2": single, "multi": multi.digest}
 
 
 def test_a_record_that_cannot_be_read_only_makes_the_heads_unconditional(

@@ -27,7 +27,7 @@ from registry_replication.outcomes import (
 from registry_replication.plan import Plan, build_plan
 from registry_replication.prune import PruneRefused, PruneResult, prunable, prune
 from registry_replication.recorded_tags import RunKind, TagRecord, secondary_listing
-from registry_replication.snapshot import COLUMNS, Scope, Snapshot, take_snapshot
+from registry_replication.snapshot import COLUMNS, ReadManifests, Scope, Snapshot, take_snapshot
 from registry_replication.store import Store
 
 log = logging.getLogger(__name__)
@@ -90,14 +90,15 @@ def snapshots(
 
 def listings(
     primary: RegistryClient, secondary: RegistryClient, options: SyncOptions, store: Store,
-    *, written_by: str = "listing",
+    *, written_by: str = "listing", manifests: ReadManifests | None = None,
 ) -> tuple[Snapshot, Snapshot, RunKind]:
-    """The primary, listed (conditionally on the record of the secondary's tags); the
-    secondary, listed (a full run) or as recorded (a cheap run)."""
+    """The primary, listed (conditionally on the record of the secondary's tags; ``manifests``:
+    the tags the record lacks are read whole, into it); the secondary, listed (a full run) or
+    as recorded (a cheap run)."""
     with ThreadPoolExecutor(2) as pool:
         source = pool.submit(take_snapshot, primary, options.scope,
                              concurrency=options.concurrency, repositories=options.repositories,
-                             known=TagRecord(store).descriptors)
+                             known=TagRecord(store).descriptors, manifests=manifests)
         target = pool.submit(secondary_listing, secondary, primary, store, options.scope,
                              repositories=options.repositories, concurrency=options.concurrency,
                              full_verify=options.full_verify,
@@ -120,11 +121,13 @@ def run_sync(
             return run_sync(primary, secondary, options, leases=own)
     options = options or SyncOptions()
     started = time.monotonic()
+    read: ReadManifests = {}  # each manifest the listing read whole, for the plan
     source, target, kind = listings(primary, secondary, options, leases.store,
-                                    written_by=leases.owner)
+                                    written_by=leases.owner, manifests=read)
     differences = diffs.diff(source, target)
     plan = build_plan(primary, secondary, diffs.wanted(differences),
-                      concurrency=options.concurrency)
+                      concurrency=options.concurrency, known_manifests=read)
+    del read  # the plan keeps those it needs
     report = SyncReport(source, target, differences, plan, run_kind=kind)
     if options.dry_run:
         log.info("dry run: nothing copied\n%s", diffs.summary(differences).to_string())
