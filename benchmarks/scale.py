@@ -241,6 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         meter = PrimaryMeter(primary)
         if not args.no_cli:
             cli = start("secondary-cli")
+            # A fresh secondary, a fresh store: a record kept in a reused --workdir would make
+            # the primary's listing conditional on digests from an earlier run.
+            Path(os.environ["REGISTRY_REPLICATION_DB_URL"].removeprefix("sqlite:///")).unlink(
+                missing_ok=True)
             record("CLI full", timed(meter, engine_sync, primary, cli, logs / "cli-full.log"))
             record("CLI no-op", timed(meter, engine_sync, primary, cli, logs / "cli-noop.log"))
             skopeo_yaml = workdir / "skopeo-source.yaml"

@@ -148,49 +148,56 @@ def run_sync(
             log.error(str(exc))
             report.prune_refused = str(exc)
     if not options.dry_run:
-        report.verification = diffs.verify(source, _after(secondary, target, report, options,
-                                                          relist_all=kind.verification_due))
+        after = secondary_after(secondary, target, report.images, report.pruned,
+                                scope=options.scope, concurrency=options.concurrency,
+                                unsure={s.repository for s in plan.skipped},
+                                relist_all=kind.verification_due)
+        report.verification = diffs.verify(source, after)
     report.seconds = time.monotonic() - started
     return report
 
 
-def _after(
-    secondary: RegistryClient, before: Snapshot, report: SyncReport, options: SyncOptions,
-    *, relist_all: bool,
+def secondary_after(
+    secondary: RegistryClient, before: Snapshot, images: Iterable[ImageResult],
+    pruned: Iterable[PruneResult], *, scope: Scope, concurrency: int,
+    unsure: Iterable[str] = (), relist_all: bool = False,
 ) -> Snapshot:
-    """The secondary after the sync: the listing the run began with plus the writes the
-    secondary acknowledged. Listed again: the repositories where something did not go as
-    planned (a write failed, blocked or skipped, a tag moved, a removal not done), or, when a
-    full verification is due (``relist_all``), every repository this run changed."""
+    """The secondary after a run's writes, for its verification: the listing the run began
+    with plus the writes the secondary acknowledged. Listed again: the repositories where
+    something did not go as planned (a write failed, blocked or skipped, a tag moved, a removal
+    not done; ``unsure``), or, when a full verification is due (``relist_all``), every
+    repository the run changed."""
+    images, pruned = list(images), list(pruned)
     done = (ImageOutcome.PUSHED, ImageOutcome.SKIPPED)
-    changed = ({r.repository for r in report.images if r.manifests_pushed or r.moved}
-               | {r.repository for r in report.pruned
-                  if r.outcome != PruneOutcome.WOULD_DELETE})
-    unsure = ({r.repository for r in report.images if r.outcome not in done or r.moved}
-              | {s.repository for s in report.plan.skipped}
-              | {r.repository for r in report.pruned if r.outcome not in
-                 (PruneOutcome.DELETED, PruneOutcome.WOULD_DELETE)})
-    relist = sorted(changed | unsure if relist_all else unsure)
-    written = pd.DataFrame(
-        [(r.repository, tag, r.digest, r.media_type) for r in report.images
-         if r.outcome in done and r.repository not in relist for tag in r.tags],
-        columns=COLUMNS)
-    gone = {(r.repository, r.tag) for r in report.pruned if r.outcome == PruneOutcome.DELETED}
-    replaced = gone | set(zip(written["repository"], written["tag"]))
+    changed = ({r.repository for r in images if r.manifests_pushed or r.moved}
+               | {r.repository for r in pruned if r.outcome != PruneOutcome.WOULD_DELETE})
+    doubtful = ({r.repository for r in images if r.outcome not in done or r.moved}
+                | set(unsure)
+                | {r.repository for r in pruned if r.outcome not in
+                   (PruneOutcome.DELETED, PruneOutcome.WOULD_DELETE)})
+    relist = sorted(changed | doubtful if relist_all else doubtful)
     listed_again = set(relist)
+    written = pd.DataFrame(
+        [(r.repository, tag, r.digest, r.media_type) for r in images
+         if r.outcome in done and r.repository not in listed_again for tag in r.tags],
+        columns=COLUMNS)
+    replaced = ({(r.repository, r.tag) for r in pruned if r.outcome == PruneOutcome.DELETED}
+                | set(zip(written["repository"], written["tag"])))
     keep = [repository not in listed_again and (repository, tag) not in replaced
             for repository, tag in zip(before.tags["repository"], before.tags["tag"])]
-    tags = before.tags.loc[pd.Series(keep, index=before.tags.index, dtype=bool)]
-    frames = [tags, written]
+    frames = [before.tags.loc[pd.Series(keep, index=before.tags.index, dtype=bool)], written]
     errors, problems = before.errors, before.problems
     if relist:
-        fresh = take_snapshot(secondary, options.scope, concurrency=options.concurrency,
-                              repositories=relist)
+        log.info("verification: listing again %d repositories where this run's writes did not "
+                 "all go as planned%s: %s", len(relist),
+                 " (or changed: a full verification is due)" if relist_all else "",
+                 ", ".join(relist[:10]) + (" ..." if len(relist) > 10 else ""))
+        fresh = take_snapshot(secondary, scope, concurrency=concurrency, repositories=relist)
         frames.append(fresh.tags)
         errors, problems = errors + fresh.errors, problems + fresh.problems
-    return Snapshot(before.registry, pd.concat([f for f in frames if len(f)], ignore_index=True)
-                    if any(len(f) for f in frames) else pd.DataFrame(columns=COLUMNS),
-                    errors, problems)
+    frames = [f for f in frames if len(f)]
+    return Snapshot(before.registry, pd.concat(frames, ignore_index=True) if frames
+                    else pd.DataFrame(columns=COLUMNS), errors, problems)
 
 
 def failed_digests(results: Iterable[BlobResult]) -> set[str]:
