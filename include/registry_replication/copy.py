@@ -319,11 +319,13 @@ class Copier:
             self.record.record_all(repository, landed, self.leases.owner)
 
     def _push_children(self, item: tuple[ImageTask, ImageResult]) -> bool:
-        """An index's children, by digest: no tag moves, so no lease needed. False: failed."""
+        """An index's children, by digest: no tag moves, so no lease needed (nor a check first
+        without ``recheck``: pushing one again changes nothing). False: failed."""
         task, result = item
         try:
             for child in task.children:
-                if self.secondary.head_manifest(task.repository, child) is None:
+                if not self.recheck or self.secondary.head_manifest(task.repository,
+                                                                    child) is None:
                     self._push(task.repository, child, child)
                     result.manifests_pushed += 1
         except RegistryError as exc:

@@ -242,7 +242,7 @@ def stream_snapshot(
 
     expected: Mapping[tuple[str, str], Descriptor] = {}
 
-    def _read(repository: str, tag: str) -> Descriptor | None:
+    def read_whole(repository: str, tag: str) -> Descriptor | None:
         try:
             manifest = client.get_manifest(repository, tag)
         except NotFoundError:
@@ -254,7 +254,7 @@ def stream_snapshot(
         repository, tag = pair
         try:
             if manifests is not None and pair not in expected:
-                descriptor = _read(repository, tag)
+                descriptor = read_whole(repository, tag)
             else:
                 descriptor = client.head_manifest(repository, tag, known=expected.get(pair))
         except RegistryError as exc:

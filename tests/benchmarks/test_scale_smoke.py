@@ -16,6 +16,7 @@ def test_tiny_scale_run_reports_every_row(run_benchmark) -> None:
     for row in ("CLI full", "CLI no-op", "skopeo sync no-op", "skopeo sync full",
                 "floor: full copy", "floor: primary HEADs",
                 "floor: primary conditional HEADs", "registry_reconcile empty scope",
+                "registry_reconcile one tag",
                 "registry_reconcile full", "registry_reconcile no-op"):
         assert f"| {row} |" in stdout, stdout
     assert "40 tags: tag lists + conditional HEAD of every tag" in stdout
