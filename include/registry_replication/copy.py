@@ -32,8 +32,6 @@ MiB = 1 << 20
 DEFAULT_CHUNK_SIZE = 128 * MiB
 # Tags per batch of tag writes: one intent and one record transaction in the store each.
 TAG_BATCH = 64
-# Batches pushed at once: while one writes the store, the others' requests are in flight.
-BATCHES_AT_ONCE = 4
 # What one tag write came to.
 _WRITTEN, _FOUND, _MOVED = "written", "found", "moved"
 
@@ -130,7 +128,8 @@ class Copier:
         existence checks before each blob and tag; tasks that run later (Airflow batches,
         retries) keep them, so a rerun never transfers what is already there.
 
-        ``parallelism``: blob transfers in flight; ``concurrency``: manifest requests in flight.
+        ``parallelism``: blob transfers, or batches of tag writes, in flight; ``concurrency``:
+        manifest requests in flight.
 
         ``leases``: tags are written only under the repository's lease, and only while the
         primary still has the planned digest (checked just before each write)."""
@@ -241,8 +240,9 @@ class Copier:
     def push_images(
         self, tasks: Sequence[ImageTask], failed_blobs: Iterable[str] = ()
     ) -> list[ImageResult]:
-        """Push images a batch at a time (one repository's, up to ``TAG_BATCH`` tags), several
-        batches at once, their requests ``concurrency`` in flight; results in ``tasks``' order."""
+        """Push images a batch at a time (one repository's, up to ``TAG_BATCH`` tags),
+        ``parallelism`` batches at once (while one writes the store, the others' requests are in
+        flight), their requests ``concurrency`` in flight; results in ``tasks``' order."""
         failed = set(failed_blobs)
         batches: list[list[ImageTask]] = []
         for repository, group in itertools.groupby(
@@ -256,7 +256,7 @@ class Copier:
                 batch.append(tasks[i])
             batches.append(batch)
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="push") as requests, \
-                ThreadPoolExecutor(BATCHES_AT_ONCE, thread_name_prefix="push-batch") as batcher:
+                ThreadPoolExecutor(self.parallelism, thread_name_prefix="push-batch") as batcher:
             done = batcher.map(lambda b: self._push_batch(b, failed, requests), batches)
             by_task = {id(t): r for batch, results in zip(batches, done)
                        for t, r in zip(batch, results)}
