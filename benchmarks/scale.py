@@ -9,11 +9,16 @@
 2. In one run, each timed as a child process under GNU ``time`` (wall time, peak RSS):
 
    * CLI ``registry-replication sync`` full, into an empty secondary, then its no-op
-     (``--no-cli``: skipped);
+     (``--no-cli``: skipped, with the skopeo runs and the floors);
    * ``skopeo sync`` no-op against that same, synced secondary (digests are preserved, so it
-     only checks every tag);
+     only checks every tag), and ``skopeo sync`` full into an empty secondary of its own;
+   * the full-copy floor into another empty secondary: each repository's blobs uploaded once,
+     then a manifest ``GET`` from the primary and a ``PUT`` to the secondary per tag, by a bare
+     ``http.client`` over 16 keep-alive connections (``floor.floor_full_copy``); the full
+     runs' ratios are to it;
    * ``airflow dags test registry_reconcile`` with an empty scope (Airflow's fixed per-run
-     cost), full into a second empty secondary, then its no-op.
+     cost), one tag into an empty secondary of its own (the fixed cost of a full sync: every
+     task runs once), full into a second empty secondary, then its no-op.
 
    ``airflow dags test`` runs every task in one process: its peak RSS bounds each task's, and
    the process's RSS, sampled while each task instance runs, is that task's peak (an upper
@@ -46,7 +51,7 @@ import psutil
 
 from registry_replication.recorded_tags import TagRecord
 from registry_replication.store import Store
-from replication_harness.floor import floor_primary_noop
+from replication_harness.floor import floor_full_copy, floor_primary_noop
 from replication_harness.measure import (
     ENGINE,
     PrimaryMeter,
@@ -69,6 +74,8 @@ from replication_harness.synthetic import ensure_generated, plan_scale_corpus
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 EMPTY_SCOPE = {"include": ["no-such-repository/*"]}
+# Rows compared with the full-copy floor.
+FULL_RUNS = ("CLI full", "skopeo sync full", "floor: full copy", "registry_reconcile full")
 
 
 def airflow_env(workdir: Path, primary: LocalRegistry, secondary: LocalRegistry) -> dict[str, str]:
@@ -208,11 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               + (f" FAILED: {run.error}" if run.error else ""), flush=True)
         return run
 
-    def record_dag(name: str, conf: dict) -> None:
+    def record_dag(name: str, conf: dict, run_env: dict[str, str] | None = None) -> None:
         per_task: list[list[str]] = []
 
         def one() -> Run:
-            run, rows = dag_run(env, conf, logs / f"{name.replace(' ', '-')}.log")
+            run, rows = dag_run(run_env or env, conf, logs / f"{name.replace(' ', '-')}.log")
             per_task.extend(rows)
             return run
 
@@ -235,13 +242,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         meter = PrimaryMeter(primary)
         if not args.no_cli:
             cli = start("secondary-cli")
+            # A fresh secondary, a fresh store: a record kept in a reused --workdir would make
+            # the primary's listing conditional on digests from an earlier run.
+            Path(os.environ["REGISTRY_REPLICATION_DB_URL"].removeprefix("sqlite:///")).unlink(
+                missing_ok=True)
             record("CLI full", timed(meter, engine_sync, primary, cli, logs / "cli-full.log"))
+            # Right after the CLI's full sync, so that the ratio of the two is measured under
+            # the same load.
+            copied = start("secondary-floor")
+            record("floor: full copy", timed(meter, floor_full_copy, primary, copied, corpus, 16))
+            copied.stop()
             record("CLI no-op", timed(meter, engine_sync, primary, cli, logs / "cli-noop.log"))
             skopeo_yaml = workdir / "skopeo-source.yaml"
             write_skopeo_yaml(primary, corpus, skopeo_yaml)
             record("skopeo sync no-op",
                    timed(meter, skopeo_sync, skopeo_yaml, cli, logs / "skopeo-noop.log"))
             cli.stop()
+            copied = start("secondary-skopeo")
+            record("skopeo sync full",
+                   timed(meter, skopeo_sync, skopeo_yaml, copied, logs / "skopeo-full.log"))
+            copied.stop()
             # The least a correct no-op asks of the primary, by the barest client: what is left
             # of a no-op once the client costs next to nothing. The conditional one uses the
             # CLI's record, as the CLI does.
@@ -259,6 +279,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = airflow_env(workdir, primary, dag)
         subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
         record_dag("registry_reconcile empty scope", EMPTY_SCOPE)
+        # One tag into an empty secondary of its own (and a store of its own): every task runs
+        # once, so this is the DAG's fixed cost for a full sync.
+        one = start("secondary-dag-one")
+        (workdir / "replication-one.db").unlink(missing_ok=True)
+        first = corpus.specs[0]
+        record_dag("registry_reconcile one tag",
+                   {"repositories": [first.repository], "tags": re.escape(first.tag)},
+                   {**airflow_env(workdir, primary, one),
+                    "REGISTRY_REPLICATION_DB_URL": f"sqlite:///{workdir / 'replication-one.db'}"})
+        one.stop()
         record_dag("registry_reconcile full", {})
         record_dag("registry_reconcile no-op", {})
 
@@ -266,9 +296,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n{corpus.tags} tags, {len(corpus.repositories)} repositories, "
               f"load average {load_average()}\n")
         skopeo_noop = by_name["skopeo sync no-op"].seconds if "skopeo sync no-op" in by_name else 0
-        print(markdown(["run", "wall", "vs skopeo no-op", "peak RSS", "primary CPU", "notes"], [
+        floor = by_name["floor: full copy"].seconds if "floor: full copy" in by_name else 0
+        print(markdown(["run", "wall", "vs skopeo no-op", "vs full-copy floor", "peak RSS",
+                        "primary CPU", "notes"], [
             [name, fmt_seconds(run.seconds),
              f"{run.seconds / skopeo_noop:.3f}x" if skopeo_noop and run.seconds else "-",
+             f"{run.seconds / floor:.2f}x" if floor and run.seconds and name in FULL_RUNS
+             else "-",
              fmt_rss(run.max_rss_kib),
              "-" if run.primary_cpu_seconds is None else f"{run.primary_cpu_seconds:.1f}s",
              (run.note or "") + (f" FAILED: {run.error}" if run.error else "")]
@@ -289,6 +323,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if fixed and noop and cli_noop:
             print(f"\nDAG no-op {noop:.1f}s vs CLI no-op + Airflow's fixed cost "
                   f"{cli_noop:.1f} + {fixed:.1f} = {cli_noop + fixed:.1f}s")
+        full, cli_full = by_name["registry_reconcile full"].seconds, by_name.get("CLI full")
+        one_tag = by_name["registry_reconcile one tag"].seconds
+        if cli_full and floor:
+            print(f"\nfull sync vs the full-copy floor {floor:.1f}s: CLI {cli_full.seconds:.1f}s"
+                  f" = {cli_full.seconds / floor:.2f}x; DAG {full:.1f}s vs CLI full + the "
+                  f"one-tag DAG's fixed cost {cli_full.seconds:.1f} + {one_tag:.1f} = "
+                  f"{cli_full.seconds + one_tag:.1f}s ({full / (cli_full.seconds + one_tag):.2f}x)")
         return 0 if all(run.ok for _, run in rows) else 1
     finally:
         for registry in registries:

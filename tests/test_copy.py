@@ -113,10 +113,10 @@ def test_index_children_go_first_and_existing_tags_are_not_repushed(
     task = ImageTask("app", multi.digest, multi.media_type, ["multi", "also"],
                      [c.digest for c in multi.children])
     copier = Copier(primary_reader, secondary_writer, leases=leases)
-    result = copier.push_image(task)
+    (result,) = copier.push_images([task])
     assert (result.outcome, result.manifests_pushed) == ("pushed", 4)
     assert secondary_writer.get_manifest("app", "also").raw == multi.raw
-    again = copier.push_image(task)
+    (again,) = copier.push_images([task])
     assert (again.outcome, again.manifests_pushed) == ("skipped", 0)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+from collections import Counter
 import json
 import os
 import subprocess
@@ -26,7 +27,7 @@ from registry_replication.store import Store
 from registry_replication.store.queue import Event
 from registry_replication.sync import SyncOptions, run_sync
 from replication_harness import images
-from replication_harness.servers import FaultProxy
+from replication_harness.servers import Fault, FaultProxy
 
 _databases = itertools.count()
 
@@ -103,6 +104,39 @@ def test_a_cheap_run_does_not_list_the_secondary_yet_copies_and_prunes(
     assert cheap.verification["in_sync"].all()
     assert record.rows("app") == {"v1": (PRESENT, secondary_reader.head_manifest("app", "v1").digest),
                                   "v2": (ABSENT, None), "v3": (PRESENT, new)}
+
+
+def test_a_full_run_verifies_from_its_listing_and_its_acknowledged_writes(
+    primary, secondary, proxy, store, primary_writer, secondary_reader,
+):
+    """After writing, the secondary is not listed again where every write was acknowledged:
+    the run's listing plus those writes are what is verified. A repository where a write
+    failed is listed again (and found out of sync); a full verification asked for lists every
+    repository the run changed."""
+    factory = images.ImageFactory()
+    for tag in ("v1", "v2"):
+        images.push(primary_writer, "app", factory.make(), [tag])
+    images.push(primary_writer, "other", factory.make(), ["1.0"])
+    target = through(secondary, proxy.url, writable=True)
+    proxy.inject(Fault(status=400, code="MANIFEST_INVALID", method="PUT",
+                       path_contains="/other/manifests/1.0"))
+
+    first = sync(primary, target, store)
+    assert first.run_kind.kind == "full" and not first.run_kind.verification_due
+    assert [p for p in listings(proxy) if p.endswith("/tags/list")] == ["/v2/other/tags/list"]
+    in_sync = dict(zip(first.verification["repository"], first.verification["in_sync"]))
+    assert in_sync == {"app": True, "other": False}
+    assert {t: secondary_reader.head_manifest("app", t).digest for t in ("v1", "v2")} == {
+        t: primary_writer.head_manifest("app", t).digest for t in ("v1", "v2")}
+    assert secondary_reader.head_manifest("other", "1.0") is None
+
+    images.push(primary_writer, "app", factory.make(), ["v3"])
+    proxy.log.clear()
+    forced = sync(primary, target, store, full_verify=True)
+    assert forced.run_kind.verification_due and forced.verification["in_sync"].all()
+    # Listed at the start (both), then again after writing (both changed).
+    assert sorted(p for p in listings(proxy) if p.endswith("/tags/list")) == [
+        "/v2/app/tags/list", "/v2/app/tags/list", "/v2/other/tags/list", "/v2/other/tags/list"]
 
 
 def test_drift_is_caught_by_the_rotating_sample_or_the_full_verification(
@@ -231,6 +265,55 @@ def test_a_writer_killed_between_the_tag_write_and_its_record_leaves_an_intent(
     assert TagRecord(store).rows("app")["v1"] == (PRESENT, first.digest)
 
 
+def test_a_writer_killed_mid_batch_leaves_intents_on_the_whole_batch(
+    primary, secondary, proxy, store, primary_writer, secondary_reader,
+):
+    """Tags are written a batch at a time: one intent for the batch, the writes, one record.
+    Killed with some of the batch's tags written and one held, the writer leaves an intent on
+    every tag of the batch (written or not): none keeps the digest recorded before the batch,
+    which the secondary no longer holds. The next cheap run asks about each and puts all
+    right, a tag moved back meanwhile included."""
+    factory = images.ImageFactory()
+    tags = [f"t{i}" for i in range(5)]
+    old = {tag: images.push(primary_writer, "app", factory.make(), [tag]) for tag in tags}
+    target = through(secondary, proxy.url, writable=True)
+    assert sync(primary, target, store).run_kind.kind == "full"
+    assert TagRecord(store).rows("app") == {tag: (PRESENT, old[tag]) for tag in tags}
+    new = {tag: images.push(primary_writer, "app", factory.make(), [tag]) for tag in tags}
+
+    hold = proxy.hold("PUT", "/manifests/t3")
+    env = {**os.environ, "REGISTRY_REPLICATION_DB_URL": store.url,
+           "REGISTRY_REPLICATION_LEASE_SECONDS": "2"}
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "registry_replication.cli", "sync",
+         "--primary", json.dumps(primary.connection()),
+         "--secondary", json.dumps({**secondary.connection(), "host": proxy.url})],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert hold.arrived.wait(60), writer.communicate(timeout=60)[0] if writer.poll() else ""
+    written = [tag for tag in tags if tag != "t3"]
+    _wait_for(lambda: all(secondary_reader.head_manifest("app", tag).digest == new[tag]
+                          for tag in written))
+    writer.kill()
+    writer.wait(30)
+    assert TagRecord(store).rows("app") == dict.fromkeys(tags, (INTENT, None))
+    hold.release()  # the registry takes the held write too
+    _wait_for(lambda: secondary_reader.head_manifest("app", "t3").digest == new["t3"])
+
+    images.push(primary_writer, "app", factory.make(), ["t1"])  # moved again; no event
+    proxy.log.clear()
+    rerun = sync(primary, target, store)
+    assert rerun.run_kind.kind == "cheap" and not rerun.failed
+    assert {("HEAD", f"/v2/app/manifests/{tag}") for tag in tags} <= {
+        (m, p) for m, p, _ in proxy.log}
+    now = {tag: secondary_reader.head_manifest("app", tag).digest for tag in tags}
+    assert now == {tag: primary_writer.head_manifest("app", tag).digest for tag in tags}
+    # Rewritten tags are recorded; the others keep their intent (a HEAD outside the lease
+    # cannot record them) until a write or a full run: never a digest the secondary lacks.
+    rows = TagRecord(store).rows("app")
+    assert rows["t1"] == (PRESENT, now["t1"])
+    assert all(rows[tag] in ((INTENT, None), (PRESENT, now[tag])) for tag in tags), rows
+
+
 def _wait_for(condition, timeout: float = 30.0) -> None:
     import time
 
@@ -258,16 +341,49 @@ def test_the_primary_is_read_with_conditional_heads_yet_every_move_is_seen(
             report = run_sync(source, RegistryClient(secondary.client_config(), writable=True),
                               SyncOptions(), leases=leases)
 
-    heads = {path.rsplit("/", 1)[1]: status for method, path, status in primary_proxy.log
-             if method == "HEAD" and "/manifests/v" in path}
+    asked: dict[str, list[tuple[str, int]]] = {}
+    for method, path, status in primary_proxy.log:
+        if "/manifests/v" in path:
+            asked.setdefault(path.rsplit("/", 1)[1], []).append((method, status))
+    heads = {tag: requests[0] for tag, requests in asked.items()}  # the listing's
     # The unchanged tag is confirmed without the manifest being read; the moved tag's
-    # condition fails and the registry answers with its new digest; the new tag had no record.
-    assert heads["v2"] == 304 and heads["v1"] == 200 and heads["v3"] == 200, primary_proxy.log
+    # condition fails and the registry answers with its new digest; the new tag had no record
+    # (read whole: the plan needs it).
+    assert heads == {"v2": ("HEAD", 304), "v1": ("HEAD", 200), "v3": ("GET", 200)}, \
+        primary_proxy.log
+    # The compare-and-set before each write is conditional on the planned digest too.
+    assert asked["v1"][1:] == asked["v3"][1:] == [("HEAD", 304)], primary_proxy.log
     listed = dict(zip(report.primary.tags["tag"], report.primary.tags["digest"]))
     assert listed == {t: primary_writer.head_manifest("app", t).digest for t in ("v1", "v2", "v3")}
     assert secondary_reader.head_manifest("app", "v1").digest == moved
     assert secondary_reader.head_manifest("app", "v3").digest == added
     assert report.verification["in_sync"].all() and not report.failed
+
+
+def test_a_full_run_reads_each_manifest_once(primary, secondary, store, primary_writer,
+                                             secondary_reader):
+    """The listing reads whole the tags the record cannot confirm, and the plan reuses what it
+    read: one GET per tag, plus one per index child; the compare-and-set before each write
+    is a conditional HEAD the registry answers 304."""
+    factory = images.ImageFactory()
+    single = images.push(primary_writer, "app", factory.make(), ["v1", "v2"])
+    multi = factory.multi_arch()
+    images.push(primary_writer, "app", multi, ["multi"])
+    with FaultProxy(primary.url) as primary_proxy:
+        with Leases(store) as leases:
+            report = run_sync(through(primary, primary_proxy.url),
+                              RegistryClient(secondary.client_config(), writable=True),
+                              SyncOptions(), leases=leases)
+    manifests = Counter((method, path.rsplit("/", 1)[1], status)
+                        for method, path, status in primary_proxy.log if "/manifests/" in path)
+    assert manifests == Counter({
+        **{("GET", tag, 200): 1 for tag in ("v1", "v2", "multi")},
+        **{("GET", child.digest, 200): 1 for child in multi.children},
+        **{("HEAD", tag, 304): 1 for tag in ("v1", "v2", "multi")},
+    }), primary_proxy.log
+    assert not report.failed and report.verification["in_sync"].all()
+    assert {t: secondary_reader.head_manifest("app", t).digest for t in ("v1", "v2", "multi")} \
+        == {"v1": single, "v2": single, "multi": multi.digest}
 
 
 def test_a_record_that_cannot_be_read_only_makes_the_heads_unconditional(

@@ -1,8 +1,10 @@
 """The floor of a sync: the least any tool must do, for the benchmarks.
 
-Full sync: every unique blob once, ``curl GET | curl -X PUT -T -``; no-op: every tag list, then
-a ``HEAD`` of every tag's manifest, on both registries by curl (``sync_vs_skopeo.py``), or on
-the primary alone by a bare ``http.client``, as a cheap run asks it (``scale.py``).
+Full sync: every unique blob once, ``curl GET | curl -X PUT -T -`` (``sync_vs_skopeo.py``), or
+by a bare ``http.client`` each repository's blobs once, then a manifest ``GET`` from the primary
+and a ``PUT`` to the secondary per tag (``scale.py``); no-op: every tag list, then a ``HEAD`` of
+every tag's manifest, on both registries by curl (``sync_vs_skopeo.py``), or on the primary
+alone by a bare ``http.client``, as a cheap run asks it (``scale.py``).
 """
 
 from __future__ import annotations
@@ -130,6 +132,23 @@ def floor_noop(primary: LocalRegistry, secondary: LocalRegistry, corpus: Corpus,
     return run
 
 
+class _Bare:
+    """One keep-alive ``http.client`` connection per thread to one registry, nothing parsed."""
+
+    def __init__(self, url: str) -> None:
+        self.host, port = url.removeprefix("http://").split(":")
+        self.port = int(port)
+        self.local = threading.local()
+
+    def ask(self, method: str, path: str, headers: dict[str, str] | None = None,
+            body: bytes | None = None) -> tuple[int, bytes, http.client.HTTPResponse]:
+        if not hasattr(self.local, "connection"):
+            self.local.connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        self.local.connection.request(method, path, body=body, headers=headers or {})
+        response = self.local.connection.getresponse()
+        return response.status, response.read(), response
+
+
 def floor_primary_noop(primary: LocalRegistry, corpus: Corpus, parallelism: int,
                        known: dict[tuple[str, str], str] | None = None) -> Run:
     """The least a correct no-op must ask of the primary: its tag lists, then a ``HEAD`` of
@@ -137,19 +156,11 @@ def floor_primary_noop(primary: LocalRegistry, corpus: Corpus, parallelism: int,
     digests when given; sent by the barest client there is (``http.client``, one keep-alive
     connection per thread, nothing parsed), so that what is left is the primary's own cost.
     (curl was tried first: its per-URL set-up cost more than this whole engine's client.)"""
-    host, port = primary.url.removeprefix("http://").split(":")
-    local = threading.local()
+    bare = _Bare(primary.url)
     run = Run(max_rss_kib=0, cpu_seconds=0.0)
 
-    def ask(method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
-        if not hasattr(local, "connection"):
-            local.connection = http.client.HTTPConnection(host, int(port), timeout=60)
-        local.connection.request(method, path, headers=headers)
-        response = local.connection.getresponse()
-        return response.status, response.read()
-
     def tag_list(repo: str) -> list[tuple[str, str]]:
-        status, body = ask("GET", f"/v2/{repo}/tags/list", {})
+        status, body, _ = bare.ask("GET", f"/v2/{repo}/tags/list")
         if status != 200:
             raise RuntimeError(f"tag list of {repo}: HTTP {status}")
         return [(repo, tag) for tag in json.loads(body).get("tags") or []]
@@ -158,7 +169,7 @@ def floor_primary_noop(primary: LocalRegistry, corpus: Corpus, parallelism: int,
         headers = {"Accept": mt.MANIFEST_ACCEPT}
         if known and pair in known:
             headers["If-None-Match"] = f'"{known[pair]}"'
-        status, _ = ask("HEAD", f"/v2/{pair[0]}/manifests/{pair[1]}", headers)
+        status, _, _ = bare.ask("HEAD", f"/v2/{pair[0]}/manifests/{pair[1]}", headers)
         if status not in (200, 304):
             raise RuntimeError(f"HEAD {pair[0]}:{pair[1]}: HTTP {status}")
 
@@ -173,6 +184,57 @@ def floor_primary_noop(primary: LocalRegistry, corpus: Corpus, parallelism: int,
     run.seconds = time.perf_counter() - started
     run.note = (f"{len(tags)} tags: tag lists + {'conditional ' if known else ''}HEAD of every "
                 f"tag, primary only, bare http.client x{parallelism}")
+    return run
+
+
+def floor_full_copy(primary: LocalRegistry, secondary: LocalRegistry, corpus: Corpus,
+                    parallelism: int) -> Run:
+    """The least a full copy must do, by the barest client (``http.client``, one keep-alive
+    connection per thread on each side): each repository's blobs uploaded once (``GET`` from
+    the primary, ``POST`` + ``PUT`` to the secondary), then per tag one manifest ``GET`` from
+    the primary and one ``PUT`` to the secondary (an index's children, by digest, first)."""
+    source, target = _Bare(primary.url), _Bare(secondary.url)
+    run = Run(max_rss_kib=0, cpu_seconds=0.0)
+
+    def expect(status: int, wanted: tuple[int, ...], what: str) -> None:
+        if status not in wanted:
+            raise RuntimeError(f"{what}: HTTP {status}")
+
+    def blob(pair: tuple[str, str]) -> None:
+        repo, digest = pair
+        status, data, _ = source.ask("GET", f"/v2/{repo}/blobs/{digest}")
+        expect(status, (200,), f"GET blob {repo}@{digest}")
+        status, _, response = target.ask("POST", f"/v2/{repo}/blobs/uploads/")
+        expect(status, (202,), f"POST upload {repo}")
+        location = response.getheader("Location", "").removeprefix(secondary.url)
+        status, _, _ = target.ask(
+            "PUT", f"{location}{'&' if '?' in location else '?'}digest={quote(digest, safe='')}",
+            {"Content-Type": "application/octet-stream"}, data)
+        expect(status, (201,), f"PUT blob {repo}@{digest}")
+
+    def manifest(repo: str, reference: str) -> None:
+        status, raw, response = source.ask("GET", f"/v2/{repo}/manifests/{reference}",
+                                           {"Accept": mt.MANIFEST_ACCEPT})
+        expect(status, (200,), f"GET manifest {repo}:{reference}")
+        media_type = response.getheader("Content-Type", "")
+        if media_type in mt.INDEXES:
+            for child in json.loads(raw)["manifests"]:
+                manifest(repo, child["digest"])
+        status, _, _ = target.ask("PUT", f"/v2/{repo}/manifests/{reference}",
+                                  {"Content-Type": media_type}, raw)
+        expect(status, (201,), f"PUT manifest {repo}:{reference}")
+
+    started = time.perf_counter()
+    try:
+        with ThreadPoolExecutor(parallelism) as pool:
+            list(pool.map(blob, sorted(corpus.repo_blobs)))
+            list(pool.map(lambda spec: manifest(spec.repository, spec.tag), corpus.specs))
+        run.rc = 0
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        run.rc, run.error = 1, str(exc)
+    run.seconds = time.perf_counter() - started
+    run.note = (f"{len(corpus.repo_blobs)} blob uploads, {corpus.tags} tags: manifest GET + PUT "
+                f"each (an index's children first), bare http.client x{parallelism}")
     return run
 
 

@@ -30,7 +30,7 @@ from registry_replication.config import ConfigError, RegistryConfig
 from registry_replication.errors import RegistryError
 from registry_replication.outcomes import BlobOutcome, VerifyLevel
 from registry_replication.plan import Plan, build_plan
-from registry_replication.snapshot import Scope, Snapshot, problem_line
+from registry_replication.snapshot import ReadManifests, Scope, Snapshot, problem_line
 from registry_replication.store import Store
 from registry_replication.sync import SyncOptions, listings, run_sync, snapshots
 
@@ -74,10 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _plan(primary, secondary, options: SyncOptions, args) -> int:
-    source, target, kind = listings(primary, secondary, options, Store())
+    read: ReadManifests = {}
+    source, target, kind = listings(primary, secondary, options, Store(), manifests=read)
     differences = diffs.diff(source, target)
     plan = build_plan(primary, secondary, diffs.wanted(differences),
-                      concurrency=options.concurrency)
+                      concurrency=options.concurrency, known_manifests=read)
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
         return 0

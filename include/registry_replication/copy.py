@@ -11,6 +11,7 @@ secondary never serves an incomplete tag. Every outcome is a record (``BlobResul
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from registry_replication.client import Manifest, RegistryClient, Upload
+from registry_replication.client import Descriptor, Manifest, RegistryClient, Upload
 from registry_replication.leases import Leases
 from registry_replication.outcomes import (
     NOT_PUSHED,
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 DEFAULT_CHUNK_SIZE = 128 * MiB
+# Tags per batch of tag writes: one intent and one record transaction in the store each.
+TAG_BATCH = 64
+# What one tag write came to.
+_WRITTEN, _FOUND, _MOVED = "written", "found", "moved"
 
 
 @dataclass
@@ -117,6 +122,7 @@ class Copier:
         *,
         leases: Leases,
         parallelism: int = 8,
+        concurrency: int = 16,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         progress_interval: float = 10.0,
         manifests: dict[tuple[str, str], Manifest] | None = None,
@@ -127,12 +133,16 @@ class Copier:
         existence checks before each blob and tag; tasks that run later (Airflow batches,
         retries) keep them, so a rerun never transfers what is already there.
 
+        ``parallelism``: blob transfers, or batches of tag writes, in flight; ``concurrency``:
+        manifest requests in flight.
+
         ``leases``: tags are written only under the repository's lease, and only while the
         primary still has the planned digest (checked just before each write)."""
         self.primary = primary
         self.secondary = secondary
         self.leases = leases
         self.parallelism = parallelism
+        self.concurrency = concurrency
         self.chunk_size = chunk_size
         self.progress_interval = progress_interval
         self.manifests = manifests if manifests is not None else {}
@@ -235,57 +245,122 @@ class Copier:
     def push_images(
         self, tasks: Sequence[ImageTask], failed_blobs: Iterable[str] = ()
     ) -> list[ImageResult]:
+        """Push images a batch at a time (one repository's, up to ``TAG_BATCH`` tags),
+        ``parallelism`` batches at once (while one writes the store, the others' requests are in
+        flight), their requests ``concurrency`` in flight; results in ``tasks``' order."""
         failed = set(failed_blobs)
-        with ThreadPoolExecutor(self.parallelism, thread_name_prefix="push") as pool:
-            return list(pool.map(lambda t: self.push_image(t, failed), tasks))
+        batches: list[list[ImageTask]] = []
+        for repository, group in itertools.groupby(
+                sorted(range(len(tasks)), key=lambda i: tasks[i].repository),
+                key=lambda i: tasks[i].repository):
+            batch: list[ImageTask] = []
+            for i in group:
+                if sum(len(t.tags) for t in batch) + len(tasks[i].tags) > TAG_BATCH and batch:
+                    batches.append(batch)
+                    batch = []
+                batch.append(tasks[i])
+            batches.append(batch)
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="push") as requests, \
+                ThreadPoolExecutor(self.parallelism, thread_name_prefix="push-batch") as batcher:
+            done = batcher.map(lambda b: self._push_batch(b, failed, requests), batches)
+            by_task = {id(t): r for batch, results in zip(batches, done)
+                       for t, r in zip(batch, results)}
+        return [by_task[id(t)] for t in tasks]
 
-    def push_image(self, task: ImageTask, failed_blobs: set[str] | None = None) -> ImageResult:
+    def _push_batch(self, tasks: Sequence[ImageTask], failed_blobs: set[str],
+                    requests: ThreadPoolExecutor) -> list[ImageResult]:
+        """One repository's images: children first (by digest), then, under the repository's
+        lease, one intent for every tag of the batch, each tag's compare-and-set and write,
+        and one record of what the secondary acknowledged."""
         started = time.monotonic()
-        result = ImageResult(task.repository, task.digest, task.tags, task.media_type,
-                             ImageOutcome.SKIPPED)
-        blocked = sorted(set(task.blobs) & (failed_blobs or set()))
-        if blocked:
-            result.outcome = ImageOutcome.BLOCKED
-            result.error = (
-                f"not pushed: blob {blocked[0]}" + (f" and {len(blocked) - 1} more" if len(blocked) > 1 else "")
-                + " failed to copy; fix that blob and rerun"
-            )
-        else:
+        repository = tasks[0].repository
+        results = [ImageResult(t.repository, t.digest, t.tags, t.media_type, ImageOutcome.SKIPPED)
+                   for t in tasks]
+        ready = []
+        for task, result in zip(tasks, results):
+            blocked = sorted(set(task.blobs) & failed_blobs)
+            if blocked:
+                result.outcome = ImageOutcome.BLOCKED
+                result.error = (
+                    f"not pushed: blob {blocked[0]}"
+                    + (f" and {len(blocked) - 1} more" if len(blocked) > 1 else "")
+                    + " failed to copy; fix that blob and rerun")
+            else:
+                ready.append((task, result))
+        ready = [pair for pair, ok in zip(ready, requests.map(self._push_children, ready)) if ok]
+        writes = [(task, result, tag) for task, result in ready for tag in task.tags]
+        if writes:
             try:
-                for child in task.children:  # by digest: no tag moves, so no lease needed
-                    if self.secondary.head_manifest(task.repository, child) is None:
-                        self._push(task.repository, child, child)
-                        result.manifests_pushed += 1
-                with self.leases.repository(task.repository):
-                    for tag in task.tags:  # the tags go last, once everything they need is there
-                        self._push_tag(task, tag, result)
+                self._write_tags(repository, writes, requests)
+            except Exception as exc:  # noqa: BLE001 - the unit's boundary: this batch's images
+                for _, result in ready:
+                    result.outcome, result.error = ImageOutcome.FAILED, describe(exc)
+        seconds = (time.monotonic() - started) / max(1, len(tasks))
+        for _, result in ready:
+            if result.outcome != ImageOutcome.FAILED:
                 result.outcome = (ImageOutcome.PUSHED if result.manifests_pushed
                                   else ImageOutcome.SKIPPED)
-            except Exception as exc:  # noqa: BLE001 - the unit's boundary: this image
-                result.outcome = ImageOutcome.FAILED
-                result.error = describe(exc)
-        result.seconds = time.monotonic() - started
-        self.on_result(result)
-        return result
+        for result in results:
+            result.seconds = seconds  # the batch's time, shared by its images
+            self.on_result(result)
+        return results
 
-    def _push_tag(self, task: ImageTask, tag: str, result: ImageResult) -> None:
-        """Point ``tag`` at the planned digest, if the primary still does (compare-and-set)."""
-        now = self.primary.head_manifest(task.repository, tag)
+    def _write_tags(self, repository: str, writes: list[tuple[ImageTask, ImageResult, str]],
+                    requests: ThreadPoolExecutor) -> None:
+        """The batch's tags, under the repository's lease."""
+        with self.leases.repository(repository):
+            # Intent first, for the whole batch: a writer killed before the record leaves
+            # "unknown" on every tag it may have written, never a stale digest. (A tag that
+            # moved keeps its intent: the next cheap run asks the secondary about it.)
+            self.record.intend(repository, [tag for _, _, tag in writes], self.leases.owner)
+            landed = {}
+            for (task, result, tag), outcome in zip(
+                    writes, requests.map(lambda w: self._write_tag(*w), writes)):
+                if isinstance(outcome, Exception):
+                    result.outcome, result.error = ImageOutcome.FAILED, describe(outcome)
+                elif outcome != _MOVED:
+                    landed[tag] = (task.digest, task.media_type)
+                    result.manifests_pushed += outcome == _WRITTEN
+            self.record.record_all(repository, landed, self.leases.owner)
+
+    def _push_children(self, item: tuple[ImageTask, ImageResult]) -> bool:
+        """An index's children, by digest: no tag moves, so no lease needed (nor a check first
+        without ``recheck``: pushing one again changes nothing). False: failed."""
+        task, result = item
+        try:
+            for child in task.children:
+                if not self.recheck or self.secondary.head_manifest(task.repository,
+                                                                    child) is None:
+                    self._push(task.repository, child, child)
+                    result.manifests_pushed += 1
+        except Exception as exc:  # noqa: BLE001 - the unit's boundary: this image
+            result.outcome, result.error = ImageOutcome.FAILED, describe(exc)
+            return False
+        return True
+
+    def _write_tag(self, task: ImageTask, result: ImageResult, tag: str) -> str | Exception:
+        """``_push_tag``, its failure returned rather than raised (one tag fails its image)."""
+        try:
+            return self._push_tag(task, tag, result)
+        except Exception as exc:  # noqa: BLE001 - the unit's boundary: this tag's image
+            return exc
+
+    def _push_tag(self, task: ImageTask, tag: str, result: ImageResult) -> str:
+        """Point ``tag`` at the planned digest, if the primary still does (compare-and-set,
+        conditional: 304 when the tag is unchanged, without the registry reading the
+        manifest). Returns ``_WRITTEN``, ``_FOUND`` (already there) or ``_MOVED``."""
+        planned = Descriptor(task.digest, task.media_type)
+        now = self.primary.head_manifest(task.repository, tag, known=planned)
         if now is None or now.digest != task.digest:
             result.moved[tag] = now.digest if now else None
-            return
+            return _MOVED
         if self.recheck:
-            current = self.secondary.head_manifest(task.repository, tag)
+            current = self.secondary.head_manifest(task.repository, tag, known=planned)
             if current is not None and current.digest == task.digest:
-                self.record.record(task.repository, tag, task.digest, self.leases.owner,
-                                   task.media_type)
-                return
-        # Intent first: a writer killed after the PUT leaves "unknown", never a stale digest.
-        self.record.intend(task.repository, [tag], self.leases.owner)
+                return _FOUND
         self.leases.check()
         self._push(task.repository, task.digest, tag)
-        self.record.record(task.repository, tag, task.digest, self.leases.owner, task.media_type)
-        result.manifests_pushed += 1
+        return _WRITTEN
 
     def _push(self, repository: str, digest: str, reference: str) -> None:
         manifest = self.manifests.get((repository, digest))

@@ -120,6 +120,7 @@ class LimitExceeded(RegistryError):
     limit: float | int | None = None
 
     def __post_init__(self) -> None:
+        self.message = f"{self.message} (bound: {self.setting} = {self.limit})"
         if self.advice is None:
             self.advice = (
                 f"a well-formed image never comes near this bound ({self.setting} = "

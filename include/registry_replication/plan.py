@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
@@ -170,12 +170,19 @@ def build_plan(
     wanted: Iterable[WantedTag],
     *,
     concurrency: int = 16,
+    known_manifests: Mapping[tuple[str, str], Manifest] | None = None,
 ) -> Plan:
-    """Plan the copy of every wanted tag: each image (repository, digest) once, with its tags."""
+    """Plan the copy of every wanted tag: each image (repository, digest) once, with its tags.
+
+    ``known_manifests``: {(repository, digest): manifest} already read (by the listing), not
+    read again."""
     tags_of: dict[tuple[str, str], set[str]] = defaultdict(set)
     for w in wanted:
         tags_of[(w.repository, w.digest)].add(w.tag)
     plan = Plan()
+    for image in tags_of if known_manifests else ():
+        if (found := known_manifests.get(image)) is not None:
+            plan.manifests[image] = found
     with ThreadPoolExecutor(concurrency, thread_name_prefix="plan") as pool:
         tasks = pool.map(lambda item: _image_task(primary, *item[0], sorted(item[1]), plan),
                          sorted(tags_of.items()))

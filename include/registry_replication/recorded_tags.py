@@ -74,8 +74,16 @@ class TagRecord:
     def record(self, repository: str, tag: str, digest: str | None, written_by: str,
                media_type: str | None = None) -> None:
         """The secondary confirmed ``tag`` on ``digest`` (None: the tag is gone)."""
+        self.record_all(repository, {tag: (digest, media_type)}, written_by)
+
+    def record_all(self, repository: str,
+                   confirmed: Mapping[str, tuple[str | None, str | None]],
+                   written_by: str) -> None:
+        """The secondary confirmed each tag on its (digest, media type), in one transaction
+        (digest None: the tag is gone)."""
         self._put(repository, {tag: (PRESENT, digest, media_type) if digest else
-                               (ABSENT, None, None)}, written_by)
+                               (ABSENT, None, None)
+                               for tag, (digest, media_type) in confirmed.items()}, written_by)
 
     def _put(self, repository: str, rows: Mapping[str, tuple[str, str | None, str | None]],
              written_by: str) -> None:
@@ -202,6 +210,8 @@ class RunKind:
     kind: str  # full | cheap
     reason: str
     sampled: int = 0  # recorded tags HEADed to check the record (record_check)
+    # Asked for, or the cadence's: the secondary is listed again after writing, too.
+    verification_due: bool = False
 
     def line(self) -> str:
         return f"{self.kind} run: {self.reason}"
@@ -211,7 +221,7 @@ def choose(record: TagRecord, registry: str, scope: Scope, repositories: list[st
            full_verify: bool, cadence_hours: float, at: dt.datetime | None = None) -> RunKind:
     """Full or cheap, and why (the run log and summary say it)."""
     if full_verify:
-        return RunKind("full", "a full verification was asked for")
+        return RunKind("full", "a full verification was asked for", verification_due=True)
     stamps = record.verified(registry)
     if not stamps:
         return RunKind("full", f"no record of the secondary {registry} yet")
@@ -223,7 +233,8 @@ def choose(record: TagRecord, registry: str, scope: Scope, repositories: list[st
         if age > cadence_hours:
             return RunKind("full", f"the last full verification ({oldest}, "
                                    f"{stamps[oldest]:%Y-%m-%d %H:%M} UTC) is {age:.1f}h old, "
-                                   f"older than full_verify_hours={cadence_hours:g}")
+                                   f"older than full_verify_hours={cadence_hours:g}",
+                           verification_due=True)
         return RunKind("cheap", f"the secondary as recorded, last fully verified "
                                 f"{stamps[oldest]:%Y-%m-%d %H:%M} UTC ({age:.1f}h ago, "
                                 f"full_verify_hours={cadence_hours:g})")

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from registry_replication import mediatypes as mt
-from registry_replication.client import Descriptor, RegistryClient
-from registry_replication.errors import RegistryError
+from registry_replication.client import Descriptor, Manifest, RegistryClient
+from registry_replication.errors import NotFoundError, RegistryError
 from registry_replication.outcomes import describe
 from registry_replication.reference import InvalidReference, validate_repository, validate_tag
 
@@ -135,6 +135,8 @@ REPOSITORY_BATCH = 32
 Row = tuple[str, str, str, str]
 # What the caller last saw of some repositories' tags: {(repository, tag): descriptor}.
 KnownTags = Callable[[Sequence[str]], Mapping[tuple[str, str], Descriptor]]
+# Manifests a listing read, for the plan: {(repository, digest): manifest}.
+ReadManifests = dict[tuple[str, str], Manifest]
 
 
 @dataclass
@@ -154,11 +156,12 @@ def take_snapshot(
     concurrency: int = 16,
     repositories: Iterable[str] | None = None,
     known: KnownTags | None = None,
+    manifests: ReadManifests | None = None,
 ) -> Snapshot:
     """List a registry into memory. ``repositories`` skips the catalog and lists just those."""
     rows: list[Row] = []
     listing = stream_snapshot(client, rows.extend, scope, concurrency=concurrency,
-                              repositories=repositories, known=known)
+                              repositories=repositories, known=known, manifests=manifests)
     return Snapshot(listing.registry, pd.DataFrame(rows, columns=COLUMNS), listing.errors,
                     listing.problems)
 
@@ -172,6 +175,7 @@ def stream_snapshot(
     repositories: Iterable[str] | None = None,
     batch: int = REPOSITORY_BATCH,
     known: KnownTags | None = None,
+    manifests: ReadManifests | None = None,
 ) -> Listing:
     """List a registry, ``batch`` repositories at a time (their tag lists, then a ``HEAD`` of
     each tag, ``concurrency`` requests in flight), handing each batch's rows to ``sink``: a
@@ -181,6 +185,10 @@ def stream_snapshot(
     of the secondary's tags). Each of those tags is ``HEAD``ed conditionally: the registry
     confirms an unchanged tag without reading its manifest. Whatever ``known`` says, the rows
     are what the registry holds now.
+
+    ``manifests``: each tag no conditional ``HEAD`` can confirm is read with a ``GET`` instead,
+    its manifest kept there: the tags a copy will most likely need, read once for the listing
+    and the plan (distribution reads the manifest for a plain ``HEAD`` all the same).
     """
     listing = Listing(client.url)
     errors, problems = listing.errors, listing.problems
@@ -240,10 +248,23 @@ def stream_snapshot(
 
     expected: Mapping[tuple[str, str], Descriptor] = {}
 
+    def read_whole(repository: str, tag: str) -> Descriptor | None:
+        try:
+            manifest = client.get_manifest(repository, tag)
+        except NotFoundError as exc:
+            if exc.code in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN"):
+                return None  # deleted since the tag list: simply not there
+            raise  # not the registry's 404 (a proxy's page?): never taken for "gone"
+        manifests[(repository, manifest.digest)] = manifest
+        return Descriptor(manifest.digest, manifest.media_type, len(manifest.raw))
+
     def head(pair: tuple[str, str]) -> Row | None:
         repository, tag = pair
         try:
-            descriptor = client.head_manifest(repository, tag, known=expected.get(pair))
+            if manifests is not None and pair not in expected:
+                descriptor = read_whole(repository, tag)
+            else:
+                descriptor = client.head_manifest(repository, tag, known=expected.get(pair))
         except Exception as exc:  # noqa: BLE001 - the unit's boundary: one tag
             failed(repository, tag, exc)
             return None

@@ -21,6 +21,7 @@ from registry_replication.leases import Leases
 from registry_replication.outcomes import (
     NOT_PUSHED,
     BlobOutcome,
+    ImageOutcome,
     PruneOutcome,
     VerifyLevel,
     summarize,
@@ -28,7 +29,7 @@ from registry_replication.outcomes import (
 from registry_replication.plan import Plan, build_plan
 from registry_replication.prune import PruneRefused, PruneResult, prunable, prune
 from registry_replication.recorded_tags import RunKind, TagRecord, secondary_listing
-from registry_replication.snapshot import Scope, Snapshot, take_snapshot
+from registry_replication.snapshot import COLUMNS, ReadManifests, Scope, Snapshot, take_snapshot
 from registry_replication.store import Store
 
 log = logging.getLogger(__name__)
@@ -105,14 +106,15 @@ def snapshots(
 
 def listings(
     primary: RegistryClient, secondary: RegistryClient, options: SyncOptions, store: Store,
-    *, written_by: str = "listing",
+    *, written_by: str = "listing", manifests: ReadManifests | None = None,
 ) -> tuple[Snapshot, Snapshot, RunKind]:
-    """The primary, listed (conditionally on the record of the secondary's tags); the
-    secondary, listed (a full run) or as recorded (a cheap run)."""
+    """The primary, listed (conditionally on the record of the secondary's tags; ``manifests``:
+    the tags the record lacks are read whole, into it); the secondary, listed (a full run) or
+    as recorded (a cheap run)."""
     with ThreadPoolExecutor(2) as pool:
         source = pool.submit(take_snapshot, primary, options.scope,
                              concurrency=options.concurrency, repositories=options.repositories,
-                             known=TagRecord(store).descriptors)
+                             known=TagRecord(store).descriptors, manifests=manifests)
         target = pool.submit(secondary_listing, secondary, primary, store, options.scope,
                              repositories=options.repositories, concurrency=options.concurrency,
                              full_verify=options.full_verify,
@@ -141,18 +143,22 @@ def run_sync(
     forced = level != VerifyLevel.TAGS and not options.full_verify
     if forced:  # a deep verification starts from a listing of the secondary
         options = replace(options, full_verify=True)
+    read: ReadManifests = {}  # each manifest the listing read whole, for the plan
     source, target, kind = listings(primary, secondary, options, leases.store,
-                                    written_by=leases.owner)
+                                    written_by=leases.owner, manifests=read)
     if forced:
-        kind = RunKind("full", f"a {level} verification lists the secondary ({why})")
+        kind = RunKind("full", f"a {level} verification lists the secondary ({why})",
+                       verification_due=True)
     differences = diffs.diff(source, target)
     plan = build_plan(primary, secondary, diffs.wanted(differences),
-                      concurrency=options.concurrency)
+                      concurrency=options.concurrency, known_manifests=read)
+    del read  # the plan keeps those it needs
     report = SyncReport(source, target, differences, plan, run_kind=kind, level=level)
     if options.dry_run:
         log.info("dry run: nothing copied\n%s", diffs.summary(differences).to_string())
     else:
         copier = Copier(primary, secondary, leases=leases, parallelism=options.parallelism,
+                        concurrency=options.concurrency,
                         manifests=plan.manifests, recheck=False,
                         **({"chunk_size": options.chunk_size} if options.chunk_size else {}))
         report.blobs = copier.copy_blobs(plan.blobs)
@@ -173,25 +179,58 @@ def run_sync(
                 leases=leases,
                 fraction=options.content_verify_fraction, concurrency=options.concurrency,
                 parallelism=options.parallelism)
-        report.verification = diffs.verify(source, _after(secondary, target, report, options))
+        # A deep verification may have repaired anything: then every repository is listed.
+        after = secondary_after(secondary, target, report.images, report.pruned,
+                                scope=options.scope, concurrency=options.concurrency,
+                                unsure={s.repository for s in plan.skipped},
+                                relist_all=kind.verification_due or report.deep is not None)
+        report.verification = diffs.verify(source, after)
         report.damaged = verifying.settle(leases.store, report.verification, level)
     report.seconds = time.monotonic() - started
     return report
 
 
-def _after(
-    secondary: RegistryClient, before: Snapshot, report: SyncReport, options: SyncOptions
+def secondary_after(
+    secondary: RegistryClient, before: Snapshot, images: Iterable[ImageResult],
+    pruned: Iterable[PruneResult], *, scope: Scope, concurrency: int,
+    unsure: Iterable[str] = (), relist_all: bool = False,
 ) -> Snapshot:
-    """The secondary after the sync: listed again only where this run changed something."""
-    changed = sorted({r.repository for r in report.images if r.manifests_pushed}
-                     | {r.repository for r in report.pruned if r.outcome != PruneOutcome.WOULD_DELETE})
-    if not changed:
-        return before
-    fresh = take_snapshot(secondary, options.scope, concurrency=options.concurrency,
-                          repositories=changed)
-    kept = before.tags[~before.tags["repository"].isin(changed)]
-    return Snapshot(before.registry, pd.concat([kept, fresh.tags], ignore_index=True),
-                    before.errors + fresh.errors, before.problems + fresh.problems)
+    """The secondary after a run's writes, for its verification: the listing the run began
+    with plus the writes the secondary acknowledged. Listed again: the repositories where
+    something did not go as planned (a write failed, blocked or skipped, a tag moved, a removal
+    not done; ``unsure``), or, when a full verification is due (``relist_all``), every
+    repository the run changed."""
+    images, pruned = list(images), list(pruned)
+    done = (ImageOutcome.PUSHED, ImageOutcome.SKIPPED)
+    changed = ({r.repository for r in images if r.manifests_pushed or r.moved}
+               | {r.repository for r in pruned if r.outcome != PruneOutcome.WOULD_DELETE})
+    doubtful = ({r.repository for r in images if r.outcome not in done or r.moved}
+                | set(unsure)
+                | {r.repository for r in pruned if r.outcome not in
+                   (PruneOutcome.DELETED, PruneOutcome.WOULD_DELETE)})
+    relist = sorted(changed | doubtful if relist_all else doubtful)
+    listed_again = set(relist)
+    written = pd.DataFrame(
+        [(r.repository, tag, r.digest, r.media_type) for r in images
+         if r.outcome in done and r.repository not in listed_again for tag in r.tags],
+        columns=COLUMNS)
+    replaced = ({(r.repository, r.tag) for r in pruned if r.outcome == PruneOutcome.DELETED}
+                | set(zip(written["repository"], written["tag"])))
+    keep = [repository not in listed_again and (repository, tag) not in replaced
+            for repository, tag in zip(before.tags["repository"], before.tags["tag"])]
+    frames = [before.tags.loc[pd.Series(keep, index=before.tags.index, dtype=bool)], written]
+    errors, problems = before.errors, before.problems
+    if relist:
+        log.info("verification: listing again %d repositories where this run's writes did not "
+                 "all go as planned%s: %s", len(relist),
+                 " (or changed: a full verification is due)" if relist_all else "",
+                 ", ".join(relist[:10]) + (" ..." if len(relist) > 10 else ""))
+        fresh = take_snapshot(secondary, scope, concurrency=concurrency, repositories=relist)
+        frames.append(fresh.tags)
+        errors, problems = errors + fresh.errors, problems + fresh.problems
+    frames = [f for f in frames if len(f)]
+    return Snapshot(before.registry, pd.concat(frames, ignore_index=True) if frames
+                    else pd.DataFrame(columns=COLUMNS), errors, problems)
 
 
 def failed_digests(results: Iterable[BlobResult]) -> set[str]:

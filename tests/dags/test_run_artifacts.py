@@ -33,7 +33,7 @@ def test_reconcile_writes_its_artifacts_to_storage_and_removes_old_runs(
     caplog.set_level("INFO", logger="registry_replication.airflow")
     result = run("registry_reconcile")
     assert result.state == "success"
-    # It wrote to the secondary: verification listed it again and found it in sync.
+    # It wrote to the secondary: its listing plus the acknowledged writes are in sync.
     assert "changed nothing on the secondary" not in caplog.text
     assert "verification: 1 of 1 repositories in sync" in caplog.text
     for tag, img in pushed.items():

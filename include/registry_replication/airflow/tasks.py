@@ -54,13 +54,14 @@ from registry_replication.plan import (
     batch_label,
     build_plan,
 )
-from registry_replication.prune import PruneRefused, prunable, prune
+from registry_replication.prune import PruneRefused, PruneResult, prunable, prune
 from registry_replication.recorded_tags import (
     RunKind,
     TagRecord,
     full_verify_hours,
     secondary_listing,
 )
+from registry_replication.sync import secondary_after
 from registry_replication.snapshot import (
     Scope,
     Snapshot,
@@ -263,10 +264,11 @@ def snapshot(conn_id: str) -> dict[str, Any]:
             full_verify=p.get("full_verify", False) or forced, cadence_hours=FULL_VERIFY_HOURS,
             written_by=f"{dag_run.dag_id}/{dag_run.run_id}")
         if forced:
-            kind = RunKind("full", f"a {level} verification lists the secondary ({why})")
+            kind = RunKind("full", f"a {level} verification lists the secondary ({why})",
+                           verification_due=True)
         ref = artifacts.write_snapshot(folder, name, result)
         ref.update(run_kind=kind.line(), kind=kind.kind, sampled=kind.sampled,
-                   verify_level=level.value)
+                   verify_level=level.value, verification_due=kind.verification_due)
         matched_nothing = result.complete and result.tags.empty
     else:
         # Streamed: each batch of repositories' rows goes to storage as soon as it is listed;
@@ -414,6 +416,7 @@ def _copier(context: Any, leases: Leases) -> Copier:
     tag); a retry checks again before each blob and tag, so it never transfers twice."""
     return Copier(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID, writable=True),
                   leases=leases, parallelism=_params()["parallelism"],
+                  concurrency=_params()["concurrency"],
                   recheck=context["ti"].try_number > 1)
 
 
@@ -521,18 +524,35 @@ def verify_closure(primary: dict[str, Any]) -> dict[str, Any]:
 def verify(primary: dict[str, Any]) -> dict[str, Any]:
     """Geo's verification: per-repository checksums of (tag, digest) on both sides.
 
-    The secondary is listed again unless this run found nothing to change (a no-op): then the
-    complete snapshot it took of the secondary at the start is what is verified.
+    The secondary as this run saw it: its snapshot from the start of the run plus the writes
+    the secondary acknowledged (``sync.secondary_after``: listed again only where a write did
+    not go as planned, or where the run changed something when a full verification is due).
+    Listed again whole when a copy task left no records (it died).
     """
     p = _params()
-    ti = get_current_context()["ti"]
+    context = get_current_context()
+    ti = context["ti"]
     differences = ti.xcom_pull(task_ids="diff")
     taken = ti.xcom_pull(task_ids="snapshot_secondary")
-    before = _snapshot(taken) if taken and differences and differences["changes"] == 0 else None
-    if before is not None and before.complete:
+    refs = _pulled(context, "push_manifests", "results")
+    pruned = ti.xcom_pull(task_ids="prune_tags")
+    recorded = (taken and differences and pruned is not None
+                and len(refs) == len(ti.xcom_pull(task_ids="plan", key="image_batches") or []))
+    before = _snapshot(taken) if recorded else None
+    if before is not None and before.complete and differences["changes"] == 0:
         log.info("this run changed nothing on the secondary: its snapshot from the start of the "
                  "run is verified rather than listing it again")
         after = before
+    elif before is not None:
+        folder = _run_folder()
+        after = secondary_after(
+            _client(SECONDARY_CONN_ID), before,
+            [_result(ImageResult, r) for ref in refs
+             for r in artifacts.read_json_lines(folder / ref["file"])],
+            [_result(PruneResult, r) for r in artifacts.read_json_lines(folder / pruned["file"])]
+            if pruned.get("file") else [],
+            scope=_scope(p), concurrency=p["concurrency"],
+            relist_all=bool(taken.get("verification_due")))
     else:
         after = take_snapshot(_client(SECONDARY_CONN_ID), _scope(p), concurrency=p["concurrency"],
                               repositories=p["repositories"] or None)
