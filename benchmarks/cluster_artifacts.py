@@ -22,8 +22,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from registry_replication.store import Store
-from registry_replication.store.schema import metadata, run_artifacts
+from registry_replication.store.schema import run_artifacts
 from replication_harness.cluster import AirflowCluster
 from replication_harness.measure import load_average, markdown, prepare_workdir
 from replication_harness.registry import LocalRegistry
@@ -77,11 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 secondary = LocalRegistry(secondary_dir, name="secondary").start()
                 registries.append(secondary)
                 cluster.set_connection("registry_secondary", secondary.connection())
-                store = Store(cluster.store_url)
-                with store.engine.begin() as conn:
-                    for table in reversed(metadata.sorted_tables):
-                        if table.name != "rr_schema":
-                            conn.execute(table.delete())
+                store = cluster.empty_store()
                 for kind in ("full", "no-op"):
                     run_id = cluster.trigger("registry_reconcile")
                     state = cluster.wait_for_run("registry_reconcile", run_id, timeout=3600)

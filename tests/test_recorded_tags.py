@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from collections import Counter
 import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -44,6 +44,17 @@ def any_store(request, tmp_path) -> Store:
 def proxy(secondary) -> Iterator[FaultProxy]:
     with FaultProxy(secondary.url) as proxy:
         yield proxy
+
+
+def cli_sync(primary, secondary, proxy: FaultProxy, store: Store) -> subprocess.Popen[str]:
+    """A CLI sync in a process of its own (a test can kill it), writing through ``proxy``."""
+    env = {**os.environ, "REGISTRY_REPLICATION_DB_URL": store.url,
+           "REGISTRY_REPLICATION_LEASE_SECONDS": "2"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "registry_replication.cli", "sync",
+         "--primary", json.dumps(primary.connection()),
+         "--secondary", json.dumps({**secondary.connection(), "host": proxy.url})],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def through(registry, url: str, *, writable: bool = False) -> RegistryClient:
@@ -242,13 +253,7 @@ def test_a_writer_killed_between_the_tag_write_and_its_record_leaves_an_intent(
     images.push(primary_writer, "app", second, ["v1"])
 
     hold = proxy.hold("PUT", "/manifests/v1")
-    env = {**os.environ, "REGISTRY_REPLICATION_DB_URL": store.url,
-           "REGISTRY_REPLICATION_LEASE_SECONDS": "2"}
-    writer = subprocess.Popen(
-        [sys.executable, "-m", "registry_replication.cli", "sync",
-         "--primary", json.dumps(primary.connection()),
-         "--secondary", json.dumps({**secondary.connection(), "host": proxy.url})],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    writer = cli_sync(primary, secondary, proxy, store)
     assert hold.arrived.wait(60), writer.communicate(timeout=60)[0] if writer.poll() else ""
     writer.kill()
     writer.wait(30)
@@ -282,13 +287,7 @@ def test_a_writer_killed_mid_batch_leaves_intents_on_the_whole_batch(
     new = {tag: images.push(primary_writer, "app", factory.make(), [tag]) for tag in tags}
 
     hold = proxy.hold("PUT", "/manifests/t3")
-    env = {**os.environ, "REGISTRY_REPLICATION_DB_URL": store.url,
-           "REGISTRY_REPLICATION_LEASE_SECONDS": "2"}
-    writer = subprocess.Popen(
-        [sys.executable, "-m", "registry_replication.cli", "sync",
-         "--primary", json.dumps(primary.connection()),
-         "--secondary", json.dumps({**secondary.connection(), "host": proxy.url})],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    writer = cli_sync(primary, secondary, proxy, store)
     assert hold.arrived.wait(60), writer.communicate(timeout=60)[0] if writer.poll() else ""
     written = [tag for tag in tags if tag != "t3"]
     _wait_for(lambda: all(secondary_reader.head_manifest("app", tag).digest == new[tag]

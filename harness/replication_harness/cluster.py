@@ -33,6 +33,8 @@ import requests
 
 from cryptography.fernet import Fernet
 
+from registry_replication.store import Store
+from registry_replication.store.schema import metadata
 from replication_harness.postgres import LocalPostgres
 from replication_harness.registry import free_port
 from replication_harness.standalone import AirflowStandalone
@@ -279,6 +281,15 @@ class AirflowCluster(AirflowStandalone):
                        by_address.get(ti["hostname"], ti["hostname"]))
                       for ti in instances
                       if (tasks is None or ti["task_id"] in tasks) and ti["hostname"])
+
+    def empty_store(self) -> Store:
+        """The cluster's replication store, every row of every table gone (its schema kept)."""
+        store = Store(self.store_url)
+        with store.engine.begin() as conn:
+            for table in reversed(metadata.sorted_tables):
+                if table.name != "rr_schema":
+                    conn.execute(table.delete())
+        return store
 
     def set_connection(self, conn_id: str, connection: dict[str, Any]) -> None:
         """Create or replace an Airflow connection in the metadata DB (through the REST API),

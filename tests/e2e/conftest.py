@@ -20,7 +20,6 @@ from replication_harness.postgres import LocalPostgres
 from replication_harness.registry import LocalRegistry, Notifications, free_port
 from replication_harness.standalone import AirflowStandalone
 from registry_replication.store import Store
-from registry_replication.store.schema import metadata
 
 SECRET = "e2e_Notification-Secret"
 
@@ -55,12 +54,7 @@ def use_cluster(cluster: AirflowCluster) -> Callable[..., Store]:
         cluster.wait_ready()  # a worker a test before this one restarted
         cluster.set_connection("registry_primary", primary.connection(**primary_extra))
         cluster.set_connection("registry_secondary", secondary.connection())
-        store = Store(cluster.store_url)
-        with store.engine.begin() as conn:
-            for table in reversed(metadata.sorted_tables):
-                if table.name != "rr_schema":
-                    conn.execute(table.delete())
-        return store
+        return cluster.empty_store()
 
     return use
 
