@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from registry_replication.client import RegistryClient
-from registry_replication.errors import RegistryError
+from registry_replication.outcomes import describe
 from registry_replication.store.schema import now, recorded_tags
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,9 @@ def check_record(secondary: RegistryClient, engine: sa.Engine, repositories: Seq
     holding = sorted(rows)
     try:
         catalog = set(secondary.catalog())
-    except RegistryError as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure: the record is not trusted
         return RecordCheck(lost=f"the secondary's catalog could not be read to check the record "
-                                f"({exc.without_advice})")
+                                f"({describe(exc)})")
     check = RecordCheck(catalog=len(catalog))
     missing = [r for r in holding if r not in catalog]
     if missing:
@@ -77,8 +77,8 @@ def check_record(secondary: RegistryClient, engine: sa.Engine, repositories: Seq
         repository, tag, digest = item
         try:
             found = secondary.head_manifest(repository, tag)
-        except RegistryError as exc:
-            return f"{repository}:{tag} could not be checked ({exc.without_advice})"
+        except Exception as exc:  # noqa: BLE001 - the unit's boundary: this tag
+            return f"{repository}:{tag} could not be checked ({describe(exc)})"
         if found is None:
             return f"{repository}:{tag} is recorded on {digest} but absent on the secondary"
         if found.digest != digest:

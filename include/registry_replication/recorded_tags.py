@@ -40,6 +40,7 @@ import sqlalchemy as sa
 
 from registry_replication.client import Descriptor, RegistryClient
 from registry_replication.errors import RegistryError
+from registry_replication.outcomes import describe
 from registry_replication.record_check import RecordCheck, check_record
 from registry_replication.reference import InvalidReference, validate_repository
 from registry_replication.snapshot import COLUMNS, Scope, Snapshot, problem_line, take_snapshot
@@ -354,14 +355,15 @@ def _heads(secondary: RegistryClient, pairs: list[tuple[str, str]], concurrency:
     def head(pair: tuple[str, str]):
         try:
             return pair, secondary.head_manifest(*pair), None
-        except RegistryError as exc:
+        except Exception as exc:  # noqa: BLE001 - the unit's boundary: this tag
             return pair, None, exc
 
     with ThreadPoolExecutor(max(1, min(concurrency, len(pairs)))) as pool:
         for (repository, tag), descriptor, exc in pool.map(head, pairs):
             if exc is not None:
-                problem = {"repository": repository, "tag": tag, "reason": exc.without_advice,
-                           "advice": exc.advice or "the next run retries"}
+                problem = {"repository": repository, "tag": tag,
+                           "reason": getattr(exc, "without_advice", None) or describe(exc),
+                           "advice": getattr(exc, "advice", None) or "the next run retries"}
                 log.error("cannot check %s on %s: %s", f"{repository}:{tag}", secondary.url,
                           problem_line(problem))
                 failed.append(problem)
