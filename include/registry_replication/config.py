@@ -12,6 +12,7 @@ or its URI form ``oci-registry://login:password@host:port/https?auth=jwt&...``.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -59,13 +60,16 @@ class Bounds:
         values = {}
         for name, f in cls.__dataclass_fields__.items():
             if name in extra:
-                kind = float if f.type == "float" else int
-                try:
-                    values[name] = kind(extra[name])
+                raw = extra[name]
+                try:  # bool is an int to Python, and float("nan") and "inf" parse
+                    number = float(raw) if not isinstance(raw, bool) else math.nan
                 except (TypeError, ValueError):
-                    raise ConfigError(f"{name} must be a number, not {str(extra[name])[:40]!r}") from None
-                if values[name] <= 0:
-                    raise ConfigError(f"{name} must be positive")
+                    number = math.nan
+                whole = f.type != "float"
+                if not (math.isfinite(number) and number > 0) or whole and not number.is_integer():
+                    raise ConfigError(f"{name} must be a positive {'whole ' if whole else ''}"
+                                      f"number, not {str(raw)[:40]!r}")
+                values[name] = int(number) if whole else number
         return cls(**values)
 
 

@@ -382,3 +382,13 @@ def test_a_storage_redirect_to_the_registrys_own_host_and_port_is_followed(conne
         assert b"".join(client_for(registry).read_blob("group/app", digest)) == data
         assert [r.path.split("/")[1] for r in registry.received] == ["v2", "storage"]
     assert set(connections_made) == {("127.0.0.1", registry.port)}
+
+
+@pytest.mark.parametrize("name, value", [
+    *((name, value) for name in ("max_manifest_bytes", "image_plan_seconds")
+      for value in ("nan", "inf", 1e400, "1e400", -1, 0, "x", None, [], True)),
+    ("max_index_depth", 1.5), ("max_index_depth", "8.5")])
+def test_a_bound_that_is_not_a_positive_finite_number_is_refused(name, value):
+    with pytest.raises(ConfigError, match=name):
+        RegistryConfig.from_connection({"conn_type": "oci_registry", "host": "https://r.example",
+                                        "extra": {"auth": "anonymous", name: value}})
