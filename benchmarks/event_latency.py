@@ -32,8 +32,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from registry_replication.client import RegistryClient
 from registry_replication.store.schema import events
+from registry_replication.transport.client import RegistryClient
 from replication_harness import images
 from replication_harness.event_stack import event_stack
 from replication_harness.measure import load_average

@@ -49,8 +49,8 @@ from pathlib import Path
 
 import psutil
 
-from registry_replication.recorded_tags import TagRecord
 from registry_replication.store import Store
+from registry_replication.store.record import TagRecord
 from replication_harness.floor import floor_full_copy, floor_primary_noop
 from replication_harness.measure import (
     ENGINE,

@@ -27,12 +27,12 @@ from pathlib import Path
 import psutil
 import requests
 
-from registry_replication.client import RegistryClient
+from registry_replication.store import Store
+from registry_replication.transport.client import RegistryClient
 from replication_harness import images
 from replication_harness.event_stack import event_stack
 from replication_harness.standalone import AirflowStandalone
 from replication_harness.watch import PrimaryHistory, ReplicaWatcher, tags_of
-from registry_replication.store import Store
 
 REPOSITORIES = ("soak/a", "soak/b", "soak/c", "soak/multi")
 TAGS = tuple(f"t{i}" for i in range(6))

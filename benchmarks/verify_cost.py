@@ -18,14 +18,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from registry_replication import verify as verifying
-from registry_replication.client import RegistryClient
-from registry_replication.config import RegistryConfig
-from registry_replication.leases import Leases
+from registry_replication.engine import verify as verifying
+from registry_replication.engine.leases import Leases
+from registry_replication.engine.snapshot import take_snapshot
+from registry_replication.engine.sync import SyncOptions, run_sync
 from registry_replication.outcomes import VerifyLevel
-from registry_replication.snapshot import take_snapshot
 from registry_replication.store import Store
-from registry_replication.sync import SyncOptions, run_sync
+from registry_replication.transport.client import RegistryClient
+from registry_replication.transport.config import RegistryConfig
 from replication_harness import synthetic
 from replication_harness.registry import LocalRegistry
 from replication_harness.servers import FaultProxy

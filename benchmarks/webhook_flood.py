@@ -27,11 +27,11 @@ from pathlib import Path
 import requests
 import sqlalchemy as sa
 
-from replication_harness.registry import free_port
-from registry_replication.notifications import ENVELOPE_MEDIA_TYPE
 from registry_replication.outcomes import EventStatus
 from registry_replication.store import Store
 from registry_replication.store.schema import events
+from registry_replication.web.notifications import ENVELOPE_MEDIA_TYPE
+from replication_harness.registry import free_port
 
 SECRET = "flood-benchmark-secret-0123456789abcdef"
 DIGEST = "sha256:" + "d" * 64
@@ -49,7 +49,7 @@ def serve(db_url: str, port: int, log: Path, workers: int = 1) -> subprocess.Pop
            "REGISTRY_REPLICATION_DB_URL": db_url}
     Store(db_url)  # the schema, before the first request
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "registry_replication.webhook:create_app", "--factory",
+        [sys.executable, "-m", "uvicorn", "registry_replication.web.webhook:create_app", "--factory",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
          "--workers", str(workers)],
         env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)

@@ -16,29 +16,34 @@ os.environ["AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES"] = "0"  # failures show
 # replicate_events ends after its batch unless a test asks for the hot drain.
 os.environ["AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS"] = "0"
 
+import datetime as dt
 import json
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
-from registry_replication.client import RegistryClient
-from registry_replication.leases import Leases
+from registry_replication.engine.leases import Leases
+from registry_replication.store import Store
+from registry_replication.store.queue import Event
+from registry_replication.transport.client import RegistryClient
+from registry_replication.web.webhook import create_app
+from replication_harness import envelopes
 from replication_harness.dag_runs import load_dags, migrate_metadata_db
 from replication_harness.keys import KeyPair, generate_key_pair
 from replication_harness.postgres import LocalPostgres
 from replication_harness.registry import LocalRegistry, Notifications
-from replication_harness.servers import TokenService
+from replication_harness.servers import TokenService, serve_on_loopback
 from replication_harness.skopeo import LOGIN
-from registry_replication.store import Store
-
 
 
 @pytest.fixture(autouse=True)
 def default_store(tmp_path_factory: pytest.TempPathFactory,
                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test's own default replication store: the record of the secondary's tags
-    (``recorded_tags``) must not outlive the registries a test started."""
+    (``store.record``) must not outlive the registries a test started."""
     folder = tmp_path_factory.mktemp("default-store")
     monkeypatch.setenv("REGISTRY_REPLICATION_DB_URL", f"sqlite:///{folder / 'replication.db'}")
 
@@ -163,3 +168,50 @@ def leases(store: Store) -> Iterator[Leases]:
     """A writer's leases in the test's store."""
     with Leases(store) as held:
         yield held
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A replication store's URL on each backend: a SQLite file, then a database of its own on
+    the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'replication.db'}"
+    return request.getfixturevalue("postgres").create_database(f"store_{uuid.uuid4().hex[:12]}")
+
+
+# When the events of ``ev`` happened: ``ev(i)`` is i seconds after.
+T0 = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.timezone.utc)
+
+
+@pytest.fixture
+def ev() -> Callable[..., Event]:
+    """Events as the webhook stores them: ``ev(i, action, repository, tag, digest)`` is event
+    ``e<i>`` at ``T0`` + i seconds (by default a push of ``group/app`` naming no tag or digest)."""
+
+    def make(i: int, action: str = "push", repository: str = "group/app",
+             tag: str | None = None, digest: str | None = None,
+             media_type: str | None = None) -> Event:
+        return Event(f"e{i}", action, repository, tag, digest, media_type,
+                     T0 + dt.timedelta(seconds=i))
+
+    return make
+
+
+@pytest.fixture
+def webhook_secret() -> str:
+    """The secret the webhook and the notifying registries share."""
+    return envelopes.SECRET
+
+
+@pytest.fixture
+def webhook(store: Store, webhook_secret: str) -> TestClient:
+    """The webhook app in process, storing into ``store`` (``replication_harness.envelopes``
+    builds what to post to it)."""
+    return TestClient(create_app(store, secret=webhook_secret))
+
+
+@pytest.fixture
+def webhook_url(store: Store, webhook_secret: str) -> Iterator[str]:
+    """The webhook behind a real server on a loopback port, storing into ``store``."""
+    with serve_on_loopback(create_app(store, secret=webhook_secret)) as url:
+        yield f"{url}/events"

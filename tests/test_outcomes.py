@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from registry_replication.copy import BlobResult, ImageResult
+from registry_replication.engine.copy import BlobResult, ImageResult
+from registry_replication.engine.prune import PruneResult
 from registry_replication.outcomes import (
     BlobOutcome,
     EventStatus,
@@ -14,7 +15,6 @@ from registry_replication.outcomes import (
     human_size,
     summarize,
 )
-from registry_replication.prune import PruneResult
 
 
 def results() -> tuple[list[BlobResult], list[ImageResult], list[PruneResult]]:

@@ -22,11 +22,12 @@ from typing import Any
 
 import pytest
 
-from registry_replication import plan, realtime, webhook
-from registry_replication.client import RegistryClient
-from registry_replication.config import RegistryConfig
-from registry_replication.copy import Copier
+from registry_replication.engine import plan, realtime
+from registry_replication.engine.copy import Copier
 from registry_replication.store.queue import EventQueue
+from registry_replication.transport.client import RegistryClient
+from registry_replication.transport.config import RegistryConfig
+from registry_replication.web import webhook
 from replication_harness import images
 from replication_harness.registry import Notifications
 from replication_harness.servers import serve_on_loopback

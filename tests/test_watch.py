@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
+from registry_replication.engine.prune import untag
 from replication_harness import images
 from replication_harness.watch import PrimaryHistory, ReplicaWatcher
-from registry_replication.prune import untag
 
 
 def wait_samples(watch: ReplicaWatcher, more: int = 2) -> None:

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import requests
-
 from cryptography.fernet import Fernet
 
 from registry_replication.store import Store

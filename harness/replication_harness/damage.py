@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from registry_replication.client import RegistryClient
+from registry_replication.transport.client import RegistryClient
 from replication_harness import images
 from replication_harness.registry import LocalRegistry
 

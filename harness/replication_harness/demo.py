@@ -22,7 +22,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from registry_replication.client import RegistryClient
+from registry_replication.transport.client import RegistryClient
 from replication_harness import corpus, images
 from replication_harness.cluster import AirflowCluster
 from replication_harness.keys import generate_key_pair

@@ -17,12 +17,12 @@ import signal
 import sys
 import time
 
-from registry_replication.client import RegistryClient
-from registry_replication.config import RegistryConfig
-from registry_replication.leases import Leases
+from registry_replication.engine.leases import Leases
+from registry_replication.engine.realtime import replicate_events
 from registry_replication.outcomes import EventStatus
-from registry_replication.realtime import replicate_events
 from registry_replication.store import Store
+from registry_replication.transport.client import RegistryClient
+from registry_replication.transport.config import RegistryConfig
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import requests
 
-from registry_replication import mediatypes as mt
+from registry_replication.transport import mediatypes as mt
 from replication_harness.measure import Run, measured, read_usage, run_child
 from replication_harness.registry import LocalRegistry
 from replication_harness.synthetic import Corpus

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 
-from registry_replication import mediatypes as mt
-from registry_replication.client import RegistryClient
+from registry_replication.transport import mediatypes as mt
+from registry_replication.transport.client import RegistryClient
 from replication_harness import images
 from replication_harness.images import Image
 

@@ -17,9 +17,9 @@ from urllib.parse import urljoin
 
 import requests
 
-from registry_replication import mediatypes as mt
-from registry_replication.auth import JwtAuth
-from registry_replication.client import RegistryClient
+from registry_replication.transport import mediatypes as mt
+from registry_replication.transport.auth import JwtAuth
+from registry_replication.transport.client import RegistryClient
 from replication_harness.registry import GITLAB_ISSUER, GITLAB_SERVICE, LocalRegistry
 
 

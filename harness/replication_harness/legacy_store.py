@@ -11,7 +11,6 @@ from alembic.runtime.migration import MigrationContext
 from registry_replication.store import Store, migrate
 from registry_replication.store.queue import Event
 from registry_replication.store.schema import metadata
-
 from replication_harness import premigration_store as old
 
 T0 = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.timezone.utc)

@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 
-from registry_replication.config import RegistryConfig
+from registry_replication.transport.config import RegistryConfig
 from replication_harness.keys import KeyPair
 
 REGISTRY_BINARY = "docker-registry"

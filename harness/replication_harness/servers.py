@@ -22,10 +22,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from registry_replication.auth import JwtAuth
+from registry_replication.transport.auth import JwtAuth
 from replication_harness.keys import KeyPair
 from replication_harness.registry import GITLAB_ISSUER, GITLAB_SERVICE
-
 
 # distribution's token check allows this much clock skew on exp and nbf (token.Leeway).
 JWT_LEEWAY_SECONDS = 60

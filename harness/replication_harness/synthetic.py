@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from registry_replication import mediatypes as mt
-from registry_replication.client import RegistryClient
+from registry_replication.transport import mediatypes as mt
+from registry_replication.transport.client import RegistryClient
 from replication_harness.images import Blob, Image, image, index, shared_config
 from replication_harness.registry import LocalRegistry
 

@@ -15,14 +15,23 @@ A tag pointed at a tombstone (a deletion in progress) counts as absent.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from registry_replication.client import RegistryClient
-from registry_replication.errors import RegistryError
-from registry_replication.prune import is_tombstone
+from registry_replication.engine.prune import TOMBSTONE_ARTIFACT_TYPE
+from registry_replication.transport.client import RegistryClient
+from registry_replication.transport.errors import RegistryError
+
+
+def is_tombstone(raw: bytes) -> bool:
+    """Whether a manifest is one of prune's tombstones (the tag it held is being removed)."""
+    try:
+        return json.loads(raw).get("artifactType") == TOMBSTONE_ARTIFACT_TYPE
+    except (ValueError, AttributeError):
+        return False
 
 
 def tags_of(client: RegistryClient) -> dict[tuple[str, str], str]:

@@ -24,15 +24,15 @@ from dataclasses import asdict
 
 import pandas as pd
 
-from registry_replication import diff as diffs
-from registry_replication.client import RegistryClient
-from registry_replication.config import ConfigError, RegistryConfig
-from registry_replication.errors import RegistryError
-from registry_replication.outcomes import BlobOutcome, VerifyLevel
-from registry_replication.plan import Plan, build_plan
-from registry_replication.snapshot import ReadManifests, Scope, Snapshot, problem_line
+from registry_replication.engine import diff as diffs
+from registry_replication.engine.plan import Plan, build_plan
+from registry_replication.engine.snapshot import ReadManifests, problem_line
+from registry_replication.engine.sync import SyncOptions, listings, run_sync, snapshots
+from registry_replication.outcomes import BlobOutcome, Scope, Snapshot, VerifyLevel
 from registry_replication.store import Store
-from registry_replication.sync import SyncOptions, listings, run_sync, snapshots
+from registry_replication.transport.client import RegistryClient
+from registry_replication.transport.config import ConfigError, RegistryConfig
+from registry_replication.transport.errors import RegistryError
 
 log = logging.getLogger("registry_replication")
 

@@ -1,4 +1,5 @@
-"""What happened to each thing a run touched, the run's summary, and how sizes read.
+"""What happened to each thing a run touched, the run's summary, and how sizes read; and the two
+values every layer passes around: a run's ``Scope`` and a registry's ``Snapshot``.
 
 Every result type names its result ``outcome``, typed by the ``StrEnum`` of its kind. The values
 are the strings the logs, XCom records and the replication store have always held, so records
@@ -7,10 +8,16 @@ written before these types existed read back the same.
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class BlobOutcome(StrEnum):
@@ -135,3 +142,66 @@ def describe(exc: BaseException) -> str:
         return text
     return (f"{type(exc).__name__}: {text[:500]} (unexpected: the task log has the traceback; "
             "the object is skipped, others go on)")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which repositories and tags to replicate.
+
+    ``include``/``exclude`` are glob patterns on repository names (``group/*``); ``tags`` is a
+    regular expression a tag must match in full.
+    """
+
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    tags: str = ".*"
+
+    def __post_init__(self) -> None:
+        try:
+            re.compile(self.tags)
+        except re.error as exc:
+            raise ValueError(f"tag pattern {self.tags!r} is not a valid regular expression: {exc}")
+
+    def wants_repository(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in self.include) and not any(
+            fnmatch.fnmatchcase(name, p) for p in self.exclude
+        )
+
+    def wants_tag(self, tag: str) -> bool:
+        return re.fullmatch(self.tags, tag) is not None
+
+    @classmethod
+    def of(
+        cls,
+        include: Iterable[str] | None = None,
+        exclude: Iterable[str] | None = None,
+        tags: str | None = None,
+    ) -> Scope:
+        return cls(tuple(include or ("*",)), tuple(exclude or ()), tags or ".*")
+
+
+@dataclass
+class Snapshot:
+    """One registry's tags within a scope.
+
+    ``errors`` (the catalog could not be read) make the whole snapshot incomplete; each of
+    ``problems`` ({repository, tag, reason, advice}) makes only its repository incomplete.
+    """
+
+    registry: str
+    tags: pd.DataFrame
+    errors: list[str] = field(default_factory=list)
+    problems: list[dict[str, str | None]] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.errors and not self.problems
+
+    @property
+    def repositories(self) -> list[str]:
+        return sorted(self.tags["repository"].unique())
+
+    @property
+    def problem_repositories(self) -> set[str]:
+        """Repositories whose listing is incomplete: never pruned from this snapshot."""
+        return {p["repository"] for p in self.problems if p["repository"]}

@@ -17,10 +17,10 @@ from airflow.sdk import Connection
 from airflow.sdk.log import mask_secret, redact
 from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
-from registry_replication import secrets
 from registry_replication.airflow.hooks import OciRegistryHook
 from registry_replication.airflow.provider import get_provider_info
-from registry_replication.config import ConfigError
+from registry_replication.transport import secrets
+from registry_replication.transport.config import ConfigError
 from replication_harness.keys import KeyPair
 from replication_harness.registry import LocalRegistry
 
@@ -251,9 +251,10 @@ def test_connection_form(fresh_providers: None) -> None:
 
 
 def test_provider_info_matches_airflows_schemas() -> None:
-    import airflow
     import jsonschema
     from airflow.providers_manager import _create_provider_info_schema_validator
+
+    import airflow
 
     info = get_provider_info()
     _create_provider_info_schema_validator().validate(info)

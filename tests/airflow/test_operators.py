@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from airflow.sdk import DAG
+
 from replication_harness import images
 from replication_harness.skopeo import skopeo_raw
 

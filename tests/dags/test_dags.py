@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from registry_replication.store import Store
+from registry_replication.store.record import TagRecord
 from replication_harness import corpus, images
 from replication_harness.dag_runs import load_dags, run
-from registry_replication.recorded_tags import TagRecord
-from registry_replication.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
@@ -177,8 +177,8 @@ def replicate_push(primary_reader, secondary_writer, repository, tag, digest):
     """The event path replicating one push, with its own leases in the DAGs' store."""
     import datetime as dt
 
-    from registry_replication.leases import Leases
-    from registry_replication.realtime import replicate_events
+    from registry_replication.engine.leases import Leases
+    from registry_replication.engine.realtime import replicate_events
     from registry_replication.store.queue import Event
 
     event = Event(f"{repository}:{tag}@{digest}", "push", repository, tag, digest, None,

@@ -12,12 +12,11 @@ import json
 import threading
 import time
 
-
-from registry_replication.client import RegistryClient
+from registry_replication.store.queue import Event
+from registry_replication.transport.client import RegistryClient
 from replication_harness import images
 from replication_harness.dag_runs import run, wait_for_events
 from replication_harness.registry import Notifications
-from registry_replication.store.queue import Event
 
 
 def test_pushes_during_the_drain_replicate_in_the_same_run(

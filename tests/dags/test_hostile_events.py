@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 
-from registry_replication.client import RegistryClient
+from registry_replication.transport.client import RegistryClient
 from replication_harness import hostile, images
 from replication_harness.dag_runs import run
 from replication_harness.registry import Notifications

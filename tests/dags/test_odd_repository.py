@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from registry_replication.store import Store
+from registry_replication.web.status import status
 from replication_harness import images
 from replication_harness.dag_runs import run
-from registry_replication.status import status
-from registry_replication.store import Store
 
 ODD = "Foo/app"
 

@@ -19,15 +19,15 @@ from airflow.sdk._shared.observability.metrics.base_stats_logger import NoStatsL
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from registry_replication.client import RegistryClient
-from replication_harness import images
-from replication_harness.dag_runs import load_dags, run, wait_for_events
-from replication_harness.registry import Notifications
-from replication_harness.skopeo import skopeo_raw
 from registry_replication.outcomes import EventStatus
 from registry_replication.store import Store
 from registry_replication.store.queue import Event
 from registry_replication.store.schema import copied_bytes, events, runs
+from registry_replication.transport.client import RegistryClient
+from replication_harness import images
+from replication_harness.dag_runs import load_dags, run, wait_for_events
+from replication_harness.registry import Notifications
+from replication_harness.skopeo import skopeo_raw
 
 METRICS_TOKEN = "scrape-Token-1"
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
+from registry_replication.store import Store
 from replication_harness.cluster import AirflowCluster
 from replication_harness.postgres import LocalPostgres
 from replication_harness.registry import LocalRegistry, Notifications, free_port
 from replication_harness.standalone import AirflowStandalone
-from registry_replication.store import Store
 
 SECRET = "e2e_Notification-Secret"
 

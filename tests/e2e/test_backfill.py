@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import time
 
+from registry_replication.store import Store
 from replication_harness import corpus
 from replication_harness.standalone import AirflowStandalone
-from registry_replication.store import Store
 
 
 def test_backfill_runs_reconcile_idempotently(tmp_path, primary, secondary, primary_writer,

@@ -10,11 +10,12 @@ from __future__ import annotations
 import statistics
 import time
 
-from registry_replication.client import RegistryClient
+from registry_replication.transport.client import RegistryClient
 from replication_harness import images
 from replication_harness.cluster import AirflowCluster
 from replication_harness.standalone import AirflowStandalone
 from replication_harness.watch import wait_for_replica
+
 
 def stop_api_server(airflow: AirflowStandalone) -> None:
     if isinstance(airflow, AirflowCluster):

@@ -12,10 +12,10 @@ import time
 
 import requests
 
-from registry_replication.client import RegistryClient
+from registry_replication.outcomes import EventStatus
+from registry_replication.transport.client import RegistryClient
 from replication_harness import images
 from replication_harness.watch import wait_for_replica
-from registry_replication.outcomes import EventStatus
 
 ODD = "Foo/app"
 

@@ -20,12 +20,12 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from registry_replication.client import RegistryClient
+from registry_replication.store import Store
+from registry_replication.transport.client import RegistryClient
 from replication_harness import images
 from replication_harness.browser import ARTIFACTS, Chromium
 from replication_harness.registry import Notifications, free_port
 from replication_harness.standalone import AirflowStandalone
-from registry_replication.store import Store
 
 SECRET = "e2e_Notification-Secret"
 METRICS_TOKEN = "e2e-metrics-Token"

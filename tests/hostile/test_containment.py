@@ -13,10 +13,10 @@ from collections import Counter
 import pytest
 
 from registry_replication.cli import main
-from registry_replication.client import RegistryClient
-from registry_replication.config import RegistryConfig
-from registry_replication.leases import Leases
-from registry_replication.sync import SyncOptions, run_sync
+from registry_replication.engine.leases import Leases
+from registry_replication.engine.sync import SyncOptions, run_sync
+from registry_replication.transport.client import RegistryClient
+from registry_replication.transport.config import RegistryConfig
 from replication_harness import hostile, images
 from replication_harness.dag_runs import run
 from replication_harness.servers import FaultProxy

@@ -48,9 +48,9 @@ def test_the_same_envelope_from_20_senders_at_once_is_stored_once(tmp_path):
 
     import requests
 
-    from replication_harness.registry import free_port
-    from registry_replication.notifications import ENVELOPE_MEDIA_TYPE
     from registry_replication.store import Store
+    from registry_replication.web.notifications import ENVELOPE_MEDIA_TYPE
+    from replication_harness.registry import free_port
 
     spec = importlib.util.spec_from_file_location("webhook_flood", SCRIPT)
     flood = importlib.util.module_from_spec(spec)

@@ -28,18 +28,18 @@ from itertools import count
 
 import psutil
 import pytest
+from fake_http import FakeServer, Received, Reply
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from registry_replication import mediatypes as mt
-from registry_replication.client import RegistryClient
-from registry_replication.config import RegistryConfig
-from registry_replication.leases import Leases
-from registry_replication.sync import SyncOptions, run_sync
+from registry_replication.engine.leases import Leases
+from registry_replication.engine.sync import SyncOptions, run_sync
+from registry_replication.transport import mediatypes as mt
+from registry_replication.transport.client import RegistryClient
+from registry_replication.transport.config import RegistryConfig
 from replication_harness import images
 from replication_harness.images import Image
 from replication_harness.servers import FaultProxy
-from fake_http import FakeServer, Received, Reply
 
 settings.register_profile(
     "ci", max_examples=25, deadline=None, derandomize=True,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 
 from registry_replication.cli import main
+from registry_replication.engine.sync import SyncOptions, run_sync
 from replication_harness import images
-from registry_replication.sync import SyncOptions, run_sync
 from replication_harness.skopeo import skopeo_raw
 
 ODD = "Foo/app"

@@ -3,45 +3,13 @@ what it can, stores the rest as rejected, and never lets one event block the nex
 
 from __future__ import annotations
 
-import json
 import logging
-import uuid
 
 import pytest
-from fastapi.testclient import TestClient
 
-from registry_replication.notifications import ENVELOPE_MEDIA_TYPE
 from registry_replication.outcomes import EventStatus
-from registry_replication.store import Store
-from registry_replication.webhook import create_app
-
-SECRET = "hostile-suite-secret-0123456789abcdef"
-MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-DIGEST = "sha256:" + "b" * 64
-
-
-def event(action="push", repository="group/app", tag="1.0", digest=DIGEST, media_type=MANIFEST,
-          event_id=None, **top):
-    target = {"mediaType": media_type, "repository": repository, "digest": digest}
-    if tag is not None:
-        target["tag"] = tag
-    return {"id": event_id or str(uuid.uuid4()), "timestamp": "2026-11-28T06:00:00Z",
-            "action": action, "target": target, **top}
-
-
-@pytest.fixture
-def store(tmp_path):
-    return Store(f"sqlite:///{tmp_path / 'events.db'}")
-
-
-@pytest.fixture
-def client(store):
-    return TestClient(create_app(store, secret=SECRET))
-
-
-def post(client, events):
-    return client.post("/events", content=json.dumps({"events": events}).encode(),
-                       headers={"Content-Type": ENVELOPE_MEDIA_TYPE, "Authorization": SECRET})
+from registry_replication.web.webhook import create_app
+from replication_harness.envelopes import SECRET, event, post
 
 
 @pytest.mark.parametrize("repository", [
@@ -51,9 +19,9 @@ def post(client, events):
     "x0/" * 4 + "x" * (255 - 12),  # five deep and 255 characters
 ])
 @pytest.mark.parametrize("tag", ["t" * 128, "_x", "V1.0-rc_1"])
-def test_names_at_the_grammars_limits_are_kept(client, store, repository, tag):
+def test_names_at_the_grammars_limits_are_kept(webhook, store, repository, tag):
     assert len(repository) <= 255
-    response = post(client, [event(repository=repository, tag=tag)])
+    response = post(webhook, events=[event(repository=repository, tag=tag)])
     assert response.status_code == 200, response.text
     assert response.json()["stored"] == 1 and response.json()["rejected"] == 0
     (row,) = store.queue.events()
@@ -85,11 +53,11 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize("case,fields,reason", HOSTILE, ids=[h[0] for h in HOSTILE])
-def test_an_event_out_of_grammar_is_rejected_and_the_rest_kept(client, store, case, fields,
+def test_an_event_out_of_grammar_is_rejected_and_the_rest_kept(webhook, store, case, fields,
                                                                reason):
     bad = event(**fields)
     good = event(tag="after")
-    response = post(client, [bad, good])
+    response = post(webhook, events=[bad, good])
     assert response.status_code == 200, response.text
     assert response.json() == {"stored": 2, "rejected": 1, "duplicates": 0, "ignored": 0}
     rows = {row["id"]: row for row in store.queue.events()}
@@ -116,10 +84,10 @@ def test_an_event_out_of_grammar_is_rejected_and_the_rest_kept(client, store, ca
     {k: v for k, v in event().items() if k != "timestamp"},
 ], ids=["no target", "target not an object", "10k id", "empty id", "numeric id", "bad timestamp",
         "no timestamp"])
-def test_broken_kept_events_are_rejected_with_a_stable_id(client, store, broken):
+def test_broken_kept_events_are_rejected_with_a_stable_id(webhook, store, broken):
     good = event(tag="after")
     for _ in range(2):  # the registry redelivers: still stored once
-        response = post(client, [broken, good])
+        response = post(webhook, events=[broken, good])
         assert response.status_code == 200, response.text
     rows = store.queue.events()
     assert sorted(r["status"] for r in rows) == [EventStatus.PENDING, EventStatus.REJECTED]
@@ -127,9 +95,9 @@ def test_broken_kept_events_are_rejected_with_a_stable_id(client, store, broken)
     assert 0 < len(rejected["id"]) <= 255 and rejected["last_error"].startswith("rejected: ")
 
 
-def test_blob_pull_and_mount_events_are_not_validated(client, store):
+def test_blob_pull_and_mount_events_are_not_validated(webhook, store):
     garbage = dict(repository="Foo/../x", digest="not-a-digest", tag=None)
-    response = post(client, [
+    response = post(webhook, events=[
         event(media_type="application/octet-stream", **garbage),  # blob push
         event(action="pull", repository="Foo/app", tag="bad tag"),
         event(action="mount", media_type="application/octet-stream", **garbage),
@@ -140,36 +108,36 @@ def test_blob_pull_and_mount_events_are_not_validated(client, store):
     assert [(r["status"], r["tag"]) for r in store.queue.events()] == [(EventStatus.PENDING, "ok")]
 
 
-def test_one_bad_event_never_blocks_the_next_envelopes(client, store):
+def test_one_bad_event_never_blocks_the_next_envelopes(webhook, store):
     """distribution retries a refused envelope forever: every envelope must get a 2xx."""
     for i in range(20):
         events = [event(repository="Foo/app", tag=f"v{i}"), event(tag=f"v{i}")]
-        assert post(client, events).status_code == 200
+        assert post(webhook, events=events).status_code == 200
     counts = store.queue.stats()["counts"]
     assert (counts[EventStatus.PENDING], counts[EventStatus.REJECTED]) == (20, 20)
 
 
-def test_no_schema_or_docs_routes(client):
+def test_no_schema_or_docs_routes(webhook):
     for path in ("/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"):
-        assert client.get(path).status_code == 404, path
+        assert webhook.get(path).status_code == 404, path
 
 
 def test_short_secret_warns_at_start_up(store, caplog):
-    with caplog.at_level(logging.WARNING, logger="registry_replication.webhook"):
+    with caplog.at_level(logging.WARNING, logger="registry_replication.web.webhook"):
         create_app(store, secret="short-secret")
     assert "REGISTRY_NOTIFICATION_SECRET is 12 characters long" in caplog.text
     assert "short-secret" not in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="registry_replication.webhook"):
+    with caplog.at_level(logging.WARNING, logger="registry_replication.web.webhook"):
         create_app(store, secret=SECRET)
     assert caplog.text == ""
 
 
-def test_rejected_events_are_counted_and_shown_on_the_status_page(client, store):
+def test_rejected_events_are_counted_and_shown_on_the_status_page(webhook, store):
     from registry_replication.airflow.status_page import render
-    from registry_replication.status import status
+    from registry_replication.web.status import status
 
-    post(client, [event(repository="Foo/app", tag="1.0"), event(tag="1.0")])
+    post(webhook, events=[event(repository="Foo/app", tag="1.0"), event(tag="1.0")])
     s = status(store)
     assert s["queue"]["counts"][EventStatus.REJECTED] == 1 and s["queue"]["depth"] == 1
     (shown,) = s["rejected_events"]

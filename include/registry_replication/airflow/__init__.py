@@ -9,6 +9,6 @@ from __future__ import annotations
 
 from airflow.sdk.log import mask_secret
 
-from registry_replication.secrets import register_masker
+from registry_replication.transport.secrets import register_masker
 
 register_masker(mask_secret)

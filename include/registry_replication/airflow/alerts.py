@@ -22,15 +22,15 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.configuration import conf
-from markupsafe import Markup
 from airflow.sdk import DeadlineAlert, DeadlineReference, SyncCallback
-from airflow.sdk.observability.stats import Stats
 from airflow.sdk.module_loading import import_string
+from airflow.sdk.observability.stats import Stats
+from markupsafe import Markup
 
-from registry_replication import metrics
 from registry_replication.outcomes import RepositoryState
-from registry_replication.status import run_url
 from registry_replication.store import Store
+from registry_replication.web import metrics
+from registry_replication.web.status import run_url
 
 log = logging.getLogger("registry_replication.airflow")
 

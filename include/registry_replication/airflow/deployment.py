@@ -1,6 +1,6 @@
 """This deployment's shared state, read from Airflow's configuration: where run artifacts go,
 and the refusal of a store or artifacts path that the executor's machines cannot share
-(``registry_replication.sharing`` judges; this reads ``[core] executor`` and the settings)."""
+(``registry_replication.engine.sharing`` judges; this reads ``[core] executor`` and the settings)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from airflow.configuration import AIRFLOW_HOME, conf
 from airflow.sdk import ObjectStoragePath
 from airflow.sdk.exceptions import AirflowFailException
 
-from registry_replication import sharing
-from registry_replication.artifacts import ArtifactUnreadable
+from registry_replication.engine import sharing
+from registry_replication.engine.artifacts import ArtifactUnreadable
 from registry_replication.store import default_url
 
 Function = TypeVar("Function", bound=Callable[..., Any])

@@ -6,10 +6,10 @@ from dataclasses import replace
 
 from airflow.sdk import BaseHook
 
-from registry_replication import secrets
-from registry_replication.client import RegistryClient
-from registry_replication.config import ConfigError, RegistryConfig
-from registry_replication.errors import RegistryError
+from registry_replication.transport import secrets
+from registry_replication.transport.client import RegistryClient
+from registry_replication.transport.config import ConfigError, RegistryConfig
+from registry_replication.transport.errors import RegistryError
 
 TEST_TIMEOUT_SECONDS = 10.0
 

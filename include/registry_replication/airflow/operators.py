@@ -27,11 +27,11 @@ from registry_replication.airflow.tasks import (
     SECONDARY_CONN_ID,
     ReplicationFailed,
 )
-from registry_replication.leases import Leases
-from registry_replication.outcomes import NOT_PUSHED, BlobOutcome
-from registry_replication.snapshot import Scope, problem_line
+from registry_replication.engine.leases import Leases
+from registry_replication.engine.snapshot import problem_line
+from registry_replication.engine.sync import SyncOptions, SyncReport, run_sync
+from registry_replication.outcomes import NOT_PUSHED, BlobOutcome, Scope
 from registry_replication.store import Store
-from registry_replication.sync import SyncOptions, SyncReport, run_sync
 
 
 class ReplicateImagesOperator(BaseOperator):

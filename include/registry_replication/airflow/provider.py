@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from registry_replication import __version__
-from registry_replication.config import AUTH_KINDS
+from registry_replication.transport.config import AUTH_KINDS
 
 CONN_TYPE = "oci_registry"
 INTEGRATION = "OCI Registry Replication"

@@ -42,11 +42,11 @@ from jinja2 import Environment, PackageLoader
 from markupsafe import Markup, escape
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from registry_replication import metrics, webhook
 from registry_replication.airflow import deployment
 from registry_replication.outcomes import VerifyLevel, human_size
-from registry_replication.status import run_url, status
 from registry_replication.store import Store
+from registry_replication.web import metrics, webhook
+from registry_replication.web.status import run_url, status
 
 log = logging.getLogger("registry_replication.airflow")
 

@@ -26,26 +26,16 @@ from airflow.configuration import conf
 from airflow.sdk import Param, TriggerRule, get_current_context, task
 from airflow.utils.net import get_hostname
 
-from registry_replication import artifacts
-from registry_replication import diff as diffs
-from registry_replication import realtime
-from registry_replication import verify as verifying
 from registry_replication.airflow import alerts, deployment
 from registry_replication.airflow.deployment import checked
 from registry_replication.airflow.hooks import OciRegistryHook
-from registry_replication.copy import BlobResult, Copier, ImageResult
-from registry_replication.diff import IN_SYNC
-from registry_replication.leases import Leases
-from registry_replication.outcomes import (
-    NOT_PUSHED,
-    BlobOutcome,
-    PermanentFailure,
-    RepositoryState,
-    VerifyLevel,
-    human_size,
-    summarize,
-)
-from registry_replication.plan import (
+from registry_replication.engine import artifacts, realtime
+from registry_replication.engine import diff as diffs
+from registry_replication.engine import verify as verifying
+from registry_replication.engine.copy import BlobResult, Copier, ImageResult
+from registry_replication.engine.diff import IN_SYNC
+from registry_replication.engine.leases import Leases
+from registry_replication.engine.plan import (
     DEFAULT_BATCH_BYTES,
     BlobTask,
     ImageTask,
@@ -54,24 +44,29 @@ from registry_replication.plan import (
     batch_label,
     build_plan,
 )
-from registry_replication.prune import PruneRefused, PruneResult, prunable, prune
-from registry_replication.recorded_tags import (
-    RunKind,
-    TagRecord,
-    full_verify_hours,
-    secondary_listing,
-)
-from registry_replication.sync import secondary_after
-from registry_replication.snapshot import (
+from registry_replication.engine.prune import PruneRefused, PruneResult, prunable, prune
+from registry_replication.engine.secondary_listing import secondary_listing
+from registry_replication.engine.snapshot import problem_line, stream_snapshot, take_snapshot
+from registry_replication.engine.sync import secondary_after
+from registry_replication.outcomes import (
+    NOT_PUSHED,
+    BlobOutcome,
+    PermanentFailure,
+    RepositoryState,
     Scope,
     Snapshot,
-    problem_line,
-    stream_snapshot,
-    take_snapshot,
+    VerifyLevel,
+    human_size,
+    summarize,
 )
 from registry_replication.store import Store, retention
 from registry_replication.store.artifacts import ArtifactRecords
 from registry_replication.store.queue import Event
+from registry_replication.store.record import (
+    RunKind,
+    TagRecord,
+    full_verify_hours,
+)
 
 log = logging.getLogger("registry_replication.airflow")
 

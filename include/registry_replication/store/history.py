@@ -12,7 +12,14 @@ import sqlalchemy as sa
 from registry_replication.store.engine import dialect_insert
 from registry_replication.store.queue import Event
 from registry_replication.store.schema import (
-    aware, carried, copied_bytes, dag_outcomes, failed_layers, now, push_latency, runs,
+    aware,
+    carried,
+    copied_bytes,
+    dag_outcomes,
+    failed_layers,
+    now,
+    push_latency,
+    runs,
     sent_alerts,
 )
 

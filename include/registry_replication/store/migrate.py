@@ -24,7 +24,7 @@ from alembic.util import CommandError
 log = logging.getLogger(__name__)
 
 VERSION_TABLE = "rr_alembic_version"
-BASELINE = "0001"  # the schema of SCHEMA_VERSION = 1, from before migrations
+BASELINE = "0001"  # the schema from before migrations (``rr_schema`` version 1)
 MIGRATIONS = Path(__file__).parent / "migrations"
 # pg_advisory_xact_lock key: "rr_migr" as an integer, distinct from any key Airflow takes.
 _ADVISORY_LOCK = int.from_bytes(b"rr_migr", "big")

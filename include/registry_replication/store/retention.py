@@ -21,12 +21,24 @@ import sqlalchemy as sa
 
 from registry_replication.store.engine import dialect_insert
 from registry_replication.store.history import (
-    BYTES_COPIED, LATENCY_BUCKETS, LATENCY_COUNT, LATENCY_MICROSECONDS, latency_bucket,
+    BYTES_COPIED,
+    LATENCY_BUCKETS,
+    LATENCY_COUNT,
+    LATENCY_MICROSECONDS,
+    latency_bucket,
 )
 from registry_replication.store.queue import FINISHED, finished_total
 from registry_replication.store.schema import (
-    carried_totals, copied_bytes, dag_outcomes, events, failed_layers, now, push_latency,
-    run_artifacts, runs, sent_alerts,
+    carried_totals,
+    copied_bytes,
+    dag_outcomes,
+    events,
+    failed_layers,
+    now,
+    push_latency,
+    run_artifacts,
+    runs,
+    sent_alerts,
 )
 
 RETENTION_DAYS_ENV = "REGISTRY_REPLICATION_HISTORY_RETENTION_DAYS"

@@ -1,7 +1,7 @@
 """The replication store's tables, on one ``MetaData`` (every table of the store goes here).
 
 The schema itself is created and changed only by the Alembic revisions in ``migrations/``;
-``tests/test_store.py`` checks that they produce exactly these tables.
+``tests/store/test_store.py`` checks that they produce exactly these tables.
 """
 
 from __future__ import annotations

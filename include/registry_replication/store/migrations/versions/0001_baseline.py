@@ -1,4 +1,4 @@
-"""Baseline: the schema of SCHEMA_VERSION = 1, from before migrations.
+"""Baseline: the schema from before migrations (``rr_schema`` version 1).
 
 Revision ID: 0001
 Revises:

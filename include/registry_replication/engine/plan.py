@@ -1,0 +1,431 @@
+"""Plan a copy: which blobs to transfer or mount, and which manifests to push, in batches.
+
+Blobs first, manifests after: a blob needed by several repositories crosses the network from
+the primary once, into one repository; the others get it by cross-repository mount on the
+secondary. A plan holds digests, not manifest bodies (the manifests it read stay in
+``Plan.manifests`` for an in-process copy): the DAGs write its batches to the run's folder as
+Parquet (``engine.artifacts``), and the CLI prints it as JSON (``Plan.to_dict``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import math
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+from registry_replication.outcomes import human_size
+from registry_replication.transport import mediatypes as mt
+from registry_replication.transport.client import Manifest, RegistryClient
+from registry_replication.transport.errors import (
+    LimitExceeded,
+    NotFoundError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnavailableError,
+)
+from registry_replication.transport.reference import validate_digest
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_BYTES = 1 << 30
+MAX_BATCHES = 256  # far below Airflow's max_map_length (1024)
+# Blobs per copy task: bounds a task's records, results and log, whatever the blobs' sizes.
+MAX_BLOBS_PER_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class WantedTag:
+    """A tag the secondary should point at ``digest``, the primary's (as the caller knows it)."""
+
+    repository: str
+    tag: str
+    digest: str
+
+
+@dataclass
+class BlobTask:
+    """Put one blob into ``target`` (and then ``mounts``) on the secondary.
+
+    The bytes come from ``source`` on the primary, unless ``mount_from`` names a secondary
+    repository that already holds them.
+    """
+
+    digest: str
+    size: int
+    source: str
+    target: str
+    mounts: list[str] = field(default_factory=list)
+    mount_from: str | None = None
+
+    @property
+    def repositories(self) -> list[str]:
+        return [self.target, *self.mounts]
+
+
+@dataclass
+class ImageTask:
+    """Push one manifest (children first, by digest) and then point its tags at it."""
+
+    repository: str
+    digest: str
+    media_type: str
+    tags: list[str]
+    children: list[str] = field(default_factory=list)  # digests, in push order
+    blobs: list[str] = field(default_factory=list)  # every blob it needs, children's included
+
+    @property
+    def label(self) -> str:
+        more = f" +{len(self.tags) - 1} more" if len(self.tags) > 1 else ""
+        return f"{self.repository}:{self.tags[0]}{more}" if self.tags else self.repository
+
+
+@dataclass
+class Skipped:
+    """An image the plan leaves out, and why (unsupported type, unreadable manifest).
+
+    ``permanent``: the object itself is the reason (malformed, unsupported, past a bound), so
+    asking again changes nothing until it is pushed again; otherwise the registry could not
+    answer (down, refusing us, too slow), and a later try may succeed.
+    """
+
+    repository: str
+    tags: list[str]
+    digest: str
+    media_type: str
+    reason: str
+    permanent: bool = True
+
+
+@dataclass
+class Plan:
+    blobs: list[BlobTask] = field(default_factory=list)
+    images: list[ImageTask] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    # Manifests read while planning, for an in-process copy to reuse (never serialised).
+    manifests: dict[tuple[str, str], Manifest] = field(default_factory=dict, repr=False)
+    cache: ManifestCache = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.cache = ManifestCache(self.manifests)
+
+    @property
+    def transfer_bytes(self) -> int:
+        return sum(b.size for b in self.blobs if b.mount_from is None)
+
+    def blob_batches(
+        self, batch_bytes: int = DEFAULT_BATCH_BYTES, max_batches: int = MAX_BATCHES,
+        max_blobs: int = MAX_BLOBS_PER_BATCH,
+    ) -> list[list[BlobTask]]:
+        """Batches of about ``batch_bytes`` and at most ``max_blobs`` blobs each (unless that
+        would take more than ``max_batches``), balanced by bytes (largest blob first)."""
+        if not self.blobs:
+            return []
+        wanted = max(1, math.ceil(self.transfer_bytes / batch_bytes),
+                     math.ceil(len(self.blobs) / max_blobs))
+        count = min(max_batches, len(self.blobs), wanted)
+        cap = max(max_blobs, math.ceil(len(self.blobs) / count))
+        heap = [(0, i) for i in range(count)]
+        batches: list[list[BlobTask]] = [[] for _ in range(count)]
+        for task in sorted(self.blobs, key=lambda t: (-_cost(t), t.digest)):
+            load, i = heapq.heappop(heap)
+            batches[i].append(task)
+            if len(batches[i]) < cap:  # a full batch takes no more
+                heapq.heappush(heap, (load + _cost(task), i))
+        return batches
+
+    def image_batches(
+        self, batch_size: int = 100, max_batches: int = MAX_BATCHES
+    ) -> list[list[ImageTask]]:
+        if not self.images:
+            return []
+        size = max(batch_size, math.ceil(len(self.images) / max_batches))
+        return [self.images[i : i + size] for i in range(0, len(self.images), size)]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "blobs": [asdict(b) for b in self.blobs],
+            "images": [asdict(i) for i in self.images],
+            "skipped": [asdict(s) for s in self.skipped],
+        }
+
+
+def build_plan(
+    primary: RegistryClient,
+    secondary: RegistryClient,
+    wanted: Iterable[WantedTag],
+    *,
+    concurrency: int = 16,
+    known_manifests: Mapping[tuple[str, str], Manifest] | None = None,
+) -> Plan:
+    """Plan the copy of every wanted tag: each image (repository, digest) once, with its tags.
+
+    ``known_manifests``: {(repository, digest): manifest} already read (by the listing), not
+    read again."""
+    tags_of: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for w in wanted:
+        tags_of[(w.repository, w.digest)].add(w.tag)
+    plan = Plan()
+    for image in tags_of if known_manifests else ():
+        if (found := known_manifests.get(image)) is not None:
+            plan.manifests[image] = found
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="plan") as pool:
+        tasks = pool.map(lambda item: _image_task(primary, *item[0], sorted(item[1]), plan),
+                         sorted(tags_of.items()))
+        sizes: dict[str, int] = {}
+        needed: dict[str, list[str]] = defaultdict(list)  # digest -> repositories needing it
+        for task, blob_sizes in tasks:  # each image's sizes are let go once merged
+            if task is None:
+                continue
+            plan.images.append(task)
+            sizes.update(blob_sizes)
+            for digest in task.blobs:
+                if task.repository not in needed[digest]:
+                    needed[digest].append(task.repository)
+        pairs = [(repo, digest) for digest, repos in needed.items() for repo in repos]
+        present = dict(zip(pairs, pool.map(lambda p: _has_blob(secondary, *p), pairs)))
+    for digest, repos in needed.items():
+        holders = [repo for repo in repos if present[(repo, digest)]]
+        lacking = [repo for repo in repos if not present[(repo, digest)]]
+        if not lacking:
+            continue
+        plan.blobs.append(
+            BlobTask(
+                digest=digest,
+                size=sizes[digest],
+                source=lacking[0],
+                target=lacking[0],
+                mounts=lacking[1:],
+                mount_from=holders[0] if holders else None,
+            )
+        )
+    log.info(
+        "plan: %d images to push, %d blobs (%d to transfer, %s), %d skipped",
+        len(plan.images), len(plan.blobs), sum(1 for b in plan.blobs if b.mount_from is None),
+        human_size(plan.transfer_bytes), len(plan.skipped),
+    )
+    return plan
+
+
+def _image_task(
+    primary: RegistryClient, repository: str, digest: str, tags: list[str], plan: Plan
+) -> tuple[ImageTask | None, dict[str, int]]:
+    """The image's task, or None once it is recorded as skipped: whatever its manifests raise
+    (any exception, a bound exceeded, its time budget spent) is this image's outcome alone."""
+    walk = _Walk(primary, repository, plan)
+    try:
+        manifest = walk.fetch(digest)
+        walk.collect(manifest, depth=0)
+    except Exception as exc:  # noqa: BLE001 - the unit's boundary: nothing escapes one image
+        reason = _reason(exc)
+        media_type = getattr(exc, "media_type", "") or walk.media_type
+        permanent = not _may_pass(exc)
+    else:
+        task = ImageTask(repository, digest, manifest.media_type, tags, walk.children,
+                         sorted(walk.sizes))
+        return task, walk.sizes
+    log.warning("skipping %s@%s (tags %s): %s", repository, digest, ", ".join(tags), reason)
+    plan.skipped.append(Skipped(repository, tags, digest, media_type, reason, permanent))
+    return None, {}
+
+
+def _may_pass(exc: Exception) -> bool:
+    """Whether asking again may succeed: the registry, not the object, failed (down, refusing
+    our credentials, the image gone meanwhile, or slower than the time budget)."""
+    if isinstance(exc, LimitExceeded):
+        return exc.setting == "image_plan_seconds"
+    return isinstance(exc, (RegistryUnavailableError, RegistryAuthError, NotFoundError))
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, (RegistryError, UnsupportedError)):
+        return str(exc)
+    if isinstance(exc, RecursionError):  # a bound should have held first: say so plainly
+        return "the manifest nests too deeply to read (RecursionError); delete or re-push it"
+    # Anything else the manifest's contents raised: malformed for what it claims to be.
+    return (f"malformed manifest ({type(exc).__name__}: {str(exc)[:200]}); delete or re-push "
+            "it on the primary")
+
+
+class UnsupportedError(Exception):
+    def __init__(self, message: str, media_type: str) -> None:
+        super().__init__(message)
+        self.media_type = media_type
+
+
+class _Walk:
+    """One image's manifests, children first, within the primary's bounds: index depth,
+    children per index, distinct manifests and a wall-clock budget. A child listed twice (at
+    any depth) is walked once, its height remembered so that a deeper path to it still counts
+    against ``max_index_depth``; each manifest is fetched once per plan (``ManifestCache``)."""
+
+    def __init__(self, primary: RegistryClient, repository: str, plan: Plan) -> None:
+        self.primary = primary
+        self.bounds = primary.config.bounds
+        self.repository = repository
+        self.plan = plan
+        self.deadline = time.monotonic() + self.bounds.image_plan_seconds
+        self.children: list[str] = []  # digests, in push order
+        self.sizes: dict[str, int] = {}
+        self.walked: set[str] = set()
+        self.heights: dict[str, int] = {}  # levels of indexes from a walked manifest down
+        self.media_type = ""
+
+    def fetch(self, digest: str) -> Manifest:
+        if len(self.walked) >= self.bounds.max_manifests_per_image:
+            raise self._exceeded(f"the image holds more than {len(self.walked)} manifests",
+                                 "max_manifests_per_image", digest)
+        if time.monotonic() > self.deadline:
+            raise self._exceeded(
+                f"reading the image's manifests took over {self.bounds.image_plan_seconds:.0f}s",
+                "image_plan_seconds", digest)
+        self.walked.add(digest)
+        manifest = self.plan.cache.get(self.primary, self.repository, digest)
+        self.media_type = self.media_type or manifest.media_type
+        return manifest
+
+    def collect(self, manifest: Manifest, depth: int) -> None:
+        """Walk a manifest at ``depth`` indexes below the image's top: children (depth first,
+        so they are pushed before their index) and blobs."""
+        self.heights[manifest.digest] = self._collect(manifest, depth)
+
+    def _collect(self, manifest: Manifest, depth: int) -> int:
+        if manifest.media_type in mt.SCHEMA1:
+            raise UnsupportedError(
+                "Docker schema 1 manifests are not supported (deprecated, signed per registry); "
+                "rebuild and push the image with a current client",
+                manifest.media_type,
+            )
+        # Parsed here and dropped: the plan keeps every manifest's bytes, and a parsed copy of
+        # each (``manifest.json`` caches it) would multiply a large plan's memory.
+        body = json.loads(manifest.raw)
+        if not isinstance(body, dict):
+            raise ValueError("the manifest is not a JSON object")
+        if manifest.media_type in mt.INDEXES:
+            return self._collect_index(manifest, body, depth)
+        if manifest.media_type not in mt.IMAGE_MANIFESTS:
+            raise UnsupportedError(f"unsupported manifest media type {manifest.media_type!r}",
+                                   manifest.media_type)
+        descriptors = _blob_descriptors(body)
+        if len(descriptors) > self.bounds.max_descriptors:
+            raise self._exceeded(f"the manifest lists {len(descriptors)} blobs",
+                                 "max_descriptors", manifest.digest)
+        for descriptor in descriptors:
+            if descriptor.get("urls"):
+                continue  # foreign, non-distributable layer: lives outside the registry
+            # Interned: images share blobs, and a plan holds every image's list of them.
+            digest = sys.intern(_descriptor_digest(descriptor))
+            self.sizes[digest] = _descriptor_size(descriptor)
+        return 0
+
+    def _collect_index(self, manifest: Manifest, body: dict, depth: int) -> int:
+        listed = body.get("manifests") or []
+        if not isinstance(listed, list):
+            raise ValueError("the index's 'manifests' is not a list")
+        if depth + 1 > self.bounds.max_index_depth:
+            raise self._exceeded(f"indexes nest more than {self.bounds.max_index_depth} deep",
+                                 "max_index_depth", manifest.digest)
+        if len(listed) > self.bounds.max_index_children:
+            raise self._exceeded(f"the index lists {len(listed)} manifests",
+                                 "max_index_children", manifest.digest)
+        height = 0
+        for child in listed:
+            child_digest = sys.intern(_descriptor_digest(child))
+            if child_digest not in self.walked:
+                self.collect(self.fetch(child_digest), depth + 1)
+                self.children.append(child_digest)
+            # Listed twice (a diamond): walked once, but as deep as its deepest path.
+            height = max(height, self.heights[child_digest])
+            if depth + 1 + height > self.bounds.max_index_depth:
+                raise self._exceeded(
+                    f"indexes nest more than {self.bounds.max_index_depth} deep",
+                    "max_index_depth", child_digest)
+        return height + 1
+
+    def _exceeded(self, what: str, setting: str, digest: str) -> LimitExceeded:
+        return LimitExceeded(what, registry=self.primary.url, operation="plan image",
+                             repository=self.repository, reference=digest,
+                             code="LIMIT_EXCEEDED", setting=setting,
+                             limit=getattr(self.bounds, setting))
+
+
+class ManifestCache:
+    """The manifests a plan read, each fetched from the primary once however many images (or
+    threads) ask for it; they stay in ``manifests`` for the copy to push."""
+
+    def __init__(self, manifests: dict[tuple[str, str], Manifest]) -> None:
+        self.manifests = manifests
+        self._failed: dict[tuple[str, str], Exception] = {}  # asked once, failed: not again
+        self._lock = threading.Lock()
+        self._fetching: dict[tuple[str, str], threading.Lock] = {}
+
+    def get(self, primary: RegistryClient, repository: str, digest: str) -> Manifest:
+        key = (repository, digest)
+        with self._lock:
+            fetching = self._fetching.setdefault(key, threading.Lock())
+        with fetching:  # another thread fetching the same manifest: wait for its answer
+            with self._lock:
+                found, failed = self.manifests.get(key), self._failed.get(key)
+            if failed is not None:
+                raise failed
+            if found is not None:
+                return found
+            try:
+                found = primary.get_manifest(repository, digest)
+                with self._lock:
+                    self.manifests[key] = found
+                return found
+            except Exception as exc:
+                with self._lock:
+                    self._failed[key] = exc
+                raise
+            finally:
+                with self._lock:  # one lock per manifest being fetched, not per manifest read
+                    self._fetching.pop(key, None)
+
+
+def _descriptor_digest(descriptor: object) -> str:
+    if not isinstance(descriptor, dict):
+        raise ValueError(f"a descriptor is not a JSON object ({str(descriptor)[:80]!r})")
+    return validate_digest(descriptor.get("digest"))
+
+
+def _descriptor_size(descriptor: dict) -> int:
+    """The descriptor's size: a whole number of bytes a registry can hold (JSON allows ``1e400``,
+    ``-1``, ``true`` and 5,000-digit integers)."""
+    size = descriptor.get("size")
+    if type(size) is not int or not 0 <= size < 1 << 63:
+        raise ValueError(f"blob {descriptor.get('digest')} has an invalid size "
+                         f"{str(size)[:40]!r}")
+    return size
+
+
+def _blob_descriptors(body: dict) -> list:
+    layers = body.get("layers") or []
+    if not isinstance(layers, list):
+        raise ValueError("the manifest's 'layers' is not a list")
+    return [body["config"], *layers] if body.get("config") else layers
+
+
+def _has_blob(secondary: RegistryClient, repository: str, digest: str) -> bool:
+    # Not contained per blob: the digest is validated, so only the secondary itself can fail
+    # here (down, refusing us), and that ends the run at once rather than blob by blob.
+    return secondary.blob_size(repository, digest) is not None
+
+
+def _cost(task: BlobTask) -> int:
+    # A mount moves no bytes but still costs a request; count it as a small blob.
+    return 64 * 1024 if task.mount_from else max(task.size, 64 * 1024)
+
+
+def batch_label(batch: Sequence[BlobTask], index: int, total: int) -> str:
+    size = sum(t.size for t in batch if t.mount_from is None)
+    return f"blobs {index + 1}/{total} ({human_size(size)})"
+

@@ -1,0 +1,187 @@
+"""Replicate what notifications reported, within seconds: the event path of Geo.
+
+Events are coalesced per repository (the latest digest per tag; a delete after a push wins),
+then the primary is asked what is true now, since events can be stale or arrive out of order,
+and the engine copies or prunes exactly those tags. Each event gets an outcome: done once its
+tag is complete on the secondary, or an error to retry with.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from registry_replication.engine.copy import Copier
+from registry_replication.engine.leases import Leases
+from registry_replication.engine.plan import WantedTag, build_plan
+from registry_replication.engine.prune import (
+    DeleteBudget,
+    mirror_manifest_delete,
+    mirror_tag_deletes,
+)
+from registry_replication.outcomes import (
+    NOT_PUSHED,
+    BlobOutcome,
+    PermanentFailure,
+    PruneOutcome,
+    describe,
+)
+from registry_replication.store.queue import Event
+from registry_replication.store.record import TagRecord
+from registry_replication.transport.client import RegistryClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RepositoryWork:
+    """What a repository's events ask for, after coalescing."""
+
+    tags: dict[str, list[str]] = field(default_factory=dict)  # tag -> event ids
+    deleted: dict[str, list[str]] = field(default_factory=dict)  # digest -> event ids
+    untagged: dict[str, list[str]] = field(default_factory=dict)  # tag -> event ids
+    noop: list[str] = field(default_factory=list)  # event ids with nothing to do
+
+    @property
+    def event_ids(self) -> list[str]:
+        return [*self.noop, *(i for part in (self.tags, self.deleted, self.untagged)
+                              for ids in part.values() for i in ids)]
+
+
+def coalesce(events: Sequence[Event]) -> dict[str, RepositoryWork]:
+    """Per repository: the tags to copy, digests and tags deleted; the latest event wins.
+
+    Deleting a manifest by digest makes distribution 2.8 report the digest and, separately,
+    each tag it untagged (tag only, no digest).
+    """
+    work: dict[str, RepositoryWork] = defaultdict(RepositoryWork)
+    pushed_digest: dict[tuple[str, str], str | None] = {}
+    for e in sorted(events, key=lambda e: e.timestamp):
+        w = work[e.repository]
+        if e.action == "push" and e.tag:
+            w.tags.setdefault(e.tag, []).extend([*w.untagged.pop(e.tag, []), e.id])
+            pushed_digest[(e.repository, e.tag)] = e.digest
+        elif e.action == "delete" and e.tag and not e.digest:
+            w.untagged.setdefault(e.tag, []).extend([*w.tags.pop(e.tag, []), e.id])
+        elif e.action == "delete" and e.digest:
+            w.deleted.setdefault(e.digest, []).append(e.id)
+            # A delete after a push wins: that tag is not copied, the delete is mirrored.
+            for tag in [t for t in w.tags if pushed_digest.get((e.repository, t)) == e.digest]:
+                w.deleted[e.digest].extend(w.tags.pop(tag))
+        else:
+            w.noop.append(e.id)  # pushes by digest only: their tagged parent brings them
+    return dict(work)
+
+
+def replicate_events(
+    primary: RegistryClient,
+    secondary: RegistryClient,
+    events: Sequence[Event],
+    *,
+    leases: Leases,
+    concurrency: int = 16,
+    parallelism: int = 8,
+    repositories_at_once: int = 4,
+    on_copied: Callable[[int], None] | None = None,
+    max_prune_fraction: float = 0.5,
+) -> dict[str, str | None]:
+    """Process claimed events; returns {event id: None when done, else the error} (a
+    ``PermanentFailure`` when no retry can help).
+
+    Repositories are handled ``repositories_at_once`` at a time (a burst of pushes spreads
+    over many), each under its own lease. Writes go through the shared write protocol
+    (``leases``): a tag the primary moved again meanwhile is left to the event that reports
+    the move, so events are acknowledged as done. ``on_copied`` is called with the blob bytes
+    copied for each repository (from the worker threads), failed or not. The batch's tag
+    deletes together remove at most ``max_prune_fraction`` of the secondary's recorded tags
+    (prune's mass-deletion guard); the events of a repository refused go back to retry.
+    """
+    budget = DeleteBudget(TagRecord(leases.store), max_prune_fraction)
+
+    def one(repository: str, work: RepositoryWork) -> dict[str, str | None]:
+        try:
+            return replicate_repository(repository, work)
+        except Exception as exc:  # noqa: BLE001 - the unit's boundary: one repository's events
+            log.exception("events of %s failed", repository)
+            return {event_id: describe(exc) for event_id in work.event_ids}
+
+    def replicate_repository(repository: str, work: RepositoryWork) -> dict[str, str | None]:
+        outcomes: dict[str, str | None] = {event_id: None for event_id in work.noop}
+        if work.tags:
+            outcomes.update(_copy_tags(primary, secondary, repository, work.tags, leases,
+                                       concurrency=concurrency, parallelism=parallelism,
+                                       on_copied=on_copied))
+        if work.deleted:
+            outcomes.update(_mirror_deletes(primary, secondary, repository, work.deleted, leases,
+                                            budget, concurrency=concurrency))
+        if work.untagged:
+            results = mirror_tag_deletes(primary, secondary, repository, sorted(work.untagged),
+                                         leases=leases, budget=budget, concurrency=concurrency)
+            failed = next((r.error for r in results if r.outcome == PruneOutcome.FAILED), None)
+            outcomes.update({i: failed for ids in work.untagged.values() for i in ids})
+        return outcomes
+
+    work = coalesce(events)
+    outcomes: dict[str, str | None] = {}
+    with ThreadPoolExecutor(max(1, min(repositories_at_once, len(work)))) as pool:
+        for done in pool.map(lambda item: one(*item), work.items()):
+            outcomes.update(done)
+    return outcomes
+
+
+def _copy_tags(
+    primary: RegistryClient, secondary: RegistryClient, repository: str,
+    tags: dict[str, list[str]], leases: Leases, *, concurrency: int, parallelism: int,
+    on_copied: Callable[[int], None] | None,
+) -> dict[str, str | None]:
+    def heads(tag: str):
+        return primary.head_manifest(repository, tag), secondary.head_manifest(repository, tag)
+
+    try:
+        with ThreadPoolExecutor(concurrency) as pool:
+            found = dict(zip(tags, pool.map(heads, tags)))
+    except Exception as exc:  # noqa: BLE001 - these events' outcome
+        return {event_id: describe(exc) for ids in tags.values() for event_id in ids}
+    # Gone from the primary since (the delete event or the reconcile mirrors that), or already
+    # where the primary points: done. The rest is what the plan copies.
+    wanted = [WantedTag(repository, tag, source.digest) for tag, (source, target) in found.items()
+              if source is not None and (target is None or target.digest != source.digest)]
+    if not wanted:
+        return {event_id: None for ids in tags.values() for event_id in ids}
+    plan = build_plan(primary, secondary, wanted, concurrency=concurrency)
+    # The plan was made moments ago from these very HEADs: no second existence check per blob
+    # and tag (the compare-and-set on the primary before each tag write stays).
+    copier = Copier(primary, secondary, leases=leases, parallelism=parallelism,
+                    manifests=plan.manifests, recheck=False)
+    blobs = copier.copy_blobs(plan.blobs)
+    if on_copied is not None:
+        on_copied(sum(r.bytes for r in blobs))
+    failed_blobs = {r.digest for r in blobs if r.outcome == BlobOutcome.FAILED}
+    images = copier.push_images(plan.images, failed_blobs)
+    errors = {tag: r.error for r in images if r.outcome in NOT_PUSHED for tag in r.tags}
+    errors.update({tag: PermanentFailure(s.reason) if s.permanent else s.reason
+                   for s in plan.skipped for tag in s.tags})
+    return {event_id: errors.get(tag) for tag, ids in tags.items() for event_id in ids}
+
+
+def _mirror_deletes(
+    primary: RegistryClient, secondary: RegistryClient, repository: str,
+    deleted: dict[str, list[str]], leases: Leases, budget: DeleteBudget, *, concurrency: int,
+) -> dict[str, str | None]:
+    outcomes: dict[str, str | None] = {}
+    for digest, ids in deleted.items():
+        try:
+            if primary.head_manifest(repository, digest) is not None:
+                outcomes.update({i: None for i in ids})  # a blob delete, or pushed again
+                continue
+        except Exception as exc:  # noqa: BLE001 - this digest's events' outcome
+            outcomes.update({i: describe(exc) for i in ids})
+            continue
+        results = mirror_manifest_delete(primary, secondary, repository, digest, leases=leases,
+                                         budget=budget, concurrency=concurrency)
+        failed = [r for r in results if r.outcome == PruneOutcome.FAILED]
+        outcomes.update({i: failed[0].error if failed else None for i in ids})
+    return outcomes

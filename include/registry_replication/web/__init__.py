@@ -1,0 +1,1 @@
+"""Web: the notification endpoint, the status data and the metrics, on the store."""

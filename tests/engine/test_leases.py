@@ -1,0 +1,141 @@
+"""Write leases and event claims on both store backends (SQLite and a real PostgreSQL), with
+many writers at once, each in its own process with its own engine and connections, as on
+separate machines."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+import sqlalchemy as sa
+
+from registry_replication.engine.leases import LeaseBusy, LeaseLost, Leases
+from registry_replication.store import Store, migrate
+
+
+def test_a_lease_is_exclusive_until_released_or_expired(store_url):
+    one, two = Store(store_url), Store(store_url)
+    with Leases(one, ttl_seconds=30, owner="one") as first, \
+            Leases(two, ttl_seconds=30, wait_seconds=0.3, owner="two") as second:
+        with first.repository("group/app"):
+            with pytest.raises(LeaseBusy, match=r"repository:group/app is held by another "
+                                                r"writer \(one, until .*nothing was written"):
+                with second.repository("group/app"):
+                    pass
+            with first.repository("group/app"):  # re-entrant for its holder
+                pass
+            with second.repository("group/other"):  # other repositories are free
+                pass
+        with second.repository("group/app"):  # released
+            assert [row["owner"] for row in one.state.all_leases()] == ["two"]
+    assert one.state.all_leases() == []
+
+    # A writer that dies holding a lease: it expires, and the next writer takes it over.
+    one.state.acquire_lease("repository:group/app", "dead", ttl_seconds=0.5)
+    with Leases(two, owner="next", wait_seconds=10) as successor:
+        started = time.monotonic()
+        with successor.repository("group/app"):
+            assert [row["owner"] for row in one.state.all_leases()] == ["next"]
+        assert time.monotonic() - started >= 0.3
+
+
+def _processes() -> ProcessPoolExecutor:
+    # Forked: each worker starts without its parent's engines (engine._forget_in_child).
+    return ProcessPoolExecutor(8, mp_context=multiprocessing.get_context("fork"))
+
+
+def _at(start: float) -> None:
+    time.sleep(max(0.0, start - time.time()))
+
+
+def _first_use(url: str, start: float) -> str:
+    _at(start)
+    return Store(url).engine.url.render_as_string(hide_password=True)
+
+
+def test_concurrent_first_use_upgrades_once(store_url):
+    """Eight processes open a new store at the same instant: one creates it, none fails."""
+    start = time.time() + 1.0
+    with _processes() as pool:
+        opened = list(pool.map(_first_use, [store_url] * 8, [start] * 8))
+    assert len(opened) == 8
+    store = Store(store_url)
+    with store.engine.connect() as conn:
+        assert migrate.current(conn) == migrate.head()
+        assert conn.execute(sa.text("SELECT version FROM rr_schema")).scalars().all() == [2]
+
+
+def _writer(url: str, n: int, start: float) -> list[tuple[float, float]]:
+    """Take the repository's lease 15 times; the (entered, left) monotonic times."""
+    _at(start)
+    held = []
+    with Leases(Store(url), owner=f"w{n}", wait_seconds=60) as leases:
+        for _ in range(15):
+            with leases.repository("group/app"):
+                entered = time.monotonic()  # one clock for every process on the machine
+                time.sleep(0.002)
+                held.append((entered, time.monotonic()))
+    return held
+
+
+def test_concurrent_writers_never_overlap(store_url):
+    """Eight writer processes take one repository's lease 15 times each."""
+    Store(store_url)
+    start = time.time() + 1.0
+    with _processes() as pool:
+        held = sorted(h for one in pool.map(_writer, [store_url] * 8, range(8), [start] * 8)
+                      for h in one)
+    assert len(held) == 8 * 15
+    overlaps = [(a, b) for a, b in zip(held, held[1:]) if b[0] < a[1]]
+    assert overlaps == []
+    assert Store(store_url).state.all_leases() == []
+
+
+def test_a_writer_that_cannot_renew_stops_writing(store_url):
+    store = Store(store_url)
+    with Leases(store, ttl_seconds=0.4) as leases, leases.repository("app"):
+        leases.check()
+        leases._stop.set()  # the heartbeat dies, as when the store is unreachable
+        time.sleep(0.3)
+        with pytest.raises(LeaseLost, match="stops writing"):
+            leases.check()
+
+
+def _claimer(url: str, start: float) -> list[str]:
+    _at(start)
+    store, processed = Store(url), []
+    while True:
+        owner, claimed = store.queue.claim(limit=17)
+        if not claimed:
+            if store.queue.ready_count() == 0:
+                return processed
+            continue
+        processed.extend(e.id for e in claimed)
+        store.queue.complete(owner, [e.id for e in claimed])
+
+
+def test_concurrent_claimers_never_share_or_lose_an_event(ev, store_url):
+    """Eight claimer processes drain 300 events; each is processed once."""
+    Store(store_url).queue.add([ev(i, repository=f"group/app{i % 7}") for i in range(300)])
+    start = time.time() + 1.0
+    with _processes() as pool:
+        processed = [i for one in pool.map(_claimer, [store_url] * 8, [start] * 8) for i in one]
+    assert sorted(processed) == sorted(f"e{i}" for i in range(300))  # once each, none lost
+    assert Store(store_url).queue.stats()["counts"]["done"] == 300
+
+
+def test_claimed_events_live_as_long_as_their_writer(ev, store_url):
+    """A writer's heartbeat keeps its claimed events; a killed writer's come back in one TTL."""
+    store = Store(store_url)
+    store.queue.add([ev(1), ev(2)])
+    with Leases(store, ttl_seconds=0.6) as alive:
+        owner, claimed = store.queue.claim(lease_seconds=alive.ttl, owner=alive.owner, limit=1)
+        alive.keep_alive()
+        dead_owner, dead_claim = store.queue.claim(lease_seconds=0.6, owner="killed", limit=1)
+        time.sleep(1.5)  # more than two TTLs
+        again_owner, again = store.queue.claim()
+        assert [e.id for e in again] == [e.id for e in dead_claim]  # the killed writer's event
+        store.queue.complete(owner, [e.id for e in claimed])
+    assert store.queue.stats()["counts"]["done"] == 1

@@ -1,0 +1,121 @@
+"""Verification levels against real registries: damage made behind the replicator's back on
+the secondary's disk and through its API is repaired where the API allows, and named (data
+file, expected and found) where it does not."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from registry_replication.engine.sync import SyncOptions, run_sync
+from registry_replication.outcomes import CheckOutcome, RepositoryState
+from registry_replication.transport.client import RegistryClient
+from replication_harness import images
+from replication_harness.damage import damage, pulls_exactly
+
+
+@pytest.fixture
+def replicator(primary, secondary):
+    with RegistryClient(primary.client_config()) as source, \
+            RegistryClient(secondary.client_config(), writable=True) as target:
+        yield source, target
+
+
+def test_content_verification_repairs_what_it_can_and_names_the_rest(
+        primary_writer, secondary, secondary_writer, secondary_reader, replicator, leases):
+    factory = images.ImageFactory()
+    imgs = {name: factory.make() for name in "abcde"}
+    for name, img in imgs.items():
+        images.push(primary_writer, "app", img, [name])
+    images.push(primary_writer, "other", factory.make(), ["1.0"])
+    first = run_sync(*replicator, leases=leases)
+    assert not first.failed and first.deep is not None  # never verified deep: blobs, by cadence
+
+    hit = damage(secondary, secondary_writer, imgs)
+    report = run_sync(*replicator, SyncOptions(verify="content"), leases=leases)
+    assert report.failed
+    # The deleted tag and the moved tag are back on the primary's digests.
+    for name in "de":
+        assert secondary_reader.head_manifest("app", name).digest == imgs[name].digest
+    by_digest = {(f.digest, f.outcome): f for f in report.deep.findings}
+    assert (hit["a"].digest, CheckOutcome.REPAIRED) in by_digest
+    pulls_exactly(secondary_reader, "app", imgs["a"])
+    truncated = by_digest[(hit["b"].digest, CheckOutcome.DAMAGED)]
+    assert (truncated.expected, truncated.found) == (f"{hit['b'].size} bytes",
+                                                     f"{hit['b'].size - 100} bytes")
+    flipped = by_digest[(hit["c"].digest, CheckOutcome.DAMAGED)]
+    assert flipped.expected == f"bytes hashing to {hit['c'].digest}"
+    assert flipped.found.startswith("bytes hashing to sha256:") and hit["c"].digest not in flipped.found
+    for blob, finding in ((hit["b"], truncated), (hit["c"], flipped)):
+        hex_ = blob.digest.split(":")[1]
+        assert finding.data_path == f"docker/registry/v2/blobs/sha256/{hex_[:2]}/{hex_}/data"
+        assert secondary.storage / finding.data_path == secondary.blob_path(blob.digest)
+        assert "remove that data file" in finding.line() and "verify=blobs" in finding.line()
+    assert {f.outcome for f in report.deep.findings} == {CheckOutcome.REPAIRED,
+                                                         CheckOutcome.DAMAGED}
+    assert report.damaged.keys() == {"app"}
+    assert "1 of 2 repositories in sync (content; listed;" in report.verification_line()
+    state = {r["repository"]: r for r in leases.store.state.repository_states()}
+    assert state["app"]["state"] == RepositoryState.DAMAGED
+    assert set(state["app"]["damaged"]) == {hit["b"].digest, hit["c"].digest}
+    assert state["other"]["state"] == RepositoryState.SYNCED
+    assert state["other"]["verified_level"] == "content"
+
+    # A tags run cannot see the damage, and does not call it in sync.
+    cheap = run_sync(*replicator, SyncOptions(verify="tags"), leases=leases)
+    assert cheap.failed and cheap.damaged.keys() == {"app"} and cheap.deep is None
+    assert cheap.verification_line().startswith("verification: 1 of 2 repositories in sync (tags")
+    assert {r["repository"]: r["state"] for r in leases.store.state.repository_states()}[
+        "app"] == RepositoryState.DAMAGED
+
+    # The operator's fix, as the finding says: remove the data files, run verify=blobs.
+    for finding in (truncated, flipped):
+        (secondary.storage / finding.data_path).unlink()
+    fixed = run_sync(*replicator, SyncOptions(verify="blobs"), leases=leases)
+    assert not fixed.failed, fixed.verification_line()
+    assert fixed.verification_line().startswith("verification: 2 of 2 repositories in sync (blobs")
+    for img in imgs.values():
+        pulls_exactly(secondary_reader, "app", img)
+    assert {r["repository"]: r["state"] for r in leases.store.state.repository_states()}[
+        "app"] == RepositoryState.SYNCED
+
+
+def test_a_cheap_cli_sync_restores_a_secondary_whose_storage_was_emptied(
+        primary, secondary, primary_writer, secondary_reader, store):
+    """Measured before: ``verification: 3 of 3 repositories in sync`` and rc 0 while all 3
+    images were missing. Now the cheap run sees the empty catalog and lists everything."""
+    factory = images.ImageFactory()
+    pushed = {repository: factory.make() for repository in ("a", "b/c", "d")}
+    for repository, img in pushed.items():
+        images.push(primary_writer, repository, img, ["v1"])
+    env = {**os.environ, "REGISTRY_REPLICATION_DB_URL": store.url,
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def cli(*args: str) -> tuple[int, str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "registry_replication.cli", "sync",
+             "--primary", json.dumps(primary.connection()),
+             "--secondary", json.dumps(secondary.connection()), *args],
+            env=env, capture_output=True, text=True, timeout=120)
+        return done.returncode, done.stdout + done.stderr
+
+    assert cli()[0] == 0
+    rc, out = cli()
+    assert rc == 0 and "cheap run" in out and "sample of 3 tags checked" in out, out
+
+    secondary.stop()
+    shutil.rmtree(secondary.storage)
+    secondary.start()
+    assert list(secondary_reader.catalog()) == []
+    rc, out = cli()
+    assert rc == 0, out
+    assert "full run: the secondary's catalog is empty while the record holds 3 tags" in out
+    assert "verification: 3 of 3 repositories in sync (tags; listed)" in out
+    for repository, img in pushed.items():
+        assert secondary_reader.head_manifest(repository, "v1").digest == img.digest
+        pulls_exactly(secondary_reader, repository, img)

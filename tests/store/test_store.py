@@ -1,0 +1,111 @@
+"""The durable event queue: idempotent adds, leases, backoff, failure after max attempts."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import sqlalchemy as sa
+
+from registry_replication.store import Store, engine, migrate
+from registry_replication.store.schema import events
+from replication_harness.legacy_store import (
+    assert_premigration_store_upgrades,
+    assert_schema_matches,
+)
+
+T0 = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.timezone.utc)
+
+
+def test_sqlite_store_uses_wal(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'q.db'}")
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_claim_complete_and_idempotent_add(ev, tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'q.db'}")
+    assert store.queue.add([ev(1), ev(2)]) == 2 and store.queue.add([ev(1)]) == 0
+    assert store.queue.ready_count() == 2
+    owner, claimed = store.queue.claim()
+    assert [e.id for e in claimed] == ["e1", "e2"] and claimed[0].attempts == 1
+    assert store.queue.ready_count() == 0 and store.queue.claim()[1] == []  # leased, not claimable twice
+    store.queue.complete(owner, ["e1", "e2"])
+    assert store.queue.stats()["counts"] == {"pending": 0, "processing": 0, "done": 2, "failed": 0,
+                                       "rejected": 0}
+
+
+def test_expired_lease_is_reclaimed(ev, tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'q.db'}")
+    store.queue.add([ev(1)])
+    crashed_owner, _ = store.queue.claim(lease_seconds=-1)  # the run died holding the lease
+    owner, claimed = store.queue.claim()
+    assert [e.id for e in claimed] == ["e1"] and owner != crashed_owner
+    store.queue.complete(crashed_owner, ["e1"])  # a late ack from the dead run changes nothing
+    assert store.queue.stats()["counts"]["processing"] == 1
+
+
+def test_retry_backs_off_then_fails(ev, tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'q.db'}")
+    store.queue.add([ev(1)])
+    owner, _ = store.queue.claim()
+    assert store.queue.retry_later(owner, ["e1"], "HTTP 503", max_attempts=2, backoff_seconds=60) == []
+    assert store.queue.ready_count() == 0  # backing off
+    with store.engine.begin() as conn:
+        conn.execute(events.update().values(next_attempt_at=T0))
+    owner, claimed = store.queue.claim()
+    assert claimed[0].attempts == 2
+    assert store.queue.retry_later(owner, ["e1"], "HTTP 503 again", max_attempts=2) == ["e1"]
+    failed = store.queue.events(status="failed")
+    assert [(e["id"], e["last_error"]) for e in failed] == [("e1", "HTTP 503 again")]
+    assert store.queue.ready_count() == 0
+
+
+def test_a_store_upgraded_by_newer_code_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    with Store(url).engine.begin() as conn:
+        conn.execute(sa.text("UPDATE rr_alembic_version SET version_num = '9999'"))
+    fresh = engine.create(url)  # as another process would, on its first use of the store
+    with pytest.raises(RuntimeError, match=r"at revision 9999, which this code \(head "
+                                           r"\d+\) does not know.*upgrade this installation"):
+        migrate.upgrade(fresh)
+
+
+def test_one_engine_per_url_in_a_process(tmp_path):
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    assert Store(url).engine is Store(url).engine
+    assert Store(url).engine is not Store(f"sqlite:///{tmp_path / 'other.db'}").engine
+
+
+def test_the_migrations_make_exactly_the_declared_tables(tmp_path):
+    assert_schema_matches(Store(f"sqlite:///{tmp_path / 'q.db'}"))
+
+
+def test_a_store_from_before_migrations_upgrades_with_its_data(tmp_path):
+    assert_premigration_store_upgrades(f"sqlite:///{tmp_path / 'old.db'}")
+
+
+def test_the_cli_upgrades_a_store(tmp_path, capsys):
+    from registry_replication.cli import main
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    assert main(["store", "upgrade", "--url", url]) == 0
+    assert f"upgraded from None to {migrate.head()}" in capsys.readouterr().out
+    assert main(["store", "upgrade", "--url", url]) == 0
+    assert f"already at revision {migrate.head()}" in capsys.readouterr().out
+    assert_schema_matches(Store(url))
+
+
+def test_a_new_sqlite_store_is_readable_only_by_its_owner(ev, tmp_path):
+    """It holds event payloads, error texts and the registries' names: 0600, in folders made
+    0700 (SQLite gives the -wal and -shm files the database's mode)."""
+    path = tmp_path / "private" / "store" / "replication.db"
+    store = Store(f"sqlite:///{path}")
+    store.queue.add([ev(1)])
+    with store.engine.connect() as conn:  # the WAL holds the write until a checkpoint
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        files = {p.name: p.stat().st_mode & 0o777 for p in path.parent.iterdir()}
+    assert files["replication.db"] == 0o600 and "replication.db-wal" in files
+    assert set(files.values()) == {0o600}, files
+    assert {(p.name, p.stat().st_mode & 0o777) for p in (path.parent, path.parent.parent)} == {
+        ("store", 0o700), ("private", 0o700)}

@@ -1,0 +1,188 @@
+"""The status page's data, from a store filled the way the DAGs and the webhook fill it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from registry_replication.store import Store
+from registry_replication.store.history import LATENCY_BUCKETS
+from registry_replication.web.status import status, task_log_url
+
+T0 = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.timezone.utc)
+RUN_ID = "manual__2026-11-28T06:00:00+00:00"
+ROTTEN = "sha256:" + "d" * 64
+UI = "https://airflow.example.com"
+
+
+@pytest.fixture
+def store(ev, store: Store) -> Store:
+    """The test's store (``tests/conftest.py``) as the tasks and the webhook leave it."""
+    # What registry_reconcile's verify task writes...
+    store.state.set_repository_state([
+        {"repository": "group/app", "state": "pending", "tags_primary": 4, "tags_secondary": 3,
+         "checksum_primary": "a" * 64, "checksum_secondary": "b" * 64},
+        {"repository": "group/db", "state": "synced", "tags_primary": 5, "tags_secondary": 5,
+         "checksum_primary": "c" * 64, "checksum_secondary": "c" * 64, "last_sync_at": T0,
+         "last_error": None},
+        {"repository": "group/lib", "state": "pending", "tags_primary": 2, "tags_secondary": 1,
+         "checksum_primary": "e" * 64, "checksum_secondary": "f" * 64,
+         "last_sync_at": T0 - dt.timedelta(hours=2)},
+        {"repository": "group/web", "state": "pending", "tags_primary": 1, "tags_secondary": 0,
+         "checksum_primary": "9" * 64, "checksum_secondary": None},
+    ])
+    # ...and registry_events' replicate task for a repository whose event failed.
+    store.state.set_repository_state([
+        {"repository": "group/api", "state": "failed", "last_sync_at": T0,
+         "last_error": "HTTP 503 from the secondary"},
+    ])
+    # registry_reconcile's report task: one failed layer in copy_blobs map index 2.
+    store.history.record_run("registry_reconcile", RUN_ID, "failed",
+                     {"blobs copied": 7, "bytes copied": 3 * 1024 * 1024, "blobs failed": 1,
+                      "problems": ["1 blobs failed", "1 images not pushed"], "dry_run": False},
+                     [{"repository": "group/app", "digest": ROTTEN, "size": 1024, "status": 400,
+                       "code": "DIGEST_INVALID", "error": "the blob's bytes hash to sha256:0",
+                       "task_id": "copy_blobs", "map_index": 2}])
+    # The webhook: three events waiting, one that ran out of attempts.
+    store.queue.add([ev(1, repository="group/new", tag="v1"), ev(2, repository="group/new", tag="v2"), ev(3, repository="group/new", tag="v3")])
+    owner, _ = store.queue.claim(limit=1)
+    assert store.queue.retry_later(owner, ["e1"], "HTTP 404 MANIFEST_UNKNOWN", max_attempts=1) == ["e1"]
+    return store
+
+
+def test_totals_states_and_links(store):
+    now = dt.datetime.now(dt.timezone.utc)
+    s = status(store, ui_url=UI + "/", now=now)
+
+    states = {r["repository"]: r["state"] for r in s["repositories"]}
+    assert states == {"group/api": "failed", "group/app": "failed", "group/db": "synced",
+                      "group/lib": "pending", "group/web": "never synced"}
+    assert s["states"] == {"synced": 1, "pending": 1, "failed": 2, "damaged": 0, "never synced": 1}
+    # Backfill progress: repositories synced of all known; tags on both sides.
+    assert s["backfill"]["repositories"] == {"in_sync": 1, "total": 5, "percent": 20.0}
+    assert s["backfill"]["tags"] == {"in_sync": 5 + 3 + 1 + 0, "total": 4 + 5 + 2 + 1,
+                                     "percent": 75.0}
+    assert s["backfill"]["bytes_copied"] == 3 * 1024 * 1024
+    assert s["backfill"]["blobs_copied"] == 7
+
+    app = next(r for r in s["repositories"] if r["repository"] == "group/app")
+    assert (app["tags_primary"], app["tags_secondary"]) == (4, 3)
+    assert (app["checksum_primary"], app["checksum_secondary"]) == ("a" * 64, "b" * 64)
+    assert app["checksums_match"] is False and app["failed_layers"] == 1
+    db = next(r for r in s["repositories"] if r["repository"] == "group/db")
+    assert db["checksums_match"] is True and db["last_sync_at"] == T0.isoformat()
+    assert db["last_sync_age_seconds"] == pytest.approx((now - T0).total_seconds(), abs=0.1)
+    api = next(r for r in s["repositories"] if r["repository"] == "group/api")
+    assert api["last_error"] == "HTTP 503 from the secondary"
+
+    [layer] = s["failed_layers"]
+    assert (layer["repository"], layer["digest"], layer["code"], layer["status"]) == (
+        "group/app", ROTTEN, "DIGEST_INVALID", 400)
+    # The Airflow 3 UI's mapped task instance page, whose first tab is the log.
+    run_path = "/dags/registry_reconcile/runs/manual__2026-11-28T06%3A00%3A00%2B00%3A00"
+    assert layer["log_url"] == f"{UI}{run_path}/tasks/copy_blobs/mapped/2"
+
+    queue = s["queue"]
+    assert queue["counts"] == {"pending": 2, "processing": 0, "done": 0, "failed": 1,
+                               "rejected": 0}
+    assert queue["depth"] == 2 and queue["oldest_waiting_seconds"] >= 0
+    [failed_event] = s["dead_letters"]
+    assert (failed_event["id"], failed_event["last_error"]) == ("e1", "HTTP 404 MANIFEST_UNKNOWN")
+    assert failed_event["status"] == "failed"
+
+    run = s["last_reconcile"]
+    assert (run["run_id"], run["state"]) == (RUN_ID, "failed")
+    assert run["problems"] == ["1 blobs failed", "1 images not pushed"]
+    assert run["summary"]["bytes copied"] == 3 * 1024 * 1024 and "problems" not in run["summary"]
+    assert run["url"] == f"{UI}{run_path}"
+    json.dumps(s)  # served as is by the JSON endpoint
+
+
+def test_a_rerun_replaces_the_failed_layers(store):
+    store.history.record_run("registry_reconcile", "manual__2", "success", {"bytes copied": 0})
+    s = status(store)
+    assert s["failed_layers"] == []
+    assert s["last_reconcile"]["run_id"] == "manual__2"
+    assert {r["repository"]: r["state"] for r in s["repositories"]}["group/app"] == "never synced"
+
+
+def test_a_failed_layer_in_a_repository_not_verified_yet(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'status.db'}")
+    store.history.record_run("registry_reconcile", "r1", "failed", {}, [
+        {"repository": "team/new", "digest": ROTTEN, "task_id": "copy_blobs", "map_index": 0}])
+    s = status(store)
+    assert [(r["repository"], r["state"]) for r in s["repositories"]] == [("team/new", "failed")]
+    assert s["failed_layers"][0]["log_url"] == (
+        "/dags/registry_reconcile/runs/r1/tasks/copy_blobs/mapped/0")
+
+
+def test_empty_store(tmp_path):
+    s = status(Store(f"sqlite:///{tmp_path / 'status.db'}"))
+    assert s["repositories"] == [] and s["failed_layers"] == [] and s["last_reconcile"] is None
+    assert s["backfill"]["repositories"] == {"in_sync": 0, "total": 0, "percent": None}
+    assert s["queue"] == {"depth": 0, "counts": {"pending": 0, "processing": 0, "done": 0,
+                                                 "failed": 0, "rejected": 0},
+                          "oldest_waiting_seconds": None}
+    assert s["dead_letters"] == [] and s["history"]["push_to_replica"] == []
+    assert {point["depth"] for point in s["history"]["pending_depth"]} == {0}
+
+
+def test_unmapped_task_log_url():
+    assert task_log_url("", "d", "r", "t") == "/dags/d/runs/r/tasks/t"
+    assert task_log_url("", "d", "r", "t", -1) == "/dags/d/runs/r/tasks/t"
+
+
+def test_the_page_shows_what_the_json_has(store, tmp_path):
+    from registry_replication.airflow.status_page import render
+
+    s = status(store, ui_url=UI)
+    page = render(s)
+    assert f'data-digest="{ROTTEN}"' in page and "DIGEST_INVALID" in page
+    for repo in s["repositories"]:
+        assert f'data-repository="{repo["repository"]}" data-state="{repo["state"]}"' in page
+    assert f'href="{s["failed_layers"][0]["log_url"]}"' in page
+    assert "3.0 MiB" in page  # bytes copied by the last reconcile
+    empty = render(status(Store(f"sqlite:///{tmp_path / 'empty.db'}")))
+    assert "<table" not in empty and "No failed layers" in empty
+
+
+def test_history_depth_latency_and_bytes_per_run(ev, tmp_path):
+    from registry_replication.airflow.status_page import render
+    from registry_replication.store.schema import events
+
+    store = Store(f"sqlite:///{tmp_path / 'history.db'}")
+    now = T0 + dt.timedelta(days=1)
+    minutes = lambda m: now - dt.timedelta(minutes=m)  # noqa: E731
+    store.queue.add([ev(1, repository="group/new", tag="v1"), ev(2, repository="group/new", tag="v2"), ev(3, repository="group/new", tag="v3"), ev(4, repository="group/new", tag="v4")])
+    # (received, last update, status): e4 left the queue before the chart's day began.
+    times = {"e1": (minutes(60), minutes(50), "done"), "e2": (minutes(55), minutes(55), "pending"),
+             "e3": (minutes(10), minutes(9), "failed"),
+             "e4": (minutes(3000), minutes(2990), "done")}
+    with store.engine.begin() as conn:
+        for event_id, (received, updated, state) in times.items():
+            conn.execute(events.update().where(events.c.id == event_id).values(
+                received_at=received, updated_at=updated, status=state))
+    store.history.record_run("registry_reconcile", "r1", "success", {"bytes copied": 4096})
+
+    h = status(store, now=now)["history"]
+    depth = [p["depth"] for p in h["pending_depth"]]
+    assert len(depth) == 288 and h["pending_depth"][-1]["at"] == minutes(5).isoformat()
+    # Buckets of 5 minutes: e1 arrives 60 min ago, e2 55, e1 leaves 50, e3 from 10 to 9.
+    assert depth[:276] == [0] * 276
+    assert depth[276:] == [1, 2, 2, 1, 1, 1, 1, 1, 1, 1, 2, 1]
+    assert [r["bytes"] for r in h["bytes_per_run"]] == [4096]
+
+    # Push-to-replica: from the registry's timestamp to the acknowledgement.
+    [seconds] = store.history.record_acknowledged([ev(1, repository="group/new", tag="v1")])
+    assert store.history.record_acknowledged([ev(1, repository="group/new", tag="v1")]) == []  # once per event
+    assert seconds == pytest.approx((dt.datetime.now(dt.timezone.utc) - ev(1, repository="group/new", tag="v1").timestamp)
+                                    .total_seconds(), abs=5)
+    assert store.history.push_latency_histogram() == (
+        [int(seconds <= bound) for bound in LATENCY_BUCKETS], 1, seconds)
+
+    page = render(status(store, now=dt.datetime.now(dt.timezone.utc)), csrf="t0ken")
+    assert page.count('class="latency-point"') == 1 and 'data-bytes="4096"' in page
+    # The dead letter (e3 failed) has a retry form carrying the CSRF token.
+    assert 'name="event_id" value="e3"' in page and page.count('value="t0ken"') == 1
