@@ -27,7 +27,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -68,7 +68,7 @@ def last_received(store_url: str, repositories: str) -> float:
         engine.dispose()
     if isinstance(when, str):
         when = datetime.fromisoformat(when)
-    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def measure(workdir: Path, *, sequential: int, idle_minutes: float, burst: int,

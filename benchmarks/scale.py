@@ -44,7 +44,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -176,7 +176,7 @@ def dag_run(env: dict[str, str], conf: dict, log_path: Path) -> tuple[Run, list[
 
 def _unix(text: str) -> float:
     when = datetime.fromisoformat(text)
-    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

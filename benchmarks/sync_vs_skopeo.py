@@ -47,6 +47,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from replication_harness.floor import floor_noop, floor_sync, verify_blobs
@@ -127,7 +128,7 @@ def report(corpus: Corpus, full: dict[str, Run], noop: dict[str, Run],
             print(f"engine {label} counts: {runs['engine'].note}")
 
     print("\n== targets ==")
-    e, s, fl = full.get("engine", Run()), full.get("skopeo", Run()), full.get("floor", Run())
+    e, fl = full.get("engine", Run()), full.get("floor", Run())
     en, sn = noop.get("engine", Run()), noop.get("skopeo", Run())
 
     def verdict(value: float | None, limit: float, applicable: bool = True) -> str:
@@ -219,14 +220,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             secondary = start(f"secondary-{tool}")
             print(f"\n[{tool}] full sync into an empty secondary at {secondary.url} ...", flush=True)
             if tool == "engine":
-                go = lambda: engine_sync(primary, secondary, logs / "engine-full.log")
-                again = lambda: engine_sync(primary, secondary, logs / "engine-noop.log")
+                go = partial(engine_sync, primary, secondary, logs / "engine-full.log")
+                again = partial(engine_sync, primary, secondary, logs / "engine-noop.log")
             elif tool == "skopeo":
-                go = lambda: skopeo_sync(skopeo_yaml, secondary, logs / "skopeo-full.log")
-                again = lambda: skopeo_sync(skopeo_yaml, secondary, logs / "skopeo-noop.log")
+                go = partial(skopeo_sync, skopeo_yaml, secondary, logs / "skopeo-full.log")
+                again = partial(skopeo_sync, skopeo_yaml, secondary, logs / "skopeo-noop.log")
             else:
-                go = lambda: floor_sync(primary, secondary, corpus, args.parallelism, logs)
-                again = lambda: floor_noop(primary, secondary, corpus, args.parallelism, logs)
+                go = partial(floor_sync, primary, secondary, corpus, args.parallelism, logs)
+                again = partial(floor_noop, primary, secondary, corpus, args.parallelism, logs)
             full[tool] = timed(meter, go)
             print(f"[{tool}] full sync: {fmt_seconds(full[tool].seconds)}"
                   + (f" FAILED: {full[tool].error}" if full[tool].error else ""), flush=True)

@@ -180,7 +180,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 # When the events of ``ev`` happened: ``ev(i)`` is i seconds after.
-T0 = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture

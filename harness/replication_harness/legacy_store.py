@@ -13,7 +13,7 @@ from registry_replication.store.queue import Event
 from registry_replication.store.schema import metadata
 from replication_harness import premigration_store as old
 
-T0 = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.UTC)
 
 
 def assert_schema_matches(store: Store) -> None:

@@ -151,18 +151,18 @@ def _pair(number: int, pool: int) -> tuple[int, int]:
 
 def image_of(spec: TagSpec, corpus: Corpus) -> Image:
     layer_type = mt.DOCKER_LAYER if spec.docker else mt.OCI_LAYER
-    base = [corpus.blob(("base", spec.base, i, spec.docker), lambda: Blob(data, layer_type))
+    base = [corpus.blob(("base", spec.base, i, spec.docker), lambda data=data: Blob(data, layer_type))
             for i, data in enumerate(corpus.base_sets[spec.base])]
     children = []
     for arch, sizes in spec.platforms:
         if corpus.pools:
             pool = corpus.pools[spec.repository]
             top = [corpus.blob(("top", spec.repository, i, spec.docker),
-                               lambda: Blob(pool[i], layer_type))
+                               lambda pool=pool, i=i: Blob(pool[i], layer_type))
                    for i in _pair(spec.number, len(pool))]
             # One config per repository and architecture, shared by its manifests.
             config = corpus.blob(("config", spec.repository, arch, spec.docker),
-                                 lambda: shared_config(spec.repository, arch, docker=spec.docker))
+                                 lambda arch=arch: shared_config(spec.repository, arch, docker=spec.docker))
             children.append(image([*base, *top], docker=spec.docker, config=config))
         else:
             top = [Blob(os.urandom(size), layer_type) for size in sizes]

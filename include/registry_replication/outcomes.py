@@ -160,7 +160,8 @@ class Scope:
         try:
             re.compile(self.tags)
         except re.error as exc:
-            raise ValueError(f"tag pattern {self.tags!r} is not a valid regular expression: {exc}")
+            raise ValueError(
+                f"tag pattern {self.tags!r} is not a valid regular expression: {exc}") from exc
 
     def wants_repository(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, p) for p in self.include) and not any(

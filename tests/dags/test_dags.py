@@ -182,7 +182,7 @@ def replicate_push(primary_reader, secondary_writer, repository, tag, digest):
     from registry_replication.store.queue import Event
 
     event = Event(f"{repository}:{tag}@{digest}", "push", repository, tag, digest, None,
-                  dt.datetime.now(dt.timezone.utc))
+                  dt.datetime.now(dt.UTC))
     with Leases(Store()) as leases:
         assert replicate_events(primary_reader, secondary_writer, [event], leases=leases) == {
             event.id: None}

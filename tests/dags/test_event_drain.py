@@ -74,7 +74,7 @@ def test_without_an_idle_period_the_task_ends_after_its_batch(
     img = images.ImageFactory(layer_size=32 * 1024).make()
     images.push(primary_writer, "group/app", img, ["v1"])
     store.queue.add([Event("e1", "push", "group/app", "v1", img.digest, None,
-                     dt.datetime.now(dt.timezone.utc))])
+                     dt.datetime.now(dt.UTC))])
     caplog.set_level("INFO", logger="registry_replication.airflow")
     assert run("registry_events").state == "success"
     assert secondary_reader.get_manifest("group/app", "v1").raw == img.raw

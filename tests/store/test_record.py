@@ -220,7 +220,7 @@ def test_the_event_path_records_pushes_and_deletes(
 ):
     img = images.ImageFactory().make()
     digest = images.push(primary_writer, "app", img, ["v1", "v2"])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     pushed = [Event(f"p{t}", "push", "app", t, digest, img.media_type, now) for t in ("v1", "v2")]
     with Leases(store) as leases:
         outcomes = realtime.replicate_events(primary_reader, secondary_writer, pushed,
@@ -231,7 +231,7 @@ def test_the_event_path_records_pushes_and_deletes(
 
         primary_writer.delete_manifest("app", digest)
         images.push(primary_writer, "app", img, ["v2"])  # only v1 is gone
-        later = dt.datetime.now(dt.timezone.utc)
+        later = dt.datetime.now(dt.UTC)
         deleted = [Event("d1", "delete", "app", "v1", None, None, later)]
         assert realtime.replicate_events(primary_reader, secondary_writer, deleted,
                                          leases=leases) == {"d1": None}

@@ -26,7 +26,7 @@ from registry_replication.store.schema import (
 from registry_replication.web import metrics
 from registry_replication.web.status import HISTORY
 
-NOW = dt.datetime.now(dt.timezone.utc)
+NOW = dt.datetime.now(dt.UTC)
 TABLES = (runs, failed_layers, events, push_latency, copied_bytes, dag_outcomes, sent_alerts)
 
 

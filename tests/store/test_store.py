@@ -14,7 +14,7 @@ from replication_harness.legacy_store import (
     assert_schema_matches,
 )
 
-T0 = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.UTC)
 
 
 def test_sqlite_store_uses_wal(tmp_path):

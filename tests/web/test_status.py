@@ -11,7 +11,7 @@ from registry_replication.store import Store
 from registry_replication.store.history import LATENCY_BUCKETS
 from registry_replication.web.status import status, task_log_url
 
-T0 = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.UTC)
 RUN_ID = "manual__2026-11-28T06:00:00+00:00"
 ROTTEN = "sha256:" + "d" * 64
 UI = "https://airflow.example.com"
@@ -53,7 +53,7 @@ def store(ev, store: Store) -> Store:
 
 
 def test_totals_states_and_links(store):
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     s = status(store, ui_url=UI + "/", now=now)
 
     states = {r["repository"]: r["state"] for r in s["repositories"]}
@@ -177,12 +177,12 @@ def test_history_depth_latency_and_bytes_per_run(ev, tmp_path):
     # Push-to-replica: from the registry's timestamp to the acknowledgement.
     [seconds] = store.history.record_acknowledged([ev(1, repository="group/new", tag="v1")])
     assert store.history.record_acknowledged([ev(1, repository="group/new", tag="v1")]) == []  # once per event
-    assert seconds == pytest.approx((dt.datetime.now(dt.timezone.utc) - ev(1, repository="group/new", tag="v1").timestamp)
+    assert seconds == pytest.approx((dt.datetime.now(dt.UTC) - ev(1, repository="group/new", tag="v1").timestamp)
                                     .total_seconds(), abs=5)
     assert store.history.push_latency_histogram() == (
         [int(seconds <= bound) for bound in LATENCY_BUCKETS], 1, seconds)
 
-    page = render(status(store, now=dt.datetime.now(dt.timezone.utc)), csrf="t0ken")
+    page = render(status(store, now=dt.datetime.now(dt.UTC)), csrf="t0ken")
     assert page.count('class="latency-point"') == 1 and 'data-bytes="4096"' in page
     # The dead letter (e3 failed) has a retry form carrying the CSRF token.
     assert 'name="event_id" value="e3"' in page and page.count('value="t0ken"') == 1

@@ -89,10 +89,9 @@ class ImageResult:
 
 @dataclass
 class _Progress:
-    """Bytes moved so far, logged every ``interval`` seconds while a transfer runs."""
+    """Bytes moved so far, logged every ``progress_interval`` seconds while a transfer runs."""
 
     total: int
-    interval: float
     done: int = 0
     started: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -156,7 +155,7 @@ class Copier:
     def copy_blobs(self, tasks: Sequence[BlobTask]) -> list[BlobResult]:
         self.cancel_abandoned_uploads()
         total = sum(t.size for t in tasks if t.mount_from is None)
-        self._progress = _Progress(total, self.progress_interval)
+        self._progress = _Progress(total)
         stop = threading.Event()
         reporter = threading.Thread(target=self._report, args=(stop,), daemon=True)
         reporter.start()
@@ -250,7 +249,7 @@ class Copier:
         flight), their requests ``concurrency`` in flight; results in ``tasks``' order."""
         failed = set(failed_blobs)
         batches: list[list[ImageTask]] = []
-        for repository, group in itertools.groupby(
+        for _repository, group in itertools.groupby(
                 sorted(range(len(tasks)), key=lambda i: tasks[i].repository),
                 key=lambda i: tasks[i].repository):
             batch: list[ImageTask] = []

@@ -150,7 +150,7 @@ def prune(
             results += [PruneResult(repository, tag, digest, PruneOutcome.WOULD_DELETE)
                         for tag, digest in sorted(planned.items()) if current.get(tag) == digest]
             continue
-        results += _under_lease(primary, secondary, repository, lambda _: planned, leases,
+        results += _under_lease(primary, secondary, repository, lambda _, planned=planned: planned, leases,
                                 concurrency)
     for result in results:
         (log.error if result.outcome == PruneOutcome.FAILED else log.info)(result.log_line())

@@ -195,13 +195,13 @@ run_artifacts = sa.Table(
 
 
 def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def aware(value: dt.datetime | None) -> dt.datetime | None:
     """SQLite returns naive datetimes; everything in the store is UTC."""
     if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)
+        return value.replace(tzinfo=dt.UTC)
     return value
 
 

@@ -45,7 +45,7 @@ STATE_LABELS = {RepositoryState.SYNCED: "synced", RepositoryState.PENDING: "pend
 
 def figures(store: Store, now: dt.datetime | None = None) -> dict[str, Any]:
     """Every metric's current value, from the store alone."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     page = statuses.status(store, now=now, with_history=False)
     counts = store.queue.status_counts()
     queue = store.queue.stats()

@@ -85,7 +85,8 @@ def parse(body: bytes) -> Parsed:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise InvalidNotification(f"not a registry notification envelope: {where}: {first['msg']}")
+        raise InvalidNotification(
+            f"not a registry notification envelope: {where}: {first['msg']}") from exc
     parsed = Parsed()
     for item in envelope.events:
         if not _is_manifest_event(item):
@@ -120,7 +121,7 @@ def _event(raw: RawEvent) -> Event:
     if target.digest is not None:
         validate_digest(target.digest)
     timestamp = raw.timestamp if raw.timestamp.tzinfo else raw.timestamp.replace(
-        tzinfo=dt.timezone.utc)
+        tzinfo=dt.UTC)
     return Event(raw.id, raw.action, target.repository, target.tag, target.digest,
                  target.media_type, timestamp)
 
@@ -165,5 +166,5 @@ def _timestamp(value: Any) -> dt.datetime:
     except ValueError:
         parsed = None
     if parsed is None:
-        return dt.datetime.now(dt.timezone.utc)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+        return dt.datetime.now(dt.UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)

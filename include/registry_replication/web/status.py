@@ -34,7 +34,7 @@ def status(store: Store, *, ui_url: str = "", now: dt.datetime | None = None,
     paths on the same host as the page). ``with_history``: include the lag chart's series
     (the metrics leave them out: they read the last day's events).
     """
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     base = ui_url.rstrip("/")
     layers = [_failed_layer(row, base) for row in store.history.failed_layers()]
     layers_by_repo: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -239,12 +239,12 @@ def _aware(value: Any) -> dt.datetime | None:
     if isinstance(value, str):
         value = dt.datetime.fromisoformat(value)
     if isinstance(value, dt.datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)  # SQLite returns naive UTC
+        return value.replace(tzinfo=dt.UTC)  # SQLite returns naive UTC
     return value
 
 
 def _iso(value: dt.datetime | None) -> str | None:
-    return value.astimezone(dt.timezone.utc).isoformat() if value else None
+    return value.astimezone(dt.UTC).isoformat() if value else None
 
 
 def _age(value: dt.datetime | None, now: dt.datetime) -> float | None:
