@@ -47,7 +47,7 @@ from registry_replication.outcomes import (
     describe,
     human_size,
 )
-from registry_replication.plan import Plan, Skipped, WantedTag, _Walk, build_plan
+from registry_replication.plan import Plan, Skipped, WantedTag, Walk, build_plan
 from registry_replication.recorded_tags import RunKind
 from registry_replication.snapshot import Scope, Snapshot
 from registry_replication.store import Store
@@ -238,7 +238,7 @@ class _Check:
     def _walk(self, key: tuple[str, str]) -> list[tuple[str, str]]:
         """The image's blobs as (repository, digest); a missing or damaged manifest is a finding."""
         repository, digest = key
-        walk = _Walk(self.secondary, repository, self.plans[repository])
+        walk = Walk(self.secondary, repository, self.plans[repository])
         try:
             walk.collect(walk.fetch(digest), depth=0)
         except NotFoundError as exc:
