@@ -34,7 +34,10 @@ def test_content_verification_repairs_what_it_can_and_names_the_rest(
         images.push(primary_writer, "app", img, [name])
     images.push(primary_writer, "other", factory.make(), ["1.0"])
     first = run_sync(*replicator, leases=leases)
-    assert not first.failed and first.deep is not None  # never verified deep: blobs, by cadence
+    # Replicated for the first time, written whole: verified as it landed, the cadence starts.
+    assert not first.failed and first.deep is None
+    assert {r["repository"]: r["verified_level"] for r in leases.store.state.repository_states()
+            } == {"app": "blobs", "other": "blobs"}
 
     hit = damage(secondary, secondary_writer, imgs)
     report = run_sync(*replicator, SyncOptions(verify="content"), leases=leases)
@@ -202,3 +205,26 @@ def test_a_missing_child_manifest_is_copied_again_and_its_blobs_checked(
     assert report.deep.blobs_checked == len({b.digest for b in multi.all_blobs()})
     assert secondary_reader.get_manifest("app", child.digest).raw == child.raw
     pulls_exactly(secondary_reader, "app", multi)
+
+
+def test_a_repository_already_on_the_secondary_is_verified_at_the_next_run(
+        primary, secondary, primary_writer, replicator, tmp_path):
+    """A store that never saw the repository (lost, or a new deployment) while the secondary
+    holds it: the first run only finds it in sync, so it is due for a blobs verification at
+    the next run, which happens under ``auto``."""
+    from registry_replication.leases import Leases
+    from registry_replication.store import Store
+
+    images.push(primary_writer, "app", images.ImageFactory().make(), ["v1"])
+    with Leases(Store(f"sqlite:///{tmp_path / 'old.db'}")) as old:
+        assert not run_sync(*replicator, leases=old).failed
+    with Leases(Store(f"sqlite:///{tmp_path / 'new.db'}")) as leases:
+        first = run_sync(*replicator, leases=leases)
+        assert not first.failed and first.deep is None
+        assert [(r["repository"], r["verified_level"]) for r in
+                leases.store.state.repository_states()] == [("app", None)]
+        second = run_sync(*replicator, leases=leases)
+        assert not second.failed and second.deep is not None
+        assert second.deep.level == "blobs" and second.deep.blobs_checked > 0
+        assert [(r["repository"], r["verified_level"]) for r in
+                leases.store.state.repository_states()] == [("app", "blobs")]

@@ -564,7 +564,7 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
     differ = report[~report["in_sync"]]
     store = Store()
     damaged = verifying.settle(store, report, VerifyLevel(taken.get("verify_level", "tags")
-                                                          if taken else "tags"))
+                                                          if taken else "tags"), before)
     deep = ti.xcom_pull(task_ids="verify_closure") or {}
     line = verifying.verification_line(
         report, VerifyLevel(deep.get("level", "tags")),
