@@ -45,7 +45,7 @@ EVENT_STEPS = [
     (Copier, "_push_tag"), (RegistryClient, "put_manifest"),
 ]
 DIGEST_STEPS = [
-    (plan, "_has_blob"), (RegistryClient, "blob_size"), (Copier, "copy_blob"),
+    (plan, "_has_blob"), (RegistryClient, "has_blob"), (Copier, "copy_blob"),
     (Copier, "_mount_or_copy"), (Copier, "_transfer"), (RegistryClient, "upload_blob"),
     (RegistryClient, "read_blob"),
 ]

@@ -158,7 +158,7 @@ def zero_layer_artifact(artifact_type: str, annotations: dict[str, str]) -> Imag
 def push(client: RegistryClient, repository: str, img: Image, tags: Iterable[str] = ()) -> str:
     """Push blobs, then children by digest, then the manifest under each tag (or its digest)."""
     for blob in img.blobs:
-        if client.blob_size(repository, blob.digest) is None:
+        if not client.has_blob(repository, blob.digest):
             client.push_blob(repository, blob.digest, blob.data, blob.size)
     for child in img.children:
         push(client, repository, child)

@@ -211,9 +211,12 @@ class _ProxyHandler(_QuietHandler):
         for name, value in response.getheaders():
             if name.lower() not in ("transfer-encoding", "content-length", "connection"):
                 self.send_header(name, value)
-        # A HEAD's Content-Length is the size a GET would send (a blob's size), not its own.
-        self.send_header("Content-Length", response.getheader("Content-Length") or "0"
-                         if self.command == "HEAD" else str(len(data)))
+        # A HEAD's Content-Length is the size a GET would send (a blob's size), not its own;
+        # a proxy may strip it (``strip_head_length``).
+        if self.command != "HEAD":
+            self.send_header("Content-Length", str(len(data)))
+        elif not self.owner.strip_head_length:
+            self.send_header("Content-Length", response.getheader("Content-Length") or "0")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data[:cut_after])
@@ -248,6 +251,7 @@ class FaultProxy(_Server):
         self._holds: list[Hold] = []
         self._lock = threading.Lock()
         self.log: list[tuple[str, str, int | str]] = []
+        self.strip_head_length = False  # answer HEADs without Content-Length, as some proxies do
 
     def hold(self, method: str = "", path_contains: str = "", after: int = 0) -> Hold:
         """Hold the matching requests (from now on, but the first ``after``) until the returned

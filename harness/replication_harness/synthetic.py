@@ -198,7 +198,7 @@ def generate(primary: LocalRegistry, corpus: Corpus, threads: int) -> None:
                 uploading.wait()
                 continue
             try:
-                if client.blob_size(repo, digest) is None and not (
+                if not client.has_blob(repo, digest) and not (
                         holder and holder != repo and client.mount_blob(repo, digest, holder)):
                     client.push_blob(repo, digest, blob.data, blob.size)
                 with lock:

@@ -180,7 +180,7 @@ class ReplicaWatcher:
         for blob in blobs:
             if blob.get("urls") or (repository, blob["digest"]) in self._complete:
                 continue  # foreign layers live outside the registry
-            if self.secondary.blob_size(repository, blob["digest"]) is None:
+            if not self.secondary.has_blob(repository, blob["digest"]):
                 missing.append(blob["digest"])
             else:
                 self._complete.add((repository, blob["digest"]))

@@ -153,6 +153,29 @@ def slow_connections(monkeypatch, primary, secondary):
         yield proxy
 
 
+def test_a_full_reconcile_reads_each_manifest_once(airflow_db, slow_connections, primary_writer,
+                                                   secondary_reader):
+    """snapshot_primary reads whole the tags the record lacks and keeps their manifests in the
+    run's folder; plan reads none of them again: one GET per tag and per index child, and the
+    compare-and-set before each write a conditional HEAD answered 304."""
+    from collections import Counter
+
+    factory = images.ImageFactory()
+    single = images.push(primary_writer, "app", factory.make(), ["v1", "v2"])
+    multi = factory.multi_arch()
+    images.push(primary_writer, "app", multi, ["multi"])
+    assert run("registry_reconcile").state == "success"
+    manifests = Counter((method, path.rsplit("/", 1)[1], status)
+                        for method, path, status in slow_connections.log if "/manifests/" in path)
+    assert manifests == Counter({
+        **{("GET", tag, 200): 1 for tag in ("v1", "v2", "multi")},
+        **{("GET", child.digest, 200): 1 for child in multi.children},
+        **{("HEAD", tag, 304): 1 for tag in ("v1", "v2", "multi")},
+    }), slow_connections.log
+    assert {t: secondary_reader.head_manifest("app", t).digest for t in ("v1", "v2", "multi")} \
+        == {"v1": single, "v2": single, "multi": multi.digest}
+
+
 def race(hold, action):
     """Run ``action`` once the reconcile's held request arrives, then let the request go on."""
     import threading

@@ -151,7 +151,7 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
         == {"done": 2, "failed": 1, "rejected": 1}
     assert {k[1][0][1]: v for k, v in m.items() if k[0] == "registry_replication_repositories"} \
         == {"synced": 2, "pending": 0, "failed": 1, "damaged": 0, "never": 0}
-    # The reconcile and the sync ran blobs verifications (never verified deep: the cadence).
+    # The repositories replicated whole by their first run count as verified at blobs.
     assert {k[1][0][1] for k in m if k[0] ==
             "registry_replication_last_verified_timestamp_seconds"} == {"blobs"}
     assert {k[1][0][1]: v for k, v in m.items() if k[0] == "registry_replication_tags"} \

@@ -85,6 +85,29 @@ def test_manifests_round_trip_byte_for_byte(tmp_path):
     assert artifacts.read_manifests(tmp_path / "none.parquet") == {}
 
 
+def test_a_snapshot_keeps_the_manifests_it_read_batch_by_batch(tmp_path):
+    """What the listing read whole is written beside its rows as each batch ends, and the
+    buffer let go: the plan task reads them all back, each checked against its digest."""
+    from registry_replication.transport.client import Manifest
+    from registry_replication.engine.snapshot import Listing
+
+    def manifest(i: int) -> Manifest:
+        raw = b'{"schemaVersion": 2, "n": %d}' % i
+        return Manifest(raw, "application/vnd.oci.image.manifest.v1+json",
+                        "sha256:" + hashlib.sha256(raw).hexdigest())
+
+    kept = [("group/app", manifest(i)) for i in range(5)]
+    with artifacts.SnapshotWriter(tmp_path, "snapshot_primary", keep_manifests=True) as writer:
+        for batch in (kept[:2], [], kept[2:]):
+            writer.manifests.update({(r, m.digest): m for r, m in batch})
+            writer.write([(r, f"v{i}", m.digest, m.media_type) for i, (r, m) in enumerate(batch)])
+            assert writer.manifests == {}
+        ref = writer.finish(Listing("https://primary", 5))
+    assert ref["manifests"] == "snapshot_primary.manifests.parquet" and ref["manifests_read"] == 5
+    assert artifacts.read_manifests(tmp_path / ref["manifests"]) == {
+        (r, m.digest): m for r, m in kept}
+
+
 def test_a_registry_is_listed_batch_by_batch_into_storage(primary_writer, primary_reader, tmp_path):
     """Each batch of repositories' rows is written as it is listed; the file holds them all."""
     from registry_replication.engine.snapshot import stream_snapshot, take_snapshot

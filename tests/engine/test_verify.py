@@ -34,7 +34,10 @@ def test_content_verification_repairs_what_it_can_and_names_the_rest(
         images.push(primary_writer, "app", img, [name])
     images.push(primary_writer, "other", factory.make(), ["1.0"])
     first = run_sync(*replicator, leases=leases)
-    assert not first.failed and first.deep is not None  # never verified deep: blobs, by cadence
+    # Replicated for the first time, written whole: verified as it landed, the cadence starts.
+    assert not first.failed and first.deep is None
+    assert {r["repository"]: r["verified_level"] for r in leases.store.state.repository_states()
+            } == {"app": "blobs", "other": "blobs"}
 
     hit = damage(secondary, secondary_writer, imgs)
     report = run_sync(*replicator, SyncOptions(verify="content"), leases=leases)
@@ -119,3 +122,109 @@ def test_a_cheap_cli_sync_restores_a_secondary_whose_storage_was_emptied(
     for repository, img in pushed.items():
         assert secondary_reader.head_manifest(repository, "v1").digest == img.digest
         pulls_exactly(secondary_reader, repository, img)
+
+
+def test_a_proxy_that_strips_the_blob_length_is_not_taken_for_damage(
+        primary, secondary, primary_writer, leases):
+    """A HEAD answered without Content-Length is a blob that could not be checked, with the
+    proxy named as the likely cause: never "damaged", never "in sync"."""
+    from registry_replication.transport.config import RegistryConfig
+    from registry_replication.outcomes import CheckOutcome
+    from replication_harness.servers import FaultProxy
+
+    img = images.ImageFactory().make()
+    images.push(primary_writer, "app", img, ["v1"])
+    with FaultProxy(secondary.url) as proxy, \
+            RegistryClient(primary.client_config()) as source, \
+            RegistryClient(RegistryConfig.from_connection(
+                {**secondary.connection(), "host": proxy.url}), writable=True) as target:
+        assert not run_sync(source, target, SyncOptions(verify="tags"), leases=leases).failed
+        proxy.strip_head_length = True
+        assert target.has_blob("app", img.blobs[0].digest)
+        report = run_sync(source, target, SyncOptions(verify="blobs"), leases=leases)
+    assert report.failed and report.damaged == {}
+    outcomes = {(f.digest, f.outcome) for f in report.deep.findings}
+    assert outcomes == {(b.digest, CheckOutcome.FAILED) for b in img.all_blobs()}
+    assert all("strips Content-Length" in f.line() for f in report.deep.findings)
+    states = {r["repository"]: r["state"] for r in leases.store.state.repository_states()}
+    assert states["app"] != RepositoryState.SYNCED
+
+
+def test_a_content_fraction_reads_a_slice_per_run_and_every_blob_over_the_rotation(
+        primary, secondary, primary_writer, leases):
+    """``content_verify_fraction`` 0.5: each run reads back about half of the present blobs,
+    and two successive runs together read every one of them."""
+    from registry_replication.transport.config import RegistryConfig
+    from replication_harness.servers import FaultProxy
+
+    factory = images.ImageFactory()
+    imgs = [factory.make(3) for _ in range(6)]
+    for i, img in enumerate(imgs):
+        images.push(primary_writer, "app", img, [f"v{i}"])
+    every = {b.digest for img in imgs for b in img.all_blobs()}
+    read: list[set[str]] = []
+    with FaultProxy(secondary.url) as proxy, \
+            RegistryClient(primary.client_config()) as source, \
+            RegistryClient(RegistryConfig.from_connection(
+                {**secondary.connection(), "host": proxy.url}), writable=True) as target:
+        assert not run_sync(source, target, SyncOptions(verify="tags"), leases=leases).failed
+        for _ in range(2):
+            proxy.log.clear()
+            report = run_sync(source, target, SyncOptions(verify="content",
+                                                          content_verify_fraction=0.5),
+                              leases=leases)
+            assert not report.failed, report.verification_line()
+            read.append({path.rsplit("/", 1)[1] for method, path, status in proxy.log
+                         if method == "GET" and "/blobs/sha256:" in path})
+            assert report.deep.blobs_read == len(read[-1])
+    assert read[0] and read[1] and not read[0] & read[1]
+    assert read[0] | read[1] == every
+    assert all(len(r) < len(every) for r in read)
+
+
+def test_a_missing_child_manifest_is_copied_again_and_its_blobs_checked(
+        primary_writer, secondary, secondary_writer, secondary_reader, replicator, leases):
+    """An index child deleted on the secondary hid its blobs from the walk: once the child is
+    copied again, its blobs are walked too, and a layer of it that was also gone comes back."""
+    from registry_replication.outcomes import CheckOutcome
+
+    multi = images.ImageFactory().multi_arch()
+    images.push(primary_writer, "app", multi, ["multi"])
+    assert not run_sync(*replicator, SyncOptions(verify="tags"), leases=leases).failed
+    child = multi.children[0]
+    layer = child.blobs[-1]
+    assert secondary_writer.delete_manifest("app", child.digest)
+    secondary.blob_path(layer.digest).unlink()
+    report = run_sync(*replicator, SyncOptions(verify="blobs"), leases=leases)
+    assert not report.failed, report.verification_line()
+    assert {(f.kind, f.digest, f.outcome) for f in report.deep.findings} == {
+        ("manifest", child.digest, CheckOutcome.REPAIRED)}
+    # The repair's plan copied the layer again; the walk after it checked every blob of the
+    # image, the copied child's included.
+    assert [(r.digest, r.outcome) for r in report.deep.blobs] == [(layer.digest, "copied")]
+    assert report.deep.blobs_checked == len({b.digest for b in multi.all_blobs()})
+    assert secondary_reader.get_manifest("app", child.digest).raw == child.raw
+    pulls_exactly(secondary_reader, "app", multi)
+
+
+def test_a_repository_already_on_the_secondary_is_verified_at_the_next_run(
+        primary, secondary, primary_writer, replicator, tmp_path):
+    """A store that never saw the repository (lost, or a new deployment) while the secondary
+    holds it: the first run only finds it in sync, so it is due for a blobs verification at
+    the next run, which happens under ``auto``."""
+    from registry_replication.engine.leases import Leases
+    from registry_replication.store import Store
+
+    images.push(primary_writer, "app", images.ImageFactory().make(), ["v1"])
+    with Leases(Store(f"sqlite:///{tmp_path / 'old.db'}")) as old:
+        assert not run_sync(*replicator, leases=old).failed
+    with Leases(Store(f"sqlite:///{tmp_path / 'new.db'}")) as leases:
+        first = run_sync(*replicator, leases=leases)
+        assert not first.failed and first.deep is None
+        assert [(r["repository"], r["verified_level"]) for r in
+                leases.store.state.repository_states()] == [("app", None)]
+        second = run_sync(*replicator, leases=leases)
+        assert not second.failed and second.deep is not None
+        assert second.deep.level == "blobs" and second.deep.blobs_checked > 0
+        assert [(r["repository"], r["verified_level"]) for r in
+                leases.store.state.repository_states()] == [("app", "blobs")]

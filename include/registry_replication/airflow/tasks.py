@@ -266,13 +266,15 @@ def snapshot(conn_id: str) -> dict[str, Any]:
                    verify_level=level.value, verification_due=kind.verification_due)
         matched_nothing = result.complete and result.tags.empty
     else:
-        # Streamed: each batch of repositories' rows goes to storage as soon as it is listed;
-        # tags the record has are HEADed conditionally.
-        with artifacts.SnapshotWriter(folder, name) as writer:
+        # Streamed: each batch of repositories' rows goes to storage as soon as it is listed.
+        # Tags the record has are HEADed conditionally; the others are read whole, their
+        # manifests kept beside the rows for the plan, which then reads none of them again.
+        with artifacts.SnapshotWriter(folder, name, keep_manifests=True) as writer:
             listing = stream_snapshot(_client(conn_id), writer.write, _scope(p),
                                       concurrency=p["concurrency"],
                                       repositories=p["repositories"] or None,
-                                      known=TagRecord(Store()).descriptors)
+                                      known=TagRecord(Store()).descriptors,
+                                      manifests=writer.manifests)
             ref = writer.finish(listing)
         matched_nothing = not listing.errors and not listing.problems and not listing.tags
     if matched_nothing:
@@ -299,8 +301,9 @@ def diff(primary: dict[str, Any], secondary: dict[str, Any]) -> dict[str, Any]:
 
 @task
 @checked
-def plan(differences: dict[str, Any]) -> list[dict[str, Any]]:
-    """Fetch the manifests to copy, find the blobs the secondary lacks, and batch the work.
+def plan(differences: dict[str, Any], primary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Fetch the manifests to copy (but those the primary's listing read), find the blobs the
+    secondary lacks, and batch the work.
 
     Each batch goes to its own file in the run's folder. Returns the blob batches' labels and
     files; the image batches' go to XCom key ``image_batches``.
@@ -308,8 +311,11 @@ def plan(differences: dict[str, Any]) -> list[dict[str, Any]]:
     p = _params()
     folder = _run_folder()
     changes = _changes(differences)
+    read = artifacts.read_manifests(folder / primary["manifests"]) if "manifests" in primary \
+        else {}
     result = build_plan(_client(PRIMARY_CONN_ID), _client(SECONDARY_CONN_ID),
-                        diffs.wanted(changes), concurrency=p["concurrency"])
+                        diffs.wanted(changes), concurrency=p["concurrency"], known_manifests=read)
+    del read  # the plan keeps those it needs
     for skipped in result.skipped:
         log.error("cannot replicate %s:%s (%s): %s", skipped.repository, ",".join(skipped.tags),
                   skipped.digest, skipped.reason)
@@ -327,7 +333,7 @@ def plan(differences: dict[str, Any]) -> list[dict[str, Any]]:
         name = f"images-{i:05d}.parquet"
         artifacts.write_records(folder / name, [asdict(t) for t in b])
         # The manifests read while planning, so that push_manifests need not read them again.
-        artifacts.write_manifests(folder / _manifests_file(name), [
+        artifacts.write_manifests(folder / artifacts.manifests_file(name), [
             (t.repository, found) for t in b for digest in (*t.children, t.digest)
             if (found := result.manifests.get((t.repository, digest))) is not None])
         image_batches.append({"label": b[0].label + (f" +{len(b) - 1} images" if len(b) > 1
@@ -387,7 +393,8 @@ def push_manifests(batch: dict[str, Any]) -> dict[str, int]:
         copier = _copier(context, leases)
         folder = _run_folder()
         planned = [ImageTask(**i) for i in artifacts.read_records(folder / batch["file"])]
-        copier.manifests.update(artifacts.read_manifests(folder / _manifests_file(batch["file"])))
+        copier.manifests.update(
+            artifacts.read_manifests(folder / artifacts.manifests_file(batch["file"])))
         with ExitStack() as held:
             # The batch's repositories' leases, held for the batch: one store write per
             # repository rather than one per image (each image still takes it, re-entrantly).
@@ -413,10 +420,6 @@ def _copier(context: Any, leases: Leases) -> Copier:
                   leases=leases, parallelism=_params()["parallelism"],
                   concurrency=_params()["concurrency"],
                   recheck=context["ti"].try_number > 1)
-
-
-def _manifests_file(batch_file: str) -> str:
-    return batch_file.removesuffix(".parquet") + ".manifests.parquet"
 
 
 def _record_copied_bytes(context: Any, copied: int) -> None:
@@ -556,7 +559,7 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
     differ = report[~report["in_sync"]]
     store = Store()
     damaged = verifying.settle(store, report, VerifyLevel(taken.get("verify_level", "tags")
-                                                          if taken else "tags"))
+                                                          if taken else "tags"), before)
     deep = ti.xcom_pull(task_ids="verify_closure") or {}
     line = verifying.verification_line(
         report, VerifyLevel(deep.get("level", "tags")),
@@ -688,7 +691,7 @@ def replicate() -> None:
     primary = snapshot.override(task_id="snapshot_primary")(PRIMARY_CONN_ID)
     secondary = snapshot.override(task_id="snapshot_secondary")(SECONDARY_CONN_ID)
     differences = diff(primary, secondary)
-    blob_batches = plan(differences)
+    blob_batches = plan(differences, primary)
     image_batches = manifest_batches()
     blob_batches >> image_batches
     copied = copy_blobs.expand(batch=blob_batches)

@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from registry_replication.engine.snapshot import COLUMNS, Listing, Row
+from registry_replication.engine.snapshot import COLUMNS, Listing, ReadManifests, Row
 from registry_replication.outcomes import Snapshot
 from registry_replication.store.artifacts import ArtifactRecords
 from registry_replication.transport.client import Manifest
@@ -182,11 +182,15 @@ class SnapshotWriter:
     """``<name>.parquet``, one row group per batch of listed rows, then ``<name>.json`` (the
     registry, errors and problems) once the listing is done."""
 
-    def __init__(self, folder: Folder, name: str) -> None:
+    def __init__(self, folder: Folder, name: str, *, keep_manifests: bool = False) -> None:
         make_folder(folder)
         self.folder, self.name = folder, name
         self._file = create(folder / f"{name}.parquet")
         self._writer = pq.ParquetWriter(self._file, SNAPSHOT_SCHEMA)
+        # The manifests the listing read whole (``stream_snapshot(manifests=...)``), written
+        # batch by batch beside the rows, for the plan: one request per tag, across tasks.
+        self.manifests: ReadManifests | None = {} if keep_manifests else None
+        self._kept = _ManifestTable(folder / manifests_file(name)) if keep_manifests else None
 
     def write(self, rows: list[Row]) -> None:
         if rows:
@@ -194,6 +198,9 @@ class SnapshotWriter:
             self._writer.write_table(pa.table(
                 {name: pa.array(values, pa.string()) for name, values in zip(COLUMNS, columns)},
                 schema=SNAPSHOT_SCHEMA))
+        if self._kept is not None and self.manifests:
+            self._kept.write([(repository, m) for (repository, _), m in self.manifests.items()])
+            self.manifests.clear()
 
     def finish(self, listing: Listing) -> dict[str, Any]:
         """Close the table, write the header; returns the counts and bytes for XCom."""
@@ -204,8 +211,11 @@ class SnapshotWriter:
                              "problems": listing.problems}).encode()
         with create(self.folder / f"{self.name}.json") as out:
             out.write(header)
-        return {"name": self.name, "tags": listing.tags, "errors": len(listing.errors),
-                "problems": len(listing.problems), "bytes": size + len(header)}
+        ref = {"name": self.name, "tags": listing.tags, "errors": len(listing.errors),
+               "problems": len(listing.problems), "bytes": size + len(header)}
+        if self._kept is not None:
+            ref["manifests"], ref["manifests_read"] = manifests_file(self.name), self._kept.close()
+        return ref
 
     def __enter__(self) -> SnapshotWriter:
         return self
@@ -214,6 +224,13 @@ class SnapshotWriter:
         if not self._file.closed:  # an unfinished listing: leave no header, close the file
             self._writer.close()
             self._file.close()
+        if self._kept is not None:
+            self._kept.close()
+
+
+def manifests_file(name: str) -> str:
+    """The manifests kept beside ``<name>.parquet`` (a snapshot or an image batch)."""
+    return name.removesuffix(".parquet") + ".manifests.parquet"
 
 
 def write_snapshot(folder: Folder, name: str, snapshot: Snapshot) -> dict[str, Any]:
@@ -268,18 +285,44 @@ def read_json_lines(path: Folder) -> list[dict[str, Any]]:
         return [json.loads(line) for line in source.read().splitlines() if line.strip()]
 
 
+MANIFEST_SCHEMA = pa.schema([("repository", pa.string()), ("digest", pa.string()),
+                             ("media_type", pa.string()), ("raw", pa.binary())])
+
+
+class _ManifestTable:
+    """(repository, manifest) pairs, the exact bytes, media types and digests, as Parquet, one
+    row group per ``write``."""
+
+    def __init__(self, path: Folder) -> None:
+        self._file = create(path)
+        self._writer = pq.ParquetWriter(self._file, MANIFEST_SCHEMA)
+        self.rows = self.bytes = 0
+
+    def write(self, manifests: list[tuple[str, Manifest]]) -> None:
+        self._writer.write_table(pa.table({
+            "repository": pa.array([r for r, _ in manifests], pa.string()),
+            "digest": pa.array([m.digest for _, m in manifests], pa.string()),
+            "media_type": pa.array([m.media_type for _, m in manifests], pa.string()),
+            "raw": pa.array([m.raw for _, m in manifests], pa.binary()),
+        }, schema=MANIFEST_SCHEMA))
+        self.rows += len(manifests)
+
+    def close(self) -> int:
+        """Close the table (once; again is a no-op); returns the rows written."""
+        if not self._file.closed:
+            self._writer.close()
+            self.bytes = self._file.tell()
+            self._file.close()
+        return self.rows
+
+
 def write_manifests(path: Folder, manifests: list[tuple[str, Manifest]]) -> int:
-    """(repository, manifest) pairs: the exact bytes, media types and digests, as Parquet;
-    returns the bytes written."""
-    table = pa.table({
-        "repository": pa.array([r for r, _ in manifests], pa.string()),
-        "digest": pa.array([m.digest for _, m in manifests], pa.string()),
-        "media_type": pa.array([m.media_type for _, m in manifests], pa.string()),
-        "raw": pa.array([m.raw for _, m in manifests], pa.binary()),
-    })
-    with create(path) as out:
-        pq.write_table(table, out)
-        return out.tell()
+    """(repository, manifest) pairs as Parquet (``read_manifests`` reads them); returns the
+    bytes written."""
+    table = _ManifestTable(path)
+    table.write(manifests)
+    table.close()
+    return table.bytes
 
 
 def read_manifests(path: Folder) -> dict[tuple[str, str], Manifest]:

@@ -188,7 +188,7 @@ class Copier:
         started = time.monotonic()
         result = BlobResult(repository, task.digest, task.size, BlobOutcome.SKIPPED)
         try:
-            if self.recheck and self.secondary.blob_size(repository, task.digest) is not None:
+            if self.recheck and self.secondary.has_blob(repository, task.digest):
                 pass  # already there: a rerun never transfers it again
             elif mount_from and self.secondary.mount_blob(repository, task.digest, mount_from):
                 result.outcome = BlobOutcome.MOUNTED

@@ -219,7 +219,7 @@ def _image_task(
 ) -> tuple[ImageTask | None, dict[str, int]]:
     """The image's task, or None once it is recorded as skipped: whatever its manifests raise
     (any exception, a bound exceeded, its time budget spent) is this image's outcome alone."""
-    walk = _Walk(primary, repository, plan)
+    walk = Walk(primary, repository, plan)
     try:
         manifest = walk.fetch(digest)
         walk.collect(manifest, depth=0)
@@ -260,15 +260,16 @@ class UnsupportedError(Exception):
         self.media_type = media_type
 
 
-class _Walk:
-    """One image's manifests, children first, within the primary's bounds: index depth,
+class Walk:
+    """One image's manifests, children first, within the bounds of the registry read (the
+    primary when planning, the secondary when verifying): index depth,
     children per index, distinct manifests and a wall-clock budget. A child listed twice (at
     any depth) is walked once, its height remembered so that a deeper path to it still counts
     against ``max_index_depth``; each manifest is fetched once per plan (``ManifestCache``)."""
 
-    def __init__(self, primary: RegistryClient, repository: str, plan: Plan) -> None:
-        self.primary = primary
-        self.bounds = primary.config.bounds
+    def __init__(self, registry: RegistryClient, repository: str, plan: Plan) -> None:
+        self.registry = registry
+        self.bounds = registry.config.bounds
         self.repository = repository
         self.plan = plan
         self.deadline = time.monotonic() + self.bounds.image_plan_seconds
@@ -287,7 +288,7 @@ class _Walk:
                 f"reading the image's manifests took over {self.bounds.image_plan_seconds:.0f}s",
                 "image_plan_seconds", digest)
         self.walked.add(digest)
-        manifest = self.plan.cache.get(self.primary, self.repository, digest)
+        manifest = self.plan.cache.get(self.registry, self.repository, digest)
         self.media_type = self.media_type or manifest.media_type
         return manifest
 
@@ -350,7 +351,7 @@ class _Walk:
         return height + 1
 
     def _exceeded(self, what: str, setting: str, digest: str) -> LimitExceeded:
-        return LimitExceeded(what, registry=self.primary.url, operation="plan image",
+        return LimitExceeded(what, registry=self.registry.url, operation="plan image",
                              repository=self.repository, reference=digest,
                              code="LIMIT_EXCEEDED", setting=setting,
                              limit=getattr(self.bounds, setting))
@@ -417,7 +418,7 @@ def _blob_descriptors(body: dict) -> list:
 def _has_blob(secondary: RegistryClient, repository: str, digest: str) -> bool:
     # Not contained per blob: the digest is validated, so only the secondary itself can fail
     # here (down, refusing us), and that ends the run at once rather than blob by blob.
-    return secondary.blob_size(repository, digest) is not None
+    return secondary.has_blob(repository, digest)
 
 
 def _cost(task: BlobTask) -> int:

@@ -253,7 +253,7 @@ def _remove_tag(
 
 def untag(secondary: RegistryClient, repository: str, tag: str) -> None:
     """Remove one tag, and only that tag: point it at a fresh tombstone, delete the tombstone."""
-    if secondary.blob_size(repository, EMPTY_CONFIG_DIGEST) is None:
+    if not secondary.has_blob(repository, EMPTY_CONFIG_DIGEST):
         secondary.push_blob(repository, EMPTY_CONFIG_DIGEST, EMPTY_CONFIG, len(EMPTY_CONFIG))
     tombstone = secondary.put_manifest(repository, tag, _tombstone(repository, tag), mt.OCI_MANIFEST)
     secondary.delete_manifest(repository, tombstone)

@@ -188,7 +188,7 @@ def run_sync(
                                 unsure={s.repository for s in plan.skipped},
                                 relist_all=kind.verification_due or report.deep is not None)
         report.verification = diffs.verify(source, after)
-        report.damaged = verifying.settle(leases.store, report.verification, level)
+        report.damaged = verifying.settle(leases.store, report.verification, level, target)
     report.seconds = time.monotonic() - started
     return report
 

@@ -36,7 +36,7 @@ import sqlalchemy as sa
 
 from registry_replication.engine.copy import BlobResult, Copier, ImageResult
 from registry_replication.engine.leases import Leases
-from registry_replication.engine.plan import Plan, Skipped, WantedTag, _Walk, build_plan
+from registry_replication.engine.plan import Plan, Skipped, WantedTag, Walk, build_plan
 from registry_replication.outcomes import (
     NOT_PUSHED,
     BlobOutcome,
@@ -145,17 +145,20 @@ class DeepReport:
 def choose_level(store: Store, asked: str, repositories: Iterable[str] | None, scope: Scope,
                  days: float | None = None) -> tuple[VerifyLevel, str]:
     """The run's level and why: as asked, or under ``auto`` ``blobs`` when a repository in
-    scope has had no ``blobs`` (or deeper) verification for ``deep_verify_days``."""
+    scope that was replicated before has had no ``blobs`` (or deeper) verification for
+    ``deep_verify_days``. A repository this run replicates for the first time is not due: what
+    the run writes is checked as it lands, and ``settle`` starts its cadence."""
     if asked != AUTO:
         return VerifyLevel(asked), f"verify={asked} was asked for"
     days = deep_verify_days() if days is None else days
     last = last_deep(store)
-    names = sorted(n for n in (last if repositories is None else set(repositories))
+    names = sorted(n for n in (last if repositories is None else set(repositories) & set(last))
                    if scope.wants_repository(n))
-    if repositories is None and not names:
-        return VerifyLevel.BLOBS, "no repository has had a blobs verification yet"
+    if not names:
+        return VerifyLevel.TAGS, ("no repository in scope was replicated before: this run's "
+                                  "writes are checked as they land")
     cutoff = now() - dt.timedelta(days=days)
-    due = [n for n in names if last.get(n) is None or last[n] < cutoff]
+    due = [n for n in names if last[n] is None or last[n] < cutoff]
     if due:
         return VerifyLevel.BLOBS, (f"{len(due)} repositories ({', '.join(due[:3])}"
                                    f"{' ...' if len(due) > 3 else ''}) had no blobs "
@@ -239,7 +242,7 @@ class _Check:
     def _walk(self, key: tuple[str, str]) -> list[tuple[str, str]]:
         """The image's blobs as (repository, digest); a missing or damaged manifest is a finding."""
         repository, digest = key
-        walk = _Walk(self.secondary, repository, self.plans[repository])
+        walk = Walk(self.secondary, repository, self.plans[repository])
         try:
             walk.collect(walk.fetch(digest), depth=0)
         except NotFoundError as exc:
@@ -432,15 +435,37 @@ def images_of(primary: Snapshot, skipped: Iterable[Skipped] = ()
     return dict(found)
 
 
-def settle(store: Store, verification: pd.DataFrame, level: VerifyLevel
-           ) -> dict[str, dict[str, str]]:
+def settle(store: Store, verification: pd.DataFrame, level: VerifyLevel,
+           before: Snapshot | None = None) -> dict[str, dict[str, str]]:
     """The repositories of ``verification`` still recorded damaged ({repository: {digest:
-    level}}): a tags run cannot clear a deeper level's finding, so they stay damaged."""
+    level}}): a tags run cannot clear a deeper level's finding, so they stay damaged.
+
+    Also starts the ``blobs`` cadence of the repositories replicated for the first time (none
+    known to the store). One that this run wrote whole (nothing of it on the secondary in
+    ``before``, the run's starting view of it, and in sync now) counts as verified at ``blobs``
+    now: each blob the run copied was checked against its digest as it landed, and the
+    registry accepted each manifest only with its blobs present. Any other is due at the
+    next run."""
     damaged = damaged_repositories(store)
     if damaged:
         log.error("repositories damaged on the secondary (found by an earlier or this %s "
                   "verification; the log of that run names each data file): %s", level,
                   ", ".join(sorted(set(damaged) & set(verification["repository"]))))
+    known = last_deep(store)
+    first = {r: bool(ok) for r, ok in zip(verification["repository"], verification["in_sync"])
+             if r not in known}
+    if first:
+        held = set(before.tags["repository"]) if before is not None else set(first)
+        whole = sorted(r for r, ok in first.items() if ok and r not in held)
+        at = now()
+        store.state.set_repository_state(
+            {"repository": r, "state": RepositoryState.SYNCED if ok else RepositoryState.PENDING,
+             **({"verified_level": VerifyLevel.BLOBS.value, "verified_at": at}
+                if r in whole else {})} for r, ok in first.items())
+        log.info("%d repositories replicated for the first time: %d written whole by this run "
+                 "count as verified at blobs now (next due in deep_verify_days), %d are due for "
+                 "a blobs verification at the next run", len(first), len(whole),
+                 len(first) - len(whole))
     return {r: damaged[r] for r in verification["repository"] if r in damaged}
 
 

@@ -325,7 +325,8 @@ class RegistryClient:
                 "for this manifest: check the registry's version and any proxy, or re-push the "
                 "tag; other repositories are not affected",
             ) from None
-        return Descriptor(digest, _media_type(response), _content_length(response))
+        # A manifest's size is its length: a proxy that strips it costs the size, not the check.
+        return Descriptor(digest, _media_type(response), _content_length(response) or 0)
 
     def _gone_or_here(self, repository: str, reference: str) -> Descriptor | None:
         """After a ``HEAD`` 404: None only if a ``GET`` says ``MANIFEST_UNKNOWN`` or
@@ -411,13 +412,33 @@ class RegistryClient:
 
     # -- blobs ----------------------------------------------------------------------------------
 
+    def has_blob(self, repository: str, digest: str) -> bool:
+        """Whether the repository has the blob (a ``HEAD``)."""
+        return self._head_blob(repository, digest).status_code != 404
+
     def blob_size(self, repository: str, digest: str) -> int | None:
-        """The size of a blob in a repository, or None when the repository does not have it."""
+        """The size of a blob in a repository (its ``HEAD``'s ``Content-Length``), or None when
+        the repository does not have it. An answer without a length raises: an unknown size
+        is never taken for a wrong one."""
+        response = self._head_blob(repository, digest)
+        if response.status_code == 404:
+            return None
+        size = _content_length(response)
+        if size is None:
+            raise RegistryError(
+                "the registry answered the blob's HEAD without a valid Content-Length, so its "
+                "size cannot be checked", registry=self.url, operation="check blob",
+                repository=repository, reference=digest, status=response.status_code,
+                advice="a proxy in front of the registry probably strips Content-Length from "
+                "HEAD answers: configure it to pass the header on")
+        return size
+
+    def _head_blob(self, repository: str, digest: str) -> requests.Response:
         validate_repository(repository)
         validate_digest(digest)
         response = self._at("HEAD", repository, "blobs", digest, "check blob", ok=(200, 404))
         response.close()
-        return None if response.status_code == 404 else _content_length(response)
+        return response
 
     def _at(self, method: str, repository: str, kind: str, reference: str, operation: str,
             **send: Any) -> requests.Response:
@@ -1058,7 +1079,7 @@ class _BlobUpload:
             # The registry dropped the session (distribution cancels one whose bytes do not
             # match its state, e.g. after a request cut mid-body), or the commit went through
             # before the answer was lost.
-            if self.client.blob_size(self.repository, self.digest) is not None:
+            if self.client.has_blob(self.repository, self.digest):
                 self.committed = True
                 return
             log.warning("upload of %s@%s interrupted at byte %d; the registry dropped the "
@@ -1165,9 +1186,10 @@ def _port(parts: Any) -> int | None:
         return None
 
 
-def _content_length(response: requests.Response) -> int:
-    value = response.headers.get("Content-Length") or "0"
-    return int(value) if value.isdigit() else 0
+def _content_length(response: requests.Response) -> int | None:
+    """The answer's ``Content-Length``; None when it is missing or not a whole number."""
+    value = response.headers.get("Content-Length", "")
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 def _text(value: Any, limit: int) -> str | None:
