@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 from registry_replication.engine import secondary_listing
-from registry_replication.transport.client import RegistryClient
 from registry_replication.engine.leases import Leases
-from registry_replication.store import Store
 from registry_replication.engine.sync import SyncOptions, run_sync
+from registry_replication.store import Store
+from registry_replication.transport.client import RegistryClient
 from replication_harness.measure import load_average
 from replication_harness.registry import LocalRegistry
 

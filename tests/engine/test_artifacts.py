@@ -88,8 +88,8 @@ def test_manifests_round_trip_byte_for_byte(tmp_path):
 def test_a_snapshot_keeps_the_manifests_it_read_batch_by_batch(tmp_path):
     """What the listing read whole is written beside its rows as each batch ends, and the
     buffer let go: the plan task reads them all back, each checked against its digest."""
-    from registry_replication.transport.client import Manifest
     from registry_replication.engine.snapshot import Listing
+    from registry_replication.transport.client import Manifest
 
     def manifest(i: int) -> Manifest:
         raw = b'{"schemaVersion": 2, "n": %d}' % i

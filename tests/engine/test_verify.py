@@ -128,8 +128,8 @@ def test_a_proxy_that_strips_the_blob_length_is_not_taken_for_damage(
         primary, secondary, primary_writer, leases):
     """A HEAD answered without Content-Length is a blob that could not be checked, with the
     proxy named as the likely cause: never "damaged", never "in sync"."""
-    from registry_replication.transport.config import RegistryConfig
     from registry_replication.outcomes import CheckOutcome
+    from registry_replication.transport.config import RegistryConfig
     from replication_harness.servers import FaultProxy
 
     img = images.ImageFactory().make()

@@ -36,7 +36,7 @@ import sqlalchemy as sa
 
 from registry_replication.engine.copy import BlobResult, Copier, ImageResult
 from registry_replication.engine.leases import Leases
-from registry_replication.engine.plan import Plan, Skipped, WantedTag, Walk, build_plan
+from registry_replication.engine.plan import Plan, Skipped, Walk, WantedTag, build_plan
 from registry_replication.outcomes import (
     NOT_PUSHED,
     BlobOutcome,
