@@ -27,6 +27,7 @@ from registry_replication.engine.copy import Copier
 from registry_replication.store.queue import EventQueue
 from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.config import RegistryConfig
+from registry_replication.transport.transport import Request, Transport
 from registry_replication.web import webhook
 from replication_harness import images
 from replication_harness.registry import Notifications
@@ -71,16 +72,17 @@ class Walk:
             self._wrap(monkeypatch, owner, name, per_digest=False)
         for owner, name in DIGEST_STEPS:
             self._wrap(monkeypatch, owner, name, per_digest=True)
-        send = RegistryClient._send
+        send = Transport.send
 
-        def counted_send(client: RegistryClient, method: str, path: str, *args: Any,
-                         **kwargs: Any) -> Any:
-            if digest in path or kwargs.get("reference") == digest:  # the PUT's is url-encoded
+        def counted_send(transport: Transport, request: Request) -> Any:
+            path = request.path
+            if digest in path or request.reference == digest:  # the PUT's is url-encoded
                 with self._lock:
-                    self.sent[(client.url, method, path.split("?")[0].rsplit("/", 2)[-2])] += 1
-            return send(client, method, path, *args, **kwargs)
+                    self.sent[(transport.url, request.method,
+                               path.split("?")[0].rsplit("/", 2)[-2])] += 1
+            return send(transport, request)
 
-        monkeypatch.setattr(RegistryClient, "_send", counted_send)
+        monkeypatch.setattr(Transport, "send", counted_send)
 
     def _wrap(self, monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, *,
               per_digest: bool) -> None:

@@ -139,15 +139,15 @@ def test_one_push_event_sends_each_read_once(ev, primary_writer, primary_reader,
         return record
 
     hooks = {"primary": recorder("primary"), "secondary": recorder("secondary")}
-    primary_reader.session.hooks["response"].append(hooks["primary"])
-    secondary_writer.session.hooks["response"].append(hooks["secondary"])
+    primary_reader.transport.session.hooks["response"].append(hooks["primary"])
+    secondary_writer.transport.session.hooks["response"].append(hooks["secondary"])
     try:
         outcomes = replicate_events(primary_reader, secondary_writer,
                                     [ev(1, "push", "group/once", "1.0", image.digest)],
                                     leases=leases)
     finally:
-        primary_reader.session.hooks["response"].remove(hooks["primary"])
-        secondary_writer.session.hooks["response"].remove(hooks["secondary"])
+        primary_reader.transport.session.hooks["response"].remove(hooks["primary"])
+        secondary_writer.transport.session.hooks["response"].remove(hooks["secondary"])
     assert outcomes == {"e1": None}
     assert secondary_reader.head_manifest("group/once", "1.0").digest == image.digest
     repeated = {side: sorted({r for r in requests if requests.count(r) > 1})

@@ -282,9 +282,9 @@ def test_an_https_registry_sends_its_login_only_to_an_https_realm():
                                 password="clear-text-never")
         with RegistryClient(config) as client:
             with pytest.raises(RegistryAuthError) as refused:
-                client.auth.refresh(Challenge("bearer", {"realm": f"{realm.url}/jwt/auth"}), (),
+                client.transport.auth.refresh(Challenge("bearer", {"realm": f"{realm.url}/jwt/auth"}), (),
                                     fresh=False)
-                client.auth.header(["repository:app:pull"])
+                client.transport.auth.header(["repository:app:pull"])
     assert realm.received == []
     message = str(refused.value)
     assert f"'http://127.0.0.1:{realm.port}'" in message and "https" in message

@@ -13,6 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from registry_replication.transport import upload
 from registry_replication.transport.auth import JwtAuth, libtrust_key_id, repository_scope
 from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.config import RegistryConfig
@@ -72,7 +73,7 @@ def test_primary_accepts_minted_pull_token(primary, primary_writer, primary_read
     images.push(primary_writer, "group/sub/app", images.ImageFactory().make(), ["1.0"])
     assert primary_reader.tags("group/sub/app") == ["1.0"]
     assert list(primary_reader.catalog()) == ["group/sub/app"]
-    assert primary_reader.auth.kind == "jwt"
+    assert primary_reader.transport.auth.kind == "jwt"
 
 
 def test_kid_alone_identifies_the_key(primary, primary_writer):
@@ -94,10 +95,10 @@ def test_token_signed_by_another_key_is_refused(primary, primary_writer, tmp_pat
         client.tags("app")
     message = str(refused.value)
     assert refused.value.status == 401 and refused.value.code == "UNAUTHORIZED"
-    assert client.auth.key_id in message and "rootcertbundle" in message
+    assert client.transport.auth.key_id in message and "rootcertbundle" in message
     assert "[invalid_token]" in message and "app" in message
     assert stranger.private_key_pem.splitlines()[1] not in message
-    sent = client.auth.header(["repository:app:pull"]).removeprefix("Bearer ")
+    sent = client.transport.auth.header(["repository:app:pull"]).removeprefix("Bearer ")
     assert sent.split(".")[2] not in message  # the token's signature never reaches an error
 
 
@@ -120,7 +121,7 @@ def test_token_lacking_the_action_is_refused(primary, keys):
     auth = PullOnly(keys.private_key_pem, service=GITLAB_SERVICE)
     with RegistryClient(primary.client_config(), writable=True, auth=auth) as client:
         with pytest.raises(RegistryAuthError) as refused:
-            client.start_upload("app")
+            upload.start(client.transport, "app")
     assert "lacks the needed action" in str(refused.value)
     assert "repository:app:pull,push" in str(refused.value)
     assert "insufficient_scope" in str(refused.value)
@@ -128,7 +129,7 @@ def test_token_lacking_the_action_is_refused(primary, keys):
 
 def test_read_only_client_never_asks_for_push(primary_reader):
     with pytest.raises(PermissionError, match="read-only"):
-        primary_reader.start_upload("app")
+        upload.start(primary_reader.transport, "app")
     with pytest.raises(PermissionError, match="read-only"):
         primary_reader.delete_manifest("app", "sha256:" + "0" * 64)
 
@@ -138,14 +139,14 @@ def test_bearer_token_flow(start_registry, keys):
         registry = start_registry("tokenauth", keys=keys, token_realm=tokens.realm)
         writer_conn = {"host": registry.url, "login": "ci", "password": "ci-password"}
         with RegistryClient(RegistryConfig.from_connection(writer_conn), writable=True) as writer:
-            assert writer.auth.kind == "token"  # detected from the challenge
+            assert writer.transport.auth.kind == "token"  # detected from the challenge
             images.push(writer, "team/app", images.ImageFactory().make(), ["1.2.3"])
         viewer_conn = {"host": registry.url, "login": "viewer", "password": "v",
                        "extra": {"auth": "token"}}
         with RegistryClient(RegistryConfig.from_connection(viewer_conn), writable=True) as viewer:
             assert viewer.tags("team/app") == ["1.2.3"]
             with pytest.raises(RegistryAuthError) as refused:
-                viewer.start_upload("team/app")
+                upload.start(viewer.transport, "team/app")
         assert "viewer" in str(refused.value) and "pull,push" in str(refused.value)
         bad_conn = {"host": registry.url, "login": "ci", "password": "wrong"}
         with RegistryClient(RegistryConfig.from_connection(bad_conn)) as bad:
@@ -223,7 +224,7 @@ def test_basic_auth(start_registry, tmp_path):
     registry = start_registry("basic", htpasswd=htpasswd)
     good = {"host": registry.url, "login": "ops", "password": "pa55"}
     with RegistryClient(RegistryConfig.from_connection(good), writable=True) as client:
-        assert client.auth.kind == "basic"
+        assert client.transport.auth.kind == "basic"
         images.push(client, "app", images.ImageFactory().make(), ["v1"])
         assert client.tags("app") == ["v1"]
     bad = {"host": registry.url, "login": "ops", "password": "nope"}
@@ -235,7 +236,7 @@ def test_basic_auth(start_registry, tmp_path):
 def test_anonymous_detected(open_registry):
     with RegistryClient(RegistryConfig(open_registry.url), writable=True) as client:
         images.push(client, "app", images.ImageFactory().make(), ["v1"])
-        assert client.auth.kind == "anonymous"
+        assert client.transport.auth.kind == "anonymous"
         assert json.loads(client.get_manifest("app", "v1").raw)["schemaVersion"] == 2
 
 

@@ -161,7 +161,7 @@ def test_upload_interrupted_mid_patch_resumes_inside_the_client(
         config = RegistryConfig.from_connection({**secondary.connection(), "host": proxy.url})
         with RegistryClient(config, writable=True) as target:
             proxy.inject(Fault(cut=True, method="PATCH", after=1))  # the second chunk is lost
-            with caplog.at_level(logging.WARNING, logger="registry_replication.transport.client"):
+            with caplog.at_level(logging.WARNING, logger="registry_replication.transport"):
                 target.upload_blob("app", layer.digest, layer.size, open_body, chunk_size=MiB,
                                    on_session=lambda upload: sessions.append(upload.location))
         calls = [(method, outcome) for method, path, outcome in proxy.log if "uploads" in path]
@@ -212,7 +212,7 @@ def test_the_retry_budget_starts_again_when_the_registry_accepts_a_chunk(
             # The second and the third chunk each fail twice: four failures, two per chunk.
             proxy.inject(Fault(503, method="PATCH", after=1), Fault(503, method="PATCH"),
                          Fault(503, method="PATCH", after=1), Fault(503, method="PATCH"))
-            with caplog.at_level(logging.WARNING, logger="registry_replication.transport.client"):
+            with caplog.at_level(logging.WARNING, logger="registry_replication.transport"):
                 target.upload_blob("app", layer.digest, layer.size,
                                    lambda offset: primary_reader.read_blob(
                                        "app", layer.digest, offset=offset),
@@ -250,7 +250,7 @@ def proxied(open_registry):
 def test_503_then_200_is_retried_and_logged(proxied, caplog):
     proxy, client = proxied
     proxy.inject(Fault(503), Fault(502))
-    with caplog.at_level(logging.WARNING, logger="registry_replication.transport.client"):
+    with caplog.at_level(logging.WARNING, logger="registry_replication.transport"):
         assert client.tags("app") == ["v1"]
     assert [status for _, _, status in proxy.log] == [503, 502, 200]
     retries = [r.getMessage() for r in caplog.records]
@@ -263,7 +263,7 @@ def test_429_honours_retry_after(proxied, caplog):
     proxy, client = proxied
     proxy.inject(Fault(429, headers={"Retry-After": "1"}))
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="registry_replication.transport.client"):
+    with caplog.at_level(logging.WARNING, logger="registry_replication.transport"):
         assert client.head_manifest("app", "v1") is not None
     assert time.monotonic() - started >= 1.0
     assert [status for _, _, status in proxy.log] == [429, 200]
@@ -272,11 +272,11 @@ def test_429_honours_retry_after(proxied, caplog):
 
 def test_503_retry_after_is_honoured_and_capped(proxied, caplog, monkeypatch):
     proxy, client = proxied
-    monkeypatch.setattr("registry_replication.transport.client.MAX_RETRY_SLEEP_SECONDS", 1.5)
+    monkeypatch.setattr("registry_replication.transport.transport.MAX_RETRY_SLEEP_SECONDS", 1.5)
     proxy.inject(Fault(503, headers={"Retry-After": "1"}),
                  Fault(503, headers={"Retry-After": "3600"}))  # an hour: capped
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="registry_replication.transport.client"):
+    with caplog.at_level(logging.WARNING, logger="registry_replication.transport"):
         assert client.tags("app") == ["v1"]
     waited = time.monotonic() - started
     assert 2.5 <= waited < 10, waited

@@ -29,7 +29,8 @@ from registry_replication.outcomes import (
     human_size,
 )
 from registry_replication.store.record import TagRecord
-from registry_replication.transport.client import Descriptor, Manifest, RegistryClient, Upload
+from registry_replication.transport.client import Descriptor, Manifest, RegistryClient
+from registry_replication.transport.upload import Upload
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ request needs from its method and path, the way distribution grants them (``GET`
 pull; ``POST``/``PUT``/``PATCH``: pull,push; ``DELETE``: delete; a mount also pulls ``from``),
 adds the ``Authorization`` header, and answers a 401 once: it reads the ``WWW-Authenticate``
 challenge, refreshes its token if that can help, and sends the request again (bodies are bytes
-or replayable, see ``client.Body``). Every failure is a typed ``RegistryError`` with advice.
+or replayable, see ``transport.Body``). Every failure is a typed ``RegistryError`` with advice.
 
 ``JwtAuth`` is how a GitLab Geo secondary reads its primary: it holds a copy of the registry's
 key pair and signs its own short-lived, minimal-scope RS256 tokens, exactly as GitLab's
@@ -37,7 +37,11 @@ from requests.auth import AuthBase, HTTPBasicAuth
 
 from registry_replication.transport import secrets
 from registry_replication.transport.bounded import read_body
-from registry_replication.transport.errors import RegistryAuthError, RegistryUnavailableError
+from registry_replication.transport.errors import (
+    RETRY_STATUSES,
+    RegistryAuthError,
+    RegistryUnavailableError,
+)
 
 CATALOG_SCOPE = "registry:catalog:*"
 # A token the service says lasts longer is renewed after this all the same.
@@ -430,7 +434,7 @@ class TokenAuth(_BearerAuth):
                 advice="check that the token service named by the registry's challenge (its "
                 "auth.token.realm) is running and reachable from here; the request is retried",
             ) from None
-        if response.status_code in (429, 500, 502, 503, 504):
+        if response.status_code in RETRY_STATUSES:
             raise RegistryUnavailableError(
                 f"the token service answered {response.status_code}", registry=realm,
                 operation="get token", status=response.status_code,

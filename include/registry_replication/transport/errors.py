@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The answers worth another try, from a registry or a token service: a rate limit, and a
+# failure of the registry or of a proxy in front of it that may pass.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
 # What an operator can do about each registry error code (distribution spec error codes).
 ADVICE = {
     "UNAUTHORIZED": "check the connection's credentials or signing key: the registry's "
