@@ -9,8 +9,8 @@ from airflow.configuration import conf
 from airflow.sdk import dag
 
 from registry_replication.airflow import alerts
+from registry_replication.airflow.event_tasks import replicate_events
 from registry_replication.airflow.sensors import PendingEventsSensor
-from registry_replication.airflow.tasks import replicate_events
 
 
 @dag(

@@ -9,7 +9,8 @@ from airflow.configuration import conf
 from airflow.sdk import dag
 
 from registry_replication.airflow import alerts
-from registry_replication.airflow.tasks import params, replicate
+from registry_replication.airflow.reconcile import replicate
+from registry_replication.airflow.settings import params
 
 SECTION = "registry_replication"
 

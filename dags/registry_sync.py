@@ -8,7 +8,8 @@ import pendulum
 from airflow.sdk import dag
 
 from registry_replication.airflow import alerts
-from registry_replication.airflow.tasks import params, replicate
+from registry_replication.airflow.reconcile import replicate
+from registry_replication.airflow.settings import params
 
 
 @dag(

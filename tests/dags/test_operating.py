@@ -273,7 +273,7 @@ def test_a_report_prunes_the_store_history_and_the_counters_hold(
 
 
 def test_a_history_retention_below_a_day_is_logged_and_prunes_nothing(store, monkeypatch, caplog):
-    from registry_replication.airflow.tasks import _prune_history
+    from registry_replication.airflow.run_folder import _prune_history
 
     store.history.record_copied_bytes("registry_reconcile", "old", "copy_blobs", 0, 12345)
     with store.engine.begin() as conn:

@@ -61,6 +61,14 @@ def send_copied_bytes(copied: int) -> None:
     Stats.incr(f"{metrics.PREFIX}.bytes_copied", copied)
 
 
+def record_copied_bytes(context: Any, copied: int) -> None:
+    """A task's copied bytes: in the store for ``registry_replication_bytes_copied_total``,
+    and to Airflow's ``Stats``."""
+    ti = context["ti"]
+    Store().history.record_copied_bytes(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, copied)
+    send_copied_bytes(copied)
+
+
 def send_latencies(seconds: list[float]) -> None:
     for value in seconds:
         Stats.timing(f"{metrics.PREFIX}.push_to_replica", timedelta(seconds=value))

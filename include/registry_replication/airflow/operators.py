@@ -22,7 +22,7 @@ from airflow.sdk import BaseOperator
 
 from registry_replication.airflow.deployment import refuse_unshared_state
 from registry_replication.airflow.hooks import OciRegistryHook
-from registry_replication.airflow.tasks import (
+from registry_replication.airflow.settings import (
     PRIMARY_CONN_ID,
     SECONDARY_CONN_ID,
     ReplicationFailed,

@@ -1,0 +1,155 @@
+"""The event path's task: ``replicate_events`` drains the queue the webhook fills, replicates
+each claimed event through the engine and acknowledges it (``dags/registry_events.py``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pendulum
+from airflow.sdk import get_current_context, task
+
+from registry_replication.airflow import alerts, settings
+from registry_replication.airflow.deployment import checked
+from registry_replication.airflow.settings import (
+    COPY_POOL,
+    COPY_QUEUE,
+    PRIMARY_CONN_ID,
+    SECONDARY_CONN_ID,
+    SHOWN,
+    ReplicationFailed,
+    registry_client,
+)
+from registry_replication.engine import realtime
+from registry_replication.engine.leases import Leases
+from registry_replication.outcomes import PermanentFailure, RepositoryState
+from registry_replication.store import Store
+from registry_replication.store.queue import Event
+
+log = logging.getLogger(__name__)
+
+# How often a draining replicate_events looks for new events: a cheap count, no write lock.
+DRAIN_POLL_SECONDS = 0.2
+
+
+@task(queue=COPY_QUEUE, pool=COPY_POOL)
+@checked
+def replicate_events(max_attempts: int = 10) -> dict[str, int]:
+    """Claim waiting events, replicate them, and acknowledge each once its tag is complete.
+
+    Then keep draining: claim and replicate whatever arrives next, until no event has come for
+    ``[registry_replication] event_drain_idle_seconds`` (default 60), so a burst of pushes skips
+    the scheduler's and the task start-up's seconds. Events marked failed (their image cannot
+    be replicated, they ran out of attempts, or they kept losing their worker) do not stop the
+    drain: the run fails once it ends, naming them, and the failure alert fires.
+    """
+    drain = settings.drain()
+    store = Store()
+    primary = registry_client(PRIMARY_CONN_ID)
+    secondary = registry_client(SECONDARY_CONN_ID, writable=True)
+    totals = {"claimed": 0, "done": 0, "retrying": 0, "batches": 0}
+    started = last_work = time.monotonic()
+    with Leases(store) as leases:
+        # Renewed from the start: events are claimed under this writer's identity, so its
+        # heartbeat keeps the claims alive while the work goes on, and a killed task's events
+        # come back within the lease time.
+        leases.keep_alive()
+        failed: list[str] = []  # events marked failed, as repository:tag
+        while True:
+            failed += _dead_letter_lost(store, max_attempts)
+            owner, claimed = store.queue.claim(lease_seconds=leases.ttl, owner=leases.owner,
+                                               max_attempts=max_attempts)
+            if claimed:
+                log.info("claimed %d events: %s", len(claimed), ", ".join(
+                    f"{e.action} {e.repository}:{e.tag or e.digest}" for e in claimed[:20]))
+                copied: list[int] = []
+                try:
+                    outcomes = realtime.replicate_events(
+                        primary, secondary, claimed, leases=leases,
+                        repositories_at_once=drain.repositories_at_once,
+                        on_copied=copied.append, max_prune_fraction=drain.max_prune_fraction)
+                finally:
+                    if sum(copied):
+                        alerts.record_copied_bytes(get_current_context(), sum(copied))
+                counts, given_up = _acknowledge(store, owner, claimed, outcomes, max_attempts)
+                failed += given_up
+                totals = {k: totals[k] + counts.get(k, 0) for k in totals}
+                totals["batches"] += 1
+                last_work = time.monotonic()
+            now = time.monotonic()
+            if now - started >= drain.max_seconds:
+                log.info("drained for %.0fs (event_drain_max_seconds): ending; the next run "
+                         "carries on", now - started)
+                break
+            if not _wait_for_events(store, last_work + drain.idle_seconds):
+                break
+    if not totals["batches"]:
+        log.info("no events to process (another run took them, or they are backing off)")
+    else:
+        log.info("drained %d events in %d batches; none came for %.0fs", totals["claimed"],
+                 totals["batches"], drain.idle_seconds)
+    if failed:
+        raise ReplicationFailed(
+            f"{len(failed)} events are marked failed (their image cannot be replicated, they "
+            f"failed {max_attempts} times, or their worker was lost {max_attempts} times; the "
+            "log above says which): " + ", ".join(failed[:SHOWN])
+            + (f" and {len(failed) - SHOWN} more" if len(failed) > SHOWN else ""))
+    return totals
+
+
+def _dead_letter_lost(store: Store, max_attempts: int) -> list[str]:
+    lost = store.queue.dead_letter_lost(max_attempts)
+    for event in lost:
+        log.error("event %s (%s %s:%s) is marked failed: %s", event.id, event.action,
+                  event.repository, event.tag or event.digest, event.error)
+    return [f"{e.repository}:{e.tag or e.digest}" for e in lost]
+
+
+def _wait_for_events(store: Store, until: float) -> bool:
+    """Poll the store (a count, cheap) until events are claimable or ``until`` passes."""
+    while True:
+        if store.queue.ready_count():
+            return True
+        if time.monotonic() >= until:
+            return False
+        time.sleep(min(DRAIN_POLL_SECONDS, max(until - time.monotonic(), 0)))
+
+
+def _acknowledge(store: Store, owner: str, claimed: list[Event],
+                 outcomes: dict[str, str | None], max_attempts: int,
+                 ) -> tuple[dict[str, int], list[str]]:
+    """Mark each event done, failed (no retry can help) or back off; record each
+    repository's state. Returns the counts and the events marked failed."""
+    done = [event_id for event_id, error in outcomes.items() if error is None]
+    store.queue.complete(owner, done)
+    acknowledged = set(done)
+    alerts.send_latencies(store.history.record_acknowledged(e for e in claimed if e.id in acknowledged))
+    failed: dict[str, list[str]] = {}
+    for event_id, error in outcomes.items():
+        if error is not None:
+            failed.setdefault(error, []).append(event_id)
+    given_up: list[str] = []
+    for error, ids in failed.items():
+        if isinstance(error, PermanentFailure):
+            log.error("events %s are marked failed (no retry can help): %s", ", ".join(ids),
+                      error)
+            store.queue.fail(owner, ids, error)
+            given_up += ids
+            continue
+        log.error("events %s will be retried: %s", ", ".join(ids), error)
+        given_up += store.queue.retry_later(owner, ids, error, max_attempts=max_attempts)
+    by_id = {e.id: e for e in claimed}
+    repository_error = {e.repository: None for e in claimed}
+    for error, ids in reversed(failed.items()):  # the first error per repository wins
+        repository_error.update({by_id[i].repository: error for i in ids})
+    now = pendulum.now("UTC")
+    store.state.set_repository_state(
+        {"repository": repo, "state": RepositoryState.FAILED if error else RepositoryState.SYNCED,
+         "last_sync_at": now,
+         "last_error": error}
+        for repo, error in sorted(repository_error.items())
+    )
+    alerts.send_stats(store)
+    counts = {"claimed": len(claimed), "done": len(done),
+              "retrying": len(outcomes) - len(done) - len(given_up)}
+    return counts, [f"{by_id[i].repository}:{by_id[i].tag or by_id[i].digest}" for i in given_up]

@@ -1,0 +1,332 @@
+"""The reconcile's tasks and their wiring: ``replicate()`` lays out, in the current DAG,
+
+    snapshot primary | snapshot secondary -> diff -> plan -> copy_blobs[*] -> push_manifests[*]
+    -> prune_tags -> verify_closure -> verify -> report
+
+The DAG files (``registry_reconcile``, ``registry_sync``) only declare schedules, params and
+docs, then call ``replicate()``. Snapshots, differences and plan batches go to the run's folder
+(``airflow.run_folder``) as Parquet; XComs carry only file names and counts. The last three
+tasks, which check and report what the run did, are in ``airflow.reconcile_report``. Every task
+refuses, before any work, state that the executor's machines cannot share
+(``deployment.checked``).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack
+from dataclasses import asdict
+from typing import Any
+
+import pandas as pd
+from airflow.sdk import TriggerRule, get_current_context, task
+
+from registry_replication.airflow import alerts
+from registry_replication.airflow.deployment import checked
+from registry_replication.airflow.reconcile_report import report, verify, verify_closure
+from registry_replication.airflow.run_folder import (
+    SKIPPED_FILE,
+    failed_blob_refs,
+    log_table,
+    read_changes,
+    read_snapshot,
+    run_folder,
+)
+from registry_replication.airflow.settings import (
+    BLOB_BATCH_BYTES,
+    COPY_POOL,
+    COPY_QUEUE,
+    DEEP_VERIFY_DAYS,
+    FULL_VERIFY_HOURS,
+    PRIMARY_CONN_ID,
+    SECONDARY_CONN_ID,
+    SHOWN,
+    ReplicationFailed,
+    current_params,
+    registry_client,
+    run_scope,
+    task_leases,
+)
+from registry_replication.engine import artifacts
+from registry_replication.engine import diff as diffs
+from registry_replication.engine import verify as verifying
+from registry_replication.engine.copy import BlobResult, Copier, ImageResult
+from registry_replication.engine.diff import IN_SYNC
+from registry_replication.engine.leases import Leases
+from registry_replication.engine.plan import BlobTask, ImageTask, Plan, batch_label, build_plan
+from registry_replication.engine.prune import PruneRefused, prunable, prune
+from registry_replication.engine.secondary_listing import secondary_listing
+from registry_replication.engine.snapshot import stream_snapshot
+from registry_replication.outcomes import (
+    NOT_PUSHED,
+    BlobOutcome,
+    VerifyLevel,
+    human_size,
+    summarize,
+)
+from registry_replication.store import Store
+from registry_replication.store.record import RunKind, TagRecord
+
+log = logging.getLogger(__name__)
+
+
+@task
+@checked
+def snapshot(conn_id: str) -> dict[str, Any]:
+    """List one registry's tags and digests within the run's scope, into the run's folder."""
+    p = current_params()
+    folder, name = run_folder(), get_current_context()["ti"].task_id
+    kind = None
+    if conn_id == SECONDARY_CONN_ID:  # listed in a full run, read from the record in a cheap one
+        dag_run = get_current_context()["dag_run"]
+        level, why = verifying.choose_level(Store(), p.get("verify", verifying.AUTO),
+                                            p["repositories"] or None, run_scope(p),
+                                            DEEP_VERIFY_DAYS)
+        log.info("verification level %s: %s", level, why)
+        # A deep verification starts from a listing of the secondary.
+        forced = level != VerifyLevel.TAGS and not p.get("full_verify", False)
+        result, kind = secondary_listing(
+            registry_client(conn_id), registry_client(PRIMARY_CONN_ID), Store(),
+            run_scope(p),
+            repositories=p["repositories"] or None, concurrency=p["concurrency"],
+            full_verify=p.get("full_verify", False) or forced, cadence_hours=FULL_VERIFY_HOURS,
+            written_by=f"{dag_run.dag_id}/{dag_run.run_id}")
+        if forced:
+            kind = RunKind("full", f"a {level} verification lists the secondary ({why})",
+                           verification_due=True)
+        ref = artifacts.write_snapshot(folder, name, result)
+        ref.update(run_kind=kind.line(), kind=kind.kind, sampled=kind.sampled,
+                   verify_level=level.value, verification_due=kind.verification_due)
+        matched_nothing = result.complete and result.tags.empty
+    else:
+        # Streamed: each batch of repositories' rows goes to storage as soon as it is listed.
+        # Tags the record has are HEADed conditionally; the others are read whole, their
+        # manifests kept beside the rows for the plan, which then reads none of them again.
+        with artifacts.SnapshotWriter(folder, name, keep_manifests=True) as writer:
+            listing = stream_snapshot(registry_client(conn_id), writer.write, run_scope(p),
+                                      concurrency=p["concurrency"],
+                                      repositories=p["repositories"] or None,
+                                      known=TagRecord(Store()).descriptors,
+                                      manifests=writer.manifests)
+            ref = writer.finish(listing)
+        matched_nothing = not listing.errors and not listing.problems and not listing.tags
+    if matched_nothing:
+        log.warning("the scope matched no tags on %s (repositories %s, include %s, exclude %s, "
+                    "tags %r): nothing to replicate there; check the patterns for a typo",
+                    conn_id, p["repositories"] or "from the catalog", p["include"], p["exclude"],
+                    p["tags"])
+    log.info("snapshot of %d tags written to %s (%d bytes)", ref["tags"], folder, ref["bytes"])
+    return ref
+
+
+@task
+@checked
+def diff(primary: dict[str, Any], secondary: dict[str, Any]) -> dict[str, Any]:
+    """Classify every tag; pass on only what is not in sync."""
+    differences = diffs.diff(read_snapshot(primary), read_snapshot(secondary))
+    log.info("tags per repository:\n%s", log_table(diffs.summary(differences)))
+    counts = differences["status"].value_counts().to_dict()
+    log.info("overall: %s", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no tags")
+    changed = differences[differences["status"] != IN_SYNC]
+    size = artifacts.write_frame(run_folder() / "changes.parquet", changed)
+    return {"file": "changes.parquet", "changes": len(changed), "bytes": size, "counts": counts}
+
+
+@task
+@checked
+def plan(differences: dict[str, Any], primary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Fetch the manifests to copy (but those the primary's listing read), find the blobs the
+    secondary lacks, and batch the work.
+
+    Each batch goes to its own file in the run's folder. Returns the blob batches' labels and
+    files; the image batches' go to XCom key ``image_batches``.
+    """
+    p = current_params()
+    folder = run_folder()
+    changes = read_changes(differences)
+    read = artifacts.read_manifests(folder / primary["manifests"]) if "manifests" in primary \
+        else {}
+    result = build_plan(registry_client(PRIMARY_CONN_ID), registry_client(SECONDARY_CONN_ID),
+                        diffs.wanted(changes), concurrency=p["concurrency"], known_manifests=read)
+    del read  # the plan keeps those it needs
+    for skipped in result.skipped:
+        log.error("cannot replicate %s:%s (%s): %s", skipped.repository, ",".join(skipped.tags),
+                  skipped.digest, skipped.reason)
+    # For the report, which fails the run and names them (a few: the log above has them all),
+    # and for verify_closure, which leaves them out (all of them).
+    get_current_context()["ti"].xcom_push(key="skipped", value={
+        "count": len(result.skipped), "shown": [asdict(s) for s in result.skipped[:SHOWN]]})
+    artifacts.write_json_lines(folder / SKIPPED_FILE, [asdict(s) for s in result.skipped])
+    if p["dry_run"]:
+        log.info("dry run: would push %d images and copy %d blobs (%s); nothing changes",
+                 len(result.images), len(result.blobs), human_size(result.transfer_bytes))
+        result = Plan(skipped=result.skipped)
+    image_batches = []
+    for i, b in enumerate(result.image_batches()):
+        name = f"images-{i:05d}.parquet"
+        artifacts.write_records(folder / name, [asdict(t) for t in b])
+        # The manifests read while planning, so that push_manifests need not read them again.
+        artifacts.write_manifests(folder / artifacts.manifests_file(name), [
+            (t.repository, found) for t in b for digest in (*t.children, t.digest)
+            if (found := result.manifests.get((t.repository, digest))) is not None])
+        image_batches.append({"label": b[0].label + (f" +{len(b) - 1} images" if len(b) > 1
+                                                     else ""), "file": name})
+    get_current_context()["ti"].xcom_push(key="image_batches", value=image_batches)
+    blob_batches = result.blob_batches(BLOB_BATCH_BYTES)
+    refs = []
+    for i, b in enumerate(blob_batches):
+        name = f"blobs-{i:05d}.parquet"
+        artifacts.write_records(folder / name, [asdict(t) for t in b])
+        refs.append({"label": batch_label(b, i, len(blob_batches)), "file": name})
+    return refs
+
+
+@task
+def manifest_batches() -> list[dict[str, Any]]:
+    """The plan's image batches, as a list to map ``push_manifests`` over."""
+    return get_current_context()["ti"].xcom_pull(task_ids="plan", key="image_batches") or []
+
+
+@task(map_index_template="{{ batch_label }}", retry_exponential_backoff=2.0, queue=COPY_QUEUE,
+      pool=COPY_POOL)
+@checked
+def copy_blobs(batch: dict[str, Any]) -> dict[str, int]:
+    """Copy (or mount) one batch of blobs; fails, after retries, if any blob failed.
+
+    Every blob's record goes to the run's folder, failed or not, so the run's report counts
+    what a failed batch did copy; XCom key ``results`` names the file (with this map index, for
+    links to this log) and carries the batch's counts.
+    """
+    context = get_current_context()
+    context["batch_label"] = batch["label"]
+    tasks = [BlobTask(**b) for b in artifacts.read_records(run_folder() / batch["file"])]
+    with task_leases() as leases:
+        copier = _copier(context, leases)
+        results = copier.copy_blobs(tasks)
+    counts = _push_results(context, batch, results)
+    alerts.record_copied_bytes(context, sum(r.bytes for r in results))
+    failed = [r for r in results if r.outcome == BlobOutcome.FAILED]
+    if failed:
+        raise ReplicationFailed(
+            f"{len(failed)} of {len(results)} blobs failed in {batch['label']}; first: "
+            f"{failed[0].repository}@{failed[0].digest}: {failed[0].error}"
+        )
+    return counts
+
+
+@task(map_index_template="{{ batch_label }}", trigger_rule=TriggerRule.ALL_DONE,
+      retry_exponential_backoff=2.0, queue=COPY_QUEUE, pool=COPY_POOL)
+@checked
+def push_manifests(batch: dict[str, Any]) -> dict[str, int]:
+    """Push one batch of images whose blobs are all on the secondary; tags last."""
+    context = get_current_context()
+    context["batch_label"] = batch["label"]
+    failed_blobs = {record["digest"] for _, record in failed_blob_refs(context)}
+    with task_leases() as leases:
+        copier = _copier(context, leases)
+        folder = run_folder()
+        planned = [ImageTask(**i) for i in artifacts.read_records(folder / batch["file"])]
+        copier.manifests.update(
+            artifacts.read_manifests(folder / artifacts.manifests_file(batch["file"])))
+        with ExitStack() as held:
+            # The batch's repositories' leases, held for the batch: one store write per
+            # repository rather than one per image (each image still takes it, re-entrantly).
+            for repository in sorted({t.repository for t in planned}):
+                held.enter_context(leases.repository(repository))
+            results = copier.push_images(planned, failed_blobs)
+    counts = _push_results(context, batch, results)
+    bad = [r for r in results if r.outcome in NOT_PUSHED]
+    if bad:
+        raise ReplicationFailed(
+            f"{len(bad)} of {len(results)} images not pushed; first: "
+            f"{bad[0].repository}:{','.join(bad[0].tags)}: {bad[0].error}"
+        )
+    return counts
+
+
+def _copier(context: Any, leases: Leases) -> Copier:
+    """A copy task's copier. Its first try trusts the plan, which asked the secondary about
+    every blob and tag minutes ago in this run (a tag written meanwhile by another writer is
+    written again with the same bytes; the compare-and-set on the primary still guards every
+    tag); a retry checks again before each blob and tag, so it never transfers twice."""
+    return Copier(registry_client(PRIMARY_CONN_ID),
+                  registry_client(SECONDARY_CONN_ID, writable=True),
+                  leases=leases, parallelism=current_params()["parallelism"],
+                  concurrency=current_params()["concurrency"],
+                  recheck=context["ti"].try_number > 1)
+
+
+def _push_results(context: Any, batch: dict[str, Any],
+                  results: list[BlobResult] | list[ImageResult]) -> dict[str, int]:
+    """Log the batch's summary table, write its records next to the batch's file and share
+    their name and counts (XCom key ``results``); returns counts per outcome."""
+    blobs = [r for r in results if isinstance(r, BlobResult)]
+    images = [r for r in results if isinstance(r, ImageResult)]
+    name = batch["file"].removesuffix(".parquet") + ".results.jsonl"
+    artifacts.write_json_lines(run_folder() / name, [asdict(r) for r in results])
+    failed = sum(r.outcome in (BlobOutcome.FAILED, *NOT_PUSHED) for r in results)
+    context["ti"].xcom_push(key="results", value={
+        "file": name, "map_index": context["ti"].map_index, "failed": failed,
+        "summary": summarize(blobs, images, [], zeros=True)})
+    if not results:
+        return {}
+    frame = pd.DataFrame([asdict(r) for r in results])
+    sizes = {"bytes": ("bytes", "sum")} if "bytes" in frame else {
+        "manifests_pushed": ("manifests_pushed", "sum")}
+    table = frame.groupby("outcome").agg(count=("digest", "count"), **sizes,
+                                    seconds=("seconds", "sum"))
+    log.info("this batch:\n%s", log_table(table))
+    return frame["outcome"].value_counts().to_dict()
+
+
+@task(trigger_rule=TriggerRule.ALL_DONE)
+@checked
+def prune_tags(primary: dict[str, Any], secondary: dict[str, Any],
+               differences: dict[str, Any]) -> dict[str, Any]:
+    """Mirror deletions, behind the incomplete-snapshot and mass-deletion guards."""
+    p = current_params()
+    if not p["prune"]:
+        log.info("prune is off for this run")
+        return _pruned([])
+    changes = read_changes(differences)
+    if changes.empty:
+        return _pruned([])
+    try:
+        doomed = prunable(changes, read_snapshot(primary), read_snapshot(secondary),
+                          max_fraction=p["max_prune_fraction"], force=p["force_prune"])
+        with task_leases() as leases:
+            results = prune(registry_client(PRIMARY_CONN_ID),
+                            registry_client(SECONDARY_CONN_ID, writable=True),
+                            doomed, leases=leases, dry_run=p["dry_run"],
+                            concurrency=p["concurrency"])
+    except PruneRefused as exc:
+        log.error("%s", exc)
+        return _pruned([], refused=str(exc))
+    artifacts.write_json_lines(run_folder() / "pruned.jsonl", [asdict(r) for r in results])
+    return _pruned(results, file="pruned.jsonl")
+
+
+def _pruned(results: list[Any], *, refused: str | None = None,
+            file: str | None = None) -> dict[str, Any]:
+    """``prune_tags``' XCom: counts, the refusal if any, and the file of its records."""
+    return {"summary": summarize([], [], results, zeros=True), "refused": refused,
+            "file": file}
+
+
+def replicate() -> None:
+    """Lay out the replication tasks in the current DAG."""
+    primary = snapshot.override(task_id="snapshot_primary")(PRIMARY_CONN_ID)
+    secondary = snapshot.override(task_id="snapshot_secondary")(SECONDARY_CONN_ID)
+    differences = diff(primary, secondary)
+    blob_batches = plan(differences, primary)
+    image_batches = manifest_batches()
+    blob_batches >> image_batches
+    copied = copy_blobs.expand(batch=blob_batches)
+    pushed = push_manifests.expand(batch=image_batches)
+    copied >> pushed
+    pruned = prune_tags(primary, secondary, differences)
+    pushed >> pruned
+    verified = verify(primary)
+    closure = verify_closure(primary)
+    pruned >> closure >> verified
+    report(primary, pruned, verified)

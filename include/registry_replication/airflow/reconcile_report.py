@@ -1,0 +1,266 @@
+"""The reconcile's last tasks, which check and report what the run did: ``verify_closure``
+(the ``blobs``/``content`` levels), ``verify`` (per-repository checksums on both sides) and
+``report`` (the run's summary and problems, in the run history; it fails the run if anything
+failed, then applies retention). ``airflow.reconcile.replicate`` wires them in.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import asdict
+from typing import Any
+
+import pandas as pd
+import pendulum
+from airflow.sdk import TriggerRule, get_current_context, task
+
+from registry_replication.airflow import alerts
+from registry_replication.airflow.deployment import checked
+from registry_replication.airflow.run_folder import (
+    SKIPPED_FILE,
+    apply_retention,
+    failed_blob_refs,
+    log_table,
+    pulled,
+    read_snapshot,
+    run_folder,
+)
+from registry_replication.airflow.settings import (
+    COPY_POOL,
+    COPY_QUEUE,
+    PRIMARY_CONN_ID,
+    SECONDARY_CONN_ID,
+    SHOWN,
+    ReplicationFailed,
+    current_params,
+    registry_client,
+    run_scope,
+    task_leases,
+)
+from registry_replication.engine import artifacts
+from registry_replication.engine import diff as diffs
+from registry_replication.engine import verify as verifying
+from registry_replication.engine.copy import BlobResult, ImageResult
+from registry_replication.engine.plan import Skipped
+from registry_replication.engine.prune import PruneResult
+from registry_replication.engine.snapshot import problem_line, take_snapshot
+from registry_replication.engine.sync import secondary_after
+from registry_replication.outcomes import (
+    NOT_PUSHED,
+    RepositoryState,
+    Snapshot,
+    VerifyLevel,
+    summarize,
+)
+from registry_replication.store import Store
+from registry_replication.store.record import RunKind
+
+log = logging.getLogger(__name__)
+
+
+@task(trigger_rule=TriggerRule.ALL_DONE, queue=COPY_QUEUE, pool=COPY_POOL)
+@checked
+def verify_closure(primary: dict[str, Any]) -> dict[str, Any]:
+    """``blobs``/``content``: every tag's closure on the secondary; what is missing is copied
+    again, damage that no copy can repair is named (data file, expected and found, the fix)."""
+    p = current_params()
+    taken = get_current_context()["ti"].xcom_pull(task_ids="snapshot_secondary") or {}
+    level = VerifyLevel(taken.get("verify_level", VerifyLevel.TAGS))
+    if level == VerifyLevel.TAGS or p["dry_run"]:
+        log.info("this run verifies tags only (verify=%s)", p.get("verify", verifying.AUTO))
+        return {"level": VerifyLevel.TAGS.value}
+    try:
+        skipped = [_result(Skipped, r)
+                   for r in artifacts.read_json_lines(run_folder() / SKIPPED_FILE)]
+    except FileNotFoundError:  # no plan this run (it failed): nothing was skipped by it
+        skipped = []
+    with task_leases() as leases:
+        report = verifying.deep_verify(
+            registry_client(PRIMARY_CONN_ID), registry_client(SECONDARY_CONN_ID, writable=True),
+            verifying.images_of(read_snapshot(primary), skipped), level, leases=leases,
+            fraction=p.get("content_verify_fraction", 1.0), concurrency=p["concurrency"],
+            parallelism=p["parallelism"])
+    if report.blobs:
+        alerts.record_copied_bytes(get_current_context(), sum(r.bytes for r in report.blobs))
+    artifacts.write_json_lines(run_folder() / "verified.jsonl",
+                               [asdict(f) for f in report.findings])
+    return {"level": level.value, "line": report.line(), "problems": len(report.problems),
+            "manifests": report.manifests_checked, "blobs": report.blobs_checked,
+            "read": report.blobs_read,
+            "first_problems": [f.line() for f in report.problems[:SHOWN]]}
+
+
+@task(trigger_rule=TriggerRule.ALL_DONE)
+@checked
+def verify(primary: dict[str, Any]) -> dict[str, Any]:
+    """Geo's verification: per-repository checksums of (tag, digest) on both sides.
+
+    The secondary as this run saw it: its snapshot from the start of the run plus the writes
+    the secondary acknowledged (``sync.secondary_after``: listed again only where a write did
+    not go as planned, or where the run changed something when a full verification is due).
+    Listed again whole when a copy task left no records (it died).
+    """
+    p = current_params()
+    context = get_current_context()
+    ti = context["ti"]
+    differences = ti.xcom_pull(task_ids="diff")
+    taken = ti.xcom_pull(task_ids="snapshot_secondary")
+    refs = pulled(context, "push_manifests", "results")
+    pruned = ti.xcom_pull(task_ids="prune_tags")
+    recorded = (taken and differences and pruned is not None
+                and len(refs) == len(ti.xcom_pull(task_ids="plan", key="image_batches") or []))
+    before = read_snapshot(taken) if recorded else None
+    if before is not None and before.complete and differences["changes"] == 0:
+        log.info("this run changed nothing on the secondary: its snapshot from the start of the "
+                 "run is verified rather than listing it again")
+        after = before
+    elif before is not None:
+        folder = run_folder()
+        after = secondary_after(
+            registry_client(SECONDARY_CONN_ID), before,
+            [_result(ImageResult, r) for ref in refs
+             for r in artifacts.read_json_lines(folder / ref["file"])],
+            [_result(PruneResult, r) for r in artifacts.read_json_lines(folder / pruned["file"])]
+            if pruned.get("file") else [],
+            scope=run_scope(p), concurrency=p["concurrency"],
+            relist_all=bool(taken.get("verification_due")))
+    else:
+        after = take_snapshot(registry_client(SECONDARY_CONN_ID), run_scope(p),
+                              concurrency=p["concurrency"],
+                              repositories=p["repositories"] or None)
+    source = read_snapshot(primary)
+    report = diffs.verify(source, after)
+    differ = report[~report["in_sync"]]
+    store = Store()
+    damaged = verifying.settle(store, report, VerifyLevel(taken.get("verify_level", "tags")
+                                                          if taken else "tags"), before)
+    deep = ti.xcom_pull(task_ids="verify_closure") or {}
+    line = verifying.verification_line(
+        report, VerifyLevel(deep.get("level", "tags")),
+        RunKind(taken.get("kind", "full"), "", taken.get("sampled", 0)) if taken else None,
+        damaged, None) + (f"; {deep['line']}" if deep.get("line") else "")
+    log.info("%s", line)
+    if len(differ):
+        log.warning("repositories whose checksums differ:\n%s", log_table(differ))
+    counts = {side: snap.tags["repository"].value_counts().to_dict()
+              for side, snap in (("primary", source), ("secondary", after))}
+    now = pendulum.now("UTC")
+    store.state.set_repository_state(
+        {"repository": row.repository,
+         "state": RepositoryState.DAMAGED if row.repository in damaged
+         else RepositoryState.SYNCED if row.in_sync else RepositoryState.PENDING,
+         "tags_primary": int(counts["primary"].get(row.repository, 0)),
+         "tags_secondary": int(counts["secondary"].get(row.repository, 0)),
+         "checksum_primary": row.primary if isinstance(row.primary, str) else None,
+         "checksum_secondary": row.secondary if isinstance(row.secondary, str) else None,
+         **({"last_sync_at": now, "last_error": None}
+            if row.in_sync and row.repository not in damaged else {})}
+        for row in report.itertuples()
+    )
+    # The names that differ are in the log and on the status page; XCom keeps the first few.
+    return {"repositories": len(report), "differ": len(differ), "line": line,
+            "damaged": sorted(damaged)[:SHOWN], "damaged_count": len(damaged),
+            "first_differing": differ["repository"].head(SHOWN).tolist()}
+
+
+@task(trigger_rule=TriggerRule.ALL_DONE)
+@checked
+def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, Any]) -> dict:
+    """The run's summary, and every failed layer; fails the run if anything failed."""
+    context = get_current_context()
+    p = context["params"]
+    refs = [*pulled(context, "copy_blobs", "results"),
+            *pulled(context, "push_manifests", "results")]
+    summed: Counter[str] = Counter(summarize([], [], [], zeros=True))
+    for summary in [*(ref["summary"] for ref in refs), pruned["summary"]]:
+        summed.update(summary)
+    started = context["dag_run"].start_date
+    not_pushed = sum(summed[f"images {o}"] for o in NOT_PUSHED)
+    counts: dict[str, Any] = {
+        **summed,
+        "repositories differing": verified.get("differ") or 0,
+        "seconds": round(time.time() - started.timestamp(), 1) if started else None,
+        # full (the secondary listed) or cheap (read from its record), and why
+        "run kind": (context["ti"].xcom_pull(task_ids="snapshot_secondary") or {}).get("run_kind"),
+        "verification": verified.get("line"),
+    }
+    log.info("run summary%s:\n%s", " (dry run)" if p["dry_run"] else "",
+             log_table(pd.Series(counts, name="value", dtype=object).to_frame()))
+    problems = []
+    failed, map_index = [], {}
+    for ref, record in failed_blob_refs(context):
+        failed.append(_result(BlobResult, record))
+        map_index[(record["repository"], record["digest"])] = ref["map_index"]
+    if failed:
+        log.error("failed layers:\n%s", log_table(pd.DataFrame([asdict(r) for r in failed])[
+            ["repository", "digest", "size", "status", "code", "error"]]))
+        problems.append(f"{len(failed)} blobs failed")
+    if not_pushed:
+        problems.append(f"{not_pushed} images not pushed")
+    listing = read_snapshot(primary)
+    if listing.errors:
+        problems.append(f"the primary's listing was incomplete ({listing.errors[0]})")
+    problems += _repository_problems(listing)
+    problems += _skipped_problems(context["ti"].xcom_pull(task_ids="plan", key="skipped"))
+    if pruned.get("refused"):
+        problems.append(pruned["refused"])
+    deep = context["ti"].xcom_pull(task_ids="verify_closure") or {}
+    problems += deep.get("first_problems") or []
+    if verified.get("damaged_count"):
+        problems.append(f"{verified['damaged_count']} repositories damaged on the secondary "
+                        f"({', '.join(verified['damaged'])}): the verify_closure log of the run "
+                        "that found it names each data file to remove, then run verify=blobs")
+    dag_run = context["dag_run"]
+    Store().history.record_run(
+        dag_run.dag_id, dag_run.run_id, "failed" if problems else "success",
+        {**counts, "problems": problems, "dry_run": p["dry_run"]},
+        [{"repository": r.repository, "digest": r.digest, "size": r.size, "status": r.status,
+          "code": r.code, "error": r.error, "task_id": "copy_blobs",
+          "map_index": map_index.get((r.repository, r.digest))} for r in failed],
+    )
+    alerts.send_stats(Store())
+    apply_retention(pendulum.now("UTC"))
+    if problems:
+        raise ReplicationFailed("; ".join(problems))
+    return counts
+
+
+def _skipped_problems(skipped: dict[str, Any] | None) -> list[str]:
+    """Name the images the plan could not replicate (malformed, unsupported, past a bound)."""
+    if not skipped or not skipped["count"]:
+        return []
+    shown = [_result(Skipped, record) for record in skipped["shown"]]
+    Store().state.set_repository_state(
+        {"repository": s.repository, "state": RepositoryState.FAILED,
+         "last_error": f"{s.digest}: {s.reason}"[:4000]} for s in shown)
+    lines = [f"cannot replicate {s.repository}:{','.join(s.tags)} ({s.digest}): {s.reason}"
+             for s in shown]
+    if skipped["count"] > len(shown):
+        lines.append(f"and {skipped['count'] - len(shown)} more images: see the plan log")
+    return lines
+
+
+def _repository_problems(listing: Snapshot, shown: int = SHOWN) -> list[str]:
+    """Log, record on the status page and name the repositories that could not be handled."""
+    if not listing.problems:
+        return []
+    log.error("repositories and tags that cannot be replicated (every other repository was):\n%s",
+              log_table(pd.DataFrame(listing.problems)))
+    reasons: dict[str, list[str]] = {}
+    for found in listing.problems:
+        reasons.setdefault(found["repository"], []).append(problem_line(found))
+    Store().state.set_repository_state(
+        {"repository": repository, "state": RepositoryState.FAILED, "last_error": "; ".join(lines)[:4000]}
+        for repository, lines in sorted(reasons.items())
+    )
+    lines = [f"cannot replicate {problem_line(found)}" for found in listing.problems[:shown]]
+    if len(listing.problems) > shown:
+        lines.append(f"and {len(listing.problems) - shown} more problems: see the "
+                     "snapshot_primary log")
+    return lines
+
+
+def _result(kind: type, record: dict[str, Any]):
+    return kind(**{k: v for k, v in record.items() if k in kind.__dataclass_fields__})
