@@ -47,9 +47,8 @@ from registry_replication.airflow.settings import (
     run_scope,
     task_leases,
 )
-from registry_replication.engine import artifacts
+from registry_replication.engine import artifacts, verification
 from registry_replication.engine import diff as diffs
-from registry_replication.engine import verify as verifying
 from registry_replication.engine.copy import BlobResult, Copier, ImageResult
 from registry_replication.engine.diff import IN_SYNC
 from registry_replication.engine.leases import Leases
@@ -79,7 +78,7 @@ def snapshot(conn_id: str) -> dict[str, Any]:
     kind = None
     if conn_id == SECONDARY_CONN_ID:  # listed in a full run, read from the record in a cheap one
         dag_run = get_current_context()["dag_run"]
-        level, why = verifying.choose_level(Store(), p.get("verify", verifying.AUTO),
+        level, why = verification.choose_level(Store(), p.get("verify", verification.AUTO),
                                             p["repositories"] or None, run_scope(p),
                                             DEEP_VERIFY_DAYS)
         log.info("verification level %s: %s", level, why)

@@ -39,7 +39,7 @@ from registry_replication.airflow.settings import (
     run_scope,
     task_leases,
 )
-from registry_replication.engine import artifacts
+from registry_replication.engine import artifacts, verification
 from registry_replication.engine import diff as diffs
 from registry_replication.engine import verify as verifying
 from registry_replication.engine.copy import BlobResult, ImageResult
@@ -69,7 +69,7 @@ def verify_closure(primary: dict[str, Any]) -> dict[str, Any]:
     taken = get_current_context()["ti"].xcom_pull(task_ids="snapshot_secondary") or {}
     level = VerifyLevel(taken.get("verify_level", VerifyLevel.TAGS))
     if level == VerifyLevel.TAGS or p["dry_run"]:
-        log.info("this run verifies tags only (verify=%s)", p.get("verify", verifying.AUTO))
+        log.info("this run verifies tags only (verify=%s)", p.get("verify", verification.AUTO))
         return {"level": VerifyLevel.TAGS.value}
     try:
         skipped = [_result(Skipped, r)
@@ -134,10 +134,10 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
     report = diffs.verify(source, after)
     differ = report[~report["in_sync"]]
     store = Store()
-    damaged = verifying.settle(store, report, VerifyLevel(taken.get("verify_level", "tags")
+    damaged = verification.settle(store, report, VerifyLevel(taken.get("verify_level", "tags")
                                                           if taken else "tags"), before)
     deep = ti.xcom_pull(task_ids="verify_closure") or {}
-    line = verifying.verification_line(
+    line = verification.verification_line(
         report, VerifyLevel(deep.get("level", "tags")),
         RunKind(taken.get("kind", "full"), "", taken.get("sampled", 0)) if taken else None,
         damaged, None) + (f"; {deep['line']}" if deep.get("line") else "")

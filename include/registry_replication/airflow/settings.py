@@ -15,7 +15,7 @@ from airflow.configuration import conf
 from airflow.sdk import Param, get_current_context
 
 from registry_replication.airflow.hooks import OciRegistryHook
-from registry_replication.engine import verify as verifying
+from registry_replication.engine import verification
 from registry_replication.engine.leases import Leases
 from registry_replication.engine.plan import DEFAULT_BATCH_BYTES
 from registry_replication.outcomes import Scope, VerifyLevel
@@ -40,7 +40,7 @@ BLOB_BATCH_BYTES = conf.getint(SECTION, "blob_batch_bytes", fallback=DEFAULT_BAT
 FULL_VERIFY_HOURS = conf.getfloat(SECTION, "full_verify_hours", fallback=full_verify_hours())
 # Days between blobs verifications (every tag's closure on the secondary) under verify=auto.
 DEEP_VERIFY_DAYS = conf.getfloat(SECTION, "deep_verify_days",
-                                 fallback=verifying.deep_verify_days())
+                                 fallback=verification.deep_verify_days())
 
 # Names an XCom or a run's problem list shows at most (the rest are in the task's log).
 SHOWN = 20
@@ -83,7 +83,7 @@ def params(*, repositories_required: bool = False) -> dict[str, Param]:
         "full_verify": Param(False, type="boolean",
                              description="List the secondary rather than read its record, "
                              "whatever the age of the last full verification."),
-        "verify": Param(verifying.AUTO, type="string", enum=[verifying.AUTO, *VerifyLevel],
+        "verify": Param(verification.AUTO, type="string", enum=[verification.AUTO, *VerifyLevel],
                         description="tags: compare tag lists; blobs: every tag's manifests and "
                         "blobs exist on the secondary with their sizes (missing ones copied "
                         "again); content: and every blob read back and hashed. auto: blobs "

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 
 from registry_replication.engine import diff as diffs
+from registry_replication.engine import verification
 from registry_replication.engine import verify as verifying
 from registry_replication.engine.copy import BlobResult, Copier, ImageResult
 from registry_replication.engine.leases import Leases
@@ -51,7 +52,7 @@ class SyncOptions:
     chunk_size: int | None = None
     full_verify: bool = False  # list the secondary even if its record is fresh enough
     full_verify_hours: float | None = None  # default: $REGISTRY_REPLICATION_FULL_VERIFY_HOURS or 24
-    verify: str = verifying.AUTO  # tags | blobs | content | auto (the cadence decides)
+    verify: str = verification.AUTO  # tags | blobs | content | auto (the cadence decides)
     deep_verify_days: float | None = None  # default: $REGISTRY_REPLICATION_DEEP_VERIFY_DAYS or 7
     content_verify_fraction: float = 1.0  # of the blobs a content verification reads back
 
@@ -87,7 +88,7 @@ class SyncReport:
 
     def verification_line(self) -> str:
         """What the run verified and how: never "in sync" for what it did not look at."""
-        return verifying.verification_line(self.verification, self.level, self.run_kind,
+        return verification.verification_line(self.verification, self.level, self.run_kind,
                                            self.damaged, self.deep)
 
     def counts(self) -> dict[str, int]:
@@ -140,7 +141,7 @@ def run_sync(
             return run_sync(primary, secondary, options, leases=own)
     options = options or SyncOptions()
     started = time.monotonic()
-    level, why = verifying.choose_level(leases.store, options.verify, options.repositories,
+    level, why = verification.choose_level(leases.store, options.verify, options.repositories,
                                         options.scope, options.deep_verify_days)
     log.info("verification level %s: %s", level, why)
     forced = level != VerifyLevel.TAGS and not options.full_verify
@@ -188,7 +189,7 @@ def run_sync(
                                 unsure={s.repository for s in plan.skipped},
                                 relist_all=kind.verification_due or report.deep is not None)
         report.verification = diffs.verify(source, after)
-        report.damaged = verifying.settle(leases.store, report.verification, level, target)
+        report.damaged = verification.settle(leases.store, report.verification, level, target)
     report.seconds = time.monotonic() - started
     return report
 

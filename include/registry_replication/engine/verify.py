@@ -19,11 +19,9 @@ with its data file and the fix (remove the file, then run ``verify=blobs``), its
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 import math
-import os
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -31,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
 import sqlalchemy as sa
 
 from registry_replication.engine.copy import BlobResult, Copier, ImageResult
@@ -42,29 +39,19 @@ from registry_replication.outcomes import (
     BlobOutcome,
     CheckOutcome,
     RepositoryState,
-    Scope,
     Snapshot,
     VerifyLevel,
     describe,
     human_size,
 )
 from registry_replication.store import Store
-from registry_replication.store.record import RunKind
-from registry_replication.store.schema import aware, now, repository_state
+from registry_replication.store.schema import now, repository_state
 from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.errors import DigestMismatchError, NotFoundError
 
 log = logging.getLogger(__name__)
 
-DEEP_VERIFY_DAYS_ENV = "REGISTRY_REPLICATION_DEEP_VERIFY_DAYS"
-DEFAULT_DEEP_VERIFY_DAYS = 7.0
-AUTO = "auto"  # the ``verify`` default: tags, or blobs where the last one is deep_verify_days old
 DATA_PATH = "docker/registry/v2/blobs/{algorithm}/{prefix}/{hex}/data"
-
-
-def deep_verify_days() -> float:
-    """The cadence of ``blobs`` verification: ``$REGISTRY_REPLICATION_DEEP_VERIFY_DAYS`` or 7."""
-    return float(os.environ.get(DEEP_VERIFY_DAYS_ENV) or DEFAULT_DEEP_VERIFY_DAYS)
 
 
 def data_path(digest: str) -> str:
@@ -140,39 +127,6 @@ class DeepReport:
         return (f"{self.level} verification of {len(self.repositories)} repositories: "
                 f"{self.manifests_checked} manifests fetched, {self.blobs_checked} blobs "
                 f"checked{content}; {repaired} repaired, {len(self.problems)} problems")
-
-
-def choose_level(store: Store, asked: str, repositories: Iterable[str] | None, scope: Scope,
-                 days: float | None = None) -> tuple[VerifyLevel, str]:
-    """The run's level and why: as asked, or under ``auto`` ``blobs`` when a repository in
-    scope that was replicated before has had no ``blobs`` (or deeper) verification for
-    ``deep_verify_days``. A repository this run replicates for the first time is not due: what
-    the run writes is checked as it lands, and ``settle`` starts its cadence."""
-    if asked != AUTO:
-        return VerifyLevel(asked), f"verify={asked} was asked for"
-    days = deep_verify_days() if days is None else days
-    last = last_deep(store)
-    names = sorted(n for n in (last if repositories is None else set(repositories) & set(last))
-                   if scope.wants_repository(n))
-    if not names:
-        return VerifyLevel.TAGS, ("no repository in scope was replicated before: this run's "
-                                  "writes are checked as they land")
-    cutoff = now() - dt.timedelta(days=days)
-    due = [n for n in names if last[n] is None or last[n] < cutoff]
-    if due:
-        return VerifyLevel.BLOBS, (f"{len(due)} repositories ({', '.join(due[:3])}"
-                                   f"{' ...' if len(due) > 3 else ''}) had no blobs "
-                                   f"verification for deep_verify_days={days:g}")
-    return VerifyLevel.TAGS, f"every repository had a blobs verification within {days:g} days"
-
-
-def last_deep(store: Store) -> dict[str, dt.datetime | None]:
-    """{repository: its last blobs or content verification (None: never)} of known ones."""
-    t = repository_state.c
-    with store.engine.connect() as conn:
-        return {r.repository: aware(r.verified_at) if r.verified_level in (
-                    VerifyLevel.BLOBS, VerifyLevel.CONTENT) else None
-                for r in conn.execute(sa.select(t.repository, t.verified_level, t.verified_at))}
 
 
 def deep_verify(
@@ -413,14 +367,6 @@ def record(store: Store, report: DeepReport, check: _Check, slices: dict[str, in
     store.state.set_repository_state(rows)
 
 
-def damaged_repositories(store: Store) -> dict[str, dict[str, str]]:
-    """{repository: {digest: level found at}} of the repositories recorded damaged."""
-    t = repository_state.c
-    with store.engine.connect() as conn:
-        return {r.repository: r.damaged or {} for r in conn.execute(
-            sa.select(t.repository, t.damaged).where(t.state == RepositoryState.DAMAGED))}
-
-
 def images_of(primary: Snapshot, skipped: Iterable[Skipped] = ()
               ) -> dict[tuple[str, str], list[str]]:
     """{(repository, digest): tags} of the primary's listing: what a deep verification walks,
@@ -433,65 +379,3 @@ def images_of(primary: Snapshot, skipped: Iterable[Skipped] = ()
         if (repository, digest) not in left_out:
             found[(repository, digest)].append(tag)
     return dict(found)
-
-
-def settle(store: Store, verification: pd.DataFrame, level: VerifyLevel,
-           before: Snapshot | None = None) -> dict[str, dict[str, str]]:
-    """The repositories of ``verification`` still recorded damaged ({repository: {digest:
-    level}}): a tags run cannot clear a deeper level's finding, so they stay damaged.
-
-    Also starts the ``blobs`` cadence of the repositories replicated for the first time (none
-    known to the store). One that this run wrote whole (nothing of it on the secondary in
-    ``before``, the run's starting view of it, and in sync now) counts as verified at ``blobs``
-    now: each blob the run copied was checked against its digest as it landed, and the
-    registry accepted each manifest only with its blobs present. Any other is due at the
-    next run."""
-    damaged = damaged_repositories(store)
-    if damaged:
-        log.error("repositories damaged on the secondary (found by an earlier or this %s "
-                  "verification; the log of that run names each data file): %s", level,
-                  ", ".join(sorted(set(damaged) & set(verification["repository"]))))
-    known = last_deep(store)
-    first = {r: bool(ok) for r, ok in zip(verification["repository"], verification["in_sync"])
-             if r not in known}
-    if first:
-        held = set(before.tags["repository"]) if before is not None else set(first)
-        whole = sorted(r for r, ok in first.items() if ok and r not in held)
-        at = now()
-        store.state.set_repository_state(
-            {"repository": r, "state": RepositoryState.SYNCED if ok else RepositoryState.PENDING,
-             **({"verified_level": VerifyLevel.BLOBS.value, "verified_at": at}
-                if r in whole else {})} for r, ok in first.items())
-        log.info("%d repositories replicated for the first time: %d written whole by this run "
-                 "count as verified at blobs now (next due in deep_verify_days), %d are due for "
-                 "a blobs verification at the next run", len(first), len(whole),
-                 len(first) - len(whole))
-    return {r: damaged[r] for r in verification["repository"] if r in damaged}
-
-
-def verification_line(verification: pd.DataFrame | None, level: VerifyLevel,
-                      kind: RunKind | None, damaged: Mapping[str, Any],
-                      deep: DeepReport | None) -> str:
-    """``10 of 10 repositories in sync (tags, from the record; sample of 50 tags checked)``:
-    what the run looked at. A damaged repository is never counted in sync."""
-    if verification is None:
-        return "verification: none (dry run)"
-    total = len(verification)
-    in_sync = int((verification["in_sync"] & ~verification["repository"].isin(list(damaged))
-                   ).sum())
-    how = [level.value]
-    if kind is None:
-        how.append("listed")
-    elif kind.kind == "cheap":
-        how.append("from the record" + (f"; sample of {kind.sampled} tags checked"
-                                        if kind.sampled else ""))
-    else:
-        how.append("listed")
-    if deep is not None:
-        how.append(f"{deep.manifests_checked} manifests and {deep.blobs_checked} blobs checked"
-                   + (f", {deep.blobs_read} read back" if deep.level == VerifyLevel.CONTENT
-                      else ""))
-    line = f"verification: {in_sync} of {total} repositories in sync ({'; '.join(how)})"
-    if damaged:
-        line += f"; {len(damaged)} damaged: {', '.join(sorted(damaged)[:10])}"
-    return line
