@@ -18,8 +18,8 @@ from urllib.parse import urljoin
 import requests
 
 from registry_replication.transport import mediatypes as mt
-from registry_replication.transport.auth import JwtAuth
 from registry_replication.transport.client import RegistryClient
+from registry_replication.transport.tokens import JwtAuth
 from replication_harness.registry import GITLAB_ISSUER, GITLAB_SERVICE, LocalRegistry
 
 

@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from registry_replication.transport.auth import JwtAuth
+from registry_replication.transport.tokens import JwtAuth
 from replication_harness.keys import KeyPair
 from replication_harness.registry import GITLAB_ISSUER, GITLAB_SERVICE
 

@@ -14,10 +14,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from registry_replication.transport import upload
-from registry_replication.transport.auth import JwtAuth, libtrust_key_id, repository_scope
+from registry_replication.transport.auth import repository_scope
 from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.config import RegistryConfig
 from registry_replication.transport.errors import RegistryAuthError, RegistryUnavailableError
+from registry_replication.transport.tokens import JwtAuth, libtrust_key_id
 from replication_harness import images
 from replication_harness.keys import generate_key_pair
 from replication_harness.registry import GITLAB_SERVICE

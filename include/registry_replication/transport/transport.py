@@ -40,14 +40,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
-from registry_replication.transport.auth import (
-    Auth,
-    BasicAuth,
-    Challenge,
-    JwtAuth,
-    TokenAuth,
-    no_auth,
-)
+from registry_replication.transport.auth import Auth, BasicAuth, Challenge, no_auth
 from registry_replication.transport.bounded import read_body
 from registry_replication.transport.config import RegistryConfig
 from registry_replication.transport.errors import (
@@ -60,6 +53,7 @@ from registry_replication.transport.responses import (
     registry_error,
     storage_error,
 )
+from registry_replication.transport.tokens import JwtAuth, TokenAuth
 
 log = logging.getLogger(__name__)
 
