@@ -133,3 +133,22 @@ def test_each_layer_imports_only_what_it_may():
 def test_the_harness_is_not_in_the_package():
     assert not (PACKAGE / "local").exists()
     assert sources() and not [p for p in sources() if "replication_harness" in imports(p)[1]]
+
+
+MAX_MODULE_LINES = 450
+MAX_CLASS_LINES = 300
+
+
+def test_modules_and_classes_stay_small_enough_to_read():
+    """A module over 450 lines or a class over 300 has more than one reason to change: split it
+    by concern (ARCHITECTURE.md's table says where each part goes)."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text()
+        where = path.relative_to(PACKAGE)
+        if (lines := len(source.splitlines())) > MAX_MODULE_LINES:
+            offenders.append(f"{where}: {lines} lines")
+        offenders += [f"{where}: class {node.name}: {node.end_lineno - node.lineno + 1} lines"
+                      for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ClassDef)
+                      and node.end_lineno - node.lineno + 1 > MAX_CLASS_LINES]
+    assert offenders == []
