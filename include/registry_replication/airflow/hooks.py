@@ -20,6 +20,12 @@ class OciRegistryHook(BaseHook):
     A ``BaseHook``, not an ``HttpHook``: ``HttpHook.get_conn`` returns a bare ``requests.Session``
     and sends every extra key it does not know as an HTTP header, so ``private_key_path``,
     ``issuer`` and the rest would leak to the registry; the client does its own auth and retries.
+
+    :param registry_conn_id: the ``oci_registry`` connection: the registry's URL, its auth
+        (``jwt`` with a copy of the primary's key pair, ``token``, ``basic`` or ``anonymous``)
+        and bounds in the extras.
+    :param writable: whether the client may write (``PUT``, ``POST``, ``PATCH``, ``DELETE``);
+        the primary's never does.
     """
 
     conn_name_attr = "registry_conn_id"

@@ -40,6 +40,13 @@ class ReplicateImagesOperator(BaseOperator):
     Returns the counts of what it did (XCom); fails naming each ``repository:tag`` that is not
     on the secondary afterwards, with the registry's error and what to do. Tags are never
     pruned here.
+
+    :param repositories: a repository or a list of them (templated).
+    :param tags: a tag or a list of tags to replicate; None: every tag (templated).
+    :param primary_conn_id: the primary's ``oci_registry`` connection (default: the
+        ``[registry_replication] primary_conn_id`` setting).
+    :param secondary_conn_id: the secondary's connection (default: ``secondary_conn_id``).
+    :param parallelism: blob transfers (and batches of tag writes) in flight.
     """
 
     template_fields: Sequence[str] = ("repositories", "tags")

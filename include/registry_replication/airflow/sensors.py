@@ -12,7 +12,11 @@ from registry_replication.store import Store
 
 
 class PendingEventsSensor(BaseSensorOperator):
-    """Succeeds when notifications are waiting; meanwhile it waits in the triggerer."""
+    """Succeeds when notifications are waiting; meanwhile it waits in the triggerer.
+
+    :param poll_interval: seconds between looks at the event store.
+    :param deferrable: wait in the triggerer (the default) rather than in a worker slot.
+    """
 
     def __init__(self, *, poll_interval: float = 1.0, deferrable: bool = True, **kwargs: Any) -> None:
         super().__init__(poke_interval=poll_interval, **kwargs)

@@ -16,6 +16,8 @@ class PendingEventsTrigger(BaseTrigger):
 
     The store's URL is not serialised (it may carry a password): the triggerer reads it from
     its own environment, like the webhook and the tasks do.
+
+    :param poll_interval: seconds between looks at the event store.
     """
 
     def __init__(self, poll_interval: float = 1.0) -> None:
