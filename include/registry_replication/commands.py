@@ -1,0 +1,182 @@
+"""What each ``registry-replication`` command does, once ``cli`` has parsed its arguments.
+
+Apart from the parser so that ``--help`` (and a mistyped flag) answers without importing the
+engine (pandas, SQLAlchemy, requests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict
+
+import pandas as pd
+
+from registry_replication.engine import diff as diffs
+from registry_replication.engine.plan import Plan, build_plan
+from registry_replication.engine.snapshot import ReadManifests, problem_line
+from registry_replication.engine.sync import SyncOptions, listings, run_sync, snapshots
+from registry_replication.outcomes import BlobOutcome, Scope, Snapshot
+from registry_replication.store import Store
+from registry_replication.transport.client import RegistryClient
+from registry_replication.transport.config import ConfigError, RegistryConfig
+from registry_replication.transport.errors import RegistryError
+
+log = logging.getLogger("registry_replication")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command; returns the exit code."""
+    if args.command == "store":
+        if args.action == "prune":
+            return _store_prune(args.url, args.days)
+        return _store_upgrade(args.url)
+    try:
+        primary = RegistryClient(_config(args.primary))
+        secondary = RegistryClient(_config(args.secondary), writable=args.command == "sync")
+        options = SyncOptions(
+            scope=Scope.of(args.include, args.exclude, args.tags),
+            repositories=args.repository or None,
+            dry_run=args.command != "sync" or args.dry_run,
+            prune=not args.no_prune,
+            force_prune=args.force_prune,
+            max_prune_fraction=args.max_prune_fraction,
+            concurrency=args.concurrency,
+            parallelism=args.parallelism,
+            chunk_size=args.chunk_size_mib << 20 if args.chunk_size_mib else None,
+            full_verify=getattr(args, "full_verify", False),
+            **({"verify": args.verify, "content_verify_fraction": args.content_verify_fraction,
+                "deep_verify_days": args.deep_verify_days} if args.command == "sync" else {}),
+        )
+        return {"plan": _plan, "sync": _sync, "verify": _verify}[args.command](
+            primary, secondary, options, args
+        )
+    except (ConfigError, RegistryError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+
+
+
+def _plan(primary, secondary, options: SyncOptions, args) -> int:
+    read: ReadManifests = {}
+    source, target, kind = listings(primary, secondary, options, Store(), manifests=read)
+    differences = diffs.diff(source, target)
+    plan = build_plan(primary, secondary, diffs.wanted(differences),
+                      concurrency=options.concurrency, known_manifests=read)
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2))
+        return 0
+    print(kind.line())
+    _print("tags per repository", diffs.summary(differences))
+    _print_problems(source, target)
+    print(
+        f"\n{len(plan.images)} images to push, {len(plan.blobs)} blobs "
+        f"({plan.transfer_bytes / (1 << 20):.1f} MiB to transfer), {len(plan.skipped)} skipped"
+    )
+    _print_skipped(plan)
+    return 0
+
+
+def _print_skipped(plan: Plan) -> None:
+    for skipped in plan.skipped:
+        print(f"cannot replicate {skipped.repository}:{','.join(skipped.tags)} "
+              f"({skipped.digest}): {skipped.reason}")
+
+
+def _sync(primary, secondary, options: SyncOptions, args) -> int:
+    report = run_sync(primary, secondary, options)
+    if args.json:
+        print(json.dumps({"counts": report.counts(), "seconds": report.seconds,
+                          "run": {"kind": report.run_kind.kind, "reason": report.run_kind.reason},
+                          "bytes_read_from_primary": primary.bytes_read,
+                          "problems": report.primary.problems + report.secondary.problems,
+                          "verification": report.verification_line(),
+                          "findings": [asdict(f) for f in (report.deep.findings
+                                                           if report.deep else [])],
+                          "skipped": [asdict(s) for s in report.plan.skipped]},
+                         indent=2))
+    else:
+        print(report.run_kind.line())
+        failed = [r for r in report.blobs if r.outcome == BlobOutcome.FAILED]
+        if failed:
+            _print("failed blobs", pd.DataFrame([r.__dict__ for r in failed])[
+                ["repository", "digest", "size", "status", "code", "error"]])
+        _print("summary", pd.Series(report.counts(), name="count").to_frame())
+        _print_problems(report.primary, report.secondary)
+        _print_skipped(report.plan)
+        if report.prune_refused:
+            print(f"\nprune refused: {report.prune_refused}")
+        if report.deep is not None:
+            print(f"\n{report.deep.line()}")
+            for finding in report.deep.findings:
+                print(f"  {finding.line()}")
+        print(f"\n{report.verification_line()}")
+        print(f"done in {report.seconds:.1f}s, {primary.bytes_read / (1 << 20):.1f} MiB read from the primary")
+    return 1 if report.failed else 0
+
+
+def _verify(primary, secondary, options: SyncOptions, args) -> int:
+    source, target = snapshots(primary, secondary, options)
+    report = diffs.verify(source, target)
+    differ = report[~report["in_sync"]]
+    if args.json:
+        print(report.to_json(orient="records", indent=2))
+    else:
+        _print("repositories whose checksums differ" if len(differ) else "all repositories in sync",
+               differ if len(differ) else report)
+        _print_problems(source, target)
+    return 1 if len(differ) or not source.complete or not target.complete else 0
+
+
+def _store_upgrade(url: str | None) -> int:
+    """Bring the replication store's schema to this version (also done on first use)."""
+    from registry_replication.store import engine, migrate
+
+    target = engine.create(url or engine.default_url())
+    try:
+        was = migrate.upgrade(target)
+    finally:
+        target.dispose()
+    head = migrate.head()
+    print(f"replication store at {target.url!r}: "
+          + (f"already at revision {head}" if was == head else f"upgraded from {was} to {head}"))
+    return 0
+
+
+def _store_prune(url: str | None, days: float | None) -> int:
+    """Delete the store's history older than ``days`` (what the DAGs' reports do hourly)."""
+    import datetime as dt
+
+    from registry_replication.store import retention
+
+    days = retention.history_retention_days() if days is None else days
+    store = Store(url)
+    try:
+        pruned = retention.prune(store.engine, dt.timedelta(days=days))
+    except ValueError as exc:
+        log.error("%s: nothing was pruned. What to do: give --days 1 or more", exc)
+        return 2
+    print(f"replication store at {store.engine.url!r}: removed {pruned.line()} older than "
+          f"{days:g} days (each DAG's latest run and outcome, and unfinished events, stay)")
+    return 0
+
+
+def _print_problems(*listings: Snapshot) -> None:
+    """Repositories and tags that could not be handled, each with what to do."""
+    for listing in listings:
+        if listing.problems:
+            print(f"\ncannot replicate from {listing.registry} (every other repository was):")
+            for found in listing.problems:
+                print(f"  {problem_line(found)}")
+
+
+def _config(definition: str) -> RegistryConfig:
+    if definition.lstrip().startswith("{") or "://" in definition:
+        return RegistryConfig.from_connection(definition)
+    return RegistryConfig.from_env(definition)
+
+
+def _print(title: str, frame: pd.DataFrame) -> None:
+    print(f"\n{title}:")
+    print(frame.to_string() if len(frame) else "(none)")
