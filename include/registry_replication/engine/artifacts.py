@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import sys
 from pathlib import Path, PurePath
 from typing import IO, Any, Protocol
 
@@ -285,6 +286,7 @@ def read_json_lines(path: Folder) -> list[dict[str, Any]]:
         return [json.loads(line) for line in source.read().splitlines() if line.strip()]
 
 
+MANIFEST_READ_BATCH = 4096  # manifests converted to Python objects at a time
 MANIFEST_SCHEMA = pa.schema([("repository", pa.string()), ("digest", pa.string()),
                              ("media_type", pa.string()), ("raw", pa.binary())])
 
@@ -333,20 +335,25 @@ def read_manifests(path: Folder) -> dict[tuple[str, str], Manifest]:
     warning), so the push reads it again from the primary, verified.
     """
     try:
-        with path.open("rb") as source:
-            table = pq.read_table(source)
+        source = path.open("rb")
     except FileNotFoundError:
         return {}
-    columns = (table.column(c).to_pylist() for c in ("repository", "digest", "media_type", "raw"))
     manifests = {}
-    for repository, digest, media_type, raw in zip(*columns):
-        found = _digest_of(raw, digest)
-        if found != digest:
-            log.warning("the run's saved manifest %s@%s hashes to %s, not to its digest (in %s): "
-                        "not used; it is read again from the primary", repository, digest,
-                        found, path)
-            continue
-        manifests[(repository, digest)] = Manifest(raw, media_type, digest)
+    with source:
+        # Batch by batch: the plan of 100,000 tags holds the manifests, not the table too.
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=MANIFEST_READ_BATCH):
+            columns = (batch.column(c).to_pylist()
+                       for c in ("repository", "digest", "media_type", "raw"))
+            for repository, digest, media_type, raw in zip(*columns):
+                found = _digest_of(raw, digest)
+                if found != digest:
+                    log.warning("the run's saved manifest %s@%s hashes to %s, not to its digest "
+                                "(in %s): not used; it is read again from the primary",
+                                repository, digest, found, path)
+                    continue
+                # Interned: 100,000 manifests share a few repositories and media types.
+                manifests[(sys.intern(repository), digest)] = Manifest(
+                    raw, sys.intern(media_type), digest)
     return manifests
 
 
