@@ -21,11 +21,15 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
 
 from registry_replication.engine import secondary_listing
 from registry_replication.engine.leases import Leases
 from registry_replication.engine.sync import SyncOptions, run_sync
 from registry_replication.store import Store
+from registry_replication.store.schema import recorded_verifications
 from registry_replication.transport.client import RegistryClient
 from replication_harness.measure import load_average
 from replication_harness.registry import LocalRegistry
@@ -50,8 +54,12 @@ def main() -> None:
         return found
 
     secondary_listing.check_record = timed_check
+    # The record is the secondary's by its URL: a reused secondary listens where it did.
+    with store.engine.connect() as conn:
+        recorded = conn.execute(sa.select(recorded_verifications.c.registry).limit(1)).scalar()
+    port = {"port": urlsplit(recorded).port} if reused and recorded else {}
     with LocalRegistry(workdir / "primary", name="primary") as primary, \
-            LocalRegistry(workdir / name, name=name) as secondary, \
+            LocalRegistry(workdir / name, name=name, **port) as secondary, \
             RegistryClient(primary.client_config()) as source, \
             RegistryClient(secondary.client_config(), writable=True) as target, \
             Leases(store) as leases:

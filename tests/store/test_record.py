@@ -84,8 +84,9 @@ def test_a_cheap_run_does_not_list_the_secondary_yet_copies_and_prunes(
     target = through(secondary, proxy.url, writable=True)
 
     first = sync(primary, target, any_store)
-    # Never verified deep: the cadence makes it a blobs verification, which lists the secondary.
-    assert first.run_kind.kind == "full" and "blobs verification" in first.run_kind.reason
+    # No record yet: the secondary is listed; replicated whole, no blobs verification follows.
+    assert first.run_kind.kind == "full" and "no record of the secondary" in first.run_kind.reason
+    assert first.deep is None
     assert any("/_catalog" in p for p in listings(proxy))
     record = TagRecord(any_store)
     assert record.rows("other") == {"1.0": (PRESENT, secondary_reader.head_manifest(
