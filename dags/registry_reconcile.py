@@ -5,36 +5,33 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.configuration import conf
 from airflow.sdk import dag
 
 from registry_replication.airflow import alerts
 from registry_replication.airflow.reconcile import replicate
 from registry_replication.airflow.settings import params
+from registry_replication.settings import RECONCILE_DAG_ID, current
 
-SECTION = "registry_replication"
-
-
-# Change without editing code: AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE="*/30 * * * *"
-# ("none": only manual runs and backfills).
-SCHEDULE = conf.get(SECTION, "reconcile_schedule", fallback="@hourly")
+# Read at each parse. The schedule changes without editing code:
+# AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE="*/30 * * * *" ("none": only manual runs).
+SETTINGS = current()
+SCHEDULE = SETTINGS.reconcile_schedule
 
 
 @dag(
-    dag_id="registry_reconcile",
+    dag_id=RECONCILE_DAG_ID,
     schedule=None if SCHEDULE.strip().lower() in ("", "none") else SCHEDULE,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,  # runs never overlap
     default_args={
         "owner": "platform",
-        "retries": conf.getint(SECTION, "task_retries", fallback=3),
-        "retry_delay": timedelta(seconds=conf.getint(SECTION, "task_retry_delay_seconds",
-                                                     fallback=30)),
+        "retries": SETTINGS.task_retries,
+        "retry_delay": timedelta(seconds=SETTINGS.task_retry_delay_seconds),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=10),
         # Copy tasks in flight at once, per run: bounds the load on both registries.
-        "max_active_tis_per_dagrun": conf.getint(SECTION, "max_active_copy_tasks", fallback=4),
+        "max_active_tis_per_dagrun": SETTINGS.max_active_copy_tasks,
     },
     params=params(),
     on_failure_callback=alerts.on_dag_failure,

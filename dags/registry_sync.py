@@ -10,10 +10,11 @@ from airflow.sdk import dag
 from registry_replication.airflow import alerts
 from registry_replication.airflow.reconcile import replicate
 from registry_replication.airflow.settings import params
+from registry_replication.settings import SYNC_DAG_ID
 
 
 @dag(
-    dag_id="registry_sync",
+    dag_id=SYNC_DAG_ID,
     schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,

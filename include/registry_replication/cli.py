@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         if name != "verify":  # verify always lists both sides
             p.add_argument("--full-verify", action="store_true",
                            help="list the secondary even if its record is recent enough (default: "
-                           "every REGISTRY_REPLICATION_FULL_VERIFY_HOURS, 24)")
+                           "every full_verify_hours, 24)")
         if name == "sync":
             p.add_argument("--verify", choices=["auto", *VerifyLevel], default="auto",
                            help="tags: tag lists; blobs: every tag's manifests and blobs exist "
@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
                            "(default auto: blobs every --deep-verify-days, else tags)")
             p.add_argument("--deep-verify-days", type=float, default=None,
                            help="days between blobs verifications under --verify auto (default: "
-                           "$REGISTRY_REPLICATION_DEEP_VERIFY_DAYS, else 7)")
+                           "the deep_verify_days setting, 7)")
             p.add_argument("--content-verify-fraction", type=float, default=1.0,
                            help="share of the blobs a content verification reads back; the "
                            "share rotates over runs (default %(default)s)")

@@ -18,6 +18,7 @@ from registry_replication.engine.plan import Plan, build_plan
 from registry_replication.engine.snapshot import ReadManifests, problem_line
 from registry_replication.engine.sync import SyncOptions, listings, run_sync, snapshots
 from registry_replication.outcomes import BlobOutcome, Scope, Snapshot
+from registry_replication.settings import current
 from registry_replication.store import Store
 from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.config import ConfigError, RegistryConfig
@@ -150,7 +151,7 @@ def _store_prune(url: str | None, days: float | None) -> int:
 
     from registry_replication.store import retention
 
-    days = retention.history_retention_days() if days is None else days
+    days = current().history_retention_days if days is None else days
     store = Store(url)
     try:
         pruned = retention.prune(store.engine, dt.timedelta(days=days))

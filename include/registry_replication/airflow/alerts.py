@@ -16,7 +16,6 @@ last outcome, so every scheduler and DAG processor agrees on what came before.
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import timedelta
 from typing import Any
@@ -28,13 +27,13 @@ from airflow.sdk.observability.stats import Stats
 from markupsafe import Markup
 
 from registry_replication.outcomes import RepositoryState
+from registry_replication.settings import RECONCILE_DAG_ID, current
 from registry_replication.store import Store
 from registry_replication.web import metrics
 from registry_replication.web.status import run_url
 
 log = logging.getLogger("registry_replication.airflow")
 
-SECTION = "registry_replication"
 FAILED, RECOVERED, OVERDUE = "failed", "recovered", "overdue"
 
 
@@ -96,20 +95,20 @@ def deadline_missed(context: dict[str, Any] | None = None, **_: Any) -> None:
     dag_run = (context or {}).get("dag_run") or {}
     get = dag_run.get if isinstance(dag_run, dict) else lambda k: getattr(dag_run, k, None)
     # Airflow passes the run as its REST API shows it (``dag_run_id``).
-    notify(dict(context or {}), OVERDUE, get("dag_id") or "registry_reconcile",
+    notify(dict(context or {}), OVERDUE, get("dag_id") or RECONCILE_DAG_ID,
            get("dag_run_id") or get("run_id") or "")
 
 
 def reconcile_deadline() -> DeadlineAlert | None:
     """``[registry_replication] reconcile_deadline_minutes`` after a run is queued (0: none)."""
-    minutes = conf.getfloat(SECTION, "reconcile_deadline_minutes", fallback=0)
+    minutes = current().reconcile_deadline_minutes
     if minutes <= 0:
         return None
     return DeadlineAlert(
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
         interval=timedelta(minutes=minutes),
         callback=SyncCallback(f"{__name__}.deadline_missed"),
-        name="registry_reconcile not done in time",
+        name=f"{RECONCILE_DAG_ID} not done in time",
     )
 
 
@@ -118,12 +117,12 @@ def notify(context: Any, state: str, dag_id: str, run_id: str) -> None:
     store = Store()
     alert = describe(state, dag_id, run_id, store)
     log.warning("%s", alert["text"])
-    path = conf.get(SECTION, "notifier", fallback="").strip()
+    settings = current()
+    path = settings.notifier.strip()
     store.history.record_alert(dag_id, run_id, state, alert["subject"], path or None)
     if not path:
         return
-    kwargs = json.loads(conf.get(SECTION, "notifier_kwargs", fallback="") or "{}")
-    notifier = import_string(path)(**kwargs)
+    notifier = import_string(path)(**settings.notifier_kwargs)
     context = {**context, "replication_alert": alert}
     if not hasattr(context.get("dag"), "get_template_env"):
         # Rendering templates needs an authoring DAG; some callers pass a serialized one.

@@ -14,24 +14,20 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from registry_replication.engine import sharing
 from registry_replication.engine.artifacts import ArtifactUnreadable
+from registry_replication.settings import current
 from registry_replication.store import default_url
 
 Function = TypeVar("Function", bound=Callable[..., Any])
 
 
-def artifacts_path() -> str:
-    """``[registry_replication] artifacts_path`` as configured; empty when unset."""
-    return conf.get("registry_replication", "artifacts_path", fallback="") or ""
-
-
 def problems(*, artifacts: bool = True) -> list[str]:
     """What this process's settings leave unshared that its executor needs shared (the store,
     and unless ``artifacts`` is False, the run artifacts' path)."""
+    settings = current()
     return sharing.problems(
         conf.get("core", "executor", fallback="LocalExecutor"), store_url=default_url(),
-        artifacts_path=artifacts_path() if artifacts else "",
-        artifacts_path_shared=conf.getboolean("registry_replication", "artifacts_path_shared",
-                                              fallback=False))
+        artifacts_path=settings.artifacts_path if artifacts else "",
+        artifacts_path_shared=settings.artifacts_path_shared)
 
 
 def refusal() -> str | None:
@@ -64,10 +60,10 @@ def artifacts_base() -> ObjectStoragePath | None:
     """Where run folders go: ``artifacts_path`` when set; else the replication store (None),
     unless the store is a local SQLite file (``airflow standalone``): then
     ``$AIRFLOW_HOME/registry_replication/artifacts``."""
-    url = artifacts_path()
+    settings = current()
+    url = settings.artifacts_path
     if not url:
         if not sharing.local_store(default_url()):
             return None
         url = f"file://{AIRFLOW_HOME}/registry_replication/artifacts"
-    conn_id = conf.get("registry_replication", "artifacts_conn_id", fallback="") or None
-    return ObjectStoragePath(url, conn_id=conn_id)
+    return ObjectStoragePath(url, conn_id=settings.artifacts_conn_id or None)

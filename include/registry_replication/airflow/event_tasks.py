@@ -9,13 +9,11 @@ import time
 import pendulum
 from airflow.sdk import get_current_context, task
 
-from registry_replication.airflow import alerts, settings
+from registry_replication.airflow import alerts
 from registry_replication.airflow.deployment import checked
 from registry_replication.airflow.settings import (
-    COPY_POOL,
     COPY_QUEUE,
-    PRIMARY_CONN_ID,
-    SECONDARY_CONN_ID,
+    PARSED,
     SHOWN,
     ReplicationFailed,
     registry_client,
@@ -23,6 +21,7 @@ from registry_replication.airflow.settings import (
 from registry_replication.engine import realtime
 from registry_replication.engine.leases import Leases
 from registry_replication.outcomes import PermanentFailure, RepositoryState
+from registry_replication.settings import current
 from registry_replication.store import Store
 from registry_replication.store.queue import Event
 
@@ -32,7 +31,9 @@ log = logging.getLogger(__name__)
 DRAIN_POLL_SECONDS = 0.2
 
 
-@task(queue=COPY_QUEUE, pool=COPY_POOL)
+# No task retries: events retry through the store's backoff, and a task retry would find the
+# dead-lettered events gone and turn the run green (no failure alert).
+@task(queue=COPY_QUEUE, pool=PARSED.copy_pool, retries=0)
 @checked
 def replicate_events(max_attempts: int = 10) -> dict[str, int]:
     """Claim waiting events, replicate them, and acknowledge each once its tag is complete.
@@ -43,10 +44,10 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
     be replicated, they ran out of attempts, or they kept losing their worker) do not stop the
     drain: the run fails once it ends, naming them, and the failure alert fires.
     """
-    drain = settings.drain()
+    configured = current()
     store = Store()
-    primary = registry_client(PRIMARY_CONN_ID)
-    secondary = registry_client(SECONDARY_CONN_ID, writable=True)
+    primary = registry_client(PARSED.primary_conn_id)
+    secondary = registry_client(PARSED.secondary_conn_id, writable=True)
     totals = {"claimed": 0, "done": 0, "retrying": 0, "batches": 0}
     started = last_work = time.monotonic()
     with Leases(store) as leases:
@@ -66,8 +67,8 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
                 try:
                     outcomes = realtime.replicate_events(
                         primary, secondary, claimed, leases=leases,
-                        repositories_at_once=drain.repositories_at_once,
-                        on_copied=copied.append, max_prune_fraction=drain.max_prune_fraction)
+                        repositories_at_once=configured.event_repositories_at_once,
+                        on_copied=copied.append, max_prune_fraction=configured.max_prune_fraction)
                 finally:
                     if sum(copied):
                         alerts.record_copied_bytes(get_current_context(), sum(copied))
@@ -77,17 +78,17 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
                 totals["batches"] += 1
                 last_work = time.monotonic()
             now = time.monotonic()
-            if now - started >= drain.max_seconds:
+            if now - started >= configured.event_drain_max_seconds:
                 log.info("drained for %.0fs (event_drain_max_seconds): ending; the next run "
                          "carries on", now - started)
                 break
-            if not _wait_for_events(store, last_work + drain.idle_seconds):
+            if not _wait_for_events(store, last_work + configured.event_drain_idle_seconds):
                 break
     if not totals["batches"]:
         log.info("no events to process (another run took them, or they are backing off)")
     else:
         log.info("drained %d events in %d batches; none came for %.0fs", totals["claimed"],
-                 totals["batches"], drain.idle_seconds)
+                 totals["batches"], configured.event_drain_idle_seconds)
     if failed:
         raise ReplicationFailed(
             f"{len(failed)} events are marked failed (their image cannot be replicated, they "

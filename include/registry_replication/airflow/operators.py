@@ -23,8 +23,7 @@ from airflow.sdk import BaseOperator
 from registry_replication.airflow.deployment import refuse_unshared_state
 from registry_replication.airflow.hooks import OciRegistryHook
 from registry_replication.airflow.settings import (
-    PRIMARY_CONN_ID,
-    SECONDARY_CONN_ID,
+    PARSED,
     ReplicationFailed,
 )
 from registry_replication.engine.leases import Leases
@@ -57,8 +56,8 @@ class ReplicateImagesOperator(BaseOperator):
         *,
         repositories: str | list[str],
         tags: str | list[str] | None = None,
-        primary_conn_id: str = PRIMARY_CONN_ID,
-        secondary_conn_id: str = SECONDARY_CONN_ID,
+        primary_conn_id: str = PARSED.primary_conn_id,
+        secondary_conn_id: str = PARSED.secondary_conn_id,
         parallelism: int = 8,
         **kwargs: Any,
     ) -> None:

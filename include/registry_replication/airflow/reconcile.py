@@ -33,13 +33,8 @@ from registry_replication.airflow.run_folder import (
     run_folder,
 )
 from registry_replication.airflow.settings import (
-    BLOB_BATCH_BYTES,
-    COPY_POOL,
     COPY_QUEUE,
-    DEEP_VERIFY_DAYS,
-    FULL_VERIFY_HOURS,
-    PRIMARY_CONN_ID,
-    SECONDARY_CONN_ID,
+    PARSED,
     SHOWN,
     ReplicationFailed,
     current_params,
@@ -76,19 +71,21 @@ def snapshot(conn_id: str) -> dict[str, Any]:
     p = current_params()
     folder, name = run_folder(), get_current_context()["ti"].task_id
     kind = None
-    if conn_id == SECONDARY_CONN_ID:  # listed in a full run, read from the record in a cheap one
+    # The secondary is listed in a full run, read from the record in a cheap one.
+    if conn_id == PARSED.secondary_conn_id:
         dag_run = get_current_context()["dag_run"]
         level, why = verification.choose_level(Store(), p.get("verify", verification.AUTO),
                                             p["repositories"] or None, run_scope(p),
-                                            DEEP_VERIFY_DAYS)
+                                            PARSED.deep_verify_days)
         log.info("verification level %s: %s", level, why)
         # A deep verification starts from a listing of the secondary.
         forced = level != VerifyLevel.TAGS and not p.get("full_verify", False)
         result, kind = secondary_listing(
-            registry_client(conn_id), registry_client(PRIMARY_CONN_ID), Store(),
+            registry_client(conn_id), registry_client(PARSED.primary_conn_id), Store(),
             run_scope(p),
             repositories=p["repositories"] or None, concurrency=p["concurrency"],
-            full_verify=p.get("full_verify", False) or forced, cadence_hours=FULL_VERIFY_HOURS,
+            full_verify=p.get("full_verify", False) or forced,
+            cadence_hours=PARSED.full_verify_hours,
             written_by=f"{dag_run.dag_id}/{dag_run.run_id}")
         if forced:
             kind = RunKind("full", f"a {level} verification lists the secondary ({why})",
@@ -145,7 +142,8 @@ def plan(differences: dict[str, Any], primary: dict[str, Any]) -> list[dict[str,
     changes = read_changes(differences)
     read = artifacts.read_manifests(folder / primary["manifests"]) if "manifests" in primary \
         else {}
-    result = build_plan(registry_client(PRIMARY_CONN_ID), registry_client(SECONDARY_CONN_ID),
+    result = build_plan(registry_client(PARSED.primary_conn_id),
+                        registry_client(PARSED.secondary_conn_id),
                         diffs.wanted(changes), concurrency=p["concurrency"], known_manifests=read)
     del read  # the plan keeps those it needs
     for skipped in result.skipped:
@@ -171,7 +169,7 @@ def plan(differences: dict[str, Any], primary: dict[str, Any]) -> list[dict[str,
         image_batches.append({"label": b[0].label + (f" +{len(b) - 1} images" if len(b) > 1
                                                      else ""), "file": name})
     get_current_context()["ti"].xcom_push(key="image_batches", value=image_batches)
-    blob_batches = result.blob_batches(BLOB_BATCH_BYTES)
+    blob_batches = result.blob_batches(PARSED.blob_batch_bytes)
     refs = []
     for i, b in enumerate(blob_batches):
         name = f"blobs-{i:05d}.parquet"
@@ -187,7 +185,7 @@ def manifest_batches() -> list[dict[str, Any]]:
 
 
 @task(map_index_template="{{ batch_label }}", retry_exponential_backoff=2.0, queue=COPY_QUEUE,
-      pool=COPY_POOL)
+      pool=PARSED.copy_pool)
 @checked
 def copy_blobs(batch: dict[str, Any]) -> dict[str, int]:
     """Copy (or mount) one batch of blobs; fails, after retries, if any blob failed.
@@ -214,7 +212,7 @@ def copy_blobs(batch: dict[str, Any]) -> dict[str, int]:
 
 
 @task(map_index_template="{{ batch_label }}", trigger_rule=TriggerRule.ALL_DONE,
-      retry_exponential_backoff=2.0, queue=COPY_QUEUE, pool=COPY_POOL)
+      retry_exponential_backoff=2.0, queue=COPY_QUEUE, pool=PARSED.copy_pool)
 @checked
 def push_manifests(batch: dict[str, Any]) -> dict[str, int]:
     """Push one batch of images whose blobs are all on the secondary; tags last."""
@@ -248,8 +246,8 @@ def _copier(context: Any, leases: Leases) -> Copier:
     every blob and tag minutes ago in this run (a tag written meanwhile by another writer is
     written again with the same bytes; the compare-and-set on the primary still guards every
     tag); a retry checks again before each blob and tag, so it never transfers twice."""
-    return Copier(registry_client(PRIMARY_CONN_ID),
-                  registry_client(SECONDARY_CONN_ID, writable=True),
+    return Copier(registry_client(PARSED.primary_conn_id),
+                  registry_client(PARSED.secondary_conn_id, writable=True),
                   leases=leases, parallelism=current_params()["parallelism"],
                   concurrency=current_params()["concurrency"],
                   recheck=context["ti"].try_number > 1)
@@ -294,8 +292,8 @@ def prune_tags(primary: dict[str, Any], secondary: dict[str, Any],
         doomed = prunable(changes, read_snapshot(primary), read_snapshot(secondary),
                           max_fraction=p["max_prune_fraction"], force=p["force_prune"])
         with task_leases() as leases:
-            results = prune(registry_client(PRIMARY_CONN_ID),
-                            registry_client(SECONDARY_CONN_ID, writable=True),
+            results = prune(registry_client(PARSED.primary_conn_id),
+                            registry_client(PARSED.secondary_conn_id, writable=True),
                             doomed, leases=leases, dry_run=p["dry_run"],
                             concurrency=p["concurrency"])
     except PruneRefused as exc:
@@ -314,8 +312,8 @@ def _pruned(results: list[Any], *, refused: str | None = None,
 
 def replicate() -> None:
     """Lay out the replication tasks in the current DAG."""
-    primary = snapshot.override(task_id="snapshot_primary")(PRIMARY_CONN_ID)
-    secondary = snapshot.override(task_id="snapshot_secondary")(SECONDARY_CONN_ID)
+    primary = snapshot.override(task_id="snapshot_primary")(PARSED.primary_conn_id)
+    secondary = snapshot.override(task_id="snapshot_secondary")(PARSED.secondary_conn_id)
     differences = diff(primary, secondary)
     blob_batches = plan(differences, primary)
     image_batches = manifest_batches()

@@ -28,10 +28,8 @@ from registry_replication.airflow.run_folder import (
     run_folder,
 )
 from registry_replication.airflow.settings import (
-    COPY_POOL,
     COPY_QUEUE,
-    PRIMARY_CONN_ID,
-    SECONDARY_CONN_ID,
+    PARSED,
     SHOWN,
     ReplicationFailed,
     current_params,
@@ -60,7 +58,7 @@ from registry_replication.store.record import RunKind
 log = logging.getLogger(__name__)
 
 
-@task(trigger_rule=TriggerRule.ALL_DONE, queue=COPY_QUEUE, pool=COPY_POOL)
+@task(trigger_rule=TriggerRule.ALL_DONE, queue=COPY_QUEUE, pool=PARSED.copy_pool)
 @checked
 def verify_closure(primary: dict[str, Any]) -> dict[str, Any]:
     """``blobs``/``content``: every tag's closure on the secondary; what is missing is copied
@@ -78,7 +76,8 @@ def verify_closure(primary: dict[str, Any]) -> dict[str, Any]:
         skipped = []
     with task_leases() as leases:
         report = verifying.deep_verify(
-            registry_client(PRIMARY_CONN_ID), registry_client(SECONDARY_CONN_ID, writable=True),
+            registry_client(PARSED.primary_conn_id),
+            registry_client(PARSED.secondary_conn_id, writable=True),
             verifying.images_of(read_snapshot(primary), skipped), level, leases=leases,
             fraction=p.get("content_verify_fraction", 1.0), concurrency=p["concurrency"],
             parallelism=p["parallelism"])
@@ -119,7 +118,7 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
     elif before is not None:
         folder = run_folder()
         after = secondary_after(
-            registry_client(SECONDARY_CONN_ID), before,
+            registry_client(PARSED.secondary_conn_id), before,
             [_result(ImageResult, r) for ref in refs
              for r in artifacts.read_json_lines(folder / ref["file"])],
             [_result(PruneResult, r) for r in artifacts.read_json_lines(folder / pruned["file"])]
@@ -127,7 +126,7 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
             scope=run_scope(p), concurrency=p["concurrency"],
             relist_all=bool(taken.get("verification_due")))
     else:
-        after = take_snapshot(registry_client(SECONDARY_CONN_ID), run_scope(p),
+        after = take_snapshot(registry_client(PARSED.secondary_conn_id), run_scope(p),
                               concurrency=p["concurrency"],
                               repositories=p["repositories"] or None)
     source = read_snapshot(primary)

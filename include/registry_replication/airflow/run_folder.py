@@ -18,9 +18,10 @@ import sqlalchemy as sa
 from airflow.sdk import get_current_context
 from airflow.utils.net import get_hostname
 
-from registry_replication.airflow import deployment, settings
+from registry_replication.airflow import deployment
 from registry_replication.engine import artifacts
 from registry_replication.outcomes import BlobOutcome, Snapshot
+from registry_replication.settings import current
 from registry_replication.store import Store, retention
 from registry_replication.store.artifacts import ArtifactRecords
 
@@ -46,7 +47,7 @@ def _remove_old_runs(now: pendulum.DateTime) -> list[str]:
     """Delete run folders older than ``[registry_replication] artifacts_retention_days``
     (default 7), in the store and at ``artifacts_path``; returns their names. Best effort: a
     folder that cannot go is logged."""
-    days = settings.artifacts_retention_days()
+    days = current().artifacts_retention_days
     cutoff = now.subtract(seconds=int(days * 86400))
     removed = set(retention.prune_run_artifacts(Store().engine, cutoff))
     base = deployment.artifacts_base()
@@ -74,7 +75,7 @@ def _remove_old_runs(now: pendulum.DateTime) -> list[str]:
 def _prune_history() -> str:
     """Delete the store's history older than ``[registry_replication] history_retention_days``
     (default 30); returns what went. Best effort: a refusal or a database error is logged."""
-    days = settings.history_retention_days()
+    days = current().history_retention_days
     try:
         pruned = retention.prune(Store().engine, dt.timedelta(days=days))
     except ValueError as exc:

@@ -44,6 +44,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from registry_replication.airflow import deployment
 from registry_replication.outcomes import VerifyLevel, human_size
+from registry_replication.settings import EVENTS_DAG_ID, RECONCILE_DAG_ID, SYNC_DAG_ID, variable
 from registry_replication.store import Store
 from registry_replication.web import metrics, webhook
 from registry_replication.web.status import run_url, status
@@ -51,8 +52,7 @@ from registry_replication.web.status import run_url, status
 log = logging.getLogger("registry_replication.airflow")
 
 # Reading the page needs read access to the runs of these DAGs: it shows what they recorded.
-DAG_IDS = ("registry_reconcile", "registry_events")
-EVENTS_DAG_ID, SYNC_DAG_ID = "registry_events", "registry_sync"
+DAG_IDS = (RECONCILE_DAG_ID, EVENTS_DAG_ID)
 JWT_COOKIE = "_token"  # the Airflow UI's session cookie
 
 
@@ -127,7 +127,7 @@ def metrics_router(store: Store, token: Callable[[], str | None]) -> APIRouter:
     def scrape(request: Request) -> Response:
         expected = token()
         if not expected:
-            raise HTTPException(404, f"metrics are off: {metrics.TOKEN_ENV} is not set")
+            raise HTTPException(404, f"metrics are off: {variable('metrics_token')} is not set")
         if not metrics.token_matches(request.headers.get("authorization"), expected):
             raise HTTPException(401, "wrong or missing Bearer token",
                                 headers={"WWW-Authenticate": "Bearer"})

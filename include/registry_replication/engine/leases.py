@@ -23,13 +23,12 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
+from registry_replication.settings import current
 from registry_replication.store import Store
 
 log = logging.getLogger(__name__)
 
 REPOSITORY, UPLOAD = "repository:", "upload:"
-TTL_ENV = "REGISTRY_REPLICATION_LEASE_SECONDS"
-DEFAULT_TTL_SECONDS = 60.0
 
 
 class LeaseBusy(Exception):
@@ -60,9 +59,9 @@ class Leases:
         owner: str | None = None,
     ) -> None:
         """``ttl_seconds``: how long a killed writer's leases block others (default
-        ``$REGISTRY_REPLICATION_LEASE_SECONDS`` or 60); renewed every quarter of it."""
+        the ``lease_seconds`` setting); renewed every quarter of it."""
         self.store = store
-        self.ttl = ttl_seconds or float(os.environ.get(TTL_ENV) or DEFAULT_TTL_SECONDS)
+        self.ttl = ttl_seconds or current().lease_seconds
         self.wait = wait_seconds
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._held: Counter[str] = Counter()

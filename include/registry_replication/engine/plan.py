@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from registry_replication.outcomes import human_size
+from registry_replication.settings import Settings
 from registry_replication.transport import mediatypes as mt
 from registry_replication.transport.client import Manifest, RegistryClient
 from registry_replication.transport.errors import (
@@ -35,7 +36,6 @@ from registry_replication.transport.reference import validate_digest
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_BYTES = 1 << 30
 MAX_BATCHES = 256  # far below Airflow's max_map_length (1024)
 # Blobs per copy task: bounds a task's records, results and log, whatever the blobs' sizes.
 MAX_BLOBS_PER_BATCH = 1000
@@ -121,7 +121,7 @@ class Plan:
         return sum(b.size for b in self.blobs if b.mount_from is None)
 
     def blob_batches(
-        self, batch_bytes: int = DEFAULT_BATCH_BYTES, max_batches: int = MAX_BATCHES,
+        self, batch_bytes: int = Settings.blob_batch_bytes, max_batches: int = MAX_BATCHES,
         max_blobs: int = MAX_BLOBS_PER_BATCH,
     ) -> list[list[BlobTask]]:
         """Batches of about ``batch_bytes`` and at most ``max_blobs`` blobs each (unless that

@@ -14,13 +14,13 @@ import pandas as pd
 from registry_replication.engine.record_check import RecordCheck, check_record
 from registry_replication.engine.snapshot import COLUMNS, problem_line, take_snapshot
 from registry_replication.outcomes import Scope, Snapshot, describe
+from registry_replication.settings import current
 from registry_replication.store import Store
 from registry_replication.store.record import (
     INTENT,
     RunKind,
     TagRecord,
     choose,
-    full_verify_hours,
 )
 from registry_replication.store.schema import now
 from registry_replication.transport.client import RegistryClient
@@ -49,7 +49,7 @@ def secondary_listing(
     recorded. Tags recorded as intent are ``HEAD``ed on the secondary.
     """
     record = TagRecord(store)
-    cadence = full_verify_hours() if cadence_hours is None else cadence_hours
+    cadence = current().full_verify_hours if cadence_hours is None else cadence_hours
     kind = choose(record, secondary.url, scope, repositories, full_verify=full_verify,
                   cadence_hours=cadence)
     if kind.kind == "cheap" and repositories is None:

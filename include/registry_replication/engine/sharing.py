@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
-from registry_replication.store.engine import URL_ENV
+from registry_replication.settings import variable
 
 # Executors whose tasks run on the machine of the scheduler that queued them.
 LOCAL_EXECUTORS = frozenset({"LocalExecutor", "SequentialExecutor"})
@@ -54,12 +54,13 @@ def problems(executor: str, *, store_url: str, artifacts_path: str,
     found = []
     if local_store(store_url):
         database = sa.engine.make_url(store_url).database or "(in memory)"
+        name = variable("db_url")
         found.append(
             f"the replication store is the SQLite file {database}, which only this machine "
             f"sees, and [core] executor = {executor} runs tasks on other machines (the webhook, "
             f"the triggerer and each worker would use a store of their own). What to do: set "
-            f"{URL_ENV} in the environment of every Airflow process to one PostgreSQL database "
-            f"they all reach, e.g. {URL_ENV}={STORE_EXAMPLE}")
+            f"{name} in the environment of every Airflow process to one PostgreSQL database "
+            f"they all reach, e.g. {name}={STORE_EXAMPLE}")
     if artifacts_path and local_path(artifacts_path) and not artifacts_path_shared:
         found.append(
             f"[registry_replication] artifacts_path = {artifacts_path} is a directory of this "

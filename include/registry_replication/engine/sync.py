@@ -51,9 +51,9 @@ class SyncOptions:
     parallelism: int = 8  # blob transfers in flight
     chunk_size: int | None = None
     full_verify: bool = False  # list the secondary even if its record is fresh enough
-    full_verify_hours: float | None = None  # default: $REGISTRY_REPLICATION_FULL_VERIFY_HOURS or 24
+    full_verify_hours: float | None = None  # default: the full_verify_hours setting
     verify: str = verification.AUTO  # tags | blobs | content | auto (the cadence decides)
-    deep_verify_days: float | None = None  # default: $REGISTRY_REPLICATION_DEEP_VERIFY_DAYS or 7
+    deep_verify_days: float | None = None  # default: the deep_verify_days setting
     content_verify_fraction: float = 1.0  # of the blobs a content verification reads back
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -19,20 +18,14 @@ import sqlalchemy as sa
 
 from registry_replication.engine.verify import DeepReport
 from registry_replication.outcomes import RepositoryState, Scope, Snapshot, VerifyLevel
+from registry_replication.settings import current
 from registry_replication.store import Store
 from registry_replication.store.record import RunKind
 from registry_replication.store.schema import aware, now, repository_state
 
 log = logging.getLogger(__name__)
 
-DEEP_VERIFY_DAYS_ENV = "REGISTRY_REPLICATION_DEEP_VERIFY_DAYS"
-DEFAULT_DEEP_VERIFY_DAYS = 7.0
 AUTO = "auto"  # the ``verify`` default: tags, or blobs where the last one is deep_verify_days old
-
-
-def deep_verify_days() -> float:
-    """The cadence of ``blobs`` verification: ``$REGISTRY_REPLICATION_DEEP_VERIFY_DAYS`` or 7."""
-    return float(os.environ.get(DEEP_VERIFY_DAYS_ENV) or DEFAULT_DEEP_VERIFY_DAYS)
 
 
 def choose_level(store: Store, asked: str, repositories: Iterable[str] | None, scope: Scope,
@@ -43,7 +36,7 @@ def choose_level(store: Store, asked: str, repositories: Iterable[str] | None, s
     the run writes is checked as it lands, and ``settle`` starts its cadence."""
     if asked != AUTO:
         return VerifyLevel(asked), f"verify={asked} was asked for"
-    days = deep_verify_days() if days is None else days
+    days = current().deep_verify_days if days is None else days
     last = last_deep(store)
     names = sorted(n for n in (last if repositories is None else set(repositories) & set(last))
                    if scope.wants_repository(n))

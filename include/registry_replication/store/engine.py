@@ -17,9 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 
+from registry_replication.settings import current, variable
 from registry_replication.store import migrate
-
-URL_ENV = "REGISTRY_REPLICATION_DB_URL"
 
 # A process uses one store; a test session many. The least recently used beyond this many give
 # back their pooled connections (such an engine stays usable, with a new pool).
@@ -29,8 +28,8 @@ _lock = threading.Lock()
 
 
 def default_url() -> str:
-    """``$REGISTRY_REPLICATION_DB_URL``, else ``$AIRFLOW_HOME/registry_replication.db``."""
-    url = os.environ.get(URL_ENV)
+    """The ``db_url`` setting, else ``$AIRFLOW_HOME/registry_replication.db``."""
+    url = current().db_url
     if url:
         return url
     home = Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
@@ -62,7 +61,8 @@ def create(url: str) -> sa.Engine:
     elif created.dialect.name != "postgresql":
         raise RuntimeError(
             f"the replication store supports SQLite and PostgreSQL, not {created.dialect.name} "
-            f"({created.url!r}): set {URL_ENV} to a sqlite:/// or postgresql+psycopg2:// URL")
+            f"({created.url!r}): set {variable('db_url')} to a sqlite:/// or "
+            "postgresql+psycopg2:// URL")
     return created
 
 

@@ -29,7 +29,6 @@ verification.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -41,15 +40,7 @@ from registry_replication.store import Store
 from registry_replication.store.schema import aware, now, recorded_tags, recorded_verifications
 from registry_replication.transport.client import Descriptor
 
-FULL_VERIFY_HOURS_ENV = "REGISTRY_REPLICATION_FULL_VERIFY_HOURS"
-DEFAULT_FULL_VERIFY_HOURS = 24.0
-
 PRESENT, ABSENT, INTENT = "present", "absent", "intent"
-
-
-def full_verify_hours() -> float:
-    """The cadence of full verification: ``$REGISTRY_REPLICATION_FULL_VERIFY_HOURS`` or 24."""
-    return float(os.environ.get(FULL_VERIFY_HOURS_ENV) or DEFAULT_FULL_VERIFY_HOURS)
 
 
 class TagRecord:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -41,22 +40,11 @@ from registry_replication.store.schema import (
     sent_alerts,
 )
 
-RETENTION_DAYS_ENV = "REGISTRY_REPLICATION_HISTORY_RETENTION_DAYS"
-# A month of history: 4x the run folders' 7 days, so a month's incidents can be traced (when a
-# push reached the secondary, which run failed and why) after their folders are gone. A push
-# costs about 0.75 KB (its event and latency rows with their indexes, measured on SQLite):
-# 22 MiB a month at 1,000 pushes a day.
-DEFAULT_RETENTION_DAYS = 30.0
 # The status page's lag chart reads the last day of events, latencies and runs (status.HISTORY).
 MINIMUM = dt.timedelta(days=1)
 # Rows deleted per transaction: SQLite's write lock (which the webhook waits for) is held for
 # one chunk at a time, however much a first prune of a long-lived store deletes.
 CHUNK = 5000
-
-
-def history_retention_days() -> float:
-    """``$REGISTRY_REPLICATION_HISTORY_RETENTION_DAYS``, or 30."""
-    return float(os.environ.get(RETENTION_DAYS_ENV) or DEFAULT_RETENTION_DAYS)
 
 
 @dataclass

@@ -13,7 +13,6 @@ import functools
 import hmac
 import logging
 import math
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,13 +26,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from registry_replication.outcomes import EventStatus, RepositoryState, VerifyLevel
+from registry_replication.settings import current, variable
 from registry_replication.store import Store
 from registry_replication.store.history import LATENCY_BUCKETS
 from registry_replication.web import status as statuses
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV = "REGISTRY_REPLICATION_METRICS_TOKEN"
 # Shorter tokens get a warning: /metrics faces whoever reaches the API server.
 MIN_TOKEN_LENGTH = 32
 PREFIX = "registry_replication"
@@ -142,8 +141,8 @@ def token_matches(authorization: str | None, token: str) -> bool:
 
 
 def configured_token() -> str | None:
-    """``$REGISTRY_REPLICATION_METRICS_TOKEN`` (None: no endpoint); a short one is warned about."""
-    token = os.environ.get(TOKEN_ENV) or None
+    """The ``metrics_token`` setting (None: no endpoint); a short one is warned about."""
+    token = current().metrics_token or None
     if token is not None and len(token) < MIN_TOKEN_LENGTH:
         _warn_short_token(len(token))
     return token
@@ -153,8 +152,8 @@ def configured_token() -> str | None:
 def _warn_short_token(length: int) -> None:
     """Once per process and length: the token is read on every scrape."""
     log.warning("%s is %d characters long: use at least %d random ones (openssl rand -hex 32); "
-                "a short token can be guessed by whoever reaches /metrics", TOKEN_ENV, length,
-                MIN_TOKEN_LENGTH)
+                "a short token can be guessed by whoever reaches /metrics",
+                variable("metrics_token"), length, MIN_TOKEN_LENGTH)
 
 
 def _bound(value: float) -> str:

@@ -14,9 +14,8 @@ from typing import Any
 from urllib.parse import quote
 
 from registry_replication.outcomes import EventStatus, RepositoryState
+from registry_replication.settings import RECONCILE_DAG_ID
 from registry_replication.store import Store
-
-RECONCILE_DAG_ID = "registry_reconcile"
 
 # The lag chart: the last day, pending depth as its maximum per 5-minute bucket.
 HISTORY = dt.timedelta(hours=24)

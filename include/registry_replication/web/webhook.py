@@ -1,7 +1,8 @@
 """The notification endpoint: ``POST /events`` (mounted at ``/registry-replication``).
 
 Airflow does not authenticate plugin apps, so the shared secret checked here is the only guard:
-the ``Authorization`` header must equal ``REGISTRY_NOTIFICATION_SECRET`` exactly, as a registry's
+the ``Authorization`` header must equal the ``notification_secret`` setting
+(``REGISTRY_NOTIFICATION_SECRET``) exactly, as a registry's
 ``notifications.endpoints[].headers.Authorization`` sends it. With no secret configured every
 request is refused. An event is stored before the 2xx; a refused request stores nothing.
 
@@ -18,13 +19,13 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 import threading
 from collections.abc import Callable
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
+from registry_replication.settings import current, variable
 from registry_replication.store import Store
 from registry_replication.store.queue import Event
 from registry_replication.transport import secrets
@@ -32,7 +33,6 @@ from registry_replication.web.notifications import ENVELOPE_MEDIA_TYPE, InvalidN
 
 log = logging.getLogger(__name__)
 
-SECRET_ENV = "REGISTRY_NOTIFICATION_SECRET"
 MAX_BODY_BYTES = 1 << 20
 MIN_SECRET_LENGTH = 32
 # One writer per process: SQLite takes one at a time anyway, and writers queued on a lock are
@@ -87,8 +87,9 @@ def _add(store: Store, received: list[Event]) -> int:
 
 def _authenticate(request: Request, secret: str | None) -> None:
     if not secret:
-        log.error("refusing a notification: %s is not set", SECRET_ENV)
-        raise HTTPException(401, f"the webhook secret is not configured ({SECRET_ENV})")
+        name = variable("notification_secret")
+        log.error("refusing a notification: %s is not set", name)
+        raise HTTPException(401, f"the webhook secret is not configured ({name})")
     given = request.headers.get("authorization", "")
     if not hmac.compare_digest(given.encode(), secret.encode()):
         raise HTTPException(401, "wrong or missing Authorization header")
@@ -111,12 +112,12 @@ def warn_if_weak(secret: str | None) -> None:
     if secret and len(secret) < MIN_SECRET_LENGTH:
         log.warning("%s is %d characters long; use at least %d random characters (for example "
                     "`openssl rand -hex 32`): it is the only guard on the webhook",
-                    SECRET_ENV, len(secret), MIN_SECRET_LENGTH)
+                    variable("notification_secret"), len(secret), MIN_SECRET_LENGTH)
 
 
 def create_app(store: Store | None = None, secret: str | None = None,
                refusal: Callable[[], str | None] = lambda: None) -> FastAPI:
-    """The app; by default the store and secret come from the environment, read lazily.
+    """The app; by default the store and secret come from the settings, read lazily.
     ``refusal``: why events cannot be stored here now (None: they can)."""
     cached: list[Store] = [store] if store else []
 
@@ -126,7 +127,7 @@ def create_app(store: Store | None = None, secret: str | None = None,
         return cached[0]
 
     def get_secret() -> str | None:
-        value = secret if secret is not None else os.environ.get(SECRET_ENV)
+        value = secret if secret is not None else current().notification_secret or None
         secrets.mask(value)
         return value
 
