@@ -126,15 +126,21 @@ def test_chart_dead_letter_retry_csrf_and_sync_now(stack):
     ARTIFACTS.mkdir(exist_ok=True)
     with Chromium(height=1100) as browser:
         browser.set_cookie("_token", jwt, airflow.url)
-        browser.open(status_url)
-        chart = browser.evaluate("""(() => {
+
+        def read_chart() -> dict:
+            browser.open(status_url)
+            return browser.evaluate("""(() => {
             const svg = document.querySelector('#lag-chart');
             return {peak: +svg.querySelector('.depth-line').dataset.peak,
                     latencies: [...svg.querySelectorAll('.latency-point')]
                         .map(c => +c.dataset.seconds),
                     bars: [...svg.querySelectorAll('.bytes-bar')].map(r => +r.dataset.bytes),
                     width: svg.getBoundingClientRect().width};
-        })()""")
+            })()""")
+
+        # An event is marked done, then its latency recorded: wait for both points.
+        chart = wait(lambda: (found := read_chart()) and len(found["latencies"]) >= 2 and found,
+                     "group/ok's two latency points", 60)
         assert chart["peak"] >= 3  # three events waited at once
         assert len(chart["latencies"]) == 2 and all(0 < s < 600 for s in chart["latencies"])
         assert chart["bars"] == [copied]
