@@ -26,8 +26,8 @@ BLOB_GET_FAULTS = {
                                          path_contains=f"/blobs/{digest}"),
 }
 FAULT_OUTCOME = {"503": 503, "cut": "cut", "cut mid-body": "cut mid-body"}
-FAULT_MESSAGE = {"503": "HTTP 503", "cut": "no answer from the registry (ConnectionError)",
-                 "cut mid-body": "no answer from the registry (ChunkedEncodingError)"}
+FAULT_MESSAGE = {"503": "HTTP 503", "cut": "no answer from the registry (ProtocolError)",
+                 "cut mid-body": "no answer from the registry (ProtocolError)"}
 
 
 def patient(registry, proxy: FaultProxy | None = None, *, writable: bool = False) -> RegistryClient:

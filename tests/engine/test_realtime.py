@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from urllib.parse import urlsplit
 
 import pandas as pd
 import pytest
@@ -124,30 +125,27 @@ def test_events_over_many_repositories_replicate_together(ev, primary_writer, pr
 
 
 def test_one_push_event_sends_each_read_once(ev, primary_writer, primary_reader, secondary_writer,
-                                             secondary_reader, leases):
+                                             secondary_reader, leases, monkeypatch):
     """From the event to the blob PUT, no HEAD or GET is repeated; the only second look is the
     compare-and-set HEAD of the tag on the primary right before the tag is written."""
     image = images.ImageFactory().multi_arch()
     images.push(primary_writer, "group/once", image, ["1.0"])
     sent: dict[str, list[tuple[str, str]]] = {"primary": [], "secondary": []}
 
-    def recorder(side):
-        def record(response, *args, **kwargs):
-            request = response.request
-            if request.method in ("HEAD", "GET") and "/v2/" in request.path_url:
-                sent[side].append((request.method, request.path_url.split("?")[0]))
+    def recorder(side, urlopen):
+        def record(method, url, *args, **kwargs):
+            if method in ("HEAD", "GET") and "/v2/" in url:
+                sent[side].append((method, urlsplit(url).path))
+            return urlopen(method, url, *args, **kwargs)
         return record
 
-    hooks = {"primary": recorder("primary"), "secondary": recorder("secondary")}
-    primary_reader.transport.session.hooks["response"].append(hooks["primary"])
-    secondary_writer.transport.session.hooks["response"].append(hooks["secondary"])
-    try:
+    with monkeypatch.context() as patch:
+        for side, client in (("primary", primary_reader), ("secondary", secondary_writer)):
+            patch.setattr(client.transport.pool, "urlopen",
+                          recorder(side, client.transport.pool.urlopen))
         outcomes = replicate_events(primary_reader, secondary_writer,
                                     [ev(1, "push", "group/once", "1.0", image.digest)],
                                     leases=leases)
-    finally:
-        primary_reader.transport.session.hooks["response"].remove(hooks["primary"])
-        secondary_writer.transport.session.hooks["response"].remove(hooks["secondary"])
     assert outcomes == {"e1": None}
     assert secondary_reader.head_manifest("group/once", "1.0").digest == image.digest
     repeated = {side: sorted({r for r in requests if requests.count(r) > 1})

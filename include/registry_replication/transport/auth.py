@@ -1,12 +1,13 @@
 """Registry authentication: basic and anonymous here, Geo-style self-minted JWTs and the Bearer
 token flow in ``tokens``.
 
-Each kind is a ``requests.auth.AuthBase`` attached to the client's session. It reads the scopes a
-request needs from its method and path, the way distribution grants them (``GET``/``HEAD``:
-pull; ``POST``/``PUT``/``PATCH``: pull,push; ``DELETE``: delete; a mount also pulls ``from``),
-adds the ``Authorization`` header, and answers a 401 once: it reads the ``WWW-Authenticate``
-challenge, refreshes its token if that can help, and sends the request again (bodies are bytes
-or replayable, see ``transport.Body``). Every failure is a typed ``RegistryError`` with advice.
+Each kind is an ``Auth`` the client's ``Transport`` asks for every request's ``Authorization``
+header (``authorization``), given the scopes the request needs, read from its method and path
+the way distribution grants them (``scopes_for``: ``GET``/``HEAD``: pull;
+``POST``/``PUT``/``PATCH``: pull,push; ``DELETE``: delete; a mount also pulls ``from``). On a
+401 the transport hands it the ``WWW-Authenticate`` challenge (``refresh``): when refreshing its
+token can help, the request is sent once more (bodies are bytes or replayable, see
+``transport.Body``). Every failure is a typed ``RegistryError`` with advice.
 
 ``JwtAuth`` is how a GitLab Geo secondary reads its primary: it holds a copy of the registry's
 key pair and signs its own short-lived, minimal-scope RS256 tokens, exactly as GitLab's
@@ -17,15 +18,10 @@ service (Docker Hub, Harbor, GitLab.com).
 from __future__ import annotations
 
 import base64
-import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
-
-import requests
-from requests.auth import AuthBase
 
 from registry_replication.transport import secrets
 
@@ -75,38 +71,10 @@ class Challenge:
         return self.params.get("error")
 
 
-class Auth(AuthBase):
+class Auth:
     """Anonymous: no header. Subclasses produce the ``Authorization`` header for ``scopes``."""
 
     kind = "anonymous"
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        scopes = scopes_for(request.method or "GET", request.url or "")
-        value, fresh = self.authorization(scopes)
-        if value:
-            request.headers["Authorization"] = value
-        request.register_hook("response", functools.partial(self._on_response, scopes, fresh))
-        return request
-
-    def _on_response(
-        self, scopes: tuple[str, ...], fresh: bool, response: requests.Response, **send: Any
-    ) -> requests.Response:
-        """A 401 once per request: refresh the token if that can help, and send it again."""
-        if response.status_code != 401 or getattr(response.request, "reauthenticated", False):
-            return response
-        challenge = Challenge.parse(response.headers.get("WWW-Authenticate"))
-        if not self.refresh(challenge, scopes, fresh=fresh):
-            return response
-        response.close()  # unread: a 401's body tells nothing, and could be of any size
-        again = response.request.copy()
-        again.reauthenticated = True  # type: ignore[attr-defined]
-        value, _ = self.authorization(scopes)
-        if value:
-            again.headers["Authorization"] = value
-        retried = response.connection.send(again, **send)
-        retried.history.append(response)
-        retried.request = again
-        return retried
 
     def authorization(self, scopes: Sequence[str]) -> tuple[str | None, bool]:
         """The header value for ``scopes``, and whether it was obtained just now (not cached)."""
@@ -158,7 +126,3 @@ class BasicAuth(Auth):
     def __repr__(self) -> str:
         return f"BasicAuth(login={self.login!r})"
 
-
-def no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
-    """Per-request auth that sends no credentials (the session's auth does not apply)."""
-    return request

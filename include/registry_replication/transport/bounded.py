@@ -9,27 +9,29 @@ image, one repository) fails alone.
 from __future__ import annotations
 
 import json
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 from registry_replication.transport.errors import LimitExceeded
+
+if TYPE_CHECKING:
+    from registry_replication.transport.wire import Response
 
 READ_CHUNK = 64 << 10
 
 
-def read_body(response: requests.Response, limit: int, setting: str, **where: Any) -> bytes:
-    """The body of a streamed ``response``, refused (and the connection dropped) past ``limit``.
+def read_body(response: Response, limit: int, setting: str, **where: Any) -> bytes:
+    """The body of an unread ``response``, refused (and the connection dropped) past ``limit``.
 
     ``where``: the error's context (registry, operation, repository, reference).
     """
-    # A HEAD's Content-Length is the resource's, and it has no body to read.
-    declared = "" if response.request.method == "HEAD" else response.headers.get("Content-Length") or ""
+    if response.method == "HEAD":  # its Content-Length is the resource's; it has no body
+        return b""
+    declared = response.headers.get("Content-Length") or ""
     if declared.isdigit() and int(declared) > limit:
         response.close()
         raise _too_large(f"the answer declares {int(declared)} bytes", limit, setting, where)
     body = bytearray()
-    for chunk in response.iter_content(READ_CHUNK):
+    for chunk in response.stream(READ_CHUNK):
         body += chunk
         if len(body) > limit:
             response.close()

@@ -1,5 +1,5 @@
 """A client for the Distribution API v2 / OCI distribution spec: catalog, tags, manifests and
-blobs, one method per endpoint, on a ``Transport`` (``transport.py``: the session, the retry
+blobs, one method per endpoint, on a ``Transport`` (``transport.py``: authentication, the retry
 policy, URL confinement; ``upload.py``: resumable blob uploads).
 
 One ``RegistryClient`` per registry, shared by a thread pool. Names, tags and digests are
@@ -18,7 +18,7 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import urlencode
 
-import requests
+import urllib3
 
 from registry_replication.transport import mediatypes
 from registry_replication.transport import upload as uploads
@@ -45,6 +45,7 @@ from registry_replication.transport.responses import (
 )
 from registry_replication.transport.transport import Request, Transport
 from registry_replication.transport.upload import OpenBody, Upload
+from registry_replication.transport.wire import Response
 
 CHUNK_SIZE = 1 << 20
 
@@ -149,9 +150,9 @@ class RegistryClient:
         response = self._at("HEAD", repository, "manifests", reference, "check manifest",
                             headers=headers, ok=(200, 304, 404))
         response.close()
-        if response.status_code == 304 and known is not None:
+        if response.status == 304 and known is not None:
             return known
-        if response.status_code == 404:
+        if response.status == 404:
             return None if self.writable else self._gone_or_here(repository, reference)
         digest = _served_digest(response, registry=self.url, operation="check manifest",
                                 repository=repository, reference=reference)
@@ -216,32 +217,32 @@ class RegistryClient:
         response = self._at("DELETE", repository, "manifests", digest, "delete manifest",
                             ok=(200, 202, 404))
         response.close()
-        return response.status_code != 404
+        return response.status != 404
 
     # -- blobs ----------------------------------------------------------------------------------
 
     def has_blob(self, repository: str, digest: str) -> bool:
         """Whether the repository has the blob (a ``HEAD``)."""
-        return self._head_blob(repository, digest).status_code != 404
+        return self._head_blob(repository, digest).status != 404
 
     def blob_size(self, repository: str, digest: str) -> int | None:
         """The size of a blob in a repository (its ``HEAD``'s ``Content-Length``), or None when
         the repository does not have it. An answer without a length raises: an unknown size
         is never taken for a wrong one."""
         response = self._head_blob(repository, digest)
-        if response.status_code == 404:
+        if response.status == 404:
             return None
         size = content_length(response)
         if size is None:
             raise RegistryError(
                 "the registry answered the blob's HEAD without a valid Content-Length, so its "
                 "size cannot be checked", registry=self.url, operation="check blob",
-                repository=repository, reference=digest, status=response.status_code,
+                repository=repository, reference=digest, status=response.status,
                 advice="a proxy in front of the registry probably strips Content-Length from "
                 "HEAD answers: configure it to pass the header on")
         return size
 
-    def _head_blob(self, repository: str, digest: str) -> requests.Response:
+    def _head_blob(self, repository: str, digest: str) -> Response:
         validate_repository(repository)
         validate_digest(digest)
         response = self._at("HEAD", repository, "blobs", digest, "check blob", ok=(200, 404))
@@ -249,7 +250,7 @@ class RegistryClient:
         return response
 
     def _at(self, method: str, repository: str, kind: str, reference: str, operation: str,
-            **fields: Any) -> requests.Response:
+            **fields: Any) -> Response:
         """``<method> /v2/<repository>/<kind>/<reference>`` (the other ``Request`` fields:
         ``fields``); the caller has validated the names."""
         return self.transport.send(Request(method, f"/v2/{repository}/{kind}/{reference}",
@@ -279,19 +280,19 @@ class RegistryClient:
             headers["Range"] = f"bytes={offset}-{end}"
         response = self._at("GET", repository, "blobs", digest, "get blob", headers=headers,
                             stream=True, ok=(200, 206, 307, 302, 303), allow_redirects=False)
-        if response.is_redirect:
+        if response.redirect:
             response.close()
             # Storage backends (S3, GCS) get a presigned URL, never the registry's token.
             location = self.transport.storage_url(response, repository, digest)
             response = self.transport.send(Request(
                 "GET", location, "get blob", repository, digest, headers=headers, stream=True,
                 ok=(200, 206), storage=True))
-        if partial and response.status_code != 206:
+        if partial and response.status != 206:
             response.close()
             raise RegistryError(
                 f"the registry ignored the Range request {headers['Range']}",
                 registry=self.url, operation="get blob", repository=repository, reference=digest,
-                status=response.status_code,
+                status=response.status,
             )
         return _chunks(response, chunk_size, digest if not partial else None, self._received,
                        registry=self.url, operation="get blob", repository=repository,
@@ -372,7 +373,7 @@ def _digest_of(raw: bytes, like: str) -> str:
     return f"{algorithm}:{hashlib.new(algorithm, raw).hexdigest()}"
 
 
-def _served_digest(response: requests.Response, **where: Any) -> str | None:
+def _served_digest(response: Response, **where: Any) -> str | None:
     """The answer's ``Docker-Content-Digest`` (None without one), refused unless valid."""
     digest = response.headers.get("Docker-Content-Digest")
     if digest:
@@ -381,7 +382,7 @@ def _served_digest(response: requests.Response, **where: Any) -> str | None:
         except InvalidReference:
             raise RegistryError(
                 f"the registry answered with an invalid Docker-Content-Digest {digest[:100]!r}",
-                status=response.status_code, code="DIGEST_INVALID", **where,
+                status=response.status, code="DIGEST_INVALID", **where,
                 advice="the registry (or a proxy in front of it) sends a broken digest header "
                 "for this manifest: check the registry's version and any proxy, or re-push the "
                 "tag; other repositories are not affected",
@@ -389,7 +390,7 @@ def _served_digest(response: requests.Response, **where: Any) -> str | None:
     return digest or None
 
 
-def _checked_manifest(response: requests.Response, reference: str, max_json_depth: int,
+def _checked_manifest(response: Response, reference: str, max_json_depth: int,
                       **where: Any) -> Manifest:
     """The manifest an answer holds, checked against the digest it was asked for (or served
     as) and parsed once within ``max_json_depth``; ``where`` names it in errors."""
@@ -420,18 +421,18 @@ def _checked_manifest(response: requests.Response, reference: str, max_json_dept
     return Manifest(raw, kind, digest)
 
 
-def _chunks(response: requests.Response, chunk_size: int, verify: str | None,
+def _chunks(response: Response, chunk_size: int, verify: str | None,
             received: Callable[[int], None], **where: Any) -> Iterator[bytes]:
     """A blob's bytes as they stream, each chunk passed to ``received``; hashed on the way
     when ``verify`` is the whole blob's digest, a mismatch raising after the last chunk."""
     hasher = hashlib.new(verify.split(":", 1)[0]) if verify else None
     try:
-        for chunk in response.iter_content(chunk_size):
+        for chunk in response.stream(chunk_size):
             received(len(chunk))
             if hasher:
                 hasher.update(chunk)
             yield chunk
-    except requests.RequestException as exc:
+    except urllib3.exceptions.HTTPError as exc:
         raise connection_error(exc, **where) from None
     finally:
         response.close()

@@ -8,11 +8,11 @@ parsed as JSON no deeper than ``max_json_depth`` and quoted only in part.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
-import requests
 from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
@@ -29,6 +29,10 @@ from registry_replication.transport.errors import (
 
 if TYPE_CHECKING:
     from registry_replication.transport.transport import Request, Transport
+    from registry_replication.transport.wire import Response
+
+# One link of a ``Link`` header: ``<url>`` and its parameters, up to the next link.
+_LINK = re.compile(r"<([^>]*)>([^<]*)")
 
 
 def connection_error(exc: Exception, registry: str, operation: str, repository: str | None,
@@ -42,10 +46,10 @@ def connection_error(exc: Exception, registry: str, operation: str, repository: 
     )
 
 
-def storage_error(response: requests.Response, registry: str,
+def storage_error(response: Response, registry: str,
                   request: Request) -> RegistryError:
     response.close()
-    status = response.status_code
+    status = response.status
     kind = RegistryUnavailableError if status in RETRY_STATUSES else RegistryError
     return kind(
         "the storage backend the registry redirected to refused the download",
@@ -56,11 +60,11 @@ def storage_error(response: requests.Response, registry: str,
     )
 
 
-def registry_error(response: requests.Response, registry: str, request: Request,
+def registry_error(response: Response, registry: str, request: Request,
                    max_json_depth: int, auth: Auth | None) -> RegistryError:
     """The registry's answer as a typed error: its JSON error code and message if it sent the
     spec's error shape, the refused scopes on 401/403 (``auth``: None before it is built)."""
-    status = response.status_code
+    status = response.status
     code = message = detail = None
     try:
         body = loads(response.content, max_json_depth)
@@ -82,10 +86,8 @@ def registry_error(response: requests.Response, registry: str, request: Request,
     )
     if status in (401, 403):
         challenge = Challenge.parse(response.headers.get("WWW-Authenticate"))
-        sent = response.request
         reason = (auth or Auth()).explain_refusal(
-            challenge, scopes_for(sent.method or "GET", sent.url or ""),
-            sent.headers.get("Authorization"))
+            challenge, scopes_for(response.method, response.url), response.authorization)
         kwargs["code"] = code or ("DENIED" if status == 403 else "UNAUTHORIZED")
         if challenge and challenge.error:
             reason = f"{reason} [{challenge.error}]"
@@ -100,7 +102,7 @@ def registry_error(response: requests.Response, registry: str, request: Request,
     return RegistryError(message or f"unexpected HTTP {status}", **kwargs)
 
 
-def _retry_after(response: requests.Response) -> float | None:
+def _retry_after(response: Response) -> float | None:
     """``Retry-After`` in seconds (seconds or an HTTP date, parsed as urllib3 does)."""
     value = response.headers.get("Retry-After")
     if not value:
@@ -115,28 +117,28 @@ def _text(value: Any, limit: int) -> str | None:
     return value[:limit] if isinstance(value, str) else None
 
 
-def _has_body(response: requests.Response) -> bool:
-    return response.request is None or response.request.method != "HEAD"
+def _has_body(response: Response) -> bool:
+    return response.method != "HEAD"
 
 
 # -- reading answers ----------------------------------------------------------------------------
 
-def media_type(response: requests.Response) -> str:
+def media_type(response: Response) -> str:
     """The answer's ``Content-Type`` without parameters."""
     # Interned: a listing or plan of 100,000 tags holds a handful of distinct media types.
     return sys.intern((response.headers.get("Content-Type") or "").split(";", 1)[0].strip())
 
 
-def content_length(response: requests.Response) -> int | None:
+def content_length(response: Response) -> int | None:
     """The answer's ``Content-Length``; None when it is missing or not a whole number."""
     value = response.headers.get("Content-Length", "")
     return int(value) if value.isascii() and value.isdigit() else None
 
 
-def body_shape(response: requests.Response) -> str:
+def body_shape(response: Response) -> str:
     """What an answer holds, for an error that cannot quote it: status, type and length."""
     kind = media_type(response) or "no Content-Type"
-    return f"HTTP {response.status_code}, {kind}, {len(response.content)} bytes"
+    return f"HTTP {response.status}, {kind}, {len(response.content)} bytes"
 
 
 class Pages:
@@ -149,7 +151,7 @@ class Pages:
         self.repository = repository
         self.visited: set[str] = set()
 
-    def entries(self, response: requests.Response, key: str) -> list[Any]:
+    def entries(self, response: Response, key: str) -> list[Any]:
         """``body[key]`` of a page, which must be a JSON object holding a list."""
         transport = self.transport
         try:
@@ -164,14 +166,14 @@ class Pages:
                 f"the answer is not the expected JSON object with a {key!r} list "
                 f"({body_shape(response)})",
                 registry=transport.url, operation=self.operation, repository=self.repository,
-                status=response.status_code,
+                status=response.status,
                 advice="the registry or a proxy in front of it answered with something else; "
                 "check that the connection's URL points at the registry itself",
             )
         return value or []
 
-    def next(self, response: requests.Response) -> str | None:
-        link = response.links.get("next", {}).get("url")
+    def next(self, response: Response) -> str | None:
+        link = next_link(response.headers.get("Link") or "")
         if not link:
             return None
         transport, bound = self.transport, self.transport.config.bounds.max_listing_pages
@@ -190,3 +192,13 @@ class Pages:
                                 limit=bound, **where)
         self.visited.add(url)
         return url
+
+
+def next_link(header: str) -> str | None:
+    """The URL of a ``Link`` header's ``rel="next"`` link (RFC 8288), None without one."""
+    for url, params in _LINK.findall(header):
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "rel" and value.strip(" '\"") == "next":
+                return url.strip()
+    return None

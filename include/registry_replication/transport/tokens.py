@@ -16,17 +16,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import jwt
-import requests
+import urllib3
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from requests.auth import HTTPBasicAuth
 
-from registry_replication.transport import secrets
-from registry_replication.transport.auth import Auth, Challenge, no_auth
+from registry_replication.transport import secrets, wire
+from registry_replication.transport.auth import Auth, Challenge
 from registry_replication.transport.bounded import read_body
 from registry_replication.transport.errors import (
     RETRY_STATUSES,
@@ -201,27 +200,26 @@ class TokenAuth(_BearerAuth):
 
     def __init__(
         self,
-        session: requests.Session,
+        pool: urllib3.PoolManager,
         login: str | None = None,
         password: str | None = None,
         *,
-        timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
         registry: str = "",
         realm_hosts: Sequence[str] = (),
         max_answer_bytes: int = 64 << 10,
     ) -> None:
-        """``registry``: the registry's URL (an https registry accepts only an https realm);
+        """``pool``: the registry's (``wire.pool_manager``: its proxy, TLS and timeouts);
+        ``registry``: the registry's URL (an https registry accepts only an https realm);
         ``realm_hosts``: when set, the only hosts (``host`` or ``host:port``) a realm may be on;
         ``max_answer_bytes``: the token service's answer is read no further (its bound,
         ``max_token_bytes``)."""
         secrets.mask(password)
-        self._session = session
+        self._pool = pool
         self.login = login
         self._password = password
         self.registry = registry
         self.realm_hosts = frozenset(h.strip().lower() for h in realm_hosts if h.strip())
-        self._timeout = timeout
         self._max_answer_bytes = max_answer_bytes
         self._clock = clock
         self._realm: str | None = None
@@ -283,28 +281,31 @@ class TokenAuth(_BearerAuth):
             params.append(("service", self._service))
         realm = self._realm or ""
         failure = dict(registry=realm, operation="get token", code="UNAUTHORIZED")
-        # Explicit auth: the session's own (this object) must not apply to the token service.
-        login = HTTPBasicAuth(self.login, self._password or "") if self.login else no_auth
+        query = urlencode(params)
+        url = f"{realm}{'&' if urlsplit(realm).query else '?'}{query}" if query else realm
+        headers = {"User-Agent": wire.USER_AGENT}
+        if self.login:
+            headers.update(urllib3.make_headers(
+                basic_auth=f"{self.login}:{self._password or ''}"))
         try:
-            response = self._session.get(realm, params=params, auth=login, timeout=self._timeout,
-                                         stream=True)
+            response = wire.send(self._pool, "GET", url, headers)
             answer = read_body(response, self._max_answer_bytes, "max_token_bytes",
                                registry=realm, operation="get token")
-        except requests.RequestException as exc:
+        except urllib3.exceptions.HTTPError as exc:
             raise RegistryUnavailableError(
                 f"no answer from the token service ({type(exc).__name__})", registry=realm,
                 operation="get token",
                 advice="check that the token service named by the registry's challenge (its "
                 "auth.token.realm) is running and reachable from here; the request is retried",
             ) from None
-        if response.status_code in RETRY_STATUSES:
+        if response.status in RETRY_STATUSES:
             raise RegistryUnavailableError(
-                f"the token service answered {response.status_code}", registry=realm,
-                operation="get token", status=response.status_code,
+                f"the token service answered {response.status}", registry=realm,
+                operation="get token", status=response.status,
             )
-        if response.status_code != 200:
+        if response.status != 200:
             raise RegistryAuthError(
-                f"the token service refused login {self.login!r}", status=response.status_code,
+                f"the token service refused login {self.login!r}", status=response.status,
                 advice="check the connection's login and password (or access token) against the "
                 "token service", **failure,
             )
@@ -319,7 +320,7 @@ class TokenAuth(_BearerAuth):
             expires_in = 60.0
         if not isinstance(token, str) or not token:
             raise RegistryAuthError(
-                "the token service's answer holds no token", status=response.status_code,
+                "the token service's answer holds no token", status=response.status,
                 advice="check that the registry's auth.token.realm points at a token service "
                 "(GitLab: /jwt/auth)", **failure,
             )

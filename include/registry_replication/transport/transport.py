@@ -1,10 +1,11 @@
-"""The HTTP layer under ``RegistryClient``: one registry's session, the ``Request`` value
+"""The HTTP layer under ``RegistryClient``: one registry's requests, the ``Request`` value
 object, the retry policy and URL confinement.
 
-One ``Transport`` per registry, shared by a thread pool: one pooled ``requests`` session carries
-every request (blob redirects to storage included), authentication is the session's
-``AuthBase`` (``auth.py``: scopes, the 401 challenge, token refresh), every request is bounded in
-time and its answer in size (``bounded.read_body``), and one retry policy
+One ``Transport`` per registry, shared by a thread pool: one urllib3 pool manager
+(``wire.py``) carries every request (blob redirects to storage and the token service
+included), authentication is an ``Auth`` (``auth.py``, ``tokens.py``: the header for a
+request's scopes; on a 401 the challenge, a token refresh and one re-send), every request is
+bounded in time and its answer in size (``bounded.read_body``), and one retry policy
 (``Transport.retrying``, tenacity) retries connection errors, 5xx and 429 with exponential
 backoff and jitter, honouring a capped ``Retry-After``. One policy owns each operation: the
 requests made inside an operation a policy already retries (a blob upload's steps, and the
@@ -15,17 +16,17 @@ Every failure surfaces as a typed ``RegistryError`` (``responses.py`` reads a re
 Credentials go only to the configured registry: every URL it requests, including those the
 registry hands back (``Link``, upload ``Location``, redirects), must have the configured scheme,
 host and port. The one exception is a blob download redirected to a storage backend, which is
-fetched without credentials (the session reads no ``~/.netrc`` and no proxy variables), and
-only from a public address unless the connection allows private ones
-(``allow_private_redirects``).
+fetched without credentials (no ``~/.netrc`` is read; the environment's proxy for the registry
+is read once, when the client is made), and only from a public address unless the connection
+allows private ones (``allow_private_redirects``).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import random
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -36,11 +37,11 @@ from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
+import urllib3
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
-from registry_replication.transport.auth import Auth, BasicAuth, Challenge, no_auth
+from registry_replication.transport import wire
+from registry_replication.transport.auth import Auth, BasicAuth, Challenge, scopes_for
 from registry_replication.transport.bounded import read_body
 from registry_replication.transport.config import RegistryConfig
 from registry_replication.transport.errors import (
@@ -54,12 +55,15 @@ from registry_replication.transport.responses import (
     storage_error,
 )
 from registry_replication.transport.tokens import JwtAuth, TokenAuth
+from registry_replication.transport.wire import Response
 
 log = logging.getLogger(__name__)
 
 MAX_RETRY_SLEEP_SECONDS = 120.0  # the cap on any wait, Retry-After included
 MAX_REDIRECTS = 5
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# What parsers read differently in a URL: backslashes, whitespace, control characters.
+_UNSAFE_IN_URL = re.compile(r"[\\\s\x00-\x1f]")
 
 T = TypeVar("T")
 
@@ -83,8 +87,8 @@ def one_try_each() -> Iterator[None]:
 
 class Body:
     """A request body of known length that can be read again, like Go's ``GetBody``: each read
-    calls ``open``, so a retried or re-authenticated request sends it anew. requests sends it
-    with a Content-Length."""
+    calls ``open``, so a retried or re-authenticated request sends it anew, with a
+    Content-Length (not chunked)."""
 
     def __init__(self, open_body: Callable[[], Iterable[bytes]], size: int) -> None:
         self._open = open_body
@@ -133,28 +137,15 @@ class Transport:
         self.config = config
         self.url = config.url
         self.writable = writable
-        self.session = requests.Session()
-        # Read proxy and CA settings from the environment once, not on every request (requests
-        # re-scans os.environ and ~/.netrc per request: a third of a HEAD's CPU).
-        self.session.trust_env = False
-        self.session.proxies = requests.utils.get_environ_proxies(config.url)
-        self.session.verify = (
-            config.verify if config.verify is not True
-            else os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-        )
-        # The adapter only pools connections: ``retrying`` retries (it logs, honours a capped
-        # Retry-After and sends replayable bodies again; urllib3's Retry would resend a body
-        # it cannot reopen).
-        adapter = HTTPAdapter(
-            pool_connections=4, pool_maxsize=config.max_connections, max_retries=0
-        )
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers["User-Agent"] = "registry-replication/0.1"
+        # Every request to this registry, its storage and its token service: pooled, no
+        # retries (``retrying`` retries: it logs, honours a capped Retry-After and sends
+        # replayable bodies again), no redirects (``_attempt`` confines them).
+        self.pool = wire.pool_manager(config)
+        # URLs under this prefix are on the registry: ``own_url``'s cheap test.
+        self._origin = (f"{self.url.partition('://')[0]}://{urlsplit(self.url).netloc}/"
+                        if _same_origin(self.url, self.url) else "\0")
         self._auth = auth  # None: built from the config on first use
-        self.session.auth = auth
         self._auth_lock = threading.Lock()
-        self.timeout = (min(10.0, config.timeout_seconds), config.timeout_seconds)
         # The retry policy, declared once: every request (``send``) and every step of a blob
         # upload (``upload.upload_blob``) runs under a copy of it (``retried``), never one
         # inside another.
@@ -170,11 +161,11 @@ class Transport:
 
     @property
     def auth(self) -> Auth:
-        """The session's authentication, built from the config (and the registry's challenge)
+        """This registry's authentication, built from the config (and the registry's challenge)
         on first use."""
         with self._auth_lock:
             if self._auth is None:
-                self._auth = self.session.auth = self._build_auth()
+                self._auth = self._build_auth()
             return self._auth
 
     def _build_auth(self) -> Auth:
@@ -210,9 +201,8 @@ class Transport:
                 ) from None
         if kind == "token":
             auth = TokenAuth(
-                self.session, cfg.login, cfg.password, timeout=cfg.timeout_seconds,
-                registry=self.url, realm_hosts=cfg.token_realm_hosts,
-                max_answer_bytes=cfg.bounds.max_token_bytes,
+                self.pool, cfg.login, cfg.password, registry=self.url,
+                realm_hosts=cfg.token_realm_hosts, max_answer_bytes=cfg.bounds.max_token_bytes,
             )
             if challenge:
                 auth.refresh(challenge, (), fresh=False)
@@ -229,7 +219,7 @@ class Transport:
 
     # -- requests -----------------------------------------------------------------------------
 
-    def send(self, request: Request) -> requests.Response:
+    def send(self, request: Request) -> Response:
         """``request`` to this registry (or, ``storage``, to the storage backend it redirected a
         download to: no credentials), under the retry policy (``retried``: one try inside an
         operation a policy already retries, such as a blob upload's step). Errors are typed,
@@ -240,7 +230,7 @@ class Transport:
         if urlsplit(request.path).scheme:  # a URL the registry handed back, already checked
             url = request.path
         else:
-            url = urljoin(self.url + "/", request.path.lstrip("/"))
+            url = f"{self.url}/{request.path.lstrip('/')}"
         if not request.storage:
             url = self.own_url(url, request.operation, request.repository, "URL")
         if request.method not in ("GET", "HEAD") and not self.writable:
@@ -248,38 +238,30 @@ class Transport:
                 f"refusing to {request.method} {request.repository or urlsplit(url).path} on "
                 f"{self.url}: this client is read-only (the primary is never written to)"
             )
-        if request.authenticate and not request.storage:
-            self.auth  # noqa: B018 - built (and attached to the session) before the first request
-            auth = None  # the session's
-        else:
-            auth = no_auth
+        # Built before the first request (the probe that builds it is not authenticated).
+        auth = self.auth if request.authenticate and not request.storage else None
         return self.retried(partial(self._attempt, request, url, auth))
 
-    def _attempt(self, request: Request, url: str, auth: Any) -> requests.Response:
-        """One try; redirects are followed here, only within the registry (requests would
-        follow them anywhere)."""
+    def _attempt(self, request: Request, url: str, auth: Auth | None) -> Response:
+        """One try; redirects are followed here, only within the registry."""
         redirects, ok = 0, request.ok
         while True:
             try:
-                # Always streamed: requests would read any body whole, however large.
-                response = self.session.request(
-                    request.method, url, headers=request.headers, data=request.data,
-                    stream=True, timeout=self.timeout, allow_redirects=False, auth=auth,
-                )
-                if not request.stream or response.status_code not in ok:
-                    bound = request.body_bound if response.status_code in ok else "max_error_bytes"
-                    # Kept where ``response.content`` and ``.json()`` read it.
-                    response._content = read_body(
+                response = self._exchange(request, url, auth)
+                if not request.stream or response.status not in ok:
+                    bound = request.body_bound if response.status in ok else "max_error_bytes"
+                    response.content = read_body(
                         response, getattr(self.config.bounds, bound), bound,
                         registry=self.url, operation=request.operation,
                         repository=request.repository, reference=request.reference,
-                        status=response.status_code)
-            except requests.RequestException as exc:
+                        status=response.status)
+                    response.close()  # read: the connection goes back to the pool
+            except urllib3.exceptions.HTTPError as exc:
                 raise connection_error(exc, self.url, request.operation, request.repository,
                                        request.reference) from None
-            if response.status_code in ok:
+            if response.status in ok:
                 return response
-            if (response.is_redirect and request.allow_redirects
+            if (response.redirect and request.allow_redirects
                     and request.method in ("GET", "HEAD") and redirects < MAX_REDIRECTS):
                 location = urljoin(response.url, response.headers["Location"])
                 response.close()
@@ -292,6 +274,28 @@ class Transport:
             raise registry_error(response, self.url, request, self.config.bounds.max_json_depth,
                                  self._auth)
 
+    def _exchange(self, request: Request, url: str, auth: Auth | None) -> Response:
+        """``request`` sent to ``url`` with ``auth``'s header for its scopes; a 401 whose
+        challenge lets ``auth`` refresh its token is answered by sending it once more."""
+        headers = {"User-Agent": wire.USER_AGENT, **(request.headers or {})}
+        if isinstance(request.data, Body):  # urllib3 would send an iterable chunked
+            headers["Content-Length"] = str(len(request.data))
+        if auth is None:
+            return wire.send(self.pool, request.method, url, headers, request.data)
+        scopes = scopes_for(request.method, url)
+        value, fresh = auth.authorization(scopes)
+        if value:
+            headers["Authorization"] = value
+        response = wire.send(self.pool, request.method, url, headers, request.data)
+        if response.status != 401 or not auth.refresh(
+                Challenge.parse(response.headers.get("WWW-Authenticate")), scopes, fresh=fresh):
+            return response
+        response.close()  # unread: a 401's body tells nothing, and could be of any size
+        value, _ = auth.authorization(scopes)
+        if value:
+            headers["Authorization"] = value
+        return wire.send(self.pool, request.method, url, headers, request.data)
+
     # -- the retry policy ---------------------------------------------------------------------
 
     def retried(self, operation: Callable[[], T], interrupted: str | None = None) -> T:
@@ -300,11 +304,24 @@ class Transport:
         ``_retried_by_outer_policy``). ``interrupted`` begins each retry's log line."""
         if _retried_by_outer_policy.get():
             return operation()
-        retrying = (self.retrying.copy(before_sleep=partial(self._log_retry,
-                                                            interrupted=interrupted))
-                    if interrupted else self.retrying.copy())
         with one_try_each():
-            return retrying(operation)
+            # The first try outside tenacity, whose bookkeeping costs a tenth of a HEAD's CPU;
+            # its failure is then tenacity's first attempt, so waits, logs and the count of
+            # tries are the policy's.
+            try:
+                return operation()
+            except RegistryUnavailableError as exc:
+                first: list[BaseException] = [exc]
+
+            def attempt() -> T:
+                if first:
+                    raise first.pop()
+                return operation()
+
+            retrying = (self.retrying.copy(before_sleep=partial(self._log_retry,
+                                                                interrupted=interrupted))
+                        if interrupted else self.retrying.copy())
+            return retrying(attempt)
 
     def _backoff(self, state: RetryCallState) -> float:
         """The wait before the next try: ``Retry-After`` if the registry sent one, else
@@ -337,7 +354,8 @@ class Transport:
         (``http:http://other-host/x``, ``//other-host``, userinfo, backslashes that parsers
         read differently).
         """
-        if _same_origin(url, self.url):
+        if (url.startswith(self._origin) and not _UNSAFE_IN_URL.search(url)
+                or _same_origin(url, self.url)):
             return url
         parts = urlsplit(url.replace("\\", "/"))
         port = _port(parts)
@@ -350,14 +368,14 @@ class Transport:
             "its http.host to the URL in this connection, or fix the connection's URL",
         )
 
-    def storage_url(self, response: requests.Response, repository: str, digest: str) -> str:
+    def storage_url(self, response: Response, repository: str, digest: str) -> str:
         """Where a blob download's redirect leads: an http(s) URL, and, off the registry's own
         host and port, only a public address unless the connection allows private storage
         (whatever answers at the registry's address must not make us read internal services:
         cloud metadata, admin ports)."""
         location = urljoin(response.url, response.headers["Location"])
         where = dict(registry=self.url, operation="get blob", repository=repository,
-                     reference=digest, status=response.status_code)
+                     reference=digest, status=response.status)
         if urlsplit(location).scheme not in DEFAULT_PORTS:
             raise RegistryError("the registry redirected the download to a non-HTTP URL",
                                 advice="check the registry's storage redirect configuration",
@@ -377,7 +395,7 @@ class Transport:
         return location
 
     def close(self) -> None:
-        self.session.close()
+        self.pool.clear()
 
 
 def _detect_auth(challenge: Challenge | None, config: RegistryConfig) -> str:
@@ -392,7 +410,7 @@ def _detect_auth(challenge: Challenge | None, config: RegistryConfig) -> str:
 
 def _same_origin(url: str, base: str) -> bool:
     """Same scheme, host and port as ``base``, no userinfo, nothing parsers read differently."""
-    if any(c == "\\" or c.isspace() or ord(c) < 32 for c in url):
+    if _UNSAFE_IN_URL.search(url):
         return False
     theirs, ours = urlsplit(url), urlsplit(base)
     if theirs.username is not None or theirs.password is not None or not theirs.hostname:

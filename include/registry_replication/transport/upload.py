@@ -16,10 +16,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlencode, urljoin
 
-import requests
-
 from registry_replication.transport.errors import RegistryError
 from registry_replication.transport.transport import Body, Request, Transport, one_try_each
+from registry_replication.transport.wire import Response
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ def mount(transport: Transport, repository: str, digest: str, from_repository: s
     response = transport.send(Request("POST", f"/v2/{repository}/blobs/uploads/?{query}",
                                       "mount blob", repository, digest, ok=(201, 202)))
     response.close()
-    if response.status_code == 202:
+    if response.status == 202:
         # The registry opened an upload instead; it expires on its own, but tidy up.
         cancel(transport, Upload(repository, _location(transport, response)))
         return False
@@ -100,18 +99,18 @@ def cancel(transport: Transport, upload: Upload) -> bool:
         return False
 
 
-def _location(transport: Transport, response: requests.Response) -> str:
+def _location(transport: Transport, response: Response) -> str:
     """An upload URL from ``Location``; refused unless it is on our own registry."""
     location = response.headers.get("Location")
     if not location:
         raise RegistryError(
             "the registry sent no upload Location", registry=transport.url,
-            operation="upload", status=response.status_code,
+            operation="upload", status=response.status,
         )
     return transport.own_url(urljoin(response.url, location), "upload", None, "Location")
 
 
-def _range_end(response: requests.Response) -> int:
+def _range_end(response: Response) -> int:
     """The upload offset from ``Range: 0-<last byte>``.
 
     distribution answers ``0-0`` both for an empty upload and for one byte; chunks are far
