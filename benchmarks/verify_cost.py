@@ -8,6 +8,7 @@ the bytes the secondary sent, next to the distinct (repository, blob) pairs and 
 (``blobs`` must cost at most one HEAD per pair and one GET per manifest).
 
     .venv/bin/python benchmarks/verify_cost.py --tags 5000 --repos 10
+    .venv/bin/python benchmarks/verify_cost.py --perf
 """
 
 from __future__ import annotations
@@ -36,16 +37,21 @@ def main() -> None:
     parser.add_argument("--tags", type=int, default=5000)
     parser.add_argument("--repos", type=int, default=10)
     parser.add_argument("--unique-mib", type=float, default=50.0)
+    parser.add_argument("--perf", action="store_true",
+                        help="the perf corpus of sync_vs_skopeo.py instead (40 repositories, "
+                        "120 tags, multi-arch indexes, 600 MiB planned)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="verify-cost-"))
     store = Store(f"sqlite:///{work / 'store.db'}")
     with LocalRegistry(work / "primary", name="primary") as primary, \
             LocalRegistry(work / "secondary", name="secondary") as secondary, \
             FaultProxy(secondary.url) as proxy:
-        corpus = synthetic.plan_scale_corpus(args.repos, args.tags, args.unique_mib, 4, 1)
+        corpus = (synthetic.plan_corpus(40, 120, 600.0, 4, 1) if args.perf
+                  else synthetic.plan_scale_corpus(args.repos, args.tags, args.unique_mib, 4, 1))
         started = time.monotonic()
         synthetic.generate(primary, corpus, 16)
-        print(f"corpus: {args.tags} tags in {args.repos} repositories pushed in "
+        print(f"corpus: {corpus.tags} tags in {len(corpus.repositories)} repositories, "
+              f"{corpus.unique_bytes / (1 << 20):.0f} MiB unique, pushed in "
               f"{time.monotonic() - started:.0f}s")
         source = RegistryClient(primary.client_config())
         with Leases(store) as leases:
