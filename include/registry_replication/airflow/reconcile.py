@@ -140,8 +140,7 @@ def plan(differences: dict[str, Any], primary: dict[str, Any]) -> list[dict[str,
     p = current_params()
     folder = run_folder()
     changes = read_changes(differences)
-    read = artifacts.read_manifests(folder / primary["manifests"]) if "manifests" in primary \
-        else {}
+    read = artifacts.read_manifests(folder / primary["manifests"])
     result = build_plan(registry_client(PARSED.primary_conn_id),
                         registry_client(PARSED.secondary_conn_id),
                         diffs.wanted(changes), concurrency=p["concurrency"], known_manifests=read)
