@@ -105,13 +105,21 @@ class AirflowStandalone:
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
         """A call to Airflow's REST API (``/api/v2/...``) as the admin user."""
         self.token()
-        for _ in range(30):
-            response = requests.request(method, f"{self.url}/api/v2/{path.lstrip('/')}",
-                                        timeout=30, headers={"Authorization": f"Bearer {self._token}"},
-                                        **kwargs)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                response = requests.request(method, f"{self.url}/api/v2/{path.lstrip('/')}",
+                                            timeout=30, headers={"Authorization": f"Bearer {self._token}"},
+                                            **kwargs)
+            except requests.ConnectionError:
+                # An API server that is (re)starting refuses or drops connections for a moment.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+                continue
             # On SQLite, a write can lose the race for the database lock to the scheduler
             # (HTTP 500 "Database error", or 503 for backfills): try again.
-            if response.status_code not in (500, 503):
+            if response.status_code not in (500, 503) or time.monotonic() > deadline:
                 break
             time.sleep(1)
         if response.status_code >= 400:
@@ -156,6 +164,14 @@ class AirflowStandalone:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+            # The group outlives its leader for a moment: an API server still answering its health
+            # check would let wait_ready() pass before the new one is up.
+            for attempt in range(150):
+                if not _group_alive(self.process.pid):
+                    break
+                if attempt == 100:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                time.sleep(0.2)
         self.process = None
 
     def __enter__(self) -> AirflowStandalone:
@@ -163,3 +179,15 @@ class AirflowStandalone:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a live (not zombie) process is left in the group."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
