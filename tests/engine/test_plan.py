@@ -70,6 +70,8 @@ def test_image_batches_cap_the_fan_out():
     plan.images = [images_task(i) for i in range(100_000)]
     batches = plan.image_batches(batch_size=100)
     assert len(batches) <= 256 and sum(map(len, batches)) == 100_000
+    # By default, a task pushes at least 1,000 images: few, large tasks push fastest.
+    assert [len(b) for b in plan.image_batches()] == [1000] * 100
 
 
 def images_task(i: int):
