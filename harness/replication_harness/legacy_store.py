@@ -1,5 +1,6 @@
 """Checks of the store's migrations: a store made by the code from before migrations upgrades
-with its data, and the revisions make the declared schema.
+with its data, so does a store at each revision with a row in every table, and the revisions
+make the declared schema.
 
 The old store is a dump in ``schemas/`` (``premigration.<dialect>.sql``): that code's schema
 and the data it wrote for the steps in ``schemas/README.md``, dumped once from SQLite and
@@ -12,8 +13,10 @@ import datetime as dt
 from pathlib import Path
 
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from registry_replication.store import Store, engine, migrate
 from registry_replication.store.queue import Event
@@ -88,3 +91,51 @@ def assert_premigration_store_upgrades(url: str) -> None:
     # fixed) reads max(rr_schema.version) on start and refuses the store when it is above its
     # SCHEMA_VERSION, 1 ("schema version 2, newer than this code's 1").
     assert _schema_version(url) == 2
+
+
+def revisions() -> list[str]:
+    """Every revision below head, oldest first."""
+    script = ScriptDirectory.from_config(migrate.config())
+    return [r.revision for r in reversed(list(script.walk_revisions()))
+            if r.revision != migrate.head()]
+
+
+def _row(table: sa.Table) -> dict[str, object]:
+    """One row for ``table``, a plain value of each column's type."""
+    values = {str: "x", int: 1, float: 1.5, bool: True, bytes: b"x", dict: {"k": 1},
+              dt.datetime: T0}
+    return {c.name: values[c.type.python_type] for c in table.columns}
+
+
+def _row_counts(conn: sa.Connection) -> dict[sa.Table, int]:
+    """Each of the store's tables (as the database has it) and its number of rows."""
+    tables = sa.MetaData()
+    tables.reflect(conn)
+    return {table: conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+            for name, table in tables.tables.items() if name != migrate.VERSION_TABLE}
+
+
+def assert_revision_upgrades(url: str, revision: str) -> None:
+    """A store at ``revision`` with a row in every table upgrades to head and keeps them all:
+    the pre-migrations dump, upgraded to ``revision``, a row added to each empty table."""
+    load_dump(url, "premigration")
+    created = engine.create(url)
+    try:
+        with created.connect() as conn:
+            cfg = migrate.config(conn)
+            command.stamp(cfg, migrate.BASELINE)
+            command.upgrade(cfg, revision)
+            for table, count in _row_counts(conn).items():
+                if count == 0:
+                    conn.execute(table.insert().values(_row(table)))
+            before = {table.name: count for table, count in _row_counts(conn).items()}
+            conn.commit()
+    finally:
+        created.dispose()
+    assert min(before.values()) >= 1
+
+    store = Store(url)  # the first use upgrades it
+    assert_schema_matches(store)
+    with store.engine.connect() as conn:
+        after = {table.name: count for table, count in _row_counts(conn).items()}
+    assert {name: after[name] for name in before} == before
