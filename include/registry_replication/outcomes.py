@@ -268,7 +268,7 @@ class RunOutcome:
     def _listing_problems(self) -> list[Problem]:
         if self.listing is None:
             return []
-        problems = [Problem("listing", self.listing.registry, error,
+        problems = [Problem("listing", "the primary's listing", error,
                             f"the primary's listing was incomplete ({error})")
                     for error in self.listing.errors]
         for found in self.listing.problems:
@@ -302,8 +302,8 @@ class RunOutcome:
                                     f"removing {subject} failed: {r.get('error')}",
                                     r["repository"], (r["tag"],), r["digest"], None, advice))
         if self.prune_refused:
-            problems.append(Problem("prune", "the secondary's tags", self.prune_refused,
-                                    self.prune_refused))
+            problems.append(Problem("prune", "prune", self.prune_refused,
+                                    f"prune refused: {self.prune_refused}"))
         return problems
 
     def _verification_problems(self) -> list[Problem]:
