@@ -340,4 +340,5 @@ def replicate() -> None:
     [differences, secondary, blob_batches, pushed] >> verified
     reported = report(primary, pruned, verified)
     [secondary, blob_batches, copied, pushed, closure] >> reported
-    reported >> retention()
+    # A teardown: the run's state is the report's, whatever retention does.
+    reported >> retention().as_teardown()

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 import pendulum
-from airflow.sdk import TriggerRule, get_current_context, task, teardown
+from airflow.sdk import TriggerRule, get_current_context, task
 
 from registry_replication.airflow import alerts
 from registry_replication.airflow.deployment import checked
@@ -223,13 +223,14 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
     return counts
 
 
-@teardown
+@task
 @checked
 def retention() -> Retention:
-    """Old run folders and old store history go (``run_folder.apply_retention``). A teardown:
-    it runs whatever the report decided, and the run's state stays the report's (a failed
-    retention is logged and shows on this task, never fails a run that replicated; nor does it
-    hide a failed one)."""
+    """Old run folders and old store history go (``run_folder.apply_retention``). Wired as a
+    teardown after ``report`` (``replicate``): it runs whatever the report decided, and the
+    run's state stays the report's (a failed retention is logged and shows on this task, never
+    fails a run that replicated; nor does it hide a failed one). Not ``@teardown``: Airflow
+    3.3's decorator refuses a second call in one process (two DAGs wire this task)."""
     return apply_retention(pendulum.now("UTC"))
 
 
