@@ -337,7 +337,7 @@ def replicate() -> None:
     pruned >> closure >> verified
     # verify and report read these tasks' XComs (the copy tasks' under key ``results``: a
     # failed map index returns nothing): each is drawn as their input.
-    [differences, secondary, blob_batches, pushed] >> verified
+    [differences, secondary, blob_batches, pushed, pruned] >> verified
     reported = report(primary, pruned, verified)
     [secondary, blob_batches, copied, pushed, closure] >> reported
     # A teardown: the run's state is the report's, whatever retention does.
