@@ -23,13 +23,7 @@ from registry_replication.engine.prune import (
     mirror_manifest_delete,
     mirror_tag_deletes,
 )
-from registry_replication.outcomes import (
-    NOT_PUSHED,
-    BlobOutcome,
-    PermanentFailure,
-    PruneOutcome,
-    describe,
-)
+from registry_replication.outcomes import RunOutcome, describe, failed_digests
 from registry_replication.store.queue import Event
 from registry_replication.store.record import TagRecord
 from registry_replication.transport.client import RegistryClient
@@ -122,7 +116,7 @@ def replicate_events(
         if work.untagged:
             results = mirror_tag_deletes(primary, secondary, repository, sorted(work.untagged),
                                          leases=leases, budget=budget, concurrency=concurrency)
-            failed = next((r.error for r in results if r.outcome == PruneOutcome.FAILED), None)
+            failed = next((p.error for p in RunOutcome(pruned=results).problems()), None)
             outcomes.update({i: failed for ids in work.untagged.values() for i in ids})
         return outcomes
 
@@ -176,11 +170,9 @@ def _copy_tags(
     blobs = copier.copy_blobs(plan.blobs)
     if on_copied is not None:
         on_copied(sum(r.bytes for r in blobs))
-    failed_blobs = {r.digest for r in blobs if r.outcome == BlobOutcome.FAILED}
-    images = copier.push_images(plan.images, failed_blobs)
-    errors = {tag: r.error for r in images if r.outcome in NOT_PUSHED for tag in r.tags}
-    errors.update({tag: PermanentFailure(s.reason) if s.permanent else s.reason
-                   for s in plan.skipped for tag in s.tags})
+    images = copier.push_images(plan.images, failed_digests(blobs))
+    # Images not pushed, then images skipped (a PermanentFailure when no retry helps).
+    errors = RunOutcome(images=images, skipped=plan.skipped).errors_by_tag()
     return {event_id: errors.get(tag) for tag, ids in tags.items() for event_id in ids}
 
 
@@ -199,6 +191,6 @@ def _mirror_deletes(
             continue
         results = mirror_manifest_delete(primary, secondary, repository, digest, leases=leases,
                                          budget=budget, concurrency=concurrency)
-        failed = [r for r in results if r.outcome == PruneOutcome.FAILED]
-        outcomes.update({i: failed[0].error if failed else None for i in ids})
+        failed = next((p.error for p in RunOutcome(pruned=results).problems()), None)
+        outcomes.update({i: failed for i in ids})
     return outcomes
