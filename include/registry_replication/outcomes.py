@@ -312,7 +312,7 @@ class RunOutcome:
                             _split(f.line(), "")[1])
                     for f in self.findings
                     if f.outcome not in (CheckOutcome.OK, CheckOutcome.REPAIRED)]
-        damaged = sorted(self.damaged)
+        damaged = sorted(set(self.damaged))  # a repository is damaged once, however often named
         if damaged:
             advice = ("the verify_closure log of the run that found it names each data file to "
                       "remove, then run verify=blobs")
