@@ -48,7 +48,8 @@ per-repository checksums. Every run is a full, idempotent reconcile, so a backfi
 date range simply reconciles again; notifications missed by the event DAG are caught here.
 
 * **Failed layer?** Open the failed `copy_blobs` map index (named `blobs i/n (size)`) and search
-  its log for `blob failed`; the `report` task lists every failed layer of the run.
+  its log for `blob failed`; the `report` task lists every failed layer of the run and
+  decides the run's state; `retention` (a teardown after it) removes old run folders and history.
 * **Trigger form:** scope (`include`/`exclude` globs, `tags` regex), `dry_run`, `prune`,
   `force_prune`, `parallelism`.
 """,

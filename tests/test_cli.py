@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from registry_replication.cli import main
 from replication_harness import images
 
@@ -36,3 +38,11 @@ def test_plan_sync_verify(primary, secondary, primary_writer, secondary_writer, 
 def test_bad_connection_is_a_clear_error(capsys, caplog):
     assert main(["plan", "--primary", '{"host": "ftp://x"}', "--secondary", "nope"]) == 2
     assert "must look like https://host[:port]" in caplog.text
+
+
+def test_a_repository_out_of_grammar_is_refused_before_any_request(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", "--primary", '{"host": "https://unreachable.invalid"}',
+              "--repository", "group/app", "--repository", "../etc"])
+    assert exit_.value.code == 2
+    assert "argument --repository: invalid repository name '../etc'" in capsys.readouterr().err

@@ -1,18 +1,28 @@
-"""Checks of the store's migrations: a store made by the code from before migrations
-(``premigration_store``) upgrades with its data, and the revisions make the declared schema."""
+"""Checks of the store's migrations: a store made by the code from before migrations upgrades
+with its data, so does a store at each revision with a row in every table, and the revisions
+make the declared schema.
+
+The old store is a dump in ``schemas/`` (``premigration.<dialect>.sql``): that code's schema
+and the data it wrote for the steps in ``schemas/README.md``, dumped once from SQLite and
+PostgreSQL with the database's own tool.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
+import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
-from registry_replication.store import Store, migrate
+from registry_replication.store import Store, engine, migrate
 from registry_replication.store.queue import Event
 from registry_replication.store.schema import metadata
-from replication_harness import premigration_store as old
 
+SCHEMAS = Path(__file__).parent / "schemas"
 T0 = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.UTC)
 
 
@@ -24,25 +34,37 @@ def assert_schema_matches(store: Store) -> None:
         assert migrate.current(conn) == migrate.head()
 
 
+def load_dump(url: str, name: str) -> None:
+    """Run ``schemas/<name>.<dialect>.sql`` on the empty database at ``url``, schema untouched."""
+    created = engine.create(url)
+    script = (SCHEMAS / f"{name}.{created.dialect.name}.sql").read_text()
+    try:
+        with created.connect() as conn:
+            dbapi = conn.connection.driver_connection
+            if created.dialect.name == "sqlite":
+                dbapi.executescript(script)
+            else:
+                with dbapi.cursor() as cursor:
+                    cursor.execute(script)
+                dbapi.commit()
+    finally:
+        created.dispose()  # pg_dump's script empties search_path: no pooled connection keeps it
+
+
+def _schema_version(url: str) -> int:
+    """What the code from before migrations reads to accept a store: ``rr_schema``'s version."""
+    created = engine.create(url)
+    try:
+        with created.connect() as conn:
+            return conn.execute(sa.text("SELECT max(version) FROM rr_schema")).scalar_one()
+    finally:
+        created.dispose()
+
+
 def assert_premigration_store_upgrades(url: str) -> None:
     """An old installation's store, with data in every table, upgrades and keeps it all."""
-    legacy = old.EventStore(url)
-    legacy.add([old.Event(f"e{i}", "push", "group/app", f"1.{i}", "sha256:" + "a" * 64, "m",
-                          T0 + dt.timedelta(seconds=i)) for i in range(5)])
-    owner, claimed = legacy.claim(limit=2)
-    legacy.complete(owner, [e.id for e in claimed])
-    legacy.record_acknowledged(claimed)
-    legacy.record_run("registry_reconcile", "run1", "failed", {"copied": 3},
-                      [{"repository": "group/app", "digest": "sha256:" + "b" * 64, "size": 10,
-                        "status": 500, "code": "UNKNOWN", "error": "boom", "task_id": "copy_blobs",
-                        "map_index": 0}])
-    legacy.set_repository_state([{"repository": "group/app", "state": "failed",
-                                  "last_error": "boom"}])
-    legacy.acquire_lease("repository:group/app", "old-writer", 600)
-    legacy.record_copied_bytes("registry_reconcile", "run1", "copy_blobs", 0, 12345)
-    legacy.record_dag_outcome("registry_reconcile", "run1", "failed")
-    legacy.record_alert("registry_reconcile", "run1", "failed", "subject", None)
-    legacy.engine.dispose()
+    load_dump(url, "premigration")
+    assert _schema_version(url) == 1
 
     store = Store(url)  # the first use upgrades it
     with store.engine.connect() as conn:
@@ -65,10 +87,55 @@ def assert_premigration_store_upgrades(url: str) -> None:
     assert store.queue.add([Event("e9", "push", "group/app", "2.0", None, None, T0)]) == 1
     _, claimed = store.queue.claim()
     assert sorted(e.id for e in claimed) == ["e2", "e3", "e4", "e9"]
-    # And the code from before migrations refuses it from now on.
+    # And the code from before migrations refuses it from now on: that code (released, so
+    # fixed) reads max(rr_schema.version) on start and refuses the store when it is above its
+    # SCHEMA_VERSION, 1 ("schema version 2, newer than this code's 1").
+    assert _schema_version(url) == 2
+
+
+def revisions() -> list[str]:
+    """Every revision below head, oldest first."""
+    script = ScriptDirectory.from_config(migrate.config())
+    return [r.revision for r in reversed(list(script.walk_revisions()))
+            if r.revision != migrate.head()]
+
+
+def _row(table: sa.Table) -> dict[str, object]:
+    """One row for ``table``, a plain value of each column's type."""
+    values = {str: "x", int: 1, float: 1.5, bool: True, bytes: b"x", dict: {"k": 1},
+              dt.datetime: T0}
+    return {c.name: values[c.type.python_type] for c in table.columns}
+
+
+def _row_counts(conn: sa.Connection) -> dict[sa.Table, int]:
+    """Each of the store's tables (as the database has it) and its number of rows."""
+    tables = sa.MetaData()
+    tables.reflect(conn)
+    return {table: conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+            for name, table in tables.tables.items() if name != migrate.VERSION_TABLE}
+
+
+def assert_revision_upgrades(url: str, revision: str) -> None:
+    """A store at ``revision`` with a row in every table upgrades to head and keeps them all:
+    the pre-migrations dump, upgraded to ``revision``, a row added to each empty table."""
+    load_dump(url, "premigration")
+    created = engine.create(url)
     try:
-        old.EventStore(url)
-    except RuntimeError as exc:
-        assert "schema version 2, newer than this code's 1" in str(exc)
-    else:
-        raise AssertionError("the code from before migrations accepted an upgraded store")
+        with created.connect() as conn:
+            cfg = migrate.config(conn)
+            command.stamp(cfg, migrate.BASELINE)
+            command.upgrade(cfg, revision)
+            for table, count in _row_counts(conn).items():
+                if count == 0:
+                    conn.execute(table.insert().values(_row(table)))
+            before = {table.name: count for table, count in _row_counts(conn).items()}
+            conn.commit()
+    finally:
+        created.dispose()
+    assert min(before.values()) >= 1
+
+    store = Store(url)  # the first use upgrades it
+    assert_schema_matches(store)
+    with store.engine.connect() as conn:
+        after = {table.name: count for table, count in _row_counts(conn).items()}
+    assert {name: after[name] for name in before} == before

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from registry_replication.outcomes import VerifyLevel
+from registry_replication.transport.reference import InvalidReference, Repository
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--include", action="append", help="repository glob to include (repeatable)")
         p.add_argument("--exclude", action="append", help="repository glob to exclude (repeatable)")
         p.add_argument("--tags", help="regular expression a tag must fully match")
-        p.add_argument("--repository", action="append",
+        p.add_argument("--repository", action="append", type=_repository,
                        help="list only this repository instead of the catalog (repeatable)")
         p.add_argument("--concurrency", type=int, default=16, help="listing requests in flight")
         p.add_argument("--parallelism", type=int, default=8, help="blob transfers in flight")
@@ -91,6 +92,14 @@ def _parser() -> argparse.ArgumentParser:
                                      "$REGISTRY_REPLICATION_DB_URL, else SQLite in $AIRFLOW_HOME)")
     store.add_argument("-v", "--verbose", action="store_true")
     return parser
+
+
+def _repository(text: str) -> Repository:
+    """A ``--repository`` typed where it enters: a bad name is refused before any request."""
+    try:
+        return Repository(text)
+    except InvalidReference as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from registry_replication.engine import diff as diffs
 from registry_replication.engine.plan import Plan, build_plan
 from registry_replication.engine.snapshot import ReadManifests, problem_line
 from registry_replication.engine.sync import SyncOptions, listings, run_sync, snapshots
-from registry_replication.outcomes import BlobOutcome, Scope, Snapshot
+from registry_replication.outcomes import RunOutcome, Scope, Snapshot
 from registry_replication.settings import current
 from registry_replication.store import Store
 from registry_replication.transport.client import RegistryClient
@@ -80,30 +80,30 @@ def _plan(primary, secondary, options: SyncOptions, args) -> int:
 
 
 def _print_skipped(plan: Plan) -> None:
-    for skipped in plan.skipped:
-        print(f"cannot replicate {skipped.repository}:{','.join(skipped.tags)} "
-              f"({skipped.digest}): {skipped.reason}")
+    for line in RunOutcome(skipped=plan.skipped).lines():
+        print(line)
 
 
 def _sync(primary, secondary, options: SyncOptions, args) -> int:
     report = run_sync(primary, secondary, options)
+    outcome = report.outcome()
     if args.json:
-        print(json.dumps({"counts": report.counts(), "seconds": report.seconds,
+        print(json.dumps({"counts": outcome.counts(), "seconds": report.seconds,
                           "run": {"kind": report.run_kind.kind, "reason": report.run_kind.reason},
                           "bytes_read_from_primary": primary.bytes_read,
                           "problems": report.primary.problems + report.secondary.problems,
                           "verification": report.verification_line(),
+                          "failed": outcome.failed, "failures": outcome.lines(),
                           "findings": [asdict(f) for f in (report.deep.findings
                                                            if report.deep else [])],
                           "skipped": [asdict(s) for s in report.plan.skipped]},
                          indent=2))
     else:
         print(report.run_kind.line())
-        failed = [r for r in report.blobs if r.outcome == BlobOutcome.FAILED]
-        if failed:
-            _print("failed blobs", pd.DataFrame([r.__dict__ for r in failed])[
+        if outcome.failed_blobs:
+            _print("failed blobs", pd.DataFrame(outcome.failed_blobs)[
                 ["repository", "digest", "size", "status", "code", "error"]])
-        _print("summary", pd.Series(report.counts(), name="count").to_frame())
+        _print("summary", pd.Series(outcome.counts(), name="count").to_frame())
         _print_problems(report.primary, report.secondary)
         _print_skipped(report.plan)
         if report.prune_refused:
@@ -114,7 +114,7 @@ def _sync(primary, secondary, options: SyncOptions, args) -> int:
                 print(f"  {finding.line()}")
         print(f"\n{report.verification_line()}")
         print(f"done in {report.seconds:.1f}s, {primary.bytes_read / (1 << 20):.1f} MiB read from the primary")
-    return 1 if report.failed else 0
+    return 1 if outcome.failed else 0
 
 
 def _verify(primary, secondary, options: SyncOptions, args) -> int:

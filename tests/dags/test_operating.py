@@ -272,6 +272,38 @@ def test_a_report_prunes_the_store_history_and_the_counters_hold(
     assert after[("registry_replication_events_total", (("outcome", "done"),))] == 1
 
 
+def test_retention_is_a_teardown_after_the_report_and_the_graph_shows_the_reports_inputs(
+        airflow_db):
+    for dag_id in ("registry_reconcile", "registry_sync"):
+        dag = load_dags().get_dag(dag_id)
+        retention = dag.get_task("retention")
+        assert retention.is_teardown and retention.upstream_task_ids == {"report"}
+        assert not retention.on_failure_fail_dagrun  # the run's state is the report's
+        # Every task whose XCom verify and report read is drawn as their input.
+        assert {"diff", "snapshot_secondary", "plan", "push_manifests", "prune_tags",
+                "verify_closure"} <= dag.get_task("verify").upstream_task_ids
+        assert {"snapshot_primary", "snapshot_secondary", "plan", "copy_blobs", "push_manifests",
+                "prune_tags", "verify_closure", "verify"} <= dag.get_task(
+                    "report").upstream_task_ids
+
+
+def test_a_failed_retention_leaves_a_successful_run_successful(
+        airflow_db, connections, store, primary_writer, secondary_reader, monkeypatch):
+    from registry_replication.airflow import reconcile_report
+
+    def broken(now: Any) -> Any:
+        raise RuntimeError("the artifacts volume is read-only")
+
+    monkeypatch.setattr(reconcile_report, "apply_retention", broken)
+    img = images.ImageFactory(layer_size=16 * 1024).make()
+    images.push(primary_writer, "group/app", img, ["v1"])
+    result = run("registry_reconcile", {"prune": False})
+    assert result.state == "success"
+    assert result.get_task_instance("report").state == "success"
+    assert result.get_task_instance("retention").state == "failed"
+    assert secondary_reader.head_manifest("group/app", "v1").digest == img.digest
+
+
 def test_a_history_retention_below_a_day_is_logged_and_prunes_nothing(store, monkeypatch, caplog):
     from registry_replication.airflow.run_folder import _prune_history
 

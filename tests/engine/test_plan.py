@@ -7,6 +7,7 @@ import json
 from registry_replication.engine import diff
 from registry_replication.engine.plan import BlobTask, Plan, WantedTag, batch_label, build_plan
 from registry_replication.engine.snapshot import take_snapshot
+from registry_replication.transport.reference import Digest, Repository, Tag
 from replication_harness import images
 
 
@@ -31,6 +32,15 @@ def test_shared_blobs_are_transferred_once_and_mounted_elsewhere(
     # Three configs and three top layers: only those bytes cross the network.
     assert plan.transfer_bytes == sum(t.size for t in unique)
     assert sorted(i.repository for i in plan.images) == ["a", "b", "c"]
+    # Typed once: the diff's rows for the plan, and each digest the manifests list, one object
+    # per digest however many images share it.
+    wanted = diff.wanted(differences)
+    assert {(type(w.repository), type(w.tag), type(w.digest)) for w in wanted} == {
+        (Repository, Tag, Digest)}
+    listed = [d for image in plan.images for d in image.blobs]
+    assert {type(d) for d in listed} == {Digest}
+    for base in factory.base:
+        assert len({id(d) for d in listed if d == base.digest}) == 1
 
     # The CLI prints the plan as JSON: digests and names, never the manifests it read.
     printed = json.loads(json.dumps(plan.to_dict()))

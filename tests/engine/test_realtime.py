@@ -10,9 +10,10 @@ import pytest
 
 from registry_replication.engine.prune import prune
 from registry_replication.engine.realtime import coalesce, replicate_events
-from registry_replication.outcomes import PruneOutcome
+from registry_replication.outcomes import PermanentFailure, PruneOutcome
 from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.config import RegistryConfig
+from registry_replication.transport.reference import Repository, Tag
 from replication_harness import images
 from replication_harness.servers import Fault, FaultProxy
 
@@ -71,6 +72,28 @@ def test_failed_copy_is_reported_per_event(ev, primary, primary_writer, primary_
     outcomes = replicate_events(primary_reader, secondary_writer, [ev(1, "push", "app", "v1")],
                                 leases=leases)
     assert img.blobs[-1].digest in outcomes["e1"]
+
+
+def test_events_are_typed_once_and_a_row_out_of_grammar_fails_alone(
+        ev, primary_reader, secondary_writer, leases, monkeypatch):
+    """Events come back from the store as text: typed once for the whole path, and a row the
+    webhook did not write (out of grammar) fails for good, before any request."""
+    asked = []
+    head = primary_reader.head_manifest
+
+    def recording(repository, reference, **kwargs):
+        asked.append((type(repository), type(reference), repository))
+        return head(repository, reference, **kwargs)
+
+    monkeypatch.setattr(primary_reader, "head_manifest", recording)
+    outcomes = replicate_events(primary_reader, secondary_writer, [
+        ev(1, "push", "Foo/app", "v1"), ev(2, "push", "app", "v1"),
+        ev(3, "delete", "app", digest="sha256:zz")], leases=leases)
+    assert isinstance(outcomes["e1"], PermanentFailure)
+    assert "invalid repository name 'Foo/app'" in outcomes["e1"]
+    assert isinstance(outcomes["e3"], PermanentFailure) and "invalid digest" in outcomes["e3"]
+    assert outcomes["e2"] is None  # not on the primary: nothing to copy
+    assert asked == [(Repository, Tag, "app")]
 
 
 def test_coalesce_tag_deletes_against_pushes(ev):

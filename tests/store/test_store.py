@@ -11,7 +11,9 @@ from registry_replication.store import Store, engine, migrate
 from registry_replication.store.schema import events
 from replication_harness.legacy_store import (
     assert_premigration_store_upgrades,
+    assert_revision_upgrades,
     assert_schema_matches,
+    revisions,
 )
 
 T0 = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.UTC)
@@ -83,6 +85,11 @@ def test_the_migrations_make_exactly_the_declared_tables(tmp_path):
 
 def test_a_store_from_before_migrations_upgrades_with_its_data(tmp_path):
     assert_premigration_store_upgrades(f"sqlite:///{tmp_path / 'old.db'}")
+
+
+@pytest.mark.parametrize("revision", revisions())
+def test_a_store_at_each_revision_upgrades_with_its_data(tmp_path, revision):
+    assert_revision_upgrades(f"sqlite:///{tmp_path / 'old.db'}", revision)
 
 
 def test_the_cli_upgrades_a_store(tmp_path, capsys):

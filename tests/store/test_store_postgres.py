@@ -6,10 +6,14 @@ import datetime as dt
 import itertools
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from registry_replication.store import Store
 from replication_harness.legacy_store import (
     assert_premigration_store_upgrades,
+    assert_revision_upgrades,
     assert_schema_matches,
+    revisions,
 )
 
 T0 = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.UTC)
@@ -52,3 +56,8 @@ def test_the_migrations_make_exactly_the_declared_tables(postgres):
 
 def test_a_store_from_before_migrations_upgrades_with_its_data(postgres):
     assert_premigration_store_upgrades(postgres.create_database(f"store_{next(_databases)}"))
+
+
+@pytest.mark.parametrize("revision", revisions())
+def test_a_store_at_each_revision_upgrades_with_its_data(postgres, revision):
+    assert_revision_upgrades(postgres.create_database(f"store_{next(_databases)}"), revision)

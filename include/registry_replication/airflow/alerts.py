@@ -26,7 +26,7 @@ from airflow.sdk.module_loading import import_string
 from airflow.sdk.observability.stats import Stats
 from markupsafe import Markup
 
-from registry_replication.outcomes import RepositoryState
+from registry_replication.outcomes import RepositoryState, recorded_problems
 from registry_replication.settings import RECONCILE_DAG_ID, current
 from registry_replication.store import Store
 from registry_replication.web import metrics
@@ -137,7 +137,7 @@ def describe(state: str, dag_id: str, run_id: str, store: Store) -> dict[str, An
     if state == FAILED:
         subject = f"[registry-replication] {dag_id} failed"
         run = store.history.last_run(dag_id)
-        problems = (run["summary"].get("problems") or []) if run and run["run_id"] == run_id \
+        problems = recorded_problems(run["summary"])[0] if run and run["run_id"] == run_id \
             else []
         lines += [f"Problems: {'; '.join(problems)}"] if problems else []
         layers = [layer for layer in store.history.failed_layers()

@@ -27,9 +27,8 @@ from registry_replication.airflow.settings import (
     ReplicationFailed,
 )
 from registry_replication.engine.leases import Leases
-from registry_replication.engine.snapshot import problem_line
 from registry_replication.engine.sync import SyncOptions, SyncReport, run_sync
-from registry_replication.outcomes import NOT_PUSHED, BlobOutcome, Scope
+from registry_replication.outcomes import Scope
 from registry_replication.store import Store
 
 
@@ -100,24 +99,14 @@ def _names(value: str | list[str] | None) -> list[str]:
 
 
 def _problems(report: SyncReport, repositories: list[str], tags: list[str]) -> list[str]:
-    """Each requested ``repository:tag`` that is not replicated, and why."""
-    problems = [f"cannot list the primary: {error}" for error in report.primary.errors]
-    problems += [f"cannot replicate {problem_line(found)}" for found in report.primary.problems]
+    """Each requested ``repository:tag`` that is not replicated, and why: the run's problems
+    (``SyncReport.outcome``), each requested tag the primary does not have, and, if nothing
+    else failed, a secondary that still differs after the copy."""
+    problems = report.outcome().lines()
     listed = set(zip(report.primary.tags["repository"], report.primary.tags["tag"]))
     problems += [f"{repository}:{tag} is not on the primary (check the tag the build pushed)"
                  for repository in repositories for tag in tags
                  if (repository, tag) not in listed]
-    failed_blobs = {r.digest: r.error for r in report.blobs if r.outcome == BlobOutcome.FAILED}
-    planned = {(task.repository, task.digest): task.blobs for task in report.plan.images}
-    for image in report.images:
-        if image.outcome not in NOT_PUSHED:
-            continue
-        blobs = planned.get((image.repository, image.digest), [])
-        cause = next((failed_blobs[d] for d in blobs if d in failed_blobs), None)
-        problems.append(f"{image.repository}:{','.join(image.tags)} ({image.digest}): "
-                        f"{cause or image.error}")
-    problems += [f"{skipped.repository}:{','.join(skipped.tags)}: {skipped.reason}"
-                 for skipped in report.plan.skipped]
     if not problems and report.verification is not None and not report.verification[
             "in_sync"].all():
         differ = report.verification.loc[~report.verification["in_sync"], "repository"]

@@ -1,12 +1,13 @@
 """The reconcile's tasks and their wiring: ``replicate()`` lays out, in the current DAG,
 
     snapshot primary | snapshot secondary -> diff -> plan -> copy_blobs[*] -> push_manifests[*]
-    -> prune_tags -> verify_closure -> verify -> report
+    -> prune_tags -> verify_closure -> verify -> report -> retention (a teardown)
 
 The DAG files (``registry_reconcile``, ``registry_sync``) only declare schedules, params and
 docs, then call ``replicate()``. Snapshots, differences and plan batches go to the run's folder
 (``airflow.run_folder``) as Parquet; XComs carry only file names and counts. The last three
-tasks, which check and report what the run did, are in ``airflow.reconcile_report``. Every task
+tasks, which check and report what the run did, and ``retention`` are in
+``airflow.reconcile_report``. Every task
 refuses, before any work, state that the executor's machines cannot share
 (``deployment.checked``).
 """
@@ -16,17 +17,17 @@ from __future__ import annotations
 import logging
 from contextlib import ExitStack
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypedDict
 
 import pandas as pd
 from airflow.sdk import TriggerRule, get_current_context, task
 
 from registry_replication.airflow import alerts
 from registry_replication.airflow.deployment import checked
-from registry_replication.airflow.reconcile_report import report, verify, verify_closure
+from registry_replication.airflow.reconcile_report import report, retention, verify, verify_closure
 from registry_replication.airflow.run_folder import (
     SKIPPED_FILE,
-    failed_blob_refs,
+    failed_refs,
     log_table,
     read_changes,
     read_snapshot,
@@ -35,7 +36,6 @@ from registry_replication.airflow.run_folder import (
 from registry_replication.airflow.settings import (
     COPY_QUEUE,
     PARSED,
-    SHOWN,
     ReplicationFailed,
     current_params,
     registry_client,
@@ -52,9 +52,9 @@ from registry_replication.engine.prune import PruneRefused, prunable, prune
 from registry_replication.engine.secondary_listing import secondary_listing
 from registry_replication.engine.snapshot import stream_snapshot
 from registry_replication.outcomes import (
-    NOT_PUSHED,
-    BlobOutcome,
+    RunOutcome,
     VerifyLevel,
+    failed_digests,
     human_size,
     summarize,
 )
@@ -125,7 +125,7 @@ def diff(primary: dict[str, Any], secondary: dict[str, Any]) -> dict[str, Any]:
     log.info("overall: %s", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no tags")
     changed = differences[differences["status"] != IN_SYNC]
     size = artifacts.write_frame(run_folder() / "changes.parquet", changed)
-    return {"file": "changes.parquet", "changes": len(changed), "bytes": size, "counts": counts}
+    return {"file": "changes.parquet", "changes": len(changed), "bytes": size}
 
 
 @task
@@ -148,10 +148,8 @@ def plan(differences: dict[str, Any], primary: dict[str, Any]) -> list[dict[str,
     for skipped in result.skipped:
         log.error("cannot replicate %s:%s (%s): %s", skipped.repository, ",".join(skipped.tags),
                   skipped.digest, skipped.reason)
-    # For the report, which fails the run and names them (a few: the log above has them all),
-    # and for verify_closure, which leaves them out (all of them).
-    get_current_context()["ti"].xcom_push(key="skipped", value={
-        "count": len(result.skipped), "shown": [asdict(s) for s in result.skipped[:SHOWN]]})
+    # For the report, which fails the run and names them, and for verify_closure, which
+    # leaves them out.
     artifacts.write_json_lines(folder / SKIPPED_FILE, [asdict(s) for s in result.skipped])
     if p["dry_run"]:
         log.info("dry run: would push %d images and copy %d blobs (%s); nothing changes",
@@ -188,7 +186,7 @@ def manifest_batches() -> list[dict[str, Any]]:
 @task(map_index_template="{{ batch_label }}", retry_exponential_backoff=2.0, queue=COPY_QUEUE,
       pool=PARSED.copy_pool)
 @checked
-def copy_blobs(batch: dict[str, Any]) -> dict[str, int]:
+def copy_blobs(batch: dict[str, Any]) -> BatchResults:
     """Copy (or mount) one batch of blobs; fails, after retries, if any blob failed.
 
     Every blob's record goes to the run's folder, failed or not, so the run's report counts
@@ -201,25 +199,25 @@ def copy_blobs(batch: dict[str, Any]) -> dict[str, int]:
     with task_leases() as leases:
         copier = _copier(context, leases)
         results = copier.copy_blobs(tasks)
-    counts = _push_results(context, batch, results)
+    summary = _push_results(context, batch, results)
     alerts.record_copied_bytes(context, sum(r.bytes for r in results))
-    failed = [r for r in results if r.outcome == BlobOutcome.FAILED]
+    failed = RunOutcome(blobs=results).problems()
     if failed:
         raise ReplicationFailed(
             f"{len(failed)} of {len(results)} blobs failed in {batch['label']}; first: "
-            f"{failed[0].repository}@{failed[0].digest}: {failed[0].error}"
+            f"{failed[0].subject}: {failed[0].error}"
         )
-    return counts
+    return summary
 
 
 @task(map_index_template="{{ batch_label }}", trigger_rule=TriggerRule.ALL_DONE,
       retry_exponential_backoff=2.0, queue=COPY_QUEUE, pool=PARSED.copy_pool)
 @checked
-def push_manifests(batch: dict[str, Any]) -> dict[str, int]:
+def push_manifests(batch: dict[str, Any]) -> BatchResults:
     """Push one batch of images whose blobs are all on the secondary; tags last."""
     context = get_current_context()
     context["batch_label"] = batch["label"]
-    failed_blobs = {record["digest"] for _, record in failed_blob_refs(context)}
+    failed_blobs = failed_digests(record for _, record in failed_refs(context, "copy_blobs"))
     with task_leases() as leases:
         copier = _copier(context, leases)
         folder = run_folder()
@@ -232,14 +230,14 @@ def push_manifests(batch: dict[str, Any]) -> dict[str, int]:
             for repository in sorted({t.repository for t in planned}):
                 held.enter_context(leases.repository(repository))
             results = copier.push_images(planned, failed_blobs)
-    counts = _push_results(context, batch, results)
-    bad = [r for r in results if r.outcome in NOT_PUSHED]
+    summary = _push_results(context, batch, results)
+    bad = RunOutcome(images=results).problems()
     if bad:
         raise ReplicationFailed(
             f"{len(bad)} of {len(results)} images not pushed; first: "
             f"{bad[0].repository}:{','.join(bad[0].tags)}: {bad[0].error}"
         )
-    return counts
+    return summary
 
 
 def _copier(context: Any, leases: Leases) -> Copier:
@@ -254,28 +252,40 @@ def _copier(context: Any, leases: Leases) -> Copier:
                   recheck=context["ti"].try_number > 1)
 
 
+class BatchResults(TypedDict):
+    """A copy batch's summary: its records' file, its map index (for links to its log), how
+    many failed and its counts (``summarize``)."""
+
+    file: str
+    map_index: int
+    failed: int
+    summary: dict[str, int]
+
+
 def _push_results(context: Any, batch: dict[str, Any],
-                  results: list[BlobResult] | list[ImageResult]) -> dict[str, int]:
+                  results: list[BlobResult] | list[ImageResult]) -> BatchResults:
     """Log the batch's summary table, write its records next to the batch's file and share
-    their name and counts (XCom key ``results``); returns counts per outcome."""
+    their name and counts (XCom key ``results``, which the report and verify read: a map index
+    that fails returns nothing); returns the same summary."""
     blobs = [r for r in results if isinstance(r, BlobResult)]
     images = [r for r in results if isinstance(r, ImageResult)]
     name = batch["file"].removesuffix(".parquet") + ".results.jsonl"
     records = [vars(r) for r in results]  # read only: see plan()
     artifacts.write_json_lines(run_folder() / name, records)
-    failed = sum(r.outcome in (BlobOutcome.FAILED, *NOT_PUSHED) for r in results)
-    context["ti"].xcom_push(key="results", value={
-        "file": name, "map_index": context["ti"].map_index, "failed": failed,
-        "summary": summarize(blobs, images, [], zeros=True)})
+    outcome = RunOutcome(blobs=blobs, images=images)
+    summary: BatchResults = {"file": name, "map_index": context["ti"].map_index,
+                             "failed": len(outcome.problems()),
+                             "summary": outcome.counts(zeros=True)}
+    context["ti"].xcom_push(key="results", value=summary)
     if not results:
-        return {}
+        return summary
     frame = pd.DataFrame(records)
     sizes = {"bytes": ("bytes", "sum")} if "bytes" in frame else {
         "manifests_pushed": ("manifests_pushed", "sum")}
     table = frame.groupby("outcome").agg(count=("digest", "count"), **sizes,
                                     seconds=("seconds", "sum"))
     log.info("this batch:\n%s", log_table(table))
-    return frame["outcome"].value_counts().to_dict()
+    return summary
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
@@ -328,4 +338,10 @@ def replicate() -> None:
     verified = verify(primary)
     closure = verify_closure(primary)
     pruned >> closure >> verified
-    report(primary, pruned, verified)
+    # verify and report read these tasks' XComs (the copy tasks' under key ``results``: a
+    # failed map index returns nothing): each is drawn as their input.
+    [differences, secondary, blob_batches, pushed, pruned] >> verified
+    reported = report(primary, pruned, verified)
+    [secondary, blob_batches, copied, pushed, closure] >> reported
+    # A teardown: the run's state is the report's, whatever retention does.
+    reported >> retention().as_teardown()

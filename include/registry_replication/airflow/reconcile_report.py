@@ -1,7 +1,8 @@
 """The reconcile's last tasks, which check and report what the run did: ``verify_closure``
 (the ``blobs``/``content`` levels), ``verify`` (per-repository checksums on both sides) and
-``report`` (the run's summary and problems, in the run history; it fails the run if anything
-failed, then applies retention). ``airflow.reconcile.replicate`` wires them in.
+``report`` (the run's summary and problems, ``RunOutcome``, in the run history; it fails the
+run if anything failed) and ``retention``, a teardown after it (old run folders and store
+history). ``airflow.reconcile.replicate`` wires them in.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -20,8 +22,10 @@ from registry_replication.airflow import alerts
 from registry_replication.airflow.deployment import checked
 from registry_replication.airflow.run_folder import (
     SKIPPED_FILE,
+    VERIFIED_FILE,
+    Retention,
     apply_retention,
-    failed_blob_refs,
+    failed_refs,
     log_table,
     pulled,
     read_snapshot,
@@ -40,14 +44,14 @@ from registry_replication.airflow.settings import (
 from registry_replication.engine import artifacts, verification
 from registry_replication.engine import diff as diffs
 from registry_replication.engine import verify as verifying
-from registry_replication.engine.copy import BlobResult, ImageResult
+from registry_replication.engine.copy import ImageResult
 from registry_replication.engine.plan import Skipped
 from registry_replication.engine.prune import PruneResult
 from registry_replication.engine.snapshot import problem_line, take_snapshot
 from registry_replication.engine.sync import secondary_after
 from registry_replication.outcomes import (
-    NOT_PUSHED,
     RepositoryState,
+    RunOutcome,
     Snapshot,
     VerifyLevel,
     summarize,
@@ -83,12 +87,11 @@ def verify_closure(primary: dict[str, Any]) -> dict[str, Any]:
             parallelism=p["parallelism"])
     if report.blobs:
         alerts.record_copied_bytes(get_current_context(), sum(r.bytes for r in report.blobs))
-    artifacts.write_json_lines(run_folder() / "verified.jsonl",
-                               [asdict(f) for f in report.findings])
+    # The report names the findings (RunOutcome) from this file.
+    artifacts.write_json_lines(run_folder() / VERIFIED_FILE, [asdict(f) for f in report.findings])
     return {"level": level.value, "line": report.line(), "problems": len(report.problems),
             "manifests": report.manifests_checked, "blobs": report.blobs_checked,
-            "read": report.blobs_read,
-            "first_problems": [f.line() for f in report.problems[:SHOWN]]}
+            "read": report.blobs_read}
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
@@ -167,7 +170,8 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
 @task(trigger_rule=TriggerRule.ALL_DONE)
 @checked
 def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, Any]) -> dict:
-    """The run's summary, and every failed layer; fails the run if anything failed."""
+    """The run's summary, and every failed layer; fails the run if anything failed
+    (``RunOutcome``: the same answer as the CLI's and the operator's)."""
     context = get_current_context()
     p = context["params"]
     refs = [*pulled(context, "copy_blobs", "results"),
@@ -176,7 +180,6 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
     for summary in [*(ref["summary"] for ref in refs), pruned["summary"]]:
         summed.update(summary)
     started = context["dag_run"].start_date
-    not_pushed = sum(summed[f"images {o}"] for o in NOT_PUSHED)
     counts: dict[str, Any] = {
         **summed,
         "repositories differing": verified.get("differ") or 0,
@@ -187,64 +190,73 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
     }
     log.info("run summary%s:\n%s", " (dry run)" if p["dry_run"] else "",
              log_table(pd.Series(counts, name="value", dtype=object).to_frame()))
-    problems = []
-    failed, map_index = [], {}
-    for ref, record in failed_blob_refs(context):
-        failed.append(_result(BlobResult, record))
-        map_index[(record["repository"], record["digest"])] = ref["map_index"]
-    if failed:
-        log.error("failed layers:\n%s", log_table(pd.DataFrame([asdict(r) for r in failed])[
-            ["repository", "digest", "size", "status", "code", "error"]]))
-        problems.append(f"{len(failed)} blobs failed")
-    if not_pushed:
-        problems.append(f"{not_pushed} images not pushed")
+    failed_blobs = failed_refs(context, "copy_blobs")
+    map_index = {(record["repository"], record["digest"]): ref["map_index"]
+                 for ref, record in failed_blobs}
     listing = read_snapshot(primary)
-    if listing.errors:
-        problems.append(f"the primary's listing was incomplete ({listing.errors[0]})")
-    problems += _repository_problems(listing)
-    problems += _skipped_problems(context["ti"].xcom_pull(task_ids="plan", key="skipped"))
-    if pruned.get("refused"):
-        problems.append(pruned["refused"])
-    deep = context["ti"].xcom_pull(task_ids="verify_closure") or {}
-    problems += deep.get("first_problems") or []
-    if verified.get("damaged_count"):
-        problems.append(f"{verified['damaged_count']} repositories damaged on the secondary "
-                        f"({', '.join(verified['damaged'])}): the verify_closure log of the run "
-                        "that found it names each data file to remove, then run verify=blobs")
+    damaged = verified.get("damaged") or []
+    outcome = RunOutcome(
+        blobs=[record for _, record in failed_blobs],
+        images=[record for _, record in failed_refs(context, "push_manifests")],
+        pruned=_records_of(pruned.get("file")), skipped=_records_of(SKIPPED_FILE),
+        listing=listing, prune_refused=pruned.get("refused"),
+        findings=[_result(verifying.Finding, r) for r in _records_of(VERIFIED_FILE)],
+        damaged=damaged, damaged_more=max((verified.get("damaged_count") or 0) - len(damaged), 0))
+    if outcome.failed_blobs:
+        log.error("failed layers:\n%s", log_table(pd.DataFrame(outcome.failed_blobs)[
+            ["repository", "digest", "size", "status", "code", "error"]]))
+    _record_repository_problems(listing)
+    _record_skipped(outcome.skipped)
+    problems = outcome.lines(shown=SHOWN)
     dag_run = context["dag_run"]
     Store().history.record_run(
-        dag_run.dag_id, dag_run.run_id, "failed" if problems else "success",
+        dag_run.dag_id, dag_run.run_id, "failed" if outcome.failed else "success",
         {**counts, "problems": problems, "dry_run": p["dry_run"]},
-        [{"repository": r.repository, "digest": r.digest, "size": r.size, "status": r.status,
-          "code": r.code, "error": r.error, "task_id": "copy_blobs",
-          "map_index": map_index.get((r.repository, r.digest))} for r in failed],
+        [{"repository": r["repository"], "digest": r["digest"], "size": r["size"],
+          "status": r.get("status"), "code": r.get("code"), "error": r.get("error"),
+          "task_id": "copy_blobs", "map_index": map_index.get((r["repository"], r["digest"]))}
+         for r in outcome.failed_blobs],
     )
     alerts.send_stats(Store())
-    apply_retention(pendulum.now("UTC"))
-    if problems:
+    if outcome.failed:
         raise ReplicationFailed("; ".join(problems))
     return counts
 
 
-def _skipped_problems(skipped: dict[str, Any] | None) -> list[str]:
-    """Name the images the plan could not replicate (malformed, unsupported, past a bound)."""
-    if not skipped or not skipped["count"]:
+@task
+@checked
+def retention() -> Retention:
+    """Old run folders and old store history go (``run_folder.apply_retention``). Wired as a
+    teardown after ``report`` (``replicate``): it runs whatever the report decided, and the
+    run's state stays the report's (a failed retention is logged and shows on this task, never
+    fails a run that replicated; nor does it hide a failed one). Not ``@teardown``: Airflow
+    3.3's decorator refuses a second call in one process (two DAGs wire this task)."""
+    return apply_retention(pendulum.now("UTC"))
+
+
+def _records_of(name: str | None) -> list[dict[str, Any]]:
+    """The records of one of this run's files; none when it has no such file (the task that
+    writes it did not get that far, or had nothing to write)."""
+    if not name:
         return []
-    shown = [_result(Skipped, record) for record in skipped["shown"]]
+    try:
+        return artifacts.read_json_lines(run_folder() / name)
+    except FileNotFoundError:
+        return []
+
+
+def _record_skipped(skipped: Sequence[dict[str, Any]]) -> None:
+    """Record on the status page the images the plan could not replicate (malformed,
+    unsupported, past a bound)."""
     Store().state.set_repository_state(
-        {"repository": s.repository, "state": RepositoryState.FAILED,
-         "last_error": f"{s.digest}: {s.reason}"[:4000]} for s in shown)
-    lines = [f"cannot replicate {s.repository}:{','.join(s.tags)} ({s.digest}): {s.reason}"
-             for s in shown]
-    if skipped["count"] > len(shown):
-        lines.append(f"and {skipped['count'] - len(shown)} more images: see the plan log")
-    return lines
+        {"repository": s["repository"], "state": RepositoryState.FAILED,
+         "last_error": f"{s['digest']}: {s['reason']}"[:4000]} for s in skipped)
 
 
-def _repository_problems(listing: Snapshot, shown: int = SHOWN) -> list[str]:
-    """Log, record on the status page and name the repositories that could not be handled."""
+def _record_repository_problems(listing: Snapshot) -> None:
+    """Log and record on the status page the repositories that could not be handled."""
     if not listing.problems:
-        return []
+        return
     log.error("repositories and tags that cannot be replicated (every other repository was):\n%s",
               log_table(pd.DataFrame(listing.problems)))
     reasons: dict[str, list[str]] = {}
@@ -254,11 +266,6 @@ def _repository_problems(listing: Snapshot, shown: int = SHOWN) -> list[str]:
         {"repository": repository, "state": RepositoryState.FAILED, "last_error": "; ".join(lines)[:4000]}
         for repository, lines in sorted(reasons.items())
     )
-    lines = [f"cannot replicate {problem_line(found)}" for found in listing.problems[:shown]]
-    if len(listing.problems) > shown:
-        lines.append(f"and {len(listing.problems) - shown} more problems: see the "
-                     "snapshot_primary log")
-    return lines
 
 
 def _result(kind: type, record: dict[str, Any]):

@@ -1,5 +1,6 @@
 """A run's folder: where its files go, what its earlier tasks left there (files, and the XComs
-that name them), and retention, which removes old run folders and old store history.
+that name them), and retention (the reconcile's ``retention`` teardown), which removes old run
+folders and old store history.
 
 A run folder is ``<dag_id>/<when the run was due>_<run_id>``, in the replication store or under
 ``[registry_replication] artifacts_path``; XComs carry only file names and counts.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from typing import Any
+from typing import Any, TypedDict
 
 import pandas as pd
 import pendulum
@@ -20,15 +21,24 @@ from airflow.utils.net import get_hostname
 
 from registry_replication.airflow import deployment
 from registry_replication.engine import artifacts
-from registry_replication.outcomes import BlobOutcome, Snapshot
+from registry_replication.outcomes import NOT_PUSHED, BlobOutcome, Snapshot
 from registry_replication.settings import current
 from registry_replication.store import Store, retention
 from registry_replication.store.artifacts import ArtifactRecords
 
 log = logging.getLogger(__name__)
 
-# The images the plan skipped, in the run's folder.
+# The images the plan skipped, and the findings of a blobs or content verification, in the
+# run's folder.
 SKIPPED_FILE = "skipped.jsonl"
+VERIFIED_FILE = "verified.jsonl"
+
+
+class Retention(TypedDict):
+    """What the ``retention`` task removed."""
+
+    folders: int  # run folders removed
+    history: str
 
 
 def run_folder() -> artifacts.RunFolder:
@@ -89,13 +99,14 @@ def _prune_history() -> str:
     return f"{pruned.line()} older than {days:g} days"
 
 
-def apply_retention(now: pendulum.DateTime) -> None:
-    """The maintenance step of every report: old run folders and old store history go."""
+def apply_retention(now: pendulum.DateTime) -> Retention:
+    """The maintenance step after every report: old run folders and old store history go."""
     folders = _remove_old_runs(now)
     history = _prune_history()
     log.info("retention: removed %d run folders%s; from the replication store, %s",
              len(folders), (": " + ", ".join(folders[:10]) + (" ..." if len(folders) > 10 else ""))
              if folders else "", history)
+    return {"folders": len(folders), "history": history}
 
 
 def read_snapshot(ref: dict[str, Any]) -> Snapshot:
@@ -108,13 +119,14 @@ def read_changes(differences: dict[str, Any]) -> pd.DataFrame:
     return artifacts.read_frame(run_folder() / differences["file"])
 
 
-def failed_blob_refs(context: Any) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """The failed blobs' records of this run's ``copy_blobs`` batches, with their batch's
-    reference: only the files of batches that had failures are read."""
+def failed_refs(context: Any, task_id: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The records of the blobs (``copy_blobs``) or images (``push_manifests``) that failed in
+    this run's batches, with their batch's reference: only the files of batches that had
+    failures are read."""
     folder = run_folder()
-    return [(ref, record) for ref in pulled(context, "copy_blobs", "results") if ref["failed"]
+    return [(ref, record) for ref in pulled(context, task_id, "results") if ref["failed"]
             for record in artifacts.read_json_lines(folder / ref["file"])
-            if record["outcome"] == BlobOutcome.FAILED]
+            if record["outcome"] in (BlobOutcome.FAILED, *NOT_PUSHED)]
 
 
 def pulled(context: Any, task_id: str, key: str) -> list[Any]:

@@ -9,6 +9,7 @@ import pandas as pd
 
 from registry_replication.engine.plan import WantedTag
 from registry_replication.outcomes import Snapshot
+from registry_replication.transport.reference import Digest, Repository, Tag
 
 MISSING = "missing"  # on the primary only
 OUTDATED = "outdated"  # the tag points to different digests
@@ -43,9 +44,10 @@ def diff(primary: Snapshot, secondary: Snapshot) -> pd.DataFrame:
 
 
 def wanted(differences: pd.DataFrame) -> list[WantedTag]:
-    """The ``missing`` and ``outdated`` tags, as the plan takes them."""
+    """The ``missing`` and ``outdated`` tags, as the plan takes them: typed again (a
+    DataFrame holds plain strings), each name validated once for the plan and the copy."""
     rows = differences[differences["status"].isin([MISSING, OUTDATED])]
-    return [WantedTag(r.repository, r.tag, r.digest_primary)
+    return [WantedTag(Repository.of(r.repository), Tag.of(r.tag), Digest.of(r.digest_primary))
             for r in rows[["repository", "tag", "digest_primary"]].itertuples(index=False)]
 
 

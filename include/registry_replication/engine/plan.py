@@ -13,7 +13,6 @@ import heapq
 import json
 import logging
 import math
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -32,7 +31,7 @@ from registry_replication.transport.errors import (
     RegistryError,
     RegistryUnavailableError,
 )
-from registry_replication.transport.reference import validate_digest
+from registry_replication.transport.reference import Digest, Repository, Tag
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +49,9 @@ MAX_BLOBS_PER_BATCH = 1000
 class WantedTag:
     """A tag the secondary should point at ``digest``, the primary's (as the caller knows it)."""
 
-    repository: str
-    tag: str
-    digest: str
+    repository: Repository
+    tag: Tag
+    digest: Digest
 
 
 @dataclass
@@ -327,8 +326,7 @@ class Walk:
         for descriptor in descriptors:
             if descriptor.get("urls"):
                 continue  # foreign, non-distributable layer: lives outside the registry
-            # Interned: images share blobs, and a plan holds every image's list of them.
-            digest = sys.intern(_descriptor_digest(descriptor))
+            digest = _descriptor_digest(descriptor, self.plan.cache.digests)
             self.sizes[digest] = _descriptor_size(descriptor)
         return 0
 
@@ -344,7 +342,7 @@ class Walk:
                                  "max_index_children", manifest.digest)
         height = 0
         for child in listed:
-            child_digest = sys.intern(_descriptor_digest(child))
+            child_digest = _descriptor_digest(child, self.plan.cache.digests)
             if child_digest not in self.walked:
                 self.collect(self.fetch(child_digest), depth + 1)
                 self.children.append(child_digest)
@@ -372,6 +370,9 @@ class ManifestCache:
         self._failed: dict[tuple[str, str], Exception] = {}  # asked once, failed: not again
         self._lock = threading.Lock()
         self._fetching: dict[tuple[str, str], threading.Lock] = {}
+        # One object per digest read from the plan's manifests: images share blobs, and a plan
+        # holds every image's list of them (``_descriptor_digest``).
+        self.digests: dict[str, Digest] = {}
 
     def get(self, primary: RegistryClient, repository: str, digest: str) -> Manifest:
         key = (repository, digest)
@@ -398,10 +399,14 @@ class ManifestCache:
                     self._fetching.pop(key, None)
 
 
-def _descriptor_digest(descriptor: object) -> str:
+def _descriptor_digest(descriptor: object, seen: dict[str, Digest]) -> Digest:
+    """A descriptor's digest, validated the first time the plan reads it and the same object
+    from then on (``seen``)."""
     if not isinstance(descriptor, dict):
         raise ValueError(f"a descriptor is not a JSON object ({str(descriptor)[:80]!r})")
-    return validate_digest(descriptor.get("digest"))
+    text = descriptor.get("digest")
+    found = seen.get(text) if isinstance(text, str) else None
+    return found if found is not None else seen.setdefault(text, Digest(text))
 
 
 def _descriptor_size(descriptor: dict) -> int:

@@ -8,6 +8,7 @@ tag is complete on the secondary, or an error to retry with.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -22,16 +23,11 @@ from registry_replication.engine.prune import (
     mirror_manifest_delete,
     mirror_tag_deletes,
 )
-from registry_replication.outcomes import (
-    NOT_PUSHED,
-    BlobOutcome,
-    PermanentFailure,
-    PruneOutcome,
-    describe,
-)
+from registry_replication.outcomes import PermanentFailure, RunOutcome, describe, failed_digests
 from registry_replication.store.queue import Event
 from registry_replication.store.record import TagRecord
 from registry_replication.transport.client import RegistryClient
+from registry_replication.transport.reference import Digest, InvalidReference, Repository, Tag
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +36,9 @@ log = logging.getLogger(__name__)
 class RepositoryWork:
     """What a repository's events ask for, after coalescing."""
 
-    tags: dict[str, list[str]] = field(default_factory=dict)  # tag -> event ids
-    deleted: dict[str, list[str]] = field(default_factory=dict)  # digest -> event ids
-    untagged: dict[str, list[str]] = field(default_factory=dict)  # tag -> event ids
+    tags: dict[Tag, list[str]] = field(default_factory=dict)  # tag -> event ids
+    deleted: dict[Digest, list[str]] = field(default_factory=dict)  # digest -> event ids
+    untagged: dict[Tag, list[str]] = field(default_factory=dict)  # tag -> event ids
     noop: list[str] = field(default_factory=list)  # event ids with nothing to do
 
     @property
@@ -51,13 +47,13 @@ class RepositoryWork:
                               for ids in part.values() for i in ids)]
 
 
-def coalesce(events: Sequence[Event]) -> dict[str, RepositoryWork]:
+def coalesce(events: Sequence[Event]) -> dict[Repository, RepositoryWork]:
     """Per repository: the tags to copy, digests and tags deleted; the latest event wins.
 
     Deleting a manifest by digest makes distribution 2.8 report the digest and, separately,
-    each tag it untagged (tag only, no digest).
+    each tag it untagged (tag only, no digest). The events' names are typed (``_typed``).
     """
-    work: dict[str, RepositoryWork] = defaultdict(RepositoryWork)
+    work: dict[Repository, RepositoryWork] = defaultdict(RepositoryWork)
     pushed_digest: dict[tuple[str, str], str | None] = {}
     for e in sorted(events, key=lambda e: e.timestamp):
         w = work[e.repository]
@@ -101,14 +97,14 @@ def replicate_events(
     """
     budget = DeleteBudget(TagRecord(leases.store), max_prune_fraction)
 
-    def one(repository: str, work: RepositoryWork) -> dict[str, str | None]:
+    def one(repository: Repository, work: RepositoryWork) -> dict[str, str | None]:
         try:
             return replicate_repository(repository, work)
         except Exception as exc:  # noqa: BLE001 - the unit's boundary: one repository's events
             log.exception("events of %s failed", repository)
             return {event_id: describe(exc) for event_id in work.event_ids}
 
-    def replicate_repository(repository: str, work: RepositoryWork) -> dict[str, str | None]:
+    def replicate_repository(repository: Repository, work: RepositoryWork) -> dict[str, str | None]:
         outcomes: dict[str, str | None] = {event_id: None for event_id in work.noop}
         if work.tags:
             outcomes.update(_copy_tags(primary, secondary, repository, work.tags, leases,
@@ -120,24 +116,39 @@ def replicate_events(
         if work.untagged:
             results = mirror_tag_deletes(primary, secondary, repository, sorted(work.untagged),
                                          leases=leases, budget=budget, concurrency=concurrency)
-            failed = next((r.error for r in results if r.outcome == PruneOutcome.FAILED), None)
+            failed = next((p.error for p in RunOutcome(pruned=results).problems()), None)
             outcomes.update({i: failed for ids in work.untagged.values() for i in ids})
         return outcomes
 
-    work = coalesce(events)
+    typed: list[Event] = []
     outcomes: dict[str, str | None] = {}
+    for event in events:
+        try:
+            typed.append(_typed(event))
+        except InvalidReference as exc:  # a row the webhook did not write: nothing to retry
+            outcomes[event.id] = PermanentFailure(str(exc))
+    work = coalesce(typed)
     with ThreadPoolExecutor(max(1, min(repositories_at_once, len(work)))) as pool:
         for done in pool.map(lambda item: one(*item), work.items()):
             outcomes.update(done)
     return outcomes
 
 
+def _typed(event: Event) -> Event:
+    """An event read back from the store with its names typed, each validated once here for
+    the whole path (the webhook validated them before it stored the event)."""
+    return dataclasses.replace(
+        event, repository=Repository.of(event.repository),
+        tag=None if event.tag is None else Tag.of(event.tag),
+        digest=None if event.digest is None else Digest.of(event.digest))
+
+
 def _copy_tags(
-    primary: RegistryClient, secondary: RegistryClient, repository: str,
-    tags: dict[str, list[str]], leases: Leases, *, concurrency: int, parallelism: int,
+    primary: RegistryClient, secondary: RegistryClient, repository: Repository,
+    tags: dict[Tag, list[str]], leases: Leases, *, concurrency: int, parallelism: int,
     on_copied: Callable[[int], None] | None,
 ) -> dict[str, str | None]:
-    def heads(tag: str):
+    def heads(tag: Tag):
         return primary.head_manifest(repository, tag), secondary.head_manifest(repository, tag)
 
     try:
@@ -159,17 +170,15 @@ def _copy_tags(
     blobs = copier.copy_blobs(plan.blobs)
     if on_copied is not None:
         on_copied(sum(r.bytes for r in blobs))
-    failed_blobs = {r.digest for r in blobs if r.outcome == BlobOutcome.FAILED}
-    images = copier.push_images(plan.images, failed_blobs)
-    errors = {tag: r.error for r in images if r.outcome in NOT_PUSHED for tag in r.tags}
-    errors.update({tag: PermanentFailure(s.reason) if s.permanent else s.reason
-                   for s in plan.skipped for tag in s.tags})
+    images = copier.push_images(plan.images, failed_digests(blobs))
+    # Images not pushed, then images skipped (a PermanentFailure when no retry helps).
+    errors = RunOutcome(images=images, skipped=plan.skipped).errors_by_tag()
     return {event_id: errors.get(tag) for tag, ids in tags.items() for event_id in ids}
 
 
 def _mirror_deletes(
-    primary: RegistryClient, secondary: RegistryClient, repository: str,
-    deleted: dict[str, list[str]], leases: Leases, budget: DeleteBudget, *, concurrency: int,
+    primary: RegistryClient, secondary: RegistryClient, repository: Repository,
+    deleted: dict[Digest, list[str]], leases: Leases, budget: DeleteBudget, *, concurrency: int,
 ) -> dict[str, str | None]:
     outcomes: dict[str, str | None] = {}
     for digest, ids in deleted.items():
@@ -182,6 +191,6 @@ def _mirror_deletes(
             continue
         results = mirror_manifest_delete(primary, secondary, repository, digest, leases=leases,
                                          budget=budget, concurrency=concurrency)
-        failed = [r for r in results if r.outcome == PruneOutcome.FAILED]
-        outcomes.update({i: failed[0].error if failed else None for i in ids})
+        failed = next((p.error for p in RunOutcome(pruned=results).problems()), None)
+        outcomes.update({i: failed for i in ids})
     return outcomes

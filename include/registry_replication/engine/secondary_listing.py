@@ -25,7 +25,7 @@ from registry_replication.store.record import (
 from registry_replication.store.schema import now
 from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.errors import RegistryError
-from registry_replication.transport.reference import InvalidReference, validate_repository
+from registry_replication.transport.reference import InvalidReference, Repository
 
 log = logging.getLogger(__name__)
 
@@ -121,18 +121,17 @@ def secondary_listing(
     return Snapshot(secondary.url, tags, [], problems), kind
 
 
-def _primary_names(primary: RegistryClient, scope: Scope) -> list[str]:
+def _primary_names(primary: RegistryClient, scope: Scope) -> list[Repository]:
     """The primary's repositories in scope (its snapshot reports the odd ones)."""
-    return [n for n in primary.catalog()
-            if isinstance(n, str) and scope.wants_repository(n) and _valid(n)]
+    return [name for n in primary.catalog()
+            if isinstance(n, str) and scope.wants_repository(n) and (name := _valid(n))]
 
 
-def _valid(name: str) -> bool:
+def _valid(name: str) -> Repository | None:
     try:
-        validate_repository(name)
-        return True
+        return Repository(name)
     except InvalidReference:
-        return False  # the primary's snapshot reports it
+        return None  # the primary's snapshot reports it
 
 
 def _heads(secondary: RegistryClient, pairs: list[tuple[str, str]], concurrency: int

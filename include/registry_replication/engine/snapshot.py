@@ -23,11 +23,7 @@ from registry_replication.outcomes import Scope, Snapshot, describe
 from registry_replication.transport import mediatypes as mt
 from registry_replication.transport.client import Descriptor, Manifest, RegistryClient
 from registry_replication.transport.errors import NotFoundError, RegistryError
-from registry_replication.transport.reference import (
-    InvalidReference,
-    validate_repository,
-    validate_tag,
-)
+from registry_replication.transport.reference import Digest, InvalidReference, Repository, Tag
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +52,8 @@ def _shown(value: object, limit: int = 255) -> str:
 # Repositories listed at a time when streaming: bounds the rows held before they are written.
 REPOSITORY_BATCH = 32
 
-Row = tuple[str, str, str, str]
+# Typed as listed; a DataFrame of them holds plain strings.
+Row = tuple[Repository, Tag, Digest, str]
 # What the caller last saw of some repositories' tags: {(repository, tag): descriptor}.
 KnownTags = Callable[[Sequence[str]], Mapping[tuple[str, str], Descriptor]]
 # Manifests a listing read, for the plan: {(repository, digest): manifest}.
@@ -140,7 +137,7 @@ def stream_snapshot(
             return listing
     else:
         listed = list(repositories)
-    names = []
+    names: list[Repository] = []  # the door: every name listed or given is typed here
     for name in listed:
         if not isinstance(name, str):
             problem(name, None, f"the catalog holds a non-string entry {_shown(name, 80)}",
@@ -148,22 +145,22 @@ def stream_snapshot(
                     "directory with an odd name; other repositories replicate")
         elif scope.wants_repository(name):
             try:
-                names.append(validate_repository(name))
+                names.append(Repository.of(name))
             except InvalidReference as exc:
                 problem(name, None, str(exc), NAME_ADVICE)
 
-    def list_tags(name: str) -> list[tuple[str, str]]:
+    def list_tags(name: Repository) -> list[tuple[Repository, Tag]]:
         try:
             listed_tags = client.tags(name)
         except Exception as exc:  # noqa: BLE001 - the unit's boundary: one repository
             failed(name, None, exc)
             return []
         wanted = []
-        for tag in listed_tags:
+        for text in listed_tags:
             try:
-                validate_tag(tag)
+                tag = Tag(text)
             except InvalidReference as exc:
-                problem(name, tag, str(exc), "the registry listed a tag our reference grammar "
+                problem(name, text, str(exc), "the registry listed a tag our reference grammar "
                         "refuses; re-tag the image with a valid tag on the primary")
                 continue
             if scope.wants_tag(tag):
@@ -182,7 +179,7 @@ def stream_snapshot(
         manifests[(repository, manifest.digest)] = manifest
         return Descriptor(manifest.digest, manifest.media_type, len(manifest.raw))
 
-    def head(pair: tuple[str, str]) -> Row | None:
+    def head(pair: tuple[Repository, Tag]) -> Row | None:
         repository, tag = pair
         try:
             if manifests is not None and pair not in expected:

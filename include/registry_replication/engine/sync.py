@@ -23,14 +23,13 @@ from registry_replication.engine.prune import PruneRefused, PruneResult, prunabl
 from registry_replication.engine.secondary_listing import secondary_listing
 from registry_replication.engine.snapshot import COLUMNS, ReadManifests, take_snapshot
 from registry_replication.outcomes import (
-    NOT_PUSHED,
-    BlobOutcome,
     ImageOutcome,
     PruneOutcome,
+    RunOutcome,
     Scope,
     Snapshot,
     VerifyLevel,
-    summarize,
+    failed_digests,
 )
 from registry_replication.store import Store
 from registry_replication.store.record import RunKind, TagRecord
@@ -74,17 +73,16 @@ class SyncReport:
     deep: verifying.DeepReport | None = None  # blobs or content verification
     damaged: dict[str, dict[str, str]] = field(default_factory=dict)  # {repository: {digest: level}}
 
+    def outcome(self) -> RunOutcome:
+        """What failed in this run, and why."""
+        return RunOutcome(
+            self.blobs, self.images, self.pruned, self.plan.skipped, self.primary,
+            self.prune_refused, self.deep.findings if self.deep else (), self.damaged,
+            image_blobs={(t.repository, t.digest): t.blobs for t in self.plan.images})
+
     @property
     def failed(self) -> bool:
-        return (
-            any(r.outcome == BlobOutcome.FAILED for r in self.blobs)
-            or any(r.outcome in NOT_PUSHED for r in self.images)
-            or any(r.outcome == PruneOutcome.FAILED for r in self.pruned)
-            or bool(self.plan.skipped)
-            or not self.primary.complete
-            or bool(self.deep and self.deep.failed)
-            or bool(self.damaged)
-        )
+        return self.outcome().failed
 
     def verification_line(self) -> str:
         """What the run verified and how: never "in sync" for what it did not look at."""
@@ -92,7 +90,7 @@ class SyncReport:
                                            self.damaged, self.deep)
 
     def counts(self) -> dict[str, int]:
-        return summarize(self.blobs, self.images, self.pruned)
+        return self.outcome().counts()
 
 
 def snapshots(
@@ -236,6 +234,3 @@ def secondary_after(
     return Snapshot(before.registry, pd.concat(frames, ignore_index=True) if frames
                     else pd.DataFrame(columns=COLUMNS), errors, problems)
 
-
-def failed_digests(results: Iterable[BlobResult]) -> set[str]:
-    return {r.digest for r in results if r.outcome == BlobOutcome.FAILED}

@@ -35,13 +35,14 @@ from registry_replication.engine.copy import BlobResult, Copier, ImageResult
 from registry_replication.engine.leases import Leases
 from registry_replication.engine.plan import Plan, Skipped, Walk, WantedTag, build_plan
 from registry_replication.outcomes import (
-    NOT_PUSHED,
     BlobOutcome,
     CheckOutcome,
     RepositoryState,
+    RunOutcome,
     Snapshot,
     VerifyLevel,
     describe,
+    failed_digests,
     human_size,
 )
 from registry_replication.store import Store
@@ -287,12 +288,10 @@ def _repair(primary: RegistryClient, secondary: RegistryClient,
     copier = Copier(primary, secondary, leases=leases, parallelism=parallelism,
                     manifests=plan.manifests, recheck=True)
     report.blobs = copier.copy_blobs(plan.blobs)
-    failed = {r.digest for r in report.blobs if r.outcome == BlobOutcome.FAILED}
-    report.images = copier.push_images(plan.images, failed)
+    report.images = copier.push_images(plan.images, failed_digests(report.blobs))
     # Why an image was not repaired (its blobs failed, its push failed, or the plan skipped it).
-    not_repaired = {(r.repository, r.digest): r.error for r in report.images
-                    if r.outcome in NOT_PUSHED}
-    not_repaired.update({(s.repository, s.digest): s.reason for s in plan.skipped})
+    not_repaired = {(p.repository, p.digest): p.error for p in RunOutcome(
+        images=report.images, skipped=plan.skipped).problems()}
     # Every tag moved on the primary since its listing: the image is no longer wanted (the
     # newer writer, or the next run, replicates what the tags point at now).
     moved = {(r.repository, r.digest) for r in report.images if r.moved and set(r.moved) ==

@@ -39,6 +39,7 @@ from registry_replication.outcomes import Scope, Snapshot
 from registry_replication.store import Store
 from registry_replication.store.schema import aware, now, recorded_tags, recorded_verifications
 from registry_replication.transport.client import Descriptor
+from registry_replication.transport.reference import Digest
 
 PRESENT, ABSENT, INTENT = "present", "absent", "intent"
 
@@ -158,13 +159,15 @@ class TagRecord:
 
     def descriptors(self, repositories: Sequence[str]) -> dict[tuple[str, str], Descriptor]:
         """{(repository, tag): descriptor} of the tags recorded present with their media type:
-        what a listing of the primary confirms with conditional HEADs (``known``)."""
+        what a listing of the primary confirms with conditional HEADs (``known``), each digest
+        typed again (``InvalidReference`` for a row out of grammar: the listing then goes on
+        without conditional HEADs)."""
         rows = self.tags(repositories)
         if not len(rows):
             return {}
         rows = rows[(rows["state"] == PRESENT) & rows["digest"].notna()
                     & rows["media_type"].notna()]
-        return {(repository, tag): Descriptor(digest, media_type)
+        return {(repository, tag): Descriptor(Digest.of(digest), media_type)
                 for repository, tag, digest, media_type in zip(
                     rows["repository"], rows["tag"], rows["digest"], rows["media_type"])}
 

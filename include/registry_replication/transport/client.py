@@ -3,9 +3,10 @@ blobs, one method per endpoint, on a ``Transport`` (``transport.py``: authentica
 policy, URL confinement; ``upload.py``: resumable blob uploads).
 
 One ``RegistryClient`` per registry, shared by a thread pool. Names, tags and digests are
-validated before they reach a URL; manifests are checked against their digest and bounded in
-size and depth; blob bytes are hashed as they stream, so a digest mismatch is an error and
-never a committed blob. Every failure surfaces as a typed ``RegistryError``.
+typed (``reference.py``): each method takes them so, and validates plain text (once) before it
+reaches a URL; manifests are checked against their digest and bounded in size and depth; blob
+bytes are hashed as they stream, so a digest mismatch is an error and never a committed blob.
+Every failure surfaces as a typed ``RegistryError``.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from registry_replication.transport.errors import (
     RegistryError,
 )
 from registry_replication.transport.reference import (
+    Digest,
     InvalidReference,
-    validate_digest,
-    validate_reference,
-    validate_repository,
+    Reference,
+    Repository,
+    reference_of,
 )
 from registry_replication.transport.responses import (
     Pages,
@@ -55,7 +57,7 @@ class Descriptor:
     """What ``HEAD`` of a manifest tells: its digest, media type and size (None: not known, a
     descriptor recalled from a record rather than read from a registry)."""
 
-    digest: str
+    digest: Digest
     media_type: str
     size: int | None = None
 
@@ -66,7 +68,7 @@ class Manifest:
 
     raw: bytes
     media_type: str
-    digest: str
+    digest: Digest
 
     @cached_property
     def json(self) -> dict[str, Any]:
@@ -108,9 +110,9 @@ class RegistryClient:
             yield from pages.entries(response, "repositories")
             path = pages.next(response)
 
-    def tags(self, repository: str) -> list[Any]:
+    def tags(self, repository: Repository) -> list[Any]:
         """Every tag of a repository (distribution 2.8 returns them in one page), as sent."""
-        validate_repository(repository)
+        repository = Repository.of(repository)
         pages = Pages(self.transport, "list tags", repository)
         path: str | None = f"/v2/{repository}/tags/list"
         tags: list[Any] = []
@@ -129,7 +131,7 @@ class RegistryClient:
     # -- manifests ------------------------------------------------------------------------------
 
     def head_manifest(
-        self, repository: str, reference: str, *, known: Descriptor | None = None
+        self, repository: Repository, reference: Reference, *, known: Descriptor | None = None
     ) -> Descriptor | None:
         """The digest, media type and size of a tag or digest; None when it does not exist.
 
@@ -142,8 +144,7 @@ class RegistryClient:
         as gone (``_gone_or_here``), since "gone on the primary" deletes on the secondary; a
         writable client is the secondary, where "absent" only ever makes us copy.
         """
-        validate_repository(repository)
-        validate_reference(reference)
+        repository, reference = Repository.of(repository), reference_of(reference)
         headers = {"Accept": mediatypes.MANIFEST_ACCEPT}
         if known is not None:
             headers["If-None-Match"] = f'"{known.digest}"'
@@ -163,7 +164,7 @@ class RegistryClient:
         # A manifest's size is its length: a proxy that strips it costs the size, not the check.
         return Descriptor(digest, media_type(response), content_length(response) or 0)
 
-    def _gone_or_here(self, repository: str, reference: str) -> Descriptor | None:
+    def _gone_or_here(self, repository: Repository, reference: Reference) -> Descriptor | None:
         """After a ``HEAD`` 404: None only if a ``GET`` says ``MANIFEST_UNKNOWN`` or
         ``NAME_UNKNOWN``. A HEAD has no body to tell whose 404 it is, and "gone" deletes tags:
         a proxy's 404 page (no registry error code) must never pass for it."""
@@ -180,10 +181,9 @@ class RegistryClient:
                 "nothing is deleted on such an answer") from None
         return Descriptor(manifest.digest, manifest.media_type, len(manifest.raw))
 
-    def get_manifest(self, repository: str, reference: str) -> Manifest:
+    def get_manifest(self, repository: Repository, reference: Reference) -> Manifest:
         """A manifest's exact bytes, checked against the digest they were asked for or served as."""
-        validate_repository(repository)
-        validate_reference(reference)
+        repository, reference = Repository.of(repository), reference_of(reference)
         response = self._at("GET", repository, "manifests", reference, "get manifest",
                             headers={"Accept": mediatypes.MANIFEST_ACCEPT},
                             body_bound="max_manifest_bytes")
@@ -192,14 +192,14 @@ class RegistryClient:
                                  registry=self.url, operation="get manifest",
                                  repository=repository)
 
-    def put_manifest(self, repository: str, reference: str, raw: bytes, media_type: str) -> str:
+    def put_manifest(self, repository: Repository, reference: Reference, raw: bytes,
+                     media_type: str) -> Digest:
         """Push these exact bytes under a tag or digest; returns the digest the registry stored."""
-        validate_repository(repository)
-        validate_reference(reference)
+        repository, reference = Repository.of(repository), reference_of(reference)
         response = self._at("PUT", repository, "manifests", reference, "push manifest",
                             headers={"Content-Type": media_type}, data=raw, ok=(200, 201, 202))
         response.close()
-        digest = _digest_of(raw, "sha256:")
+        digest = _digest_of(raw)
         stored = response.headers.get("Docker-Content-Digest")
         if stored and stored != digest:
             raise DigestMismatchError(
@@ -210,10 +210,9 @@ class RegistryClient:
             )
         return digest
 
-    def delete_manifest(self, repository: str, digest: str) -> bool:
+    def delete_manifest(self, repository: Repository, digest: Digest) -> bool:
         """Delete by digest (untagging every tag on it); False when it was already gone."""
-        validate_repository(repository)
-        validate_digest(digest)
+        repository, digest = Repository.of(repository), Digest.of(digest)
         response = self._at("DELETE", repository, "manifests", digest, "delete manifest",
                             ok=(200, 202, 404))
         response.close()
@@ -221,11 +220,11 @@ class RegistryClient:
 
     # -- blobs ----------------------------------------------------------------------------------
 
-    def has_blob(self, repository: str, digest: str) -> bool:
+    def has_blob(self, repository: Repository, digest: Digest) -> bool:
         """Whether the repository has the blob (a ``HEAD``)."""
         return self._head_blob(repository, digest).status != 404
 
-    def blob_size(self, repository: str, digest: str) -> int | None:
+    def blob_size(self, repository: Repository, digest: Digest) -> int | None:
         """The size of a blob in a repository (its ``HEAD``'s ``Content-Length``), or None when
         the repository does not have it. An answer without a length raises: an unknown size
         is never taken for a wrong one."""
@@ -242,24 +241,23 @@ class RegistryClient:
                 "HEAD answers: configure it to pass the header on")
         return size
 
-    def _head_blob(self, repository: str, digest: str) -> Response:
-        validate_repository(repository)
-        validate_digest(digest)
+    def _head_blob(self, repository: Repository, digest: Digest) -> Response:
+        repository, digest = Repository.of(repository), Digest.of(digest)
         response = self._at("HEAD", repository, "blobs", digest, "check blob", ok=(200, 404))
         response.close()
         return response
 
-    def _at(self, method: str, repository: str, kind: str, reference: str, operation: str,
-            **fields: Any) -> Response:
+    def _at(self, method: str, repository: Repository, kind: str, reference: Reference,
+            operation: str, **fields: Any) -> Response:
         """``<method> /v2/<repository>/<kind>/<reference>`` (the other ``Request`` fields:
-        ``fields``); the caller has validated the names."""
+        ``fields``)."""
         return self.transport.send(Request(method, f"/v2/{repository}/{kind}/{reference}",
                                            operation, repository, reference, **fields))
 
     def read_blob(
         self,
-        repository: str,
-        digest: str,
+        repository: Repository,
+        digest: Digest,
         *,
         offset: int = 0,
         length: int | None = None,
@@ -271,8 +269,7 @@ class RegistryClient:
         A whole blob is hashed as it passes and a mismatch with ``digest`` raises
         ``DigestMismatchError`` after the last chunk, before the caller can commit it.
         """
-        validate_repository(repository)
-        validate_digest(digest)
+        repository, digest = Repository.of(repository), Digest.of(digest)
         partial = bool(offset) or length is not None
         headers = {}
         if partial:
@@ -300,11 +297,11 @@ class RegistryClient:
 
     # -- uploads (``upload.py``) ----------------------------------------------------------------
 
-    def mount_blob(self, repository: str, digest: str, from_repository: str) -> bool:
+    def mount_blob(self, repository: Repository, digest: Digest,
+                   from_repository: Repository) -> bool:
         """Cross-repository mount on this registry; False when it could not mount."""
-        validate_repository(repository)
-        validate_repository(from_repository)
-        validate_digest(digest)
+        repository, digest = Repository.of(repository), Digest.of(digest)
+        from_repository = Repository.of(from_repository)
         return uploads.mount(self.transport, repository, digest, from_repository)
 
     def cancel_upload(self, upload: Upload) -> bool:
@@ -312,7 +309,8 @@ class RegistryClient:
         return uploads.cancel(self.transport, upload)
 
     def push_blob(
-        self, repository: str, digest: str, data: bytes | Iterable[bytes], size: int | None = None
+        self, repository: Repository, digest: Digest, data: bytes | Iterable[bytes],
+        size: int | None = None
     ) -> None:
         """Upload bytes, or a stream of ``size`` bytes read once (``upload_blob`` can resume;
         a stream that would have to be read again fails instead)."""
@@ -326,8 +324,8 @@ class RegistryClient:
 
     def upload_blob(
         self,
-        repository: str,
-        digest: str,
+        repository: Repository,
+        digest: Digest,
         size: int,
         open_body: OpenBody,
         *,
@@ -339,8 +337,7 @@ class RegistryClient:
         ``PUT ?digest=`` that commits it, each step under this client's retry policy and resumed
         from the registry's offset after an interruption (``upload.upload_blob``).
         ``on_session`` is called with the session each time it is opened or moves on."""
-        validate_repository(repository)
-        validate_digest(digest)
+        repository, digest = Repository.of(repository), Digest.of(digest)
         uploads.upload_blob(self.transport, repository, digest, size, open_body,
                             exists=lambda: self.has_blob(repository, digest),
                             chunk_size=chunk_size, on_session=on_session)
@@ -368,17 +365,16 @@ class RegistryClient:
         return f"RegistryClient({self.url!r}, writable={self.writable})"
 
 
-def _digest_of(raw: bytes, like: str) -> str:
-    algorithm = like.split(":", 1)[0] or "sha256"
-    return f"{algorithm}:{hashlib.new(algorithm, raw).hexdigest()}"
+def _digest_of(raw: bytes, algorithm: str = "sha256") -> Digest:
+    return Digest(f"{algorithm}:{hashlib.new(algorithm, raw).hexdigest()}")
 
 
-def _served_digest(response: Response, **where: Any) -> str | None:
+def _served_digest(response: Response, **where: Any) -> Digest | None:
     """The answer's ``Docker-Content-Digest`` (None without one), refused unless valid."""
     digest = response.headers.get("Docker-Content-Digest")
     if digest:
         try:
-            validate_digest(digest)
+            return Digest(digest)
         except InvalidReference:
             raise RegistryError(
                 f"the registry answered with an invalid Docker-Content-Digest {digest[:100]!r}",
@@ -387,17 +383,18 @@ def _served_digest(response: Response, **where: Any) -> str | None:
                 "for this manifest: check the registry's version and any proxy, or re-push the "
                 "tag; other repositories are not affected",
             ) from None
-    return digest or None
+    return None
 
 
-def _checked_manifest(response: Response, reference: str, max_json_depth: int,
+def _checked_manifest(response: Response, reference: Reference, max_json_depth: int,
                       **where: Any) -> Manifest:
     """The manifest an answer holds, checked against the digest it was asked for (or served
     as) and parsed once within ``max_json_depth``; ``where`` names it in errors."""
     raw = response.content
     kind = media_type(response)
-    digest = _digest_of(raw, reference if ":" in reference else "sha256:")
-    expected = reference if ":" in reference else response.headers.get("Docker-Content-Digest")
+    by_digest = isinstance(reference, Digest)
+    digest = _digest_of(raw, reference.algorithm) if by_digest else _digest_of(raw)
+    expected = reference if by_digest else response.headers.get("Docker-Content-Digest")
     # No exception for schema 1: a signed one's digest is over its payload without the
     # signatures, which we do not verify, so its bytes are refused rather than trusted.
     if expected and digest != expected:

@@ -1,13 +1,19 @@
-"""Repository names, tags and digests, validated against the distribution grammar.
+"""Repository names, tags and digests: typed values, validated against the distribution grammar
+once, where the text enters (a catalog or tag list, a manifest's descriptors, a notification,
+a DAG run's or the CLI's arguments).
 
-Everything that goes into a URL passes through here first, so a hostile or broken name
-(``../``, ``?``, an over-long tag) is rejected before any request is made.
+Each type is a ``str`` whose construction is its validation (``Tag("v1")``; ``InvalidReference``
+otherwise), so pandas, JSON, SQL and logs take them as they are. ``of()`` returns a value that
+is already of the type unchanged and validates anything else: every door of the client calls it,
+so everything that goes into a URL has passed the grammar, and a typed value costs nothing.
+A hostile or broken name (``../``, ``?``, an over-long tag) is rejected before any request.
 Grammar: https://github.com/distribution/reference/blob/main/reference.go
 """
 
 from __future__ import annotations
 
 import re
+from typing import Self
 
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
 REPOSITORY_RE = re.compile(rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
@@ -21,37 +27,74 @@ class InvalidReference(ValueError):
     """A repository name, tag or digest that the distribution grammar does not allow."""
 
 
-def validate_repository(name: str) -> str:
-    if (
-        not isinstance(name, str)
-        or len(name) > REPOSITORY_MAX_LENGTH
-        or not REPOSITORY_RE.fullmatch(name)
-    ):
-        raise InvalidReference(
-            f"invalid repository name {name!r}: lowercase path components "
-            "[a-z0-9] joined by '.', '_', '__' or '-', separated by '/', at most 255 characters"
-        )
-    return name
+class _Name(str):
+    """A string that passed its grammar; ``of`` wraps a plain one (validating it) and returns
+    one of the type as it is."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, value: str) -> Self:
+        return value if type(value) is cls else cls(value)
 
 
-def validate_tag(tag: str) -> str:
-    if not isinstance(tag, str) or not TAG_RE.fullmatch(tag):
-        raise InvalidReference(
-            f"invalid tag {tag!r}: 1-128 characters of [A-Za-z0-9_.-], not starting with '.' or '-'"
-        )
-    return tag
+class Repository(_Name):
+    """A repository name: lowercase path components joined by ``/``, at most 255 characters."""
+
+    __slots__ = ()
+
+    def __new__(cls, name: object) -> Repository:
+        if (
+            not isinstance(name, str)
+            or len(name) > REPOSITORY_MAX_LENGTH
+            or not REPOSITORY_RE.fullmatch(name)
+        ):
+            raise InvalidReference(
+                f"invalid repository name {name!r}: lowercase path components [a-z0-9] "
+                "joined by '.', '_', '__' or '-', separated by '/', at most 255 characters"
+            )
+        return str.__new__(cls, name)
 
 
-def validate_digest(digest: str) -> str:
-    if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
-        raise InvalidReference(
-            f"invalid digest {str(digest)[:100]!r}: expected sha256:<64 lowercase hex> or sha512:<128 lowercase hex>"
-        )
-    return digest
+class Tag(_Name):
+    """A tag: 1-128 characters of ``[A-Za-z0-9_.-]``, not starting with ``.`` or ``-``."""
+
+    __slots__ = ()
+
+    def __new__(cls, tag: object) -> Tag:
+        if not isinstance(tag, str) or not TAG_RE.fullmatch(tag):
+            raise InvalidReference(
+                f"invalid tag {tag!r}: 1-128 characters of [A-Za-z0-9_.-], "
+                "not starting with '.' or '-'"
+            )
+        return str.__new__(cls, tag)
 
 
-def validate_reference(reference: str) -> str:
-    """A manifest reference: a tag or a digest."""
-    if isinstance(reference, str) and ":" in reference:
-        return validate_digest(reference)
-    return validate_tag(reference)
+class Digest(_Name):
+    """A content digest: ``sha256:`` and 64 lowercase hex digits, or ``sha512:`` and 128."""
+
+    __slots__ = ()
+
+    def __new__(cls, digest: object) -> Digest:
+        if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
+            raise InvalidReference(
+                f"invalid digest {str(digest)[:100]!r}: expected sha256:<64 lowercase hex> "
+                "or sha512:<128 lowercase hex>"
+            )
+        return str.__new__(cls, digest)
+
+    @property
+    def algorithm(self) -> str:
+        """``sha256`` or ``sha512``, as ``hashlib`` names it."""
+        return self[:self.index(":")]
+
+
+# A manifest reference: a tag or a digest.
+Reference = Tag | Digest
+
+
+def reference_of(text: str) -> Reference:
+    """A manifest reference (a digest if it holds ``:``, else a tag); a typed one as it is."""
+    if type(text) is Tag or type(text) is Digest:
+        return text
+    return Digest(text) if isinstance(text, str) and ":" in text else Tag(text)

@@ -25,12 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from registry_replication.outcomes import EventStatus
 from registry_replication.store.queue import Event
 from registry_replication.transport import mediatypes as mt
-from registry_replication.transport.reference import (
-    InvalidReference,
-    validate_digest,
-    validate_repository,
-    validate_tag,
-)
+from registry_replication.transport.reference import Digest, InvalidReference, Repository, Tag
 
 ENVELOPE_MEDIA_TYPE = "application/vnd.docker.distribution.events.v1+json"
 MANIFEST_TYPES = mt.SUPPORTED | mt.SCHEMA1
@@ -114,16 +109,14 @@ def _is_manifest_event(item: Any) -> bool:
 
 
 def _event(raw: RawEvent) -> Event:
+    """A kept event, its names typed (``InvalidReference`` for one out of grammar)."""
     target = raw.target
-    validate_repository(target.repository)
-    if target.tag is not None:
-        validate_tag(target.tag)
-    if target.digest is not None:
-        validate_digest(target.digest)
+    repository = Repository(target.repository)
+    tag = None if target.tag is None else Tag(target.tag)
+    digest = None if target.digest is None else Digest(target.digest)
     timestamp = raw.timestamp if raw.timestamp.tzinfo else raw.timestamp.replace(
         tzinfo=dt.UTC)
-    return Event(raw.id, raw.action, target.repository, target.tag, target.digest,
-                 target.media_type, timestamp)
+    return Event(raw.id, raw.action, repository, tag, digest, target.media_type, timestamp)
 
 
 def _reason(exc: Exception) -> str:

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from typing import Any
 from urllib.parse import quote
 
-from registry_replication.outcomes import EventStatus, RepositoryState
+from registry_replication.outcomes import EventStatus, RepositoryState, recorded_problems
 from registry_replication.settings import RECONCILE_DAG_ID
 from registry_replication.store import Store
 
@@ -216,14 +216,14 @@ def _failed_event(row: dict[str, Any]) -> dict[str, Any]:
 
 def _run(row: dict[str, Any], base: str, now: dt.datetime) -> dict[str, Any]:
     finished = _aware(row.get("finished_at"))
-    summary = dict(row.get("summary") or {})
+    problems, summary = recorded_problems(row.get("summary"))
     return {
         "dag_id": row["dag_id"],
         "run_id": row["run_id"],
         "state": row["state"],
         "finished_at": _iso(finished),
         "age_seconds": _age(finished, now),
-        "problems": list(summary.pop("problems", None) or []),
+        "problems": problems,
         "summary": summary,
         "url": run_url(base, row["dag_id"], row["run_id"]),
     }

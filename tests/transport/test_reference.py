@@ -1,0 +1,185 @@
+"""Typed references: construction is validation, ``of`` validates only plain text, and the
+doors where names enter hand typed values on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from registry_replication.engine.snapshot import stream_snapshot
+from registry_replication.transport import reference
+from registry_replication.transport.client import Descriptor
+from registry_replication.transport.reference import (
+    DIGEST_RE,
+    REPOSITORY_RE,
+    TAG_RE,
+    Digest,
+    InvalidReference,
+    Repository,
+    Tag,
+    reference_of,
+)
+from registry_replication.web.notifications import parse
+from replication_harness.envelopes import event
+
+DIGEST = "sha256:" + "a" * 64
+TYPES = (Repository, Tag, Digest)
+# Any text, and text near each grammar (so that both answers are drawn often).
+TEXT = st.one_of(
+    st.text(max_size=300),
+    st.from_regex(REPOSITORY_RE, fullmatch=True),
+    st.from_regex(TAG_RE, fullmatch=True),
+    st.from_regex(DIGEST_RE, fullmatch=True),
+    st.from_regex(r"(sha256|sha512|md5):[a-fA-F0-9]{60,130}", fullmatch=True),
+)
+
+
+@given(TEXT, st.sampled_from(TYPES))
+def test_any_text_is_a_typed_value_equal_to_itself_or_refused(text, kind):
+    try:
+        typed = kind(text)
+    except InvalidReference as exc:
+        assert isinstance(exc, ValueError) and str(exc).startswith("invalid ")
+        with pytest.raises(InvalidReference):
+            kind.of(text)
+        return
+    assert type(typed) is kind and typed == text and hash(typed) == hash(text)
+    assert str(typed) == text and kind.of(typed) is typed and kind.of(text) == text
+
+
+@given(TEXT)
+def test_a_reference_is_a_digest_with_a_colon_else_a_tag(text):
+    try:
+        typed = reference_of(text)
+    except InvalidReference:
+        with pytest.raises(InvalidReference):
+            (Digest if ":" in text else Tag)(text)
+        return
+    assert typed == text and type(typed) is (Digest if ":" in text else Tag)
+    assert reference_of(typed) is typed
+
+
+@pytest.mark.parametrize("value", [None, 12, b"app", ["app"], {"a": 1}])
+def test_what_is_not_text_is_refused_by_each_type(value):
+    for kind in TYPES:
+        with pytest.raises(InvalidReference):
+            kind(value)
+    with pytest.raises(InvalidReference):
+        reference_of(value)
+
+
+def test_the_messages_name_the_value_and_the_grammar():
+    with pytest.raises(InvalidReference, match=r"invalid repository name 'Foo/app': lowercase"):
+        Repository("Foo/app")
+    with pytest.raises(InvalidReference, match=r"invalid tag '\.hidden': 1-128 characters"):
+        Tag(".hidden")
+    with pytest.raises(InvalidReference, match=r"invalid digest 'None': expected sha256:"):
+        Digest(None)
+    with pytest.raises(InvalidReference) as huge:
+        Digest("sha256:" + "z" * 10_000)
+    assert len(str(huge.value)) < 300  # a huge digest is clipped in the message
+
+
+class CountingPattern:
+    """A grammar's pattern that counts its matches."""
+
+    def __init__(self, pattern):
+        self.pattern, self.calls = pattern, 0
+
+    def fullmatch(self, text):
+        self.calls += 1
+        return self.pattern.fullmatch(text)
+
+
+@pytest.fixture
+def matches(monkeypatch):
+    counting = {name: CountingPattern(getattr(reference, name))
+                for name in ("REPOSITORY_RE", "TAG_RE", "DIGEST_RE")}
+    for name, pattern in counting.items():
+        monkeypatch.setattr(reference, name, pattern)
+    return lambda: sum(p.calls for p in counting.values())
+
+
+def test_of_a_typed_value_does_not_validate_again(matches):
+    repository, tag, digest = Repository("group/app"), Tag("1.0"), Digest(DIGEST)
+    assert matches() == 3
+    for _ in range(100):
+        assert Repository.of(repository) is repository and Tag.of(tag) is tag
+        assert Digest.of(digest) is digest
+        assert reference_of(tag) is tag and reference_of(digest) is digest
+    assert matches() == 3
+    assert Tag.of("1.0") == "1.0" and matches() == 4  # plain text: validated, once
+    assert Digest(DIGEST).algorithm == "sha256" and Digest("sha512:" + "b" * 128).algorithm == "sha512"
+
+
+def test_a_tag_of_a_repositorys_text_is_validated_as_a_tag(matches):
+    """``of`` trusts only its own type: a Repository is not taken for a Tag."""
+    with pytest.raises(InvalidReference):
+        Tag.of(Repository("group/app"))
+    assert type(Tag.of(Repository("app"))) is Tag
+
+
+# -- the doors --------------------------------------------------------------------------------
+
+
+def test_a_parsed_notification_hands_on_typed_names():
+    parsed = parse(json.dumps({"events": [
+        event(repository="group/app", tag="1.0", digest=DIGEST),
+        event(action="delete", repository="group/app", tag=None, digest=DIGEST, media_type=None),
+    ]}).encode())
+    push, delete = parsed.kept
+    assert (type(push.repository), type(push.tag), type(push.digest)) == (Repository, Tag, Digest)
+    assert type(delete.digest) is Digest and delete.tag is None
+    assert not parsed.rejected
+
+
+class ListingClient:
+    """A registry that lists a catalog with one odd entry, two tags per repository."""
+
+    url = "https://registry.example"
+
+    def __init__(self):
+        self.asked: list[tuple[type, type]] = []
+
+    def catalog(self):
+        yield from ["group/app", "Odd/name", "other"]
+
+    def tags(self, repository):
+        self.asked.append((type(repository), type(None)))
+        return ["1.0", "bad tag", "2.0"]
+
+    def head_manifest(self, repository, tag, known=None):
+        self.asked.append((type(repository), type(tag)))
+        return Descriptor(Digest(DIGEST), "application/vnd.oci.image.manifest.v1+json", 1)
+
+
+def test_a_listing_hands_on_typed_names_and_reports_the_odd_ones():
+    client, rows = ListingClient(), []
+    listing = stream_snapshot(client, rows.extend)
+    assert sorted(r[:2] for r in rows) == [("group/app", "1.0"), ("group/app", "2.0"),
+                                            ("other", "1.0"), ("other", "2.0")]
+    assert {tuple(map(type, r[:3])) for r in rows} == {(Repository, Tag, Digest)}
+    assert set(client.asked) == {(Repository, type(None)), (Repository, Tag)}
+    assert {(p["repository"], p["tag"]) for p in listing.problems} == {
+        ("Odd/name", None), ("group/app", "bad tag"), ("other", "bad tag")}
+
+
+def test_repositories_given_instead_of_the_catalog_pass_the_same_door():
+    client, rows = ListingClient(), []
+    listing = stream_snapshot(client, rows.extend, repositories=["group/app", "../etc"])
+    assert {type(r[0]) for r in rows} == {Repository}
+    assert [p["repository"] for p in listing.problems if p["tag"] is None] == ["../etc"]
+
+
+def test_the_client_validates_plain_text_once_and_typed_values_never(primary_reader, matches):
+    repository, tag, digest = Repository("app"), Tag("v1"), Digest(DIGEST)
+    start = matches()
+    assert primary_reader.tags(repository) == []
+    assert primary_reader.head_manifest(repository, tag) is None  # and its confirming GET
+    assert primary_reader.blob_size(repository, digest) is None
+    assert matches() == start
+    assert primary_reader.head_manifest("app", "v1") is None
+    assert matches() == start + 2  # each name once, not again for the confirming GET
