@@ -11,9 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from registry_replication.engine.copy import BlobResult, ImageResult
+from registry_replication.engine.findings import Finding
 from registry_replication.engine.plan import Skipped
 from registry_replication.engine.prune import PruneResult
-from registry_replication.engine.verify import Finding
 from registry_replication.outcomes import (
     BlobOutcome,
     CheckOutcome,
@@ -21,13 +21,13 @@ from registry_replication.outcomes import (
     ImageOutcome,
     PermanentFailure,
     PruneOutcome,
-    RunOutcome,
     Snapshot,
     VerifyLevel,
     failed_digests,
     human_size,
     summarize,
 )
+from registry_replication.run_outcome import RunOutcome
 
 
 def results() -> tuple[list[BlobResult], list[ImageResult], list[PruneResult]]:

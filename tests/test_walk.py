@@ -24,6 +24,7 @@ import pytest
 
 from registry_replication.engine import plan, realtime
 from registry_replication.engine.copy import Copier
+from registry_replication.engine.walk import ManifestCache
 from registry_replication.store.queue import EventQueue
 from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.config import RegistryConfig
@@ -42,7 +43,7 @@ EVENT_STEPS = [
     (webhook, "_authenticate"), (webhook, "_read_limited"), (webhook, "parse"),
     (webhook, "_add"), (EventQueue, "add"), (EventQueue, "claim"),
     (realtime, "coalesce"), (realtime, "_copy_tags"), (realtime, "build_plan"),
-    (plan, "_image_task"), (plan.ManifestCache, "get"), (Copier, "copy_blobs"), (Copier, "push_images"),
+    (plan, "_image_task"), (ManifestCache, "get"), (Copier, "copy_blobs"), (Copier, "push_images"),
     (Copier, "_push_tag"), (RegistryClient, "put_manifest"),
 ]
 DIGEST_STEPS = [

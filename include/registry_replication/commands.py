@@ -17,7 +17,8 @@ from registry_replication.engine import diff as diffs
 from registry_replication.engine.plan import Plan, build_plan
 from registry_replication.engine.snapshot import ReadManifests, problem_line
 from registry_replication.engine.sync import SyncOptions, listings, run_sync, snapshots
-from registry_replication.outcomes import RunOutcome, Scope, Snapshot
+from registry_replication.outcomes import Scope, Snapshot
+from registry_replication.run_outcome import RunOutcome
 from registry_replication.settings import current
 from registry_replication.store import Store
 from registry_replication.transport.client import RegistryClient

@@ -26,7 +26,8 @@ from airflow.sdk.module_loading import import_string
 from airflow.sdk.observability.stats import Stats
 from markupsafe import Markup
 
-from registry_replication.outcomes import RepositoryState, recorded_problems
+from registry_replication.outcomes import RepositoryState
+from registry_replication.run_outcome import recorded_problems
 from registry_replication.settings import RECONCILE_DAG_ID, current
 from registry_replication.store import Store
 from registry_replication.web import metrics

@@ -51,13 +51,8 @@ from registry_replication.engine.plan import BlobTask, ImageTask, Plan, batch_la
 from registry_replication.engine.prune import PruneRefused, prunable, prune
 from registry_replication.engine.secondary_listing import secondary_listing
 from registry_replication.engine.snapshot import stream_snapshot
-from registry_replication.outcomes import (
-    RunOutcome,
-    VerifyLevel,
-    failed_digests,
-    human_size,
-    summarize,
-)
+from registry_replication.outcomes import VerifyLevel, failed_digests, human_size, summarize
+from registry_replication.run_outcome import RunOutcome
 from registry_replication.store import Store
 from registry_replication.store.record import RunKind, TagRecord
 

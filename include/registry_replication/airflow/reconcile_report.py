@@ -45,17 +45,13 @@ from registry_replication.engine import artifacts, verification
 from registry_replication.engine import diff as diffs
 from registry_replication.engine import verify as verifying
 from registry_replication.engine.copy import ImageResult
+from registry_replication.engine.findings import Finding
 from registry_replication.engine.plan import Skipped
 from registry_replication.engine.prune import PruneResult
 from registry_replication.engine.snapshot import problem_line, take_snapshot
 from registry_replication.engine.sync import secondary_after
-from registry_replication.outcomes import (
-    RepositoryState,
-    RunOutcome,
-    Snapshot,
-    VerifyLevel,
-    summarize,
-)
+from registry_replication.outcomes import RepositoryState, Snapshot, VerifyLevel, summarize
+from registry_replication.run_outcome import RunOutcome
 from registry_replication.store import Store
 from registry_replication.store.record import RunKind
 
@@ -200,7 +196,7 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
         images=[record for _, record in failed_refs(context, "push_manifests")],
         pruned=_records_of(pruned.get("file")), skipped=_records_of(SKIPPED_FILE),
         listing=listing, prune_refused=pruned.get("refused"),
-        findings=[_result(verifying.Finding, r) for r in _records_of(VERIFIED_FILE)],
+        findings=[_result(Finding, r) for r in _records_of(VERIFIED_FILE)],
         damaged=damaged, damaged_more=max((verified.get("damaged_count") or 0) - len(damaged), 0))
     if outcome.failed_blobs:
         log.error("failed layers:\n%s", log_table(pd.DataFrame(outcome.failed_blobs)[

@@ -23,7 +23,8 @@ from registry_replication.engine.prune import (
     mirror_manifest_delete,
     mirror_tag_deletes,
 )
-from registry_replication.outcomes import PermanentFailure, RunOutcome, describe, failed_digests
+from registry_replication.outcomes import PermanentFailure, describe, failed_digests
+from registry_replication.run_outcome import RunOutcome
 from registry_replication.store.queue import Event
 from registry_replication.store.record import TagRecord
 from registry_replication.transport.client import RegistryClient

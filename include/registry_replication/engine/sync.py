@@ -17,6 +17,7 @@ from registry_replication.engine import diff as diffs
 from registry_replication.engine import verification
 from registry_replication.engine import verify as verifying
 from registry_replication.engine.copy import BlobResult, Copier, ImageResult
+from registry_replication.engine.findings import DeepReport
 from registry_replication.engine.leases import Leases
 from registry_replication.engine.plan import Plan, build_plan
 from registry_replication.engine.prune import PruneRefused, PruneResult, prunable, prune
@@ -25,12 +26,12 @@ from registry_replication.engine.snapshot import COLUMNS, ReadManifests, take_sn
 from registry_replication.outcomes import (
     ImageOutcome,
     PruneOutcome,
-    RunOutcome,
     Scope,
     Snapshot,
     VerifyLevel,
     failed_digests,
 )
+from registry_replication.run_outcome import RunOutcome
 from registry_replication.store import Store
 from registry_replication.store.record import RunKind, TagRecord
 from registry_replication.transport.client import RegistryClient
@@ -70,7 +71,7 @@ class SyncReport:
     seconds: float = 0.0
     run_kind: RunKind | None = None  # whether the secondary was listed or read from the record
     level: VerifyLevel = VerifyLevel.TAGS
-    deep: verifying.DeepReport | None = None  # blobs or content verification
+    deep: DeepReport | None = None  # blobs or content verification
     damaged: dict[str, dict[str, str]] = field(default_factory=dict)  # {repository: {digest: level}}
 
     def outcome(self) -> RunOutcome:

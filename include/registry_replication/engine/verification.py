@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from registry_replication.engine.verify import DeepReport
+from registry_replication.engine.findings import DeepReport
 from registry_replication.outcomes import RepositoryState, Scope, Snapshot, VerifyLevel
 from registry_replication.settings import current
 from registry_replication.store import Store

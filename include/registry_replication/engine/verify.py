@@ -19,115 +19,33 @@ with its data file and the fix (remove the file, then run ``verify=blobs``), its
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
-from registry_replication.engine.copy import BlobResult, Copier, ImageResult
+from registry_replication.engine.closure_check import ClosureCheck
+from registry_replication.engine.copy import Copier
+from registry_replication.engine.findings import DeepReport, data_path
 from registry_replication.engine.leases import Leases
-from registry_replication.engine.plan import Plan, Skipped, Walk, WantedTag, build_plan
+from registry_replication.engine.plan import Plan, Skipped, WantedTag, build_plan
 from registry_replication.outcomes import (
     BlobOutcome,
     CheckOutcome,
     RepositoryState,
-    RunOutcome,
     Snapshot,
     VerifyLevel,
-    describe,
     failed_digests,
-    human_size,
 )
+from registry_replication.run_outcome import RunOutcome
 from registry_replication.store import Store
 from registry_replication.store.schema import now, repository_state
 from registry_replication.transport.client import RegistryClient
-from registry_replication.transport.errors import DigestMismatchError, NotFoundError
 
 log = logging.getLogger(__name__)
-
-DATA_PATH = "docker/registry/v2/blobs/{algorithm}/{prefix}/{hex}/data"
-
-
-def data_path(digest: str) -> str:
-    """Where distribution's storage keeps a blob's (or manifest's) bytes, under its root."""
-    algorithm, hex_ = digest.split(":", 1)
-    return DATA_PATH.format(algorithm=algorithm, prefix=hex_[:2], hex=hex_)
-
-
-@dataclass
-class Finding:
-    """One blob or manifest of a deep verification that was not as its descriptor says."""
-
-    repository: str
-    digest: str
-    kind: str  # blob | manifest
-    outcome: CheckOutcome
-    expected: str
-    found: str
-    level: VerifyLevel
-    error: str | None = None
-
-    @property
-    def data_path(self) -> str:
-        return data_path(self.digest)
-
-    def line(self) -> str:
-        where = f"{self.kind} {self.repository}@{self.digest}"
-        if self.outcome == CheckOutcome.DAMAGED:
-            return (f"{where} is damaged on the secondary: expected {self.expected}, found "
-                    f"{self.found}; its data file is {self.data_path} under the registry's "
-                    "storage root. The registry never overwrites an existing data file, so no "
-                    "copy can repair it. What to do: remove that data file on the secondary, "
-                    "then run registry_reconcile with verify=blobs, which copies it again")
-        if self.outcome == CheckOutcome.REPAIRED:
-            return f"{where} was missing on the secondary ({self.found}); copied again"
-        return f"{where}: {self.found}" + (f" ({self.error})" if self.error else "")
-
-
-@dataclass
-class DeepReport:
-    """What a ``blobs`` or ``content`` verification looked at and found."""
-
-    level: VerifyLevel
-    repositories: list[str]
-    findings: list[Finding] = field(default_factory=list)
-    manifests_checked: int = 0
-    blobs_checked: int = 0  # (repository, blob) HEADs
-    blobs_read: int = 0  # distinct digests read back (content)
-    bytes_read: int = 0
-    blobs: list[BlobResult] = field(default_factory=list)  # the repair's copies
-    images: list[ImageResult] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def problems(self) -> list[Finding]:
-        return [f for f in self.findings if f.outcome != CheckOutcome.REPAIRED]
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.problems)
-
-    def damaged(self) -> dict[str, list[Finding]]:
-        found: dict[str, list[Finding]] = defaultdict(list)
-        for f in self.findings:
-            if f.outcome == CheckOutcome.DAMAGED:
-                found[f.repository].append(f)
-        return dict(found)
-
-    def line(self) -> str:
-        repaired = sum(f.outcome == CheckOutcome.REPAIRED for f in self.findings)
-        content = (f", {self.blobs_read} blobs read back ({human_size(self.bytes_read)})"
-                   if self.level == VerifyLevel.CONTENT else "")
-        return (f"{self.level} verification of {len(self.repositories)} repositories: "
-                f"{self.manifests_checked} manifests fetched, {self.blobs_checked} blobs "
-                f"checked{content}; {repaired} repaired, {len(self.problems)} problems")
 
 
 def deep_verify(
@@ -147,7 +65,7 @@ def deep_verify(
     repositories = sorted({r for r, _ in images})
     report = DeepReport(level, repositories)
     slices = _slices(leases.store, repositories)
-    check = _Check(secondary, report, concurrency)
+    check = ClosureCheck(secondary, report, concurrency)
     check.images(images)
     if level == VerifyLevel.CONTENT:
         check.content(fraction, slices)
@@ -164,120 +82,8 @@ def deep_verify(
     return report
 
 
-class _Check:
-    """The walk and the checks of one run; each (repository, manifest or blob) once."""
-
-    def __init__(self, secondary: RegistryClient, report: DeepReport, concurrency: int) -> None:
-        self.secondary = secondary
-        self.report = report
-        self.concurrency = concurrency
-        self.plans: dict[str, Plan] = defaultdict(Plan)  # per repository: its manifests once
-        self.sizes: dict[tuple[str, str], int] = {}  # (repository, blob) -> descriptor size
-        self.blob_ok: dict[tuple[str, str], bool] = {}  # HEADed: present with its size
-        self.broken: set[tuple[str, str]] = set()  # images missing a manifest or blob
-        self.content_ok: set[str] = set()  # digests read back whole
-
-    def images(self, images: Iterable[tuple[str, str]]) -> None:
-        keys = sorted(images)
-        with ThreadPoolExecutor(max(1, min(self.concurrency, len(keys) or 1))) as pool:
-            walked = list(pool.map(self._walk, keys))
-        needed: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
-        for key, blobs in zip(keys, walked):
-            for pair in blobs:
-                needed[pair].append(key)
-        pairs = [p for p in needed if p not in self.blob_ok]
-        with ThreadPoolExecutor(max(1, min(self.concurrency, len(pairs) or 1))) as pool:
-            for pair, ok in zip(pairs, pool.map(self._head, pairs)):
-                self.blob_ok[pair] = ok
-                if ok is None:  # missing: its images are repaired
-                    self.broken.update(needed[pair])
-        self.report.blobs_checked = len(self.blob_ok)
-        self.report.manifests_checked = sum(len(p.manifests) for p in self.plans.values())
-
-    def _walk(self, key: tuple[str, str]) -> list[tuple[str, str]]:
-        """The image's blobs as (repository, digest); a missing or damaged manifest is a finding."""
-        repository, digest = key
-        walk = Walk(self.secondary, repository, self.plans[repository])
-        try:
-            walk.collect(walk.fetch(digest), depth=0)
-        except NotFoundError as exc:
-            self.broken.add(key)
-            self._find(repository, exc.reference or digest, "manifest", CheckOutcome.MISSING,
-                       "present", "absent", describe(exc))
-        except DigestMismatchError as exc:
-            self._find(repository, exc.reference or digest, "manifest", CheckOutcome.DAMAGED,
-                       f"bytes hashing to {exc.reference}", exc.message.removeprefix(
-                           "the manifest's bytes hash to "))
-        except Exception as exc:  # noqa: BLE001 - the unit's boundary: this image
-            self._find(repository, digest, "manifest", CheckOutcome.FAILED, "readable",
-                       "could not be verified", describe(exc))
-        for blob, size in walk.sizes.items():
-            self.sizes.setdefault((repository, blob), size)
-        return [(repository, blob) for blob in walk.sizes]
-
-    def _head(self, pair: tuple[str, str]) -> bool | None:
-        """True: present with its size; False: damaged or unknown (a finding); None: missing."""
-        repository, digest = pair
-        expected = self.sizes[pair]
-        try:
-            size = self.secondary.blob_size(repository, digest)
-        except Exception as exc:  # noqa: BLE001 - the unit's boundary: this blob
-            self._find(repository, digest, "blob", CheckOutcome.FAILED, f"{expected} bytes",
-                       "could not be checked", describe(exc))
-            return False
-        if size is None:
-            self._find(repository, digest, "blob", CheckOutcome.MISSING, f"{expected} bytes",
-                       "absent")
-            return None
-        if size != expected:
-            self._find(repository, digest, "blob", CheckOutcome.DAMAGED, f"{expected} bytes",
-                       f"{size} bytes")
-            return False
-        return True
-
-    def content(self, fraction: float, slices: dict[str, int]) -> None:
-        """Read back each present blob in this run's slice once (one data file per digest)."""
-        count = max(1, math.ceil(1 / fraction)) if fraction > 0 else 0
-        holders: dict[str, list[str]] = defaultdict(list)
-        for (repository, digest), ok in sorted(self.blob_ok.items()):
-            if ok and count and _in_slice(digest, slices.get(repository, 0), count):
-                holders[digest].append(repository)
-        digests = sorted(holders)
-        with ThreadPoolExecutor(max(1, min(self.concurrency, len(digests) or 1))) as pool:
-            for digest, found in zip(digests, pool.map(
-                    lambda d: self._read(holders[d][0], d), digests)):
-                if found is None:
-                    self.content_ok.add(digest)
-                    continue
-                for repository in holders[digest]:
-                    self._find(repository, digest, "blob", *found)
-        self.report.blobs_read = len(digests)
-
-    def _read(self, repository: str, digest: str) -> tuple[Any, ...] | None:
-        hasher = hashlib.new(digest.split(":", 1)[0])
-        try:
-            for chunk in self.secondary.read_blob(repository, digest):
-                hasher.update(chunk)
-                self.report.bytes_read += len(chunk)
-        except DigestMismatchError:
-            return (CheckOutcome.DAMAGED, f"bytes hashing to {digest}",
-                    f"bytes hashing to {hasher.name}:{hasher.hexdigest()}")
-        except Exception as exc:  # noqa: BLE001 - the unit's boundary: this blob
-            return (CheckOutcome.FAILED, "readable", "could not be read back", describe(exc))
-        return None
-
-    def _find(self, repository: str, digest: str, kind: str, outcome: CheckOutcome,
-              expected: str, found: str, error: str | None = None) -> None:
-        self.report.findings.append(Finding(repository, digest, kind, outcome, expected, found,
-                                            self.report.level, error))
-
-
-def _in_slice(digest: str, index: int, count: int) -> bool:
-    return int(digest.split(":", 1)[1][:8], 16) % count == index % count
-
-
 def _repair(primary: RegistryClient, secondary: RegistryClient,
-            images: Mapping[tuple[str, str], list[str]], check: _Check, report: DeepReport,
+            images: Mapping[tuple[str, str], list[str]], check: ClosureCheck, report: DeepReport,
             leases: Leases, concurrency: int, parallelism: int) -> None:
     """Copy again what the broken images lack, as any copy does (missing blobs, then missing
     child manifests, then their tags, compare-and-set), then walk them again."""
@@ -329,7 +135,7 @@ def _slices(store: Store, repositories: list[str]) -> dict[str, int]:
             sa.select(t.repository, t.content_slice).where(t.repository.in_(repositories)))}
 
 
-def record(store: Store, report: DeepReport, check: _Check, slices: dict[str, int],
+def record(store: Store, report: DeepReport, check: ClosureCheck, slices: dict[str, int],
            fraction: float) -> None:
     """Each verified repository's level, time and damage; ``damaged`` until it passes."""
     t = repository_state.c

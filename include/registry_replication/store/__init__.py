@@ -1,6 +1,7 @@
 """The replication store (SQLAlchemy on SQLite or PostgreSQL), split by what it holds.
 
-- ``queue.EventQueue``: the durable event queue (webhook in, event DAG out).
+- ``queue.EventQueue``: the durable event queue (webhook in, event DAG out); what operators
+  read of it is ``queue_status.QueueStatus``, its base.
 - ``state.ReplicationState``: each repository's sync state, and the write leases and upload
   sessions of the write protocol.
 - ``history.RunHistory``: runs, failed layers, copied bytes, push latency, DAG outcomes, alerts.

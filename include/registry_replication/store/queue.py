@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import uuid
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,16 +19,8 @@ import sqlalchemy as sa
 
 from registry_replication.outcomes import EventStatus
 from registry_replication.store.engine import dialect_insert
-from registry_replication.store.schema import aware, carried, events, now
-
-# The events retention deletes once they are this old: finished ones, never one waiting or
-# failed. Their counts are carried (``rr_carried_totals``, as ``finished_total(status)``).
-FINISHED = (EventStatus.DONE, EventStatus.REJECTED)
-
-
-def finished_total(status: str) -> str:
-    """The carried total of the pruned events of a finished ``status``."""
-    return f"events_{status}"
+from registry_replication.store.queue_status import QueueStatus
+from registry_replication.store.schema import aware, events, now
 
 
 @dataclass(frozen=True)
@@ -48,11 +39,9 @@ class Event:
     error: str | None = None  # why it was rejected
 
 
-class EventQueue:
-    """Events from the webhook to the event DAG: add, claim, acknowledge, back off."""
-
-    def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
+class EventQueue(QueueStatus):
+    """Events from the webhook to the event DAG: add, claim, acknowledge, back off (and, from
+    ``QueueStatus``, what operators read of it)."""
 
     # -- the webhook's side -------------------------------------------------------------------
 
@@ -202,73 +191,6 @@ class EventQueue:
             sa.and_(events.c.status == EventStatus.PENDING, events.c.next_attempt_at <= at),
             sa.and_(events.c.status == EventStatus.PROCESSING, events.c.lease_expires_at < at),
         )
-
-    # -- status -------------------------------------------------------------------------------
-
-    def stats(self) -> dict[str, Any]:
-        """Events per status and the age of the oldest waiting event."""
-        with self.engine.connect() as conn:
-            counts = dict(conn.execute(
-                sa.select(events.c.status, sa.func.count()).group_by(events.c.status)).all())
-            oldest = conn.execute(
-                sa.select(sa.func.min(events.c.received_at))
-                .where(events.c.status.in_([EventStatus.PENDING, EventStatus.PROCESSING]))
-            ).scalar()
-        oldest = aware(oldest)
-        return {
-            "counts": {s: counts.get(s, 0) for s in EventStatus},
-            "oldest_waiting_seconds": (now() - oldest).total_seconds() if oldest else None,
-        }
-
-    def events(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        query = sa.select(events).order_by(events.c.timestamp.desc()).limit(limit)
-        if status:
-            query = query.where(events.c.status == status)
-        with self.engine.connect() as conn:
-            return [dict(row._mapping) for row in conn.execute(query)]
-
-    def status_counts(self) -> dict[str, int]:
-        """Events per status, every status included; done and rejected count the events
-        retention pruned too (they are counters: they never go down)."""
-        in_queue = sa.select(events.c.status, sa.func.count().label("n")).group_by(events.c.status)
-        pruned = [sa.select(sa.literal(s, sa.String).label("status"), carried(finished_total(s)))
-                  for s in FINISHED]
-        counts: Counter[str] = Counter()
-        with self.engine.connect() as conn:  # one statement: one snapshot of rows and totals
-            for status, n in conn.execute(sa.union_all(in_queue, *pruned)):
-                counts[status] += int(n)
-        return {s: counts[s] for s in EventStatus}
-
-    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Events that failed every attempt, newest first (rejected events are listed by status)."""
-        query = (sa.select(events)
-                 .where(events.c.status == EventStatus.FAILED)
-                 .order_by(events.c.updated_at.desc()).limit(limit))
-        with self.engine.connect() as conn:
-            return [dict(row._mapping) for row in conn.execute(query)]
-
-    def retry_failed(self, event_id: str) -> bool:
-        """Put a failed event back in the queue with fresh attempts; False if it is not failed."""
-        at = now()
-        with self.engine.begin() as conn:
-            return conn.execute(
-                events.update().where(events.c.id == event_id, events.c.status == EventStatus.FAILED)
-                .values(status=EventStatus.PENDING, attempts=0, next_attempt_at=at,
-                        lease_owner=None, lease_expires_at=None, updated_at=at)
-            ).rowcount == 1
-
-    def queue_intervals(self, since: dt.datetime) -> list[tuple[dt.datetime, dt.datetime | None]]:
-        """(received, left the queue or None) of each event waiting at some time after ``since``.
-
-        An event waits from its arrival until it is done, failed or rejected (its last update).
-        """
-        waiting = events.c.status.in_([EventStatus.PENDING, EventStatus.PROCESSING])
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(events.c.received_at, events.c.updated_at, waiting.label("waiting"))
-                .where(sa.or_(waiting, events.c.updated_at >= since)))
-            return [(aware(r.received_at), None if r.waiting else aware(r.updated_at))
-                    for r in rows]
 
 
 def _event(row: Any) -> Event:

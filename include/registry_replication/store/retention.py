@@ -26,7 +26,7 @@ from registry_replication.store.history import (
     LATENCY_MICROSECONDS,
     latency_bucket,
 )
-from registry_replication.store.queue import FINISHED, finished_total
+from registry_replication.store.queue_status import FINISHED, finished_total
 from registry_replication.store.schema import (
     carried_totals,
     copied_bytes,

@@ -13,7 +13,8 @@ from collections import Counter, defaultdict
 from typing import Any
 from urllib.parse import quote
 
-from registry_replication.outcomes import EventStatus, RepositoryState, recorded_problems
+from registry_replication.outcomes import EventStatus, RepositoryState
+from registry_replication.run_outcome import recorded_problems
 from registry_replication.settings import RECONCILE_DAG_ID
 from registry_replication.store import Store
 
