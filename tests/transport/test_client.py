@@ -272,7 +272,7 @@ def test_429_honours_retry_after(proxied, caplog):
 
 def test_503_retry_after_is_honoured_and_capped(proxied, caplog, monkeypatch):
     proxy, client = proxied
-    monkeypatch.setattr("registry_replication.transport.transport.MAX_RETRY_SLEEP_SECONDS", 1.5)
+    monkeypatch.setattr("registry_replication.transport.retry.MAX_RETRY_SLEEP_SECONDS", 1.5)
     proxy.inject(Fault(503, headers={"Retry-After": "1"}),
                  Fault(503, headers={"Retry-After": "3600"}))  # an hour: capped
     started = time.monotonic()

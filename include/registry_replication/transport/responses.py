@@ -177,8 +177,8 @@ class Pages:
         if not link:
             return None
         transport, bound = self.transport, self.transport.config.bounds.max_listing_pages
-        url = transport.own_url(urljoin(response.url, link), self.operation, self.repository,
-                                "Link")
+        url = transport.confinement.own_url(urljoin(response.url, link), self.operation,
+                                            self.repository, "Link")
         where = dict(registry=transport.url, operation=self.operation, repository=self.repository)
         if url in self.visited:
             raise RegistryError(

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from urllib.parse import urlencode, urljoin
 
 from registry_replication.transport.errors import RegistryError
-from registry_replication.transport.transport import Body, Request, Transport, one_try_each
+from registry_replication.transport.retry import one_try_each
+from registry_replication.transport.transport import Body, Request, Transport
 from registry_replication.transport.wire import Response
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,8 @@ def _location(transport: Transport, response: Response) -> str:
             "the registry sent no upload Location", registry=transport.url,
             operation="upload", status=response.status,
         )
-    return transport.own_url(urljoin(response.url, location), "upload", None, "Location")
+    return transport.confinement.own_url(urljoin(response.url, location), "upload", None,
+                                         "Location")
 
 
 def _range_end(response: Response) -> int:
@@ -161,7 +163,7 @@ def upload_blob(
     interrupted = f"upload of {repository}@{digest} to {transport.url} interrupted"
     try:
         while not upload.committed:
-            transport.retried(upload.step, interrupted)
+            transport.retry_policy.run(upload.step, interrupted)
     except BaseException:
         if upload.session is not None:
             with one_try_each():
