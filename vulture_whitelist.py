@@ -1,7 +1,6 @@
 """Names ``vulture`` cannot see used (pyproject.toml, ``[tool.vulture]``): each is called or read
 by a framework or by name. Nothing imports this file; vulture reads it as a use of each name."""
 
-
 from registry_replication.airflow import alerts, hooks, operators, provider, sensors, triggers
 from registry_replication.outcomes import CheckOutcome
 from registry_replication.store import schema

@@ -31,8 +31,9 @@ from replication_harness.synthetic import ensure_generated, plan_scale_corpus
 
 def run_seconds(cluster: AirflowCluster, run_id: str) -> float:
     run = cluster.api("GET", f"dags/registry_reconcile/dagRuns/{run_id}")
-    return (datetime.fromisoformat(run["end_date"])
-            - datetime.fromisoformat(run["start_date"])).total_seconds()
+    return (
+        datetime.fromisoformat(run["end_date"]) - datetime.fromisoformat(run["start_date"])
+    ).total_seconds()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,21 +47,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = prepare_workdir(args.workdir, prefix="cluster-artifacts-")
     registries: list[LocalRegistry] = []
-    cluster = AirflowCluster(workdir / "cluster", env={
-        "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
-        "AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES": "0"})
+    cluster = AirflowCluster(
+        workdir / "cluster",
+        env={
+            "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
+            "AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES": "0",
+        },
+    )
     shared = workdir / "shared-artifacts"
-    ways = {"store": {}, "shared directory": {
-        "AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH": f"file://{shared}",
-        "AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH_SHARED": "True"}}
+    ways = {
+        "store": {},
+        "shared directory": {
+            "AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH": f"file://{shared}",
+            "AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH_SHARED": "True",
+        },
+    }
     results: dict[str, dict[str, list[float]]] = {w: {"full": [], "no-op": []} for w in ways}
     try:
         primary = LocalRegistry(workdir / "primary", name="primary").start()
         registries.append(primary)
         corpus = plan_scale_corpus(args.repos, args.tags, args.unique_mib, 4, 1)
         ensure_generated(primary, corpus, 16)
-        print(f"corpus: {corpus.tags} tags in {len(corpus.repositories)} repositories",
-              flush=True)
+        print(f"corpus: {corpus.tags} tags in {len(corpus.repositories)} repositories", flush=True)
         cluster.start()
         cluster.wait_ready()
         cluster.wait_for_dag("registry_reconcile")
@@ -82,21 +90,40 @@ def main(argv: Sequence[str] | None = None) -> int:
                     state = cluster.wait_for_run("registry_reconcile", run_id, timeout=3600)
                     seconds = run_seconds(cluster, run_id)
                     with store.engine.connect() as conn:
-                        stored = conn.execute(run_artifacts.select().with_only_columns(
-                            run_artifacts.c.size)).scalars().all()
-                    print(f"round {round_number + 1}, {way}, {kind}: {state} in {seconds:.1f}s "
-                          f"({sum(s or 0 for s in stored)} artifact bytes in the store, "
-                          f"load average {load_average()})", flush=True)
+                        stored = (
+                            conn.execute(
+                                run_artifacts.select().with_only_columns(run_artifacts.c.size)
+                            )
+                            .scalars()
+                            .all()
+                        )
+                    print(
+                        f"round {round_number + 1}, {way}, {kind}: {state} in {seconds:.1f}s "
+                        f"({sum(s or 0 for s in stored)} artifact bytes in the store, "
+                        f"load average {load_average()})",
+                        flush=True,
+                    )
                     if state != "success":
                         return 1
                     results[way][kind].append(seconds)
                 secondary.stop()
                 registries.remove(secondary)
-        print(f"\n{corpus.tags} tags, {len(corpus.repositories)} repositories, "
-              f"{args.rounds} rounds (median)\n")
-        print(markdown(["artifacts in", "full reconcile", "no-op reconcile"], [
-            [way, *(f"{statistics.median(results[way][k]):.1f} s" for k in ("full", "no-op"))]
-            for way in ways]))
+        print(
+            f"\n{corpus.tags} tags, {len(corpus.repositories)} repositories, "
+            f"{args.rounds} rounds (median)\n"
+        )
+        print(
+            markdown(
+                ["artifacts in", "full reconcile", "no-op reconcile"],
+                [
+                    [
+                        way,
+                        *(f"{statistics.median(results[way][k]):.1f} s" for k in ("full", "no-op")),
+                    ]
+                    for way in ways
+                ],
+            )
+        )
         return 0
     finally:
         cluster.stop()

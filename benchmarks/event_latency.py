@@ -43,8 +43,9 @@ def say(text: str) -> None:
     print(f"[latency {time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-def wait_for(reader: RegistryClient, repository: str, tag: str, digest: str,
-             timeout: float = 300) -> float:
+def wait_for(
+    reader: RegistryClient, repository: str, tag: str, digest: str, timeout: float = 300
+) -> float:
     """Seconds until ``repository:tag`` answers with ``digest`` on the secondary."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
@@ -61,9 +62,13 @@ def last_received(store_url: str, repositories: str) -> float:
     engine = sa.create_engine(store_url)
     try:
         with engine.connect() as conn:
-            when = conn.execute(sa.select(sa.func.max(events.c.received_at)).where(
-                events.c.repository.like(repositories), events.c.action == "push",
-                events.c.tag.is_not(None))).scalar()
+            when = conn.execute(
+                sa.select(sa.func.max(events.c.received_at)).where(
+                    events.c.repository.like(repositories),
+                    events.c.action == "push",
+                    events.c.tag.is_not(None),
+                )
+            ).scalar()
     finally:
         engine.dispose()
     if isinstance(when, str):
@@ -71,8 +76,15 @@ def last_received(store_url: str, repositories: str) -> float:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
-def measure(workdir: Path, *, sequential: int, idle_minutes: float, burst: int,
-            burst_repositories: int, drain_idle_seconds: float | None) -> dict:
+def measure(
+    workdir: Path,
+    *,
+    sequential: int,
+    idle_minutes: float,
+    burst: int,
+    burst_repositories: int,
+    drain_idle_seconds: float | None,
+) -> dict:
     with ExitStack() as stack:
         env = {}
         if drain_idle_seconds is not None:
@@ -105,8 +117,9 @@ def measure(workdir: Path, *, sequential: int, idle_minutes: float, burst: int,
         after_idle = push_and_wait("bench/app", "after-idle")
 
         say(f"burst: {burst} pushes over {burst_repositories} repositories")
-        planned = [(f"bench/burst-{i % burst_repositories}", f"b{i}", factory.make())
-                   for i in range(burst)]
+        planned = [
+            (f"bench/burst-{i % burst_repositories}", f"b{i}", factory.make()) for i in range(burst)
+        ]
         started = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda p: images.push(writer, p[0], p[2], [p[1]]), planned))
@@ -139,17 +152,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-minutes", type=float, default=5.0)
     parser.add_argument("--burst", type=int, default=200)
     parser.add_argument("--burst-repositories", type=int, default=20)
-    parser.add_argument("--drain-idle-seconds", type=float,
-                        help="[registry_replication] event_drain_idle_seconds (default: 60)")
+    parser.add_argument(
+        "--drain-idle-seconds",
+        type=float,
+        help="[registry_replication] event_drain_idle_seconds (default: 60)",
+    )
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="latency-"))
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("AIRFLOW_HOME", str(workdir / "airflow"))
-    result = measure(workdir, sequential=args.sequential, idle_minutes=args.idle_minutes,
-                     burst=args.burst, burst_repositories=args.burst_repositories,
-                     drain_idle_seconds=args.drain_idle_seconds)
+    result = measure(
+        workdir,
+        sequential=args.sequential,
+        idle_minutes=args.idle_minutes,
+        burst=args.burst,
+        burst_repositories=args.burst_repositories,
+        drain_idle_seconds=args.drain_idle_seconds,
+    )
     print("== event latency ==")
     print(json.dumps(result, indent=2))
     return 0

@@ -58,11 +58,13 @@ def main() -> None:
     with store.engine.connect() as conn:
         recorded = conn.execute(sa.select(recorded_verifications.c.registry).limit(1)).scalar()
     port = {"port": urlsplit(recorded).port} if reused and recorded else {}
-    with LocalRegistry(workdir / "primary", name="primary") as primary, \
-            LocalRegistry(workdir / name, name=name, **port) as secondary, \
-            RegistryClient(primary.client_config()) as source, \
-            RegistryClient(secondary.client_config(), writable=True) as target, \
-            Leases(store) as leases:
+    with (
+        LocalRegistry(workdir / "primary", name="primary") as primary,
+        LocalRegistry(workdir / name, name=name, **port) as secondary,
+        RegistryClient(primary.client_config()) as source,
+        RegistryClient(secondary.client_config(), writable=True) as target,
+        Leases(store) as leases,
+    ):
         if not reused:
             started = time.monotonic()
             run_sync(source, target, SyncOptions(verify="tags"), leases=leases)
@@ -77,13 +79,17 @@ def main() -> None:
     listed = len(report.primary.tags)
     check = statistics.median(c[0] for c in checks)
     noop = statistics.median(noops)
-    print(f"\n{listed} tags, {checks[-1][2]} repositories in the secondary's catalog, "
-          f"{args.runs} runs, load average {load_average()}\n")
+    print(
+        f"\n{listed} tags, {checks[-1][2]} repositories in the secondary's catalog, "
+        f"{args.runs} runs, load average {load_average()}\n"
+    )
     print("| run | median wall | share of the no-op |")
     print("|---|---|---|")
     print(f"| cheap no-op (CLI, in-process) | {noop:.2f} s | 100% |")
-    print(f"| its record check: catalog + {checks[-1][1]} sampled HEADs | {check:.2f} s | "
-          f"{check / noop:.1%} |")
+    print(
+        f"| its record check: catalog + {checks[-1][1]} sampled HEADs | {check:.2f} s | "
+        f"{check / noop:.1%} |"
+    )
 
 
 if __name__ == "__main__":

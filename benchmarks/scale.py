@@ -137,40 +137,62 @@ def dag_run(env: dict[str, str], conf: dict, log_path: Path) -> tuple[Run, list[
     """``airflow dags test registry_reconcile`` with ``conf``; notes its XCom and storage, and
     returns a row per task: its time, sampled peak RSS and largest XCom."""
     sampler = RssSampler()
-    run = run_child([AIRFLOW, "dags", "test", "registry_reconcile", "-c", json.dumps(conf)],
-                    log_path, Run(), env=env, on_start=sampler.watch)
+    run = run_child(
+        [AIRFLOW, "dags", "test", "registry_reconcile", "-c", json.dumps(conf)],
+        log_path,
+        Run(),
+        env=env,
+        on_start=sampler.watch,
+    )
     sampler.stop()
     home = Path(env["AIRFLOW_HOME"])
     with sqlite3.connect(home / "airflow.db") as db:
-        run_id, state = db.execute("SELECT run_id, state FROM dag_run WHERE dag_id = "
-                                   "'registry_reconcile' ORDER BY id DESC LIMIT 1").fetchone()
-        largest = db.execute("SELECT task_id, key, length(value) FROM xcom WHERE run_id = ? "
-                             "ORDER BY length(value) DESC LIMIT 1", (run_id,)).fetchone()
+        run_id, state = db.execute(
+            "SELECT run_id, state FROM dag_run WHERE dag_id = "
+            "'registry_reconcile' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        largest = db.execute(
+            "SELECT task_id, key, length(value) FROM xcom WHERE run_id = ? "
+            "ORDER BY length(value) DESC LIMIT 1",
+            (run_id,),
+        ).fetchone()
         per_task = db.execute(
             "SELECT ti.task_id, count(*), min(ti.start_date), max(ti.end_date), "
             "sum((julianday(ti.end_date) - julianday(ti.start_date)) * 86400), "
             "(SELECT max(length(x.value)) FROM xcom x WHERE x.run_id = ti.run_id "
             " AND x.task_id = ti.task_id), group_concat(ti.start_date || '|' || ti.end_date, ',') "
             "FROM task_instance ti WHERE ti.run_id = ? AND ti.dag_id = 'registry_reconcile' "
-            "GROUP BY ti.task_id ORDER BY min(ti.start_date)", (run_id,)).fetchall()
+            "GROUP BY ti.task_id ORDER BY min(ti.start_date)",
+            (run_id,),
+        ).fetchall()
     if state != "success":
         run.error = run.error or f"run {run_id} ended {state}"
-    folders = [f for f in (Path(env["AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH"]
-                                .removeprefix("file://")) / "registry_reconcile").iterdir()
-               if f.name.endswith(re.sub(r"[^A-Za-z0-9._-]", "_", run_id))]
+    folders = [
+        f
+        for f in (
+            Path(env["AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH"].removeprefix("file://"))
+            / "registry_reconcile"
+        ).iterdir()
+        if f.name.endswith(re.sub(r"[^A-Za-z0-9._-]", "_", run_id))
+    ]
     files = [p for f in folders for p in f.rglob("*") if p.is_file()]
     snapshot_bytes = sum(p.stat().st_size for p in files if p.name.startswith("snapshot_"))
-    run.note = (f"largest XCom {largest[2]} B ({largest[0]}.{largest[1]})" if largest
-                else "no XCom")
-    run.note += (f"; snapshots {snapshot_bytes} B, all artifacts "
-                 f"{sum(p.stat().st_size for p in files)} B")
+    run.note = f"largest XCom {largest[2]} B ({largest[0]}.{largest[1]})" if largest else "no XCom"
+    run.note += (
+        f"; snapshots {snapshot_bytes} B, all artifacts {sum(p.stat().st_size for p in files)} B"
+    )
     rows = []
     for task_id, instances, _, _, seconds, xcom, spans in per_task:
-        peak = max((sampler.peak(_unix(s), _unix(e)) for s, e in
-                    (span.split("|") for span in (spans or "").split(",") if "|" in span)),
-                   default=0)
-        rows.append([task_id, str(instances), fmt_seconds(seconds), fmt_rss(peak // 1024),
-                     f"{xcom or 0} B"])
+        peak = max(
+            (
+                sampler.peak(_unix(s), _unix(e))
+                for s, e in (span.split("|") for span in (spans or "").split(",") if "|" in span)
+            ),
+            default=0,
+        )
+        rows.append(
+            [task_id, str(instances), fmt_seconds(seconds), fmt_rss(peak // 1024), f"{xcom or 0} B"]
+        )
     return run, rows
 
 
@@ -187,10 +209,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--base-sets", type=int, default=4)
     parser.add_argument("--threads", type=int, default=16, help="threads pushing the corpus")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--workdir", type=Path,
-                        help="kept; a primary there holding the same corpus is reused")
-    parser.add_argument("--generate-only", action="store_true",
-                        help="fill the primary in --workdir and stop")
+    parser.add_argument(
+        "--workdir", type=Path, help="kept; a primary there holding the same corpus is reused"
+    )
+    parser.add_argument(
+        "--generate-only", action="store_true", help="fill the primary in --workdir and stop"
+    )
     parser.add_argument("--no-cli", action="store_true", help="skip the CLI and skopeo runs")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -210,9 +234,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def record(name: str, run: Run) -> Run:
         rows.append((name, run))
-        print(f"[{name}] {fmt_seconds(run.seconds)}, peak RSS {fmt_rss(run.max_rss_kib)}"
-              + (f", {run.note}" if run.note else "")
-              + (f" FAILED: {run.error}" if run.error else ""), flush=True)
+        print(
+            f"[{name}] {fmt_seconds(run.seconds)}, peak RSS {fmt_rss(run.max_rss_kib)}"
+            + (f", {run.note}" if run.note else "")
+            + (f" FAILED: {run.error}" if run.error else ""),
+            flush=True,
+        )
         return run
 
     def record_dag(name: str, conf: dict, run_env: dict[str, str] | None = None) -> None:
@@ -228,14 +255,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         primary = start("primary", fresh=False)
-        corpus = plan_scale_corpus(args.repos, args.tags, args.unique_mib, args.base_sets,
-                                   args.seed)
+        corpus = plan_scale_corpus(
+            args.repos, args.tags, args.unique_mib, args.base_sets, args.seed
+        )
         pushed = ensure_generated(primary, corpus, args.threads)
-        print(f"corpus: {corpus.tags} tags in {len(corpus.repositories)} repositories, "
-              f"{corpus.manifests} manifests, {len(corpus.blobs)} unique blobs "
-              f"({fmt_mib(corpus.unique_bytes)}); "
-              + (f"pushed in {corpus.seconds:.1f}s" if pushed else f"reused from {workdir}")
-              + f"; engine {ENGINE}", flush=True)
+        print(
+            f"corpus: {corpus.tags} tags in {len(corpus.repositories)} repositories, "
+            f"{corpus.manifests} manifests, {len(corpus.blobs)} unique blobs "
+            f"({fmt_mib(corpus.unique_bytes)}); "
+            + (f"pushed in {corpus.seconds:.1f}s" if pushed else f"reused from {workdir}")
+            + f"; engine {ENGINE}",
+            flush=True,
+        )
         if args.generate_only:
             return 0
 
@@ -245,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # A fresh secondary, a fresh store: a record kept in a reused --workdir would make
             # the primary's listing conditional on digests from an earlier run.
             Path(os.environ["REGISTRY_REPLICATION_DB_URL"].removeprefix("sqlite:///")).unlink(
-                missing_ok=True)
+                missing_ok=True
+            )
             record("CLI full", timed(meter, engine_sync, primary, cli, logs / "cli-full.log"))
             # Right after the CLI's full sync, so that the ratio of the two is measured under
             # the same load.
@@ -255,22 +287,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             record("CLI no-op", timed(meter, engine_sync, primary, cli, logs / "cli-noop.log"))
             skopeo_yaml = workdir / "skopeo-source.yaml"
             write_skopeo_yaml(primary, corpus, skopeo_yaml)
-            record("skopeo sync no-op",
-                   timed(meter, skopeo_sync, skopeo_yaml, cli, logs / "skopeo-noop.log"))
+            record(
+                "skopeo sync no-op",
+                timed(meter, skopeo_sync, skopeo_yaml, cli, logs / "skopeo-noop.log"),
+            )
             cli.stop()
             copied = start("secondary-skopeo")
-            record("skopeo sync full",
-                   timed(meter, skopeo_sync, skopeo_yaml, copied, logs / "skopeo-full.log"))
+            record(
+                "skopeo sync full",
+                timed(meter, skopeo_sync, skopeo_yaml, copied, logs / "skopeo-full.log"),
+            )
             copied.stop()
             # The least a correct no-op asks of the primary, by the barest client: what is left
             # of a no-op once the client costs next to nothing. The conditional one uses the
             # CLI's record, as the CLI does.
-            record("floor: primary HEADs",
-                   timed(meter, floor_primary_noop, primary, corpus, 16))
-            known = {pair: d.digest for pair, d in
-                     TagRecord(Store()).descriptors(corpus.repositories).items()}
-            record("floor: primary conditional HEADs",
-                   timed(meter, floor_primary_noop, primary, corpus, 16, known))
+            record("floor: primary HEADs", timed(meter, floor_primary_noop, primary, corpus, 16))
+            known = {
+                pair: d.digest
+                for pair, d in TagRecord(Store()).descriptors(corpus.repositories).items()
+            }
+            record(
+                "floor: primary conditional HEADs",
+                timed(meter, floor_primary_noop, primary, corpus, 16, known),
+            )
 
         dag = start("secondary-dag")
         shutil.rmtree(workdir / "airflow", ignore_errors=True)
@@ -284,52 +323,84 @@ def main(argv: Sequence[str] | None = None) -> int:
         one = start("secondary-dag-one")
         (workdir / "replication-one.db").unlink(missing_ok=True)
         first = corpus.specs[0]
-        record_dag("registry_reconcile one tag",
-                   {"repositories": [first.repository], "tags": re.escape(first.tag)},
-                   {**airflow_env(workdir, primary, one),
-                    "REGISTRY_REPLICATION_DB_URL": f"sqlite:///{workdir / 'replication-one.db'}"})
+        record_dag(
+            "registry_reconcile one tag",
+            {"repositories": [first.repository], "tags": re.escape(first.tag)},
+            {
+                **airflow_env(workdir, primary, one),
+                "REGISTRY_REPLICATION_DB_URL": f"sqlite:///{workdir / 'replication-one.db'}",
+            },
+        )
         one.stop()
         record_dag("registry_reconcile full", {})
         record_dag("registry_reconcile no-op", {})
 
         by_name = dict(rows)
-        print(f"\n{corpus.tags} tags, {len(corpus.repositories)} repositories, "
-              f"load average {load_average()}\n")
+        print(
+            f"\n{corpus.tags} tags, {len(corpus.repositories)} repositories, "
+            f"load average {load_average()}\n"
+        )
         skopeo_noop = by_name["skopeo sync no-op"].seconds if "skopeo sync no-op" in by_name else 0
         floor = by_name["floor: full copy"].seconds if "floor: full copy" in by_name else 0
-        print(markdown(["run", "wall", "vs skopeo no-op", "vs full-copy floor", "peak RSS",
-                        "primary CPU", "notes"], [
-            [name, fmt_seconds(run.seconds),
-             f"{run.seconds / skopeo_noop:.3f}x" if skopeo_noop and run.seconds else "-",
-             f"{run.seconds / floor:.2f}x" if floor and run.seconds and name in FULL_RUNS
-             else "-",
-             fmt_rss(run.max_rss_kib),
-             "-" if run.primary_cpu_seconds is None else f"{run.primary_cpu_seconds:.1f}s",
-             (run.note or "") + (f" FAILED: {run.error}" if run.error else "")]
-            for name, run in rows]))
-        print("\nper task (peak RSS: the `airflow dags test` process while the task ran, "
-              "sampled every 0.2 s; all map indexes of a mapped task together)\n")
-        print(markdown(["run", "task", "instances", "time", "peak RSS", "largest XCom"],
-                       task_rows))
+        print(
+            markdown(
+                [
+                    "run",
+                    "wall",
+                    "vs skopeo no-op",
+                    "vs full-copy floor",
+                    "peak RSS",
+                    "primary CPU",
+                    "notes",
+                ],
+                [
+                    [
+                        name,
+                        fmt_seconds(run.seconds),
+                        f"{run.seconds / skopeo_noop:.3f}x" if skopeo_noop and run.seconds else "-",
+                        f"{run.seconds / floor:.2f}x"
+                        if floor and run.seconds and name in FULL_RUNS
+                        else "-",
+                        fmt_rss(run.max_rss_kib),
+                        "-"
+                        if run.primary_cpu_seconds is None
+                        else f"{run.primary_cpu_seconds:.1f}s",
+                        (run.note or "") + (f" FAILED: {run.error}" if run.error else ""),
+                    ]
+                    for name, run in rows
+                ],
+            )
+        )
+        print(
+            "\nper task (peak RSS: the `airflow dags test` process while the task ran, "
+            "sampled every 0.2 s; all map indexes of a mapped task together)\n"
+        )
+        print(markdown(["run", "task", "instances", "time", "peak RSS", "largest XCom"], task_rows))
         fixed = by_name["registry_reconcile empty scope"].seconds
         noop = by_name["registry_reconcile no-op"].seconds
         cli_noop = by_name["CLI no-op"].seconds if "CLI no-op" in by_name else None
         floors = [by_name.get(f"floor: primary {kind}HEADs") for kind in ("", "conditional ")]
         if skopeo_noop and all(f and f.ok for f in floors):
-            print(f"\nthe primary's floor (tag lists + a HEAD per tag, bare http.client): "
-                  f"{floors[0].seconds:.2f}s = {floors[0].seconds / skopeo_noop:.3f}x skopeo's "
-                  f"no-op; conditional {floors[1].seconds:.2f}s = "
-                  f"{floors[1].seconds / skopeo_noop:.3f}x")
+            print(
+                f"\nthe primary's floor (tag lists + a HEAD per tag, bare http.client): "
+                f"{floors[0].seconds:.2f}s = {floors[0].seconds / skopeo_noop:.3f}x skopeo's "
+                f"no-op; conditional {floors[1].seconds:.2f}s = "
+                f"{floors[1].seconds / skopeo_noop:.3f}x"
+            )
         if fixed and noop and cli_noop:
-            print(f"\nDAG no-op {noop:.1f}s vs CLI no-op + Airflow's fixed cost "
-                  f"{cli_noop:.1f} + {fixed:.1f} = {cli_noop + fixed:.1f}s")
+            print(
+                f"\nDAG no-op {noop:.1f}s vs CLI no-op + Airflow's fixed cost "
+                f"{cli_noop:.1f} + {fixed:.1f} = {cli_noop + fixed:.1f}s"
+            )
         full, cli_full = by_name["registry_reconcile full"].seconds, by_name.get("CLI full")
         one_tag = by_name["registry_reconcile one tag"].seconds
         if cli_full and floor:
-            print(f"\nfull sync vs the full-copy floor {floor:.1f}s: CLI {cli_full.seconds:.1f}s"
-                  f" = {cli_full.seconds / floor:.2f}x; DAG {full:.1f}s vs CLI full + the "
-                  f"one-tag DAG's fixed cost {cli_full.seconds:.1f} + {one_tag:.1f} = "
-                  f"{cli_full.seconds + one_tag:.1f}s ({full / (cli_full.seconds + one_tag):.2f}x)")
+            print(
+                f"\nfull sync vs the full-copy floor {floor:.1f}s: CLI {cli_full.seconds:.1f}s"
+                f" = {cli_full.seconds / floor:.2f}x; DAG {full:.1f}s vs CLI full + the "
+                f"one-tag DAG's fixed cost {cli_full.seconds:.1f} + {one_tag:.1f} = "
+                f"{cli_full.seconds + one_tag:.1f}s ({full / (cli_full.seconds + one_tag):.2f}x)"
+            )
         return 0 if all(run.ok for _, run in rows) else 1
     finally:
         for registry in registries:

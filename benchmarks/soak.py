@@ -113,10 +113,15 @@ def _run_state(airflow: AirflowStandalone, run_id: str) -> str:
 def soak(workdir: Path, *, minutes: float, kills: int, reconcile_every: float, seed: int) -> dict:
     rng = random.Random(seed)
     with ExitStack() as stack:
-        started = stack.enter_context(event_stack(workdir, {
-            "REGISTRY_REPLICATION_LEASE_SECONDS": "10",
-            "AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES": "3",
-        }))
+        started = stack.enter_context(
+            event_stack(
+                workdir,
+                {
+                    "REGISTRY_REPLICATION_LEASE_SECONDS": "10",
+                    "AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES": "3",
+                },
+            )
+        )
         primary, secondary, airflow = started.primary, started.secondary, started.airflow
         db_url = started.store_url
         say(f"starting airflow standalone at {airflow.url} ...")
@@ -129,7 +134,11 @@ def soak(workdir: Path, *, minutes: float, kills: int, reconcile_every: float, s
         source = Primary(writer, history, rng)
         for repository in REPOSITORIES:
             for tag in TAGS[:3]:
-                img = source.factory.multi_arch() if repository == "soak/multi" else source.factory.make()
+                img = (
+                    source.factory.multi_arch()
+                    if repository == "soak/multi"
+                    else source.factory.make()
+                )
                 source.push(repository, tag, img, "seed")
 
         duration = minutes * 60
@@ -146,10 +155,11 @@ def soak(workdir: Path, *, minutes: float, kills: int, reconcile_every: float, s
                 if now >= next_reconcile:
                     try:  # best effort: on a loaded machine the API server may be slow
                         if running is None or airflow.api(
-                                "GET", f"dags/registry_reconcile/dagRuns/{running}"
+                            "GET", f"dags/registry_reconcile/dagRuns/{running}"
                         )["state"] in ("success", "failed"):
-                            running = airflow.trigger("registry_reconcile",
-                                                      {"max_prune_fraction": 1.0})
+                            running = airflow.trigger(
+                                "registry_reconcile", {"max_prune_fraction": 1.0}
+                            )
                             reconciles.append(running)
                     except requests.RequestException as exc:
                         say(f"could not trigger a reconcile this time: {exc}")
@@ -166,8 +176,10 @@ def soak(workdir: Path, *, minutes: float, kills: int, reconcile_every: float, s
                         kill_times.insert(0, now - started + 1)  # try again in a second
                 time.sleep(rng.uniform(0.1, 0.8))
             stopped = time.monotonic()
-            say(f"writes stopped after {sum(source.operations.values())} operations; "
-                "waiting for the secondary to equal the primary")
+            say(
+                f"writes stopped after {sum(source.operations.values())} operations; "
+                "waiting for the secondary to equal the primary"
+            )
             expected = tags_of(writer)
             converged = None
             while time.monotonic() - stopped < 600:
@@ -203,15 +215,25 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("AIRFLOW_HOME", str(workdir / "airflow"))
     say(f"seed {args.seed}, workdir {workdir}")
-    result = soak(workdir, minutes=args.minutes, kills=args.kills,
-                  reconcile_every=args.reconcile_every, seed=args.seed)
+    result = soak(
+        workdir,
+        minutes=args.minutes,
+        kills=args.kills,
+        reconcile_every=args.reconcile_every,
+        seed=args.seed,
+    )
     print("== soak ==")
     print(json.dumps(result, indent=2))
     ok = not result["violations"] and result["converged_seconds"] is not None
-    print(f"result: {'OK' if ok else 'FAILED'}: {len(result['violations'])} violations in "
-          f"{result['samples']} samples; converged "
-          + (f"{result['converged_seconds']:.1f}s after the last write"
-             if result["converged_seconds"] is not None else "never"))
+    print(
+        f"result: {'OK' if ok else 'FAILED'}: {len(result['violations'])} violations in "
+        f"{result['samples']} samples; converged "
+        + (
+            f"{result['converged_seconds']:.1f}s after the last write"
+            if result["converged_seconds"] is not None
+            else "never"
+        )
+    )
     return 0 if ok else 1
 
 

@@ -37,43 +37,61 @@ def main() -> None:
     parser.add_argument("--tags", type=int, default=5000)
     parser.add_argument("--repos", type=int, default=10)
     parser.add_argument("--unique-mib", type=float, default=50.0)
-    parser.add_argument("--perf", action="store_true",
-                        help="the perf corpus of sync_vs_skopeo.py instead (40 repositories, "
-                        "120 tags, multi-arch indexes, 600 MiB planned)")
+    parser.add_argument(
+        "--perf",
+        action="store_true",
+        help="the perf corpus of sync_vs_skopeo.py instead (40 repositories, "
+        "120 tags, multi-arch indexes, 600 MiB planned)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="verify-cost-"))
     store = Store(f"sqlite:///{work / 'store.db'}")
-    with LocalRegistry(work / "primary", name="primary") as primary, \
-            LocalRegistry(work / "secondary", name="secondary") as secondary, \
-            FaultProxy(secondary.url) as proxy:
-        corpus = (synthetic.plan_corpus(40, 120, 600.0, 4, 1) if args.perf
-                  else synthetic.plan_scale_corpus(args.repos, args.tags, args.unique_mib, 4, 1))
+    with (
+        LocalRegistry(work / "primary", name="primary") as primary,
+        LocalRegistry(work / "secondary", name="secondary") as secondary,
+        FaultProxy(secondary.url) as proxy,
+    ):
+        corpus = (
+            synthetic.plan_corpus(40, 120, 600.0, 4, 1)
+            if args.perf
+            else synthetic.plan_scale_corpus(args.repos, args.tags, args.unique_mib, 4, 1)
+        )
         started = time.monotonic()
         synthetic.generate(primary, corpus, 16)
-        print(f"corpus: {corpus.tags} tags in {len(corpus.repositories)} repositories, "
-              f"{corpus.unique_bytes / (1 << 20):.0f} MiB unique, pushed in "
-              f"{time.monotonic() - started:.0f}s")
+        print(
+            f"corpus: {corpus.tags} tags in {len(corpus.repositories)} repositories, "
+            f"{corpus.unique_bytes / (1 << 20):.0f} MiB unique, pushed in "
+            f"{time.monotonic() - started:.0f}s"
+        )
         source = RegistryClient(primary.client_config())
         with Leases(store) as leases:
             started = time.monotonic()
-            run_sync(source, RegistryClient(secondary.client_config(), writable=True),
-                     SyncOptions(verify="tags"), leases=leases)
+            run_sync(
+                source,
+                RegistryClient(secondary.client_config(), writable=True),
+                SyncOptions(verify="tags"),
+                leases=leases,
+            )
             print(f"replicated in {time.monotonic() - started:.0f}s")
             listing = take_snapshot(source)
             images = verifying.images_of(listing)
-            print("| level | seconds | HEAD blob | GET manifest | GET blob | other | bytes from "
-                  "the secondary | (repository, blob) pairs | manifests | problems |")
+            print(
+                "| level | seconds | HEAD blob | GET manifest | GET blob | other | bytes from "
+                "the secondary | (repository, blob) pairs | manifests | problems |"
+            )
             print("|---|---|---|---|---|---|---|---|---|---|")
             for level in (VerifyLevel.BLOBS, VerifyLevel.CONTENT):
                 target = RegistryClient(_through(secondary, proxy.url), writable=True)
                 proxy.log.clear()
                 report = verifying.deep_verify(source, target, images, level, leases=leases)
                 kinds = Counter(_kind(method, path) for method, path, _ in proxy.log)
-                print(f"| {level} | {report.seconds:.1f} | {kinds['HEAD blob']} | "
-                      f"{kinds['GET manifest']} | {kinds['GET blob']} | "
-                      f"{sum(kinds.values()) - kinds['HEAD blob'] - kinds['GET manifest'] - kinds['GET blob']} | "
-                      f"{target.bytes_read / (1 << 20):.1f} MiB | {report.blobs_checked} | "
-                      f"{report.manifests_checked} | {len(report.problems)} |")
+                print(
+                    f"| {level} | {report.seconds:.1f} | {kinds['HEAD blob']} | "
+                    f"{kinds['GET manifest']} | {kinds['GET blob']} | "
+                    f"{sum(kinds.values()) - kinds['HEAD blob'] - kinds['GET manifest'] - kinds['GET blob']} | "
+                    f"{target.bytes_read / (1 << 20):.1f} MiB | {report.blobs_checked} | "
+                    f"{report.manifests_checked} | {len(report.problems)} |"
+                )
 
 
 def _through(registry: LocalRegistry, url: str) -> RegistryConfig:

@@ -38,21 +38,48 @@ DIGEST = "sha256:" + "d" * 64
 
 
 def event(sender: int, n: int, *, odd: bool) -> dict:
-    return {"id": str(uuid.uuid4()), "timestamp": "2026-11-30T02:00:00Z", "action": "push",
-            "target": {"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                       "repository": "Foo/app" if odd else f"group/sender-{sender}",
-                       "tag": f"v{n}", "digest": DIGEST, "size": 1234}}
+    return {
+        "id": str(uuid.uuid4()),
+        "timestamp": "2026-11-30T02:00:00Z",
+        "action": "push",
+        "target": {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "repository": "Foo/app" if odd else f"group/sender-{sender}",
+            "tag": f"v{n}",
+            "digest": DIGEST,
+            "size": 1234,
+        },
+    }
 
 
 def serve(db_url: str, port: int, log: Path, workers: int = 1) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "REGISTRY_NOTIFICATION_SECRET": SECRET,
-           "REGISTRY_REPLICATION_DB_URL": db_url}
+    env = {
+        **os.environ,
+        "REGISTRY_NOTIFICATION_SECRET": SECRET,
+        "REGISTRY_REPLICATION_DB_URL": db_url,
+    }
     Store(db_url)  # the schema, before the first request
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "registry_replication.web.webhook:create_app", "--factory",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
-         "--workers", str(workers)],
-        env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "registry_replication.web.webhook:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--workers",
+            str(workers),
+        ],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -64,8 +91,9 @@ def serve(db_url: str, port: int, log: Path, workers: int = 1) -> subprocess.Pop
     raise RuntimeError(f"the webhook did not start; see {log}")
 
 
-def flood(url: str, *, senders: int, events_total: int, batch: int, odd_every: int,
-          redeliver_every: int) -> dict:
+def flood(
+    url: str, *, senders: int, events_total: int, batch: int, odd_every: int, redeliver_every: int
+) -> dict:
     """Post from ``senders`` threads; returns what was accepted and each request's latency."""
     per_sender = events_total // senders
     accepted: list[str] = []
@@ -81,8 +109,10 @@ def flood(url: str, *, senders: int, events_total: int, batch: int, odd_every: i
         mine, odd, times, errors = [], [], [], []
         start.wait()
         for first in range(0, per_sender, batch):
-            envelope = [event(sender, n, odd=odd_every > 0 and n % odd_every == 0)
-                        for n in range(first, min(first + batch, per_sender))]
+            envelope = [
+                event(sender, n, odd=odd_every > 0 and n % odd_every == 0)
+                for n in range(first, min(first + batch, per_sender))
+            ]
             body = json.dumps({"events": envelope}).encode()
             deliveries = 2 if redeliver_every and (first // batch) % redeliver_every == 0 else 1
             for _ in range(deliveries):
@@ -113,8 +143,13 @@ def flood(url: str, *, senders: int, events_total: int, batch: int, odd_every: i
     for thread in threads:
         thread.join()
     seconds = time.perf_counter() - began
-    return {"accepted": accepted, "odd": set(odd_ids), "latencies": latencies,
-            "failures": failures, "seconds": seconds}
+    return {
+        "accepted": accepted,
+        "odd": set(odd_ids),
+        "latencies": latencies,
+        "failures": failures,
+        "seconds": seconds,
+    }
 
 
 def check(db_url: str, accepted: list[str], odd: set[str]) -> dict:
@@ -131,7 +166,10 @@ def check(db_url: str, accepted: list[str], odd: set[str]) -> dict:
         "duplicate_rows": len(stored) - len(set(stored)),
         "lost": len(unique - set(stored)),
         "unexpected": len(set(stored) - unique),
-        "wrong_state": sum(status.get(i) != (EventStatus.REJECTED if i in odd else EventStatus.PENDING) for i in unique),
+        "wrong_state": sum(
+            status.get(i) != (EventStatus.REJECTED if i in odd else EventStatus.PENDING)
+            for i in unique
+        ),
         "rejected": sum(1 for s in status.values() if s == EventStatus.REJECTED),
     }
 
@@ -142,16 +180,26 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--senders", type=int, default=20)
     parser.add_argument("--events", type=int, default=10_000, help="events in all")
-    parser.add_argument("--batch", type=int, default=1, help="events per envelope "
-                        "(distribution sends one per envelope)")
-    parser.add_argument("--odd-every", type=int, default=10,
-                        help="every Nth event names Foo/app (0: none)")
-    parser.add_argument("--redeliver-every", type=int, default=20,
-                        help="every Nth envelope is delivered twice (0: never)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="events per envelope (distribution sends one per envelope)",
+    )
+    parser.add_argument(
+        "--odd-every", type=int, default=10, help="every Nth event names Foo/app (0: none)"
+    )
+    parser.add_argument(
+        "--redeliver-every",
+        type=int,
+        default=20,
+        help="every Nth envelope is delivered twice (0: never)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--workdir", type=Path, help="where the event store goes (default: temp)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -163,9 +211,14 @@ def main() -> int:
     port = free_port()
     server = serve(db_url, port, workdir / "uvicorn.log", args.workers)
     try:
-        result = flood(f"http://127.0.0.1:{port}/events", senders=args.senders,
-                       events_total=args.events, batch=args.batch, odd_every=args.odd_every,
-                       redeliver_every=args.redeliver_every)
+        result = flood(
+            f"http://127.0.0.1:{port}/events",
+            senders=args.senders,
+            events_total=args.events,
+            batch=args.batch,
+            odd_every=args.odd_every,
+            redeliver_every=args.redeliver_every,
+        )
     finally:
         server.terminate()
         server.wait(30)
@@ -179,33 +232,46 @@ def main() -> int:
         "events_accepted": len(result["accepted"]),
         "seconds": round(result["seconds"], 2),
         "events_per_second": round(len(result["accepted"]) / result["seconds"], 1),
-        "latency_ms": {"p50": round(1000 * statistics.median(latencies), 1),
-                       "p95": round(1000 * percentile(latencies, 95), 1),
-                       "p99": round(1000 * percentile(latencies, 99), 1),
-                       "max": round(1000 * max(latencies), 1)},
+        "latency_ms": {
+            "p50": round(1000 * statistics.median(latencies), 1),
+            "p95": round(1000 * percentile(latencies, 95), 1),
+            "p99": round(1000 * percentile(latencies, 99), 1),
+            "max": round(1000 * max(latencies), 1),
+        },
         "failures": result["failures"][:10],
         "failed_requests": len(result["failures"]),
         "store": outcome,
         "db": db_url,
     }
-    ok = (not result["failures"] and outcome["lost"] == 0 and outcome["duplicate_rows"] == 0
-          and outcome["unexpected"] == 0 and outcome["wrong_state"] == 0
-          and outcome["stored_rows"] == outcome["unique_accepted"])
+    ok = (
+        not result["failures"]
+        and outcome["lost"] == 0
+        and outcome["duplicate_rows"] == 0
+        and outcome["unexpected"] == 0
+        and outcome["wrong_state"] == 0
+        and outcome["stored_rows"] == outcome["unique_accepted"]
+    )
     figures["ok"] = ok
     if args.json:
         print(json.dumps(figures, indent=2))
     else:
         lat = figures["latency_ms"]
-        print(f"{args.senders} senders, {figures['requests']} requests, "
-              f"{figures['events_accepted']} events accepted ({outcome['unique_accepted']} "
-              f"unique, the rest redeliveries; {args.batch} per envelope) "
-              f"in {figures['seconds']} s")
+        print(
+            f"{args.senders} senders, {figures['requests']} requests, "
+            f"{figures['events_accepted']} events accepted ({outcome['unique_accepted']} "
+            f"unique, the rest redeliveries; {args.batch} per envelope) "
+            f"in {figures['seconds']} s"
+        )
         print(f"accepted: {figures['events_per_second']} events/s")
-        print(f"latency: p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms, "
-              f"max {lat['max']} ms")
+        print(
+            f"latency: p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms, "
+            f"max {lat['max']} ms"
+        )
         print(f"store: {outcome}")
-        print(f"result: {'OK' if ok else 'FAILED'}; every accepted event stored exactly once: "
-              f"{'yes' if ok else 'no'}")
+        print(
+            f"result: {'OK' if ok else 'FAILED'}; every accepted event stored exactly once: "
+            f"{'yes' if ok else 'no'}"
+        )
     return 0 if ok else 1
 
 

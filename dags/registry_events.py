@@ -38,8 +38,9 @@ the status page's dead-letter list shows them, with a Retry button.
 def registry_events() -> None:
     # The sensor retries a failed poke (a store that did not answer); replicate_events does
     # not retry (its @task says why).
-    PendingEventsSensor(task_id="wait_for_events", poll_interval=0.5, retries=2) \
-        >> replicate_events(max_attempts=current().event_max_attempts)
+    PendingEventsSensor(
+        task_id="wait_for_events", poll_interval=0.5, retries=2
+    ) >> replicate_events(max_attempts=current().event_max_attempts)
 
 
 registry_events()

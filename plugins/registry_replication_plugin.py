@@ -21,9 +21,7 @@ ROOT_PATH = urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip
 
 class RegistryReplicationPlugin(AirflowPlugin):
     name = "registry_replication"
-    fastapi_apps = [
-        {"app": plugin_app(), "url_prefix": URL_PREFIX, "name": "Registry replication"}
-    ]
+    fastapi_apps = [{"app": plugin_app(), "url_prefix": URL_PREFIX, "name": "Registry replication"}]
     # No url_route: the UI links to the page (new tab) rather than framing it, so the task log
     # links on the page open the Airflow UI normally (the UI's plugin iframe is sandboxed
     # without top navigation).

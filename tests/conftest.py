@@ -40,8 +40,9 @@ from replication_harness.skopeo import LOGIN
 
 
 @pytest.fixture(autouse=True)
-def default_store(tmp_path_factory: pytest.TempPathFactory,
-                  monkeypatch: pytest.MonkeyPatch) -> None:
+def default_store(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each test's own default replication store: the record of the secondary's tags
     (``store.record``) must not outlive the registries a test started."""
     folder = tmp_path_factory.mktemp("default-store")
@@ -57,8 +58,9 @@ def airflow_db() -> None:
 
 
 @pytest.fixture
-def connections(monkeypatch: pytest.MonkeyPatch, primary: LocalRegistry,
-                secondary: LocalRegistry) -> None:
+def connections(
+    monkeypatch: pytest.MonkeyPatch, primary: LocalRegistry, secondary: LocalRegistry
+) -> None:
     """The DAGs' registry connections point at this test's registries."""
     monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_PRIMARY", json.dumps(primary.connection()))
     monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_SECONDARY", json.dumps(secondary.connection()))
@@ -98,8 +100,12 @@ def start_registry(tmp_path: Path) -> Iterator[Callable[..., LocalRegistry]]:
         htpasswd: Path | None = None,
     ) -> LocalRegistry:
         registry = LocalRegistry(
-            tmp_path / name, keys=keys, notifications=notifications, token_realm=token_realm,
-            htpasswd=htpasswd, name=name,
+            tmp_path / name,
+            keys=keys,
+            notifications=notifications,
+            token_realm=token_realm,
+            htpasswd=htpasswd,
+            name=name,
         )
         started.append(registry.start())
         return registry
@@ -188,11 +194,17 @@ def ev() -> Callable[..., Event]:
     """Events as the webhook stores them: ``ev(i, action, repository, tag, digest)`` is event
     ``e<i>`` at ``T0`` + i seconds (by default a push of ``group/app`` naming no tag or digest)."""
 
-    def make(i: int, action: str = "push", repository: str = "group/app",
-             tag: str | None = None, digest: str | None = None,
-             media_type: str | None = None) -> Event:
-        return Event(f"e{i}", action, repository, tag, digest, media_type,
-                     T0 + dt.timedelta(seconds=i))
+    def make(
+        i: int,
+        action: str = "push",
+        repository: str = "group/app",
+        tag: str | None = None,
+        digest: str | None = None,
+        media_type: str | None = None,
+    ) -> Event:
+        return Event(
+            f"e{i}", action, repository, tag, digest, media_type, T0 + dt.timedelta(seconds=i)
+        )
 
     return make
 

@@ -10,8 +10,9 @@ from registry_replication.cli import main
 from replication_harness import images
 
 
-def test_plan_sync_verify(primary, secondary, primary_writer, secondary_writer, monkeypatch,
-                          capsys):
+def test_plan_sync_verify(
+    primary, secondary, primary_writer, secondary_writer, monkeypatch, capsys
+):
     monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_PRIMARY", json.dumps(primary.connection()))
     monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_SECONDARY", json.dumps(secondary.connection()))
     img = images.ImageFactory().make()
@@ -42,7 +43,16 @@ def test_bad_connection_is_a_clear_error(capsys, caplog):
 
 def test_a_repository_out_of_grammar_is_refused_before_any_request(capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["plan", "--primary", '{"host": "https://unreachable.invalid"}',
-              "--repository", "group/app", "--repository", "../etc"])
+        main(
+            [
+                "plan",
+                "--primary",
+                '{"host": "https://unreachable.invalid"}',
+                "--repository",
+                "group/app",
+                "--repository",
+                "../etc",
+            ]
+        )
     assert exit_.value.code == 2
     assert "argument --repository: invalid repository name '../etc'" in capsys.readouterr().err

@@ -18,8 +18,11 @@ def table() -> tuple[dict[str, str], dict[str, set[str]]]:
     ARCHITECTURE.md's layer table says. A path is a backquoted ``x.py`` (a module) or ``x/``
     naming a folder of the package with no ``__init__.py`` (data files Alembic loads by path)."""
     text = ARCHITECTURE.read_text()
-    rows = [line for line in text[text.index(SECTION):].split("\n## ", 1)[0].splitlines()
-            if line.startswith("| ") and not line.startswith(("| layer ", "|---"))]
+    rows = [
+        line
+        for line in text[text.index(SECTION) :].split("\n## ", 1)[0].splitlines()
+        if line.startswith("| ") and not line.startswith(("| layer ", "|---"))
+    ]
     cells = [[cell.strip() for cell in row.strip().strip("|").split("|")] for row in rows]
     layers = [row[0].split()[0] for row in cells]
     modules: dict[str, str] = {}
@@ -27,8 +30,9 @@ def table() -> tuple[dict[str, str], dict[str, set[str]]]:
     for layer, (_, where, may) in zip(layers, cells):
         allowed[layer] = {word for word in re.findall(r"[A-Za-z_]+", may) if word in layers}
         for path in re.findall(r"`([\w/]+(?:\.py|/))`", where):
-            if path.endswith("/") and (not (PACKAGE / path).is_dir()
-                                       or (PACKAGE / path / "__init__.py").exists()):
+            if path.endswith("/") and (
+                not (PACKAGE / path).is_dir() or (PACKAGE / path / "__init__.py").exists()
+            ):
                 continue  # dags/, plugins/, the harness: not modules of the package
             assert path not in modules, f"ARCHITECTURE.md lists {path} twice"
             modules[path] = layer
@@ -39,7 +43,8 @@ def package_marker(path: Path) -> bool:
     """An ``__init__.py`` holding only its docstring: the folder's, not a module of its own."""
     body = ast.parse(path.read_text()).body
     return path.name == "__init__.py" and all(
-        isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) for node in body)
+        isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) for node in body
+    )
 
 
 def layer_of(path: Path, modules: dict[str, str]) -> str | None:
@@ -50,8 +55,11 @@ def layer_of(path: Path, modules: dict[str, str]) -> str | None:
         if listed.endswith("/") and relative.startswith(listed):
             return layer
     if package_marker(path):
-        siblings = {layer for listed, layer in modules.items()
-                    if "/" in listed and listed.rsplit("/", 1)[0] == Path(relative).parent.as_posix()}
+        siblings = {
+            layer
+            for listed, layer in modules.items()
+            if "/" in listed and listed.rsplit("/", 1)[0] == Path(relative).parent.as_posix()
+        }
         if len(siblings) == 1:
             return siblings.pop()
     return None
@@ -81,8 +89,14 @@ def imports(path: Path) -> tuple[set[Path], set[str]]:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
                 module = ".".join([*base, module] if module else base)
             # ``from pkg import module`` imports that module; ``from module import name``, the module.
-            names = [f"{module}.{alias.name}" if resolve(f"{module}.{alias.name}") else module
-                     for alias in node.names] if module.startswith("registry_replication") else [module]
+            names = (
+                [
+                    f"{module}.{alias.name}" if resolve(f"{module}.{alias.name}") else module
+                    for alias in node.names
+                ]
+                if module.startswith("registry_replication")
+                else [module]
+            )
         else:
             continue
         for name in names:
@@ -101,8 +115,7 @@ def sources() -> list[Path]:
 
 def test_the_table_names_every_module_and_nothing_else():
     modules, _ = table()
-    missing = [p.relative_to(PACKAGE).as_posix() for p in sources()
-               if layer_of(p, modules) is None]
+    missing = [p.relative_to(PACKAGE).as_posix() for p in sources() if layer_of(p, modules) is None]
     assert missing == [], f"modules missing from ARCHITECTURE.md's layer table: {missing}"
     gone = [m for m in modules if not (PACKAGE / m).exists()]
     assert gone == [], f"ARCHITECTURE.md's layer table names modules that do not exist: {gone}"
@@ -125,8 +138,9 @@ def test_each_layer_imports_only_what_it_may():
         for target in sorted(own):
             theirs = layer_of(target, modules)
             if theirs != layer and theirs not in allowed[layer]:
-                offenders.append(f"{name} ({layer}) imports "
-                                 f"{target.relative_to(PACKAGE).as_posix()} ({theirs})")
+                offenders.append(
+                    f"{name} ({layer}) imports {target.relative_to(PACKAGE).as_posix()} ({theirs})"
+                )
     assert offenders == []
 
 
@@ -148,7 +162,10 @@ def test_modules_and_classes_stay_small_enough_to_read():
         where = path.relative_to(PACKAGE)
         if (lines := len(source.splitlines())) > MAX_MODULE_LINES:
             offenders.append(f"{where}: {lines} lines")
-        offenders += [f"{where}: class {node.name}: {node.end_lineno - node.lineno + 1} lines"
-                      for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ClassDef)
-                      and node.end_lineno - node.lineno + 1 > MAX_CLASS_LINES]
+        offenders += [
+            f"{where}: class {node.name}: {node.end_lineno - node.lineno + 1} lines"
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.ClassDef)
+            and node.end_lineno - node.lineno + 1 > MAX_CLASS_LINES
+        ]
     assert offenders == []

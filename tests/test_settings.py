@@ -22,8 +22,9 @@ def table() -> str:
     for spec in dataclasses.fields(Settings):
         meta = spec.metadata
         default = spec.default
-        shown = meta["shown"] or (f"`{default}`" if isinstance(default, (str, bool))
-                                  else f"{default:g}")
+        shown = meta["shown"] or (
+            f"`{default}`" if isinstance(default, (str, bool)) else f"{default:g}"
+        )
         name = f"`{spec.name}`" + (f" (or `{meta['env']}`)" if meta["env"] else "")
         rows.append(f"| {name} | {shown} | {meta['about']} |\n")
     return HEADER + "".join(rows)
@@ -41,8 +42,9 @@ def test_readme_names_no_setting_that_does_not_exist():
     names = {spec.name for spec in dataclasses.fields(Settings)}
     older = {spec.metadata["env"] for spec in dataclasses.fields(Settings)} - {None}
     mentioned = set(re.findall(r"\[registry_replication\]\s+`?(\w+)", text))
-    mentioned |= {name.lower() for name in re.findall(r"AIRFLOW__REGISTRY_REPLICATION__(\w+)",
-                                                      text)}
+    mentioned |= {
+        name.lower() for name in re.findall(r"AIRFLOW__REGISTRY_REPLICATION__(\w+)", text)
+    }
     assert mentioned - names == set()
     assert set(re.findall(r"\bREGISTRY_(?:REPLICATION|NOTIFICATION)_[A-Z_]+", text)) <= older
 
@@ -50,8 +52,12 @@ def test_readme_names_no_setting_that_does_not_exist():
 def test_source_then_older_variable_then_default(monkeypatch):
     monkeypatch.setenv("REGISTRY_REPLICATION_LEASE_SECONDS", "5")
     monkeypatch.setenv("REGISTRY_REPLICATION_DEEP_VERIFY_DAYS", "3")
-    given = {"deep_verify_days": "2", "artifacts_path_shared": "true",
-             "notifier_kwargs": '{"to": "oncall@example.com"}', "reconcile_schedule": ""}
+    given = {
+        "deep_verify_days": "2",
+        "artifacts_path_shared": "true",
+        "notifier_kwargs": '{"to": "oncall@example.com"}',
+        "reconcile_schedule": "",
+    }
     loaded = Settings.load(given.get)
     assert loaded.lease_seconds == 5.0  # the older spelling, the source being silent
     assert loaded.deep_verify_days == 2.0  # the source first
@@ -61,17 +67,29 @@ def test_source_then_older_variable_then_default(monkeypatch):
     assert loaded.task_retries == Settings.task_retries == 3
 
 
-@pytest.mark.parametrize(("name", "value", "message"), [
-    ("task_retries", "three", "is not a whole number: set it like task_retries = 3 "
-                              "(environment: AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES=3)"),
-    ("full_verify_hours", "a day", "is not a number: set it like full_verify_hours = 168 "
-                                   "(environment: REGISTRY_REPLICATION_FULL_VERIFY_HOURS=168)"),
-    ("artifacts_path_shared", "yes please", "is not True or False"),
-    ("notifier_kwargs", "[1]", "is not a JSON object"),
-])
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        (
+            "task_retries",
+            "three",
+            "is not a whole number: set it like task_retries = 3 "
+            "(environment: AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES=3)",
+        ),
+        (
+            "full_verify_hours",
+            "a day",
+            "is not a number: set it like full_verify_hours = 168 "
+            "(environment: REGISTRY_REPLICATION_FULL_VERIFY_HOURS=168)",
+        ),
+        ("artifacts_path_shared", "yes please", "is not True or False"),
+        ("notifier_kwargs", "[1]", "is not a JSON object"),
+    ],
+)
 def test_a_value_not_of_its_type_names_the_setting_and_an_example(name, value, message):
-    with pytest.raises(SettingsError, match=re.escape(f"[registry_replication] {name} = "
-                                                      f"{value!r} {message}")):
+    with pytest.raises(
+        SettingsError, match=re.escape(f"[registry_replication] {name} = {value!r} {message}")
+    ):
         Settings.load({name: value}.get)
 
 

@@ -40,15 +40,29 @@ SECRET = "walk_Notification-Secret"
 # The walk, step by step: (owner, attribute). Event steps are counted per call; digest steps
 # only when an argument is (or carries, or names) the layer's digest.
 EVENT_STEPS = [
-    (webhook, "_authenticate"), (webhook, "_read_limited"), (webhook, "parse"),
-    (webhook, "_add"), (EventQueue, "add"), (EventQueue, "claim"),
-    (realtime, "coalesce"), (realtime, "_copy_tags"), (realtime, "build_plan"),
-    (plan, "_image_task"), (ManifestCache, "get"), (Copier, "copy_blobs"), (Copier, "push_images"),
-    (Copier, "_push_tag"), (RegistryClient, "put_manifest"),
+    (webhook, "_authenticate"),
+    (webhook, "_read_limited"),
+    (webhook, "parse"),
+    (webhook, "_add"),
+    (EventQueue, "add"),
+    (EventQueue, "claim"),
+    (realtime, "coalesce"),
+    (realtime, "_copy_tags"),
+    (realtime, "build_plan"),
+    (plan, "_image_task"),
+    (ManifestCache, "get"),
+    (Copier, "copy_blobs"),
+    (Copier, "push_images"),
+    (Copier, "_push_tag"),
+    (RegistryClient, "put_manifest"),
 ]
 DIGEST_STEPS = [
-    (plan, "_has_blob"), (RegistryClient, "has_blob"), (Copier, "copy_blob"),
-    (Copier, "_mount_or_copy"), (Copier, "_transfer"), (RegistryClient, "upload_blob"),
+    (plan, "_has_blob"),
+    (RegistryClient, "has_blob"),
+    (Copier, "copy_blob"),
+    (Copier, "_mount_or_copy"),
+    (Copier, "_transfer"),
+    (RegistryClient, "upload_blob"),
     (RegistryClient, "read_blob"),
 ]
 
@@ -79,14 +93,16 @@ class Walk:
             path = request.path
             if digest in path or request.reference == digest:  # the PUT's is url-encoded
                 with self._lock:
-                    self.sent[(transport.url, request.method,
-                               path.split("?")[0].rsplit("/", 2)[-2])] += 1
+                    self.sent[
+                        (transport.url, request.method, path.split("?")[0].rsplit("/", 2)[-2])
+                    ] += 1
             return send(transport, request)
 
         monkeypatch.setattr(Transport, "send", counted_send)
 
-    def _wrap(self, monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, *,
-              per_digest: bool) -> None:
+    def _wrap(
+        self, monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, *, per_digest: bool
+    ) -> None:
         original = inspect.getattr_static(owner, name)
         key = f"{getattr(owner, '__name__', owner)}.{name}".split(".")[-2:]
         label = ".".join(key)
@@ -95,15 +111,18 @@ class Walk:
             return not per_digest or _mentions([*args, *kwargs.values()], self.digest)
 
         if inspect.iscoroutinefunction(original):
+
             @functools.wraps(original)
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
                 self._count(label, counts(args, kwargs))
                 return await original(*args, **kwargs)
         else:
+
             @functools.wraps(original)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 self._count(label, counts(args, kwargs))
                 return original(*args, **kwargs)
+
         monkeypatch.setattr(owner, name, wrapper)
 
     def forget_pushing(self) -> None:
@@ -122,19 +141,24 @@ class Walk:
 @pytest.fixture
 def notifying_primary(start_registry, keys, token_service, store) -> Iterator[Any]:
     with serve_on_loopback(webhook.create_app(store, secret=SECRET)) as url:
-        yield start_registry("notifying", keys=keys, token_realm=token_service.realm,
-                             notifications=Notifications(f"{url}/events", SECRET,
-                                                         backoff="200ms"))
+        yield start_registry(
+            "notifying",
+            keys=keys,
+            token_realm=token_service.realm,
+            notifications=Notifications(f"{url}/events", SECRET, backoff="200ms"),
+        )
 
 
-def test_one_digest_passes_each_step_of_the_walk_once(notifying_primary, secondary, store, leases,
-                                                      monkeypatch):
+def test_one_digest_passes_each_step_of_the_walk_once(
+    notifying_primary, secondary, store, leases, monkeypatch
+):
     image = images.ImageFactory(base_layers=0).make()  # a config and one layer
     layer = json.loads(image.raw)["layers"][0]["digest"]
     data = next(blob.data for blob in image.blobs if blob.digest == layer)
     walk = Walk(monkeypatch, layer)
-    with RegistryClient(RegistryConfig.from_connection(notifying_primary.connection()),
-                        writable=True) as writer:
+    with RegistryClient(
+        RegistryConfig.from_connection(notifying_primary.connection()), writable=True
+    ) as writer:
         images.push(writer, "group/walk", image, ["1.0"])
     deadline = time.monotonic() + 30
     while store.queue.ready_count() == 0:
@@ -144,9 +168,12 @@ def test_one_digest_passes_each_step_of_the_walk_once(notifying_primary, seconda
 
     owner, events = store.queue.claim(owner=leases.owner)
     assert [(e.action, e.repository, e.tag) for e in events] == [("push", "group/walk", "1.0")]
-    with RegistryClient(RegistryConfig.from_connection(notifying_primary.connection())) as primary, \
-            RegistryClient(RegistryConfig.from_connection(secondary.connection()),
-                           writable=True) as target:
+    with (
+        RegistryClient(RegistryConfig.from_connection(notifying_primary.connection())) as primary,
+        RegistryClient(
+            RegistryConfig.from_connection(secondary.connection()), writable=True
+        ) as target,
+    ):
         outcomes = realtime.replicate_events(primary, target, events, leases=leases)
     assert outcomes == {events[0].id: None}
     store.queue.complete(owner, [events[0].id])
@@ -157,22 +184,29 @@ def test_one_digest_passes_each_step_of_the_walk_once(notifying_primary, seconda
         assert b"".join(reader.read_blob("group/walk", layer)) == data
         assert reader.head_manifest("group/walk", "1.0").digest == image.digest
 
-    expected = {".".join(f"{getattr(o, '__name__', o)}.{n}".split(".")[-2:]): 1
-                for o, n in EVENT_STEPS + DIGEST_STEPS}
+    expected = {
+        ".".join(f"{getattr(o, '__name__', o)}.{n}".split(".")[-2:]): 1
+        for o, n in EVENT_STEPS + DIGEST_STEPS
+    }
     assert calls == expected
     # Asked about the layer once per request kind: HEAD on the secondary, GET on the primary,
     # and the PUT that commits it.
-    assert sorted(sent.items()) == sorted({
-        (secondary.url, "HEAD", "blobs"): 1,
-        (notifying_primary.url, "GET", "blobs"): 1,
-        (secondary.url, "PUT", "uploads"): 1,
-    }.items())
+    assert sorted(sent.items()) == sorted(
+        {
+            (secondary.url, "HEAD", "blobs"): 1,
+            (notifying_primary.url, "GET", "blobs"): 1,
+            (secondary.url, "PUT", "uploads"): 1,
+        }.items()
+    )
 
 
 def test_architecture_md_describes_every_step_of_the_walk():
     text = ARCHITECTURE.read_text()
-    walk = text[text.index("## One notification"):text.index("## Write protocol")]
+    walk = text[text.index("## One notification") : text.index("## Write protocol")]
     named = set(re.findall(r"`([^`]+)`", walk))
-    mentioned = {name for _, name in EVENT_STEPS + DIGEST_STEPS
-                 if any(re.search(rf"\b{re.escape(name)}\b", n) for n in named)}
+    mentioned = {
+        name
+        for _, name in EVENT_STEPS + DIGEST_STEPS
+        if any(re.search(rf"\b{re.escape(name)}\b", n) for n in named)
+    }
     assert mentioned == {name for _, name in EVENT_STEPS + DIGEST_STEPS}

@@ -33,12 +33,24 @@ class Chromium:
 
     def __enter__(self) -> Chromium:
         self.process = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--hide-scrollbars", f"--user-data-dir={self.profile}",
-             "--remote-debugging-port=0", f"--window-size={self.width},{self.height}",
-             "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--hide-scrollbars",
+                f"--user-data-dir={self.profile}",
+                "--remote-debugging-port=0",
+                f"--window-size={self.width},{self.height}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         active = self.profile / "DevToolsActivePort"
         deadline = time.monotonic() + 30
@@ -49,13 +61,21 @@ class Chromium:
         port, path = active.read_text().split()
         self.closing = ExitStack()
         self.ws = self.closing.enter_context(
-            connect(f"ws://127.0.0.1:{port}{path}", max_size=None, open_timeout=10))
+            connect(f"ws://127.0.0.1:{port}{path}", max_size=None, open_timeout=10)
+        )
         target = self.call("Target.createTarget", url="about:blank")["targetId"]
-        self.session = self.call("Target.attachToTarget", targetId=target,
-                                 flatten=True)["sessionId"]
+        self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)[
+            "sessionId"
+        ]
         self.call("Page.enable", session=True)
-        self.call("Emulation.setDeviceMetricsOverride", session=True, width=self.width,
-                  height=self.height, deviceScaleFactor=1, mobile=False)
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            session=True,
+            width=self.width,
+            height=self.height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -78,8 +98,16 @@ class Chromium:
             self._events.append(reply)
 
     def set_cookie(self, name: str, value: str, url: str) -> None:
-        self.call("Network.setCookie", session=True, name=name, value=value, url=url,
-                  path="/", httpOnly=True, sameSite="Lax")
+        self.call(
+            "Network.setCookie",
+            session=True,
+            name=name,
+            value=value,
+            url=url,
+            path="/",
+            httpOnly=True,
+            sameSite="Lax",
+        )
 
     def open(self, url: str, timeout: float = 60) -> str:
         """Navigate, wait for the load event, and return the DOM."""
@@ -98,8 +126,9 @@ class Chromium:
         return self.evaluate("document.documentElement.outerHTML")
 
     def evaluate(self, expression: str) -> Any:
-        result = self.call("Runtime.evaluate", session=True, expression=expression,
-                           returnByValue=True)
+        result = self.call(
+            "Runtime.evaluate", session=True, expression=expression, returnByValue=True
+        )
         return result["result"].get("value")
 
     def wait_for_text(self, text: str, timeout: float = 60) -> str:
@@ -115,7 +144,11 @@ class Chromium:
     def screenshot(self, path: Path) -> None:
         metrics = self.call("Page.getLayoutMetrics", session=True)["cssContentSize"]
         height = max(self.height, int(metrics["height"]))
-        shot = self.call("Page.captureScreenshot", session=True, format="png",
-                         captureBeyondViewport=True,
-                         clip={"x": 0, "y": 0, "width": self.width, "height": height, "scale": 1})
+        shot = self.call(
+            "Page.captureScreenshot",
+            session=True,
+            format="png",
+            captureBeyondViewport=True,
+            clip={"x": 0, "y": 0, "width": self.width, "height": height, "scale": 1},
+        )
         path.write_bytes(base64.b64decode(shot["data"]))

@@ -133,8 +133,13 @@ class AirflowCluster(AirflowStandalone):
     def process_environment(self, name: str, address: str = "127.0.0.1") -> dict[str, str]:
         home = self.home / name
         (home / "tmp").mkdir(parents=True, exist_ok=True)
-        return {**self.environment(), **self._shared, "AIRFLOW_HOME": str(home),
-                "TMPDIR": str(home / "tmp"), NODE_ADDRESS: address}
+        return {
+            **self.environment(),
+            **self._shared,
+            "AIRFLOW_HOME": str(home),
+            "TMPDIR": str(home / "tmp"),
+            NODE_ADDRESS: address,
+        }
 
     def start(self) -> AirflowCluster:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -144,14 +149,27 @@ class AirflowCluster(AirflowStandalone):
         metadata = self.postgres.create_database("airflow")
         self.store_url = self.postgres.create_database("replication")
         if shutil.which("redis-server") is None:
-            raise RuntimeError("redis-server is not installed: run scripts/setup "
-                               "(apt-get install redis-server)")
+            raise RuntimeError(
+                "redis-server is not installed: run scripts/setup (apt-get install redis-server)"
+            )
         redis_port = free_port()
         with (self.home / "redis.log").open("ab") as log:
             self._redis = subprocess.Popen(
-                ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "",
-                 "--appendonly", "no", "--dir", str(self.home)],
-                stdout=log, stderr=subprocess.STDOUT,
+                [
+                    "redis-server",
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(redis_port),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.home),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         shared_log_port = free_port()
         self._shared = {
@@ -159,7 +177,8 @@ class AirflowCluster(AirflowStandalone):
             # SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3: name the drivers.
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata,
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": self.postgres.url(
-                "airflow", driver="postgresql+asyncpg"),
+                "airflow", driver="postgresql+asyncpg"
+            ),
             "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata}",
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
@@ -185,33 +204,56 @@ class AirflowCluster(AirflowStandalone):
         }
         airflow = str(Path(sys.executable).parent / "airflow")
         setup = self.process_environment("setup")
-        for command in (["db", "migrate"],
-                        ["pools", "set", COPY_POOL, str(self.pool_slots),
-                         "copy tasks of all registry-replication DAGs"]):
+        for command in (
+            ["db", "migrate"],
+            [
+                "pools",
+                "set",
+                COPY_POOL,
+                str(self.pool_slots),
+                "copy tasks of all registry-replication DAGs",
+            ],
+        ):
             done = subprocess.run([airflow, *command], env=setup, capture_output=True, text=True)
             if done.returncode:
                 raise RuntimeError(f"airflow {' '.join(command)} failed:\n{done.stderr[-3000:]}")
-        for name, command in (("api-server", ["api-server"]), ("scheduler", ["scheduler"]),
-                              ("dag-processor", ["dag-processor"]), ("triggerer", ["triggerer"])):
+        for name, command in (
+            ("api-server", ["api-server"]),
+            ("scheduler", ["scheduler"]),
+            ("dag-processor", ["dag-processor"]),
+            ("triggerer", ["triggerer"]),
+        ):
             self._spawn(name, [airflow, *command], self.process_environment(name))
         for i in range(1, self.workers + 1):
             worker = Worker(f"worker{i}", f"127.0.0.{i + 1}", free_port())
             env = self.process_environment(worker.name, worker.address)
             env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] = str(worker.log_port)
-            worker.process = self._spawn(worker.name, [
-                airflow, "celery", "worker", "--celery-hostname", f"{worker.name}@{worker.address}",
-                "--queues", f"default,{COPY_QUEUE}"], env)
+            worker.process = self._spawn(
+                worker.name,
+                [
+                    airflow,
+                    "celery",
+                    "worker",
+                    "--celery-hostname",
+                    f"{worker.name}@{worker.address}",
+                    "--queues",
+                    f"default,{COPY_QUEUE}",
+                ],
+                env,
+            )
             worker.starts = 1
-            self._forwards.append(PortForward((worker.address, shared_log_port),
-                                              ("127.0.0.1", worker.log_port)))
+            self._forwards.append(
+                PortForward((worker.address, shared_log_port), ("127.0.0.1", worker.log_port))
+            )
             self._workers.append(worker)
         return self
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         with (self.home / name / f"{name}.log").open("ab") as log:
             # Its own process group: stop, or kill, it with everything it started.
-            process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self._processes[name] = process
         self._commands[name] = (argv, env)
         self._first_env.setdefault(name, env)
@@ -269,17 +311,28 @@ class AirflowCluster(AirflowStandalone):
     def worker_addresses(self) -> dict[str, str]:
         return {w.name: w.address for w in self._workers}
 
-    def task_hosts(self, dag_id: str, run_id: str, tasks: tuple[str, ...] | None = COPY_TASKS,
-                   ) -> list[tuple[str, int, int, str]]:
+    def task_hosts(
+        self,
+        dag_id: str,
+        run_id: str,
+        tasks: tuple[str, ...] | None = COPY_TASKS,
+    ) -> list[tuple[str, int, int, str]]:
         """(task id, map index, try number, worker) of a run's task instances that ran
         (``tasks`` None: all of them)."""
         by_address = {w.address: w.name for w in self._workers}
-        instances = self.api("GET", f"dags/{dag_id}/dagRuns/{run_id}/taskInstances",
-                             params={"limit": 1000})["task_instances"]
-        return sorted((ti["task_id"], ti["map_index"], ti["try_number"],
-                       by_address.get(ti["hostname"], ti["hostname"]))
-                      for ti in instances
-                      if (tasks is None or ti["task_id"] in tasks) and ti["hostname"])
+        instances = self.api(
+            "GET", f"dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000}
+        )["task_instances"]
+        return sorted(
+            (
+                ti["task_id"],
+                ti["map_index"],
+                ti["try_number"],
+                by_address.get(ti["hostname"], ti["hostname"]),
+            )
+            for ti in instances
+            if (tasks is None or ti["task_id"] in tasks) and ti["hostname"]
+        )
 
     def empty_store(self) -> Store:
         """The cluster's replication store, every row of every table gone (its schema kept)."""
@@ -298,11 +351,18 @@ class AirflowCluster(AirflowStandalone):
         except requests.HTTPError as exc:
             if exc.response is None or exc.response.status_code != 404:
                 raise
-        self.api("POST", "connections", json={
-            "connection_id": conn_id, "conn_type": connection["conn_type"],
-            "host": connection["host"], "login": connection.get("login"),
-            "password": connection.get("password"),
-            "extra": json.dumps(connection.get("extra") or {})})
+        self.api(
+            "POST",
+            "connections",
+            json={
+                "connection_id": conn_id,
+                "conn_type": connection["conn_type"],
+                "host": connection["host"],
+                "login": connection.get("login"),
+                "password": connection.get("password"),
+                "extra": json.dumps(connection.get("extra") or {}),
+            },
+        )
 
     def kill_worker(self, name: str) -> None:
         """SIGKILL a worker and everything it started, as if its machine died."""
@@ -312,11 +372,14 @@ class AirflowCluster(AirflowStandalone):
         worker.process.wait()
 
     def describe(self) -> list[str]:
-        return [f"PostgreSQL 127.0.0.1:{self.postgres.port if self.postgres else '?'} "
-                f"(databases airflow, replication)",
-                f"Redis      {self._shared.get('AIRFLOW__CELERY__BROKER_URL', '?')}"] + [
+        return [
+            f"PostgreSQL 127.0.0.1:{self.postgres.port if self.postgres else '?'} "
+            f"(databases airflow, replication)",
+            f"Redis      {self._shared.get('AIRFLOW__CELERY__BROKER_URL', '?')}",
+        ] + [
             f"{w.name:<10} {w.address} (log server :{w.log_port}, pid {w.process.pid if w.process else '-'})"
-            for w in self._workers]
+            for w in self._workers
+        ]
 
     def stop(self) -> None:
         for process in self._processes.values():
@@ -343,8 +406,9 @@ class AirflowCluster(AirflowStandalone):
         return self.start()
 
 
-def _terminate_group(process: subprocess.Popen[bytes], timeout: float = 15,
-                     signalled: bool = False) -> None:
+def _terminate_group(
+    process: subprocess.Popen[bytes], timeout: float = 15, signalled: bool = False
+) -> None:
     """SIGTERM a process group (unless ``signalled``), SIGKILL what is left after ``timeout``."""
     try:
         if not signalled:
@@ -357,4 +421,3 @@ def _terminate_group(process: subprocess.Popen[bytes], timeout: float = 15,
     except ProcessLookupError:
         pass
     process.wait()
-

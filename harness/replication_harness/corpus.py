@@ -36,8 +36,13 @@ def push_every_kind(writer: RegistryClient, layer_size: int = 4096) -> dict[tupl
     push("group/sub/app", signature, f"sha256-{app.digest.split(':')[1]}.sig")
     sbom = images.artifact(app, "application/spdx+json", json.dumps({"spdx": 1}).encode())
     push("group/sub/app", sbom, f"sha256-{app.digest.split(':')[1]}.att")
-    push("group/sub/app", images.zero_layer_artifact("application/vnd.example.config",
-                                                     {"org.example": "zero layers"}), "config-only")
+    push(
+        "group/sub/app",
+        images.zero_layer_artifact(
+            "application/vnd.example.config", {"org.example": "zero layers"}
+        ),
+        "config-only",
+    )
     push("windows/base", foreign_layer_image(docker), "ltsc2022")
     return pushed
 

@@ -13,8 +13,12 @@ DAGS = Path(__file__).resolve().parents[2] / "dags"
 
 def migrate_metadata_db() -> None:
     """A migrated metadata DB in this process's AIRFLOW_HOME (``dag.test()`` needs one)."""
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
 
 
 def load_dags() -> Any:

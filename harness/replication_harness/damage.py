@@ -7,8 +7,9 @@ from replication_harness import images
 from replication_harness.registry import LocalRegistry
 
 
-def damage(secondary: LocalRegistry, writer: RegistryClient,
-           imgs: dict[str, images.Image]) -> dict[str, images.Blob]:
+def damage(
+    secondary: LocalRegistry, writer: RegistryClient, imgs: dict[str, images.Image]
+) -> dict[str, images.Blob]:
     """In repository ``app``: image ``a``'s last layer's data file deleted, ``b``'s truncated
     by 100 bytes, ``c``'s with a byte flipped (same size); tag ``d`` deleted through the API,
     tag ``e`` moved to an image the primary never had. Returns the three layers by name."""

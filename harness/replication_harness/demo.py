@@ -39,11 +39,20 @@ def say(text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", type=Path, default=PROJECT / ".demo",
-                        help="where registries, keys and Airflow live (wiped first)")
-    parser.add_argument("--exit", action="store_true", help="stop after the demo instead of waiting")
-    parser.add_argument("--cluster", action="store_true",
-                        help="CeleryExecutor, two workers, PostgreSQL and Redis instead of standalone")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=PROJECT / ".demo",
+        help="where registries, keys and Airflow live (wiped first)",
+    )
+    parser.add_argument(
+        "--exit", action="store_true", help="stop after the demo instead of waiting"
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="CeleryExecutor, two workers, PostgreSQL and Redis instead of standalone",
+    )
     args = parser.parse_args(argv)
 
     # SIGTERM unwinds like Ctrl-C, so everything started below is stopped; Ctrl-C works even
@@ -57,31 +66,50 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     with ExitStack() as stack:
         tokens = stack.enter_context(
-            TokenService(keys, {DEMO_USER: (DEMO_PASSWORD, {"pull", "push", "delete"})}))
+            TokenService(keys, {DEMO_USER: (DEMO_PASSWORD, {"pull", "push", "delete"})})
+        )
         notify = Notifications(f"http://127.0.0.1:{port}/registry-replication/events", secret)
-        primary = stack.enter_context(LocalRegistry(
-            args.workdir / "primary", keys=keys, notifications=notify, token_realm=tokens.realm,
-            name="primary"))
-        secondary = stack.enter_context(LocalRegistry(
-            args.workdir / "secondary", keys=keys, token_realm=tokens.realm, name="secondary"))
+        primary = stack.enter_context(
+            LocalRegistry(
+                args.workdir / "primary",
+                keys=keys,
+                notifications=notify,
+                token_realm=tokens.realm,
+                name="primary",
+            )
+        )
+        secondary = stack.enter_context(
+            LocalRegistry(
+                args.workdir / "secondary", keys=keys, token_realm=tokens.realm, name="secondary"
+            )
+        )
         say(f"primary registry   {primary.url}  (token auth, key {keys.key_path})")
         say(f"secondary registry {secondary.url}")
 
         writer = stack.enter_context(RegistryClient(primary.client_config(), writable=True))
         # On the cluster, bigger layers in small copy batches: the copy fans out over workers.
         seeded = corpus.push_every_kind(writer, layer_size=256 * 1024 if args.cluster else 4096)
-        say(f"seeded the primary with {len(seeded)} tags in {len({r for r, _ in seeded})} "
-            "repositories (Docker, OCI, multi-arch, signatures, artifacts)")
+        say(
+            f"seeded the primary with {len(seeded)} tags in {len({r for r, _ in seeded})} "
+            "repositories (Docker, OCI, multi-arch, signatures, artifacts)"
+        )
 
         kind = AirflowCluster if args.cluster else AirflowStandalone
-        airflow = kind(args.workdir / "airflow", port=port, env={
-            "AIRFLOW_CONN_REGISTRY_PRIMARY": json.dumps(primary.connection()),
-            "AIRFLOW_CONN_REGISTRY_SECONDARY": json.dumps(secondary.connection()),
-            "REGISTRY_NOTIFICATION_SECRET": secret,
-            "REGISTRY_REPLICATION_DB_URL": f"sqlite:///{args.workdir / 'registry_replication.db'}",
-            **({"AIRFLOW__REGISTRY_REPLICATION__BLOB_BATCH_BYTES": str(1 << 20)}
-               if args.cluster else {}),
-        })
+        airflow = kind(
+            args.workdir / "airflow",
+            port=port,
+            env={
+                "AIRFLOW_CONN_REGISTRY_PRIMARY": json.dumps(primary.connection()),
+                "AIRFLOW_CONN_REGISTRY_SECONDARY": json.dumps(secondary.connection()),
+                "REGISTRY_NOTIFICATION_SECRET": secret,
+                "REGISTRY_REPLICATION_DB_URL": f"sqlite:///{args.workdir / 'registry_replication.db'}",
+                **(
+                    {"AIRFLOW__REGISTRY_REPLICATION__BLOB_BATCH_BYTES": str(1 << 20)}
+                    if args.cluster
+                    else {}
+                ),
+            },
+        )
         stack.callback(airflow.stop)
         name = "a Celery cluster" if args.cluster else "airflow standalone"
         say(f"starting {name} on {airflow.url} (logs: {airflow.log_path}) ...")
@@ -106,18 +134,24 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(airflow, AirflowCluster):
             ran = airflow.task_hosts("registry_reconcile", run_id, tasks=None)
             for worker in sorted({w for *_, w in ran}):
-                say(f"  on {worker}: " + ", ".join(
-                    t if i < 0 else f"{t}[{i}]" for t, i, _, w in ran if w == worker))
+                say(
+                    f"  on {worker}: "
+                    + ", ".join(t if i < 0 else f"{t}[{i}]" for t, i, _, w in ran if w == worker)
+                )
 
         reader = stack.enter_context(RegistryClient(secondary.client_config()))
         fresh = images.ImageFactory().make()
         pushed_at = time.monotonic()
         images.push(writer, "demo/new", fresh, ["1.0"])
         say("pushed demo/new:1.0 to the primary; waiting for the event path ...")
-        while (found := reader.head_manifest("demo/new", "1.0")) is None or found.digest != fresh.digest:
+        while (
+            found := reader.head_manifest("demo/new", "1.0")
+        ) is None or found.digest != fresh.digest:
             if time.monotonic() - pushed_at > 180:
-                say("demo/new:1.0 did not reach the secondary within 3 minutes; see the "
-                    "registry_events task logs")
+                say(
+                    "demo/new:1.0 did not reach the secondary within 3 minutes; see the "
+                    "registry_events task logs"
+                )
                 return 1
             time.sleep(0.2)
         say(f"demo/new:1.0 is on the secondary {time.monotonic() - pushed_at:.1f}s after the push")
@@ -125,8 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         say("")
         say(f"Airflow UI:  {airflow.url}   login: admin / {airflow.password}")
         say(f"Status page: {airflow.url}/registry-replication/status")
-        say(f"Try: skopeo inspect --tls-verify=false --creds {DEMO_USER}:{DEMO_PASSWORD} "
-            f"docker://{secondary.url.removeprefix('http://')}/group/sub/app:1.0")
+        say(
+            f"Try: skopeo inspect --tls-verify=false --creds {DEMO_USER}:{DEMO_PASSWORD} "
+            f"docker://{secondary.url.removeprefix('http://')}/group/sub/app:1.0"
+        )
         if args.exit:
             return 0 if state == "success" else 1
         say("running; Ctrl-C stops everything")

@@ -19,21 +19,42 @@ MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DIGEST = "sha256:" + "a" * 64
 
 
-def event(action: str = "push", repository: str = "group/app", tag: str | None = "1.0",
-          digest: str | None = DIGEST, media_type: str | None = MANIFEST,
-          event_id: str | None = None, **top: Any) -> dict[str, Any]:
+def event(
+    action: str = "push",
+    repository: str = "group/app",
+    tag: str | None = "1.0",
+    digest: str | None = DIGEST,
+    media_type: str | None = MANIFEST,
+    event_id: str | None = None,
+    **top: Any,
+) -> dict[str, Any]:
     """One event of an envelope (``top``: more top-level fields). Its target carries a ``url``
     the webhook must never follow."""
-    target = {"mediaType": media_type, "repository": repository, "digest": digest,
-              "url": "http://attacker.example/v2/x"}
+    target = {
+        "mediaType": media_type,
+        "repository": repository,
+        "digest": digest,
+        "url": "http://attacker.example/v2/x",
+    }
     if tag is not None:
         target["tag"] = tag
-    return {"id": event_id or str(uuid.uuid4()), "timestamp": "2026-11-28T06:00:00.123Z",
-            "action": action, "target": target, **top}
+    return {
+        "id": event_id or str(uuid.uuid4()),
+        "timestamp": "2026-11-28T06:00:00.123Z",
+        "action": action,
+        "target": target,
+        **top,
+    }
 
 
-def post(client: Any, body: Any = None, *, events: list[Any] | None = None,
-         auth: str | None = SECRET, media_type: str = ENVELOPE_MEDIA_TYPE) -> Any:
+def post(
+    client: Any,
+    body: Any = None,
+    *,
+    events: list[Any] | None = None,
+    auth: str | None = SECRET,
+    media_type: str = ENVELOPE_MEDIA_TYPE,
+) -> Any:
     """POST an envelope (``events``) or any ``body`` (bytes as they are, anything else as JSON)
     to the webhook behind ``client``, with ``auth`` as the shared secret (None: no header)."""
     if events is not None:

@@ -35,19 +35,35 @@ def event_stack(workdir: Path, env: dict[str, str] | None = None) -> Iterator[Ev
         keys = generate_key_pair(workdir / "keys")
         tokens = stack.enter_context(TokenService(keys, {}))
         port = free_port()
-        primary = stack.enter_context(LocalRegistry(
-            workdir / "primary", keys=keys, token_realm=tokens.realm, name="primary",
-            notifications=Notifications(f"http://127.0.0.1:{port}/registry-replication/events",
-                                        SECRET, backoff="500ms")))
-        secondary = stack.enter_context(LocalRegistry(
-            workdir / "secondary", keys=keys, token_realm=tokens.realm, name="secondary"))
+        primary = stack.enter_context(
+            LocalRegistry(
+                workdir / "primary",
+                keys=keys,
+                token_realm=tokens.realm,
+                name="primary",
+                notifications=Notifications(
+                    f"http://127.0.0.1:{port}/registry-replication/events", SECRET, backoff="500ms"
+                ),
+            )
+        )
+        secondary = stack.enter_context(
+            LocalRegistry(
+                workdir / "secondary", keys=keys, token_realm=tokens.realm, name="secondary"
+            )
+        )
         store_url = f"sqlite:///{workdir / 'replication.db'}"
-        airflow = stack.enter_context(AirflowStandalone(workdir / "airflow", port=port, env={
-            "AIRFLOW_CONN_REGISTRY_PRIMARY": json.dumps(primary.connection()),
-            "AIRFLOW_CONN_REGISTRY_SECONDARY": json.dumps(secondary.connection()),
-            "REGISTRY_NOTIFICATION_SECRET": SECRET,
-            "REGISTRY_REPLICATION_DB_URL": store_url,
-            "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
-            **(env or {}),
-        }))
+        airflow = stack.enter_context(
+            AirflowStandalone(
+                workdir / "airflow",
+                port=port,
+                env={
+                    "AIRFLOW_CONN_REGISTRY_PRIMARY": json.dumps(primary.connection()),
+                    "AIRFLOW_CONN_REGISTRY_SECONDARY": json.dumps(secondary.connection()),
+                    "REGISTRY_NOTIFICATION_SECRET": SECRET,
+                    "REGISTRY_REPLICATION_DB_URL": store_url,
+                    "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
+                    **(env or {}),
+                },
+            )
+        )
         yield EventStack(primary, secondary, airflow, store_url)

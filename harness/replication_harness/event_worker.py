@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         leases.keep_alive()
         while True:
             store.queue.dead_letter_lost(args.max_attempts)
-            owner, claimed = store.queue.claim(lease_seconds=leases.ttl, owner=leases.owner,
-                                               max_attempts=args.max_attempts)
+            owner, claimed = store.queue.claim(
+                lease_seconds=leases.ttl, owner=leases.owner, max_attempts=args.max_attempts
+            )
             if not claimed:
                 waiting = store.queue.stats()["counts"]
                 if not waiting[EventStatus.PENDING] and not waiting[EventStatus.PROCESSING]:
@@ -54,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             store.queue.complete(owner, [i for i, error in outcomes.items() if error is None])
             for event_id, error in outcomes.items():
                 if error is not None:
-                    store.queue.retry_later(owner, [event_id], error,
-                                            max_attempts=args.max_attempts)
+                    store.queue.retry_later(
+                        owner, [event_id], error, max_attempts=args.max_attempts
+                    )
 
 
 if __name__ == "__main__":

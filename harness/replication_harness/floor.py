@@ -26,8 +26,13 @@ from replication_harness.registry import LocalRegistry
 from replication_harness.synthetic import Corpus
 
 
-def floor_sync(primary: LocalRegistry, secondary: LocalRegistry, corpus: Corpus,
-               parallelism: int, workdir: Path) -> Run:
+def floor_sync(
+    primary: LocalRegistry,
+    secondary: LocalRegistry,
+    corpus: Corpus,
+    parallelism: int,
+    workdir: Path,
+) -> Run:
     """Each unique blob once: ``curl GET | curl -X PUT -T -``, ``parallelism`` at a time."""
     script = (
         'curl -sSf "$1" | curl -sSf -X PUT -T - -H "Content-Type: application/octet-stream" '
@@ -50,8 +55,10 @@ def floor_sync(primary: LocalRegistry, secondary: LocalRegistry, corpus: Corpus,
         put_url = f"{location}{'&' if '?' in location else '?'}digest={quote(digest, safe='')}"
         rss_path = workdir / f"floor-{digest[7:23]}.rss"
         proc = subprocess.run(
-            measured(["sh", "-c", script, "sh", f"{primary.url}/v2/{repo}/blobs/{digest}",
-                      put_url], rss_path),
+            measured(
+                ["sh", "-c", script, "sh", f"{primary.url}/v2/{repo}/blobs/{digest}", put_url],
+                rss_path,
+            ),
             stderr=subprocess.PIPE,
         )
         err = proc.stderr
@@ -73,8 +80,13 @@ def floor_sync(primary: LocalRegistry, secondary: LocalRegistry, corpus: Corpus,
     return run
 
 
-def floor_noop(primary: LocalRegistry, secondary: LocalRegistry, corpus: Corpus,
-               parallelism: int, workdir: Path) -> Run:
+def floor_noop(
+    primary: LocalRegistry,
+    secondary: LocalRegistry,
+    corpus: Corpus,
+    parallelism: int,
+    workdir: Path,
+) -> Run:
     """The least a no-op must do: every tag list, then HEAD of every tag, on both sides.
 
     The floor's secondary holds blobs only, so its answers are 404s: the same requests, the
@@ -89,10 +101,13 @@ def floor_noop(primary: LocalRegistry, secondary: LocalRegistry, corpus: Corpus,
         keep-alive connection. (One ``curl --parallel`` over every URL was tried first: on a
         loaded 2-core machine it used ~18 s of CPU for ~2,500 requests, competing with the
         registries it measured.)"""
+
         def one(k: int) -> None:
             config = workdir / f"{name}-{k}.curlrc"
             config.write_text("\n".join(config_lines[k::parallelism]) + "\n")
-            child = run_child(["curl", "-sS", "-K", str(config)], workdir / f"{name}-{k}.log", Run())
+            child = run_child(
+                ["curl", "-sS", "-K", str(config)], workdir / f"{name}-{k}.log", Run()
+            )
             with lock:
                 run.max_rss_kib = max(run.max_rss_kib, child.max_rss_kib or 0)
                 run.cpu_seconds += child.cpu_seconds or 0.0
@@ -105,14 +120,24 @@ def floor_noop(primary: LocalRegistry, secondary: LocalRegistry, corpus: Corpus,
     def lists(registry: LocalRegistry, name: str) -> Path:
         out = workdir / f"{name}-tags"
         out.mkdir(exist_ok=True)
-        curl_parallel([f'url = "{registry.url}/v2/{repo}/tags/list"\noutput = "{out / repo}.json"'
-                       for repo in corpus.repositories], f"{name}-lists")
+        curl_parallel(
+            [
+                f'url = "{registry.url}/v2/{repo}/tags/list"\noutput = "{out / repo}.json"'
+                for repo in corpus.repositories
+            ],
+            f"{name}-lists",
+        )
         return out
 
     def heads(registry: LocalRegistry, name: str, tags: list[tuple[str, str]]) -> None:
-        curl_parallel([f'url = "{registry.url}/v2/{repo}/manifests/{tag}"\nhead\n'
-                       f'header = "Accept: {mt.MANIFEST_ACCEPT}"\noutput = "/dev/null"'
-                       for repo, tag in tags], f"{name}-heads")
+        curl_parallel(
+            [
+                f'url = "{registry.url}/v2/{repo}/manifests/{tag}"\nhead\n'
+                f'header = "Accept: {mt.MANIFEST_ACCEPT}"\noutput = "/dev/null"'
+                for repo, tag in tags
+            ],
+            f"{name}-heads",
+        )
 
     with ThreadPoolExecutor(2) as pool:
         listed = pool.submit(lists, primary, "noop-primary")
@@ -124,8 +149,12 @@ def floor_noop(primary: LocalRegistry, secondary: LocalRegistry, corpus: Corpus,
                 tags += [(repo, tag) for tag in body.get("tags") or []]
             except (OSError, ValueError) as exc:
                 run.error = run.error or f"tag list of {repo}: {exc}"
-        list(pool.map(lambda side: heads(*side, tags),
-                      [(primary, "noop-primary"), (secondary, "noop-secondary")]))
+        list(
+            pool.map(
+                lambda side: heads(*side, tags),
+                [(primary, "noop-primary"), (secondary, "noop-secondary")],
+            )
+        )
     run.seconds = time.perf_counter() - started
     run.rc = 1 if run.error else 0
     run.note = f"{len(tags)} tags: tag lists + HEAD of every tag, both sides, {parallelism} curls"
@@ -140,8 +169,13 @@ class _Bare:
         self.port = int(port)
         self.local = threading.local()
 
-    def ask(self, method: str, path: str, headers: dict[str, str] | None = None,
-            body: bytes | None = None) -> tuple[int, bytes, http.client.HTTPResponse]:
+    def ask(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> tuple[int, bytes, http.client.HTTPResponse]:
         if not hasattr(self.local, "connection"):
             self.local.connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
         self.local.connection.request(method, path, body=body, headers=headers or {})
@@ -149,8 +183,12 @@ class _Bare:
         return response.status, response.read(), response
 
 
-def floor_primary_noop(primary: LocalRegistry, corpus: Corpus, parallelism: int,
-                       known: dict[tuple[str, str], str] | None = None) -> Run:
+def floor_primary_noop(
+    primary: LocalRegistry,
+    corpus: Corpus,
+    parallelism: int,
+    known: dict[tuple[str, str], str] | None = None,
+) -> Run:
     """The least a correct no-op must ask of the primary: its tag lists, then a ``HEAD`` of
     every tag (a tag can move with no notification reaching us), conditional on ``known``
     digests when given; sent by the barest client there is (``http.client``, one keep-alive
@@ -182,13 +220,16 @@ def floor_primary_noop(primary: LocalRegistry, corpus: Corpus, parallelism: int,
     except (OSError, RuntimeError, ValueError) as exc:
         run.rc, run.error, tags = 1, str(exc), []
     run.seconds = time.perf_counter() - started
-    run.note = (f"{len(tags)} tags: tag lists + {'conditional ' if known else ''}HEAD of every "
-                f"tag, primary only, bare http.client x{parallelism}")
+    run.note = (
+        f"{len(tags)} tags: tag lists + {'conditional ' if known else ''}HEAD of every "
+        f"tag, primary only, bare http.client x{parallelism}"
+    )
     return run
 
 
-def floor_full_copy(primary: LocalRegistry, secondary: LocalRegistry, corpus: Corpus,
-                    parallelism: int) -> Run:
+def floor_full_copy(
+    primary: LocalRegistry, secondary: LocalRegistry, corpus: Corpus, parallelism: int
+) -> Run:
     """The least a full copy must do, by the barest client (``http.client``, one keep-alive
     connection per thread on each side): each repository's blobs uploaded once (``GET`` from
     the primary, ``POST`` + ``PUT`` to the secondary), then per tag one manifest ``GET`` from
@@ -208,20 +249,25 @@ def floor_full_copy(primary: LocalRegistry, secondary: LocalRegistry, corpus: Co
         expect(status, (202,), f"POST upload {repo}")
         location = response.getheader("Location", "").removeprefix(secondary.url)
         status, _, _ = target.ask(
-            "PUT", f"{location}{'&' if '?' in location else '?'}digest={quote(digest, safe='')}",
-            {"Content-Type": "application/octet-stream"}, data)
+            "PUT",
+            f"{location}{'&' if '?' in location else '?'}digest={quote(digest, safe='')}",
+            {"Content-Type": "application/octet-stream"},
+            data,
+        )
         expect(status, (201,), f"PUT blob {repo}@{digest}")
 
     def manifest(repo: str, reference: str) -> None:
-        status, raw, response = source.ask("GET", f"/v2/{repo}/manifests/{reference}",
-                                           {"Accept": mt.MANIFEST_ACCEPT})
+        status, raw, response = source.ask(
+            "GET", f"/v2/{repo}/manifests/{reference}", {"Accept": mt.MANIFEST_ACCEPT}
+        )
         expect(status, (200,), f"GET manifest {repo}:{reference}")
         media_type = response.getheader("Content-Type", "")
         if media_type in mt.INDEXES:
             for child in json.loads(raw)["manifests"]:
                 manifest(repo, child["digest"])
-        status, _, _ = target.ask("PUT", f"/v2/{repo}/manifests/{reference}",
-                                  {"Content-Type": media_type}, raw)
+        status, _, _ = target.ask(
+            "PUT", f"/v2/{repo}/manifests/{reference}", {"Content-Type": media_type}, raw
+        )
         expect(status, (201,), f"PUT manifest {repo}:{reference}")
 
     started = time.perf_counter()
@@ -233,8 +279,10 @@ def floor_full_copy(primary: LocalRegistry, secondary: LocalRegistry, corpus: Co
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
         run.rc, run.error = 1, str(exc)
     run.seconds = time.perf_counter() - started
-    run.note = (f"{len(corpus.repo_blobs)} blob uploads, {corpus.tags} tags: manifest GET + PUT "
-                f"each (an index's children first), bare http.client x{parallelism}")
+    run.note = (
+        f"{len(corpus.repo_blobs)} blob uploads, {corpus.tags} tags: manifest GET + PUT "
+        f"each (an index's children first), bare http.client x{parallelism}"
+    )
     return run
 
 

@@ -24,8 +24,11 @@ def deep_json(depth: int, factory: images.ImageFactory | None = None) -> Image:
 
 def index_of(children: list[Image]) -> Image:
     """An OCI index listing ``children`` in that order (repeats kept)."""
-    body = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX,
-            "manifests": [child.descriptor() for child in children]}
+    body = {
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_INDEX,
+        "manifests": [child.descriptor() for child in children],
+    }
     unique = tuple({child.digest: child for child in children}.values())
     return Image(json.dumps(body).encode(), mt.OCI_INDEX, (), unique)
 
@@ -46,8 +49,9 @@ def diamond(depth: int, leaf: Image) -> list[Image]:
     return made[1:]
 
 
-def push_stack(client: RegistryClient, repository: str, leaf: Image, stack: list[Image],
-               tag: str) -> str:
+def push_stack(
+    client: RegistryClient, repository: str, leaf: Image, stack: list[Image], tag: str
+) -> str:
     """Push ``leaf``, then each index of ``stack`` by digest (no recursion: chains run deep),
     and tag the last one; returns its digest."""
     images.push(client, repository, leaf)

@@ -104,9 +104,15 @@ def image(
 def shared_config(label: str, architecture: str = "amd64", *, docker: bool = False) -> Blob:
     """A config blob to share between many manifests (its ``rootfs`` names no layers)."""
     return Blob(
-        json.dumps({"architecture": architecture, "os": "linux",
-                    "config": {"Labels": {"label": label}},
-                    "rootfs": {"type": "layers", "diff_ids": []}}, sort_keys=True).encode(),
+        json.dumps(
+            {
+                "architecture": architecture,
+                "os": "linux",
+                "config": {"Labels": {"label": label}},
+                "rootfs": {"type": "layers", "diff_ids": []},
+            },
+            sort_keys=True,
+        ).encode(),
         mt.DOCKER_CONFIG if docker else mt.OCI_CONFIG,
     )
 
@@ -184,11 +190,18 @@ def push_unchecked(registry: LocalRegistry, repository: str, img: Image, tag: st
         started.raise_for_status()
         location = urljoin(registry.url, started.headers["Location"])
         sep = "&" if "?" in location else "?"
-        requests.put(f"{location}{sep}digest={blob.digest}", data=blob.data, timeout=30,
-                     headers={**headers, "Content-Type": "application/octet-stream"}
-                     ).raise_for_status()
-    requests.put(f"{base}/manifests/{tag}", data=img.raw, timeout=30,
-                 headers={**headers, "Content-Type": img.media_type}).raise_for_status()
+        requests.put(
+            f"{location}{sep}digest={blob.digest}",
+            data=blob.data,
+            timeout=30,
+            headers={**headers, "Content-Type": "application/octet-stream"},
+        ).raise_for_status()
+    requests.put(
+        f"{base}/manifests/{tag}",
+        data=img.raw,
+        timeout=30,
+        headers={**headers, "Content-Type": img.media_type},
+    ).raise_for_status()
     return img.digest
 
 

@@ -69,13 +69,20 @@ def assert_premigration_store_upgrades(url: str) -> None:
     store = Store(url)  # the first use upgrades it
     with store.engine.connect() as conn:
         assert migrate.current(conn) == migrate.head()
-    assert store.queue.stats()["counts"] == {"pending": 3, "processing": 0, "done": 2,
-                                             "failed": 0, "rejected": 0}
+    assert store.queue.stats()["counts"] == {
+        "pending": 3,
+        "processing": 0,
+        "done": 2,
+        "failed": 0,
+        "rejected": 0,
+    }
     assert store.history.last_run("registry_reconcile")["summary"] == {"copied": 3}
     assert [(r["digest"], r["code"]) for r in store.history.failed_layers()] == [
-        ("sha256:" + "b" * 64, "UNKNOWN")]
+        ("sha256:" + "b" * 64, "UNKNOWN")
+    ]
     assert [(r["repository"], r["state"]) for r in store.state.repository_states()] == [
-        ("group/app", "failed")]
+        ("group/app", "failed")
+    ]
     assert [r["owner"] for r in store.state.all_leases()] == ["old-writer"]
     assert store.history.copied_bytes_total() == 12345
     assert store.history.push_latency_histogram()[1] == 2
@@ -96,14 +103,22 @@ def assert_premigration_store_upgrades(url: str) -> None:
 def revisions() -> list[str]:
     """Every revision below head, oldest first."""
     script = ScriptDirectory.from_config(migrate.config())
-    return [r.revision for r in reversed(list(script.walk_revisions()))
-            if r.revision != migrate.head()]
+    return [
+        r.revision for r in reversed(list(script.walk_revisions())) if r.revision != migrate.head()
+    ]
 
 
 def _row(table: sa.Table) -> dict[str, object]:
     """One row for ``table``, a plain value of each column's type."""
-    values = {str: "x", int: 1, float: 1.5, bool: True, bytes: b"x", dict: {"k": 1},
-              dt.datetime: T0}
+    values = {
+        str: "x",
+        int: 1,
+        float: 1.5,
+        bool: True,
+        bytes: b"x",
+        dict: {"k": 1},
+        dt.datetime: T0,
+    }
     return {c.name: values[c.type.python_type] for c in table.columns}
 
 
@@ -111,8 +126,11 @@ def _row_counts(conn: sa.Connection) -> dict[sa.Table, int]:
     """Each of the store's tables (as the database has it) and its number of rows."""
     tables = sa.MetaData()
     tables.reflect(conn)
-    return {table: conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
-            for name, table in tables.tables.items() if name != migrate.VERSION_TABLE}
+    return {
+        table: conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+        for name, table in tables.tables.items()
+        if name != migrate.VERSION_TABLE
+    }
 
 
 def assert_revision_upgrades(url: str, revision: str) -> None:

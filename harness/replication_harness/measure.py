@@ -67,8 +67,9 @@ class PrimaryMeter:
         return wchar, self.registry.log_path.stat().st_size, cpu.user + cpu.system
 
     @staticmethod
-    def delta(before: tuple[int, int, float] | None,
-              after: tuple[int, int, float] | None) -> int | None:
+    def delta(
+        before: tuple[int, int, float] | None, after: tuple[int, int, float] | None
+    ) -> int | None:
         if before is None or after is None:
             return None
         return (after[0] - before[0]) - (after[1] - before[1])
@@ -107,16 +108,25 @@ def read_usage(rss_path: Path) -> tuple[int | None, float | None]:
         return None, None
 
 
-def run_child(argv: Sequence[str], log_path: Path, run: Run,
-              env: dict[str, str] | None = None,
-              on_start: Callable[[int], None] | None = None) -> Run:
+def run_child(
+    argv: Sequence[str],
+    log_path: Path,
+    run: Run,
+    env: dict[str, str] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> Run:
     """Run one child process (``env``: its whole environment; ``on_start``: called with its
     pid): its wall time and peak RSS (of its whole tree's largest process)."""
     rss_path = log_path.with_suffix(".rss")
     with log_path.open("wb") as stderr:
         started = time.perf_counter()
-        proc = subprocess.Popen(measured(argv, rss_path), stdout=subprocess.PIPE, stderr=stderr,
-                                start_new_session=True, env=env)
+        proc = subprocess.Popen(
+            measured(argv, rss_path),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            start_new_session=True,
+            env=env,
+        )
         if on_start:
             on_start(proc.pid)
         try:
@@ -158,9 +168,18 @@ def timed(meter: PrimaryMeter, fn: Callable[..., Run], *args: object) -> Run:
 
 def engine_sync(primary: LocalRegistry, secondary: LocalRegistry, log_path: Path) -> Run:
     run = run_child(
-        [ENGINE, "sync", "--primary", json.dumps(primary.connection()),
-         "--secondary", json.dumps(secondary.connection()), "--json", "--no-prune"],
-        log_path, Run(),
+        [
+            ENGINE,
+            "sync",
+            "--primary",
+            json.dumps(primary.connection()),
+            "--secondary",
+            json.dumps(secondary.connection()),
+            "--json",
+            "--no-prune",
+        ],
+        log_path,
+        Run(),
     )
     if run.rc is not None and run.stdout.strip():
         try:
@@ -175,9 +194,22 @@ def engine_sync(primary: LocalRegistry, secondary: LocalRegistry, log_path: Path
 def skopeo_sync(source_yaml: Path, secondary: LocalRegistry, log_path: Path) -> Run:
     dest = secondary.url.removeprefix("http://")
     return run_child(
-        ["skopeo", "sync", "--all", "--preserve-digests", "--src", "yaml", "--dest", "docker",
-         "--src-tls-verify=false", "--dest-tls-verify=false", str(source_yaml), dest],
-        log_path, Run(),
+        [
+            "skopeo",
+            "sync",
+            "--all",
+            "--preserve-digests",
+            "--src",
+            "yaml",
+            "--dest",
+            "docker",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            str(source_yaml),
+            dest,
+        ],
+        log_path,
+        Run(),
     )
 
 
@@ -198,9 +230,17 @@ def write_skopeo_yaml(primary: LocalRegistry, corpus: Corpus, path: Path) -> Non
 
 def verify(primary: LocalRegistry, secondary: LocalRegistry, log_path: Path) -> tuple[bool, str]:
     run = run_child(
-        [ENGINE, "verify", "--primary", json.dumps(primary.connection()),
-         "--secondary", json.dumps(secondary.connection()), "--json"],
-        log_path, Run(),
+        [
+            ENGINE,
+            "verify",
+            "--primary",
+            json.dumps(primary.connection()),
+            "--secondary",
+            json.dumps(secondary.connection()),
+            "--json",
+        ],
+        log_path,
+        Run(),
     )
     try:
         records = json.loads(run.stdout)
@@ -209,7 +249,6 @@ def verify(primary: LocalRegistry, secondary: LocalRegistry, log_path: Path) -> 
     in_sync = sum(1 for r in records if r.get("in_sync"))
     ok = run.rc == 0 and in_sync == len(records) and bool(records)
     return ok, f"{'in sync' if ok else 'NOT in sync'} ({in_sync}/{len(records)} repositories)"
-
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -241,8 +280,9 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(r: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(r, widths)))
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+        )
 
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
 
@@ -252,4 +292,4 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 
 
 def load_average() -> str:
-    return (" ".join(f"{x:.2f}" for x in os.getloadavg()) + f" (1/5/15 min) on {os.cpu_count()} CPUs")
+    return " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" (1/5/15 min) on {os.cpu_count()} CPUs"

@@ -77,17 +77,49 @@ class LocalPostgres:
             shutil.chown(pwfile, SUPERUSER, SUPERUSER)
         pwfile.chmod(0o600)
         subprocess.run(
-            [str(bindir / "initdb"), "-D", str(data), "-U", SUPERUSER, "--pwfile", str(pwfile),
-             "--auth", "scram-sha-256", "-E", "UTF8", "--locale", "C", "--no-sync"],
-            check=True, capture_output=True, **self._as_postgres(),
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                SUPERUSER,
+                "--pwfile",
+                str(pwfile),
+                "--auth",
+                "scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale",
+                "C",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            **self._as_postgres(),
         )
         pwfile.unlink()
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [str(bindir / "postgres"), "-D", str(data), "-p", str(self.port),
-                 "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-                 "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=300"],
-                stdout=log, stderr=subprocess.STDOUT, **self._as_postgres(),
+                [
+                    str(bindir / "postgres"),
+                    "-D",
+                    str(data),
+                    "-p",
+                    str(self.port),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "unix_socket_directories=",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=300",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                **self._as_postgres(),
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -102,8 +134,10 @@ class LocalPostgres:
         raise RuntimeError(f"postgres did not start within {timeout}s; see {self.log_path}")
 
     def dsn(self, database: str) -> str:
-        return (f"host=127.0.0.1 port={self.port} user={SUPERUSER} "
-                f"password={self.password} dbname={database}")
+        return (
+            f"host=127.0.0.1 port={self.port} user={SUPERUSER} "
+            f"password={self.password} dbname={database}"
+        )
 
     def url(self, database: str, driver: str = "postgresql+psycopg2") -> str:
         """A SQLAlchemy URL (``postgresql+asyncpg`` for Airflow's async engine)."""

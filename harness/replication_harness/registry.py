@@ -52,8 +52,12 @@ class Notifications:
     # What the replicator does not use, as README's example config leaves out: the registry
     # sends each event in its own POST, one after another, so a pull event per HEAD or GET
     # (the replicator's own reads among them) would queue ahead of the next push.
-    ignore: dict[str, list[str]] = field(default_factory=lambda: {
-        "mediatypes": ["application/octet-stream"], "actions": ["pull", "mount"]})
+    ignore: dict[str, list[str]] = field(
+        default_factory=lambda: {
+            "mediatypes": ["application/octet-stream"],
+            "actions": ["pull", "mount"],
+        }
+    )
 
 
 @dataclass
@@ -166,8 +170,12 @@ class LocalRegistry:
     def connection(self, **extra: Any) -> dict[str, Any]:
         """This registry as an ``AIRFLOW_CONN_*`` JSON object for the replicator (``jwt`` auth)."""
         if self.keys:
-            extra = {"auth": "jwt", "private_key_path": str(self.keys.key_path),
-                     "certificate_path": str(self.keys.cert_path), **extra}
+            extra = {
+                "auth": "jwt",
+                "private_key_path": str(self.keys.key_path),
+                "certificate_path": str(self.keys.cert_path),
+                **extra,
+            }
         else:
             extra = {"auth": "anonymous", **extra}
         return {"conn_type": "oci_registry", "host": self.url, "extra": extra}

@@ -111,8 +111,13 @@ class TokenService(_Server):
         if refused_after_seconds is not None:
             backdate = ttl + JWT_LEEWAY_SECONDS - refused_after_seconds
             clock = lambda: time.time() - backdate  # noqa: E731
-        self.signer = JwtAuth(keys.private_key_pem, service=GITLAB_SERVICE, issuer=GITLAB_ISSUER,
-                              ttl_seconds=ttl, clock=clock)
+        self.signer = JwtAuth(
+            keys.private_key_pem,
+            service=GITLAB_SERVICE,
+            issuer=GITLAB_ISSUER,
+            ttl_seconds=ttl,
+            clock=clock,
+        )
         self.expires_in = expires_in if expires_in is not None else ttl
         self.users = users
         self.issued = 0  # tokens handed out
@@ -187,8 +192,11 @@ class _ProxyHandler(_QuietHandler):
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
-            data = fault.body if fault.body is not None else json.dumps(
-                {"errors": [{"code": fault.code, "message": "injected"}]}).encode()
+            data = (
+                fault.body
+                if fault.body is not None
+                else json.dumps({"errors": [{"code": fault.code, "message": "injected"}]}).encode()
+            )
             self.send_response(fault.status)
             for name, value in fault.headers.items():
                 self.send_header(name, value)
@@ -205,8 +213,9 @@ class _ProxyHandler(_QuietHandler):
         data = response.read()
         upstream.close()
         cut_after = fault.cut_after_bytes if fault is not None else None
-        self.owner.record(self.command, self.path,
-                          response.status if cut_after is None else "cut mid-body")
+        self.owner.record(
+            self.command, self.path, response.status if cut_after is None else "cut mid-body"
+        )
         self.send_response(response.status)
         for name, value in response.getheaders():
             if name.lower() not in ("transfer-encoding", "content-length", "connection"):

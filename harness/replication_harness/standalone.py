@@ -67,7 +67,9 @@ class AirflowStandalone:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "airflow"), "standalone"],
-            env=self.environment(), stdout=log, stderr=subprocess.STDOUT,
+            env=self.environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # one process group: stop() ends every component
         )
         return self
@@ -96,8 +98,11 @@ class AirflowStandalone:
     def token(self) -> str:
         """A JWT of the admin user, for the REST API and the UI's ``_token`` cookie."""
         if self._token is None:
-            response = requests.post(f"{self.url}/auth/token", timeout=10,
-                                     json={"username": "admin", "password": self.password})
+            response = requests.post(
+                f"{self.url}/auth/token",
+                timeout=10,
+                json={"username": "admin", "password": self.password},
+            )
             response.raise_for_status()
             self._token = response.json()["access_token"]
         return self._token
@@ -108,9 +113,13 @@ class AirflowStandalone:
         deadline = time.monotonic() + 60
         while True:
             try:
-                response = requests.request(method, f"{self.url}/api/v2/{path.lstrip('/')}",
-                                            timeout=30, headers={"Authorization": f"Bearer {self._token}"},
-                                            **kwargs)
+                response = requests.request(
+                    method,
+                    f"{self.url}/api/v2/{path.lstrip('/')}",
+                    timeout=30,
+                    headers={"Authorization": f"Bearer {self._token}"},
+                    **kwargs,
+                )
             except requests.ConnectionError:
                 # An API server that is (re)starting refuses or drops connections for a moment.
                 if time.monotonic() > deadline:
@@ -123,8 +132,10 @@ class AirflowStandalone:
                 break
             time.sleep(1)
         if response.status_code >= 400:
-            raise requests.HTTPError(f"{method} {path}: HTTP {response.status_code}: "
-                                     f"{response.text[:500]}", response=response)
+            raise requests.HTTPError(
+                f"{method} {path}: HTTP {response.status_code}: {response.text[:500]}",
+                response=response,
+            )
         return response.json() if response.content else None
 
     def wait_for_dag(self, dag_id: str, timeout: float = 120.0) -> None:
@@ -138,13 +149,15 @@ class AirflowStandalone:
         raise TimeoutError(f"DAG {dag_id} was not parsed within {timeout}s; see {self.log_path}")
 
     def latest_run(self, dag_id: str) -> str | None:
-        runs = self.api("GET", f"dags/{dag_id}/dagRuns", params={"order_by": "-run_after",
-                                                                  "limit": 1})["dag_runs"]
+        runs = self.api(
+            "GET", f"dags/{dag_id}/dagRuns", params={"order_by": "-run_after", "limit": 1}
+        )["dag_runs"]
         return runs[0]["dag_run_id"] if runs else None
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
-        run = self.api("POST", f"dags/{dag_id}/dagRuns",
-                       json={"logical_date": None, "conf": conf or {}})
+        run = self.api(
+            "POST", f"dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}}
+        )
         return run["dag_run_id"]
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600.0) -> str:

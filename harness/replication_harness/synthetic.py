@@ -87,8 +87,9 @@ class Corpus:
         return sum(self.blobs[d][0] for _, d in self.repo_blobs)
 
 
-def _layout(repos: int, tags: int, base_sets: int, unique_mib: float,
-            seed: int) -> tuple[Corpus, random.Random, int]:
+def _layout(
+    repos: int, tags: int, base_sets: int, unique_mib: float, seed: int
+) -> tuple[Corpus, random.Random, int]:
     rng = random.Random(seed)
     width = max(2, len(str(repos - 1)))
     names = [f"app-{i:0{width}d}" for i in range(repos)]
@@ -105,8 +106,14 @@ def _layout(repos: int, tags: int, base_sets: int, unique_mib: float,
         n = per_repo[repo] = per_repo.get(repo, -1) + 1
         archs = ["amd64", "arm64"] if i % 10 == 9 else ["amd64"]
         corpus.specs.append(
-            TagSpec(repo, f"v{n}.0", docker=(i % repos) % 2 == 1, base=(i % repos) % base_sets,
-                    platforms=[(arch, []) for arch in archs], number=n)
+            TagSpec(
+                repo,
+                f"v{n}.0",
+                docker=(i % repos) % 2 == 1,
+                base=(i % repos) % base_sets,
+                platforms=[(arch, []) for arch in archs],
+                number=n,
+            )
         )
     top_budget = max(0, budget - sum(len(b) for s in corpus.base_sets for b in s))
     return corpus, rng, top_budget
@@ -115,13 +122,21 @@ def _layout(repos: int, tags: int, base_sets: int, unique_mib: float,
 def plan_corpus(repos: int, tags: int, unique_mib: float, base_sets: int, seed: int) -> Corpus:
     """Unique top layers per image, log-normal sizes (a few big layers, many small ones)."""
     corpus, rng, top_budget = _layout(repos, tags, base_sets, unique_mib, seed)
-    slots = [sizes for spec in corpus.specs for _, sizes in spec.platforms for _ in range(TOP_LAYERS)]
+    slots = [
+        sizes for spec in corpus.specs for _, sizes in spec.platforms for _ in range(TOP_LAYERS)
+    ]
     weights = [rng.lognormvariate(0, 1) for _ in slots]
     scale = top_budget / sum(weights)
     for sizes, weight in zip(slots, weights):
         sizes.append(max(256, int(weight * scale)))
-    corpus.parameters = {"layout": "unique", "repos": repos, "tags": tags,
-                         "unique_mib": unique_mib, "base_sets": base_sets, "seed": seed}
+    corpus.parameters = {
+        "layout": "unique",
+        "repos": repos,
+        "tags": tags,
+        "unique_mib": unique_mib,
+        "base_sets": base_sets,
+        "seed": seed,
+    }
     return corpus
 
 
@@ -130,16 +145,24 @@ def pool_size(tags_per_repository: int) -> int:
     return max(2, math.ceil((1 + math.sqrt(1 + 4 * tags_per_repository)) / 2))
 
 
-def plan_scale_corpus(repos: int, tags: int, unique_mib: float, base_sets: int,
-                      seed: int) -> Corpus:
+def plan_scale_corpus(
+    repos: int, tags: int, unique_mib: float, base_sets: int, seed: int
+) -> Corpus:
     """Every tag a distinct manifest over blobs its repository shares (see the module doc)."""
     corpus, rng, top_budget = _layout(repos, tags, base_sets, unique_mib, seed)
     pool = pool_size(math.ceil(tags / repos))
     size = max(256, top_budget // max(1, repos * pool))
-    corpus.pools = {repo: [rng.randbytes(size) for _ in range(pool)]
-                    for repo in corpus.repositories}
-    corpus.parameters = {"layout": "scale", "repos": repos, "tags": tags,
-                         "unique_mib": unique_mib, "base_sets": base_sets, "seed": seed}
+    corpus.pools = {
+        repo: [rng.randbytes(size) for _ in range(pool)] for repo in corpus.repositories
+    }
+    corpus.parameters = {
+        "layout": "scale",
+        "repos": repos,
+        "tags": tags,
+        "unique_mib": unique_mib,
+        "base_sets": base_sets,
+        "seed": seed,
+    }
     return corpus
 
 
@@ -151,23 +174,37 @@ def _pair(number: int, pool: int) -> tuple[int, int]:
 
 def image_of(spec: TagSpec, corpus: Corpus) -> Image:
     layer_type = mt.DOCKER_LAYER if spec.docker else mt.OCI_LAYER
-    base = [corpus.blob(("base", spec.base, i, spec.docker), lambda data=data: Blob(data, layer_type))
-            for i, data in enumerate(corpus.base_sets[spec.base])]
+    base = [
+        corpus.blob(("base", spec.base, i, spec.docker), lambda data=data: Blob(data, layer_type))
+        for i, data in enumerate(corpus.base_sets[spec.base])
+    ]
     children = []
     for arch, sizes in spec.platforms:
         if corpus.pools:
             pool = corpus.pools[spec.repository]
-            top = [corpus.blob(("top", spec.repository, i, spec.docker),
-                               lambda pool=pool, i=i: Blob(pool[i], layer_type))
-                   for i in _pair(spec.number, len(pool))]
+            top = [
+                corpus.blob(
+                    ("top", spec.repository, i, spec.docker),
+                    lambda pool=pool, i=i: Blob(pool[i], layer_type),
+                )
+                for i in _pair(spec.number, len(pool))
+            ]
             # One config per repository and architecture, shared by its manifests.
-            config = corpus.blob(("config", spec.repository, arch, spec.docker),
-                                 lambda arch=arch: shared_config(spec.repository, arch, docker=spec.docker))
+            config = corpus.blob(
+                ("config", spec.repository, arch, spec.docker),
+                lambda arch=arch: shared_config(spec.repository, arch, docker=spec.docker),
+            )
             children.append(image([*base, *top], docker=spec.docker, config=config))
         else:
             top = [Blob(os.urandom(size), layer_type) for size in sizes]
-            children.append(image([*base, *top], docker=spec.docker, architecture=arch,
-                                  label=f"{spec.repository}:{spec.tag}"))
+            children.append(
+                image(
+                    [*base, *top],
+                    docker=spec.docker,
+                    architecture=arch,
+                    label=f"{spec.repository}:{spec.tag}",
+                )
+            )
     return children[0] if len(children) == 1 else index(children, docker=spec.docker)
 
 
@@ -199,7 +236,8 @@ def generate(primary: LocalRegistry, corpus: Corpus, threads: int) -> None:
                 continue
             try:
                 if not client.has_blob(repo, digest) and not (
-                        holder and holder != repo and client.mount_blob(repo, digest, holder)):
+                    holder and holder != repo and client.mount_blob(repo, digest, holder)
+                ):
                     client.push_blob(repo, digest, blob.data, blob.size)
                 with lock:
                     holders.setdefault(digest, repo)
@@ -228,8 +266,11 @@ def generate(primary: LocalRegistry, corpus: Corpus, threads: int) -> None:
         waves.append([s for s in corpus.specs if id(s) not in done])
         with ThreadPoolExecutor(threads) as pool:
             for wave in waves:
-                list(pool.map(lambda s: push(client, s.repository, image_of(s, corpus), [s.tag]),
-                              wave))
+                list(
+                    pool.map(
+                        lambda s: push(client, s.repository, image_of(s, corpus), [s.tag]), wave
+                    )
+                )
     corpus.seconds = time.monotonic() - started
 
 
@@ -250,9 +291,16 @@ def ensure_generated(primary: LocalRegistry, corpus: Corpus, threads: int) -> bo
             corpus.seconds = 0.0
             return False
     generate(primary, corpus, threads)
-    marker.write_text(json.dumps({
-        "parameters": corpus.parameters, "manifests": corpus.manifests,
-        "manifest_bytes": corpus.manifest_bytes, "blobs": corpus.blobs,
-        "repo_blobs": sorted(corpus.repo_blobs), "seconds": corpus.seconds}))
+    marker.write_text(
+        json.dumps(
+            {
+                "parameters": corpus.parameters,
+                "manifests": corpus.manifests,
+                "manifest_bytes": corpus.manifest_bytes,
+                "blobs": corpus.blobs,
+                "repo_blobs": sorted(corpus.repo_blobs),
+                "seconds": corpus.seconds,
+            }
+        )
+    )
     return True
-

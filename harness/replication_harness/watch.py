@@ -45,8 +45,9 @@ def tags_of(client: RegistryClient) -> dict[tuple[str, str], str]:
     return found
 
 
-def wait_for_replica(reader: RegistryClient, repository: str, tag: str, digest: str,
-                     timeout: float = 120) -> float:
+def wait_for_replica(
+    reader: RegistryClient, repository: str, tag: str, digest: str, timeout: float = 120
+) -> float:
     """Seconds until ``repository:tag`` on ``reader`` is ``digest``."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
@@ -60,7 +61,8 @@ def wait_for_replica(reader: RegistryClient, repository: str, tag: str, digest: 
 @dataclass
 class PrimaryHistory:
     pushes: dict[tuple[str, str], list[tuple[float, str]]] = field(
-        default_factory=lambda: defaultdict(list))
+        default_factory=lambda: defaultdict(list)
+    )
     deletions: dict[tuple[str, str], list[float]] = field(default_factory=lambda: defaultdict(list))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -100,8 +102,9 @@ class PrimaryHistory:
 class ReplicaWatcher:
     """Samples the secondary until stopped (use as a context manager)."""
 
-    def __init__(self, secondary: RegistryClient, history: PrimaryHistory,
-                 interval: float = 0.0) -> None:
+    def __init__(
+        self, secondary: RegistryClient, history: PrimaryHistory, interval: float = 0.0
+    ) -> None:
         self.secondary = secondary
         self.history = history
         self.interval = interval
@@ -135,8 +138,9 @@ class ReplicaWatcher:
                 if key not in seen:
                     del self._present_at[key]
                     if self.history.kept_since(*key, since):
-                        self.violations.append(f"{key[0]}:{key[1]} deleted from the secondary "
-                                               "while the primary had it")
+                        self.violations.append(
+                            f"{key[0]}:{key[1]} deleted from the secondary while the primary had it"
+                        )
             self._present_at.update({key: started for key in seen})
             self.samples += 1
             self._stop.wait(self.interval)
@@ -173,7 +177,8 @@ class ReplicaWatcher:
         for child in body.get("manifests") or []:
             try:
                 missing += self._missing(
-                    repository, self.secondary.get_manifest(repository, child["digest"]).json)
+                    repository, self.secondary.get_manifest(repository, child["digest"]).json
+                )
             except RegistryError:
                 missing.append(child["digest"])
         blobs = [body["config"], *(body.get("layers") or [])] if body.get("config") else []

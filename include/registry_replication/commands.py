@@ -48,8 +48,15 @@ def run(args: argparse.Namespace) -> int:
             parallelism=args.parallelism,
             chunk_size=args.chunk_size_mib << 20 if args.chunk_size_mib else None,
             full_verify=getattr(args, "full_verify", False),
-            **({"verify": args.verify, "content_verify_fraction": args.content_verify_fraction,
-                "deep_verify_days": args.deep_verify_days} if args.command == "sync" else {}),
+            **(
+                {
+                    "verify": args.verify,
+                    "content_verify_fraction": args.content_verify_fraction,
+                    "deep_verify_days": args.deep_verify_days,
+                }
+                if args.command == "sync"
+                else {}
+            ),
         )
         return {"plan": _plan, "sync": _sync, "verify": _verify}[args.command](
             primary, secondary, options, args
@@ -59,13 +66,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-
 def _plan(primary, secondary, options: SyncOptions, args) -> int:
     read: ReadManifests = {}
     source, target, kind = listings(primary, secondary, options, Store(), manifests=read)
     differences = diffs.diff(source, target)
-    plan = build_plan(primary, secondary, diffs.wanted(differences),
-                      concurrency=options.concurrency, known_manifests=read)
+    plan = build_plan(
+        primary,
+        secondary,
+        diffs.wanted(differences),
+        concurrency=options.concurrency,
+        known_manifests=read,
+    )
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
         return 0
@@ -89,21 +100,32 @@ def _sync(primary, secondary, options: SyncOptions, args) -> int:
     report = run_sync(primary, secondary, options)
     outcome = report.outcome()
     if args.json:
-        print(json.dumps({"counts": outcome.counts(), "seconds": report.seconds,
-                          "run": {"kind": report.run_kind.kind, "reason": report.run_kind.reason},
-                          "bytes_read_from_primary": primary.bytes_read,
-                          "problems": report.primary.problems + report.secondary.problems,
-                          "verification": report.verification_line(),
-                          "failed": outcome.failed, "failures": outcome.lines(),
-                          "findings": [asdict(f) for f in (report.deep.findings
-                                                           if report.deep else [])],
-                          "skipped": [asdict(s) for s in report.plan.skipped]},
-                         indent=2))
+        print(
+            json.dumps(
+                {
+                    "counts": outcome.counts(),
+                    "seconds": report.seconds,
+                    "run": {"kind": report.run_kind.kind, "reason": report.run_kind.reason},
+                    "bytes_read_from_primary": primary.bytes_read,
+                    "problems": report.primary.problems + report.secondary.problems,
+                    "verification": report.verification_line(),
+                    "failed": outcome.failed,
+                    "failures": outcome.lines(),
+                    "findings": [asdict(f) for f in (report.deep.findings if report.deep else [])],
+                    "skipped": [asdict(s) for s in report.plan.skipped],
+                },
+                indent=2,
+            )
+        )
     else:
         print(report.run_kind.line())
         if outcome.failed_blobs:
-            _print("failed blobs", pd.DataFrame(outcome.failed_blobs)[
-                ["repository", "digest", "size", "status", "code", "error"]])
+            _print(
+                "failed blobs",
+                pd.DataFrame(outcome.failed_blobs)[
+                    ["repository", "digest", "size", "status", "code", "error"]
+                ],
+            )
         _print("summary", pd.Series(outcome.counts(), name="count").to_frame())
         _print_problems(report.primary, report.secondary)
         _print_skipped(report.plan)
@@ -114,7 +136,9 @@ def _sync(primary, secondary, options: SyncOptions, args) -> int:
             for finding in report.deep.findings:
                 print(f"  {finding.line()}")
         print(f"\n{report.verification_line()}")
-        print(f"done in {report.seconds:.1f}s, {primary.bytes_read / (1 << 20):.1f} MiB read from the primary")
+        print(
+            f"done in {report.seconds:.1f}s, {primary.bytes_read / (1 << 20):.1f} MiB read from the primary"
+        )
     return 1 if outcome.failed else 0
 
 
@@ -125,8 +149,10 @@ def _verify(primary, secondary, options: SyncOptions, args) -> int:
     if args.json:
         print(report.to_json(orient="records", indent=2))
     else:
-        _print("repositories whose checksums differ" if len(differ) else "all repositories in sync",
-               differ if len(differ) else report)
+        _print(
+            "repositories whose checksums differ" if len(differ) else "all repositories in sync",
+            differ if len(differ) else report,
+        )
         _print_problems(source, target)
     return 1 if len(differ) or not source.complete or not target.complete else 0
 
@@ -141,8 +167,10 @@ def _store_upgrade(url: str | None) -> int:
     finally:
         target.dispose()
     head = migrate.head()
-    print(f"replication store at {target.url!r}: "
-          + (f"already at revision {head}" if was == head else f"upgraded from {was} to {head}"))
+    print(
+        f"replication store at {target.url!r}: "
+        + (f"already at revision {head}" if was == head else f"upgraded from {was} to {head}")
+    )
     return 0
 
 
@@ -159,8 +187,10 @@ def _store_prune(url: str | None, days: float | None) -> int:
     except ValueError as exc:
         log.error("%s: nothing was pruned. What to do: give --days 1 or more", exc)
         return 2
-    print(f"replication store at {store.engine.url!r}: removed {pruned.line()} older than "
-          f"{days:g} days (each DAG's latest run and outcome, and unfinished events, stay)")
+    print(
+        f"replication store at {store.engine.url!r}: removed {pruned.line()} older than "
+        f"{days:g} days (each DAG's latest run and outcome, and unfinished events, stay)"
+    )
     return 0
 
 

@@ -89,18 +89,22 @@ class CheckOutcome(StrEnum):
 NOT_PUSHED = frozenset({ImageOutcome.FAILED, ImageOutcome.BLOCKED})
 
 
-def summarize(blobs: Iterable[Any], images: Iterable[Any], pruned: Iterable[Any], *,
-              zeros: bool = False) -> dict[str, int]:
+def summarize(
+    blobs: Iterable[Any], images: Iterable[Any], pruned: Iterable[Any], *, zeros: bool = False
+) -> dict[str, int]:
     """The run's counts: CLI, the tasks' report and (through the run history) the status page.
 
     ``blobs``/``images``/``pruned`` are result objects or their records (dicts). Per-outcome
     counts appear when non-zero, or always with ``zeros`` (the recorded run history).
     """
-    blobs, images, pruned = (list(map(result_record, results))
-                             for results in (blobs, images, pruned))
+    blobs, images, pruned = (
+        list(map(result_record, results)) for results in (blobs, images, pruned)
+    )
     counts: dict[str, int] = {}
-    for kind, outcomes, results in (("blobs", BlobOutcome, blobs),
-                                    ("images", ImageOutcome, images)):
+    for kind, outcomes, results in (
+        ("blobs", BlobOutcome, blobs),
+        ("images", ImageOutcome, images),
+    ):
         seen = Counter(r["outcome"] for r in results)
         counts.update({f"{kind} {o}": seen[o] for o in outcomes if zeros or seen[o]})
     counts["manifests pushed"] = sum(r["manifests_pushed"] for r in images)
@@ -109,8 +113,13 @@ def summarize(blobs: Iterable[Any], images: Iterable[Any], pruned: Iterable[Any]
     # Changed on the primary during the run: left to the newer writer, not errors.
     moved = sum(len(r.get("moved") or {}) for r in images)
     kept = sum(r["outcome"] == PruneOutcome.KEPT for r in pruned)
-    counts.update({k: v for k, v in (("tags moved since the plan", moved),
-                                      ("tags kept, pushed again", kept)) if zeros or v})
+    counts.update(
+        {
+            k: v
+            for k, v in (("tags moved since the plan", moved), ("tags kept, pushed again", kept))
+            if zeros or v
+        }
+    )
     return counts
 
 
@@ -148,8 +157,10 @@ def describe(exc: BaseException) -> str:
     text = str(exc)
     if type(exc).__module__.startswith("registry_replication."):  # ours: says what to do
         return text
-    return (f"{type(exc).__name__}: {text[:500]} (unexpected: the task log has the traceback; "
-            "the object is skipped, others go on)")
+    return (
+        f"{type(exc).__name__}: {text[:500]} (unexpected: the task log has the traceback; "
+        "the object is skipped, others go on)"
+    )
 
 
 @dataclass(frozen=True)
@@ -169,7 +180,8 @@ class Scope:
             re.compile(self.tags)
         except re.error as exc:
             raise ValueError(
-                f"tag pattern {self.tags!r} is not a valid regular expression: {exc}") from exc
+                f"tag pattern {self.tags!r} is not a valid regular expression: {exc}"
+            ) from exc
 
     def wants_repository(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, p) for p in self.include) and not any(

@@ -55,10 +55,15 @@ class Problem:
 
 
 # Each kind of problem in a summary line, as ``lines`` shows what it leaves out.
-KINDS = {"blob": "failed blobs", "image": "images not pushed",
-         "listing": "listing problems", "skipped": "images that cannot be replicated",
-         "prune": "failed tag removals", "verification": "verification problems",
-         "damaged": "damaged repositories"}
+KINDS = {
+    "blob": "failed blobs",
+    "image": "images not pushed",
+    "listing": "listing problems",
+    "skipped": "images that cannot be replicated",
+    "prune": "failed tag removals",
+    "verification": "verification problems",
+    "damaged": "damaged repositories",
+}
 
 
 def _split(error: str | None, default: str) -> tuple[str, str | None]:
@@ -113,9 +118,14 @@ class RunOutcome:
     def problems(self) -> list[Problem]:
         """Every problem, in the order the report names them: blobs, images, the primary's
         listing, skipped images, tag removals, a refused prune, verification, damage."""
-        return [*self._blob_problems(), *self._image_problems(), *self._listing_problems(),
-                *self._skipped_problems(), *self._prune_problems(),
-                *self._verification_problems()]
+        return [
+            *self._blob_problems(),
+            *self._image_problems(),
+            *self._listing_problems(),
+            *self._skipped_problems(),
+            *self._prune_problems(),
+            *self._verification_problems(),
+        ]
 
     def lines(self, shown: int | None = None) -> list[str]:
         """Each problem's line; with ``shown``, at most that many of each kind, then how many
@@ -128,11 +138,11 @@ class RunOutcome:
                 lines.append(problem.line)
         for kind, count in seen.items():
             if shown is not None and count > shown:
-                lines.append(f"and {count - shown} more {KINDS.get(kind, kind)}: see the "
-                             "run's task logs")
+                lines.append(
+                    f"and {count - shown} more {KINDS.get(kind, kind)}: see the run's task logs"
+                )
         if self.damaged_more:
-            lines.append(f"and {self.damaged_more} more damaged repositories: see the verify "
-                         "log")
+            lines.append(f"and {self.damaged_more} more damaged repositories: see the verify log")
         return lines
 
     def errors_by_tag(self) -> dict[str, str]:
@@ -145,8 +155,19 @@ class RunOutcome:
         for r in self.failed_blobs:
             reason, advice = _split(r.get("error"), "failed to copy")
             subject = f"{r['repository']}@{r['digest']}"
-            problems.append(Problem("blob", subject, reason, f"blob {subject}: {r.get('error')}",
-                                    r["repository"], (), r["digest"], r.get("code"), advice))
+            problems.append(
+                Problem(
+                    "blob",
+                    subject,
+                    reason,
+                    f"blob {subject}: {r.get('error')}",
+                    r["repository"],
+                    (),
+                    r["digest"],
+                    r.get("code"),
+                    advice,
+                )
+            )
         return problems
 
     def _image_problems(self) -> list[Problem]:
@@ -156,29 +177,60 @@ class RunOutcome:
             if r["outcome"] not in NOT_PUSHED:
                 continue
             # A blocked image: the blob that blocked it, and its error (code, advice).
-            cause = next((failed[d] for d in self.image_blobs.get((r["repository"], r["digest"]),
-                                                                   ()) if d in failed), None)
+            cause = next(
+                (
+                    failed[d]
+                    for d in self.image_blobs.get((r["repository"], r["digest"]), ())
+                    if d in failed
+                ),
+                None,
+            )
             error = (cause or r).get("error") or f"not pushed ({r['outcome']})"
             reason, advice = _split(error, "")
             subject = f"{r['repository']}:{_tags(r['tags'])} ({r['digest']})"
-            problems.append(Problem("image", subject, reason, f"{subject}: {error}",
-                                    r["repository"], tuple(r["tags"]), r["digest"],
-                                    cause and cause.get("code"), advice))
+            problems.append(
+                Problem(
+                    "image",
+                    subject,
+                    reason,
+                    f"{subject}: {error}",
+                    r["repository"],
+                    tuple(r["tags"]),
+                    r["digest"],
+                    cause and cause.get("code"),
+                    advice,
+                )
+            )
         return problems
 
     def _listing_problems(self) -> list[Problem]:
         if self.listing is None:
             return []
-        problems = [Problem("listing", "the primary's listing", error,
-                            f"the primary's listing was incomplete ({error})")
-                    for error in self.listing.errors]
+        problems = [
+            Problem(
+                "listing",
+                "the primary's listing",
+                error,
+                f"the primary's listing was incomplete ({error})",
+            )
+            for error in self.listing.errors
+        ]
         for found in self.listing.problems:
             tag = found.get("tag")
             subject = f"{found['repository']}" + (f":{tag}" if tag else "")
-            problems.append(Problem(
-                "listing", subject, found["reason"] or "",
-                f"cannot replicate {subject}: {found['reason']}{ADVICE_MARK}{found['advice']}",
-                found["repository"], (tag,) if tag else (), None, None, found.get("advice")))
+            problems.append(
+                Problem(
+                    "listing",
+                    subject,
+                    found["reason"] or "",
+                    f"cannot replicate {subject}: {found['reason']}{ADVICE_MARK}{found['advice']}",
+                    found["repository"],
+                    (tag,) if tag else (),
+                    None,
+                    None,
+                    found.get("advice"),
+                )
+            )
         return problems
 
     def _skipped_problems(self) -> list[Problem]:
@@ -186,10 +238,20 @@ class RunOutcome:
         for s in map(result_record, self.skipped):
             subject = f"{s['repository']}:{_tags(s['tags'])} ({s['digest']})"
             reason, advice = _split(s["reason"], "")
-            problems.append(Problem("skipped", subject, reason,
-                                    f"cannot replicate {subject}: {s['reason']}",
-                                    s["repository"], tuple(s["tags"]), s["digest"], None, advice,
-                                    permanent=s.get("permanent", True)))
+            problems.append(
+                Problem(
+                    "skipped",
+                    subject,
+                    reason,
+                    f"cannot replicate {subject}: {s['reason']}",
+                    s["repository"],
+                    tuple(s["tags"]),
+                    s["digest"],
+                    None,
+                    advice,
+                    permanent=s.get("permanent", True),
+                )
+            )
         return problems
 
     def _prune_problems(self) -> list[Problem]:
@@ -199,27 +261,60 @@ class RunOutcome:
                 continue
             subject = f"{r['repository']}:{r['tag']} ({r['digest']})"
             reason, advice = _split(r.get("error"), "failed to remove")
-            problems.append(Problem("prune", subject, reason,
-                                    f"removing {subject} failed: {r.get('error')}",
-                                    r["repository"], (r["tag"],), r["digest"], None, advice))
+            problems.append(
+                Problem(
+                    "prune",
+                    subject,
+                    reason,
+                    f"removing {subject} failed: {r.get('error')}",
+                    r["repository"],
+                    (r["tag"],),
+                    r["digest"],
+                    None,
+                    advice,
+                )
+            )
         if self.prune_refused:
-            problems.append(Problem("prune", "prune", self.prune_refused,
-                                    f"prune refused: {self.prune_refused}"))
+            problems.append(
+                Problem(
+                    "prune", "prune", self.prune_refused, f"prune refused: {self.prune_refused}"
+                )
+            )
         return problems
 
     def _verification_problems(self) -> list[Problem]:
-        problems = [Problem("verification", f"{f.kind} {f.repository}@{f.digest}",
-                            f.found, f.line(), f.repository, (), f.digest, None,
-                            _split(f.line(), "")[1])
-                    for f in self.findings
-                    if f.outcome not in (CheckOutcome.OK, CheckOutcome.REPAIRED)]
+        problems = [
+            Problem(
+                "verification",
+                f"{f.kind} {f.repository}@{f.digest}",
+                f.found,
+                f.line(),
+                f.repository,
+                (),
+                f.digest,
+                None,
+                _split(f.line(), "")[1],
+            )
+            for f in self.findings
+            if f.outcome not in (CheckOutcome.OK, CheckOutcome.REPAIRED)
+        ]
         damaged = sorted(set(self.damaged))  # a repository is damaged once, however often named
         if damaged:
-            advice = ("the verify_closure log of the run that found it names each data file to "
-                      "remove, then run verify=blobs")
-            problems += [Problem("damaged", repository, "damaged on the secondary",
-                                 f"{repository} is damaged on the secondary: {advice}",
-                                 repository, advice=advice) for repository in damaged]
+            advice = (
+                "the verify_closure log of the run that found it names each data file to "
+                "remove, then run verify=blobs"
+            )
+            problems += [
+                Problem(
+                    "damaged",
+                    repository,
+                    "damaged on the secondary",
+                    f"{repository} is damaged on the secondary: {advice}",
+                    repository,
+                    advice=advice,
+                )
+                for repository in damaged
+            ]
         return problems
 
 

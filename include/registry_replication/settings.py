@@ -30,8 +30,9 @@ class SettingsError(ValueError):
     """A setting whose value cannot be read as its type."""
 
 
-def setting(default: Any, about: str, *, example: str, shown: str | None = None,
-            env: str | None = None) -> Any:
+def setting(
+    default: Any, about: str, *, example: str, shown: str | None = None, env: str | None = None
+) -> Any:
     """A field of ``Settings``: its default, a one-line description, an example value, the
     default as the README shows it when it is not the value itself, and its older variable."""
     metadata = {"about": about, "example": example, "shown": shown, "env": env}
@@ -45,113 +46,186 @@ class Settings:
     """This deployment's ``[registry_replication]`` settings (README, "Production controls")."""
 
     primary_conn_id: str = setting(
-        "registry_primary", "the Airflow connection of the primary registry (all three DAGs)",
-        example="geo_primary")
+        "registry_primary",
+        "the Airflow connection of the primary registry (all three DAGs)",
+        example="geo_primary",
+    )
     secondary_conn_id: str = setting(
-        "registry_secondary", "the Airflow connection of the secondary registry (all three DAGs)",
-        example="geo_secondary")
+        "registry_secondary",
+        "the Airflow connection of the secondary registry (all three DAGs)",
+        example="geo_secondary",
+    )
     db_url: str = setting(
-        "", "the replication store's SQLAlchemy URL: PostgreSQL when several machines share the "
+        "",
+        "the replication store's SQLAlchemy URL: PostgreSQL when several machines share the "
         "work (see [What a cluster shares](#what-a-cluster-shares))",
         example="postgresql+psycopg2://replication:<password>@db.example.com:5432/replication",
         shown="`sqlite:///$AIRFLOW_HOME/registry_replication.db`",
-        env="REGISTRY_REPLICATION_DB_URL")
+        env="REGISTRY_REPLICATION_DB_URL",
+    )
     reconcile_schedule: str = setting(
-        "@hourly", "when `registry_reconcile` runs: any cron expression or preset; `none`: only "
-        "manual runs and backfills", example="*/30 * * * *")
+        "@hourly",
+        "when `registry_reconcile` runs: any cron expression or preset; `none`: only "
+        "manual runs and backfills",
+        example="*/30 * * * *",
+    )
     task_retries: int = setting(3, "retries of the reconcile's tasks", example="3")
     task_retry_delay_seconds: int = setting(
-        30, "the first delay before a reconcile task's retry (doubling, at most 10 minutes)",
-        example="30")
+        30,
+        "the first delay before a reconcile task's retry (doubling, at most 10 minutes)",
+        example="30",
+    )
     max_active_copy_tasks: int = setting(
-        4, "the reconcile's tasks in flight at once per run: bounds the load on both registries",
-        example="4")
+        4,
+        "the reconcile's tasks in flight at once per run: bounds the load on both registries",
+        example="4",
+    )
     copy_queue: str = setting(
-        "", "the Celery queue of the copy tasks (`copy_blobs`, `push_manifests`, "
+        "",
+        "the Celery queue of the copy tasks (`copy_blobs`, `push_manifests`, "
         "`replicate_events`) of all three DAGs: run them on workers close to the registries "
         "(`airflow celery worker --queues default,registry_copy`)",
-        example="registry_copy", shown="`[operators] default_queue`")
+        example="registry_copy",
+        shown="`[operators] default_queue`",
+    )
     copy_pool: str = setting(
-        "default_pool", "the Airflow pool of those tasks: its slots bound the copies in flight "
+        "default_pool",
+        "the Airflow pool of those tasks: its slots bound the copies in flight "
         "across every run of every DAG. Create it first: `airflow pools set registry_replication "
-        "8 \"registry-replication copy tasks\"` (a task in a pool that does not exist is never "
-        "scheduled)", example="registry_replication")
+        '8 "registry-replication copy tasks"` (a task in a pool that does not exist is never '
+        "scheduled)",
+        example="registry_replication",
+    )
     blob_batch_bytes: int = setting(
-        1 << 30, "bytes per `copy_blobs` task: smaller batches spread a copy over more workers",
-        example="268435456", shown="1 GiB")
+        1 << 30,
+        "bytes per `copy_blobs` task: smaller batches spread a copy over more workers",
+        example="268435456",
+        shown="1 GiB",
+    )
     full_verify_hours: float = setting(
-        24.0, "hours between full verifications, which list the secondary; between them, runs "
-        "read its record (see [Scale](#scale)). `0`: every run is full", example="168",
-        env="REGISTRY_REPLICATION_FULL_VERIFY_HOURS")
+        24.0,
+        "hours between full verifications, which list the secondary; between them, runs "
+        "read its record (see [Scale](#scale)). `0`: every run is full",
+        example="168",
+        env="REGISTRY_REPLICATION_FULL_VERIFY_HOURS",
+    )
     deep_verify_days: float = setting(
-        7.0, "days between `blobs` verifications under `verify=auto` (see "
-        "[Verification levels](#verification-levels-verify))", example="7",
-        env="REGISTRY_REPLICATION_DEEP_VERIFY_DAYS")
+        7.0,
+        "days between `blobs` verifications under `verify=auto` (see "
+        "[Verification levels](#verification-levels-verify))",
+        example="7",
+        env="REGISTRY_REPLICATION_DEEP_VERIFY_DAYS",
+    )
     lease_seconds: float = setting(
-        60.0, "the lifetime of a writer's lease on a repository, renewed while it works: a "
-        "killed writer's repositories are free again after this long", example="60",
-        env="REGISTRY_REPLICATION_LEASE_SECONDS")
+        60.0,
+        "the lifetime of a writer's lease on a repository, renewed while it works: a "
+        "killed writer's repositories are free again after this long",
+        example="60",
+        env="REGISTRY_REPLICATION_LEASE_SECONDS",
+    )
     max_prune_fraction: float = setting(
-        0.5, "the event path's mass-deletion guard: one batch of delete events removes at most "
+        0.5,
+        "the event path's mass-deletion guard: one batch of delete events removes at most "
         "this share of the secondary's tags (as recorded); the reconcile's is its DAG param of "
-        "the same name (see [Consistency](#consistency))", example="0.5")
+        "the same name (see [Consistency](#consistency))",
+        example="0.5",
+    )
     event_max_attempts: int = setting(
-        10, "attempts of an event before it is marked failed (the status page's dead letters)",
-        example="10")
+        10,
+        "attempts of an event before it is marked failed (the status page's dead letters)",
+        example="10",
+    )
     event_drain_idle_seconds: float = setting(
-        60.0, "how long `replicate_events` keeps draining new events after its last batch (see "
-        "[the hot drain](#registry_events-within-seconds-of-a-push))", example="60")
+        60.0,
+        "how long `replicate_events` keeps draining new events after its last batch (see "
+        "[the hot drain](#registry_events-within-seconds-of-a-push))",
+        example="60",
+    )
     event_drain_max_seconds: float = setting(
-        3600.0, "how long one `replicate_events` task drains at most, so its log and run stay readable "
-        "under a never-ending stream", example="3600")
+        3600.0,
+        "how long one `replicate_events` task drains at most, so its log and run stay readable "
+        "under a never-ending stream",
+        example="3600",
+    )
     event_repositories_at_once: int = setting(
-        16, "repositories `replicate_events` replicates at once from one batch of events (each "
+        16,
+        "repositories `replicate_events` replicates at once from one batch of events (each "
         "under its own lease): a burst over many repositories overlaps their round trips",
-        example="16")
+        example="16",
+    )
     artifacts_path: str = setting(
-        "", "where each run writes its snapshots, differences and plan batches (Parquet, one "
+        "",
+        "where each run writes its snapshots, differences and plan batches (Parquet, one "
         "folder per run): any `ObjectStoragePath` URL, e.g. `s3://bucket/registry-replication`; "
         "a local directory is refused on a distributed executor unless `artifacts_path_shared`",
         example="s3://bucket/registry-replication",
         shown="the replication store (`rr_run_artifacts`); `file://$AIRFLOW_HOME/"
-        "registry_replication/artifacts` while the store is a local SQLite file")
+        "registry_replication/artifacts` while the store is a local SQLite file",
+    )
     artifacts_path_shared: bool = setting(
-        False, "`True` declares a local `artifacts_path` a volume every worker mounts at that "
+        False,
+        "`True` declares a local `artifacts_path` a volume every worker mounts at that "
         "same path (NFS and the like), which a distributed executor then accepts",
-        example="True")
+        example="True",
+    )
     artifacts_conn_id: str = setting(
-        "", "the Airflow connection for `artifacts_path`, e.g. an `aws` connection",
-        example="aws_default", shown="none")
+        "",
+        "the Airflow connection for `artifacts_path`, e.g. an `aws` connection",
+        example="aws_default",
+        shown="none",
+    )
     artifacts_retention_days: float = setting(
-        7.0, "run folders older than this are deleted by the `report` task of later runs",
-        example="7")
+        7.0,
+        "run folders older than this are deleted by the `retention` task (after `report`) of later runs",
+        example="7",
+    )
     # A month: 4x the run folders' 7 days, so a month's incidents can be traced (when a push
     # reached the secondary, which run failed and why) after their folders are gone. A push
     # costs about 0.75 KB (its event and latency rows with their indexes, measured on SQLite):
     # 22 MiB a month at 1,000 pushes a day.
     history_retention_days: float = setting(
-        30.0, "the replication store's history older than this is deleted by the same step "
+        30.0,
+        "the replication store's history older than this is deleted by the same step "
         "(each DAG's latest run and outcome and every unfinished event stay; counters never go "
-        "down); at least 1. Also `registry-replication store prune [--days N]`", example="30",
-        env="REGISTRY_REPLICATION_HISTORY_RETENTION_DAYS")
+        "down); at least 1. Also `registry-replication store prune [--days N]`",
+        example="30",
+        env="REGISTRY_REPLICATION_HISTORY_RETENTION_DAYS",
+    )
     notifier: str = setting(
-        "", "the Airflow notifier class alerts go through (see [Alerts from Airflow]"
+        "",
+        "the Airflow notifier class alerts go through (see [Alerts from Airflow]"
         "(#alerts-from-airflow)); none: alerts are logged only",
-        example="airflow.providers.smtp.notifications.smtp.SmtpNotifier", shown="none")
+        example="airflow.providers.smtp.notifications.smtp.SmtpNotifier",
+        shown="none",
+    )
     notifier_kwargs: dict[str, Any] = setting(
-        {}, "the notifier's arguments, a JSON object", example='{"to": "oncall@example.com"}',
-        shown="`{}`")
+        {},
+        "the notifier's arguments, a JSON object",
+        example='{"to": "oncall@example.com"}',
+        shown="`{}`",
+    )
     reconcile_deadline_minutes: float = setting(
-        0.0, "a reconcile run not finished this long after it was queued raises an \"overdue\" "
-        "alert; `0`: off", example="120")
+        0.0,
+        'a reconcile run not finished this long after it was queued raises an "overdue" '
+        "alert; `0`: off",
+        example="120",
+    )
     notification_secret: str = setting(
-        "", "the shared secret the primary's notifications carry (see [Notifications from the "
+        "",
+        "the shared secret the primary's notifications carry (see [Notifications from the "
         "primary](#notifications-from-the-primary)); unset: every notification is refused",
-        example="<openssl rand -hex 32>", shown="none", env="REGISTRY_NOTIFICATION_SECRET")
+        example="<openssl rand -hex 32>",
+        shown="none",
+        env="REGISTRY_NOTIFICATION_SECRET",
+    )
     metrics_token: str = setting(
-        "", "the Bearer token `/metrics` asks for (see [Prometheus](#prometheus)); unset: no "
-        "metrics endpoint", example="<openssl rand -hex 32>", shown="none",
-        env="REGISTRY_REPLICATION_METRICS_TOKEN")
+        "",
+        "the Bearer token `/metrics` asks for (see [Prometheus](#prometheus)); unset: no "
+        "metrics endpoint",
+        example="<openssl rand -hex 32>",
+        shown="none",
+        env="REGISTRY_REPLICATION_METRICS_TOKEN",
+    )
 
     @classmethod
     def load(cls, read: Read) -> Settings:
@@ -180,9 +254,12 @@ def environment(name: str) -> str | None:
 
 
 # Every variable a setting can come from: the settings are loaded again only when one changes.
-_VARIABLES = [name for spec in dataclasses.fields(Settings)
-              for name in (f"AIRFLOW__{SECTION.upper()}__{spec.name.upper()}", spec.metadata["env"])
-              if name]
+_VARIABLES = [
+    name
+    for spec in dataclasses.fields(Settings)
+    for name in (f"AIRFLOW__{SECTION.upper()}__{spec.name.upper()}", spec.metadata["env"])
+    if name
+]
 _source: list[Read] = [environment]
 _loaded: dict[tuple[Read, tuple[str | None, ...]], Settings] = {}
 
@@ -216,16 +293,19 @@ def _parse(spec: dataclasses.Field[Any], raw: str) -> Any:
         if kind == "float":
             return float(text)
         if kind == "bool":
-            return {"t": True, "true": True, "1": True, "f": False, "false": False,
-                    "0": False}[text.lower()]
+            return {"t": True, "true": True, "1": True, "f": False, "false": False, "0": False}[
+                text.lower()
+            ]
         value = json.loads(text)
         if not isinstance(value, dict):
             raise ValueError("not a JSON object")
         return value
     except (ValueError, KeyError):
         expected = {"int": "a whole number", "float": "a number", "bool": "True or False"}.get(
-            kind, "a JSON object")
+            kind, "a JSON object"
+        )
         raise SettingsError(
             f"[{SECTION}] {spec.name} = {raw!r} is not {expected}: set it like "
             f"{spec.name} = {spec.metadata['example']} (environment: "
-            f"{variable(spec.name)}={spec.metadata['example']})") from None
+            f"{variable(spec.name)}={spec.metadata['example']})"
+        ) from None

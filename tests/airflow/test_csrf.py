@@ -34,8 +34,12 @@ def test_a_form_needs_the_token_of_its_own_login(client):
     token = client.get("/token").json()["csrf"]
     assert token and JWT not in token
     assert client.post("/change", data={"csrf": token}).json() == {"changed": True}
-    assert client.post("/change", data={"csrf": token},
-                       headers={"Origin": "http://airflow.test"}).status_code == 200
+    assert (
+        client.post(
+            "/change", data={"csrf": token}, headers={"Origin": "http://airflow.test"}
+        ).status_code
+        == 200
+    )
     for data in ({}, {"csrf": ""}, {"csrf": "0" * 64}):
         refused = client.post("/change", data=data)
         assert refused.status_code == 403 and "CSRF" in refused.json()["detail"]
@@ -50,7 +54,9 @@ def test_cross_origin_posts_are_refused_even_with_the_token(client):
     for origin in ("http://evil.test", "null", "http://airflow.test.evil.test"):
         refused = client.post("/change", data={"csrf": token}, headers={"Origin": origin})
         assert (refused.status_code, refused.json()["detail"]) == (
-            403, "cross-origin request refused")
+            403,
+            "cross-origin request refused",
+        )
 
 
 def test_a_bearer_header_is_not_forgeable_and_needs_no_token(client):

@@ -25,15 +25,23 @@ from replication_harness.keys import KeyPair
 from replication_harness.registry import LocalRegistry
 
 FORM_EXTRAS = {
-    "auth", "private_key_path", "certificate_path", "issuer", "service",
-    "token_ttl_seconds", "verify", "max_connections",
+    "auth",
+    "private_key_path",
+    "certificate_path",
+    "issuer",
+    "service",
+    "token_ttl_seconds",
+    "verify",
+    "max_connections",
 }
 
 
-def set_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str = "registry_primary",
-                   **fields: Any) -> None:
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}",
-                       json.dumps({"conn_type": "oci_registry", **fields}))
+def set_connection(
+    monkeypatch: pytest.MonkeyPatch, conn_id: str = "registry_primary", **fields: Any
+) -> None:
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": "oci_registry", **fields})
+    )
 
 
 def unique_secret() -> str:
@@ -54,8 +62,13 @@ def fresh_providers(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("writable", [False, True])
 def test_client_from_env_connection(monkeypatch: pytest.MonkeyPatch, writable: bool) -> None:
     password = unique_secret()
-    set_connection(monkeypatch, host="https://registry.example.com:5050/", login="geo",
-                   password=password, extra={"auth": "basic", "max_connections": 4})
+    set_connection(
+        monkeypatch,
+        host="https://registry.example.com:5050/",
+        login="geo",
+        password=password,
+        extra={"auth": "basic", "max_connections": 4},
+    )
     hook = OciRegistryHook(writable=writable)
 
     client = hook.get_conn()
@@ -71,8 +84,14 @@ def test_client_from_env_connection(monkeypatch: pytest.MonkeyPatch, writable: b
 
 
 def test_url_from_host_port_and_schema(monkeypatch: pytest.MonkeyPatch) -> None:
-    set_connection(monkeypatch, "geo_secondary", host="registry.internal", port=5000,
-                   schema="http", extra={"auth": "anonymous", "verify": "false"})
+    set_connection(
+        monkeypatch,
+        "geo_secondary",
+        host="registry.internal",
+        port=5000,
+        schema="http",
+        extra={"auth": "anonymous", "verify": "false"},
+    )
 
     config = OciRegistryHook("geo_secondary").get_config()
 
@@ -96,11 +115,18 @@ def test_fields_the_form_left_empty_are_defaults(monkeypatch: pytest.MonkeyPatch
 def test_private_key_path_is_read_and_masked(
     monkeypatch: pytest.MonkeyPatch, keys: KeyPair
 ) -> None:
-    set_connection(monkeypatch, host="https://registry.example.com", extra={
-        "auth": "jwt", "private_key_path": str(keys.key_path),
-        "certificate_path": str(keys.cert_path), "service": "container_registry",
-        "issuer": "gitlab-issuer", "token_ttl_seconds": 120,
-    })
+    set_connection(
+        monkeypatch,
+        host="https://registry.example.com",
+        extra={
+            "auth": "jwt",
+            "private_key_path": str(keys.key_path),
+            "certificate_path": str(keys.cert_path),
+            "service": "container_registry",
+            "issuer": "gitlab-issuer",
+            "token_ttl_seconds": 120,
+        },
+    )
 
     config = OciRegistryHook().get_conn().config
 
@@ -117,8 +143,11 @@ def test_private_key_path_is_read_and_masked(
 
 
 def test_unknown_extra_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    set_connection(monkeypatch, host="https://registry.example.com",
-                   extra={"auth": "basic", "Authorization": "Bearer x", "proxy": "http://p"})
+    set_connection(
+        monkeypatch,
+        host="https://registry.example.com",
+        extra={"auth": "basic", "Authorization": "Bearer x", "proxy": "http://p"},
+    )
     hook = OciRegistryHook()
 
     with pytest.raises(ConfigError) as info:
@@ -139,8 +168,11 @@ def test_jwt_without_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_unreadable_private_key_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     missing = tmp_path / "gitlab-registry.key"
-    set_connection(monkeypatch, host="https://registry.example.com",
-                   extra={"auth": "jwt", "private_key_path": str(missing)})
+    set_connection(
+        monkeypatch,
+        host="https://registry.example.com",
+        extra={"auth": "jwt", "private_key_path": str(missing)},
+    )
 
     with pytest.raises(ConfigError, match=f"cannot read {missing}: No such file or directory"):
         OciRegistryHook().get_conn()
@@ -170,8 +202,13 @@ def test_test_connection_reports_an_unreachable_registry(monkeypatch: pytest.Mon
 
 def test_connection_password_is_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
     password = unique_secret()
-    set_connection(monkeypatch, host="https://registry.example.com", login="geo",
-                   password=password, extra={"auth": "token"})
+    set_connection(
+        monkeypatch,
+        host="https://registry.example.com",
+        login="geo",
+        password=password,
+        extra={"auth": "token"},
+    )
     assert redact(f"login geo:{password} refused") == f"login geo:{password} refused"
 
     OciRegistryHook().get_conn()
@@ -234,8 +271,11 @@ def test_connection_form(fresh_providers: None) -> None:
     """What the UI's connection form is built from (GET /ui/connections/hook_meta)."""
     from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
 
-    [meta] = [m for m in HookMetaService.hook_meta_data.__wrapped__()
-              if m.connection_type == "oci_registry"]
+    [meta] = [
+        m
+        for m in HookMetaService.hook_meta_data.__wrapped__()
+        if m.connection_type == "oci_registry"
+    ]
 
     assert meta.hook_name == "OCI Registry"
     fields = meta.standard_fields
@@ -265,7 +305,8 @@ def test_provider_info_matches_airflows_schemas() -> None:
 
 
 def test_a_host_with_a_password_in_it_is_refused_without_the_password(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     password = unique_secret()
     set_connection(monkeypatch, host=f"https://geo:{password}@registry.example.com")
     hook = OciRegistryHook()
@@ -273,7 +314,9 @@ def test_a_host_with_a_password_in_it_is_refused_without_the_password(
     with pytest.raises(ConfigError) as info:
         hook.get_conn()
 
-    assert str(info.value).startswith("connection 'registry_primary': the registry URL for "
-                                      "'registry.example.com' holds a login or password")
+    assert str(info.value).startswith(
+        "connection 'registry_primary': the registry URL for "
+        "'registry.example.com' holds a login or password"
+    )
     ok, message = hook.test_connection()
     assert not ok and password not in message and password not in str(info.value)

@@ -26,9 +26,14 @@ def pipeline(monkeypatch) -> DAG:
     from airflow.configuration import conf
     from airflow.dag_processing.dagbag import DagBag
 
-    bundles = [{"name": "dags-folder", "classpath": LOCAL_BUNDLE,
-                "kwargs": {"path": conf.get("core", "dags_folder")}},
-               {"name": "pipeline", "classpath": LOCAL_BUNDLE, "kwargs": {"path": str(PIPELINE)}}]
+    bundles = [
+        {
+            "name": "dags-folder",
+            "classpath": LOCAL_BUNDLE,
+            "kwargs": {"path": conf.get("core", "dags_folder")},
+        },
+        {"name": "pipeline", "classpath": LOCAL_BUNDLE, "kwargs": {"path": str(PIPELINE)}},
+    ]
     monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps(bundles))
     bag = DagBag(dag_folder=str(PIPELINE))
     assert bag.import_errors == {}
@@ -39,8 +44,9 @@ def sha256(raw: bytes) -> str:
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
-def test_replicates_the_pushed_tag_and_returns_counts(airflow_db, connections, pipeline, primary,
-                                                      secondary, primary_writer, secondary_reader):
+def test_replicates_the_pushed_tag_and_returns_counts(
+    airflow_db, connections, pipeline, primary, secondary, primary_writer, secondary_reader
+):
     factory = images.ImageFactory()
     multi = images.push(primary_writer, "team/app", factory.multi_arch(), ["1.4"])
     images.push(primary_writer, "team/app", factory.make(), ["1.3"])  # not asked for
@@ -50,12 +56,15 @@ def test_replicates_the_pushed_tag_and_returns_counts(airflow_db, connections, p
     assert sha256(skopeo_raw(secondary, "team/app", "1.4")) == multi
     assert secondary_reader.tags("team/app") == ["1.4"]
     counts = run.get_task_instance("replicate").xcom_pull(task_ids="replicate")
-    assert counts["images pushed"] == 1 and counts["manifests pushed"] == 3  # the index and its 2 children
+    assert (
+        counts["images pushed"] == 1 and counts["manifests pushed"] == 3
+    )  # the index and its 2 children
     assert counts["blobs copied"] > 0 and counts["bytes copied"] > 0
 
 
-def test_failure_names_the_tag_and_the_registry_error(airflow_db, connections, pipeline, primary,
-                                                      primary_writer, secondary_reader, capsys):
+def test_failure_names_the_tag_and_the_registry_error(
+    airflow_db, connections, pipeline, primary, primary_writer, secondary_reader, capsys
+):
     image = images.ImageFactory().make()
     images.push(primary_writer, "team/app", image, ["broken"])
     rotten = image.blobs[-1]
@@ -64,7 +73,7 @@ def test_failure_names_the_tag_and_the_registry_error(airflow_db, connections, p
     assert run.state == "failed"
     # The task's log (Airflow writes it to stdout under dag.test()): its error and exception.
     log = capsys.readouterr().out
-    errors = log[log.index("not replicated"):]
+    errors = log[log.index("not replicated") :]
     assert f"team/app:broken ({image.digest}): get blob team/app@{rotten.digest}" in errors
     assert "DIGEST_INVALID" in errors and "re-pushed" in errors
     assert "team/app:9.9 is not on the primary" in errors

@@ -19,7 +19,10 @@ def run_benchmark(tmp_path: Path) -> Callable[..., str]:
     def run(script: str, *args: str, timeout: float = 540) -> str:
         done = subprocess.run(
             [sys.executable, str(BENCHMARKS / script), *args, "--workdir", str(tmp_path / "work")],
-            capture_output=True, text=True, timeout=timeout)
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         return done.stdout
 

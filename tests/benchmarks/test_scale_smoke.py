@@ -11,13 +11,22 @@ import pytest
 
 @pytest.mark.slow
 def test_tiny_scale_run_reports_every_row(run_benchmark) -> None:
-    stdout = run_benchmark("scale.py", "--tags", "40", "--repos", "4", "--unique-mib", "2",
-                           "--base-sets", "2")
-    for row in ("CLI full", "CLI no-op", "skopeo sync no-op", "skopeo sync full",
-                "floor: full copy", "floor: primary HEADs",
-                "floor: primary conditional HEADs", "registry_reconcile empty scope",
-                "registry_reconcile one tag",
-                "registry_reconcile full", "registry_reconcile no-op"):
+    stdout = run_benchmark(
+        "scale.py", "--tags", "40", "--repos", "4", "--unique-mib", "2", "--base-sets", "2"
+    )
+    for row in (
+        "CLI full",
+        "CLI no-op",
+        "skopeo sync no-op",
+        "skopeo sync full",
+        "floor: full copy",
+        "floor: primary HEADs",
+        "floor: primary conditional HEADs",
+        "registry_reconcile empty scope",
+        "registry_reconcile one tag",
+        "registry_reconcile full",
+        "registry_reconcile no-op",
+    ):
         assert f"| {row} |" in stdout, stdout
     assert "40 tags: tag lists + conditional HEAD of every tag" in stdout
     assert "the primary's floor (tag lists + a HEAD per tag, bare http.client)" in stdout

@@ -27,8 +27,13 @@ pytestmark = pytest.mark.skipif(
 def test_quick_benchmark_runs_and_verifies(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, str(SCRIPT), "--quick", "--workdir", str(tmp_path / "work")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        },
     )
     try:
         out, _ = proc.communicate(timeout=300)

@@ -29,8 +29,15 @@ def test_dagbag_loads_every_dag_without_errors(airflow_db):
     reconcile = bag.get_dag("registry_reconcile")
     assert reconcile.max_active_runs == 1 and reconcile.catchup is False
     assert reconcile.doc_md and reconcile.tags and reconcile.owner == "platform"
-    assert set(reconcile.params) >= {"include", "exclude", "tags", "dry_run", "prune",
-                                     "force_prune", "parallelism"}
+    assert set(reconcile.params) >= {
+        "include",
+        "exclude",
+        "tags",
+        "dry_run",
+        "prune",
+        "force_prune",
+        "parallelism",
+    }
     for param in reconcile.params.values():
         assert param.description
 
@@ -44,8 +51,9 @@ def test_dag_file_parses_fast_without_network(path):
     )
     # Warm once (first import compiles bytecode), then measure.
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
-    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120
+    )
     print(f"{path.name} parsed in {float(done.stdout.split()[-1]):.2f}s (with Airflow imports)")
 
 
@@ -62,15 +70,18 @@ def test_no_metadata_db_access_from_task_code():
                 name = f"{getattr(node.value, 'id', '')}.{node.attr}"
             elif isinstance(node, ast.Name):
                 name = node.id
-            elif isinstance(node, ast.ImportFrom) and node.module and "airflow.models" in node.module:
+            elif (
+                isinstance(node, ast.ImportFrom) and node.module and "airflow.models" in node.module
+            ):
                 offenders.append(f"{path.name}: from {node.module} import ...")
             if name and (name in forbidden or name.split(".")[-1] in forbidden):
                 offenders.append(f"{path.name}:{node.lineno}: {name}")
     assert offenders == []
 
 
-def test_reconcile_replicates_then_does_nothing(airflow_db, connections, primary_writer,
-                                                secondary_reader, caplog):
+def test_reconcile_replicates_then_does_nothing(
+    airflow_db, connections, primary_writer, secondary_reader, caplog
+):
     pushed = corpus.push_every_kind(primary_writer)
     with caplog.at_level(logging.INFO):
         first = run("registry_reconcile", {"prune": True})
@@ -84,7 +95,7 @@ def test_reconcile_replicates_then_does_nothing(airflow_db, connections, primary
         second = run("registry_reconcile")
     assert second.state == "success"
     assert "blob copied" not in caplog.text and "blob mounted" not in caplog.text
-    summary = caplog.text[caplog.text.index("run summary"):]
+    summary = caplog.text[caplog.text.index("run summary") :]
     assert re.search(r"bytes copied\s+0\n", summary), summary
     assert re.search(r"manifests pushed\s+0\n", summary), summary
     # The first run listed the secondary and recorded it; the no-op read that record instead.
@@ -95,11 +106,11 @@ def test_reconcile_replicates_then_does_nothing(airflow_db, connections, primary
 
     assert run("registry_reconcile", {"full_verify": True}).state == "success"
     assert Store().history.last_run("registry_reconcile")["summary"]["run kind"] == (
-        "full run: a full verification was asked for")
+        "full run: a full verification was asked for"
+    )
 
 
-def test_dry_run_changes_nothing(airflow_db, connections, primary_writer, secondary_reader,
-                                 caplog):
+def test_dry_run_changes_nothing(airflow_db, connections, primary_writer, secondary_reader, caplog):
     images.push(primary_writer, "app", images.ImageFactory().make(), ["v1"])
     with caplog.at_level(logging.INFO):
         result = run("registry_reconcile", {"dry_run": True})
@@ -118,8 +129,9 @@ def test_sync_one_repository_only(airflow_db, connections, primary_writer, secon
     assert secondary_reader.head_manifest("team/wanted", "1.0").digest == wanted
 
 
-def test_failed_layer_is_named_in_the_task_log(airflow_db, connections, primary, primary_writer,
-                                               secondary_reader, caplog):
+def test_failed_layer_is_named_in_the_task_log(
+    airflow_db, connections, primary, primary_writer, secondary_reader, caplog
+):
     img = images.ImageFactory().make()
     images.push(primary_writer, "group/app", img, ["broken"])
     rotten = img.blobs[-1]
@@ -128,14 +140,19 @@ def test_failed_layer_is_named_in_the_task_log(airflow_db, connections, primary,
         result = run("registry_reconcile", {"prune": False})
     assert result.state == "failed"
     failures = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert any(f"blob failed  group/app@{rotten.digest}" in m and "DIGEST_INVALID" in m
-               for m in failures), failures
+    assert any(
+        f"blob failed  group/app@{rotten.digest}" in m and "DIGEST_INVALID" in m for m in failures
+    ), failures
     assert any("failed layers" in m and rotten.digest in m for m in failures)
     assert secondary_reader.head_manifest("group/app", "broken") is None
     # Recorded for the status page, with the map index whose log holds the details.
-    layers = [layer for layer in Store().history.failed_layers() if layer["digest"] == rotten.digest]
-    assert [(layer["repository"], layer["task_id"], layer["map_index"], layer["code"])
-            for layer in layers] == [("group/app", "copy_blobs", 0, "DIGEST_INVALID")]
+    layers = [
+        layer for layer in Store().history.failed_layers() if layer["digest"] == rotten.digest
+    ]
+    assert [
+        (layer["repository"], layer["task_id"], layer["map_index"], layer["code"])
+        for layer in layers
+    ] == [("group/app", "copy_blobs", 0, "DIGEST_INVALID")]
     summary = Store().history.last_run("registry_reconcile")["summary"]
     # The failed batch's other blobs were copied, and the report counts them.
     assert summary["blobs failed"] == 1 and summary["blobs copied"] == len(img.blobs) - 1
@@ -147,14 +164,16 @@ def slow_connections(monkeypatch, primary, secondary):
     from replication_harness.servers import FaultProxy
 
     with FaultProxy(primary.url) as proxy:
-        monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_PRIMARY",
-                           json.dumps({**primary.connection(), "host": proxy.url}))
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_REGISTRY_PRIMARY", json.dumps({**primary.connection(), "host": proxy.url})
+        )
         monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_SECONDARY", json.dumps(secondary.connection()))
         yield proxy
 
 
-def test_a_full_reconcile_reads_each_manifest_once(airflow_db, slow_connections, primary_writer,
-                                                   secondary_reader):
+def test_a_full_reconcile_reads_each_manifest_once(
+    airflow_db, slow_connections, primary_writer, secondary_reader
+):
     """snapshot_primary reads whole the tags the record lacks and keeps their manifests in the
     run's folder; plan reads none of them again: one GET per tag and per index child, and the
     compare-and-set before each write a conditional HEAD answered 304."""
@@ -165,15 +184,23 @@ def test_a_full_reconcile_reads_each_manifest_once(airflow_db, slow_connections,
     multi = factory.multi_arch()
     images.push(primary_writer, "app", multi, ["multi"])
     assert run("registry_reconcile").state == "success"
-    manifests = Counter((method, path.rsplit("/", 1)[1], status)
-                        for method, path, status in slow_connections.log if "/manifests/" in path)
-    assert manifests == Counter({
-        **{("GET", tag, 200): 1 for tag in ("v1", "v2", "multi")},
-        **{("GET", child.digest, 200): 1 for child in multi.children},
-        **{("HEAD", tag, 304): 1 for tag in ("v1", "v2", "multi")},
-    }), slow_connections.log
-    assert {t: secondary_reader.head_manifest("app", t).digest for t in ("v1", "v2", "multi")} \
-        == {"v1": single, "v2": single, "multi": multi.digest}
+    manifests = Counter(
+        (method, path.rsplit("/", 1)[1], status)
+        for method, path, status in slow_connections.log
+        if "/manifests/" in path
+    )
+    assert manifests == Counter(
+        {
+            **{("GET", tag, 200): 1 for tag in ("v1", "v2", "multi")},
+            **{("GET", child.digest, 200): 1 for child in multi.children},
+            **{("HEAD", tag, 304): 1 for tag in ("v1", "v2", "multi")},
+        }
+    ), slow_connections.log
+    assert {t: secondary_reader.head_manifest("app", t).digest for t in ("v1", "v2", "multi")} == {
+        "v1": single,
+        "v2": single,
+        "multi": multi.digest,
+    }
 
 
 def race(hold, action):
@@ -204,16 +231,30 @@ def replicate_push(primary_reader, secondary_writer, repository, tag, digest):
     from registry_replication.engine.realtime import replicate_events
     from registry_replication.store.queue import Event
 
-    event = Event(f"{repository}:{tag}@{digest}", "push", repository, tag, digest, None,
-                  dt.datetime.now(dt.UTC))
+    event = Event(
+        f"{repository}:{tag}@{digest}",
+        "push",
+        repository,
+        tag,
+        digest,
+        None,
+        dt.datetime.now(dt.UTC),
+    )
     with Leases(Store()) as leases:
         assert replicate_events(primary_reader, secondary_writer, [event], leases=leases) == {
-            event.id: None}
+            event.id: None
+        }
 
 
-def test_reconcile_never_overwrites_a_newer_tag(airflow_db, slow_connections, primary_writer,
-                                                primary_reader, secondary_writer,
-                                                secondary_reader, caplog):
+def test_reconcile_never_overwrites_a_newer_tag(
+    airflow_db,
+    slow_connections,
+    primary_writer,
+    primary_reader,
+    secondary_writer,
+    secondary_reader,
+    caplog,
+):
     factory = images.ImageFactory()
     old = factory.make()
     images.push(primary_writer, "app", old, ["t"])
@@ -230,15 +271,26 @@ def test_reconcile_never_overwrites_a_newer_tag(airflow_db, slow_connections, pr
     thread.join()
     assert errors == []
     assert result.state == "success"
-    assert secondary_reader.head_manifest("app", "t").digest == newer[0] == \
-        primary_reader.head_manifest("app", "t").digest
+    assert (
+        secondary_reader.head_manifest("app", "t").digest
+        == newer[0]
+        == primary_reader.head_manifest("app", "t").digest
+    )
     assert f"left to the newer writer: t -> {newer[0]}" in caplog.text
-    assert Store().history.last_run("registry_reconcile")["summary"]["tags moved since the plan"] == 1
+    assert (
+        Store().history.last_run("registry_reconcile")["summary"]["tags moved since the plan"] == 1
+    )
 
 
-def test_reconcile_never_deletes_a_tag_pushed_again(airflow_db, slow_connections, primary_writer,
-                                                    primary_reader, secondary_writer,
-                                                    secondary_reader, caplog):
+def test_reconcile_never_deletes_a_tag_pushed_again(
+    airflow_db,
+    slow_connections,
+    primary_writer,
+    primary_reader,
+    secondary_writer,
+    secondary_reader,
+    caplog,
+):
     factory = images.ImageFactory()
     kept = factory.make()
     images.push(primary_writer, "keep", kept, ["k"])
@@ -265,8 +317,9 @@ def test_reconcile_never_deletes_a_tag_pushed_again(airflow_db, slow_connections
     assert Store().history.last_run("registry_reconcile")["summary"]["tags kept, pushed again"] == 1
 
 
-def test_a_scope_that_matches_nothing_is_a_quick_success(airflow_db, connections, primary_writer,
-                                                         secondary_reader, caplog):
+def test_a_scope_that_matches_nothing_is_a_quick_success(
+    airflow_db, connections, primary_writer, secondary_reader, caplog
+):
     images.push(primary_writer, "group/app", images.ImageFactory().make(), ["1.0"])
     with caplog.at_level(logging.INFO):
         result = run("registry_reconcile", {"include": ["gruop/*"]})  # a typo
@@ -283,22 +336,39 @@ def test_copy_tasks_of_every_dag_share_the_configured_queue_and_pool():
         "print(json.dumps({f'{d.dag_id}.{t.task_id}': [t.queue, t.pool]"
         " for d in bag.dags.values() for t in d.tasks}))"
     )
-    env = {**os.environ, "AIRFLOW__REGISTRY_REPLICATION__COPY_QUEUE": "near_registries",
-           "AIRFLOW__REGISTRY_REPLICATION__COPY_POOL": "registry_copies"}
-    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
-                          timeout=120, env=env)
+    env = {
+        **os.environ,
+        "AIRFLOW__REGISTRY_REPLICATION__COPY_QUEUE": "near_registries",
+        "AIRFLOW__REGISTRY_REPLICATION__COPY_POOL": "registry_copies",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     tasks = json.loads(done.stdout.strip().splitlines()[-1])
-    copying = {name: where for name, where in tasks.items()
-               if name.split(".")[1] in ("copy_blobs", "push_manifests", "replicate_events")}
-    assert set(copying) == {"registry_reconcile.copy_blobs", "registry_reconcile.push_manifests",
-                            "registry_sync.copy_blobs", "registry_sync.push_manifests",
-                            "registry_events.replicate_events"}
+    copying = {
+        name: where
+        for name, where in tasks.items()
+        if name.split(".")[1] in ("copy_blobs", "push_manifests", "replicate_events")
+    }
+    assert set(copying) == {
+        "registry_reconcile.copy_blobs",
+        "registry_reconcile.push_manifests",
+        "registry_sync.copy_blobs",
+        "registry_sync.push_manifests",
+        "registry_events.replicate_events",
+    }
     assert set(map(tuple, copying.values())) == {("near_registries", "registry_copies")}
     assert tasks["registry_reconcile.diff"] == ["default", "default_pool"]
 
 
-def test_connection_ids_come_from_configuration(airflow_db, primary, secondary, primary_writer,
-                                                secondary_reader):
+def test_connection_ids_come_from_configuration(
+    airflow_db, primary, secondary, primary_writer, secondary_reader
+):
     """[registry_replication] primary_conn_id / secondary_conn_id name the connections; the
     default names are not defined at all in this run, so nothing can fall back to them."""
     pushed = images.push(primary_writer, "team/configured", images.ImageFactory().make(), ["1.0"])
@@ -308,13 +378,19 @@ def test_connection_ids_come_from_configuration(airflow_db, primary, secondary, 
         "run = bag.get_dag('registry_sync').test(run_conf={'repositories': ['team/configured']});"
         "print('state', run.state)"
     )
-    env = {name: value for name, value in os.environ.items()
-           if name not in ("AIRFLOW_CONN_REGISTRY_PRIMARY", "AIRFLOW_CONN_REGISTRY_SECONDARY")}
-    env |= {"AIRFLOW__REGISTRY_REPLICATION__PRIMARY_CONN_ID": "geo_primary",
-            "AIRFLOW__REGISTRY_REPLICATION__SECONDARY_CONN_ID": "geo_secondary",
-            "AIRFLOW_CONN_GEO_PRIMARY": json.dumps(primary.connection()),
-            "AIRFLOW_CONN_GEO_SECONDARY": json.dumps(secondary.connection())}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, env=env)
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("AIRFLOW_CONN_REGISTRY_PRIMARY", "AIRFLOW_CONN_REGISTRY_SECONDARY")
+    }
+    env |= {
+        "AIRFLOW__REGISTRY_REPLICATION__PRIMARY_CONN_ID": "geo_primary",
+        "AIRFLOW__REGISTRY_REPLICATION__SECONDARY_CONN_ID": "geo_secondary",
+        "AIRFLOW_CONN_GEO_PRIMARY": json.dumps(primary.connection()),
+        "AIRFLOW_CONN_GEO_SECONDARY": json.dumps(secondary.connection()),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
     assert done.stdout.strip().splitlines()[-1] == "state success", done.stderr[-3000:]
     assert secondary_reader.head_manifest("team/configured", "1.0").digest == pushed

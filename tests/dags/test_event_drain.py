@@ -20,11 +20,24 @@ from replication_harness.registry import Notifications
 
 
 def test_pushes_during_the_drain_replicate_in_the_same_run(
-        airflow_db, connections, store, webhook_url, webhook_secret, start_registry, keys,
-        token_service, secondary_reader, monkeypatch, caplog):
-    primary = start_registry("notifying", keys=keys, token_realm=token_service.realm,
-                             notifications=Notifications(webhook_url, webhook_secret,
-                                                         backoff="200ms"))
+    airflow_db,
+    connections,
+    store,
+    webhook_url,
+    webhook_secret,
+    start_registry,
+    keys,
+    token_service,
+    secondary_reader,
+    monkeypatch,
+    caplog,
+):
+    primary = start_registry(
+        "notifying",
+        keys=keys,
+        token_realm=token_service.realm,
+        notifications=Notifications(webhook_url, webhook_secret, backoff="200ms"),
+    )
     monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_PRIMARY", json.dumps(primary.connection()))
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS", "4")
     writer = RegistryClient(primary.client_config(), writable=True)
@@ -54,8 +67,11 @@ def test_pushes_during_the_drain_replicate_in_the_same_run(
     pusher.join(10)
 
     assert result.state == "success"
-    for repository, tag, img in (("group/app", "v1", first), ("group/app", "v2", second),
-                                 ("group/other", "v3", third)):
+    for repository, tag, img in (
+        ("group/app", "v1", first),
+        ("group/app", "v2", second),
+        ("group/other", "v3", third),
+    ):
         assert secondary_reader.get_manifest(repository, tag).raw == img.raw
     # Every event done: the three tags, and the index's child manifests (pushed by digest).
     assert {e["tag"] for e in store.queue.events()} == {"v1", "v2", "v3", None}
@@ -68,15 +84,15 @@ def test_pushes_during_the_drain_replicate_in_the_same_run(
 
 
 def test_without_an_idle_period_the_task_ends_after_its_batch(
-        airflow_db, connections, store, primary_writer, secondary_reader,
-        monkeypatch, caplog):
+    airflow_db, connections, store, primary_writer, secondary_reader, monkeypatch, caplog
+):
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS", "0")
     img = images.ImageFactory(layer_size=32 * 1024).make()
     images.push(primary_writer, "group/app", img, ["v1"])
-    store.queue.add([Event("e1", "push", "group/app", "v1", img.digest, None,
-                     dt.datetime.now(dt.UTC))])
+    store.queue.add(
+        [Event("e1", "push", "group/app", "v1", img.digest, None, dt.datetime.now(dt.UTC))]
+    )
     caplog.set_level("INFO", logger="registry_replication.airflow")
     assert run("registry_events").state == "success"
     assert secondary_reader.get_manifest("group/app", "v1").raw == img.raw
-    assert any(r.getMessage().startswith("drained 1 events in 1 batches")
-               for r in caplog.records)
+    assert any(r.getMessage().startswith("drained 1 events in 1 batches") for r in caplog.records)

@@ -14,16 +14,31 @@ from replication_harness.dag_runs import run
 from replication_harness.registry import Notifications
 from replication_harness.skopeo import skopeo_raw
 
-HOSTILE = {"deep/json": "max_json_depth", "chain/idx": "max_index_depth",
-           "diamond/big": "max_index_depth"}
+HOSTILE = {
+    "deep/json": "max_json_depth",
+    "chain/idx": "max_index_depth",
+    "diamond/big": "max_index_depth",
+}
 
 
 def test_hostile_pushes_are_dead_lettered_and_the_healthy_ones_replicate(
-        airflow_db, connections, secondary, store, webhook_url, webhook_secret, start_registry,
-        keys, token_service, monkeypatch):
-    primary = start_registry("notifying", keys=keys, token_realm=token_service.realm,
-                             notifications=Notifications(webhook_url, webhook_secret,
-                                                         backoff="200ms"))
+    airflow_db,
+    connections,
+    secondary,
+    store,
+    webhook_url,
+    webhook_secret,
+    start_registry,
+    keys,
+    token_service,
+    monkeypatch,
+):
+    primary = start_registry(
+        "notifying",
+        keys=keys,
+        token_realm=token_service.realm,
+        notifications=Notifications(webhook_url, webhook_secret, backoff="200ms"),
+    )
     monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_PRIMARY", json.dumps(primary.connection()))
     factory = images.ImageFactory()
     with RegistryClient(primary.client_config(), writable=True) as writer:
@@ -35,17 +50,23 @@ def test_hostile_pushes_are_dead_lettered_and_the_healthy_ones_replicate(
         for repository in healthy:
             images.push(writer, repository, factory.make(), ["v1"])
     deadline = time.monotonic() + 120
-    while {e["repository"] for e in store.queue.events(limit=10_000)
-           if e["tag"] == "v1"} < {*HOSTILE, *healthy}:
+    while {e["repository"] for e in store.queue.events(limit=10_000) if e["tag"] == "v1"} < {
+        *HOSTILE,
+        *healthy,
+    }:
         assert time.monotonic() < deadline, "the notifications never arrived"
         time.sleep(0.2)
 
     result = run("registry_events")
-    waited = sorted((e["updated_at"] - e["received_at"]).total_seconds()
-                    for e in store.queue.events(limit=10_000)
-                    if e["tag"] == "v1" and e["repository"] in healthy)
-    print(f"healthy pushes: notification to replicated {waited[0]:.2f}-{waited[-1]:.2f}s "
-          "(dag.test's start-up included)")
+    waited = sorted(
+        (e["updated_at"] - e["received_at"]).total_seconds()
+        for e in store.queue.events(limit=10_000)
+        if e["tag"] == "v1" and e["repository"] in healthy
+    )
+    print(
+        f"healthy pushes: notification to replicated {waited[0]:.2f}-{waited[-1]:.2f}s "
+        "(dag.test's start-up included)"
+    )
 
     assert result.state == "failed"  # dead letters alert
     for repository in healthy:

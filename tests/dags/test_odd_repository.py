@@ -13,11 +13,14 @@ ODD = "Foo/app"
 
 
 def test_reconcile_replicates_every_other_repository_and_names_the_odd_one(
-        airflow_db, connections, primary, primary_writer, secondary_reader, caplog):
+    airflow_db, connections, primary, primary_writer, secondary_reader, caplog
+):
     factory = images.ImageFactory()
     images.push_unchecked(primary, ODD, factory.make(), "1.0")
-    wanted = {name: images.push(primary_writer, name, factory.make(), ["1.0"])
-              for name in ("group/app", "group/other")}
+    wanted = {
+        name: images.push(primary_writer, name, factory.make(), ["1.0"])
+        for name in ("group/app", "group/other")
+    }
     with caplog.at_level(logging.INFO):
         result = run("registry_reconcile", {"prune": True})
     assert result.state == "failed"  # the report task fails the run, after everything else ran

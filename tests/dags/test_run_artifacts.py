@@ -12,8 +12,8 @@ from replication_harness.dag_runs import run
 
 
 def test_reconcile_writes_its_artifacts_to_storage_and_removes_old_runs(
-        airflow_db, connections, primary_writer, secondary_reader, tmp_path,
-        monkeypatch, caplog):
+    airflow_db, connections, primary_writer, secondary_reader, tmp_path, monkeypatch, caplog
+):
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
@@ -42,14 +42,19 @@ def test_reconcile_writes_its_artifacts_to_storage_and_removes_old_runs(
     [folder] = [f for f in (base / "registry_reconcile").iterdir()]
     assert folder.name.endswith(result.run_id.replace(":", "_").replace("+", "_"))
     names = {p.name for p in folder.iterdir()}
-    assert {"snapshot_primary.parquet", "snapshot_primary.json", "snapshot_secondary.parquet",
-            "snapshot_secondary.json", "changes.parquet", "blobs-00000.parquet",
-            "images-00000.parquet"} <= names
+    assert {
+        "snapshot_primary.parquet",
+        "snapshot_primary.json",
+        "snapshot_secondary.parquet",
+        "snapshot_secondary.json",
+        "changes.parquet",
+        "blobs-00000.parquet",
+        "images-00000.parquet",
+    } <= names
     assert not old.exists() and recent.exists()  # only our run folders past the retention go
 
     with create_session() as session:
-        rows = session.scalars(sa.select(XComModel).where(XComModel.run_id == result.run_id)
-                               ).all()
+        rows = session.scalars(sa.select(XComModel).where(XComModel.run_id == result.run_id)).all()
         values = {(row.task_id, row.key): XComModel.deserialize_value(row) for row in rows}
     assert values[("snapshot_primary", "return_value")]["tags"] == 30
     assert values[("snapshot_secondary", "return_value")]["tags"] == 0
@@ -63,16 +68,19 @@ def test_reconcile_writes_its_artifacts_to_storage_and_removes_old_runs(
     assert len(records) == copied["summary"]["blobs copied"] + copied["summary"]["blobs mounted"]
     pushed_ref = values[("push_manifests", "results")]
     assert pushed_ref["summary"]["images pushed"] == 30
-    assert {tag for line in (folder / pushed_ref["file"]).read_text().splitlines()
-            for tag in json.loads(line)["tags"]} == set(pushed)
+    assert {
+        tag
+        for line in (folder / pushed_ref["file"]).read_text().splitlines()
+        for tag in json.loads(line)["tags"]
+    } == set(pushed)
     assert values[("report", "return_value")]["images pushed"] == 30
     for (task_id, key), value in values.items():
         assert len(json.dumps(value)) < 2048, (task_id, key)
 
 
 def test_a_no_op_reconcile_verifies_the_secondary_it_listed_once(
-        airflow_db, connections, primary_writer, secondary_reader,
-        tmp_path, monkeypatch, caplog):
+    airflow_db, connections, primary_writer, secondary_reader, tmp_path, monkeypatch, caplog
+):
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH", f"file://{tmp_path}")
     img = images.ImageFactory(layer_size=16 * 1024).make()
     images.push(primary_writer, "group/app", img, ["v1"])
@@ -85,7 +93,8 @@ def test_a_no_op_reconcile_verifies_the_secondary_it_listed_once(
 
 
 def test_without_artifacts_path_the_runs_files_follow_a_shared_store(
-        airflow_db, connections, primary_writer, secondary_reader, postgres, monkeypatch):
+    airflow_db, connections, primary_writer, secondary_reader, postgres, monkeypatch
+):
     from airflow.configuration import AIRFLOW_HOME
     from airflow.utils.net import get_hostname
 
@@ -108,10 +117,16 @@ def test_without_artifacts_path_the_runs_files_follow_a_shared_store(
         rows = conn.execute(sa.select(run_artifacts)).mappings().all()
     [folder] = {row["folder"] for row in rows}
     assert folder.startswith("registry_reconcile/") and folder.endswith(
-        result.run_id.replace(":", "_").replace("+", "_"))
-    assert {"snapshot_primary.parquet", "snapshot_secondary.json", "changes.parquet",
-            "blobs-00000.parquet", "blobs-00000.results.jsonl",
-            "images-00000.results.jsonl"} <= {row["name"] for row in rows}
+        result.run_id.replace(":", "_").replace("+", "_")
+    )
+    assert {
+        "snapshot_primary.parquet",
+        "snapshot_secondary.json",
+        "changes.parquet",
+        "blobs-00000.parquet",
+        "blobs-00000.results.jsonl",
+        "images-00000.results.jsonl",
+    } <= {row["name"] for row in rows}
     assert all(row["data"] is not None and row["host"] == get_hostname() for row in rows)
     local = f"{AIRFLOW_HOME}/registry_replication/artifacts/{folder}"
     assert not os.path.exists(local)  # nothing went to this machine's disk

@@ -19,8 +19,8 @@ def states() -> dict[str, str]:
 
 
 def test_reconcile_verify_content_repairs_names_damage_and_blobs_clears_it(
-        airflow_db, connections, primary_writer, secondary, secondary_writer, secondary_reader,
-        caplog):
+    airflow_db, connections, primary_writer, secondary, secondary_writer, secondary_reader, caplog
+):
     factory = images.ImageFactory()
     imgs = {name: factory.make() for name in "abcde"}
     for name, img in imgs.items():
@@ -38,10 +38,13 @@ def test_reconcile_verify_content_repairs_names_damage_and_blobs_clears_it(
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     for blob in (hit["b"], hit["c"]):
         hex_ = blob.digest.split(":")[1]
-        assert any(f"docker/registry/v2/blobs/sha256/{hex_[:2]}/{hex_}/data" in m
-                   and "verify=blobs" in m for m in errors), (blob.digest, errors)
-    assert any(f"expected {hit['b'].size} bytes, found {hit['b'].size - 100} bytes" in m
-               for m in errors)
+        assert any(
+            f"docker/registry/v2/blobs/sha256/{hex_[:2]}/{hex_}/data" in m and "verify=blobs" in m
+            for m in errors
+        ), (blob.digest, errors)
+    assert any(
+        f"expected {hit['b'].size} bytes, found {hit['b'].size - 100} bytes" in m for m in errors
+    )
     assert states() == {"app": RepositoryState.DAMAGED, "other": RepositoryState.SYNCED}
     summary = Store().history.last_run("registry_reconcile")["summary"]
     assert summary["verification"].startswith("verification: 1 of 2 repositories in sync (")
@@ -62,7 +65,8 @@ def test_reconcile_verify_content_repairs_names_damage_and_blobs_clears_it(
 
 
 def test_a_cheap_reconcile_restores_a_secondary_whose_storage_was_emptied(
-        airflow_db, connections, primary_writer, secondary, secondary_reader, caplog):
+    airflow_db, connections, primary_writer, secondary, secondary_reader, caplog
+):
     factory = images.ImageFactory()
     pushed = {repository: factory.make() for repository in ("a", "b/c", "d")}
     for repository, img in pushed.items():

@@ -25,17 +25,22 @@ SECRET = "e2e_Notification-Secret"
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory,
-            postgres: LocalPostgres) -> Iterator[AirflowCluster]:
-    airflow = AirflowCluster(tmp_path_factory.mktemp("cluster"), postgres=postgres, env={
-        "REGISTRY_NOTIFICATION_SECRET": SECRET,
-        "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
-        # One retry, soon: a killed worker's tasks run again elsewhere within the test.
-        "AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES": "1",
-        "AIRFLOW__REGISTRY_REPLICATION__TASK_RETRY_DELAY_SECONDS": "2",
-        # Small copy batches: even the tests' images make several copy tasks.
-        "AIRFLOW__REGISTRY_REPLICATION__BLOB_BATCH_BYTES": str(512 * 1024),
-    })
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, postgres: LocalPostgres
+) -> Iterator[AirflowCluster]:
+    airflow = AirflowCluster(
+        tmp_path_factory.mktemp("cluster"),
+        postgres=postgres,
+        env={
+            "REGISTRY_NOTIFICATION_SECRET": SECRET,
+            "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
+            # One retry, soon: a killed worker's tasks run again elsewhere within the test.
+            "AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES": "1",
+            "AIRFLOW__REGISTRY_REPLICATION__TASK_RETRY_DELAY_SECONDS": "2",
+            # Small copy batches: even the tests' images make several copy tasks.
+            "AIRFLOW__REGISTRY_REPLICATION__BLOB_BATCH_BYTES": str(512 * 1024),
+        },
+    )
     try:
         airflow.start()
         airflow.wait_ready()
@@ -65,16 +70,27 @@ def start_standalone() -> Iterator[Callable[..., AirflowStandalone]]:
     unless ``wait=False``)."""
     started: list[AirflowStandalone] = []
 
-    def start(home: Path, primary: LocalRegistry, secondary: LocalRegistry, store_url: str,
-              port: int | None = None, wait: bool = True, **env: str) -> AirflowStandalone:
-        airflow = AirflowStandalone(home, port=port or free_port(), env={
-            "AIRFLOW_CONN_REGISTRY_PRIMARY": json.dumps(primary.connection()),
-            "AIRFLOW_CONN_REGISTRY_SECONDARY": json.dumps(secondary.connection()),
-            "REGISTRY_NOTIFICATION_SECRET": SECRET,
-            "REGISTRY_REPLICATION_DB_URL": store_url,
-            "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
-            **env,
-        })
+    def start(
+        home: Path,
+        primary: LocalRegistry,
+        secondary: LocalRegistry,
+        store_url: str,
+        port: int | None = None,
+        wait: bool = True,
+        **env: str,
+    ) -> AirflowStandalone:
+        airflow = AirflowStandalone(
+            home,
+            port=port or free_port(),
+            env={
+                "AIRFLOW_CONN_REGISTRY_PRIMARY": json.dumps(primary.connection()),
+                "AIRFLOW_CONN_REGISTRY_SECONDARY": json.dumps(secondary.connection()),
+                "REGISTRY_NOTIFICATION_SECRET": SECRET,
+                "REGISTRY_REPLICATION_DB_URL": store_url,
+                "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
+                **env,
+            },
+        )
         started.append(airflow.start())
         if wait:
             airflow.wait_ready()
@@ -91,9 +107,12 @@ def notified_stack(request, tmp_path, start_registry, keys, token_service, start
     cluster = request.getfixturevalue("cluster") if request.param == "cluster" else None
     port = cluster.port if cluster else free_port()
     primary = start_registry(
-        "primary", keys=keys, token_realm=token_service.realm,
-        notifications=Notifications(f"http://127.0.0.1:{port}/registry-replication/events", SECRET,
-                                    backoff="500ms"),
+        "primary",
+        keys=keys,
+        token_realm=token_service.realm,
+        notifications=Notifications(
+            f"http://127.0.0.1:{port}/registry-replication/events", SECRET, backoff="500ms"
+        ),
     )
     secondary = start_registry("secondary", keys=keys, token_realm=token_service.realm)
     if cluster:
@@ -103,7 +122,13 @@ def notified_stack(request, tmp_path, start_registry, keys, token_service, start
     db_url = f"sqlite:///{tmp_path / 'events.db'}"
     # The hot drain on (short, so the run a pause leaves going ends soon): pushes made one
     # after another replicate within the same replicate_events task.
-    airflow = start_standalone(tmp_path / "airflow", primary, secondary, db_url, port=port,
-                               AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS="5")
+    airflow = start_standalone(
+        tmp_path / "airflow",
+        primary,
+        secondary,
+        db_url,
+        port=port,
+        AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS="5",
+    )
     airflow.wait_for_dag("registry_events")
     return primary, secondary, airflow, Store(db_url)

@@ -32,13 +32,18 @@ def start_api_server(airflow: AirflowStandalone) -> None:
     airflow.wait_ready()
 
 
-def wait_until_no_task_is_running(airflow: AirflowStandalone, dag_id: str, task_id: str,
-                                  timeout: float = 120) -> None:
+def wait_until_no_task_is_running(
+    airflow: AirflowStandalone, dag_id: str, task_id: str, timeout: float = 120
+) -> None:
     """A paused DAG's running task carries on (a draining ``replicate_events``): wait for it."""
     deadline = time.monotonic() + timeout
-    while [ti for ti in airflow.api("GET", f"dags/{dag_id}/dagRuns/~/taskInstances",
-                                    params={"state": ["running", "queued"]})["task_instances"]
-           if ti["task_id"] == task_id]:
+    while [
+        ti
+        for ti in airflow.api(
+            "GET", f"dags/{dag_id}/dagRuns/~/taskInstances", params={"state": ["running", "queued"]}
+        )["task_instances"]
+        if ti["task_id"] == task_id
+    ]:
         assert time.monotonic() < deadline, f"{dag_id}.{task_id} still running after {timeout}s"
         time.sleep(0.5)
 
@@ -61,10 +66,12 @@ def test_push_replicates_by_itself_and_survives_an_api_server_restart(notified_s
         images.push(writer, "group/app", img, [f"v{i}"])
         pushed = time.monotonic() - pushed_at
         latencies.append(pushed + wait_for_replica(reader, "group/app", f"v{i}", img.digest))
-        assert (reader.get_manifest("group/app", f"v{i}").raw == img.raw)
+        assert reader.get_manifest("group/app", f"v{i}").raw == img.raw
     with capsys.disabled():
-        print(f"\n{type(airflow).__name__} push-to-replica latency (s): {', '.join(f'{x:.2f}' for x in latencies)}; "
-              f"median {statistics.median(latencies):.2f}")
+        print(
+            f"\n{type(airflow).__name__} push-to-replica latency (s): {', '.join(f'{x:.2f}' for x in latencies)}; "
+            f"median {statistics.median(latencies):.2f}"
+        )
 
     # Durability: an event acknowledged (2xx) just before the API server stops is not lost.
     airflow.api("PATCH", "dags/registry_events", json={"is_paused": True})

@@ -37,32 +37,39 @@ def test_an_odd_push_is_rejected_and_the_next_push_still_replicates(notified_sta
         pushed_at = time.monotonic()
         images.push(writer, "group/app", img, [f"after-odd-{i}"])
         pushed = time.monotonic() - pushed_at
-        latencies.append(pushed + wait_for_replica(reader, "group/app", f"after-odd-{i}",
-                                                   img.digest, timeout=60))
+        latencies.append(
+            pushed + wait_for_replica(reader, "group/app", f"after-odd-{i}", img.digest, timeout=60)
+        )
     with capsys.disabled():
-        print(f"\npush-to-replica after an odd push (s): "
-              f"{', '.join(f'{x:.2f}' for x in latencies)}")
+        print(
+            f"\npush-to-replica after an odd push (s): {', '.join(f'{x:.2f}' for x in latencies)}"
+        )
 
     rejected = [e for e in store.queue.events(status=EventStatus.REJECTED)]
     assert [(e["action"], e["repository"], e["tag"]) for e in rejected] == [("push", ODD, "1.0")]
     assert "invalid repository name 'Foo/app'" in rejected[0]["last_error"]
     assert ODD not in list(reader.catalog())
 
-    token = requests.post(f"{airflow.url}/auth/token", timeout=10, json={
-        "username": "admin", "password": airflow.password}).json()["access_token"]
+    token = requests.post(
+        f"{airflow.url}/auth/token",
+        timeout=10,
+        json={"username": "admin", "password": airflow.password},
+    ).json()["access_token"]
     auth = {"Authorization": f"Bearer {token}"}
-    data = requests.get(f"{airflow.url}/registry-replication/api/status", headers=auth,
-                        timeout=10).json()
+    data = requests.get(
+        f"{airflow.url}/registry-replication/api/status", headers=auth, timeout=10
+    ).json()
     assert data["queue"]["counts"]["rejected"] == 1
     assert [(e["repository"], e["tag"]) for e in data["rejected_events"]] == [(ODD, "1.0")]
-    page = requests.get(f"{airflow.url}/registry-replication/status", headers=auth,
-                        timeout=10).text
+    page = requests.get(f"{airflow.url}/registry-replication/status", headers=auth, timeout=10).text
     assert f'class="rejected-event" data-repository="{ODD}"' in page
     assert "invalid repository name" in page
     # Nothing on the plugin app describes itself to whoever asks without a login.
     for path in ("openapi.json", "docs", "redoc"):
-        assert requests.get(f"{airflow.url}/registry-replication/{path}",
-                            timeout=10).status_code == 404, path
+        assert (
+            requests.get(f"{airflow.url}/registry-replication/{path}", timeout=10).status_code
+            == 404
+        ), path
     # Every good event was processed; the rejected one was never claimed.
     assert store.queue.stats()["counts"]["pending"] == 0
     assert store.queue.stats()["counts"][EventStatus.DONE] >= 4

@@ -35,24 +35,31 @@ METRICS_TOKEN = "e2e-metrics-Token"
 def stack(tmp_path, start_registry, keys, token_service):
     port = free_port()
     primary = start_registry(
-        "primary", keys=keys, token_realm=token_service.realm,
-        notifications=Notifications(f"http://127.0.0.1:{port}/registry-replication/events", SECRET,
-                                    backoff="500ms"),
+        "primary",
+        keys=keys,
+        token_realm=token_service.realm,
+        notifications=Notifications(
+            f"http://127.0.0.1:{port}/registry-replication/events", SECRET, backoff="500ms"
+        ),
     )
     secondary = start_registry("secondary", keys=keys, token_realm=token_service.realm)
     db_url = f"sqlite:///{tmp_path / 'replication.db'}"
-    airflow = AirflowStandalone(tmp_path / "airflow", port=port, env={
-        "AIRFLOW_CONN_REGISTRY_PRIMARY": json.dumps(primary.connection()),
-        "AIRFLOW_CONN_REGISTRY_SECONDARY": json.dumps(secondary.connection()),
-        "REGISTRY_NOTIFICATION_SECRET": SECRET,
-        "REGISTRY_REPLICATION_DB_URL": db_url,
-        "REGISTRY_REPLICATION_METRICS_TOKEN": METRICS_TOKEN,
-        "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
-        "AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES": "0",
-        "AIRFLOW__REGISTRY_REPLICATION__EVENT_MAX_ATTEMPTS": "1",
-        # Shorter than any reconcile here: its DeadlineAlert fires during the run.
-        "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_DEADLINE_MINUTES": "0.05",
-    })
+    airflow = AirflowStandalone(
+        tmp_path / "airflow",
+        port=port,
+        env={
+            "AIRFLOW_CONN_REGISTRY_PRIMARY": json.dumps(primary.connection()),
+            "AIRFLOW_CONN_REGISTRY_SECONDARY": json.dumps(secondary.connection()),
+            "REGISTRY_NOTIFICATION_SECRET": SECRET,
+            "REGISTRY_REPLICATION_DB_URL": db_url,
+            "REGISTRY_REPLICATION_METRICS_TOKEN": METRICS_TOKEN,
+            "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
+            "AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES": "0",
+            "AIRFLOW__REGISTRY_REPLICATION__EVENT_MAX_ATTEMPTS": "1",
+            # Shorter than any reconcile here: its DeadlineAlert fires during the run.
+            "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_DEADLINE_MINUTES": "0.05",
+        },
+    )
     airflow.start()
     try:
         airflow.wait_ready()
@@ -80,9 +87,11 @@ class _Attacker(BaseHTTPRequestHandler):
     event_id = ""
 
     def do_GET(self) -> None:  # noqa: N802
-        body = (f'<!doctype html><form method="post" action="{self.target}">'
-                f'<input type="hidden" name="event_id" value="{self.event_id}"></form>'
-                '<script>document.forms[0].submit()</script>').encode()
+        body = (
+            f'<!doctype html><form method="post" action="{self.target}">'
+            f'<input type="hidden" name="event_id" value="{self.event_id}"></form>'
+            "<script>document.forms[0].submit()</script>"
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/html")
         self.send_header("Content-Length", str(len(body)))
@@ -119,8 +128,12 @@ def test_chart_dead_letter_retry_csrf_and_sync_now(stack):
     airflow.api("PATCH", "dags/registry_events", json={"is_paused": False})
     [dead] = wait(lambda: store.queue.dead_letters(), "the dead letter")
     assert (dead["repository"], dead["tag"], dead["status"]) == ("group/app", "broken", "failed")
-    wait(lambda: {e["status"] for e in store.queue.events() if e["repository"] == "group/ok"}
-         == {"done"}, "group/ok's events acknowledged")
+    wait(
+        lambda: (
+            {e["status"] for e in store.queue.events() if e["repository"] == "group/ok"} == {"done"}
+        ),
+        "group/ok's events acknowledged",
+    )
 
     jwt = airflow.token()
     ARTIFACTS.mkdir(exist_ok=True)
@@ -139,14 +152,19 @@ def test_chart_dead_letter_retry_csrf_and_sync_now(stack):
             })()""")
 
         # An event is marked done, then its latency recorded: wait for both points.
-        chart = wait(lambda: (found := read_chart()) and len(found["latencies"]) >= 2 and found,
-                     "group/ok's two latency points", 60)
+        chart = wait(
+            lambda: (found := read_chart()) and len(found["latencies"]) >= 2 and found,
+            "group/ok's two latency points",
+            60,
+        )
         assert chart["peak"] >= 3  # three events waited at once
         assert len(chart["latencies"]) == 2 and all(0 < s < 600 for s in chart["latencies"])
         assert chart["bars"] == [copied]
         assert chart["width"] > 800
-        rows = browser.evaluate("[...document.querySelectorAll('tr.dead-letter')]"
-                                ".map(r => [r.dataset.id, r.dataset.status])")
+        rows = browser.evaluate(
+            "[...document.querySelectorAll('tr.dead-letter')]"
+            ".map(r => [r.dataset.id, r.dataset.status])"
+        )
         assert rows == [[dead["id"], "failed"]]
         browser.screenshot(ARTIFACTS / "operating-chart-and-dead-letter.png")
 
@@ -157,35 +175,50 @@ def test_chart_dead_letter_retry_csrf_and_sync_now(stack):
         threading.Thread(target=evil.serve_forever, daemon=True).start()
         try:
             browser.open(f"http://127.0.0.1:{evil.server_address[1]}/")
-            wait(lambda: browser.evaluate("location.href").startswith(_Attacker.target),
-                 "the forged post", 30)
+            wait(
+                lambda: browser.evaluate("location.href").startswith(_Attacker.target),
+                "the forged post",
+                30,
+            )
             assert "cross-origin request refused" in browser.wait_for_text("refused")
         finally:
             evil.shutdown()
         # Without an Origin header (old browsers, some proxies) the missing token is enough.
         for form in ({"event_id": dead["id"]}, {"event_id": dead["id"], "csrf": "forged"}):
-            forged = requests.post(_Attacker.target, data=form, cookies={"_token": jwt},
-                                   timeout=10, allow_redirects=False)
+            forged = requests.post(
+                _Attacker.target,
+                data=form,
+                cookies={"_token": jwt},
+                timeout=10,
+                allow_redirects=False,
+            )
             assert forged.status_code == 403 and "CSRF" in forged.text
         assert store.queue.dead_letters()[0]["status"] == "failed"
-        assert requests.post(_Attacker.target, data={"event_id": dead["id"]},
-                             timeout=10).status_code == 401  # no login at all
+        assert (
+            requests.post(_Attacker.target, data={"event_id": dead["id"]}, timeout=10).status_code
+            == 401
+        )  # no login at all
 
         # Repaired at the source, retried from the page: the image reaches the secondary.
         primary.blob_path(rotten.digest).write_bytes(good_bytes)
         browser.open(status_url)
-        browser.evaluate(f"document.querySelector('tr.dead-letter[data-id=\"{dead['id']}\"] "
-                         "form.retry button').click()")
-        wait(lambda: reader.head_manifest("group/app", "broken") is not None
-             and reader.head_manifest("group/app", "broken").digest == broken.digest,
-             "the retried image on the secondary")
+        browser.evaluate(
+            f'document.querySelector(\'tr.dead-letter[data-id="{dead["id"]}"] '
+            "form.retry button').click()"
+        )
+        wait(
+            lambda: (
+                reader.head_manifest("group/app", "broken") is not None
+                and reader.head_manifest("group/app", "broken").digest == broken.digest
+            ),
+            "the retried image on the secondary",
+        )
         assert reader.get_manifest("group/app", "broken").raw == broken.raw
         assert store.queue.dead_letters() == []
 
         def latency_points() -> int:
             browser.open(status_url)
-            return browser.evaluate("document.querySelectorAll('#lag-chart .latency-point')"
-                                    ".length")
+            return browser.evaluate("document.querySelectorAll('#lag-chart .latency-point').length")
 
         # The image lands before the drain acknowledges its event and records the latency.
         wait(lambda: latency_points() == 3, "the retried event's latency on the chart", 60)
@@ -193,11 +226,18 @@ def test_chart_dead_letter_retry_csrf_and_sync_now(stack):
         browser.screenshot(ARTIFACTS / "operating-after-retry.png")
 
         # "Sync now": a registry_sync run for that repository, started as the logged-in user.
-        browser.evaluate("document.querySelector('tr.repository[data-repository=\"group/ok\"] "
-                         "form.sync-now button').click()")
-        landed = wait(lambda: "/dags/registry_sync/runs/" in (browser.evaluate("location.href")
-                                                              or "")
-                      and browser.evaluate("location.href"), "the new run's page", 60)
+        browser.evaluate(
+            'document.querySelector(\'tr.repository[data-repository="group/ok"] '
+            "form.sync-now button').click()"
+        )
+        landed = wait(
+            lambda: (
+                "/dags/registry_sync/runs/" in (browser.evaluate("location.href") or "")
+                and browser.evaluate("location.href")
+            ),
+            "the new run's page",
+            60,
+        )
         runs = airflow.api("GET", "dags/registry_sync/dagRuns")["dag_runs"]
         [sync] = runs
         assert sync["conf"] == {"repositories": ["group/ok"]}
@@ -211,24 +251,32 @@ def test_chart_dead_letter_retry_csrf_and_sync_now(stack):
     assert requests.get(metrics_url, timeout=10).status_code == 401
 
     def scrape() -> dict[tuple[str, tuple[str, ...]], float]:
-        scraped = requests.get(metrics_url, timeout=10,
-                               headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
-        return {(s.name, tuple(s.labels.values())): s.value
-                for f in text_string_to_metric_families(scraped.text) for s in f.samples}
+        scraped = requests.get(
+            metrics_url, timeout=10, headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+        )
+        return {
+            (s.name, tuple(s.labels.values())): s.value
+            for f in text_string_to_metric_families(scraped.text)
+            for s in f.samples
+        }
 
     success = ("registry_replication_last_success_timestamp_seconds", ("registry_sync",))
     samples = wait(lambda: (m := scrape()).get(success) and m, "registry_sync's success", 60)
     assert time.time() - 300 < samples[success] <= time.time()
-    assert ("registry_replication_last_success_timestamp_seconds", ("registry_reconcile",)) \
-        not in samples  # it failed
+    assert (
+        "registry_replication_last_success_timestamp_seconds",
+        ("registry_reconcile",),
+    ) not in samples  # it failed
 
     # The alerts, as sent by the DAG processor's callbacks and the deadline's callback (no
     # notifier is configured here: they are logged and recorded).
     def sent() -> list[tuple[str, str, str]]:
         return sorted((a["dag_id"], a["run_id"], a["state"]) for a in store.history.alerts())
 
-    events_runs = {r["dag_run_id"]: r["state"] for r in
-                   airflow.api("GET", "dags/registry_events/dagRuns")["dag_runs"]}
+    events_runs = {
+        r["dag_run_id"]: r["state"]
+        for r in airflow.api("GET", "dags/registry_events/dagRuns")["dag_runs"]
+    }
     [failed_events_run] = [run_id for run_id, state in events_runs.items() if state == "failed"]
     wait(lambda: ("registry_reconcile", reconcile, "overdue") in sent(), "the deadline alert", 60)
     assert ("registry_reconcile", reconcile, "failed") in sent()

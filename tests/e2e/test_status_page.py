@@ -26,9 +26,13 @@ def stack(request, tmp_path, primary, secondary, start_standalone):
     if request.param == "cluster":
         request.getfixturevalue("use_cluster")(primary, secondary)
         return request.getfixturevalue("cluster")
-    airflow = start_standalone(tmp_path / "airflow", primary, secondary,
-                               f"sqlite:///{tmp_path / 'replication.db'}",
-                               AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES="0")
+    airflow = start_standalone(
+        tmp_path / "airflow",
+        primary,
+        secondary,
+        f"sqlite:///{tmp_path / 'replication.db'}",
+        AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES="0",
+    )
     airflow.wait_for_dag("registry_reconcile")
     return airflow
 
@@ -42,8 +46,9 @@ def test_status_page_shows_the_failed_layer_behind_the_login(stack, primary, pri
     rotten = broken.blobs[-1]
     primary.blob_path(rotten.digest).write_bytes(b"\0" * rotten.size)  # DIGEST_INVALID
 
-    run_id = airflow.api("POST", "dags/registry_reconcile/dagRuns",
-                         json={"logical_date": None, "conf": {}})["dag_run_id"]
+    run_id = airflow.api(
+        "POST", "dags/registry_reconcile/dagRuns", json={"logical_date": None, "conf": {}}
+    )["dag_run_id"]
     assert airflow.wait_for_run("registry_reconcile", run_id) == "failed"
 
     page_url = f"{airflow.url}/registry-replication/status"
@@ -60,26 +65,42 @@ def test_status_page_shows_the_failed_layer_behind_the_login(stack, primary, pri
     login_page = requests.get(page_url, timeout=10)
     assert login_page.ok and "/auth/login" in login_page.url  # the auth manager's login page
     # The webhook still answers without a login, with its own shared-secret check.
-    hook = requests.post(f"{airflow.url}/registry-replication/events", timeout=10, data=b"{}",
-                         headers={"Content-Type": "application/json"})
+    hook = requests.post(
+        f"{airflow.url}/registry-replication/events",
+        timeout=10,
+        data=b"{}",
+        headers={"Content-Type": "application/json"},
+    )
     assert (hook.status_code, hook.json()["detail"]) == (
-        401, "wrong or missing Authorization header")
+        401,
+        "wrong or missing Authorization header",
+    )
 
     # Logged in (the REST API's Bearer token, or the UI's _token cookie).
     jwt = airflow.token()
     data = requests.get(json_url, timeout=10, headers={"Authorization": f"Bearer {jwt}"}).json()
-    assert requests.get(json_url, timeout=10, cookies={"_token": jwt}).json()["failed_layers"] \
+    assert (
+        requests.get(json_url, timeout=10, cookies={"_token": jwt}).json()["failed_layers"]
         == data["failed_layers"]
+    )
     [layer] = data["failed_layers"]
     assert (layer["repository"], layer["digest"], layer["code"]) == (
-        "group/app", rotten.digest, "DIGEST_INVALID")
+        "group/app",
+        rotten.digest,
+        "DIGEST_INVALID",
+    )
     assert (layer["dag_id"], layer["run_id"], layer["task_id"]) == (
-        "registry_reconcile", run_id, "copy_blobs")
+        "registry_reconcile",
+        run_id,
+        "copy_blobs",
+    )
     assert layer["log_url"].startswith(f"{airflow.url}/dags/registry_reconcile/runs/")
     assert layer["log_url"].endswith(f"/tasks/copy_blobs/mapped/{layer['map_index']}")
     states = {r["repository"]: r for r in data["repositories"]}
     assert {name: r["state"] for name, r in states.items()} == {
-        "group/app": "failed", "group/ok": "synced"}
+        "group/app": "failed",
+        "group/ok": "synced",
+    }
     assert (states["group/ok"]["tags_primary"], states["group/ok"]["tags_secondary"]) == (2, 2)
     assert states["group/ok"]["checksums_match"] and not states["group/app"]["checksums_match"]
     assert data["backfill"]["repositories"] == {"in_sync": 1, "total": 2, "percent": 50.0}
@@ -88,11 +109,12 @@ def test_status_page_shows_the_failed_layer_behind_the_login(stack, primary, pri
     assert (data["last_reconcile"]["run_id"], data["last_reconcile"]["state"]) == (run_id, "failed")
 
     # Linked from the UI's navigation (Browse menu).
-    [plugin] = [p for p in airflow.api("GET", "plugins")["plugins"]
-                if p["name"] == "registry_replication"]
-    assert [(v["name"], v["href"], v["destination"], v["category"])
-            for v in plugin["external_views"]] == [
-        ("Registry replication", "/registry-replication/status", "nav", "browse")]
+    [plugin] = [
+        p for p in airflow.api("GET", "plugins")["plugins"] if p["name"] == "registry_replication"
+    ]
+    assert [
+        (v["name"], v["href"], v["destination"], v["category"]) for v in plugin["external_views"]
+    ] == [("Registry replication", "/registry-replication/status", "nav", "browse")]
 
     # The page, in a real browser with the UI's session cookie.
     ARTIFACTS.mkdir(exist_ok=True)
@@ -103,8 +125,13 @@ def test_status_page_shows_the_failed_layer_behind_the_login(stack, primary, pri
         shown = parse_page(html)
         assert browser.evaluate("location.href") == page_url
         assert shown["failed_layers"] == [
-            {"repository": layer["repository"], "digest": layer["digest"], "code": layer["code"],
-             "log_url": layer["log_url"]}]
+            {
+                "repository": layer["repository"],
+                "digest": layer["digest"],
+                "code": layer["code"],
+                "log_url": layer["log_url"],
+            }
+        ]
         assert rotten.digest in browser.evaluate("document.body.innerText")
         assert shown["repositories"] == {name: r["state"] for name, r in states.items()}
         assert shown["states"] == {k: str(v) for k, v in data["states"].items()}
@@ -116,8 +143,11 @@ def test_status_page_shows_the_failed_layer_behind_the_login(stack, primary, pri
         assert "DIGEST_INVALID" in text
         browser.screenshot(ARTIFACTS / f"status-page-log-link-{type(airflow).__name__}.png")
     if isinstance(airflow, AirflowCluster):
-        ran_on = {worker for task, index, _, worker in airflow.task_hosts("registry_reconcile", run_id)
-                  if (task, index) == ("copy_blobs", layer["map_index"])}
+        ran_on = {
+            worker
+            for task, index, _, worker in airflow.task_hosts("registry_reconcile", run_id)
+            if (task, index) == ("copy_blobs", layer["map_index"])
+        }
         assert ran_on and ran_on <= set(airflow.worker_addresses()), ran_on
         api_home_logs = list((airflow.home / "api-server").rglob("*.log"))
         assert not [p for p in api_home_logs if "copy_blobs" in str(p)]  # not read from disk
@@ -135,8 +165,13 @@ class _PageParser(HTMLParser):
         a = dict(attrs)
         classes = (a.get("class") or "").split()
         if tag == "tr" and "failed-layer" in classes:
-            self.failed_layers.append({"repository": a["data-repository"],
-                                       "digest": a["data-digest"], "code": a["data-code"]})
+            self.failed_layers.append(
+                {
+                    "repository": a["data-repository"],
+                    "digest": a["data-digest"],
+                    "code": a["data-code"],
+                }
+            )
         elif tag == "a" and "log" in classes and self.failed_layers:
             self.failed_layers[-1]["log_url"] = a["href"]
         elif tag == "tr" and "repository" in classes:
@@ -153,5 +188,8 @@ class _PageParser(HTMLParser):
 def parse_page(html: str) -> dict[str, Any]:
     parser = _PageParser()
     parser.feed(html)
-    return {"failed_layers": parser.failed_layers, "repositories": parser.repositories,
-            "states": parser.states}
+    return {
+        "failed_layers": parser.failed_layers,
+        "repositories": parser.repositories,
+        "states": parser.states,
+    }

@@ -18,15 +18,24 @@ from replication_harness import images
 
 
 def test_a_snapshot_with_errors_and_problems_round_trips(tmp_path):
-    tags = pd.DataFrame([["group/app", "v1", "sha256:" + "a" * 64, "application/vnd.oci.image.manifest.v1+json"],
-                         ["group/app", "v2", "sha256:" + "b" * 64, "application/vnd.oci.image.index.v1+json"]],
-                        columns=COLUMNS)
+    tags = pd.DataFrame(
+        [
+            ["group/app", "v1", "sha256:" + "a" * 64, "application/vnd.oci.image.manifest.v1+json"],
+            ["group/app", "v2", "sha256:" + "b" * 64, "application/vnd.oci.image.index.v1+json"],
+        ],
+        columns=COLUMNS,
+    )
     problems = [{"repository": "odd/repo", "tag": None, "reason": "HTTP 500", "advice": "retry"}]
     snap = Snapshot("https://primary", tags, ["catalog cut short"], problems)
     folder = tmp_path / "run"
     ref = artifacts.write_snapshot(folder, "snapshot_primary", snap)
-    assert ref == {"name": "snapshot_primary", "tags": 2, "errors": 1, "problems": 1,
-                   "bytes": ref["bytes"]}
+    assert ref == {
+        "name": "snapshot_primary",
+        "tags": 2,
+        "errors": 1,
+        "problems": 1,
+        "bytes": ref["bytes"],
+    }
     assert ref["bytes"] == sum(p.stat().st_size for p in folder.iterdir()) > 0
     back = artifacts.read_snapshot(folder, "snapshot_primary")
     assert back.registry == "https://primary"
@@ -42,10 +51,20 @@ def test_an_empty_snapshot_round_trips_with_its_columns(tmp_path):
 
 
 def test_plan_batches_round_trip_with_lists_and_nulls(tmp_path):
-    blobs = [BlobTask("sha256:" + "c" * 64, 12, "a", "b", ["c", "d"], None),
-             BlobTask("sha256:" + "d" * 64, 0, "a", "b", [], "e")]
-    images = [ImageTask("a", "sha256:" + "e" * 64, "application/vnd.oci.image.index.v1+json",
-                        ["v1", "latest"], ["sha256:" + "f" * 64], ["sha256:" + "c" * 64])]
+    blobs = [
+        BlobTask("sha256:" + "c" * 64, 12, "a", "b", ["c", "d"], None),
+        BlobTask("sha256:" + "d" * 64, 0, "a", "b", [], "e"),
+    ]
+    images = [
+        ImageTask(
+            "a",
+            "sha256:" + "e" * 64,
+            "application/vnd.oci.image.index.v1+json",
+            ["v1", "latest"],
+            ["sha256:" + "f" * 64],
+            ["sha256:" + "c" * 64],
+        )
+    ]
     artifacts.write_records(tmp_path / "blobs.parquet", [asdict(b) for b in blobs])
     artifacts.write_records(tmp_path / "images.parquet", [asdict(i) for i in images])
     assert [BlobTask(**r) for r in artifacts.read_records(tmp_path / "blobs.parquet")] == blobs
@@ -56,8 +75,15 @@ def test_a_streamed_snapshot_is_written_batch_by_batch_and_diffs(tmp_path):
     from registry_replication.engine import diff as diffs
     from registry_replication.engine.snapshot import Listing
 
-    rows = [("group/app", f"v{i}", "sha256:" + f"{i:064x}", "application/vnd.oci.image.manifest.v1+json")
-            for i in range(5)]
+    rows = [
+        (
+            "group/app",
+            f"v{i}",
+            "sha256:" + f"{i:064x}",
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        for i in range(5)
+    ]
     with artifacts.SnapshotWriter(tmp_path, "streamed") as writer:
         writer.write(rows[:2])
         writer.write([])
@@ -77,11 +103,15 @@ def test_manifests_round_trip_byte_for_byte(tmp_path):
     from registry_replication.transport.client import Manifest
 
     raw = b'{\n   "schemaVersion": 2\n}'
-    manifest = Manifest(raw, "application/vnd.oci.image.manifest.v1+json",
-                        "sha256:" + hashlib.sha256(raw).hexdigest())
+    manifest = Manifest(
+        raw,
+        "application/vnd.oci.image.manifest.v1+json",
+        "sha256:" + hashlib.sha256(raw).hexdigest(),
+    )
     artifacts.write_manifests(tmp_path / "m.parquet", [("group/app", manifest)])
     assert artifacts.read_manifests(tmp_path / "m.parquet") == {
-        ("group/app", manifest.digest): manifest}
+        ("group/app", manifest.digest): manifest
+    }
     assert artifacts.read_manifests(tmp_path / "none.parquet") == {}
 
 
@@ -93,8 +123,11 @@ def test_a_snapshot_keeps_the_manifests_it_read_batch_by_batch(tmp_path):
 
     def manifest(i: int) -> Manifest:
         raw = b'{"schemaVersion": 2, "n": %d}' % i
-        return Manifest(raw, "application/vnd.oci.image.manifest.v1+json",
-                        "sha256:" + hashlib.sha256(raw).hexdigest())
+        return Manifest(
+            raw,
+            "application/vnd.oci.image.manifest.v1+json",
+            "sha256:" + hashlib.sha256(raw).hexdigest(),
+        )
 
     kept = [("group/app", manifest(i)) for i in range(5)]
     with artifacts.SnapshotWriter(tmp_path, "snapshot_primary", keep_manifests=True) as writer:
@@ -105,7 +138,8 @@ def test_a_snapshot_keeps_the_manifests_it_read_batch_by_batch(tmp_path):
         ref = writer.finish(Listing("https://primary", 5))
     assert ref["manifests"] == "snapshot_primary.manifests.parquet" and ref["manifests_read"] == 5
     assert artifacts.read_manifests(tmp_path / ref["manifests"]) == {
-        (r, m.digest): m for r, m in kept}
+        (r, m.digest): m for r, m in kept
+    }
 
 
 def test_a_registry_is_listed_batch_by_batch_into_storage(primary_writer, primary_reader, tmp_path):
@@ -118,6 +152,7 @@ def test_a_registry_is_listed_batch_by_batch_into_storage(primary_writer, primar
         synthetic.push(primary_writer, f"group/app{i}", factory.make(), ["v1", "v2"])
     batches: list[int] = []
     with artifacts.SnapshotWriter(tmp_path, "snapshot_primary") as writer:
+
         def sink(rows):
             batches.append(len(rows))
             writer.write(rows)
@@ -128,13 +163,15 @@ def test_a_registry_is_listed_batch_by_batch_into_storage(primary_writer, primar
     streamed = artifacts.read_snapshot(tmp_path, "snapshot_primary").tags
     in_memory = take_snapshot(primary_reader).tags
     key = ["repository", "tag"]
-    assert (streamed.sort_values(key).astype(object).values.tolist()
-            == in_memory.sort_values(key).astype(object).values.tolist())
+    assert (
+        streamed.sort_values(key).astype(object).values.tolist()
+        == in_memory.sort_values(key).astype(object).values.tolist()
+    )
 
 
 def test_a_manifest_swapped_in_the_run_folder_is_never_what_gets_tagged(
-        primary_writer, primary_reader, secondary_writer, secondary_reader, leases, tmp_path,
-        caplog):
+    primary_writer, primary_reader, secondary_writer, secondary_reader, leases, tmp_path, caplog
+):
     """The run's folder may be a shared bucket: bytes saved under a digest are hashed before
     they are pushed, and a swapped manifest is read again from the primary instead."""
     factory = images.ImageFactory()
@@ -143,10 +180,16 @@ def test_a_manifest_swapped_in_the_run_folder_is_never_what_gets_tagged(
     images.push(secondary_writer, "app", planted)  # its blobs are there: the PUT would succeed
     plan = build_plan(primary_reader, secondary_writer, [WantedTag("app", "v1", wanted.digest)])
     saved = tmp_path / "images-00000.manifests.parquet"
-    artifacts.write_manifests(saved, [
-        ("app", Manifest(planted.raw, planted.media_type, wanted.digest))])
-    copier = Copier(primary_reader, secondary_writer, leases=leases, recheck=False,
-                    manifests=artifacts.read_manifests(saved))
+    artifacts.write_manifests(
+        saved, [("app", Manifest(planted.raw, planted.media_type, wanted.digest))]
+    )
+    copier = Copier(
+        primary_reader,
+        secondary_writer,
+        leases=leases,
+        recheck=False,
+        manifests=artifacts.read_manifests(saved),
+    )
     copier.copy_blobs(plan.blobs)
     (result,) = copier.push_images(plan.images, set())
     assert result.outcome == "pushed", result.error
@@ -165,14 +208,24 @@ def test_run_folders_and_their_files_are_readable_only_by_their_owner(tmp_path, 
     else:
         from airflow.sdk import ObjectStoragePath
 
-        folder = ObjectStoragePath(f"file://{base}") / "registry_reconcile" / "20261128T060000_manual"
-    artifacts.write_snapshot(folder, "snapshot_primary",
-                             Snapshot("https://primary", pd.DataFrame(columns=COLUMNS)))
+        folder = (
+            ObjectStoragePath(f"file://{base}") / "registry_reconcile" / "20261128T060000_manual"
+        )
+    artifacts.write_snapshot(
+        folder, "snapshot_primary", Snapshot("https://primary", pd.DataFrame(columns=COLUMNS))
+    )
     artifacts.write_records(folder / "images-00000.parquet", [{"repository": "a"}])
     artifacts.write_json_lines(folder / "pruned.jsonl", [{"repository": "a"}])
     artifacts.write_manifests(folder / "images-00000.manifests.parquet", [])
     run = base / "registry_reconcile" / "20261128T060000_manual"
     assert {p.name: p.stat().st_mode & 0o777 for p in run.iterdir()} == dict.fromkeys(
-        ["snapshot_primary.parquet", "snapshot_primary.json", "images-00000.parquet",
-         "pruned.jsonl", "images-00000.manifests.parquet"], 0o600)
+        [
+            "snapshot_primary.parquet",
+            "snapshot_primary.json",
+            "images-00000.parquet",
+            "pruned.jsonl",
+            "images-00000.manifests.parquet",
+        ],
+        0o600,
+    )
     assert [p.stat().st_mode & 0o777 for p in (run, run.parent, base)] == [0o700] * 3

@@ -39,25 +39,45 @@ def cli_sync(proxy: FaultProxy, primary, secondary, store: Store) -> subprocess.
     """``registry-replication sync`` in its own process, reading the primary through ``proxy``."""
     env = {**os.environ, "REGISTRY_REPLICATION_DB_URL": store.url}
     return subprocess.Popen(
-        [sys.executable, "-m", "registry_replication.cli", "sync",
-         "--primary", json.dumps({**primary.connection(), "host": proxy.url}),
-         "--secondary", json.dumps(secondary.connection())],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "registry_replication.cli",
+            "sync",
+            "--primary",
+            json.dumps({**primary.connection(), "host": proxy.url}),
+            "--secondary",
+            json.dumps(secondary.connection()),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
-def event_path(primary_reader, secondary_writer, store: Store, repository: str, tag: str,
-               digest: str) -> None:
+def event_path(
+    primary_reader, secondary_writer, store: Store, repository: str, tag: str, digest: str
+) -> None:
     """The second writer: the event path replicating one push, with its own leases."""
-    event = Event(f"push-{tag}-{digest[-8:]}", "push", repository, tag, digest, None,
-                  dt.datetime.now(dt.UTC))
+    event = Event(
+        f"push-{tag}-{digest[-8:]}", "push", repository, tag, digest, None, dt.datetime.now(dt.UTC)
+    )
     with Leases(store) as leases:
         outcomes = replicate_events(primary_reader, secondary_writer, [event], leases=leases)
     assert outcomes == {event.id: None}
 
 
-def test_cli_never_overwrites_a_newer_tag(primary, secondary, slow_primary, store, primary_writer,
-                                         primary_reader, secondary_writer, secondary_reader):
+def test_cli_never_overwrites_a_newer_tag(
+    primary,
+    secondary,
+    slow_primary,
+    store,
+    primary_writer,
+    primary_reader,
+    secondary_writer,
+    secondary_reader,
+):
     factory = images.ImageFactory()
     old = factory.make()
     images.push(primary_writer, "app", old, ["t"])
@@ -72,14 +92,24 @@ def test_cli_never_overwrites_a_newer_tag(primary, secondary, slow_primary, stor
     held.release()
     output, _ = sync.communicate(timeout=120)
 
-    assert secondary_reader.head_manifest("app", "t").digest == new == \
-        primary_reader.head_manifest("app", "t").digest, output
+    assert (
+        secondary_reader.head_manifest("app", "t").digest
+        == new
+        == primary_reader.head_manifest("app", "t").digest
+    ), output
     assert f"moved on the primary since the plan, left to the newer writer: t -> {new}" in output
 
 
-def test_cli_never_deletes_a_tag_pushed_again(primary, secondary, slow_primary, store,
-                                              primary_writer, primary_reader, secondary_writer,
-                                              secondary_reader):
+def test_cli_never_deletes_a_tag_pushed_again(
+    primary,
+    secondary,
+    slow_primary,
+    store,
+    primary_writer,
+    primary_reader,
+    secondary_writer,
+    secondary_reader,
+):
     factory = images.ImageFactory()
     kept = factory.make()
     images.push(primary_writer, "keep", kept, ["k"])
@@ -103,9 +133,9 @@ def test_cli_never_deletes_a_tag_pushed_again(primary, secondary, slow_primary, 
     assert "prune kept" in output and "keep:k" in output and "the primary has it again" in output
 
 
-def test_prune_never_untags_a_tag_that_shares_the_digest(primary_writer, primary_reader,
-                                                        secondary_writer, secondary_reader,
-                                                        store):
+def test_prune_never_untags_a_tag_that_shares_the_digest(
+    primary_writer, primary_reader, secondary_writer, secondary_reader, store
+):
     """Removing one tag of a digest leaves its other tags in place all along (no restore step):
     a poller reading the kept tag during the prune never finds it missing."""
     shared = images.ImageFactory().make()
@@ -127,13 +157,15 @@ def test_prune_never_untags_a_tag_that_shares_the_digest(primary_writer, primary
     poller = threading.Thread(target=poll)
     poller.start()
     try:
-        report = run_sync(primary_reader, secondary_writer, SyncOptions(force_prune=True),
-                          leases=Leases(store))
+        report = run_sync(
+            primary_reader, secondary_writer, SyncOptions(force_prune=True), leases=Leases(store)
+        )
     finally:
         stop.set()
         poller.join()
     assert sorted(r.tag for r in report.pruned if r.outcome == "deleted") == sorted(
-        f"drop{i}" for i in range(20))
+        f"drop{i}" for i in range(20)
+    )
     assert missing == []
     assert sorted(secondary_reader.tags("app")) == ["keep"]
     # The tombstones are gone with their tags; nothing else was left behind.

@@ -22,12 +22,16 @@ RETRIES = 3  # max_retries of both clients in the interrupted-copy tests
 BLOB_GET_FAULTS = {
     "503": lambda digest: Fault(status=503, method="GET", path_contains=f"/blobs/{digest}"),
     "cut": lambda digest: Fault(cut=True, method="GET", path_contains=f"/blobs/{digest}"),
-    "cut mid-body": lambda digest: Fault(cut_after_bytes=MiB + 1024, method="GET",
-                                         path_contains=f"/blobs/{digest}"),
+    "cut mid-body": lambda digest: Fault(
+        cut_after_bytes=MiB + 1024, method="GET", path_contains=f"/blobs/{digest}"
+    ),
 }
 FAULT_OUTCOME = {"503": 503, "cut": "cut", "cut mid-body": "cut mid-body"}
-FAULT_MESSAGE = {"503": "HTTP 503", "cut": "no answer from the registry (ProtocolError)",
-                 "cut mid-body": "no answer from the registry (ProtocolError)"}
+FAULT_MESSAGE = {
+    "503": "HTTP 503",
+    "cut": "no answer from the registry (ProtocolError)",
+    "cut mid-body": "no answer from the registry (ProtocolError)",
+}
 
 
 def patient(registry, proxy: FaultProxy | None = None, *, writable: bool = False) -> RegistryClient:
@@ -60,16 +64,21 @@ def test_interrupted_chunked_upload_resumes_from_registry_offset(
             with caplog.at_level(logging.WARNING):
                 (result,) = copier.copy_blob(BlobTask(layer.digest, layer.size, "app", "app"))
         patches = [status for method, _, status in proxy.log if method == "PATCH"]
-        status_checks = [path for method, path, _ in proxy.log if method == "GET" and "uploads" in path]
+        status_checks = [
+            path for method, path, _ in proxy.log if method == "GET" and "uploads" in path
+        ]
     assert result.outcome == "copied", result.error
     assert patches == [202, "cut", 202, 202]  # the last piece goes up with the PUT
     assert len(status_checks) == 1
     # Only the lost chunk was read twice; nothing started over.
     assert primary_reader.bytes_read == result.bytes == layer.size + MiB
     assert b"".join(secondary_reader.read_blob("app", layer.digest)) == layer.data
-    assert any(f"resuming at byte {MiB}, the registry's offset" in r.getMessage()
-               for r in caplog.records)
-    assert leases.store.state.all_leases() == []  # the session was recorded while open, then forgotten
+    assert any(
+        f"resuming at byte {MiB}, the registry's offset" in r.getMessage() for r in caplog.records
+    )
+    assert (
+        leases.store.state.all_leases() == []
+    )  # the session was recorded while open, then forgotten
 
 
 def test_rerun_skips_blobs_already_there_and_mounts_shared_ones(
@@ -81,8 +90,11 @@ def test_rerun_skips_blobs_already_there_and_mounts_shared_ones(
     copier = Copier(primary_reader, secondary_writer, leases=leases)
     with caplog.at_level(logging.INFO, logger="registry_replication.engine.copy"):
         first = copier.copy_blob(task)
-    assert [(r.repository, r.outcome) for r in first] == [("a", "copied"), ("b", "mounted"),
-                                                         ("c/d", "mounted")]
+    assert [(r.repository, r.outcome) for r in first] == [
+        ("a", "copied"),
+        ("b", "mounted"),
+        ("c/d", "mounted"),
+    ]
     assert primary_reader.bytes_read == layer.size
     lines = [r.getMessage() for r in caplog.records]
     assert any(line.startswith(f"blob copied  a@{layer.digest} 64.0 KiB") for line in lines)
@@ -91,8 +103,9 @@ def test_rerun_skips_blobs_already_there_and_mounts_shared_ones(
     assert primary_reader.bytes_read == layer.size
 
 
-def test_failed_blob_is_recorded_with_status_code_and_advice(primary_reader, secondary_writer,
-                                                             leases):
+def test_failed_blob_is_recorded_with_status_code_and_advice(
+    primary_reader, secondary_writer, leases
+):
     missing = images.random_layer(100)
     (result,) = Copier(primary_reader, secondary_writer, leases=leases).copy_blob(
         BlobTask(missing.digest, missing.size, "app", "app")
@@ -110,8 +123,9 @@ def test_index_children_go_first_and_existing_tags_are_not_repushed(
     images.push(primary_writer, "app", multi, ["multi", "also"])
     for blob in multi.all_blobs():
         secondary_writer.push_blob("app", blob.digest, blob.data, blob.size)
-    task = ImageTask("app", multi.digest, multi.media_type, ["multi", "also"],
-                     [c.digest for c in multi.children])
+    task = ImageTask(
+        "app", multi.digest, multi.media_type, ["multi", "also"], [c.digest for c in multi.children]
+    )
     copier = Copier(primary_reader, secondary_writer, leases=leases)
     (result,) = copier.push_images([task])
     assert (result.outcome, result.manifests_pushed) == ("pushed", 4)
@@ -140,44 +154,56 @@ def test_a_blob_the_primary_keeps_failing_is_tried_max_retries_plus_one_times(
     primary_writer.push_blob("app", layer.digest, layer.data, layer.size)
     cycle = PERSISTENT[pattern]
     faults = [cycle[i % len(cycle)] for i in range(10 * (RETRIES + 1))]
-    with FaultProxy(primary.url) as proxy, patient(primary, proxy) as source, \
-            patient(secondary, writable=True) as target:
+    with (
+        FaultProxy(primary.url) as proxy,
+        patient(primary, proxy) as source,
+        patient(secondary, writable=True) as target,
+    ):
         proxy.inject(*[BLOB_GET_FAULTS[kind](layer.digest) for kind in faults])
         with caplog.at_level(logging.WARNING):
             (result,) = Copier(source, target, leases=leases).copy_blob(
-                BlobTask(layer.digest, layer.size, "app", "app"))
+                BlobTask(layer.digest, layer.size, "app", "app")
+            )
         gets = blob_gets(proxy, layer.digest)
-    print(f"{pattern}: {len(gets)} GETs of the blob at the primary (max_retries={RETRIES}): "
-          f"{gets}")
-    attempts = faults[:RETRIES + 1]
+    print(f"{pattern}: {len(gets)} GETs of the blob at the primary (max_retries={RETRIES}): {gets}")
+    attempts = faults[: RETRIES + 1]
     assert gets == [FAULT_OUTCOME[kind] for kind in attempts]
     assert result.outcome == "failed"
-    assert result.error.startswith(f"get blob app@{layer.digest} on {proxy.url}: "
-                                   f"{FAULT_MESSAGE[attempts[-1]]}"), result.error
+    assert result.error.startswith(
+        f"get blob app@{layer.digest} on {proxy.url}: {FAULT_MESSAGE[attempts[-1]]}"
+    ), result.error
     assert result.status == (503 if attempts[-1] == "503" else None)
     assert secondary_reader.blob_size("app", layer.digest) is None
     lines = retry_lines(caplog)
     assert len(lines) == RETRIES, lines
     for attempt, (kind, line) in enumerate(zip(attempts, lines), 1):
-        assert line.startswith(f"upload of app@{layer.digest} to {secondary.url} interrupted: "
-                               f"get blob app@{layer.digest} on {proxy.url}: "
-                               f"{FAULT_MESSAGE[kind]}"), line
+        assert line.startswith(
+            f"upload of app@{layer.digest} to {secondary.url} interrupted: "
+            f"get blob app@{layer.digest} on {proxy.url}: "
+            f"{FAULT_MESSAGE[kind]}"
+        ), line
         assert f"; retry {attempt} of {RETRIES} in " in line, line
 
 
-@pytest.mark.parametrize(("fault", "failures"), [("503", 1), ("cut", 1), ("503", RETRIES),
-                                                 ("cut", RETRIES), ("cut mid-body", RETRIES)])
+@pytest.mark.parametrize(
+    ("fault", "failures"),
+    [("503", 1), ("cut", 1), ("503", RETRIES), ("cut", RETRIES), ("cut mid-body", RETRIES)],
+)
 def test_a_blob_the_primary_fails_k_times_arrives_intact_on_attempt_k_plus_one(
     fault, failures, primary, secondary, primary_writer, secondary_reader, leases, caplog
 ):
     layer = images.random_layer(3 * MiB // 2 + 7)
     primary_writer.push_blob("app", layer.digest, layer.data, layer.size)
-    with FaultProxy(primary.url) as proxy, patient(primary, proxy) as source, \
-            patient(secondary, writable=True) as target:
+    with (
+        FaultProxy(primary.url) as proxy,
+        patient(primary, proxy) as source,
+        patient(secondary, writable=True) as target,
+    ):
         proxy.inject(*[BLOB_GET_FAULTS[fault](layer.digest) for _ in range(failures)])
         with caplog.at_level(logging.WARNING):
             (result,) = Copier(source, target, leases=leases).copy_blob(
-                BlobTask(layer.digest, layer.size, "app", "app"))
+                BlobTask(layer.digest, layer.size, "app", "app")
+            )
         gets = blob_gets(proxy, layer.digest)
     assert result.outcome == "copied", result.error
     assert gets == [FAULT_OUTCOME[fault]] * failures + [200]
@@ -187,28 +213,46 @@ def test_a_blob_the_primary_fails_k_times_arrives_intact_on_attempt_k_plus_one(
     assert "sha256:" + hashlib.sha256(copied).hexdigest() == layer.digest
 
 
-@pytest.mark.parametrize(("secondary_failures", "primary_failures", "outcome"),
-                         [(1, RETRIES - 1, "copied"), (2, RETRIES - 1, "failed")])
+@pytest.mark.parametrize(
+    ("secondary_failures", "primary_failures", "outcome"),
+    [(1, RETRIES - 1, "copied"), (2, RETRIES - 1, "failed")],
+)
 def test_primary_and_secondary_failures_spend_one_budget(
-    secondary_failures, primary_failures, outcome, primary, secondary, primary_writer,
-    secondary_reader, leases, caplog
+    secondary_failures,
+    primary_failures,
+    outcome,
+    primary,
+    secondary,
+    primary_writer,
+    secondary_reader,
+    leases,
+    caplog,
 ):
     """Failures on either side count against the same ``max_retries``: the upload's
     ``POST`` fails first, then the primary's read inside the ``PUT``."""
     layer = images.random_layer(64 * 1024)
     primary_writer.push_blob("app", layer.digest, layer.data, layer.size)
-    with FaultProxy(primary.url) as reading, FaultProxy(secondary.url) as writing, \
-            patient(primary, reading) as source, patient(secondary, writing, writable=True) as target:
-        writing.inject(*[Fault(status=503, method="POST", path_contains="/blobs/uploads/")
-                         for _ in range(secondary_failures)])
+    with (
+        FaultProxy(primary.url) as reading,
+        FaultProxy(secondary.url) as writing,
+        patient(primary, reading) as source,
+        patient(secondary, writing, writable=True) as target,
+    ):
+        writing.inject(
+            *[
+                Fault(status=503, method="POST", path_contains="/blobs/uploads/")
+                for _ in range(secondary_failures)
+            ]
+        )
         reading.inject(*[BLOB_GET_FAULTS["503"](layer.digest) for _ in range(primary_failures)])
         with caplog.at_level(logging.WARNING):
             (result,) = Copier(source, target, leases=leases).copy_blob(
-                BlobTask(layer.digest, layer.size, "app", "app"))
+                BlobTask(layer.digest, layer.size, "app", "app")
+            )
         gets = blob_gets(reading, layer.digest)
         posts = [o for method, _, o in writing.log if method == "POST"]
     assert result.outcome == outcome, result.error
-    assert posts[:secondary_failures + 1] == [503] * secondary_failures + [202]
+    assert posts[: secondary_failures + 1] == [503] * secondary_failures + [202]
     lines = retry_lines(caplog)
     if outcome == "copied":
         assert gets == [503] * primary_failures + [200]

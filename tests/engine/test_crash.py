@@ -31,13 +31,28 @@ LEASE_SECONDS = "2"
 
 
 def writer(primary, target_url: str, secondary, store: Store, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "REGISTRY_REPLICATION_DB_URL": store.url,
-           "REGISTRY_REPLICATION_LEASE_SECONDS": LEASE_SECONDS}
+    env = {
+        **os.environ,
+        "REGISTRY_REPLICATION_DB_URL": store.url,
+        "REGISTRY_REPLICATION_LEASE_SECONDS": LEASE_SECONDS,
+    }
     return subprocess.Popen(
-        [sys.executable, "-m", "registry_replication.cli", "sync", "--force-prune",
-         "--primary", json.dumps(primary.connection()),
-         "--secondary", json.dumps({**secondary.connection(), "host": target_url}), *args],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "registry_replication.cli",
+            "sync",
+            "--force-prune",
+            "--primary",
+            json.dumps(primary.connection()),
+            "--secondary",
+            json.dumps({**secondary.connection(), "host": target_url}),
+            *args,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -60,10 +75,24 @@ def kill_at(hold, process: subprocess.Popen) -> None:
     hold.drop()
 
 
-@pytest.mark.parametrize("point", ["chunked upload", "monolithic upload", "index before its tag",
-                                   "prune between tombstone and its delete"])
+@pytest.mark.parametrize(
+    "point",
+    [
+        "chunked upload",
+        "monolithic upload",
+        "index before its tag",
+        "prune between tombstone and its delete",
+    ],
+)
 def test_sigkill_then_rerun_leaves_the_secondary_exact(
-    point, primary, secondary, proxy, store, primary_writer, primary_reader, secondary_reader,
+    point,
+    primary,
+    secondary,
+    proxy,
+    store,
+    primary_writer,
+    primary_reader,
+    secondary_reader,
 ):
     factory = images.ImageFactory()
     layer = images.random_layer(3 * MiB + 17)
@@ -91,8 +120,10 @@ def test_sigkill_then_rerun_leaves_the_secondary_exact(
     else:
         hold = proxy.hold("PUT", "/app/multi/manifests/1.0")
 
-    with RegistryClient(secondary.client_config()) as watching, \
-            ReplicaWatcher(watching, history) as watch:
+    with (
+        RegistryClient(secondary.client_config()) as watching,
+        ReplicaWatcher(watching, history) as watch,
+    ):
         # One transfer at a time: nothing else is between a request and its record when the
         # held request arrives (see the README's note on upload sessions).
         victim = writer(primary, proxy.url, secondary, store, "--parallelism", "1", *args)
@@ -111,7 +142,8 @@ def test_sigkill_then_rerun_leaves_the_secondary_exact(
             # The next run after the dead writer's leases expired finds its upload sessions.
             deadline = time.monotonic() + 30
             while len(store.state.expired_leases("upload:")) < len(
-                    [lease for lease in left if lease["resource"].startswith("upload:")]):
+                [lease for lease in left if lease["resource"].startswith("upload:")]
+            ):
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
         rerun = writer(primary, secondary.url, secondary, store, *args)
@@ -120,11 +152,24 @@ def test_sigkill_then_rerun_leaves_the_secondary_exact(
 
     assert tags_of(secondary_reader) == tags_of(primary_reader), output
     assert watch.violations == [] and watch.samples > 0
-    assert store.state.all_leases() == [], "\n".join([str((lease["resource"], lease["owner"], (lease["detail"] or {}).get("location", "")[:60])) for lease in store.state.all_leases()] + [output])
+    assert store.state.all_leases() == [], "\n".join(
+        [
+            str(
+                (
+                    lease["resource"],
+                    lease["owner"],
+                    (lease["detail"] or {}).get("location", "")[:60],
+                )
+            )
+            for lease in store.state.all_leases()
+        ]
+        + [output]
+    )
     assert open_uploads(secondary, "app/big") == [], output
     if "upload" in point:
         assert "cancelled an upload session a stopped writer left open in app/big" in output
     else:  # the dead writer held the repository's lease; the rerun took it over
         assert [lease["resource"] for lease in left] == [
-            "repository:app/multi" if point.startswith("index") else "repository:app/prune"]
+            "repository:app/multi" if point.startswith("index") else "repository:app/prune"
+        ]
     assert b"".join(secondary_reader.read_blob("app/big", layer.digest)) == layer.data

@@ -22,8 +22,12 @@ def test_classifies_each_tag():
     secondary = snap([("x", "1", A, "m"), ("x", "2", C, "m"), ("z", "old", C, "m")])
     result = diff.diff(primary, secondary)
     statuses = {(r.repository, r.tag): r.status for r in result.itertuples()}
-    assert statuses == {("x", "1"): "in_sync", ("x", "2"): "outdated", ("y", "1"): "missing",
-                        ("z", "old"): "extra"}
+    assert statuses == {
+        ("x", "1"): "in_sync",
+        ("x", "2"): "outdated",
+        ("y", "1"): "missing",
+        ("z", "old"): "extra",
+    }
     summary = diff.summary(result)
     assert summary.loc["x"].to_dict() == {"missing": 0, "outdated": 1, "extra": 0, "in_sync": 1}
 
@@ -56,5 +60,10 @@ def test_an_empty_snapshot_verifies():
     """A scope that matches nothing: no repositories, nothing to compare, no error."""
     empty = Snapshot("http://registry", pd.DataFrame(columns=COLUMNS, dtype=str))
     report = diff.verify(empty, empty)
-    assert report.empty and list(report.columns) == ["repository", "primary", "secondary", "in_sync"]
+    assert report.empty and list(report.columns) == [
+        "repository",
+        "primary",
+        "secondary",
+        "in_sync",
+    ]
     assert diff.diff(empty, empty).empty

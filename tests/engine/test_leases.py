@@ -17,11 +17,16 @@ from registry_replication.store import Store, migrate
 
 def test_a_lease_is_exclusive_until_released_or_expired(store_url):
     one, two = Store(store_url), Store(store_url)
-    with Leases(one, ttl_seconds=30, owner="one") as first, \
-            Leases(two, ttl_seconds=30, wait_seconds=0.3, owner="two") as second:
+    with (
+        Leases(one, ttl_seconds=30, owner="one") as first,
+        Leases(two, ttl_seconds=30, wait_seconds=0.3, owner="two") as second,
+    ):
         with first.repository("group/app"):
-            with pytest.raises(LeaseBusy, match=r"repository:group/app is held by another "
-                                                r"writer \(one, until .*nothing was written"):
+            with pytest.raises(
+                LeaseBusy,
+                match=r"repository:group/app is held by another "
+                r"writer \(one, until .*nothing was written",
+            ):
                 with second.repository("group/app"):
                     pass
             with first.repository("group/app"):  # re-entrant for its holder
@@ -85,8 +90,9 @@ def test_concurrent_writers_never_overlap(store_url):
     Store(store_url)
     start = time.time() + 1.0
     with _processes() as pool:
-        held = sorted(h for one in pool.map(_writer, [store_url] * 8, range(8), [start] * 8)
-                      for h in one)
+        held = sorted(
+            h for one in pool.map(_writer, [store_url] * 8, range(8), [start] * 8) for h in one
+        )
     assert len(held) == 8 * 15
     overlaps = [(a, b) for a, b in zip(held, held[1:]) if b[0] < a[1]]
     assert overlaps == []

@@ -36,7 +36,8 @@ def test_shared_blobs_are_transferred_once_and_mounted_elsewhere(
     # per digest however many images share it.
     wanted = diff.wanted(differences)
     assert {(type(w.repository), type(w.tag), type(w.digest)) for w in wanted} == {
-        (Repository, Tag, Digest)}
+        (Repository, Tag, Digest)
+    }
     listed = [d for image in plan.images for d in image.blobs]
     assert {type(d) for d in listed} == {Digest}
     for base in factory.base:
@@ -45,12 +46,15 @@ def test_shared_blobs_are_transferred_once_and_mounted_elsewhere(
     # The CLI prints the plan as JSON: digests and names, never the manifests it read.
     printed = json.loads(json.dumps(plan.to_dict()))
     assert sorted(printed) == ["blobs", "images", "skipped"] and len(printed["blobs"]) == len(
-        plan.blobs)
+        plan.blobs
+    )
 
 
 def test_blob_batches_balance_bytes_and_stay_below_the_map_limit():
     sizes = [900, 500, 400, 300, 300, 200, 100, 100] * 3
-    plan = Plan(blobs=[BlobTask(f"sha256:{i:064x}", s << 20, "r", "r") for i, s in enumerate(sizes)])
+    plan = Plan(
+        blobs=[BlobTask(f"sha256:{i:064x}", s << 20, "r", "r") for i, s in enumerate(sizes)]
+    )
     batches = plan.blob_batches(batch_bytes=1 << 30)
     loads = [sum(t.size for t in b) for b in batches]
     assert len(batches) == 9  # 8400 MiB in 1 GiB batches, rounded up

@@ -26,37 +26,66 @@ RUN_AT = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.UTC)
 KEY = "registry_reconcile/20261128T060000_manual__2026-11-28"
 
 
-@pytest.mark.parametrize("executor, distributed", [
-    ("LocalExecutor", False), ("SequentialExecutor", False),
-    ("airflow.executors.local_executor.LocalExecutor", False),
-    ("CeleryExecutor", True), ("KubernetesExecutor", True),
-    ("LocalExecutor,CeleryExecutor", True),
-    ("fast:airflow.providers.celery.executors.celery_executor.CeleryExecutor", True),
-    ("my_company.executors.BatchExecutor", True),
-])
+@pytest.mark.parametrize(
+    "executor, distributed",
+    [
+        ("LocalExecutor", False),
+        ("SequentialExecutor", False),
+        ("airflow.executors.local_executor.LocalExecutor", False),
+        ("CeleryExecutor", True),
+        ("KubernetesExecutor", True),
+        ("LocalExecutor,CeleryExecutor", True),
+        ("fast:airflow.providers.celery.executors.celery_executor.CeleryExecutor", True),
+        ("my_company.executors.BatchExecutor", True),
+    ],
+)
 def test_which_executors_run_tasks_on_other_machines(executor, distributed):
     assert sharing.distributed(executor) is distributed
 
 
 def test_a_local_store_or_artifacts_path_is_refused_only_on_a_distributed_executor():
     sqlite = "sqlite:////home/airflow/registry_replication.db"
-    assert sharing.problems("LocalExecutor", store_url=sqlite, artifacts_path="file:///tmp/a",
-                            artifacts_path_shared=False) == []
-    [store] = sharing.problems("CeleryExecutor", store_url=sqlite, artifacts_path="",
-                               artifacts_path_shared=False)
+    assert (
+        sharing.problems(
+            "LocalExecutor",
+            store_url=sqlite,
+            artifacts_path="file:///tmp/a",
+            artifacts_path_shared=False,
+        )
+        == []
+    )
+    [store] = sharing.problems(
+        "CeleryExecutor", store_url=sqlite, artifacts_path="", artifacts_path_shared=False
+    )
     assert "/home/airflow/registry_replication.db" in store
     assert f"REGISTRY_REPLICATION_DB_URL={sharing.STORE_EXAMPLE}" in store
     for local in ("file:///srv/artifacts", "/srv/artifacts"):
-        [path] = sharing.problems("CeleryExecutor", store_url=PG, artifacts_path=local,
-                                  artifacts_path_shared=False)
+        [path] = sharing.problems(
+            "CeleryExecutor", store_url=PG, artifacts_path=local, artifacts_path_shared=False
+        )
         assert f"artifacts_path = {local}" in path and sharing.ARTIFACTS_EXAMPLE in path
         assert "AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH_SHARED=True" in path
-        assert sharing.problems("CeleryExecutor", store_url=PG, artifacts_path=local,
-                                artifacts_path_shared=True) == []
-    assert sharing.problems("KubernetesExecutor", store_url=PG, artifacts_path="s3://b/rr",
-                            artifacts_path_shared=False) == []
-    assert sharing.problems("CeleryExecutor", store_url=PG, artifacts_path="",
-                            artifacts_path_shared=False) == []
+        assert (
+            sharing.problems(
+                "CeleryExecutor", store_url=PG, artifacts_path=local, artifacts_path_shared=True
+            )
+            == []
+        )
+    assert (
+        sharing.problems(
+            "KubernetesExecutor",
+            store_url=PG,
+            artifacts_path="s3://b/rr",
+            artifacts_path_shared=False,
+        )
+        == []
+    )
+    assert (
+        sharing.problems(
+            "CeleryExecutor", store_url=PG, artifacts_path="", artifacts_path_shared=False
+        )
+        == []
+    )
 
 
 def test_tasks_refuse_at_once_without_retries(monkeypatch):
@@ -86,10 +115,23 @@ def test_the_webhook_refuses_to_store_events_no_worker_would_see(tmp_path, monke
     store = Store(f"sqlite:///{tmp_path / 'api-server.db'}")
     monkeypatch.setenv("REGISTRY_REPLICATION_DB_URL", store.url)
     client = TestClient(create_app(store, secret="s" * 32, refusal=deployment.refusal))
-    envelope = json.dumps({"events": [{
-        "id": "e1", "timestamp": "2026-11-28T06:00:00Z", "action": "push",
-        "target": {"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                   "repository": "group/app", "tag": "1.0", "digest": "sha256:" + "a" * 64}}]})
+    envelope = json.dumps(
+        {
+            "events": [
+                {
+                    "id": "e1",
+                    "timestamp": "2026-11-28T06:00:00Z",
+                    "action": "push",
+                    "target": {
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "repository": "group/app",
+                        "tag": "1.0",
+                        "digest": "sha256:" + "a" * 64,
+                    },
+                }
+            ]
+        }
+    )
     headers = {"Authorization": "s" * 32, "Content-Type": ENVELOPE_MEDIA_TYPE}
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor")
     refused = client.post("/events", content=envelope, headers=headers)
@@ -110,8 +152,9 @@ def test_the_status_page_shows_the_misconfiguration_first(tmp_path):
     from registry_replication.web.status import status
 
     store = Store(f"sqlite:///{tmp_path / 'page.db'}")
-    problem = ("the replication store is the SQLite file x. What to do: set "
-               "REGISTRY_REPLICATION_DB_URL")
+    problem = (
+        "the replication store is the SQLite file x. What to do: set REGISTRY_REPLICATION_DB_URL"
+    )
     page = render({"misconfiguration": [problem], **status(store)})
     assert page.index('id="misconfiguration"') < page.index('id="repositories-in-sync"')
     assert problem in page
@@ -143,10 +186,12 @@ def test_run_files_in_the_store(tmp_path):
     assert artifacts.read_json_lines(folder(store, "worker2") / "r.jsonl") == [{"a": 1}]
     row = ArtifactRecords(store.engine).find(KEY, "snapshot_primary.parquet")
     assert row["host"] == "worker1" and row["size"] == len(row["data"]) > 0
-    with pytest.raises(artifacts.ArtifactUnreadable,
-                       match=r"rr_run_artifacts: registry_reconcile/.*/changes.parquet: no task "
-                             r"of this run recorded writing it \(this host: worker2\).*"
-                             r"artifacts_retention_days"):
+    with pytest.raises(
+        artifacts.ArtifactUnreadable,
+        match=r"rr_run_artifacts: registry_reconcile/.*/changes.parquet: no task "
+        r"of this run recorded writing it \(this host: worker2\).*"
+        r"artifacts_retention_days",
+    ):
         artifacts.read_frame(folder(store, "worker2") / "changes.parquet")
     # A write cut short by an error stores nothing.
     with pytest.raises(RuntimeError), (folder(store, "worker1") / "half.jsonl").open("wb") as out:

@@ -13,13 +13,16 @@ from replication_harness.skopeo import skopeo_raw
 
 @pytest.fixture
 def replicator(primary, secondary):
-    with RegistryClient(primary.client_config()) as source, \
-            RegistryClient(secondary.client_config(), writable=True) as target:
+    with (
+        RegistryClient(primary.client_config()) as source,
+        RegistryClient(secondary.client_config(), writable=True) as target,
+    ):
         yield source, target
 
 
-def test_every_kind_replicates_exactly(primary, secondary, primary_writer, replicator,
-                                       secondary_reader):
+def test_every_kind_replicates_exactly(
+    primary, secondary, primary_writer, replicator, secondary_reader
+):
     pushed = corpus.push_every_kind(primary_writer)
     report = run_sync(*replicator)
     assert not report.failed and not report.plan.skipped
@@ -37,8 +40,7 @@ def test_every_kind_replicates_exactly(primary, secondary, primary_writer, repli
     assert again.blobs == [] and again.images == []
 
 
-def test_moved_tag_is_updated_and_deleted_tag_pruned(primary_writer, replicator,
-                                                     secondary_reader):
+def test_moved_tag_is_updated_and_deleted_tag_pruned(primary_writer, replicator, secondary_reader):
     factory = images.ImageFactory()
     shared = factory.make()
     images.push(primary_writer, "app", shared, ["keep", "drop"])
@@ -79,8 +81,9 @@ def test_scope_filters_repositories_and_tags(primary_writer, replicator, seconda
     assert secondary_reader.tags("team/a") == ["1.0"]
 
 
-def test_prune_refuses_when_the_primary_cannot_be_listed(primary, primary_writer, replicator,
-                                                         secondary_reader):
+def test_prune_refuses_when_the_primary_cannot_be_listed(
+    primary, primary_writer, replicator, secondary_reader
+):
     images.push(primary_writer, "app", images.ImageFactory().make(), ["v1"])
     run_sync(*replicator)
     primary.stop()  # unreachable primary: its snapshot is empty and incomplete
@@ -92,8 +95,7 @@ def test_prune_refuses_when_the_primary_cannot_be_listed(primary, primary_writer
     assert secondary_reader.tags("app") == ["v1"]
 
 
-def test_prune_refuses_a_mass_deletion_unless_forced(primary_writer, replicator,
-                                                     secondary_reader):
+def test_prune_refuses_a_mass_deletion_unless_forced(primary_writer, replicator, secondary_reader):
     factory = images.ImageFactory()
     imgs = [factory.make() for _ in range(3)]
     for i, img in enumerate(imgs):
@@ -117,8 +119,9 @@ def test_prune_refuses_a_mass_deletion_unless_forced(primary_writer, replicator,
     assert secondary_reader.tags("app") == ["v2"]
 
 
-def test_corrupt_blob_fails_that_blob_and_blocks_its_manifest(primary, primary_writer,
-                                                              replicator, secondary_reader):
+def test_corrupt_blob_fails_that_blob_and_blocks_its_manifest(
+    primary, primary_writer, replicator, secondary_reader
+):
     factory = images.ImageFactory()
     good = factory.make()
     bad = factory.make()

@@ -21,13 +21,16 @@ from replication_harness.damage import damage, pulls_exactly
 
 @pytest.fixture
 def replicator(primary, secondary):
-    with RegistryClient(primary.client_config()) as source, \
-            RegistryClient(secondary.client_config(), writable=True) as target:
+    with (
+        RegistryClient(primary.client_config()) as source,
+        RegistryClient(secondary.client_config(), writable=True) as target,
+    ):
         yield source, target
 
 
 def test_content_verification_repairs_what_it_can_and_names_the_rest(
-        primary_writer, secondary, secondary_writer, secondary_reader, replicator, leases):
+    primary_writer, secondary, secondary_writer, secondary_reader, replicator, leases
+):
     factory = images.ImageFactory()
     imgs = {name: factory.make() for name in "abcde"}
     for name, img in imgs.items():
@@ -36,8 +39,9 @@ def test_content_verification_repairs_what_it_can_and_names_the_rest(
     first = run_sync(*replicator, leases=leases)
     # Replicated for the first time, written whole: verified as it landed, the cadence starts.
     assert not first.failed and first.deep is None
-    assert {r["repository"]: r["verified_level"] for r in leases.store.state.repository_states()
-            } == {"app": "blobs", "other": "blobs"}
+    assert {
+        r["repository"]: r["verified_level"] for r in leases.store.state.repository_states()
+    } == {"app": "blobs", "other": "blobs"}
 
     hit = damage(secondary, secondary_writer, imgs)
     report = run_sync(*replicator, SyncOptions(verify="content"), leases=leases)
@@ -49,18 +53,25 @@ def test_content_verification_repairs_what_it_can_and_names_the_rest(
     assert (hit["a"].digest, CheckOutcome.REPAIRED) in by_digest
     pulls_exactly(secondary_reader, "app", imgs["a"])
     truncated = by_digest[(hit["b"].digest, CheckOutcome.DAMAGED)]
-    assert (truncated.expected, truncated.found) == (f"{hit['b'].size} bytes",
-                                                     f"{hit['b'].size - 100} bytes")
+    assert (truncated.expected, truncated.found) == (
+        f"{hit['b'].size} bytes",
+        f"{hit['b'].size - 100} bytes",
+    )
     flipped = by_digest[(hit["c"].digest, CheckOutcome.DAMAGED)]
     assert flipped.expected == f"bytes hashing to {hit['c'].digest}"
-    assert flipped.found.startswith("bytes hashing to sha256:") and hit["c"].digest not in flipped.found
+    assert (
+        flipped.found.startswith("bytes hashing to sha256:")
+        and hit["c"].digest not in flipped.found
+    )
     for blob, finding in ((hit["b"], truncated), (hit["c"], flipped)):
         hex_ = blob.digest.split(":")[1]
         assert finding.data_path == f"docker/registry/v2/blobs/sha256/{hex_[:2]}/{hex_}/data"
         assert secondary.storage / finding.data_path == secondary.blob_path(blob.digest)
         assert "remove that data file" in finding.line() and "verify=blobs" in finding.line()
-    assert {f.outcome for f in report.deep.findings} == {CheckOutcome.REPAIRED,
-                                                         CheckOutcome.DAMAGED}
+    assert {f.outcome for f in report.deep.findings} == {
+        CheckOutcome.REPAIRED,
+        CheckOutcome.DAMAGED,
+    }
     assert report.damaged.keys() == {"app"}
     assert "1 of 2 repositories in sync (content; listed;" in report.verification_line()
     state = {r["repository"]: r for r in leases.store.state.repository_states()}
@@ -74,7 +85,8 @@ def test_content_verification_repairs_what_it_can_and_names_the_rest(
     assert cheap.failed and cheap.damaged.keys() == {"app"} and cheap.deep is None
     assert cheap.verification_line().startswith("verification: 1 of 2 repositories in sync (tags")
     assert {r["repository"]: r["state"] for r in leases.store.state.repository_states()}[
-        "app"] == RepositoryState.DAMAGED
+        "app"
+    ] == RepositoryState.DAMAGED
 
     # The operator's fix, as the finding says: remove the data files, run verify=blobs.
     for finding in (truncated, flipped):
@@ -85,26 +97,43 @@ def test_content_verification_repairs_what_it_can_and_names_the_rest(
     for img in imgs.values():
         pulls_exactly(secondary_reader, "app", img)
     assert {r["repository"]: r["state"] for r in leases.store.state.repository_states()}[
-        "app"] == RepositoryState.SYNCED
+        "app"
+    ] == RepositoryState.SYNCED
 
 
 def test_a_cheap_cli_sync_restores_a_secondary_whose_storage_was_emptied(
-        primary, secondary, primary_writer, secondary_reader, store):
+    primary, secondary, primary_writer, secondary_reader, store
+):
     """Measured before: ``verification: 3 of 3 repositories in sync`` and rc 0 while all 3
     images were missing. Now the cheap run sees the empty catalog and lists everything."""
     factory = images.ImageFactory()
     pushed = {repository: factory.make() for repository in ("a", "b/c", "d")}
     for repository, img in pushed.items():
         images.push(primary_writer, repository, img, ["v1"])
-    env = {**os.environ, "REGISTRY_REPLICATION_DB_URL": store.url,
-           "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {
+        **os.environ,
+        "REGISTRY_REPLICATION_DB_URL": store.url,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
 
     def cli(*args: str) -> tuple[int, str]:
         done = subprocess.run(
-            [sys.executable, "-m", "registry_replication.cli", "sync",
-             "--primary", json.dumps(primary.connection()),
-             "--secondary", json.dumps(secondary.connection()), *args],
-            env=env, capture_output=True, text=True, timeout=120)
+            [
+                sys.executable,
+                "-m",
+                "registry_replication.cli",
+                "sync",
+                "--primary",
+                json.dumps(primary.connection()),
+                "--secondary",
+                json.dumps(secondary.connection()),
+                *args,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         return done.returncode, done.stdout + done.stderr
 
     assert cli()[0] == 0
@@ -125,7 +154,8 @@ def test_a_cheap_cli_sync_restores_a_secondary_whose_storage_was_emptied(
 
 
 def test_a_proxy_that_strips_the_blob_length_is_not_taken_for_damage(
-        primary, secondary, primary_writer, leases):
+    primary, secondary, primary_writer, leases
+):
     """A HEAD answered without Content-Length is a blob that could not be checked, with the
     proxy named as the likely cause: never "damaged", never "in sync"."""
     from registry_replication.outcomes import CheckOutcome
@@ -134,10 +164,14 @@ def test_a_proxy_that_strips_the_blob_length_is_not_taken_for_damage(
 
     img = images.ImageFactory().make()
     images.push(primary_writer, "app", img, ["v1"])
-    with FaultProxy(secondary.url) as proxy, \
-            RegistryClient(primary.client_config()) as source, \
-            RegistryClient(RegistryConfig.from_connection(
-                {**secondary.connection(), "host": proxy.url}), writable=True) as target:
+    with (
+        FaultProxy(secondary.url) as proxy,
+        RegistryClient(primary.client_config()) as source,
+        RegistryClient(
+            RegistryConfig.from_connection({**secondary.connection(), "host": proxy.url}),
+            writable=True,
+        ) as target,
+    ):
         assert not run_sync(source, target, SyncOptions(verify="tags"), leases=leases).failed
         proxy.strip_head_length = True
         assert target.has_blob("app", img.blobs[0].digest)
@@ -151,7 +185,8 @@ def test_a_proxy_that_strips_the_blob_length_is_not_taken_for_damage(
 
 
 def test_a_content_fraction_reads_a_slice_per_run_and_every_blob_over_the_rotation(
-        primary, secondary, primary_writer, leases):
+    primary, secondary, primary_writer, leases
+):
     """``content_verify_fraction`` 0.5: each run reads back about half of the present blobs,
     and two successive runs together read every one of them."""
     from registry_replication.transport.config import RegistryConfig
@@ -163,19 +198,31 @@ def test_a_content_fraction_reads_a_slice_per_run_and_every_blob_over_the_rotati
         images.push(primary_writer, "app", img, [f"v{i}"])
     every = {b.digest for img in imgs for b in img.all_blobs()}
     read: list[set[str]] = []
-    with FaultProxy(secondary.url) as proxy, \
-            RegistryClient(primary.client_config()) as source, \
-            RegistryClient(RegistryConfig.from_connection(
-                {**secondary.connection(), "host": proxy.url}), writable=True) as target:
+    with (
+        FaultProxy(secondary.url) as proxy,
+        RegistryClient(primary.client_config()) as source,
+        RegistryClient(
+            RegistryConfig.from_connection({**secondary.connection(), "host": proxy.url}),
+            writable=True,
+        ) as target,
+    ):
         assert not run_sync(source, target, SyncOptions(verify="tags"), leases=leases).failed
         for _ in range(2):
             proxy.log.clear()
-            report = run_sync(source, target, SyncOptions(verify="content",
-                                                          content_verify_fraction=0.5),
-                              leases=leases)
+            report = run_sync(
+                source,
+                target,
+                SyncOptions(verify="content", content_verify_fraction=0.5),
+                leases=leases,
+            )
             assert not report.failed, report.verification_line()
-            read.append({path.rsplit("/", 1)[1] for method, path, status in proxy.log
-                         if method == "GET" and "/blobs/sha256:" in path})
+            read.append(
+                {
+                    path.rsplit("/", 1)[1]
+                    for method, path, status in proxy.log
+                    if method == "GET" and "/blobs/sha256:" in path
+                }
+            )
             assert report.deep.blobs_read == len(read[-1])
     assert read[0] and read[1] and not read[0] & read[1]
     assert read[0] | read[1] == every
@@ -183,7 +230,8 @@ def test_a_content_fraction_reads_a_slice_per_run_and_every_blob_over_the_rotati
 
 
 def test_a_missing_child_manifest_is_copied_again_and_its_blobs_checked(
-        primary_writer, secondary, secondary_writer, secondary_reader, replicator, leases):
+    primary_writer, secondary, secondary_writer, secondary_reader, replicator, leases
+):
     """An index child deleted on the secondary hid its blobs from the walk: once the child is
     copied again, its blobs are walked too, and a layer of it that was also gone comes back."""
     from registry_replication.outcomes import CheckOutcome
@@ -198,7 +246,8 @@ def test_a_missing_child_manifest_is_copied_again_and_its_blobs_checked(
     report = run_sync(*replicator, SyncOptions(verify="blobs"), leases=leases)
     assert not report.failed, report.verification_line()
     assert {(f.kind, f.digest, f.outcome) for f in report.deep.findings} == {
-        ("manifest", child.digest, CheckOutcome.REPAIRED)}
+        ("manifest", child.digest, CheckOutcome.REPAIRED)
+    }
     # The repair's plan copied the layer again; the walk after it checked every blob of the
     # image, the copied child's included.
     assert [(r.digest, r.outcome) for r in report.deep.blobs] == [(layer.digest, "copied")]
@@ -208,7 +257,8 @@ def test_a_missing_child_manifest_is_copied_again_and_its_blobs_checked(
 
 
 def test_a_repository_already_on_the_secondary_is_verified_at_the_next_run(
-        primary, secondary, primary_writer, replicator, tmp_path):
+    primary, secondary, primary_writer, replicator, tmp_path
+):
     """A store that never saw the repository (lost, or a new deployment) while the secondary
     holds it: the first run only finds it in sync, so it is due for a blobs verification at
     the next run, which happens under ``auto``."""
@@ -221,10 +271,12 @@ def test_a_repository_already_on_the_secondary_is_verified_at_the_next_run(
     with Leases(Store(f"sqlite:///{tmp_path / 'new.db'}")) as leases:
         first = run_sync(*replicator, leases=leases)
         assert not first.failed and first.deep is None
-        assert [(r["repository"], r["verified_level"]) for r in
-                leases.store.state.repository_states()] == [("app", None)]
+        assert [
+            (r["repository"], r["verified_level"]) for r in leases.store.state.repository_states()
+        ] == [("app", None)]
         second = run_sync(*replicator, leases=leases)
         assert not second.failed and second.deep is not None
         assert second.deep.level == "blobs" and second.deep.blobs_checked > 0
-        assert [(r["repository"], r["verified_level"]) for r in
-                leases.store.state.repository_states()] == [("app", "blobs")]
+        assert [
+            (r["repository"], r["verified_level"]) for r in leases.store.state.repository_states()
+        ] == [("app", "blobs")]

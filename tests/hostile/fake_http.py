@@ -50,14 +50,18 @@ class FakeServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 if length:
                     self.rfile.read(length)
-                request = Received(self.command, self.path,
-                                   {k.lower(): v for k, v in self.headers.items()})
+                request = Received(
+                    self.command, self.path, {k.lower(): v for k, v in self.headers.items()}
+                )
                 outer.received.append(request)
                 reply = outer.answer(request)
                 self.send_response(reply.status)
                 for key, value in reply.headers.items():
                     self.send_header(key, value)
-                if "Content-Length" not in reply.headers and "Transfer-Encoding" not in reply.headers:
+                if (
+                    "Content-Length" not in reply.headers
+                    and "Transfer-Encoding" not in reply.headers
+                ):
                     self.send_header("Content-Length", str(len(reply.body)))
                 self.end_headers()
                 if self.command != "HEAD":

@@ -51,9 +51,15 @@ def fake_registry(answer) -> FakeServer:
 
 
 def client_for(server: FakeServer, **extra) -> RegistryClient:
-    config = RegistryConfig.from_connection({
-        "conn_type": "oci_registry", "host": server.url, "login": LOGIN, "password": PASSWORD,
-        "extra": {"auth": "basic", "max_retries": 0, **extra}})
+    config = RegistryConfig.from_connection(
+        {
+            "conn_type": "oci_registry",
+            "host": server.url,
+            "login": LOGIN,
+            "password": PASSWORD,
+            "extra": {"auth": "basic", "max_retries": 0, **extra},
+        }
+    )
     return RegistryClient(config, writable=True)
 
 
@@ -64,10 +70,17 @@ def assert_nothing_reached(elsewhere: FakeServer) -> None:
 def catalog_with_link(link: str):
     def answer(request: Received) -> Reply:
         if request.path.startswith("/v2/_catalog") and "last" not in request.path:
-            return Reply(200, {"Content-Type": "application/json", "Link": f'<{link}>; rel="next"'},
-                         b'{"repositories": ["a"]}')
-        return Reply(404, {"Content-Type": "application/json"},
-                     b'{"errors": [{"code": "NAME_UNKNOWN", "message": "no"}]}')
+            return Reply(
+                200,
+                {"Content-Type": "application/json", "Link": f'<{link}>; rel="next"'},
+                b'{"repositories": ["a"]}',
+            )
+        return Reply(
+            404,
+            {"Content-Type": "application/json"},
+            b'{"errors": [{"code": "NAME_UNKNOWN", "message": "no"}]}',
+        )
+
     return answer
 
 
@@ -100,14 +113,21 @@ def test_a_link_never_takes_credentials_elsewhere(elsewhere, template):
 def test_an_upload_location_never_takes_credentials_elsewhere(elsewhere, template):
     def answer(request: Received) -> Reply:
         if request.method == "POST":
-            return Reply(202, {"Location": template.format(
-                other=elsewhere.url, other_port=elsewhere.port, port=registry.port)})
+            return Reply(
+                202,
+                {
+                    "Location": template.format(
+                        other=elsewhere.url, other_port=elsewhere.port, port=registry.port
+                    )
+                },
+            )
         return Reply(404)
 
     with fake_registry(answer) as registry:
         with pytest.raises(RegistryError):
-            client_for(registry).push_blob("group/app", "sha256:" + hashlib.sha256(b"x").hexdigest(),
-                                           b"x")
+            client_for(registry).push_blob(
+                "group/app", "sha256:" + hashlib.sha256(b"x").hexdigest(), b"x"
+            )
     assert_nothing_reached(elsewhere)
 
 
@@ -118,8 +138,11 @@ def test_a_redirect_of_an_api_call_never_takes_credentials_elsewhere(elsewhere, 
 
     with fake_registry(answer) as registry:
         client = client_for(registry)
-        for call in (lambda: client.get_manifest("group/app", "1.0"),
-                     lambda: client.tags("group/app"), lambda: list(client.catalog())):
+        for call in (
+            lambda: client.get_manifest("group/app", "1.0"),
+            lambda: client.tags("group/app"),
+            lambda: list(client.catalog()),
+        ):
             with pytest.raises(RegistryError, match="refused to follow a redirect"):
                 call()
     assert_nothing_reached(elsewhere)
@@ -138,12 +161,15 @@ def test_a_redirect_within_the_registry_is_followed_with_credentials():
         manifest = client_for(registry).get_manifest("group/app", "1.0")
         assert manifest.raw == raw and manifest.digest == digest
         assert [r.path for r in registry.received] == [
-            "/v2/group/app/manifests/1.0", f"/v2/group/app/manifests/{digest}"]
+            "/v2/group/app/manifests/1.0",
+            f"/v2/group/app/manifests/{digest}",
+        ]
         assert all(r.headers["authorization"].startswith("Basic ") for r in registry.received)
 
 
 def test_a_blob_redirect_to_storage_gets_no_credentials_netrc_or_proxy(
-        elsewhere, tmp_path, monkeypatch):
+    elsewhere, tmp_path, monkeypatch
+):
     data = elsewhere.blob
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -153,7 +179,9 @@ def test_a_blob_redirect_to_storage_gets_no_credentials_netrc_or_proxy(
     with FakeServer() as proxy, fake_registry(answer) as registry:
         client = client_for(registry, allow_private_redirects=True)  # storage on loopback here
         # Set after the client was built: an operator's shell, not its configuration.
-        (tmp_path / ".netrc").write_text(f"machine 127.0.0.1 login netrc-user password {PASSWORD}\n")
+        (tmp_path / ".netrc").write_text(
+            f"machine 127.0.0.1 login netrc-user password {PASSWORD}\n"
+        )
         monkeypatch.setenv("HOME", str(tmp_path))
         monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
         for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
@@ -168,15 +196,18 @@ def test_a_blob_redirect_to_storage_gets_no_credentials_netrc_or_proxy(
     assert proxy.received == []
 
 
-@pytest.mark.parametrize("body,content_type", [
-    (b"<html><body>502 Bad Gateway</body></html>", "text/html"),
-    (b"[1, 2, 3]", "application/json"),
-    (b'{"errors": "boom"}', "application/json"),
-    (b'{"errors": [42]}', "application/json"),
-    (b'{"errors": [{"code": {"nested": 1}, "message": 5, "detail": [1]}]}', "application/json"),
-    (b"\xff\xfe not utf-8", "application/json"),
-    (b"", "application/json"),
-])
+@pytest.mark.parametrize(
+    "body,content_type",
+    [
+        (b"<html><body>502 Bad Gateway</body></html>", "text/html"),
+        (b"[1, 2, 3]", "application/json"),
+        (b'{"errors": "boom"}', "application/json"),
+        (b'{"errors": [42]}', "application/json"),
+        (b'{"errors": [{"code": {"nested": 1}, "message": 5, "detail": [1]}]}', "application/json"),
+        (b"\xff\xfe not utf-8", "application/json"),
+        (b"", "application/json"),
+    ],
+)
 def test_an_error_body_of_any_shape_is_a_registry_error(body, content_type):
     def answer(request: Received) -> Reply:
         return Reply(400, {"Content-Type": content_type}, body)
@@ -191,10 +222,13 @@ def test_an_error_body_of_any_shape_is_a_registry_error(body, content_type):
             client.tags("group/app")
 
 
-@pytest.mark.parametrize("body", [b"<html>", b"[]", b'{"repositories": "a", "tags": 7}', b'"text"',
-                                  b"null"])
+@pytest.mark.parametrize(
+    "body", [b"<html>", b"[]", b'{"repositories": "a", "tags": 7}', b'"text"', b"null"]
+)
 def test_a_listing_that_is_not_the_expected_json_is_a_registry_error(body):
-    with fake_registry(lambda r: Reply(200, {"Content-Type": "application/json"}, body)) as registry:
+    with fake_registry(
+        lambda r: Reply(200, {"Content-Type": "application/json"}, body)
+    ) as registry:
         client = client_for(registry)
         with pytest.raises(RegistryError, match="not the expected JSON"):
             list(client.catalog())
@@ -205,10 +239,24 @@ def test_a_listing_that_is_not_the_expected_json_is_a_registry_error(body):
 def odd_registry(request: Received) -> Reply:
     """A registry whose catalog and repositories hold every oddity at once."""
     json_type = {"Content-Type": "application/json"}
-    catalog = ["good/app", 42, None, {"x": 1}, "Foo/app", "bad-digest/app", "schema1/app",
-               "html/app", "odd-tags/app", "forged\nERROR line"]
-    tags = {"good/app": ["1.0"], "bad-digest/app": ["1.0", "2.0"], "schema1/app": ["old"],
-            "odd-tags/app": ["ok", 7, "bad tag", "t" * 129]}
+    catalog = [
+        "good/app",
+        42,
+        None,
+        {"x": 1},
+        "Foo/app",
+        "bad-digest/app",
+        "schema1/app",
+        "html/app",
+        "odd-tags/app",
+        "forged\nERROR line",
+    ]
+    tags = {
+        "good/app": ["1.0"],
+        "bad-digest/app": ["1.0", "2.0"],
+        "schema1/app": ["old"],
+        "odd-tags/app": ["ok", 7, "bad tag", "t" * 129],
+    }
     path = request.path.split("?")[0]
     if path == "/v2/_catalog":
         return Reply(200, json_type, json.dumps({"repositories": catalog}).encode())
@@ -220,11 +268,22 @@ def odd_registry(request: Received) -> Reply:
         if path.startswith(f"/v2/{name}/manifests/"):
             tag = path.rsplit("/", 1)[1]
             if name == "bad-digest/app" and tag == "1.0":
-                return Reply(200, {"Docker-Content-Digest": "sha256:../../etc/passwd",
-                                   "Content-Type": mt.OCI_MANIFEST})
+                return Reply(
+                    200,
+                    {
+                        "Docker-Content-Digest": "sha256:../../etc/passwd",
+                        "Content-Type": mt.OCI_MANIFEST,
+                    },
+                )
             media_type = mt.DOCKER_SCHEMA1_SIGNED if name == "schema1/app" else mt.OCI_MANIFEST
-            return Reply(200, {"Docker-Content-Digest": DIGEST, "Content-Type": media_type,
-                               "Content-Length": "100"})
+            return Reply(
+                200,
+                {
+                    "Docker-Content-Digest": DIGEST,
+                    "Content-Type": media_type,
+                    "Content-Length": "100",
+                },
+            )
     return Reply(404, json_type, b'{"errors": [{"code": "NAME_UNKNOWN", "message": "no"}]}')
 
 
@@ -233,23 +292,43 @@ def test_every_oddity_is_its_own_repositorys_problem():
         snap = take_snapshot(client_for(registry))
     assert snap.errors == []  # nothing stops the run
     listed = set(zip(snap.tags["repository"], snap.tags["tag"]))
-    assert listed == {("good/app", "1.0"), ("bad-digest/app", "2.0"), ("schema1/app", "old"),
-                      ("odd-tags/app", "ok")}
+    assert listed == {
+        ("good/app", "1.0"),
+        ("bad-digest/app", "2.0"),
+        ("schema1/app", "old"),
+        ("odd-tags/app", "ok"),
+    }
     found = {(p["repository"], p["tag"]): p for p in snap.problems}
     assert set(found) == {
-        ("42", None), ("null", None), ('{"x": 1}', None), ("Foo/app", None),
-        ("bad-digest/app", "1.0"), ("schema1/app", "old"), ("html/app", None),
-        ("odd-tags/app", "7"), ("odd-tags/app", "bad tag"), ("odd-tags/app", "t" * 128),
-        ("forged\\nERROR line", None)}  # escaped: a name cannot forge a log line
+        ("42", None),
+        ("null", None),
+        ('{"x": 1}', None),
+        ("Foo/app", None),
+        ("bad-digest/app", "1.0"),
+        ("schema1/app", "old"),
+        ("html/app", None),
+        ("odd-tags/app", "7"),
+        ("odd-tags/app", "bad tag"),
+        ("odd-tags/app", "t" * 128),
+        ("forged\\nERROR line", None),
+    }  # escaped: a name cannot forge a log line
     assert "invalid repository name 'Foo/app'" in found[("Foo/app", None)]["reason"]
     assert "Docker-Content-Digest" in found[("bad-digest/app", "1.0")]["reason"]
     assert "DIGEST_INVALID" in found[("bad-digest/app", "1.0")]["reason"]
     assert "schema 1" in found[("schema1/app", "old")]["reason"]
     assert "not the expected JSON" in found[("html/app", None)]["reason"]
     assert all(p["advice"] for p in snap.problems)
-    assert snap.problem_repositories == {"42", "null", '{"x": 1}', "Foo/app", "bad-digest/app",
-                                         "schema1/app", "html/app", "odd-tags/app",
-                                         "forged\\nERROR line"}
+    assert snap.problem_repositories == {
+        "42",
+        "null",
+        '{"x": 1}',
+        "Foo/app",
+        "bad-digest/app",
+        "schema1/app",
+        "html/app",
+        "odd-tags/app",
+        "forged\\nERROR line",
+    }
     assert not snap.complete
 
 
@@ -257,12 +336,18 @@ def test_prune_skips_only_the_repositories_with_problems():
     def snap(rows, problems=()):
         return Snapshot("r", pd.DataFrame(rows, columns=COLUMNS), [], list(problems))
 
-    primary = snap([("other/app", "keep", DIGEST, mt.OCI_MANIFEST)],
-                   [{"repository": "odd/app", "tag": None, "reason": "r", "advice": "a"}])
-    secondary = snap([("other/app", "keep", DIGEST, mt.OCI_MANIFEST),
-                      ("other/app", "gone", DIGEST, mt.OCI_MANIFEST),
-                      ("odd/app", "1.0", DIGEST, mt.OCI_MANIFEST),
-                      ("odd/app", "2.0", DIGEST, mt.OCI_MANIFEST)])
+    primary = snap(
+        [("other/app", "keep", DIGEST, mt.OCI_MANIFEST)],
+        [{"repository": "odd/app", "tag": None, "reason": "r", "advice": "a"}],
+    )
+    secondary = snap(
+        [
+            ("other/app", "keep", DIGEST, mt.OCI_MANIFEST),
+            ("other/app", "gone", DIGEST, mt.OCI_MANIFEST),
+            ("odd/app", "1.0", DIGEST, mt.OCI_MANIFEST),
+            ("odd/app", "2.0", DIGEST, mt.OCI_MANIFEST),
+        ]
+    )
     doomed = prunable(diffs.diff(primary, secondary), primary, secondary, max_fraction=1.0)
     assert list(zip(doomed["repository"], doomed["tag"])) == [("other/app", "gone")]
 
@@ -278,12 +363,14 @@ def test_an_https_registry_sends_its_login_only_to_an_https_realm():
     refused before any connection, for an https registry. The registry itself is never asked
     here: the challenge is handed to the client's auth as a registry's 401 would be."""
     with FakeServer() as realm:
-        config = RegistryConfig("https://registry.example", auth="token", login="ci",
-                                password="clear-text-never")
+        config = RegistryConfig(
+            "https://registry.example", auth="token", login="ci", password="clear-text-never"
+        )
         with RegistryClient(config) as client:
             with pytest.raises(RegistryAuthError) as refused:
-                client.transport.auth.refresh(Challenge("bearer", {"realm": f"{realm.url}/jwt/auth"}), (),
-                                    fresh=False)
+                client.transport.auth.refresh(
+                    Challenge("bearer", {"realm": f"{realm.url}/jwt/auth"}), (), fresh=False
+                )
                 client.transport.auth.header(["repository:app:pull"])
     assert realm.received == []
     message = str(refused.value)
@@ -291,9 +378,14 @@ def test_an_https_registry_sends_its_login_only_to_an_https_realm():
     assert "token_realm_hosts" in message and "clear-text-never" not in message
 
 
-@pytest.mark.parametrize("host", ["https://ci:url-password-1@registry.example",
-                                  "ci:url-password-1@registry.example:5000",
-                                  "ftp://ci:url-password-1@registry.example"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "https://ci:url-password-1@registry.example",
+        "ci:url-password-1@registry.example:5000",
+        "ftp://ci:url-password-1@registry.example",
+    ],
+)
 def test_a_registry_url_with_a_password_is_refused_when_read(host):
     """Else every request fails and the URL, password and all, lands in each error, XCom, the
     status page and the run's artifacts."""
@@ -308,12 +400,19 @@ def test_a_schema1_manifest_whose_bytes_do_not_hash_to_its_digest_is_never_retur
     """A signed schema 1 manifest's digest is over its payload without the signatures, so its
     bytes cannot be checked the usual way: they are refused, never passed on unverified (here
     bytes that are not the manifest at all, served under that digest)."""
-    raw = json.dumps({"schemaVersion": 1, "name": "group/app", "tag": "old",
-                      "fsLayers": [{"blobSum": "sha256:" + "e" * 64}]}).encode()
+    raw = json.dumps(
+        {
+            "schemaVersion": 1,
+            "name": "group/app",
+            "tag": "old",
+            "fsLayers": [{"blobSum": "sha256:" + "e" * 64}],
+        }
+    ).encode()
 
     def answer(request: Received) -> Reply:
-        return Reply(200, {"Content-Type": mt.DOCKER_SCHEMA1_SIGNED,
-                           "Docker-Content-Digest": DIGEST}, raw)
+        return Reply(
+            200, {"Content-Type": mt.DOCKER_SCHEMA1_SIGNED, "Docker-Content-Digest": DIGEST}, raw
+        )
 
     with fake_registry(answer) as registry:
         with pytest.raises(RegistryError) as refused:
@@ -343,16 +442,20 @@ def connections_made(monkeypatch) -> list[tuple[str, int]]:
     return made
 
 
-@pytest.mark.parametrize("target", [
-    "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
-    "http://10.0.0.1/storage/blob",
-    "http://[fd00::1]:9000/storage/blob",
-    "https://192.168.1.20/storage/blob",
-    "http://127.0.0.1:{other_port}/storage/blob",  # loopback, off the registry's own port
-    "http://localhost:{other_port}/storage/blob",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        "http://10.0.0.1/storage/blob",
+        "http://[fd00::1]:9000/storage/blob",
+        "https://192.168.1.20/storage/blob",
+        "http://127.0.0.1:{other_port}/storage/blob",  # loopback, off the registry's own port
+        "http://localhost:{other_port}/storage/blob",
+    ],
+)
 def test_a_storage_redirect_to_a_private_address_is_refused_before_connecting(
-        elsewhere, connections_made, target):
+    elsewhere, connections_made, target
+):
     digest = "sha256:" + hashlib.sha256(elsewhere.blob).hexdigest()
     location = target.format(other_port=elsewhere.port)
 
@@ -383,11 +486,24 @@ def test_a_storage_redirect_to_the_registrys_own_host_and_port_is_followed(conne
     assert set(connections_made) == {("127.0.0.1", registry.port)}
 
 
-@pytest.mark.parametrize("name, value", [
-    *((name, value) for name in ("max_manifest_bytes", "image_plan_seconds")
-      for value in ("nan", "inf", 1e400, "1e400", -1, 0, "x", None, [], True)),
-    ("max_index_depth", 1.5), ("max_index_depth", "8.5")])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        *(
+            (name, value)
+            for name in ("max_manifest_bytes", "image_plan_seconds")
+            for value in ("nan", "inf", 1e400, "1e400", -1, 0, "x", None, [], True)
+        ),
+        ("max_index_depth", 1.5),
+        ("max_index_depth", "8.5"),
+    ],
+)
 def test_a_bound_that_is_not_a_positive_finite_number_is_refused(name, value):
     with pytest.raises(ConfigError, match=name):
-        RegistryConfig.from_connection({"conn_type": "oci_registry", "host": "https://r.example",
-                                        "extra": {"auth": "anonymous", name: value}})
+        RegistryConfig.from_connection(
+            {
+                "conn_type": "oci_registry",
+                "host": "https://r.example",
+                "extra": {"auth": "anonymous", name: value},
+            }
+        )

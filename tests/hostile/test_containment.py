@@ -43,24 +43,35 @@ def hostile_primary(primary_writer):
     hostile.push_stack(primary_writer, "chain/idx", leaf, hostile.chain(1100, leaf), "v1")
     hostile.push_stack(primary_writer, "diamond/big", leaf, hostile.diamond(14, leaf), "v1")
     hostile.push_stack(primary_writer, "diamond/ok", leaf, hostile.diamond(7, leaf), "v1")
-    return {"good/app": 3, "zz/last": 1, "deep/json": 1, "chain/idx": 1101,
-            "diamond/big": 15, "diamond/ok": 8}
+    return {
+        "good/app": 3,
+        "zz/last": 1,
+        "deep/json": 1,
+        "chain/idx": 1101,
+        "diamond/big": 15,
+        "diamond/ok": 8,
+    }
 
 
 def _manifest_gets(proxy: FaultProxy) -> Counter[str]:
-    return Counter(path.split("/manifests/")[0].removeprefix("/v2/")
-                   for method, path, _ in proxy.log if method == "GET" and "/manifests/" in path)
+    return Counter(
+        path.split("/manifests/")[0].removeprefix("/v2/")
+        for method, path, _ in proxy.log
+        if method == "GET" and "/manifests/" in path
+    )
 
 
 def test_the_cli_replicates_every_healthy_image_and_names_each_hostile_one(
-        primary, secondary, hostile_primary, store, secondary_reader, monkeypatch, capsys):
+    primary, secondary, hostile_primary, store, secondary_reader, monkeypatch, capsys
+):
     with FaultProxy(primary.url) as proxy:
         connection = {**primary.connection(), "host": proxy.url}
-        with RegistryClient(RegistryConfig.from_connection(connection)) as source, \
-                RegistryClient(secondary.client_config(), writable=True) as target:
+        with (
+            RegistryClient(RegistryConfig.from_connection(connection)) as source,
+            RegistryClient(secondary.client_config(), writable=True) as target,
+        ):
             started = time.monotonic()
-            report = run_sync(source, target, SyncOptions(full_verify=True),
-                              leases=Leases(store))
+            report = run_sync(source, target, SyncOptions(full_verify=True), leases=Leases(store))
             seconds = time.monotonic() - started
         gets = _manifest_gets(proxy)
     print(f"sync with the hostile manifests took {seconds:.1f}s; manifest GETs {dict(gets)}")
@@ -69,8 +80,12 @@ def test_the_cli_replicates_every_healthy_image_and_names_each_hostile_one(
         assert skopeo_raw(secondary, repository, tag) == skopeo_raw(primary, repository, tag)
     # Named by the listing (which reads a tag's manifest whole in a full run) or by the plan.
     named = {s.repository: s.reason for s in report.plan.skipped}
-    named.update({p["repository"]: f"{p['reason']}. What to do: {p['advice']}"
-                  for p in report.primary.problems})
+    named.update(
+        {
+            p["repository"]: f"{p['reason']}. What to do: {p['advice']}"
+            for p in report.primary.problems
+        }
+    )
     assert set(named) == set(HOSTILE)
     for repository, setting in HOSTILE.items():
         assert setting in named[repository] and "What to do" in named[repository], named
@@ -91,7 +106,8 @@ def test_the_cli_replicates_every_healthy_image_and_names_each_hostile_one(
 
 
 def test_the_reconcile_replicates_every_healthy_image_and_fails_naming_each_hostile_one(
-        airflow_db, connections, primary, secondary, hostile_primary, secondary_reader, caplog):
+    airflow_db, connections, primary, secondary, hostile_primary, secondary_reader, caplog
+):
     with caplog.at_level(logging.INFO):
         result = run("registry_reconcile", {"full_verify": True, "prune": False})
     assert result.state == "failed"
@@ -100,13 +116,17 @@ def test_the_reconcile_replicates_every_healthy_image_and_fails_naming_each_host
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     # Named by the listing (snapshot_primary reads a new tag's manifest whole) or the plan.
     for repository, setting in HOSTILE.items():
-        assert any((f"cannot replicate {repository}:v1" in m or f": {repository}:v1: " in m)
-                   and setting in m for m in errors), (repository, errors)
+        assert any(
+            (f"cannot replicate {repository}:v1" in m or f": {repository}:v1: " in m)
+            and setting in m
+            for m in errors
+        ), (repository, errors)
         assert secondary_reader.head_manifest(repository, "v1") is None
 
 
 def test_an_event_that_kills_its_worker_never_holds_the_others_back(
-        primary, secondary, primary_writer, secondary_reader, store):
+    primary, secondary, primary_writer, secondary_reader, store
+):
     """Its worker SIGKILLed mid-batch each time it is claimed: the event is claimed
     event_max_attempts times, then dead-lettered with the reason; the events it was claimed
     with are isolated from it by bisection and replicated."""
@@ -117,18 +137,34 @@ def test_an_event_that_kills_its_worker_never_holds_the_others_back(
     from registry_replication.store.queue import Event
 
     factory = images.ImageFactory()
-    pushed = {f"team/app{i}": images.push(primary_writer, f"team/app{i}", factory.make(), ["v1"])
-              for i in range(5)}
+    pushed = {
+        f"team/app{i}": images.push(primary_writer, f"team/app{i}", factory.make(), ["v1"])
+        for i in range(5)
+    }
     pushed["poison/app"] = images.push(primary_writer, "poison/app", factory.make(), ["v1"])
     at = dt.datetime.now(dt.UTC)
-    store.queue.add(Event(f"{repository}:v1", "push", repository, "v1", digest, None, at)
-                    for repository, digest in pushed.items())
+    store.queue.add(
+        Event(f"{repository}:v1", "push", repository, "v1", digest, None, at)
+        for repository, digest in pushed.items()
+    )
     max_attempts, kills, runs = 10, 0, 0
-    command = [sys.executable, "-m", "replication_harness.event_worker",
-               "--store", str(store.engine.url), "--poison", "poison/app:v1",
-               "--primary", json.dumps(primary.connection()),
-               "--secondary", json.dumps(secondary.connection()),
-               "--max-attempts", str(max_attempts), "--lease-seconds", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "replication_harness.event_worker",
+        "--store",
+        str(store.engine.url),
+        "--poison",
+        "poison/app:v1",
+        "--primary",
+        json.dumps(primary.connection()),
+        "--secondary",
+        json.dumps(secondary.connection()),
+        "--max-attempts",
+        str(max_attempts),
+        "--lease-seconds",
+        "1",
+    ]
     while runs < 3 * max_attempts:
         runs += 1
         worker = subprocess.run(command, capture_output=True, text=True, timeout=120)

@@ -21,17 +21,38 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "webhook_flood.py"
 
 def test_a_flood_from_20_senders_loses_nothing_and_stores_nothing_twice(tmp_path):
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--senders", "20", "--events", "3000", "--batch", "3",
-         "--odd-every", "7", "--redeliver-every", "5", "--workdir", str(tmp_path), "--json"],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--senders",
+            "20",
+            "--events",
+            "3000",
+            "--batch",
+            "3",
+            "--odd-every",
+            "7",
+            "--redeliver-every",
+            "5",
+            "--workdir",
+            str(tmp_path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     figures = json.loads(done.stdout)
     assert figures["ok"] and figures["failed_requests"] == 0, figures
     # Read the store again here: 20 senders x 150 events, each exactly once.
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'events.db'}")
     with engine.connect() as conn:
-        counts = dict(conn.execute(sa.select(events.c.status, sa.func.count())
-                                   .group_by(events.c.status)).all())
+        counts = dict(
+            conn.execute(
+                sa.select(events.c.status, sa.func.count()).group_by(events.c.status)
+            ).all()
+        )
         distinct = conn.execute(sa.select(sa.func.count(sa.distinct(events.c.id)))).scalar()
     odd = sum(1 for n in range(150) if n % 7 == 0) * 20
     assert counts == {EventStatus.PENDING: 3000 - odd, EventStatus.REJECTED: odd}
@@ -61,19 +82,39 @@ def test_the_same_envelope_from_20_senders_at_once_is_stored_once(tmp_path):
     statuses: list[int] = []
     try:
         for round_ in range(20):
-            body = json.dumps({"events": [
-                {"id": str(uuid.uuid4()), "timestamp": "2026-11-30T02:00:00Z", "action": "push",
-                 "target": {"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                            "repository": "group/app", "tag": f"v{round_}-{n}",
-                            "digest": "sha256:" + "e" * 64}} for n in range(5)]})
+            body = json.dumps(
+                {
+                    "events": [
+                        {
+                            "id": str(uuid.uuid4()),
+                            "timestamp": "2026-11-30T02:00:00Z",
+                            "action": "push",
+                            "target": {
+                                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                "repository": "group/app",
+                                "tag": f"v{round_}-{n}",
+                                "digest": "sha256:" + "e" * 64,
+                            },
+                        }
+                        for n in range(5)
+                    ]
+                }
+            )
             barrier = threading.Barrier(20)
 
             def send(barrier: threading.Barrier = barrier, body: str = body) -> None:
                 barrier.wait()
-                statuses.append(requests.post(
-                    f"http://127.0.0.1:{port}/events", data=body, timeout=60,
-                    headers={"Content-Type": ENVELOPE_MEDIA_TYPE,
-                             "Authorization": flood.SECRET}).status_code)
+                statuses.append(
+                    requests.post(
+                        f"http://127.0.0.1:{port}/events",
+                        data=body,
+                        timeout=60,
+                        headers={
+                            "Content-Type": ENVELOPE_MEDIA_TYPE,
+                            "Authorization": flood.SECRET,
+                        },
+                    ).status_code
+                )
 
             senders = [threading.Thread(target=send) for _ in range(20)]
             for sender in senders:

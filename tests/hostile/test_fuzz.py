@@ -42,16 +42,27 @@ from replication_harness.images import Image
 from replication_harness.servers import FaultProxy
 
 settings.register_profile(
-    "ci", max_examples=25, deadline=None, derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    "ci",
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 settings.register_profile(
-    "long", max_examples=500, deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    "long",
+    max_examples=500,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Small bounds: every edge within a few manifests (the defaults are the same code).
-BOUNDS = {"max_json_depth": 16, "max_index_depth": 4, "max_index_children": 3,
-          "max_manifests_per_image": 8}
+BOUNDS = {
+    "max_json_depth": 16,
+    "max_index_depth": 4,
+    "max_index_children": 3,
+    "max_manifests_per_image": 8,
+}
 SETTINGS = tuple(BOUNDS)
 EXAMPLE_SECONDS = 60
 names = count()
@@ -78,11 +89,14 @@ MEASURED = Measured()
 def report_measured():
     yield
     for suite, n in MEASURED.examples.items():
-        print(f"\nfuzz {suite}: {n} examples; slowest {MEASURED.seconds[suite]:.2f}s, "
-              f"largest RSS growth {MEASURED.rss_mib[suite]:.1f} MiB")
+        print(
+            f"\nfuzz {suite}: {n} examples; slowest {MEASURED.seconds[suite]:.2f}s, "
+            f"largest RSS growth {MEASURED.rss_mib[suite]:.1f} MiB"
+        )
 
 
 # -- a real distribution 2.8 ------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Node:
@@ -97,11 +111,18 @@ class Node:
 @st.composite
 def manifest_graphs(draw: st.DrawFn) -> list[Node]:
     """Images, then indexes over anything before them; the last node is the tagged one."""
-    nodes = [Node(draw(st.integers(0, 24)), draw(st.integers(0, 2)))
-             for _ in range(draw(st.integers(1, 3)))]
+    nodes = [
+        Node(draw(st.integers(0, 24)), draw(st.integers(0, 2)))
+        for _ in range(draw(st.integers(1, 3)))
+    ]
     for _ in range(draw(st.integers(0, 7))):
-        nodes.append(Node(children=tuple(draw(st.lists(
-            st.integers(0, len(nodes) - 1), min_size=1, max_size=4)))))
+        nodes.append(
+            Node(
+                children=tuple(
+                    draw(st.lists(st.integers(0, len(nodes) - 1), min_size=1, max_size=4))
+                )
+            )
+        )
     return nodes
 
 
@@ -110,8 +131,11 @@ def build(nodes: list[Node], factory: images.ImageFactory) -> list[Image]:
     for node in nodes:
         if node.children:
             listed = [built[i] for i in node.children]
-            body = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX,
-                    "manifests": [child.descriptor() for child in listed]}
+            body = {
+                "schemaVersion": 2,
+                "mediaType": mt.OCI_INDEX,
+                "manifests": [child.descriptor() for child in listed],
+            }
             unique = tuple({c.digest: c for c in listed}.values())
             built.append(Image(json.dumps(body).encode(), mt.OCI_INDEX, (), unique))
         else:
@@ -172,14 +196,14 @@ def push_graph(client: RegistryClient, repository: str, built: list[Image], tag:
 
 @pytest.fixture
 def healthy(primary_writer) -> tuple[str, str]:
-    digest = images.push(primary_writer, "healthy/app", images.ImageFactory().multi_arch(),
-                         ["v1"])
+    digest = images.push(primary_writer, "healthy/app", images.ImageFactory().multi_arch(), ["v1"])
     return "healthy/app", digest
 
 
 @given(nodes=manifest_graphs())
 def test_any_graph_of_manifests_a_real_registry_accepts(
-        nodes, primary, secondary, primary_writer, secondary_reader, store, healthy):
+    nodes, primary, secondary, primary_writer, secondary_reader, store, healthy
+):
     repository = f"fuzz/graph{next(names)}"
     built = build(nodes, images.ImageFactory(layer_size=64))
     push_graph(primary_writer, repository, built, "v1")
@@ -189,20 +213,26 @@ def test_any_graph_of_manifests_a_real_registry_accepts(
     process, started = psutil.Process(), time.monotonic()
     rss_before = process.memory_info().rss
     with FaultProxy(primary.url) as proxy:
-        config = RegistryConfig.from_connection(
-            {**primary.connection(**BOUNDS), "host": proxy.url})
-        with RegistryClient(config) as source, \
-                RegistryClient(secondary.client_config(), writable=True) as target:
-            report = run_sync(source, target,
-                              SyncOptions(repositories=[repository, healthy[0]], prune=False),
-                              leases=Leases(store))
-        gets = sum(1 for method, path, _ in proxy.log
-                   if method == "GET" and f"/{repository}/manifests/" in path)
+        config = RegistryConfig.from_connection({**primary.connection(**BOUNDS), "host": proxy.url})
+        with (
+            RegistryClient(config) as source,
+            RegistryClient(secondary.client_config(), writable=True) as target,
+        ):
+            report = run_sync(
+                source,
+                target,
+                SyncOptions(repositories=[repository, healthy[0]], prune=False),
+                leases=Leases(store),
+            )
+        gets = sum(
+            1
+            for method, path, _ in proxy.log
+            if method == "GET" and f"/{repository}/manifests/" in path
+        )
     seconds = time.monotonic() - started
     MEASURED.add("real registry", seconds, (process.memory_info().rss - rss_before) / 2**20)
 
-    assert secondary_reader.get_manifest(*healthy).raw == primary_writer.get_manifest(
-        *healthy).raw
+    assert secondary_reader.get_manifest(*healthy).raw == primary_writer.get_manifest(*healthy).raw
     assert gets <= distinct, (gets, distinct)
     # Named by the listing (a full run reads a tag's manifest whole) or by the plan.
     named = [s.reason for s in report.plan.skipped if s.repository == repository]
@@ -221,17 +251,19 @@ def test_any_graph_of_manifests_a_real_registry_accepts(
 
 # -- what no conforming registry sends: a fake primary ------------------------------------------
 
+
 def _digest(raw: bytes) -> str:
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
-SIZES = st.sampled_from(["1e400", "-1", "true", "\"12\"", "1" * 5000, "null", "[]",
-                         "18446744073709551616", "1.5"])
+SIZES = st.sampled_from(
+    ["1e400", "-1", "true", '"12"', "1" * 5000, "null", "[]", "18446744073709551616", "1.5"]
+)
 DIGESTS = st.sampled_from(["sha256:xyz", "", "md5:" + "0" * 32, "sha256:" + "A" * 64, "../x"])
 HOSTILE_KINDS = st.one_of(
     st.tuples(st.just("size"), SIZES),
     st.tuples(st.just("digest"), DIGESTS),
-    st.tuples(st.just("descriptor"), st.sampled_from(["1", "\"x\"", "null", "[]"])),
+    st.tuples(st.just("descriptor"), st.sampled_from(["1", '"x"', "null", "[]"])),
     st.tuples(st.just("deep listing"), st.integers(17, 3000)),
     st.tuples(st.just("link loop"), st.integers(1, 3)),
     st.tuples(st.just("huge manifest"), st.integers(1, 4)),
@@ -254,8 +286,9 @@ class FakePrimary:
 
     def _named(self, path: str) -> str:
         """The path with the example's names as the generic ones."""
-        return path.replace(f"/{self.good}/", "/good/app/").replace(f"/{self.bad_name}/",
-                                                                     "/bad/app/")
+        return path.replace(f"/{self.good}/", "/good/app/").replace(
+            f"/{self.bad_name}/", "/bad/app/"
+        )
 
     def _bad_manifest(self, digest: str, size: int) -> bytes:
         descriptor = f'{{"mediaType": "{mt.OCI_LAYER}", "digest": "{digest}", "size": {size}}}'
@@ -265,8 +298,10 @@ class FakePrimary:
             descriptor = descriptor.replace(digest, str(self.value))
         elif self.kind == "descriptor":
             descriptor = str(self.value)
-        body = (f'{{"schemaVersion": 2, "mediaType": "{mt.OCI_MANIFEST}", '
-                f'"config": {descriptor}, "layers": [{descriptor}]}}')
+        body = (
+            f'{{"schemaVersion": 2, "mediaType": "{mt.OCI_MANIFEST}", '
+            f'"config": {descriptor}, "layers": [{descriptor}]}}'
+        )
         if self.kind == "huge manifest":  # past max_manifest_bytes, declared or not
             body += " " * (int(self.value) * 9000)
         return body.encode()
@@ -277,8 +312,9 @@ class FakePrimary:
         if path == "/v2/":
             return Reply(200, json_headers, b"{}")
         if path == "/v2/_catalog":
-            return Reply(200, json_headers, json.dumps(
-                {"repositories": [self.bad_name, self.good]}).encode())
+            return Reply(
+                200, json_headers, json.dumps({"repositories": [self.bad_name, self.good]}).encode()
+            )
         if path == "/v2/bad/app/tags/list":
             if self.kind == "deep listing":
                 depth = int(self.value)
@@ -286,9 +322,14 @@ class FakePrimary:
             if self.kind == "link loop":
                 page = int(request.path.rsplit("page=", 1)[-1]) if "page=" in request.path else 0
                 following = (page + 1) % int(self.value)  # back to the first page, for ever
-                return Reply(200, {**json_headers, "Link":
-                                   f'</v2/{self.bad_name}/tags/list?page={following}>; rel="next"'},
-                             b'{"tags": ["v1"]}')
+                return Reply(
+                    200,
+                    {
+                        **json_headers,
+                        "Link": f'</v2/{self.bad_name}/tags/list?page={following}>; rel="next"',
+                    },
+                    b'{"tags": ["v1"]}',
+                )
             return Reply(200, json_headers, b'{"tags": ["v1"]}')
         if path == "/v2/good/app/tags/list":
             return Reply(200, json_headers, b'{"tags": ["v1"]}')
@@ -306,10 +347,14 @@ class FakePrimary:
         if repository == "good/app":
             img = self.healthy if reference == "v1" else self.manifests.get(reference)
             if img is None:
-                return Reply(404, {"Content-Type": "application/json"},
-                             b'{"errors": [{"code": "MANIFEST_UNKNOWN"}]}')
-            return Reply(200, {"Content-Type": img.media_type,
-                               "Docker-Content-Digest": img.digest}, img.raw)
+                return Reply(
+                    404,
+                    {"Content-Type": "application/json"},
+                    b'{"errors": [{"code": "MANIFEST_UNKNOWN"}]}',
+                )
+            return Reply(
+                200, {"Content-Type": img.media_type, "Docker-Content-Digest": img.digest}, img.raw
+            )
         headers = {"Content-Type": mt.OCI_MANIFEST, "Docker-Content-Digest": _digest(self.bad)}
         if self.kind == "endless manifest":  # declares no length, sends past any bound
             chunk = b" " * (64 << 10)
@@ -325,15 +370,27 @@ def test_anything_a_non_conforming_primary_sends(kind, secondary, secondary_read
     process, started = psutil.Process(), time.monotonic()
     rss_before = process.memory_info().rss
     with FakeServer(fake.answer) as server:
-        config = RegistryConfig.from_connection({
-            "conn_type": "oci_registry", "host": server.url,
-            "extra": {"auth": "anonymous", "max_retries": 0, "max_json_depth": 16,
-                      "max_manifest_bytes": 8192, "max_listing_pages": 50}})
-        with RegistryClient(config) as source, \
-                RegistryClient(secondary.client_config(), writable=True) as target:
+        config = RegistryConfig.from_connection(
+            {
+                "conn_type": "oci_registry",
+                "host": server.url,
+                "extra": {
+                    "auth": "anonymous",
+                    "max_retries": 0,
+                    "max_json_depth": 16,
+                    "max_manifest_bytes": 8192,
+                    "max_listing_pages": 50,
+                },
+            }
+        )
+        with (
+            RegistryClient(config) as source,
+            RegistryClient(secondary.client_config(), writable=True) as target,
+        ):
             report = run_sync(source, target, SyncOptions(prune=False), leases=Leases(store))
-        gets = Counter(r.path for r in server.received if r.method == "GET"
-                       and "/manifests/" in r.path)
+        gets = Counter(
+            r.path for r in server.received if r.method == "GET" and "/manifests/" in r.path
+        )
     seconds = time.monotonic() - started
     MEASURED.add("fake registry", seconds, (process.memory_info().rss - rss_before) / 2**20)
 

@@ -17,12 +17,14 @@ ODD = "Foo/app"
 
 
 def test_the_real_registry_stores_an_odd_name_and_the_cli_replicates_everything_else(
-        primary, secondary, primary_writer, secondary_writer, monkeypatch, capsys):
+    primary, secondary, primary_writer, secondary_writer, monkeypatch, capsys
+):
     factory = images.ImageFactory()
     images.push_unchecked(primary, ODD, factory.make(), "1.0")
-    wanted = {("group/a", "1.0"): images.push(primary_writer, "group/a", factory.make(), ["1.0"]),
-              ("group/b", "2.0"): images.push(primary_writer, "group/b", factory.multi_arch(),
-                                              ["2.0"])}
+    wanted = {
+        ("group/a", "1.0"): images.push(primary_writer, "group/a", factory.make(), ["1.0"]),
+        ("group/b", "2.0"): images.push(primary_writer, "group/b", factory.multi_arch(), ["2.0"]),
+    }
     # A tag the primary no longer has: pruning must still happen outside the odd repository.
     images.push(secondary_writer, "group/a", factory.make(), ["stale"])
     assert ODD in list(primary_writer.catalog())
@@ -54,8 +56,9 @@ LIMITS = [
 ]
 
 
-def test_names_and_tags_at_the_grammars_limits_replicate(primary_writer, secondary_writer,
-                                                         primary_reader):
+def test_names_and_tags_at_the_grammars_limits_replicate(
+    primary_writer, secondary_writer, primary_reader
+):
     factory = images.ImageFactory()
     longest_tag = "T" + "a" * 126 + "9"
     pushed = {}

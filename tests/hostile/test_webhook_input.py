@@ -12,12 +12,19 @@ from registry_replication.web.webhook import create_app
 from replication_harness.envelopes import SECRET, event, post
 
 
-@pytest.mark.parametrize("repository", [
-    "a" * 255,  # the longest name
-    "a__b", "a.b", "a-b", "a---b", "a_b.c-d__e",  # every separator
-    "one/two/three/four/five",  # nested five deep
-    "x0/" * 4 + "x" * (255 - 12),  # five deep and 255 characters
-])
+@pytest.mark.parametrize(
+    "repository",
+    [
+        "a" * 255,  # the longest name
+        "a__b",
+        "a.b",
+        "a-b",
+        "a---b",
+        "a_b.c-d__e",  # every separator
+        "one/two/three/four/five",  # nested five deep
+        "x0/" * 4 + "x" * (255 - 12),  # five deep and 255 characters
+    ],
+)
 @pytest.mark.parametrize("tag", ["t" * 128, "_x", "V1.0-rc_1"])
 def test_names_at_the_grammars_limits_are_kept(webhook, store, repository, tag):
     assert len(repository) <= 255
@@ -47,14 +54,18 @@ HOSTILE = [
     ("digest of a non-string", dict(digest=["sha256:" + "b" * 64]), "target.digest"),
     ("repository of a number", dict(repository=12), "target.repository"),
     ("media type of 300", dict(media_type="application/" + "x" * 300), "target.mediaType"),
-    ("delete out of grammar", dict(action="delete", repository="Foo/app", tag=None,
-                                   media_type=None), "invalid repository name"),
+    (
+        "delete out of grammar",
+        dict(action="delete", repository="Foo/app", tag=None, media_type=None),
+        "invalid repository name",
+    ),
 ]
 
 
 @pytest.mark.parametrize("case,fields,reason", HOSTILE, ids=[h[0] for h in HOSTILE])
-def test_an_event_out_of_grammar_is_rejected_and_the_rest_kept(webhook, store, case, fields,
-                                                               reason):
+def test_an_event_out_of_grammar_is_rejected_and_the_rest_kept(
+    webhook, store, case, fields, reason
+):
     bad = event(**fields)
     good = event(tag="after")
     response = post(webhook, events=[bad, good])
@@ -73,17 +84,32 @@ def test_an_event_out_of_grammar_is_rejected_and_the_rest_kept(webhook, store, c
     assert store.queue.stats()["counts"][EventStatus.REJECTED] == 1
 
 
-@pytest.mark.parametrize("broken", [
-    {"action": "push", "id": "no-target", "timestamp": "2026-11-28T06:00:00Z"},
-    {"action": "push", "id": "target-a-string", "timestamp": "2026-11-28T06:00:00Z",
-     "target": "group/app:1.0"},
-    event(event_id="x" * 10_000),  # an id far beyond the column
-    {**event(), "id": ""},
-    {**event(), "id": 12345},
-    {**event(), "timestamp": "yesterday"},
-    {k: v for k, v in event().items() if k != "timestamp"},
-], ids=["no target", "target not an object", "10k id", "empty id", "numeric id", "bad timestamp",
-        "no timestamp"])
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"action": "push", "id": "no-target", "timestamp": "2026-11-28T06:00:00Z"},
+        {
+            "action": "push",
+            "id": "target-a-string",
+            "timestamp": "2026-11-28T06:00:00Z",
+            "target": "group/app:1.0",
+        },
+        event(event_id="x" * 10_000),  # an id far beyond the column
+        {**event(), "id": ""},
+        {**event(), "id": 12345},
+        {**event(), "timestamp": "yesterday"},
+        {k: v for k, v in event().items() if k != "timestamp"},
+    ],
+    ids=[
+        "no target",
+        "target not an object",
+        "10k id",
+        "empty id",
+        "numeric id",
+        "bad timestamp",
+        "no timestamp",
+    ],
+)
 def test_broken_kept_events_are_rejected_with_a_stable_id(webhook, store, broken):
     good = event(tag="after")
     for _ in range(2):  # the registry redelivers: still stored once
@@ -97,13 +123,18 @@ def test_broken_kept_events_are_rejected_with_a_stable_id(webhook, store, broken
 
 def test_blob_pull_and_mount_events_are_not_validated(webhook, store):
     garbage = dict(repository="Foo/../x", digest="not-a-digest", tag=None)
-    response = post(webhook, events=[
-        event(media_type="application/octet-stream", **garbage),  # blob push
-        event(action="pull", repository="Foo/app", tag="bad tag"),
-        event(action="mount", media_type="application/octet-stream", **garbage),
-        "not even an object", 42, None,
-        event(tag="ok"),
-    ])
+    response = post(
+        webhook,
+        events=[
+            event(media_type="application/octet-stream", **garbage),  # blob push
+            event(action="pull", repository="Foo/app", tag="bad tag"),
+            event(action="mount", media_type="application/octet-stream", **garbage),
+            "not even an object",
+            42,
+            None,
+            event(tag="ok"),
+        ],
+    )
     assert response.json() == {"stored": 1, "rejected": 0, "duplicates": 0, "ignored": 6}
     assert [(r["status"], r["tag"]) for r in store.queue.events()] == [(EventStatus.PENDING, "ok")]
 

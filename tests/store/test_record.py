@@ -36,8 +36,9 @@ _databases = itertools.count()
 def any_store(request, tmp_path) -> Store:
     if request.param == "sqlite":
         return Store(f"sqlite:///{tmp_path / 'recorded.db'}")
-    return Store(request.getfixturevalue("postgres").create_database(
-        f"recorded_{next(_databases)}"))
+    return Store(
+        request.getfixturevalue("postgres").create_database(f"recorded_{next(_databases)}")
+    )
 
 
 @pytest.fixture
@@ -48,18 +49,33 @@ def proxy(secondary) -> Iterator[FaultProxy]:
 
 def cli_sync(primary, secondary, proxy: FaultProxy, store: Store) -> subprocess.Popen[str]:
     """A CLI sync in a process of its own (a test can kill it), writing through ``proxy``."""
-    env = {**os.environ, "REGISTRY_REPLICATION_DB_URL": store.url,
-           "REGISTRY_REPLICATION_LEASE_SECONDS": "2"}
+    env = {
+        **os.environ,
+        "REGISTRY_REPLICATION_DB_URL": store.url,
+        "REGISTRY_REPLICATION_LEASE_SECONDS": "2",
+    }
     return subprocess.Popen(
-        [sys.executable, "-m", "registry_replication.cli", "sync",
-         "--primary", json.dumps(primary.connection()),
-         "--secondary", json.dumps({**secondary.connection(), "host": proxy.url})],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "registry_replication.cli",
+            "sync",
+            "--primary",
+            json.dumps(primary.connection()),
+            "--secondary",
+            json.dumps({**secondary.connection(), "host": proxy.url}),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def through(registry, url: str, *, writable: bool = False) -> RegistryClient:
-    return RegistryClient(RegistryConfig.from_connection({**registry.connection(), "host": url}),
-                          writable=writable)
+    return RegistryClient(
+        RegistryConfig.from_connection({**registry.connection(), "host": url}), writable=writable
+    )
 
 
 def sync(primary, target: RegistryClient, store: Store, **options) -> object:
@@ -69,12 +85,20 @@ def sync(primary, target: RegistryClient, store: Store, **options) -> object:
 
 def listings(proxy: FaultProxy) -> list[str]:
     """The listing requests the secondary received: catalog and tags/list."""
-    return [path for method, path, _ in proxy.log
-            if method == "GET" and ("/_catalog" in path or path.endswith("/tags/list"))]
+    return [
+        path
+        for method, path, _ in proxy.log
+        if method == "GET" and ("/_catalog" in path or path.endswith("/tags/list"))
+    ]
 
 
 def test_a_cheap_run_does_not_list_the_secondary_yet_copies_and_prunes(
-    primary, secondary, proxy, any_store, primary_writer, secondary_reader,
+    primary,
+    secondary,
+    proxy,
+    any_store,
+    primary_writer,
+    secondary_reader,
 ):
     factory = images.ImageFactory()
     images.push(primary_writer, "app", factory.make(), ["v1"])
@@ -89,16 +113,17 @@ def test_a_cheap_run_does_not_list_the_secondary_yet_copies_and_prunes(
     assert first.deep is None
     assert any("/_catalog" in p for p in listings(proxy))
     record = TagRecord(any_store)
-    assert record.rows("other") == {"1.0": (PRESENT, secondary_reader.head_manifest(
-        "other", "1.0").digest)}
+    assert record.rows("other") == {
+        "1.0": (PRESENT, secondary_reader.head_manifest("other", "1.0").digest)
+    }
 
     proxy.log.clear()
     noop = sync(primary, target, any_store)
     assert noop.run_kind.kind == "cheap", noop.run_kind
     # Not listed: one catalog page and one sampled tag per repository, to check the record.
-    assert sorted((method, path.split("?")[0].rsplit("/", 1)[0]) for method, path, _
-                  in proxy.log) == [("GET", "/v2"), ("HEAD", "/v2/app/manifests"),
-                                    ("HEAD", "/v2/other/manifests")]
+    assert sorted(
+        (method, path.split("?")[0].rsplit("/", 1)[0]) for method, path, _ in proxy.log
+    ) == [("GET", "/v2"), ("HEAD", "/v2/app/manifests"), ("HEAD", "/v2/other/manifests")]
     assert noop.run_kind.sampled == 2
     assert noop.counts() == {"manifests pushed": 0, "bytes copied": 0, "tags pruned": 0}
     assert noop.verification["in_sync"].all()
@@ -114,12 +139,20 @@ def test_a_cheap_run_does_not_list_the_secondary_yet_copies_and_prunes(
     # and by the verification of what changed.
     assert not [p for p in listings(proxy) if "/other/" in p]
     assert cheap.verification["in_sync"].all()
-    assert record.rows("app") == {"v1": (PRESENT, secondary_reader.head_manifest("app", "v1").digest),
-                                  "v2": (ABSENT, None), "v3": (PRESENT, new)}
+    assert record.rows("app") == {
+        "v1": (PRESENT, secondary_reader.head_manifest("app", "v1").digest),
+        "v2": (ABSENT, None),
+        "v3": (PRESENT, new),
+    }
 
 
 def test_a_full_run_verifies_from_its_listing_and_its_acknowledged_writes(
-    primary, secondary, proxy, store, primary_writer, secondary_reader,
+    primary,
+    secondary,
+    proxy,
+    store,
+    primary_writer,
+    secondary_reader,
 ):
     """After writing, the secondary is not listed again where every write was acknowledged:
     the run's listing plus those writes are what is verified. A repository where a write
@@ -130,8 +163,11 @@ def test_a_full_run_verifies_from_its_listing_and_its_acknowledged_writes(
         images.push(primary_writer, "app", factory.make(), [tag])
     images.push(primary_writer, "other", factory.make(), ["1.0"])
     target = through(secondary, proxy.url, writable=True)
-    proxy.inject(Fault(status=400, code="MANIFEST_INVALID", method="PUT",
-                       path_contains="/other/manifests/1.0"))
+    proxy.inject(
+        Fault(
+            status=400, code="MANIFEST_INVALID", method="PUT", path_contains="/other/manifests/1.0"
+        )
+    )
 
     first = sync(primary, target, store, verify="tags")  # no deep verification: it lists all
     assert first.run_kind.kind == "full" and not first.run_kind.verification_due
@@ -139,7 +175,8 @@ def test_a_full_run_verifies_from_its_listing_and_its_acknowledged_writes(
     in_sync = dict(zip(first.verification["repository"], first.verification["in_sync"]))
     assert in_sync == {"app": True, "other": False}
     assert {t: secondary_reader.head_manifest("app", t).digest for t in ("v1", "v2")} == {
-        t: primary_writer.head_manifest("app", t).digest for t in ("v1", "v2")}
+        t: primary_writer.head_manifest("app", t).digest for t in ("v1", "v2")
+    }
     assert secondary_reader.head_manifest("other", "1.0") is None
 
     images.push(primary_writer, "app", factory.make(), ["v3"])
@@ -148,11 +185,21 @@ def test_a_full_run_verifies_from_its_listing_and_its_acknowledged_writes(
     assert forced.run_kind.verification_due and forced.verification["in_sync"].all()
     # Listed at the start (both), then again after writing (both changed).
     assert sorted(p for p in listings(proxy) if p.endswith("/tags/list")) == [
-        "/v2/app/tags/list", "/v2/app/tags/list", "/v2/other/tags/list", "/v2/other/tags/list"]
+        "/v2/app/tags/list",
+        "/v2/app/tags/list",
+        "/v2/other/tags/list",
+        "/v2/other/tags/list",
+    ]
 
 
 def test_drift_is_caught_by_the_rotating_sample_or_the_full_verification(
-    primary, secondary, proxy, store, primary_writer, secondary_writer, secondary_reader,
+    primary,
+    secondary,
+    proxy,
+    store,
+    primary_writer,
+    secondary_writer,
+    secondary_reader,
 ):
     factory = images.ImageFactory()
     img = factory.make()
@@ -187,13 +234,19 @@ def test_drift_is_caught_by_the_rotating_sample_or_the_full_verification(
 
 
 def test_a_record_made_against_another_address_is_not_trusted(
-    primary, secondary, proxy, store, primary_writer,
+    primary,
+    secondary,
+    proxy,
+    store,
+    primary_writer,
 ):
     images.push(primary_writer, "app", images.ImageFactory().make(), ["v1"])
     with RegistryClient(secondary.client_config(), writable=True) as direct:
         assert sync(primary, direct, store).run_kind.kind == "full"
         assert sync(primary, direct, store).run_kind.kind == "cheap"
-    assert sync(primary, through(secondary, proxy.url, writable=True), store).run_kind.kind == "full"
+    assert (
+        sync(primary, through(secondary, proxy.url, writable=True), store).run_kind.kind == "full"
+    )
 
 
 def test_the_cli_records_and_says_which_kind_of_run(primary, secondary, primary_writer, store):
@@ -202,10 +255,23 @@ def test_the_cli_records_and_says_which_kind_of_run(primary, secondary, primary_
 
     def cli(*args: str) -> dict:
         done = subprocess.run(
-            [sys.executable, "-m", "registry_replication.cli", "sync", "--json",
-             "--primary", json.dumps(primary.connection()),
-             "--secondary", json.dumps(secondary.connection()), *args],
-            env=env, capture_output=True, text=True, timeout=120)
+            [
+                sys.executable,
+                "-m",
+                "registry_replication.cli",
+                "sync",
+                "--json",
+                "--primary",
+                json.dumps(primary.connection()),
+                "--secondary",
+                json.dumps(secondary.connection()),
+                *args,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
@@ -217,15 +283,22 @@ def test_the_cli_records_and_says_which_kind_of_run(primary, secondary, primary_
 
 
 def test_the_event_path_records_pushes_and_deletes(
-    primary, secondary, store, primary_writer, primary_reader, secondary_writer, secondary_reader,
+    primary,
+    secondary,
+    store,
+    primary_writer,
+    primary_reader,
+    secondary_writer,
+    secondary_reader,
 ):
     img = images.ImageFactory().make()
     digest = images.push(primary_writer, "app", img, ["v1", "v2"])
     now = dt.datetime.now(dt.UTC)
     pushed = [Event(f"p{t}", "push", "app", t, digest, img.media_type, now) for t in ("v1", "v2")]
     with Leases(store) as leases:
-        outcomes = realtime.replicate_events(primary_reader, secondary_writer, pushed,
-                                             leases=leases)
+        outcomes = realtime.replicate_events(
+            primary_reader, secondary_writer, pushed, leases=leases
+        )
         assert outcomes == {"pv1": None, "pv2": None}
         record = TagRecord(store)
         assert record.rows("app") == {"v1": (PRESENT, digest), "v2": (PRESENT, digest)}
@@ -234,14 +307,20 @@ def test_the_event_path_records_pushes_and_deletes(
         images.push(primary_writer, "app", img, ["v2"])  # only v1 is gone
         later = dt.datetime.now(dt.UTC)
         deleted = [Event("d1", "delete", "app", "v1", None, None, later)]
-        assert realtime.replicate_events(primary_reader, secondary_writer, deleted,
-                                         leases=leases) == {"d1": None}
+        assert realtime.replicate_events(
+            primary_reader, secondary_writer, deleted, leases=leases
+        ) == {"d1": None}
     assert secondary_reader.tags("app") == ["v2"]
     assert record.rows("app") == {"v1": (ABSENT, None), "v2": (PRESENT, digest)}
 
 
 def test_a_writer_killed_between_the_tag_write_and_its_record_leaves_an_intent(
-    primary, secondary, proxy, store, primary_writer, secondary_reader,
+    primary,
+    secondary,
+    proxy,
+    store,
+    primary_writer,
+    secondary_reader,
 ):
     """The worst case for a record: the registry took the tag, the writer died before saying
     so. Then the primary moves the tag back and that event is lost: only the intent left by
@@ -272,7 +351,12 @@ def test_a_writer_killed_between_the_tag_write_and_its_record_leaves_an_intent(
 
 
 def test_a_writer_killed_mid_batch_leaves_intents_on_the_whole_batch(
-    primary, secondary, proxy, store, primary_writer, secondary_reader,
+    primary,
+    secondary,
+    proxy,
+    store,
+    primary_writer,
+    secondary_reader,
 ):
     """Tags are written a batch at a time: one intent for the batch, the writes, one record.
     Killed with some of the batch's tags written and one held, the writer leaves an intent on
@@ -291,8 +375,11 @@ def test_a_writer_killed_mid_batch_leaves_intents_on_the_whole_batch(
     writer = cli_sync(primary, secondary, proxy, store)
     assert hold.arrived.wait(60), writer.communicate(timeout=60)[0] if writer.poll() else ""
     written = [tag for tag in tags if tag != "t3"]
-    _wait_for(lambda: all(secondary_reader.head_manifest("app", tag).digest == new[tag]
-                          for tag in written))
+    _wait_for(
+        lambda: all(
+            secondary_reader.head_manifest("app", tag).digest == new[tag] for tag in written
+        )
+    )
     writer.kill()
     writer.wait(30)
     assert TagRecord(store).rows("app") == dict.fromkeys(tags, (INTENT, None))
@@ -304,7 +391,8 @@ def test_a_writer_killed_mid_batch_leaves_intents_on_the_whole_batch(
     rerun = sync(primary, target, store)
     assert rerun.run_kind.kind == "cheap" and not rerun.failed
     assert {("HEAD", f"/v2/app/manifests/{tag}") for tag in tags} <= {
-        (m, p) for m, p, _ in proxy.log}
+        (m, p) for m, p, _ in proxy.log
+    }
     now = {tag: secondary_reader.head_manifest("app", tag).digest for tag in tags}
     assert now == {tag: primary_writer.head_manifest("app", tag).digest for tag in tags}
     # Rewritten tags are recorded; the others keep their intent (a HEAD outside the lease
@@ -324,7 +412,11 @@ def _wait_for(condition, timeout: float = 30.0) -> None:
 
 
 def test_the_primary_is_read_with_conditional_heads_yet_every_move_is_seen(
-    primary, secondary, any_store, primary_writer, secondary_reader,
+    primary,
+    secondary,
+    any_store,
+    primary_writer,
+    secondary_reader,
 ):
     factory = images.ImageFactory()
     images.push(primary_writer, "app", factory.make(), ["v1"])
@@ -332,14 +424,22 @@ def test_the_primary_is_read_with_conditional_heads_yet_every_move_is_seen(
     with FaultProxy(primary.url) as primary_proxy:
         source = through(primary, primary_proxy.url)
         with Leases(any_store) as leases:
-            run_sync(source, RegistryClient(secondary.client_config(), writable=True),
-                     SyncOptions(), leases=leases)
+            run_sync(
+                source,
+                RegistryClient(secondary.client_config(), writable=True),
+                SyncOptions(),
+                leases=leases,
+            )
         moved = images.push(primary_writer, "app", factory.make(), ["v1"])  # no event: unseen
         added = images.push(primary_writer, "app", factory.make(), ["v3"])
         primary_proxy.log.clear()
         with Leases(any_store) as leases:
-            report = run_sync(source, RegistryClient(secondary.client_config(), writable=True),
-                              SyncOptions(), leases=leases)
+            report = run_sync(
+                source,
+                RegistryClient(secondary.client_config(), writable=True),
+                SyncOptions(),
+                leases=leases,
+            )
 
     asked: dict[str, list[tuple[str, int]]] = {}
     for method, path, status in primary_proxy.log:
@@ -349,8 +449,9 @@ def test_the_primary_is_read_with_conditional_heads_yet_every_move_is_seen(
     # The unchanged tag is confirmed without the manifest being read; the moved tag's
     # condition fails and the registry answers with its new digest; the new tag had no record
     # (read whole: the plan needs it).
-    assert heads == {"v2": ("HEAD", 304), "v1": ("HEAD", 200), "v3": ("GET", 200)}, \
+    assert heads == {"v2": ("HEAD", 304), "v1": ("HEAD", 200), "v3": ("GET", 200)}, (
         primary_proxy.log
+    )
     # The compare-and-set before each write is conditional on the planned digest too.
     assert asked["v1"][1:] == asked["v3"][1:] == [("HEAD", 304)], primary_proxy.log
     listed = dict(zip(report.primary.tags["tag"], report.primary.tags["digest"]))
@@ -360,8 +461,9 @@ def test_the_primary_is_read_with_conditional_heads_yet_every_move_is_seen(
     assert report.verification["in_sync"].all() and not report.failed
 
 
-def test_a_full_run_reads_each_manifest_once(primary, secondary, store, primary_writer,
-                                             secondary_reader):
+def test_a_full_run_reads_each_manifest_once(
+    primary, secondary, store, primary_writer, secondary_reader
+):
     """The listing reads whole the tags the record cannot confirm, and the plan reuses what it
     read: one GET per tag, plus one per index child; the compare-and-set before each write
     is a conditional HEAD the registry answers 304."""
@@ -371,23 +473,36 @@ def test_a_full_run_reads_each_manifest_once(primary, secondary, store, primary_
     images.push(primary_writer, "app", multi, ["multi"])
     with FaultProxy(primary.url) as primary_proxy:
         with Leases(store) as leases:
-            report = run_sync(through(primary, primary_proxy.url),
-                              RegistryClient(secondary.client_config(), writable=True),
-                              SyncOptions(), leases=leases)
-    manifests = Counter((method, path.rsplit("/", 1)[1], status)
-                        for method, path, status in primary_proxy.log if "/manifests/" in path)
-    assert manifests == Counter({
-        **{("GET", tag, 200): 1 for tag in ("v1", "v2", "multi")},
-        **{("GET", child.digest, 200): 1 for child in multi.children},
-        **{("HEAD", tag, 304): 1 for tag in ("v1", "v2", "multi")},
-    }), primary_proxy.log
+            report = run_sync(
+                through(primary, primary_proxy.url),
+                RegistryClient(secondary.client_config(), writable=True),
+                SyncOptions(),
+                leases=leases,
+            )
+    manifests = Counter(
+        (method, path.rsplit("/", 1)[1], status)
+        for method, path, status in primary_proxy.log
+        if "/manifests/" in path
+    )
+    assert manifests == Counter(
+        {
+            **{("GET", tag, 200): 1 for tag in ("v1", "v2", "multi")},
+            **{("GET", child.digest, 200): 1 for child in multi.children},
+            **{("HEAD", tag, 304): 1 for tag in ("v1", "v2", "multi")},
+        }
+    ), primary_proxy.log
     assert not report.failed and report.verification["in_sync"].all()
-    assert {t: secondary_reader.head_manifest("app", t).digest for t in ("v1", "v2", "multi")} \
-        == {"v1": single, "v2": single, "multi": multi.digest}
+    assert {t: secondary_reader.head_manifest("app", t).digest for t in ("v1", "v2", "multi")} == {
+        "v1": single,
+        "v2": single,
+        "multi": multi.digest,
+    }
 
 
 def test_a_record_that_cannot_be_read_only_makes_the_heads_unconditional(
-    primary, primary_writer, caplog,
+    primary,
+    primary_writer,
+    caplog,
 ):
     factory = images.ImageFactory()
     pushed = images.push(primary_writer, "app", factory.make(), ["v1"])
@@ -399,5 +514,7 @@ def test_a_record_that_cannot_be_read_only_makes_the_heads_unconditional(
         listed = take_snapshot(source, known=unreadable)
     assert dict(zip(listed.tags["tag"], listed.tags["digest"])) == {"v1": pushed}
     assert listed.complete
-    assert ("without conditional HEADs, the record of the secondary's tags being unreadable "
-            "(RuntimeError: the store is down; repositories app)") in caplog.text
+    assert (
+        "without conditional HEADs, the record of the secondary's tags being unreadable "
+        "(RuntimeError: the store is down; repositories app)"
+    ) in caplog.text

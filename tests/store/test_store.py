@@ -31,10 +31,17 @@ def test_claim_complete_and_idempotent_add(ev, tmp_path):
     assert store.queue.ready_count() == 2
     owner, claimed = store.queue.claim()
     assert [e.id for e in claimed] == ["e1", "e2"] and claimed[0].attempts == 1
-    assert store.queue.ready_count() == 0 and store.queue.claim()[1] == []  # leased, not claimable twice
+    assert (
+        store.queue.ready_count() == 0 and store.queue.claim()[1] == []
+    )  # leased, not claimable twice
     store.queue.complete(owner, ["e1", "e2"])
-    assert store.queue.stats()["counts"] == {"pending": 0, "processing": 0, "done": 2, "failed": 0,
-                                       "rejected": 0}
+    assert store.queue.stats()["counts"] == {
+        "pending": 0,
+        "processing": 0,
+        "done": 2,
+        "failed": 0,
+        "rejected": 0,
+    }
 
 
 def test_expired_lease_is_reclaimed(ev, tmp_path):
@@ -51,7 +58,9 @@ def test_retry_backs_off_then_fails(ev, tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'q.db'}")
     store.queue.add([ev(1)])
     owner, _ = store.queue.claim()
-    assert store.queue.retry_later(owner, ["e1"], "HTTP 503", max_attempts=2, backoff_seconds=60) == []
+    assert (
+        store.queue.retry_later(owner, ["e1"], "HTTP 503", max_attempts=2, backoff_seconds=60) == []
+    )
     assert store.queue.ready_count() == 0  # backing off
     with store.engine.begin() as conn:
         conn.execute(events.update().values(next_attempt_at=T0))
@@ -68,8 +77,11 @@ def test_a_store_upgraded_by_newer_code_is_refused(tmp_path):
     with Store(url).engine.begin() as conn:
         conn.execute(sa.text("UPDATE rr_alembic_version SET version_num = '9999'"))
     fresh = engine.create(url)  # as another process would, on its first use of the store
-    with pytest.raises(RuntimeError, match=r"at revision 9999, which this code \(head "
-                                           r"\d+\) does not know.*upgrade this installation"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"at revision 9999, which this code \(head "
+        r"\d+\) does not know.*upgrade this installation",
+    ):
         migrate.upgrade(fresh)
 
 
@@ -115,4 +127,6 @@ def test_a_new_sqlite_store_is_readable_only_by_its_owner(ev, tmp_path):
     assert files["replication.db"] == 0o600 and "replication.db-wal" in files
     assert set(files.values()) == {0o600}, files
     assert {(p.name, p.stat().st_mode & 0o777) for p in (path.parent, path.parent.parent)} == {
-        ("store", 0o700), ("private", 0o700)}
+        ("store", 0o700),
+        ("private", 0o700),
+    }

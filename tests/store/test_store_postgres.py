@@ -34,8 +34,13 @@ def test_add_claim_complete(ev, postgres):
     assert claimed[0].timestamp == T0 + dt.timedelta(seconds=1)  # timezone-aware round trip
     assert store.queue.claim()[1] == []  # leased
     store.queue.complete(owner, ["e1", "e2"])
-    assert store.queue.stats()["counts"] == {"pending": 0, "processing": 0, "done": 2, "failed": 0,
-                                       "rejected": 0}
+    assert store.queue.stats()["counts"] == {
+        "pending": 0,
+        "processing": 0,
+        "done": 2,
+        "failed": 0,
+        "rejected": 0,
+    }
     store.history.record_run("registry_events", "run1", "success", {"copied": 2})
     assert store.history.last_run("registry_events")["summary"] == {"copied": 2}
 

@@ -37,13 +37,18 @@ def test_kid_is_libtrust_key_id(keys):
 
 
 def test_minted_token_claims(keys):
-    auth = JwtAuth(keys.private_key_pem, service="container_registry", ttl_seconds=300,
-                   certificate_pem=keys.certificate_pem)
+    auth = JwtAuth(
+        keys.private_key_pem,
+        service="container_registry",
+        ttl_seconds=300,
+        certificate_pem=keys.certificate_pem,
+    )
     token = auth.mint([repository_scope("group/app", "pull"), "registry:catalog:*"])
     header = jwt.get_unverified_header(token)
     assert header["alg"] == "RS256" and header["kid"] == auth.key_id and len(header["x5c"]) == 1
-    claims = jwt.decode(token, _public_pem(keys),
-                        algorithms=["RS256"], audience="container_registry")
+    claims = jwt.decode(
+        token, _public_pem(keys), algorithms=["RS256"], audience="container_registry"
+    )
     assert claims["iss"] == "gitlab-issuer"
     assert claims["exp"] - claims["iat"] == 300 and claims["nbf"] == claims["iat"]
     assert claims["jti"]
@@ -105,8 +110,12 @@ def test_token_signed_by_another_key_is_refused(primary, primary_writer, tmp_pat
 
 def test_expired_token_is_refused(primary, primary_writer, keys):
     images.push(primary_writer, "app", images.ImageFactory().make(), ["v1"])
-    late = JwtAuth(keys.private_key_pem, service=GITLAB_SERVICE, ttl_seconds=300,
-                   clock=lambda: time.time() - 3600)
+    late = JwtAuth(
+        keys.private_key_pem,
+        service=GITLAB_SERVICE,
+        ttl_seconds=300,
+        clock=lambda: time.time() - 3600,
+    )
     with RegistryClient(primary.client_config(), auth=late) as client:
         with pytest.raises(RegistryAuthError) as refused:
             client.tags("app")
@@ -136,14 +145,20 @@ def test_read_only_client_never_asks_for_push(primary_reader):
 
 
 def test_bearer_token_flow(start_registry, keys):
-    with TokenService(keys, {"ci": ("ci-password", {"pull", "push"}), "viewer": ("v", {"pull"})}) as tokens:
+    with TokenService(
+        keys, {"ci": ("ci-password", {"pull", "push"}), "viewer": ("v", {"pull"})}
+    ) as tokens:
         registry = start_registry("tokenauth", keys=keys, token_realm=tokens.realm)
         writer_conn = {"host": registry.url, "login": "ci", "password": "ci-password"}
         with RegistryClient(RegistryConfig.from_connection(writer_conn), writable=True) as writer:
             assert writer.transport.auth.kind == "token"  # detected from the challenge
             images.push(writer, "team/app", images.ImageFactory().make(), ["1.2.3"])
-        viewer_conn = {"host": registry.url, "login": "viewer", "password": "v",
-                       "extra": {"auth": "token"}}
+        viewer_conn = {
+            "host": registry.url,
+            "login": "viewer",
+            "password": "v",
+            "extra": {"auth": "token"},
+        }
         with RegistryClient(RegistryConfig.from_connection(viewer_conn), writable=True) as viewer:
             assert viewer.tags("team/app") == ["1.2.3"]
             with pytest.raises(RegistryAuthError) as refused:
@@ -158,11 +173,19 @@ def test_bearer_token_flow(start_registry, keys):
 
 def test_token_is_fetched_again_once_it_expires(start_registry, keys):
     """The service says 2 s and means it: the client renews before sending, no 401."""
-    with TokenService(keys, {"ci": ("pw", {"pull", "push"})}, refused_after_seconds=2,
-                      expires_in=2) as tokens:
+    with TokenService(
+        keys, {"ci": ("pw", {"pull", "push"})}, refused_after_seconds=2, expires_in=2
+    ) as tokens:
         registry = start_registry("tokenauth", keys=keys, token_realm=tokens.realm)
-        with FaultProxy(registry.url) as proxy, RegistryClient(RegistryConfig.from_connection(
-                {"host": proxy.url, "login": "ci", "password": "pw"}), writable=True) as client:
+        with (
+            FaultProxy(registry.url) as proxy,
+            RegistryClient(
+                RegistryConfig.from_connection(
+                    {"host": proxy.url, "login": "ci", "password": "pw"}
+                ),
+                writable=True,
+            ) as client,
+        ):
             images.push(client, "app", images.ImageFactory().make(), ["v1"])
             time.sleep(3)  # every token the client holds is refused by now
             issued, proxy.log[:] = tokens.issued, []
@@ -174,11 +197,19 @@ def test_token_is_fetched_again_once_it_expires(start_registry, keys):
 def test_cached_token_refused_by_the_registry_is_refreshed_once(start_registry, keys):
     """The service says 300 s but the registry refuses the token after 2 s: the 401 on the
     cached token earns one fresh token and the request is sent again."""
-    with TokenService(keys, {"ci": ("pw", {"pull", "push"})}, refused_after_seconds=2,
-                      expires_in=300) as tokens:
+    with TokenService(
+        keys, {"ci": ("pw", {"pull", "push"})}, refused_after_seconds=2, expires_in=300
+    ) as tokens:
         registry = start_registry("tokenauth", keys=keys, token_realm=tokens.realm)
-        with FaultProxy(registry.url) as proxy, RegistryClient(RegistryConfig.from_connection(
-                {"host": proxy.url, "login": "ci", "password": "pw"}), writable=True) as client:
+        with (
+            FaultProxy(registry.url) as proxy,
+            RegistryClient(
+                RegistryConfig.from_connection(
+                    {"host": proxy.url, "login": "ci", "password": "pw"}
+                ),
+                writable=True,
+            ) as client,
+        ):
             image = images.ImageFactory().make()
             images.push(client, "app", image, ["v1"])
             time.sleep(3)
@@ -198,8 +229,14 @@ def test_token_service_down_is_a_typed_error_with_advice(start_registry, keys):
     tokens = TokenService(keys, {"ci": ("pw", {"pull"})}).start()
     registry = start_registry("tokenauth", keys=keys, token_realm=tokens.realm)
     tokens.stop()
-    config = RegistryConfig.from_connection({"host": registry.url, "login": "ci", "password": "pw",
-                                             "extra": {"max_retries": 1, "backoff_seconds": 0.01}})
+    config = RegistryConfig.from_connection(
+        {
+            "host": registry.url,
+            "login": "ci",
+            "password": "pw",
+            "extra": {"max_retries": 1, "backoff_seconds": 0.01},
+        }
+    )
     with RegistryClient(config) as client, pytest.raises(RegistryUnavailableError) as down:
         client.tags("app")
     message = str(down.value)
@@ -208,9 +245,12 @@ def test_token_service_down_is_a_typed_error_with_advice(start_registry, keys):
 
 
 def test_unreadable_signing_key_is_a_typed_error_with_advice():
-    config = RegistryConfig("http://127.0.0.1:9", auth="jwt", service=GITLAB_SERVICE,
-                            private_key="-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n"
-                                        "-----END PRIVATE KEY-----\n")
+    config = RegistryConfig(
+        "http://127.0.0.1:9",
+        auth="jwt",
+        service=GITLAB_SERVICE,
+        private_key="-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+    )
     with RegistryClient(config) as client, pytest.raises(RegistryAuthError) as refused:
         client.tags("app")
     message = str(refused.value)
@@ -246,8 +286,12 @@ def test_login_goes_only_to_a_token_realm_on_token_realm_hosts(start_registry, k
     nowhere else, and the refusal names the realm's host and the setting, not the password."""
     with TokenService(keys, {"ci": ("realm-secret", {"pull"})}) as tokens:
         registry = start_registry("tokenauth", keys=keys, token_realm=tokens.realm)
-        elsewhere = {"host": registry.url, "login": "ci", "password": "realm-secret",
-                     "extra": {"token_realm_hosts": "tokens.example.com, auth.example.com"}}
+        elsewhere = {
+            "host": registry.url,
+            "login": "ci",
+            "password": "realm-secret",
+            "extra": {"token_realm_hosts": "tokens.example.com, auth.example.com"},
+        }
         with RegistryClient(RegistryConfig.from_connection(elsewhere)) as client:
             with pytest.raises(RegistryAuthError) as refused:
                 client.tags("app")
@@ -255,12 +299,15 @@ def test_login_goes_only_to_a_token_realm_on_token_realm_hosts(start_registry, k
         assert tokens.issued == 0  # the token service never saw the login
         assert "http://127.0.0.1" in message and "token_realm_hosts" in message
         assert "realm-secret" not in message
-        listed = {"host": registry.url, "login": "ci", "password": "realm-secret",
-                  "extra": {"token_realm_hosts": ["tokens.example.com", "127.0.0.1"]}}
+        listed = {
+            "host": registry.url,
+            "login": "ci",
+            "password": "realm-secret",
+            "extra": {"token_realm_hosts": ["tokens.example.com", "127.0.0.1"]},
+        }
         with RegistryClient(RegistryConfig.from_connection(listed)) as client:
             assert client.tags("app") == []
         assert tokens.issued == 1
-
 
 
 def test_expired_tokens_leave_the_cache(keys):

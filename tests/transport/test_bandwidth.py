@@ -30,8 +30,10 @@ def test_limit_is_shared_by_all_threads_of_a_client(primary, primary_writer):
     limited = RegistryClient(primary.client_config(max_bytes_per_second=2 * MiB))
     elapsed = read_concurrently(limited, blobs)
     # 9 MiB at 2 MiB/s after a one-second (2 MiB) burst: at least 3.5 s, whatever the threads.
-    print(f"9 MiB in 3 threads: unlimited {unlimited:.2f}s, limited to 2 MiB/s {elapsed:.2f}s "
-          f"({9 / elapsed:.2f} MiB/s)")
+    print(
+        f"9 MiB in 3 threads: unlimited {unlimited:.2f}s, limited to 2 MiB/s {elapsed:.2f}s "
+        f"({9 / elapsed:.2f} MiB/s)"
+    )
     assert elapsed >= 3.4 and unlimited < 3.4
 
 

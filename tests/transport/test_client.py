@@ -130,22 +130,25 @@ def test_300_mib_blob_streams_in_constant_memory(primary_writer, primary_reader,
     assert "sha256:" + hasher.hexdigest() == digest
 
 
-def test_corrupt_blob_is_refused_before_commit(primary, primary_writer, primary_reader,
-                                               secondary_writer):
+def test_corrupt_blob_is_refused_before_commit(
+    primary, primary_writer, primary_reader, secondary_writer
+):
     layer = images.random_layer(256 * 1024)
     primary_writer.push_blob("app", layer.digest, layer.data, layer.size)
     stored = primary.blob_path(layer.digest)
     stored.write_bytes(b"X" * layer.size)  # bit rot on the primary's disk
     with pytest.raises(DigestMismatchError) as refused:
-        secondary_writer.push_blob("app", layer.digest, primary_reader.read_blob("app", layer.digest),
-                                   layer.size)
+        secondary_writer.push_blob(
+            "app", layer.digest, primary_reader.read_blob("app", layer.digest), layer.size
+        )
     assert refused.value.repository == "app" and refused.value.reference == layer.digest
     assert "re-pushed" in str(refused.value)
     assert secondary_writer.blob_size("app", layer.digest) is None
 
 
 def test_upload_interrupted_mid_patch_resumes_inside_the_client(
-        secondary, primary_writer, primary_reader, caplog):
+    secondary, primary_writer, primary_reader, caplog
+):
     """A PATCH cut off: the client asks the registry for the upload's offset and reopens the
     body there; the caller sees one call that succeeded."""
     layer = images.random_layer(3 * MiB + 123)
@@ -162,67 +165,110 @@ def test_upload_interrupted_mid_patch_resumes_inside_the_client(
         with RegistryClient(config, writable=True) as target:
             proxy.inject(Fault(cut=True, method="PATCH", after=1))  # the second chunk is lost
             with caplog.at_level(logging.WARNING, logger="registry_replication.transport"):
-                target.upload_blob("app", layer.digest, layer.size, open_body, chunk_size=MiB,
-                                   on_session=lambda upload: sessions.append(upload.location))
+                target.upload_blob(
+                    "app",
+                    layer.digest,
+                    layer.size,
+                    open_body,
+                    chunk_size=MiB,
+                    on_session=lambda upload: sessions.append(upload.location),
+                )
         calls = [(method, outcome) for method, path, outcome in proxy.log if "uploads" in path]
-    assert calls == [("POST", 202), ("PATCH", 202), ("PATCH", "cut"), ("GET", 204),
-                     ("PATCH", 202), ("PATCH", 202), ("PUT", 201)]
+    assert calls == [
+        ("POST", 202),
+        ("PATCH", 202),
+        ("PATCH", "cut"),
+        ("GET", 204),
+        ("PATCH", 202),
+        ("PATCH", 202),
+        ("PUT", 201),
+    ]
     assert opened == [0, MiB]  # one stream, reopened once at the registry's offset
     assert primary_reader.bytes_read == layer.size + MiB  # only the lost chunk read twice
     assert len(sessions) == 5  # opened, and moved on by each accepted chunk and the status
-    assert any(f"resuming at byte {MiB}, the registry's offset" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        f"resuming at byte {MiB}, the registry's offset" in r.getMessage() for r in caplog.records
+    )
     with RegistryClient(secondary.client_config()) as reader:
         assert b"".join(reader.read_blob("app", layer.digest)) == layer.data
 
 
-def test_upload_restarts_when_the_registry_dropped_the_session(secondary, primary_writer,
-                                                               primary_reader):
+def test_upload_restarts_when_the_registry_dropped_the_session(
+    secondary, primary_writer, primary_reader
+):
     """distribution cancels a session whose bytes no longer match its state: start over."""
     layer = images.random_layer(2 * MiB + 5)
     primary_writer.push_blob("app", layer.digest, layer.data, layer.size)
     with FaultProxy(secondary.url) as proxy:
         config = RegistryConfig.from_connection({**secondary.connection(), "host": proxy.url})
         with RegistryClient(config, writable=True) as target:
-            proxy.inject(Fault(cut=True, method="PATCH", after=1),
-                         Fault(status=404, method="GET", path_contains="/uploads/",
-                               code="BLOB_UPLOAD_UNKNOWN"))
-            target.upload_blob("app", layer.digest, layer.size,
-                               lambda offset: primary_reader.read_blob("app", layer.digest,
-                                                                       offset=offset),
-                               chunk_size=MiB)
+            proxy.inject(
+                Fault(cut=True, method="PATCH", after=1),
+                Fault(
+                    status=404, method="GET", path_contains="/uploads/", code="BLOB_UPLOAD_UNKNOWN"
+                ),
+            )
+            target.upload_blob(
+                "app",
+                layer.digest,
+                layer.size,
+                lambda offset: primary_reader.read_blob("app", layer.digest, offset=offset),
+                chunk_size=MiB,
+            )
         calls = [(method, outcome) for method, path, outcome in proxy.log if "uploads" in path]
-    assert calls == [("POST", 202), ("PATCH", 202), ("PATCH", "cut"), ("GET", 404),
-                     ("DELETE", 204), ("POST", 202), ("PATCH", 202), ("PATCH", 202),
-                     ("PUT", 201)]
+    assert calls == [
+        ("POST", 202),
+        ("PATCH", 202),
+        ("PATCH", "cut"),
+        ("GET", 404),
+        ("DELETE", 204),
+        ("POST", 202),
+        ("PATCH", 202),
+        ("PATCH", 202),
+        ("PUT", 201),
+    ]
     with RegistryClient(secondary.client_config()) as reader:
         assert b"".join(reader.read_blob("app", layer.digest)) == layer.data
 
 
 def test_the_retry_budget_starts_again_when_the_registry_accepts_a_chunk(
-        secondary, primary_writer, primary_reader, caplog):
+    secondary, primary_writer, primary_reader, caplog
+):
     """``max_retries`` bounds the attempts without progress: each chunk the registry accepts
     starts the count again, so a long upload on a flaky link still gets through."""
     layer = images.random_layer(3 * MiB + 99)
     primary_writer.push_blob("app", layer.digest, layer.data, layer.size)
     with FaultProxy(secondary.url) as proxy:
         config = RegistryConfig.from_connection(
-            {**secondary.connection(max_retries=2, backoff_seconds=0.01), "host": proxy.url})
+            {**secondary.connection(max_retries=2, backoff_seconds=0.01), "host": proxy.url}
+        )
         with RegistryClient(config, writable=True) as target:
             # The second and the third chunk each fail twice: four failures, two per chunk.
-            proxy.inject(Fault(503, method="PATCH", after=1), Fault(503, method="PATCH"),
-                         Fault(503, method="PATCH", after=1), Fault(503, method="PATCH"))
+            proxy.inject(
+                Fault(503, method="PATCH", after=1),
+                Fault(503, method="PATCH"),
+                Fault(503, method="PATCH", after=1),
+                Fault(503, method="PATCH"),
+            )
             with caplog.at_level(logging.WARNING, logger="registry_replication.transport"):
-                target.upload_blob("app", layer.digest, layer.size,
-                                   lambda offset: primary_reader.read_blob(
-                                       "app", layer.digest, offset=offset),
-                                   chunk_size=MiB)
+                target.upload_blob(
+                    "app",
+                    layer.digest,
+                    layer.size,
+                    lambda offset: primary_reader.read_blob("app", layer.digest, offset=offset),
+                    chunk_size=MiB,
+                )
         patches = [outcome for method, _, outcome in proxy.log if method == "PATCH"]
     assert patches == [202, 503, 503, 202, 503, 503, 202]
     retries = [r.getMessage() for r in caplog.records if "; retry " in r.getMessage()]
     assert [line.split("; retry ")[1][:6] for line in retries] == ["1 of 2", "2 of 2"] * 2
-    assert all(line.startswith(f"upload of app@{layer.digest} to {proxy.url} interrupted: "
-                               f"upload chunk app on {proxy.url}: HTTP 503") for line in retries)
+    assert all(
+        line.startswith(
+            f"upload of app@{layer.digest} to {proxy.url} interrupted: "
+            f"upload chunk app on {proxy.url}: HTTP 503"
+        )
+        for line in retries
+    )
     with RegistryClient(secondary.client_config()) as reader:
         assert b"".join(reader.read_blob("app", layer.digest)) == layer.data
 
@@ -273,8 +319,9 @@ def test_429_honours_retry_after(proxied, caplog):
 def test_503_retry_after_is_honoured_and_capped(proxied, caplog, monkeypatch):
     proxy, client = proxied
     monkeypatch.setattr("registry_replication.transport.retry.MAX_RETRY_SLEEP_SECONDS", 1.5)
-    proxy.inject(Fault(503, headers={"Retry-After": "1"}),
-                 Fault(503, headers={"Retry-After": "3600"}))  # an hour: capped
+    proxy.inject(
+        Fault(503, headers={"Retry-After": "1"}), Fault(503, headers={"Retry-After": "3600"})
+    )  # an hour: capped
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="registry_replication.transport"):
         assert client.tags("app") == ["v1"]
@@ -302,8 +349,9 @@ def test_retries_are_bounded(proxied):
 
 
 def test_unreachable_registry_error_says_what_to_do():
-    config = RegistryConfig("http://127.0.0.1:9", auth="anonymous", max_retries=1,
-                            backoff_seconds=0.01)
+    config = RegistryConfig(
+        "http://127.0.0.1:9", auth="anonymous", max_retries=1, backoff_seconds=0.01
+    )
     with RegistryClient(config) as client, pytest.raises(RegistryUnavailableError) as down:
         client.tags("app")
     assert "http://127.0.0.1:9" in str(down.value) and "running and reachable" in str(down.value)

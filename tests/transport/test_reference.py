@@ -96,8 +96,10 @@ class CountingPattern:
 
 @pytest.fixture
 def matches(monkeypatch):
-    counting = {name: CountingPattern(getattr(reference, name))
-                for name in ("REPOSITORY_RE", "TAG_RE", "DIGEST_RE")}
+    counting = {
+        name: CountingPattern(getattr(reference, name))
+        for name in ("REPOSITORY_RE", "TAG_RE", "DIGEST_RE")
+    }
     for name, pattern in counting.items():
         monkeypatch.setattr(reference, name, pattern)
     return lambda: sum(p.calls for p in counting.values())
@@ -112,7 +114,9 @@ def test_of_a_typed_value_does_not_validate_again(matches):
         assert reference_of(tag) is tag and reference_of(digest) is digest
     assert matches() == 3
     assert Tag.of("1.0") == "1.0" and matches() == 4  # plain text: validated, once
-    assert Digest(DIGEST).algorithm == "sha256" and Digest("sha512:" + "b" * 128).algorithm == "sha512"
+    assert (
+        Digest(DIGEST).algorithm == "sha256" and Digest("sha512:" + "b" * 128).algorithm == "sha512"
+    )
 
 
 def test_a_tag_of_a_repositorys_text_is_validated_as_a_tag(matches):
@@ -126,10 +130,22 @@ def test_a_tag_of_a_repositorys_text_is_validated_as_a_tag(matches):
 
 
 def test_a_parsed_notification_hands_on_typed_names():
-    parsed = parse(json.dumps({"events": [
-        event(repository="group/app", tag="1.0", digest=DIGEST),
-        event(action="delete", repository="group/app", tag=None, digest=DIGEST, media_type=None),
-    ]}).encode())
+    parsed = parse(
+        json.dumps(
+            {
+                "events": [
+                    event(repository="group/app", tag="1.0", digest=DIGEST),
+                    event(
+                        action="delete",
+                        repository="group/app",
+                        tag=None,
+                        digest=DIGEST,
+                        media_type=None,
+                    ),
+                ]
+            }
+        ).encode()
+    )
     push, delete = parsed.kept
     assert (type(push.repository), type(push.tag), type(push.digest)) == (Repository, Tag, Digest)
     assert type(delete.digest) is Digest and delete.tag is None
@@ -159,12 +175,19 @@ class ListingClient:
 def test_a_listing_hands_on_typed_names_and_reports_the_odd_ones():
     client, rows = ListingClient(), []
     listing = stream_snapshot(client, rows.extend)
-    assert sorted(r[:2] for r in rows) == [("group/app", "1.0"), ("group/app", "2.0"),
-                                            ("other", "1.0"), ("other", "2.0")]
+    assert sorted(r[:2] for r in rows) == [
+        ("group/app", "1.0"),
+        ("group/app", "2.0"),
+        ("other", "1.0"),
+        ("other", "2.0"),
+    ]
     assert {tuple(map(type, r[:3])) for r in rows} == {(Repository, Tag, Digest)}
     assert set(client.asked) == {(Repository, type(None)), (Repository, Tag)}
     assert {(p["repository"], p["tag"]) for p in listing.problems} == {
-        ("Odd/name", None), ("group/app", "bad tag"), ("other", "bad tag")}
+        ("Odd/name", None),
+        ("group/app", "bad tag"),
+        ("other", "bad tag"),
+    }
 
 
 def test_repositories_given_instead_of_the_catalog_pass_the_same_door():

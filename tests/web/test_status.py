@@ -21,34 +21,93 @@ UI = "https://airflow.example.com"
 def store(ev, store: Store) -> Store:
     """The test's store (``tests/conftest.py``) as the tasks and the webhook leave it."""
     # What registry_reconcile's verify task writes...
-    store.state.set_repository_state([
-        {"repository": "group/app", "state": "pending", "tags_primary": 4, "tags_secondary": 3,
-         "checksum_primary": "a" * 64, "checksum_secondary": "b" * 64},
-        {"repository": "group/db", "state": "synced", "tags_primary": 5, "tags_secondary": 5,
-         "checksum_primary": "c" * 64, "checksum_secondary": "c" * 64, "last_sync_at": T0,
-         "last_error": None},
-        {"repository": "group/lib", "state": "pending", "tags_primary": 2, "tags_secondary": 1,
-         "checksum_primary": "e" * 64, "checksum_secondary": "f" * 64,
-         "last_sync_at": T0 - dt.timedelta(hours=2)},
-        {"repository": "group/web", "state": "pending", "tags_primary": 1, "tags_secondary": 0,
-         "checksum_primary": "9" * 64, "checksum_secondary": None},
-    ])
+    store.state.set_repository_state(
+        [
+            {
+                "repository": "group/app",
+                "state": "pending",
+                "tags_primary": 4,
+                "tags_secondary": 3,
+                "checksum_primary": "a" * 64,
+                "checksum_secondary": "b" * 64,
+            },
+            {
+                "repository": "group/db",
+                "state": "synced",
+                "tags_primary": 5,
+                "tags_secondary": 5,
+                "checksum_primary": "c" * 64,
+                "checksum_secondary": "c" * 64,
+                "last_sync_at": T0,
+                "last_error": None,
+            },
+            {
+                "repository": "group/lib",
+                "state": "pending",
+                "tags_primary": 2,
+                "tags_secondary": 1,
+                "checksum_primary": "e" * 64,
+                "checksum_secondary": "f" * 64,
+                "last_sync_at": T0 - dt.timedelta(hours=2),
+            },
+            {
+                "repository": "group/web",
+                "state": "pending",
+                "tags_primary": 1,
+                "tags_secondary": 0,
+                "checksum_primary": "9" * 64,
+                "checksum_secondary": None,
+            },
+        ]
+    )
     # ...and registry_events' replicate task for a repository whose event failed.
-    store.state.set_repository_state([
-        {"repository": "group/api", "state": "failed", "last_sync_at": T0,
-         "last_error": "HTTP 503 from the secondary"},
-    ])
+    store.state.set_repository_state(
+        [
+            {
+                "repository": "group/api",
+                "state": "failed",
+                "last_sync_at": T0,
+                "last_error": "HTTP 503 from the secondary",
+            },
+        ]
+    )
     # registry_reconcile's report task: one failed layer in copy_blobs map index 2.
-    store.history.record_run("registry_reconcile", RUN_ID, "failed",
-                     {"blobs copied": 7, "bytes copied": 3 * 1024 * 1024, "blobs failed": 1,
-                      "problems": ["1 blobs failed", "1 images not pushed"], "dry_run": False},
-                     [{"repository": "group/app", "digest": ROTTEN, "size": 1024, "status": 400,
-                       "code": "DIGEST_INVALID", "error": "the blob's bytes hash to sha256:0",
-                       "task_id": "copy_blobs", "map_index": 2}])
+    store.history.record_run(
+        "registry_reconcile",
+        RUN_ID,
+        "failed",
+        {
+            "blobs copied": 7,
+            "bytes copied": 3 * 1024 * 1024,
+            "blobs failed": 1,
+            "problems": ["1 blobs failed", "1 images not pushed"],
+            "dry_run": False,
+        },
+        [
+            {
+                "repository": "group/app",
+                "digest": ROTTEN,
+                "size": 1024,
+                "status": 400,
+                "code": "DIGEST_INVALID",
+                "error": "the blob's bytes hash to sha256:0",
+                "task_id": "copy_blobs",
+                "map_index": 2,
+            }
+        ],
+    )
     # The webhook: three events waiting, one that ran out of attempts.
-    store.queue.add([ev(1, repository="group/new", tag="v1"), ev(2, repository="group/new", tag="v2"), ev(3, repository="group/new", tag="v3")])
+    store.queue.add(
+        [
+            ev(1, repository="group/new", tag="v1"),
+            ev(2, repository="group/new", tag="v2"),
+            ev(3, repository="group/new", tag="v3"),
+        ]
+    )
     owner, _ = store.queue.claim(limit=1)
-    assert store.queue.retry_later(owner, ["e1"], "HTTP 404 MANIFEST_UNKNOWN", max_attempts=1) == ["e1"]
+    assert store.queue.retry_later(owner, ["e1"], "HTTP 404 MANIFEST_UNKNOWN", max_attempts=1) == [
+        "e1"
+    ]
     return store
 
 
@@ -57,13 +116,21 @@ def test_totals_states_and_links(store):
     s = status(store, ui_url=UI + "/", now=now)
 
     states = {r["repository"]: r["state"] for r in s["repositories"]}
-    assert states == {"group/api": "failed", "group/app": "failed", "group/db": "synced",
-                      "group/lib": "pending", "group/web": "never synced"}
+    assert states == {
+        "group/api": "failed",
+        "group/app": "failed",
+        "group/db": "synced",
+        "group/lib": "pending",
+        "group/web": "never synced",
+    }
     assert s["states"] == {"synced": 1, "pending": 1, "failed": 2, "damaged": 0, "never synced": 1}
     # Backfill progress: repositories synced of all known; tags on both sides.
     assert s["backfill"]["repositories"] == {"in_sync": 1, "total": 5, "percent": 20.0}
-    assert s["backfill"]["tags"] == {"in_sync": 5 + 3 + 1 + 0, "total": 4 + 5 + 2 + 1,
-                                     "percent": 75.0}
+    assert s["backfill"]["tags"] == {
+        "in_sync": 5 + 3 + 1 + 0,
+        "total": 4 + 5 + 2 + 1,
+        "percent": 75.0,
+    }
     assert s["backfill"]["bytes_copied"] == 3 * 1024 * 1024
     assert s["backfill"]["blobs_copied"] == 7
 
@@ -79,14 +146,17 @@ def test_totals_states_and_links(store):
 
     [layer] = s["failed_layers"]
     assert (layer["repository"], layer["digest"], layer["code"], layer["status"]) == (
-        "group/app", ROTTEN, "DIGEST_INVALID", 400)
+        "group/app",
+        ROTTEN,
+        "DIGEST_INVALID",
+        400,
+    )
     # The Airflow 3 UI's mapped task instance page, whose first tab is the log.
     run_path = "/dags/registry_reconcile/runs/manual__2026-11-28T06%3A00%3A00%2B00%3A00"
     assert layer["log_url"] == f"{UI}{run_path}/tasks/copy_blobs/mapped/2"
 
     queue = s["queue"]
-    assert queue["counts"] == {"pending": 2, "processing": 0, "done": 0, "failed": 1,
-                               "rejected": 0}
+    assert queue["counts"] == {"pending": 2, "processing": 0, "done": 0, "failed": 1, "rejected": 0}
     assert queue["depth"] == 2 and queue["oldest_waiting_seconds"] >= 0
     [failed_event] = s["dead_letters"]
     assert (failed_event["id"], failed_event["last_error"]) == ("e1", "HTTP 404 MANIFEST_UNKNOWN")
@@ -110,21 +180,29 @@ def test_a_rerun_replaces_the_failed_layers(store):
 
 def test_a_failed_layer_in_a_repository_not_verified_yet(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'status.db'}")
-    store.history.record_run("registry_reconcile", "r1", "failed", {}, [
-        {"repository": "team/new", "digest": ROTTEN, "task_id": "copy_blobs", "map_index": 0}])
+    store.history.record_run(
+        "registry_reconcile",
+        "r1",
+        "failed",
+        {},
+        [{"repository": "team/new", "digest": ROTTEN, "task_id": "copy_blobs", "map_index": 0}],
+    )
     s = status(store)
     assert [(r["repository"], r["state"]) for r in s["repositories"]] == [("team/new", "failed")]
     assert s["failed_layers"][0]["log_url"] == (
-        "/dags/registry_reconcile/runs/r1/tasks/copy_blobs/mapped/0")
+        "/dags/registry_reconcile/runs/r1/tasks/copy_blobs/mapped/0"
+    )
 
 
 def test_empty_store(tmp_path):
     s = status(Store(f"sqlite:///{tmp_path / 'status.db'}"))
     assert s["repositories"] == [] and s["failed_layers"] == [] and s["last_reconcile"] is None
     assert s["backfill"]["repositories"] == {"in_sync": 0, "total": 0, "percent": None}
-    assert s["queue"] == {"depth": 0, "counts": {"pending": 0, "processing": 0, "done": 0,
-                                                 "failed": 0, "rejected": 0},
-                          "oldest_waiting_seconds": None}
+    assert s["queue"] == {
+        "depth": 0,
+        "counts": {"pending": 0, "processing": 0, "done": 0, "failed": 0, "rejected": 0},
+        "oldest_waiting_seconds": None,
+    }
     assert s["dead_letters"] == [] and s["history"]["push_to_replica"] == []
     assert {point["depth"] for point in s["history"]["pending_depth"]} == {0}
 
@@ -155,15 +233,28 @@ def test_history_depth_latency_and_bytes_per_run(ev, tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'history.db'}")
     now = T0 + dt.timedelta(days=1)
     minutes = lambda m: now - dt.timedelta(minutes=m)  # noqa: E731
-    store.queue.add([ev(1, repository="group/new", tag="v1"), ev(2, repository="group/new", tag="v2"), ev(3, repository="group/new", tag="v3"), ev(4, repository="group/new", tag="v4")])
+    store.queue.add(
+        [
+            ev(1, repository="group/new", tag="v1"),
+            ev(2, repository="group/new", tag="v2"),
+            ev(3, repository="group/new", tag="v3"),
+            ev(4, repository="group/new", tag="v4"),
+        ]
+    )
     # (received, last update, status): e4 left the queue before the chart's day began.
-    times = {"e1": (minutes(60), minutes(50), "done"), "e2": (minutes(55), minutes(55), "pending"),
-             "e3": (minutes(10), minutes(9), "failed"),
-             "e4": (minutes(3000), minutes(2990), "done")}
+    times = {
+        "e1": (minutes(60), minutes(50), "done"),
+        "e2": (minutes(55), minutes(55), "pending"),
+        "e3": (minutes(10), minutes(9), "failed"),
+        "e4": (minutes(3000), minutes(2990), "done"),
+    }
     with store.engine.begin() as conn:
         for event_id, (received, updated, state) in times.items():
-            conn.execute(events.update().where(events.c.id == event_id).values(
-                received_at=received, updated_at=updated, status=state))
+            conn.execute(
+                events.update()
+                .where(events.c.id == event_id)
+                .values(received_at=received, updated_at=updated, status=state)
+            )
     store.history.record_run("registry_reconcile", "r1", "success", {"bytes copied": 4096})
 
     h = status(store, now=now)["history"]
@@ -176,11 +267,20 @@ def test_history_depth_latency_and_bytes_per_run(ev, tmp_path):
 
     # Push-to-replica: from the registry's timestamp to the acknowledgement.
     [seconds] = store.history.record_acknowledged([ev(1, repository="group/new", tag="v1")])
-    assert store.history.record_acknowledged([ev(1, repository="group/new", tag="v1")]) == []  # once per event
-    assert seconds == pytest.approx((dt.datetime.now(dt.UTC) - ev(1, repository="group/new", tag="v1").timestamp)
-                                    .total_seconds(), abs=5)
+    assert (
+        store.history.record_acknowledged([ev(1, repository="group/new", tag="v1")]) == []
+    )  # once per event
+    assert seconds == pytest.approx(
+        (
+            dt.datetime.now(dt.UTC) - ev(1, repository="group/new", tag="v1").timestamp
+        ).total_seconds(),
+        abs=5,
+    )
     assert store.history.push_latency_histogram() == (
-        [int(seconds <= bound) for bound in LATENCY_BUCKETS], 1, seconds)
+        [int(seconds <= bound) for bound in LATENCY_BUCKETS],
+        1,
+        seconds,
+    )
 
     page = render(status(store, now=dt.datetime.now(dt.UTC)), csrf="t0ken")
     assert page.count('class="latency-point"') == 1 and 'data-bytes="4096"' in page

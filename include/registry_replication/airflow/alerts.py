@@ -40,6 +40,7 @@ FAILED, RECOVERED, OVERDUE = "failed", "recovered", "overdue"
 
 # -- Airflow's own metrics -------------------------------------------------------------------
 
+
 def send_stats(store: Store) -> None:
     """The metrics endpoint's figures, as Airflow ``Stats`` gauges (StatsD or OpenTelemetry)."""
     f = metrics.figures(store)
@@ -76,6 +77,7 @@ def send_latencies(seconds: list[float]) -> None:
 
 # -- alerts ----------------------------------------------------------------------------------
 
+
 def on_dag_failure(context: Any) -> None:
     """DAG ``on_failure_callback``: record the outcome and notify."""
     dag_run = context["dag_run"]
@@ -96,8 +98,12 @@ def deadline_missed(context: dict[str, Any] | None = None, **_: Any) -> None:
     dag_run = (context or {}).get("dag_run") or {}
     get = dag_run.get if isinstance(dag_run, dict) else lambda k: getattr(dag_run, k, None)
     # Airflow passes the run as its REST API shows it (``dag_run_id``).
-    notify(dict(context or {}), OVERDUE, get("dag_id") or RECONCILE_DAG_ID,
-           get("dag_run_id") or get("run_id") or "")
+    notify(
+        dict(context or {}),
+        OVERDUE,
+        get("dag_id") or RECONCILE_DAG_ID,
+        get("dag_run_id") or get("run_id") or "",
+    )
 
 
 def reconcile_deadline() -> DeadlineAlert | None:
@@ -138,20 +144,32 @@ def describe(state: str, dag_id: str, run_id: str, store: Store) -> dict[str, An
     if state == FAILED:
         subject = f"[registry-replication] {dag_id} failed"
         run = store.history.last_run(dag_id)
-        problems = recorded_problems(run["summary"])[0] if run and run["run_id"] == run_id \
-            else []
+        problems = recorded_problems(run["summary"])[0] if run and run["run_id"] == run_id else []
         lines += [f"Problems: {'; '.join(problems)}"] if problems else []
-        layers = [layer for layer in store.history.failed_layers()
-                  if layer["dag_id"] == dag_id and layer["run_id"] == run_id]
-        lines += [f"Failed layer: {layer['repository']}@{layer['digest']} "
-                  f"({layer.get('code') or 'error'}): {layer.get('error') or ''}"
-                  for layer in layers]
-        failing = sorted({r["repository"] for r in store.state.repository_states()
-                          if r["state"] == RepositoryState.FAILED})
+        layers = [
+            layer
+            for layer in store.history.failed_layers()
+            if layer["dag_id"] == dag_id and layer["run_id"] == run_id
+        ]
+        lines += [
+            f"Failed layer: {layer['repository']}@{layer['digest']} "
+            f"({layer.get('code') or 'error'}): {layer.get('error') or ''}"
+            for layer in layers
+        ]
+        failing = sorted(
+            {
+                r["repository"]
+                for r in store.state.repository_states()
+                if r["state"] == RepositoryState.FAILED
+            }
+        )
         lines += [f"Failing repositories: {', '.join(failing)}"] if failing else []
         dead = store.queue.dead_letters(limit=20)
-        lines += [f"Failed event: {e['action']} {e['repository']}:{e['tag'] or e['digest']}: "
-                  f"{e['last_error'] or ''}" for e in dead]
+        lines += [
+            f"Failed event: {e['action']} {e['repository']}:{e['tag'] or e['digest']}: "
+            f"{e['last_error'] or ''}"
+            for e in dead
+        ]
     elif state == RECOVERED:
         subject = f"[registry-replication] {dag_id} recovered"
         lines.append(f"{dag_id} succeeded again after a failure.")
@@ -162,5 +180,12 @@ def describe(state: str, dag_id: str, run_id: str, store: Store) -> dict[str, An
     text = f"{subject}\n" + "\n".join(lines)
     # Markup: escaped once here, never again by an autoescaping template.
     html = Markup("<pre>{}</pre>").format(text)
-    return {"state": state, "subject": subject, "dag_id": dag_id, "run_id": run_id, "url": url,
-            "text": text, "html": html}
+    return {
+        "state": state,
+        "subject": subject,
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "url": url,
+        "text": text,
+        "html": html,
+    }

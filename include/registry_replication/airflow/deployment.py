@@ -25,9 +25,11 @@ def problems(*, artifacts: bool = True) -> list[str]:
     and unless ``artifacts`` is False, the run artifacts' path)."""
     settings = current()
     return sharing.problems(
-        conf.get("core", "executor", fallback="LocalExecutor"), store_url=default_url(),
+        conf.get("core", "executor", fallback="LocalExecutor"),
+        store_url=default_url(),
         artifacts_path=settings.artifacts_path if artifacts else "",
-        artifacts_path_shared=settings.artifacts_path_shared)
+        artifacts_path_shared=settings.artifacts_path_shared,
+    )
 
 
 def refusal() -> str | None:

@@ -58,17 +58,28 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
         failed: list[str] = []  # events marked failed, as repository:tag
         while True:
             failed += _dead_letter_lost(store, max_attempts)
-            owner, claimed = store.queue.claim(lease_seconds=leases.ttl, owner=leases.owner,
-                                               max_attempts=max_attempts)
+            owner, claimed = store.queue.claim(
+                lease_seconds=leases.ttl, owner=leases.owner, max_attempts=max_attempts
+            )
             if claimed:
-                log.info("claimed %d events: %s", len(claimed), ", ".join(
-                    f"{e.action} {e.repository}:{e.tag or e.digest}" for e in claimed[:20]))
+                log.info(
+                    "claimed %d events: %s",
+                    len(claimed),
+                    ", ".join(
+                        f"{e.action} {e.repository}:{e.tag or e.digest}" for e in claimed[:20]
+                    ),
+                )
                 copied: list[int] = []
                 try:
                     outcomes = realtime.replicate_events(
-                        primary, secondary, claimed, leases=leases,
+                        primary,
+                        secondary,
+                        claimed,
+                        leases=leases,
                         repositories_at_once=configured.event_repositories_at_once,
-                        on_copied=copied.append, max_prune_fraction=configured.max_prune_fraction)
+                        on_copied=copied.append,
+                        max_prune_fraction=configured.max_prune_fraction,
+                    )
                 finally:
                     if sum(copied):
                         alerts.record_copied_bytes(get_current_context(), sum(copied))
@@ -79,30 +90,44 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
                 last_work = time.monotonic()
             now = time.monotonic()
             if now - started >= configured.event_drain_max_seconds:
-                log.info("drained for %.0fs (event_drain_max_seconds): ending; the next run "
-                         "carries on", now - started)
+                log.info(
+                    "drained for %.0fs (event_drain_max_seconds): ending; the next run carries on",
+                    now - started,
+                )
                 break
             if not _wait_for_events(store, last_work + configured.event_drain_idle_seconds):
                 break
     if not totals["batches"]:
         log.info("no events to process (another run took them, or they are backing off)")
     else:
-        log.info("drained %d events in %d batches; none came for %.0fs", totals["claimed"],
-                 totals["batches"], configured.event_drain_idle_seconds)
+        log.info(
+            "drained %d events in %d batches; none came for %.0fs",
+            totals["claimed"],
+            totals["batches"],
+            configured.event_drain_idle_seconds,
+        )
     if failed:
         raise ReplicationFailed(
             f"{len(failed)} events are marked failed (their image cannot be replicated, they "
             f"failed {max_attempts} times, or their worker was lost {max_attempts} times; the "
-            "log above says which): " + ", ".join(failed[:SHOWN])
-            + (f" and {len(failed) - SHOWN} more" if len(failed) > SHOWN else ""))
+            "log above says which): "
+            + ", ".join(failed[:SHOWN])
+            + (f" and {len(failed) - SHOWN} more" if len(failed) > SHOWN else "")
+        )
     return totals
 
 
 def _dead_letter_lost(store: Store, max_attempts: int) -> list[str]:
     lost = store.queue.dead_letter_lost(max_attempts)
     for event in lost:
-        log.error("event %s (%s %s:%s) is marked failed: %s", event.id, event.action,
-                  event.repository, event.tag or event.digest, event.error)
+        log.error(
+            "event %s (%s %s:%s) is marked failed: %s",
+            event.id,
+            event.action,
+            event.repository,
+            event.tag or event.digest,
+            event.error,
+        )
     return [f"{e.repository}:{e.tag or e.digest}" for e in lost]
 
 
@@ -116,15 +141,21 @@ def _wait_for_events(store: Store, until: float) -> bool:
         time.sleep(min(DRAIN_POLL_SECONDS, max(until - time.monotonic(), 0)))
 
 
-def _acknowledge(store: Store, owner: str, claimed: list[Event],
-                 outcomes: dict[str, str | None], max_attempts: int,
-                 ) -> tuple[dict[str, int], list[str]]:
+def _acknowledge(
+    store: Store,
+    owner: str,
+    claimed: list[Event],
+    outcomes: dict[str, str | None],
+    max_attempts: int,
+) -> tuple[dict[str, int], list[str]]:
     """Mark each event done, failed (no retry can help) or back off; record each
     repository's state. Returns the counts and the events marked failed."""
     done = [event_id for event_id, error in outcomes.items() if error is None]
     store.queue.complete(owner, done)
     acknowledged = set(done)
-    alerts.send_latencies(store.history.record_acknowledged(e for e in claimed if e.id in acknowledged))
+    alerts.send_latencies(
+        store.history.record_acknowledged(e for e in claimed if e.id in acknowledged)
+    )
     failed: dict[str, list[str]] = {}
     for event_id, error in outcomes.items():
         if error is not None:
@@ -132,8 +163,7 @@ def _acknowledge(store: Store, owner: str, claimed: list[Event],
     given_up: list[str] = []
     for error, ids in failed.items():
         if isinstance(error, PermanentFailure):
-            log.error("events %s are marked failed (no retry can help): %s", ", ".join(ids),
-                      error)
+            log.error("events %s are marked failed (no retry can help): %s", ", ".join(ids), error)
             store.queue.fail(owner, ids, error)
             given_up += ids
             continue
@@ -145,12 +175,18 @@ def _acknowledge(store: Store, owner: str, claimed: list[Event],
         repository_error.update({by_id[i].repository: error for i in ids})
     now = pendulum.now("UTC")
     store.state.set_repository_state(
-        {"repository": repo, "state": RepositoryState.FAILED if error else RepositoryState.SYNCED,
-         "last_sync_at": now,
-         "last_error": error}
+        {
+            "repository": repo,
+            "state": RepositoryState.FAILED if error else RepositoryState.SYNCED,
+            "last_sync_at": now,
+            "last_error": error,
+        }
         for repo, error in sorted(repository_error.items())
     )
     alerts.send_stats(store)
-    counts = {"claimed": len(claimed), "done": len(done),
-              "retrying": len(outcomes) - len(done) - len(given_up)}
+    counts = {
+        "claimed": len(claimed),
+        "done": len(done),
+        "retrying": len(outcomes) - len(done) - len(given_up),
+    }
     return counts, [f"{by_id[i].repository}:{by_id[i].tag or by_id[i].digest}" for i in given_up]

@@ -74,15 +74,17 @@ class ReplicateImagesOperator(BaseOperator):
             raise ValueError("ReplicateImagesOperator needs at least one repository")
         # The tags exactly as named (escaped: a tag such as 1.4 is not a pattern).
         scope = Scope.of(tags="|".join(map(re.escape, tags)) if tags else None)
-        options = SyncOptions(scope=scope, repositories=repositories, prune=False,
-                              parallelism=self.parallelism)
+        options = SyncOptions(
+            scope=scope, repositories=repositories, prune=False, parallelism=self.parallelism
+        )
         primary = OciRegistryHook(self.primary_conn_id).get_conn()
         secondary = OciRegistryHook(self.secondary_conn_id, writable=True).get_conn()
         with Leases(Store()) as leases:
             report = run_sync(primary, secondary, options, leases=leases)
         counts = report.counts()
-        self.log.info("replicated %s (tags %s): %s", ", ".join(repositories),
-                      ", ".join(tags) or "all", counts)
+        self.log.info(
+            "replicated %s (tags %s): %s", ", ".join(repositories), ", ".join(tags) or "all", counts
+        )
         problems = _problems(report, repositories, tags)
         if problems:
             self.log.error("not replicated:\n%s", "\n".join(problems))
@@ -104,12 +106,20 @@ def _problems(report: SyncReport, repositories: list[str], tags: list[str]) -> l
     else failed, a secondary that still differs after the copy."""
     problems = report.outcome().lines()
     listed = set(zip(report.primary.tags["repository"], report.primary.tags["tag"]))
-    problems += [f"{repository}:{tag} is not on the primary (check the tag the build pushed)"
-                 for repository in repositories for tag in tags
-                 if (repository, tag) not in listed]
-    if not problems and report.verification is not None and not report.verification[
-            "in_sync"].all():
+    problems += [
+        f"{repository}:{tag} is not on the primary (check the tag the build pushed)"
+        for repository in repositories
+        for tag in tags
+        if (repository, tag) not in listed
+    ]
+    if (
+        not problems
+        and report.verification is not None
+        and not report.verification["in_sync"].all()
+    ):
         differ = report.verification.loc[~report.verification["in_sync"], "repository"]
-        problems.append(f"the secondary differs from the primary after the copy in "
-                        f"{', '.join(differ)}; rerun (a push may have landed meanwhile)")
+        problems.append(
+            f"the secondary differs from the primary after the copy in "
+            f"{', '.join(differ)}; rerun (a push may have landed meanwhile)"
+        )
     return problems

@@ -44,15 +44,18 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
     ),
     # No default: the API masks values of fields whose name holds "token" (the form would show ***).
     "token_ttl_seconds": _field(
-        "Token TTL (seconds)", "Lifetime of self-minted tokens (default 300).",
-        type=["integer", "null"], minimum=1,
+        "Token TTL (seconds)",
+        "Lifetime of self-minted tokens (default 300).",
+        type=["integer", "null"],
+        minimum=1,
     ),
-    "verify": _field(
-        "Verify TLS", "true, false, or the path of a CA bundle.", default="true"
-    ),
+    "verify": _field("Verify TLS", "true, false, or the path of a CA bundle.", default="true"),
     "max_connections": _field(
-        "Max connections", "HTTP connection pool size (concurrent requests).",
-        type=["integer", "null"], minimum=1, default=16,
+        "Max connections",
+        "HTTP connection pool size (concurrent requests).",
+        type=["integer", "null"],
+        minimum=1,
+        default=16,
     ),
 }
 
@@ -70,14 +73,30 @@ def get_provider_info() -> dict[str, Any]:
                 "tags": ["software"],
             }
         ],
-        "operators": [{"integration-name": INTEGRATION,
-                       "python-modules": ["registry_replication.airflow.operators"]}],
-        "sensors": [{"integration-name": INTEGRATION,
-                     "python-modules": ["registry_replication.airflow.sensors"]}],
-        "hooks": [{"integration-name": INTEGRATION,
-                   "python-modules": ["registry_replication.airflow.hooks"]}],
-        "triggers": [{"integration-name": INTEGRATION,
-                      "python-modules": ["registry_replication.airflow.triggers"]}],
+        "operators": [
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": ["registry_replication.airflow.operators"],
+            }
+        ],
+        "sensors": [
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": ["registry_replication.airflow.sensors"],
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": ["registry_replication.airflow.hooks"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": ["registry_replication.airflow.triggers"],
+            }
+        ],
         "connection-types": [
             {
                 "hook-class-name": "registry_replication.airflow.hooks.OciRegistryHook",

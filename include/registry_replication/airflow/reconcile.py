@@ -69,43 +69,66 @@ def snapshot(conn_id: str) -> dict[str, Any]:
     # The secondary is listed in a full run, read from the record in a cheap one.
     if conn_id == PARSED.secondary_conn_id:
         dag_run = get_current_context()["dag_run"]
-        level, why = verification.choose_level(Store(), p.get("verify", verification.AUTO),
-                                            p["repositories"] or None, run_scope(p),
-                                            PARSED.deep_verify_days)
+        level, why = verification.choose_level(
+            Store(),
+            p.get("verify", verification.AUTO),
+            p["repositories"] or None,
+            run_scope(p),
+            PARSED.deep_verify_days,
+        )
         log.info("verification level %s: %s", level, why)
         # A deep verification starts from a listing of the secondary.
         forced = level != VerifyLevel.TAGS and not p.get("full_verify", False)
         result, kind = secondary_listing(
-            registry_client(conn_id), registry_client(PARSED.primary_conn_id), Store(),
+            registry_client(conn_id),
+            registry_client(PARSED.primary_conn_id),
+            Store(),
             run_scope(p),
-            repositories=p["repositories"] or None, concurrency=p["concurrency"],
+            repositories=p["repositories"] or None,
+            concurrency=p["concurrency"],
             full_verify=p.get("full_verify", False) or forced,
             cadence_hours=PARSED.full_verify_hours,
-            written_by=f"{dag_run.dag_id}/{dag_run.run_id}")
+            written_by=f"{dag_run.dag_id}/{dag_run.run_id}",
+        )
         if forced:
-            kind = RunKind("full", f"a {level} verification lists the secondary ({why})",
-                           verification_due=True)
+            kind = RunKind(
+                "full", f"a {level} verification lists the secondary ({why})", verification_due=True
+            )
         ref = artifacts.write_snapshot(folder, name, result)
-        ref.update(run_kind=kind.line(), kind=kind.kind, sampled=kind.sampled,
-                   verify_level=level.value, verification_due=kind.verification_due)
+        ref.update(
+            run_kind=kind.line(),
+            kind=kind.kind,
+            sampled=kind.sampled,
+            verify_level=level.value,
+            verification_due=kind.verification_due,
+        )
         matched_nothing = result.complete and result.tags.empty
     else:
         # Streamed: each batch of repositories' rows goes to storage as soon as it is listed.
         # Tags the record has are HEADed conditionally; the others are read whole, their
         # manifests kept beside the rows for the plan, which then reads none of them again.
         with artifacts.SnapshotWriter(folder, name, keep_manifests=True) as writer:
-            listing = stream_snapshot(registry_client(conn_id), writer.write, run_scope(p),
-                                      concurrency=p["concurrency"],
-                                      repositories=p["repositories"] or None,
-                                      known=TagRecord(Store()).descriptors,
-                                      manifests=writer.manifests)
+            listing = stream_snapshot(
+                registry_client(conn_id),
+                writer.write,
+                run_scope(p),
+                concurrency=p["concurrency"],
+                repositories=p["repositories"] or None,
+                known=TagRecord(Store()).descriptors,
+                manifests=writer.manifests,
+            )
             ref = writer.finish(listing)
         matched_nothing = not listing.errors and not listing.problems and not listing.tags
     if matched_nothing:
-        log.warning("the scope matched no tags on %s (repositories %s, include %s, exclude %s, "
-                    "tags %r): nothing to replicate there; check the patterns for a typo",
-                    conn_id, p["repositories"] or "from the catalog", p["include"], p["exclude"],
-                    p["tags"])
+        log.warning(
+            "the scope matched no tags on %s (repositories %s, include %s, exclude %s, "
+            "tags %r): nothing to replicate there; check the patterns for a typo",
+            conn_id,
+            p["repositories"] or "from the catalog",
+            p["include"],
+            p["exclude"],
+            p["tags"],
+        )
     log.info("snapshot of %d tags written to %s (%d bytes)", ref["tags"], folder, ref["bytes"])
     return ref
 
@@ -136,19 +159,32 @@ def plan(differences: dict[str, Any], primary: dict[str, Any]) -> list[dict[str,
     folder = run_folder()
     changes = read_changes(differences)
     read = artifacts.read_manifests(folder / primary["manifests"])
-    result = build_plan(registry_client(PARSED.primary_conn_id),
-                        registry_client(PARSED.secondary_conn_id),
-                        diffs.wanted(changes), concurrency=p["concurrency"], known_manifests=read)
+    result = build_plan(
+        registry_client(PARSED.primary_conn_id),
+        registry_client(PARSED.secondary_conn_id),
+        diffs.wanted(changes),
+        concurrency=p["concurrency"],
+        known_manifests=read,
+    )
     del read  # the plan keeps those it needs
     for skipped in result.skipped:
-        log.error("cannot replicate %s:%s (%s): %s", skipped.repository, ",".join(skipped.tags),
-                  skipped.digest, skipped.reason)
+        log.error(
+            "cannot replicate %s:%s (%s): %s",
+            skipped.repository,
+            ",".join(skipped.tags),
+            skipped.digest,
+            skipped.reason,
+        )
     # For the report, which fails the run and names them, and for verify_closure, which
     # leaves them out.
     artifacts.write_json_lines(folder / SKIPPED_FILE, [asdict(s) for s in result.skipped])
     if p["dry_run"]:
-        log.info("dry run: would push %d images and copy %d blobs (%s); nothing changes",
-                 len(result.images), len(result.blobs), human_size(result.transfer_bytes))
+        log.info(
+            "dry run: would push %d images and copy %d blobs (%s); nothing changes",
+            len(result.images),
+            len(result.blobs),
+            human_size(result.transfer_bytes),
+        )
         result = Plan(skipped=result.skipped)
     image_batches = []
     for i, b in enumerate(result.image_batches()):
@@ -157,11 +193,18 @@ def plan(differences: dict[str, Any], primary: dict[str, Any]) -> list[dict[str,
         # at 100,000 images costs seconds); the writers only read it.
         artifacts.write_records(folder / name, [vars(t) for t in b])
         # The manifests read while planning, so that push_manifests need not read them again.
-        artifacts.write_manifests(folder / artifacts.manifests_file(name), [
-            (t.repository, found) for t in b for digest in (*t.children, t.digest)
-            if (found := result.manifests.get((t.repository, digest))) is not None])
-        image_batches.append({"label": b[0].label + (f" +{len(b) - 1} images" if len(b) > 1
-                                                     else ""), "file": name})
+        artifacts.write_manifests(
+            folder / artifacts.manifests_file(name),
+            [
+                (t.repository, found)
+                for t in b
+                for digest in (*t.children, t.digest)
+                if (found := result.manifests.get((t.repository, digest))) is not None
+            ],
+        )
+        image_batches.append(
+            {"label": b[0].label + (f" +{len(b) - 1} images" if len(b) > 1 else ""), "file": name}
+        )
     get_current_context()["ti"].xcom_push(key="image_batches", value=image_batches)
     blob_batches = result.blob_batches(PARSED.blob_batch_bytes)
     refs = []
@@ -178,8 +221,12 @@ def manifest_batches() -> list[dict[str, Any]]:
     return get_current_context()["ti"].xcom_pull(task_ids="plan", key="image_batches") or []
 
 
-@task(map_index_template="{{ batch_label }}", retry_exponential_backoff=2.0, queue=COPY_QUEUE,
-      pool=PARSED.copy_pool)
+@task(
+    map_index_template="{{ batch_label }}",
+    retry_exponential_backoff=2.0,
+    queue=COPY_QUEUE,
+    pool=PARSED.copy_pool,
+)
 @checked
 def copy_blobs(batch: dict[str, Any]) -> BatchResults:
     """Copy (or mount) one batch of blobs; fails, after retries, if any blob failed.
@@ -205,8 +252,13 @@ def copy_blobs(batch: dict[str, Any]) -> BatchResults:
     return summary
 
 
-@task(map_index_template="{{ batch_label }}", trigger_rule=TriggerRule.ALL_DONE,
-      retry_exponential_backoff=2.0, queue=COPY_QUEUE, pool=PARSED.copy_pool)
+@task(
+    map_index_template="{{ batch_label }}",
+    trigger_rule=TriggerRule.ALL_DONE,
+    retry_exponential_backoff=2.0,
+    queue=COPY_QUEUE,
+    pool=PARSED.copy_pool,
+)
 @checked
 def push_manifests(batch: dict[str, Any]) -> BatchResults:
     """Push one batch of images whose blobs are all on the secondary; tags last."""
@@ -218,7 +270,8 @@ def push_manifests(batch: dict[str, Any]) -> BatchResults:
         folder = run_folder()
         planned = [ImageTask(**i) for i in artifacts.read_records(folder / batch["file"])]
         copier.manifests.update(
-            artifacts.read_manifests(folder / artifacts.manifests_file(batch["file"])))
+            artifacts.read_manifests(folder / artifacts.manifests_file(batch["file"]))
+        )
         with ExitStack() as held:
             # The batch's repositories' leases, held for the batch: one store write per
             # repository rather than one per image (each image still takes it, re-entrantly).
@@ -240,11 +293,14 @@ def _copier(context: Any, leases: Leases) -> Copier:
     every blob and tag minutes ago in this run (a tag written meanwhile by another writer is
     written again with the same bytes; the compare-and-set on the primary still guards every
     tag); a retry checks again before each blob and tag, so it never transfers twice."""
-    return Copier(registry_client(PARSED.primary_conn_id),
-                  registry_client(PARSED.secondary_conn_id, writable=True),
-                  leases=leases, parallelism=current_params()["parallelism"],
-                  concurrency=current_params()["concurrency"],
-                  recheck=context["ti"].try_number > 1)
+    return Copier(
+        registry_client(PARSED.primary_conn_id),
+        registry_client(PARSED.secondary_conn_id, writable=True),
+        leases=leases,
+        parallelism=current_params()["parallelism"],
+        concurrency=current_params()["concurrency"],
+        recheck=context["ti"].try_number > 1,
+    )
 
 
 class BatchResults(TypedDict):
@@ -257,8 +313,9 @@ class BatchResults(TypedDict):
     summary: dict[str, int]
 
 
-def _push_results(context: Any, batch: dict[str, Any],
-                  results: list[BlobResult] | list[ImageResult]) -> BatchResults:
+def _push_results(
+    context: Any, batch: dict[str, Any], results: list[BlobResult] | list[ImageResult]
+) -> BatchResults:
     """Log the batch's summary table, write its records next to the batch's file and share
     their name and counts (XCom key ``results``, which the report and verify read: a map index
     that fails returns nothing); returns the same summary."""
@@ -268,25 +325,33 @@ def _push_results(context: Any, batch: dict[str, Any],
     records = [vars(r) for r in results]  # read only: see plan()
     artifacts.write_json_lines(run_folder() / name, records)
     outcome = RunOutcome(blobs=blobs, images=images)
-    summary: BatchResults = {"file": name, "map_index": context["ti"].map_index,
-                             "failed": len(outcome.problems()),
-                             "summary": outcome.counts(zeros=True)}
+    summary: BatchResults = {
+        "file": name,
+        "map_index": context["ti"].map_index,
+        "failed": len(outcome.problems()),
+        "summary": outcome.counts(zeros=True),
+    }
     context["ti"].xcom_push(key="results", value=summary)
     if not results:
         return summary
     frame = pd.DataFrame(records)
-    sizes = {"bytes": ("bytes", "sum")} if "bytes" in frame else {
-        "manifests_pushed": ("manifests_pushed", "sum")}
-    table = frame.groupby("outcome").agg(count=("digest", "count"), **sizes,
-                                    seconds=("seconds", "sum"))
+    sizes = (
+        {"bytes": ("bytes", "sum")}
+        if "bytes" in frame
+        else {"manifests_pushed": ("manifests_pushed", "sum")}
+    )
+    table = frame.groupby("outcome").agg(
+        count=("digest", "count"), **sizes, seconds=("seconds", "sum")
+    )
     log.info("this batch:\n%s", log_table(table))
     return summary
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
 @checked
-def prune_tags(primary: dict[str, Any], secondary: dict[str, Any],
-               differences: dict[str, Any]) -> dict[str, Any]:
+def prune_tags(
+    primary: dict[str, Any], secondary: dict[str, Any], differences: dict[str, Any]
+) -> dict[str, Any]:
     """Mirror deletions, behind the incomplete-snapshot and mass-deletion guards."""
     p = current_params()
     if not p["prune"]:
@@ -296,13 +361,22 @@ def prune_tags(primary: dict[str, Any], secondary: dict[str, Any],
     if changes.empty:
         return _pruned([])
     try:
-        doomed = prunable(changes, read_snapshot(primary), read_snapshot(secondary),
-                          max_fraction=p["max_prune_fraction"], force=p["force_prune"])
+        doomed = prunable(
+            changes,
+            read_snapshot(primary),
+            read_snapshot(secondary),
+            max_fraction=p["max_prune_fraction"],
+            force=p["force_prune"],
+        )
         with task_leases() as leases:
-            results = prune(registry_client(PARSED.primary_conn_id),
-                            registry_client(PARSED.secondary_conn_id, writable=True),
-                            doomed, leases=leases, dry_run=p["dry_run"],
-                            concurrency=p["concurrency"])
+            results = prune(
+                registry_client(PARSED.primary_conn_id),
+                registry_client(PARSED.secondary_conn_id, writable=True),
+                doomed,
+                leases=leases,
+                dry_run=p["dry_run"],
+                concurrency=p["concurrency"],
+            )
     except PruneRefused as exc:
         log.error("%s", exc)
         return _pruned([], refused=str(exc))
@@ -310,11 +384,11 @@ def prune_tags(primary: dict[str, Any], secondary: dict[str, Any],
     return _pruned(results, file="pruned.jsonl")
 
 
-def _pruned(results: list[Any], *, refused: str | None = None,
-            file: str | None = None) -> dict[str, Any]:
+def _pruned(
+    results: list[Any], *, refused: str | None = None, file: str | None = None
+) -> dict[str, Any]:
     """``prune_tags``' XCom: counts, the refusal if any, and the file of its records."""
-    return {"summary": summarize([], [], results, zeros=True), "refused": refused,
-            "file": file}
+    return {"summary": summarize([], [], results, zeros=True), "refused": refused, "file": file}
 
 
 def replicate() -> None:

@@ -70,24 +70,34 @@ def verify_closure(primary: dict[str, Any]) -> dict[str, Any]:
         log.info("this run verifies tags only (verify=%s)", p.get("verify", verification.AUTO))
         return {"level": VerifyLevel.TAGS.value}
     try:
-        skipped = [_result(Skipped, r)
-                   for r in artifacts.read_json_lines(run_folder() / SKIPPED_FILE)]
+        skipped = [
+            _result(Skipped, r) for r in artifacts.read_json_lines(run_folder() / SKIPPED_FILE)
+        ]
     except FileNotFoundError:  # no plan this run (it failed): nothing was skipped by it
         skipped = []
     with task_leases() as leases:
         report = verifying.deep_verify(
             registry_client(PARSED.primary_conn_id),
             registry_client(PARSED.secondary_conn_id, writable=True),
-            verifying.images_of(read_snapshot(primary), skipped), level, leases=leases,
-            fraction=p.get("content_verify_fraction", 1.0), concurrency=p["concurrency"],
-            parallelism=p["parallelism"])
+            verifying.images_of(read_snapshot(primary), skipped),
+            level,
+            leases=leases,
+            fraction=p.get("content_verify_fraction", 1.0),
+            concurrency=p["concurrency"],
+            parallelism=p["parallelism"],
+        )
     if report.blobs:
         alerts.record_copied_bytes(get_current_context(), sum(r.bytes for r in report.blobs))
     # The report names the findings (RunOutcome) from this file.
     artifacts.write_json_lines(run_folder() / VERIFIED_FILE, [asdict(f) for f in report.findings])
-    return {"level": level.value, "line": report.line(), "problems": len(report.problems),
-            "manifests": report.manifests_checked, "blobs": report.blobs_checked,
-            "read": report.blobs_read}
+    return {
+        "level": level.value,
+        "line": report.line(),
+        "problems": len(report.problems),
+        "manifests": report.manifests_checked,
+        "blobs": report.blobs_checked,
+        "read": report.blobs_read,
+    }
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
@@ -107,60 +117,95 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
     taken = ti.xcom_pull(task_ids="snapshot_secondary")
     refs = pulled(context, "push_manifests", "results")
     pruned = ti.xcom_pull(task_ids="prune_tags")
-    recorded = (taken and differences and pruned is not None
-                and len(refs) == len(ti.xcom_pull(task_ids="plan", key="image_batches") or []))
+    recorded = (
+        taken
+        and differences
+        and pruned is not None
+        and len(refs) == len(ti.xcom_pull(task_ids="plan", key="image_batches") or [])
+    )
     before = read_snapshot(taken) if recorded else None
     if before is not None and before.complete and differences["changes"] == 0:
-        log.info("this run changed nothing on the secondary: its snapshot from the start of the "
-                 "run is verified rather than listing it again")
+        log.info(
+            "this run changed nothing on the secondary: its snapshot from the start of the "
+            "run is verified rather than listing it again"
+        )
         after = before
     elif before is not None:
         folder = run_folder()
         after = secondary_after(
-            registry_client(PARSED.secondary_conn_id), before,
-            [_result(ImageResult, r) for ref in refs
-             for r in artifacts.read_json_lines(folder / ref["file"])],
+            registry_client(PARSED.secondary_conn_id),
+            before,
+            [
+                _result(ImageResult, r)
+                for ref in refs
+                for r in artifacts.read_json_lines(folder / ref["file"])
+            ],
             [_result(PruneResult, r) for r in artifacts.read_json_lines(folder / pruned["file"])]
-            if pruned.get("file") else [],
-            scope=run_scope(p), concurrency=p["concurrency"],
-            relist_all=bool(taken.get("verification_due")))
+            if pruned.get("file")
+            else [],
+            scope=run_scope(p),
+            concurrency=p["concurrency"],
+            relist_all=bool(taken.get("verification_due")),
+        )
     else:
-        after = take_snapshot(registry_client(PARSED.secondary_conn_id), run_scope(p),
-                              concurrency=p["concurrency"],
-                              repositories=p["repositories"] or None)
+        after = take_snapshot(
+            registry_client(PARSED.secondary_conn_id),
+            run_scope(p),
+            concurrency=p["concurrency"],
+            repositories=p["repositories"] or None,
+        )
     source = read_snapshot(primary)
     report = diffs.verify(source, after)
     differ = report[~report["in_sync"]]
     store = Store()
-    damaged = verification.settle(store, report, VerifyLevel(taken.get("verify_level", "tags")
-                                                          if taken else "tags"), before)
+    damaged = verification.settle(
+        store, report, VerifyLevel(taken.get("verify_level", "tags") if taken else "tags"), before
+    )
     deep = ti.xcom_pull(task_ids="verify_closure") or {}
     line = verification.verification_line(
-        report, VerifyLevel(deep.get("level", "tags")),
+        report,
+        VerifyLevel(deep.get("level", "tags")),
         RunKind(taken.get("kind", "full"), "", taken.get("sampled", 0)) if taken else None,
-        damaged, None) + (f"; {deep['line']}" if deep.get("line") else "")
+        damaged,
+        None,
+    ) + (f"; {deep['line']}" if deep.get("line") else "")
     log.info("%s", line)
     if len(differ):
         log.warning("repositories whose checksums differ:\n%s", log_table(differ))
-    counts = {side: snap.tags["repository"].value_counts().to_dict()
-              for side, snap in (("primary", source), ("secondary", after))}
+    counts = {
+        side: snap.tags["repository"].value_counts().to_dict()
+        for side, snap in (("primary", source), ("secondary", after))
+    }
     now = pendulum.now("UTC")
     store.state.set_repository_state(
-        {"repository": row.repository,
-         "state": RepositoryState.DAMAGED if row.repository in damaged
-         else RepositoryState.SYNCED if row.in_sync else RepositoryState.PENDING,
-         "tags_primary": int(counts["primary"].get(row.repository, 0)),
-         "tags_secondary": int(counts["secondary"].get(row.repository, 0)),
-         "checksum_primary": row.primary if isinstance(row.primary, str) else None,
-         "checksum_secondary": row.secondary if isinstance(row.secondary, str) else None,
-         **({"last_sync_at": now, "last_error": None}
-            if row.in_sync and row.repository not in damaged else {})}
+        {
+            "repository": row.repository,
+            "state": RepositoryState.DAMAGED
+            if row.repository in damaged
+            else RepositoryState.SYNCED
+            if row.in_sync
+            else RepositoryState.PENDING,
+            "tags_primary": int(counts["primary"].get(row.repository, 0)),
+            "tags_secondary": int(counts["secondary"].get(row.repository, 0)),
+            "checksum_primary": row.primary if isinstance(row.primary, str) else None,
+            "checksum_secondary": row.secondary if isinstance(row.secondary, str) else None,
+            **(
+                {"last_sync_at": now, "last_error": None}
+                if row.in_sync and row.repository not in damaged
+                else {}
+            ),
+        }
         for row in report.itertuples()
     )
     # The names that differ are in the log and on the status page; XCom keeps the first few.
-    return {"repositories": len(report), "differ": len(differ), "line": line,
-            "damaged": sorted(damaged)[:SHOWN], "damaged_count": len(damaged),
-            "first_differing": differ["repository"].head(SHOWN).tolist()}
+    return {
+        "repositories": len(report),
+        "differ": len(differ),
+        "line": line,
+        "damaged": sorted(damaged)[:SHOWN],
+        "damaged_count": len(damaged),
+        "first_differing": differ["repository"].head(SHOWN).tolist(),
+    }
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
@@ -170,8 +215,10 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
     (``RunOutcome``: the same answer as the CLI's and the operator's)."""
     context = get_current_context()
     p = context["params"]
-    refs = [*pulled(context, "copy_blobs", "results"),
-            *pulled(context, "push_manifests", "results")]
+    refs = [
+        *pulled(context, "copy_blobs", "results"),
+        *pulled(context, "push_manifests", "results"),
+    ]
     summed: Counter[str] = Counter(summarize([], [], [], zeros=True))
     for summary in [*(ref["summary"] for ref in refs), pruned["summary"]]:
         summed.update(summary)
@@ -184,34 +231,59 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
         "run kind": (context["ti"].xcom_pull(task_ids="snapshot_secondary") or {}).get("run_kind"),
         "verification": verified.get("line"),
     }
-    log.info("run summary%s:\n%s", " (dry run)" if p["dry_run"] else "",
-             log_table(pd.Series(counts, name="value", dtype=object).to_frame()))
+    log.info(
+        "run summary%s:\n%s",
+        " (dry run)" if p["dry_run"] else "",
+        log_table(pd.Series(counts, name="value", dtype=object).to_frame()),
+    )
     failed_blobs = failed_refs(context, "copy_blobs")
-    map_index = {(record["repository"], record["digest"]): ref["map_index"]
-                 for ref, record in failed_blobs}
+    map_index = {
+        (record["repository"], record["digest"]): ref["map_index"] for ref, record in failed_blobs
+    }
     listing = read_snapshot(primary)
     damaged = verified.get("damaged") or []
     outcome = RunOutcome(
         blobs=[record for _, record in failed_blobs],
         images=[record for _, record in failed_refs(context, "push_manifests")],
-        pruned=_records_of(pruned.get("file")), skipped=_records_of(SKIPPED_FILE),
-        listing=listing, prune_refused=pruned.get("refused"),
+        pruned=_records_of(pruned.get("file")),
+        skipped=_records_of(SKIPPED_FILE),
+        listing=listing,
+        prune_refused=pruned.get("refused"),
         findings=[_result(Finding, r) for r in _records_of(VERIFIED_FILE)],
-        damaged=damaged, damaged_more=max((verified.get("damaged_count") or 0) - len(damaged), 0))
+        damaged=damaged,
+        damaged_more=max((verified.get("damaged_count") or 0) - len(damaged), 0),
+    )
     if outcome.failed_blobs:
-        log.error("failed layers:\n%s", log_table(pd.DataFrame(outcome.failed_blobs)[
-            ["repository", "digest", "size", "status", "code", "error"]]))
+        log.error(
+            "failed layers:\n%s",
+            log_table(
+                pd.DataFrame(outcome.failed_blobs)[
+                    ["repository", "digest", "size", "status", "code", "error"]
+                ]
+            ),
+        )
     _record_repository_problems(listing)
     _record_skipped(outcome.skipped)
     problems = outcome.lines(shown=SHOWN)
     dag_run = context["dag_run"]
     Store().history.record_run(
-        dag_run.dag_id, dag_run.run_id, "failed" if outcome.failed else "success",
+        dag_run.dag_id,
+        dag_run.run_id,
+        "failed" if outcome.failed else "success",
         {**counts, "problems": problems, "dry_run": p["dry_run"]},
-        [{"repository": r["repository"], "digest": r["digest"], "size": r["size"],
-          "status": r.get("status"), "code": r.get("code"), "error": r.get("error"),
-          "task_id": "copy_blobs", "map_index": map_index.get((r["repository"], r["digest"]))}
-         for r in outcome.failed_blobs],
+        [
+            {
+                "repository": r["repository"],
+                "digest": r["digest"],
+                "size": r["size"],
+                "status": r.get("status"),
+                "code": r.get("code"),
+                "error": r.get("error"),
+                "task_id": "copy_blobs",
+                "map_index": map_index.get((r["repository"], r["digest"])),
+            }
+            for r in outcome.failed_blobs
+        ],
     )
     alerts.send_stats(Store())
     if outcome.failed:
@@ -245,21 +317,32 @@ def _record_skipped(skipped: Sequence[dict[str, Any]]) -> None:
     """Record on the status page the images the plan could not replicate (malformed,
     unsupported, past a bound)."""
     Store().state.set_repository_state(
-        {"repository": s["repository"], "state": RepositoryState.FAILED,
-         "last_error": f"{s['digest']}: {s['reason']}"[:4000]} for s in skipped)
+        {
+            "repository": s["repository"],
+            "state": RepositoryState.FAILED,
+            "last_error": f"{s['digest']}: {s['reason']}"[:4000],
+        }
+        for s in skipped
+    )
 
 
 def _record_repository_problems(listing: Snapshot) -> None:
     """Log and record on the status page the repositories that could not be handled."""
     if not listing.problems:
         return
-    log.error("repositories and tags that cannot be replicated (every other repository was):\n%s",
-              log_table(pd.DataFrame(listing.problems)))
+    log.error(
+        "repositories and tags that cannot be replicated (every other repository was):\n%s",
+        log_table(pd.DataFrame(listing.problems)),
+    )
     reasons: dict[str, list[str]] = {}
     for found in listing.problems:
         reasons.setdefault(found["repository"], []).append(problem_line(found))
     Store().state.set_repository_state(
-        {"repository": repository, "state": RepositoryState.FAILED, "last_error": "; ".join(lines)[:4000]}
+        {
+            "repository": repository,
+            "state": RepositoryState.FAILED,
+            "last_error": "; ".join(lines)[:4000],
+        }
         for repository, lines in sorted(reasons.items())
     )
 

@@ -49,8 +49,13 @@ def run_folder() -> artifacts.RunFolder:
     safe_run_id = re.sub(r"[^A-Za-z0-9._-]", "_", dag_run.run_id)
     key = f"{dag_run.dag_id}/{when:%Y%m%dT%H%M%S}_{safe_run_id}"
     base = deployment.artifacts_base()
-    return artifacts.RunFolder(ArtifactRecords(Store().engine), key, when, host=get_hostname(),
-                               files=None if base is None else base / key)
+    return artifacts.RunFolder(
+        ArtifactRecords(Store().engine),
+        key,
+        when,
+        host=get_hostname(),
+        files=None if base is None else base / key,
+    )
 
 
 def _remove_old_runs(now: pendulum.DateTime) -> list[str]:
@@ -68,8 +73,9 @@ def _remove_old_runs(now: pendulum.DateTime) -> list[str]:
             continue
         for folder in dag_folder.iterdir():
             try:
-                when = pendulum.from_format(folder.name.split("_", 1)[0], "YYYYMMDDTHHmmss",
-                                            tz="UTC")
+                when = pendulum.from_format(
+                    folder.name.split("_", 1)[0], "YYYYMMDDTHHmmss", tz="UTC"
+                )
             except ValueError:
                 continue  # not a run folder of ours
             if when < cutoff:
@@ -77,8 +83,12 @@ def _remove_old_runs(now: pendulum.DateTime) -> list[str]:
                     folder.rmdir(recursive=True)
                     removed.add(f"{dag_folder.name}/{folder.name}")
                 except OSError as exc:
-                    log.warning("could not remove the old run folder %s: %s. What to do: check "
-                                "the storage's permissions, or remove it by hand", folder, exc)
+                    log.warning(
+                        "could not remove the old run folder %s: %s. What to do: check "
+                        "the storage's permissions, or remove it by hand",
+                        folder,
+                        exc,
+                    )
     return sorted(removed)
 
 
@@ -89,12 +99,18 @@ def _prune_history() -> str:
     try:
         pruned = retention.prune(Store().engine, dt.timedelta(days=days))
     except ValueError as exc:
-        log.error("the store's history was not pruned: %s. What to do: set [registry_replication]"
-                  " history_retention_days to 1 or more", exc)
+        log.error(
+            "the store's history was not pruned: %s. What to do: set [registry_replication]"
+            " history_retention_days to 1 or more",
+            exc,
+        )
         return "nothing (history_retention_days refused)"
     except sa.exc.SQLAlchemyError as exc:
-        log.warning("the store's history was not pruned: %s. The next run's report tries again;"
-                    " if this repeats, check the replication store's database", exc)
+        log.warning(
+            "the store's history was not pruned: %s. The next run's report tries again;"
+            " if this repeats, check the replication store's database",
+            exc,
+        )
         return "nothing (database error)"
     return f"{pruned.line()} older than {days:g} days"
 
@@ -103,9 +119,12 @@ def apply_retention(now: pendulum.DateTime) -> Retention:
     """The maintenance step after every report: old run folders and old store history go."""
     folders = _remove_old_runs(now)
     history = _prune_history()
-    log.info("retention: removed %d run folders%s; from the replication store, %s",
-             len(folders), (": " + ", ".join(folders[:10]) + (" ..." if len(folders) > 10 else ""))
-             if folders else "", history)
+    log.info(
+        "retention: removed %d run folders%s; from the replication store, %s",
+        len(folders),
+        (": " + ", ".join(folders[:10]) + (" ..." if len(folders) > 10 else "")) if folders else "",
+        history,
+    )
     return {"folders": len(folders), "history": history}
 
 
@@ -124,9 +143,13 @@ def failed_refs(context: Any, task_id: str) -> list[tuple[dict[str, Any], dict[s
     this run's batches, with their batch's reference: only the files of batches that had
     failures are read."""
     folder = run_folder()
-    return [(ref, record) for ref in pulled(context, task_id, "results") if ref["failed"]
-            for record in artifacts.read_json_lines(folder / ref["file"])
-            if record["outcome"] in (BlobOutcome.FAILED, *NOT_PUSHED)]
+    return [
+        (ref, record)
+        for ref in pulled(context, task_id, "results")
+        if ref["failed"]
+        for record in artifacts.read_json_lines(folder / ref["file"])
+        if record["outcome"] in (BlobOutcome.FAILED, *NOT_PUSHED)
+    ]
 
 
 def pulled(context: Any, task_id: str, key: str) -> list[Any]:

@@ -18,7 +18,9 @@ class PendingEventsSensor(BaseSensorOperator):
     :param deferrable: wait in the triggerer (the default) rather than in a worker slot.
     """
 
-    def __init__(self, *, poll_interval: float = 1.0, deferrable: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, *, poll_interval: float = 1.0, deferrable: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(poke_interval=poll_interval, **kwargs)
         self.poll_interval = poll_interval
         self.deferrable = deferrable

@@ -47,35 +47,82 @@ def params(*, repositories_required: bool = False) -> dict[str, Param]:
             description="Repositories to sync, listed directly instead of reading the catalog"
             + ("." if repositories_required else " (empty: the whole catalog)."),
         ),
-        "include": Param(["*"], type="array", items={"type": "string"},
-                         description="Repository glob patterns to include, e.g. group/*."),
-        "exclude": Param([], type="array", items={"type": "string"},
-                         description="Repository glob patterns to leave out."),
-        "tags": Param(".*", type="string",
-                      description="Regular expression a tag must match in full, e.g. v\\d+\\..*"),
-        "dry_run": Param(False, type="boolean",
-                         description="Plan and report only: copy, push and delete nothing."),
-        "prune": Param(not repositories_required, type="boolean",
-                       description="Delete secondary tags that are gone from the primary."),
-        "force_prune": Param(False, type="boolean",
-                             description="Prune even above max_prune_fraction (mass deletion)."),
-        "max_prune_fraction": Param(0.5, type="number", minimum=0, maximum=1,
-                                    description="Refuse to prune more than this share of tags."),
-        "parallelism": Param(8, type="integer", minimum=1, maximum=64,
-                             description="Blob transfers in flight per copy task."),
-        "concurrency": Param(16, type="integer", minimum=1, maximum=128,
-                             description="Listing requests in flight per registry."),
-        "full_verify": Param(False, type="boolean",
-                             description="List the secondary rather than read its record, "
-                             "whatever the age of the last full verification."),
-        "verify": Param(verification.AUTO, type="string", enum=[verification.AUTO, *VerifyLevel],
-                        description="tags: compare tag lists; blobs: every tag's manifests and "
-                        "blobs exist on the secondary with their sizes (missing ones copied "
-                        "again); content: and every blob read back and hashed. auto: blobs "
-                        "every deep_verify_days, else tags."),
-        "content_verify_fraction": Param(1.0, type="number", minimum=0, maximum=1,
-                                         description="Share of the blobs a content "
-                                         "verification reads back; it rotates over runs."),
+        "include": Param(
+            ["*"],
+            type="array",
+            items={"type": "string"},
+            description="Repository glob patterns to include, e.g. group/*.",
+        ),
+        "exclude": Param(
+            [],
+            type="array",
+            items={"type": "string"},
+            description="Repository glob patterns to leave out.",
+        ),
+        "tags": Param(
+            ".*",
+            type="string",
+            description="Regular expression a tag must match in full, e.g. v\\d+\\..*",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            description="Plan and report only: copy, push and delete nothing.",
+        ),
+        "prune": Param(
+            not repositories_required,
+            type="boolean",
+            description="Delete secondary tags that are gone from the primary.",
+        ),
+        "force_prune": Param(
+            False,
+            type="boolean",
+            description="Prune even above max_prune_fraction (mass deletion).",
+        ),
+        "max_prune_fraction": Param(
+            0.5,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Refuse to prune more than this share of tags.",
+        ),
+        "parallelism": Param(
+            8,
+            type="integer",
+            minimum=1,
+            maximum=64,
+            description="Blob transfers in flight per copy task.",
+        ),
+        "concurrency": Param(
+            16,
+            type="integer",
+            minimum=1,
+            maximum=128,
+            description="Listing requests in flight per registry.",
+        ),
+        "full_verify": Param(
+            False,
+            type="boolean",
+            description="List the secondary rather than read its record, "
+            "whatever the age of the last full verification.",
+        ),
+        "verify": Param(
+            verification.AUTO,
+            type="string",
+            enum=[verification.AUTO, *VerifyLevel],
+            description="tags: compare tag lists; blobs: every tag's manifests and "
+            "blobs exist on the secondary with their sizes (missing ones copied "
+            "again); content: and every blob read back and hashed. auto: blobs "
+            "every deep_verify_days, else tags.",
+        ),
+        "content_verify_fraction": Param(
+            1.0,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Share of the blobs a content "
+            "verification reads back; it rotates over runs.",
+        ),
     }
 
 

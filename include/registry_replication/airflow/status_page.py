@@ -82,24 +82,40 @@ def create_app(store: Store | None = None) -> FastAPI:
 
     store = store or Store()
     app = webhook.create_app(store=store, refusal=deployment.refusal)
-    access = [Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=dag_id))
-              for dag_id in DAG_IDS]
+    access = [
+        Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=dag_id))
+        for dag_id in DAG_IDS
+    ]
     # Where the Airflow UI sends a browser that is not logged in (it validates ``next``).
     login_url = f"{API_ROOT_PATH.rstrip('/')}/api/v2/auth/login"
     # What this deployment leaves unshared goes first: it explains anything odd below.
-    app.include_router(status_router(
-        lambda: {"misconfiguration": deployment.problems(),
-                 **status(store, ui_url=API_BASE_URL)}, access, login_url))
+    app.include_router(
+        status_router(
+            lambda: {
+                "misconfiguration": deployment.problems(),
+                **status(store, ui_url=API_BASE_URL),
+            },
+            access,
+            login_url,
+        )
+    )
     app.include_router(metrics_router(store, metrics.configured_token))
     # Retrying an event starts work in registry_events; "sync now" starts a registry_sync run.
-    app.include_router(actions_router(
-        store,
-        retry_access=[Depends(requires_access_dag("POST", DagAccessEntity.RUN,
-                                                  param_dag_id=EVENTS_DAG_ID))],
-        sync_access=[Depends(requires_access_dag("POST", DagAccessEntity.RUN,
-                                                 param_dag_id=SYNC_DAG_ID))],
-        api_url=_api_url(), ui_url=API_BASE_URL,
-    ))
+    app.include_router(
+        actions_router(
+            store,
+            retry_access=[
+                Depends(
+                    requires_access_dag("POST", DagAccessEntity.RUN, param_dag_id=EVENTS_DAG_ID)
+                )
+            ],
+            sync_access=[
+                Depends(requires_access_dag("POST", DagAccessEntity.RUN, param_dag_id=SYNC_DAG_ID))
+            ],
+            api_url=_api_url(),
+            ui_url=API_BASE_URL,
+        )
+    )
     return app
 
 
@@ -129,8 +145,9 @@ def metrics_router(store: Store, token: Callable[[], str | None]) -> APIRouter:
         if not expected:
             raise HTTPException(404, f"metrics are off: {variable('metrics_token')} is not set")
         if not metrics.token_matches(request.headers.get("authorization"), expected):
-            raise HTTPException(401, "wrong or missing Bearer token",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401, "wrong or missing Bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
         return Response(metrics.exposition(store), media_type=CONTENT_TYPE_LATEST)
 
     return router
@@ -163,43 +180,59 @@ def check_csrf(request: Request, given: str | None) -> None:
         raise HTTPException(403, "missing or wrong CSRF token: reload the status page and retry")
 
 
-def actions_router(store: Store, *, retry_access: list[Any], sync_access: list[Any],
-                   api_url: str, ui_url: str) -> APIRouter:
+def actions_router(
+    store: Store, *, retry_access: list[Any], sync_access: list[Any], api_url: str, ui_url: str
+) -> APIRouter:
     """The page's buttons: retry a dead-lettered event, and sync (or verify) one repository now."""
     router = APIRouter()
 
     @router.post("/dead-letters/retry", dependencies=retry_access)
-    def retry(request: Request, event_id: Annotated[str, Form()],
-              csrf: Annotated[str | None, Form()] = None) -> Response:
+    def retry(
+        request: Request,
+        event_id: Annotated[str, Form()],
+        csrf: Annotated[str | None, Form()] = None,
+    ) -> Response:
         check_csrf(request, csrf)
         if not store.queue.retry_failed(event_id):
-            raise HTTPException(409, f"event {event_id!r} is not a failed event (a rejected "
-                                     "event cannot be replicated; a done one needs nothing)")
+            raise HTTPException(
+                409,
+                f"event {event_id!r} is not a failed event (a rejected "
+                "event cannot be replicated; a done one needs nothing)",
+            )
         log.info("event %s put back in the queue from the dead-letter list", event_id)
         return RedirectResponse("status#dead-letters", status_code=303)
 
     @router.post("/sync-now", dependencies=sync_access)
-    def sync_now(request: Request, repository: Annotated[str, Form()],
-                 csrf: Annotated[str | None, Form()] = None,
-                 verify: Annotated[str | None, Form()] = None) -> Response:
+    def sync_now(
+        request: Request,
+        repository: Annotated[str, Form()],
+        csrf: Annotated[str | None, Form()] = None,
+        verify: Annotated[str | None, Form()] = None,
+    ) -> Response:
         check_csrf(request, csrf)
         # "Verify now" is this button with verify=blobs (or content): the run's DAG param.
         if verify is not None and verify not in list(VerifyLevel):
-            raise HTTPException(400, f"not a verification level: {verify!r} "
-                                     f"(one of {', '.join(VerifyLevel)})")
+            raise HTTPException(
+                400, f"not a verification level: {verify!r} (one of {', '.join(VerifyLevel)})"
+            )
         repository = repository.strip()
         if not repository or len(repository) > 255 or any(c.isspace() for c in repository):
             raise HTTPException(400, f"not a repository name: {repository!r}")
         user_token = _bearer(request) or request.cookies.get(JWT_COOKIE)
         response = requests.post(
-            f"{api_url}/dags/{SYNC_DAG_ID}/dagRuns", timeout=30,
+            f"{api_url}/dags/{SYNC_DAG_ID}/dagRuns",
+            timeout=30,
             headers={"Authorization": f"Bearer {user_token}"},
-            json={"logical_date": None, "conf": {"repositories": [repository],
-                                                  **({"verify": verify} if verify else {})}},
+            json={
+                "logical_date": None,
+                "conf": {"repositories": [repository], **({"verify": verify} if verify else {})},
+            },
         )
         if not response.ok:
-            raise HTTPException(response.status_code,
-                                f"Airflow refused to start {SYNC_DAG_ID}: {response.text[:500]}")
+            raise HTTPException(
+                response.status_code,
+                f"Airflow refused to start {SYNC_DAG_ID}: {response.text[:500]}",
+            )
         run_id = response.json()["dag_run_id"]
         log.info("%s run %s started for %s from the status page", SYNC_DAG_ID, run_id, repository)
         return RedirectResponse(run_url(ui_url.rstrip("/"), SYNC_DAG_ID, run_id), status_code=303)
@@ -207,8 +240,9 @@ def actions_router(store: Store, *, retry_access: list[Any], sync_access: list[A
     return router
 
 
-def status_router(get_status: Callable[[], dict[str, Any]], access: list[Any],
-                  login_url: str) -> APIRouter:
+def status_router(
+    get_status: Callable[[], dict[str, Any]], access: list[Any], login_url: str
+) -> APIRouter:
     """``GET /api/status`` and ``GET /status``, both behind the ``access`` dependencies."""
     json_routes = APIRouter(dependencies=access)
 
@@ -246,7 +280,8 @@ def _login_redirect(login_url: str) -> type[APIRoute]:
                     return await handler(request)
                 except HTTPException as exc:
                     if exc.status_code == 401 or (
-                            exc.status_code == 403 and exc.detail == "Invalid JWT token"):
+                        exc.status_code == 403 and exc.detail == "Invalid JWT token"
+                    ):
                         back = urlencode({"next": str(request.url)})
                         return RedirectResponse(f"{login_url}?{back}", status_code=303)
                     if exc.status_code == 403:
@@ -264,6 +299,7 @@ to read the runs of the replication DAGs (registry_reconcile, registry_events).<
 
 
 # -- rendering -------------------------------------------------------------------------------
+
 
 def _ago(seconds: float | None) -> str:
     if seconds is None:
@@ -290,8 +326,12 @@ def _label(key: str) -> str:
 
 
 # The page is a Jinja template file shipped in the package (package data).
-_env = Environment(loader=PackageLoader("registry_replication.airflow", "templates"),
-                   autoescape=True, trim_blocks=True, lstrip_blocks=True)
+_env = Environment(
+    loader=PackageLoader("registry_replication.airflow", "templates"),
+    autoescape=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 _env.filters.update(bytes=human_size, ago=_ago, duration=_duration, when=_when, label=_label)
 
 _TEMPLATE = _env.get_template("status.html")
@@ -299,8 +339,12 @@ _TEMPLATE = _env.get_template("status.html")
 
 def render(data: dict[str, Any], *, json_url: str = "api/status", csrf: str | None = None) -> str:
     """The page for a ``status()`` result; ``csrf``: the token its forms send back."""
-    return _TEMPLATE.render(s=data, json_url=json_url, csrf=csrf,
-                            chart=lag_chart(data["history"]) if "history" in data else "")
+    return _TEMPLATE.render(
+        s=data,
+        json_url=json_url,
+        csrf=csrf,
+        chart=lag_chart(data["history"]) if "history" in data else "",
+    )
 
 
 # -- the lag chart (server-rendered SVG) -------------------------------------------------------
@@ -334,9 +378,11 @@ def lag_chart(history: dict[str, Any]) -> Markup:
         parts.append(f'<text class="title" x="{_LEFT}" y="{y0 - 5}">{escape(title)}</text>')
         for frac in (0, 0.5, 1):
             gy = y0 + _PANEL * (1 - frac)
-            parts.append(f'<line class="grid" x1="{_LEFT}" x2="{_WIDTH - _RIGHT}" y1="{gy:.1f}" '
-                         f'y2="{gy:.1f}"/><text x="{_LEFT - 6}" y="{gy + 4:.1f}" '
-                         f'text-anchor="end">{escape(fmt(top * frac))}</text>')
+            parts.append(
+                f'<line class="grid" x1="{_LEFT}" x2="{_WIDTH - _RIGHT}" y1="{gy:.1f}" '
+                f'y2="{gy:.1f}"/><text x="{_LEFT - 6}" y="{gy + 4:.1f}" '
+                f'text-anchor="end">{escape(fmt(top * frac))}</text>'
+            )
 
     def y(panel: int, value: float) -> float:
         y0, top = tops[panel]
@@ -344,14 +390,19 @@ def lag_chart(history: dict[str, Any]) -> Markup:
 
     # A step line: each bucket's depth holds from its start to the next bucket's.
     starts = [x(point["at"]) for point in depth] + [float(_WIDTH - _RIGHT)]
-    step = [f"{starts[i + k]:.1f},{y(0, point['depth']):.1f}"
-            for i, point in enumerate(depth) for k in (0, 1)]
+    step = [
+        f"{starts[i + k]:.1f},{y(0, point['depth']):.1f}"
+        for i, point in enumerate(depth)
+        for k in (0, 1)
+    ]
     peak = max((p["depth"] for p in depth), default=0)
     parts.append(f'<polyline class="depth-line" data-peak="{peak}" points="{" ".join(step)}"/>')
     for point in latency:
-        parts.append(f'<circle class="latency-point" data-seconds="{point["seconds"]}" '
-                     f'cx="{x(point["at"]):.1f}" cy="{y(1, point["seconds"]):.1f}" r="3">'
-                     f'<title>{escape(point["at"])}: {point["seconds"]} s</title></circle>')
+        parts.append(
+            f'<circle class="latency-point" data-seconds="{point["seconds"]}" '
+            f'cx="{x(point["at"]):.1f}" cy="{y(1, point["seconds"]):.1f}" r="3">'
+            f"<title>{escape(point['at'])}: {point['seconds']} s</title></circle>"
+        )
     for run in runs:
         rx, ry = x(run["finished_at"]), y(2, run["bytes"])
         height = max(tops[2][0] + _PANEL - ry, 1)
@@ -359,15 +410,18 @@ def lag_chart(history: dict[str, Any]) -> Markup:
             f'<rect class="bytes-bar {escape(run["state"])}" data-bytes="{run["bytes"]}" '
             f'data-run-id="{escape(run["run_id"])}" x="{rx - 3:.1f}" y="{ry:.1f}" width="6" '
             f'height="{height:.1f}"><title>{escape(run["dag_id"])} {escape(run["run_id"])}: '
-            f'{escape(human_size(run["bytes"]))} ({escape(run["state"])})</title></rect>')
+            f"{escape(human_size(run['bytes']))} ({escape(run['state'])})</title></rect>"
+        )
     bottom = 18 + 3 * _PANEL + 2 * _GAP
     for hours in range(0, 25, 6):
         tx = _LEFT + plot * hours / 24
         label = "now" if hours == 24 else f"-{24 - hours} h"
         parts.append(f'<text x="{tx:.1f}" y="{bottom + 16}" text-anchor="middle">{label}</text>')
     height = bottom + 24
-    return Markup(f'<svg id="lag-chart" viewBox="0 0 {_WIDTH} {height}" role="img" '
-                  f'aria-label="Replication lag over the last 24 hours">{"".join(parts)}</svg>')
+    return Markup(
+        f'<svg id="lag-chart" viewBox="0 0 {_WIDTH} {height}" role="img" '
+        f'aria-label="Replication lag over the last 24 hours">{"".join(parts)}</svg>'
+    )
 
 
 def _seconds(value: float) -> str:

@@ -81,6 +81,8 @@ def create(path: Folder) -> IO[bytes]:
     fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)  # a file written again keeps no older, wider mode
     return os.fdopen(fd, "wb")
+
+
 class ArtifactUnreadable(FileNotFoundError):
     """A run's file that this task cannot read; the message says where it was written and what
     to change. Retrying cannot help: the tasks fail at once."""
@@ -93,14 +95,28 @@ class RunFolder:
     ``host`` the name of this machine as Airflow records it for task instances.
     """
 
-    def __init__(self, records: ArtifactRecords, key: str, run_at: dt.datetime, *, host: str,
-                 files: Folder | None, name: str = "") -> None:
+    def __init__(
+        self,
+        records: ArtifactRecords,
+        key: str,
+        run_at: dt.datetime,
+        *,
+        host: str,
+        files: Folder | None,
+        name: str = "",
+    ) -> None:
         self.records, self.key, self.run_at, self.host = records, key, run_at, host
         self.files, self.name = files, name
 
     def __truediv__(self, name: str) -> RunFolder:
-        return RunFolder(self.records, self.key, self.run_at, host=self.host,
-                         files=None if self.files is None else self.files / name, name=name)
+        return RunFolder(
+            self.records,
+            self.key,
+            self.run_at,
+            host=self.host,
+            files=None if self.files is None else self.files / name,
+            name=name,
+        )
 
     def __str__(self) -> str:
         if self.files is not None:
@@ -138,14 +154,16 @@ class RunFolder:
                 f"cannot read the run's file {self}: no task of this run recorded writing it "
                 f"(this host: {self.host}). Run folders older than [registry_replication] "
                 f"artifacts_retention_days (e.g. 7) are removed: if this run is older, start a "
-                f"new run; otherwise clear this run from its first task")
+                f"new run; otherwise clear this run from its first task"
+            )
         return ArtifactUnreadable(
             f"cannot read the run's file {self}: written by {found['host']} at "
             f"{found['written_at']:%Y-%m-%d %H:%M:%S} UTC, but this host ({self.host}) does not "
             f"see it. What to do: every worker must reach [registry_replication] artifacts_path: "
             f"unset it (AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH) to keep the runs' "
             f"artifacts in the replication store, or set it to object storage, e.g. "
-            f"s3://my-bucket/registry-replication")
+            f"s3://my-bucket/registry-replication"
+        )
 
 
 class _StoredFile(io.BytesIO):
@@ -196,9 +214,12 @@ class SnapshotWriter:
     def write(self, rows: list[Row]) -> None:
         if rows:
             columns = list(zip(*rows))
-            self._writer.write_table(pa.table(
-                {name: pa.array(values, pa.string()) for name, values in zip(COLUMNS, columns)},
-                schema=SNAPSHOT_SCHEMA))
+            self._writer.write_table(
+                pa.table(
+                    {name: pa.array(values, pa.string()) for name, values in zip(COLUMNS, columns)},
+                    schema=SNAPSHOT_SCHEMA,
+                )
+            )
         if self._kept is not None and self.manifests:
             self._kept.write([(repository, m) for (repository, _), m in self.manifests.items()])
             self.manifests.clear()
@@ -208,12 +229,18 @@ class SnapshotWriter:
         self._writer.close()
         size = self._file.tell()
         self._file.close()
-        header = json.dumps({"registry": listing.registry, "errors": listing.errors,
-                             "problems": listing.problems}).encode()
+        header = json.dumps(
+            {"registry": listing.registry, "errors": listing.errors, "problems": listing.problems}
+        ).encode()
         with create(self.folder / f"{self.name}.json") as out:
             out.write(header)
-        ref = {"name": self.name, "tags": listing.tags, "errors": len(listing.errors),
-               "problems": len(listing.problems), "bytes": size + len(header)}
+        ref = {
+            "name": self.name,
+            "tags": listing.tags,
+            "errors": len(listing.errors),
+            "problems": len(listing.problems),
+            "bytes": size + len(header),
+        }
         if self._kept is not None:
             ref["manifests"], ref["manifests_read"] = manifests_file(self.name), self._kept.close()
         return ref
@@ -238,8 +265,9 @@ def write_snapshot(folder: Folder, name: str, snapshot: Snapshot) -> dict[str, A
     """An in-memory snapshot, as ``SnapshotWriter`` writes a streamed one."""
     with SnapshotWriter(folder, name) as writer:
         writer.write(list(snapshot.tags[COLUMNS].astype(str).itertuples(index=False, name=None)))
-        return writer.finish(Listing(snapshot.registry, len(snapshot.tags), snapshot.errors,
-                                     snapshot.problems))
+        return writer.finish(
+            Listing(snapshot.registry, len(snapshot.tags), snapshot.errors, snapshot.problems)
+        )
 
 
 def read_snapshot(folder: Folder, name: str) -> Snapshot:
@@ -248,8 +276,12 @@ def read_snapshot(folder: Folder, name: str) -> Snapshot:
     tags = read_frame(folder / f"{name}.parquet")
     if tags.empty:  # a table of no batches reads as columns of no chunks, which pandas cannot join
         tags = pd.DataFrame(columns=COLUMNS, dtype=str)
-    return Snapshot(header["registry"], tags.reindex(columns=COLUMNS).astype(str),
-                    list(header["errors"]), list(header["problems"] or []))
+    return Snapshot(
+        header["registry"],
+        tags.reindex(columns=COLUMNS).astype(str),
+        list(header["errors"]),
+        list(header["problems"] or []),
+    )
 
 
 def write_records(path: Folder, records: list[dict[str, Any]]) -> int:
@@ -287,8 +319,14 @@ def read_json_lines(path: Folder) -> list[dict[str, Any]]:
 
 
 MANIFEST_READ_BATCH = 4096  # manifests converted to Python objects at a time
-MANIFEST_SCHEMA = pa.schema([("repository", pa.string()), ("digest", pa.string()),
-                             ("media_type", pa.string()), ("raw", pa.binary())])
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("repository", pa.string()),
+        ("digest", pa.string()),
+        ("media_type", pa.string()),
+        ("raw", pa.binary()),
+    ]
+)
 
 
 class _ManifestTable:
@@ -301,12 +339,17 @@ class _ManifestTable:
         self.rows = self.bytes = 0
 
     def write(self, manifests: list[tuple[str, Manifest]]) -> None:
-        self._writer.write_table(pa.table({
-            "repository": pa.array([r for r, _ in manifests], pa.string()),
-            "digest": pa.array([m.digest for _, m in manifests], pa.string()),
-            "media_type": pa.array([m.media_type for _, m in manifests], pa.string()),
-            "raw": pa.array([m.raw for _, m in manifests], pa.binary()),
-        }, schema=MANIFEST_SCHEMA))
+        self._writer.write_table(
+            pa.table(
+                {
+                    "repository": pa.array([r for r, _ in manifests], pa.string()),
+                    "digest": pa.array([m.digest for _, m in manifests], pa.string()),
+                    "media_type": pa.array([m.media_type for _, m in manifests], pa.string()),
+                    "raw": pa.array([m.raw for _, m in manifests], pa.binary()),
+                },
+                schema=MANIFEST_SCHEMA,
+            )
+        )
         self.rows += len(manifests)
 
     def close(self) -> int:
@@ -342,18 +385,25 @@ def read_manifests(path: Folder) -> dict[tuple[str, str], Manifest]:
     with source:
         # Batch by batch: the plan of 100,000 tags holds the manifests, not the table too.
         for batch in pq.ParquetFile(source).iter_batches(batch_size=MANIFEST_READ_BATCH):
-            columns = (batch.column(c).to_pylist()
-                       for c in ("repository", "digest", "media_type", "raw"))
+            columns = (
+                batch.column(c).to_pylist() for c in ("repository", "digest", "media_type", "raw")
+            )
             for repository, digest, media_type, raw in zip(*columns):
                 found = _digest_of(raw, digest)
                 if found != digest:
-                    log.warning("the run's saved manifest %s@%s hashes to %s, not to its digest "
-                                "(in %s): not used; it is read again from the primary",
-                                repository, digest, found, path)
+                    log.warning(
+                        "the run's saved manifest %s@%s hashes to %s, not to its digest "
+                        "(in %s): not used; it is read again from the primary",
+                        repository,
+                        digest,
+                        found,
+                        path,
+                    )
                     continue
                 # Interned: 100,000 manifests share a few repositories and media types.
                 manifests[(sys.intern(repository), digest)] = Manifest(
-                    raw, sys.intern(media_type), digest)
+                    raw, sys.intern(media_type), digest
+                )
     return manifests
 
 

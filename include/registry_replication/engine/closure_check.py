@@ -57,15 +57,34 @@ class ClosureCheck:
             walk.collect(walk.fetch(digest), depth=0)
         except NotFoundError as exc:
             self.broken.add(key)
-            self._find(repository, exc.reference or digest, "manifest", CheckOutcome.MISSING,
-                       "present", "absent", describe(exc))
+            self._find(
+                repository,
+                exc.reference or digest,
+                "manifest",
+                CheckOutcome.MISSING,
+                "present",
+                "absent",
+                describe(exc),
+            )
         except DigestMismatchError as exc:
-            self._find(repository, exc.reference or digest, "manifest", CheckOutcome.DAMAGED,
-                       f"bytes hashing to {exc.reference}", exc.message.removeprefix(
-                           "the manifest's bytes hash to "))
+            self._find(
+                repository,
+                exc.reference or digest,
+                "manifest",
+                CheckOutcome.DAMAGED,
+                f"bytes hashing to {exc.reference}",
+                exc.message.removeprefix("the manifest's bytes hash to "),
+            )
         except Exception as exc:  # noqa: BLE001 - the unit's boundary: this image
-            self._find(repository, digest, "manifest", CheckOutcome.FAILED, "readable",
-                       "could not be verified", describe(exc))
+            self._find(
+                repository,
+                digest,
+                "manifest",
+                CheckOutcome.FAILED,
+                "readable",
+                "could not be verified",
+                describe(exc),
+            )
         for blob, size in walk.sizes.items():
             self.sizes.setdefault((repository, blob), size)
         return [(repository, blob) for blob in walk.sizes]
@@ -77,16 +96,30 @@ class ClosureCheck:
         try:
             size = self.secondary.blob_size(repository, digest)
         except Exception as exc:  # noqa: BLE001 - the unit's boundary: this blob
-            self._find(repository, digest, "blob", CheckOutcome.FAILED, f"{expected} bytes",
-                       "could not be checked", describe(exc))
+            self._find(
+                repository,
+                digest,
+                "blob",
+                CheckOutcome.FAILED,
+                f"{expected} bytes",
+                "could not be checked",
+                describe(exc),
+            )
             return False
         if size is None:
-            self._find(repository, digest, "blob", CheckOutcome.MISSING, f"{expected} bytes",
-                       "absent")
+            self._find(
+                repository, digest, "blob", CheckOutcome.MISSING, f"{expected} bytes", "absent"
+            )
             return None
         if size != expected:
-            self._find(repository, digest, "blob", CheckOutcome.DAMAGED, f"{expected} bytes",
-                       f"{size} bytes")
+            self._find(
+                repository,
+                digest,
+                "blob",
+                CheckOutcome.DAMAGED,
+                f"{expected} bytes",
+                f"{size} bytes",
+            )
             return False
         return True
 
@@ -99,8 +132,9 @@ class ClosureCheck:
                 holders[digest].append(repository)
         digests = sorted(holders)
         with ThreadPoolExecutor(max(1, min(self.concurrency, len(digests) or 1))) as pool:
-            for digest, found in zip(digests, pool.map(
-                    lambda d: self._read(holders[d][0], d), digests)):
+            for digest, found in zip(
+                digests, pool.map(lambda d: self._read(holders[d][0], d), digests)
+            ):
                 if found is None:
                     self.content_ok.add(digest)
                     continue
@@ -115,16 +149,28 @@ class ClosureCheck:
                 hasher.update(chunk)
                 self.report.bytes_read += len(chunk)
         except DigestMismatchError:
-            return (CheckOutcome.DAMAGED, f"bytes hashing to {digest}",
-                    f"bytes hashing to {hasher.name}:{hasher.hexdigest()}")
+            return (
+                CheckOutcome.DAMAGED,
+                f"bytes hashing to {digest}",
+                f"bytes hashing to {hasher.name}:{hasher.hexdigest()}",
+            )
         except Exception as exc:  # noqa: BLE001 - the unit's boundary: this blob
             return (CheckOutcome.FAILED, "readable", "could not be read back", describe(exc))
         return None
 
-    def _find(self, repository: str, digest: str, kind: str, outcome: CheckOutcome,
-              expected: str, found: str, error: str | None = None) -> None:
-        self.report.findings.append(Finding(repository, digest, kind, outcome, expected, found,
-                                            self.report.level, error))
+    def _find(
+        self,
+        repository: str,
+        digest: str,
+        kind: str,
+        outcome: CheckOutcome,
+        expected: str,
+        found: str,
+        error: str | None = None,
+    ) -> None:
+        self.report.findings.append(
+            Finding(repository, digest, kind, outcome, expected, found, self.report.level, error)
+        )
 
 
 def _in_slice(digest: str, index: int, count: int) -> bool:

@@ -55,7 +55,9 @@ class BlobResult:
     code: str | None = None
 
     def log_line(self) -> str:
-        rate = f", {self.bytes / MiB / self.seconds:.1f} MiB/s" if self.bytes and self.seconds else ""
+        rate = (
+            f", {self.bytes / MiB / self.seconds:.1f} MiB/s" if self.bytes and self.seconds else ""
+        )
         line = (
             f"blob {self.outcome:<7} {self.repository}@{self.digest} "
             f"{human_size(self.size)} in {self.seconds:.2f}s{rate}"
@@ -84,7 +86,8 @@ class ImageResult:
         )
         if self.moved:
             line += "; moved on the primary since the plan, left to the newer writer: " + ", ".join(
-                f"{tag} -> {digest or 'deleted'}" for tag, digest in sorted(self.moved.items()))
+                f"{tag} -> {digest or 'deleted'}" for tag, digest in sorted(self.moved.items())
+            )
         return f"{line}: {self.error}" if self.error else line
 
 
@@ -177,7 +180,9 @@ class Copier:
         results = [self._into_target(task)]
         source_ok = results[0].outcome != BlobOutcome.FAILED
         for repository in task.mounts:
-            results.append(self._mount_or_copy(task, repository, task.target if source_ok else None))
+            results.append(
+                self._mount_or_copy(task, repository, task.target if source_ok else None)
+            )
         for result in results:
             self.on_result(result)
         return results
@@ -208,8 +213,11 @@ class Copier:
         """Cancel the upload sessions that writers killed mid-upload left open on the secondary."""
         for upload in self.leases.abandoned_uploads():
             if self.secondary.cancel_upload(Upload(upload["repository"], upload["location"])):
-                log.info("cancelled an upload session a stopped writer left open in %s (%s)",
-                         upload["repository"], upload["location"].split("?")[0])
+                log.info(
+                    "cancelled an upload session a stopped writer left open in %s (%s)",
+                    upload["repository"],
+                    upload["location"].split("?")[0],
+                )
 
     def _transfer(self, task: BlobTask, repository: str) -> int:
         """Stream the blob from the primary into the secondary; returns the bytes read.
@@ -233,8 +241,14 @@ class Copier:
             tracked.add(self.leases.track_upload(self.secondary.url, repository, upload.location))
 
         try:
-            self.secondary.upload_blob(repository, task.digest, task.size, open_body,
-                                       chunk_size=self.chunk_size, on_session=track)
+            self.secondary.upload_blob(
+                repository,
+                task.digest,
+                task.size,
+                open_body,
+                chunk_size=self.chunk_size,
+                on_session=track,
+            )
         finally:
             for resource in tracked:
                 self.leases.forget(resource)
@@ -251,8 +265,9 @@ class Copier:
         failed = set(failed_blobs)
         batches: list[list[ImageTask]] = []
         for _repository, group in itertools.groupby(
-                sorted(range(len(tasks)), key=lambda i: tasks[i].repository),
-                key=lambda i: tasks[i].repository):
+            sorted(range(len(tasks)), key=lambda i: tasks[i].repository),
+            key=lambda i: tasks[i].repository,
+        ):
             batch: list[ImageTask] = []
             for i in group:
                 if sum(len(t.tags) for t in batch) + len(tasks[i].tags) > TAG_BATCH and batch:
@@ -260,22 +275,28 @@ class Copier:
                     batch = []
                 batch.append(tasks[i])
             batches.append(batch)
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="push") as requests, \
-                ThreadPoolExecutor(self.parallelism, thread_name_prefix="push-batch") as batcher:
+        with (
+            ThreadPoolExecutor(self.concurrency, thread_name_prefix="push") as requests,
+            ThreadPoolExecutor(self.parallelism, thread_name_prefix="push-batch") as batcher,
+        ):
             done = batcher.map(lambda b: self._push_batch(b, failed, requests), batches)
-            by_task = {id(t): r for batch, results in zip(batches, done)
-                       for t, r in zip(batch, results)}
+            by_task = {
+                id(t): r for batch, results in zip(batches, done) for t, r in zip(batch, results)
+            }
         return [by_task[id(t)] for t in tasks]
 
-    def _push_batch(self, tasks: Sequence[ImageTask], failed_blobs: set[str],
-                    requests: ThreadPoolExecutor) -> list[ImageResult]:
+    def _push_batch(
+        self, tasks: Sequence[ImageTask], failed_blobs: set[str], requests: ThreadPoolExecutor
+    ) -> list[ImageResult]:
         """One repository's images: children first (by digest), then, under the repository's
         lease, one intent for every tag of the batch, each tag's compare-and-set and write,
         and one record of what the secondary acknowledged."""
         started = time.monotonic()
         repository = tasks[0].repository
-        results = [ImageResult(t.repository, t.digest, t.tags, t.media_type, ImageOutcome.SKIPPED)
-                   for t in tasks]
+        results = [
+            ImageResult(t.repository, t.digest, t.tags, t.media_type, ImageOutcome.SKIPPED)
+            for t in tasks
+        ]
         ready = []
         for task, result in zip(tasks, results):
             blocked = sorted(set(task.blobs) & failed_blobs)
@@ -284,7 +305,8 @@ class Copier:
                 result.error = (
                     f"not pushed: blob {blocked[0]}"
                     + (f" and {len(blocked) - 1} more" if len(blocked) > 1 else "")
-                    + " failed to copy; fix that blob and rerun")
+                    + " failed to copy; fix that blob and rerun"
+                )
             else:
                 ready.append((task, result))
         ready = [pair for pair, ok in zip(ready, requests.map(self._push_children, ready)) if ok]
@@ -298,15 +320,20 @@ class Copier:
         seconds = (time.monotonic() - started) / max(1, len(tasks))
         for _, result in ready:
             if result.outcome != ImageOutcome.FAILED:
-                result.outcome = (ImageOutcome.PUSHED if result.manifests_pushed
-                                  else ImageOutcome.SKIPPED)
+                result.outcome = (
+                    ImageOutcome.PUSHED if result.manifests_pushed else ImageOutcome.SKIPPED
+                )
         for result in results:
             result.seconds = seconds  # the batch's time, shared by its images
             self.on_result(result)
         return results
 
-    def _write_tags(self, repository: str, writes: list[tuple[ImageTask, ImageResult, str]],
-                    requests: ThreadPoolExecutor) -> None:
+    def _write_tags(
+        self,
+        repository: str,
+        writes: list[tuple[ImageTask, ImageResult, str]],
+        requests: ThreadPoolExecutor,
+    ) -> None:
         """The batch's tags, under the repository's lease."""
         with self.leases.repository(repository):
             # Intent first, for the whole batch: a writer killed before the record leaves
@@ -315,7 +342,8 @@ class Copier:
             self.record.intend(repository, [tag for _, _, tag in writes], self.leases.owner)
             landed = {}
             for (task, result, tag), outcome in zip(
-                    writes, requests.map(lambda w: self._write_tag(*w), writes)):
+                writes, requests.map(lambda w: self._write_tag(*w), writes)
+            ):
                 if isinstance(outcome, Exception):
                     result.outcome, result.error = ImageOutcome.FAILED, describe(outcome)
                 elif outcome != _MOVED:
@@ -329,8 +357,7 @@ class Copier:
         task, result = item
         try:
             for child in task.children:
-                if not self.recheck or self.secondary.head_manifest(task.repository,
-                                                                    child) is None:
+                if not self.recheck or self.secondary.head_manifest(task.repository, child) is None:
                     self._push(task.repository, child, child)
                     result.manifests_pushed += 1
         except Exception as exc:  # noqa: BLE001 - the unit's boundary: this image
@@ -373,4 +400,3 @@ class Copier:
 def _log_result(result: BlobResult | ImageResult) -> None:
     failed = result.outcome in (BlobOutcome.FAILED, *NOT_PUSHED)
     (log.error if failed else log.info)(result.log_line())
-

@@ -47,8 +47,10 @@ def wanted(differences: pd.DataFrame) -> list[WantedTag]:
     """The ``missing`` and ``outdated`` tags, as the plan takes them: typed again (a
     DataFrame holds plain strings), each name validated once for the plan and the copy."""
     rows = differences[differences["status"].isin([MISSING, OUTDATED])]
-    return [WantedTag(Repository.of(r.repository), Tag.of(r.tag), Digest.of(r.digest_primary))
-            for r in rows[["repository", "tag", "digest_primary"]].itertuples(index=False)]
+    return [
+        WantedTag(Repository.of(r.repository), Tag.of(r.tag), Digest.of(r.digest_primary))
+        for r in rows[["repository", "tag", "digest_primary"]].itertuples(index=False)
+    ]
 
 
 def summary(differences: pd.DataFrame) -> pd.DataFrame:

@@ -38,11 +38,13 @@ class Finding:
     def line(self) -> str:
         where = f"{self.kind} {self.repository}@{self.digest}"
         if self.outcome == CheckOutcome.DAMAGED:
-            return (f"{where} is damaged on the secondary: expected {self.expected}, found "
-                    f"{self.found}; its data file is {self.data_path} under the registry's "
-                    "storage root. The registry never overwrites an existing data file, so no "
-                    "copy can repair it. What to do: remove that data file on the secondary, "
-                    "then run registry_reconcile with verify=blobs, which copies it again")
+            return (
+                f"{where} is damaged on the secondary: expected {self.expected}, found "
+                f"{self.found}; its data file is {self.data_path} under the registry's "
+                "storage root. The registry never overwrites an existing data file, so no "
+                "copy can repair it. What to do: remove that data file on the secondary, "
+                "then run registry_reconcile with verify=blobs, which copies it again"
+            )
         if self.outcome == CheckOutcome.REPAIRED:
             return f"{where} was missing on the secondary ({self.found}); copied again"
         return f"{where}: {self.found}" + (f" ({self.error})" if self.error else "")
@@ -80,8 +82,13 @@ class DeepReport:
 
     def line(self) -> str:
         repaired = sum(f.outcome == CheckOutcome.REPAIRED for f in self.findings)
-        content = (f", {self.blobs_read} blobs read back ({human_size(self.bytes_read)})"
-                   if self.level == VerifyLevel.CONTENT else "")
-        return (f"{self.level} verification of {len(self.repositories)} repositories: "
-                f"{self.manifests_checked} manifests fetched, {self.blobs_checked} blobs "
-                f"checked{content}; {repaired} repaired, {len(self.problems)} problems")
+        content = (
+            f", {self.blobs_read} blobs read back ({human_size(self.bytes_read)})"
+            if self.level == VerifyLevel.CONTENT
+            else ""
+        )
+        return (
+            f"{self.level} verification of {len(self.repositories)} repositories: "
+            f"{self.manifests_checked} manifests fetched, {self.blobs_checked} blobs "
+            f"checked{content}; {repaired} repaired, {len(self.problems)} problems"
+        )

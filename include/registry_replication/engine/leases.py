@@ -183,8 +183,9 @@ class Leases:
 
     def _start_heartbeat(self) -> None:
         if self._heartbeat is None:
-            self._heartbeat = threading.Thread(target=self._renew, daemon=True,
-                                               name="lease-heartbeat")
+            self._heartbeat = threading.Thread(
+                target=self._renew, daemon=True, name="lease-heartbeat"
+            )
             self._heartbeat.start()
 
     def _renew(self) -> None:

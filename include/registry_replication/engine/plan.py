@@ -122,15 +122,18 @@ class Plan:
         return sum(b.size for b in self.blobs if b.mount_from is None)
 
     def blob_batches(
-        self, batch_bytes: int = Settings.blob_batch_bytes, max_batches: int = MAX_BATCHES,
+        self,
+        batch_bytes: int = Settings.blob_batch_bytes,
+        max_batches: int = MAX_BATCHES,
         max_blobs: int = MAX_BLOBS_PER_BATCH,
     ) -> list[list[BlobTask]]:
         """Batches of about ``batch_bytes`` and at most ``max_blobs`` blobs each (unless that
         would take more than ``max_batches``), balanced by bytes (largest blob first)."""
         if not self.blobs:
             return []
-        wanted = max(1, math.ceil(self.transfer_bytes / batch_bytes),
-                     math.ceil(len(self.blobs) / max_blobs))
+        wanted = max(
+            1, math.ceil(self.transfer_bytes / batch_bytes), math.ceil(len(self.blobs) / max_blobs)
+        )
         count = min(max_batches, len(self.blobs), wanted)
         cap = max(max_blobs, math.ceil(len(self.blobs) / count))
         heap = [(0, i) for i in range(count)]
@@ -178,8 +181,10 @@ def build_plan(
         if (found := known_manifests.get(image)) is not None:
             plan.manifests[image] = found
     with ThreadPoolExecutor(concurrency, thread_name_prefix="plan") as pool:
-        tasks = pool.map(lambda item: _image_task(primary, *item[0], sorted(item[1]), plan),
-                         sorted(tags_of.items()))
+        tasks = pool.map(
+            lambda item: _image_task(primary, *item[0], sorted(item[1]), plan),
+            sorted(tags_of.items()),
+        )
         sizes: dict[str, int] = {}
         # digest -> repositories needing it (a dict as an ordered set: a blob every repository
         # shares is looked up once per image, not scanned for)
@@ -210,8 +215,11 @@ def build_plan(
         )
     log.info(
         "plan: %d images to push, %d blobs (%d to transfer, %s), %d skipped",
-        len(plan.images), len(plan.blobs), sum(1 for b in plan.blobs if b.mount_from is None),
-        human_size(plan.transfer_bytes), len(plan.skipped),
+        len(plan.images),
+        len(plan.blobs),
+        sum(1 for b in plan.blobs if b.mount_from is None),
+        human_size(plan.transfer_bytes),
+        len(plan.skipped),
     )
     return plan
 
@@ -230,8 +238,9 @@ def _image_task(
         media_type = getattr(exc, "media_type", "") or walk.media_type
         permanent = not _may_pass(exc)
     else:
-        task = ImageTask(repository, digest, manifest.media_type, tags, walk.children,
-                         sorted(walk.sizes))
+        task = ImageTask(
+            repository, digest, manifest.media_type, tags, walk.children, sorted(walk.sizes)
+        )
         return task, walk.sizes
     log.warning("skipping %s@%s (tags %s): %s", repository, digest, ", ".join(tags), reason)
     plan.skipped.append(Skipped(repository, tags, digest, media_type, reason, permanent))
@@ -252,8 +261,10 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, RecursionError):  # a bound should have held first: say so plainly
         return "the manifest nests too deeply to read (RecursionError); delete or re-push it"
     # Anything else the manifest's contents raised: malformed for what it claims to be.
-    return (f"malformed manifest ({type(exc).__name__}: {str(exc)[:200]}); delete or re-push "
-            "it on the primary")
+    return (
+        f"malformed manifest ({type(exc).__name__}: {str(exc)[:200]}); delete or re-push "
+        "it on the primary"
+    )
 
 
 def _has_blob(secondary: RegistryClient, repository: str, digest: str) -> bool:
@@ -270,4 +281,3 @@ def _cost(task: BlobTask) -> int:
 def batch_label(batch: Sequence[BlobTask], index: int, total: int) -> str:
     size = sum(t.size for t in batch if t.mount_from is None)
     return f"blobs {index + 1}/{total} ({human_size(size)})"
-

@@ -56,6 +56,7 @@ class PruneResult:
         line = f"prune {self.outcome:<12} {self.repository}:{self.tag} {self.digest}"
         return f"{line}: {self.error}" if self.error else line
 
+
 class DeleteBudget:
     """``prunable``'s mass-deletion guard for deletes decided one repository at a time (the
     event path): together they remove at most ``max_fraction`` of the secondary's tags, as
@@ -113,8 +114,10 @@ def prunable(
     # A repository with a listing problem on either side is incomplete: leave it alone.
     unsure = primary.problem_repositories | secondary.problem_repositories
     if unsure & set(extra["repository"]):
-        log.warning("not pruning %s: their listing is incomplete (see the snapshot's problems)",
-                    ", ".join(sorted(unsure & set(extra["repository"]))))
+        log.warning(
+            "not pruning %s: their listing is incomplete (see the snapshot's problems)",
+            ", ".join(sorted(unsure & set(extra["repository"]))),
+        )
     extra = extra[~extra["repository"].isin(unsure)]
     rows = extra[["repository", "tag", "digest_secondary"]].rename(
         columns={"digest_secondary": "digest"}
@@ -147,49 +150,81 @@ def prune(
         planned = dict(zip(group["tag"], group["digest"]))
         if dry_run:
             current, _ = _listing(secondary, repository, concurrency)
-            results += [PruneResult(repository, tag, digest, PruneOutcome.WOULD_DELETE)
-                        for tag, digest in sorted(planned.items()) if current.get(tag) == digest]
+            results += [
+                PruneResult(repository, tag, digest, PruneOutcome.WOULD_DELETE)
+                for tag, digest in sorted(planned.items())
+                if current.get(tag) == digest
+            ]
             continue
-        results += _under_lease(primary, secondary, repository, lambda _, planned=planned: planned, leases,
-                                concurrency)
+        results += _under_lease(
+            primary, secondary, repository, lambda _, planned=planned: planned, leases, concurrency
+        )
     for result in results:
         (log.error if result.outcome == PruneOutcome.FAILED else log.info)(result.log_line())
     return results
 
 
 def mirror_manifest_delete(
-    primary: RegistryClient, secondary: RegistryClient, repository: str, digest: str, *,
-    leases: Leases, budget: DeleteBudget, concurrency: int = 16,
+    primary: RegistryClient,
+    secondary: RegistryClient,
+    repository: str,
+    digest: str,
+    *,
+    leases: Leases,
+    budget: DeleteBudget,
+    concurrency: int = 16,
 ) -> list[PruneResult]:
     """The primary deleted ``digest``: remove its tags the primary no longer has (a tag it has
     again, on any digest, stays), then the manifest itself once nothing refers to it."""
     results = _under_lease(
-        primary, secondary, repository,
+        primary,
+        secondary,
+        repository,
         lambda current: {tag: d for tag, d in current.items() if d == digest},
-        leases, concurrency, also={digest}, budget=budget)
+        leases,
+        concurrency,
+        also={digest},
+        budget=budget,
+    )
     for result in results:
         (log.error if result.outcome == PruneOutcome.FAILED else log.info)(result.log_line())
     return results
 
 
 def mirror_tag_deletes(
-    primary: RegistryClient, secondary: RegistryClient, repository: str, tags: list[str], *,
-    leases: Leases, budget: DeleteBudget, concurrency: int = 16,
+    primary: RegistryClient,
+    secondary: RegistryClient,
+    repository: str,
+    tags: list[str],
+    *,
+    leases: Leases,
+    budget: DeleteBudget,
+    concurrency: int = 16,
 ) -> list[PruneResult]:
     """The primary untagged ``tags``: remove those it still lacks, on whatever digest."""
     results = _under_lease(
-        primary, secondary, repository,
+        primary,
+        secondary,
+        repository,
         lambda current: {tag: current[tag] for tag in tags if tag in current},
-        leases, concurrency, budget=budget)
+        leases,
+        concurrency,
+        budget=budget,
+    )
     for result in results:
         (log.error if result.outcome == PruneOutcome.FAILED else log.info)(result.log_line())
     return results
 
 
 def _under_lease(
-    primary: RegistryClient, secondary: RegistryClient, repository: str,
-    select: Callable[[dict[str, str]], dict[str, str]], leases: Leases, concurrency: int,
-    also: set[str] = frozenset(), budget: DeleteBudget | None = None,
+    primary: RegistryClient,
+    secondary: RegistryClient,
+    repository: str,
+    select: Callable[[dict[str, str]], dict[str, str]],
+    leases: Leases,
+    concurrency: int,
+    also: set[str] = frozenset(),
+    budget: DeleteBudget | None = None,
 ) -> list[PruneResult]:
     """Remove the selected {tag: digest} (from the listing made inside the lease) that are
     still on that digest, then the manifests left untagged (and ``also``), as on the primary.
@@ -201,20 +236,25 @@ def _under_lease(
             # listing also replaces the repository's record (intents of dead writers included).
             listed_since = now()
             current, indexes = _listing(secondary, repository, concurrency)
-            TagRecord(leases.store).replace_under_lease(repository, current, listed_since,
-                                                        leases.owner)
+            TagRecord(leases.store).replace_under_lease(
+                repository, current, listed_since, leases.owner
+            )
             planned = select(current)
             doomed = [(tag, d) for tag, d in sorted(planned.items()) if current.get(tag) == d]
             if budget is not None:
                 budget.take(repository, [tag for tag, _ in doomed])
-            results = [_remove_tag(primary, secondary, repository, tag, d, current, leases)
-                       for tag, d in doomed]
+            results = [
+                _remove_tag(primary, secondary, repository, tag, d, current, leases)
+                for tag, d in doomed
+            ]
             emptied = {r.digest for r in results if r.outcome == PruneOutcome.DELETED} | set(also)
             _delete_untagged(primary, secondary, repository, emptied, current, indexes, leases)
             return results
     except Exception as exc:  # noqa: BLE001 - the unit's boundary: this repository
-        return [PruneResult(repository, tag, d, PruneOutcome.FAILED, describe(exc))
-                for tag, d in sorted((planned or {"*": ",".join(sorted(also))}).items())]
+        return [
+            PruneResult(repository, tag, d, PruneOutcome.FAILED, describe(exc))
+            for tag, d in sorted((planned or {"*": ",".join(sorted(also))}).items())
+        ]
 
 
 def _listing(
@@ -224,22 +264,35 @@ def _listing(
     current = take_snapshot(secondary, Scope(), concurrency=concurrency, repositories=[repository])
     if not current.complete:
         why = current.errors[0] if current.errors else problem_line(current.problems[0])
-        raise PruneRefused(f"not pruning {repository}: its listing on the secondary is "
-                           f"incomplete ({why})")
+        raise PruneRefused(
+            f"not pruning {repository}: its listing on the secondary is incomplete ({why})"
+        )
     tags = current.tags
-    return (dict(zip(tags["tag"], tags["digest"])),
-            set(tags.loc[tags["media_type"].isin(mt.INDEXES), "digest"]))
+    return (
+        dict(zip(tags["tag"], tags["digest"])),
+        set(tags.loc[tags["media_type"].isin(mt.INDEXES), "digest"]),
+    )
 
 
 def _remove_tag(
-    primary: RegistryClient, secondary: RegistryClient, repository: str, tag: str, digest: str,
-    current: dict[str, str], leases: Leases,
+    primary: RegistryClient,
+    secondary: RegistryClient,
+    repository: str,
+    tag: str,
+    digest: str,
+    current: dict[str, str],
+    leases: Leases,
 ) -> PruneResult:
     try:
         now = primary.head_manifest(repository, tag)
         if now is not None:
-            return PruneResult(repository, tag, digest, PruneOutcome.KEPT,
-                               f"the primary has it again (on {now.digest}); not deleted")
+            return PruneResult(
+                repository,
+                tag,
+                digest,
+                PruneOutcome.KEPT,
+                f"the primary has it again (on {now.digest}); not deleted",
+            )
         record = TagRecord(leases.store)
         record.intend(repository, [tag], leases.owner)  # a kill mid-untag leaves "unknown"
         leases.check()
@@ -255,27 +308,41 @@ def untag(secondary: RegistryClient, repository: str, tag: str) -> None:
     """Remove one tag, and only that tag: point it at a fresh tombstone, delete the tombstone."""
     if not secondary.has_blob(repository, EMPTY_CONFIG_DIGEST):
         secondary.push_blob(repository, EMPTY_CONFIG_DIGEST, EMPTY_CONFIG, len(EMPTY_CONFIG))
-    tombstone = secondary.put_manifest(repository, tag, _tombstone(repository, tag), mt.OCI_MANIFEST)
+    tombstone = secondary.put_manifest(
+        repository, tag, _tombstone(repository, tag), mt.OCI_MANIFEST
+    )
     secondary.delete_manifest(repository, tombstone)
 
 
 def _tombstone(repository: str, tag: str) -> bytes:
-    return json.dumps({
-        "schemaVersion": 2,
-        "mediaType": mt.OCI_MANIFEST,
-        "artifactType": TOMBSTONE_ARTIFACT_TYPE,
-        "config": {"mediaType": mt.OCI_EMPTY,
-                   "digest": EMPTY_CONFIG_DIGEST, "size": len(EMPTY_CONFIG)},
-        "layers": [],
-        "annotations": {"org.opencontainers.image.description":
-                        f"registry-replication is deleting {repository}:{tag}",
-                        "registry-replication.nonce": uuid.uuid4().hex},
-    }, separators=(",", ":")).encode()
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_MANIFEST,
+            "artifactType": TOMBSTONE_ARTIFACT_TYPE,
+            "config": {
+                "mediaType": mt.OCI_EMPTY,
+                "digest": EMPTY_CONFIG_DIGEST,
+                "size": len(EMPTY_CONFIG),
+            },
+            "layers": [],
+            "annotations": {
+                "org.opencontainers.image.description": f"registry-replication is deleting {repository}:{tag}",
+                "registry-replication.nonce": uuid.uuid4().hex,
+            },
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 def _delete_untagged(
-    primary: RegistryClient, secondary: RegistryClient, repository: str, digests: set[str],
-    current: dict[str, str], indexes: set[str], leases: Leases,
+    primary: RegistryClient,
+    secondary: RegistryClient,
+    repository: str,
+    digests: set[str],
+    current: dict[str, str],
+    indexes: set[str],
+    leases: Leases,
 ) -> None:
     """Delete manifests no tag points at any more, as on the primary: unless the primary still
     has them or a kept index on the secondary refers to them."""

@@ -44,8 +44,15 @@ class RepositoryWork:
 
     @property
     def event_ids(self) -> list[str]:
-        return [*self.noop, *(i for part in (self.tags, self.deleted, self.untagged)
-                              for ids in part.values() for i in ids)]
+        return [
+            *self.noop,
+            *(
+                i
+                for part in (self.tags, self.deleted, self.untagged)
+                for ids in part.values()
+                for i in ids
+            ),
+        ]
 
 
 def coalesce(events: Sequence[Event]) -> dict[Repository, RepositoryWork]:
@@ -108,15 +115,40 @@ def replicate_events(
     def replicate_repository(repository: Repository, work: RepositoryWork) -> dict[str, str | None]:
         outcomes: dict[str, str | None] = {event_id: None for event_id in work.noop}
         if work.tags:
-            outcomes.update(_copy_tags(primary, secondary, repository, work.tags, leases,
-                                       concurrency=concurrency, parallelism=parallelism,
-                                       on_copied=on_copied))
+            outcomes.update(
+                _copy_tags(
+                    primary,
+                    secondary,
+                    repository,
+                    work.tags,
+                    leases,
+                    concurrency=concurrency,
+                    parallelism=parallelism,
+                    on_copied=on_copied,
+                )
+            )
         if work.deleted:
-            outcomes.update(_mirror_deletes(primary, secondary, repository, work.deleted, leases,
-                                            budget, concurrency=concurrency))
+            outcomes.update(
+                _mirror_deletes(
+                    primary,
+                    secondary,
+                    repository,
+                    work.deleted,
+                    leases,
+                    budget,
+                    concurrency=concurrency,
+                )
+            )
         if work.untagged:
-            results = mirror_tag_deletes(primary, secondary, repository, sorted(work.untagged),
-                                         leases=leases, budget=budget, concurrency=concurrency)
+            results = mirror_tag_deletes(
+                primary,
+                secondary,
+                repository,
+                sorted(work.untagged),
+                leases=leases,
+                budget=budget,
+                concurrency=concurrency,
+            )
             failed = next((p.error for p in RunOutcome(pruned=results).problems()), None)
             outcomes.update({i: failed for ids in work.untagged.values() for i in ids})
         return outcomes
@@ -139,14 +171,22 @@ def _typed(event: Event) -> Event:
     """An event read back from the store with its names typed, each validated once here for
     the whole path (the webhook validated them before it stored the event)."""
     return dataclasses.replace(
-        event, repository=Repository.of(event.repository),
+        event,
+        repository=Repository.of(event.repository),
         tag=None if event.tag is None else Tag.of(event.tag),
-        digest=None if event.digest is None else Digest.of(event.digest))
+        digest=None if event.digest is None else Digest.of(event.digest),
+    )
 
 
 def _copy_tags(
-    primary: RegistryClient, secondary: RegistryClient, repository: Repository,
-    tags: dict[Tag, list[str]], leases: Leases, *, concurrency: int, parallelism: int,
+    primary: RegistryClient,
+    secondary: RegistryClient,
+    repository: Repository,
+    tags: dict[Tag, list[str]],
+    leases: Leases,
+    *,
+    concurrency: int,
+    parallelism: int,
     on_copied: Callable[[int], None] | None,
 ) -> dict[str, str | None]:
     def heads(tag: Tag):
@@ -159,15 +199,24 @@ def _copy_tags(
         return {event_id: describe(exc) for ids in tags.values() for event_id in ids}
     # Gone from the primary since (the delete event or the reconcile mirrors that), or already
     # where the primary points: done. The rest is what the plan copies.
-    wanted = [WantedTag(repository, tag, source.digest) for tag, (source, target) in found.items()
-              if source is not None and (target is None or target.digest != source.digest)]
+    wanted = [
+        WantedTag(repository, tag, source.digest)
+        for tag, (source, target) in found.items()
+        if source is not None and (target is None or target.digest != source.digest)
+    ]
     if not wanted:
         return {event_id: None for ids in tags.values() for event_id in ids}
     plan = build_plan(primary, secondary, wanted, concurrency=concurrency)
     # The plan was made moments ago from these very HEADs: no second existence check per blob
     # and tag (the compare-and-set on the primary before each tag write stays).
-    copier = Copier(primary, secondary, leases=leases, parallelism=parallelism,
-                    manifests=plan.manifests, recheck=False)
+    copier = Copier(
+        primary,
+        secondary,
+        leases=leases,
+        parallelism=parallelism,
+        manifests=plan.manifests,
+        recheck=False,
+    )
     blobs = copier.copy_blobs(plan.blobs)
     if on_copied is not None:
         on_copied(sum(r.bytes for r in blobs))
@@ -178,8 +227,14 @@ def _copy_tags(
 
 
 def _mirror_deletes(
-    primary: RegistryClient, secondary: RegistryClient, repository: Repository,
-    deleted: dict[Digest, list[str]], leases: Leases, budget: DeleteBudget, *, concurrency: int,
+    primary: RegistryClient,
+    secondary: RegistryClient,
+    repository: Repository,
+    deleted: dict[Digest, list[str]],
+    leases: Leases,
+    budget: DeleteBudget,
+    *,
+    concurrency: int,
 ) -> dict[str, str | None]:
     outcomes: dict[str, str | None] = {}
     for digest, ids in deleted.items():
@@ -190,8 +245,15 @@ def _mirror_deletes(
         except Exception as exc:  # noqa: BLE001 - this digest's events' outcome
             outcomes.update({i: describe(exc) for i in ids})
             continue
-        results = mirror_manifest_delete(primary, secondary, repository, digest, leases=leases,
-                                         budget=budget, concurrency=concurrency)
+        results = mirror_manifest_delete(
+            primary,
+            secondary,
+            repository,
+            digest,
+            leases=leases,
+            budget=budget,
+            concurrency=concurrency,
+        )
         failed = next((p.error for p in RunOutcome(pruned=results).problems()), None)
         outcomes.update({i: failed for i in ids})
     return outcomes

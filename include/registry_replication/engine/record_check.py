@@ -42,36 +42,55 @@ class RecordCheck:
     catalog: int = 0
 
     def line(self) -> str:
-        return (f"catalog read ({self.catalog} repositories), {self.sampled} recorded tags "
-                "HEADed" + (f"; {len(self.stale)} repositories differ from the record and are "
-                            "listed" if self.stale else ""))
+        return (
+            f"catalog read ({self.catalog} repositories), {self.sampled} recorded tags "
+            "HEADed"
+            + (
+                f"; {len(self.stale)} repositories differ from the record and are listed"
+                if self.stale
+                else ""
+            )
+        )
 
 
-def check_record(secondary: RegistryClient, engine: sa.Engine, repositories: Sequence[str], *,
-                 fraction: float = SAMPLE_FRACTION, concurrency: int = 16) -> RecordCheck:
+def check_record(
+    secondary: RegistryClient,
+    engine: sa.Engine,
+    repositories: Sequence[str],
+    *,
+    fraction: float = SAMPLE_FRACTION,
+    concurrency: int = 16,
+) -> RecordCheck:
     """Check the record of ``repositories`` (those a cheap run would read from it)."""
     rows = _present(engine, repositories)
     holding = sorted(rows)
     try:
         catalog = set(secondary.catalog())
     except Exception as exc:  # noqa: BLE001 - any failure: the record is not trusted
-        return RecordCheck(lost=f"the secondary's catalog could not be read to check the record "
-                                f"({describe(exc)})")
+        return RecordCheck(
+            lost=f"the secondary's catalog could not be read to check the record ({describe(exc)})"
+        )
     check = RecordCheck(catalog=len(catalog))
     missing = [r for r in holding if r not in catalog]
     if missing:
         tags = sum(len(rows[r]) for r in holding)
         check.lost = (
             f"the secondary's catalog is empty while the record holds {tags} tags in "
-            f"{len(holding)} repositories (was its storage emptied or replaced?)" if not catalog
+            f"{len(holding)} repositories (was its storage emptied or replaced?)"
+            if not catalog
             else f"the secondary's catalog lacks {len(missing)} repositories the record holds "
-                 f"tags in ({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})")
-        log.warning("the record of the secondary's tags is not trusted: %s; this run lists "
-                    "the secondary", check.lost)
+            f"tags in ({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})"
+        )
+        log.warning(
+            "the record of the secondary's tags is not trusted: %s; this run lists the secondary",
+            check.lost,
+        )
         return check
-    sample = [(repository, tag, digest) for repository in holding
-              for tag, digest in rows[repository][:max(1, math.ceil(len(rows[repository])
-                                                                    * fraction))]]
+    sample = [
+        (repository, tag, digest)
+        for repository in holding
+        for tag, digest in rows[repository][: max(1, math.ceil(len(rows[repository]) * fraction))]
+    ]
 
     def head(item: tuple[str, str, str]) -> str | None:
         repository, tag, digest = item
@@ -82,8 +101,9 @@ def check_record(secondary: RegistryClient, engine: sa.Engine, repositories: Seq
         if found is None:
             return f"{repository}:{tag} is recorded on {digest} but absent on the secondary"
         if found.digest != digest:
-            return (f"{repository}:{tag} is recorded on {digest} but the secondary has "
-                    f"{found.digest}")
+            return (
+                f"{repository}:{tag} is recorded on {digest} but the secondary has {found.digest}"
+            )
         return None
 
     with ThreadPoolExecutor(max(1, min(concurrency, len(sample) or 1))) as pool:
@@ -92,8 +112,9 @@ def check_record(secondary: RegistryClient, engine: sa.Engine, repositories: Seq
                 check.stale.setdefault(repository, why)
     check.sampled = len(sample)
     for repository, why in check.stale.items():
-        log.warning("the record of %s differs from the secondary: %s; this run lists it",
-                    repository, why)
+        log.warning(
+            "the record of %s differs from the secondary: %s; this run lists it", repository, why
+        )
     _stamp(engine, [(repository, tag) for repository, tag, _ in sample])
     return check
 
@@ -105,10 +126,15 @@ def _present(engine: sa.Engine, repositories: Sequence[str]) -> dict[str, list[t
     t = recorded_tags.c
     with engine.connect() as conn:
         for start in range(0, len(wanted), 500):  # bounded IN lists
-            query = (sa.select(t.repository, t.tag, t.digest)
-                     .where(t.repository.in_(wanted[start:start + 500]), t.state == "present",
-                            t.digest.is_not(None))
-                     .order_by(t.repository, sa.func.coalesce(t.sampled_at, t.recorded_at), t.tag))
+            query = (
+                sa.select(t.repository, t.tag, t.digest)
+                .where(
+                    t.repository.in_(wanted[start : start + 500]),
+                    t.state == "present",
+                    t.digest.is_not(None),
+                )
+                .order_by(t.repository, sa.func.coalesce(t.sampled_at, t.recorded_at), t.tag)
+            )
             for repository, tag, digest in conn.execute(query):
                 found.setdefault(repository, []).append((tag, digest))
     return found
@@ -118,9 +144,11 @@ def _stamp(engine: sa.Engine, pairs: list[tuple[str, str]]) -> None:
     if not pairs:
         return
     t = recorded_tags.c
-    update = (recorded_tags.update()
-              .where(t.repository == sa.bindparam("r"), t.tag == sa.bindparam("t"))
-              .values(sampled_at=sa.bindparam("at")))
+    update = (
+        recorded_tags.update()
+        .where(t.repository == sa.bindparam("r"), t.tag == sa.bindparam("t"))
+        .values(sampled_at=sa.bindparam("at"))
+    )
     at = now()
     with engine.begin() as conn:
         conn.execute(update, [{"r": r, "t": tag, "at": at} for r, tag in pairs])

@@ -50,26 +50,37 @@ def secondary_listing(
     """
     record = TagRecord(store)
     cadence = current().full_verify_hours if cadence_hours is None else cadence_hours
-    kind = choose(record, secondary.url, scope, repositories, full_verify=full_verify,
-                  cadence_hours=cadence)
+    kind = choose(
+        record, secondary.url, scope, repositories, full_verify=full_verify, cadence_hours=cadence
+    )
     if kind.kind == "cheap" and repositories is None:
         try:
             on_primary = _primary_names(primary, scope)
         except RegistryError as exc:
-            kind = RunKind("full", f"the primary's catalog could not be read to find repositories "
-                                   f"the record lacks ({exc.without_advice})")
+            kind = RunKind(
+                "full",
+                f"the primary's catalog could not be read to find repositories "
+                f"the record lacks ({exc.without_advice})",
+            )
     checked = RecordCheck()
     if kind.kind == "cheap":  # trusted only once the secondary still matches it (record_check)
-        in_scope = [r for r in (repositories if repositories is not None else
-                                record.verified(secondary.url)) if scope.wants_repository(r)]
+        in_scope = [
+            r
+            for r in (repositories if repositories is not None else record.verified(secondary.url))
+            if scope.wants_repository(r)
+        ]
         checked = check_record(secondary, store.engine, in_scope, concurrency=concurrency)
-        kind = (RunKind("full", checked.lost) if checked.lost else
-                replace(kind, reason=f"{kind.reason}; {checked.line()}", sampled=checked.sampled))
+        kind = (
+            RunKind("full", checked.lost)
+            if checked.lost
+            else replace(kind, reason=f"{kind.reason}; {checked.line()}", sampled=checked.sampled)
+        )
     log.info("%s", kind.line())
     if kind.kind == "full":
         started = now()
-        listing = take_snapshot(secondary, scope, concurrency=concurrency,
-                                repositories=repositories)
+        listing = take_snapshot(
+            secondary, scope, concurrency=concurrency, repositories=repositories
+        )
         if not listing.errors:
             listed = set(listing.tags["repository"]) | set(repositories or ())
             if repositories is None:
@@ -80,8 +91,14 @@ def secondary_listing(
                     listed |= set(_primary_names(primary, scope))
                 except RegistryError as exc:  # only fewer stamps: those repositories are listed
                     log.warning("cannot list the catalog of %s: %s", primary.url, exc)
-            record.replace(secondary.url, listing, listed - listing.problem_repositories, scope,
-                           started, written_by)
+            record.replace(
+                secondary.url,
+                listing,
+                listed - listing.problem_repositories,
+                scope,
+                started,
+                written_by,
+            )
         return listing, kind
 
     stamps = record.verified(secondary.url)
@@ -94,37 +111,62 @@ def secondary_listing(
     recorded = [n for n in names if n in stamps and n not in checked.stale]
     frames, problems = [], []
     if unrecorded:
-        log.info("listing %d repositories the record does not know yet, or that differ from "
-                 "it, on %s: %s",
-                 len(unrecorded), secondary.url, ", ".join(unrecorded[:10])
-                 + (" ..." if len(unrecorded) > 10 else ""))
+        log.info(
+            "listing %d repositories the record does not know yet, or that differ from "
+            "it, on %s: %s",
+            len(unrecorded),
+            secondary.url,
+            ", ".join(unrecorded[:10]) + (" ..." if len(unrecorded) > 10 else ""),
+        )
         started = now()
         listing = take_snapshot(secondary, scope, concurrency=concurrency, repositories=unrecorded)
-        record.replace(secondary.url, listing, set(unrecorded) - listing.problem_repositories,
-                       scope, started, written_by)
+        record.replace(
+            secondary.url,
+            listing,
+            set(unrecorded) - listing.problem_repositories,
+            scope,
+            started,
+            written_by,
+        )
         frames.append(listing.tags)
         problems += listing.problems
     rows = record.tags(recorded)
     rows = rows[rows["tag"].map(scope.wants_tag).astype(bool)] if len(rows) else rows
-    frames.append(rows.loc[rows["state"] == "present", COLUMNS] if len(rows) else
-                  pd.DataFrame(columns=COLUMNS))
+    frames.append(
+        rows.loc[rows["state"] == "present", COLUMNS]
+        if len(rows)
+        else pd.DataFrame(columns=COLUMNS)
+    )
     unknown = rows[rows["state"] == INTENT] if len(rows) else rows
     if len(unknown):
-        found, failed = _heads(secondary, list(zip(unknown["repository"], unknown["tag"])),
-                               concurrency)
+        found, failed = _heads(
+            secondary, list(zip(unknown["repository"], unknown["tag"])), concurrency
+        )
         frames.append(pd.DataFrame(found, columns=COLUMNS))
         problems += failed
-    tags = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(
-        len(f) for f in frames) else pd.DataFrame(columns=COLUMNS)
-    log.info("the secondary as recorded: %d repositories, %d tags (%d intents checked by HEAD, "
-             "%d repositories listed)", len(names), len(tags), len(unknown), len(unrecorded))
+    tags = (
+        pd.concat([f for f in frames if len(f)], ignore_index=True)
+        if any(len(f) for f in frames)
+        else pd.DataFrame(columns=COLUMNS)
+    )
+    log.info(
+        "the secondary as recorded: %d repositories, %d tags (%d intents checked by HEAD, "
+        "%d repositories listed)",
+        len(names),
+        len(tags),
+        len(unknown),
+        len(unrecorded),
+    )
     return Snapshot(secondary.url, tags, [], problems), kind
 
 
 def _primary_names(primary: RegistryClient, scope: Scope) -> list[Repository]:
     """The primary's repositories in scope (its snapshot reports the odd ones)."""
-    return [name for n in primary.catalog()
-            if isinstance(n, str) and scope.wants_repository(n) and (name := _valid(n))]
+    return [
+        name
+        for n in primary.catalog()
+        if isinstance(n, str) and scope.wants_repository(n) and (name := _valid(n))
+    ]
 
 
 def _valid(name: str) -> Repository | None:
@@ -134,8 +176,9 @@ def _valid(name: str) -> Repository | None:
         return None  # the primary's snapshot reports it
 
 
-def _heads(secondary: RegistryClient, pairs: list[tuple[str, str]], concurrency: int
-           ) -> tuple[list[tuple[str, str, str, str]], list[dict[str, str | None]]]:
+def _heads(
+    secondary: RegistryClient, pairs: list[tuple[str, str]], concurrency: int
+) -> tuple[list[tuple[str, str, str, str]], list[dict[str, str | None]]]:
     """The secondary's answer for tags whose writer may have died mid-write."""
     found, failed = [], []
 
@@ -148,11 +191,18 @@ def _heads(secondary: RegistryClient, pairs: list[tuple[str, str]], concurrency:
     with ThreadPoolExecutor(max(1, min(concurrency, len(pairs)))) as pool:
         for (repository, tag), descriptor, exc in pool.map(head, pairs):
             if exc is not None:
-                problem = {"repository": repository, "tag": tag,
-                           "reason": getattr(exc, "without_advice", None) or describe(exc),
-                           "advice": getattr(exc, "advice", None) or "the next run retries"}
-                log.error("cannot check %s on %s: %s", f"{repository}:{tag}", secondary.url,
-                          problem_line(problem))
+                problem = {
+                    "repository": repository,
+                    "tag": tag,
+                    "reason": getattr(exc, "without_advice", None) or describe(exc),
+                    "advice": getattr(exc, "advice", None) or "the next run retries",
+                }
+                log.error(
+                    "cannot check %s on %s: %s",
+                    f"{repository}:{tag}",
+                    secondary.url,
+                    problem_line(problem),
+                )
                 failed.append(problem)
             elif descriptor is not None:
                 found.append((repository, tag, descriptor.digest, descriptor.media_type))

@@ -27,8 +27,10 @@ def distributed(executor: str) -> bool:
     """Whether ``[core] executor`` may run a task on another machine: any configured executor
     (a comma-separated list; each a name, a class path, or ``alias:class path``) that is not a
     local one."""
-    names = [item.split("=", 1)[-1].rsplit(":", 1)[-1].rsplit(".", 1)[-1].strip()
-             for item in executor.replace(";", ",").split(",")]
+    names = [
+        item.split("=", 1)[-1].rsplit(":", 1)[-1].rsplit(".", 1)[-1].strip()
+        for item in executor.replace(";", ",").split(",")
+    ]
     return any(name and name not in LOCAL_EXECUTORS for name in names)
 
 
@@ -42,8 +44,9 @@ def local_path(url: str) -> bool:
     return urlsplit(url).scheme in ("", "file", "local")
 
 
-def problems(executor: str, *, store_url: str, artifacts_path: str,
-             artifacts_path_shared: bool) -> list[str]:
+def problems(
+    executor: str, *, store_url: str, artifacts_path: str, artifacts_path_shared: bool
+) -> list[str]:
     """What is not shared that must be, each with the setting to change (empty: all is well).
 
     ``artifacts_path``: the configured one, empty when unset (artifacts then follow the store);
@@ -60,7 +63,8 @@ def problems(executor: str, *, store_url: str, artifacts_path: str,
             f"sees, and [core] executor = {executor} runs tasks on other machines (the webhook, "
             f"the triggerer and each worker would use a store of their own). What to do: set "
             f"{name} in the environment of every Airflow process to one PostgreSQL database "
-            f"they all reach, e.g. {name}={STORE_EXAMPLE}")
+            f"they all reach, e.g. {name}={STORE_EXAMPLE}"
+        )
     if artifacts_path and local_path(artifacts_path) and not artifacts_path_shared:
         found.append(
             f"[registry_replication] artifacts_path = {artifacts_path} is a directory of this "
@@ -70,5 +74,6 @@ def problems(executor: str, *, store_url: str, artifacts_path: str,
             f"artifacts in the replication store, or set it to object storage every worker "
             f"reaches, e.g. AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH={ARTIFACTS_EXAMPLE} "
             f"with artifacts_conn_id naming its connection; for a volume every worker mounts at "
-            f"that same path, set AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH_SHARED=True")
+            f"that same path, set AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH_SHARED=True"
+        )
     return found

@@ -81,10 +81,18 @@ def take_snapshot(
 ) -> Snapshot:
     """List a registry into memory. ``repositories`` skips the catalog and lists just those."""
     rows: list[Row] = []
-    listing = stream_snapshot(client, rows.extend, scope, concurrency=concurrency,
-                              repositories=repositories, known=known, manifests=manifests)
-    return Snapshot(listing.registry, pd.DataFrame(rows, columns=COLUMNS), listing.errors,
-                    listing.problems)
+    listing = stream_snapshot(
+        client,
+        rows.extend,
+        scope,
+        concurrency=concurrency,
+        repositories=repositories,
+        known=known,
+        manifests=manifests,
+    )
+    return Snapshot(
+        listing.registry, pd.DataFrame(rows, columns=COLUMNS), listing.errors, listing.problems
+    )
 
 
 def stream_snapshot(
@@ -115,8 +123,12 @@ def stream_snapshot(
     errors, problems = listing.errors, listing.problems
 
     def problem(repository: object, tag: object, reason: str, advice: str | None) -> None:
-        found = {"repository": _shown(repository), "tag": None if tag is None else _shown(tag, 128),
-                 "reason": reason, "advice": advice or "fix it on the registry; the next run retries"}
+        found = {
+            "repository": _shown(repository),
+            "tag": None if tag is None else _shown(tag, 128),
+            "reason": reason,
+            "advice": advice or "fix it on the registry; the next run retries",
+        }
         log.error("cannot replicate from %s: %s", client.url, problem_line(found))
         problems.append(found)
 
@@ -140,9 +152,13 @@ def stream_snapshot(
     names: list[Repository] = []  # the door: every name listed or given is typed here
     for name in listed:
         if not isinstance(name, str):
-            problem(name, None, f"the catalog holds a non-string entry {_shown(name, 80)}",
-                    "the registry's catalog is corrupt: check its storage for a repository "
-                    "directory with an odd name; other repositories replicate")
+            problem(
+                name,
+                None,
+                f"the catalog holds a non-string entry {_shown(name, 80)}",
+                "the registry's catalog is corrupt: check its storage for a repository "
+                "directory with an odd name; other repositories replicate",
+            )
         elif scope.wants_repository(name):
             try:
                 names.append(Repository.of(name))
@@ -160,8 +176,13 @@ def stream_snapshot(
             try:
                 tag = Tag(text)
             except InvalidReference as exc:
-                problem(name, text, str(exc), "the registry listed a tag our reference grammar "
-                        "refuses; re-tag the image with a valid tag on the primary")
+                problem(
+                    name,
+                    text,
+                    str(exc),
+                    "the registry listed a tag our reference grammar "
+                    "refuses; re-tag the image with a valid tag on the primary",
+                )
                 continue
             if scope.wants_tag(tag):
                 wanted.append((name, tag))
@@ -193,22 +214,31 @@ def stream_snapshot(
             return None
         if descriptor.media_type in mt.SCHEMA1:
             # Listed all the same (the diff sees it); the plan skips it.
-            problem(repository, tag, "a Docker schema 1 manifest, which cannot be replicated "
-                    "byte for byte (deprecated, signed per registry)", SCHEMA1_ADVICE)
+            problem(
+                repository,
+                tag,
+                "a Docker schema 1 manifest, which cannot be replicated "
+                "byte for byte (deprecated, signed per registry)",
+                SCHEMA1_ADVICE,
+            )
         return repository, tag, descriptor.digest, descriptor.media_type
 
     with ThreadPoolExecutor(concurrency, thread_name_prefix="snapshot") as pool:
         for start in range(0, len(names), batch):
-            chunk = names[start:start + batch]
+            chunk = names[start : start + batch]
             if known is not None:
                 try:
                     expected = known(chunk)
                 except Exception as exc:  # only an optimisation: list unconditionally instead
-                    log.warning("listing %s without conditional HEADs, the record of the "
-                                "secondary's tags being unreadable (%s: %s; repositories %s): "
-                                "the listing is as complete, the registry does more work",
-                                client.url, type(exc).__name__, exc, ", ".join(chunk[:5])
-                                + (" ..." if len(chunk) > 5 else ""))
+                    log.warning(
+                        "listing %s without conditional HEADs, the record of the "
+                        "secondary's tags being unreadable (%s: %s; repositories %s): "
+                        "the listing is as complete, the registry does more work",
+                        client.url,
+                        type(exc).__name__,
+                        exc,
+                        ", ".join(chunk[:5]) + (" ..." if len(chunk) > 5 else ""),
+                    )
                     expected = {}
             pairs = [pair for found in pool.map(list_tags, chunk) for pair in found]
             rows = [row for row in pool.map(head, pairs) if row is not None]
@@ -217,7 +247,9 @@ def stream_snapshot(
     odd = {p["repository"] for p in problems}
     log.info(
         "snapshot of %s: %d repositories, %d tags%s",
-        client.url, len(names), listing.tags,
+        client.url,
+        len(names),
+        listing.tags,
         f", {len(problems)} problems in {len(odd)} repositories (not pruned)" if problems else "",
     )
     return listing

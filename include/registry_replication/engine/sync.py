@@ -72,14 +72,23 @@ class SyncReport:
     run_kind: RunKind | None = None  # whether the secondary was listed or read from the record
     level: VerifyLevel = VerifyLevel.TAGS
     deep: DeepReport | None = None  # blobs or content verification
-    damaged: dict[str, dict[str, str]] = field(default_factory=dict)  # {repository: {digest: level}}
+    damaged: dict[str, dict[str, str]] = field(
+        default_factory=dict
+    )  # {repository: {digest: level}}
 
     def outcome(self) -> RunOutcome:
         """What failed in this run, and why."""
         return RunOutcome(
-            self.blobs, self.images, self.pruned, self.plan.skipped, self.primary,
-            self.prune_refused, self.deep.findings if self.deep else (), self.damaged,
-            image_blobs={(t.repository, t.digest): t.blobs for t in self.plan.images})
+            self.blobs,
+            self.images,
+            self.pruned,
+            self.plan.skipped,
+            self.primary,
+            self.prune_refused,
+            self.deep.findings if self.deep else (),
+            self.damaged,
+            image_blobs={(t.repository, t.digest): t.blobs for t in self.plan.images},
+        )
 
     @property
     def failed(self) -> bool:
@@ -87,8 +96,9 @@ class SyncReport:
 
     def verification_line(self) -> str:
         """What the run verified and how: never "in sync" for what it did not look at."""
-        return verification.verification_line(self.verification, self.level, self.run_kind,
-                                           self.damaged, self.deep)
+        return verification.verification_line(
+            self.verification, self.level, self.run_kind, self.damaged, self.deep
+        )
 
     def counts(self) -> dict[str, int]:
         return self.outcome().counts()
@@ -100,28 +110,52 @@ def snapshots(
     """Both sides, listed in parallel."""
     with ThreadPoolExecutor(2) as pool:
         futures = [
-            pool.submit(take_snapshot, client, options.scope, concurrency=options.concurrency,
-                        repositories=options.repositories)
+            pool.submit(
+                take_snapshot,
+                client,
+                options.scope,
+                concurrency=options.concurrency,
+                repositories=options.repositories,
+            )
             for client in (primary, secondary)
         ]
         return futures[0].result(), futures[1].result()
 
 
 def listings(
-    primary: RegistryClient, secondary: RegistryClient, options: SyncOptions, store: Store,
-    *, written_by: str = "listing", manifests: ReadManifests | None = None,
+    primary: RegistryClient,
+    secondary: RegistryClient,
+    options: SyncOptions,
+    store: Store,
+    *,
+    written_by: str = "listing",
+    manifests: ReadManifests | None = None,
 ) -> tuple[Snapshot, Snapshot, RunKind]:
     """The primary, listed (conditionally on the record of the secondary's tags; ``manifests``:
     the tags the record lacks are read whole, into it); the secondary, listed (a full run) or
     as recorded (a cheap run)."""
     with ThreadPoolExecutor(2) as pool:
-        source = pool.submit(take_snapshot, primary, options.scope,
-                             concurrency=options.concurrency, repositories=options.repositories,
-                             known=TagRecord(store).descriptors, manifests=manifests)
-        target = pool.submit(secondary_listing, secondary, primary, store, options.scope,
-                             repositories=options.repositories, concurrency=options.concurrency,
-                             full_verify=options.full_verify,
-                             cadence_hours=options.full_verify_hours, written_by=written_by)
+        source = pool.submit(
+            take_snapshot,
+            primary,
+            options.scope,
+            concurrency=options.concurrency,
+            repositories=options.repositories,
+            known=TagRecord(store).descriptors,
+            manifests=manifests,
+        )
+        target = pool.submit(
+            secondary_listing,
+            secondary,
+            primary,
+            store,
+            options.scope,
+            repositories=options.repositories,
+            concurrency=options.concurrency,
+            full_verify=options.full_verify,
+            cadence_hours=options.full_verify_hours,
+            written_by=written_by,
+        )
         listing, kind = target.result()
         return source.result(), listing, kind
 
@@ -140,53 +174,89 @@ def run_sync(
             return run_sync(primary, secondary, options, leases=own)
     options = options or SyncOptions()
     started = time.monotonic()
-    level, why = verification.choose_level(leases.store, options.verify, options.repositories,
-                                        options.scope, options.deep_verify_days)
+    level, why = verification.choose_level(
+        leases.store, options.verify, options.repositories, options.scope, options.deep_verify_days
+    )
     log.info("verification level %s: %s", level, why)
     forced = level != VerifyLevel.TAGS and not options.full_verify
     if forced:  # a deep verification starts from a listing of the secondary
         options = replace(options, full_verify=True)
     read: ReadManifests = {}  # each manifest the listing read whole, for the plan
-    source, target, kind = listings(primary, secondary, options, leases.store,
-                                    written_by=leases.owner, manifests=read)
+    source, target, kind = listings(
+        primary, secondary, options, leases.store, written_by=leases.owner, manifests=read
+    )
     if forced:
-        kind = RunKind("full", f"a {level} verification lists the secondary ({why})",
-                       verification_due=True)
+        kind = RunKind(
+            "full", f"a {level} verification lists the secondary ({why})", verification_due=True
+        )
     differences = diffs.diff(source, target)
-    plan = build_plan(primary, secondary, diffs.wanted(differences),
-                      concurrency=options.concurrency, known_manifests=read)
+    plan = build_plan(
+        primary,
+        secondary,
+        diffs.wanted(differences),
+        concurrency=options.concurrency,
+        known_manifests=read,
+    )
     del read  # the plan keeps those it needs
     report = SyncReport(source, target, differences, plan, run_kind=kind, level=level)
     if options.dry_run:
         log.info("dry run: nothing copied\n%s", diffs.summary(differences).to_string())
     else:
-        copier = Copier(primary, secondary, leases=leases, parallelism=options.parallelism,
-                        concurrency=options.concurrency,
-                        manifests=plan.manifests, recheck=False,
-                        **({"chunk_size": options.chunk_size} if options.chunk_size else {}))
+        copier = Copier(
+            primary,
+            secondary,
+            leases=leases,
+            parallelism=options.parallelism,
+            concurrency=options.concurrency,
+            manifests=plan.manifests,
+            recheck=False,
+            **({"chunk_size": options.chunk_size} if options.chunk_size else {}),
+        )
         report.blobs = copier.copy_blobs(plan.blobs)
         report.images = copier.push_images(plan.images, failed_digests(report.blobs))
     if options.prune:
         try:
-            doomed = prunable(differences, source, target, max_fraction=options.max_prune_fraction,
-                              force=options.force_prune)
-            report.pruned = prune(primary, secondary, doomed, leases=leases,
-                                  dry_run=options.dry_run, concurrency=options.concurrency)
+            doomed = prunable(
+                differences,
+                source,
+                target,
+                max_fraction=options.max_prune_fraction,
+                force=options.force_prune,
+            )
+            report.pruned = prune(
+                primary,
+                secondary,
+                doomed,
+                leases=leases,
+                dry_run=options.dry_run,
+                concurrency=options.concurrency,
+            )
         except PruneRefused as exc:
             log.error(str(exc))
             report.prune_refused = str(exc)
     if not options.dry_run:
         if level != VerifyLevel.TAGS:
             report.deep = verifying.deep_verify(
-                primary, secondary, verifying.images_of(source, plan.skipped), level,
+                primary,
+                secondary,
+                verifying.images_of(source, plan.skipped),
+                level,
                 leases=leases,
-                fraction=options.content_verify_fraction, concurrency=options.concurrency,
-                parallelism=options.parallelism)
+                fraction=options.content_verify_fraction,
+                concurrency=options.concurrency,
+                parallelism=options.parallelism,
+            )
         # A deep verification may have repaired anything: then every repository is listed.
-        after = secondary_after(secondary, target, report.images, report.pruned,
-                                scope=options.scope, concurrency=options.concurrency,
-                                unsure={s.repository for s in plan.skipped},
-                                relist_all=kind.verification_due or report.deep is not None)
+        after = secondary_after(
+            secondary,
+            target,
+            report.images,
+            report.pruned,
+            scope=options.scope,
+            concurrency=options.concurrency,
+            unsure={s.repository for s in plan.skipped},
+            relist_all=kind.verification_due or report.deep is not None,
+        )
         report.verification = diffs.verify(source, after)
         report.damaged = verification.settle(leases.store, report.verification, level, target)
     report.seconds = time.monotonic() - started
@@ -194,9 +264,15 @@ def run_sync(
 
 
 def secondary_after(
-    secondary: RegistryClient, before: Snapshot, images: Iterable[ImageResult],
-    pruned: Iterable[PruneResult], *, scope: Scope, concurrency: int,
-    unsure: Iterable[str] = (), relist_all: bool = False,
+    secondary: RegistryClient,
+    before: Snapshot,
+    images: Iterable[ImageResult],
+    pruned: Iterable[PruneResult],
+    *,
+    scope: Scope,
+    concurrency: int,
+    unsure: Iterable[str] = (),
+    relist_all: bool = False,
 ) -> Snapshot:
     """The secondary after a run's writes, for its verification: the listing the run began
     with plus the writes the secondary acknowledged. Listed again: the repositories where
@@ -205,33 +281,53 @@ def secondary_after(
     repository the run changed."""
     images, pruned = list(images), list(pruned)
     done = (ImageOutcome.PUSHED, ImageOutcome.SKIPPED)
-    changed = ({r.repository for r in images if r.manifests_pushed or r.moved}
-               | {r.repository for r in pruned if r.outcome != PruneOutcome.WOULD_DELETE})
-    doubtful = ({r.repository for r in images if r.outcome not in done or r.moved}
-                | set(unsure)
-                | {r.repository for r in pruned if r.outcome not in
-                   (PruneOutcome.DELETED, PruneOutcome.WOULD_DELETE)})
+    changed = {r.repository for r in images if r.manifests_pushed or r.moved} | {
+        r.repository for r in pruned if r.outcome != PruneOutcome.WOULD_DELETE
+    }
+    doubtful = (
+        {r.repository for r in images if r.outcome not in done or r.moved}
+        | set(unsure)
+        | {
+            r.repository
+            for r in pruned
+            if r.outcome not in (PruneOutcome.DELETED, PruneOutcome.WOULD_DELETE)
+        }
+    )
     relist = sorted(changed | doubtful if relist_all else doubtful)
     listed_again = set(relist)
     written = pd.DataFrame(
-        [(r.repository, tag, r.digest, r.media_type) for r in images
-         if r.outcome in done and r.repository not in listed_again for tag in r.tags],
-        columns=COLUMNS)
-    replaced = ({(r.repository, r.tag) for r in pruned if r.outcome == PruneOutcome.DELETED}
-                | set(zip(written["repository"], written["tag"])))
-    keep = [repository not in listed_again and (repository, tag) not in replaced
-            for repository, tag in zip(before.tags["repository"], before.tags["tag"])]
+        [
+            (r.repository, tag, r.digest, r.media_type)
+            for r in images
+            if r.outcome in done and r.repository not in listed_again
+            for tag in r.tags
+        ],
+        columns=COLUMNS,
+    )
+    replaced = {(r.repository, r.tag) for r in pruned if r.outcome == PruneOutcome.DELETED} | set(
+        zip(written["repository"], written["tag"])
+    )
+    keep = [
+        repository not in listed_again and (repository, tag) not in replaced
+        for repository, tag in zip(before.tags["repository"], before.tags["tag"])
+    ]
     frames = [before.tags.loc[pd.Series(keep, index=before.tags.index, dtype=bool)], written]
     errors, problems = before.errors, before.problems
     if relist:
-        log.info("verification: listing again %d repositories where this run's writes did not "
-                 "all go as planned%s: %s", len(relist),
-                 " (or changed: a full verification is due)" if relist_all else "",
-                 ", ".join(relist[:10]) + (" ..." if len(relist) > 10 else ""))
+        log.info(
+            "verification: listing again %d repositories where this run's writes did not "
+            "all go as planned%s: %s",
+            len(relist),
+            " (or changed: a full verification is due)" if relist_all else "",
+            ", ".join(relist[:10]) + (" ..." if len(relist) > 10 else ""),
+        )
         fresh = take_snapshot(secondary, scope, concurrency=concurrency, repositories=relist)
         frames.append(fresh.tags)
         errors, problems = errors + fresh.errors, problems + fresh.problems
     frames = [f for f in frames if len(f)]
-    return Snapshot(before.registry, pd.concat(frames, ignore_index=True) if frames
-                    else pd.DataFrame(columns=COLUMNS), errors, problems)
-
+    return Snapshot(
+        before.registry,
+        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS),
+        errors,
+        problems,
+    )

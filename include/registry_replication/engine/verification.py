@@ -28,8 +28,13 @@ log = logging.getLogger(__name__)
 AUTO = "auto"  # the ``verify`` default: tags, or blobs where the last one is deep_verify_days old
 
 
-def choose_level(store: Store, asked: str, repositories: Iterable[str] | None, scope: Scope,
-                 days: float | None = None) -> tuple[VerifyLevel, str]:
+def choose_level(
+    store: Store,
+    asked: str,
+    repositories: Iterable[str] | None,
+    scope: Scope,
+    days: float | None = None,
+) -> tuple[VerifyLevel, str]:
     """The run's level and why: as asked, or under ``auto`` ``blobs`` when a repository in
     scope that was replicated before has had no ``blobs`` (or deeper) verification for
     ``deep_verify_days``. A repository this run replicates for the first time is not due: what
@@ -38,17 +43,24 @@ def choose_level(store: Store, asked: str, repositories: Iterable[str] | None, s
         return VerifyLevel(asked), f"verify={asked} was asked for"
     days = current().deep_verify_days if days is None else days
     last = last_deep(store)
-    names = sorted(n for n in (last if repositories is None else set(repositories) & set(last))
-                   if scope.wants_repository(n))
+    names = sorted(
+        n
+        for n in (last if repositories is None else set(repositories) & set(last))
+        if scope.wants_repository(n)
+    )
     if not names:
-        return VerifyLevel.TAGS, ("no repository in scope was replicated before: this run's "
-                                  "writes are checked as they land")
+        return VerifyLevel.TAGS, (
+            "no repository in scope was replicated before: this run's "
+            "writes are checked as they land"
+        )
     cutoff = now() - dt.timedelta(days=days)
     due = [n for n in names if last[n] is None or last[n] < cutoff]
     if due:
-        return VerifyLevel.BLOBS, (f"{len(due)} repositories ({', '.join(due[:3])}"
-                                   f"{' ...' if len(due) > 3 else ''}) had no blobs "
-                                   f"verification for deep_verify_days={days:g}")
+        return VerifyLevel.BLOBS, (
+            f"{len(due)} repositories ({', '.join(due[:3])}"
+            f"{' ...' if len(due) > 3 else ''}) had no blobs "
+            f"verification for deep_verify_days={days:g}"
+        )
     return VerifyLevel.TAGS, f"every repository had a blobs verification within {days:g} days"
 
 
@@ -56,21 +68,29 @@ def last_deep(store: Store) -> dict[str, dt.datetime | None]:
     """{repository: its last blobs or content verification (None: never)} of known ones."""
     t = repository_state.c
     with store.engine.connect() as conn:
-        return {r.repository: aware(r.verified_at) if r.verified_level in (
-                    VerifyLevel.BLOBS, VerifyLevel.CONTENT) else None
-                for r in conn.execute(sa.select(t.repository, t.verified_level, t.verified_at))}
+        return {
+            r.repository: aware(r.verified_at)
+            if r.verified_level in (VerifyLevel.BLOBS, VerifyLevel.CONTENT)
+            else None
+            for r in conn.execute(sa.select(t.repository, t.verified_level, t.verified_at))
+        }
 
 
 def damaged_repositories(store: Store) -> dict[str, dict[str, str]]:
     """{repository: {digest: level found at}} of the repositories recorded damaged."""
     t = repository_state.c
     with store.engine.connect() as conn:
-        return {r.repository: r.damaged or {} for r in conn.execute(
-            sa.select(t.repository, t.damaged).where(t.state == RepositoryState.DAMAGED))}
+        return {
+            r.repository: r.damaged or {}
+            for r in conn.execute(
+                sa.select(t.repository, t.damaged).where(t.state == RepositoryState.DAMAGED)
+            )
+        }
 
 
-def settle(store: Store, verification: pd.DataFrame, level: VerifyLevel,
-           before: Snapshot | None = None) -> dict[str, dict[str, str]]:
+def settle(
+    store: Store, verification: pd.DataFrame, level: VerifyLevel, before: Snapshot | None = None
+) -> dict[str, dict[str, str]]:
     """The repositories of ``verification`` still recorded damaged ({repository: {digest:
     level}}): a tags run cannot clear a deeper level's finding, so they stay damaged.
 
@@ -82,49 +102,72 @@ def settle(store: Store, verification: pd.DataFrame, level: VerifyLevel,
     next run."""
     damaged = damaged_repositories(store)
     if damaged:
-        log.error("repositories damaged on the secondary (found by an earlier or this %s "
-                  "verification; the log of that run names each data file): %s", level,
-                  ", ".join(sorted(set(damaged) & set(verification["repository"]))))
+        log.error(
+            "repositories damaged on the secondary (found by an earlier or this %s "
+            "verification; the log of that run names each data file): %s",
+            level,
+            ", ".join(sorted(set(damaged) & set(verification["repository"]))),
+        )
     known = last_deep(store)
-    first = {r: bool(ok) for r, ok in zip(verification["repository"], verification["in_sync"])
-             if r not in known}
+    first = {
+        r: bool(ok)
+        for r, ok in zip(verification["repository"], verification["in_sync"])
+        if r not in known
+    }
     if first:
         held = set(before.tags["repository"]) if before is not None else set(first)
         whole = sorted(r for r, ok in first.items() if ok and r not in held)
         at = now()
         store.state.set_repository_state(
-            {"repository": r, "state": RepositoryState.SYNCED if ok else RepositoryState.PENDING,
-             **({"verified_level": VerifyLevel.BLOBS.value, "verified_at": at}
-                if r in whole else {})} for r, ok in first.items())
-        log.info("%d repositories replicated for the first time: %d written whole by this run "
-                 "count as verified at blobs now (next due in deep_verify_days), %d are due for "
-                 "a blobs verification at the next run", len(first), len(whole),
-                 len(first) - len(whole))
+            {
+                "repository": r,
+                "state": RepositoryState.SYNCED if ok else RepositoryState.PENDING,
+                **(
+                    {"verified_level": VerifyLevel.BLOBS.value, "verified_at": at}
+                    if r in whole
+                    else {}
+                ),
+            }
+            for r, ok in first.items()
+        )
+        log.info(
+            "%d repositories replicated for the first time: %d written whole by this run "
+            "count as verified at blobs now (next due in deep_verify_days), %d are due for "
+            "a blobs verification at the next run",
+            len(first),
+            len(whole),
+            len(first) - len(whole),
+        )
     return {r: damaged[r] for r in verification["repository"] if r in damaged}
 
 
-def verification_line(verification: pd.DataFrame | None, level: VerifyLevel,
-                      kind: RunKind | None, damaged: Mapping[str, Any],
-                      deep: DeepReport | None) -> str:
+def verification_line(
+    verification: pd.DataFrame | None,
+    level: VerifyLevel,
+    kind: RunKind | None,
+    damaged: Mapping[str, Any],
+    deep: DeepReport | None,
+) -> str:
     """``10 of 10 repositories in sync (tags, from the record; sample of 50 tags checked)``:
     what the run looked at. A damaged repository is never counted in sync."""
     if verification is None:
         return "verification: none (dry run)"
     total = len(verification)
-    in_sync = int((verification["in_sync"] & ~verification["repository"].isin(list(damaged))
-                   ).sum())
+    in_sync = int((verification["in_sync"] & ~verification["repository"].isin(list(damaged))).sum())
     how = [level.value]
     if kind is None:
         how.append("listed")
     elif kind.kind == "cheap":
-        how.append("from the record" + (f"; sample of {kind.sampled} tags checked"
-                                        if kind.sampled else ""))
+        how.append(
+            "from the record" + (f"; sample of {kind.sampled} tags checked" if kind.sampled else "")
+        )
     else:
         how.append("listed")
     if deep is not None:
-        how.append(f"{deep.manifests_checked} manifests and {deep.blobs_checked} blobs checked"
-                   + (f", {deep.blobs_read} read back" if deep.level == VerifyLevel.CONTENT
-                      else ""))
+        how.append(
+            f"{deep.manifests_checked} manifests and {deep.blobs_checked} blobs checked"
+            + (f", {deep.blobs_read} read back" if deep.level == VerifyLevel.CONTENT else "")
+        )
     line = f"verification: {in_sync} of {total} repositories in sync ({'; '.join(how)})"
     if damaged:
         line += f"; {len(damaged)} damaged: {', '.join(sorted(damaged)[:10])}"

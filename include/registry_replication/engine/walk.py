@@ -30,8 +30,7 @@ class Walk:
     any depth) is walked once, its height remembered so that a deeper path to it still counts
     against ``max_index_depth``; each manifest is fetched once per plan (``ManifestCache``)."""
 
-    def __init__(self, registry: RegistryClient, repository: str, cache: ManifestCache
-                 ) -> None:
+    def __init__(self, registry: RegistryClient, repository: str, cache: ManifestCache) -> None:
         self.registry = registry
         self.bounds = registry.config.bounds
         self.repository = repository
@@ -45,12 +44,17 @@ class Walk:
 
     def fetch(self, digest: str) -> Manifest:
         if len(self.walked) >= self.bounds.max_manifests_per_image:
-            raise self._exceeded(f"the image holds more than {len(self.walked)} manifests",
-                                 "max_manifests_per_image", digest)
+            raise self._exceeded(
+                f"the image holds more than {len(self.walked)} manifests",
+                "max_manifests_per_image",
+                digest,
+            )
         if time.monotonic() > self.deadline:
             raise self._exceeded(
                 f"reading the image's manifests took over {self.bounds.image_plan_seconds:.0f}s",
-                "image_plan_seconds", digest)
+                "image_plan_seconds",
+                digest,
+            )
         self.walked.add(digest)
         manifest = self.cache.get(self.registry, self.repository, digest)
         self.media_type = self.media_type or manifest.media_type
@@ -76,12 +80,14 @@ class Walk:
         if manifest.media_type in mt.INDEXES:
             return self._collect_index(manifest, body, depth)
         if manifest.media_type not in mt.IMAGE_MANIFESTS:
-            raise UnsupportedError(f"unsupported manifest media type {manifest.media_type!r}",
-                                   manifest.media_type)
+            raise UnsupportedError(
+                f"unsupported manifest media type {manifest.media_type!r}", manifest.media_type
+            )
         descriptors = _blob_descriptors(body)
         if len(descriptors) > self.bounds.max_descriptors:
-            raise self._exceeded(f"the manifest lists {len(descriptors)} blobs",
-                                 "max_descriptors", manifest.digest)
+            raise self._exceeded(
+                f"the manifest lists {len(descriptors)} blobs", "max_descriptors", manifest.digest
+            )
         for descriptor in descriptors:
             if descriptor.get("urls"):
                 continue  # foreign, non-distributable layer: lives outside the registry
@@ -94,11 +100,15 @@ class Walk:
         if not isinstance(listed, list):
             raise ValueError("the index's 'manifests' is not a list")
         if depth + 1 > self.bounds.max_index_depth:
-            raise self._exceeded(f"indexes nest more than {self.bounds.max_index_depth} deep",
-                                 "max_index_depth", manifest.digest)
+            raise self._exceeded(
+                f"indexes nest more than {self.bounds.max_index_depth} deep",
+                "max_index_depth",
+                manifest.digest,
+            )
         if len(listed) > self.bounds.max_index_children:
-            raise self._exceeded(f"the index lists {len(listed)} manifests",
-                                 "max_index_children", manifest.digest)
+            raise self._exceeded(
+                f"the index lists {len(listed)} manifests", "max_index_children", manifest.digest
+            )
         height = 0
         for child in listed:
             child_digest = _descriptor_digest(child, self.cache.digests)
@@ -110,14 +120,22 @@ class Walk:
             if depth + 1 + height > self.bounds.max_index_depth:
                 raise self._exceeded(
                     f"indexes nest more than {self.bounds.max_index_depth} deep",
-                    "max_index_depth", child_digest)
+                    "max_index_depth",
+                    child_digest,
+                )
         return height + 1
 
     def _exceeded(self, what: str, setting: str, digest: str) -> LimitExceeded:
-        return LimitExceeded(what, registry=self.registry.url, operation="plan image",
-                             repository=self.repository, reference=digest,
-                             code="LIMIT_EXCEEDED", setting=setting,
-                             limit=getattr(self.bounds, setting))
+        return LimitExceeded(
+            what,
+            registry=self.registry.url,
+            operation="plan image",
+            repository=self.repository,
+            reference=digest,
+            code="LIMIT_EXCEEDED",
+            setting=setting,
+            limit=getattr(self.bounds, setting),
+        )
 
 
 class ManifestCache:
@@ -173,8 +191,7 @@ def _descriptor_size(descriptor: dict) -> int:
     ``-1``, ``true`` and 5,000-digit integers)."""
     size = descriptor.get("size")
     if type(size) is not int or not 0 <= size < 1 << 63:
-        raise ValueError(f"blob {descriptor.get('digest')} has an invalid size "
-                         f"{str(size)[:40]!r}")
+        raise ValueError(f"blob {descriptor.get('digest')} has an invalid size {str(size)[:40]!r}")
     return size
 
 

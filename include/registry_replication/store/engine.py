@@ -62,7 +62,8 @@ def create(url: str) -> sa.Engine:
         raise RuntimeError(
             f"the replication store supports SQLite and PostgreSQL, not {created.dialect.name} "
             f"({created.url!r}): set {variable('db_url')} to a sqlite:/// or "
-            "postgresql+psycopg2:// URL")
+            "postgresql+psycopg2:// URL"
+        )
     return created
 
 

@@ -44,7 +44,11 @@ class RunHistory:
     # -- runs and their failed layers -----------------------------------------------------------
 
     def record_run(
-        self, dag_id: str, run_id: str, state: str, summary: dict[str, Any],
+        self,
+        dag_id: str,
+        run_id: str,
+        state: str,
+        summary: dict[str, Any],
         failures: Iterable[dict[str, Any]] = (),
     ) -> None:
         """A finished run's summary, replacing its failed layers (a rerun may have fixed some).
@@ -53,51 +57,76 @@ class RunHistory:
         they live here rather than in the replication state."""
         at = now()
         insert = dialect_insert(self.engine, runs).values(
-            run_id=run_id, dag_id=dag_id, state=state, summary=summary, finished_at=at)
+            run_id=run_id, dag_id=dag_id, state=state, summary=summary, finished_at=at
+        )
         upsert = insert.on_conflict_do_update(
             index_elements=[runs.c.run_id, runs.c.dag_id],
-            set_={c: insert.excluded[c] for c in ("state", "summary", "finished_at")})
+            set_={c: insert.excluded[c] for c in ("state", "summary", "finished_at")},
+        )
         with self.engine.begin() as conn:
             conn.execute(upsert)
-            conn.execute(failed_layers.delete().where(failed_layers.c.run_id == run_id,
-                                                      failed_layers.c.dag_id == dag_id))
+            conn.execute(
+                failed_layers.delete().where(
+                    failed_layers.c.run_id == run_id, failed_layers.c.dag_id == dag_id
+                )
+            )
             rows = [{"run_id": run_id, "dag_id": dag_id, "recorded_at": at, **f} for f in failures]
             if rows:
                 conn.execute(failed_layers.insert(), rows)
 
     def last_run(self, dag_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(runs).where(runs.c.dag_id == dag_id)
-                               .order_by(runs.c.finished_at.desc()).limit(1)).first()
+            row = conn.execute(
+                sa.select(runs)
+                .where(runs.c.dag_id == dag_id)
+                .order_by(runs.c.finished_at.desc())
+                .limit(1)
+            ).first()
         return dict(row._mapping) if row else None
 
     def runs_since(self, since: dt.datetime) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(runs).where(runs.c.finished_at >= since)
-                                .order_by(runs.c.finished_at))
+            rows = conn.execute(
+                sa.select(runs).where(runs.c.finished_at >= since).order_by(runs.c.finished_at)
+            )
             return [dict(row._mapping) for row in rows]
 
     def failed_layers(self, limit: int = 200) -> list[dict[str, Any]]:
         """The failed layers of each DAG's latest recorded run."""
         with self.engine.connect() as conn:
-            latest = (sa.select(runs.c.dag_id, sa.func.max(runs.c.finished_at).label("at"))
-                      .group_by(runs.c.dag_id).subquery())
+            latest = (
+                sa.select(runs.c.dag_id, sa.func.max(runs.c.finished_at).label("at"))
+                .group_by(runs.c.dag_id)
+                .subquery()
+            )
             latest_runs = sa.select(runs.c.run_id).join(
-                latest, sa.and_(runs.c.dag_id == latest.c.dag_id, runs.c.finished_at == latest.c.at))
-            rows = conn.execute(sa.select(failed_layers)
-                                .where(failed_layers.c.run_id.in_(latest_runs))
-                                .order_by(failed_layers.c.repository).limit(limit))
+                latest, sa.and_(runs.c.dag_id == latest.c.dag_id, runs.c.finished_at == latest.c.at)
+            )
+            rows = conn.execute(
+                sa.select(failed_layers)
+                .where(failed_layers.c.run_id.in_(latest_runs))
+                .order_by(failed_layers.c.repository)
+                .limit(limit)
+            )
             return [dict(row._mapping) for row in rows]
 
     # -- operating history: metrics, alerts, the lag chart ------------------------------------
 
-    def record_copied_bytes(self, dag_id: str, run_id: str, task_id: str,
-                            map_index: int | None, copied: int) -> None:
+    def record_copied_bytes(
+        self, dag_id: str, run_id: str, task_id: str, map_index: int | None, copied: int
+    ) -> None:
         """Bytes one task try copied (append-only, so their total only grows)."""
         with self.engine.begin() as conn:
-            conn.execute(copied_bytes.insert().values(
-                dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index,
-                bytes=copied, recorded_at=now()))
+            conn.execute(
+                copied_bytes.insert().values(
+                    dag_id=dag_id,
+                    run_id=run_id,
+                    task_id=task_id,
+                    map_index=map_index,
+                    bytes=copied,
+                    recorded_at=now(),
+                )
+            )
 
     def copied_bytes_total(self) -> int:
         """Every byte ever recorded: the rows in the store and those retention carried."""
@@ -111,14 +140,23 @@ class RunHistory:
         An event acknowledged again (after a retry from the dead-letter list) keeps its first
         time: the database skips it."""
         at = now()
-        rows = {e.id: {"event_id": e.id, "repository": e.repository, "pushed_at": e.timestamp,
-                       "acknowledged_at": at,
-                       "seconds": max(0.0, (at - aware(e.timestamp)).total_seconds())}
-                for e in acknowledged}
+        rows = {
+            e.id: {
+                "event_id": e.id,
+                "repository": e.repository,
+                "pushed_at": e.timestamp,
+                "acknowledged_at": at,
+                "seconds": max(0.0, (at - aware(e.timestamp)).total_seconds()),
+            }
+            for e in acknowledged
+        }
         if not rows:
             return []
-        insert = dialect_insert(self.engine, push_latency).on_conflict_do_nothing(
-            index_elements=[push_latency.c.event_id]).returning(push_latency.c.event_id)
+        insert = (
+            dialect_insert(self.engine, push_latency)
+            .on_conflict_do_nothing(index_elements=[push_latency.c.event_id])
+            .returning(push_latency.c.event_id)
+        )
         with self.engine.begin() as conn:
             recorded = conn.execute(insert, list(rows.values())).scalars().all()
         return [rows[event_id]["seconds"] for event_id in recorded]
@@ -126,35 +164,50 @@ class RunHistory:
     def push_latency_histogram(self) -> tuple[list[int], int, float]:
         """Cumulative counts per bound of ``LATENCY_BUCKETS``, the total count and the sum of
         seconds, over every latency recorded (those retention pruned included)."""
+
         def rows(value: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
             return sa.func.coalesce(sa.select(value).scalar_subquery(), 0)
 
-        columns = [rows(sa.func.sum(sa.case((push_latency.c.seconds <= b, 1), else_=0)))
-                   + carried(latency_bucket(b)) for b in LATENCY_BUCKETS]
+        columns = [
+            rows(sa.func.sum(sa.case((push_latency.c.seconds <= b, 1), else_=0)))
+            + carried(latency_bucket(b))
+            for b in LATENCY_BUCKETS
+        ]
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(
-                *columns, rows(sa.func.count(push_latency.c.event_id)) + carried(LATENCY_COUNT),
-                rows(sa.func.sum(push_latency.c.seconds)), carried(LATENCY_MICROSECONDS))).one()
+            row = conn.execute(
+                sa.select(
+                    *columns,
+                    rows(sa.func.count(push_latency.c.event_id)) + carried(LATENCY_COUNT),
+                    rows(sa.func.sum(push_latency.c.seconds)),
+                    carried(LATENCY_MICROSECONDS),
+                )
+            ).one()
         n = len(LATENCY_BUCKETS)
-        return ([int(v) for v in row[:n]], int(row[n]),
-                float(row[n + 1]) + int(row[n + 2]) / 1e6)
+        return ([int(v) for v in row[:n]], int(row[n]), float(row[n + 1]) + int(row[n + 2]) / 1e6)
 
     def push_latencies(self, since: dt.datetime) -> list[tuple[dt.datetime, float]]:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(push_latency.c.acknowledged_at, push_latency.c.seconds)
                 .where(push_latency.c.acknowledged_at >= since)
-                .order_by(push_latency.c.acknowledged_at))
+                .order_by(push_latency.c.acknowledged_at)
+            )
             return [(aware(r.acknowledged_at), r.seconds) for r in rows]
 
     def record_dag_outcome(self, dag_id: str, run_id: str, state: str) -> str | None:
         """A finished DAG run's state; returns the state of the run recorded before it."""
         with self.engine.begin() as conn:
             previous = conn.execute(
-                sa.select(dag_outcomes.c.state).where(dag_outcomes.c.dag_id == dag_id)
-                .order_by(dag_outcomes.c.id.desc()).limit(1)).scalar()
-            conn.execute(dag_outcomes.insert().values(
-                dag_id=dag_id, run_id=run_id, state=state, finished_at=now()))
+                sa.select(dag_outcomes.c.state)
+                .where(dag_outcomes.c.dag_id == dag_id)
+                .order_by(dag_outcomes.c.id.desc())
+                .limit(1)
+            ).scalar()
+            conn.execute(
+                dag_outcomes.insert().values(
+                    dag_id=dag_id, run_id=run_id, state=state, finished_at=now()
+                )
+            )
         return previous
 
     def last_success_times(self) -> dict[str, dt.datetime]:
@@ -162,19 +215,30 @@ class RunHistory:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(dag_outcomes.c.dag_id, sa.func.max(dag_outcomes.c.finished_at))
-                .where(dag_outcomes.c.state == "success").group_by(dag_outcomes.c.dag_id))
+                .where(dag_outcomes.c.state == "success")
+                .group_by(dag_outcomes.c.dag_id)
+            )
             return {dag_id: aware(at) for dag_id, at in rows}
 
-    def record_alert(self, dag_id: str, run_id: str, state: str, subject: str,
-                     notifier: str | None) -> None:
+    def record_alert(
+        self, dag_id: str, run_id: str, state: str, subject: str, notifier: str | None
+    ) -> None:
         with self.engine.begin() as conn:
-            conn.execute(sent_alerts.insert().values(
-                dag_id=dag_id, run_id=run_id, state=state, subject=subject, notifier=notifier,
-                sent_at=now()))
+            conn.execute(
+                sent_alerts.insert().values(
+                    dag_id=dag_id,
+                    run_id=run_id,
+                    state=state,
+                    subject=subject,
+                    notifier=notifier,
+                    sent_at=now(),
+                )
+            )
 
     def alerts(self, limit: int = 50) -> list[dict[str, Any]]:
         """The alerts sent, newest first."""
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(sent_alerts).order_by(sent_alerts.c.id.desc())
-                                .limit(limit))
+            rows = conn.execute(
+                sa.select(sent_alerts).order_by(sent_alerts.c.id.desc()).limit(limit)
+            )
             return [dict(row._mapping) for row in rows]

@@ -63,14 +63,18 @@ def upgrade(engine: sa.Engine) -> str | None:
             return found
         cfg = config(conn)
         if found is None and sa.inspect(conn).has_table("rr_events"):
-            log.info("the replication store at %r predates migrations: stamping it at %s",
-                     engine.url, BASELINE)
+            log.info(
+                "the replication store at %r predates migrations: stamping it at %s",
+                engine.url,
+                BASELINE,
+            )
             command.stamp(cfg, BASELINE)
         elif found is not None:
             _known(found, engine)
         command.upgrade(cfg, "head")
-        log.info("the replication store at %r is at revision %s (was %s)", engine.url, head(),
-                 found)
+        log.info(
+            "the replication store at %r is at revision %s (was %s)", engine.url, head(), found
+        )
         return found
 
 
@@ -81,7 +85,8 @@ def _known(revision: str, engine: sa.Engine) -> None:
         raise RuntimeError(
             f"the replication store at {engine.url!r} is at revision {revision}, which this "
             f"code (head {head()}) does not know: it was upgraded by a newer "
-            "registry-replication; upgrade this installation") from exc
+            "registry-replication; upgrade this installation"
+        ) from exc
 
 
 @contextmanager

@@ -48,15 +48,32 @@ class EventQueue(QueueStatus):
     def add(self, new: Iterable[Event]) -> int:
         """Store events idempotently by id, in one transaction; returns how many were new."""
         at = now()
-        rows = [{"id": e.id, "received_at": at, "timestamp": e.timestamp, "action": e.action,
-                 "repository": e.repository, "tag": e.tag, "digest": e.digest,
-                 "media_type": e.media_type, "status": e.status, "last_error": e.error,
-                 "attempts": 0, "next_attempt_at": at, "updated_at": at} for e in new]
+        rows = [
+            {
+                "id": e.id,
+                "received_at": at,
+                "timestamp": e.timestamp,
+                "action": e.action,
+                "repository": e.repository,
+                "tag": e.tag,
+                "digest": e.digest,
+                "media_type": e.media_type,
+                "status": e.status,
+                "last_error": e.error,
+                "attempts": 0,
+                "next_attempt_at": at,
+                "updated_at": at,
+            }
+            for e in new
+        ]
         if not rows:
             return 0
         # A repeated delivery (same id) is skipped by the database, not looked up first.
-        insert = dialect_insert(self.engine, events).on_conflict_do_nothing(
-            index_elements=[events.c.id]).returning(events.c.id)
+        insert = (
+            dialect_insert(self.engine, events)
+            .on_conflict_do_nothing(index_elements=[events.c.id])
+            .returning(events.c.id)
+        )
         with self.engine.begin() as conn:
             return len(conn.execute(insert, rows).all())
 
@@ -68,7 +85,11 @@ class EventQueue(QueueStatus):
             return conn.execute(sa.select(sa.func.count()).where(self._claimable(now()))).scalar()
 
     def claim(
-        self, *, lease_seconds: float = 300, limit: int = 500, owner: str | None = None,
+        self,
+        *,
+        lease_seconds: float = 300,
+        limit: int = 500,
+        owner: str | None = None,
         max_attempts: int = 10,
     ) -> tuple[str, list[Event]]:
         """Take up to ``limit`` due events under a lease; returns the lease owner and events.
@@ -85,12 +106,19 @@ class EventQueue(QueueStatus):
         """
         owner = owner or uuid.uuid4().hex
         at = now()
-        lost = sa.and_(events.c.status == EventStatus.PROCESSING, events.c.lease_expires_at < at,
-                       events.c.attempts < max_attempts)
+        lost = sa.and_(
+            events.c.status == EventStatus.PROCESSING,
+            events.c.lease_expires_at < at,
+            events.c.attempts < max_attempts,
+        )
         with self.engine.connect() as conn:  # a read apart: the claim below stays one statement
             suspects = conn.execute(
-                sa.select(events.c.attempts, sa.func.count().label("n")).where(lost)
-                .group_by(events.c.attempts).order_by(events.c.attempts.desc()).limit(1)).first()
+                sa.select(events.c.attempts, sa.func.count().label("n"))
+                .where(lost)
+                .group_by(events.c.attempts)
+                .order_by(events.c.attempts.desc())
+                .limit(1)
+            ).first()
         if suspects is None:
             due = sa.select(events.c.id).where(self._claimable(at))
         else:
@@ -101,10 +129,14 @@ class EventQueue(QueueStatus):
             # One statement: atomic on SQLite too (it takes the write lock before it reads),
             # where a SELECT then UPDATE would let two claimers pick the same events.
             conn.execute(
-                events.update().where(events.c.id.in_(due.scalar_subquery())).values(
-                    status=EventStatus.PROCESSING, lease_owner=owner,
+                events.update()
+                .where(events.c.id.in_(due.scalar_subquery()))
+                .values(
+                    status=EventStatus.PROCESSING,
+                    lease_owner=owner,
                     lease_expires_at=at + dt.timedelta(seconds=lease_seconds),
-                    attempts=events.c.attempts + 1, updated_at=at,
+                    attempts=events.c.attempts + 1,
+                    updated_at=at,
                 )
             )
             rows = conn.execute(
@@ -117,31 +149,47 @@ class EventQueue(QueueStatus):
         unacknowledged: each of those claims lost its worker (killed, out of memory, hung past
         its lease), so the event is what kills it. Returns them, with the reason."""
         at = now()
-        reason = (sa.literal("worker lost while processing; claimed ", sa.String)
-                  + sa.cast(events.c.attempts, sa.String)
-                  + sa.literal(" times in all (event_max_attempts), never acknowledged: the "
-                               "push may be what kills the worker (out of memory, a crash); "
-                               "check the worker's logs for this repository, then retry the "
-                               "event from the status page or let the reconcile copy it",
-                               sa.String))
+        reason = (
+            sa.literal("worker lost while processing; claimed ", sa.String)
+            + sa.cast(events.c.attempts, sa.String)
+            + sa.literal(
+                " times in all (event_max_attempts), never acknowledged: the "
+                "push may be what kills the worker (out of memory, a crash); "
+                "check the worker's logs for this repository, then retry the "
+                "event from the status page or let the reconcile copy it",
+                sa.String,
+            )
+        )
         with self.engine.begin() as conn:
             rows = conn.execute(
-                events.update().where(events.c.status == EventStatus.PROCESSING,
-                                      events.c.lease_expires_at < at,
-                                      events.c.attempts >= max_attempts)
-                .values(status=EventStatus.FAILED, last_error=reason, lease_owner=None,
-                        lease_expires_at=None, updated_at=at)
-                .returning(*events.c)).all()
-        return [dataclasses.replace(_event(row), status=EventStatus.FAILED,
-                                    error=row.last_error) for row in rows]
+                events.update()
+                .where(
+                    events.c.status == EventStatus.PROCESSING,
+                    events.c.lease_expires_at < at,
+                    events.c.attempts >= max_attempts,
+                )
+                .values(
+                    status=EventStatus.FAILED,
+                    last_error=reason,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    updated_at=at,
+                )
+                .returning(*events.c)
+            ).all()
+        return [
+            dataclasses.replace(_event(row), status=EventStatus.FAILED, error=row.last_error)
+            for row in rows
+        ]
 
     def renew_claims(self, owner: str, ttl_seconds: float) -> int:
         """Extend the leases of the events ``owner`` claimed; returns how many it holds."""
         with self.engine.begin() as conn:
             return conn.execute(
-                events.update().where(events.c.lease_owner == owner,
-                                      events.c.status == EventStatus.PROCESSING)
-                .values(lease_expires_at=now() + dt.timedelta(seconds=ttl_seconds))).rowcount
+                events.update()
+                .where(events.c.lease_owner == owner, events.c.status == EventStatus.PROCESSING)
+                .values(lease_expires_at=now() + dt.timedelta(seconds=ttl_seconds))
+            ).rowcount
 
     def complete(self, owner: str, ids: Sequence[str]) -> None:
         self._finish(owner, ids, status=EventStatus.DONE, error=None)
@@ -151,7 +199,12 @@ class EventQueue(QueueStatus):
         self._finish(owner, ids, status=EventStatus.FAILED, error=error[:4000])
 
     def retry_later(
-        self, owner: str, ids: Sequence[str], error: str, *, max_attempts: int = 10,
+        self,
+        owner: str,
+        ids: Sequence[str],
+        error: str,
+        *,
+        max_attempts: int = 10,
         backoff_seconds: float = 5.0,
     ) -> list[str]:
         """Put events back with exponential backoff; returns the ids that ran out of attempts."""
@@ -159,8 +212,9 @@ class EventQueue(QueueStatus):
         exhausted = []
         with self.engine.begin() as conn:
             rows = conn.execute(
-                sa.select(events.c.id, events.c.attempts)
-                .where(events.c.id.in_(ids), events.c.lease_owner == owner)
+                sa.select(events.c.id, events.c.attempts).where(
+                    events.c.id.in_(ids), events.c.lease_owner == owner
+                )
             ).all()
             for row in rows:
                 if row.attempts >= max_attempts:
@@ -168,11 +222,21 @@ class EventQueue(QueueStatus):
                     values: dict[str, Any] = {"status": EventStatus.FAILED}
                 else:
                     delay = min(backoff_seconds * 2 ** (row.attempts - 1), 3600)
-                    values = {"status": EventStatus.PENDING,
-                              "next_attempt_at": at + dt.timedelta(seconds=delay)}
-                conn.execute(events.update().where(events.c.id == row.id).values(
-                    **values, last_error=error[:4000], lease_owner=None, lease_expires_at=None,
-                    updated_at=at))
+                    values = {
+                        "status": EventStatus.PENDING,
+                        "next_attempt_at": at + dt.timedelta(seconds=delay),
+                    }
+                conn.execute(
+                    events.update()
+                    .where(events.c.id == row.id)
+                    .values(
+                        **values,
+                        last_error=error[:4000],
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        updated_at=at,
+                    )
+                )
         return exhausted
 
     def _finish(self, owner: str, ids: Sequence[str], *, status: str, error: str | None) -> None:
@@ -180,9 +244,15 @@ class EventQueue(QueueStatus):
             return
         with self.engine.begin() as conn:
             conn.execute(
-                events.update().where(events.c.id.in_(ids), events.c.lease_owner == owner)
-                .values(status=status, last_error=error, lease_owner=None, lease_expires_at=None,
-                        updated_at=now())
+                events.update()
+                .where(events.c.id.in_(ids), events.c.lease_owner == owner)
+                .values(
+                    status=status,
+                    last_error=error,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    updated_at=now(),
+                )
             )
 
     @staticmethod
@@ -194,5 +264,13 @@ class EventQueue(QueueStatus):
 
 
 def _event(row: Any) -> Event:
-    return Event(row.id, row.action, row.repository, row.tag, row.digest, row.media_type,
-                 aware(row.timestamp), row.attempts)
+    return Event(
+        row.id,
+        row.action,
+        row.repository,
+        row.tag,
+        row.digest,
+        row.media_type,
+        aware(row.timestamp),
+        row.attempts,
+    )

@@ -33,11 +33,15 @@ class QueueStatus:
     def stats(self) -> dict[str, Any]:
         """Events per status and the age of the oldest waiting event."""
         with self.engine.connect() as conn:
-            counts = dict(conn.execute(
-                sa.select(events.c.status, sa.func.count()).group_by(events.c.status)).all())
+            counts = dict(
+                conn.execute(
+                    sa.select(events.c.status, sa.func.count()).group_by(events.c.status)
+                ).all()
+            )
             oldest = conn.execute(
-                sa.select(sa.func.min(events.c.received_at))
-                .where(events.c.status.in_([EventStatus.PENDING, EventStatus.PROCESSING]))
+                sa.select(sa.func.min(events.c.received_at)).where(
+                    events.c.status.in_([EventStatus.PENDING, EventStatus.PROCESSING])
+                )
             ).scalar()
         oldest = aware(oldest)
         return {
@@ -56,8 +60,10 @@ class QueueStatus:
         """Events per status, every status included; done and rejected count the events
         retention pruned too (they are counters: they never go down)."""
         in_queue = sa.select(events.c.status, sa.func.count().label("n")).group_by(events.c.status)
-        pruned = [sa.select(sa.literal(s, sa.String).label("status"), carried(finished_total(s)))
-                  for s in FINISHED]
+        pruned = [
+            sa.select(sa.literal(s, sa.String).label("status"), carried(finished_total(s)))
+            for s in FINISHED
+        ]
         counts: Counter[str] = Counter()
         with self.engine.connect() as conn:  # one statement: one snapshot of rows and totals
             for status, n in conn.execute(sa.union_all(in_queue, *pruned)):
@@ -66,9 +72,12 @@ class QueueStatus:
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """Events that failed every attempt, newest first (rejected events are listed by status)."""
-        query = (sa.select(events)
-                 .where(events.c.status == EventStatus.FAILED)
-                 .order_by(events.c.updated_at.desc()).limit(limit))
+        query = (
+            sa.select(events)
+            .where(events.c.status == EventStatus.FAILED)
+            .order_by(events.c.updated_at.desc())
+            .limit(limit)
+        )
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
@@ -76,11 +85,21 @@ class QueueStatus:
         """Put a failed event back in the queue with fresh attempts; False if it is not failed."""
         at = now()
         with self.engine.begin() as conn:
-            return conn.execute(
-                events.update().where(events.c.id == event_id, events.c.status == EventStatus.FAILED)
-                .values(status=EventStatus.PENDING, attempts=0, next_attempt_at=at,
-                        lease_owner=None, lease_expires_at=None, updated_at=at)
-            ).rowcount == 1
+            return (
+                conn.execute(
+                    events.update()
+                    .where(events.c.id == event_id, events.c.status == EventStatus.FAILED)
+                    .values(
+                        status=EventStatus.PENDING,
+                        attempts=0,
+                        next_attempt_at=at,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        updated_at=at,
+                    )
+                ).rowcount
+                == 1
+            )
 
     def queue_intervals(self, since: dt.datetime) -> list[tuple[dt.datetime, dt.datetime | None]]:
         """(received, left the queue or None) of each event waiting at some time after ``since``.
@@ -90,7 +109,10 @@ class QueueStatus:
         waiting = events.c.status.in_([EventStatus.PENDING, EventStatus.PROCESSING])
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(events.c.received_at, events.c.updated_at, waiting.label("waiting"))
-                .where(sa.or_(waiting, events.c.updated_at >= since)))
-            return [(aware(r.received_at), None if r.waiting else aware(r.updated_at))
-                    for r in rows]
+                sa.select(
+                    events.c.received_at, events.c.updated_at, waiting.label("waiting")
+                ).where(sa.or_(waiting, events.c.updated_at >= since))
+            )
+            return [
+                (aware(r.received_at), None if r.waiting else aware(r.updated_at)) for r in rows
+            ]

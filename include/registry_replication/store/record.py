@@ -56,49 +56,100 @@ class TagRecord:
         """About to write ``tags``: until recorded, their state on the secondary is unknown."""
         self._put(repository, {tag: (INTENT, None, None) for tag in tags}, written_by)
 
-    def record(self, repository: str, tag: str, digest: str | None, written_by: str,
-               media_type: str | None = None) -> None:
+    def record(
+        self,
+        repository: str,
+        tag: str,
+        digest: str | None,
+        written_by: str,
+        media_type: str | None = None,
+    ) -> None:
         """The secondary confirmed ``tag`` on ``digest`` (None: the tag is gone)."""
         self.record_all(repository, {tag: (digest, media_type)}, written_by)
 
-    def record_all(self, repository: str,
-                   confirmed: Mapping[str, tuple[str | None, str | None]],
-                   written_by: str) -> None:
+    def record_all(
+        self,
+        repository: str,
+        confirmed: Mapping[str, tuple[str | None, str | None]],
+        written_by: str,
+    ) -> None:
         """The secondary confirmed each tag on its (digest, media type), in one transaction
         (digest None: the tag is gone)."""
-        self._put(repository, {tag: (PRESENT, digest, media_type) if digest else
-                               (ABSENT, None, None)
-                               for tag, (digest, media_type) in confirmed.items()}, written_by)
+        self._put(
+            repository,
+            {
+                tag: (PRESENT, digest, media_type) if digest else (ABSENT, None, None)
+                for tag, (digest, media_type) in confirmed.items()
+            },
+            written_by,
+        )
 
-    def _put(self, repository: str, rows: Mapping[str, tuple[str, str | None, str | None]],
-             written_by: str) -> None:
+    def _put(
+        self,
+        repository: str,
+        rows: Mapping[str, tuple[str, str | None, str | None]],
+        written_by: str,
+    ) -> None:
         if not rows:
             return
         at = now()
         with self.engine.begin() as conn:
-            conn.execute(recorded_tags.delete().where(
-                recorded_tags.c.repository == repository, recorded_tags.c.tag.in_(list(rows))))
-            conn.execute(recorded_tags.insert(), [
-                {"repository": repository, "tag": tag, "state": state, "digest": digest,
-                 "media_type": media_type, "recorded_at": at, "written_by": written_by}
-                for tag, (state, digest, media_type) in rows.items()])
+            conn.execute(
+                recorded_tags.delete().where(
+                    recorded_tags.c.repository == repository, recorded_tags.c.tag.in_(list(rows))
+                )
+            )
+            conn.execute(
+                recorded_tags.insert(),
+                [
+                    {
+                        "repository": repository,
+                        "tag": tag,
+                        "state": state,
+                        "digest": digest,
+                        "media_type": media_type,
+                        "recorded_at": at,
+                        "written_by": written_by,
+                    }
+                    for tag, (state, digest, media_type) in rows.items()
+                ],
+            )
 
-    def replace_under_lease(self, repository: str, listed: Mapping[str, str],
-                            listed_since: dt.datetime, written_by: str) -> None:
+    def replace_under_lease(
+        self, repository: str, listed: Mapping[str, str], listed_since: dt.datetime, written_by: str
+    ) -> None:
         """Re-record one repository from {tag: digest} listed while holding its lease: no
         writer can have changed it meanwhile, and a dead writer's intents are resolved."""
         with self.engine.begin() as conn:
             conn.execute(recorded_tags.delete().where(recorded_tags.c.repository == repository))
             if listed:
-                conn.execute(recorded_tags.insert(), [
-                    {"repository": repository, "tag": tag, "state": PRESENT, "digest": digest,
-                     "media_type": None, "recorded_at": listed_since, "written_by": written_by}
-                    for tag, digest in listed.items()])
+                conn.execute(
+                    recorded_tags.insert(),
+                    [
+                        {
+                            "repository": repository,
+                            "tag": tag,
+                            "state": PRESENT,
+                            "digest": digest,
+                            "media_type": None,
+                            "recorded_at": listed_since,
+                            "written_by": written_by,
+                        }
+                        for tag, digest in listed.items()
+                    ],
+                )
 
     # -- full runs ------------------------------------------------------------------------------
 
-    def replace(self, registry: str, listing: Snapshot, repositories: Iterable[str], scope: Scope,
-                listed_since: dt.datetime, written_by: str) -> None:
+    def replace(
+        self,
+        registry: str,
+        listing: Snapshot,
+        repositories: Iterable[str],
+        scope: Scope,
+        listed_since: dt.datetime,
+        written_by: str,
+    ) -> None:
         """Re-record ``repositories`` from a listing of the secondary begun at ``listed_since``.
 
         Rows written since then (by writers working meanwhile) and intents are kept: the
@@ -110,39 +161,62 @@ class TagRecord:
         whole = scope.tags == ".*"
         with self.engine.begin() as conn:
             for repository in sorted(set(repositories)):
-                rows = conn.execute(sa.select(recorded_tags.c.tag, recorded_tags.c.state,
-                                              recorded_tags.c.recorded_at)
-                                    .where(recorded_tags.c.repository == repository)).all()
-                keep = {r.tag for r in rows
-                        if r.state == INTENT or aware(r.recorded_at) >= listed_since}
+                rows = conn.execute(
+                    sa.select(
+                        recorded_tags.c.tag, recorded_tags.c.state, recorded_tags.c.recorded_at
+                    ).where(recorded_tags.c.repository == repository)
+                ).all()
+                keep = {
+                    r.tag for r in rows if r.state == INTENT or aware(r.recorded_at) >= listed_since
+                }
                 stale = [r.tag for r in rows if r.tag not in keep and scope.wants_tag(r.tag)]
                 if stale:
-                    conn.execute(recorded_tags.delete().where(
-                        recorded_tags.c.repository == repository, recorded_tags.c.tag.in_(stale)))
+                    conn.execute(
+                        recorded_tags.delete().where(
+                            recorded_tags.c.repository == repository, recorded_tags.c.tag.in_(stale)
+                        )
+                    )
                 group = listed.get(repository)
                 if group is not None:
-                    fresh = [{"repository": repository, "tag": tag, "state": PRESENT,
-                              "digest": digest, "media_type": media_type,
-                              "recorded_at": listed_since, "written_by": written_by}
-                             for tag, digest, media_type in zip(group["tag"], group["digest"],
-                                                                group["media_type"])
-                             if tag not in keep]
+                    fresh = [
+                        {
+                            "repository": repository,
+                            "tag": tag,
+                            "state": PRESENT,
+                            "digest": digest,
+                            "media_type": media_type,
+                            "recorded_at": listed_since,
+                            "written_by": written_by,
+                        }
+                        for tag, digest, media_type in zip(
+                            group["tag"], group["digest"], group["media_type"]
+                        )
+                        if tag not in keep
+                    ]
                     if fresh:
                         conn.execute(recorded_tags.insert(), fresh)
                 if whole:
-                    conn.execute(recorded_verifications.delete().where(
-                        recorded_verifications.c.repository == repository))
-                    conn.execute(recorded_verifications.insert().values(
-                        repository=repository, registry=registry, verified_at=listed_since))
+                    conn.execute(
+                        recorded_verifications.delete().where(
+                            recorded_verifications.c.repository == repository
+                        )
+                    )
+                    conn.execute(
+                        recorded_verifications.insert().values(
+                            repository=repository, registry=registry, verified_at=listed_since
+                        )
+                    )
 
     # -- cheap runs -----------------------------------------------------------------------------
 
     def verified(self, registry: str) -> dict[str, dt.datetime]:
         """{repository: last full verification} of the secondary at ``registry``."""
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(recorded_verifications.c.repository,
-                                          recorded_verifications.c.verified_at)
-                                .where(recorded_verifications.c.registry == registry))
+            rows = conn.execute(
+                sa.select(
+                    recorded_verifications.c.repository, recorded_verifications.c.verified_at
+                ).where(recorded_verifications.c.registry == registry)
+            )
             return {r.repository: aware(r.verified_at) for r in rows}
 
     def tags(self, repositories: Iterable[str]) -> pd.DataFrame:
@@ -152,8 +226,9 @@ class TagRecord:
         frames = []
         with self.engine.connect() as conn:
             for start in range(0, len(wanted), 500):  # bounded IN lists
-                query = (sa.select(*(recorded_tags.c[c] for c in columns))
-                         .where(recorded_tags.c.repository.in_(wanted[start:start + 500])))
+                query = sa.select(*(recorded_tags.c[c] for c in columns)).where(
+                    recorded_tags.c.repository.in_(wanted[start : start + 500])
+                )
                 frames.append(pd.DataFrame(conn.execute(query).all(), columns=columns))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
@@ -165,29 +240,41 @@ class TagRecord:
         rows = self.tags(repositories)
         if not len(rows):
             return {}
-        rows = rows[(rows["state"] == PRESENT) & rows["digest"].notna()
-                    & rows["media_type"].notna()]
-        return {(repository, tag): Descriptor(Digest.of(digest), media_type)
-                for repository, tag, digest, media_type in zip(
-                    rows["repository"], rows["tag"], rows["digest"], rows["media_type"])}
+        rows = rows[
+            (rows["state"] == PRESENT) & rows["digest"].notna() & rows["media_type"].notna()
+        ]
+        return {
+            (repository, tag): Descriptor(Digest.of(digest), media_type)
+            for repository, tag, digest, media_type in zip(
+                rows["repository"], rows["tag"], rows["digest"], rows["media_type"]
+            )
+        }
 
     def tag_count(self) -> int:
         """How many tags the secondary holds as recorded (present, or an intent to write)."""
         with self.engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.count()).select_from(recorded_tags)
-                                .where(recorded_tags.c.state != ABSENT)).scalar_one()
+            return conn.execute(
+                sa.select(sa.func.count())
+                .select_from(recorded_tags)
+                .where(recorded_tags.c.state != ABSENT)
+            ).scalar_one()
 
     def repositories(self) -> set[str]:
         """Every repository with a recorded tag or verification."""
         with self.engine.connect() as conn:
-            return set(conn.execute(sa.select(recorded_tags.c.repository).distinct()).scalars()) | set(
-                conn.execute(sa.select(recorded_verifications.c.repository)).scalars())
+            return set(
+                conn.execute(sa.select(recorded_tags.c.repository).distinct()).scalars()
+            ) | set(conn.execute(sa.select(recorded_verifications.c.repository)).scalars())
 
     def rows(self, repository: str) -> dict[str, tuple[str, str | None]]:
         """{tag: (state, digest)} of one repository (for tests and operators)."""
         with self.engine.connect() as conn:
-            return {r.tag: (r.state, r.digest) for r in conn.execute(
-                sa.select(recorded_tags).where(recorded_tags.c.repository == repository))}
+            return {
+                r.tag: (r.state, r.digest)
+                for r in conn.execute(
+                    sa.select(recorded_tags).where(recorded_tags.c.repository == repository)
+                )
+            }
 
 
 @dataclass
@@ -204,25 +291,42 @@ class RunKind:
         return f"{self.kind} run: {self.reason}"
 
 
-def choose(record: TagRecord, registry: str, scope: Scope, repositories: list[str] | None, *,
-           full_verify: bool, cadence_hours: float, at: dt.datetime | None = None) -> RunKind:
+def choose(
+    record: TagRecord,
+    registry: str,
+    scope: Scope,
+    repositories: list[str] | None,
+    *,
+    full_verify: bool,
+    cadence_hours: float,
+    at: dt.datetime | None = None,
+) -> RunKind:
     """Full or cheap, and why (the run log and summary say it)."""
     if full_verify:
         return RunKind("full", "a full verification was asked for", verification_due=True)
     stamps = record.verified(registry)
     if not stamps:
         return RunKind("full", f"no record of the secondary {registry} yet")
-    wanted = [r for r in (repositories if repositories is not None else stamps)
-              if scope.wants_repository(r) and r in stamps]
+    wanted = [
+        r
+        for r in (repositories if repositories is not None else stamps)
+        if scope.wants_repository(r) and r in stamps
+    ]
     if wanted:
         oldest = min(wanted, key=stamps.__getitem__)
         age = ((at or now()) - stamps[oldest]).total_seconds() / 3600
         if age > cadence_hours:
-            return RunKind("full", f"the last full verification ({oldest}, "
-                                   f"{stamps[oldest]:%Y-%m-%d %H:%M} UTC) is {age:.1f}h old, "
-                                   f"older than full_verify_hours={cadence_hours:g}",
-                           verification_due=True)
-        return RunKind("cheap", f"the secondary as recorded, last fully verified "
-                                f"{stamps[oldest]:%Y-%m-%d %H:%M} UTC ({age:.1f}h ago, "
-                                f"full_verify_hours={cadence_hours:g})")
+            return RunKind(
+                "full",
+                f"the last full verification ({oldest}, "
+                f"{stamps[oldest]:%Y-%m-%d %H:%M} UTC) is {age:.1f}h old, "
+                f"older than full_verify_hours={cadence_hours:g}",
+                verification_due=True,
+            )
+        return RunKind(
+            "cheap",
+            f"the secondary as recorded, last fully verified "
+            f"{stamps[oldest]:%Y-%m-%d %H:%M} UTC ({age:.1f}h ago, "
+            f"full_verify_hours={cadence_hours:g})",
+        )
     return RunKind("cheap", "no repository in scope is recorded yet: each is listed")

@@ -63,8 +63,11 @@ class Pruned:
         return sum(getattr(self, f.name) for f in fields(self))
 
     def line(self) -> str:
-        counts = [f"{getattr(self, f.name)} {f.name.replace('_', ' ')}" for f in fields(self)
-                  if getattr(self, f.name)]
+        counts = [
+            f"{getattr(self, f.name)} {f.name.replace('_', ' ')}"
+            for f in fields(self)
+            if getattr(self, f.name)
+        ]
         return ", ".join(counts) or "nothing"
 
 
@@ -73,29 +76,45 @@ def prune(engine: sa.Engine, retention: dt.timedelta, *, at: dt.datetime | None 
     if retention < MINIMUM:
         raise ValueError(
             f"a history retention of {retention.total_seconds() / 86400:g} days is below the "
-            f"minimum of {MINIMUM.days} day: the status page's lag chart reads the last day")
+            f"minimum of {MINIMUM.days} day: the status page's lag chart reads the last day"
+        )
     cutoff = (at or now()) - retention
     pruned = Pruned()
     pruned.runs, pruned.failed_layers = _prune_runs(engine, cutoff)
     pruned.events = _delete_chunks(
-        engine, events.c.id,
+        engine,
+        events.c.id,
         sa.and_(events.c.status.in_(FINISHED), events.c.updated_at < cutoff),
-        [events.c.status], _event_totals)
+        [events.c.status],
+        _event_totals,
+    )
     pruned.push_latencies = _delete_chunks(
-        engine, push_latency.c.event_id, push_latency.c.acknowledged_at < cutoff,
-        [push_latency.c.seconds], _latency_totals)
+        engine,
+        push_latency.c.event_id,
+        push_latency.c.acknowledged_at < cutoff,
+        [push_latency.c.seconds],
+        _latency_totals,
+    )
     pruned.copied_bytes_records = _delete_chunks(
-        engine, copied_bytes.c.id, copied_bytes.c.recorded_at < cutoff,
-        [copied_bytes.c.bytes], lambda rows: {BYTES_COPIED: sum(r.bytes for r in rows)})
+        engine,
+        copied_bytes.c.id,
+        copied_bytes.c.recorded_at < cutoff,
+        [copied_bytes.c.bytes],
+        lambda rows: {BYTES_COPIED: sum(r.bytes for r in rows)},
+    )
     # Each DAG's latest outcome and latest success stay (ids only grow: the latest has the
     # largest); the subquery never yields NULL, which NOT IN would turn into "keep all".
     latest = sa.union(
         sa.select(sa.func.max(dag_outcomes.c.id)).group_by(dag_outcomes.c.dag_id),
-        sa.select(sa.func.max(dag_outcomes.c.id)).where(dag_outcomes.c.state == "success")
-        .group_by(dag_outcomes.c.dag_id))
+        sa.select(sa.func.max(dag_outcomes.c.id))
+        .where(dag_outcomes.c.state == "success")
+        .group_by(dag_outcomes.c.dag_id),
+    )
     pruned.dag_outcomes = _delete_chunks(
-        engine, dag_outcomes.c.id,
-        sa.and_(dag_outcomes.c.finished_at < cutoff, dag_outcomes.c.id.not_in(latest)))
+        engine,
+        dag_outcomes.c.id,
+        sa.and_(dag_outcomes.c.finished_at < cutoff, dag_outcomes.c.id.not_in(latest)),
+    )
     pruned.alerts = _delete_chunks(engine, sent_alerts.c.id, sent_alerts.c.sent_at < cutoff)
     return pruned
 
@@ -104,8 +123,13 @@ def prune_run_artifacts(engine: sa.Engine, cutoff: dt.datetime) -> list[str]:
     """Delete the artifact rows of runs due before ``cutoff`` (``artifacts_retention_days``,
     not the history's retention), a run folder per transaction; returns the folders."""
     with engine.connect() as conn:
-        folders = conn.execute(sa.select(run_artifacts.c.folder).distinct()
-                               .where(run_artifacts.c.run_at < cutoff)).scalars().all()
+        folders = (
+            conn.execute(
+                sa.select(run_artifacts.c.folder).distinct().where(run_artifacts.c.run_at < cutoff)
+            )
+            .scalars()
+            .all()
+        )
     for folder in folders:
         with engine.begin() as conn:
             conn.execute(run_artifacts.delete().where(run_artifacts.c.folder == folder))
@@ -115,20 +139,26 @@ def prune_run_artifacts(engine: sa.Engine, cutoff: dt.datetime) -> list[str]:
 def _prune_runs(engine: sa.Engine, cutoff: dt.datetime) -> tuple[int, int]:
     """Runs older than ``cutoff`` but each DAG's latest, and their failed layers (together)."""
     newer = runs.alias("newer")
-    superseded = sa.exists().where(newer.c.dag_id == runs.c.dag_id,
-                                   newer.c.finished_at > runs.c.finished_at)
-    orphaned = ~sa.exists().where(runs.c.dag_id == failed_layers.c.dag_id,
-                                  runs.c.run_id == failed_layers.c.run_id)
+    superseded = sa.exists().where(
+        newer.c.dag_id == runs.c.dag_id, newer.c.finished_at > runs.c.finished_at
+    )
+    orphaned = ~sa.exists().where(
+        runs.c.dag_id == failed_layers.c.dag_id, runs.c.run_id == failed_layers.c.run_id
+    )
     with engine.begin() as conn:
         deleted_runs = conn.execute(
-            runs.delete().where(runs.c.finished_at < cutoff, superseded)).rowcount
-        deleted_layers = conn.execute(failed_layers.delete().where(
-            failed_layers.c.recorded_at < cutoff, orphaned)).rowcount
+            runs.delete().where(runs.c.finished_at < cutoff, superseded)
+        ).rowcount
+        deleted_layers = conn.execute(
+            failed_layers.delete().where(failed_layers.c.recorded_at < cutoff, orphaned)
+        ).rowcount
     return deleted_runs, deleted_layers
 
 
 def _delete_chunks(
-    engine: sa.Engine, key: sa.Column, where: sa.ColumnElement[bool],
+    engine: sa.Engine,
+    key: sa.Column,
+    where: sa.ColumnElement[bool],
     returning: Sequence[sa.Column] = (),
     totals: Callable[[Sequence[Any]], dict[str, int]] | None = None,
 ) -> int:
@@ -159,9 +189,13 @@ def _carry(conn: sa.Connection, amounts: dict[str, int]) -> None:
     if not rows:
         return
     insert = dialect_insert(conn, carried_totals)
-    conn.execute(insert.on_conflict_do_update(
-        index_elements=[carried_totals.c.name],
-        set_={"value": carried_totals.c.value + insert.excluded.value}), rows)
+    conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=[carried_totals.c.name],
+            set_={"value": carried_totals.c.value + insert.excluded.value},
+        ),
+        rows,
+    )
 
 
 def _event_totals(rows: Sequence[Any]) -> dict[str, int]:
@@ -169,7 +203,9 @@ def _event_totals(rows: Sequence[Any]) -> dict[str, int]:
 
 
 def _latency_totals(rows: Sequence[Any]) -> dict[str, int]:
-    return {LATENCY_COUNT: len(rows),
-            # Rounded up: the histogram's sum must never dip, or Prometheus sees a reset.
-            LATENCY_MICROSECONDS: math.ceil(sum(r.seconds for r in rows) * 1e6),
-            **{latency_bucket(b): sum(r.seconds <= b for r in rows) for b in LATENCY_BUCKETS}}
+    return {
+        LATENCY_COUNT: len(rows),
+        # Rounded up: the histogram's sum must never dip, or Prometheus sees a reset.
+        LATENCY_MICROSECONDS: math.ceil(sum(r.seconds for r in rows) * 1e6),
+        **{latency_bucket(b): sum(r.seconds <= b for r in rows) for b in LATENCY_BUCKETS},
+    }

@@ -17,12 +17,14 @@ metadata = sa.MetaData()
 # Read only by code from before migrations, which refuses a store whose version is newer than
 # its own 1 (revision 0002 sets 2): an old worker cannot write to an upgraded store.
 schema_info = sa.Table(
-    "rr_schema", metadata,
+    "rr_schema",
+    metadata,
     sa.Column("version", sa.Integer, primary_key=True),
 )
 
 events = sa.Table(
-    "rr_events", metadata,
+    "rr_events",
+    metadata,
     sa.Column("id", sa.String(255), primary_key=True),  # the registry's event id
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False),  # the registry's
@@ -43,7 +45,8 @@ events = sa.Table(
 )
 
 repository_state = sa.Table(
-    "rr_repository_state", metadata,
+    "rr_repository_state",
+    metadata,
     sa.Column("repository", sa.String(255), primary_key=True),
     sa.Column("state", sa.String(16), nullable=False),  # synced | pending | failed
     sa.Column("tags_primary", sa.Integer),
@@ -65,14 +68,17 @@ repository_state = sa.Table(
 
 def _written_by(*, task_id_required: bool) -> list[sa.Column]:
     """The task instance that wrote a row: its DAG, run, task and map index."""
-    return [sa.Column("dag_id", sa.String(255), nullable=False),
-            sa.Column("run_id", sa.String(255), nullable=False),
-            sa.Column("task_id", sa.String(255), nullable=not task_id_required),
-            sa.Column("map_index", sa.Integer)]
+    return [
+        sa.Column("dag_id", sa.String(255), nullable=False),
+        sa.Column("run_id", sa.String(255), nullable=False),
+        sa.Column("task_id", sa.String(255), nullable=not task_id_required),
+        sa.Column("map_index", sa.Integer),
+    ]
 
 
 failed_layers = sa.Table(
-    "rr_failed_layers", metadata,
+    "rr_failed_layers",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     *_written_by(task_id_required=False),
     sa.Column("repository", sa.String(255), nullable=False),
@@ -87,7 +93,8 @@ failed_layers = sa.Table(
 # Write leases: one row per resource (``repository:<name>`` or ``upload:<key>``), held by one
 # writer (``owner``) until ``expires_at``; the holder renews it while it works.
 leases = sa.Table(
-    "rr_leases", metadata,
+    "rr_leases",
+    metadata,
     sa.Column("resource", sa.String(512), primary_key=True),
     sa.Column("owner", sa.String(64), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
@@ -96,7 +103,8 @@ leases = sa.Table(
 )
 
 runs = sa.Table(
-    "rr_runs", metadata,
+    "rr_runs",
+    metadata,
     sa.Column("run_id", sa.String(255), primary_key=True),
     sa.Column("dag_id", sa.String(255), primary_key=True),
     sa.Column("state", sa.String(16), nullable=False),
@@ -106,7 +114,8 @@ runs = sa.Table(
 
 # Operating history (append-only): what the metrics endpoint, the alerts and the lag chart read.
 copied_bytes = sa.Table(
-    "rr_copied_bytes", metadata,
+    "rr_copied_bytes",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     *_written_by(task_id_required=True),
     sa.Column("bytes", sa.BigInteger, nullable=False),
@@ -115,7 +124,8 @@ copied_bytes = sa.Table(
 )
 
 push_latency = sa.Table(
-    "rr_push_latency", metadata,
+    "rr_push_latency",
+    metadata,
     sa.Column("event_id", sa.String(255), primary_key=True),
     sa.Column("repository", sa.String(255), nullable=False),
     sa.Column("pushed_at", sa.DateTime(timezone=True), nullable=False),  # the registry's time
@@ -125,7 +135,8 @@ push_latency = sa.Table(
 )
 
 dag_outcomes = sa.Table(
-    "rr_dag_outcomes", metadata,
+    "rr_dag_outcomes",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("dag_id", sa.String(255), nullable=False),
     sa.Column("run_id", sa.String(255), nullable=False),
@@ -135,7 +146,8 @@ dag_outcomes = sa.Table(
 )
 
 sent_alerts = sa.Table(
-    "rr_alerts", metadata,
+    "rr_alerts",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("dag_id", sa.String(255), nullable=False),
     sa.Column("run_id", sa.String(255), nullable=False),
@@ -149,7 +161,8 @@ sent_alerts = sa.Table(
 # (``retention``): each such counter is its carried total plus its rows still in the store, so
 # pruning never lowers it. One row per counter, e.g. ``bytes_copied``, ``events_done``.
 carried_totals = sa.Table(
-    "rr_carried_totals", metadata,
+    "rr_carried_totals",
+    metadata,
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.BigInteger, nullable=False),
 )
@@ -158,7 +171,8 @@ carried_totals = sa.Table(
 # The secondary's tags as their writers recorded them (``recorded_tags``): what a cheap run
 # reads instead of listing the secondary. state: present (digest confirmed) | absent | intent.
 recorded_tags = sa.Table(
-    "rr_recorded_tags", metadata,
+    "rr_recorded_tags",
+    metadata,
     sa.Column("repository", sa.String(255), primary_key=True),
     sa.Column("tag", sa.String(128), primary_key=True),
     sa.Column("state", sa.String(8), nullable=False),
@@ -172,7 +186,8 @@ recorded_tags = sa.Table(
 
 # Per repository: when a full listing of the secondary (at ``registry``) last confirmed it.
 recorded_verifications = sa.Table(
-    "rr_recorded_verifications", metadata,
+    "rr_recorded_verifications",
+    metadata,
     sa.Column("repository", sa.String(255), primary_key=True),
     sa.Column("registry", sa.String(512), nullable=False),
     sa.Column("verified_at", sa.DateTime(timezone=True), nullable=False),
@@ -182,7 +197,8 @@ recorded_verifications = sa.Table(
 # when the store holds the runs' artifacts (no ``artifacts_path`` and a shared store); NULL when
 # they are at ``artifacts_path``. Kept ``artifacts_retention_days`` after the run's due time.
 run_artifacts = sa.Table(
-    "rr_run_artifacts", metadata,
+    "rr_run_artifacts",
+    metadata,
     sa.Column("folder", sa.String(512), primary_key=True),  # <dag_id>/<run due time>_<run_id>
     sa.Column("name", sa.String(255), primary_key=True),
     sa.Column("run_at", sa.DateTime(timezone=True), nullable=False),  # the run's due time
@@ -211,5 +227,6 @@ def carried(name: str) -> sa.ColumnElement[int]:
     Read it in the same statement as the counter's rows: a statement sees one snapshot, so a
     prune that commits meanwhile is counted either in the rows or in the total, never twice.
     """
-    return sa.func.coalesce(sa.select(carried_totals.c.value)
-                            .where(carried_totals.c.name == name).scalar_subquery(), 0)
+    return sa.func.coalesce(
+        sa.select(carried_totals.c.value).where(carried_totals.c.name == name).scalar_subquery(), 0
+    )

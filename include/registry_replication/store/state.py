@@ -30,7 +30,8 @@ class ReplicationState:
                 insert = dialect_insert(self.engine, repository_state)
                 upsert = insert.on_conflict_do_update(
                     index_elements=[repository_state.c.repository],
-                    set_={c: insert.excluded[c] for c in columns if c != "repository"})
+                    set_={c: insert.excluded[c] for c in columns if c != "repository"},
+                )
                 conn.execute(upsert, [v for v in values if tuple(sorted(v)) == columns])
 
     def repository_states(self) -> list[dict[str, Any]]:
@@ -46,14 +47,23 @@ class ReplicationState:
         """Take ``resource`` for ``owner`` if it is free, expired or already ``owner``'s (then
         it is renewed). Returns None when ``owner`` holds it, else the holder's row."""
         at = now()
-        values = {"resource": resource, "owner": owner, "acquired_at": at, "detail": detail,
-                  "expires_at": at + dt.timedelta(seconds=ttl_seconds)}
+        values = {
+            "resource": resource,
+            "owner": owner,
+            "acquired_at": at,
+            "detail": detail,
+            "expires_at": at + dt.timedelta(seconds=ttl_seconds),
+        }
         insert = dialect_insert(self.engine, leases).values(**values)
         upsert = insert.on_conflict_do_update(
             index_elements=[leases.c.resource],
             set_={name: insert.excluded[name] for name in ("owner", "expires_at", "detail")}
-            | {"acquired_at": sa.case((leases.c.owner == owner, leases.c.acquired_at),
-                                      else_=insert.excluded.acquired_at)},
+            | {
+                "acquired_at": sa.case(
+                    (leases.c.owner == owner, leases.c.acquired_at),
+                    else_=insert.excluded.acquired_at,
+                )
+            },
             where=sa.or_(leases.c.owner == owner, leases.c.expires_at < at),
         )
         with self.engine.begin() as conn:
@@ -71,20 +81,31 @@ class ReplicationState:
 
     def release_lease(self, resource: str, owner: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(leases.delete().where(leases.c.resource == resource,
-                                               leases.c.owner == owner))
+            conn.execute(
+                leases.delete().where(leases.c.resource == resource, leases.c.owner == owner)
+            )
 
     def expired_leases(self, prefix: str) -> list[dict[str, Any]]:
         """Leases on resources starting with ``prefix`` whose holder stopped renewing them."""
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(leases).where(
-                leases.c.resource.startswith(prefix, autoescape=True), leases.c.expires_at < now()))
+            rows = conn.execute(
+                sa.select(leases).where(
+                    leases.c.resource.startswith(prefix, autoescape=True),
+                    leases.c.expires_at < now(),
+                )
+            )
             return [_lease(row) for row in rows]
 
     def all_leases(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            return [_lease(row) for row in conn.execute(sa.select(leases).order_by(leases.c.resource))]
+            return [
+                _lease(row) for row in conn.execute(sa.select(leases).order_by(leases.c.resource))
+            ]
 
 
 def _lease(row: Any) -> dict[str, Any]:
-    return {**row._mapping, "expires_at": aware(row.expires_at), "acquired_at": aware(row.acquired_at)}
+    return {
+        **row._mapping,
+        "expires_at": aware(row.expires_at),
+        "acquired_at": aware(row.acquired_at),
+    }

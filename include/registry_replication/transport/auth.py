@@ -125,4 +125,3 @@ class BasicAuth(Auth):
 
     def __repr__(self) -> str:
         return f"BasicAuth(login={self.login!r})"
-

@@ -27,8 +27,9 @@ CHUNK_SIZE = 1 << 20
 
 def head(transport: Transport, repository: Repository, digest: Digest) -> Response:
     """The answer to the blob's ``HEAD`` (200, or 404 when the repository does not have it)."""
-    response = transport.send(Request.at("HEAD", repository, "blobs", digest, "check blob",
-                                         ok=(200, 404)))
+    response = transport.send(
+        Request.at("HEAD", repository, "blobs", digest, "check blob", ok=(200, 404))
+    )
     response.close()
     return response
 
@@ -44,16 +45,28 @@ def size(transport: Transport, repository: Repository, digest: Digest) -> int | 
     if length is None:
         raise RegistryError(
             "the registry answered the blob's HEAD without a valid Content-Length, so its "
-            "size cannot be checked", registry=transport.url, operation="check blob",
-            repository=repository, reference=digest, status=response.status,
+            "size cannot be checked",
+            registry=transport.url,
+            operation="check blob",
+            repository=repository,
+            reference=digest,
+            status=response.status,
             advice="a proxy in front of the registry probably strips Content-Length from "
-            "HEAD answers: configure it to pass the header on")
+            "HEAD answers: configure it to pass the header on",
+        )
     return length
 
 
-def read(transport: Transport, repository: Repository, digest: Digest, *, offset: int,
-         length: int | None, chunk_size: int,
-         received: Callable[[int], None]) -> Iterator[bytes]:
+def read(
+    transport: Transport,
+    repository: Repository,
+    digest: Digest,
+    *,
+    offset: int,
+    length: int | None,
+    chunk_size: int,
+    received: Callable[[int], None],
+) -> Iterator[bytes]:
     """A blob's bytes (``length`` of them from ``offset``; None: to the end), following
     a redirect to the registry's storage backend; each chunk's size goes to ``received``.
 
@@ -65,30 +78,65 @@ def read(transport: Transport, repository: Repository, digest: Digest, *, offset
     if partial:
         end = "" if length is None else str(offset + length - 1)
         headers["Range"] = f"bytes={offset}-{end}"
-    response = transport.send(Request.at(
-        "GET", repository, "blobs", digest, "get blob", headers=headers, stream=True,
-        ok=(200, 206, 307, 302, 303), allow_redirects=False))
+    response = transport.send(
+        Request.at(
+            "GET",
+            repository,
+            "blobs",
+            digest,
+            "get blob",
+            headers=headers,
+            stream=True,
+            ok=(200, 206, 307, 302, 303),
+            allow_redirects=False,
+        )
+    )
     if response.redirect:
         response.close()
         # Storage backends (S3, GCS) get a presigned URL, never the registry's token.
         location = transport.confinement.storage_url(response, repository, digest)
-        response = transport.send(Request(
-            "GET", location, "get blob", repository, digest, headers=headers, stream=True,
-            ok=(200, 206), storage=True))
+        response = transport.send(
+            Request(
+                "GET",
+                location,
+                "get blob",
+                repository,
+                digest,
+                headers=headers,
+                stream=True,
+                ok=(200, 206),
+                storage=True,
+            )
+        )
     if partial and response.status != 206:
         response.close()
         raise RegistryError(
             f"the registry ignored the Range request {headers['Range']}",
-            registry=transport.url, operation="get blob", repository=repository,
-            reference=digest, status=response.status,
+            registry=transport.url,
+            operation="get blob",
+            repository=repository,
+            reference=digest,
+            status=response.status,
         )
-    return _chunks(response, chunk_size, digest if not partial else None, received,
-                   registry=transport.url, operation="get blob", repository=repository,
-                   reference=digest)
+    return _chunks(
+        response,
+        chunk_size,
+        digest if not partial else None,
+        received,
+        registry=transport.url,
+        operation="get blob",
+        repository=repository,
+        reference=digest,
+    )
 
 
-def _chunks(response: Response, chunk_size: int, verify: str | None,
-            received: Callable[[int], None], **where: Any) -> Iterator[bytes]:
+def _chunks(
+    response: Response,
+    chunk_size: int,
+    verify: str | None,
+    received: Callable[[int], None],
+    **where: Any,
+) -> Iterator[bytes]:
     """A blob's bytes as they stream, each chunk passed to ``received``; hashed on the way
     when ``verify`` is the whole blob's digest, a mismatch raising after the last chunk."""
     hasher = hashlib.new(verify.split(":", 1)[0]) if verify else None
@@ -103,5 +151,8 @@ def _chunks(response: Response, chunk_size: int, verify: str | None,
     finally:
         response.close()
     if hasher and f"{hasher.name}:{hasher.hexdigest()}" != verify:
-        raise DigestMismatchError(f"the blob's bytes hash to {hasher.name}:{hasher.hexdigest()}",
-                                  code="DIGEST_INVALID", **where)
+        raise DigestMismatchError(
+            f"the blob's bytes hash to {hasher.name}:{hasher.hexdigest()}",
+            code="DIGEST_INVALID",
+            **where,
+        )

@@ -52,8 +52,11 @@ def loads(raw: bytes, max_depth: int, **where: Any) -> Any:
         depth = nesting_depth(value, max_depth)
     if depth is None or depth > max_depth:
         raise LimitExceeded(
-            f"the JSON nests deeper than {max_depth} levels", code="LIMIT_EXCEEDED",
-            setting="max_json_depth", limit=max_depth, **where,
+            f"the JSON nests deeper than {max_depth} levels",
+            code="LIMIT_EXCEEDED",
+            setting="max_json_depth",
+            limit=max_depth,
+            **where,
         )
     return value
 
@@ -71,11 +74,15 @@ def nesting_depth(value: Any, stop_past: int) -> int:
         deepest = max(deepest, depth)
         if deepest > stop_past:
             break
-        stack.extend((child, depth + 1) for child in children
-                     if isinstance(child, (dict, list)))
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return deepest
 
 
 def _too_large(what: str, limit: int, setting: str, where: dict[str, Any]) -> LimitExceeded:
-    return LimitExceeded(f"{what}, over {limit} bytes; nothing more was read",
-                         code="LIMIT_EXCEEDED", setting=setting, limit=limit, **where)
+    return LimitExceeded(
+        f"{what}, over {limit} bytes; nothing more was read",
+        code="LIMIT_EXCEEDED",
+        setting=setting,
+        limit=limit,
+        **where,
+    )

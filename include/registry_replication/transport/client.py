@@ -42,8 +42,9 @@ class RegistryClient:
         self.transport = Transport(config, writable=writable, auth=auth)
         self.bytes_read = 0  # blob and manifest bytes received, for benchmarks and summaries
         self._count_lock = threading.Lock()
-        self.bandwidth = (BandwidthLimit(config.max_bytes_per_second)
-                          if config.max_bytes_per_second else None)
+        self.bandwidth = (
+            BandwidthLimit(config.max_bytes_per_second) if config.max_bytes_per_second else None
+        )
 
     def ping(self) -> None:
         """``GET /v2/`` with credentials: raises unless the registry accepts us."""
@@ -56,8 +57,9 @@ class RegistryClient:
         pages = Pages(self.transport, "list catalog", None)
         path: str | None = f"/v2/_catalog?{urlencode({'n': page_size})}"
         while path:
-            response = self.transport.send(Request("GET", path, "list catalog",
-                                                   body_bound="max_listing_bytes"))
+            response = self.transport.send(
+                Request("GET", path, "list catalog", body_bound="max_listing_bytes")
+            )
             # Entries are yielded as the registry sent them (even non-strings): the snapshot
             # reports a bad entry as that repository's problem.
             yield from pages.entries(response, "repositories")
@@ -71,8 +73,9 @@ class RegistryClient:
         tags: list[Any] = []
         while path:
             try:
-                response = self.transport.send(Request("GET", path, "list tags", repository,
-                                                       body_bound="max_listing_bytes"))
+                response = self.transport.send(
+                    Request("GET", path, "list tags", repository, body_bound="max_listing_bytes")
+                )
             except NotFoundError as exc:
                 if exc.code == "NAME_UNKNOWN" and not tags:
                     return []  # a repository holding blobs but no tags
@@ -100,8 +103,9 @@ class RegistryClient:
         repository, reference = Repository.of(repository), reference_of(reference)
         return manifests.get(self.transport, repository, reference, self._count)
 
-    def put_manifest(self, repository: Repository, reference: Reference, raw: bytes,
-                     media_type: str) -> Digest:
+    def put_manifest(
+        self, repository: Repository, reference: Reference, raw: bytes, media_type: str
+    ) -> Digest:
         """Push these exact bytes under a tag or digest; returns the digest the registry stored."""
         repository, reference = Repository.of(repository), reference_of(reference)
         return manifests.put(self.transport, repository, reference, raw, media_type)
@@ -140,13 +144,21 @@ class RegistryClient:
         ``DigestMismatchError`` after the last chunk, before the caller can commit it.
         """
         repository, digest = Repository.of(repository), Digest.of(digest)
-        return blobs.read(self.transport, repository, digest, offset=offset, length=length,
-                          chunk_size=chunk_size, received=self._received)
+        return blobs.read(
+            self.transport,
+            repository,
+            digest,
+            offset=offset,
+            length=length,
+            chunk_size=chunk_size,
+            received=self._received,
+        )
 
     # -- uploads (``upload.py``) ----------------------------------------------------------------
 
-    def mount_blob(self, repository: Repository, digest: Digest,
-                   from_repository: Repository) -> bool:
+    def mount_blob(
+        self, repository: Repository, digest: Digest, from_repository: Repository
+    ) -> bool:
         """Cross-repository mount on this registry; False when it could not mount."""
         repository, digest = Repository.of(repository), Digest.of(digest)
         from_repository = Repository.of(from_repository)
@@ -157,8 +169,11 @@ class RegistryClient:
         return uploads.cancel(self.transport, upload)
 
     def push_blob(
-        self, repository: Repository, digest: Digest, data: bytes | Iterable[bytes],
-        size: int | None = None
+        self,
+        repository: Repository,
+        digest: Digest,
+        data: bytes | Iterable[bytes],
+        size: int | None = None,
     ) -> None:
         """Upload bytes, or a stream of ``size`` bytes read once (``upload_blob`` can resume;
         a stream that would have to be read again fails instead)."""
@@ -167,8 +182,9 @@ class RegistryClient:
             return
         if size is None:
             raise ValueError("push_blob needs the size of a streamed body")
-        self.upload_blob(repository, digest, size,
-                         uploads.read_once(data, self.url, repository, digest))
+        self.upload_blob(
+            repository, digest, size, uploads.read_once(data, self.url, repository, digest)
+        )
 
     def upload_blob(
         self,
@@ -186,9 +202,16 @@ class RegistryClient:
         from the registry's offset after an interruption (``upload.upload_blob``).
         ``on_session`` is called with the session each time it is opened or moves on."""
         repository, digest = Repository.of(repository), Digest.of(digest)
-        uploads.upload_blob(self.transport, repository, digest, size, open_body,
-                            exists=lambda: self.has_blob(repository, digest),
-                            chunk_size=chunk_size, on_session=on_session)
+        uploads.upload_blob(
+            self.transport,
+            repository,
+            digest,
+            size,
+            open_body,
+            exists=lambda: self.has_blob(repository, digest),
+            chunk_size=chunk_size,
+            on_session=on_session,
+        )
 
     def _count(self, n: int) -> None:
         with self._count_lock:

@@ -67,8 +67,10 @@ class Bounds:
                     number = math.nan
                 whole = f.type != "float"
                 if not (math.isfinite(number) and number > 0) or whole and not number.is_integer():
-                    raise ConfigError(f"{name} must be a positive {'whole ' if whole else ''}"
-                                      f"number, not {str(raw)[:40]!r}")
+                    raise ConfigError(
+                        f"{name} must be a positive {'whole ' if whole else ''}"
+                        f"number, not {str(raw)[:40]!r}"
+                    )
                 values[name] = int(number) if whole else number
         return cls(**values)
 
@@ -163,8 +165,12 @@ class RegistryConfig:
             url = f"{url.rstrip('/')}:{port}"
         private_key = extra.pop("private_key", None) or _read(extra.pop("private_key_path", None))
         certificate = extra.pop("certificate", None) or _read(extra.pop("certificate_path", None))
-        known = ({f for f in cls.__dataclass_fields__} - {"url", "login", "password", "bounds"}
-                 | set(Bounds.__dataclass_fields__))
+        known = {f for f in cls.__dataclass_fields__} - {
+            "url",
+            "login",
+            "password",
+            "bounds",
+        } | set(Bounds.__dataclass_fields__)
         unknown = set(extra) - known
         if unknown:
             raise ConfigError(f"unknown connection extra keys: {', '.join(sorted(unknown))}")
@@ -183,11 +189,13 @@ class RegistryConfig:
             timeout_seconds=float(extra.get("timeout_seconds", 60.0)),
             max_retries=int(extra.get("max_retries", 5)),
             backoff_seconds=float(extra.get("backoff_seconds", 0.5)),
-            max_bytes_per_second=(int(extra["max_bytes_per_second"])
-                                  if extra.get("max_bytes_per_second") else None),
+            max_bytes_per_second=(
+                int(extra["max_bytes_per_second"]) if extra.get("max_bytes_per_second") else None
+            ),
             token_realm_hosts=_hosts(extra.get("token_realm_hosts")),
-            allow_private_redirects=_flag(extra.get("allow_private_redirects", False),
-                                          "allow_private_redirects"),
+            allow_private_redirects=_flag(
+                extra.get("allow_private_redirects", False), "allow_private_redirects"
+            ),
             bounds=Bounds.from_extra(extra),
         )
 

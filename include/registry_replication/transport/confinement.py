@@ -33,8 +33,11 @@ class Confinement:
         self.url = config.url
         self.allow_private_redirects = config.allow_private_redirects
         # URLs under this prefix are on the registry: ``own_url``'s cheap test.
-        self._origin = (f"{self.url.partition('://')[0]}://{urlsplit(self.url).netloc}/"
-                        if _same_origin(self.url, self.url) else "\0")
+        self._origin = (
+            f"{self.url.partition('://')[0]}://{urlsplit(self.url).netloc}/"
+            if _same_origin(self.url, self.url)
+            else "\0"
+        )
 
     def own_url(self, url: str, operation: str, repository: str | None, source: str) -> str:
         """``url`` if it has the configured scheme, host and port; else a ``RegistryError``.
@@ -44,8 +47,11 @@ class Confinement:
         (``http:http://other-host/x``, ``//other-host``, userinfo, backslashes that parsers
         read differently).
         """
-        if (url.startswith(self._origin) and not _UNSAFE_IN_URL.search(url)
-                or _same_origin(url, self.url)):
+        if (
+            url.startswith(self._origin)
+            and not _UNSAFE_IN_URL.search(url)
+            or _same_origin(url, self.url)
+        ):
             return url
         parts = urlsplit(url.replace("\\", "/"))
         port = _port(parts)
@@ -53,7 +59,9 @@ class Confinement:
         raise RegistryError(
             f"refused to follow a {source} to {elsewhere!r}: it is not the configured registry, "
             "and requests carry its credentials; nothing was sent there",
-            registry=self.url, operation=operation, repository=repository,
+            registry=self.url,
+            operation=operation,
+            repository=repository,
             advice="the registry (or a proxy in front of it) sends URLs for another host: set "
             "its http.host to the URL in this connection, or fix the connection's URL",
         )
@@ -64,12 +72,19 @@ class Confinement:
         (whatever answers at the registry's address must not make us read internal services:
         cloud metadata, admin ports)."""
         location = urljoin(response.url, response.headers["Location"])
-        where = dict(registry=self.url, operation="get blob", repository=repository,
-                     reference=digest, status=response.status)
+        where = dict(
+            registry=self.url,
+            operation="get blob",
+            repository=repository,
+            reference=digest,
+            status=response.status,
+        )
         if urlsplit(location).scheme not in DEFAULT_PORTS:
-            raise RegistryError("the registry redirected the download to a non-HTTP URL",
-                                advice="check the registry's storage redirect configuration",
-                                **where)
+            raise RegistryError(
+                "the registry redirected the download to a non-HTTP URL",
+                advice="check the registry's storage redirect configuration",
+                **where,
+            )
         if not self.allow_private_redirects and not _same_origin(location, self.url):
             host = urlsplit(location).hostname or ""
             private = _non_public_address(host)
@@ -80,7 +95,8 @@ class Confinement:
                     advice="if the registry's storage really is on a private network (MinIO, "
                     "an internal S3), set allow_private_redirects: true in the connection "
                     "extra; otherwise check the registry's storage redirect settings and "
-                    "any proxy in front of it", **where,
+                    "any proxy in front of it",
+                    **where,
                 )
         return location
 

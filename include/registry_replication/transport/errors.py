@@ -84,7 +84,9 @@ class RegistryError(Exception):
         """The message without its "What to do" part (for reports that show advice apart)."""
         where = " ".join(p for p in (self.operation, self.target) if p)
         head = f"{where} on {self.registry}" if self.registry else where
-        status = " ".join(p for p in (f"HTTP {self.status}" if self.status else "", self.code or "") if p)
+        status = " ".join(
+            p for p in (f"HTTP {self.status}" if self.status else "", self.code or "") if p
+        )
         text = f"{head}: " if head else ""
         text += f"{status}: {self.message}" if status else self.message
         if self.detail:

@@ -61,8 +61,13 @@ class Manifest:
         return json.loads(self.raw)
 
 
-def head(transport: Transport, repository: Repository, reference: Reference,
-         known: Descriptor | None, count: Count) -> Descriptor | None:
+def head(
+    transport: Transport,
+    repository: Repository,
+    reference: Reference,
+    known: Descriptor | None,
+    count: Count,
+) -> Descriptor | None:
     """The digest, media type and size of a tag or digest; None when it does not exist.
 
     ``known``: what the caller last saw there. The request is then conditional
@@ -77,8 +82,17 @@ def head(transport: Transport, repository: Repository, reference: Reference,
     headers = {"Accept": mediatypes.MANIFEST_ACCEPT}
     if known is not None:
         headers["If-None-Match"] = f'"{known.digest}"'
-    response = transport.send(Request.at("HEAD", repository, "manifests", reference,
-                                         "check manifest", headers=headers, ok=(200, 304, 404)))
+    response = transport.send(
+        Request.at(
+            "HEAD",
+            repository,
+            "manifests",
+            reference,
+            "check manifest",
+            headers=headers,
+            ok=(200, 304, 404),
+        )
+    )
     response.close()
     if response.status == 304 and known is not None:
         return known
@@ -86,8 +100,13 @@ def head(transport: Transport, repository: Repository, reference: Reference,
         if transport.writable:
             return None
         return _gone_or_here(transport, repository, reference, count)
-    digest = _served_digest(response, registry=transport.url, operation="check manifest",
-                            repository=repository, reference=reference)
+    digest = _served_digest(
+        response,
+        registry=transport.url,
+        operation="check manifest",
+        repository=repository,
+        reference=reference,
+    )
     if not digest:
         # Registries that omit the header on HEAD: fall back to fetching the bytes.
         manifest = get(transport, repository, reference, count)
@@ -96,8 +115,9 @@ def head(transport: Transport, repository: Repository, reference: Reference,
     return Descriptor(digest, media_type(response), content_length(response) or 0)
 
 
-def _gone_or_here(transport: Transport, repository: Repository, reference: Reference,
-                  count: Count) -> Descriptor | None:
+def _gone_or_here(
+    transport: Transport, repository: Repository, reference: Reference, count: Count
+) -> Descriptor | None:
     """After a ``HEAD`` 404: None only if a ``GET`` says ``MANIFEST_UNKNOWN`` or
     ``NAME_UNKNOWN``. A HEAD has no body to tell whose 404 it is, and "gone" deletes tags:
     a proxy's 404 page (no registry error code) must never pass for it."""
@@ -107,41 +127,69 @@ def _gone_or_here(transport: Transport, repository: Repository, reference: Refer
         if exc.code in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN"):
             return None
         raise replace(
-            exc, message="not found, without the registry's error code (MANIFEST_UNKNOWN "
+            exc,
+            message="not found, without the registry's error code (MANIFEST_UNKNOWN "
             "or NAME_UNKNOWN): not taken to mean it is gone",
             advice="something other than the registry answered 404 (a proxy or load "
             "balancer page?): check that the connection's URL reaches the registry itself; "
-            "nothing is deleted on such an answer") from None
+            "nothing is deleted on such an answer",
+        ) from None
     return Descriptor(manifest.digest, manifest.media_type, len(manifest.raw))
 
 
-def get(transport: Transport, repository: Repository, reference: Reference,
-        count: Count) -> Manifest:
+def get(
+    transport: Transport, repository: Repository, reference: Reference, count: Count
+) -> Manifest:
     """A manifest's exact bytes, checked against the digest they were asked for or served as."""
-    response = transport.send(Request.at("GET", repository, "manifests", reference,
-                                         "get manifest",
-                                         headers={"Accept": mediatypes.MANIFEST_ACCEPT},
-                                         body_bound="max_manifest_bytes"))
+    response = transport.send(
+        Request.at(
+            "GET",
+            repository,
+            "manifests",
+            reference,
+            "get manifest",
+            headers={"Accept": mediatypes.MANIFEST_ACCEPT},
+            body_bound="max_manifest_bytes",
+        )
+    )
     count(len(response.content))
-    return _checked_manifest(response, reference, transport.config.bounds.max_json_depth,
-                             registry=transport.url, operation="get manifest",
-                             repository=repository)
+    return _checked_manifest(
+        response,
+        reference,
+        transport.config.bounds.max_json_depth,
+        registry=transport.url,
+        operation="get manifest",
+        repository=repository,
+    )
 
 
-def put(transport: Transport, repository: Repository, reference: Reference, raw: bytes,
-        media_type: str) -> Digest:
+def put(
+    transport: Transport, repository: Repository, reference: Reference, raw: bytes, media_type: str
+) -> Digest:
     """Push these exact bytes under a tag or digest; returns the digest the registry stored."""
-    response = transport.send(Request.at("PUT", repository, "manifests", reference,
-                                         "push manifest", headers={"Content-Type": media_type},
-                                         data=raw, ok=(200, 201, 202)))
+    response = transport.send(
+        Request.at(
+            "PUT",
+            repository,
+            "manifests",
+            reference,
+            "push manifest",
+            headers={"Content-Type": media_type},
+            data=raw,
+            ok=(200, 201, 202),
+        )
+    )
     response.close()
     digest = _digest_of(raw)
     stored = response.headers.get("Docker-Content-Digest")
     if stored and stored != digest:
         raise DigestMismatchError(
             f"the registry stored the manifest as {stored}, not as {digest}",
-            registry=transport.url, operation="push manifest", repository=repository,
-            reference=reference, code="DIGEST_INVALID",
+            registry=transport.url,
+            operation="push manifest",
+            repository=repository,
+            reference=reference,
+            code="DIGEST_INVALID",
             advice="the registry rewrote the manifest; it cannot hold an exact replica",
         )
     return digest
@@ -149,8 +197,9 @@ def put(transport: Transport, repository: Repository, reference: Reference, raw:
 
 def delete(transport: Transport, repository: Repository, digest: Digest) -> bool:
     """Delete by digest (untagging every tag on it); False when it was already gone."""
-    response = transport.send(Request.at("DELETE", repository, "manifests", digest,
-                                         "delete manifest", ok=(200, 202, 404)))
+    response = transport.send(
+        Request.at("DELETE", repository, "manifests", digest, "delete manifest", ok=(200, 202, 404))
+    )
     response.close()
     return response.status != 404
 
@@ -168,7 +217,9 @@ def _served_digest(response: Response, **where: Any) -> Digest | None:
         except InvalidReference:
             raise RegistryError(
                 f"the registry answered with an invalid Docker-Content-Digest {digest[:100]!r}",
-                status=response.status, code="DIGEST_INVALID", **where,
+                status=response.status,
+                code="DIGEST_INVALID",
+                **where,
                 advice="the registry (or a proxy in front of it) sends a broken digest header "
                 "for this manifest: check the registry's version and any proxy, or re-push the "
                 "tag; other repositories are not affected",
@@ -176,8 +227,9 @@ def _served_digest(response: Response, **where: Any) -> Digest | None:
     return None
 
 
-def _checked_manifest(response: Response, reference: Reference, max_json_depth: int,
-                      **where: Any) -> Manifest:
+def _checked_manifest(
+    response: Response, reference: Reference, max_json_depth: int, **where: Any
+) -> Manifest:
     """The manifest an answer holds, checked against the digest it was asked for (or served
     as) and parsed once within ``max_json_depth``; ``where`` names it in errors."""
     raw = response.content
@@ -190,10 +242,15 @@ def _checked_manifest(response: Response, reference: Reference, max_json_depth: 
     if expected and digest != expected:
         schema1 = kind in mediatypes.SCHEMA1
         raise DigestMismatchError(
-            f"the manifest's bytes hash to {digest}" + (
+            f"the manifest's bytes hash to {digest}"
+            + (
                 " (a signed Docker schema 1 manifest, whose bytes cannot be verified "
-                "against its digest)" if schema1 else ""),
-            reference=expected, code="MANIFEST_UNVERIFIED" if schema1 else "DIGEST_INVALID",
+                "against its digest)"
+                if schema1
+                else ""
+            ),
+            reference=expected,
+            code="MANIFEST_UNVERIFIED" if schema1 else "DIGEST_INVALID",
             **where,
         )
     try:
@@ -201,7 +258,10 @@ def _checked_manifest(response: Response, reference: Reference, max_json_depth: 
         loads(raw, max_json_depth, reference=digest, **where)
     except ValueError:
         raise RegistryError(
-            "the manifest is not JSON", reference=digest, code="MANIFEST_INVALID", **where,
+            "the manifest is not JSON",
+            reference=digest,
+            code="MANIFEST_INVALID",
+            **where,
             advice="the registry serves something that is not a manifest under this "
             "digest: re-push the image on the registry",
         ) from None

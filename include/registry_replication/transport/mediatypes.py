@@ -25,6 +25,12 @@ SUPPORTED = IMAGE_MANIFESTS | INDEXES
 # its Accept header, and multi-arch tags were silently never synced). Schema 1 is accepted only
 # so that it can be recognised and reported as unsupported.
 MANIFEST_ACCEPT = ", ".join(
-    [OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST, DOCKER_SCHEMA1_SIGNED,
-     DOCKER_SCHEMA1]
+    [
+        OCI_INDEX,
+        DOCKER_MANIFEST_LIST,
+        OCI_MANIFEST,
+        DOCKER_MANIFEST,
+        DOCKER_SCHEMA1_SIGNED,
+        DOCKER_SCHEMA1,
+    ]
 )

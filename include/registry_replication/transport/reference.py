@@ -86,7 +86,7 @@ class Digest(_Name):
     @property
     def algorithm(self) -> str:
         """``sha256`` or ``sha512``, as ``hashlib`` names it."""
-        return self[:self.index(":")]
+        return self[: self.index(":")]
 
 
 # A manifest reference: a tag or a digest.

@@ -35,33 +35,40 @@ if TYPE_CHECKING:
 _LINK = re.compile(r"<([^>]*)>([^<]*)")
 
 
-def connection_error(exc: Exception, registry: str, operation: str, repository: str | None,
-                     reference: str | None) -> RegistryUnavailableError:
+def connection_error(
+    exc: Exception, registry: str, operation: str, repository: str | None, reference: str | None
+) -> RegistryUnavailableError:
     """No answer (refused, reset, timed out): retried, like a 5xx."""
     return RegistryUnavailableError(
         f"no answer from the registry ({type(exc).__name__})",
-        registry=registry, operation=operation, repository=repository, reference=reference,
+        registry=registry,
+        operation=operation,
+        repository=repository,
+        reference=reference,
         advice="check that the registry is running and reachable at the connection's URL; "
         "the next run retries",
     )
 
 
-def storage_error(response: Response, registry: str,
-                  request: Request) -> RegistryError:
+def storage_error(response: Response, registry: str, request: Request) -> RegistryError:
     response.close()
     status = response.status
     kind = RegistryUnavailableError if status in RETRY_STATUSES else RegistryError
     return kind(
         "the storage backend the registry redirected to refused the download",
-        registry=registry, operation="get blob", repository=request.repository,
-        reference=request.reference, status=status,
+        registry=registry,
+        operation="get blob",
+        repository=request.repository,
+        reference=request.reference,
+        status=status,
         advice="check the registry's storage backend (its redirect URLs, credentials and "
         "clock: presigned URLs expire); the next run retries",
     )
 
 
-def registry_error(response: Response, registry: str, request: Request,
-                   max_json_depth: int, auth: Auth | None) -> RegistryError:
+def registry_error(
+    response: Response, registry: str, request: Request, max_json_depth: int, auth: Auth | None
+) -> RegistryError:
     """The registry's answer as a typed error: its JSON error code and message if it sent the
     spec's error shape, the refused scopes on 401/403 (``auth``: None before it is built)."""
     status = response.status
@@ -81,13 +88,19 @@ def registry_error(response: Response, registry: str, request: Request,
         detail = f"the error body is not the registry's JSON error shape ({body_shape(response)})"
     response.close()
     kwargs: dict[str, Any] = dict(
-        registry=registry, operation=request.operation, repository=request.repository,
-        reference=request.reference, status=status, code=code, detail=detail,
+        registry=registry,
+        operation=request.operation,
+        repository=request.repository,
+        reference=request.reference,
+        status=status,
+        code=code,
+        detail=detail,
     )
     if status in (401, 403):
         challenge = Challenge.parse(response.headers.get("WWW-Authenticate"))
         reason = (auth or Auth()).explain_refusal(
-            challenge, scopes_for(response.method, response.url), response.authorization)
+            challenge, scopes_for(response.method, response.url), response.authorization
+        )
         kwargs["code"] = code or ("DENIED" if status == 403 else "UNAUTHORIZED")
         if challenge and challenge.error:
             reason = f"{reason} [{challenge.error}]"
@@ -96,7 +109,8 @@ def registry_error(response: Response, registry: str, request: Request,
         return NotFoundError(message or "not found", **kwargs)
     if status in RETRY_STATUSES:
         return RegistryUnavailableError(
-            message or f"the registry answered {status}", retry_after=_retry_after(response),
+            message or f"the registry answered {status}",
+            retry_after=_retry_after(response),
             **kwargs,
         )
     return RegistryError(message or f"unexpected HTTP {status}", **kwargs)
@@ -122,6 +136,7 @@ def _has_body(response: Response) -> bool:
 
 
 # -- reading answers ----------------------------------------------------------------------------
+
 
 def media_type(response: Response) -> str:
     """The answer's ``Content-Type`` without parameters."""
@@ -155,9 +170,13 @@ class Pages:
         """``body[key]`` of a page, which must be a JSON object holding a list."""
         transport = self.transport
         try:
-            body = loads(response.content, transport.config.bounds.max_json_depth,
-                         registry=transport.url, operation=self.operation,
-                         repository=self.repository)
+            body = loads(
+                response.content,
+                transport.config.bounds.max_json_depth,
+                registry=transport.url,
+                operation=self.operation,
+                repository=self.repository,
+            )
         except ValueError:
             body = None
         value = body.get(key) if isinstance(body, dict) else None
@@ -165,7 +184,9 @@ class Pages:
             raise RegistryError(
                 f"the answer is not the expected JSON object with a {key!r} list "
                 f"({body_shape(response)})",
-                registry=transport.url, operation=self.operation, repository=self.repository,
+                registry=transport.url,
+                operation=self.operation,
+                repository=self.repository,
                 status=response.status,
                 advice="the registry or a proxy in front of it answered with something else; "
                 "check that the connection's URL points at the registry itself",
@@ -177,19 +198,26 @@ class Pages:
         if not link:
             return None
         transport, bound = self.transport, self.transport.config.bounds.max_listing_pages
-        url = transport.confinement.own_url(urljoin(response.url, link), self.operation,
-                                            self.repository, "Link")
+        url = transport.confinement.own_url(
+            urljoin(response.url, link), self.operation, self.repository, "Link"
+        )
         where = dict(registry=transport.url, operation=self.operation, repository=self.repository)
         if url in self.visited:
             raise RegistryError(
                 "the registry's Link header leads back to a page already read (a loop)",
-                code="PAGINATION_LOOP", **where,
+                code="PAGINATION_LOOP",
+                **where,
                 advice="the registry or a proxy in front of it rewrites pagination links: "
-                "check its http.host and any proxy; other listings are not affected")
+                "check its http.host and any proxy; other listings are not affected",
+            )
         if len(self.visited) + 1 >= bound:
-            raise LimitExceeded(f"the listing goes on past {bound} pages",
-                                code="LIMIT_EXCEEDED", setting="max_listing_pages",
-                                limit=bound, **where)
+            raise LimitExceeded(
+                f"the listing goes on past {bound} pages",
+                code="LIMIT_EXCEEDED",
+                setting="max_listing_pages",
+                limit=bound,
+                **where,
+            )
         self.visited.add(url)
         return url
 

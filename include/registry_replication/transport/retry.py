@@ -35,8 +35,7 @@ T = TypeVar("T")
 
 # Set while a retry policy runs an operation in this thread (any registry's): the requests
 # inside it get one try each and their failures go to that policy, which retries the whole.
-_retried_by_outer_policy: ContextVar[bool] = ContextVar("retried_by_outer_policy",
-                                                        default=False)
+_retried_by_outer_policy: ContextVar[bool] = ContextVar("retried_by_outer_policy", default=False)
 
 
 @contextmanager
@@ -84,9 +83,11 @@ class RetryPolicy:
                     raise first.pop()
                 return operation()
 
-            retrying = (self.retrying.copy(before_sleep=partial(self._log_retry,
-                                                                interrupted=interrupted))
-                        if interrupted else self.retrying.copy())
+            retrying = (
+                self.retrying.copy(before_sleep=partial(self._log_retry, interrupted=interrupted))
+                if interrupted
+                else self.retrying.copy()
+            )
             return retrying(attempt)
 
     def _backoff(self, state: RetryCallState) -> float:
@@ -94,9 +95,13 @@ class RetryPolicy:
         exponential backoff with jitter; capped either way."""
         exc = state.outcome.exception() if state.outcome else None
         retry_after = getattr(exc, "retry_after", None)
-        delay = (retry_after if retry_after is not None else
-                 self.config.backoff_seconds * 2 ** (state.attempt_number - 1)
-                 * random.uniform(0.5, 1.0))
+        delay = (
+            retry_after
+            if retry_after is not None
+            else self.config.backoff_seconds
+            * 2 ** (state.attempt_number - 1)
+            * random.uniform(0.5, 1.0)
+        )
         return min(delay, MAX_RETRY_SLEEP_SECONDS)
 
     def _log_retry(self, state: RetryCallState, interrupted: str | None = None) -> None:
@@ -105,7 +110,10 @@ class RetryPolicy:
         if interrupted:
             what = f"{interrupted}: {what}"
         log.warning(
-            "%s; retry %d of %d in %.1fs%s", what, state.attempt_number,
-            self.config.max_retries, state.upcoming_sleep,
+            "%s; retry %d of %d in %.1fs%s",
+            what,
+            state.attempt_number,
+            self.config.max_retries,
+            state.upcoming_sleep,
             " (Retry-After)" if getattr(exc, "retry_after", None) is not None else "",
         )

@@ -261,13 +261,17 @@ class TokenAuth(_BearerAuth):
         elif urlsplit(self.registry).scheme == "https" and parts.scheme != "https":
             why = "the registry is https and the realm is not: the login would cross in clear"
         elif self.realm_hosts and not {host, f"{host}:{port}"} & self.realm_hosts:
-            why = (f"its host is not in the connection's token_realm_hosts "
-                   f"({', '.join(sorted(self.realm_hosts))})")
+            why = (
+                f"its host is not in the connection's token_realm_hosts "
+                f"({', '.join(sorted(self.realm_hosts))})"
+            )
         else:
             return
         raise RegistryAuthError(
             f"refused to send login {self.login!r} to the token realm {where!r}: {why}; "
-            "nothing was sent there", registry=self.registry, operation="get token",
+            "nothing was sent there",
+            registry=self.registry,
+            operation="get token",
             code="UNAUTHORIZED",
             advice=f"if {host or 'that host'} is your token service, add it to the connection "
             "extra token_realm_hosts (and use https for an https registry); otherwise check the "
@@ -285,29 +289,38 @@ class TokenAuth(_BearerAuth):
         url = f"{realm}{'&' if urlsplit(realm).query else '?'}{query}" if query else realm
         headers = {"User-Agent": wire.USER_AGENT}
         if self.login:
-            headers.update(urllib3.make_headers(
-                basic_auth=f"{self.login}:{self._password or ''}"))
+            headers.update(urllib3.make_headers(basic_auth=f"{self.login}:{self._password or ''}"))
         try:
             response = wire.send(self._pool, "GET", url, headers)
-            answer = read_body(response, self._max_answer_bytes, "max_token_bytes",
-                               registry=realm, operation="get token")
+            answer = read_body(
+                response,
+                self._max_answer_bytes,
+                "max_token_bytes",
+                registry=realm,
+                operation="get token",
+            )
         except urllib3.exceptions.HTTPError as exc:
             raise RegistryUnavailableError(
-                f"no answer from the token service ({type(exc).__name__})", registry=realm,
+                f"no answer from the token service ({type(exc).__name__})",
+                registry=realm,
                 operation="get token",
                 advice="check that the token service named by the registry's challenge (its "
                 "auth.token.realm) is running and reachable from here; the request is retried",
             ) from None
         if response.status in RETRY_STATUSES:
             raise RegistryUnavailableError(
-                f"the token service answered {response.status}", registry=realm,
-                operation="get token", status=response.status,
+                f"the token service answered {response.status}",
+                registry=realm,
+                operation="get token",
+                status=response.status,
             )
         if response.status != 200:
             raise RegistryAuthError(
-                f"the token service refused login {self.login!r}", status=response.status,
+                f"the token service refused login {self.login!r}",
+                status=response.status,
                 advice="check the connection's login and password (or access token) against the "
-                "token service", **failure,
+                "token service",
+                **failure,
             )
         token, expires_in = None, 60.0
         try:
@@ -320,9 +333,11 @@ class TokenAuth(_BearerAuth):
             expires_in = 60.0
         if not isinstance(token, str) or not token:
             raise RegistryAuthError(
-                "the token service's answer holds no token", status=response.status,
+                "the token service's answer holds no token",
+                status=response.status,
                 advice="check that the registry's auth.token.realm points at a token service "
-                "(GitLab: /jwt/auth)", **failure,
+                "(GitLab: /jwt/auth)",
+                **failure,
             )
         issued = self._clock()
         self._cache.put(key, token, issued, issued + expires_in)

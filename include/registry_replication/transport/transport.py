@@ -85,11 +85,18 @@ class Request:
     body_bound: str = "max_error_bytes"
 
     @classmethod
-    def at(cls, method: str, repository: str, kind: str, reference: str, operation: str,
-           **fields: Any) -> Request:
+    def at(
+        cls, method: str, repository: str, kind: str, reference: str, operation: str, **fields: Any
+    ) -> Request:
         """``<method> /v2/<repository>/<kind>/<reference>`` (the other fields: ``fields``)."""
-        return cls(method, f"/v2/{repository}/{kind}/{reference}", operation, repository,
-                   reference, **fields)
+        return cls(
+            method,
+            f"/v2/{repository}/{kind}/{reference}",
+            operation,
+            repository,
+            reference,
+            **fields,
+        )
 
 
 class Transport:
@@ -150,14 +157,19 @@ class Transport:
             except ValueError as exc:  # cryptography: not a PEM key or certificate
                 raise RegistryAuthError(
                     f"the signing key or certificate cannot be read ({type(exc).__name__})",
-                    registry=self.url, operation="sign token",
+                    registry=self.url,
+                    operation="sign token",
                     advice="private_key_path must name the registry's PEM private key (GitLab: "
                     "gitlab-registry.key) and certificate_path its PEM certificate",
                 ) from None
         if kind == "token":
             auth = TokenAuth(
-                self.pool, cfg.login, cfg.password, registry=self.url,
-                realm_hosts=cfg.token_realm_hosts, max_answer_bytes=cfg.bounds.max_token_bytes,
+                self.pool,
+                cfg.login,
+                cfg.password,
+                registry=self.url,
+                realm_hosts=cfg.token_realm_hosts,
+                max_answer_bytes=cfg.bounds.max_token_bytes,
             )
             if challenge:
                 auth.refresh(challenge, (), fresh=False)
@@ -206,29 +218,41 @@ class Transport:
                 if not request.stream or response.status not in ok:
                     bound = request.body_bound if response.status in ok else "max_error_bytes"
                     response.content = read_body(
-                        response, getattr(self.config.bounds, bound), bound,
-                        registry=self.url, operation=request.operation,
-                        repository=request.repository, reference=request.reference,
-                        status=response.status)
+                        response,
+                        getattr(self.config.bounds, bound),
+                        bound,
+                        registry=self.url,
+                        operation=request.operation,
+                        repository=request.repository,
+                        reference=request.reference,
+                        status=response.status,
+                    )
                     response.close()  # read: the connection goes back to the pool
             except urllib3.exceptions.HTTPError as exc:
-                raise connection_error(exc, self.url, request.operation, request.repository,
-                                       request.reference) from None
+                raise connection_error(
+                    exc, self.url, request.operation, request.repository, request.reference
+                ) from None
             if response.status in ok:
                 return response
-            if (response.redirect and request.allow_redirects
-                    and request.method in ("GET", "HEAD") and redirects < MAX_REDIRECTS):
+            if (
+                response.redirect
+                and request.allow_redirects
+                and request.method in ("GET", "HEAD")
+                and redirects < MAX_REDIRECTS
+            ):
                 location = urljoin(response.url, response.headers["Location"])
                 response.close()
-                url = self.confinement.own_url(location, request.operation, request.repository,
-                                               "redirect")
+                url = self.confinement.own_url(
+                    location, request.operation, request.repository, "redirect"
+                )
                 redirects += 1
                 continue
             if request.storage:
                 raise storage_error(response, self.url, request)
             # ``self._auth``, not ``self.auth``: this may be the probe that builds it.
-            raise registry_error(response, self.url, request, self.config.bounds.max_json_depth,
-                                 self._auth)
+            raise registry_error(
+                response, self.url, request, self.config.bounds.max_json_depth, self._auth
+            )
 
     def _exchange(self, request: Request, url: str, auth: Auth | None) -> Response:
         """``request`` sent to ``url`` with ``auth``'s header for its scopes; a 401 whose
@@ -244,7 +268,8 @@ class Transport:
             headers["Authorization"] = value
         response = wire.send(self.pool, request.method, url, headers, request.data)
         if response.status != 401 or not auth.refresh(
-                Challenge.parse(response.headers.get("WWW-Authenticate")), scopes, fresh=fresh):
+            Challenge.parse(response.headers.get("WWW-Authenticate")), scopes, fresh=fresh
+        ):
             return response
         response.close()  # unread: a 401's body tells nothing, and could be of any size
         value, _ = auth.authorization(scopes)

@@ -38,10 +38,12 @@ class Upload:
 
 # -- one request each -----------------------------------------------------------------------------
 
+
 def start(transport: Transport, repository: str) -> Upload:
     """``POST``: open an upload session."""
-    response = transport.send(Request("POST", f"/v2/{repository}/blobs/uploads/",
-                                      "start upload", repository, ok=(202,)))
+    response = transport.send(
+        Request("POST", f"/v2/{repository}/blobs/uploads/", "start upload", repository, ok=(202,))
+    )
     response.close()
     return Upload(repository, _location(transport, response))
 
@@ -49,8 +51,16 @@ def start(transport: Transport, repository: str) -> Upload:
 def mount(transport: Transport, repository: str, digest: str, from_repository: str) -> bool:
     """Cross-repository mount (``POST ?mount=&from=``); False when the registry could not."""
     query = urlencode({"mount": digest, "from": from_repository})
-    response = transport.send(Request("POST", f"/v2/{repository}/blobs/uploads/?{query}",
-                                      "mount blob", repository, digest, ok=(201, 202)))
+    response = transport.send(
+        Request(
+            "POST",
+            f"/v2/{repository}/blobs/uploads/?{query}",
+            "mount blob",
+            repository,
+            digest,
+            ok=(201, 202),
+        )
+    )
     response.close()
     if response.status == 202:
         # The registry opened an upload instead; it expires on its own, but tidy up.
@@ -61,12 +71,20 @@ def mount(transport: Transport, repository: str, digest: str, from_repository: s
 
 def patch(transport: Transport, upload: Upload, body: Body) -> Upload:
     """``PATCH`` ``body`` at ``upload.offset``; returns the advanced session."""
-    response = transport.send(Request(
-        "PATCH", upload.location, "upload chunk", upload.repository,
-        headers={"Content-Type": "application/octet-stream",
-                 "Content-Range": f"{upload.offset}-{upload.offset + len(body) - 1}"},
-        data=body, ok=(202,),
-    ))
+    response = transport.send(
+        Request(
+            "PATCH",
+            upload.location,
+            "upload chunk",
+            upload.repository,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{upload.offset}-{upload.offset + len(body) - 1}",
+            },
+            data=body,
+            ok=(202,),
+        )
+    )
     response.close()
     return Upload(upload.repository, _location(transport, response), _range_end(response))
 
@@ -74,17 +92,25 @@ def patch(transport: Transport, upload: Upload, body: Body) -> Upload:
 def commit(transport: Transport, upload: Upload, digest: str, body: Body) -> None:
     """``PUT ?digest=`` with the last bytes: the registry verifies and commits."""
     sep = "&" if "?" in upload.location else "?"
-    transport.send(Request(
-        "PUT", f"{upload.location}{sep}{urlencode({'digest': digest})}", "commit blob",
-        upload.repository, digest, headers={"Content-Type": "application/octet-stream"},
-        data=body if len(body) else b"", ok=(201, 204),
-    )).close()
+    transport.send(
+        Request(
+            "PUT",
+            f"{upload.location}{sep}{urlencode({'digest': digest})}",
+            "commit blob",
+            upload.repository,
+            digest,
+            headers={"Content-Type": "application/octet-stream"},
+            data=body if len(body) else b"",
+            ok=(201, 204),
+        )
+    ).close()
 
 
 def status(transport: Transport, upload: Upload) -> Upload:
     """Where an interrupted upload stands (the offset to resume from)."""
-    response = transport.send(Request("GET", upload.location, "check upload", upload.repository,
-                                      ok=(204,)))
+    response = transport.send(
+        Request("GET", upload.location, "check upload", upload.repository, ok=(204,))
+    )
     response.close()
     return Upload(upload.repository, _location(transport, response), _range_end(response))
 
@@ -92,8 +118,9 @@ def status(transport: Transport, upload: Upload) -> Upload:
 def cancel(transport: Transport, upload: Upload) -> bool:
     """End an upload session (``DELETE`` needs the delete action); True once it is gone."""
     try:
-        transport.send(Request("DELETE", upload.location, "cancel upload", upload.repository,
-                               ok=(204, 404))).close()
+        transport.send(
+            Request("DELETE", upload.location, "cancel upload", upload.repository, ok=(204, 404))
+        ).close()
         return True
     except RegistryError as exc:  # the registry purges it in time; not worth failing for
         log.info("could not cancel upload in %s: %s", upload.repository, exc)
@@ -105,11 +132,14 @@ def _location(transport: Transport, response: Response) -> str:
     location = response.headers.get("Location")
     if not location:
         raise RegistryError(
-            "the registry sent no upload Location", registry=transport.url,
-            operation="upload", status=response.status,
+            "the registry sent no upload Location",
+            registry=transport.url,
+            operation="upload",
+            status=response.status,
         )
-    return transport.confinement.own_url(urljoin(response.url, location), "upload", None,
-                                         "Location")
+    return transport.confinement.own_url(
+        urljoin(response.url, location), "upload", None, "Location"
+    )
 
 
 def _range_end(response: Response) -> int:
@@ -123,6 +153,7 @@ def _range_end(response: Response) -> int:
 
 
 # -- the resumable upload -------------------------------------------------------------------------
+
 
 def upload_blob(
     transport: Transport,
@@ -157,9 +188,16 @@ def upload_blob(
     failure the session is cancelled here, with one try (the copy's retries are spent, and
     the registry purges a session left behind).
     """
-    upload = _BlobUpload(transport, repository, digest, size, chunk_size or max(size, 1),
-                         _Source(open_body, size, transport.url, repository, digest), exists,
-                         on_session)
+    upload = _BlobUpload(
+        transport,
+        repository,
+        digest,
+        size,
+        chunk_size or max(size, 1),
+        _Source(open_body, size, transport.url, repository, digest),
+        exists,
+        on_session,
+    )
     interrupted = f"upload of {repository}@{digest} to {transport.url} interrupted"
     try:
         while not upload.committed:
@@ -179,7 +217,9 @@ def read_once(data: Iterable[bytes], registry: str, repository: str, digest: str
         if opened.is_set() or offset:
             raise RegistryError(
                 "the upload was interrupted and its body is a stream that cannot be read again",
-                registry=registry, operation="upload blob", repository=repository,
+                registry=registry,
+                operation="upload blob",
+                repository=repository,
                 reference=digest,
                 advice="rerun; to resume inside the client, call upload_blob with a function "
                 "that opens the body at an offset",
@@ -220,8 +260,9 @@ class _BlobUpload:
             offset = self.session.offset
             rest = self.size - offset
             if rest > self.chunk_size:
-                self._moved(patch(self.transport, self.session,
-                                  self.source.body(offset, self.chunk_size)))
+                self._moved(
+                    patch(self.transport, self.session, self.source.body(offset, self.chunk_size))
+                )
             else:
                 commit(self.transport, self.session, self.digest, self.source.body(offset, rest))
                 self.committed = True
@@ -243,16 +284,25 @@ class _BlobUpload:
             if self.exists():
                 self.committed = True
                 return
-            log.warning("upload of %s@%s interrupted at byte %d; the registry dropped the "
-                        "session (%s): starting over", self.repository, self.digest, confirmed,
-                        exc.code)
+            log.warning(
+                "upload of %s@%s interrupted at byte %d; the registry dropped the "
+                "session (%s): starting over",
+                self.repository,
+                self.digest,
+                confirmed,
+                exc.code,
+            )
             cancel(self.transport, self.session)
             self.session = None
             self._moved(start(self.transport, self.repository))
             return
-        log.warning("upload of %s@%s interrupted at byte %d; resuming at byte %d, the "
-                    "registry's offset", self.repository, self.digest, confirmed,
-                    standing.offset)
+        log.warning(
+            "upload of %s@%s interrupted at byte %d; resuming at byte %d, the registry's offset",
+            self.repository,
+            self.digest,
+            confirmed,
+            standing.offset,
+        )
         self._moved(standing)
 
     def _moved(self, session: Upload) -> None:
@@ -266,12 +316,18 @@ class _Source:
     at the offset a request starts from when the stream is elsewhere (a request sent again,
     the registry holding another offset) or broke."""
 
-    def __init__(self, open_body: OpenBody, size: int, registry: str, repository: str,
-                 digest: str) -> None:
+    def __init__(
+        self, open_body: OpenBody, size: int, registry: str, repository: str, digest: str
+    ) -> None:
         self._open = open_body
         self._size = size
-        self._where = dict(registry=registry, operation="upload blob", repository=repository,
-                           reference=digest, code="SIZE_INVALID")
+        self._where = dict(
+            registry=registry,
+            operation="upload blob",
+            repository=repository,
+            reference=digest,
+            code="SIZE_INVALID",
+        )
         self._stream: Iterator[bytes] | None = None
         self._position = 0  # of the stream's next byte
         self._pending = b""
@@ -288,8 +344,10 @@ class _Source:
         while left:
             piece = self._pending or self._next()
             if piece is None:
-                raise RegistryError(f"the blob's bytes ended at byte {self._position} of "
-                                    f"{self._size}", **self._where)
+                raise RegistryError(
+                    f"the blob's bytes ended at byte {self._position} of {self._size}",
+                    **self._where,
+                )
             piece, self._pending = piece[:left], piece[left:]
             left -= len(piece)
             self._position += len(piece)
@@ -297,8 +355,9 @@ class _Source:
                 # Read to the end before the last piece goes up: a whole blob read from a
                 # registry is verified there, so a mismatch aborts the request uncommitted.
                 if self._pending or self._next() is not None:
-                    raise RegistryError(f"the blob has more bytes than its size {self._size}",
-                                        **self._where)
+                    raise RegistryError(
+                        f"the blob has more bytes than its size {self._size}", **self._where
+                    )
             yield piece
 
     def _next(self) -> bytes | None:

@@ -31,8 +31,9 @@ class Response:
 
     __slots__ = ("raw", "status", "headers", "method", "url", "authorization", "content")
 
-    def __init__(self, raw: BaseHTTPResponse, method: str, url: str,
-                 authorization: str | None = None) -> None:
+    def __init__(
+        self, raw: BaseHTTPResponse, method: str, url: str, authorization: str | None = None
+    ) -> None:
         self.raw = raw
         self.status = raw.status
         self.headers = raw.headers
@@ -66,25 +67,44 @@ def pool_manager(config: RegistryConfig) -> urllib3.PoolManager:
     token service included): ``max_connections`` per host, verified against the configured CA
     bundle (``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` or certifi's, as requests would), through
     the proxy the environment names for the registry."""
-    timeout = urllib3.Timeout(connect=min(10.0, config.timeout_seconds),
-                              read=config.timeout_seconds)
-    verify = (config.verify if config.verify is not True else
-              os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True)
+    timeout = urllib3.Timeout(
+        connect=min(10.0, config.timeout_seconds), read=config.timeout_seconds
+    )
+    verify = (
+        config.verify
+        if config.verify is not True
+        else os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    )
     tls: dict[str, str] = {"cert_reqs": "CERT_NONE" if verify is False else "CERT_REQUIRED"}
     if verify is not False:
         bundle = certifi.where() if verify is True else str(verify)
         tls["ca_cert_dir" if os.path.isdir(bundle) else "ca_certs"] = bundle
     proxy = environ_proxy(config.url)
     if proxy is None:
-        return urllib3.PoolManager(num_pools=4, maxsize=config.max_connections, block=False,
-                                   retries=False, timeout=timeout, **tls)
+        return urllib3.PoolManager(
+            num_pools=4,
+            maxsize=config.max_connections,
+            block=False,
+            retries=False,
+            timeout=timeout,
+            **tls,
+        )
     parts = urlsplit(proxy)
-    credentials = (f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-                   if parts.username is not None else None)
-    return urllib3.ProxyManager(proxy, num_pools=4, maxsize=config.max_connections, block=False,
-                                retries=False, timeout=timeout,
-                                proxy_headers=urllib3.make_headers(proxy_basic_auth=credentials),
-                                **tls)
+    credentials = (
+        f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        if parts.username is not None
+        else None
+    )
+    return urllib3.ProxyManager(
+        proxy,
+        num_pools=4,
+        maxsize=config.max_connections,
+        block=False,
+        retries=False,
+        timeout=timeout,
+        proxy_headers=urllib3.make_headers(proxy_basic_auth=credentials),
+        **tls,
+    )
 
 
 def environ_proxy(url: str) -> str | None:
@@ -98,10 +118,16 @@ def environ_proxy(url: str) -> str | None:
     return proxy
 
 
-def send(pool: urllib3.PoolManager, method: str, url: str, headers: Mapping[str, str],
-         body: object = None) -> Response:
+def send(
+    pool: urllib3.PoolManager,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: object = None,
+) -> Response:
     """One request, its answer unread (the caller reads it within a bound or streams it).
     Connection failures raise urllib3's ``HTTPError``s."""
-    raw = pool.urlopen(method, url, headers=headers, body=body, redirect=False,
-                       preload_content=False)
+    raw = pool.urlopen(
+        method, url, headers=headers, body=body, redirect=False, preload_content=False
+    )
     return Response(raw, method, url, headers.get("Authorization"))

@@ -37,9 +37,13 @@ log = logging.getLogger(__name__)
 MIN_TOKEN_LENGTH = 32
 PREFIX = "registry_replication"
 # The status page's repository states, as label values.
-STATE_LABELS = {RepositoryState.SYNCED: "synced", RepositoryState.PENDING: "pending",
-                RepositoryState.FAILED: "failed", RepositoryState.DAMAGED: "damaged",
-                RepositoryState.NEVER_SYNCED: "never"}
+STATE_LABELS = {
+    RepositoryState.SYNCED: "synced",
+    RepositoryState.PENDING: "pending",
+    RepositoryState.FAILED: "failed",
+    RepositoryState.DAMAGED: "damaged",
+    RepositoryState.NEVER_SYNCED: "never",
+}
 
 
 def figures(store: Store, now: dt.datetime | None = None) -> dict[str, Any]:
@@ -53,23 +57,38 @@ def figures(store: Store, now: dt.datetime | None = None) -> dict[str, Any]:
     return {
         "events_pending": counts[EventStatus.PENDING] + counts[EventStatus.PROCESSING],
         "oldest_pending_event_age_seconds": queue["oldest_waiting_seconds"] or 0.0,
-        "events_total": {status: counts[status] for status in (
-            EventStatus.DONE, EventStatus.FAILED, EventStatus.REJECTED)},
+        "events_total": {
+            status: counts[status]
+            for status in (EventStatus.DONE, EventStatus.FAILED, EventStatus.REJECTED)
+        },
         "repositories": states,
-        "tags": {side: sum(r[f"tags_{side}"] or 0 for r in page["repositories"])
-                 for side in ("primary", "secondary")},
+        "tags": {
+            side: sum(r[f"tags_{side}"] or 0 for r in page["repositories"])
+            for side in ("primary", "secondary")
+        },
         "bytes_copied_total": store.history.copied_bytes_total(),
         "last_success_timestamp_seconds": {
-            dag_id: at.timestamp() for dag_id, at in sorted(store.history.last_success_times().items())},
+            dag_id: at.timestamp()
+            for dag_id, at in sorted(store.history.last_success_times().items())
+        },
         "push_to_replica_seconds": {
-            "buckets": list(zip(LATENCY_BUCKETS, buckets)), "count": count, "sum": total},
+            "buckets": list(zip(LATENCY_BUCKETS, buckets)),
+            "count": count,
+            "sum": total,
+        },
         # Per level, the oldest of the repositories' last verifications at that level: what an
         # alert on "no blobs verification for 8 days" reads.
         "last_verified_timestamp_seconds": {
-            level: min(at.timestamp() for at in stamps) for level in VerifyLevel
-            if (stamps := [dt.datetime.fromisoformat(r["verified_at"])
-                           for r in page["repositories"]
-                           if r.get("verified_level") == level and r.get("verified_at")])},
+            level: min(at.timestamp() for at in stamps)
+            for level in VerifyLevel
+            if (
+                stamps := [
+                    dt.datetime.fromisoformat(r["verified_at"])
+                    for r in page["repositories"]
+                    if r.get("verified_level") == level and r.get("verified_at")
+                ]
+            )
+        },
     }
 
 
@@ -81,39 +100,53 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         f = figures(self.store)
-        yield GaugeMetricFamily(f"{PREFIX}_events_pending",
-                                "Events waiting to be replicated (pending or being processed).",
-                                value=f["events_pending"])
-        yield GaugeMetricFamily(f"{PREFIX}_oldest_pending_event_age_seconds",
-                                "Age of the oldest waiting event (0 when none).",
-                                value=f["oldest_pending_event_age_seconds"])
-        events = CounterMetricFamily(f"{PREFIX}_events", "Events by final outcome.",
-                                     labels=["outcome"])
+        yield GaugeMetricFamily(
+            f"{PREFIX}_events_pending",
+            "Events waiting to be replicated (pending or being processed).",
+            value=f["events_pending"],
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_oldest_pending_event_age_seconds",
+            "Age of the oldest waiting event (0 when none).",
+            value=f["oldest_pending_event_age_seconds"],
+        )
+        events = CounterMetricFamily(
+            f"{PREFIX}_events", "Events by final outcome.", labels=["outcome"]
+        )
         for outcome, n in f["events_total"].items():
             events.add_metric([outcome], n)
         yield events
-        repositories = GaugeMetricFamily(f"{PREFIX}_repositories",
-                                         "Repositories by replication state.", labels=["state"])
+        repositories = GaugeMetricFamily(
+            f"{PREFIX}_repositories", "Repositories by replication state.", labels=["state"]
+        )
         for state, n in f["repositories"].items():
             repositories.add_metric([state], n)
         yield repositories
-        tags = GaugeMetricFamily(f"{PREFIX}_tags", "Tags per side, as of the last verification.",
-                                 labels=["side"])
+        tags = GaugeMetricFamily(
+            f"{PREFIX}_tags", "Tags per side, as of the last verification.", labels=["side"]
+        )
         for side, n in f["tags"].items():
             tags.add_metric([side], n)
         yield tags
-        yield CounterMetricFamily(f"{PREFIX}_bytes_copied", "Blob bytes copied to the secondary.",
-                                  value=f["bytes_copied_total"])
-        success = GaugeMetricFamily(f"{PREFIX}_last_success_timestamp_seconds",
-                                    "When each DAG's latest successful run finished.",
-                                    labels=["dag_id"])
+        yield CounterMetricFamily(
+            f"{PREFIX}_bytes_copied",
+            "Blob bytes copied to the secondary.",
+            value=f["bytes_copied_total"],
+        )
+        success = GaugeMetricFamily(
+            f"{PREFIX}_last_success_timestamp_seconds",
+            "When each DAG's latest successful run finished.",
+            labels=["dag_id"],
+        )
         for dag_id, at in f["last_success_timestamp_seconds"].items():
             success.add_metric([dag_id], at)
         yield success
         verified = GaugeMetricFamily(
             f"{PREFIX}_last_verified_timestamp_seconds",
             "Per verification level (blobs, content), the oldest of the repositories' last "
-            "verifications at that level.", labels=["level"])
+            "verifications at that level.",
+            labels=["level"],
+        )
         for level, at in f["last_verified_timestamp_seconds"].items():
             verified.add_metric([level], at)
         yield verified
@@ -121,9 +154,9 @@ class StoreCollector(Collector):
         yield HistogramMetricFamily(
             f"{PREFIX}_push_to_replica_seconds",
             "From the registry's event timestamp to the event's acknowledgement.",
-            buckets=[(_bound(b), n) for b, n in latency["buckets"]]
-            + [("+Inf", latency["count"])],
-            sum_value=latency["sum"])
+            buckets=[(_bound(b), n) for b, n in latency["buckets"]] + [("+Inf", latency["count"])],
+            sum_value=latency["sum"],
+        )
 
 
 def exposition(store: Store) -> bytes:
@@ -136,8 +169,9 @@ def exposition(store: Store) -> bytes:
 def token_matches(authorization: str | None, token: str) -> bool:
     """Whether an ``Authorization`` header carries ``Bearer <token>`` (constant time)."""
     scheme, _, given = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
-                                                               token.encode())
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
 
 
 def configured_token() -> str | None:
@@ -151,9 +185,13 @@ def configured_token() -> str | None:
 @functools.cache
 def _warn_short_token(length: int) -> None:
     """Once per process and length: the token is read on every scrape."""
-    log.warning("%s is %d characters long: use at least %d random ones (openssl rand -hex 32); "
-                "a short token can be guessed by whoever reaches /metrics",
-                variable("metrics_token"), length, MIN_TOKEN_LENGTH)
+    log.warning(
+        "%s is %d characters long: use at least %d random ones (openssl rand -hex 32); "
+        "a short token can be guessed by whoever reaches /metrics",
+        variable("metrics_token"),
+        length,
+        MIN_TOKEN_LENGTH,
+    )
 
 
 def _bound(value: float) -> str:

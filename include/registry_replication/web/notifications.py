@@ -81,7 +81,8 @@ def parse(body: bytes) -> Parsed:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidNotification(
-            f"not a registry notification envelope: {where}: {first['msg']}") from exc
+            f"not a registry notification envelope: {where}: {first['msg']}"
+        ) from exc
     parsed = Parsed()
     for item in envelope.events:
         if not _is_manifest_event(item):
@@ -114,8 +115,7 @@ def _event(raw: RawEvent) -> Event:
     repository = Repository(target.repository)
     tag = None if target.tag is None else Tag(target.tag)
     digest = None if target.digest is None else Digest(target.digest)
-    timestamp = raw.timestamp if raw.timestamp.tzinfo else raw.timestamp.replace(
-        tzinfo=dt.UTC)
+    timestamp = raw.timestamp if raw.timestamp.tzinfo else raw.timestamp.replace(tzinfo=dt.UTC)
     return Event(raw.id, raw.action, repository, tag, digest, target.media_type, timestamp)
 
 
@@ -139,10 +139,15 @@ def _rejected(item: dict[str, Any], reason: str) -> Event:
         canonical = json.dumps(item, sort_keys=True, default=str).encode()
         event_id = "rejected-" + hashlib.sha256(canonical).hexdigest()
     return Event(
-        event_id, item["action"], _text(target.get("repository"), 255) or "(none)",
-        _text(target.get("tag"), 128), _text(target.get("digest"), 160),
-        _text(target.get("mediaType"), 255), _timestamp(item.get("timestamp")),
-        status=EventStatus.REJECTED, error=f"rejected: {reason}"[:4000],
+        event_id,
+        item["action"],
+        _text(target.get("repository"), 255) or "(none)",
+        _text(target.get("tag"), 128),
+        _text(target.get("digest"), 160),
+        _text(target.get("mediaType"), 255),
+        _timestamp(item.get("timestamp")),
+        status=EventStatus.REJECTED,
+        error=f"rejected: {reason}"[:4000],
     )
 
 

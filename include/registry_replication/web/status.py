@@ -26,8 +26,9 @@ MAX_LATENCY_POINTS = 2000
 # The states the page shows per repository, in the order it shows them.
 
 
-def status(store: Store, *, ui_url: str = "", now: dt.datetime | None = None,
-           with_history: bool = True) -> dict[str, Any]:
+def status(
+    store: Store, *, ui_url: str = "", now: dt.datetime | None = None, with_history: bool = True
+) -> dict[str, Any]:
     """Everything the status page shows.
 
     ``ui_url`` is the Airflow UI's base URL (``[api] base_url``; empty: links are absolute
@@ -41,13 +42,18 @@ def status(store: Store, *, ui_url: str = "", now: dt.datetime | None = None,
     for layer in layers:
         layers_by_repo[layer["repository"]].append(layer)
 
-    repositories = [_repository(row, layers_by_repo.get(row["repository"], []), now)
-                    for row in store.state.repository_states()]
+    repositories = [
+        _repository(row, layers_by_repo.get(row["repository"], []), now)
+        for row in store.state.repository_states()
+    ]
     # A layer can fail in a repository the verification has not reached yet.
     known = {r["repository"] for r in repositories}
     for name in sorted(set(layers_by_repo) - known):
-        repositories.append(_repository({"repository": name, "state": RepositoryState.FAILED},
-                                        layers_by_repo[name], now))
+        repositories.append(
+            _repository(
+                {"repository": name, "state": RepositoryState.FAILED}, layers_by_repo[name], now
+            )
+        )
         repositories.sort(key=lambda r: r["repository"])
 
     states = Counter(r["state"] for r in repositories)
@@ -76,8 +82,9 @@ def status(store: Store, *, ui_url: str = "", now: dt.datetime | None = None,
         },
         "dead_letters": [_failed_event(row) for row in store.queue.dead_letters(limit=100)],
         # Events the webhook stored but will not process (names out of grammar, malformed).
-        "rejected_events": [_failed_event(row)
-                            for row in store.queue.events(status=EventStatus.REJECTED, limit=50)],
+        "rejected_events": [
+            _failed_event(row) for row in store.queue.events(status=EventStatus.REJECTED, limit=50)
+        ],
         **({"history": history(store, now)} if with_history else {}),
         "last_reconcile": _run(reconcile, base, now) if reconcile else None,
     }
@@ -104,23 +111,29 @@ def history(store: Store, now: dt.datetime) -> dict[str, Any]:
             i += 1
     latencies = store.history.push_latencies(since)[-MAX_LATENCY_POINTS:]
     runs = [
-        {"dag_id": r["dag_id"], "run_id": r["run_id"], "state": r["state"],
-         "finished_at": _iso(_aware(r["finished_at"])),
-         "bytes": int((r.get("summary") or {}).get("bytes copied") or 0)}
+        {
+            "dag_id": r["dag_id"],
+            "run_id": r["run_id"],
+            "state": r["state"],
+            "finished_at": _iso(_aware(r["finished_at"])),
+            "bytes": int((r.get("summary") or {}).get("bytes copied") or 0),
+        }
         for r in store.history.runs_since(since)
     ]
     return {
         "since": _iso(since),
         "until": _iso(now),
-        "pending_depth": [{"at": _iso(since + DEPTH_BUCKET * b), "depth": n}
-                          for b, n in enumerate(peak)],
+        "pending_depth": [
+            {"at": _iso(since + DEPTH_BUCKET * b), "depth": n} for b, n in enumerate(peak)
+        ],
         "push_to_replica": [{"at": _iso(at), "seconds": round(s, 3)} for at, s in latencies],
         "bytes_per_run": runs,
     }
 
 
-def task_log_url(base: str, dag_id: str, run_id: str, task_id: str,
-                 map_index: int | None = None) -> str:
+def task_log_url(
+    base: str, dag_id: str, run_id: str, task_id: str, map_index: int | None = None
+) -> str:
     """The Airflow 3 UI page of a task instance, whose first tab is its log.
 
     The UI's routes (``airflow/ui``): ``/dags/:dagId/runs/:runId/tasks/:taskId`` and, for a
@@ -136,8 +149,9 @@ def run_url(base: str, dag_id: str, run_id: str) -> str:
     return f"{base}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
 
 
-def _repository(row: dict[str, Any], layers: list[dict[str, Any]],
-                now: dt.datetime) -> dict[str, Any]:
+def _repository(
+    row: dict[str, Any], layers: list[dict[str, Any]], now: dt.datetime
+) -> dict[str, Any]:
     stored = row.get("state")
     last_sync = _aware(row.get("last_sync_at"))
     verified = _aware(row.get("verified_at"))
@@ -158,8 +172,10 @@ def _repository(row: dict[str, Any], layers: list[dict[str, Any]],
         "tags_secondary": row.get("tags_secondary"),
         "checksum_primary": row.get("checksum_primary"),
         "checksum_secondary": row.get("checksum_secondary"),
-        "checksums_match": (row.get("checksum_primary") is not None
-                            and row.get("checksum_primary") == row.get("checksum_secondary")),
+        "checksums_match": (
+            row.get("checksum_primary") is not None
+            and row.get("checksum_primary") == row.get("checksum_secondary")
+        ),
         "last_sync_at": _iso(last_sync),
         "last_sync_age_seconds": _age(last_sync, now),
         "last_error": row.get("last_error"),
@@ -195,8 +211,11 @@ def _failed_layer(row: dict[str, Any], base: str) -> dict[str, Any]:
         "task_id": task_id,
         "map_index": row.get("map_index"),
         "recorded_at": _iso(_aware(row.get("recorded_at"))),
-        "log_url": (task_log_url(base, row["dag_id"], row["run_id"], task_id, row.get("map_index"))
-                    if task_id else run_url(base, row["dag_id"], row["run_id"])),
+        "log_url": (
+            task_log_url(base, row["dag_id"], row["run_id"], task_id, row.get("map_index"))
+            if task_id
+            else run_url(base, row["dag_id"], row["run_id"])
+        ),
     }
 
 
@@ -231,8 +250,11 @@ def _run(row: dict[str, Any], base: str, now: dt.datetime) -> dict[str, Any]:
 
 
 def _progress(done: int, total: int) -> dict[str, Any]:
-    return {"in_sync": done, "total": total,
-            "percent": round(100.0 * done / total, 1) if total else None}
+    return {
+        "in_sync": done,
+        "total": total,
+        "percent": round(100.0 * done / total, 1) if total else None,
+    }
 
 
 def _aware(value: Any) -> dt.datetime | None:

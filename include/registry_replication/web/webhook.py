@@ -42,8 +42,11 @@ _WRITE_LOCK = threading.Lock()
 ACCEPTED_TYPES = (ENVELOPE_MEDIA_TYPE, "application/json")
 
 
-def events_router(store: Callable[[], Store], secret: Callable[[], str | None],
-                  refusal: Callable[[], str | None] = lambda: None) -> APIRouter:
+def events_router(
+    store: Callable[[], Store],
+    secret: Callable[[], str | None],
+    refusal: Callable[[], str | None] = lambda: None,
+) -> APIRouter:
     router = APIRouter()
 
     @router.post("/events", status_code=200)
@@ -62,19 +65,33 @@ def events_router(store: Callable[[], Store], secret: Callable[[], str | None],
             log.warning("refused a notification: %s", exc)
             raise HTTPException(400, str(exc)) from None
         for event in parsed.rejected:
-            log.warning("notification event %r (%s %r) %s. What to do: nothing is replicated "
-                        "from this event; rename the repository or tag on the primary to a valid "
-                        "one, or delete it there", event.id, event.action, event.repository,
-                        event.error)
+            log.warning(
+                "notification event %r (%s %r) %s. What to do: nothing is replicated "
+                "from this event; rename the repository or tag on the primary to a valid "
+                "one, or delete it there",
+                event.id,
+                event.action,
+                event.repository,
+                event.error,
+            )
         received = parsed.kept + parsed.rejected
         # The database write blocks (SQLite fsyncs): off the event loop, which in Airflow's
         # API server also serves the UI and the REST API.
         stored = await run_in_threadpool(_add, store(), received)
-        log.info("notification: %d events stored (%d rejected), %d repeated, %d ignored "
-                 "(blob/pull/mount)", stored, len(parsed.rejected), len(received) - stored,
-                 parsed.ignored)
-        return {"stored": stored, "rejected": len(parsed.rejected),
-                "duplicates": len(received) - stored, "ignored": parsed.ignored}
+        log.info(
+            "notification: %d events stored (%d rejected), %d repeated, %d ignored "
+            "(blob/pull/mount)",
+            stored,
+            len(parsed.rejected),
+            len(received) - stored,
+            parsed.ignored,
+        )
+        return {
+            "stored": stored,
+            "rejected": len(parsed.rejected),
+            "duplicates": len(received) - stored,
+            "ignored": parsed.ignored,
+        }
 
     return router
 
@@ -110,13 +127,20 @@ async def _read_limited(request: Request) -> bytes:
 def warn_if_weak(secret: str | None) -> None:
     """Warn at start-up about a notification secret short enough to guess."""
     if secret and len(secret) < MIN_SECRET_LENGTH:
-        log.warning("%s is %d characters long; use at least %d random characters (for example "
-                    "`openssl rand -hex 32`): it is the only guard on the webhook",
-                    variable("notification_secret"), len(secret), MIN_SECRET_LENGTH)
+        log.warning(
+            "%s is %d characters long; use at least %d random characters (for example "
+            "`openssl rand -hex 32`): it is the only guard on the webhook",
+            variable("notification_secret"),
+            len(secret),
+            MIN_SECRET_LENGTH,
+        )
 
 
-def create_app(store: Store | None = None, secret: str | None = None,
-               refusal: Callable[[], str | None] = lambda: None) -> FastAPI:
+def create_app(
+    store: Store | None = None,
+    secret: str | None = None,
+    refusal: Callable[[], str | None] = lambda: None,
+) -> FastAPI:
     """The app; by default the store and secret come from the settings, read lazily.
     ``refusal``: why events cannot be stored here now (None: they can)."""
     cached: list[Store] = [store] if store else []

@@ -16,10 +16,12 @@ depends_on = None
 
 
 def _written_by(*, task_id_required: bool) -> list[sa.Column]:
-    return [sa.Column("dag_id", sa.String(255), nullable=False),
-            sa.Column("run_id", sa.String(255), nullable=False),
-            sa.Column("task_id", sa.String(255), nullable=not task_id_required),
-            sa.Column("map_index", sa.Integer)]
+    return [
+        sa.Column("dag_id", sa.String(255), nullable=False),
+        sa.Column("run_id", sa.String(255), nullable=False),
+        sa.Column("task_id", sa.String(255), nullable=not task_id_required),
+        sa.Column("map_index", sa.Integer),
+    ]
 
 
 def upgrade() -> None:
@@ -122,7 +124,16 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("rr_alerts", "rr_dag_outcomes", "rr_push_latency", "rr_copied_bytes",
-                  "rr_runs", "rr_leases", "rr_failed_layers", "rr_repository_state",
-                  "rr_events", "rr_schema"):
+    for table in (
+        "rr_alerts",
+        "rr_dag_outcomes",
+        "rr_push_latency",
+        "rr_copied_bytes",
+        "rr_runs",
+        "rr_leases",
+        "rr_failed_layers",
+        "rr_repository_state",
+        "rr_events",
+        "rr_schema",
+    ):
         op.drop_table(table)
