@@ -34,7 +34,7 @@ from replication_harness import images
 from replication_harness.registry import Notifications
 from replication_harness.servers import serve_on_loopback
 
-ARCHITECTURE = Path(__file__).resolve().parents[1] / "ARCHITECTURE.md"
+ARCHITECTURE = Path(__file__).resolve().parents[2] / "ARCHITECTURE.md"
 SECRET = "walk_Notification-Secret"
 
 # The walk, step by step: (owner, attribute). Event steps are counted per call; digest steps

@@ -1,0 +1,163 @@
+"""Prometheus metrics: one scrape reads the store alone and says what the README's table
+documents; the endpoint's token matches only as a bearer token, and a short one is warned
+about, never logged."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from registry_replication.store.queue import Event
+from registry_replication.web import metrics
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+TOKEN = "0123456789abcdef" * 2
+
+
+@pytest.mark.parametrize(
+    "token,warned", [("scrape-Token-1", True), ("x" * 31, True), ("0123456789abcdef" * 2, False)]
+)
+def test_a_metrics_token_shorter_than_32_characters_is_warned_about(
+    monkeypatch, caplog, token, warned
+):
+    monkeypatch.setenv("REGISTRY_REPLICATION_METRICS_TOKEN", token)
+    if hasattr(metrics, "_warn_short_token"):
+        metrics._warn_short_token.cache_clear()  # once per process: this test's process
+    with caplog.at_level(logging.WARNING, logger="registry_replication"):
+        assert metrics.configured_token() == token
+        assert metrics.configured_token() == token
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if "REGISTRY_REPLICATION_METRICS_TOKEN" in r.getMessage()
+    ]
+    if warned:
+        assert lines == [
+            f"REGISTRY_REPLICATION_METRICS_TOKEN is {len(token)} characters long: "
+            "use at least 32 random ones (openssl rand -hex 32); a short token "
+            "can be guessed by whoever reaches /metrics"
+        ]
+    else:
+        assert lines == []
+    assert not any(token in r.getMessage() for r in caplog.records)
+
+
+# -- the scrape: what ``exposition`` says, from the store alone -------------------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def scraped(store) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One scrape, parsed as Prometheus parses it: {(sample name, labels): value}."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics.exposition(store).decode())
+        for s in family.samples
+    }
+
+
+def test_every_series_the_readme_documents_is_exposed(store):
+    table = README.read_text().split("| metric | type | meaning |")[1].split("\n\n")[0]
+    documented = {
+        (name, kind)
+        for name, kind in re.findall(
+            r"^\| `(registry_replication_\w+)[^`]*` \| (\w+) \|", table, re.M
+        )
+    }
+    assert len(documented) >= 8  # the table was found and read
+    families = {
+        family.name: family.type
+        for family in text_string_to_metric_families(metrics.exposition(store).decode())
+    }
+    for name, kind in documented:
+        # The parser names a counter's family without its ``_total``.
+        assert families.get(name.removesuffix("_total")) == kind, (name, families)
+
+
+def test_an_empty_store_scrapes_as_zeros_with_every_label(store):
+    samples = scraped(store)
+    assert samples[("registry_replication_events_pending", ())] == 0
+    assert samples[("registry_replication_oldest_pending_event_age_seconds", ())] == 0
+    assert {
+        labels[0][1]: v
+        for (n, labels), v in samples.items()
+        if n == "registry_replication_events_total"
+    } == {"done": 0, "failed": 0, "rejected": 0}
+    assert {
+        labels[0][1]: v
+        for (n, labels), v in samples.items()
+        if n == "registry_replication_repositories"
+    } == {"synced": 0, "pending": 0, "failed": 0, "damaged": 0, "never": 0}
+    assert samples[("registry_replication_tags", (("side", "primary"),))] == 0
+    assert samples[("registry_replication_bytes_copied_total", ())] == 0
+    assert samples[("registry_replication_push_to_replica_seconds_count", ())] == 0
+    assert samples[("registry_replication_push_to_replica_seconds_bucket", (("le", "+Inf"),))] == 0
+    assert not any(n == "registry_replication_last_success_timestamp_seconds" for n, _ in samples)
+
+
+def test_a_scrape_reads_the_queue_the_history_and_the_latencies(store, ev):
+    store.queue.add([ev(i) for i in range(4)])
+    store.queue.add(
+        [Event("bad", "push", "Odd/app", None, None, None, T0, status="rejected", error="grammar")]
+    )
+    owner, claimed = store.queue.claim(limit=3)
+    done, failed = [e.id for e in claimed[:2]], [claimed[2].id]
+    store.queue.complete(owner, done)
+    store.queue.fail(owner, failed, "malformed")
+    store.history.record_acknowledged(claimed[:2])
+    store.history.record_copied_bytes("registry_events", "r1", "replicate_events", None, 1000)
+    store.history.record_copied_bytes("registry_reconcile", "r2", "copy_blobs", 0, 234)
+    store.history.record_dag_outcome("registry_sync", "r3", "success")
+    store.history.record_dag_outcome("registry_reconcile", "r2", "failed")
+
+    samples = scraped(store)
+    assert samples[("registry_replication_events_pending", ())] == 1
+    assert samples[("registry_replication_oldest_pending_event_age_seconds", ())] >= 0
+    assert {
+        labels[0][1]: v
+        for (n, labels), v in samples.items()
+        if n == "registry_replication_events_total"
+    } == {"done": 2, "failed": 1, "rejected": 1}
+    assert samples[("registry_replication_bytes_copied_total", ())] == 1234
+    # Only a successful run counts, per DAG.
+    success = {
+        labels[0][1]: v
+        for (n, labels), v in samples.items()
+        if n == "registry_replication_last_success_timestamp_seconds"
+    }
+    assert list(success) == ["registry_sync"]
+    assert abs(success["registry_sync"] - dt.datetime.now(dt.UTC).timestamp()) < 300
+    # The two acknowledged events' push-to-replica times.
+    assert samples[("registry_replication_push_to_replica_seconds_count", ())] == 2
+    assert samples[("registry_replication_push_to_replica_seconds_bucket", (("le", "+Inf"),))] == 2
+    buckets = [
+        v
+        for (n, _), v in samples.items()
+        if n == "registry_replication_push_to_replica_seconds_bucket"
+    ]
+    assert buckets == sorted(buckets)  # cumulative
+    assert metrics.figures(store)["events_total"] == {"done": 2, "failed": 1, "rejected": 1}
+
+
+@pytest.mark.parametrize(
+    "header,matches",
+    [
+        ("Bearer " + TOKEN, True),
+        ("bearer " + TOKEN, True),
+        ("Bearer  " + TOKEN + " ", True),
+        ("Bearer " + TOKEN[:-1], False),
+        ("Bearer " + TOKEN + "x", False),
+        ("Basic " + TOKEN, False),
+        (TOKEN, False),
+        ("Bearer", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_only_the_bearer_token_itself_matches(header, matches):
+    assert metrics.token_matches(header, TOKEN) is matches
