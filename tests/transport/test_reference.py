@@ -1,17 +1,14 @@
 """Typed references: construction is validation, ``of`` validates only plain text, and the
-doors where names enter hand typed values on."""
+client validates plain text once. The other doors where names enter (a notification, a
+listing) are ``web/test_notifications.py``'s and ``engine/test_snapshot.py``'s."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from registry_replication.engine.snapshot import stream_snapshot
 from registry_replication.transport import reference
-from registry_replication.transport.client import Descriptor
 from registry_replication.transport.reference import (
     DIGEST_RE,
     REPOSITORY_RE,
@@ -22,8 +19,6 @@ from registry_replication.transport.reference import (
     Tag,
     reference_of,
 )
-from registry_replication.web.notifications import parse
-from replication_harness.envelopes import event
 
 DIGEST = "sha256:" + "a" * 64
 TYPES = (Repository, Tag, Digest)
@@ -126,75 +121,7 @@ def test_a_tag_of_a_repositorys_text_is_validated_as_a_tag(matches):
     assert type(Tag.of(Repository("app"))) is Tag
 
 
-# -- the doors --------------------------------------------------------------------------------
-
-
-def test_a_parsed_notification_hands_on_typed_names():
-    parsed = parse(
-        json.dumps(
-            {
-                "events": [
-                    event(repository="group/app", tag="1.0", digest=DIGEST),
-                    event(
-                        action="delete",
-                        repository="group/app",
-                        tag=None,
-                        digest=DIGEST,
-                        media_type=None,
-                    ),
-                ]
-            }
-        ).encode()
-    )
-    push, delete = parsed.kept
-    assert (type(push.repository), type(push.tag), type(push.digest)) == (Repository, Tag, Digest)
-    assert type(delete.digest) is Digest and delete.tag is None
-    assert not parsed.rejected
-
-
-class ListingClient:
-    """A registry that lists a catalog with one odd entry, two tags per repository."""
-
-    url = "https://registry.example"
-
-    def __init__(self):
-        self.asked: list[tuple[type, type]] = []
-
-    def catalog(self):
-        yield from ["group/app", "Odd/name", "other"]
-
-    def tags(self, repository):
-        self.asked.append((type(repository), type(None)))
-        return ["1.0", "bad tag", "2.0"]
-
-    def head_manifest(self, repository, tag, known=None):
-        self.asked.append((type(repository), type(tag)))
-        return Descriptor(Digest(DIGEST), "application/vnd.oci.image.manifest.v1+json", 1)
-
-
-def test_a_listing_hands_on_typed_names_and_reports_the_odd_ones():
-    client, rows = ListingClient(), []
-    listing = stream_snapshot(client, rows.extend)
-    assert sorted(r[:2] for r in rows) == [
-        ("group/app", "1.0"),
-        ("group/app", "2.0"),
-        ("other", "1.0"),
-        ("other", "2.0"),
-    ]
-    assert {tuple(map(type, r[:3])) for r in rows} == {(Repository, Tag, Digest)}
-    assert set(client.asked) == {(Repository, type(None)), (Repository, Tag)}
-    assert {(p["repository"], p["tag"]) for p in listing.problems} == {
-        ("Odd/name", None),
-        ("group/app", "bad tag"),
-        ("other", "bad tag"),
-    }
-
-
-def test_repositories_given_instead_of_the_catalog_pass_the_same_door():
-    client, rows = ListingClient(), []
-    listing = stream_snapshot(client, rows.extend, repositories=["group/app", "../etc"])
-    assert {type(r[0]) for r in rows} == {Repository}
-    assert [p["repository"] for p in listing.problems if p["tag"] is None] == ["../etc"]
+# -- the client's door ---------------------------------------------------------------------------
 
 
 def test_the_client_validates_plain_text_once_and_typed_values_never(primary_reader, matches):
