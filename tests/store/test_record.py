@@ -19,7 +19,6 @@ import pytest
 
 from registry_replication.engine import realtime
 from registry_replication.engine.leases import Leases
-from registry_replication.engine.snapshot import take_snapshot
 from registry_replication.engine.sync import SyncOptions, run_sync
 from registry_replication.store import Store
 from registry_replication.store.queue import Event
@@ -497,24 +496,3 @@ def test_a_full_run_reads_each_manifest_once(
         "v2": single,
         "multi": multi.digest,
     }
-
-
-def test_a_record_that_cannot_be_read_only_makes_the_heads_unconditional(
-    primary,
-    primary_writer,
-    caplog,
-):
-    factory = images.ImageFactory()
-    pushed = images.push(primary_writer, "app", factory.make(), ["v1"])
-
-    def unreadable(repositories):
-        raise RuntimeError("the store is down")
-
-    with RegistryClient(primary.client_config()) as source:
-        listed = take_snapshot(source, known=unreadable)
-    assert dict(zip(listed.tags["tag"], listed.tags["digest"])) == {"v1": pushed}
-    assert listed.complete
-    assert (
-        "without conditional HEADs, the record of the secondary's tags being unreadable "
-        "(RuntimeError: the store is down; repositories app)"
-    ) in caplog.text
