@@ -12,15 +12,11 @@ import ipaddress
 import json
 from collections.abc import Iterator
 
-import pandas as pd
 import pytest
 import urllib3.util.connection
 from fake_http import FakeServer, Received, Reply
 
-from registry_replication.engine import diff as diffs
-from registry_replication.engine.prune import prunable
-from registry_replication.engine.snapshot import COLUMNS, take_snapshot
-from registry_replication.outcomes import Snapshot
+from registry_replication.engine.snapshot import take_snapshot
 from registry_replication.transport import mediatypes as mt
 from registry_replication.transport.auth import Challenge
 from registry_replication.transport.client import RegistryClient
@@ -330,26 +326,6 @@ def test_every_oddity_is_its_own_repositorys_problem():
         "forged\\nERROR line",
     }
     assert not snap.complete
-
-
-def test_prune_skips_only_the_repositories_with_problems():
-    def snap(rows, problems=()):
-        return Snapshot("r", pd.DataFrame(rows, columns=COLUMNS), [], list(problems))
-
-    primary = snap(
-        [("other/app", "keep", DIGEST, mt.OCI_MANIFEST)],
-        [{"repository": "odd/app", "tag": None, "reason": "r", "advice": "a"}],
-    )
-    secondary = snap(
-        [
-            ("other/app", "keep", DIGEST, mt.OCI_MANIFEST),
-            ("other/app", "gone", DIGEST, mt.OCI_MANIFEST),
-            ("odd/app", "1.0", DIGEST, mt.OCI_MANIFEST),
-            ("odd/app", "2.0", DIGEST, mt.OCI_MANIFEST),
-        ]
-    )
-    doomed = prunable(diffs.diff(primary, secondary), primary, secondary, max_fraction=1.0)
-    assert list(zip(doomed["repository"], doomed["tag"])) == [("other/app", "gone")]
 
 
 def test_token_ttl_has_an_upper_bound():
