@@ -153,6 +153,9 @@ class ManifestCache:
 
     def get(self, primary: RegistryClient, repository: str, digest: str) -> Manifest:
         key = (repository, digest)
+        found = self.manifests.get(key)  # one dict read (atomic): most manifests are here
+        if found is not None:
+            return found
         with self._lock:
             fetching = self._fetching.setdefault(key, threading.Lock())
         with fetching:  # another thread fetching the same manifest: wait for its answer
