@@ -61,7 +61,7 @@ def scraped(store) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def test_every_series_the_readme_documents_is_exposed(store):
+def test_the_readme_documents_exactly_the_series_exposed(store):
     table = README.read_text().split("| metric | type | meaning |")[1].split("\n\n")[0]
     documented = {
         (name, kind)
@@ -74,9 +74,13 @@ def test_every_series_the_readme_documents_is_exposed(store):
         family.name: family.type
         for family in text_string_to_metric_families(metrics.exposition(store).decode())
     }
-    for name, kind in documented:
-        # The parser names a counter's family without its ``_total``.
-        assert families.get(name.removesuffix("_total")) == kind, (name, families)
+    # The parser names a counter's family without its ``_total``.
+    assert {(name.removesuffix("_total"), kind) for name, kind in documented} == set(
+        families.items()
+    )
+    # And the documented repository states are the ones exposed.
+    states = re.search(r'repositories\{state="([^"]+)"\}', table).group(1).replace("\\|", "|")
+    assert set(states.split("|")) == set(metrics.STATE_LABELS.values())
 
 
 def test_an_empty_store_scrapes_as_zeros_with_every_label(store):
