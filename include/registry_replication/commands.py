@@ -14,9 +14,9 @@ from dataclasses import asdict
 import pandas as pd
 
 from registry_replication.engine import diff as diffs
-from registry_replication.engine.plan import Plan, build_plan
-from registry_replication.engine.snapshot import ReadManifests, problem_line
-from registry_replication.engine.sync import SyncOptions, listings, run_sync, snapshots
+from registry_replication.engine.plan import Plan
+from registry_replication.engine.snapshot import problem_line
+from registry_replication.engine.sync import SyncOptions, planned, run_sync, snapshots
 from registry_replication.outcomes import Scope, Snapshot
 from registry_replication.run_outcome import RunOutcome
 from registry_replication.settings import current
@@ -67,22 +67,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _plan(primary, secondary, options: SyncOptions, args) -> int:
-    read: ReadManifests = {}
-    source, target, kind = listings(primary, secondary, options, Store(), manifests=read)
-    differences = diffs.diff(source, target)
-    plan = build_plan(
-        primary,
-        secondary,
-        diffs.wanted(differences),
-        concurrency=options.concurrency,
-        known_manifests=read,
-    )
+    report = planned(primary, secondary, options, Store())
+    plan = report.plan
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
         return 0
-    print(kind.line())
-    _print("tags per repository", diffs.summary(differences))
-    _print_problems(source, target)
+    print(report.run_kind.line())
+    _print("tags per repository", diffs.summary(report.differences))
+    _print_problems(report.primary, report.secondary)
     print(
         f"\n{len(plan.images)} images to push, {len(plan.blobs)} blobs "
         f"({plan.transfer_bytes / (1 << 20):.1f} MiB to transfer), {len(plan.skipped)} skipped"

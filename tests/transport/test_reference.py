@@ -92,11 +92,11 @@ class CountingPattern:
 @pytest.fixture
 def matches(monkeypatch):
     counting = {
-        name: CountingPattern(getattr(reference, name))
-        for name in ("REPOSITORY_RE", "TAG_RE", "DIGEST_RE")
+        kind: CountingPattern(kind.pattern)
+        for kind in (reference.Repository, reference.Tag, reference.Digest)
     }
-    for name, pattern in counting.items():
-        monkeypatch.setattr(reference, name, pattern)
+    for kind, pattern in counting.items():
+        monkeypatch.setattr(kind, "pattern", pattern)
     return lambda: sum(p.calls for p in counting.values())
 
 

@@ -20,12 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from registry_replication.engine.leases import Leases
-from registry_replication.engine.plan import BlobTask, ImageTask
+from registry_replication.engine.plan import BlobTask, ImageTask, Plan
 from registry_replication.outcomes import (
     NOT_PUSHED,
     BlobOutcome,
     ImageOutcome,
     describe,
+    failed_digests,
     human_size,
 )
 from registry_replication.store.record import TagRecord
@@ -395,6 +396,37 @@ class Copier:
             manifest = self.primary.get_manifest(repository, digest)
             self.manifests[(repository, digest)] = manifest
         self.secondary.put_manifest(repository, reference, manifest.raw, manifest.media_type)
+
+
+def copy_plan(
+    primary: RegistryClient,
+    secondary: RegistryClient,
+    plan: Plan,
+    *,
+    leases: Leases,
+    recheck: bool,
+    parallelism: int,
+    concurrency: int = 16,
+    chunk_size: int | None = None,
+    on_copied: Callable[[int], None] | None = None,
+) -> tuple[list[BlobResult], list[ImageResult]]:
+    """A plan made in this process, copied by one ``Copier`` (with the manifests the plan
+    read): its blobs, then its images (an image whose blobs failed is not pushed).
+    ``on_copied``: the bytes the blobs copied, before the images are pushed."""
+    copier = Copier(
+        primary,
+        secondary,
+        leases=leases,
+        parallelism=parallelism,
+        concurrency=concurrency,
+        chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
+        manifests=plan.manifests,
+        recheck=recheck,
+    )
+    blobs = copier.copy_blobs(plan.blobs)
+    if on_copied is not None:
+        on_copied(sum(r.bytes for r in blobs))
+    return blobs, copier.push_images(plan.images, failed_digests(blobs))
 
 
 def _log_result(result: BlobResult | ImageResult) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from registry_replication.engine.copy import Copier
+from registry_replication.engine.copy import copy_plan
 from registry_replication.engine.leases import Leases
 from registry_replication.engine.plan import WantedTag, build_plan
 from registry_replication.engine.prune import (
@@ -23,7 +23,7 @@ from registry_replication.engine.prune import (
     mirror_manifest_delete,
     mirror_tag_deletes,
 )
-from registry_replication.outcomes import PermanentFailure, describe, failed_digests
+from registry_replication.outcomes import PermanentFailure, describe
 from registry_replication.run_outcome import RunOutcome
 from registry_replication.store.queue import Event
 from registry_replication.store.record import TagRecord
@@ -209,18 +209,15 @@ def _copy_tags(
     plan = build_plan(primary, secondary, wanted, concurrency=concurrency)
     # The plan was made moments ago from these very HEADs: no second existence check per blob
     # and tag (the compare-and-set on the primary before each tag write stays).
-    copier = Copier(
+    _, images = copy_plan(
         primary,
         secondary,
+        plan,
         leases=leases,
-        parallelism=parallelism,
-        manifests=plan.manifests,
         recheck=False,
+        parallelism=parallelism,
+        on_copied=on_copied,
     )
-    blobs = copier.copy_blobs(plan.blobs)
-    if on_copied is not None:
-        on_copied(sum(r.bytes for r in blobs))
-    images = copier.push_images(plan.images, failed_digests(blobs))
     # Images not pushed, then images skipped (a PermanentFailure when no retry helps).
     errors = RunOutcome(images=images, skipped=plan.skipped).errors_by_tag()
     return {event_id: errors.get(tag) for tag, ids in tags.items() for event_id in ids}

@@ -16,7 +16,7 @@ import pandas as pd
 from registry_replication.engine import diff as diffs
 from registry_replication.engine import verification
 from registry_replication.engine import verify as verifying
-from registry_replication.engine.copy import BlobResult, Copier, ImageResult
+from registry_replication.engine.copy import BlobResult, ImageResult, copy_plan
 from registry_replication.engine.findings import DeepReport
 from registry_replication.engine.leases import Leases
 from registry_replication.engine.plan import Plan, build_plan
@@ -29,7 +29,6 @@ from registry_replication.outcomes import (
     Scope,
     Snapshot,
     VerifyLevel,
-    failed_digests,
 )
 from registry_replication.run_outcome import RunOutcome
 from registry_replication.store import Store
@@ -160,6 +159,31 @@ def listings(
         return source.result(), listing, kind
 
 
+def planned(
+    primary: RegistryClient,
+    secondary: RegistryClient,
+    options: SyncOptions,
+    store: Store,
+    *,
+    written_by: str = "listing",
+) -> SyncReport:
+    """Both sides listed (``listings``), their differences and the plan that closes them: the
+    report of a run that has copied nothing yet."""
+    read: ReadManifests = {}  # each manifest the listing read whole, for the plan
+    source, target, kind = listings(
+        primary, secondary, options, store, written_by=written_by, manifests=read
+    )
+    differences = diffs.diff(source, target)
+    plan = build_plan(
+        primary,
+        secondary,
+        diffs.wanted(differences),
+        concurrency=options.concurrency,
+        known_manifests=read,
+    )
+    return SyncReport(source, target, differences, plan, run_kind=kind)
+
+
 def run_sync(
     primary: RegistryClient,
     secondary: RegistryClient,
@@ -181,45 +205,31 @@ def run_sync(
     forced = level != VerifyLevel.TAGS and not options.full_verify
     if forced:  # a deep verification starts from a listing of the secondary
         options = replace(options, full_verify=True)
-    read: ReadManifests = {}  # each manifest the listing read whole, for the plan
-    source, target, kind = listings(
-        primary, secondary, options, leases.store, written_by=leases.owner, manifests=read
-    )
+    report = planned(primary, secondary, options, leases.store, written_by=leases.owner)
+    report.level = level
     if forced:
-        kind = RunKind(
+        report.run_kind = RunKind(
             "full", f"a {level} verification lists the secondary ({why})", verification_due=True
         )
-    differences = diffs.diff(source, target)
-    plan = build_plan(
-        primary,
-        secondary,
-        diffs.wanted(differences),
-        concurrency=options.concurrency,
-        known_manifests=read,
-    )
-    del read  # the plan keeps those it needs
-    report = SyncReport(source, target, differences, plan, run_kind=kind, level=level)
     if options.dry_run:
-        log.info("dry run: nothing copied\n%s", diffs.summary(differences).to_string())
+        log.info("dry run: nothing copied\n%s", diffs.summary(report.differences).to_string())
     else:
-        copier = Copier(
+        report.blobs, report.images = copy_plan(
             primary,
             secondary,
+            report.plan,
             leases=leases,
+            recheck=False,
             parallelism=options.parallelism,
             concurrency=options.concurrency,
-            manifests=plan.manifests,
-            recheck=False,
-            **({"chunk_size": options.chunk_size} if options.chunk_size else {}),
+            chunk_size=options.chunk_size,
         )
-        report.blobs = copier.copy_blobs(plan.blobs)
-        report.images = copier.push_images(plan.images, failed_digests(report.blobs))
     if options.prune:
         try:
             doomed = prunable(
-                differences,
-                source,
-                target,
+                report.differences,
+                report.primary,
+                report.secondary,
                 max_fraction=options.max_prune_fraction,
                 force=options.force_prune,
             )
@@ -239,7 +249,7 @@ def run_sync(
             report.deep = verifying.deep_verify(
                 primary,
                 secondary,
-                verifying.images_of(source, plan.skipped),
+                verifying.images_of(report.primary, report.plan.skipped),
                 level,
                 leases=leases,
                 fraction=options.content_verify_fraction,
@@ -249,16 +259,18 @@ def run_sync(
         # A deep verification may have repaired anything: then every repository is listed.
         after = secondary_after(
             secondary,
-            target,
+            report.secondary,
             report.images,
             report.pruned,
             scope=options.scope,
             concurrency=options.concurrency,
-            unsure={s.repository for s in plan.skipped},
-            relist_all=kind.verification_due or report.deep is not None,
+            unsure={s.repository for s in report.plan.skipped},
+            relist_all=report.run_kind.verification_due or report.deep is not None,
         )
-        report.verification = diffs.verify(source, after)
-        report.damaged = verification.settle(leases.store, report.verification, level, target)
+        report.verification = diffs.verify(report.primary, after)
+        report.damaged = verification.settle(
+            leases.store, report.verification, level, report.secondary
+        )
     report.seconds = time.monotonic() - started
     return report
 

@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from registry_replication.engine.closure_check import ClosureCheck
-from registry_replication.engine.copy import Copier
+from registry_replication.engine.copy import copy_plan
 from registry_replication.engine.findings import DeepReport, data_path
 from registry_replication.engine.leases import Leases
 from registry_replication.engine.plan import Plan, Skipped, WantedTag, build_plan
@@ -38,7 +38,6 @@ from registry_replication.outcomes import (
     RepositoryState,
     Snapshot,
     VerifyLevel,
-    failed_digests,
 )
 from registry_replication.run_outcome import RunOutcome
 from registry_replication.store import Store
@@ -109,16 +108,9 @@ def _repair(
         ", ".join(f"{r}@{d}" for r, d in sorted(images)[:10]),
     )
     plan = build_plan(primary, secondary, wanted, concurrency=concurrency)
-    copier = Copier(
-        primary,
-        secondary,
-        leases=leases,
-        parallelism=parallelism,
-        manifests=plan.manifests,
-        recheck=True,
+    report.blobs, report.images = copy_plan(
+        primary, secondary, plan, leases=leases, recheck=True, parallelism=parallelism
     )
-    report.blobs = copier.copy_blobs(plan.blobs)
-    report.images = copier.push_images(plan.images, failed_digests(report.blobs))
     # Why an image was not repaired (its blobs failed, its push failed, or the plan skipped it).
     not_repaired = {
         (p.repository, p.digest): p.error

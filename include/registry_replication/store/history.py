@@ -41,6 +41,11 @@ class RunHistory:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
 
+    def _append(self, table: sa.Table, **row: Any) -> None:
+        """One row of an append-only history, in its own transaction."""
+        with self.engine.begin() as conn:
+            conn.execute(table.insert().values(**row))
+
     # -- runs and their failed layers -----------------------------------------------------------
 
     def record_run(
@@ -116,17 +121,15 @@ class RunHistory:
         self, dag_id: str, run_id: str, task_id: str, map_index: int | None, copied: int
     ) -> None:
         """Bytes one task try copied (append-only, so their total only grows)."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                copied_bytes.insert().values(
-                    dag_id=dag_id,
-                    run_id=run_id,
-                    task_id=task_id,
-                    map_index=map_index,
-                    bytes=copied,
-                    recorded_at=now(),
-                )
-            )
+        self._append(
+            copied_bytes,
+            dag_id=dag_id,
+            run_id=run_id,
+            task_id=task_id,
+            map_index=map_index,
+            bytes=copied,
+            recorded_at=now(),
+        )
 
     def copied_bytes_total(self) -> int:
         """Every byte ever recorded: the rows in the store and those retention carried."""
@@ -223,17 +226,15 @@ class RunHistory:
     def record_alert(
         self, dag_id: str, run_id: str, state: str, subject: str, notifier: str | None
     ) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                sent_alerts.insert().values(
-                    dag_id=dag_id,
-                    run_id=run_id,
-                    state=state,
-                    subject=subject,
-                    notifier=notifier,
-                    sent_at=now(),
-                )
-            )
+        self._append(
+            sent_alerts,
+            dag_id=dag_id,
+            run_id=run_id,
+            state=state,
+            subject=subject,
+            notifier=notifier,
+            sent_at=now(),
+        )
 
     def alerts(self, limit: int = 50) -> list[dict[str, Any]]:
         """The alerts sent, newest first."""

@@ -36,15 +36,26 @@ class RegistryClient:
     def __init__(
         self, config: RegistryConfig, *, writable: bool = False, auth: Auth | None = None
     ) -> None:
-        self.config = config
-        self.url = config.url
-        self.writable = writable
         self.transport = Transport(config, writable=writable, auth=auth)
         self.bytes_read = 0  # blob and manifest bytes received, for benchmarks and summaries
         self._count_lock = threading.Lock()
         self.bandwidth = (
             BandwidthLimit(config.max_bytes_per_second) if config.max_bytes_per_second else None
         )
+
+    # The registry's config, URL and whether it may be written: its transport's.
+
+    @property
+    def config(self) -> RegistryConfig:
+        return self.transport.config
+
+    @property
+    def url(self) -> str:
+        return self.transport.url
+
+    @property
+    def writable(self) -> bool:
+        return self.transport.writable
 
     def ping(self) -> None:
         """``GET /v2/`` with credentials: raises unless the registry accepts us."""

@@ -28,10 +28,29 @@ class InvalidReference(ValueError):
 
 
 class _Name(str):
-    """A string that passed its grammar; ``of`` wraps a plain one (validating it) and returns
-    one of the type as it is."""
+    """A string that passed its grammar (a subclass's ``pattern``, at most ``max_length``
+    characters); ``of`` wraps a plain one (validating it) and returns one of the type as it is.
+    ``InvalidReference`` otherwise: the value (``shown``) and what the grammar expects."""
 
     __slots__ = ()
+    pattern: re.Pattern[str]
+    max_length: int | None = None
+    kind: str
+    expected: str
+
+    def __new__(cls, value: object) -> Self:
+        if (
+            not isinstance(value, str)
+            or (cls.max_length is not None and len(value) > cls.max_length)
+            or not cls.pattern.fullmatch(value)
+        ):
+            raise InvalidReference(f"invalid {cls.kind} {cls.shown(value)}: {cls.expected}")
+        return str.__new__(cls, value)
+
+    @classmethod
+    def shown(cls, value: object) -> str:
+        """The rejected value, as the error names it."""
+        return repr(value)
 
     @classmethod
     def of(cls, value: str) -> Self:
@@ -42,46 +61,36 @@ class Repository(_Name):
     """A repository name: lowercase path components joined by ``/``, at most 255 characters."""
 
     __slots__ = ()
-
-    def __new__(cls, name: object) -> Repository:
-        if (
-            not isinstance(name, str)
-            or len(name) > REPOSITORY_MAX_LENGTH
-            or not REPOSITORY_RE.fullmatch(name)
-        ):
-            raise InvalidReference(
-                f"invalid repository name {name!r}: lowercase path components [a-z0-9] "
-                "joined by '.', '_', '__' or '-', separated by '/', at most 255 characters"
-            )
-        return str.__new__(cls, name)
+    pattern = REPOSITORY_RE
+    max_length = REPOSITORY_MAX_LENGTH
+    kind = "repository name"
+    expected = (
+        "lowercase path components [a-z0-9] joined by '.', '_', '__' or '-', separated by "
+        "'/', at most 255 characters"
+    )
 
 
 class Tag(_Name):
     """A tag: 1-128 characters of ``[A-Za-z0-9_.-]``, not starting with ``.`` or ``-``."""
 
     __slots__ = ()
-
-    def __new__(cls, tag: object) -> Tag:
-        if not isinstance(tag, str) or not TAG_RE.fullmatch(tag):
-            raise InvalidReference(
-                f"invalid tag {tag!r}: 1-128 characters of [A-Za-z0-9_.-], "
-                "not starting with '.' or '-'"
-            )
-        return str.__new__(cls, tag)
+    pattern = TAG_RE
+    kind = "tag"
+    expected = "1-128 characters of [A-Za-z0-9_.-], not starting with '.' or '-'"
 
 
 class Digest(_Name):
     """A content digest: ``sha256:`` and 64 lowercase hex digits, or ``sha512:`` and 128."""
 
     __slots__ = ()
+    pattern = DIGEST_RE
+    kind = "digest"
+    expected = "expected sha256:<64 lowercase hex> or sha512:<128 lowercase hex>"
 
-    def __new__(cls, digest: object) -> Digest:
-        if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
-            raise InvalidReference(
-                f"invalid digest {str(digest)[:100]!r}: expected sha256:<64 lowercase hex> "
-                "or sha512:<128 lowercase hex>"
-            )
-        return str.__new__(cls, digest)
+    @classmethod
+    def shown(cls, value: object) -> str:
+        """At most its first 100 characters: a hostile digest may be long."""
+        return repr(str(value)[:100])
 
     @property
     def algorithm(self) -> str:
