@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from registry_replication.engine.copy import BlobResult, ImageResult
-from registry_replication.engine.prune import PruneResult
 from registry_replication.outcomes import (
     BlobOutcome,
     EventStatus,
@@ -16,24 +14,7 @@ from registry_replication.outcomes import (
     human_size,
     summarize,
 )
-
-
-def results() -> tuple[list[BlobResult], list[ImageResult], list[PruneResult]]:
-    blobs = [
-        BlobResult("a", "sha256:1", 10, BlobOutcome.COPIED, bytes=10),
-        BlobResult("a", "sha256:2", 20, BlobOutcome.COPIED, bytes=20),
-        BlobResult("b", "sha256:1", 10, BlobOutcome.MOUNTED),
-        BlobResult("c", "sha256:3", 5, BlobOutcome.FAILED, error="boom"),
-    ]
-    images = [
-        ImageResult("a", "sha256:9", ["1"], "m", ImageOutcome.PUSHED, manifests_pushed=2),
-        ImageResult("c", "sha256:8", ["2"], "m", ImageOutcome.BLOCKED, moved={"3": None}),
-    ]
-    pruned = [
-        PruneResult("a", "old", "sha256:7", PruneOutcome.DELETED),
-        PruneResult("a", "again", "sha256:6", PruneOutcome.KEPT),
-    ]
-    return blobs, images, pruned
+from replication_harness.run_results import results
 
 
 def test_summary_is_the_same_from_results_and_from_their_json_records():

@@ -25,26 +25,7 @@ from registry_replication.outcomes import (
     summarize,
 )
 from registry_replication.run_outcome import RunOutcome
-
-
-def results() -> tuple[list[BlobResult], list[ImageResult], list[PruneResult]]:
-    """A small run's results (the same as test_outcomes.py's)."""
-    blobs = [
-        BlobResult("a", "sha256:1", 10, BlobOutcome.COPIED, bytes=10),
-        BlobResult("a", "sha256:2", 20, BlobOutcome.COPIED, bytes=20),
-        BlobResult("b", "sha256:1", 10, BlobOutcome.MOUNTED),
-        BlobResult("c", "sha256:3", 5, BlobOutcome.FAILED, error="boom"),
-    ]
-    images = [
-        ImageResult("a", "sha256:9", ["1"], "m", ImageOutcome.PUSHED, manifests_pushed=2),
-        ImageResult("c", "sha256:8", ["2"], "m", ImageOutcome.BLOCKED, moved={"3": None}),
-    ]
-    pruned = [
-        PruneResult("a", "old", "sha256:7", PruneOutcome.DELETED),
-        PruneResult("a", "again", "sha256:6", PruneOutcome.KEPT),
-    ]
-    return blobs, images, pruned
-
+from replication_harness.run_results import results
 
 DENIED = (
     "push blob c@sha256:3: HTTP 403 DENIED requested access to the resource is denied. "
