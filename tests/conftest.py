@@ -164,6 +164,18 @@ def secondary_reader(secondary: LocalRegistry) -> Iterator[RegistryClient]:
 
 
 @pytest.fixture
+def replicator(
+    primary: LocalRegistry, secondary: LocalRegistry
+) -> Iterator[tuple[RegistryClient, RegistryClient]]:
+    """The replicator's own pair of clients: the primary read-only, the secondary writable."""
+    with (
+        RegistryClient(primary.client_config()) as source,
+        RegistryClient(secondary.client_config(), writable=True) as target,
+    ):
+        yield source, target
+
+
+@pytest.fixture
 def store(tmp_path: Path) -> Store:
     """A replication store of the test's own (SQLite)."""
     return Store(f"sqlite:///{tmp_path / 'replication.db'}")

@@ -8,10 +8,7 @@ Then the reconcile goes on, with the plan it made before.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 
@@ -25,6 +22,7 @@ from registry_replication.store.queue import Event
 from registry_replication.transport.client import RegistryClient
 from replication_harness import images
 from replication_harness.servers import FaultProxy
+from replication_harness.sync_cli import start_sync, sync_env
 from replication_harness.watch import is_tombstone
 
 
@@ -37,22 +35,10 @@ def slow_primary(primary) -> Iterator[FaultProxy]:
 
 def cli_sync(proxy: FaultProxy, primary, secondary, store: Store) -> subprocess.Popen:
     """``registry-replication sync`` in its own process, reading the primary through ``proxy``."""
-    env = {**os.environ, "REGISTRY_REPLICATION_DB_URL": store.url}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "registry_replication.cli",
-            "sync",
-            "--primary",
-            json.dumps({**primary.connection(), "host": proxy.url}),
-            "--secondary",
-            json.dumps(secondary.connection()),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    return start_sync(
+        {**primary.connection(), "host": proxy.url},
+        secondary.connection(),
+        env=sync_env(store.url),
     )
 
 

@@ -10,10 +10,7 @@ had them); a second writer then finishes the work after the dead one's leases ex
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +21,7 @@ from registry_replication.store import Store
 from registry_replication.transport.client import RegistryClient
 from replication_harness import images
 from replication_harness.servers import FaultProxy
+from replication_harness.sync_cli import start_sync, sync_env
 from replication_harness.watch import PrimaryHistory, ReplicaWatcher, is_tombstone, tags_of
 
 MiB = 1 << 20
@@ -31,28 +29,12 @@ LEASE_SECONDS = "2"
 
 
 def writer(primary, target_url: str, secondary, store: Store, *args: str) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "REGISTRY_REPLICATION_DB_URL": store.url,
-        "REGISTRY_REPLICATION_LEASE_SECONDS": LEASE_SECONDS,
-    }
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "registry_replication.cli",
-            "sync",
-            "--force-prune",
-            "--primary",
-            json.dumps(primary.connection()),
-            "--secondary",
-            json.dumps({**secondary.connection(), "host": target_url}),
-            *args,
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    return start_sync(
+        primary.connection(),
+        {**secondary.connection(), "host": target_url},
+        "--force-prune",
+        *args,
+        env=sync_env(store.url, REGISTRY_REPLICATION_LEASE_SECONDS=LEASE_SECONDS),
     )
 
 

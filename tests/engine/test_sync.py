@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 from registry_replication.engine.sync import SyncOptions, run_sync
 from registry_replication.outcomes import Scope
-from registry_replication.transport.client import RegistryClient
 from replication_harness import corpus, images
 from replication_harness.skopeo import skopeo_raw
-
-
-@pytest.fixture
-def replicator(primary, secondary):
-    with (
-        RegistryClient(primary.client_config()) as source,
-        RegistryClient(secondary.client_config(), writable=True) as target,
-    ):
-        yield source, target
 
 
 def test_every_kind_replicates_exactly(

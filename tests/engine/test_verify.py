@@ -4,28 +4,16 @@ file, expected and found) where it does not."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 import sys
-
-import pytest
 
 from registry_replication.engine.sync import SyncOptions, run_sync
 from registry_replication.outcomes import CheckOutcome, RepositoryState
 from registry_replication.transport.client import RegistryClient
 from replication_harness import images
 from replication_harness.damage import damage, pulls_exactly
-
-
-@pytest.fixture
-def replicator(primary, secondary):
-    with (
-        RegistryClient(primary.client_config()) as source,
-        RegistryClient(secondary.client_config(), writable=True) as target,
-    ):
-        yield source, target
+from replication_harness.sync_cli import run_sync_cli, sync_env
 
 
 def test_content_verification_repairs_what_it_can_and_names_the_rest(
@@ -110,30 +98,10 @@ def test_a_cheap_cli_sync_restores_a_secondary_whose_storage_was_emptied(
     pushed = {repository: factory.make() for repository in ("a", "b/c", "d")}
     for repository, img in pushed.items():
         images.push(primary_writer, repository, img, ["v1"])
-    env = {
-        **os.environ,
-        "REGISTRY_REPLICATION_DB_URL": store.url,
-        "PYTHONPATH": os.pathsep.join(sys.path),
-    }
+    env = sync_env(store.url, PYTHONPATH=os.pathsep.join(sys.path))
 
     def cli(*args: str) -> tuple[int, str]:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "registry_replication.cli",
-                "sync",
-                "--primary",
-                json.dumps(primary.connection()),
-                "--secondary",
-                json.dumps(secondary.connection()),
-                *args,
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = run_sync_cli(primary.connection(), secondary.connection(), *args, env=env)
         return done.returncode, done.stdout + done.stderr
 
     assert cli()[0] == 0

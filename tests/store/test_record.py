@@ -9,9 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
-import os
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 
@@ -27,6 +25,7 @@ from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.config import RegistryConfig
 from replication_harness import images
 from replication_harness.servers import Fault, FaultProxy
+from replication_harness.sync_cli import run_sync_cli, start_sync, sync_env
 
 _databases = itertools.count()
 
@@ -48,26 +47,10 @@ def proxy(secondary) -> Iterator[FaultProxy]:
 
 def cli_sync(primary, secondary, proxy: FaultProxy, store: Store) -> subprocess.Popen[str]:
     """A CLI sync in a process of its own (a test can kill it), writing through ``proxy``."""
-    env = {
-        **os.environ,
-        "REGISTRY_REPLICATION_DB_URL": store.url,
-        "REGISTRY_REPLICATION_LEASE_SECONDS": "2",
-    }
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "registry_replication.cli",
-            "sync",
-            "--primary",
-            json.dumps(primary.connection()),
-            "--secondary",
-            json.dumps({**secondary.connection(), "host": proxy.url}),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    return start_sync(
+        primary.connection(),
+        {**secondary.connection(), "host": proxy.url},
+        env=sync_env(store.url, REGISTRY_REPLICATION_LEASE_SECONDS="2"),
     )
 
 
@@ -250,27 +233,10 @@ def test_a_record_made_against_another_address_is_not_trusted(
 
 def test_the_cli_records_and_says_which_kind_of_run(primary, secondary, primary_writer, store):
     images.push(primary_writer, "app", images.ImageFactory().make(), ["v1"])
-    env = {**os.environ, "REGISTRY_REPLICATION_DB_URL": store.url}
+    env = sync_env(store.url)
 
     def cli(*args: str) -> dict:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "registry_replication.cli",
-                "sync",
-                "--json",
-                "--primary",
-                json.dumps(primary.connection()),
-                "--secondary",
-                json.dumps(secondary.connection()),
-                *args,
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = run_sync_cli(primary.connection(), secondary.connection(), "--json", *args, env=env)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
