@@ -8,7 +8,6 @@ the webhook over HTTP, as in production.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import threading
 import time
 
@@ -16,29 +15,18 @@ from registry_replication.store.queue import Event
 from registry_replication.transport.client import RegistryClient
 from replication_harness import images
 from replication_harness.dag_runs import run, wait_for_events
-from replication_harness.registry import Notifications
 
 
 def test_pushes_during_the_drain_replicate_in_the_same_run(
     airflow_db,
     connections,
     store,
-    webhook_url,
-    webhook_secret,
-    start_registry,
-    keys,
-    token_service,
+    notifying_primary,
     secondary_reader,
     monkeypatch,
     caplog,
 ):
-    primary = start_registry(
-        "notifying",
-        keys=keys,
-        token_realm=token_service.realm,
-        notifications=Notifications(webhook_url, webhook_secret, backoff="200ms"),
-    )
-    monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_PRIMARY", json.dumps(primary.connection()))
+    primary = notifying_primary
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS", "4")
     writer = RegistryClient(primary.client_config(), writable=True)
     factory = images.ImageFactory(layer_size=32 * 1024)

@@ -5,13 +5,11 @@ once with the bound each exceeded (no retry can change them), failing so the ale
 
 from __future__ import annotations
 
-import json
 import time
 
 from registry_replication.transport.client import RegistryClient
 from replication_harness import hostile, images
 from replication_harness.dag_runs import run
-from replication_harness.registry import Notifications
 from replication_harness.skopeo import skopeo_raw
 
 HOSTILE = {
@@ -26,20 +24,10 @@ def test_hostile_pushes_are_dead_lettered_and_the_healthy_ones_replicate(
     connections,
     secondary,
     store,
-    webhook_url,
-    webhook_secret,
-    start_registry,
-    keys,
-    token_service,
+    notifying_primary,
     monkeypatch,
 ):
-    primary = start_registry(
-        "notifying",
-        keys=keys,
-        token_realm=token_service.realm,
-        notifications=Notifications(webhook_url, webhook_secret, backoff="200ms"),
-    )
-    monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_PRIMARY", json.dumps(primary.connection()))
+    primary = notifying_primary
     factory = images.ImageFactory()
     with RegistryClient(primary.client_config(), writable=True) as writer:
         images.push(writer, "deep/json", hostile.deep_json(5000, factory), ["v1"])

@@ -26,7 +26,6 @@ from registry_replication.store.schema import copied_bytes, events, runs
 from registry_replication.transport.client import RegistryClient
 from replication_harness import images
 from replication_harness.dag_runs import load_dags, run, wait_for_events
-from replication_harness.registry import Notifications
 from replication_harness.skopeo import skopeo_raw
 
 METRICS_TOKEN = "scrape-Token-1"
@@ -105,12 +104,8 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
     airflow_db,
     connections,
     store,
-    webhook_url,
-    webhook_secret,
+    notifying_primary,
     app,
-    start_registry,
-    keys,
-    token_service,
     secondary_reader,
     monkeypatch,
     stats,
@@ -124,13 +119,7 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
     assert app.get("/metrics", headers={"Authorization": METRICS_TOKEN}).status_code == 401
 
     # A primary that notifies the webhook (the connections fixture's primary is replaced).
-    primary = start_registry(
-        "notifying",
-        keys=keys,
-        token_realm=token_service.realm,
-        notifications=Notifications(webhook_url, webhook_secret, backoff="200ms"),
-    )
-    monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_PRIMARY", json.dumps(primary.connection()))
+    primary = notifying_primary
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__EVENT_MAX_ATTEMPTS", "1")
     writer = RegistryClient(primary.client_config(), writable=True)
     ok, broken, new = (images.ImageFactory(layer_size=32 * 1024).make() for _ in range(3))
@@ -256,25 +245,15 @@ def test_bytes_copied_counts_the_event_path(
     airflow_db,
     connections,
     store,
-    webhook_url,
-    webhook_secret,
+    notifying_primary,
     app,
-    start_registry,
-    keys,
-    token_service,
     secondary,
     monkeypatch,
     stats,
 ):
     """registry_events' copies count in registry_replication_bytes_copied_total, exactly."""
     monkeypatch.setenv("REGISTRY_REPLICATION_METRICS_TOKEN", METRICS_TOKEN)
-    primary = start_registry(
-        "notifying",
-        keys=keys,
-        token_realm=token_service.realm,
-        notifications=Notifications(webhook_url, webhook_secret, backoff="200ms"),
-    )
-    monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_PRIMARY", json.dumps(primary.connection()))
+    primary = notifying_primary
     writer = RegistryClient(primary.client_config(), writable=True)
     factory = images.ImageFactory(layer_size=48 * 1024)
     first, second = factory.make(unique_layers=2), factory.make(unique_layers=1)

@@ -7,13 +7,33 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from registry_replication.engine.sync import SyncOptions, run_sync
 from registry_replication.outcomes import CheckOutcome, RepositoryState
 from registry_replication.transport.client import RegistryClient
+from registry_replication.transport.config import RegistryConfig
 from replication_harness import images
 from replication_harness.damage import damage, pulls_exactly
+from replication_harness.servers import FaultProxy
 from replication_harness.sync_cli import run_sync_cli, sync_env
+
+
+@contextmanager
+def replicator_through_a_proxy(
+    primary, secondary
+) -> Iterator[tuple[FaultProxy, RegistryClient, RegistryClient]]:
+    """The replicator's clients, the secondary's reached through a proxy a test can set."""
+    with (
+        FaultProxy(secondary.url) as proxy,
+        RegistryClient(primary.client_config()) as source,
+        RegistryClient(
+            RegistryConfig.from_connection({**secondary.connection(), "host": proxy.url}),
+            writable=True,
+        ) as target,
+    ):
+        yield proxy, source, target
 
 
 def test_content_verification_repairs_what_it_can_and_names_the_rest(
@@ -126,20 +146,10 @@ def test_a_proxy_that_strips_the_blob_length_is_not_taken_for_damage(
 ):
     """A HEAD answered without Content-Length is a blob that could not be checked, with the
     proxy named as the likely cause: never "damaged", never "in sync"."""
-    from registry_replication.outcomes import CheckOutcome
-    from registry_replication.transport.config import RegistryConfig
-    from replication_harness.servers import FaultProxy
 
     img = images.ImageFactory().make()
     images.push(primary_writer, "app", img, ["v1"])
-    with (
-        FaultProxy(secondary.url) as proxy,
-        RegistryClient(primary.client_config()) as source,
-        RegistryClient(
-            RegistryConfig.from_connection({**secondary.connection(), "host": proxy.url}),
-            writable=True,
-        ) as target,
-    ):
+    with replicator_through_a_proxy(primary, secondary) as (proxy, source, target):
         assert not run_sync(source, target, SyncOptions(verify="tags"), leases=leases).failed
         proxy.strip_head_length = True
         assert target.has_blob("app", img.blobs[0].digest)
@@ -157,8 +167,6 @@ def test_a_content_fraction_reads_a_slice_per_run_and_every_blob_over_the_rotati
 ):
     """``content_verify_fraction`` 0.5: each run reads back about half of the present blobs,
     and two successive runs together read every one of them."""
-    from registry_replication.transport.config import RegistryConfig
-    from replication_harness.servers import FaultProxy
 
     factory = images.ImageFactory()
     imgs = [factory.make(3) for _ in range(6)]
@@ -166,14 +174,7 @@ def test_a_content_fraction_reads_a_slice_per_run_and_every_blob_over_the_rotati
         images.push(primary_writer, "app", img, [f"v{i}"])
     every = {b.digest for img in imgs for b in img.all_blobs()}
     read: list[set[str]] = []
-    with (
-        FaultProxy(secondary.url) as proxy,
-        RegistryClient(primary.client_config()) as source,
-        RegistryClient(
-            RegistryConfig.from_connection({**secondary.connection(), "host": proxy.url}),
-            writable=True,
-        ) as target,
-    ):
+    with replicator_through_a_proxy(primary, secondary) as (proxy, source, target):
         assert not run_sync(source, target, SyncOptions(verify="tags"), leases=leases).failed
         for _ in range(2):
             proxy.log.clear()
@@ -202,7 +203,6 @@ def test_a_missing_child_manifest_is_copied_again_and_its_blobs_checked(
 ):
     """An index child deleted on the secondary hid its blobs from the walk: once the child is
     copied again, its blobs are walked too, and a layer of it that was also gone comes back."""
-    from registry_replication.outcomes import CheckOutcome
 
     multi = images.ImageFactory().multi_arch()
     images.push(primary_writer, "app", multi, ["multi"])

@@ -6,6 +6,8 @@ import base64
 import hashlib
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import bcrypt
 import jwt
@@ -171,10 +173,14 @@ def test_bearer_token_flow(start_registry, keys):
         assert "wrong" not in str(refused.value) and "'ci'" in str(refused.value)
 
 
-def test_token_is_fetched_again_once_it_expires(start_registry, keys):
-    """The service says 2 s and means it: the client renews before sending, no 401."""
+@contextmanager
+def token_client(
+    start_registry, keys, *, expires_in: int
+) -> Iterator[tuple[TokenService, FaultProxy, RegistryClient]]:
+    """User ci's writable client, through a proxy that logs each request, to a registry that
+    refuses its token service's tokens after 2 s; the service says they last ``expires_in``."""
     with TokenService(
-        keys, {"ci": ("pw", {"pull", "push"})}, refused_after_seconds=2, expires_in=2
+        keys, {"ci": ("pw", {"pull", "push"})}, refused_after_seconds=2, expires_in=expires_in
     ) as tokens:
         registry = start_registry("tokenauth", keys=keys, token_realm=tokens.realm)
         with (
@@ -186,43 +192,37 @@ def test_token_is_fetched_again_once_it_expires(start_registry, keys):
                 writable=True,
             ) as client,
         ):
-            images.push(client, "app", images.ImageFactory().make(), ["v1"])
-            time.sleep(3)  # every token the client holds is refused by now
-            issued, proxy.log[:] = tokens.issued, []
-            assert client.tags("app") == ["v1"]
-            assert [status for _, _, status in proxy.log] == [200]
+            yield tokens, proxy, client
+
+
+def test_token_is_fetched_again_once_it_expires(start_registry, keys):
+    """The service says 2 s and means it: the client renews before sending, no 401."""
+    with token_client(start_registry, keys, expires_in=2) as (tokens, proxy, client):
+        images.push(client, "app", images.ImageFactory().make(), ["v1"])
+        time.sleep(3)  # every token the client holds is refused by now
+        issued, proxy.log[:] = tokens.issued, []
+        assert client.tags("app") == ["v1"]
+        assert [status for _, _, status in proxy.log] == [200]
     assert tokens.issued == issued + 1
 
 
 def test_cached_token_refused_by_the_registry_is_refreshed_once(start_registry, keys):
     """The service says 300 s but the registry refuses the token after 2 s: the 401 on the
     cached token earns one fresh token and the request is sent again."""
-    with TokenService(
-        keys, {"ci": ("pw", {"pull", "push"})}, refused_after_seconds=2, expires_in=300
-    ) as tokens:
-        registry = start_registry("tokenauth", keys=keys, token_realm=tokens.realm)
-        with (
-            FaultProxy(registry.url) as proxy,
-            RegistryClient(
-                RegistryConfig.from_connection(
-                    {"host": proxy.url, "login": "ci", "password": "pw"}
-                ),
-                writable=True,
-            ) as client,
-        ):
-            image = images.ImageFactory().make()
-            images.push(client, "app", image, ["v1"])
-            time.sleep(3)
-            issued, proxy.log[:] = tokens.issued, []
-            assert client.tags("app") == ["v1"]
-            assert [status for _, _, status in proxy.log] == [401, 200]
-            assert tokens.issued == issued + 1
-            # A body goes again too: a manifest PUT on a refused token.
-            time.sleep(3)
-            proxy.log[:] = []
-            client.put_manifest("app", "v2", image.raw, image.media_type)
-            assert [(m, status) for m, _, status in proxy.log] == [("PUT", 401), ("PUT", 201)]
-            assert client.head_manifest("app", "v2").digest == image.digest
+    with token_client(start_registry, keys, expires_in=300) as (tokens, proxy, client):
+        image = images.ImageFactory().make()
+        images.push(client, "app", image, ["v1"])
+        time.sleep(3)
+        issued, proxy.log[:] = tokens.issued, []
+        assert client.tags("app") == ["v1"]
+        assert [status for _, _, status in proxy.log] == [401, 200]
+        assert tokens.issued == issued + 1
+        # A body goes again too: a manifest PUT on a refused token.
+        time.sleep(3)
+        proxy.log[:] = []
+        client.put_manifest("app", "v2", image.raw, image.media_type)
+        assert [(m, status) for m, _, status in proxy.log] == [("PUT", 401), ("PUT", 201)]
+        assert client.head_manifest("app", "v2").digest == image.digest
 
 
 def test_token_service_down_is_a_typed_error_with_advice(start_registry, keys):
