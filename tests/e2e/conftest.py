@@ -101,20 +101,33 @@ def start_standalone() -> Iterator[Callable[..., AirflowStandalone]]:
         airflow.stop()
 
 
+@pytest.fixture
+def notifying_registries(
+    start_registry: Callable[..., LocalRegistry], keys: Any, token_service: Any
+) -> Callable[[int], tuple[LocalRegistry, LocalRegistry]]:
+    """Starts a primary that notifies the webhook of the Airflow on a port, and a secondary,
+    both behind the token service."""
+
+    def start(port: int) -> tuple[LocalRegistry, LocalRegistry]:
+        primary = start_registry(
+            "primary",
+            keys=keys,
+            token_realm=token_service.realm,
+            notifications=Notifications(
+                f"http://127.0.0.1:{port}/registry-replication/events", SECRET, backoff="500ms"
+            ),
+        )
+        return primary, start_registry("secondary", keys=keys, token_realm=token_service.realm)
+
+    return start
+
+
 @pytest.fixture(params=["standalone", "cluster"])
-def notified_stack(request, tmp_path, start_registry, keys, token_service, start_standalone):
+def notified_stack(request, tmp_path, notifying_registries, start_standalone):
     """Registries, and an Airflow they notify: standalone (SQLite store) or the cluster."""
     cluster = request.getfixturevalue("cluster") if request.param == "cluster" else None
     port = cluster.port if cluster else free_port()
-    primary = start_registry(
-        "primary",
-        keys=keys,
-        token_realm=token_service.realm,
-        notifications=Notifications(
-            f"http://127.0.0.1:{port}/registry-replication/events", SECRET, backoff="500ms"
-        ),
-    )
-    secondary = start_registry("secondary", keys=keys, token_realm=token_service.realm)
+    primary, secondary = notifying_registries(port)
     if cluster:
         store = request.getfixturevalue("use_cluster")(primary, secondary)
         cluster.api("PATCH", "dags/registry_events", json={"is_paused": False})

@@ -24,25 +24,17 @@ from registry_replication.store import Store
 from registry_replication.transport.client import RegistryClient
 from replication_harness import images
 from replication_harness.browser import ARTIFACTS, Chromium
-from replication_harness.registry import Notifications, free_port
+from replication_harness.registry import free_port
 from replication_harness.standalone import AirflowStandalone
 
-SECRET = "e2e_Notification-Secret"
+SECRET = "e2e_Notification-Secret"  # as the notifying primary sends it
 METRICS_TOKEN = "e2e-metrics-Token"
 
 
 @pytest.fixture
-def stack(tmp_path, start_registry, keys, token_service):
+def stack(tmp_path, notifying_registries):
     port = free_port()
-    primary = start_registry(
-        "primary",
-        keys=keys,
-        token_realm=token_service.realm,
-        notifications=Notifications(
-            f"http://127.0.0.1:{port}/registry-replication/events", SECRET, backoff="500ms"
-        ),
-    )
-    secondary = start_registry("secondary", keys=keys, token_realm=token_service.realm)
+    primary, secondary = notifying_registries(port)
     db_url = f"sqlite:///{tmp_path / 'replication.db'}"
     airflow = AirflowStandalone(
         tmp_path / "airflow",
