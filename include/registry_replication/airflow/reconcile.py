@@ -52,7 +52,7 @@ from registry_replication.engine.prune import PruneRefused, prunable, prune
 from registry_replication.engine.secondary_listing import secondary_listing
 from registry_replication.engine.snapshot import stream_snapshot
 from registry_replication.outcomes import VerifyLevel, failed_digests, human_size, summarize
-from registry_replication.run_outcome import RunOutcome
+from registry_replication.run_outcome import Problem, RunOutcome
 from registry_replication.store import Store
 from registry_replication.store.record import RunKind, TagRecord
 
@@ -241,9 +241,8 @@ def copy_blobs(batch: dict[str, Any]) -> BatchResults:
     with task_leases() as leases:
         copier = _copier(context, leases)
         results = copier.copy_blobs(tasks)
-    summary = _push_results(context, batch, results)
+    summary, failed = _push_results(context, batch, results)
     alerts.record_copied_bytes(context, sum(r.bytes for r in results))
-    failed = RunOutcome(blobs=results).problems()
     if failed:
         raise ReplicationFailed(
             f"{len(failed)} of {len(results)} blobs failed in {batch['label']}; first: "
@@ -278,8 +277,7 @@ def push_manifests(batch: dict[str, Any]) -> BatchResults:
             for repository in sorted({t.repository for t in planned}):
                 held.enter_context(leases.repository(repository))
             results = copier.push_images(planned, failed_blobs)
-    summary = _push_results(context, batch, results)
-    bad = RunOutcome(images=results).problems()
+    summary, bad = _push_results(context, batch, results)
     if bad:
         raise ReplicationFailed(
             f"{len(bad)} of {len(results)} images not pushed; first: "
@@ -315,25 +313,26 @@ class BatchResults(TypedDict):
 
 def _push_results(
     context: Any, batch: dict[str, Any], results: list[BlobResult] | list[ImageResult]
-) -> BatchResults:
+) -> tuple[BatchResults, list[Problem]]:
     """Log the batch's summary table, write its records next to the batch's file and share
     their name and counts (XCom key ``results``, which the report and verify read: a map index
-    that fails returns nothing); returns the same summary."""
+    that fails returns nothing); returns the same summary and the batch's problems."""
     blobs = [r for r in results if isinstance(r, BlobResult)]
     images = [r for r in results if isinstance(r, ImageResult)]
     name = batch["file"].removesuffix(".parquet") + ".results.jsonl"
     records = [vars(r) for r in results]  # read only: see plan()
     artifacts.write_json_lines(run_folder() / name, records)
     outcome = RunOutcome(blobs=blobs, images=images)
+    problems = outcome.problems()
     summary: BatchResults = {
         "file": name,
         "map_index": context["ti"].map_index,
-        "failed": len(outcome.problems()),
+        "failed": len(problems),
         "summary": outcome.counts(zeros=True),
     }
     context["ti"].xcom_push(key="results", value=summary)
     if not results:
-        return summary
+        return summary, problems
     frame = pd.DataFrame(records)
     sizes = (
         {"bytes": ("bytes", "sum")}
@@ -344,7 +343,7 @@ def _push_results(
         count=("digest", "count"), **sizes, seconds=("seconds", "sum")
     )
     log.info("this batch:\n%s", log_table(table))
-    return summary
+    return summary, problems
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
