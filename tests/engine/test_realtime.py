@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from urllib.parse import urlsplit
 
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from registry_replication.engine.prune import prune
 from registry_replication.engine.realtime import coalesce, replicate_events
@@ -120,6 +123,28 @@ def test_events_are_typed_once_and_a_row_out_of_grammar_fails_alone(
     assert isinstance(outcomes["e3"], PermanentFailure) and "invalid digest" in outcomes["e3"]
     assert outcomes["e2"] is None  # not on the primary: nothing to copy
     assert asked == [(Repository, Tag, "app")]
+
+
+FIELD = st.one_of(
+    st.none(), st.text(max_size=12), st.integers(), st.binary(max_size=4), st.just("app")
+)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(
+    rows=st.lists(st.tuples(st.sampled_from(["push", "delete"]), FIELD, FIELD, FIELD), max_size=4)
+)
+def test_any_claimed_row_is_its_own_events_outcome(
+    ev, primary_reader, secondary_writer, leases, rows
+):
+    """Whatever a claimed row holds (text out of grammar, no text at all, nothing), the drain
+    answers for every event and never raises: a row is one event's problem alone."""
+    events = [
+        dataclasses.replace(ev(i, action), repository=r, tag=t, digest=d)
+        for i, (action, r, t, d) in enumerate(rows)
+    ]
+    outcomes = replicate_events(primary_reader, secondary_writer, events, leases=leases)
+    assert set(outcomes) == {e.id for e in events}
 
 
 def test_coalesce_tag_deletes_against_pushes(ev):
