@@ -47,7 +47,7 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
     configured = current()
     store = Store()
     primary = registry_client(PARSED.primary_conn_id)
-    secondary = registry_client(PARSED.secondary_conn_id, writable=True)
+    secondary = registry_client(PARSED.secondaries[0], writable=True)
     totals = {"claimed": 0, "done": 0, "retrying": 0, "batches": 0}
     started = last_work = time.monotonic()
     with Leases(store) as leases:

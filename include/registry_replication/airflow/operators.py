@@ -43,7 +43,7 @@ class ReplicateImagesOperator(BaseOperator):
     :param tags: a tag or a list of tags to replicate; None: every tag (templated).
     :param primary_conn_id: the primary's ``oci_registry`` connection (default: the
         ``[registry_replication] primary_conn_id`` setting).
-    :param secondary_conn_id: the secondary's connection (default: ``secondary_conn_id``).
+    :param secondary_conn_id: the secondary's connection (default: the first of ``secondaries``).
     :param parallelism: blob transfers (and batches of tag writes) in flight.
     """
 
@@ -56,7 +56,7 @@ class ReplicateImagesOperator(BaseOperator):
         repositories: str | list[str],
         tags: str | list[str] | None = None,
         primary_conn_id: str = PARSED.primary_conn_id,
-        secondary_conn_id: str = PARSED.secondary_conn_id,
+        secondary_conn_id: str = PARSED.secondaries[0],
         parallelism: int = 8,
         **kwargs: Any,
     ) -> None:

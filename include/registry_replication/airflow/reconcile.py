@@ -67,7 +67,7 @@ def snapshot(conn_id: str) -> dict[str, Any]:
     folder, name = run_folder(), get_current_context()["ti"].task_id
     kind = None
     # The secondary is listed in a full run, read from the record in a cheap one.
-    if conn_id == PARSED.secondary_conn_id:
+    if conn_id == PARSED.secondaries[0]:
         dag_run = get_current_context()["dag_run"]
         level, why = verification.choose_level(
             Store(),
@@ -161,7 +161,7 @@ def plan(differences: dict[str, Any], primary: dict[str, Any]) -> list[dict[str,
     read = artifacts.read_manifests(folder / primary["manifests"])
     result = build_plan(
         registry_client(PARSED.primary_conn_id),
-        registry_client(PARSED.secondary_conn_id),
+        registry_client(PARSED.secondaries[0]),
         diffs.wanted(changes),
         concurrency=p["concurrency"],
         known_manifests=read,
@@ -293,7 +293,7 @@ def _copier(context: Any, leases: Leases) -> Copier:
     tag); a retry checks again before each blob and tag, so it never transfers twice."""
     return Copier(
         registry_client(PARSED.primary_conn_id),
-        registry_client(PARSED.secondary_conn_id, writable=True),
+        registry_client(PARSED.secondaries[0], writable=True),
         leases=leases,
         parallelism=current_params()["parallelism"],
         concurrency=current_params()["concurrency"],
@@ -370,7 +370,7 @@ def prune_tags(
         with task_leases() as leases:
             results = prune(
                 registry_client(PARSED.primary_conn_id),
-                registry_client(PARSED.secondary_conn_id, writable=True),
+                registry_client(PARSED.secondaries[0], writable=True),
                 doomed,
                 leases=leases,
                 dry_run=p["dry_run"],
@@ -393,7 +393,7 @@ def _pruned(
 def replicate() -> None:
     """Lay out the replication tasks in the current DAG."""
     primary = snapshot.override(task_id="snapshot_primary")(PARSED.primary_conn_id)
-    secondary = snapshot.override(task_id="snapshot_secondary")(PARSED.secondary_conn_id)
+    secondary = snapshot.override(task_id="snapshot_secondary")(PARSED.secondaries[0])
     differences = diff(primary, secondary)
     blob_batches = plan(differences, primary)
     image_batches = manifest_batches()

@@ -78,7 +78,7 @@ def verify_closure(primary: dict[str, Any]) -> dict[str, Any]:
     with task_leases() as leases:
         report = verifying.deep_verify(
             registry_client(PARSED.primary_conn_id),
-            registry_client(PARSED.secondary_conn_id, writable=True),
+            registry_client(PARSED.secondaries[0], writable=True),
             verifying.images_of(read_snapshot(primary), skipped),
             level,
             leases=leases,
@@ -133,7 +133,7 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
     elif before is not None:
         folder = run_folder()
         after = secondary_after(
-            registry_client(PARSED.secondary_conn_id),
+            registry_client(PARSED.secondaries[0]),
             before,
             [
                 _result(ImageResult, r)
@@ -149,7 +149,7 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
         )
     else:
         after = take_snapshot(
-            registry_client(PARSED.secondary_conn_id),
+            registry_client(PARSED.secondaries[0]),
             run_scope(p),
             concurrency=p["concurrency"],
             repositories=p["repositories"] or None,
