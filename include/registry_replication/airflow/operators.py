@@ -20,7 +20,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from registry_replication.airflow.deployment import refuse_unshared_state
+from registry_replication.airflow.deployment import adopt_legacy, refuse_unshared_state
 from registry_replication.airflow.hooks import OciRegistryHook
 from registry_replication.airflow.settings import (
     PARSED,
@@ -69,6 +69,7 @@ class ReplicateImagesOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, int]:
         refuse_unshared_state()  # its leases live in the store every writer must share
+        adopt_legacy()
         repositories, tags = _names(self.repositories), _names(self.tags)
         if not repositories:
             raise ValueError("ReplicateImagesOperator needs at least one repository")
@@ -79,7 +80,7 @@ class ReplicateImagesOperator(BaseOperator):
         )
         primary = OciRegistryHook(self.primary_conn_id).get_conn()
         secondary = OciRegistryHook(self.secondary_conn_id, writable=True).get_conn()
-        with Leases(Store()) as leases:
+        with Leases(Store(), self.secondary_conn_id) as leases:
             report = run_sync(primary, secondary, options, leases=leases)
         counts = report.counts()
         self.log.info(

@@ -71,6 +71,7 @@ def snapshot(conn_id: str) -> dict[str, Any]:
         dag_run = get_current_context()["dag_run"]
         level, why = verification.choose_level(
             Store(),
+            conn_id,
             p.get("verify", verification.AUTO),
             p["repositories"] or None,
             run_scope(p),
@@ -82,7 +83,7 @@ def snapshot(conn_id: str) -> dict[str, Any]:
         result, kind = secondary_listing(
             registry_client(conn_id),
             registry_client(PARSED.primary_conn_id),
-            Store(),
+            TagRecord(Store(), conn_id),
             run_scope(p),
             repositories=p["repositories"] or None,
             concurrency=p["concurrency"],
@@ -114,7 +115,7 @@ def snapshot(conn_id: str) -> dict[str, Any]:
                 run_scope(p),
                 concurrency=p["concurrency"],
                 repositories=p["repositories"] or None,
-                known=TagRecord(Store()).descriptors,
+                known=TagRecord(Store(), PARSED.secondaries[0]).descriptors,
                 manifests=writer.manifests,
             )
             ref = writer.finish(listing)
@@ -242,7 +243,7 @@ def copy_blobs(batch: dict[str, Any]) -> BatchResults:
         copier = _copier(context, leases)
         results = copier.copy_blobs(tasks)
     summary, failed = _push_results(context, batch, results)
-    alerts.record_copied_bytes(context, sum(r.bytes for r in results))
+    alerts.record_copied_bytes(context, leases.secondary, sum(r.bytes for r in results))
     if failed:
         raise ReplicationFailed(
             f"{len(failed)} of {len(results)} blobs failed in {batch['label']}; first: "
