@@ -10,10 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 
-from registry_replication.store import Store, engine, retention
+from registry_replication.store import Store, engine, migrate, retention
 from registry_replication.store.record import INTENT, PRESENT, TagRecord
-from registry_replication.store.schema import now, push_latency
+from registry_replication.store.schema import LEGACY, now, push_latency
 from registry_replication.store.secondaries import Secondaries
 from replication_harness.legacy_store import T0, secondaries_of, store_at
 
@@ -122,3 +123,26 @@ def test_retention_takes_only_the_old_latency_of_an_event(store, ev):
     with store.engine.connect() as conn:
         assert conn.execute(sa.select(push_latency.c.secondary)).scalars().all() == ["registry_ap"]
     assert store.history.push_latency_histogram()[1] == 2
+
+
+def test_a_downgrade_keeps_the_first_secondarys_rows_and_upgrades_again(store_url):
+    """Revision 0006's keys hold one secondary: the first by name keeps its rows."""
+    store = Store(store_url)
+    for secondary, state in (("registry_eu", "synced"), ("registry_ap", "failed")):
+        store.state.set_repository_state(secondary, [{"repository": "app", "state": state}])
+    down = engine.create(store_url)
+    try:
+        with down.connect() as conn:
+            cfg = migrate.config(conn)
+            command.downgrade(cfg, "0006")
+            conn.commit()
+            assert conn.execute(sa.text("SELECT state FROM rr_repository_state")).all() == [
+                ("failed",)
+            ]
+            command.upgrade(cfg, "head")
+            conn.commit()
+    finally:
+        down.dispose()
+    assert [(r["secondary"], r["state"]) for r in store.state.repository_states()] == [
+        (LEGACY, "failed")
+    ]

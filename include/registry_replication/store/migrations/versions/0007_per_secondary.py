@@ -82,10 +82,14 @@ def _named_key(conn: sa.Connection, name: str) -> sa.Table:
 def downgrade() -> None:
     conn = op.get_bind()
     # The old keys hold one secondary's rows: the first by name ("(legacy)" while not adopted).
-    kept = conn.execute(sa.text("SELECT min(conn_id) FROM rr_secondaries")).scalar()
+    named = {
+        secondary
+        for name in KEYED
+        for secondary in conn.execute(sa.text(f"SELECT DISTINCT secondary FROM {name}")).scalars()
+    }
     for name, key in KEYED.items():
-        if kept is not None:
-            conn.execute(sa.text(f"DELETE FROM {name} WHERE secondary <> :s"), {"s": kept})
+        if named:
+            conn.execute(sa.text(f"DELETE FROM {name} WHERE secondary <> :s"), {"s": min(named)})
         with op.batch_alter_table(name) as table:
             if key:
                 table.drop_constraint(f"{name}_pkey", type_="primary")
