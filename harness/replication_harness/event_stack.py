@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from pathlib import Path
 from replication_harness.keys import generate_key_pair
 from replication_harness.registry import LocalRegistry, Notifications, free_port
 from replication_harness.servers import TokenService
-from replication_harness.standalone import AirflowStandalone
+from replication_harness.standalone import AirflowStandalone, replication_env
 
 SECRET = "bench_" + "s" * 32
 
@@ -56,14 +55,7 @@ def event_stack(workdir: Path, env: dict[str, str] | None = None) -> Iterator[Ev
             AirflowStandalone(
                 workdir / "airflow",
                 port=port,
-                env={
-                    "AIRFLOW_CONN_REGISTRY_PRIMARY": json.dumps(primary.connection()),
-                    "AIRFLOW_CONN_REGISTRY_SECONDARY": json.dumps(secondary.connection()),
-                    "REGISTRY_NOTIFICATION_SECRET": SECRET,
-                    "REGISTRY_REPLICATION_DB_URL": store_url,
-                    "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
-                    **(env or {}),
-                },
+                env=replication_env(primary, secondary, store_url, SECRET, **(env or {})),
             )
         )
         yield EventStack(primary, secondary, airflow, store_url)

@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 
 from replication_harness.registry import LocalRegistry
+from replication_harness.sync_cli import connection_args
 from replication_harness.synthetic import Corpus
 
 MiB = 1 << 20
@@ -171,10 +172,7 @@ def engine_sync(primary: LocalRegistry, secondary: LocalRegistry, log_path: Path
         [
             ENGINE,
             "sync",
-            "--primary",
-            json.dumps(primary.connection()),
-            "--secondary",
-            json.dumps(secondary.connection()),
+            *connection_args(primary.connection(), secondary.connection()),
             "--json",
             "--no-prune",
         ],
@@ -233,10 +231,7 @@ def verify(primary: LocalRegistry, secondary: LocalRegistry, log_path: Path) -> 
         [
             ENGINE,
             "verify",
-            "--primary",
-            json.dumps(primary.connection()),
-            "--secondary",
-            json.dumps(secondary.connection()),
+            *connection_args(primary.connection(), secondary.connection()),
             "--json",
         ],
         log_path,

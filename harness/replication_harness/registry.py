@@ -76,6 +76,8 @@ class LocalRegistry:
     htpasswd: Path | None = None  # basic auth instead of token auth
     name: str = "registry"
     port: int = field(default_factory=free_port)
+    # The registry's own Prometheus metrics (``served_bytes``), on its debug listener.
+    debug_port: int = field(default_factory=free_port)
     # Kept across restarts, as a real deployment's config keeps it: upload sessions survive.
     http_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     process: subprocess.Popen[bytes] | None = None
@@ -105,6 +107,10 @@ class LocalRegistry:
                 "addr": f"127.0.0.1:{self.port}",
                 "secret": self.http_secret,
                 "headers": {"X-Content-Type-Options": ["nosniff"]},
+                "debug": {
+                    "addr": f"127.0.0.1:{self.debug_port}",
+                    "prometheus": {"enabled": True, "path": "/metrics"},
+                },
             },
             # Like GitLab's: manifests may reference foreign (non-distributable) layers.
             "validation": {"manifests": {"urls": {"allow": ["^https?://"]}}},
@@ -182,6 +188,19 @@ class LocalRegistry:
 
     def client_config(self, **extra: Any) -> RegistryConfig:
         return RegistryConfig.from_connection(self.connection(**extra))
+
+    def served_bytes(self, handler: str = "blob") -> int:
+        """The bytes of the answers this process has sent (since it started) for ``handler``
+        (``blob``: blob downloads; ``manifest``, ``tags``, ...), as the registry itself counts
+        them (``registry_http_response_size_bytes``): what a test holds the replicator's own
+        reading against."""
+        metrics = requests.get(f"http://127.0.0.1:{self.debug_port}/metrics", timeout=10)
+        metrics.raise_for_status()
+        wanted = f'registry_http_response_size_bytes_sum{{handler="{handler}"}} '
+        for line in metrics.text.splitlines():
+            if line.startswith(wanted):
+                return round(float(line.removeprefix(wanted)))
+        return 0
 
     def blob_path(self, digest: str) -> Path:
         """Where the filesystem driver stores a blob's bytes (for corrupting one in tests)."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import requests
 
-from replication_harness.registry import free_port
+from replication_harness.registry import LocalRegistry, free_port
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -192,6 +192,22 @@ class AirflowStandalone:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def replication_env(
+    primary: LocalRegistry, secondary: LocalRegistry, store_url: str, secret: str, **extra: str
+) -> dict[str, str]:
+    """What a standalone replicating ``primary`` to ``secondary`` runs with: both connections,
+    the notifications' secret, the store, and no reconcile schedule (tests trigger their runs);
+    ``extra`` on top."""
+    return {
+        "AIRFLOW_CONN_REGISTRY_PRIMARY": json.dumps(primary.connection()),
+        "AIRFLOW_CONN_REGISTRY_SECONDARY": json.dumps(secondary.connection()),
+        "REGISTRY_NOTIFICATION_SECRET": secret,
+        "REGISTRY_REPLICATION_DB_URL": store_url,
+        "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
+        **extra,
+    }
 
 
 def _group_alive(pgid: int) -> bool:

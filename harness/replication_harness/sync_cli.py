@@ -14,6 +14,11 @@ def sync_env(store_url: str, **variables: str) -> dict[str, str]:
     return {**os.environ, "REGISTRY_REPLICATION_DB_URL": store_url, **variables}
 
 
+def connection_args(primary: dict[str, Any], secondary: dict[str, Any]) -> list[str]:
+    """``--primary`` and ``--secondary`` as connection JSON, the way every command takes them."""
+    return ["--primary", json.dumps(primary), "--secondary", json.dumps(secondary)]
+
+
 def sync_command(primary: dict[str, Any], secondary: dict[str, Any], *args: str) -> list[str]:
     """The command line of a sync from the ``primary`` to the ``secondary`` connection."""
     return [
@@ -21,10 +26,7 @@ def sync_command(primary: dict[str, Any], secondary: dict[str, Any], *args: str)
         "-m",
         "registry_replication.cli",
         "sync",
-        "--primary",
-        json.dumps(primary),
-        "--secondary",
-        json.dumps(secondary),
+        *connection_args(primary, secondary),
         *args,
     ]
 

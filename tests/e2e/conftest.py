@@ -8,7 +8,6 @@ tests (``use_cluster``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from registry_replication.store import Store
 from replication_harness.cluster import AirflowCluster
 from replication_harness.postgres import LocalPostgres
 from replication_harness.registry import LocalRegistry, Notifications, free_port
-from replication_harness.standalone import AirflowStandalone
+from replication_harness.standalone import AirflowStandalone, replication_env
 
 SECRET = "e2e_Notification-Secret"
 
@@ -82,14 +81,7 @@ def start_standalone() -> Iterator[Callable[..., AirflowStandalone]]:
         airflow = AirflowStandalone(
             home,
             port=port or free_port(),
-            env={
-                "AIRFLOW_CONN_REGISTRY_PRIMARY": json.dumps(primary.connection()),
-                "AIRFLOW_CONN_REGISTRY_SECONDARY": json.dumps(secondary.connection()),
-                "REGISTRY_NOTIFICATION_SECRET": SECRET,
-                "REGISTRY_REPLICATION_DB_URL": store_url,
-                "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
-                **env,
-            },
+            env=replication_env(primary, secondary, store_url, SECRET, **env),
         )
         started.append(airflow.start())
         if wait:

@@ -10,7 +10,6 @@ artifacts/operating-*.png.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +24,7 @@ from registry_replication.transport.client import RegistryClient
 from replication_harness import images
 from replication_harness.browser import ARTIFACTS, Chromium
 from replication_harness.registry import free_port
-from replication_harness.standalone import AirflowStandalone
+from replication_harness.standalone import AirflowStandalone, replication_env
 
 SECRET = "e2e_Notification-Secret"  # as the notifying primary sends it
 METRICS_TOKEN = "e2e-metrics-Token"
@@ -39,18 +38,17 @@ def stack(tmp_path, notifying_registries):
     airflow = AirflowStandalone(
         tmp_path / "airflow",
         port=port,
-        env={
-            "AIRFLOW_CONN_REGISTRY_PRIMARY": json.dumps(primary.connection()),
-            "AIRFLOW_CONN_REGISTRY_SECONDARY": json.dumps(secondary.connection()),
-            "REGISTRY_NOTIFICATION_SECRET": SECRET,
-            "REGISTRY_REPLICATION_DB_URL": db_url,
-            "REGISTRY_REPLICATION_METRICS_TOKEN": METRICS_TOKEN,
-            "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
-            "AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES": "0",
-            "AIRFLOW__REGISTRY_REPLICATION__EVENT_MAX_ATTEMPTS": "1",
+        env=replication_env(
+            primary,
+            secondary,
+            db_url,
+            SECRET,
+            REGISTRY_REPLICATION_METRICS_TOKEN=METRICS_TOKEN,
+            AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES="0",
+            AIRFLOW__REGISTRY_REPLICATION__EVENT_MAX_ATTEMPTS="1",
             # Shorter than any reconcile here: its DeadlineAlert fires during the run.
-            "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_DEADLINE_MINUTES": "0.05",
-        },
+            AIRFLOW__REGISTRY_REPLICATION__RECONCILE_DEADLINE_MINUTES="0.05",
+        ),
     )
     airflow.start()
     try:

@@ -12,6 +12,7 @@ def test_every_kind_replicates_exactly(
     primary, secondary, primary_writer, replicator, secondary_reader
 ):
     pushed = corpus.push_every_kind(primary_writer)
+    served = primary.served_bytes()
     report = run_sync(*replicator)
     assert not report.failed and not report.plan.skipped
     for (repository, tag), digest in pushed.items():
@@ -21,6 +22,9 @@ def test_every_kind_replicates_exactly(
     counts = report.counts()
     # The shared base layers crossed the network once; other repositories mounted them.
     assert counts["blobs mounted"] >= 2
+    # Each blob was read from the primary once, as the primary itself counts what it served.
+    unique = {task.digest: task.size for task in report.plan.blobs if task.mount_from is None}
+    assert primary.served_bytes() - served == counts["bytes copied"] == sum(unique.values()) > 0
     assert set(report.verification["repository"]) == {r for r, _ in pushed}
 
     again = run_sync(*replicator)

@@ -21,6 +21,7 @@ from replication_harness import hostile, images
 from replication_harness.dag_runs import run
 from replication_harness.servers import FaultProxy
 from replication_harness.skopeo import skopeo_raw
+from replication_harness.sync_cli import connection_args
 
 HEALTHY = [("good/app", "v1"), ("zz/last", "v1"), ("diamond/ok", "v1")]
 HOSTILE = {  # repository -> the bound that names it
@@ -161,10 +162,7 @@ def test_an_event_that_kills_its_worker_never_holds_the_others_back(
         str(store.engine.url),
         "--poison",
         "poison/app:v1",
-        "--primary",
-        json.dumps(primary.connection()),
-        "--secondary",
-        json.dumps(secondary.connection()),
+        *connection_args(primary.connection(), secondary.connection()),
         "--max-attempts",
         str(max_attempts),
         "--lease-seconds",

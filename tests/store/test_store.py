@@ -104,6 +104,17 @@ def test_a_store_at_each_revision_upgrades_with_its_data(tmp_path, revision):
     assert_revision_upgrades(f"sqlite:///{tmp_path / 'old.db'}", revision)
 
 
+def test_the_head_read_off_the_file_names_is_alembics():
+    """``migrate.head()`` spares a store at head the import of Alembic: it must be the head
+    Alembic walks to, each revision named by its file's number, one chain."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(migrate.config())
+    assert script.get_heads() == [migrate.head()]
+    for revision in script.walk_revisions():
+        assert revision.path.rpartition("/")[2][:4] == revision.revision
+
+
 def test_the_cli_upgrades_a_store(tmp_path, capsys):
     from registry_replication.cli import main
 

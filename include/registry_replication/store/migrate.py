@@ -5,6 +5,10 @@ store may share Airflow's own database, whose ``alembic_version`` is Airflow's. 
 before migrations (tables and ``rr_schema`` version 1, no version table) is stamped at the
 baseline and upgraded from there. One process upgrades at a time: a PostgreSQL advisory lock,
 or SQLite's write lock (``BEGIN IMMEDIATE``), held across the whole upgrade.
+
+Alembic is imported only when there is something to upgrade: a store already at this code's
+head is told by one query, against the head read off the revision files' names (each revision
+is named by its file's number; ``tests/store/test_store.py`` holds Alembic to the same head).
 """
 
 from __future__ import annotations
@@ -14,12 +18,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,8 @@ _ADVISORY_LOCK = int.from_bytes(b"rr_migr", "big")
 
 def config(connection: sa.Connection | None = None) -> Config:
     """Alembic's configuration, built in code; ``env.py`` runs on ``connection``."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = connection
@@ -40,8 +46,10 @@ def config(connection: sa.Connection | None = None) -> Config:
 
 @cache
 def head() -> str:
-    """This code's newest revision."""
-    return ScriptDirectory.from_config(config()).get_current_head()
+    """This code's newest revision: the highest-numbered revision file (``NNNN_name.py``)."""
+    return max(
+        path.name[:4] for path in (MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py")
+    )
 
 
 def current(connection: sa.Connection) -> str | None:
@@ -61,6 +69,8 @@ def upgrade(engine: sa.Engine) -> str | None:
         found = current(conn)  # another process may have upgraded meanwhile
         if found == head():
             return found
+        from alembic import command
+
         cfg = config(conn)
         if found is None and sa.inspect(conn).has_table("rr_events"):
             log.info(
@@ -79,6 +89,9 @@ def upgrade(engine: sa.Engine) -> str | None:
 
 
 def _known(revision: str, engine: sa.Engine) -> None:
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
     try:
         ScriptDirectory.from_config(config()).get_revision(revision)
     except CommandError as exc:

@@ -30,8 +30,9 @@ verification.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -238,34 +239,39 @@ class TagRecord:
 
     def tags(self, repositories: Iterable[str]) -> pd.DataFrame:
         """The recorded rows of ``repositories``: repository, tag, state, digest, media_type."""
-        wanted = sorted(set(repositories))
         columns = ["repository", "tag", "state", "digest", "media_type"]
-        frames = []
-        with self.engine.connect() as conn:
-            for start in range(0, len(wanted), 500):  # bounded IN lists
-                query = sa.select(*(recorded_tags.c[c] for c in columns)).where(
-                    self._tags, recorded_tags.c.repository.in_(wanted[start : start + 500])
-                )
-                frames.append(pd.DataFrame(conn.execute(query).all(), columns=columns))
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+        # Plain tuples: pandas reads a list of SQLAlchemy rows ten times slower.
+        rows = [tuple(row) for row in self._recorded(repositories, columns)]
+        return pd.DataFrame(rows, columns=columns)
 
     def descriptors(self, repositories: Sequence[str]) -> dict[tuple[str, str], Descriptor]:
         """{(repository, tag): descriptor} of the tags recorded present with their media type:
         what a listing of the primary confirms with conditional HEADs (``known``), each digest
         typed again (``InvalidReference`` for a row out of grammar: the listing then goes on
         without conditional HEADs)."""
-        rows = self.tags(repositories)
-        if not len(rows):
-            return {}
-        rows = rows[
-            (rows["state"] == PRESENT) & rows["digest"].notna() & rows["media_type"].notna()
-        ]
         return {
             (repository, tag): Descriptor(Digest.of(digest), media_type)
-            for repository, tag, digest, media_type in zip(
-                rows["repository"], rows["tag"], rows["digest"], rows["media_type"]
+            for repository, tag, digest, media_type in self._recorded(
+                repositories,
+                ["repository", "tag", "digest", "media_type"],
+                recorded_tags.c.state == PRESENT,
+                recorded_tags.c.digest.is_not(None),
+                recorded_tags.c.media_type.is_not(None),
             )
         }
+
+    def _recorded(
+        self, repositories: Iterable[str], columns: list[str], *where: sa.ColumnElement[bool]
+    ) -> Iterator[sa.Row[Any]]:
+        """``columns`` of this secondary's recorded rows of ``repositories`` (and ``where``),
+        read 500 repositories at a time (bounded IN lists)."""
+        wanted = sorted(set(repositories))
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 500):
+                query = sa.select(*(recorded_tags.c[c] for c in columns)).where(
+                    self._tags, recorded_tags.c.repository.in_(wanted[start : start + 500]), *where
+                )
+                yield from conn.execute(query)
 
     def tag_count(self) -> int:
         """How many tags the secondary holds as recorded (present, or an intent to write)."""
