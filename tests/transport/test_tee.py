@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -246,6 +247,68 @@ def test_a_leg_that_opens_late_reads_alone(registries):
     for name in LEGS:
         assert_exact(registries[name], layer)
     assert reader.bytes == 2 * layer.size
+
+
+def test_memory_stays_within_the_windows(registries):
+    layer = push(registries, 24 * MiB)
+    with client(registries["primary"].url) as primary:
+        targets = {name: client(registries[name].url, writable=True) for name in LEGS}
+        tee = Tee(
+            Reader(primary, layer.digest), LEGS, repository="app", digest=layer.digest, window=MiB
+        )
+        tracemalloc.start()
+        try:
+            errors = fan_out(tee, targets, layer, chunk_size=4 * MiB)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert errors == {name: None for name in LEGS}
+    for name in LEGS:
+        assert_exact(registries[name], layer)
+    # Each leg's window, the piece in its request and the producer's chunk: never the blob.
+    print(f"tee peak memory: {peak / MiB:.1f} MiB for a {layer.size / MiB:.0f} MiB blob, 3 legs")
+    assert peak < 3 * (MiB + 2 * MiB) + MiB + MiB, peak
+
+
+def test_closing_the_tee_stops_every_leg_and_joins_the_producer(registries):
+    layer = push(registries, 8 * MiB)
+    with client(registries["primary"].url) as primary:
+        targets = {name: client(registries[name].url, writable=True) for name in LEGS}
+        tee = Tee(
+            Reader(primary, layer.digest), LEGS, repository="app", digest=layer.digest, window=MiB
+        )
+
+        def slow(leg: str, body: OpenBody) -> OpenBody:
+            def open_body(offset: int) -> Iterator[bytes]:
+                for chunk in body(offset):
+                    time.sleep(0.5)
+                    yield chunk
+
+            return open_body
+
+        errors: dict[str, BaseException | None] = {}
+
+        def leg(name: str) -> None:
+            try:
+                targets[name].upload_blob(
+                    "app", layer.digest, layer.size, slow(name, tee.open_for(name)), chunk_size=MiB
+                )
+                errors[name] = None
+            except RegistryError as exc:
+                errors[name] = exc
+
+        threads = [threading.Thread(target=leg, args=(name,)) for name in LEGS]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+        tee.close()  # as on any exception in the fan-out: the legs stop, the producer is joined
+        assert no_tee_threads()
+        for thread in threads:
+            thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    for name in LEGS:
+        assert isinstance(errors[name], RegistryError) and errors[name].code == "FANOUT_CLOSED"
+        assert_absent(registries[name], layer)
 
 
 # -- the class of leg failures ---------------------------------------------------------------------

@@ -195,9 +195,7 @@ class FanoutCopier:
                 copier.secondary.ping()
         except RegistryError as exc:
             with self._lock:
-                self._down.setdefault(
-                    secondary, f"{secondary} is unavailable ({exc.without_advice})"
-                )
+                self._down.setdefault(secondary, exc.without_advice)
             log.error(
                 "fan-out: secondary %s is unavailable; its later blobs are left untried: %s",
                 secondary,
@@ -223,8 +221,9 @@ def _untried(secondary: str, task: BlobTask, repository: str, down: str) -> Blob
         task.size,
         BlobOutcome.FAILED,
         error=(
-            f"secondary {secondary}: not tried: {down} earlier in this copy. What to do: "
-            f"bring {secondary} back; the next copy of its blobs retries {repository}@{task.digest}"
+            f"secondary {secondary}: not tried: {secondary} was unavailable earlier in this "
+            f"copy ({down}). What to do: bring {secondary} back; the next copy of its blobs "
+            f"retries {repository}@{task.digest}"
         ),
     )
 

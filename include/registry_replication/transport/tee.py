@@ -235,6 +235,8 @@ class Tee:
                         break
                     self._cond.wait(left)
                 self._reading = True
+                if self._closed:
+                    return
             # The leg's upload is the operation its secondary's policy retries; this read
             # gets one try and leaves its failure to the legs.
             with one_try_each():
