@@ -128,7 +128,7 @@ def test_three_legs_get_exact_bytes_from_one_read(registries):
     with FaultProxy(registries["primary"].url) as proxy, client(proxy.url) as primary:
         reader = Reader(primary, layer.digest)
         targets = {name: client(registries[name].url, writable=True) for name in LEGS}
-        tee = Tee(reader, LEGS, repository="app", digest=layer.digest, window=MiB)
+        tee = Tee(reader, layer.size, LEGS, repository="app", digest=layer.digest, window=MiB)
         errors = fan_out(tee, targets, layer)
         gets = [p for method, p, _ in proxy.log if method == "GET" and layer.digest in p]
         served = proxy.body_bytes_sent
@@ -155,6 +155,7 @@ def test_a_lagging_leg_is_detached_and_reads_the_rest_alone(registries):
         releaser.start()
         tee = Tee(
             reader,
+            layer.size,
             LEGS,
             repository="app",
             digest=layer.digest,
@@ -189,7 +190,7 @@ def test_a_leg_refused_mid_upload_fails_alone(registries):
         targets = {name: client(registries[name].url, writable=True) for name in LEGS}
         targets["s2"] = client(bad.url, writable=True, retries=1)
         bad.inject(*(Fault(status=403, method="PATCH", after=1, code="DENIED") for _ in range(3)))
-        tee = Tee(reader, LEGS, repository="app", digest=layer.digest, window=MiB)
+        tee = Tee(reader, layer.size, LEGS, repository="app", digest=layer.digest, window=MiB)
         errors = fan_out(tee, targets, layer)
     assert errors["s1"] is None and errors["s3"] is None
     assert isinstance(errors["s2"], RegistryError) and errors["s2"].status == 403
@@ -208,7 +209,9 @@ def test_a_primary_digest_mismatch_commits_nothing_anywhere(registries):
     path.write_bytes(bytes(data))
     with client(registries["primary"].url) as primary:
         targets = {name: client(registries[name].url, writable=True) for name in LEGS}
-        tee = Tee(Reader(primary, layer.digest), LEGS, repository="app", digest=layer.digest)
+        tee = Tee(
+            Reader(primary, layer.digest), layer.size, LEGS, repository="app", digest=layer.digest
+        )
         errors = fan_out(tee, targets, layer)
     for name in LEGS:
         assert isinstance(errors[name], DigestMismatchError), errors[name]
@@ -222,7 +225,7 @@ def test_a_primary_cut_mid_stream_sends_every_leg_to_read_alone(registries):
         proxy.inject(Fault(cut_after_bytes=MiB + 100, method="GET", path_contains="/blobs/"))
         reader = Reader(primary, layer.digest)
         targets = {name: client(registries[name].url, writable=True) for name in LEGS}
-        tee = Tee(reader, LEGS, repository="app", digest=layer.digest, window=MiB)
+        tee = Tee(reader, layer.size, LEGS, repository="app", digest=layer.digest, window=MiB)
         errors = fan_out(tee, targets, layer)
     assert errors == {name: None for name in LEGS}
     for name in LEGS:
@@ -240,7 +243,9 @@ def test_a_leg_that_opens_late_reads_alone(registries):
         held = late.hold("POST")  # s3 is still opening its session
         releaser = threading.Timer(1.0, held.release)
         releaser.start()
-        tee = Tee(reader, LEGS, repository="app", digest=layer.digest, attach_seconds=0.2)
+        tee = Tee(
+            reader, layer.size, LEGS, repository="app", digest=layer.digest, attach_seconds=0.2
+        )
         errors = fan_out(tee, targets, layer)
         releaser.join()
     assert errors == {name: None for name in LEGS}
@@ -254,7 +259,12 @@ def test_memory_stays_within_the_windows(registries):
     with client(registries["primary"].url) as primary:
         targets = {name: client(registries[name].url, writable=True) for name in LEGS}
         tee = Tee(
-            Reader(primary, layer.digest), LEGS, repository="app", digest=layer.digest, window=MiB
+            Reader(primary, layer.digest),
+            layer.size,
+            LEGS,
+            repository="app",
+            digest=layer.digest,
+            window=MiB,
         )
         tracemalloc.start()
         try:
@@ -275,7 +285,12 @@ def test_closing_the_tee_stops_every_leg_and_joins_the_producer(registries):
     with client(registries["primary"].url) as primary:
         targets = {name: client(registries[name].url, writable=True) for name in LEGS}
         tee = Tee(
-            Reader(primary, layer.digest), LEGS, repository="app", digest=layer.digest, window=MiB
+            Reader(primary, layer.digest),
+            layer.size,
+            LEGS,
+            repository="app",
+            digest=layer.digest,
+            window=MiB,
         )
 
         def slow(leg: str, body: OpenBody) -> OpenBody:
@@ -364,6 +379,7 @@ def test_any_pattern_of_leg_failures(registries, size, patterns):
         targets = {name: client(registries[name].url, writable=True) for name in LEGS}
         tee = Tee(
             reader,
+            layer.size,
             LEGS,
             repository="app",
             digest=layer.digest,

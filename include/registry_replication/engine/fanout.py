@@ -133,6 +133,7 @@ class FanoutCopier:
                 return {s: f.result() for s, f in futures.items()}
             with Tee(
                 self._reader(group),
+                group.size,
                 names,
                 repository=group.source,
                 digest=group.digest,

@@ -69,6 +69,7 @@ class Tee:
     def __init__(
         self,
         open_body: OpenBody,
+        size: int,
         legs: Sequence[str],
         *,
         repository: str,
@@ -78,10 +79,11 @@ class Tee:
         lag_seconds: float = 5.0,
         stall_seconds: float = 180.0,
     ) -> None:
-        """``open_body``: the blob on the primary from an offset (a whole read hashes it);
-        ``legs``: their names, for ``open_for`` and the log; ``window``: the bytes buffered per
+        """``open_body``: the blob on the primary from an offset (a whole read hashes it), of
+        ``size`` bytes; ``legs``: their names, for ``open_for`` and the log; ``window``: the bytes buffered per
         leg; ``stall_seconds``: longer than a primary read's timeout plus every leg's lag."""
         self._open = open_body
+        self._size = size
         self._legs = {name: _Leg(name) for name in legs}
         self._where = f"{repository}@{digest}"
         self._window = window
@@ -166,7 +168,7 @@ class Tee:
         finally:
             with self._cond:
                 self._drop(leg)
-        if leg.detached:
+        if leg.detached and position < self._size:  # (at the end: the registry checks it)
             yield from self._open(position)
 
     def _next_chunk(self, leg: _Leg) -> bytes | None:
