@@ -217,5 +217,20 @@ def test_a_slow_secondary_is_detached_and_finishes_on_its_own_read(sites, counte
         assert [r.outcome for r in results[name]] == ["copied"], results[name]
         assert read_back(sites[name], "app", layer) == layer.data
     assert copier.detached == [("s3", layer.digest)]
+    print(f"fan-out with a detached leg: {proxy.body_bytes_sent} primary bytes for {layer.size}")
     # The shared read, then s3's own read of what it had not had.
     assert layer.size < copier.primary_bytes == proxy.body_bytes_sent < 2 * layer.size
+
+
+def test_a_small_blob_longer_than_planned_is_refused_as_it_arrives(sites, counted, leases):
+    _, primary = counted
+    layer = images.random_layer(100 * KiB)
+    push(sites["primary"], "app", layer)
+    planned = BlobTask(layer.digest, layer.size - 1000, "app", "app")  # the plan's size is short
+    targets = {name: client(sites[name].url, writable=True) for name in NAMES}
+    results = fanout(primary, targets, leases).copy_blobs({name: [planned] for name in NAMES})
+    for name in NAMES:
+        (result,) = results[name]
+        assert result.outcome == "failed" and result.code == "SIZE_INVALID", result.error
+        with client(sites[name].url) as reader:
+            assert not reader.has_blob("app", layer.digest)

@@ -128,7 +128,7 @@ class FanoutCopier:
         names = list(group.legs)
         with ThreadPoolExecutor(len(names), thread_name_prefix="fanout-leg") as legs:
             if group.size <= self.buffer_bytes:
-                source = _Buffered(self._reader(group))
+                source = _Buffered(self._reader(group), group)
                 futures = {s: legs.submit(self._leg, s, group, source.open) for s in names}
                 return {s: f.result() for s, f in futures.items()}
             with Tee(
@@ -233,10 +233,12 @@ class _Buffered:
     """A small blob read once into memory, whole and digest-checked, for every leg: the first
     leg that needs bytes reads it (under its own upload's retry policy), the others wait for
     that read. A read the primary may answer next time (unavailable) is tried again by the
-    next leg that asks; a digest mismatch fails every leg."""
+    next leg that asks; a digest mismatch fails every leg. More bytes than the plan's size
+    are refused as they arrive: memory stays bounded whatever the primary sends."""
 
-    def __init__(self, read: OpenBody) -> None:
+    def __init__(self, read: OpenBody, group: FanoutTask) -> None:
         self._read = read
+        self._group = group
         self._lock = threading.Lock()
         self._data: bytes | None = None
         self._error: RegistryError | None = None
@@ -247,8 +249,28 @@ class _Buffered:
                 raise copy.copy(self._error) from self._error  # each leg its own traceback
             if self._data is None:
                 try:
-                    self._data = b"".join(self._read(0))
+                    self._data = self._whole()
                 except DigestMismatchError as exc:
                     self._error = exc
                     raise
         return (self._data[offset:],)
+
+    def _whole(self) -> bytes:
+        data = bytearray()
+        stream = iter(self._read(0))
+        try:
+            for chunk in stream:
+                data += chunk
+                if len(data) > self._group.size:
+                    raise DigestMismatchError(
+                        f"the primary sent more bytes than the blob's size {self._group.size}",
+                        operation="get blob",
+                        repository=self._group.source,
+                        reference=self._group.digest,
+                        code="SIZE_INVALID",
+                    )
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        return bytes(data)
