@@ -9,12 +9,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from registry_replication.engine.copy import Copier
 from registry_replication.engine.fanout import FanoutCopier, fanout_tasks
 from registry_replication.engine.plan import BlobTask
 from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.config import RegistryConfig
+from registry_replication.transport.errors import RegistryError, RegistryUnavailableError
 from replication_harness import images
 from replication_harness.registry import LocalRegistry
 from replication_harness.servers import Fault, FaultProxy
@@ -234,3 +237,77 @@ def test_a_small_blob_longer_than_planned_is_refused_as_it_arrives(sites, counte
         assert result.outcome == "failed" and result.code == "SIZE_INVALID", result.error
         with client(sites[name].url) as reader:
             assert not reader.has_blob("app", layer.digest)
+
+
+# -- the class of leg failures, through the engine ---------------------------------------------
+
+OK, FAIL, BLIP, PAUSE = "ok", "fail", "blip", "pause"
+
+
+class Faulty(Copier):
+    """A secondary's ``Copier`` whose leg meets ``pattern`` at a fraction of each blob: a
+    failure its upload does not retry, a dropped connection it does, or a pause past the lag."""
+
+    pattern: tuple[str, float] = (OK, 0.0)
+
+    def copy_blob(self, task: BlobTask, open_body=None):
+        kind, where = self.pattern
+        at, fired = int(where * task.size), threading.Event()
+
+        def faulty(offset: int) -> Iterator[bytes]:
+            position = offset
+            for chunk in open_body(offset):
+                if kind != OK and not fired.is_set() and position <= at < position + len(chunk):
+                    fired.set()
+                    if kind == FAIL:
+                        raise RegistryError("injected leg failure", code="DENIED")
+                    if kind == BLIP:
+                        raise RegistryUnavailableError("injected dropped connection")
+                    time.sleep(0.6)
+                position += len(chunk)
+                yield chunk
+
+        return super().copy_blob(task, faulty)
+
+
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    sizes=st.tuples(st.integers(1, 400 * KiB), st.integers(600 * KiB, 3 * MiB)),
+    patterns=st.tuples(
+        *(st.tuples(st.sampled_from([OK, FAIL, BLIP, PAUSE]), st.floats(0, 0.999)) for _ in NAMES)
+    ),
+)
+def test_any_pattern_of_leg_failures_is_contained(sites, counted, leases, sizes, patterns):
+    """In memory or teed, whichever legs fail at whichever byte: the others commit exact
+    bytes, each failed leg is a failed result naming its secondary, nothing hangs, no thread
+    is left, and the primary is read at most once more per troubled leg."""
+    _, primary = counted
+    layers = [images.random_layer(n) for n in sizes]
+    push(sites["primary"], "app", *layers)
+    copiers = {}
+    for name, pattern in zip(NAMES, patterns):
+        copiers[name] = Faulty(
+            primary, client(sites[name].url, writable=True), leases=leases, chunk_size=512 * KiB
+        )
+        copiers[name].pattern = pattern
+    copier = FanoutCopier(primary, copiers, buffer_bytes=BUFFER, window=256 * KiB, lag_seconds=0.2)
+    started = time.monotonic()
+    results = copier.copy_blobs({name: [task(x) for x in layers] for name in NAMES})
+    assert time.monotonic() - started < 60
+    for name, (kind, _) in zip(NAMES, patterns):
+        for result, layer in zip(results[name], layers):
+            if kind == FAIL:
+                assert result.outcome == "failed", (name, patterns)
+                assert result.error.startswith(f"secondary {name}: ") and "DENIED" in result.error
+                with client(sites[name].url) as reader:
+                    assert not reader.has_blob("app", layer.digest)
+            else:
+                assert result.outcome == "copied", (name, patterns, result.error)
+                assert read_back(sites[name], "app", layer) == layer.data
+    troubled = sum(kind != OK for kind, _ in patterns)
+    assert copier.primary_bytes <= (1 + troubled) * sum(sizes)
+    assert not [t for t in threading.enumerate() if t.name.startswith(("tee", "fanout"))]
