@@ -171,24 +171,24 @@ class FanoutCopier:
         finally:
             if leave is not None:
                 leave(secondary)
-        for result in results:
-            if result.outcome == BlobOutcome.FAILED:
-                self._note_failure(secondary, copier, result)
+        failed = [r for r in results if r.outcome == BlobOutcome.FAILED]
+        for result in failed:
+            log.error(
+                "fan-out: blob %s@%s to secondary %s failed: %s",
+                result.repository,
+                result.digest,
+                secondary,
+                result.error,
+            )
+            result.error = f"secondary {secondary}: {result.error}"
+        # No answer, or an answer worth another try: the site, or the primary, may be down.
+        if any(r.status in RETRY_STATUSES or (r.status is None and r.code is None) for r in failed):
+            self._check_site(secondary, copier)
         return results
 
-    def _note_failure(self, secondary: str, copier: Copier, result: BlobResult) -> None:
-        """Name the secondary in a failed leg's result; open its breaker when the failure was
-        an unavailable site (a one-try ``ping`` tells the site from the primary)."""
-        log.error(
-            "fan-out: blob %s@%s to secondary %s failed: %s",
-            result.repository,
-            result.digest,
-            secondary,
-            result.error,
-        )
-        result.error = f"secondary {secondary}: {result.error}"
-        if not (result.status is None or result.status in RETRY_STATUSES):
-            return
+    def _check_site(self, secondary: str, copier: Copier) -> None:
+        """Open ``secondary``'s breaker unless it answers a one-try ``ping`` (which tells a
+        site that is down from a primary that is)."""
         if secondary in self._down:
             return
         try:
