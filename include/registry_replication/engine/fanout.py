@@ -109,8 +109,14 @@ class FanoutCopier:
             except Exception as exc:  # noqa: BLE001 - tidying up; its copies still go on
                 log.warning("could not cancel abandoned uploads on %s: %s", secondary, exc)
         groups = fanout_tasks(plans)
-        with ThreadPoolExecutor(self.parallelism, thread_name_prefix="fanout") as pool:
+        pool = ThreadPoolExecutor(self.parallelism, thread_name_prefix="fanout")
+        try:
             done = list(pool.map(self._fan_out, groups))
+        except BaseException:
+            # Interrupted: the digests not begun are dropped, those in flight joined.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
         by_task = {
             (secondary, id(group.legs[secondary])): results
             for group, legs in zip(groups, done)
