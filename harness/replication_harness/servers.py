@@ -229,6 +229,7 @@ class _ProxyHandler(_QuietHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data[:cut_after])
+            self.owner.sent(len(data[:cut_after]))
         if cut_after is not None:
             self.wfile.flush()
             self.close_connection = True
@@ -261,6 +262,7 @@ class FaultProxy(_Server):
         self._lock = threading.Lock()
         self.log: list[tuple[str, str, int | str]] = []
         self.strip_head_length = False  # answer HEADs without Content-Length, as some proxies do
+        self.body_bytes_sent = 0  # the forwarded answers' body bytes, as the registry served them
 
     def hold(self, method: str = "", path_contains: str = "", after: int = 0) -> Hold:
         """Hold the matching requests (from now on, but the first ``after``) until the returned
@@ -301,6 +303,10 @@ class FaultProxy(_Server):
                 fault.after -= 1
                 return None
             return self._faults.popleft()
+
+    def sent(self, n: int) -> None:
+        with self._lock:
+            self.body_bytes_sent += n
 
     def record(self, method: str, path: str, outcome: int | str) -> None:
         with self._lock:

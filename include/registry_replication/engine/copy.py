@@ -31,7 +31,7 @@ from registry_replication.outcomes import (
 )
 from registry_replication.store.record import TagRecord
 from registry_replication.transport.client import Descriptor, Manifest, RegistryClient
-from registry_replication.transport.upload import Upload
+from registry_replication.transport.upload import OpenBody, Upload
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +178,10 @@ class Copier:
         while not stop.wait(self.progress_interval):
             log.info(self._progress.line())
 
-    def copy_blob(self, task: BlobTask) -> list[BlobResult]:
-        """Put the blob into every repository of the task; one result per repository."""
-        results = [self._into_target(task)]
+    def copy_blob(self, task: BlobTask, open_body: OpenBody | None = None) -> list[BlobResult]:
+        """Put the blob into every repository of the task; one result per repository.
+        ``open_body``: the target's bytes from elsewhere than a read of the primary (a fan-out)."""
+        results = [self._mount_or_copy(task, task.target, task.mount_from, open_body)]
         source_ok = results[0].outcome != BlobOutcome.FAILED
         for repository in task.mounts:
             results.append(
@@ -190,10 +191,13 @@ class Copier:
             self.on_result(result)
         return results
 
-    def _into_target(self, task: BlobTask) -> BlobResult:
-        return self._mount_or_copy(task, task.target, task.mount_from)
-
-    def _mount_or_copy(self, task: BlobTask, repository: str, mount_from: str | None) -> BlobResult:
+    def _mount_or_copy(
+        self,
+        task: BlobTask,
+        repository: str,
+        mount_from: str | None,
+        open_body: OpenBody | None = None,
+    ) -> BlobResult:
         started = time.monotonic()
         result = BlobResult(repository, task.digest, task.size, BlobOutcome.SKIPPED)
         try:
@@ -202,7 +206,7 @@ class Copier:
             elif mount_from and self.secondary.mount_blob(repository, task.digest, mount_from):
                 result.outcome = BlobOutcome.MOUNTED
             else:
-                result.bytes = self._transfer(task, repository)
+                result.bytes = self._transfer(task, repository, open_body)
                 result.outcome = BlobOutcome.COPIED
         except Exception as exc:  # noqa: BLE001 - the unit's boundary: this blob, this repository
             result.outcome = BlobOutcome.FAILED
@@ -222,7 +226,7 @@ class Copier:
                     upload["location"].split("?")[0],
                 )
 
-    def _transfer(self, task: BlobTask, repository: str) -> int:
+    def _transfer(self, task: BlobTask, repository: str, source: OpenBody | None = None) -> int:
         """Stream the blob from the primary into the secondary; returns the bytes read.
 
         The secondary's client uploads it (and resumes it after an interruption, reopening the
@@ -234,7 +238,12 @@ class Copier:
 
         def open_body(offset: int) -> Iterator[bytes]:
             nonlocal read
-            for chunk in self.primary.read_blob(task.source, task.digest, offset=offset):
+            chunks = (
+                source(offset)
+                if source
+                else self.primary.read_blob(task.source, task.digest, offset=offset)
+            )
+            for chunk in chunks:
                 read += len(chunk)
                 if self._progress:
                     self._progress.add(len(chunk))
