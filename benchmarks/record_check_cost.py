@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from registry_replication.engine import secondary_listing
 from registry_replication.engine.leases import Leases
 from registry_replication.engine.sync import SyncOptions, run_sync
+from registry_replication.settings import current
 from registry_replication.store import Store
 from registry_replication.store.schema import recorded_verifications
 from registry_replication.transport.client import RegistryClient
@@ -58,12 +59,15 @@ def main() -> None:
     with store.engine.connect() as conn:
         recorded = conn.execute(sa.select(recorded_verifications.c.registry).limit(1)).scalar()
     port = {"port": urlsplit(recorded).port} if reused and recorded else {}
+    # A workdir from before several secondaries: its record is the CLI's secondary's.
+    settings = current()
+    store.secondaries.adopt_legacy(settings.secondaries, lambda _: None, settings.secondary_conn_id)
     with (
         LocalRegistry(workdir / "primary", name="primary") as primary,
         LocalRegistry(workdir / name, name=name, **port) as secondary,
         RegistryClient(primary.client_config()) as source,
         RegistryClient(secondary.client_config(), writable=True) as target,
-        Leases(store) as leases,
+        Leases(store, current().secondaries[0]) as leases,
     ):
         if not reused:
             started = time.monotonic()

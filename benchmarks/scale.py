@@ -49,6 +49,7 @@ from pathlib import Path
 
 import psutil
 
+from registry_replication.settings import current
 from registry_replication.store import Store
 from registry_replication.store.record import TagRecord
 from replication_harness.floor import floor_full_copy, floor_primary_noop
@@ -304,7 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             record("floor: primary HEADs", timed(meter, floor_primary_noop, primary, corpus, 16))
             known = {
                 pair: d.digest
-                for pair, d in TagRecord(Store()).descriptors(corpus.repositories).items()
+                for pair, d in TagRecord(Store(), current().secondaries[0])
+                .descriptors(corpus.repositories)
+                .items()
             }
             record(
                 "floor: primary conditional HEADs",

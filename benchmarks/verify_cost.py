@@ -24,6 +24,7 @@ from registry_replication.engine.leases import Leases
 from registry_replication.engine.snapshot import take_snapshot
 from registry_replication.engine.sync import SyncOptions, run_sync
 from registry_replication.outcomes import VerifyLevel
+from registry_replication.settings import current
 from registry_replication.store import Store
 from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.config import RegistryConfig
@@ -64,7 +65,7 @@ def main() -> None:
             f"{time.monotonic() - started:.0f}s"
         )
         source = RegistryClient(primary.client_config())
-        with Leases(store) as leases:
+        with Leases(store, current().secondaries[0]) as leases:
             started = time.monotonic()
             run_sync(
                 source,

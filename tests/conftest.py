@@ -184,7 +184,7 @@ def store(tmp_path: Path) -> Store:
 @pytest.fixture
 def leases(store: Store) -> Iterator[Leases]:
     """A writer's leases in the test's store."""
-    with Leases(store) as held:
+    with Leases(store, "registry_secondary") as held:
         yield held
 
 

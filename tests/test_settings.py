@@ -8,9 +8,11 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from registry_replication import settings
-from registry_replication.settings import Settings, SettingsError
+from registry_replication.settings import SECONDARY_ID, Settings, SettingsError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 HEADER = "| setting | default | what |\n|---|---|---|\n"
@@ -99,3 +101,70 @@ def test_current_is_loaded_once_and_again_when_the_environment_changes(monkeypat
     assert settings.current() is first
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES", "7")
     assert settings.current().task_retries == 7
+
+
+def test_the_secondaries_are_the_list_else_the_one_secondary():
+    assert Settings.load({}.get).secondaries == ("registry_secondary",)
+    assert Settings.load({"secondary_conn_id": "geo"}.get).secondaries == ("geo",)
+    listed = Settings.load(
+        {"secondary_conn_ids": " registry_eu, ,registry_ap,", "secondary_conn_id": "geo"}.get
+    )
+    assert listed.secondaries == ("registry_eu", "registry_ap")  # in order, blanks dropped
+    assert Settings.load({"secondary_conn_ids": " , "}.get).secondaries == ("registry_secondary",)
+
+
+ID_CHARACTERS = "abcXYZ019_-"
+secondary_ids = st.text(alphabet=ID_CHARACTERS, min_size=1, max_size=100)
+
+
+@given(st.lists(secondary_ids, min_size=1, max_size=5, unique=True))
+def test_any_distinct_ids_of_the_grammar_are_secondaries(ids):
+    given_ = {"secondary_conn_ids": ",".join(ids), "primary_conn_id": "the/primary"}
+    assert Settings.load(given_.get).secondaries == tuple(ids)
+
+
+@given(
+    st.lists(secondary_ids, max_size=3, unique=True),
+    st.one_of(
+        st.text(min_size=1, max_size=100).filter(
+            lambda t: "," not in t and t.strip() and not SECONDARY_ID.fullmatch(t.strip())
+        ),
+        st.text(alphabet=ID_CHARACTERS, min_size=101, max_size=140),
+    ),
+)
+def test_an_id_out_of_the_grammar_is_refused_by_name(ids, odd):
+    """A dot, a space, a slash, a non-ASCII letter or 101 characters: not a task group's id."""
+    with pytest.raises(SettingsError, match=re.escape(f"names {odd.strip()!r}, not a secondary")):
+        Settings.load({"secondary_conn_ids": ",".join([*ids, odd])}.get)
+
+
+def test_an_odd_single_secondary_is_refused_too():
+    with pytest.raises(
+        SettingsError,
+        match=re.escape(
+            "[registry_replication] secondary_conn_id = 'geo.secondary' names 'geo.secondary', "
+            "not a secondary's id"
+        ),
+    ):
+        Settings.load({"secondary_conn_id": "geo.secondary"}.get)
+
+
+@pytest.mark.parametrize(
+    ("given_", "message"),
+    [
+        ({"secondary_conn_ids": "eu,ap,eu,ap,us"}, "names ap, eu more than once"),
+        (
+            {"secondary_conn_ids": "eu,registry_primary"},
+            "names the primary's connection 'registry_primary'",
+        ),
+        ({"secondary_conn_id": "geo", "primary_conn_id": "geo"}, "names the primary's"),
+    ],
+)
+def test_secondaries_that_cannot_be_told_apart_are_refused(given_, message):
+    name = next(iter(n for n in given_ if n.startswith("secondary")))
+    with pytest.raises(
+        SettingsError,
+        match=rf"\[registry_replication\] {name} = .* {re.escape(message)}.*"
+        r"environment: AIRFLOW__REGISTRY_REPLICATION__",
+    ):
+        Settings.load(given_.get)

@@ -20,6 +20,7 @@ import time
 from registry_replication.engine.leases import Leases
 from registry_replication.engine.realtime import replicate_events
 from registry_replication.outcomes import EventStatus
+from registry_replication.settings import current
 from registry_replication.store import Store
 from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.config import RegistryConfig
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(args.store)
     primary = RegistryClient(RegistryConfig.from_connection(args.primary))
     secondary = RegistryClient(RegistryConfig.from_connection(args.secondary), writable=True)
-    with Leases(store, ttl_seconds=args.lease_seconds) as leases:
+    with Leases(store, current().secondaries[0], ttl_seconds=args.lease_seconds) as leases:
         leases.keep_alive()
         while True:
             store.queue.dead_letter_lost(args.max_attempts)

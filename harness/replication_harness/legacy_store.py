@@ -1,6 +1,6 @@
 """Checks of the store's migrations: a store made by the code from before migrations upgrades
-with its data, so does a store at each revision with a row in every table, and the revisions
-make the declared schema.
+with its data, so does a store at each revision with a row in every table (a secondary's rows
+on the placeholder ``LEGACY`` until adopted), and the revisions make the declared schema.
 
 The old store is a dump in ``schemas/`` (``premigration.<dialect>.sql``): that code's schema
 and the data it wrote for the steps in ``schemas/README.md``, dumped once from SQLite and
@@ -20,7 +20,8 @@ from alembic.script import ScriptDirectory
 
 from registry_replication.store import Store, engine, migrate
 from registry_replication.store.queue import Event
-from registry_replication.store.schema import metadata
+from registry_replication.store.schema import LEGACY, metadata, secondaries
+from registry_replication.store.secondaries import KEYED
 
 SCHEMAS = Path(__file__).parent / "schemas"
 T0 = dt.datetime(2026, 11, 28, 6, 0, tzinfo=dt.UTC)
@@ -83,12 +84,20 @@ def assert_premigration_store_upgrades(url: str) -> None:
     assert [(r["repository"], r["state"]) for r in store.state.repository_states()] == [
         ("group/app", "failed")
     ]
-    assert [r["owner"] for r in store.state.all_leases()] == ["old-writer"]
+    assert [(r["secondary"], r["owner"]) for r in store.state.all_leases()] == [
+        (LEGACY, "old-writer")
+    ]
     assert store.history.copied_bytes_total() == 12345
     assert store.history.push_latency_histogram()[1] == 2
     assert store.history.record_dag_outcome("registry_reconcile", "run2", "success") == "failed"
     assert [a["subject"] for a in store.history.alerts()] == ["subject"]
     assert_schema_matches(store)
+    # Its secondary's rows wait on the placeholder; the first writer gives them to its
+    # secondary (no record verified at a URL: the secondary_conn_id setting's).
+    assert_adopted(store, ("registry_eu", "registry_secondary"), "registry_secondary")
+    assert [(r["secondary"], r["state"]) for r in store.state.repository_states()] == [
+        ("registry_secondary", "failed")
+    ]
 
     # The upgraded store works on: the old events are claimed, a new one is added.
     assert store.queue.add([Event("e9", "push", "group/app", "2.0", None, None, T0)]) == 1
@@ -133,9 +142,10 @@ def _row_counts(conn: sa.Connection) -> dict[sa.Table, int]:
     }
 
 
-def assert_revision_upgrades(url: str, revision: str) -> None:
-    """A store at ``revision`` with a row in every table upgrades to head and keeps them all:
-    the pre-migrations dump, upgraded to ``revision``, a row added to each empty table."""
+def store_at(url: str, revision: str) -> dict[str, int]:
+    """Make the store at ``url`` a store at ``revision`` with a row in every table (the
+    pre-migrations dump, upgraded to ``revision``, a row added to each empty table); returns
+    each table's rows."""
     load_dump(url, "premigration")
     created = engine.create(url)
     try:
@@ -151,9 +161,45 @@ def assert_revision_upgrades(url: str, revision: str) -> None:
     finally:
         created.dispose()
     assert min(before.values()) >= 1
+    return before
+
+
+def assert_revision_upgrades(url: str, revision: str) -> None:
+    """A store at ``revision`` with a row in every table upgrades to head and keeps them all."""
+    before = store_at(url, revision)
 
     store = Store(url)  # the first use upgrades it
     assert_schema_matches(store)
     with store.engine.connect() as conn:
         after = {table.name: count for table, count in _row_counts(conn).items()}
     assert {name: after[name] for name in before} == before
+    assert_adopted(store, ("registry_eu", "registry_ap"), "registry_secondary")
+    with store.engine.connect() as conn:
+        adopted = {table.name: count for table, count in _row_counts(conn).items()}
+    assert {name: adopted[name] for name in before} == before
+
+
+def secondaries_of(store: Store) -> dict[str, set[str]]:
+    """{table: the secondaries its rows name} of each table of a secondary's state."""
+    with store.engine.connect() as conn:
+        return {
+            table.name: set(conn.execute(sa.select(table.c.secondary).distinct()).scalars())
+            for table in KEYED
+        }
+
+
+def assert_adopted(store: Store, configured: tuple[str, ...], preferred: str) -> None:
+    """The rows a revision before 0007 left are all ``LEGACY``'s until a writer adopts them;
+    then all ``preferred``'s if it is configured, else ``configured[0]``'s (no record was
+    verified at a configured URL), and nothing is left to adopt."""
+    found = {name: names for name, names in secondaries_of(store).items() if names}
+    assert found == dict.fromkeys(found, {LEGACY})
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(secondaries.c.conn_id)).scalars().all() == [LEGACY]
+    chosen = preferred if preferred in configured else configured[0]
+    assert store.secondaries.adopt_legacy(configured, lambda _: None, preferred) == chosen
+    adopted = {name: names for name, names in secondaries_of(store).items() if names}
+    assert adopted == dict.fromkeys(found, {chosen})
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(secondaries.c.conn_id)).scalars().all() == []
+    assert store.secondaries.adopt_legacy(configured, lambda _: None, preferred) is None

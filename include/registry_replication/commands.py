@@ -14,13 +14,15 @@ from dataclasses import asdict
 import pandas as pd
 
 from registry_replication.engine import diff as diffs
+from registry_replication.engine.leases import Leases
 from registry_replication.engine.plan import Plan
 from registry_replication.engine.snapshot import problem_line
 from registry_replication.engine.sync import SyncOptions, planned, run_sync, snapshots
 from registry_replication.outcomes import Scope, Snapshot
 from registry_replication.run_outcome import RunOutcome
-from registry_replication.settings import current
+from registry_replication.settings import SECONDARY_ID, current
 from registry_replication.store import Store
+from registry_replication.store.record import TagRecord
 from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.config import ConfigError, RegistryConfig
 from registry_replication.transport.errors import RegistryError
@@ -58,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
                 else {}
             ),
         )
+        if args.command != "verify":  # verify lists both sides and reads no secondary's rows
+            _adopt_legacy(_secondary_id(args.secondary), secondary.url)
         return {"plan": _plan, "sync": _sync, "verify": _verify}[args.command](
             primary, secondary, options, args
         )
@@ -67,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _plan(primary, secondary, options: SyncOptions, args) -> int:
-    report = planned(primary, secondary, options, Store())
+    record = TagRecord(Store(), _secondary_id(args.secondary))
+    report = planned(primary, secondary, options, record)
     plan = report.plan
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
@@ -89,7 +94,8 @@ def _print_skipped(plan: Plan) -> None:
 
 
 def _sync(primary, secondary, options: SyncOptions, args) -> int:
-    report = run_sync(primary, secondary, options)
+    with Leases(Store(), _secondary_id(args.secondary)) as leases:
+        report = run_sync(primary, secondary, options, leases=leases)
     outcome = report.outcome()
     if args.json:
         print(
@@ -196,9 +202,44 @@ def _print_problems(*listings: Snapshot) -> None:
 
 
 def _config(definition: str) -> RegistryConfig:
-    if definition.lstrip().startswith("{") or "://" in definition:
+    if _given_whole(definition):
         return RegistryConfig.from_connection(definition)
     return RegistryConfig.from_env(definition)
+
+
+def _given_whole(definition: str) -> bool:
+    """A connection given as its JSON or URI rather than by its id."""
+    return definition.lstrip().startswith("{") or "://" in definition
+
+
+def _secondary_id(definition: str) -> str:
+    """The secondary's id in the store (its rows, its leases shared with the DAGs): its
+    connection id; the first configured secondary's for a connection given whole."""
+    if _given_whole(definition):
+        return current().secondaries[0]
+    if not SECONDARY_ID.fullmatch(definition):
+        raise ValueError(
+            f"--secondary {definition!r} is not a secondary's connection id (1 to 100 letters, "
+            "digits, _ or -), nor a connection's JSON or URI"
+        )
+    return definition
+
+
+def _adopt_legacy(name: str, url: str) -> None:
+    """The store's rows from before several secondaries go to one of the configured ones
+    (``store.secondaries``), judged by the URLs of those this shell can resolve (``name``'s
+    is ``url``)."""
+
+    def url_of(conn_id: str) -> str | None:
+        if conn_id == name:
+            return url
+        try:
+            return RegistryConfig.from_env(conn_id).url
+        except ConfigError:
+            return None
+
+    settings = current()
+    Store().secondaries.adopt_legacy(settings.secondaries, url_of, settings.secondary_conn_id)
 
 
 def _print(title: str, frame: pd.DataFrame) -> None:

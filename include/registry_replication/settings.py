@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 SECTION = "registry_replication"
 
@@ -24,6 +25,10 @@ SYNC_DAG_ID = "registry_sync"
 EVENTS_DAG_ID = "registry_events"
 
 Read = Callable[[str], "str | None"]
+
+# A secondary's id, its connection id: the store keys its rows by it and each DAG names its task
+# group after it, whose grammar has no dots (letters, digits, ``_`` and ``-``).
+SECONDARY_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 
 class SettingsError(ValueError):
@@ -54,6 +59,12 @@ class Settings:
         "registry_secondary",
         "the Airflow connection of the secondary registry (all three DAGs)",
         example="geo_secondary",
+    )
+    secondary_conn_ids: tuple[str, ...] = setting(
+        (),
+        "the connections of the secondaries, comma separated; unset: `secondary_conn_id` alone",
+        example="registry_secondary,registry_eu,registry_ap",
+        shown="`secondary_conn_id`",
     )
     db_url: str = setting(
         "",
@@ -227,6 +238,30 @@ class Settings:
         env="REGISTRY_REPLICATION_METRICS_TOKEN",
     )
 
+    def __post_init__(self) -> None:
+        """Refuse secondaries that cannot be told apart: ids out of grammar, twice, the primary."""
+        name = "secondary_conn_ids" if self.secondary_conn_ids else "secondary_conn_id"
+        value = ",".join(self.secondaries)
+        for conn_id in self.secondaries:
+            if not SECONDARY_ID.fullmatch(conn_id):
+                _refuse(
+                    name,
+                    value,
+                    f"names {conn_id!r}, not a secondary's id (1 to 100 letters, digits, _ "
+                    "or -: it names the secondary's rows in the store and its task group)",
+                )
+            if conn_id == self.primary_conn_id:
+                _refuse(name, value, f"names the primary's connection {conn_id!r}")
+        if len(set(self.secondaries)) < len(self.secondaries):
+            twice = sorted({s for s in self.secondaries if self.secondaries.count(s) > 1})
+            _refuse(name, value, f"names {', '.join(twice)} more than once")
+
+    @property
+    def secondaries(self) -> tuple[str, ...]:
+        """The secondaries' connection ids, in order: ``secondary_conn_ids``, else
+        ``secondary_conn_id`` alone."""
+        return self.secondary_conn_ids or (self.secondary_conn_id,)
+
     @classmethod
     def load(cls, read: Read) -> Settings:
         """The settings ``read(name)`` gives (None: unset), then each field's older variable,
@@ -284,6 +319,8 @@ def _parse(spec: dataclasses.Field[Any], raw: str) -> Any:
     kind = spec.type
     if kind == "str":
         return raw
+    if kind == "tuple[str, ...]":
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
     text = raw.strip()
     if not text:
         return spec.default_factory() if kind.startswith("dict") else spec.default  # type: ignore[misc]
@@ -304,8 +341,15 @@ def _parse(spec: dataclasses.Field[Any], raw: str) -> Any:
         expected = {"int": "a whole number", "float": "a number", "bool": "True or False"}.get(
             kind, "a JSON object"
         )
-        raise SettingsError(
-            f"[{SECTION}] {spec.name} = {raw!r} is not {expected}: set it like "
-            f"{spec.name} = {spec.metadata['example']} (environment: "
-            f"{variable(spec.name)}={spec.metadata['example']})"
-        ) from None
+        _refuse(spec.name, raw, f"is not {expected}")
+
+
+def _refuse(name: str, raw: str, why: str) -> NoReturn:
+    """Raise ``SettingsError``: setting ``name``'s value ``raw`` and why, then an example."""
+    example = next(spec for spec in dataclasses.fields(Settings) if spec.name == name).metadata[
+        "example"
+    ]
+    raise SettingsError(
+        f"[{SECTION}] {name} = {raw!r} {why}: set it like {name} = {example} (environment: "
+        f"{variable(name)}={example})"
+    ) from None

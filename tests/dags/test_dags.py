@@ -100,7 +100,7 @@ def test_reconcile_replicates_then_does_nothing(
     assert re.search(r"manifests pushed\s+0\n", summary), summary
     # The first run listed the secondary and recorded it; the no-op read that record instead.
     assert re.search(r"run kind\s+cheap run: the secondary as recorded", summary), summary
-    record = TagRecord(Store())
+    record = TagRecord(Store(), "registry_secondary")
     for (repository, tag), digest in pushed.items():
         assert record.rows(repository)[tag] == ("present", digest), (repository, tag)
 
@@ -240,7 +240,7 @@ def replicate_push(primary_reader, secondary_writer, repository, tag, digest):
         None,
         dt.datetime.now(dt.UTC),
     )
-    with Leases(Store()) as leases:
+    with Leases(Store(), "registry_secondary") as leases:
         assert replicate_events(primary_reader, secondary_writer, [event], leases=leases) == {
             event.id: None
         }

@@ -304,7 +304,9 @@ def test_a_report_prunes_the_store_history_and_the_counters_hold(
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__HISTORY_RETENTION_DAYS", "30")
     long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=40)
     store.history.record_run("registry_reconcile", "old", "success", {"bytes copied": 12345})
-    store.history.record_copied_bytes("registry_reconcile", "old", "copy_blobs", 0, 12345)
+    store.history.record_copied_bytes(
+        "registry_reconcile", "old", "copy_blobs", 0, "registry_secondary", 12345
+    )
     store.queue.add([Event("old-event", "push", "group/app", "v0", None, None, long_ago)])
     owner, _ = store.queue.claim()
     store.queue.complete(owner, ["old-event"])
@@ -389,7 +391,9 @@ def test_a_failed_retention_leaves_a_successful_run_successful(
 def test_a_history_retention_below_a_day_is_logged_and_prunes_nothing(store, monkeypatch, caplog):
     from registry_replication.airflow.run_folder import _prune_history
 
-    store.history.record_copied_bytes("registry_reconcile", "old", "copy_blobs", 0, 12345)
+    store.history.record_copied_bytes(
+        "registry_reconcile", "old", "copy_blobs", 0, "registry_secondary", 12345
+    )
     with store.engine.begin() as conn:
         conn.execute(
             copied_bytes.update().values(

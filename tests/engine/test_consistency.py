@@ -49,7 +49,7 @@ def event_path(
     event = Event(
         f"push-{tag}-{digest[-8:]}", "push", repository, tag, digest, None, dt.datetime.now(dt.UTC)
     )
-    with Leases(store) as leases:
+    with Leases(store, "registry_secondary") as leases:
         outcomes = replicate_events(primary_reader, secondary_writer, [event], leases=leases)
     assert outcomes == {event.id: None}
 
@@ -100,7 +100,7 @@ def test_cli_never_deletes_a_tag_pushed_again(
     kept = factory.make()
     images.push(primary_writer, "keep", kept, ["k"])
     images.push(primary_writer, "keep", factory.make(), ["other"])
-    run_sync(primary_reader, secondary_writer, leases=Leases(store))
+    run_sync(primary_reader, secondary_writer, leases=Leases(store, "registry_secondary"))
     primary_writer.delete_manifest("keep", kept.digest)  # k is gone from the primary...
     fresh = factory.make()
     images.push(primary_writer, "app", fresh, ["new"])  # ...and the next sync has work to do
@@ -126,7 +126,7 @@ def test_prune_never_untags_a_tag_that_shares_the_digest(
     a poller reading the kept tag during the prune never finds it missing."""
     shared = images.ImageFactory().make()
     images.push(primary_writer, "app", shared, ["keep", *[f"drop{i}" for i in range(20)]])
-    run_sync(primary_reader, secondary_writer, leases=Leases(store))
+    run_sync(primary_reader, secondary_writer, leases=Leases(store, "registry_secondary"))
     primary_writer.delete_manifest("app", shared.digest)
     images.push(primary_writer, "app", shared, ["keep"])
 
@@ -144,7 +144,10 @@ def test_prune_never_untags_a_tag_that_shares_the_digest(
     poller.start()
     try:
         report = run_sync(
-            primary_reader, secondary_writer, SyncOptions(force_prune=True), leases=Leases(store)
+            primary_reader,
+            secondary_writer,
+            SyncOptions(force_prune=True),
+            leases=Leases(store, "registry_secondary"),
         )
     finally:
         stop.set()

@@ -123,7 +123,7 @@ def test_sigkill_then_rerun_leaves_the_secondary_exact(
         if "upload" in point:
             # The next run after the dead writer's leases expired finds its upload sessions.
             deadline = time.monotonic() + 30
-            while len(store.state.expired_leases("upload:")) < len(
+            while len(store.state.expired_leases("registry_secondary", "upload:")) < len(
                 [lease for lease in left if lease["resource"].startswith("upload:")]
             ):
                 assert time.monotonic() < deadline

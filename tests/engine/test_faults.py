@@ -40,7 +40,7 @@ def test_secondary_restarting_mid_run_is_retried(
         restarter = threading.Thread(target=restart)
         restarter.start()
         with ReplicaWatcher(watching, history) as watch:
-            report = run_sync(source, secondary_writer, leases=Leases(store))
+            report = run_sync(source, secondary_writer, leases=Leases(store, "registry_secondary"))
         restarter.join()
     assert not report.failed, report.counts()
     assert tags_of(secondary_reader) == tags_of(primary_reader)
@@ -59,7 +59,9 @@ def test_secondary_down_for_the_whole_run_fails_cleanly_then_completes(
     with RegistryClient(
         secondary.client_config(max_retries=1, backoff_seconds=0.05), writable=True
     ) as impatient:
-        run_sync(primary_reader, impatient, leases=Leases(store))  # app:1.0 is there
+        run_sync(
+            primary_reader, impatient, leases=Leases(store, "registry_secondary")
+        )  # app:1.0 is there
         update = images.push(primary_writer, "app", images.ImageFactory().multi_arch(), ["1.0"])
         images.push(primary_writer, "other", images.ImageFactory().make(), ["1.0"])
         secondary.stop()
@@ -67,11 +69,11 @@ def test_secondary_down_for_the_whole_run_fails_cleanly_then_completes(
             RegistryUnavailableError,
             match="no answer from the registry.*What to do: check that the registry",
         ):
-            run_sync(primary_reader, impatient, leases=Leases(store))
+            run_sync(primary_reader, impatient, leases=Leases(store, "registry_secondary"))
         secondary.start()
         assert secondary_reader.head_manifest("app", "1.0").digest != update  # the old, whole
         assert secondary_reader.tags("other") == []
-        again = run_sync(primary_reader, impatient, leases=Leases(store))
+        again = run_sync(primary_reader, impatient, leases=Leases(store, "registry_secondary"))
     assert not again.failed
     assert tags_of(secondary_reader) == tags_of(primary_reader)
 
@@ -92,7 +94,9 @@ def test_primary_errors_and_cut_connections_are_retried(
         with RegistryClient(
             RegistryConfig.from_connection({**primary.connection(), "host": proxy.url})
         ) as source:
-            report = run_sync(source, secondary_writer, SyncOptions(), leases=Leases(store))
+            report = run_sync(
+                source, secondary_writer, SyncOptions(), leases=Leases(store, "registry_secondary")
+            )
         injected = [outcome for _, _, outcome in proxy.log if outcome in (500, 503, 429, "cut")]
     assert sorted(map(str, injected)) == ["429", "500", "503", "503", "cut", "cut"]
     assert not report.failed
@@ -122,7 +126,7 @@ def test_a_layer_the_primary_fails_to_serve_max_retries_times_is_replicated_inta
             ) as source,
             RegistryClient(secondary.client_config(**patient), writable=True) as target,
         ):
-            report = run_sync(source, target, leases=Leases(store))
+            report = run_sync(source, target, leases=Leases(store, "registry_secondary"))
         gets = [
             outcome
             for method, path, outcome in proxy.log

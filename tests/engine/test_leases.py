@@ -18,8 +18,8 @@ from registry_replication.store import Store, migrate
 def test_a_lease_is_exclusive_until_released_or_expired(store_url):
     one, two = Store(store_url), Store(store_url)
     with (
-        Leases(one, ttl_seconds=30, owner="one") as first,
-        Leases(two, ttl_seconds=30, wait_seconds=0.3, owner="two") as second,
+        Leases(one, "registry_secondary", ttl_seconds=30, owner="one") as first,
+        Leases(two, "registry_secondary", ttl_seconds=30, wait_seconds=0.3, owner="two") as second,
     ):
         with first.repository("group/app"):
             with pytest.raises(
@@ -38,8 +38,8 @@ def test_a_lease_is_exclusive_until_released_or_expired(store_url):
     assert one.state.all_leases() == []
 
     # A writer that dies holding a lease: it expires, and the next writer takes it over.
-    one.state.acquire_lease("repository:group/app", "dead", ttl_seconds=0.5)
-    with Leases(two, owner="next", wait_seconds=10) as successor:
+    one.state.acquire_lease("registry_secondary", "repository:group/app", "dead", ttl_seconds=0.5)
+    with Leases(two, "registry_secondary", owner="next", wait_seconds=10) as successor:
         started = time.monotonic()
         with successor.repository("group/app"):
             assert [row["owner"] for row in one.state.all_leases()] == ["next"]
@@ -76,7 +76,7 @@ def _writer(url: str, n: int, start: float) -> list[tuple[float, float]]:
     """Take the repository's lease 15 times; the (entered, left) monotonic times."""
     _at(start)
     held = []
-    with Leases(Store(url), owner=f"w{n}", wait_seconds=60) as leases:
+    with Leases(Store(url), "registry_secondary", owner=f"w{n}", wait_seconds=60) as leases:
         for _ in range(15):
             with leases.repository("group/app"):
                 entered = time.monotonic()  # one clock for every process on the machine
@@ -101,7 +101,7 @@ def test_concurrent_writers_never_overlap(store_url):
 
 def test_a_writer_that_cannot_renew_stops_writing(store_url):
     store = Store(store_url)
-    with Leases(store, ttl_seconds=0.4) as leases, leases.repository("app"):
+    with Leases(store, "registry_secondary", ttl_seconds=0.4) as leases, leases.repository("app"):
         leases.check()
         leases._stop.set()  # the heartbeat dies, as when the store is unreachable
         time.sleep(0.3)
@@ -136,7 +136,7 @@ def test_claimed_events_live_as_long_as_their_writer(ev, store_url):
     """A writer's heartbeat keeps its claimed events; a killed writer's come back in one TTL."""
     store = Store(store_url)
     store.queue.add([ev(1), ev(2)])
-    with Leases(store, ttl_seconds=0.6) as alive:
+    with Leases(store, "registry_secondary", ttl_seconds=0.6) as alive:
         owner, claimed = store.queue.claim(lease_seconds=alive.ttl, owner=alive.owner, limit=1)
         alive.keep_alive()
         dead_owner, dead_claim = store.queue.claim(lease_seconds=0.6, owner="killed", limit=1)
@@ -145,3 +145,30 @@ def test_claimed_events_live_as_long_as_their_writer(ev, store_url):
         assert [e.id for e in again] == [e.id for e in dead_claim]  # the killed writer's event
         store.queue.complete(owner, [e.id for e in claimed])
     assert store.queue.stats()["counts"]["done"] == 1
+
+
+def test_each_secondary_has_its_own_leases_and_sessions(store_url):
+    """One store, two secondaries: a repository held on one is free on the other, and a dead
+    writer's upload session is cancelled only by a writer of its own secondary."""
+    store = Store(store_url)
+    with (
+        Leases(store, "registry_eu", ttl_seconds=30, owner="eu") as eu,
+        Leases(store, "registry_ap", ttl_seconds=30, wait_seconds=0.3, owner="ap") as ap,
+        Leases(store, "registry_eu", ttl_seconds=30, wait_seconds=0.3, owner="eu2") as eu2,
+        eu.repository("group/app"),
+    ):
+        with ap.repository("group/app"):  # not held there
+            pass
+        with pytest.raises(LeaseBusy), eu2.repository("group/app"):
+            pass
+    dead = Leases(store, "registry_eu", ttl_seconds=0.2, owner="dead")
+    dead.track_upload("https://eu", "group/app", "/v2/group/app/blobs/uploads/u1?_state=s")
+    dead._stop.set()  # the writer dies: its heartbeat stops
+    time.sleep(0.5)
+    with Leases(store, "registry_ap") as ap:
+        assert list(ap.abandoned_uploads()) == []
+    with Leases(store, "registry_eu") as eu:
+        assert [d["location"] for d in eu.abandoned_uploads()] == [
+            "/v2/group/app/blobs/uploads/u1?_state=s"
+        ]
+    assert store.state.all_leases() == []

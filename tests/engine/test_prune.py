@@ -130,7 +130,7 @@ def test_only_the_doomed_tags_go_and_a_tag_pushed_again_meanwhile_stays(
     # keep and again, on the digest old shared with them, are untouched.
     assert secondary_tags(secondary_reader) == {t: before[t] for t in ("keep", "again")}
     # The record of the secondary's tags says what was removed.
-    record = TagRecord(leases.store)
+    record = TagRecord(leases.store, "registry_secondary")
     assert record.tag_count() == 2
 
 
@@ -172,7 +172,7 @@ def test_the_event_paths_budget_refuses_past_the_fraction_and_deletes_nothing(
     pruned_repository, primary_reader, secondary_writer, secondary_reader, leases
 ):
     before = secondary_tags(secondary_reader)
-    budget = DeleteBudget(TagRecord(leases.store), max_fraction=0.5)
+    budget = DeleteBudget(TagRecord(leases.store, "registry_secondary"), max_fraction=0.5)
     # The listing under the lease records the secondary's 4 tags: 3 would be 75%.
     refused = mirror_tag_deletes(
         primary_reader,

@@ -88,7 +88,7 @@ def test_a_local_store_or_artifacts_path_is_refused_only_on_a_distributed_execut
     )
 
 
-def test_tasks_refuse_at_once_without_retries(monkeypatch):
+def test_tasks_refuse_at_once_without_retries(monkeypatch, postgres):
     from airflow.sdk.exceptions import AirflowFailException
 
     from registry_replication.airflow import deployment
@@ -105,6 +105,9 @@ def test_tasks_refuse_at_once_without_retries(monkeypatch):
     with pytest.raises(AirflowFailException, match="artifacts_path = file:///srv/a"):
         task()
     monkeypatch.delenv("AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH")
+    # A shared store: the task runs (opening it first, to adopt any rows from before several
+    # secondaries).
+    monkeypatch.setenv("REGISTRY_REPLICATION_DB_URL", postgres.create_database("shared"))
     task()
     assert ran == [1] and deployment.artifacts_base() is None  # the artifacts follow the store
 

@@ -234,9 +234,9 @@ def test_a_repository_already_on_the_secondary_is_verified_at_the_next_run(
     from registry_replication.store import Store
 
     images.push(primary_writer, "app", images.ImageFactory().make(), ["v1"])
-    with Leases(Store(f"sqlite:///{tmp_path / 'old.db'}")) as old:
+    with Leases(Store(f"sqlite:///{tmp_path / 'old.db'}"), "registry_secondary") as old:
         assert not run_sync(*replicator, leases=old).failed
-    with Leases(Store(f"sqlite:///{tmp_path / 'new.db'}")) as leases:
+    with Leases(Store(f"sqlite:///{tmp_path / 'new.db'}"), "registry_secondary") as leases:
         first = run_sync(*replicator, leases=leases)
         assert not first.failed and first.deep is None
         assert [

@@ -72,7 +72,12 @@ def test_the_cli_replicates_every_healthy_image_and_names_each_hostile_one(
             RegistryClient(secondary.client_config(), writable=True) as target,
         ):
             started = time.monotonic()
-            report = run_sync(source, target, SyncOptions(full_verify=True), leases=Leases(store))
+            report = run_sync(
+                source,
+                target,
+                SyncOptions(full_verify=True),
+                leases=Leases(store, "registry_secondary"),
+            )
             seconds = time.monotonic() - started
         gets = _manifest_gets(proxy)
     print(f"sync with the hostile manifests took {seconds:.1f}s; manifest GETs {dict(gets)}")

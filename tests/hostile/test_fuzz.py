@@ -222,7 +222,7 @@ def test_any_graph_of_manifests_a_real_registry_accepts(
                 source,
                 target,
                 SyncOptions(repositories=[repository, healthy[0]], prune=False),
-                leases=Leases(store),
+                leases=Leases(store, "registry_secondary"),
             )
         gets = sum(
             1
@@ -387,7 +387,9 @@ def test_anything_a_non_conforming_primary_sends(kind, secondary, secondary_read
             RegistryClient(config) as source,
             RegistryClient(secondary.client_config(), writable=True) as target,
         ):
-            report = run_sync(source, target, SyncOptions(prune=False), leases=Leases(store))
+            report = run_sync(
+                source, target, SyncOptions(prune=False), leases=Leases(store, "registry_secondary")
+            )
         gets = Counter(
             r.path for r in server.received if r.method == "GET" and "/manifests/" in r.path
         )

@@ -61,7 +61,10 @@ def through(registry, url: str, *, writable: bool = False) -> RegistryClient:
 
 
 def sync(primary, target: RegistryClient, store: Store, **options) -> object:
-    with RegistryClient(primary.client_config()) as source, Leases(store) as leases:
+    with (
+        RegistryClient(primary.client_config()) as source,
+        Leases(store, "registry_secondary") as leases,
+    ):
         return run_sync(source, target, SyncOptions(**options), leases=leases)
 
 
@@ -94,7 +97,7 @@ def test_a_cheap_run_does_not_list_the_secondary_yet_copies_and_prunes(
     assert first.run_kind.kind == "full" and "no record of the secondary" in first.run_kind.reason
     assert first.deep is None
     assert any("/_catalog" in p for p in listings(proxy))
-    record = TagRecord(any_store)
+    record = TagRecord(any_store, "registry_secondary")
     assert record.rows("other") == {
         "1.0": (PRESENT, secondary_reader.head_manifest("other", "1.0").digest)
     }
@@ -241,7 +244,7 @@ def test_the_cli_records_and_says_which_kind_of_run(primary, secondary, primary_
         return json.loads(done.stdout)
 
     assert cli()["run"]["kind"] == "full"
-    assert TagRecord(store).rows("app")["v1"][0] == PRESENT
+    assert TagRecord(store, "registry_secondary").rows("app")["v1"][0] == PRESENT
     assert cli()["run"]["kind"] == "cheap"
     forced = cli("--full-verify")["run"]
     assert forced == {"kind": "full", "reason": "a full verification was asked for"}
@@ -260,12 +263,12 @@ def test_the_event_path_records_pushes_and_deletes(
     digest = images.push(primary_writer, "app", img, ["v1", "v2"])
     now = dt.datetime.now(dt.UTC)
     pushed = [Event(f"p{t}", "push", "app", t, digest, img.media_type, now) for t in ("v1", "v2")]
-    with Leases(store) as leases:
+    with Leases(store, "registry_secondary") as leases:
         outcomes = realtime.replicate_events(
             primary_reader, secondary_writer, pushed, leases=leases
         )
         assert outcomes == {"pv1": None, "pv2": None}
-        record = TagRecord(store)
+        record = TagRecord(store, "registry_secondary")
         assert record.rows("app") == {"v1": (PRESENT, digest), "v2": (PRESENT, digest)}
 
         primary_writer.delete_manifest("app", digest)
@@ -304,7 +307,7 @@ def test_a_writer_killed_between_the_tag_write_and_its_record_leaves_an_intent(
     writer.wait(30)
     hold.release()  # the registry now takes the tag its dead writer sent
     _wait_for(lambda: secondary_reader.head_manifest("app", "v1").digest == second.digest)
-    assert TagRecord(store).rows("app")["v1"] == (INTENT, None)
+    assert TagRecord(store, "registry_secondary").rows("app")["v1"] == (INTENT, None)
 
     images.push(primary_writer, "app", first, ["v1"])  # moved back; no event reaches us
     proxy.log.clear()
@@ -312,7 +315,7 @@ def test_a_writer_killed_between_the_tag_write_and_its_record_leaves_an_intent(
     assert rerun.run_kind.kind == "cheap" and not rerun.failed
     assert ("HEAD", "/v2/app/manifests/v1") in {(m, p) for m, p, _ in proxy.log}
     assert secondary_reader.head_manifest("app", "v1").digest == first.digest
-    assert TagRecord(store).rows("app")["v1"] == (PRESENT, first.digest)
+    assert TagRecord(store, "registry_secondary").rows("app")["v1"] == (PRESENT, first.digest)
 
 
 def test_a_writer_killed_mid_batch_leaves_intents_on_the_whole_batch(
@@ -333,7 +336,9 @@ def test_a_writer_killed_mid_batch_leaves_intents_on_the_whole_batch(
     old = {tag: images.push(primary_writer, "app", factory.make(), [tag]) for tag in tags}
     target = through(secondary, proxy.url, writable=True)
     assert sync(primary, target, store).run_kind.kind == "full"
-    assert TagRecord(store).rows("app") == {tag: (PRESENT, old[tag]) for tag in tags}
+    assert TagRecord(store, "registry_secondary").rows("app") == {
+        tag: (PRESENT, old[tag]) for tag in tags
+    }
     new = {tag: images.push(primary_writer, "app", factory.make(), [tag]) for tag in tags}
 
     hold = proxy.hold("PUT", "/manifests/t3")
@@ -347,7 +352,7 @@ def test_a_writer_killed_mid_batch_leaves_intents_on_the_whole_batch(
     )
     writer.kill()
     writer.wait(30)
-    assert TagRecord(store).rows("app") == dict.fromkeys(tags, (INTENT, None))
+    assert TagRecord(store, "registry_secondary").rows("app") == dict.fromkeys(tags, (INTENT, None))
     hold.release()  # the registry takes the held write too
     _wait_for(lambda: secondary_reader.head_manifest("app", "t3").digest == new["t3"])
 
@@ -362,7 +367,7 @@ def test_a_writer_killed_mid_batch_leaves_intents_on_the_whole_batch(
     assert now == {tag: primary_writer.head_manifest("app", tag).digest for tag in tags}
     # Rewritten tags are recorded; the others keep their intent (a HEAD outside the lease
     # cannot record them) until a write or a full run: never a digest the secondary lacks.
-    rows = TagRecord(store).rows("app")
+    rows = TagRecord(store, "registry_secondary").rows("app")
     assert rows["t1"] == (PRESENT, now["t1"])
     assert all(rows[tag] in ((INTENT, None), (PRESENT, now[tag])) for tag in tags), rows
 
@@ -388,7 +393,7 @@ def test_the_primary_is_read_with_conditional_heads_yet_every_move_is_seen(
     images.push(primary_writer, "app", factory.make(), ["v2"])
     with FaultProxy(primary.url) as primary_proxy:
         source = through(primary, primary_proxy.url)
-        with Leases(any_store) as leases:
+        with Leases(any_store, "registry_secondary") as leases:
             run_sync(
                 source,
                 RegistryClient(secondary.client_config(), writable=True),
@@ -398,7 +403,7 @@ def test_the_primary_is_read_with_conditional_heads_yet_every_move_is_seen(
         moved = images.push(primary_writer, "app", factory.make(), ["v1"])  # no event: unseen
         added = images.push(primary_writer, "app", factory.make(), ["v3"])
         primary_proxy.log.clear()
-        with Leases(any_store) as leases:
+        with Leases(any_store, "registry_secondary") as leases:
             report = run_sync(
                 source,
                 RegistryClient(secondary.client_config(), writable=True),
@@ -437,7 +442,7 @@ def test_a_full_run_reads_each_manifest_once(
     multi = factory.multi_arch()
     images.push(primary_writer, "app", multi, ["multi"])
     with FaultProxy(primary.url) as primary_proxy:
-        with Leases(store) as leases:
+        with Leases(store, "registry_secondary") as leases:
             report = run_sync(
                 through(primary, primary_proxy.url),
                 RegistryClient(secondary.client_config(), writable=True),

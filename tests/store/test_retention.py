@@ -65,6 +65,7 @@ def layer(digest: str) -> dict[str, object]:
         "error": "boom",
         "task_id": "copy_blobs",
         "map_index": 0,
+        "secondary": "registry_secondary",
     }
 
 
@@ -157,6 +158,7 @@ def seed(store: Store) -> None:
             conn.execute(
                 push_latency.insert().values(
                     event_id=event_id,
+                    secondary="registry_secondary",
                     repository="group/app",
                     pushed_at=days_ago(age),
                     acknowledged_at=days_ago(age),
@@ -167,7 +169,9 @@ def seed(store: Store) -> None:
     for i, (copied, age) in enumerate(
         ((1000, 40), (2000, 39), (3000, 38), (4000, 37), (5000, 36), (700, 0.1))
     ):
-        h.record_copied_bytes("registry_reconcile", f"r{i}", "copy_blobs", 0, copied)
+        h.record_copied_bytes(
+            "registry_reconcile", f"r{i}", "copy_blobs", 0, "registry_secondary", copied
+        )
         set_time(store, copied_bytes.c.recorded_at, days_ago(age), copied_bytes.c.run_id == f"r{i}")
 
 
@@ -263,7 +267,9 @@ def test_prune_deletes_old_history_keeps_what_is_read_and_the_counters_hold(stor
     # Again: nothing more goes, nothing changes; new rows add to the carried totals.
     assert retention.prune(store.engine, dt.timedelta(days=30)) == retention.Pruned()
     assert observed(store) == seen
-    store.history.record_copied_bytes("registry_events", "e9", "replicate_events", None, 300)
+    store.history.record_copied_bytes(
+        "registry_events", "e9", "replicate_events", None, "registry_secondary", 300
+    )
     assert store.history.copied_bytes_total() == 16000
     # The kept outcome is what a recovery alert compares with; once superseded, it goes.
     assert store.history.record_dag_outcome("registry_reconcile", "r4", "success") == "failed"
@@ -288,6 +294,7 @@ def test_concurrent_prunes_and_scrapes_never_see_the_counter_move(store, monkeyp
             "run_id": f"e{i}",
             "task_id": "replicate_events",
             "map_index": None,
+            "secondary": "registry_secondary",
             "bytes": i + 1,
             "recorded_at": days_ago(40),
         }

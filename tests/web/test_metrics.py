@@ -113,9 +113,13 @@ def test_a_scrape_reads_the_queue_the_history_and_the_latencies(store, ev):
     done, failed = [e.id for e in claimed[:2]], [claimed[2].id]
     store.queue.complete(owner, done)
     store.queue.fail(owner, failed, "malformed")
-    store.history.record_acknowledged(claimed[:2])
-    store.history.record_copied_bytes("registry_events", "r1", "replicate_events", None, 1000)
-    store.history.record_copied_bytes("registry_reconcile", "r2", "copy_blobs", 0, 234)
+    store.history.record_acknowledged("registry_secondary", claimed[:2])
+    store.history.record_copied_bytes(
+        "registry_events", "r1", "replicate_events", None, "registry_secondary", 1000
+    )
+    store.history.record_copied_bytes(
+        "registry_reconcile", "r2", "copy_blobs", 0, "registry_secondary", 234
+    )
     store.history.record_dag_outcome("registry_sync", "r3", "success")
     store.history.record_dag_outcome("registry_reconcile", "r2", "failed")
 

@@ -22,6 +22,7 @@ def store(ev, store: Store) -> Store:
     """The test's store (``tests/conftest.py``) as the tasks and the webhook leave it."""
     # What registry_reconcile's verify task writes...
     store.state.set_repository_state(
+        "registry_secondary",
         [
             {
                 "repository": "group/app",
@@ -58,10 +59,11 @@ def store(ev, store: Store) -> Store:
                 "checksum_primary": "9" * 64,
                 "checksum_secondary": None,
             },
-        ]
+        ],
     )
     # ...and registry_events' replicate task for a repository whose event failed.
     store.state.set_repository_state(
+        "registry_secondary",
         [
             {
                 "repository": "group/api",
@@ -69,7 +71,7 @@ def store(ev, store: Store) -> Store:
                 "last_sync_at": T0,
                 "last_error": "HTTP 503 from the secondary",
             },
-        ]
+        ],
     )
     # registry_reconcile's report task: one failed layer in copy_blobs map index 2.
     store.history.record_run(
@@ -93,6 +95,7 @@ def store(ev, store: Store) -> Store:
                 "error": "the blob's bytes hash to sha256:0",
                 "task_id": "copy_blobs",
                 "map_index": 2,
+                "secondary": "registry_secondary",
             }
         ],
     )
@@ -185,7 +188,15 @@ def test_a_failed_layer_in_a_repository_not_verified_yet(tmp_path):
         "r1",
         "failed",
         {},
-        [{"repository": "team/new", "digest": ROTTEN, "task_id": "copy_blobs", "map_index": 0}],
+        [
+            {
+                "repository": "team/new",
+                "digest": ROTTEN,
+                "task_id": "copy_blobs",
+                "map_index": 0,
+                "secondary": "registry_secondary",
+            }
+        ],
     )
     s = status(store)
     assert [(r["repository"], r["state"]) for r in s["repositories"]] == [("team/new", "failed")]
@@ -266,9 +277,14 @@ def test_history_depth_latency_and_bytes_per_run(ev, tmp_path):
     assert [r["bytes"] for r in h["bytes_per_run"]] == [4096]
 
     # Push-to-replica: from the registry's timestamp to the acknowledgement.
-    [seconds] = store.history.record_acknowledged([ev(1, repository="group/new", tag="v1")])
+    [seconds] = store.history.record_acknowledged(
+        "registry_secondary", [ev(1, repository="group/new", tag="v1")]
+    )
     assert (
-        store.history.record_acknowledged([ev(1, repository="group/new", tag="v1")]) == []
+        store.history.record_acknowledged(
+            "registry_secondary", [ev(1, repository="group/new", tag="v1")]
+        )
+        == []
     )  # once per event
     assert seconds == pytest.approx(
         (

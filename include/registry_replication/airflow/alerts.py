@@ -62,11 +62,13 @@ def send_copied_bytes(copied: int) -> None:
     Stats.incr(f"{metrics.PREFIX}.bytes_copied", copied)
 
 
-def record_copied_bytes(context: Any, copied: int) -> None:
-    """A task's copied bytes: in the store for ``registry_replication_bytes_copied_total``,
-    and to Airflow's ``Stats``."""
+def record_copied_bytes(context: Any, secondary: str, copied: int) -> None:
+    """A task's bytes copied to ``secondary``: in the store for
+    ``registry_replication_bytes_copied_total``, and to Airflow's ``Stats``."""
     ti = context["ti"]
-    Store().history.record_copied_bytes(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, copied)
+    Store().history.record_copied_bytes(
+        ti.dag_id, ti.run_id, ti.task_id, ti.map_index, secondary, copied
+    )
     send_copied_bytes(copied)
 
 

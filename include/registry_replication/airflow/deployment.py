@@ -10,12 +10,14 @@ from typing import Any, TypeVar
 
 from airflow.configuration import AIRFLOW_HOME, conf
 from airflow.sdk import ObjectStoragePath
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
+from registry_replication.airflow.hooks import OciRegistryHook
 from registry_replication.engine import sharing
 from registry_replication.engine.artifacts import ArtifactUnreadable
 from registry_replication.settings import current
-from registry_replication.store import default_url
+from registry_replication.store import Store, default_url
+from registry_replication.transport.config import ConfigError
 
 Function = TypeVar("Function", bound=Callable[..., Any])
 
@@ -43,13 +45,29 @@ def refuse_unshared_state() -> None:
         raise AirflowFailException(f"refusing to start: {'; '.join(found)}")
 
 
+def adopt_legacy() -> None:
+    """The store's rows from before several secondaries go to one of the configured ones
+    (``store.secondaries``), judged by their connections' URLs; once per process."""
+    settings = current()
+
+    def url_of(conn_id: str) -> str | None:
+        try:
+            return OciRegistryHook(conn_id).get_config().url
+        except (AirflowNotFoundException, ConfigError):
+            return None  # that connection's URL cannot vouch for the record
+
+    Store().secondaries.adopt_legacy(settings.secondaries, url_of, settings.secondary_conn_id)
+
+
 def checked(function: Function) -> Function:
-    """A task that refuses unshared state before its work, and fails without retries on a run
-    file it cannot read (another try on this machine would not read it either)."""
+    """A task that refuses unshared state before its work, gives the store's legacy rows to
+    their secondary, and fails without retries on a run file it cannot read (another try on
+    this machine would not read it either)."""
 
     @functools.wraps(function)
     def run(*args: Any, **kwargs: Any) -> Any:
         refuse_unshared_state()
+        adopt_legacy()
         try:
             return function(*args, **kwargs)
         except ArtifactUnreadable as exc:

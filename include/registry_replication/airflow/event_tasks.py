@@ -47,10 +47,10 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
     configured = current()
     store = Store()
     primary = registry_client(PARSED.primary_conn_id)
-    secondary = registry_client(PARSED.secondary_conn_id, writable=True)
+    secondary = registry_client(PARSED.secondaries[0], writable=True)
     totals = {"claimed": 0, "done": 0, "retrying": 0, "batches": 0}
     started = last_work = time.monotonic()
-    with Leases(store) as leases:
+    with Leases(store, PARSED.secondaries[0]) as leases:
         # Renewed from the start: events are claimed under this writer's identity, so its
         # heartbeat keeps the claims alive while the work goes on, and a killed task's events
         # come back within the lease time.
@@ -82,8 +82,12 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
                     )
                 finally:
                     if sum(copied):
-                        alerts.record_copied_bytes(get_current_context(), sum(copied))
-                counts, given_up = _acknowledge(store, owner, claimed, outcomes, max_attempts)
+                        alerts.record_copied_bytes(
+                            get_current_context(), leases.secondary, sum(copied)
+                        )
+                counts, given_up = _acknowledge(
+                    store, leases.secondary, owner, claimed, outcomes, max_attempts
+                )
                 failed += given_up
                 totals = {k: totals[k] + counts.get(k, 0) for k in totals}
                 totals["batches"] += 1
@@ -143,18 +147,19 @@ def _wait_for_events(store: Store, until: float) -> bool:
 
 def _acknowledge(
     store: Store,
+    secondary: str,
     owner: str,
     claimed: list[Event],
     outcomes: dict[str, str | None],
     max_attempts: int,
 ) -> tuple[dict[str, int], list[str]]:
     """Mark each event done, failed (no retry can help) or back off; record each
-    repository's state. Returns the counts and the events marked failed."""
+    repository's state on ``secondary``. Returns the counts and the events marked failed."""
     done = [event_id for event_id, error in outcomes.items() if error is None]
     store.queue.complete(owner, done)
     acknowledged = set(done)
     alerts.send_latencies(
-        store.history.record_acknowledged(e for e in claimed if e.id in acknowledged)
+        store.history.record_acknowledged(secondary, (e for e in claimed if e.id in acknowledged))
     )
     failed: dict[str, list[str]] = {}
     for event_id, error in outcomes.items():
@@ -175,13 +180,16 @@ def _acknowledge(
         repository_error.update({by_id[i].repository: error for i in ids})
     now = pendulum.now("UTC")
     store.state.set_repository_state(
-        {
-            "repository": repo,
-            "state": RepositoryState.FAILED if error else RepositoryState.SYNCED,
-            "last_sync_at": now,
-            "last_error": error,
-        }
-        for repo, error in sorted(repository_error.items())
+        secondary,
+        [
+            {
+                "repository": repo,
+                "state": RepositoryState.FAILED if error else RepositoryState.SYNCED,
+                "last_sync_at": now,
+                "last_error": error,
+            }
+            for repo, error in sorted(repository_error.items())
+        ],
     )
     alerts.send_stats(store)
     counts = {

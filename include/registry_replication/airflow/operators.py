@@ -20,7 +20,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from registry_replication.airflow.deployment import refuse_unshared_state
+from registry_replication.airflow.deployment import adopt_legacy, refuse_unshared_state
 from registry_replication.airflow.hooks import OciRegistryHook
 from registry_replication.airflow.settings import (
     PARSED,
@@ -43,7 +43,7 @@ class ReplicateImagesOperator(BaseOperator):
     :param tags: a tag or a list of tags to replicate; None: every tag (templated).
     :param primary_conn_id: the primary's ``oci_registry`` connection (default: the
         ``[registry_replication] primary_conn_id`` setting).
-    :param secondary_conn_id: the secondary's connection (default: ``secondary_conn_id``).
+    :param secondary_conn_id: the secondary's connection (default: the first of ``secondaries``).
     :param parallelism: blob transfers (and batches of tag writes) in flight.
     """
 
@@ -56,7 +56,7 @@ class ReplicateImagesOperator(BaseOperator):
         repositories: str | list[str],
         tags: str | list[str] | None = None,
         primary_conn_id: str = PARSED.primary_conn_id,
-        secondary_conn_id: str = PARSED.secondary_conn_id,
+        secondary_conn_id: str = PARSED.secondaries[0],
         parallelism: int = 8,
         **kwargs: Any,
     ) -> None:
@@ -69,6 +69,7 @@ class ReplicateImagesOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, int]:
         refuse_unshared_state()  # its leases live in the store every writer must share
+        adopt_legacy()
         repositories, tags = _names(self.repositories), _names(self.tags)
         if not repositories:
             raise ValueError("ReplicateImagesOperator needs at least one repository")
@@ -79,7 +80,7 @@ class ReplicateImagesOperator(BaseOperator):
         )
         primary = OciRegistryHook(self.primary_conn_id).get_conn()
         secondary = OciRegistryHook(self.secondary_conn_id, writable=True).get_conn()
-        with Leases(Store()) as leases:
+        with Leases(Store(), self.secondary_conn_id) as leases:
             report = run_sync(primary, secondary, options, leases=leases)
         counts = report.counts()
         self.log.info(

@@ -67,10 +67,11 @@ def snapshot(conn_id: str) -> dict[str, Any]:
     folder, name = run_folder(), get_current_context()["ti"].task_id
     kind = None
     # The secondary is listed in a full run, read from the record in a cheap one.
-    if conn_id == PARSED.secondary_conn_id:
+    if conn_id == PARSED.secondaries[0]:
         dag_run = get_current_context()["dag_run"]
         level, why = verification.choose_level(
             Store(),
+            conn_id,
             p.get("verify", verification.AUTO),
             p["repositories"] or None,
             run_scope(p),
@@ -82,7 +83,7 @@ def snapshot(conn_id: str) -> dict[str, Any]:
         result, kind = secondary_listing(
             registry_client(conn_id),
             registry_client(PARSED.primary_conn_id),
-            Store(),
+            TagRecord(Store(), conn_id),
             run_scope(p),
             repositories=p["repositories"] or None,
             concurrency=p["concurrency"],
@@ -114,7 +115,7 @@ def snapshot(conn_id: str) -> dict[str, Any]:
                 run_scope(p),
                 concurrency=p["concurrency"],
                 repositories=p["repositories"] or None,
-                known=TagRecord(Store()).descriptors,
+                known=TagRecord(Store(), PARSED.secondaries[0]).descriptors,
                 manifests=writer.manifests,
             )
             ref = writer.finish(listing)
@@ -161,7 +162,7 @@ def plan(differences: dict[str, Any], primary: dict[str, Any]) -> list[dict[str,
     read = artifacts.read_manifests(folder / primary["manifests"])
     result = build_plan(
         registry_client(PARSED.primary_conn_id),
-        registry_client(PARSED.secondary_conn_id),
+        registry_client(PARSED.secondaries[0]),
         diffs.wanted(changes),
         concurrency=p["concurrency"],
         known_manifests=read,
@@ -242,7 +243,7 @@ def copy_blobs(batch: dict[str, Any]) -> BatchResults:
         copier = _copier(context, leases)
         results = copier.copy_blobs(tasks)
     summary, failed = _push_results(context, batch, results)
-    alerts.record_copied_bytes(context, sum(r.bytes for r in results))
+    alerts.record_copied_bytes(context, leases.secondary, sum(r.bytes for r in results))
     if failed:
         raise ReplicationFailed(
             f"{len(failed)} of {len(results)} blobs failed in {batch['label']}; first: "
@@ -293,7 +294,7 @@ def _copier(context: Any, leases: Leases) -> Copier:
     tag); a retry checks again before each blob and tag, so it never transfers twice."""
     return Copier(
         registry_client(PARSED.primary_conn_id),
-        registry_client(PARSED.secondary_conn_id, writable=True),
+        registry_client(PARSED.secondaries[0], writable=True),
         leases=leases,
         parallelism=current_params()["parallelism"],
         concurrency=current_params()["concurrency"],
@@ -370,7 +371,7 @@ def prune_tags(
         with task_leases() as leases:
             results = prune(
                 registry_client(PARSED.primary_conn_id),
-                registry_client(PARSED.secondary_conn_id, writable=True),
+                registry_client(PARSED.secondaries[0], writable=True),
                 doomed,
                 leases=leases,
                 dry_run=p["dry_run"],
@@ -393,7 +394,7 @@ def _pruned(
 def replicate() -> None:
     """Lay out the replication tasks in the current DAG."""
     primary = snapshot.override(task_id="snapshot_primary")(PARSED.primary_conn_id)
-    secondary = snapshot.override(task_id="snapshot_secondary")(PARSED.secondary_conn_id)
+    secondary = snapshot.override(task_id="snapshot_secondary")(PARSED.secondaries[0])
     differences = diff(primary, secondary)
     blob_batches = plan(differences, primary)
     image_batches = manifest_batches()

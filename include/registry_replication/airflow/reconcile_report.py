@@ -78,7 +78,7 @@ def verify_closure(primary: dict[str, Any]) -> dict[str, Any]:
     with task_leases() as leases:
         report = verifying.deep_verify(
             registry_client(PARSED.primary_conn_id),
-            registry_client(PARSED.secondary_conn_id, writable=True),
+            registry_client(PARSED.secondaries[0], writable=True),
             verifying.images_of(read_snapshot(primary), skipped),
             level,
             leases=leases,
@@ -87,7 +87,9 @@ def verify_closure(primary: dict[str, Any]) -> dict[str, Any]:
             parallelism=p["parallelism"],
         )
     if report.blobs:
-        alerts.record_copied_bytes(get_current_context(), sum(r.bytes for r in report.blobs))
+        alerts.record_copied_bytes(
+            get_current_context(), leases.secondary, sum(r.bytes for r in report.blobs)
+        )
     # The report names the findings (RunOutcome) from this file.
     artifacts.write_json_lines(run_folder() / VERIFIED_FILE, [asdict(f) for f in report.findings])
     return {
@@ -133,7 +135,7 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
     elif before is not None:
         folder = run_folder()
         after = secondary_after(
-            registry_client(PARSED.secondary_conn_id),
+            registry_client(PARSED.secondaries[0]),
             before,
             [
                 _result(ImageResult, r)
@@ -149,7 +151,7 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
         )
     else:
         after = take_snapshot(
-            registry_client(PARSED.secondary_conn_id),
+            registry_client(PARSED.secondaries[0]),
             run_scope(p),
             concurrency=p["concurrency"],
             repositories=p["repositories"] or None,
@@ -159,7 +161,11 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
     differ = report[~report["in_sync"]]
     store = Store()
     damaged = verification.settle(
-        store, report, VerifyLevel(taken.get("verify_level", "tags") if taken else "tags"), before
+        store,
+        PARSED.secondaries[0],
+        report,
+        VerifyLevel(taken.get("verify_level", "tags") if taken else "tags"),
+        before,
     )
     deep = ti.xcom_pull(task_ids="verify_closure") or {}
     line = verification.verification_line(
@@ -178,24 +184,27 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
     }
     now = pendulum.now("UTC")
     store.state.set_repository_state(
-        {
-            "repository": row.repository,
-            "state": RepositoryState.DAMAGED
-            if row.repository in damaged
-            else RepositoryState.SYNCED
-            if row.in_sync
-            else RepositoryState.PENDING,
-            "tags_primary": int(counts["primary"].get(row.repository, 0)),
-            "tags_secondary": int(counts["secondary"].get(row.repository, 0)),
-            "checksum_primary": row.primary if isinstance(row.primary, str) else None,
-            "checksum_secondary": row.secondary if isinstance(row.secondary, str) else None,
-            **(
-                {"last_sync_at": now, "last_error": None}
-                if row.in_sync and row.repository not in damaged
-                else {}
-            ),
-        }
-        for row in report.itertuples()
+        PARSED.secondaries[0],
+        [
+            {
+                "repository": row.repository,
+                "state": RepositoryState.DAMAGED
+                if row.repository in damaged
+                else RepositoryState.SYNCED
+                if row.in_sync
+                else RepositoryState.PENDING,
+                "tags_primary": int(counts["primary"].get(row.repository, 0)),
+                "tags_secondary": int(counts["secondary"].get(row.repository, 0)),
+                "checksum_primary": row.primary if isinstance(row.primary, str) else None,
+                "checksum_secondary": row.secondary if isinstance(row.secondary, str) else None,
+                **(
+                    {"last_sync_at": now, "last_error": None}
+                    if row.in_sync and row.repository not in damaged
+                    else {}
+                ),
+            }
+            for row in report.itertuples()
+        ],
     )
     # The names that differ are in the log and on the status page; XCom keeps the first few.
     return {
@@ -281,6 +290,7 @@ def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, 
                 "error": r.get("error"),
                 "task_id": "copy_blobs",
                 "map_index": map_index.get((r["repository"], r["digest"])),
+                "secondary": PARSED.secondaries[0],
             }
             for r in outcome.failed_blobs
         ],
@@ -317,12 +327,15 @@ def _record_skipped(skipped: Sequence[dict[str, Any]]) -> None:
     """Record on the status page the images the plan could not replicate (malformed,
     unsupported, past a bound)."""
     Store().state.set_repository_state(
-        {
-            "repository": s["repository"],
-            "state": RepositoryState.FAILED,
-            "last_error": f"{s['digest']}: {s['reason']}"[:4000],
-        }
-        for s in skipped
+        PARSED.secondaries[0],
+        [
+            {
+                "repository": s["repository"],
+                "state": RepositoryState.FAILED,
+                "last_error": f"{s['digest']}: {s['reason']}"[:4000],
+            }
+            for s in skipped
+        ],
     )
 
 
@@ -338,12 +351,15 @@ def _record_repository_problems(listing: Snapshot) -> None:
     for found in listing.problems:
         reasons.setdefault(found["repository"], []).append(problem_line(found))
     Store().state.set_repository_state(
-        {
-            "repository": repository,
-            "state": RepositoryState.FAILED,
-            "last_error": "; ".join(lines)[:4000],
-        }
-        for repository, lines in sorted(reasons.items())
+        PARSED.secondaries[0],
+        [
+            {
+                "repository": repository,
+                "state": RepositoryState.FAILED,
+                "last_error": "; ".join(lines)[:4000],
+            }
+            for repository, lines in sorted(reasons.items())
+        ],
     )
 
 

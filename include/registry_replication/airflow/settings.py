@@ -142,5 +142,6 @@ def registry_client(conn_id: str, *, writable: bool = False) -> RegistryClient:
 
 
 def task_leases() -> Leases:
-    """This task's leases: the write protocol shared with every other writer."""
-    return Leases(Store())
+    """This task's leases on the (first) secondary's rows: the write protocol shared with every
+    other writer."""
+    return Leases(Store(), PARSED.secondaries[0])

@@ -152,7 +152,9 @@ class Copier:
         self.manifests = manifests if manifests is not None else {}
         self.on_result = on_result or _log_result
         self.recheck = recheck
-        self.record = TagRecord(leases.store)  # what cheap runs read instead of listing
+        self.record = TagRecord(
+            leases.store, leases.secondary
+        )  # what cheap runs read instead of listing
         self._progress: _Progress | None = None
 
     # -- blobs ----------------------------------------------------------------------------------

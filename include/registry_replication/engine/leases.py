@@ -53,14 +53,17 @@ class Leases:
     def __init__(
         self,
         store: Store,
+        secondary: str,
         *,
         ttl_seconds: float | None = None,
         wait_seconds: float = 300.0,
         owner: str | None = None,
     ) -> None:
-        """``ttl_seconds``: how long a killed writer's leases block others (default
+        """``secondary``: the connection id of the secondary this writer writes, whose rows its
+        leases are; ``ttl_seconds``: how long a killed writer's leases block others (default
         the ``lease_seconds`` setting); renewed every quarter of it."""
         self.store = store
+        self.secondary = secondary
         self.ttl = ttl_seconds or current().lease_seconds
         self.wait = wait_seconds
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -103,7 +106,7 @@ class Leases:
         with self._lock:
             tracked = self._held[resource] > 0
         if tracked:  # the session moved on (a chunk went up): keep its latest location
-            self.store.state.acquire_lease(resource, self.owner, self.ttl, detail)
+            self.store.state.acquire_lease(self.secondary, resource, self.owner, self.ttl, detail)
         else:
             self._acquire(resource, detail)
         return resource
@@ -112,18 +115,20 @@ class Leases:
         self._release(resource)
 
     def abandoned_uploads(self) -> Iterator[dict[str, Any]]:
-        """Upload sessions on the secondary whose writer died; each is taken over while
-        yielded, then forgotten. (A store serves one secondary, which writers may reach by
-        different addresses: the session's path is what identifies it.)"""
-        for row in self.store.state.expired_leases(UPLOAD):
+        """Upload sessions on this writer's secondary whose writer died; each is taken over
+        while yielded, then forgotten. (Writers may reach a secondary by different addresses:
+        the session's path is what identifies it.)"""
+        for row in self.store.state.expired_leases(self.secondary, UPLOAD):
             detail = row.get("detail") or {}
-            holder = self.store.state.acquire_lease(row["resource"], self.owner, self.ttl, detail)
+            holder = self.store.state.acquire_lease(
+                self.secondary, row["resource"], self.owner, self.ttl, detail
+            )
             if holder is not None:
                 continue  # another writer is cleaning it up
             try:
                 yield detail
             finally:
-                self.store.state.release_lease(row["resource"], self.owner)
+                self.store.state.release_lease(self.secondary, row["resource"], self.owner)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -134,7 +139,7 @@ class Leases:
         with self._lock:
             held, self._held = list(self._held), Counter()
         for resource in held:
-            self.store.state.release_lease(resource, self.owner)
+            self.store.state.release_lease(self.secondary, resource, self.owner)
 
     def __enter__(self) -> Leases:
         return self
@@ -153,7 +158,9 @@ class Leases:
         delay = 0.05
         while True:
             attempt = time.monotonic()
-            holder = self.store.state.acquire_lease(resource, self.owner, self.ttl, detail)
+            holder = self.store.state.acquire_lease(
+                self.secondary, resource, self.owner, self.ttl, detail
+            )
             if holder is None:
                 break
             waited = time.monotonic() - started
@@ -174,7 +181,7 @@ class Leases:
             if self._held[resource] > 0:
                 return
             del self._held[resource]
-        self.store.state.release_lease(resource, self.owner)
+        self.store.state.release_lease(self.secondary, resource, self.owner)
 
     def keep_alive(self) -> None:
         """Renew from now on even while no lease is held (for events claimed as ``owner``)."""

@@ -236,7 +236,7 @@ def _under_lease(
             # listing also replaces the repository's record (intents of dead writers included).
             listed_since = now()
             current, indexes = _listing(secondary, repository, concurrency)
-            TagRecord(leases.store).replace_under_lease(
+            TagRecord(leases.store, leases.secondary).replace_under_lease(
                 repository, current, listed_since, leases.owner
             )
             planned = select(current)
@@ -293,7 +293,7 @@ def _remove_tag(
                 PruneOutcome.KEPT,
                 f"the primary has it again (on {now.digest}); not deleted",
             )
-        record = TagRecord(leases.store)
+        record = TagRecord(leases.store, leases.secondary)
         record.intend(repository, [tag], leases.owner)  # a kill mid-untag leaves "unknown"
         leases.check()
         untag(secondary, repository, tag)

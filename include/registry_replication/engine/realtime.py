@@ -103,7 +103,7 @@ def replicate_events(
     deletes together remove at most ``max_prune_fraction`` of the secondary's recorded tags
     (prune's mass-deletion guard); the events of a repository refused go back to retry.
     """
-    budget = DeleteBudget(TagRecord(leases.store), max_prune_fraction)
+    budget = DeleteBudget(TagRecord(leases.store, leases.secondary), max_prune_fraction)
 
     def one(repository: Repository, work: RepositoryWork) -> dict[str, str | None]:
         try:

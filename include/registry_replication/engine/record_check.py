@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from registry_replication.outcomes import describe
+from registry_replication.store.record import TagRecord
 from registry_replication.store.schema import now, recorded_tags
 from registry_replication.transport.client import RegistryClient
 
@@ -55,14 +56,14 @@ class RecordCheck:
 
 def check_record(
     secondary: RegistryClient,
-    engine: sa.Engine,
+    record: TagRecord,
     repositories: Sequence[str],
     *,
     fraction: float = SAMPLE_FRACTION,
     concurrency: int = 16,
 ) -> RecordCheck:
     """Check the record of ``repositories`` (those a cheap run would read from it)."""
-    rows = _present(engine, repositories)
+    rows = _present(record, repositories)
     holding = sorted(rows)
     try:
         catalog = set(secondary.catalog())
@@ -115,20 +116,21 @@ def check_record(
         log.warning(
             "the record of %s differs from the secondary: %s; this run lists it", repository, why
         )
-    _stamp(engine, [(repository, tag) for repository, tag, _ in sample])
+    _stamp(record, [(repository, tag) for repository, tag, _ in sample])
     return check
 
 
-def _present(engine: sa.Engine, repositories: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
+def _present(record: TagRecord, repositories: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
     """{repository: [(tag, digest)]} recorded present, sampled longest ago first."""
     wanted = sorted(set(repositories))
     found: dict[str, list[tuple[str, str]]] = {}
     t = recorded_tags.c
-    with engine.connect() as conn:
+    with record.engine.connect() as conn:
         for start in range(0, len(wanted), 500):  # bounded IN lists
             query = (
                 sa.select(t.repository, t.tag, t.digest)
                 .where(
+                    t.secondary == record.secondary,
                     t.repository.in_(wanted[start : start + 500]),
                     t.state == "present",
                     t.digest.is_not(None),
@@ -140,15 +142,19 @@ def _present(engine: sa.Engine, repositories: Sequence[str]) -> dict[str, list[t
     return found
 
 
-def _stamp(engine: sa.Engine, pairs: list[tuple[str, str]]) -> None:
+def _stamp(record: TagRecord, pairs: list[tuple[str, str]]) -> None:
     if not pairs:
         return
     t = recorded_tags.c
     update = (
         recorded_tags.update()
-        .where(t.repository == sa.bindparam("r"), t.tag == sa.bindparam("t"))
+        .where(
+            t.secondary == record.secondary,
+            t.repository == sa.bindparam("r"),
+            t.tag == sa.bindparam("t"),
+        )
         .values(sampled_at=sa.bindparam("at"))
     )
     at = now()
-    with engine.begin() as conn:
+    with record.engine.begin() as conn:
         conn.execute(update, [{"r": r, "t": tag, "at": at} for r, tag in pairs])

@@ -15,7 +15,6 @@ from registry_replication.engine.record_check import RecordCheck, check_record
 from registry_replication.engine.snapshot import COLUMNS, problem_line, take_snapshot
 from registry_replication.outcomes import Scope, Snapshot, describe
 from registry_replication.settings import current
-from registry_replication.store import Store
 from registry_replication.store.record import (
     INTENT,
     RunKind,
@@ -33,7 +32,7 @@ log = logging.getLogger(__name__)
 def secondary_listing(
     secondary: RegistryClient,
     primary: RegistryClient,
-    store: Store,
+    record: TagRecord,
     scope: Scope = Scope(),
     *,
     repositories: list[str] | None = None,
@@ -48,7 +47,6 @@ def secondary_listing(
     find repositories the record does not know yet; those are listed on the secondary and
     recorded. Tags recorded as intent are ``HEAD``ed on the secondary.
     """
-    record = TagRecord(store)
     cadence = current().full_verify_hours if cadence_hours is None else cadence_hours
     kind = choose(
         record, secondary.url, scope, repositories, full_verify=full_verify, cadence_hours=cadence
@@ -69,7 +67,7 @@ def secondary_listing(
             for r in (repositories if repositories is not None else record.verified(secondary.url))
             if scope.wants_repository(r)
         ]
-        checked = check_record(secondary, store.engine, in_scope, concurrency=concurrency)
+        checked = check_record(secondary, record, in_scope, concurrency=concurrency)
         kind = (
             RunKind("full", checked.lost)
             if checked.lost

@@ -31,6 +31,7 @@ from registry_replication.outcomes import (
     VerifyLevel,
 )
 from registry_replication.run_outcome import RunOutcome
+from registry_replication.settings import current
 from registry_replication.store import Store
 from registry_replication.store.record import RunKind, TagRecord
 from registry_replication.transport.client import RegistryClient
@@ -125,7 +126,7 @@ def listings(
     primary: RegistryClient,
     secondary: RegistryClient,
     options: SyncOptions,
-    store: Store,
+    record: TagRecord,
     *,
     written_by: str = "listing",
     manifests: ReadManifests | None = None,
@@ -140,14 +141,14 @@ def listings(
             options.scope,
             concurrency=options.concurrency,
             repositories=options.repositories,
-            known=TagRecord(store).descriptors,
+            known=record.descriptors,
             manifests=manifests,
         )
         target = pool.submit(
             secondary_listing,
             secondary,
             primary,
-            store,
+            record,
             options.scope,
             repositories=options.repositories,
             concurrency=options.concurrency,
@@ -163,7 +164,7 @@ def planned(
     primary: RegistryClient,
     secondary: RegistryClient,
     options: SyncOptions,
-    store: Store,
+    record: TagRecord,
     *,
     written_by: str = "listing",
 ) -> SyncReport:
@@ -171,7 +172,7 @@ def planned(
     report of a run that has copied nothing yet."""
     read: ReadManifests = {}  # each manifest the listing read whole, for the plan
     source, target, kind = listings(
-        primary, secondary, options, store, written_by=written_by, manifests=read
+        primary, secondary, options, record, written_by=written_by, manifests=read
     )
     differences = diffs.diff(source, target)
     plan = build_plan(
@@ -191,21 +192,28 @@ def run_sync(
     *,
     leases: Leases | None = None,
 ) -> SyncReport:
-    """``leases``: the write protocol shared with every other writer; default: leases in the
-    replication store the DAGs use (``REGISTRY_REPLICATION_DB_URL`` or ``$AIRFLOW_HOME``)."""
+    """``leases``: the write protocol shared with every other writer, on the rows of the
+    secondary it names; default: leases in the replication store the DAGs use
+    (``REGISTRY_REPLICATION_DB_URL`` or ``$AIRFLOW_HOME``) on the first configured secondary."""
     if leases is None:
-        with Leases(Store()) as own:
+        with Leases(Store(), current().secondaries[0]) as own:
             return run_sync(primary, secondary, options, leases=own)
     options = options or SyncOptions()
     started = time.monotonic()
     level, why = verification.choose_level(
-        leases.store, options.verify, options.repositories, options.scope, options.deep_verify_days
+        leases.store,
+        leases.secondary,
+        options.verify,
+        options.repositories,
+        options.scope,
+        options.deep_verify_days,
     )
     log.info("verification level %s: %s", level, why)
     forced = level != VerifyLevel.TAGS and not options.full_verify
     if forced:  # a deep verification starts from a listing of the secondary
         options = replace(options, full_verify=True)
-    report = planned(primary, secondary, options, leases.store, written_by=leases.owner)
+    record = TagRecord(leases.store, leases.secondary)
+    report = planned(primary, secondary, options, record, written_by=leases.owner)
     report.level = level
     if forced:
         report.run_kind = RunKind(
@@ -269,7 +277,7 @@ def run_sync(
         )
         report.verification = diffs.verify(report.primary, after)
         report.damaged = verification.settle(
-            leases.store, report.verification, level, report.secondary
+            leases.store, leases.secondary, report.verification, level, report.secondary
         )
     report.seconds = time.monotonic() - started
     return report

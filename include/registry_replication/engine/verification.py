@@ -30,6 +30,7 @@ AUTO = "auto"  # the ``verify`` default: tags, or blobs where the last one is de
 
 def choose_level(
     store: Store,
+    secondary: str,
     asked: str,
     repositories: Iterable[str] | None,
     scope: Scope,
@@ -42,7 +43,7 @@ def choose_level(
     if asked != AUTO:
         return VerifyLevel(asked), f"verify={asked} was asked for"
     days = current().deep_verify_days if days is None else days
-    last = last_deep(store)
+    last = last_deep(store, secondary)
     names = sorted(
         n
         for n in (last if repositories is None else set(repositories) & set(last))
@@ -64,32 +65,44 @@ def choose_level(
     return VerifyLevel.TAGS, f"every repository had a blobs verification within {days:g} days"
 
 
-def last_deep(store: Store) -> dict[str, dt.datetime | None]:
-    """{repository: its last blobs or content verification (None: never)} of known ones."""
+def last_deep(store: Store, secondary: str) -> dict[str, dt.datetime | None]:
+    """{repository: its last blobs or content verification (None: never)} of the repositories
+    known on ``secondary``."""
     t = repository_state.c
     with store.engine.connect() as conn:
         return {
             r.repository: aware(r.verified_at)
             if r.verified_level in (VerifyLevel.BLOBS, VerifyLevel.CONTENT)
             else None
-            for r in conn.execute(sa.select(t.repository, t.verified_level, t.verified_at))
+            for r in conn.execute(
+                sa.select(t.repository, t.verified_level, t.verified_at).where(
+                    t.secondary == secondary
+                )
+            )
         }
 
 
-def damaged_repositories(store: Store) -> dict[str, dict[str, str]]:
-    """{repository: {digest: level found at}} of the repositories recorded damaged."""
+def damaged_repositories(store: Store, secondary: str) -> dict[str, dict[str, str]]:
+    """{repository: {digest: level found at}} of the repositories recorded damaged on
+    ``secondary``."""
     t = repository_state.c
     with store.engine.connect() as conn:
         return {
             r.repository: r.damaged or {}
             for r in conn.execute(
-                sa.select(t.repository, t.damaged).where(t.state == RepositoryState.DAMAGED)
+                sa.select(t.repository, t.damaged).where(
+                    t.secondary == secondary, t.state == RepositoryState.DAMAGED
+                )
             )
         }
 
 
 def settle(
-    store: Store, verification: pd.DataFrame, level: VerifyLevel, before: Snapshot | None = None
+    store: Store,
+    secondary: str,
+    verification: pd.DataFrame,
+    level: VerifyLevel,
+    before: Snapshot | None = None,
 ) -> dict[str, dict[str, str]]:
     """The repositories of ``verification`` still recorded damaged ({repository: {digest:
     level}}): a tags run cannot clear a deeper level's finding, so they stay damaged.
@@ -100,7 +113,7 @@ def settle(
     now: each blob the run copied was checked against its digest as it landed, and the
     registry accepted each manifest only with its blobs present. Any other is due at the
     next run."""
-    damaged = damaged_repositories(store)
+    damaged = damaged_repositories(store, secondary)
     if damaged:
         log.error(
             "repositories damaged on the secondary (found by an earlier or this %s "
@@ -108,7 +121,7 @@ def settle(
             level,
             ", ".join(sorted(set(damaged) & set(verification["repository"]))),
         )
-    known = last_deep(store)
+    known = last_deep(store, secondary)
     first = {
         r: bool(ok)
         for r, ok in zip(verification["repository"], verification["in_sync"])
@@ -119,16 +132,19 @@ def settle(
         whole = sorted(r for r, ok in first.items() if ok and r not in held)
         at = now()
         store.state.set_repository_state(
-            {
-                "repository": r,
-                "state": RepositoryState.SYNCED if ok else RepositoryState.PENDING,
-                **(
-                    {"verified_level": VerifyLevel.BLOBS.value, "verified_at": at}
-                    if r in whole
-                    else {}
-                ),
-            }
-            for r, ok in first.items()
+            secondary,
+            (
+                {
+                    "repository": r,
+                    "state": RepositoryState.SYNCED if ok else RepositoryState.PENDING,
+                    **(
+                        {"verified_level": VerifyLevel.BLOBS.value, "verified_at": at}
+                        if r in whole
+                        else {}
+                    ),
+                }
+                for r, ok in first.items()
+            ),
         )
         log.info(
             "%d repositories replicated for the first time: %d written whole by this run "

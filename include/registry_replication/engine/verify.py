@@ -63,7 +63,7 @@ def deep_verify(
     started = time.monotonic()
     repositories = sorted({r for r, _ in images})
     report = DeepReport(level, repositories)
-    slices = _slices(leases.store, repositories)
+    slices = _slices(leases.store, leases.secondary, repositories)
     check = ClosureCheck(secondary, report, concurrency)
     check.images(images)
     if level == VerifyLevel.CONTENT:
@@ -85,7 +85,7 @@ def deep_verify(
         (log.info if finding.outcome == CheckOutcome.REPAIRED else log.error)(finding.line())
     report.seconds = time.monotonic() - started
     log.info("%s in %.1fs", report.line(), report.seconds)
-    record(leases.store, report, check, slices, fraction)
+    record(leases.store, leases.secondary, report, check, slices, fraction)
     return report
 
 
@@ -155,27 +155,37 @@ def _repair(
         check.images(again)
 
 
-def _slices(store: Store, repositories: list[str]) -> dict[str, int]:
+def _slices(store: Store, secondary: str, repositories: list[str]) -> dict[str, int]:
     t = repository_state.c
     with store.engine.connect() as conn:
         return {
             r.repository: r.content_slice or 0
             for r in conn.execute(
-                sa.select(t.repository, t.content_slice).where(t.repository.in_(repositories))
+                sa.select(t.repository, t.content_slice).where(
+                    t.secondary == secondary, t.repository.in_(repositories)
+                )
             )
         }
 
 
 def record(
-    store: Store, report: DeepReport, check: ClosureCheck, slices: dict[str, int], fraction: float
+    store: Store,
+    secondary: str,
+    report: DeepReport,
+    check: ClosureCheck,
+    slices: dict[str, int],
+    fraction: float,
 ) -> None:
-    """Each verified repository's level, time and damage; ``damaged`` until it passes."""
+    """Each verified repository's level, time and damage on ``secondary``; ``damaged`` until
+    it passes."""
     t = repository_state.c
     with store.engine.connect() as conn:
         before = {
             r.repository: (r.damaged or {})
             for r in conn.execute(
-                sa.select(t.repository, t.damaged).where(t.repository.in_(report.repositories))
+                sa.select(t.repository, t.damaged).where(
+                    t.secondary == secondary, t.repository.in_(report.repositories)
+                )
             )
         }
     repaired = {
@@ -217,7 +227,7 @@ def record(
         else:  # every image it holds can be pulled (the tags verification may still differ)
             row.update(state=RepositoryState.SYNCED, last_error=None)
         rows.append(row)
-    store.state.set_repository_state(rows)
+    store.state.set_repository_state(secondary, rows)
 
 
 def images_of(

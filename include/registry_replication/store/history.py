@@ -56,7 +56,8 @@ class RunHistory:
         summary: dict[str, Any],
         failures: Iterable[dict[str, Any]] = (),
     ) -> None:
-        """A finished run's summary, replacing its failed layers (a rerun may have fixed some).
+        """A finished run's summary, replacing its failed layers (each naming its secondary; a
+        rerun may have fixed some).
 
         Failed layers are rows of their run (written with its summary, in one transaction), so
         they live here rather than in the replication state."""
@@ -118,15 +119,23 @@ class RunHistory:
     # -- operating history: metrics, alerts, the lag chart ------------------------------------
 
     def record_copied_bytes(
-        self, dag_id: str, run_id: str, task_id: str, map_index: int | None, copied: int
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        map_index: int | None,
+        secondary: str,
+        copied: int,
     ) -> None:
-        """Bytes one task try copied (append-only, so their total only grows)."""
+        """Bytes one task try copied to ``secondary`` (append-only, so their total only
+        grows)."""
         self._append(
             copied_bytes,
             dag_id=dag_id,
             run_id=run_id,
             task_id=task_id,
             map_index=map_index,
+            secondary=secondary,
             bytes=copied,
             recorded_at=now(),
         )
@@ -137,8 +146,9 @@ class RunHistory:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(rows + carried(BYTES_COPIED))).scalar())
 
-    def record_acknowledged(self, acknowledged: Iterable[Event]) -> list[float]:
-        """Each acknowledged event's push-to-replica time; returns the seconds recorded.
+    def record_acknowledged(self, secondary: str, acknowledged: Iterable[Event]) -> list[float]:
+        """Each acknowledged event's push-to-replica time on ``secondary``; returns the seconds
+        recorded.
 
         An event acknowledged again (after a retry from the dead-letter list) keeps its first
         time: the database skips it."""
@@ -146,6 +156,7 @@ class RunHistory:
         rows = {
             e.id: {
                 "event_id": e.id,
+                "secondary": secondary,
                 "repository": e.repository,
                 "pushed_at": e.timestamp,
                 "acknowledged_at": at,
@@ -157,7 +168,9 @@ class RunHistory:
             return []
         insert = (
             dialect_insert(self.engine, push_latency)
-            .on_conflict_do_nothing(index_elements=[push_latency.c.event_id])
+            .on_conflict_do_nothing(
+                index_elements=[push_latency.c.event_id, push_latency.c.secondary]
+            )
             .returning(push_latency.c.event_id)
         )
         with self.engine.begin() as conn:

@@ -17,8 +17,9 @@ never in the one that hides a difference:
 - a removed tag is recorded as *absent* (a row, not a missing row), so a full run's listing
   taken before the removal cannot bring it back: a full run replaces only rows older than its
   listing, and never an intent;
-- a verification stamp names the secondary's URL: a record made against another address is
-  not trusted (one store serves one secondary; use one URL for it everywhere).
+- each secondary has its record, keyed by its connection id, and a verification stamp also
+  names the secondary's URL: a record made against another address is not trusted (use one
+  URL for a secondary everywhere).
 
 Drift made outside this package (a tag deleted on the secondary by hand, its storage emptied)
 is checked for by every cheap run before it trusts the record (``record_check``: the catalog
@@ -46,10 +47,14 @@ PRESENT, ABSENT, INTENT = "present", "absent", "intent"
 
 
 class TagRecord:
-    """The record of the secondary's tags in one replication store."""
+    """The record of one secondary's tags (``secondary``: its connection id) in one store."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, secondary: str) -> None:
         self.engine = store.engine
+        self.secondary = secondary
+        tags, verifications = recorded_tags.c, recorded_verifications.c
+        self._tags = tags.secondary == secondary  # every statement's: this secondary's rows
+        self._verifications = verifications.secondary == secondary
 
     # -- writers (under the repository's lease) ---------------------------------------------
 
@@ -97,13 +102,16 @@ class TagRecord:
         with self.engine.begin() as conn:
             conn.execute(
                 recorded_tags.delete().where(
-                    recorded_tags.c.repository == repository, recorded_tags.c.tag.in_(list(rows))
+                    self._tags,
+                    recorded_tags.c.repository == repository,
+                    recorded_tags.c.tag.in_(list(rows)),
                 )
             )
             conn.execute(
                 recorded_tags.insert(),
                 [
                     {
+                        "secondary": self.secondary,
                         "repository": repository,
                         "tag": tag,
                         "state": state,
@@ -122,12 +130,15 @@ class TagRecord:
         """Re-record one repository from {tag: digest} listed while holding its lease: no
         writer can have changed it meanwhile, and a dead writer's intents are resolved."""
         with self.engine.begin() as conn:
-            conn.execute(recorded_tags.delete().where(recorded_tags.c.repository == repository))
+            conn.execute(
+                recorded_tags.delete().where(self._tags, recorded_tags.c.repository == repository)
+            )
             if listed:
                 conn.execute(
                     recorded_tags.insert(),
                     [
                         {
+                            "secondary": self.secondary,
                             "repository": repository,
                             "tag": tag,
                             "state": PRESENT,
@@ -165,7 +176,7 @@ class TagRecord:
                 rows = conn.execute(
                     sa.select(
                         recorded_tags.c.tag, recorded_tags.c.state, recorded_tags.c.recorded_at
-                    ).where(recorded_tags.c.repository == repository)
+                    ).where(self._tags, recorded_tags.c.repository == repository)
                 ).all()
                 keep = {
                     r.tag for r in rows if r.state == INTENT or aware(r.recorded_at) >= listed_since
@@ -174,13 +185,16 @@ class TagRecord:
                 if stale:
                     conn.execute(
                         recorded_tags.delete().where(
-                            recorded_tags.c.repository == repository, recorded_tags.c.tag.in_(stale)
+                            self._tags,
+                            recorded_tags.c.repository == repository,
+                            recorded_tags.c.tag.in_(stale),
                         )
                     )
                 group = listed.get(repository)
                 if group is not None:
                     fresh = [
                         {
+                            "secondary": self.secondary,
                             "repository": repository,
                             "tag": tag,
                             "state": PRESENT,
@@ -199,12 +213,15 @@ class TagRecord:
                 if whole:
                     conn.execute(
                         recorded_verifications.delete().where(
-                            recorded_verifications.c.repository == repository
+                            self._verifications, recorded_verifications.c.repository == repository
                         )
                     )
                     conn.execute(
                         recorded_verifications.insert().values(
-                            repository=repository, registry=registry, verified_at=listed_since
+                            secondary=self.secondary,
+                            repository=repository,
+                            registry=registry,
+                            verified_at=listed_since,
                         )
                     )
 
@@ -216,7 +233,7 @@ class TagRecord:
             rows = conn.execute(
                 sa.select(
                     recorded_verifications.c.repository, recorded_verifications.c.verified_at
-                ).where(recorded_verifications.c.registry == registry)
+                ).where(self._verifications, recorded_verifications.c.registry == registry)
             )
             return {r.repository: aware(r.verified_at) for r in rows}
 
@@ -246,13 +263,13 @@ class TagRecord:
     def _recorded(
         self, repositories: Iterable[str], columns: list[str], *where: sa.ColumnElement[bool]
     ) -> Iterator[sa.Row[Any]]:
-        """``columns`` of the recorded rows of ``repositories`` (and ``where``), read 500
-        repositories at a time (bounded IN lists)."""
+        """``columns`` of this secondary's recorded rows of ``repositories`` (and ``where``),
+        read 500 repositories at a time (bounded IN lists)."""
         wanted = sorted(set(repositories))
         with self.engine.connect() as conn:
             for start in range(0, len(wanted), 500):
                 query = sa.select(*(recorded_tags.c[c] for c in columns)).where(
-                    recorded_tags.c.repository.in_(wanted[start : start + 500]), *where
+                    self._tags, recorded_tags.c.repository.in_(wanted[start : start + 500]), *where
                 )
                 yield from conn.execute(query)
 
@@ -262,15 +279,15 @@ class TagRecord:
             return conn.execute(
                 sa.select(sa.func.count())
                 .select_from(recorded_tags)
-                .where(recorded_tags.c.state != ABSENT)
+                .where(self._tags, recorded_tags.c.state != ABSENT)
             ).scalar_one()
 
     def repositories(self) -> set[str]:
         """Every repository with a recorded tag or verification."""
         with self.engine.connect() as conn:
-            return set(
-                conn.execute(sa.select(recorded_tags.c.repository).distinct()).scalars()
-            ) | set(conn.execute(sa.select(recorded_verifications.c.repository)).scalars())
+            tags = sa.select(recorded_tags.c.repository).where(self._tags).distinct()
+            verified = sa.select(recorded_verifications.c.repository).where(self._verifications)
+            return set(conn.execute(tags).scalars()) | set(conn.execute(verified).scalars())
 
     def rows(self, repository: str) -> dict[str, tuple[str, str | None]]:
         """{tag: (state, digest)} of one repository (for tests and operators)."""
@@ -278,7 +295,9 @@ class TagRecord:
             return {
                 r.tag: (r.state, r.digest)
                 for r in conn.execute(
-                    sa.select(recorded_tags).where(recorded_tags.c.repository == repository)
+                    sa.select(recorded_tags).where(
+                        self._tags, recorded_tags.c.repository == repository
+                    )
                 )
             }
 

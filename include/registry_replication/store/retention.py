@@ -169,7 +169,8 @@ def _delete_chunks(
     deleted = 0
     while True:
         chunk = sa.select(key).where(where).limit(CHUNK).scalar_subquery()
-        statement = table.delete().where(key.in_(chunk))
+        # ``where`` again: a key may name several rows (an event's latency per secondary).
+        statement = table.delete().where(key.in_(chunk), where)
         with engine.begin() as conn:
             if totals is None:
                 n = conn.execute(statement).rowcount

@@ -14,6 +14,16 @@ from registry_replication.outcomes import EventStatus
 
 metadata = sa.MetaData()
 
+# Rows of a secondary's state name it by its connection id (``settings.SECONDARY_ID``); rows from
+# before there were several stay on ``LEGACY`` until adopted (``store.secondaries``).
+LEGACY = "(legacy)"
+
+
+def _secondary(*, key: bool) -> sa.Column:
+    """The secondary a row of its state belongs to (part of the row's key where it has one)."""
+    return sa.Column("secondary", sa.String(100), primary_key=key, nullable=False)
+
+
 # Read only by code from before migrations, which refuses a store whose version is newer than
 # its own 1 (revision 0002 sets 2): an old worker cannot write to an upgraded store.
 schema_info = sa.Table(
@@ -47,6 +57,7 @@ events = sa.Table(
 repository_state = sa.Table(
     "rr_repository_state",
     metadata,
+    _secondary(key=True),
     sa.Column("repository", sa.String(255), primary_key=True),
     sa.Column("state", sa.String(16), nullable=False),  # synced | pending | failed
     sa.Column("tags_primary", sa.Integer),
@@ -81,6 +92,7 @@ failed_layers = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     *_written_by(task_id_required=False),
+    _secondary(key=False),
     sa.Column("repository", sa.String(255), nullable=False),
     sa.Column("digest", sa.String(160), nullable=False),
     sa.Column("size", sa.BigInteger),
@@ -90,11 +102,12 @@ failed_layers = sa.Table(
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
 )
 
-# Write leases: one row per resource (``repository:<name>`` or ``upload:<key>``), held by one
-# writer (``owner``) until ``expires_at``; the holder renews it while it works.
+# Write leases: one row per secondary and resource (``repository:<name>`` or ``upload:<key>``),
+# held by one writer (``owner``) until ``expires_at``; the holder renews it while it works.
 leases = sa.Table(
     "rr_leases",
     metadata,
+    _secondary(key=True),
     sa.Column("resource", sa.String(512), primary_key=True),
     sa.Column("owner", sa.String(64), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
@@ -118,6 +131,7 @@ copied_bytes = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     *_written_by(task_id_required=True),
+    _secondary(key=False),
     sa.Column("bytes", sa.BigInteger, nullable=False),
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_rr_copied_bytes_recorded", "recorded_at"),  # retention
@@ -127,6 +141,7 @@ push_latency = sa.Table(
     "rr_push_latency",
     metadata,
     sa.Column("event_id", sa.String(255), primary_key=True),
+    _secondary(key=True),
     sa.Column("repository", sa.String(255), nullable=False),
     sa.Column("pushed_at", sa.DateTime(timezone=True), nullable=False),  # the registry's time
     sa.Column("acknowledged_at", sa.DateTime(timezone=True), nullable=False),
@@ -173,6 +188,7 @@ carried_totals = sa.Table(
 recorded_tags = sa.Table(
     "rr_recorded_tags",
     metadata,
+    _secondary(key=True),
     sa.Column("repository", sa.String(255), primary_key=True),
     sa.Column("tag", sa.String(128), primary_key=True),
     sa.Column("state", sa.String(8), nullable=False),
@@ -188,9 +204,19 @@ recorded_tags = sa.Table(
 recorded_verifications = sa.Table(
     "rr_recorded_verifications",
     metadata,
+    _secondary(key=True),
     sa.Column("repository", sa.String(255), primary_key=True),
     sa.Column("registry", sa.String(512), nullable=False),
     sa.Column("verified_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# The secondaries of this store, by connection id: a ``LEGACY`` row (since when) while rows from
+# before there were several wait for their adoption (``store.secondaries``).
+secondaries = sa.Table(
+    "rr_secondaries",
+    metadata,
+    sa.Column("conn_id", sa.String(100), primary_key=True),
+    sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 # Each file of a run's folder (``artifacts.RunFolder``): the host that wrote it, and its bytes

@@ -1,0 +1,148 @@
+"""The rows from before several secondaries (revision 0007 put them on ``LEGACY``) are adopted
+by one configured secondary: the one whose URL the record was verified at, else the
+``secondary_conn_id`` setting's, else the first; once, whoever asks at the same time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+
+from registry_replication.store import Store, engine, migrate, retention
+from registry_replication.store.record import INTENT, PRESENT, TagRecord
+from registry_replication.store.schema import LEGACY, now, push_latency
+from registry_replication.store.secondaries import Secondaries
+from replication_harness.legacy_store import T0, secondaries_of, store_at
+
+
+def legacy_store(url: str) -> Store:
+    """A store from before several secondaries (revision 0006, a row in every table, the
+    record verified at ``x``), upgraded."""
+    store_at(url, "0006")
+    return Store(url)
+
+
+@pytest.mark.parametrize(
+    ("urls", "preferred", "chosen"),
+    [
+        ({"registry_eu": "https://eu", "registry_ap": "x"}, "registry_eu", "registry_ap"),
+        ({"registry_eu": "https://eu"}, "registry_ap", "registry_ap"),  # unknown URLs
+        ({}, "registry_us", "registry_eu"),  # secondary_conn_id not configured: the first
+    ],
+    ids=["by-url", "by-setting", "first"],
+)
+def test_the_legacy_rows_go_to_one_secondary(store_url, urls, preferred, chosen):
+    store = legacy_store(store_url)
+    configured = ("registry_eu", "registry_ap")
+    assert store.secondaries.adopt_legacy(configured, urls.get, preferred) == chosen
+    assert set().union(*secondaries_of(store).values()) == {chosen}
+    assert TagRecord(store, chosen).verified("x") == {"x": T0}
+    assert (
+        TagRecord(store, "registry_eu" if chosen != "registry_eu" else "registry_ap").rows("x")
+        == {}
+    )
+
+
+def test_a_row_written_meanwhile_stays_and_its_legacy_twin_goes(store_url):
+    store = legacy_store(store_url)
+    store.state.set_repository_state(
+        "registry_eu", [{"repository": "group/app", "state": "synced"}]
+    )
+    assert store.secondaries.adopt_legacy(("registry_eu",), lambda _: None, "registry_eu")
+    assert [
+        (r["secondary"], r["repository"], r["state"]) for r in store.state.repository_states()
+    ] == [("registry_eu", "group/app", "synced")]
+
+
+def test_a_new_store_has_nothing_to_adopt(store_url):
+    store = Store(store_url)
+    assert store.secondaries.adopt_legacy(("registry_eu",), lambda _: None, "registry_eu") is None
+
+
+def test_writers_adopting_at_once_agree_on_one(store_url):
+    """Each writer proposes another secondary; one transaction takes the placeholder, the
+    others find it gone and change nothing."""
+    legacy_store(store_url)
+    configured = tuple(f"registry_{n}" for n in range(6))
+    start = threading.Barrier(len(configured))
+
+    def adopt(preferred: str) -> str | None:
+        own = engine.create(store_url)  # as another process would, with its own connections
+        try:
+            start.wait()
+            return Secondaries(own).adopt_legacy(configured, lambda _: None, preferred)
+        finally:
+            own.dispose()
+
+    with ThreadPoolExecutor(len(configured)) as pool:
+        chosen = [c for c in pool.map(adopt, configured) if c is not None]
+    assert len(chosen) == 1
+    assert set().union(*secondaries_of(Store(store_url)).values()) == set(chosen)
+
+
+def test_each_secondary_has_its_own_rows(store_url, ev):
+    """Leases, record, repository states and latencies of one secondary are not another's."""
+    store = Store(store_url)
+    assert store.state.acquire_lease("registry_eu", "repository:app", "w1", 60) is None
+    assert store.state.acquire_lease("registry_ap", "repository:app", "w2", 60) is None
+    assert store.state.acquire_lease("registry_eu", "repository:app", "w2", 60)["owner"] == "w1"
+    eu, ap = TagRecord(store, "registry_eu"), TagRecord(store, "registry_ap")
+    eu.record("app", "v1", "sha256:" + "a" * 64, "w1")
+    ap.intend("app", ["v1"], "w2")
+    assert eu.rows("app") == {"v1": (PRESENT, "sha256:" + "a" * 64)}
+    assert ap.rows("app") == {"v1": (INTENT, None)}
+    assert eu.tag_count() == ap.tag_count() == 1
+    store.state.set_repository_state("registry_eu", [{"repository": "app", "state": "synced"}])
+    store.state.set_repository_state("registry_ap", [{"repository": "app", "state": "failed"}])
+    assert [(r["secondary"], r["state"]) for r in store.state.repository_states()] == [
+        ("registry_ap", "failed"),
+        ("registry_eu", "synced"),
+    ]
+    assert [r["state"] for r in store.state.repository_states("registry_eu")] == ["synced"]
+    assert len(store.history.record_acknowledged("registry_eu", [ev(1)])) == 1
+    assert len(store.history.record_acknowledged("registry_ap", [ev(1)])) == 1
+    assert store.history.record_acknowledged("registry_eu", [ev(1)]) == []  # a redelivery
+    assert store.history.push_latency_histogram()[1] == 2
+
+
+def test_retention_takes_only_the_old_latency_of_an_event(store, ev):
+    """One event, acknowledged on two secondaries a month apart: the old row goes, counted."""
+    store.history.record_acknowledged("registry_eu", [ev(1)])
+    store.history.record_acknowledged("registry_ap", [ev(1)])
+    with store.engine.begin() as conn:
+        conn.execute(
+            push_latency.update()
+            .where(push_latency.c.secondary == "registry_eu")
+            .values(acknowledged_at=now() - dt.timedelta(days=40))
+        )
+    assert retention.prune(store.engine, dt.timedelta(days=30)).push_latencies == 1
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(push_latency.c.secondary)).scalars().all() == ["registry_ap"]
+    assert store.history.push_latency_histogram()[1] == 2
+
+
+def test_a_downgrade_keeps_the_first_secondarys_rows_and_upgrades_again(store_url):
+    """Revision 0006's keys hold one secondary: the first by name keeps its rows."""
+    store = Store(store_url)
+    for secondary, state in (("registry_eu", "synced"), ("registry_ap", "failed")):
+        store.state.set_repository_state(secondary, [{"repository": "app", "state": state}])
+    down = engine.create(store_url)
+    try:
+        with down.connect() as conn:
+            cfg = migrate.config(conn)
+            command.downgrade(cfg, "0006")
+            conn.commit()
+            assert conn.execute(sa.text("SELECT state FROM rr_repository_state")).all() == [
+                ("failed",)
+            ]
+            command.upgrade(cfg, "head")
+            conn.commit()
+    finally:
+        down.dispose()
+    assert [(r["secondary"], r["state"]) for r in store.state.repository_states()] == [
+        (LEGACY, "failed")
+    ]
