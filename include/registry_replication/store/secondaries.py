@@ -44,6 +44,8 @@ _settled: set[str] = set()
 
 
 class Secondaries:
+    """The secondaries' side of the store: the adoption of the legacy rows."""
+
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
 
