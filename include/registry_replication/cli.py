@@ -56,8 +56,9 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--secondary",
-            default="registry_secondary",
-            help="connection JSON/URI, or AIRFLOW_CONN_ id (default: %(default)s)",
+            action="append",
+            help="AIRFLOW_CONN_ id, NAME=connection JSON/URI, or connection JSON/URI (default: "
+            "registry_secondary); sync takes several, each its own site, the primary read once",
         )
         p.add_argument("--include", action="append", help="repository glob to include (repeatable)")
         p.add_argument("--exclude", action="append", help="repository glob to exclude (repeatable)")

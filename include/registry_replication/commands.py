@@ -9,15 +9,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict
+from typing import Any
 
 import pandas as pd
 
 from registry_replication.engine import diff as diffs
 from registry_replication.engine.leases import Leases
 from registry_replication.engine.plan import Plan
+from registry_replication.engine.sites import Site
 from registry_replication.engine.snapshot import problem_line
-from registry_replication.engine.sync import SyncOptions, planned, run_sync, snapshots
+from registry_replication.engine.sync import (
+    SyncOptions,
+    SyncReport,
+    planned,
+    run_sync_many,
+    snapshots,
+)
 from registry_replication.outcomes import Scope, Snapshot
 from registry_replication.run_outcome import RunOutcome
 from registry_replication.settings import SECONDARY_ID, current
@@ -38,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         return _store_upgrade(args.url)
     try:
         primary = RegistryClient(_config(args.primary))
-        secondary = RegistryClient(_config(args.secondary), writable=args.command == "sync")
+        secondaries = _secondaries(args.secondary or ["registry_secondary"], args.command)
         options = SyncOptions(
             scope=Scope.of(args.include, args.exclude, args.tags),
             repositories=args.repository or None,
@@ -61,18 +71,20 @@ def run(args: argparse.Namespace) -> int:
             ),
         )
         if args.command != "verify":  # verify lists both sides and reads no secondary's rows
-            _adopt_legacy(_secondary_id(args.secondary), secondary.url)
-        return {"plan": _plan, "sync": _sync, "verify": _verify}[args.command](
-            primary, secondary, options, args
-        )
+            _adopt_legacy(secondaries)
+        if args.command == "sync":
+            return _sync(primary, secondaries, options, args)
+        ((name, secondary),) = secondaries.items()
+        if args.command == "plan":
+            return _plan(primary, name, secondary, options, args)
+        return _verify(primary, secondary, options, args)
     except (ConfigError, RegistryError, ValueError) as exc:
         log.error("%s", exc)
         return 2
 
 
-def _plan(primary, secondary, options: SyncOptions, args) -> int:
-    record = TagRecord(Store(), _secondary_id(args.secondary))
-    report = planned(primary, secondary, options, record)
+def _plan(primary, name: str, secondary, options: SyncOptions, args) -> int:
+    report = planned(primary, secondary, options, TagRecord(Store(), name))
     plan = report.plan
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
@@ -93,51 +105,82 @@ def _print_skipped(plan: Plan) -> None:
         print(line)
 
 
-def _sync(primary, secondary, options: SyncOptions, args) -> int:
-    with Leases(Store(), _secondary_id(args.secondary)) as leases:
-        report = run_sync(primary, secondary, options, leases=leases)
-    outcome = report.outcome()
+def _sync(primary, secondaries: dict[str, RegistryClient], options: SyncOptions, args) -> int:
+    store = Store()
+    with ExitStack() as stack:
+        sites = [
+            Site.writing(client, stack.enter_context(Leases(store, name)))
+            for name, client in secondaries.items()
+        ]
+        run = run_sync_many(primary, sites, options)
+    if len(sites) == 1 and run.errors:  # one secondary: its failure is the command's, as ever
+        raise next(iter(run.errors.values()))
     if args.json:
+        reports = {name: _sync_json(report) for name, report in run.reports.items()}
+        reports |= {name: {"failed": True, "error": str(exc)} for name, exc in run.errors.items()}
         print(
             json.dumps(
-                {
-                    "counts": outcome.counts(),
-                    "seconds": report.seconds,
-                    "run": {"kind": report.run_kind.kind, "reason": report.run_kind.reason},
+                {**reports[sites[0].name], "bytes_read_from_primary": primary.bytes_read}
+                if len(sites) == 1
+                else {
+                    "secondaries": reports,
+                    "failed": run.failed,
                     "bytes_read_from_primary": primary.bytes_read,
-                    "problems": report.primary.problems + report.secondary.problems,
-                    "verification": report.verification_line(),
-                    "failed": outcome.failed,
-                    "failures": outcome.lines(),
-                    "findings": [asdict(f) for f in (report.deep.findings if report.deep else [])],
-                    "skipped": [asdict(s) for s in report.plan.skipped],
+                    "blob_bytes_read_from_primary": run.primary_bytes,
                 },
                 indent=2,
             )
         )
     else:
-        print(report.run_kind.line())
-        if outcome.failed_blobs:
-            _print(
-                "failed blobs",
-                pd.DataFrame(outcome.failed_blobs)[
-                    ["repository", "digest", "size", "status", "code", "error"]
-                ],
-            )
-        _print("summary", pd.Series(outcome.counts(), name="count").to_frame())
-        _print_problems(report.primary, report.secondary)
-        _print_skipped(report.plan)
-        if report.prune_refused:
-            print(f"\nprune refused: {report.prune_refused}")
-        if report.deep is not None:
-            print(f"\n{report.deep.line()}")
-            for finding in report.deep.findings:
-                print(f"  {finding.line()}")
-        print(f"\n{report.verification_line()}")
+        for name, report in run.reports.items():
+            if len(sites) > 1:
+                print(f"\n== secondary {name} ==")
+            _print_sync(report)
+        for name, exc in run.errors.items():
+            print(f"\n== secondary {name} ==\nnot served this run: {exc}")
+        seconds = max((r.seconds for r in run.reports.values()), default=0.0)
         print(
-            f"done in {report.seconds:.1f}s, {primary.bytes_read / (1 << 20):.1f} MiB read from the primary"
+            f"done in {seconds:.1f}s, {primary.bytes_read / (1 << 20):.1f} MiB read from the "
+            "primary" + (f" for {len(sites)} secondaries" if len(sites) > 1 else "")
         )
-    return 1 if outcome.failed else 0
+    return 1 if run.failed else 0
+
+
+def _sync_json(report: SyncReport) -> dict[str, Any]:
+    outcome = report.outcome()
+    return {
+        "counts": outcome.counts(),
+        "seconds": report.seconds,
+        "run": {"kind": report.run_kind.kind, "reason": report.run_kind.reason},
+        "problems": report.primary.problems + report.secondary.problems,
+        "verification": report.verification_line(),
+        "failed": outcome.failed,
+        "failures": outcome.lines(),
+        "findings": [asdict(f) for f in (report.deep.findings if report.deep else [])],
+        "skipped": [asdict(s) for s in report.plan.skipped],
+    }
+
+
+def _print_sync(report: SyncReport) -> None:
+    outcome = report.outcome()
+    print(report.run_kind.line())
+    if outcome.failed_blobs:
+        _print(
+            "failed blobs",
+            pd.DataFrame(outcome.failed_blobs)[
+                ["repository", "digest", "size", "status", "code", "error"]
+            ],
+        )
+    _print("summary", pd.Series(outcome.counts(), name="count").to_frame())
+    _print_problems(report.primary, report.secondary)
+    _print_skipped(report.plan)
+    if report.prune_refused:
+        print(f"\nprune refused: {report.prune_refused}")
+    if report.deep is not None:
+        print(f"\n{report.deep.line()}")
+        for finding in report.deep.findings:
+            print(f"  {finding.line()}")
+    print(f"\n{report.verification_line()}")
 
 
 def _verify(primary, secondary, options: SyncOptions, args) -> int:
@@ -212,27 +255,45 @@ def _given_whole(definition: str) -> bool:
     return definition.lstrip().startswith("{") or "://" in definition
 
 
-def _secondary_id(definition: str) -> str:
-    """The secondary's id in the store (its rows, its leases shared with the DAGs): its
-    connection id; the first configured secondary's for a connection given whole."""
-    if _given_whole(definition):
-        return current().secondaries[0]
-    if not SECONDARY_ID.fullmatch(definition):
-        raise ValueError(
-            f"--secondary {definition!r} is not a secondary's connection id (1 to 100 letters, "
-            "digits, _ or -), nor a connection's JSON or URI"
-        )
-    return definition
+def _secondaries(definitions: Sequence[str], command: str) -> dict[str, RegistryClient]:
+    """Each ``--secondary`` by its name in the store (its rows, its leases shared with the
+    DAGs): a connection id; ``NAME=`` and a connection's JSON or URI; or, alone, a connection
+    given whole, named as the first configured secondary. ``plan`` and ``verify`` take one."""
+    if command != "sync" and len(definitions) > 1:
+        raise ValueError(f"{command} takes one --secondary; sync takes several")
+    found: dict[str, RegistryClient] = {}
+    for definition in definitions:
+        name, named, whole = definition.partition("=")
+        if named and SECONDARY_ID.fullmatch(name) and _given_whole(whole):
+            config = RegistryConfig.from_connection(whole)
+        elif _given_whole(definition):
+            if len(definitions) > 1:
+                raise ValueError(
+                    "with several --secondary, name each connection given whole: "
+                    "--secondary NAME='{...}'"
+                )
+            name, config = current().secondaries[0], RegistryConfig.from_connection(definition)
+        elif SECONDARY_ID.fullmatch(definition):
+            name, config = definition, RegistryConfig.from_env(definition)
+        else:
+            raise ValueError(
+                f"--secondary {definition!r} is not a secondary's connection id (1 to 100 "
+                "letters, digits, _ or -), NAME= and a connection's JSON or URI, nor one alone"
+            )
+        if name in found:
+            raise ValueError(f"--secondary {name} is given twice")
+        found[name] = RegistryClient(config, writable=command == "sync")
+    return found
 
 
-def _adopt_legacy(name: str, url: str) -> None:
+def _adopt_legacy(secondaries: dict[str, RegistryClient]) -> None:
     """The store's rows from before several secondaries go to one of the configured ones
-    (``store.secondaries``), judged by the URLs of those this shell can resolve (``name``'s
-    is ``url``)."""
+    (``store.secondaries``), judged by the URLs of those this shell can resolve (the given
+    secondaries' among them)."""
 
     def url_of(conn_id: str) -> str | None:
-        if conn_id == name:
-            return url
+        if conn_id in secondaries:
+            return secondaries[conn_id].url
         try:
             return RegistryConfig.from_env(conn_id).url
         except ConfigError:

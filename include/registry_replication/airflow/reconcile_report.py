@@ -48,8 +48,8 @@ from registry_replication.engine.copy import ImageResult
 from registry_replication.engine.findings import Finding
 from registry_replication.engine.plan import Skipped
 from registry_replication.engine.prune import PruneResult
+from registry_replication.engine.secondary_listing import secondary_after
 from registry_replication.engine.snapshot import problem_line, take_snapshot
-from registry_replication.engine.sync import secondary_after
 from registry_replication.outcomes import RepositoryState, Snapshot, VerifyLevel, summarize
 from registry_replication.run_outcome import RunOutcome
 from registry_replication.store import Store

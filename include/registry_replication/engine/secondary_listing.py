@@ -6,14 +6,17 @@ in for a listing, and ``store.record.choose`` decides which kind of run this is.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pandas as pd
 
+from registry_replication.engine.copy import ImageResult
+from registry_replication.engine.prune import PruneResult
 from registry_replication.engine.record_check import RecordCheck, check_record
 from registry_replication.engine.snapshot import COLUMNS, problem_line, take_snapshot
-from registry_replication.outcomes import Scope, Snapshot, describe
+from registry_replication.outcomes import ImageOutcome, PruneOutcome, Scope, Snapshot, describe
 from registry_replication.settings import current
 from registry_replication.store.record import (
     INTENT,
@@ -205,3 +208,73 @@ def _heads(
             elif descriptor is not None:
                 found.append((repository, tag, descriptor.digest, descriptor.media_type))
     return found, failed
+
+
+def secondary_after(
+    secondary: RegistryClient,
+    before: Snapshot,
+    images: Iterable[ImageResult],
+    pruned: Iterable[PruneResult],
+    *,
+    scope: Scope,
+    concurrency: int,
+    unsure: Iterable[str] = (),
+    relist_all: bool = False,
+) -> Snapshot:
+    """The secondary after a run's writes, for its verification: the listing the run began
+    with plus the writes the secondary acknowledged. Listed again: the repositories where
+    something did not go as planned (a write failed, blocked or skipped, a tag moved, a removal
+    not done; ``unsure``), or, when a full verification is due (``relist_all``), every
+    repository the run changed."""
+    images, pruned = list(images), list(pruned)
+    done = (ImageOutcome.PUSHED, ImageOutcome.SKIPPED)
+    changed = {r.repository for r in images if r.manifests_pushed or r.moved} | {
+        r.repository for r in pruned if r.outcome != PruneOutcome.WOULD_DELETE
+    }
+    doubtful = (
+        {r.repository for r in images if r.outcome not in done or r.moved}
+        | set(unsure)
+        | {
+            r.repository
+            for r in pruned
+            if r.outcome not in (PruneOutcome.DELETED, PruneOutcome.WOULD_DELETE)
+        }
+    )
+    relist = sorted(changed | doubtful if relist_all else doubtful)
+    listed_again = set(relist)
+    written = pd.DataFrame(
+        [
+            (r.repository, tag, r.digest, r.media_type)
+            for r in images
+            if r.outcome in done and r.repository not in listed_again
+            for tag in r.tags
+        ],
+        columns=COLUMNS,
+    )
+    replaced = {(r.repository, r.tag) for r in pruned if r.outcome == PruneOutcome.DELETED} | set(
+        zip(written["repository"], written["tag"])
+    )
+    keep = [
+        repository not in listed_again and (repository, tag) not in replaced
+        for repository, tag in zip(before.tags["repository"], before.tags["tag"])
+    ]
+    frames = [before.tags.loc[pd.Series(keep, index=before.tags.index, dtype=bool)], written]
+    errors, problems = before.errors, before.problems
+    if relist:
+        log.info(
+            "verification: listing again %d repositories where this run's writes did not "
+            "all go as planned%s: %s",
+            len(relist),
+            " (or changed: a full verification is due)" if relist_all else "",
+            ", ".join(relist[:10]) + (" ..." if len(relist) > 10 else ""),
+        )
+        fresh = take_snapshot(secondary, scope, concurrency=concurrency, repositories=relist)
+        frames.append(fresh.tags)
+        errors, problems = errors + fresh.errors, problems + fresh.problems
+    frames = [f for f in frames if len(f)]
+    return Snapshot(
+        before.registry,
+        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS),
+        errors,
+        problems,
+    )

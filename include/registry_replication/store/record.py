@@ -50,6 +50,7 @@ class TagRecord:
     """The record of one secondary's tags (``secondary``: its connection id) in one store."""
 
     def __init__(self, store: Store, secondary: str) -> None:
+        self.store = store
         self.engine = store.engine
         self.secondary = secondary
         tags, verifications = recorded_tags.c, recorded_verifications.c
