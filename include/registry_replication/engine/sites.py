@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 from registry_replication.engine.leases import Leases
@@ -40,8 +41,8 @@ class Site:
 
 def per_site(sites: Sequence[Site], work: Callable[[Site], T]) -> dict[str, T | Exception]:
     """``work`` for every site side by side, each site's outcome by its name."""
-    if len(sites) == 1:  # a lone site in this thread: no pool to pay for
-        return {sites[0].name: outcome_of(lambda: work(sites[0]))}
+    if len(sites) <= 1:  # a lone site in this thread: no pool to pay for
+        return {site.name: outcome_of(partial(work, site)) for site in sites}
     with ThreadPoolExecutor(len(sites), thread_name_prefix="site") as pool:
         futures = {site.name: pool.submit(work, site) for site in sites}
         return {name: outcome_of(future.result) for name, future in futures.items()}
