@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,6 +184,42 @@ def engine_sync(primary: LocalRegistry, secondary: LocalRegistry, log_path: Path
             report = json.loads(run.stdout)
             run.bytes_read = report["bytes_read_from_primary"]
             run.note = json.dumps(report["counts"], separators=(",", ":"))
+        except (ValueError, KeyError) as exc:
+            run.error = run.error or f"unreadable --json output: {exc}"
+    return run
+
+
+def engine_sync_many(
+    primary: LocalRegistry, secondaries: Mapping[str, LocalRegistry], log_path: Path
+) -> Run:
+    """One ``registry-replication sync`` to every secondary (``--secondary NAME=<JSON>``):
+    ``bytes_read`` is the blob bytes it read from the primary for all of them."""
+    run = run_child(
+        [
+            ENGINE,
+            "sync",
+            "--primary",
+            json.dumps(primary.connection()),
+            *(
+                f"--secondary={name}={json.dumps(registry.connection())}"
+                for name, registry in secondaries.items()
+            ),
+            "--json",
+            "--no-prune",
+        ],
+        log_path,
+        Run(),
+    )
+    if run.rc is not None and run.stdout.strip():
+        try:
+            report = json.loads(run.stdout)
+            run.bytes_read = report["blob_bytes_read_from_primary"]
+            # One secondary's report is the whole answer; several are by name.
+            per = report.get("secondaries") or {next(iter(secondaries)): report}
+            run.note = json.dumps(
+                {name: r.get("counts", r.get("error")) for name, r in per.items()},
+                separators=(",", ":"),
+            )
         except (ValueError, KeyError) as exc:
             run.error = run.error or f"unreadable --json output: {exc}"
     return run

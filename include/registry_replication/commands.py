@@ -120,11 +120,12 @@ def _sync(primary, secondaries: dict[str, RegistryClient], options: SyncOptions,
         reports |= {name: {"failed": True, "error": str(exc)} for name, exc in run.errors.items()}
         print(
             json.dumps(
-                {**reports[sites[0].name], "bytes_read_from_primary": primary.bytes_read}
-                if len(sites) == 1
-                else {
-                    "secondaries": reports,
-                    "failed": run.failed,
+                {
+                    **(
+                        reports[sites[0].name]
+                        if len(sites) == 1
+                        else {"secondaries": reports, "failed": run.failed}
+                    ),
                     "bytes_read_from_primary": primary.bytes_read,
                     "blob_bytes_read_from_primary": run.primary_bytes,
                 },
