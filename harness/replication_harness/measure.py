@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 
 from replication_harness.registry import LocalRegistry
-from replication_harness.sync_cli import connection_args
+from replication_harness.sync_cli import connection_args, named_secondaries
 from replication_harness.synthetic import Corpus
 
 MiB = 1 << 20
@@ -168,25 +168,11 @@ def timed(meter: PrimaryMeter, fn: Callable[..., Run], *args: object) -> Run:
 
 
 def engine_sync(primary: LocalRegistry, secondary: LocalRegistry, log_path: Path) -> Run:
-    run = run_child(
-        [
-            ENGINE,
-            "sync",
-            *connection_args(primary.connection(), secondary.connection()),
-            "--json",
-            "--no-prune",
-        ],
-        log_path,
-        Run(),
+    """``registry-replication sync`` of one secondary: ``bytes_read`` is every byte it read
+    from the primary (blobs and manifests)."""
+    return _engine_sync(
+        primary, [json.dumps(secondary.connection())], log_path, "bytes_read_from_primary"
     )
-    if run.rc is not None and run.stdout.strip():
-        try:
-            report = json.loads(run.stdout)
-            run.bytes_read = report["bytes_read_from_primary"]
-            run.note = json.dumps(report["counts"], separators=(",", ":"))
-        except (ValueError, KeyError) as exc:
-            run.error = run.error or f"unreadable --json output: {exc}"
-    return run
 
 
 def engine_sync_many(
@@ -194,16 +180,24 @@ def engine_sync_many(
 ) -> Run:
     """One ``registry-replication sync`` to every secondary (``--secondary NAME=<JSON>``):
     ``bytes_read`` is the blob bytes it read from the primary for all of them."""
+    return _engine_sync(
+        primary,
+        named_secondaries({name: r.connection() for name, r in secondaries.items()}),
+        log_path,
+        "blob_bytes_read_from_primary",
+    )
+
+
+def _engine_sync(
+    primary: LocalRegistry, secondaries: Sequence[str], log_path: Path, bytes_read: str
+) -> Run:
     run = run_child(
         [
             ENGINE,
             "sync",
             "--primary",
             json.dumps(primary.connection()),
-            *(
-                f"--secondary={name}={json.dumps(registry.connection())}"
-                for name, registry in secondaries.items()
-            ),
+            *(f"--secondary={secondary}" for secondary in secondaries),
             "--json",
             "--no-prune",
         ],
@@ -213,13 +207,10 @@ def engine_sync_many(
     if run.rc is not None and run.stdout.strip():
         try:
             report = json.loads(run.stdout)
-            run.bytes_read = report["blob_bytes_read_from_primary"]
-            # One secondary's report is the whole answer; several are by name.
-            per = report.get("secondaries") or {next(iter(secondaries)): report}
-            run.note = json.dumps(
-                {name: r.get("counts", r.get("error")) for name, r in per.items()},
-                separators=(",", ":"),
-            )
+            run.bytes_read = report[bytes_read]
+            per = report.get("secondaries")  # several secondaries: a report each, by name
+            counts = {n: r.get("counts", r.get("error")) for n, r in per.items()} if per else None
+            run.note = json.dumps(counts or report["counts"], separators=(",", ":"))
         except (ValueError, KeyError) as exc:
             run.error = run.error or f"unreadable --json output: {exc}"
     return run

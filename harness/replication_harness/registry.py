@@ -14,6 +14,7 @@ from typing import Any
 
 import requests
 
+from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.config import RegistryConfig
 from replication_harness.keys import KeyPair
 
@@ -26,6 +27,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def open_client(url: str, *, writable: bool = False, retries: int = 3) -> RegistryClient:
+    """A client of an open (no auth) registry at ``url`` (or a proxy in front of one), quick
+    to give up: ``retries`` tries, 10 ms apart."""
+    config = RegistryConfig.from_connection(
+        {
+            "conn_type": "oci_registry",
+            "host": url,
+            "extra": {"auth": "anonymous", "max_retries": retries, "backoff_seconds": 0.01},
+        }
+    )
+    return RegistryClient(config, writable=writable)
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 10) -> None:

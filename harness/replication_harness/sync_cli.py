@@ -55,3 +55,8 @@ def run_sync_cli(
         text=True,
         timeout=120,
     )
+
+
+def named_secondaries(connections: dict[str, dict[str, Any]]) -> list[str]:
+    """Several secondaries for ``sync --secondary``, each ``NAME=<connection JSON>``."""
+    return [f"{name}={json.dumps(connection)}" for name, connection in connections.items()]

@@ -16,26 +16,14 @@ from registry_replication.engine.copy import Copier
 from registry_replication.engine.fanout import FanoutCopier, fanout_tasks
 from registry_replication.engine.plan import BlobTask
 from registry_replication.transport.client import RegistryClient
-from registry_replication.transport.config import RegistryConfig
 from registry_replication.transport.errors import RegistryError, RegistryUnavailableError
 from replication_harness import images
-from replication_harness.registry import LocalRegistry
+from replication_harness.registry import LocalRegistry, open_client
 from replication_harness.servers import Fault, FaultProxy
 
 KiB, MiB = 1 << 10, 1 << 20
 NAMES = ("s1", "s2", "s3")
 BUFFER = 512 * KiB  # the in-memory threshold in these tests (4 MiB in production)
-
-
-def client(url: str, *, writable: bool = False, retries: int = 3) -> RegistryClient:
-    config = RegistryConfig.from_connection(
-        {
-            "conn_type": "oci_registry",
-            "host": url,
-            "extra": {"auth": "anonymous", "max_retries": retries, "backoff_seconds": 0.01},
-        }
-    )
-    return RegistryClient(config, writable=writable)
 
 
 @pytest.fixture
@@ -53,18 +41,18 @@ def sites(tmp_path: Path) -> Iterator[dict[str, LocalRegistry]]:
 def counted(sites) -> Iterator[tuple[FaultProxy, RegistryClient]]:
     """The replicator's read-only client of the primary, through a proxy that counts the
     bytes the primary served."""
-    with FaultProxy(sites["primary"].url) as proxy, client(proxy.url) as primary:
+    with FaultProxy(sites["primary"].url) as proxy, open_client(proxy.url) as primary:
         yield proxy, primary
 
 
 def push(registry: LocalRegistry, repository: str, *layers: images.Blob) -> None:
-    with client(registry.url, writable=True) as writer:
+    with open_client(registry.url, writable=True) as writer:
         for layer in layers:
             writer.push_blob(repository, layer.digest, layer.data, layer.size)
 
 
 def read_back(registry: LocalRegistry, repository: str, layer: images.Blob) -> bytes:
-    with client(registry.url) as reader:
+    with open_client(registry.url) as reader:
         return b"".join(reader.read_blob(repository, layer.digest))
 
 
@@ -96,7 +84,7 @@ def test_every_blob_is_read_once_into_three_secondaries(sites, counted, leases):
         "s2": [task(empty), task(small), task(mid), task(large)],
         "s3": [task(empty), task(small), task(mid, mount_from="base"), task(large)],
     }
-    targets = {name: client(sites[name].url, writable=True) for name in NAMES}
+    targets = {name: open_client(sites[name].url, writable=True) for name in NAMES}
     copier = fanout(primary, targets, leases)
     started = time.monotonic()
     results = copier.copy_blobs(plans)
@@ -133,8 +121,8 @@ def test_a_secondary_cut_mid_upload_fails_alone(sites, counted, leases):
     layers = [images.random_layer(n) for n in (2 * MiB + 7, 200 * KiB)]  # teed, in memory
     push(sites["primary"], "app", *layers)
     with FaultProxy(sites["s2"].url) as cutting:
-        targets = {name: client(sites[name].url, writable=True) for name in NAMES}
-        targets["s2"] = client(cutting.url, writable=True, retries=1)
+        targets = {name: open_client(sites[name].url, writable=True) for name in NAMES}
+        targets["s2"] = open_client(cutting.url, writable=True, retries=1)
         # s2 opens its first upload, then every upload request to it is cut (mid-upload):
         # its legs fail, the others go on.
         uploads = "/blobs/uploads/"
@@ -153,7 +141,7 @@ def test_a_secondary_cut_mid_upload_fails_alone(sites, counted, leases):
         assert result.digest == layer.digest
         assert result.error.startswith("secondary s2: ")
         assert "What to do:" in result.error
-    with client(sites["s2"].url) as reader:
+    with open_client(sites["s2"].url) as reader:
         assert not any(reader.has_blob("app", layer.digest) for layer in layers)
     # s2's retries read the small blob from memory, the large one from the tee or alone.
     assert sum(x.size for x in layers) <= copier.primary_bytes <= 3 * sum(x.size for x in layers)
@@ -163,7 +151,7 @@ def test_a_stopped_secondary_is_tried_once_then_left(sites, counted, leases):
     _, primary = counted
     layers = [images.random_layer(n) for n in (100 * KiB, 1 * MiB + 5, 300 * KiB)]
     push(sites["primary"], "app", *layers)
-    targets = {name: client(sites[name].url, writable=True, retries=1) for name in NAMES}
+    targets = {name: open_client(sites[name].url, writable=True, retries=1) for name in NAMES}
     sites["s3"].stop()
     copier = fanout(primary, targets, leases, parallelism=1)
     results = copier.copy_blobs({name: [task(x) for x in layers] for name in NAMES})
@@ -193,13 +181,13 @@ def test_a_primary_digest_mismatch_fails_every_leg_and_commits_nothing(
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    targets = {name: client(sites[name].url, writable=True) for name in NAMES}
+    targets = {name: open_client(sites[name].url, writable=True) for name in NAMES}
     results = fanout(primary, targets, leases).copy_blobs({name: [task(layer)] for name in NAMES})
     for name in NAMES:
         (result,) = results[name]
         assert result.outcome == "failed" and result.code == "DIGEST_INVALID", result.error
         assert "corrupt at the source" in result.error
-        with client(sites[name].url) as reader:
+        with open_client(sites[name].url) as reader:
             assert not reader.has_blob("app", layer.digest)
 
 
@@ -208,8 +196,8 @@ def test_a_slow_secondary_is_detached_and_finishes_on_its_own_read(sites, counte
     layer = images.random_layer(5 * MiB + 3)
     push(sites["primary"], "app", layer)
     with FaultProxy(sites["s3"].url) as slow:
-        targets = {name: client(sites[name].url, writable=True) for name in NAMES}
-        targets["s3"] = client(slow.url, writable=True)
+        targets = {name: open_client(sites[name].url, writable=True) for name in NAMES}
+        targets["s3"] = open_client(slow.url, writable=True)
         held = slow.hold("PATCH")  # s3 answers its first chunk late
         releaser = threading.Timer(2.0, held.release)
         releaser.start()
@@ -230,12 +218,12 @@ def test_a_small_blob_longer_than_planned_is_refused_as_it_arrives(sites, counte
     layer = images.random_layer(100 * KiB)
     push(sites["primary"], "app", layer)
     planned = BlobTask(layer.digest, layer.size - 1000, "app", "app")  # the plan's size is short
-    targets = {name: client(sites[name].url, writable=True) for name in NAMES}
+    targets = {name: open_client(sites[name].url, writable=True) for name in NAMES}
     results = fanout(primary, targets, leases).copy_blobs({name: [planned] for name in NAMES})
     for name in NAMES:
         (result,) = results[name]
         assert result.outcome == "failed" and result.code == "SIZE_INVALID", result.error
-        with client(sites[name].url) as reader:
+        with open_client(sites[name].url) as reader:
             assert not reader.has_blob("app", layer.digest)
 
 
@@ -291,7 +279,10 @@ def test_any_pattern_of_leg_failures_is_contained(sites, counted, leases, sizes,
     copiers = {}
     for name, pattern in zip(NAMES, patterns):
         copiers[name] = Faulty(
-            primary, client(sites[name].url, writable=True), leases=leases, chunk_size=512 * KiB
+            primary,
+            open_client(sites[name].url, writable=True),
+            leases=leases,
+            chunk_size=512 * KiB,
         )
         copiers[name].pattern = pattern
     copier = FanoutCopier(primary, copiers, buffer_bytes=BUFFER, window=256 * KiB, lag_seconds=0.2)
@@ -303,7 +294,7 @@ def test_any_pattern_of_leg_failures_is_contained(sites, counted, leases, sizes,
             if kind == FAIL:
                 assert result.outcome == "failed", (name, patterns)
                 assert result.error.startswith(f"secondary {name}: ") and "DENIED" in result.error
-                with client(sites[name].url) as reader:
+                with open_client(sites[name].url) as reader:
                     assert not reader.has_blob("app", layer.digest)
             else:
                 assert result.outcome == "copied", (name, patterns, result.error)

@@ -18,6 +18,7 @@ from registry_replication.transport.client import RegistryClient
 from replication_harness import corpus, images
 from replication_harness.registry import LocalRegistry
 from replication_harness.skopeo import skopeo_raw
+from replication_harness.sync_cli import named_secondaries
 
 NAMES = ("site_a", "site_b", "site_c")
 
@@ -129,8 +130,8 @@ def test_the_cli_syncs_several_secondaries_named_on_its_command_line(
             "--primary",
             json.dumps(primary.connection()),
             *(
-                f"--secondary={name}={json.dumps(registry.connection())}"
-                for name, registry in sites.items()
+                f"--secondary={named}"
+                for named in named_secondaries({n: r.connection() for n, r in sites.items()})
             ),
             "--json",
         ]

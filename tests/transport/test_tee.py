@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from registry_replication.transport.client import RegistryClient
-from registry_replication.transport.config import RegistryConfig
 from registry_replication.transport.errors import (
     DigestMismatchError,
     RegistryError,
@@ -23,22 +22,11 @@ from registry_replication.transport.errors import (
 from registry_replication.transport.tee import Tee
 from registry_replication.transport.upload import OpenBody
 from replication_harness import images
-from replication_harness.registry import LocalRegistry
+from replication_harness.registry import LocalRegistry, open_client
 from replication_harness.servers import Fault, FaultProxy
 
 KiB, MiB = 1 << 10, 1 << 20
 LEGS = ("s1", "s2", "s3")
-
-
-def client(url: str, *, writable: bool = False, retries: int = 3) -> RegistryClient:
-    config = RegistryConfig.from_connection(
-        {
-            "conn_type": "oci_registry",
-            "host": url,
-            "extra": {"auth": "anonymous", "max_retries": retries, "backoff_seconds": 0.01},
-        }
-    )
-    return RegistryClient(config, writable=writable)
 
 
 class Reader:
@@ -68,7 +56,7 @@ def registries(tmp_path: Path) -> Iterator[dict[str, LocalRegistry]]:
 
 def push(registries: dict[str, LocalRegistry], size: int) -> images.Blob:
     layer = images.random_layer(size)
-    with client(registries["primary"].url, writable=True) as writer:
+    with open_client(registries["primary"].url, writable=True) as writer:
         writer.push_blob("app", layer.digest, layer.data, layer.size)
     return layer
 
@@ -110,12 +98,12 @@ def fan_out(
 
 
 def assert_exact(registry: LocalRegistry, layer: images.Blob) -> None:
-    with client(registry.url) as reader:
+    with open_client(registry.url) as reader:
         assert b"".join(reader.read_blob("app", layer.digest)) == layer.data
 
 
 def assert_absent(registry: LocalRegistry, layer: images.Blob) -> None:
-    with client(registry.url) as reader:
+    with open_client(registry.url) as reader:
         assert not reader.has_blob("app", layer.digest)
 
 
@@ -125,9 +113,9 @@ def no_tee_threads() -> bool:
 
 def test_three_legs_get_exact_bytes_from_one_read(registries):
     layer = push(registries, 3 * MiB + 4321)
-    with FaultProxy(registries["primary"].url) as proxy, client(proxy.url) as primary:
+    with FaultProxy(registries["primary"].url) as proxy, open_client(proxy.url) as primary:
         reader = Reader(primary, layer.digest)
-        targets = {name: client(registries[name].url, writable=True) for name in LEGS}
+        targets = {name: open_client(registries[name].url, writable=True) for name in LEGS}
         tee = Tee(reader, layer.size, LEGS, repository="app", digest=layer.digest, window=MiB)
         errors = fan_out(tee, targets, layer)
         gets = [p for method, p, _ in proxy.log if method == "GET" and layer.digest in p]
@@ -144,12 +132,12 @@ def test_three_legs_get_exact_bytes_from_one_read(registries):
 def test_a_lagging_leg_is_detached_and_reads_the_rest_alone(registries):
     layer = push(registries, 4 * MiB + 17)
     with (
-        client(registries["primary"].url) as primary,
+        open_client(registries["primary"].url) as primary,
         FaultProxy(registries["s2"].url) as slow,
     ):
         reader = Reader(primary, layer.digest)
-        targets = {name: client(registries[name].url, writable=True) for name in LEGS}
-        targets["s2"] = client(slow.url, writable=True)
+        targets = {name: open_client(registries[name].url, writable=True) for name in LEGS}
+        targets["s2"] = open_client(slow.url, writable=True)
         held = slow.hold("PATCH")  # s2's first chunk waits for its answer...
         releaser = threading.Timer(2.0, held.release)  # ...well past the lag bound
         releaser.start()
@@ -185,10 +173,10 @@ def test_a_lagging_leg_is_detached_and_reads_the_rest_alone(registries):
 
 def test_a_leg_refused_mid_upload_fails_alone(registries):
     layer = push(registries, 3 * MiB)
-    with client(registries["primary"].url) as primary, FaultProxy(registries["s2"].url) as bad:
+    with open_client(registries["primary"].url) as primary, FaultProxy(registries["s2"].url) as bad:
         reader = Reader(primary, layer.digest)
-        targets = {name: client(registries[name].url, writable=True) for name in LEGS}
-        targets["s2"] = client(bad.url, writable=True, retries=1)
+        targets = {name: open_client(registries[name].url, writable=True) for name in LEGS}
+        targets["s2"] = open_client(bad.url, writable=True, retries=1)
         bad.inject(*(Fault(status=403, method="PATCH", after=1, code="DENIED") for _ in range(3)))
         tee = Tee(reader, layer.size, LEGS, repository="app", digest=layer.digest, window=MiB)
         errors = fan_out(tee, targets, layer)
@@ -207,8 +195,8 @@ def test_a_primary_digest_mismatch_commits_nothing_anywhere(registries):
     data = bytearray(path.read_bytes())
     data[len(data) - 10] ^= 0xFF  # same size, wrong bytes near the end
     path.write_bytes(bytes(data))
-    with client(registries["primary"].url) as primary:
-        targets = {name: client(registries[name].url, writable=True) for name in LEGS}
+    with open_client(registries["primary"].url) as primary:
+        targets = {name: open_client(registries[name].url, writable=True) for name in LEGS}
         tee = Tee(
             Reader(primary, layer.digest), layer.size, LEGS, repository="app", digest=layer.digest
         )
@@ -221,10 +209,10 @@ def test_a_primary_digest_mismatch_commits_nothing_anywhere(registries):
 
 def test_a_primary_cut_mid_stream_sends_every_leg_to_read_alone(registries):
     layer = push(registries, 3 * MiB + 5)
-    with FaultProxy(registries["primary"].url) as proxy, client(proxy.url) as primary:
+    with FaultProxy(registries["primary"].url) as proxy, open_client(proxy.url) as primary:
         proxy.inject(Fault(cut_after_bytes=MiB + 100, method="GET", path_contains="/blobs/"))
         reader = Reader(primary, layer.digest)
-        targets = {name: client(registries[name].url, writable=True) for name in LEGS}
+        targets = {name: open_client(registries[name].url, writable=True) for name in LEGS}
         tee = Tee(reader, layer.size, LEGS, repository="app", digest=layer.digest, window=MiB)
         errors = fan_out(tee, targets, layer)
     assert errors == {name: None for name in LEGS}
@@ -236,10 +224,13 @@ def test_a_primary_cut_mid_stream_sends_every_leg_to_read_alone(registries):
 
 def test_a_leg_that_opens_late_reads_alone(registries):
     layer = push(registries, 2 * MiB)
-    with client(registries["primary"].url) as primary, FaultProxy(registries["s3"].url) as late:
+    with (
+        open_client(registries["primary"].url) as primary,
+        FaultProxy(registries["s3"].url) as late,
+    ):
         reader = Reader(primary, layer.digest)
-        targets = {name: client(registries[name].url, writable=True) for name in LEGS}
-        targets["s3"] = client(late.url, writable=True)
+        targets = {name: open_client(registries[name].url, writable=True) for name in LEGS}
+        targets["s3"] = open_client(late.url, writable=True)
         held = late.hold("POST")  # s3 is still opening its session
         releaser = threading.Timer(1.0, held.release)
         releaser.start()
@@ -256,8 +247,8 @@ def test_a_leg_that_opens_late_reads_alone(registries):
 
 def test_memory_stays_within_the_windows(registries):
     layer = push(registries, 24 * MiB)
-    with client(registries["primary"].url) as primary:
-        targets = {name: client(registries[name].url, writable=True) for name in LEGS}
+    with open_client(registries["primary"].url) as primary:
+        targets = {name: open_client(registries[name].url, writable=True) for name in LEGS}
         tee = Tee(
             Reader(primary, layer.digest),
             layer.size,
@@ -282,8 +273,8 @@ def test_memory_stays_within_the_windows(registries):
 
 def test_closing_the_tee_stops_every_leg_and_joins_the_producer(registries):
     layer = push(registries, 8 * MiB)
-    with client(registries["primary"].url) as primary:
-        targets = {name: client(registries[name].url, writable=True) for name in LEGS}
+    with open_client(registries["primary"].url) as primary:
+        targets = {name: open_client(registries[name].url, writable=True) for name in LEGS}
         tee = Tee(
             Reader(primary, layer.digest),
             layer.size,
@@ -374,9 +365,9 @@ def test_any_pattern_of_leg_failures(registries, size, patterns):
     leg reports its failure, nothing hangs and no thread is left."""
     plan = dict(zip(LEGS, patterns))
     layer = push(registries, size)
-    with client(registries["primary"].url) as primary:
+    with open_client(registries["primary"].url) as primary:
         reader = Reader(primary, layer.digest)
-        targets = {name: client(registries[name].url, writable=True) for name in LEGS}
+        targets = {name: open_client(registries[name].url, writable=True) for name in LEGS}
         tee = Tee(
             reader,
             layer.size,
