@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,8 +15,8 @@ from registry_replication.engine.copy import Copier
 from registry_replication.engine.fanout import FanoutCopier, fanout_tasks
 from registry_replication.engine.plan import BlobTask
 from registry_replication.transport.client import RegistryClient
-from registry_replication.transport.errors import RegistryError, RegistryUnavailableError
 from replication_harness import images
+from replication_harness.legs import FAIL, KINDS, OK, faulty
 from replication_harness.registry import LocalRegistry, open_client
 from replication_harness.servers import Fault, FaultProxy
 
@@ -27,14 +26,9 @@ BUFFER = 512 * KiB  # the in-memory threshold in these tests (4 MiB in productio
 
 
 @pytest.fixture
-def sites(tmp_path: Path) -> Iterator[dict[str, LocalRegistry]]:
+def sites(start_registry) -> dict[str, LocalRegistry]:
     """An open primary and three open secondaries."""
-    started = {name: LocalRegistry(tmp_path / name, name=name) for name in ("primary", *NAMES)}
-    for registry in started.values():
-        registry.start()
-    yield started
-    for registry in started.values():
-        registry.stop()
+    return {name: start_registry(name) for name in ("primary", *NAMES)}
 
 
 @pytest.fixture
@@ -229,8 +223,6 @@ def test_a_small_blob_longer_than_planned_is_refused_as_it_arrives(sites, counte
 
 # -- the class of leg failures, through the engine ---------------------------------------------
 
-OK, FAIL, BLIP, PAUSE = "ok", "fail", "blip", "pause"
-
 
 class Faulty(Copier):
     """A secondary's ``Copier`` whose leg meets ``pattern`` at a fraction of each blob: a
@@ -240,22 +232,7 @@ class Faulty(Copier):
 
     def copy_blob(self, task: BlobTask, open_body=None):
         kind, where = self.pattern
-        at, fired = int(where * task.size), threading.Event()
-
-        def faulty(offset: int) -> Iterator[bytes]:
-            position = offset
-            for chunk in open_body(offset):
-                if kind != OK and not fired.is_set() and position <= at < position + len(chunk):
-                    fired.set()
-                    if kind == FAIL:
-                        raise RegistryError("injected leg failure", code="DENIED")
-                    if kind == BLIP:
-                        raise RegistryUnavailableError("injected dropped connection")
-                    time.sleep(0.6)
-                position += len(chunk)
-                yield chunk
-
-        return super().copy_blob(task, faulty)
+        return super().copy_blob(task, faulty(open_body, kind, int(where * task.size), 0.6))
 
 
 @settings(
@@ -265,9 +242,7 @@ class Faulty(Copier):
 )
 @given(
     sizes=st.tuples(st.integers(1, 400 * KiB), st.integers(600 * KiB, 3 * MiB)),
-    patterns=st.tuples(
-        *(st.tuples(st.sampled_from([OK, FAIL, BLIP, PAUSE]), st.floats(0, 0.999)) for _ in NAMES)
-    ),
+    patterns=st.tuples(*(st.tuples(st.sampled_from(KINDS), st.floats(0, 0.999)) for _ in NAMES)),
 )
 def test_any_pattern_of_leg_failures_is_contained(sites, counted, leases, sizes, patterns):
     """In memory or teed, whichever legs fail at whichever byte: the others commit exact

@@ -7,7 +7,6 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,11 +16,11 @@ from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.errors import (
     DigestMismatchError,
     RegistryError,
-    RegistryUnavailableError,
 )
 from registry_replication.transport.tee import Tee
 from registry_replication.transport.upload import OpenBody
 from replication_harness import images
+from replication_harness.legs import FAIL, KINDS, OK, faulty
 from replication_harness.registry import LocalRegistry, open_client
 from replication_harness.servers import Fault, FaultProxy
 
@@ -43,15 +42,22 @@ class Reader:
             yield chunk
 
 
+def tee_of(primary: RegistryClient, layer: images.Blob, **options: float) -> Tee:
+    """A tee of ``layer`` from the primary (counted by its ``Reader``) to the three legs."""
+    return Tee(
+        Reader(primary, layer.digest),
+        layer.size,
+        LEGS,
+        repository="app",
+        digest=layer.digest,
+        **options,
+    )
+
+
 @pytest.fixture
-def registries(tmp_path: Path) -> Iterator[dict[str, LocalRegistry]]:
+def registries(start_registry) -> dict[str, LocalRegistry]:
     """An open primary and three open secondaries."""
-    started = {name: LocalRegistry(tmp_path / name, name=name) for name in ("primary", *LEGS)}
-    for registry in started.values():
-        registry.start()
-    yield started
-    for registry in started.values():
-        registry.stop()
+    return {name: start_registry(name) for name in ("primary", *LEGS)}
 
 
 def push(registries: dict[str, LocalRegistry], size: int) -> images.Blob:
@@ -249,14 +255,7 @@ def test_memory_stays_within_the_windows(registries):
     layer = push(registries, 24 * MiB)
     with open_client(registries["primary"].url) as primary:
         targets = {name: open_client(registries[name].url, writable=True) for name in LEGS}
-        tee = Tee(
-            Reader(primary, layer.digest),
-            layer.size,
-            LEGS,
-            repository="app",
-            digest=layer.digest,
-            window=MiB,
-        )
+        tee = tee_of(primary, layer, window=MiB)
         tracemalloc.start()
         try:
             errors = fan_out(tee, targets, layer, chunk_size=4 * MiB)
@@ -275,14 +274,7 @@ def test_closing_the_tee_stops_every_leg_and_joins_the_producer(registries):
     layer = push(registries, 8 * MiB)
     with open_client(registries["primary"].url) as primary:
         targets = {name: open_client(registries[name].url, writable=True) for name in LEGS}
-        tee = Tee(
-            Reader(primary, layer.digest),
-            layer.size,
-            LEGS,
-            repository="app",
-            digest=layer.digest,
-            window=MiB,
-        )
+        tee = tee_of(primary, layer, window=MiB)
 
         def slow(leg: str, body: OpenBody) -> OpenBody:
             def open_body(offset: int) -> Iterator[bytes]:
@@ -321,30 +313,13 @@ def test_closing_the_tee_stops_every_leg_and_joins_the_producer(registries):
 
 # What happens to a leg when its stream reaches a byte: nothing; a failure its upload does not
 # retry; one it retries (the connection dropped); a pause longer than the lag bound.
-OK, FAIL, BLIP, PAUSE = "ok", "fail", "blip", "pause"
 LAG = 0.2
 
 
 def _patterned(patterns: dict[str, tuple[str, float]], size: int):
     def wrap(leg: str, body: OpenBody) -> OpenBody:
         kind, where = patterns[leg]
-        at = int(where * size)
-        fired = threading.Event()
-
-        def open_body(offset: int) -> Iterator[bytes]:
-            position = offset
-            for chunk in body(offset):
-                if kind != OK and not fired.is_set() and position <= at < position + len(chunk):
-                    fired.set()
-                    if kind == FAIL:
-                        raise RegistryError("injected leg failure", code="DENIED")
-                    if kind == BLIP:
-                        raise RegistryUnavailableError("injected dropped connection")
-                    time.sleep(3 * LAG)
-                position += len(chunk)
-                yield chunk
-
-        return open_body
+        return faulty(body, kind, int(where * size), 3 * LAG)
 
     return wrap
 
@@ -356,9 +331,7 @@ def _patterned(patterns: dict[str, tuple[str, float]], size: int):
 )
 @given(
     size=st.integers(min_value=1, max_value=3 * MiB),
-    patterns=st.tuples(
-        *(st.tuples(st.sampled_from([OK, FAIL, BLIP, PAUSE]), st.floats(0, 0.999)) for _ in LEGS)
-    ),
+    patterns=st.tuples(*(st.tuples(st.sampled_from(KINDS), st.floats(0, 0.999)) for _ in LEGS)),
 )
 def test_any_pattern_of_leg_failures(registries, size, patterns):
     """Whichever legs fail, at whichever byte: each other leg commits exact bytes, each failing
