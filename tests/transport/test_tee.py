@@ -42,16 +42,25 @@ class Reader:
             yield chunk
 
 
-def tee_of(primary: RegistryClient, layer: images.Blob, **options: float) -> Tee:
-    """A tee of ``layer`` from the primary (counted by its ``Reader``) to the three legs."""
+def tee_of(reader: Reader, layer: images.Blob, **options: float) -> Tee:
+    """A tee of ``layer`` from the primary (counted by ``reader``) to the three legs."""
     return Tee(
-        Reader(primary, layer.digest),
+        reader,
         layer.size,
         LEGS,
         repository="app",
         digest=layer.digest,
         **options,
     )
+
+
+def legs_via(
+    registries: dict[str, LocalRegistry], leg: str, proxy: FaultProxy, retries: int = 3
+) -> dict[str, RegistryClient]:
+    """Writable clients of the three legs, ``leg``'s through ``proxy``."""
+    targets = {name: open_client(registries[name].url, writable=True) for name in LEGS}
+    targets[leg] = open_client(proxy.url, writable=True, retries=retries)
+    return targets
 
 
 @pytest.fixture
@@ -122,7 +131,7 @@ def test_three_legs_get_exact_bytes_from_one_read(registries):
     with FaultProxy(registries["primary"].url) as proxy, open_client(proxy.url) as primary:
         reader = Reader(primary, layer.digest)
         targets = {name: open_client(registries[name].url, writable=True) for name in LEGS}
-        tee = Tee(reader, layer.size, LEGS, repository="app", digest=layer.digest, window=MiB)
+        tee = tee_of(reader, layer, window=MiB)
         errors = fan_out(tee, targets, layer)
         gets = [p for method, p, _ in proxy.log if method == "GET" and layer.digest in p]
         served = proxy.body_bytes_sent
@@ -142,20 +151,11 @@ def test_a_lagging_leg_is_detached_and_reads_the_rest_alone(registries):
         FaultProxy(registries["s2"].url) as slow,
     ):
         reader = Reader(primary, layer.digest)
-        targets = {name: open_client(registries[name].url, writable=True) for name in LEGS}
-        targets["s2"] = open_client(slow.url, writable=True)
+        targets = legs_via(registries, "s2", slow)
         held = slow.hold("PATCH")  # s2's first chunk waits for its answer...
         releaser = threading.Timer(2.0, held.release)  # ...well past the lag bound
         releaser.start()
-        tee = Tee(
-            reader,
-            layer.size,
-            LEGS,
-            repository="app",
-            digest=layer.digest,
-            window=MiB,
-            lag_seconds=0.3,
-        )
+        tee = tee_of(reader, layer, window=MiB, lag_seconds=0.3)
         started = time.monotonic()
         finished: dict[str, float] = {}
 
@@ -181,10 +181,9 @@ def test_a_leg_refused_mid_upload_fails_alone(registries):
     layer = push(registries, 3 * MiB)
     with open_client(registries["primary"].url) as primary, FaultProxy(registries["s2"].url) as bad:
         reader = Reader(primary, layer.digest)
-        targets = {name: open_client(registries[name].url, writable=True) for name in LEGS}
-        targets["s2"] = open_client(bad.url, writable=True, retries=1)
+        targets = legs_via(registries, "s2", bad, retries=1)
         bad.inject(*(Fault(status=403, method="PATCH", after=1, code="DENIED") for _ in range(3)))
-        tee = Tee(reader, layer.size, LEGS, repository="app", digest=layer.digest, window=MiB)
+        tee = tee_of(reader, layer, window=MiB)
         errors = fan_out(tee, targets, layer)
     assert errors["s1"] is None and errors["s3"] is None
     assert isinstance(errors["s2"], RegistryError) and errors["s2"].status == 403
@@ -219,7 +218,7 @@ def test_a_primary_cut_mid_stream_sends_every_leg_to_read_alone(registries):
         proxy.inject(Fault(cut_after_bytes=MiB + 100, method="GET", path_contains="/blobs/"))
         reader = Reader(primary, layer.digest)
         targets = {name: open_client(registries[name].url, writable=True) for name in LEGS}
-        tee = Tee(reader, layer.size, LEGS, repository="app", digest=layer.digest, window=MiB)
+        tee = tee_of(reader, layer, window=MiB)
         errors = fan_out(tee, targets, layer)
     assert errors == {name: None for name in LEGS}
     for name in LEGS:
@@ -235,8 +234,7 @@ def test_a_leg_that_opens_late_reads_alone(registries):
         FaultProxy(registries["s3"].url) as late,
     ):
         reader = Reader(primary, layer.digest)
-        targets = {name: open_client(registries[name].url, writable=True) for name in LEGS}
-        targets["s3"] = open_client(late.url, writable=True)
+        targets = legs_via(registries, "s3", late)
         held = late.hold("POST")  # s3 is still opening its session
         releaser = threading.Timer(1.0, held.release)
         releaser.start()
@@ -255,7 +253,7 @@ def test_memory_stays_within_the_windows(registries):
     layer = push(registries, 24 * MiB)
     with open_client(registries["primary"].url) as primary:
         targets = {name: open_client(registries[name].url, writable=True) for name in LEGS}
-        tee = tee_of(primary, layer, window=MiB)
+        tee = tee_of(Reader(primary, layer.digest), layer, window=MiB)
         tracemalloc.start()
         try:
             errors = fan_out(tee, targets, layer, chunk_size=4 * MiB)
@@ -274,7 +272,7 @@ def test_closing_the_tee_stops_every_leg_and_joins_the_producer(registries):
     layer = push(registries, 8 * MiB)
     with open_client(registries["primary"].url) as primary:
         targets = {name: open_client(registries[name].url, writable=True) for name in LEGS}
-        tee = tee_of(primary, layer, window=MiB)
+        tee = tee_of(Reader(primary, layer.digest), layer, window=MiB)
 
         def slow(leg: str, body: OpenBody) -> OpenBody:
             def open_body(offset: int) -> Iterator[bytes]:
@@ -341,16 +339,7 @@ def test_any_pattern_of_leg_failures(registries, size, patterns):
     with open_client(registries["primary"].url) as primary:
         reader = Reader(primary, layer.digest)
         targets = {name: open_client(registries[name].url, writable=True) for name in LEGS}
-        tee = Tee(
-            reader,
-            layer.size,
-            LEGS,
-            repository="app",
-            digest=layer.digest,
-            window=256 * KiB,
-            lag_seconds=LAG,
-            stall_seconds=10,
-        )
+        tee = tee_of(reader, layer, window=256 * KiB, lag_seconds=LAG, stall_seconds=10)
         started = time.monotonic()
         errors = fan_out(tee, targets, layer, chunk_size=384 * KiB, wrap=_patterned(plan, size))
         elapsed = time.monotonic() - started
