@@ -36,6 +36,7 @@ from replication_harness.keys import KeyPair, generate_key_pair
 from replication_harness.postgres import LocalPostgres
 from replication_harness.registry import LocalRegistry, Notifications
 from replication_harness.servers import TokenService, serve_on_loopback
+from replication_harness.sites import Site
 from replication_harness.skopeo import LOGIN
 
 
@@ -129,6 +130,23 @@ def secondary(
 ) -> LocalRegistry:
     """A secondary trusting the same key pair, as Geo requires."""
     return start_registry("secondary", keys=keys, token_realm=token_service.realm)
+
+
+@pytest.fixture(params=["one secondary", "two secondaries"])
+def sites(
+    request: pytest.FixtureRequest,
+    secondary: LocalRegistry,
+    start_registry: Callable[..., LocalRegistry],
+    keys: KeyPair,
+    token_service: TokenService,
+) -> list[Site]:
+    """The secondaries one store serves (issue 22): the test's secondary alone, then with a
+    second, ``registry_b``, written at the same time by writers of its own."""
+    sites = [Site("registry_secondary", secondary)]
+    if request.param == "two secondaries":
+        second = start_registry("secondary-b", keys=keys, token_realm=token_service.realm)
+        sites.append(Site("registry_b", second))
+    return sites
 
 
 @pytest.fixture
