@@ -132,20 +132,21 @@ def secondary(
     return start_registry("secondary", keys=keys, token_realm=token_service.realm)
 
 
+@pytest.fixture
+def secondary_b(
+    start_registry: Callable[..., LocalRegistry], keys: KeyPair, token_service: TokenService
+) -> LocalRegistry:
+    """A second secondary of the same primary (issue 22), ``registry_b`` in the store."""
+    return start_registry("secondary-b", keys=keys, token_realm=token_service.realm)
+
+
 @pytest.fixture(params=["one secondary", "two secondaries"])
-def sites(
-    request: pytest.FixtureRequest,
-    secondary: LocalRegistry,
-    start_registry: Callable[..., LocalRegistry],
-    keys: KeyPair,
-    token_service: TokenService,
-) -> list[Site]:
-    """The secondaries one store serves (issue 22): the test's secondary alone, then with a
-    second, ``registry_b``, written at the same time by writers of its own."""
+def sites(request: pytest.FixtureRequest, secondary: LocalRegistry) -> list[Site]:
+    """The secondaries one store serves (issue 22): the test's secondary alone, then with
+    ``secondary_b``, written at the same time by writers of its own."""
     sites = [Site("registry_secondary", secondary)]
     if request.param == "two secondaries":
-        second = start_registry("secondary-b", keys=keys, token_realm=token_service.realm)
-        sites.append(Site("registry_b", second))
+        sites.append(Site("registry_b", request.getfixturevalue("secondary_b")))
     return sites
 
 

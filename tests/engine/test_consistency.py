@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,6 +25,7 @@ from registry_replication.engine.sync import SyncOptions, run_sync
 from registry_replication.store import Store
 from registry_replication.store.queue import Event
 from registry_replication.transport.client import RegistryClient
+from registry_replication.transport.config import RegistryConfig
 from replication_harness import images
 from replication_harness.servers import FaultProxy
 from replication_harness.sites import Site, assert_exact, sites_env, start_site_sync
@@ -192,3 +194,51 @@ def test_prune_never_untags_a_tag_that_shares_the_digest(
             # The tombstones are gone with their tags; nothing else was left behind.
             assert not is_tombstone(reader.get_manifest("app", "keep").raw)
         assert_exact(primary, site)
+
+
+def test_a_repository_held_on_one_secondary_is_written_on_another_meanwhile(
+    primary, secondary, secondary_b, store, primary_writer
+):
+    """Leases are per secondary: while the writer of one secondary holds ``app``'s lease (held
+    at its tag write, alive and renewing), a writer of another secondary writes ``app`` to the
+    end without waiting; then the first goes on. Both end exact."""
+    sites = [Site("registry_secondary", secondary), Site("registry_b", secondary_b)]
+    image = images.ImageFactory().make()
+    images.push(primary_writer, "app", image, ["t"])
+
+    def sync(site: Site, target: str, wait_seconds: float) -> bool:
+        """A sync of ``site`` written through ``target``; whether it failed."""
+        config = RegistryConfig.from_connection({**site.registry.connection(), "host": target})
+        with (
+            RegistryClient(primary.client_config()) as source,
+            RegistryClient(config, writable=True) as writer,
+            Leases(store, site.conn_id, wait_seconds=wait_seconds) as leases,
+        ):
+            return run_sync(source, writer, leases=leases).failed
+
+    with FaultProxy(secondary.url) as proxy, ThreadPoolExecutor(1) as pool:
+        hold = proxy.hold("PUT", "/app/manifests/t")
+        first = pool.submit(sync, sites[0], proxy.url, 300.0)
+        try:
+            assert hold.arrived.wait(60), first.result() if first.done() else ""
+            [(resource, owner)] = [
+                (lease["resource"], lease["owner"])
+                for lease in store.state.all_leases()
+                if lease["secondary"] == sites[0].conn_id
+            ]
+            assert resource == "repository:app"
+            # A lease shared across secondaries would make this writer wait, then give up.
+            started = time.monotonic()
+            assert not sync(sites[1], sites[1].registry.url, 1.0)
+            assert time.monotonic() - started < 30
+            assert_exact(primary, sites[1])
+            assert not first.done()  # the first writer was held, its lease live, all along
+            assert [(lease["resource"], lease["owner"]) for lease in store.state.all_leases()] == [
+                (resource, owner)
+            ]
+        finally:  # a failure must not leave the first writer held until its timeout
+            hold.release()
+        assert not first.result(timeout=120)
+    for site in sites:
+        assert_exact(primary, site)
+    assert store.state.all_leases() == []

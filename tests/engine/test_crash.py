@@ -80,6 +80,14 @@ def leases_of(store: Store, site: Site) -> list[tuple[str, str]]:
     ]
 
 
+def held_by(store: Store) -> str:
+    """The leases in the store, for a failure's message."""
+    return "\n".join(
+        str((lease["secondary"], lease["resource"], lease["owner"]))
+        for lease in store.state.all_leases()
+    )
+
+
 # Where the victim is held: (method, path fragment, matching requests let through first).
 HOLDS = {
     "chunked upload": ("PATCH", "/app/big/blobs/uploads/", 1),
@@ -137,7 +145,10 @@ def test_sigkill_then_rerun_leaves_the_secondary_exact(
         ]
         # One transfer at a time: nothing else is between a request and its record when the
         # held request arrives (see the README's note on upload sessions).
-        writers = [
+        writers: list[subprocess.Popen] = []
+        # A failed assertion leaves no writer held behind it.
+        stack.callback(lambda: [w.kill() for w in writers if w.poll() is None])
+        writers += [
             writer(
                 primary,
                 site,
@@ -151,7 +162,9 @@ def test_sigkill_then_rerun_leaves_the_secondary_exact(
             for site in sites
         ]
         for site, other in zip(others, writers[1:]):
-            assert holds[site.conn_id].arrived.wait(60), other.communicate(timeout=60)[0]
+            assert holds[site.conn_id].arrived.wait(60), (
+                other.communicate(timeout=60)[0] if other.poll() is not None else held_by(store)
+            )
         assert holds[victim.conn_id].arrived.wait(60)
         # Every site's writer is held at the same point at once, each with its own leases (on
         # the same repository where the point is under a repository's lease).
