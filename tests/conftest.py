@@ -36,6 +36,7 @@ from replication_harness.keys import KeyPair, generate_key_pair
 from replication_harness.postgres import LocalPostgres
 from replication_harness.registry import LocalRegistry, Notifications
 from replication_harness.servers import TokenService, serve_on_loopback
+from replication_harness.sites import Site
 from replication_harness.skopeo import LOGIN
 
 
@@ -129,6 +130,24 @@ def secondary(
 ) -> LocalRegistry:
     """A secondary trusting the same key pair, as Geo requires."""
     return start_registry("secondary", keys=keys, token_realm=token_service.realm)
+
+
+@pytest.fixture
+def secondary_b(
+    start_registry: Callable[..., LocalRegistry], keys: KeyPair, token_service: TokenService
+) -> LocalRegistry:
+    """A second secondary of the same primary (issue 22), ``registry_b`` in the store."""
+    return start_registry("secondary-b", keys=keys, token_realm=token_service.realm)
+
+
+@pytest.fixture(params=["one secondary", "two secondaries"])
+def sites(request: pytest.FixtureRequest, secondary: LocalRegistry) -> list[Site]:
+    """The secondaries one store serves (issue 22): the test's secondary alone, then with
+    ``secondary_b``, written at the same time by writers of its own."""
+    sites = [Site("registry_secondary", secondary)]
+    if request.param == "two secondaries":
+        sites.append(Site("registry_b", request.getfixturevalue("secondary_b")))
+    return sites
 
 
 @pytest.fixture

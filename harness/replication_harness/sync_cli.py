@@ -14,12 +14,14 @@ def sync_env(store_url: str, **variables: str) -> dict[str, str]:
     return {**os.environ, "REGISTRY_REPLICATION_DB_URL": store_url, **variables}
 
 
-def connection_args(primary: dict[str, Any], secondary: dict[str, Any]) -> list[str]:
-    """``--primary`` and ``--secondary`` as connection JSON, the way every command takes them."""
-    return ["--primary", json.dumps(primary), "--secondary", json.dumps(secondary)]
+def connection_args(primary: dict[str, Any], secondary: dict[str, Any] | str) -> list[str]:
+    """``--primary`` and ``--secondary`` as connection JSON, the way every command takes them;
+    a secondary given as a string is its connection id (``AIRFLOW_CONN_<ID>``)."""
+    named = secondary if isinstance(secondary, str) else json.dumps(secondary)
+    return ["--primary", json.dumps(primary), "--secondary", named]
 
 
-def sync_command(primary: dict[str, Any], secondary: dict[str, Any], *args: str) -> list[str]:
+def sync_command(primary: dict[str, Any], secondary: dict[str, Any] | str, *args: str) -> list[str]:
     """The command line of a sync from the ``primary`` to the ``secondary`` connection."""
     return [
         sys.executable,
@@ -32,7 +34,7 @@ def sync_command(primary: dict[str, Any], secondary: dict[str, Any], *args: str)
 
 
 def start_sync(
-    primary: dict[str, Any], secondary: dict[str, Any], *args: str, env: dict[str, str]
+    primary: dict[str, Any], secondary: dict[str, Any] | str, *args: str, env: dict[str, str]
 ) -> subprocess.Popen[str]:
     """A sync left running (a test can hold or kill it); its stderr goes to its stdout."""
     return subprocess.Popen(

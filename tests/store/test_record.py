@@ -25,6 +25,7 @@ from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.config import RegistryConfig
 from replication_harness import images
 from replication_harness.servers import Fault, FaultProxy
+from replication_harness.sites import assert_exact
 from replication_harness.sync_cli import run_sync_cli, start_sync, sync_env
 
 _databases = itertools.count()
@@ -60,10 +61,12 @@ def through(registry, url: str, *, writable: bool = False) -> RegistryClient:
     )
 
 
-def sync(primary, target: RegistryClient, store: Store, **options) -> object:
+def sync(
+    primary, target: RegistryClient, store: Store, secondary: str = "registry_secondary", **options
+) -> object:
     with (
         RegistryClient(primary.client_config()) as source,
-        Leases(store, "registry_secondary") as leases,
+        Leases(store, secondary) as leases,
     ):
         return run_sync(source, target, SyncOptions(**options), leases=leases)
 
@@ -321,6 +324,7 @@ def test_a_writer_killed_between_the_tag_write_and_its_record_leaves_an_intent(
 def test_a_writer_killed_mid_batch_leaves_intents_on_the_whole_batch(
     primary,
     secondary,
+    sites,
     proxy,
     store,
     primary_writer,
@@ -330,7 +334,8 @@ def test_a_writer_killed_mid_batch_leaves_intents_on_the_whole_batch(
     Killed with some of the batch's tags written and one held, the writer leaves an intent on
     every tag of the batch (written or not): none keeps the digest recorded before the batch,
     which the secondary no longer holds. The next cheap run asks about each and puts all
-    right, a tag moved back meanwhile included."""
+    right, a tag moved back meanwhile included. With a second secondary in the store, its
+    writer records the same batch meanwhile: the intents of the first stand."""
     factory = images.ImageFactory()
     tags = [f"t{i}" for i in range(5)]
     old = {tag: images.push(primary_writer, "app", factory.make(), [tag]) for tag in tags}
@@ -339,6 +344,10 @@ def test_a_writer_killed_mid_batch_leaves_intents_on_the_whole_batch(
     assert TagRecord(store, "registry_secondary").rows("app") == {
         tag: (PRESENT, old[tag]) for tag in tags
     }
+    others = sites[1:]
+    for site in others:
+        with site.client(writable=True) as other:
+            assert sync(primary, other, store, site.conn_id).run_kind.kind == "full"
     new = {tag: images.push(primary_writer, "app", factory.make(), [tag]) for tag in tags}
 
     hold = proxy.hold("PUT", "/manifests/t3")
@@ -352,6 +361,12 @@ def test_a_writer_killed_mid_batch_leaves_intents_on_the_whole_batch(
     )
     writer.kill()
     writer.wait(30)
+    for site in others:  # not held by the dead writer's lease, nor writing its record
+        with site.client(writable=True) as other:
+            assert not sync(primary, other, store, site.conn_id).failed
+        assert TagRecord(store, site.conn_id).rows("app") == {
+            tag: (PRESENT, new[tag]) for tag in tags
+        }
     assert TagRecord(store, "registry_secondary").rows("app") == dict.fromkeys(tags, (INTENT, None))
     hold.release()  # the registry takes the held write too
     _wait_for(lambda: secondary_reader.head_manifest("app", "t3").digest == new["t3"])
@@ -370,6 +385,13 @@ def test_a_writer_killed_mid_batch_leaves_intents_on_the_whole_batch(
     rows = TagRecord(store, "registry_secondary").rows("app")
     assert rows["t1"] == (PRESENT, now["t1"])
     assert all(rows[tag] in ((INTENT, None), (PRESENT, now[tag])) for tag in tags), rows
+    for site in others:
+        with site.client(writable=True) as other:
+            assert sync(primary, other, store, site.conn_id).run_kind.kind == "cheap"
+        assert_exact(primary, site)
+        assert TagRecord(store, site.conn_id).rows("app") == {
+            tag: (PRESENT, now[tag]) for tag in tags
+        }
 
 
 def _wait_for(condition, timeout: float = 30.0) -> None:
