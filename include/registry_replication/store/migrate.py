@@ -65,12 +65,12 @@ def upgrade(engine: sa.Engine) -> str | None:
         found = current(conn)
     if found == head():
         return found
+    from alembic import command  # before the lock: the import is not held against others
+
     with _exclusive(engine) as conn:
         found = current(conn)  # another process may have upgraded meanwhile
         if found == head():
             return found
-        from alembic import command
-
         cfg = config(conn)
         if found is None and sa.inspect(conn).has_table("rr_events"):
             log.info(
