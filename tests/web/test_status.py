@@ -164,7 +164,7 @@ def test_totals_states_and_links(store):
     assert queue["depth"] == 2 and queue["oldest_waiting_seconds"] >= 0
     [failed_event] = s["dead_letters"]
     assert (failed_event["id"], failed_event["last_error"]) == ("e1", "HTTP 404 MANIFEST_UNKNOWN")
-    assert failed_event["status"] == "failed"
+    assert (failed_event["status"], failed_event["secondary"]) == ("failed", "registry_secondary")
 
     run = s["last_reconcile"]
     assert (run["run_id"], run["state"]) == (RUN_ID, "failed")
