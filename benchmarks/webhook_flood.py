@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from registry_replication.outcomes import EventStatus
 from registry_replication.store import Store
-from registry_replication.store.schema import events
+from registry_replication.store.schema import ACCEPTED, events
 from registry_replication.web.notifications import ENVELOPE_MEDIA_TYPE
 from replication_harness.registry import free_port
 
@@ -167,8 +167,7 @@ def check(db_url: str, accepted: list[str], odd: set[str]) -> dict:
         "lost": len(unique - set(stored)),
         "unexpected": len(set(stored) - unique),
         "wrong_state": sum(
-            status.get(i) != (EventStatus.REJECTED if i in odd else EventStatus.PENDING)
-            for i in unique
+            status.get(i) != (EventStatus.REJECTED if i in odd else ACCEPTED) for i in unique
         ),
         "rejected": sum(1 for s in status.values() if s == EventStatus.REJECTED),
     }

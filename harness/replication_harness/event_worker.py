@@ -36,15 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(args.store)
     primary = RegistryClient(RegistryConfig.from_connection(args.primary))
     secondary = RegistryClient(RegistryConfig.from_connection(args.secondary), writable=True)
-    with Leases(store, current().secondaries[0], ttl_seconds=args.lease_seconds) as leases:
+    secondary_id = current().secondaries[0]
+    with Leases(store, secondary_id, ttl_seconds=args.lease_seconds) as leases:
         leases.keep_alive()
         while True:
-            store.queue.dead_letter_lost(args.max_attempts)
+            store.queue.dead_letter_lost(secondary_id, args.max_attempts)
             owner, claimed = store.queue.claim(
-                lease_seconds=leases.ttl, owner=leases.owner, max_attempts=args.max_attempts
+                secondary_id,
+                lease_seconds=leases.ttl,
+                owner=leases.owner,
+                max_attempts=args.max_attempts,
             )
             if not claimed:
-                waiting = store.queue.stats()["counts"]
+                waiting = store.queue.stats(secondary_id)["counts"]
                 if not waiting[EventStatus.PENDING] and not waiting[EventStatus.PROCESSING]:
                     return 0
                 time.sleep(0.2)  # leases of a killed worker's events still running
@@ -53,11 +57,13 @@ def main(argv: list[str] | None = None) -> int:
             if any(e.id == args.poison for e in claimed):
                 os.kill(os.getpid(), signal.SIGKILL)
             outcomes = replicate_events(primary, secondary, claimed, leases=leases)
-            store.queue.complete(owner, [i for i, error in outcomes.items() if error is None])
+            store.queue.complete(
+                secondary_id, owner, [i for i, error in outcomes.items() if error is None]
+            )
             for event_id, error in outcomes.items():
                 if error is not None:
                     store.queue.retry_later(
-                        owner, [event_id], error, max_attempts=args.max_attempts
+                        secondary_id, owner, [event_id], error, max_attempts=args.max_attempts
                     )
 
 

@@ -78,7 +78,8 @@ def test_without_an_idle_period_the_task_ends_after_its_batch(
     img = images.ImageFactory(layer_size=32 * 1024).make()
     images.push(primary_writer, "group/app", img, ["v1"])
     store.queue.add(
-        [Event("e1", "push", "group/app", "v1", img.digest, None, dt.datetime.now(dt.UTC))]
+        [Event("e1", "push", "group/app", "v1", img.digest, None, dt.datetime.now(dt.UTC))],
+        ["registry_secondary"],
     )
     caplog.set_level("INFO", logger="registry_replication.airflow")
     assert run("registry_events").state == "success"

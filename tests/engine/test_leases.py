@@ -113,18 +113,20 @@ def _claimer(url: str, start: float) -> list[str]:
     _at(start)
     store, processed = Store(url), []
     while True:
-        owner, claimed = store.queue.claim(limit=17)
+        owner, claimed = store.queue.claim("registry_secondary", limit=17)
         if not claimed:
-            if store.queue.ready_count() == 0:
+            if store.queue.ready_counts(["registry_secondary"])["registry_secondary"] == 0:
                 return processed
             continue
         processed.extend(e.id for e in claimed)
-        store.queue.complete(owner, [e.id for e in claimed])
+        store.queue.complete("registry_secondary", owner, [e.id for e in claimed])
 
 
 def test_concurrent_claimers_never_share_or_lose_an_event(ev, store_url):
     """Eight claimer processes drain 300 events; each is processed once."""
-    Store(store_url).queue.add([ev(i, repository=f"group/app{i % 7}") for i in range(300)])
+    Store(store_url).queue.add(
+        [ev(i, repository=f"group/app{i % 7}") for i in range(300)], ["registry_secondary"]
+    )
     start = time.time() + 1.0
     with _processes() as pool:
         processed = [i for one in pool.map(_claimer, [store_url] * 8, [start] * 8) for i in one]
@@ -135,15 +137,19 @@ def test_concurrent_claimers_never_share_or_lose_an_event(ev, store_url):
 def test_claimed_events_live_as_long_as_their_writer(ev, store_url):
     """A writer's heartbeat keeps its claimed events; a killed writer's come back in one TTL."""
     store = Store(store_url)
-    store.queue.add([ev(1), ev(2)])
+    store.queue.add([ev(1), ev(2)], ["registry_secondary"])
     with Leases(store, "registry_secondary", ttl_seconds=0.6) as alive:
-        owner, claimed = store.queue.claim(lease_seconds=alive.ttl, owner=alive.owner, limit=1)
+        owner, claimed = store.queue.claim(
+            "registry_secondary", lease_seconds=alive.ttl, owner=alive.owner, limit=1
+        )
         alive.keep_alive()
-        dead_owner, dead_claim = store.queue.claim(lease_seconds=0.6, owner="killed", limit=1)
+        dead_owner, dead_claim = store.queue.claim(
+            "registry_secondary", lease_seconds=0.6, owner="killed", limit=1
+        )
         time.sleep(1.5)  # more than two TTLs
-        again_owner, again = store.queue.claim()
+        again_owner, again = store.queue.claim("registry_secondary")
         assert [e.id for e in again] == [e.id for e in dead_claim]  # the killed writer's event
-        store.queue.complete(owner, [e.id for e in claimed])
+        store.queue.complete("registry_secondary", owner, [e.id for e in claimed])
     assert store.queue.stats()["counts"]["done"] == 1
 
 

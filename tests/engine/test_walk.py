@@ -161,12 +161,12 @@ def test_one_digest_passes_each_step_of_the_walk_once(
     ) as writer:
         images.push(writer, "group/walk", image, ["1.0"])
     deadline = time.monotonic() + 30
-    while store.queue.ready_count() == 0:
+    while store.queue.ready_counts(["registry_secondary"])["registry_secondary"] == 0:
         assert time.monotonic() < deadline, "the push's notification never arrived"
         time.sleep(0.1)
     walk.forget_pushing()
 
-    owner, events = store.queue.claim(owner=leases.owner)
+    owner, events = store.queue.claim("registry_secondary", owner=leases.owner)
     assert [(e.action, e.repository, e.tag) for e in events] == [("push", "group/walk", "1.0")]
     with (
         RegistryClient(RegistryConfig.from_connection(notifying_primary.connection())) as primary,
@@ -176,7 +176,7 @@ def test_one_digest_passes_each_step_of_the_walk_once(
     ):
         outcomes = realtime.replicate_events(primary, target, events, leases=leases)
     assert outcomes == {events[0].id: None}
-    store.queue.complete(owner, [events[0].id])
+    store.queue.complete("registry_secondary", owner, [events[0].id])
     calls, sent = dict(walk.calls), dict(walk.sent)
 
     # The layer is on the secondary, byte for byte.

@@ -150,8 +150,11 @@ def test_an_event_that_kills_its_worker_never_holds_the_others_back(
     pushed["poison/app"] = images.push(primary_writer, "poison/app", factory.make(), ["v1"])
     at = dt.datetime.now(dt.UTC)
     store.queue.add(
-        Event(f"{repository}:v1", "push", repository, "v1", digest, None, at)
-        for repository, digest in pushed.items()
+        [
+            Event(f"{repository}:v1", "push", repository, "v1", digest, None, at)
+            for repository, digest in pushed.items()
+        ],
+        ["registry_secondary"],
     )
     max_attempts, kills, runs = 10, 0, 0
     command = [

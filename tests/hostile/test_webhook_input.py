@@ -79,7 +79,7 @@ def test_an_event_out_of_grammar_is_rejected_and_the_rest_kept(
     if isinstance(fields.get("repository"), str):
         assert rejected["repository"] == fields["repository"][:255]  # what the operator sees
     # Never claimable: only the good event comes out of the queue.
-    _, claimed = store.queue.claim()
+    _, claimed = store.queue.claim("registry_secondary")
     assert [e.id for e in claimed] == [good["id"]]
     assert store.queue.stats()["counts"][EventStatus.REJECTED] == 1
 

@@ -17,6 +17,7 @@ from registry_replication.store.schema import (
     carried_totals,
     copied_bytes,
     dag_outcomes,
+    deliveries,
     events,
     failed_layers,
     push_latency,
@@ -108,7 +109,8 @@ def seed(store: Store) -> None:
         set_time(store, sent_alerts.c.sent_at, days_ago(age), sent_alerts.c.run_id == run_id)
     # Events: only the old finished ones (done, rejected) go; waiting and failed ones stay.
     q.add(
-        [Event(f"e{i}", "push", "group/app", f"v{i}", None, None, days_ago(50)) for i in range(7)]
+        [Event(f"e{i}", "push", "group/app", f"v{i}", None, None, days_ago(50)) for i in range(7)],
+        ["registry_secondary"],
     )
     q.add(
         [
@@ -123,7 +125,8 @@ def seed(store: Store) -> None:
                 status="rejected",
                 error="out of grammar",
             )
-        ]
+        ],
+        ["registry_secondary"],
     )
     for event_id, status in (
         ("e0", "done"),
@@ -134,7 +137,9 @@ def seed(store: Store) -> None:
         ("e5", "done"),
     ):
         with store.engine.begin() as conn:
-            conn.execute(events.update().where(events.c.id == event_id).values(status=status))
+            conn.execute(
+                deliveries.update().where(deliveries.c.event_id == event_id).values(status=status)
+            )
     for event_id, age in (
         ("e0", 40),
         ("e1", 31),
@@ -146,6 +151,10 @@ def seed(store: Store) -> None:
         ("e6", 40),
     ):
         set_time(store, events.c.updated_at, days_ago(age), events.c.id == event_id)
+        if event_id != "rejected":  # a rejected event has no delivery
+            set_time(
+                store, deliveries.c.updated_at, days_ago(age), deliveries.c.event_id == event_id
+            )
     # Latencies: three old (in three different buckets) go, one recent stays. Binary fractions:
     # the sum of seconds is then exact however the database adds them up.
     for event_id, seconds, age in (
@@ -219,13 +228,14 @@ def test_prune_deletes_old_history_keeps_what_is_read_and_the_counters_hold(stor
         runs=2,
         failed_layers=2,
         events=3,
+        deliveries=2,
         push_latencies=3,
         copied_bytes_records=5,
         dag_outcomes=2,
         alerts=1,
     )
     assert pruned.line() == (
-        "2 runs, 2 failed layers, 3 events, 3 push latencies, "
+        "2 runs, 2 failed layers, 3 events, 2 deliveries, 3 push latencies, "
         "5 copied bytes records, 2 dag outcomes, 1 alerts"
     )
     assert counts(store) == {
@@ -335,7 +345,7 @@ def test_the_cli_prunes_the_store(store, capsys):
     assert main(["store", "prune", "--url", url, "--days", "30"]) == 0
     out = capsys.readouterr().out
     assert (
-        "removed 2 runs, 2 failed layers, 3 events, 3 push latencies, 5 copied bytes "
+        "removed 2 runs, 2 failed layers, 3 events, 2 deliveries, 3 push latencies, 5 copied bytes "
         "records, 2 dag outcomes, 1 alerts older than 30 days" in out
     )
     assert counts(store)["rr_runs"] == 2 and store.history.copied_bytes_total() == 15700

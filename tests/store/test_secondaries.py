@@ -14,7 +14,7 @@ from alembic import command
 
 from registry_replication.store import Store, engine, migrate, retention
 from registry_replication.store.record import INTENT, PRESENT, TagRecord
-from registry_replication.store.schema import LEGACY, now, push_latency
+from registry_replication.store.schema import LEGACY, deliveries, events, now, push_latency
 from registry_replication.store.secondaries import Secondaries
 from replication_harness.legacy_store import T0, secondaries_of, store_at
 
@@ -146,3 +146,57 @@ def test_a_downgrade_keeps_the_first_secondarys_rows_and_upgrades_again(store_ur
     assert [(r["secondary"], r["state"]) for r in store.state.repository_states()] == [
         (LEGACY, "failed")
     ]
+
+
+def test_an_adopted_store_gives_its_events_deliveries_to_one_secondary(store_url):
+    """A store adopted at 0007 (one secondary's state, its events' delivery state on
+    ``rr_events``) upgrades to 0008: each accepted event's state becomes its delivery on
+    ``LEGACY``, adopted like the rest, attempts and status kept."""
+    store_at(store_url, "0007")
+    at_0007 = engine.create(store_url)
+    try:
+        with at_0007.begin() as conn:
+            for table in ("rr_leases", "rr_repository_state", "rr_recorded_tags"):
+                conn.execute(sa.text(f"UPDATE {table} SET secondary = 'registry_eu'"))
+            conn.execute(sa.text("DELETE FROM rr_secondaries"))
+            waiting = dict(
+                conn.execute(
+                    sa.text("SELECT id, attempts FROM rr_events WHERE status = 'pending'")
+                ).all()
+            )
+    finally:
+        at_0007.dispose()
+    store = Store(store_url)
+    assert {e["id"]: e["secondary"] for e in store.queue.events(status="pending")} == dict.fromkeys(
+        waiting, LEGACY
+    )
+    assert store.secondaries.adopt_legacy(("registry_eu", "registry_ap"), lambda _: None, "x")
+    assert store.queue.ready_counts(["registry_eu", "registry_ap"]) == {
+        "registry_eu": len(waiting),
+        "registry_ap": 0,
+    }
+    _, claimed = store.queue.claim("registry_eu")
+    assert {e.id: e.attempts for e in claimed} == {i: n + 1 for i, n in waiting.items()}
+
+
+def test_retention_keeps_an_event_while_a_secondary_still_owes_it(store, ev):
+    """Done on one secondary a month ago, pending on the other: the done delivery goes
+    (counted), the event and the other's delivery stay."""
+    store.queue.add([ev(1)], ["registry_eu", "registry_ap"])
+    owner, _ = store.queue.claim("registry_eu")
+    store.queue.complete("registry_eu", owner, ["e1"])
+    old = now() - dt.timedelta(days=40)
+    with store.engine.begin() as conn:
+        conn.execute(deliveries.update().values(updated_at=old))
+        conn.execute(events.update().values(updated_at=old))
+    pruned = retention.prune(store.engine, dt.timedelta(days=30))
+    assert (pruned.deliveries, pruned.events) == (1, 0)
+    assert [(e["id"], e["secondary"]) for e in store.queue.events()] == [("e1", "registry_ap")]
+    assert store.queue.status_counts()["done"] == 1  # carried
+    owner, _ = store.queue.claim("registry_ap")
+    store.queue.complete("registry_ap", owner, ["e1"])
+    with store.engine.begin() as conn:
+        conn.execute(deliveries.update().values(updated_at=old))
+    pruned = retention.prune(store.engine, dt.timedelta(days=30))
+    assert (pruned.deliveries, pruned.events) == (1, 1)
+    assert store.queue.events() == [] and store.queue.status_counts()["done"] == 2

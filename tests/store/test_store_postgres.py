@@ -28,12 +28,15 @@ def store_on(postgres) -> Store:
 
 def test_add_claim_complete(ev, postgres):
     store = store_on(postgres)
-    assert store.queue.add([ev(1), ev(2)]) == 2 and store.queue.add([ev(1)]) == 0
-    owner, claimed = store.queue.claim()
+    assert (
+        store.queue.add([ev(1), ev(2)], ["registry_secondary"]) == 2
+        and store.queue.add([ev(1)], ["registry_secondary"]) == 0
+    )
+    owner, claimed = store.queue.claim("registry_secondary")
     assert [e.id for e in claimed] == ["e1", "e2"] and claimed[0].attempts == 1
     assert claimed[0].timestamp == T0 + dt.timedelta(seconds=1)  # timezone-aware round trip
-    assert store.queue.claim()[1] == []  # leased
-    store.queue.complete(owner, ["e1", "e2"])
+    assert store.queue.claim("registry_secondary")[1] == []  # leased
+    store.queue.complete("registry_secondary", owner, ["e1", "e2"])
     assert store.queue.stats()["counts"] == {
         "pending": 0,
         "processing": 0,
@@ -48,9 +51,11 @@ def test_add_claim_complete(ev, postgres):
 def test_concurrent_claims_never_share_an_event(ev, postgres):
     """Workers on different machines claim at once: SKIP LOCKED hands each event to one."""
     store = store_on(postgres)
-    store.queue.add([ev(i) for i in range(100)])
+    store.queue.add([ev(i) for i in range(100)], ["registry_secondary"])
     with ThreadPoolExecutor(8) as pool:
-        claims = list(pool.map(lambda _: store.queue.claim(limit=30)[1], range(8)))
+        claims = list(
+            pool.map(lambda _: store.queue.claim("registry_secondary", limit=30)[1], range(8))
+        )
     ids = [e.id for claim in claims for e in claim]
     assert len(ids) == len(set(ids)) == 100  # 8 x 30 asked for, each event handed out once
 

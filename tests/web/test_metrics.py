@@ -105,14 +105,15 @@ def test_an_empty_store_scrapes_as_zeros_with_every_label(store):
 
 
 def test_a_scrape_reads_the_queue_the_history_and_the_latencies(store, ev):
-    store.queue.add([ev(i) for i in range(4)])
+    store.queue.add([ev(i) for i in range(4)], ["registry_secondary"])
     store.queue.add(
-        [Event("bad", "push", "Odd/app", None, None, None, T0, status="rejected", error="grammar")]
+        [Event("bad", "push", "Odd/app", None, None, None, T0, status="rejected", error="grammar")],
+        ["registry_secondary"],
     )
-    owner, claimed = store.queue.claim(limit=3)
+    owner, claimed = store.queue.claim("registry_secondary", limit=3)
     done, failed = [e.id for e in claimed[:2]], [claimed[2].id]
-    store.queue.complete(owner, done)
-    store.queue.fail(owner, failed, "malformed")
+    store.queue.complete("registry_secondary", owner, done)
+    store.queue.fail("registry_secondary", owner, failed, "malformed")
     store.history.record_acknowledged("registry_secondary", claimed[:2])
     store.history.record_copied_bytes(
         "registry_events", "r1", "replicate_events", None, "registry_secondary", 1000

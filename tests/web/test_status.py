@@ -105,12 +105,13 @@ def store(ev, store: Store) -> Store:
             ev(1, repository="group/new", tag="v1"),
             ev(2, repository="group/new", tag="v2"),
             ev(3, repository="group/new", tag="v3"),
-        ]
+        ],
+        ["registry_secondary"],
     )
-    owner, _ = store.queue.claim(limit=1)
-    assert store.queue.retry_later(owner, ["e1"], "HTTP 404 MANIFEST_UNKNOWN", max_attempts=1) == [
-        "e1"
-    ]
+    owner, _ = store.queue.claim("registry_secondary", limit=1)
+    assert store.queue.retry_later(
+        "registry_secondary", owner, ["e1"], "HTTP 404 MANIFEST_UNKNOWN", max_attempts=1
+    ) == ["e1"]
     return store
 
 
@@ -163,7 +164,7 @@ def test_totals_states_and_links(store):
     assert queue["depth"] == 2 and queue["oldest_waiting_seconds"] >= 0
     [failed_event] = s["dead_letters"]
     assert (failed_event["id"], failed_event["last_error"]) == ("e1", "HTTP 404 MANIFEST_UNKNOWN")
-    assert failed_event["status"] == "failed"
+    assert (failed_event["status"], failed_event["secondary"]) == ("failed", "registry_secondary")
 
     run = s["last_reconcile"]
     assert (run["run_id"], run["state"]) == (RUN_ID, "failed")
@@ -239,7 +240,7 @@ def test_the_page_shows_what_the_json_has(store, tmp_path):
 
 def test_history_depth_latency_and_bytes_per_run(ev, tmp_path):
     from registry_replication.airflow.status_page import render
-    from registry_replication.store.schema import events
+    from registry_replication.store.schema import deliveries
 
     store = Store(f"sqlite:///{tmp_path / 'history.db'}")
     now = T0 + dt.timedelta(days=1)
@@ -250,7 +251,8 @@ def test_history_depth_latency_and_bytes_per_run(ev, tmp_path):
             ev(2, repository="group/new", tag="v2"),
             ev(3, repository="group/new", tag="v3"),
             ev(4, repository="group/new", tag="v4"),
-        ]
+        ],
+        ["registry_secondary"],
     )
     # (received, last update, status): e4 left the queue before the chart's day began.
     times = {
@@ -262,8 +264,8 @@ def test_history_depth_latency_and_bytes_per_run(ev, tmp_path):
     with store.engine.begin() as conn:
         for event_id, (received, updated, state) in times.items():
             conn.execute(
-                events.update()
-                .where(events.c.id == event_id)
+                deliveries.update()
+                .where(deliveries.c.event_id == event_id)
                 .values(received_at=received, updated_at=updated, status=state)
             )
     store.history.record_run("registry_reconcile", "r1", "success", {"bytes copied": 4096})

@@ -1,5 +1,8 @@
-"""The event path's task: ``replicate_events`` drains the queue the webhook fills, replicates
-each claimed event through the engine and acknowledges it (``dags/registry_events.py``)."""
+"""The event path's tasks: one ``replicate_events`` per configured secondary (``drains``) drains
+that secondary's deliveries from the queue the webhook fills, replicates each claimed event
+through the engine and acknowledges it (``dags/registry_events.py``). A secondary that does not
+answer is skipped, its deliveries postponed with no attempt counted, so its outage neither
+holds the others back nor dead-letters its backlog, which drains once it answers again."""
 
 from __future__ import annotations
 
@@ -7,7 +10,8 @@ import logging
 import time
 
 import pendulum
-from airflow.sdk import get_current_context, task
+from airflow.sdk import XComArg, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
 
 from registry_replication.airflow import alerts
 from registry_replication.airflow.deployment import checked
@@ -24,42 +28,71 @@ from registry_replication.outcomes import PermanentFailure, RepositoryState
 from registry_replication.settings import current
 from registry_replication.store import Store
 from registry_replication.store.queue import Event
+from registry_replication.transport.client import RegistryClient
+from registry_replication.transport.errors import RETRY_STATUSES, RegistryError
+from registry_replication.transport.retry import one_try_each
 
 log = logging.getLogger(__name__)
 
 # How often a draining replicate_events looks for new events: a cheap count, no write lock.
 DRAIN_POLL_SECONDS = 0.2
+# A secondary that does not answer: its deliveries wait this long (no attempt counted) before
+# a later run's drain probes it again.
+PROBE_SECONDS = 30.0
+
+
+def drains(max_attempts: int) -> list[XComArg]:
+    """A ``replicate_events`` per configured secondary, each draining only its deliveries (one
+    secondary: the task ``replicate_events``, as before there were several; else
+    ``replicate_events_<conn id>``)."""
+    secondaries = current().secondaries
+    return [
+        replicate_events.override(
+            task_id="replicate_events" if len(secondaries) == 1 else f"replicate_events_{s}"
+        )(s, max_attempts=max_attempts)
+        for s in secondaries
+    ]
 
 
 # No task retries: events retry through the store's backoff, and a task retry would find the
 # dead-lettered events gone and turn the run green (no failure alert).
 @task(queue=COPY_QUEUE, pool=PARSED.copy_pool, retries=0)
 @checked
-def replicate_events(max_attempts: int = 10) -> dict[str, int]:
-    """Claim waiting events, replicate them, and acknowledge each once its tag is complete.
+def replicate_events(secondary: str, max_attempts: int = 10) -> dict[str, int]:
+    """Claim ``secondary``'s waiting deliveries, replicate their events to it, and acknowledge
+    each once its tag is complete there.
 
     Then keep draining: claim and replicate whatever arrives next, until no event has come for
     ``[registry_replication] event_drain_idle_seconds`` (default 60), so a burst of pushes skips
     the scheduler's and the task start-up's seconds. Events marked failed (their image cannot
     be replicated, they ran out of attempts, or they kept losing their worker) do not stop the
     drain: the run fails once it ends, naming them, and the failure alert fires.
+
+    Before each claim, ``secondary`` is pinged once: if it does not answer, its deliveries are
+    postponed by ``PROBE_SECONDS`` with no attempt counted and the task is skipped.
     """
     configured = current()
     store = Store()
     primary = registry_client(PARSED.primary_conn_id)
-    secondary = registry_client(PARSED.secondaries[0], writable=True)
+    client = registry_client(secondary, writable=True)
     totals = {"claimed": 0, "done": 0, "retrying": 0, "batches": 0}
     started = last_work = time.monotonic()
-    with Leases(store, PARSED.secondaries[0]) as leases:
+    with Leases(store, secondary) as leases:
         # Renewed from the start: events are claimed under this writer's identity, so its
         # heartbeat keeps the claims alive while the work goes on, and a killed task's events
         # come back within the lease time.
         leases.keep_alive()
         failed: list[str] = []  # events marked failed, as repository:tag
+        unreachable: str | None = None
         while True:
-            failed += _dead_letter_lost(store, max_attempts)
+            failed += _dead_letter_lost(store, secondary, max_attempts)
+            unreachable = _unreachable(client)
+            if unreachable:
+                until = pendulum.now("UTC").add(seconds=PROBE_SECONDS)
+                waiting = store.queue.postpone(secondary, until)
+                break
             owner, claimed = store.queue.claim(
-                lease_seconds=leases.ttl, owner=leases.owner, max_attempts=max_attempts
+                secondary, lease_seconds=leases.ttl, owner=leases.owner, max_attempts=max_attempts
             )
             if claimed:
                 log.info(
@@ -73,7 +106,7 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
                 try:
                     outcomes = realtime.replicate_events(
                         primary,
-                        secondary,
+                        client,
                         claimed,
                         leases=leases,
                         repositories_at_once=configured.event_repositories_at_once,
@@ -82,11 +115,9 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
                     )
                 finally:
                     if sum(copied):
-                        alerts.record_copied_bytes(
-                            get_current_context(), leases.secondary, sum(copied)
-                        )
+                        alerts.record_copied_bytes(get_current_context(), secondary, sum(copied))
                 counts, given_up = _acknowledge(
-                    store, leases.secondary, owner, claimed, outcomes, max_attempts
+                    store, secondary, owner, claimed, outcomes, max_attempts
                 )
                 failed += given_up
                 totals = {k: totals[k] + counts.get(k, 0) for k in totals}
@@ -99,7 +130,9 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
                     now - started,
                 )
                 break
-            if not _wait_for_events(store, last_work + configured.event_drain_idle_seconds):
+            if not _wait_for_events(
+                store, secondary, last_work + configured.event_drain_idle_seconds
+            ):
                 break
     if not totals["batches"]:
         log.info("no events to process (another run took them, or they are backing off)")
@@ -118,11 +151,28 @@ def replicate_events(max_attempts: int = 10) -> dict[str, int]:
             + ", ".join(failed[:SHOWN])
             + (f" and {len(failed) - SHOWN} more" if len(failed) > SHOWN else "")
         )
+    if unreachable:
+        raise AirflowSkipException(
+            f"{secondary} is unreachable ({unreachable}): its {waiting} waiting deliveries keep "
+            f"their attempts; the next probe is after {until:%H:%M:%S} UTC"
+        )
     return totals
 
 
-def _dead_letter_lost(store: Store, max_attempts: int) -> list[str]:
-    lost = store.queue.dead_letter_lost(max_attempts)
+def _unreachable(client: RegistryClient) -> str | None:
+    """Why the secondary does not answer a one-try ping; None when it answers, or refuses us
+    (then the claims' failures say why, and count)."""
+    try:
+        with one_try_each():
+            client.ping()
+    except RegistryError as exc:
+        if exc.status is None or exc.status in RETRY_STATUSES:
+            return exc.without_advice
+    return None
+
+
+def _dead_letter_lost(store: Store, secondary: str, max_attempts: int) -> list[str]:
+    lost = store.queue.dead_letter_lost(secondary, max_attempts)
     for event in lost:
         log.error(
             "event %s (%s %s:%s) is marked failed: %s",
@@ -135,10 +185,11 @@ def _dead_letter_lost(store: Store, max_attempts: int) -> list[str]:
     return [f"{e.repository}:{e.tag or e.digest}" for e in lost]
 
 
-def _wait_for_events(store: Store, until: float) -> bool:
-    """Poll the store (a count, cheap) until events are claimable or ``until`` passes."""
+def _wait_for_events(store: Store, secondary: str, until: float) -> bool:
+    """Poll the store (a count, cheap) until ``secondary`` has deliveries to claim or ``until``
+    passes."""
     while True:
-        if store.queue.ready_count():
+        if store.queue.ready_counts([secondary])[secondary]:
             return True
         if time.monotonic() >= until:
             return False
@@ -156,7 +207,7 @@ def _acknowledge(
     """Mark each event done, failed (no retry can help) or back off; record each
     repository's state on ``secondary``. Returns the counts and the events marked failed."""
     done = [event_id for event_id, error in outcomes.items() if error is None]
-    store.queue.complete(owner, done)
+    store.queue.complete(secondary, owner, done)
     acknowledged = set(done)
     alerts.send_latencies(
         store.history.record_acknowledged(secondary, (e for e in claimed if e.id in acknowledged))
@@ -169,11 +220,11 @@ def _acknowledge(
     for error, ids in failed.items():
         if isinstance(error, PermanentFailure):
             log.error("events %s are marked failed (no retry can help): %s", ", ".join(ids), error)
-            store.queue.fail(owner, ids, error)
+            store.queue.fail(secondary, owner, ids, error)
             given_up += ids
             continue
         log.error("events %s will be retried: %s", ", ".join(ids), error)
-        given_up += store.queue.retry_later(owner, ids, error, max_attempts=max_attempts)
+        given_up += store.queue.retry_later(secondary, owner, ids, error, max_attempts=max_attempts)
     by_id = {e.id: e for e in claimed}
     repository_error = {e.repository: None for e in claimed}
     for error, ids in reversed(failed.items()):  # the first error per repository wins

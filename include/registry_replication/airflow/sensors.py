@@ -8,11 +8,13 @@ from airflow.sdk import BaseSensorOperator
 
 from registry_replication.airflow.deployment import refuse_unshared_state
 from registry_replication.airflow.triggers import PendingEventsTrigger
+from registry_replication.settings import current
 from registry_replication.store import Store
 
 
 class PendingEventsSensor(BaseSensorOperator):
-    """Succeeds when notifications are waiting; meanwhile it waits in the triggerer.
+    """Succeeds when a delivery to a configured secondary is ready; meanwhile it waits in the
+    triggerer.
 
     :param poll_interval: seconds between looks at the event store.
     :param deferrable: wait in the triggerer (the default) rather than in a worker slot.
@@ -26,7 +28,7 @@ class PendingEventsSensor(BaseSensorOperator):
         self.deferrable = deferrable
 
     def poke(self, context: Any) -> bool:
-        return Store().queue.ready_count() > 0
+        return any(Store().queue.ready_counts(current().secondaries).values())
 
     def execute(self, context: Any) -> Any:
         # The webhook stores events where this sensor and the triggerer look: the same store.

@@ -8,11 +8,12 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from registry_replication.settings import current
 from registry_replication.store import Store
 
 
 class PendingEventsTrigger(BaseTrigger):
-    """Fires once the event store holds events ready to process.
+    """Fires once the event store holds a delivery ready to process for a configured secondary.
 
     The store's URL is not serialised (it may carry a password): the triggerer reads it from
     its own environment, like the webhook and the tasks do.
@@ -32,8 +33,9 @@ class PendingEventsTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         queue = (await asyncio.to_thread(Store)).queue
+        secondaries = current().secondaries
         while True:
-            ready = await asyncio.to_thread(queue.ready_count)
+            ready = sum((await asyncio.to_thread(queue.ready_counts, secondaries)).values())
             if ready:
                 yield TriggerEvent({"ready": ready})
                 return

@@ -3,7 +3,8 @@
 What stays whatever its age: each DAG's latest run with its failed layers (the status page, the
 alerts), each DAG's latest outcome and latest success (the "recovered" alert, the metric
 ``last_success_timestamp_seconds``), and every event that is not finished (pending, being
-processed, failed: a dead letter waits for an operator). The counters the metrics read from
+processed, failed: a dead letter waits for an operator): a finished delivery goes, an event
+once it is rejected or no delivery of it is left. The counters the metrics read from
 rows (bytes copied, events done and rejected, the push-to-replica histogram) are carried: what
 the deleted rows added goes to ``rr_carried_totals`` in the same transaction as the delete.
 """
@@ -18,6 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from registry_replication.outcomes import EventStatus
 from registry_replication.store.engine import dialect_insert
 from registry_replication.store.history import (
     BYTES_COPIED,
@@ -28,9 +30,11 @@ from registry_replication.store.history import (
 )
 from registry_replication.store.queue_status import FINISHED, finished_total
 from registry_replication.store.schema import (
+    ACCEPTED,
     carried_totals,
     copied_bytes,
     dag_outcomes,
+    deliveries,
     events,
     failed_layers,
     now,
@@ -54,6 +58,7 @@ class Pruned:
     runs: int = 0
     failed_layers: int = 0
     events: int = 0
+    deliveries: int = 0
     push_latencies: int = 0
     copied_bytes_records: int = 0
     dag_outcomes: int = 0
@@ -81,10 +86,26 @@ def prune(engine: sa.Engine, retention: dt.timedelta, *, at: dt.datetime | None 
     cutoff = (at or now()) - retention
     pruned = Pruned()
     pruned.runs, pruned.failed_layers = _prune_runs(engine, cutoff)
+    # Finished deliveries first; then an event once it is rejected, or accepted with no
+    # delivery left (every secondary's done and pruned).
+    pruned.deliveries = _delete_chunks(
+        engine,
+        deliveries.c.event_id,
+        sa.and_(deliveries.c.status.in_(FINISHED), deliveries.c.updated_at < cutoff),
+        [deliveries.c.status],
+        _event_totals,
+    )
+    undelivered = ~sa.exists().where(deliveries.c.event_id == events.c.id)
     pruned.events = _delete_chunks(
         engine,
         events.c.id,
-        sa.and_(events.c.status.in_(FINISHED), events.c.updated_at < cutoff),
+        sa.and_(
+            events.c.updated_at < cutoff,
+            sa.or_(
+                events.c.status == EventStatus.REJECTED,
+                sa.and_(events.c.status == ACCEPTED, undelivered),
+            ),
+        ),
         [events.c.status],
         _event_totals,
     )

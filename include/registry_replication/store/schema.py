@@ -17,6 +17,8 @@ metadata = sa.MetaData()
 # Rows of a secondary's state name it by its connection id (``settings.SECONDARY_ID``); rows from
 # before there were several stay on ``LEGACY`` until adopted (``store.secondaries``).
 LEGACY = "(legacy)"
+# ``rr_events.status`` of an event the webhook accepted (a rejected one has ``REJECTED``).
+ACCEPTED = "accepted"
 
 
 def _secondary(*, key: bool) -> sa.Column:
@@ -32,6 +34,8 @@ schema_info = sa.Table(
     sa.Column("version", sa.Integer, primary_key=True),
 )
 
+# The events the webhook received, once each: status ``accepted`` (its state per secondary is in
+# ``rr_deliveries``) or ``rejected``. The other delivery columns are from before 0008, unused.
 events = sa.Table(
     "rr_events",
     metadata,
@@ -52,6 +56,29 @@ events = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_rr_events_status_next", "status", "next_attempt_at"),
     sa.Index("ix_rr_events_status_updated", "status", "updated_at"),  # retention, lag chart
+)
+
+# Each event's delivery to each secondary (``EventQueue``): its state there (pending |
+# processing | done | failed), attempts, backoff and claim; the event's times are copied so that
+# claims and "oldest waiting" read no join. ``rr_events`` keeps the event once.
+deliveries = sa.Table(
+    "rr_deliveries",
+    metadata,
+    sa.Column("event_id", sa.String(255), sa.ForeignKey("rr_events.id"), primary_key=True),
+    _secondary(key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("lease_owner", sa.String(64)),
+    sa.Column("lease_expires_at", sa.DateTime(timezone=True)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("event_timestamp", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("acknowledged_at", sa.DateTime(timezone=True)),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_rr_deliveries_claim", "secondary", "status", "next_attempt_at"),
+    sa.Index("ix_rr_deliveries_owner", "lease_owner"),
+    sa.Index("ix_rr_deliveries_status_updated", "status", "updated_at"),  # retention, lag chart
 )
 
 repository_state = sa.Table(

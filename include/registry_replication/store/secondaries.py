@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from registry_replication.store.schema import (
     LEGACY,
     copied_bytes,
+    deliveries,
     failed_layers,
     leases,
     push_latency,
@@ -29,7 +30,7 @@ from registry_replication.store.schema import (
 
 log = logging.getLogger(__name__)
 
-# Every table of a secondary's state (the rows revision 0007 put on ``LEGACY``).
+# Every table of a secondary's state (the rows revisions 0007 and 0008 put on ``LEGACY``).
 KEYED = (
     leases,
     recorded_tags,
@@ -38,6 +39,7 @@ KEYED = (
     push_latency,
     failed_layers,
     copied_bytes,
+    deliveries,
 )
 # Stores (by URL) this process found nothing to adopt in: no query from then on.
 _settled: set[str] = set()
@@ -85,7 +87,7 @@ class Secondaries:
         _settled.add(key)
         log.warning(
             "the replication store's rows from before several secondaries (a single "
-            "secondary's record, leases, states and history) are now %s's (%s)",
+            "secondary's record, leases, states, history and event deliveries) are now %s's (%s)",
             chosen,
             "its URL is the one they were verified at"
             if by_url

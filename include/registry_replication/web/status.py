@@ -222,6 +222,7 @@ def _failed_layer(row: dict[str, Any], base: str) -> dict[str, Any]:
 def _failed_event(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
+        "secondary": row.get("secondary"),  # None: a rejected event, which is no secondary's
         "status": row["status"],
         "action": row["action"],
         "repository": row["repository"],

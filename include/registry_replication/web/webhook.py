@@ -99,7 +99,7 @@ def events_router(
 def _add(store: Store, received: list[Event]) -> int:
     """Store, idempotently: a redelivery, even one racing the original, is skipped."""
     with _WRITE_LOCK:
-        return store.queue.add(received)
+        return store.queue.add(received, current().secondaries)
 
 
 def _authenticate(request: Request, secret: str | None) -> None:
