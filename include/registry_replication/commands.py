@@ -258,8 +258,9 @@ def _given_whole(definition: str) -> bool:
 
 def _secondaries(definitions: Sequence[str], command: str) -> dict[str, RegistryClient]:
     """Each ``--secondary`` by its name in the store (its rows, its leases shared with the
-    DAGs): a connection id; ``NAME=`` and a connection's JSON or URI; or, alone, a connection
-    given whole, named as the first configured secondary. ``plan`` and ``verify`` take one."""
+    DAGs): a connection id; ``NAME=`` and a connection's JSON or URI; or, alone and with one
+    secondary configured, a connection given whole, named as that secondary.
+    ``plan`` and ``verify`` take one."""
     if command != "sync" and len(definitions) > 1:
         raise ValueError(f"{command} takes one --secondary; sync takes several")
     found: dict[str, RegistryClient] = {}
@@ -268,12 +269,14 @@ def _secondaries(definitions: Sequence[str], command: str) -> dict[str, Registry
         if named and SECONDARY_ID.fullmatch(name) and _given_whole(whole):
             config = RegistryConfig.from_connection(whole)
         elif _given_whole(definition):
-            if len(definitions) > 1:
+            configured = current().secondaries
+            if len(definitions) > 1 or len(configured) > 1:
+                # Its rows would be another secondary's: the name must say whose they are.
                 raise ValueError(
-                    "with several --secondary, name each connection given whole: "
-                    "--secondary NAME='{...}'"
+                    "name each connection given whole when there are several secondaries "
+                    f"({', '.join(configured)}): --secondary NAME='{{...}}'"
                 )
-            name, config = current().secondaries[0], RegistryConfig.from_connection(definition)
+            name, config = configured[0], RegistryConfig.from_connection(definition)
         elif SECONDARY_ID.fullmatch(definition):
             name, config = definition, RegistryConfig.from_env(definition)
         else:

@@ -147,3 +147,12 @@ def test_the_cli_syncs_several_secondaries_named_on_its_command_line(
 def test_the_cli_refuses_two_unnamed_connections(primary, sites):
     unnamed = [f"--secondary={json.dumps(r.connection())}" for r in sites.values()][:2]
     assert main(["sync", "--primary", json.dumps(primary.connection()), *unnamed]) == 2
+
+
+def test_the_cli_refuses_an_unnamed_connection_when_several_secondaries_are_configured(
+    primary, sites, monkeypatch
+):
+    """Its leases and record would be filed under another secondary's name."""
+    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__SECONDARY_CONN_IDS", ",".join(NAMES))
+    unnamed = f"--secondary={json.dumps(sites['site_b'].connection())}"
+    assert main(["sync", "--primary", json.dumps(primary.connection()), unnamed]) == 2
