@@ -78,3 +78,20 @@ def test_failure_names_the_tag_and_the_registry_error(
     assert "DIGEST_INVALID" in errors and "re-pushed" in errors
     assert "team/app:9.9 is not on the primary" in errors
     assert secondary_reader.head_manifest("team/app", "broken") is None
+
+
+def test_secondaries_must_be_configured_ones(monkeypatch):
+    from registry_replication.airflow.operators import ReplicateImagesOperator
+
+    monkeypatch.setenv(
+        "AIRFLOW__REGISTRY_REPLICATION__SECONDARY_CONN_IDS", "registry_secondary,registry_eu"
+    )
+    chosen = ReplicateImagesOperator(task_id="r", repositories="a", secondaries="registry_eu")
+    assert chosen._secondaries() == ["registry_eu"]
+    every = ReplicateImagesOperator(task_id="r", repositories="a")
+    assert every._secondaries() == ["registry_secondary", "registry_eu"]
+    alias = ReplicateImagesOperator(task_id="r", repositories="a", secondary_conn_id="geo")
+    assert alias._secondaries() == ["geo"]
+    wrong = ReplicateImagesOperator(task_id="r", repositories="a", secondaries=["registry_ap"])
+    with pytest.raises(ValueError, match="registry_ap is not a configured secondary"):
+        wrong._secondaries()
