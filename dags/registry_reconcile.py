@@ -47,11 +47,15 @@ first, then manifests, tags last), deletes tags the primary no longer has, and v
 per-repository checksums. Every run is a full, idempotent reconcile, so a backfill over any
 date range simply reconciles again; notifications missed by the event DAG are caught here.
 
-* **Failed layer?** Open the failed `copy_blobs` map index (named `blobs i/n (size)`) and search
-  its log for `blob failed`; the `report` task lists every failed layer of the run and
-  decides the run's state; `retention` (a teardown after it) removes old run folders and history.
-* **Trigger form:** scope (`include`/`exclude` globs, `tags` regex), `dry_run`, `prune`,
-  `force_prune`, `parallelism`.
+One task group per configured secondary (its connection id): the primary is listed once, and
+a secondary that fails fails only its own group.
+
+* **Failed layer?** Open the failed `<secondary>.copy_blobs` map index (named
+  `blobs i/n (size)`) and search its log for `blob failed`; the `report` task lists every
+  failed layer of the run per secondary and decides the run's state; `retention` (a teardown
+  after it) removes old run folders and history.
+* **Trigger form:** `secondaries` (default: all), scope (`include`/`exclude` globs, `tags`
+  regex), `dry_run`, `prune`, `force_prune`, `parallelism`.
 """,
 )
 def registry_reconcile() -> None:

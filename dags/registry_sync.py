@@ -32,8 +32,9 @@ from registry_replication.settings import SYNC_DAG_ID
 ### Registry sync (ad hoc)
 
 Replicates the **repositories** you name (optionally only tags matching `tags`) from the primary
-to the secondary, with the same engine and logs as `registry_reconcile`. It does not read the
-catalog, and prunes only if you tick `prune`.
+to every configured secondary (or those in `secondaries`), a task group each, with the same
+engine and logs as `registry_reconcile`. It does not read the catalog, and prunes only if you
+tick `prune`.
 
 CLI: `airflow dags trigger registry_sync --conf '{"repositories": ["group/app"]}'`
 """,

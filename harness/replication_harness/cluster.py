@@ -41,6 +41,7 @@ from replication_harness.standalone import AirflowStandalone
 NODE_ADDRESS = "REGISTRY_REPLICATION_NODE_ADDRESS"
 COPY_QUEUE = "registry_copy"
 COPY_POOL = "registry_replication"
+# Matched on a task id's last part: the reconcile's are in a task group per secondary.
 COPY_TASKS = ("copy_blobs", "push_manifests", "replicate_events")
 
 
@@ -331,7 +332,7 @@ class AirflowCluster(AirflowStandalone):
                 by_address.get(ti["hostname"], ti["hostname"]),
             )
             for ti in instances
-            if (tasks is None or ti["task_id"] in tasks) and ti["hostname"]
+            if (tasks is None or ti["task_id"].rsplit(".", 1)[-1] in tasks) and ti["hostname"]
         )
 
     def empty_store(self) -> Store:

@@ -78,3 +78,47 @@ def test_failure_names_the_tag_and_the_registry_error(
     assert "DIGEST_INVALID" in errors and "re-pushed" in errors
     assert "team/app:9.9 is not on the primary" in errors
     assert secondary_reader.head_manifest("team/app", "broken") is None
+
+
+def test_secondaries_must_be_configured_ones(monkeypatch):
+    from registry_replication.airflow.operators import ReplicateImagesOperator
+
+    monkeypatch.setenv(
+        "AIRFLOW__REGISTRY_REPLICATION__SECONDARY_CONN_IDS", "registry_secondary,registry_eu"
+    )
+    chosen = ReplicateImagesOperator(task_id="r", repositories="a", secondaries="registry_eu")
+    assert chosen._secondaries() == ["registry_eu"]
+    every = ReplicateImagesOperator(task_id="r", repositories="a")
+    assert every._secondaries() == ["registry_secondary", "registry_eu"]
+    alias = ReplicateImagesOperator(task_id="r", repositories="a", secondary_conn_id="geo")
+    assert alias._secondaries() == ["geo"]
+    wrong = ReplicateImagesOperator(task_id="r", repositories="a", secondaries=["registry_ap"])
+    with pytest.raises(ValueError, match="registry_ap is not a configured secondary"):
+        wrong._secondaries()
+
+
+def test_replicates_to_every_configured_secondary(
+    airflow_db,
+    connections,
+    pipeline,
+    primary,
+    secondary,
+    primary_writer,
+    start_registry,
+    keys,
+    token_service,
+    monkeypatch,
+):
+    """Settings are read at each task's run (``current()``): the operator serves both."""
+    eu = start_registry("eu", keys=keys, token_realm=token_service.realm)
+    monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_EU", json.dumps(eu.connection()))
+    monkeypatch.setenv(
+        "AIRFLOW__REGISTRY_REPLICATION__SECONDARY_CONN_IDS", "registry_secondary,registry_eu"
+    )
+    pushed = images.push(primary_writer, "team/app", images.ImageFactory().make(), ["2.0"])
+    run = pipeline.test(run_conf={"repository": "team/app", "tags": "2.0"})
+    assert run.state == "success"
+    for site in (secondary, eu):
+        assert sha256(skopeo_raw(site, "team/app", "2.0")) == pushed
+    counts = run.get_task_instance("replicate").xcom_pull(task_ids="replicate")
+    assert counts["images pushed"] == 2  # one per secondary

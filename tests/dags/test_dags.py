@@ -152,7 +152,7 @@ def test_failed_layer_is_named_in_the_task_log(
     assert [
         (layer["repository"], layer["task_id"], layer["map_index"], layer["code"])
         for layer in layers
-    ] == [("group/app", "copy_blobs", 0, "DIGEST_INVALID")]
+    ] == [("group/app", "registry_secondary.copy_blobs", 0, "DIGEST_INVALID")]
     summary = Store().history.last_run("registry_reconcile")["summary"]
     # The failed batch's other blobs were copied, and the report counts them.
     assert summary["blobs failed"] == 1 and summary["blobs copied"] == len(img.blobs) - 1
@@ -353,17 +353,17 @@ def test_copy_tasks_of_every_dag_share_the_configured_queue_and_pool():
     copying = {
         name: where
         for name, where in tasks.items()
-        if name.split(".")[1] in ("copy_blobs", "push_manifests", "replicate_events")
+        if name.split(".")[-1] in ("copy_blobs", "push_manifests", "replicate_events")
     }
     assert set(copying) == {
-        "registry_reconcile.copy_blobs",
-        "registry_reconcile.push_manifests",
-        "registry_sync.copy_blobs",
-        "registry_sync.push_manifests",
+        "registry_reconcile.registry_secondary.copy_blobs",
+        "registry_reconcile.registry_secondary.push_manifests",
+        "registry_sync.registry_secondary.copy_blobs",
+        "registry_sync.registry_secondary.push_manifests",
         "registry_events.replicate_events",
     }
     assert set(map(tuple, copying.values())) == {("near_registries", "registry_copies")}
-    assert tasks["registry_reconcile.diff"] == ["default", "default_pool"]
+    assert tasks["registry_reconcile.registry_secondary.diff"] == ["default", "default_pool"]
 
 
 def test_connection_ids_come_from_configuration(

@@ -361,23 +361,32 @@ def test_retention_is_a_teardown_after_the_report_and_the_graph_shows_the_report
         assert retention.is_teardown and retention.upstream_task_ids == {"report"}
         assert not retention.on_failure_fail_dagrun  # the run's state is the report's
         # Every task whose XCom verify and report read is drawn as their input.
+        group = "registry_secondary"
         assert {
-            "diff",
-            "snapshot_secondary",
-            "plan",
-            "push_manifests",
-            "prune_tags",
-            "verify_closure",
-        } <= dag.get_task("verify").upstream_task_ids
+            f"{group}.{task}"
+            for task in (
+                "diff",
+                "snapshot_secondary",
+                "plan",
+                "push_manifests",
+                "prune_tags",
+                "verify_closure",
+            )
+        } <= dag.get_task(f"{group}.verify").upstream_task_ids
         assert {
             "snapshot_primary",
-            "snapshot_secondary",
-            "plan",
-            "copy_blobs",
-            "push_manifests",
-            "prune_tags",
-            "verify_closure",
-            "verify",
+            *(
+                f"{group}.{task}"
+                for task in (
+                    "snapshot_secondary",
+                    "plan",
+                    "copy_blobs",
+                    "push_manifests",
+                    "prune_tags",
+                    "verify_closure",
+                    "verify",
+                )
+            ),
         } <= dag.get_task("report").upstream_task_ids
 
 

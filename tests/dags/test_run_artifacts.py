@@ -10,6 +10,8 @@ import sqlalchemy as sa
 from replication_harness import images
 from replication_harness.dag_runs import run
 
+GROUP = "registry_secondary"  # the task group of the one configured secondary
+
 
 def test_reconcile_writes_its_artifacts_to_storage_and_removes_old_runs(
     airflow_db, connections, primary_writer, secondary_reader, tmp_path, monkeypatch, caplog
@@ -34,22 +36,23 @@ def test_reconcile_writes_its_artifacts_to_storage_and_removes_old_runs(
     result = run("registry_reconcile")
     assert result.state == "success"
     # It wrote to the secondary: its listing plus the acknowledged writes are in sync.
-    assert "changed nothing on the secondary" not in caplog.text
+    assert "changed nothing on registry_secondary" not in caplog.text
     assert "verification: 1 of 1 repositories in sync" in caplog.text
     for tag, img in pushed.items():
         assert secondary_reader.head_manifest("group/app", tag).digest == img.digest
 
     [folder] = [f for f in (base / "registry_reconcile").iterdir()]
     assert folder.name.endswith(result.run_id.replace(":", "_").replace("+", "_"))
-    names = {p.name for p in folder.iterdir()}
+    # The primary's snapshot at the top, each secondary's files in its own subfolder.
+    names = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     assert {
         "snapshot_primary.parquet",
         "snapshot_primary.json",
-        "snapshot_secondary.parquet",
-        "snapshot_secondary.json",
-        "changes.parquet",
-        "blobs-00000.parquet",
-        "images-00000.parquet",
+        "registry_secondary/snapshot_secondary.parquet",
+        "registry_secondary/snapshot_secondary.json",
+        "registry_secondary/changes.parquet",
+        "registry_secondary/blobs-00000.parquet",
+        "registry_secondary/images-00000.parquet",
     } <= names
     assert not old.exists() and recent.exists()  # only our run folders past the retention go
 
@@ -57,16 +60,18 @@ def test_reconcile_writes_its_artifacts_to_storage_and_removes_old_runs(
         rows = session.scalars(sa.select(XComModel).where(XComModel.run_id == result.run_id)).all()
         values = {(row.task_id, row.key): XComModel.deserialize_value(row) for row in rows}
     assert values[("snapshot_primary", "return_value")]["tags"] == 30
-    assert values[("snapshot_secondary", "return_value")]["tags"] == 0
-    assert values[("diff", "return_value")]["changes"] == 30
+    assert values[(f"{GROUP}.snapshot_secondary", "return_value")]["tags"] == 0
+    assert values[(f"{GROUP}.diff", "return_value")]["changes"] == 30
     # Nothing that grows with the tags but the batch list: each entry a label and a file name.
-    assert all(set(batch) == {"label", "file"} for batch in values[("plan", "return_value")])
+    assert all(
+        set(batch) == {"label", "file"} for batch in values[(f"{GROUP}.plan", "return_value")]
+    )
     # The copy tasks' records are in the run's folder; XCom names the file and counts.
-    copied = values[("copy_blobs", "results")]
+    copied = values[(f"{GROUP}.copy_blobs", "results")]
     assert copied["failed"] == 0 and copied["summary"]["blobs copied"] > 0
     records = [json.loads(line) for line in (folder / copied["file"]).read_text().splitlines()]
     assert len(records) == copied["summary"]["blobs copied"] + copied["summary"]["blobs mounted"]
-    pushed_ref = values[("push_manifests", "results")]
+    pushed_ref = values[(f"{GROUP}.push_manifests", "results")]
     assert pushed_ref["summary"]["images pushed"] == 30
     assert {
         tag
@@ -88,7 +93,7 @@ def test_a_no_op_reconcile_verifies_the_secondary_it_listed_once(
     caplog.clear()
     caplog.set_level("INFO", logger="registry_replication.airflow")
     assert run("registry_reconcile").state == "success"
-    assert "changed nothing on the secondary" in caplog.text
+    assert "changed nothing on registry_secondary" in caplog.text
     assert "verification: 1 of 1 repositories in sync" in caplog.text
 
 
@@ -121,11 +126,11 @@ def test_without_artifacts_path_the_runs_files_follow_a_shared_store(
     )
     assert {
         "snapshot_primary.parquet",
-        "snapshot_secondary.json",
-        "changes.parquet",
-        "blobs-00000.parquet",
-        "blobs-00000.results.jsonl",
-        "images-00000.results.jsonl",
+        "registry_secondary/snapshot_secondary.json",
+        "registry_secondary/changes.parquet",
+        "registry_secondary/blobs-00000.parquet",
+        "registry_secondary/blobs-00000.results.jsonl",
+        "registry_secondary/images-00000.results.jsonl",
     } <= {row["name"] for row in rows}
     assert all(row["data"] is not None and row["host"] == get_hostname() for row in rows)
     local = f"{AIRFLOW_HOME}/registry_replication/artifacts/{folder}"

@@ -31,7 +31,7 @@ def running_copy_tasks(cluster: AirflowCluster, run_id: str) -> dict[tuple[str, 
     return {
         (ti["task_id"], ti["map_index"]): workers.get(ti["hostname"], ti["hostname"])
         for ti in instances
-        if ti["task_id"] == "copy_blobs" and ti["hostname"]
+        if ti["task_id"] == "registry_secondary.copy_blobs" and ti["hostname"]
     }
 
 

@@ -92,10 +92,12 @@ def test_status_page_shows_the_failed_layer_behind_the_login(stack, primary, pri
     assert (layer["dag_id"], layer["run_id"], layer["task_id"]) == (
         "registry_reconcile",
         run_id,
-        "copy_blobs",
+        "registry_secondary.copy_blobs",
     )
     assert layer["log_url"].startswith(f"{airflow.url}/dags/registry_reconcile/runs/")
-    assert layer["log_url"].endswith(f"/tasks/copy_blobs/mapped/{layer['map_index']}")
+    assert layer["log_url"].endswith(
+        f"/tasks/registry_secondary.copy_blobs/mapped/{layer['map_index']}"
+    )
     states = {r["repository"]: r for r in data["repositories"]}
     assert {name: r["state"] for name, r in states.items()} == {
         "group/app": "failed",
@@ -146,7 +148,7 @@ def test_status_page_shows_the_failed_layer_behind_the_login(stack, primary, pri
         ran_on = {
             worker
             for task, index, _, worker in airflow.task_hosts("registry_reconcile", run_id)
-            if (task, index) == ("copy_blobs", layer["map_index"])
+            if (task, index) == ("registry_secondary.copy_blobs", layer["map_index"])
         }
         assert ran_on and ran_on <= set(airflow.worker_addresses()), ran_on
         api_home_logs = list((airflow.home / "api-server").rglob("*.log"))

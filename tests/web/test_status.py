@@ -73,7 +73,7 @@ def store(ev, store: Store) -> Store:
             },
         ],
     )
-    # registry_reconcile's report task: one failed layer in copy_blobs map index 2.
+    # registry_reconcile's report task: one failed layer in registry_secondary.copy_blobs map index 2.
     store.history.record_run(
         "registry_reconcile",
         RUN_ID,
@@ -93,7 +93,7 @@ def store(ev, store: Store) -> Store:
                 "status": 400,
                 "code": "DIGEST_INVALID",
                 "error": "the blob's bytes hash to sha256:0",
-                "task_id": "copy_blobs",
+                "task_id": "registry_secondary.copy_blobs",
                 "map_index": 2,
                 "secondary": "registry_secondary",
             }
@@ -157,7 +157,7 @@ def test_totals_states_and_links(store):
     )
     # The Airflow 3 UI's mapped task instance page, whose first tab is the log.
     run_path = "/dags/registry_reconcile/runs/manual__2026-11-28T06%3A00%3A00%2B00%3A00"
-    assert layer["log_url"] == f"{UI}{run_path}/tasks/copy_blobs/mapped/2"
+    assert layer["log_url"] == f"{UI}{run_path}/tasks/registry_secondary.copy_blobs/mapped/2"
 
     queue = s["queue"]
     assert queue["counts"] == {"pending": 2, "processing": 0, "done": 0, "failed": 1, "rejected": 0}
@@ -193,7 +193,7 @@ def test_a_failed_layer_in_a_repository_not_verified_yet(tmp_path):
             {
                 "repository": "team/new",
                 "digest": ROTTEN,
-                "task_id": "copy_blobs",
+                "task_id": "registry_secondary.copy_blobs",
                 "map_index": 0,
                 "secondary": "registry_secondary",
             }
@@ -202,7 +202,7 @@ def test_a_failed_layer_in_a_repository_not_verified_yet(tmp_path):
     s = status(store)
     assert [(r["repository"], r["state"]) for r in s["repositories"]] == [("team/new", "failed")]
     assert s["failed_layers"][0]["log_url"] == (
-        "/dags/registry_reconcile/runs/r1/tasks/copy_blobs/mapped/0"
+        "/dags/registry_reconcile/runs/r1/tasks/registry_secondary.copy_blobs/mapped/0"
     )
 
 

@@ -1,15 +1,19 @@
 """The reconcile's tasks and their wiring: ``replicate()`` lays out, in the current DAG,
 
-    snapshot primary | snapshot secondary -> diff -> plan -> copy_blobs[*] -> push_manifests[*]
-    -> prune_tags -> verify_closure -> verify -> report -> retention (a teardown)
+    snapshot_primary -> for each configured secondary s, a task group s:
+        s.snapshot_secondary -> s.diff -> s.plan -> s.copy_blobs[*] -> s.push_manifests[*]
+        -> s.prune_tags -> s.verify_closure -> s.verify
+    -> report -> retention (a teardown)
 
-The DAG files (``registry_reconcile``, ``registry_sync``) only declare schedules, params and
-docs, then call ``replicate()``. Snapshots, differences and plan batches go to the run's folder
-(``airflow.run_folder``) as Parquet; XComs carry only file names and counts. The last three
-tasks, which check and report what the run did, and ``retention`` are in
-``airflow.reconcile_report``. Every task
-refuses, before any work, state that the executor's machines cannot share
-(``deployment.checked``).
+The primary is listed once for every secondary; each group is one secondary's unit of failure
+(its failed layer fails only its group's tasks), and a group whose secondary the run does not
+serve (param ``secondaries``) is skipped. The DAG files (``registry_reconcile``,
+``registry_sync``) only declare schedules, params and docs, then call ``replicate()``.
+Snapshots, differences and plan batches go to the run's folder (``airflow.run_folder``), a
+secondary's under its own subfolder, as Parquet; XComs carry only file names and counts. The
+snapshots are in ``airflow.reconcile_listing``; the last tasks, which check and report what
+the run did, and ``retention`` in ``airflow.reconcile_report``. Every task refuses, before any
+work, state that the executor's machines cannot share (``deployment.checked``).
 """
 
 from __future__ import annotations
@@ -20,14 +24,16 @@ from dataclasses import asdict
 from typing import Any, TypedDict
 
 import pandas as pd
-from airflow.sdk import TriggerRule, get_current_context, task
+from airflow.sdk import TaskGroup, TriggerRule, XComArg, get_current_context, task
 
 from registry_replication.airflow import alerts
 from registry_replication.airflow.deployment import checked
+from registry_replication.airflow.reconcile_listing import snapshot_primary, snapshot_secondary
 from registry_replication.airflow.reconcile_report import report, retention, verify, verify_closure
 from registry_replication.airflow.run_folder import (
     SKIPPED_FILE,
     failed_refs,
+    in_group,
     log_table,
     read_changes,
     read_snapshot,
@@ -39,130 +45,60 @@ from registry_replication.airflow.settings import (
     ReplicationFailed,
     current_params,
     registry_client,
-    run_scope,
+    skip_unless_selected,
     task_leases,
 )
-from registry_replication.engine import artifacts, verification
+from registry_replication.engine import artifacts
 from registry_replication.engine import diff as diffs
 from registry_replication.engine.copy import BlobResult, Copier, ImageResult
 from registry_replication.engine.diff import IN_SYNC
 from registry_replication.engine.leases import Leases
 from registry_replication.engine.plan import BlobTask, ImageTask, Plan, batch_label, build_plan
 from registry_replication.engine.prune import PruneRefused, prunable, prune
-from registry_replication.engine.secondary_listing import secondary_listing
-from registry_replication.engine.snapshot import stream_snapshot
-from registry_replication.outcomes import VerifyLevel, failed_digests, human_size, summarize
+from registry_replication.outcomes import failed_digests, human_size, summarize
 from registry_replication.run_outcome import Problem, RunOutcome
-from registry_replication.store import Store
-from registry_replication.store.record import RunKind, TagRecord
 
 log = logging.getLogger(__name__)
 
 
 @task
 @checked
-def snapshot(conn_id: str) -> dict[str, Any]:
-    """List one registry's tags and digests within the run's scope, into the run's folder."""
-    p = current_params()
-    folder, name = run_folder(), get_current_context()["ti"].task_id
-    kind = None
-    # The secondary is listed in a full run, read from the record in a cheap one.
-    if conn_id == PARSED.secondaries[0]:
-        dag_run = get_current_context()["dag_run"]
-        level, why = verification.choose_level(
-            Store(),
-            conn_id,
-            p.get("verify", verification.AUTO),
-            p["repositories"] or None,
-            run_scope(p),
-            PARSED.deep_verify_days,
-        )
-        log.info("verification level %s: %s", level, why)
-        # A deep verification starts from a listing of the secondary.
-        forced = level != VerifyLevel.TAGS and not p.get("full_verify", False)
-        result, kind = secondary_listing(
-            registry_client(conn_id),
-            registry_client(PARSED.primary_conn_id),
-            TagRecord(Store(), conn_id),
-            run_scope(p),
-            repositories=p["repositories"] or None,
-            concurrency=p["concurrency"],
-            full_verify=p.get("full_verify", False) or forced,
-            cadence_hours=PARSED.full_verify_hours,
-            written_by=f"{dag_run.dag_id}/{dag_run.run_id}",
-        )
-        if forced:
-            kind = RunKind(
-                "full", f"a {level} verification lists the secondary ({why})", verification_due=True
-            )
-        ref = artifacts.write_snapshot(folder, name, result)
-        ref.update(
-            run_kind=kind.line(),
-            kind=kind.kind,
-            sampled=kind.sampled,
-            verify_level=level.value,
-            verification_due=kind.verification_due,
-        )
-        matched_nothing = result.complete and result.tags.empty
-    else:
-        # Streamed: each batch of repositories' rows goes to storage as soon as it is listed.
-        # Tags the record has are HEADed conditionally; the others are read whole, their
-        # manifests kept beside the rows for the plan, which then reads none of them again.
-        with artifacts.SnapshotWriter(folder, name, keep_manifests=True) as writer:
-            listing = stream_snapshot(
-                registry_client(conn_id),
-                writer.write,
-                run_scope(p),
-                concurrency=p["concurrency"],
-                repositories=p["repositories"] or None,
-                known=TagRecord(Store(), PARSED.secondaries[0]).descriptors,
-                manifests=writer.manifests,
-            )
-            ref = writer.finish(listing)
-        matched_nothing = not listing.errors and not listing.problems and not listing.tags
-    if matched_nothing:
-        log.warning(
-            "the scope matched no tags on %s (repositories %s, include %s, exclude %s, "
-            "tags %r): nothing to replicate there; check the patterns for a typo",
-            conn_id,
-            p["repositories"] or "from the catalog",
-            p["include"],
-            p["exclude"],
-            p["tags"],
-        )
-    log.info("snapshot of %d tags written to %s (%d bytes)", ref["tags"], folder, ref["bytes"])
-    return ref
-
-
-@task
-@checked
-def diff(primary: dict[str, Any], secondary: dict[str, Any]) -> dict[str, Any]:
+def diff(primary: dict[str, Any], taken: dict[str, Any], secondary: str) -> dict[str, Any]:
     """Classify every tag; pass on only what is not in sync."""
-    differences = diffs.diff(read_snapshot(primary), read_snapshot(secondary))
-    log.info("tags per repository:\n%s", log_table(diffs.summary(differences)))
+    skip_unless_selected(secondary)
+    differences = diffs.diff(read_snapshot(primary), read_snapshot(taken))
+    log.info("%s: tags per repository:\n%s", secondary, log_table(diffs.summary(differences)))
     counts = differences["status"].value_counts().to_dict()
-    log.info("overall: %s", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no tags")
+    log.info(
+        "%s overall: %s",
+        secondary,
+        ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no tags",
+    )
     changed = differences[differences["status"] != IN_SYNC]
-    size = artifacts.write_frame(run_folder() / "changes.parquet", changed)
-    return {"file": "changes.parquet", "changes": len(changed), "bytes": size}
+    name = f"{secondary}/changes.parquet"
+    size = artifacts.write_frame(run_folder() / name, changed)
+    return {"file": name, "changes": len(changed), "bytes": size}
 
 
 @task
 @checked
-def plan(differences: dict[str, Any], primary: dict[str, Any]) -> list[dict[str, Any]]:
+def plan(
+    differences: dict[str, Any], primary: dict[str, Any], secondary: str
+) -> list[dict[str, Any]]:
     """Fetch the manifests to copy (but those the primary's listing read), find the blobs the
     secondary lacks, and batch the work.
 
-    Each batch goes to its own file in the run's folder. Returns the blob batches' labels and
+    Each batch goes to its own file in the secondary's subfolder of the run's folder. Returns the blob batches' labels and
     files; the image batches' go to XCom key ``image_batches``.
     """
+    skip_unless_selected(secondary)
     p = current_params()
     folder = run_folder()
     changes = read_changes(differences)
     read = artifacts.read_manifests(folder / primary["manifests"])
     result = build_plan(
         registry_client(PARSED.primary_conn_id),
-        registry_client(PARSED.secondaries[0]),
+        registry_client(secondary),
         diffs.wanted(changes),
         concurrency=p["concurrency"],
         known_manifests=read,
@@ -170,26 +106,30 @@ def plan(differences: dict[str, Any], primary: dict[str, Any]) -> list[dict[str,
     del read  # the plan keeps those it needs
     for skipped in result.skipped:
         log.error(
-            "cannot replicate %s:%s (%s): %s",
+            "cannot replicate %s:%s (%s) to %s: %s",
             skipped.repository,
             ",".join(skipped.tags),
             skipped.digest,
+            secondary,
             skipped.reason,
         )
     # For the report, which fails the run and names them, and for verify_closure, which
     # leaves them out.
-    artifacts.write_json_lines(folder / SKIPPED_FILE, [asdict(s) for s in result.skipped])
+    artifacts.write_json_lines(
+        folder / f"{secondary}/{SKIPPED_FILE}", [asdict(s) for s in result.skipped]
+    )
     if p["dry_run"]:
         log.info(
-            "dry run: would push %d images and copy %d blobs (%s); nothing changes",
+            "dry run: would push %d images and copy %d blobs (%s) to %s; nothing changes",
             len(result.images),
             len(result.blobs),
             human_size(result.transfer_bytes),
+            secondary,
         )
         result = Plan(skipped=result.skipped)
     image_batches = []
     for i, b in enumerate(result.image_batches()):
-        name = f"images-{i:05d}.parquet"
+        name = f"{secondary}/images-{i:05d}.parquet"
         # vars(), not asdict(): a flat record, without asdict's deep copy of every list (which
         # at 100,000 images costs seconds); the writers only read it.
         artifacts.write_records(folder / name, [vars(t) for t in b])
@@ -210,16 +150,17 @@ def plan(differences: dict[str, Any], primary: dict[str, Any]) -> list[dict[str,
     blob_batches = result.blob_batches(PARSED.blob_batch_bytes)
     refs = []
     for i, b in enumerate(blob_batches):
-        name = f"blobs-{i:05d}.parquet"
+        name = f"{secondary}/blobs-{i:05d}.parquet"
         artifacts.write_records(folder / name, [vars(t) for t in b])
         refs.append({"label": batch_label(b, i, len(blob_batches)), "file": name})
     return refs
 
 
 @task
-def manifest_batches() -> list[dict[str, Any]]:
-    """The plan's image batches, as a list to map ``push_manifests`` over."""
-    return get_current_context()["ti"].xcom_pull(task_ids="plan", key="image_batches") or []
+def manifest_batches(secondary: str) -> list[dict[str, Any]]:
+    """The secondary's plan's image batches, as a list to map ``push_manifests`` over."""
+    ti = get_current_context()["ti"]
+    return ti.xcom_pull(task_ids=in_group(secondary, "plan"), key="image_batches") or []
 
 
 @task(
@@ -229,24 +170,26 @@ def manifest_batches() -> list[dict[str, Any]]:
     pool=PARSED.copy_pool,
 )
 @checked
-def copy_blobs(batch: dict[str, Any]) -> BatchResults:
+def copy_blobs(batch: dict[str, Any], secondary: str) -> BatchResults:
     """Copy (or mount) one batch of blobs; fails, after retries, if any blob failed.
 
     Every blob's record goes to the run's folder, failed or not, so the run's report counts
     what a failed batch did copy; XCom key ``results`` names the file (with this map index, for
     links to this log) and carries the batch's counts.
     """
+    skip_unless_selected(secondary)
     context = get_current_context()
     context["batch_label"] = batch["label"]
     tasks = [BlobTask(**b) for b in artifacts.read_records(run_folder() / batch["file"])]
-    with task_leases() as leases:
+    with task_leases(secondary) as leases:
         copier = _copier(context, leases)
         results = copier.copy_blobs(tasks)
     summary, failed = _push_results(context, batch, results)
     alerts.record_copied_bytes(context, leases.secondary, sum(r.bytes for r in results))
     if failed:
         raise ReplicationFailed(
-            f"{len(failed)} of {len(results)} blobs failed in {batch['label']}; first: "
+            f"{len(failed)} of {len(results)} blobs failed in {batch['label']} for "
+            f"{secondary}; first: "
             f"{failed[0].subject}: {failed[0].error}"
         )
     return summary
@@ -260,12 +203,14 @@ def copy_blobs(batch: dict[str, Any]) -> BatchResults:
     pool=PARSED.copy_pool,
 )
 @checked
-def push_manifests(batch: dict[str, Any]) -> BatchResults:
+def push_manifests(batch: dict[str, Any], secondary: str) -> BatchResults:
     """Push one batch of images whose blobs are all on the secondary; tags last."""
+    skip_unless_selected(secondary)
     context = get_current_context()
     context["batch_label"] = batch["label"]
-    failed_blobs = failed_digests(record for _, record in failed_refs(context, "copy_blobs"))
-    with task_leases() as leases:
+    copied = failed_refs(context, in_group(secondary, "copy_blobs"))
+    failed_blobs = failed_digests(record for _, record in copied)
+    with task_leases(secondary) as leases:
         copier = _copier(context, leases)
         folder = run_folder()
         planned = [ImageTask(**i) for i in artifacts.read_records(folder / batch["file"])]
@@ -281,7 +226,7 @@ def push_manifests(batch: dict[str, Any]) -> BatchResults:
     summary, bad = _push_results(context, batch, results)
     if bad:
         raise ReplicationFailed(
-            f"{len(bad)} of {len(results)} images not pushed; first: "
+            f"{len(bad)} of {len(results)} images not pushed to {secondary}; first: "
             f"{bad[0].repository}:{','.join(bad[0].tags)}: {bad[0].error}"
         )
     return summary
@@ -294,7 +239,7 @@ def _copier(context: Any, leases: Leases) -> Copier:
     tag); a retry checks again before each blob and tag, so it never transfers twice."""
     return Copier(
         registry_client(PARSED.primary_conn_id),
-        registry_client(PARSED.secondaries[0], writable=True),
+        registry_client(leases.secondary, writable=True),
         leases=leases,
         parallelism=current_params()["parallelism"],
         concurrency=current_params()["concurrency"],
@@ -343,19 +288,20 @@ def _push_results(
     table = frame.groupby("outcome").agg(
         count=("digest", "count"), **sizes, seconds=("seconds", "sum")
     )
-    log.info("this batch:\n%s", log_table(table))
+    log.info("this batch (%s):\n%s", context["ti"].task_id, log_table(table))
     return summary, problems
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
 @checked
 def prune_tags(
-    primary: dict[str, Any], secondary: dict[str, Any], differences: dict[str, Any]
+    primary: dict[str, Any], taken: dict[str, Any], differences: dict[str, Any], secondary: str
 ) -> dict[str, Any]:
     """Mirror deletions, behind the incomplete-snapshot and mass-deletion guards."""
+    skip_unless_selected(secondary)
     p = current_params()
     if not p["prune"]:
-        log.info("prune is off for this run")
+        log.info("prune is off for this run (%s)", secondary)
         return _pruned([])
     changes = read_changes(differences)
     if changes.empty:
@@ -364,24 +310,25 @@ def prune_tags(
         doomed = prunable(
             changes,
             read_snapshot(primary),
-            read_snapshot(secondary),
+            read_snapshot(taken),
             max_fraction=p["max_prune_fraction"],
             force=p["force_prune"],
         )
-        with task_leases() as leases:
+        with task_leases(secondary) as leases:
             results = prune(
                 registry_client(PARSED.primary_conn_id),
-                registry_client(PARSED.secondaries[0], writable=True),
+                registry_client(secondary, writable=True),
                 doomed,
                 leases=leases,
                 dry_run=p["dry_run"],
                 concurrency=p["concurrency"],
             )
     except PruneRefused as exc:
-        log.error("%s", exc)
+        log.error("%s: %s", secondary, exc)
         return _pruned([], refused=str(exc))
-    artifacts.write_json_lines(run_folder() / "pruned.jsonl", [asdict(r) for r in results])
-    return _pruned(results, file="pruned.jsonl")
+    name = f"{secondary}/pruned.jsonl"
+    artifacts.write_json_lines(run_folder() / name, [asdict(r) for r in results])
+    return _pruned(results, file=name)
 
 
 def _pruned(
@@ -392,25 +339,36 @@ def _pruned(
 
 
 def replicate() -> None:
-    """Lay out the replication tasks in the current DAG."""
-    primary = snapshot.override(task_id="snapshot_primary")(PARSED.primary_conn_id)
-    secondary = snapshot.override(task_id="snapshot_secondary")(PARSED.secondaries[0])
-    differences = diff(primary, secondary)
-    blob_batches = plan(differences, primary)
-    image_batches = manifest_batches()
-    blob_batches >> image_batches
-    copied = copy_blobs.expand(batch=blob_batches)
-    pushed = push_manifests.expand(batch=image_batches)
-    copied >> pushed
-    pruned = prune_tags(primary, secondary, differences)
-    pushed >> pruned
-    verified = verify(primary)
-    closure = verify_closure(primary)
-    pruned >> closure >> verified
-    # verify and report read these tasks' XComs (the copy tasks' under key ``results``: a
-    # failed map index returns nothing): each is drawn as their input.
-    [differences, secondary, blob_batches, pushed, pruned] >> verified
-    reported = report(primary, pruned, verified)
-    [secondary, blob_batches, copied, pushed, closure] >> reported
+    """Lay out the replication tasks in the current DAG: the primary listed once, then a task
+    group per configured secondary (its id the connection's), then the run's report."""
+    primary = snapshot_primary()
+    read: list[XComArg] = []
+    for s in PARSED.secondaries:
+        with TaskGroup(group_id=s):
+            read += _secondary_tasks(primary, s)
+    reported = report(primary)
+    # The report reads these tasks' XComs: each is drawn as its input.
+    read >> reported
     # A teardown: the run's state is the report's, whatever retention does.
     reported >> retention().as_teardown()
+
+
+def _secondary_tasks(primary: XComArg, s: str) -> list[XComArg]:
+    """One secondary's tasks, in its group; returns those whose XComs the report reads."""
+    secondary = snapshot_secondary(s)
+    differences = diff(primary, secondary, s)
+    blob_batches = plan(differences, primary, s)
+    image_batches = manifest_batches(s)
+    blob_batches >> image_batches
+    copied = copy_blobs.partial(secondary=s).expand(batch=blob_batches)
+    pushed = push_manifests.partial(secondary=s).expand(batch=image_batches)
+    copied >> pushed
+    pruned = prune_tags(primary, secondary, differences, s)
+    pushed >> pruned
+    verified = verify(primary, s)
+    closure = verify_closure(primary, s)
+    pruned >> closure >> verified
+    # verify and the report read these tasks' XComs (the copy tasks' under key ``results``: a
+    # failed map index returns nothing): each is drawn as their input.
+    [differences, secondary, blob_batches, pushed, pruned] >> verified
+    return [secondary, blob_batches, copied, pushed, pruned, closure, verified]

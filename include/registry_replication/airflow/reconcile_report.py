@@ -26,6 +26,7 @@ from registry_replication.airflow.run_folder import (
     Retention,
     apply_retention,
     failed_refs,
+    in_group,
     log_table,
     pulled,
     read_snapshot,
@@ -39,6 +40,8 @@ from registry_replication.airflow.settings import (
     current_params,
     registry_client,
     run_scope,
+    selected,
+    skip_unless_selected,
     task_leases,
 )
 from registry_replication.engine import artifacts, verification
@@ -60,25 +63,32 @@ log = logging.getLogger(__name__)
 
 @task(trigger_rule=TriggerRule.ALL_DONE, queue=COPY_QUEUE, pool=PARSED.copy_pool)
 @checked
-def verify_closure(primary: dict[str, Any]) -> dict[str, Any]:
+def verify_closure(primary: dict[str, Any], secondary: str) -> dict[str, Any]:
     """``blobs``/``content``: every tag's closure on the secondary; what is missing is copied
     again, damage that no copy can repair is named (data file, expected and found, the fix)."""
+    skip_unless_selected(secondary)
     p = current_params()
-    taken = get_current_context()["ti"].xcom_pull(task_ids="snapshot_secondary") or {}
+    ti = get_current_context()["ti"]
+    taken = ti.xcom_pull(task_ids=in_group(secondary, "snapshot_secondary")) or {}
     level = VerifyLevel(taken.get("verify_level", VerifyLevel.TAGS))
     if level == VerifyLevel.TAGS or p["dry_run"]:
-        log.info("this run verifies tags only (verify=%s)", p.get("verify", verification.AUTO))
+        log.info(
+            "this run verifies %s's tags only (verify=%s)",
+            secondary,
+            p.get("verify", verification.AUTO),
+        )
         return {"level": VerifyLevel.TAGS.value}
     try:
         skipped = [
-            _result(Skipped, r) for r in artifacts.read_json_lines(run_folder() / SKIPPED_FILE)
+            _result(Skipped, r)
+            for r in artifacts.read_json_lines(run_folder() / f"{secondary}/{SKIPPED_FILE}")
         ]
     except FileNotFoundError:  # no plan this run (it failed): nothing was skipped by it
         skipped = []
-    with task_leases() as leases:
+    with task_leases(secondary) as leases:
         report = verifying.deep_verify(
             registry_client(PARSED.primary_conn_id),
-            registry_client(PARSED.secondaries[0], writable=True),
+            registry_client(secondary, writable=True),
             verifying.images_of(read_snapshot(primary), skipped),
             level,
             leases=leases,
@@ -91,7 +101,9 @@ def verify_closure(primary: dict[str, Any]) -> dict[str, Any]:
             get_current_context(), leases.secondary, sum(r.bytes for r in report.blobs)
         )
     # The report names the findings (RunOutcome) from this file.
-    artifacts.write_json_lines(run_folder() / VERIFIED_FILE, [asdict(f) for f in report.findings])
+    artifacts.write_json_lines(
+        run_folder() / f"{secondary}/{VERIFIED_FILE}", [asdict(f) for f in report.findings]
+    )
     return {
         "level": level.value,
         "line": report.line(),
@@ -104,7 +116,7 @@ def verify_closure(primary: dict[str, Any]) -> dict[str, Any]:
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
 @checked
-def verify(primary: dict[str, Any]) -> dict[str, Any]:
+def verify(primary: dict[str, Any], secondary: str) -> dict[str, Any]:
     """Geo's verification: per-repository checksums of (tag, digest) on both sides.
 
     The secondary as this run saw it: its snapshot from the start of the run plus the writes
@@ -112,30 +124,28 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
     not go as planned, or where the run changed something when a full verification is due).
     Listed again whole when a copy task left no records (it died).
     """
+    skip_unless_selected(secondary)
     p = current_params()
     context = get_current_context()
     ti = context["ti"]
-    differences = ti.xcom_pull(task_ids="diff")
-    taken = ti.xcom_pull(task_ids="snapshot_secondary")
-    refs = pulled(context, "push_manifests", "results")
-    pruned = ti.xcom_pull(task_ids="prune_tags")
-    recorded = (
-        taken
-        and differences
-        and pruned is not None
-        and len(refs) == len(ti.xcom_pull(task_ids="plan", key="image_batches") or [])
-    )
+    differences = ti.xcom_pull(task_ids=in_group(secondary, "diff"))
+    taken = ti.xcom_pull(task_ids=in_group(secondary, "snapshot_secondary"))
+    refs = pulled(context, in_group(secondary, "push_manifests"), "results")
+    pruned = ti.xcom_pull(task_ids=in_group(secondary, "prune_tags"))
+    batches = ti.xcom_pull(task_ids=in_group(secondary, "plan"), key="image_batches")
+    recorded = taken and differences and pruned is not None and len(refs) == len(batches or [])
     before = read_snapshot(taken) if recorded else None
     if before is not None and before.complete and differences["changes"] == 0:
         log.info(
-            "this run changed nothing on the secondary: its snapshot from the start of the "
-            "run is verified rather than listing it again"
+            "this run changed nothing on %s: its snapshot from the start of the "
+            "run is verified rather than listing it again",
+            secondary,
         )
         after = before
     elif before is not None:
         folder = run_folder()
         after = secondary_after(
-            registry_client(PARSED.secondaries[0]),
+            registry_client(secondary),
             before,
             [
                 _result(ImageResult, r)
@@ -151,7 +161,7 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
         )
     else:
         after = take_snapshot(
-            registry_client(PARSED.secondaries[0]),
+            registry_client(secondary),
             run_scope(p),
             concurrency=p["concurrency"],
             repositories=p["repositories"] or None,
@@ -162,12 +172,12 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
     store = Store()
     damaged = verification.settle(
         store,
-        PARSED.secondaries[0],
+        secondary,
         report,
         VerifyLevel(taken.get("verify_level", "tags") if taken else "tags"),
         before,
     )
-    deep = ti.xcom_pull(task_ids="verify_closure") or {}
+    deep = ti.xcom_pull(task_ids=in_group(secondary, "verify_closure")) or {}
     line = verification.verification_line(
         report,
         VerifyLevel(deep.get("level", "tags")),
@@ -175,16 +185,16 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
         damaged,
         None,
     ) + (f"; {deep['line']}" if deep.get("line") else "")
-    log.info("%s", line)
+    log.info("%s: %s", secondary, line)
     if len(differ):
-        log.warning("repositories whose checksums differ:\n%s", log_table(differ))
+        log.warning("repositories whose checksums differ on %s:\n%s", secondary, log_table(differ))
     counts = {
         side: snap.tags["repository"].value_counts().to_dict()
         for side, snap in (("primary", source), ("secondary", after))
     }
     now = pendulum.now("UTC")
     store.state.set_repository_state(
-        PARSED.secondaries[0],
+        secondary,
         [
             {
                 "repository": row.repository,
@@ -219,86 +229,134 @@ def verify(primary: dict[str, Any]) -> dict[str, Any]:
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
 @checked
-def report(primary: dict[str, Any], pruned: dict[str, Any], verified: dict[str, Any]) -> dict:
-    """The run's summary, and every failed layer; fails the run if anything failed
-    (``RunOutcome``: the same answer as the CLI's and the operator's)."""
+def report(primary: dict[str, Any]) -> dict:
+    """The run's summary per secondary, and every failed layer; fails the run naming each
+    secondary where anything failed (``RunOutcome``: the same answer as the CLI's and the
+    operator's)."""
     context = get_current_context()
     p = context["params"]
-    refs = [
-        *pulled(context, "copy_blobs", "results"),
-        *pulled(context, "push_manifests", "results"),
-    ]
-    summed: Counter[str] = Counter(summarize([], [], [], zeros=True))
-    for summary in [*(ref["summary"] for ref in refs), pruned["summary"]]:
-        summed.update(summary)
+    listing = read_snapshot(primary)
+    served = selected(p)
+    _record_repository_problems(listing, served)
     started = context["dag_run"].start_date
+    per: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    layers: list[dict[str, Any]] = []
+    for secondary in served:
+        counts, lines, failed = _secondary_outcome(context, secondary, listing)
+        per[secondary] = counts
+        problems += [f"{secondary}: {line}" for line in lines]
+        layers += failed
+    counts = {
+        **_totals(per),
+        "seconds": round(time.time() - started.timestamp(), 1) if started else None,
+    }
+    dag_run = context["dag_run"]
+    Store().history.record_run(
+        dag_run.dag_id,
+        dag_run.run_id,
+        "failed" if problems else "success",
+        {**counts, "problems": problems, "dry_run": p["dry_run"]},
+        layers,
+    )
+    alerts.send_stats(Store())
+    if problems:
+        failed_sites = [s for s in served if any(line.startswith(f"{s}: ") for line in problems)]
+        raise ReplicationFailed(f"failed for {', '.join(failed_sites)}: " + "; ".join(problems))
+    return counts
+
+
+def _secondary_outcome(
+    context: Any, secondary: str, listing: Snapshot
+) -> tuple[dict[str, Any], list[str], list[dict[str, Any]]]:
+    """One secondary's part of the report: its counts (logged), its outcome and its failed
+    layers' rows; a secondary whose group did not get as far as ``verify`` has failed."""
+    ti = context["ti"]
+    copy_task = in_group(secondary, "copy_blobs")
+    refs = [
+        *pulled(context, copy_task, "results"),
+        *pulled(context, in_group(secondary, "push_manifests"), "results"),
+    ]
+    pruned = ti.xcom_pull(task_ids=in_group(secondary, "prune_tags")) or {}
+    verified = ti.xcom_pull(task_ids=in_group(secondary, "verify")) or {}
+    summed: Counter[str] = Counter(summarize([], [], [], zeros=True))
+    for summary in [*(ref["summary"] for ref in refs), pruned.get("summary", {})]:
+        summed.update(summary)
+    taken = ti.xcom_pull(task_ids=in_group(secondary, "snapshot_secondary")) or {}
     counts: dict[str, Any] = {
         **summed,
         "repositories differing": verified.get("differ") or 0,
-        "seconds": round(time.time() - started.timestamp(), 1) if started else None,
         # full (the secondary listed) or cheap (read from its record), and why
-        "run kind": (context["ti"].xcom_pull(task_ids="snapshot_secondary") or {}).get("run_kind"),
+        "run kind": taken.get("run_kind"),
         "verification": verified.get("line"),
     }
     log.info(
-        "run summary%s:\n%s",
-        " (dry run)" if p["dry_run"] else "",
+        "run summary for %s%s:\n%s",
+        secondary,
+        " (dry run)" if context["params"]["dry_run"] else "",
         log_table(pd.Series(counts, name="value", dtype=object).to_frame()),
     )
-    failed_blobs = failed_refs(context, "copy_blobs")
+    failed_blobs = failed_refs(context, copy_task)
     map_index = {
         (record["repository"], record["digest"]): ref["map_index"] for ref, record in failed_blobs
     }
-    listing = read_snapshot(primary)
     damaged = verified.get("damaged") or []
     outcome = RunOutcome(
         blobs=[record for _, record in failed_blobs],
-        images=[record for _, record in failed_refs(context, "push_manifests")],
+        images=[
+            record for _, record in failed_refs(context, in_group(secondary, "push_manifests"))
+        ],
         pruned=_records_of(pruned.get("file")),
-        skipped=_records_of(SKIPPED_FILE),
+        skipped=_records_of(f"{secondary}/{SKIPPED_FILE}"),
         listing=listing,
         prune_refused=pruned.get("refused"),
-        findings=[_result(Finding, r) for r in _records_of(VERIFIED_FILE)],
+        findings=[_result(Finding, r) for r in _records_of(f"{secondary}/{VERIFIED_FILE}")],
         damaged=damaged,
         damaged_more=max((verified.get("damaged_count") or 0) - len(damaged), 0),
     )
     if outcome.failed_blobs:
         log.error(
-            "failed layers:\n%s",
+            "failed layers on %s:\n%s",
+            secondary,
             log_table(
                 pd.DataFrame(outcome.failed_blobs)[
                     ["repository", "digest", "size", "status", "code", "error"]
                 ]
             ),
         )
-    _record_repository_problems(listing)
-    _record_skipped(outcome.skipped)
-    problems = outcome.lines(shown=SHOWN)
-    dag_run = context["dag_run"]
-    Store().history.record_run(
-        dag_run.dag_id,
-        dag_run.run_id,
-        "failed" if outcome.failed else "success",
-        {**counts, "problems": problems, "dry_run": p["dry_run"]},
-        [
-            {
-                "repository": r["repository"],
-                "digest": r["digest"],
-                "size": r["size"],
-                "status": r.get("status"),
-                "code": r.get("code"),
-                "error": r.get("error"),
-                "task_id": "copy_blobs",
-                "map_index": map_index.get((r["repository"], r["digest"])),
-                "secondary": PARSED.secondaries[0],
-            }
-            for r in outcome.failed_blobs
-        ],
-    )
-    alerts.send_stats(Store())
-    if outcome.failed:
-        raise ReplicationFailed("; ".join(problems))
-    return counts
+    _record_skipped(secondary, outcome.skipped)
+    layers = [
+        {
+            "repository": r["repository"],
+            "digest": r["digest"],
+            "size": r["size"],
+            "status": r.get("status"),
+            "code": r.get("code"),
+            "error": r.get("error"),
+            "task_id": copy_task,
+            "map_index": map_index.get((r["repository"], r["digest"])),
+            "secondary": secondary,
+        }
+        for r in outcome.failed_blobs
+    ]
+    lines = outcome.lines(shown=SHOWN)
+    if not verified:
+        lines.append(f"not verified: see the failed tasks of its group ({secondary}.*)")
+    return counts, lines, layers
+
+
+def _totals(per: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The run's counts over its secondaries: numbers summed; the run kind and verification
+    lines each secondary's, named when the run served several."""
+    totals: dict[str, Any] = {}
+    for secondary, counts in per.items():
+        for key, value in counts.items():
+            if isinstance(value, str) or value is None:
+                line = value if len(per) == 1 else f"{secondary}: {value}"
+                totals[key] = "; ".join(filter(None, [totals.get(key), line]))
+            else:
+                totals[key] = totals.get(key, 0) + value
+    return totals
 
 
 @task
@@ -323,11 +381,11 @@ def _records_of(name: str | None) -> list[dict[str, Any]]:
         return []
 
 
-def _record_skipped(skipped: Sequence[dict[str, Any]]) -> None:
+def _record_skipped(secondary: str, skipped: Sequence[dict[str, Any]]) -> None:
     """Record on the status page the images the plan could not replicate (malformed,
     unsupported, past a bound)."""
     Store().state.set_repository_state(
-        PARSED.secondaries[0],
+        secondary,
         [
             {
                 "repository": s["repository"],
@@ -339,7 +397,7 @@ def _record_skipped(skipped: Sequence[dict[str, Any]]) -> None:
     )
 
 
-def _record_repository_problems(listing: Snapshot) -> None:
+def _record_repository_problems(listing: Snapshot, secondaries: Sequence[str]) -> None:
     """Log and record on the status page the repositories that could not be handled."""
     if not listing.problems:
         return
@@ -350,17 +408,18 @@ def _record_repository_problems(listing: Snapshot) -> None:
     reasons: dict[str, list[str]] = {}
     for found in listing.problems:
         reasons.setdefault(found["repository"], []).append(problem_line(found))
-    Store().state.set_repository_state(
-        PARSED.secondaries[0],
-        [
-            {
-                "repository": repository,
-                "state": RepositoryState.FAILED,
-                "last_error": "; ".join(lines)[:4000],
-            }
-            for repository, lines in sorted(reasons.items())
-        ],
-    )
+    for secondary in secondaries:
+        Store().state.set_repository_state(
+            secondary,
+            [
+                {
+                    "repository": repository,
+                    "state": RepositoryState.FAILED,
+                    "last_error": "; ".join(lines)[:4000],
+                }
+                for repository, lines in sorted(reasons.items())
+            ],
+        )
 
 
 def _result(kind: type, record: dict[str, Any]):

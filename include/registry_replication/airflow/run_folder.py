@@ -152,6 +152,11 @@ def failed_refs(context: Any, task_id: str) -> list[tuple[dict[str, Any], dict[s
     ]
 
 
+def in_group(secondary: str, task_id: str) -> str:
+    """The id of a task in ``secondary``'s task group."""
+    return f"{secondary}.{task_id}"
+
+
 def pulled(context: Any, task_id: str, key: str) -> list[Any]:
     """Every map index's XCom under ``key`` (failed map indexes push ``failed``)."""
     return _records(context["ti"].xcom_pull(task_ids=task_id, key=key))

@@ -13,6 +13,7 @@ from typing import Any
 
 from airflow.configuration import conf
 from airflow.sdk import Param, get_current_context
+from airflow.sdk.exceptions import AirflowSkipException
 
 from registry_replication.airflow.hooks import OciRegistryHook
 from registry_replication.engine import verification
@@ -39,6 +40,15 @@ class ReplicationFailed(RuntimeError):
 def params(*, repositories_required: bool = False) -> dict[str, Param]:
     """The trigger form, shared by both DAGs."""
     return {
+        "secondaries": Param(
+            list(PARSED.secondaries),
+            type="array",
+            items={"type": "string", "enum": list(PARSED.secondaries)},
+            minItems=1,
+            uniqueItems=True,
+            description="The secondaries this run serves (default: every configured one); "
+            "the others' task groups are skipped.",
+        ),
         "repositories": Param(
             [] if not repositories_required else ["group/app"],
             type="array",
@@ -141,7 +151,20 @@ def registry_client(conn_id: str, *, writable: bool = False) -> RegistryClient:
     return OciRegistryHook(conn_id, writable=writable).get_conn()
 
 
-def task_leases() -> Leases:
-    """This task's leases on the (first) secondary's rows: the write protocol shared with every
-    other writer."""
-    return Leases(Store(), PARSED.secondaries[0])
+def task_leases(secondary: str) -> Leases:
+    """This task's leases on ``secondary``'s rows: the write protocol shared with every other
+    writer."""
+    return Leases(Store(), secondary)
+
+
+def selected(p: dict[str, Any]) -> list[str]:
+    """The configured secondaries a run with params ``p`` serves (param ``secondaries``), in
+    the configured order."""
+    chosen = p.get("secondaries") or PARSED.secondaries
+    return [s for s in PARSED.secondaries if s in chosen]
+
+
+def skip_unless_selected(secondary: str) -> None:
+    """Skip this task (its group's work) when the run does not serve ``secondary``."""
+    if secondary not in selected(current_params()):
+        raise AirflowSkipException(f"this run does not serve {secondary} (param secondaries)")

@@ -152,7 +152,7 @@ def listings(
             options.scope,
             concurrency=options.concurrency,
             repositories=options.repositories,
-            known=partial(_known_to_all, [site.record for site in sites]),
+            known=partial(known_to_all, [site.record for site in sites]),
             manifests=manifests,
         )
         targets = {
@@ -173,7 +173,7 @@ def listings(
         return source.result(), {name: outcome_of(f.result) for name, f in targets.items()}
 
 
-def _known_to_all(
+def known_to_all(
     records: Sequence[TagRecord], repositories: Sequence[str]
 ) -> dict[tuple[str, str], Descriptor]:
     """The tags every record holds at the same descriptor: what a conditional ``HEAD`` of the
