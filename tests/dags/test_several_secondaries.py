@@ -57,7 +57,9 @@ def run_dag(
     env = {
         **os.environ,
         "AIRFLOW__REGISTRY_REPLICATION__SECONDARY_CONN_IDS": ",".join(NAMES),
-        "AIRFLOW_CONN_REGISTRY_EU": json.dumps(eu.connection()),
+        # Quick to give up, so that a stopped secondary fails its group in seconds.
+        "AIRFLOW_CONN_REGISTRY_EU": json.dumps(eu.connection(max_retries=1, backoff_seconds=0.05)),
+        "AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES": "0",
     }
 
     def run(dag_id: str = "registry_reconcile", conf: dict | None = None) -> dict[str, Any]:
