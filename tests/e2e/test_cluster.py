@@ -180,7 +180,7 @@ def assert_refused_at_once(cluster: AirflowCluster, setting: str) -> None:
         )
     )
     assert state == "failed"
-    for task_id in ("snapshot_primary", "snapshot_secondary"):
+    for task_id in ("snapshot_primary", "registry_secondary.snapshot_secondary"):
         ti = instances[task_id]
         # Failed on the first try although the cluster's tasks have a retry: not retried.
         assert ti["state"] == "failed" and ti["try_number"] == 1, ti
