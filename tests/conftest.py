@@ -133,20 +133,31 @@ def secondary(
 
 
 @pytest.fixture
-def secondary_b(
+def eu(
     start_registry: Callable[..., LocalRegistry], keys: KeyPair, token_service: TokenService
 ) -> LocalRegistry:
-    """A second secondary of the same primary (issue 22), ``registry_b`` in the store."""
-    return start_registry("secondary-b", keys=keys, token_realm=token_service.realm)
+    """A second secondary of the same primary (issue 22), ``registry_eu`` in the store."""
+    return start_registry("eu", keys=keys, token_realm=token_service.realm)
+
+
+@pytest.fixture
+def eu_configured(eu: LocalRegistry, monkeypatch: pytest.MonkeyPatch) -> LocalRegistry:
+    """``eu`` configured beside the test's secondary, as a deployment would configure it: its
+    connection (``AIRFLOW_CONN_REGISTRY_EU``) and both in ``secondary_conn_ids``."""
+    monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_EU", json.dumps(eu.connection()))
+    monkeypatch.setenv(
+        "AIRFLOW__REGISTRY_REPLICATION__SECONDARY_CONN_IDS", "registry_secondary,registry_eu"
+    )
+    return eu
 
 
 @pytest.fixture(params=["one secondary", "two secondaries"])
 def sites(request: pytest.FixtureRequest, secondary: LocalRegistry) -> list[Site]:
     """The secondaries one store serves (issue 22): the test's secondary alone, then with
-    ``secondary_b``, written at the same time by writers of its own."""
+    ``eu``, written at the same time by writers of its own."""
     sites = [Site("registry_secondary", secondary)]
     if request.param == "two secondaries":
-        sites.append(Site("registry_b", request.getfixturevalue("secondary_b")))
+        sites.append(Site("registry_eu", request.getfixturevalue("eu")))
     return sites
 
 

@@ -104,21 +104,13 @@ def test_replicates_to_every_configured_secondary(
     primary,
     secondary,
     primary_writer,
-    start_registry,
-    keys,
-    token_service,
-    monkeypatch,
+    eu_configured,
 ):
     """Settings are read at each task's run (``current()``): the operator serves both."""
-    eu = start_registry("eu", keys=keys, token_realm=token_service.realm)
-    monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_EU", json.dumps(eu.connection()))
-    monkeypatch.setenv(
-        "AIRFLOW__REGISTRY_REPLICATION__SECONDARY_CONN_IDS", "registry_secondary,registry_eu"
-    )
     pushed = images.push(primary_writer, "team/app", images.ImageFactory().make(), ["2.0"])
     run = pipeline.test(run_conf={"repository": "team/app", "tags": "2.0"})
     assert run.state == "success"
-    for site in (secondary, eu):
+    for site in (secondary, eu_configured):
         assert sha256(skopeo_raw(site, "team/app", "2.0")) == pushed
     counts = run.get_task_instance("replicate").xcom_pull(task_ids="replicate")
     assert counts["images pushed"] == 2  # one per secondary

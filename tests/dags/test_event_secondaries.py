@@ -8,8 +8,6 @@ the webhook over HTTP, as in production.
 
 from __future__ import annotations
 
-import json
-
 from registry_replication.airflow import event_tasks
 from registry_replication.transport.client import RegistryClient
 from replication_harness import images
@@ -25,16 +23,10 @@ def test_a_stopped_secondary_waits_and_the_other_replicates(
     store,
     notifying_primary,
     secondary,
-    start_registry,
-    keys,
-    token_service,
+    eu_configured,
     monkeypatch,
 ):
-    eu = start_registry("eu", keys=keys, token_realm=token_service.realm)
-    monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_EU", json.dumps(eu.connection()))
-    monkeypatch.setenv(
-        "AIRFLOW__REGISTRY_REPLICATION__SECONDARY_CONN_IDS", f"registry_secondary,{EU}"
-    )
+    eu = eu_configured
     monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS", "0")
     monkeypatch.setattr(event_tasks, "PROBE_SECONDS", 1.0)
     eu.stop()

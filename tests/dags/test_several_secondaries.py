@@ -22,9 +22,7 @@ from registry_replication.store import Store
 from registry_replication.store.record import TagRecord
 from registry_replication.transport.client import RegistryClient
 from replication_harness import images
-from replication_harness.keys import KeyPair
 from replication_harness.registry import LocalRegistry
-from replication_harness.servers import TokenService
 from replication_harness.skopeo import skopeo_raw
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,14 +37,6 @@ RUN = (
     "print(json.dumps({'state': run.state, 'tasks': "
     "{f'{ti.task_id}[{ti.map_index}]': ti.state for ti in run.get_task_instances()}}))"
 )
-
-
-@pytest.fixture
-def eu(
-    start_registry: Callable[..., LocalRegistry], keys: KeyPair, token_service: TokenService
-) -> LocalRegistry:
-    """The second secondary, configured as the first."""
-    return start_registry("eu", keys=keys, token_realm=token_service.realm)
 
 
 @pytest.fixture

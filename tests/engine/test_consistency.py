@@ -197,12 +197,12 @@ def test_prune_never_untags_a_tag_that_shares_the_digest(
 
 
 def test_a_repository_held_on_one_secondary_is_written_on_another_meanwhile(
-    primary, secondary, secondary_b, store, primary_writer
+    primary, secondary, eu, store, primary_writer
 ):
     """Leases are per secondary: while the writer of one secondary holds ``app``'s lease (held
     at its tag write, alive and renewing), a writer of another secondary writes ``app`` to the
     end without waiting; then the first goes on. Both end exact."""
-    sites = [Site("registry_secondary", secondary), Site("registry_b", secondary_b)]
+    sites = [Site("registry_secondary", secondary), Site("registry_eu", eu)]
     image = images.ImageFactory().make()
     images.push(primary_writer, "app", image, ["t"])
 

@@ -8,7 +8,7 @@ time (incomplete tags, tags on digests the primary never had, tags deleted while
 had them); a second writer then finishes the work after the dead one's leases expire.
 
 Then the same with two secondaries sharing the store (issue 22): the writer of the second,
-``registry_b``, is held at the same point at the same time, holding its own leases on the same
+``registry_eu``, is held at the same point at the same time, holding its own leases on the same
 resources; it goes on once the first one's writer is dead, and ends exact, its record its own.
 """
 
