@@ -2,7 +2,6 @@
 by a framework or by name. Nothing imports this file; vulture reads it as a use of each name."""
 
 from registry_replication.airflow import alerts, hooks, operators, provider, sensors, triggers
-from registry_replication.engine import fanout
 from registry_replication.outcomes import CheckOutcome
 from registry_replication.store import schema
 from registry_replication.store.retention import Pruned
@@ -49,8 +48,3 @@ mediatypes.OCI_LAYER
 
 # The store's leases as rows: what tests and operators read (no caller in the package).
 ReplicationState.all_leases
-
-# Issue 22 stage 4: the read-once fan-out, used by tests until run_sync_many and the DAG's
-# fanout_blobs (later stages) call it.
-fanout.FanoutCopier
-fanout.FanoutCopier.primary_bytes
