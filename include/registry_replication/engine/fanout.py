@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from registry_replication.engine.copy import BlobResult, Copier
 from registry_replication.engine.plan import BlobTask
-from registry_replication.outcomes import BlobOutcome
+from registry_replication.outcomes import BlobOutcome, describe
 from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.errors import (
     RETRY_STATUSES,
@@ -200,9 +200,9 @@ class FanoutCopier:
         try:
             with one_try_each():
                 copier.secondary.ping()
-        except RegistryError as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of the probe: the site is down
             with self._lock:
-                self._down.setdefault(secondary, exc.without_advice)
+                self._down.setdefault(secondary, describe(exc))
             log.error(
                 "fan-out: secondary %s is unavailable; its later blobs are left untried: %s",
                 secondary,
