@@ -119,8 +119,15 @@ def test_a_stopped_secondary_fails_only_its_group(run_dag, primary, secondary, e
     pushed = push_two(primary_writer)
     eu.stop()
     result = run_dag()
-    assert result["state"] == "failed"
+    assert result["state"] == "failed", result["tasks"]
     assert failed(result) == {"registry_eu", "report"}, result["tasks"]
+    # It fails fast, at its first task, and names the site and what happens next.
+    assert result["tasks"]["registry_eu.reach[-1]"] == "failed", result["tasks"]
+    assert result["tasks"]["registry_eu.snapshot_secondary[-1]"] == "upstream_failed"
+    assert "secondary registry_eu does not answer" in result["log"]
+    assert "the other secondaries go on" in result["log"]
+    # Nothing is listed at a site that is down: its verification is skipped, not a listing.
+    assert result["tasks"]["registry_eu.verify[-1]"] == "skipped"
     assert exact(primary, secondary, pushed)
     problems = Store().history.last_run("registry_reconcile")["summary"]["problems"]
     assert problems and all(line.startswith("registry_eu: ") for line in problems), problems

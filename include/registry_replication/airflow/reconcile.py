@@ -1,7 +1,7 @@
 """The reconcile's tasks and their wiring: ``replicate()`` lays out, in the current DAG,
 
     snapshot_primary -> for each configured secondary s, a task group s:
-        s.snapshot_secondary -> s.diff -> s.plan -> s.copy_blobs[*] -> s.push_manifests[*]
+        (s.reach, with several secondaries ->) s.snapshot_secondary -> s.diff -> s.plan -> s.copy_blobs[*] -> s.push_manifests[*]
         -> s.prune_tags -> s.verify_closure -> s.verify
     -> report -> retention (a teardown)
 
@@ -28,7 +28,11 @@ from airflow.sdk import TaskGroup, TriggerRule, XComArg, get_current_context, ta
 
 from registry_replication.airflow import alerts
 from registry_replication.airflow.deployment import checked
-from registry_replication.airflow.reconcile_listing import snapshot_primary, snapshot_secondary
+from registry_replication.airflow.reconcile_listing import (
+    reach,
+    snapshot_primary,
+    snapshot_secondary,
+)
 from registry_replication.airflow.reconcile_report import report, retention, verify, verify_closure
 from registry_replication.airflow.run_folder import (
     SKIPPED_FILE,
@@ -356,6 +360,8 @@ def replicate() -> None:
 def _secondary_tasks(primary: XComArg, s: str) -> list[XComArg]:
     """One secondary's tasks, in its group; returns those whose XComs the report reads."""
     secondary = snapshot_secondary(s)
+    if len(PARSED.secondaries) > 1:  # a down site fails fast: the others need not wait on it
+        reach(s) >> secondary
     differences = diff(primary, secondary, s)
     blob_batches = plan(differences, primary, s)
     image_batches = manifest_batches(s)

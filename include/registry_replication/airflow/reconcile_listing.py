@@ -1,6 +1,7 @@
 """The reconcile's first tasks: ``snapshot_primary``, the primary listed once for every
-secondary the run serves, and each group's ``snapshot_secondary``; both into the run's folder.
-``airflow.reconcile.replicate`` wires them in."""
+secondary the run serves, each group's ``reach`` (with several secondaries) and its
+``snapshot_secondary``; the snapshots into the run's folder. ``airflow.reconcile.replicate``
+wires them in."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from registry_replication.airflow.deployment import checked
 from registry_replication.airflow.run_folder import run_folder
 from registry_replication.airflow.settings import (
     PARSED,
+    ReplicationFailed,
     current_params,
     registry_client,
     run_scope,
@@ -24,7 +26,7 @@ from registry_replication.engine import artifacts, verification
 from registry_replication.engine.secondary_listing import secondary_listing
 from registry_replication.engine.snapshot import stream_snapshot
 from registry_replication.engine.sync import known_to_all
-from registry_replication.outcomes import VerifyLevel
+from registry_replication.outcomes import VerifyLevel, describe
 from registry_replication.store import Store
 from registry_replication.store.record import RunKind, TagRecord
 
@@ -57,6 +59,24 @@ def snapshot_primary() -> dict[str, Any]:
     )
     log.info("snapshot of %d tags of the primary (%d bytes)", ref["tags"], ref["bytes"])
     return ref
+
+
+@task(retries=0)
+@checked
+def reach(secondary: str) -> None:
+    """Fail the secondary's group at once when it does not answer (after its connection's own
+    retries): the run's steps that serve every secondary together must not wait out a down
+    site's task retries."""
+    skip_unless_selected(secondary)
+    try:
+        registry_client(secondary).ping()
+    except Exception as exc:
+        raise ReplicationFailed(
+            f"secondary {secondary} does not answer: {describe(exc)}. Its group stops here; the "
+            "other secondaries go on. Its events wait in its own queue and drain once it "
+            "answers; the next reconcile run backfills it (or clear this task to run it now)."
+        ) from exc
+    log.info("%s answers", secondary)
 
 
 @task

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import pendulum
 from airflow.sdk import TriggerRule, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
 
 from registry_replication.airflow import alerts
 from registry_replication.airflow.deployment import checked
@@ -130,10 +131,18 @@ def verify(primary: dict[str, Any], secondary: str) -> dict[str, Any]:
     ti = context["ti"]
     differences = ti.xcom_pull(task_ids=in_group(secondary, "diff"))
     taken = ti.xcom_pull(task_ids=in_group(secondary, "snapshot_secondary"))
+    if not taken:
+        # Its group stopped before listing it (a site that did not answer): this run did
+        # nothing there, and listing a site that is down would only wait out its retries.
+        raise AirflowSkipException(
+            f"{secondary} was never listed by this run (see the log of "
+            f"{in_group(secondary, 'snapshot_secondary')} or the task before it): nothing to "
+            "verify; the run's report counts it as failed"
+        )
     refs = pulled(context, in_group(secondary, "push_manifests"), "results")
     pruned = ti.xcom_pull(task_ids=in_group(secondary, "prune_tags"))
     batches = ti.xcom_pull(task_ids=in_group(secondary, "plan"), key="image_batches")
-    recorded = taken and differences and pruned is not None and len(refs) == len(batches or [])
+    recorded = differences and pruned is not None and len(refs) == len(batches or [])
     before = read_snapshot(taken) if recorded else None
     if before is not None and before.complete and differences["changes"] == 0:
         log.info(
@@ -174,14 +183,14 @@ def verify(primary: dict[str, Any], secondary: str) -> dict[str, Any]:
         store,
         secondary,
         report,
-        VerifyLevel(taken.get("verify_level", "tags") if taken else "tags"),
+        VerifyLevel(taken.get("verify_level", "tags")),
         before,
     )
     deep = ti.xcom_pull(task_ids=in_group(secondary, "verify_closure")) or {}
     line = verification.verification_line(
         report,
         VerifyLevel(deep.get("level", "tags")),
-        RunKind(taken.get("kind", "full"), "", taken.get("sampled", 0)) if taken else None,
+        RunKind(taken.get("kind", "full"), "", taken.get("sampled", 0)),
         damaged,
         None,
     ) + (f"; {deep['line']}" if deep.get("line") else "")

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 
 from registry_replication.engine.copy import BlobResult, Copier
 from registry_replication.engine.plan import BlobTask
-from registry_replication.outcomes import BlobOutcome, describe
+from registry_replication.engine.sites import unreachable
+from registry_replication.outcomes import BlobOutcome
 from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.errors import (
     RETRY_STATUSES,
     DigestMismatchError,
     RegistryError,
 )
-from registry_replication.transport.retry import one_try_each
 from registry_replication.transport.tee import Tee
 from registry_replication.transport.upload import OpenBody
 
@@ -197,17 +197,16 @@ class FanoutCopier:
         site that is down from a primary that is)."""
         if secondary in self._down:
             return
-        try:
-            with one_try_each():
-                copier.secondary.ping()
-        except Exception as exc:  # noqa: BLE001 - any failure of the probe: the site is down
-            with self._lock:
-                self._down.setdefault(secondary, describe(exc))
-            log.error(
-                "fan-out: secondary %s is unavailable; its later blobs are left untried: %s",
-                secondary,
-                exc,
-            )
+        reason = unreachable(copier.secondary)
+        if reason is None:
+            return
+        with self._lock:
+            self._down.setdefault(secondary, reason)
+        log.error(
+            "fan-out: secondary %s is unavailable; its later blobs are left untried: %s",
+            secondary,
+            reason,
+        )
 
     def _reader(self, group: FanoutTask) -> OpenBody:
         """The blob on the primary from an offset, its bytes counted in ``primary_bytes``."""

@@ -12,6 +12,8 @@ from typing import TypeVar
 from registry_replication.engine.leases import Leases
 from registry_replication.store.record import TagRecord
 from registry_replication.transport.client import RegistryClient
+from registry_replication.transport.errors import RETRY_STATUSES, RegistryError
+from registry_replication.transport.retry import one_try_each
 
 T = TypeVar("T")
 
@@ -62,3 +64,20 @@ def only(outcomes: Mapping[str, T | Exception]) -> T:
     if isinstance(outcome, Exception):
         raise outcome
     return outcome
+
+
+def unreachable(client: RegistryClient) -> str | None:
+    """Why a site does not answer one try of ``ping``; None when it answers, or answers with a
+    refusal (a wrong credential, a 404: the work that follows fails on it and says so).
+
+    Whatever else the ping raises counts as no answer, with its reason: a check for reaching a
+    site must never be what crashes the work of the sites that do answer."""
+    try:
+        with one_try_each():
+            client.ping()
+    except RegistryError as exc:
+        if exc.status is None or exc.status in RETRY_STATUSES:
+            return exc.without_advice
+    except Exception as exc:  # noqa: BLE001 - any failure to answer is an answer here
+        return f"{type(exc).__name__}: {exc}"
+    return None
