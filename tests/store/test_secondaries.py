@@ -11,10 +11,23 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from registry_replication.store import Store, engine, migrate, retention
+from registry_replication.store.queue import Event
 from registry_replication.store.record import INTENT, PRESENT, TagRecord
-from registry_replication.store.schema import LEGACY, deliveries, events, now, push_latency
+from registry_replication.store.schema import (
+    LEGACY,
+    deliveries,
+    events,
+    leases,
+    now,
+    push_latency,
+    recorded_tags,
+    recorded_verifications,
+    repository_state,
+)
 from registry_replication.store.secondaries import Secondaries
 from replication_harness.legacy_store import T0, secondaries_of, store_at
 
@@ -200,3 +213,99 @@ def test_retention_keeps_an_event_while_a_secondary_still_owes_it(store, ev):
     pruned = retention.prune(store.engine, dt.timedelta(days=30))
     assert (pruned.deliveries, pruned.events) == (1, 1)
     assert store.queue.events() == [] and store.queue.status_counts()["done"] == 2
+
+
+# One row of each table of a secondary's own state, changed at ``at``.
+def _state_rows(secondary: str, at: dt.datetime) -> dict[sa.Table, dict]:
+    return {
+        repository_state: {
+            "secondary": secondary,
+            "repository": "app",
+            "state": "synced",
+            "updated_at": at,
+        },
+        recorded_tags: {
+            "secondary": secondary,
+            "repository": "app",
+            "tag": "v1",
+            "state": PRESENT,
+            "digest": "sha256:" + "1" * 64,
+            "recorded_at": at,
+            "written_by": "test",
+        },
+        recorded_verifications: {
+            "secondary": secondary,
+            "repository": "app",
+            "registry": "http://x",
+            "verified_at": at,
+        },
+        leases: {
+            "secondary": secondary,
+            "resource": "repository:app",
+            "owner": "w",
+            "expires_at": at,
+            "acquired_at": at,
+        },
+    }
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    recent=st.sets(st.sampled_from(["deliveries", *[t.name for t in _state_rows("s", T0)]])),
+    done=st.booleans(),
+)
+def test_a_departed_secondarys_rows_go_all_at_once_when_all_are_old(
+    tmp_path_factory: pytest.TempPathFactory, recent: set[str], done: bool
+) -> None:
+    """``registry_ap`` is no longer configured: its rows (a delivery, pending or done, and a row
+    in every table of its state) go together once none changed within the retention, and
+    none of them goes while any did; a configured secondary's and ``LEGACY``'s never go."""
+    store = Store(f"sqlite:///{tmp_path_factory.mktemp('store') / 'replication.db'}")
+    old, young = now() - dt.timedelta(days=40), now()
+    at = {name: young if name in recent else old for name in ("deliveries", *recent)}
+    event = Event("e1", "push", "app", "v1", None, None, T0)
+    store.queue.add([event], ["registry_eu", "registry_ap", LEGACY])
+    if done:
+        owner, _ = store.queue.claim("registry_ap")
+        store.queue.complete("registry_ap", owner, ["e1"])
+    with store.engine.begin() as conn:
+        conn.execute(deliveries.update().values(updated_at=at.get("deliveries", old)))
+        conn.execute(events.update().values(updated_at=old))
+        for secondary in ("registry_eu", "registry_ap", LEGACY):
+            for table, row in _state_rows(secondary, old).items():
+                changed = young if secondary == "registry_ap" and table.name in recent else old
+                conn.execute(
+                    table.insert(), {k: changed if v == old else v for k, v in row.items()}
+                )
+    before = secondaries_of(store)
+    pruned = retention.prune(store.engine, dt.timedelta(days=30), configured=["registry_eu"])
+    after = secondaries_of(store)
+    departed = not recent
+    assert pruned.departed_secondaries == int(departed)
+    # A done delivery a month old goes anyway: retention takes any finished delivery.
+    delivered = not departed and not (done and "deliveries" not in recent)
+    assert after == {
+        name: names - {"registry_ap"}
+        if departed or (name == "rr_deliveries" and not delivered)
+        else names
+        for name, names in before.items()
+    }
+    if done and not delivered:
+        assert store.queue.status_counts()["done"] == 1  # carried
+    # The event stays while the configured secondary (and the unadopted rows) still owe it.
+    assert sorted(e["secondary"] for e in store.queue.events()) == sorted(
+        [LEGACY, "registry_eu", *(["registry_ap"] if delivered else [])]
+    )
+
+
+def test_a_store_prune_that_does_not_know_the_secondaries_removes_none(store, ev):
+    store.queue.add([ev(1)], ["registry_ap"])
+    with store.engine.begin() as conn:
+        conn.execute(deliveries.update().values(updated_at=now() - dt.timedelta(days=40)))
+    assert retention.prune(store.engine, dt.timedelta(days=30)).departed_secondaries == 0
+    assert (
+        retention.prune(
+            store.engine, dt.timedelta(days=30), configured=["registry_eu"]
+        ).departed_secondaries
+        == 1
+    )

@@ -97,7 +97,9 @@ def _prune_history() -> str:
     (default 30); returns what went. Best effort: a refusal or a database error is logged."""
     days = current().history_retention_days
     try:
-        pruned = retention.prune(Store().engine, dt.timedelta(days=days))
+        pruned = retention.prune(
+            Store().engine, dt.timedelta(days=days), configured=current().secondaries
+        )
     except ValueError as exc:
         log.error(
             "the store's history was not pruned: %s. What to do: set [registry_replication]"

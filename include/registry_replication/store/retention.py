@@ -7,13 +7,17 @@ processed, failed: a dead letter waits for an operator): a finished delivery goe
 once it is rejected or no delivery of it is left. The counters the metrics read from
 rows (bytes copied, events done and rejected, the push-to-replica histogram) are carried: what
 the deleted rows added goes to ``rr_carried_totals`` in the same transaction as the delete.
+
+A secondary no longer configured keeps its rows (its record, repository states, deliveries,
+leases) until none of them has changed for the retention; then all of them go together, so
+that a site configured again later starts from no record rather than a partial one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -31,21 +35,36 @@ from registry_replication.store.history import (
 from registry_replication.store.queue_status import FINISHED, finished_total
 from registry_replication.store.schema import (
     ACCEPTED,
+    LEGACY,
     carried_totals,
     copied_bytes,
     dag_outcomes,
     deliveries,
     events,
     failed_layers,
+    leases,
     now,
     push_latency,
+    recorded_tags,
+    recorded_verifications,
+    repository_state,
     run_artifacts,
     runs,
+    secondaries,
     sent_alerts,
 )
 
 # The status page's lag chart reads the last day of events, latencies and runs (status.HISTORY).
 MINIMUM = dt.timedelta(days=1)
+# The tables whose rows are one secondary's own state (not history), each with the column that
+# says when a row last changed.
+PER_SECONDARY = (
+    (deliveries, deliveries.c.updated_at),
+    (repository_state, repository_state.c.updated_at),
+    (recorded_tags, recorded_tags.c.recorded_at),
+    (recorded_verifications, recorded_verifications.c.verified_at),
+    (leases, leases.c.acquired_at),
+)
 # Rows deleted per transaction: SQLite's write lock (which the webhook waits for) is held for
 # one chunk at a time, however much a first prune of a long-lived store deletes.
 CHUNK = 5000
@@ -63,6 +82,7 @@ class Pruned:
     copied_bytes_records: int = 0
     dag_outcomes: int = 0
     alerts: int = 0
+    departed_secondaries: int = 0
 
     def total(self) -> int:
         return sum(getattr(self, f.name) for f in fields(self))
@@ -76,8 +96,16 @@ class Pruned:
         return ", ".join(counts) or "nothing"
 
 
-def prune(engine: sa.Engine, retention: dt.timedelta, *, at: dt.datetime | None = None) -> Pruned:
-    """Delete the history older than ``retention`` (before ``at``, default now)."""
+def prune(
+    engine: sa.Engine,
+    retention: dt.timedelta,
+    *,
+    at: dt.datetime | None = None,
+    configured: Collection[str] | None = None,
+) -> Pruned:
+    """Delete the history older than ``retention`` (before ``at``, default now); with the
+    ``configured`` secondaries, also the rows of any other secondary idle that long (none
+    given: a caller that does not know the deployment's secondaries removes none)."""
     if retention < MINIMUM:
         raise ValueError(
             f"a history retention of {retention.total_seconds() / 86400:g} days is below the "
@@ -86,6 +114,9 @@ def prune(engine: sa.Engine, retention: dt.timedelta, *, at: dt.datetime | None 
     cutoff = (at or now()) - retention
     pruned = Pruned()
     pruned.runs, pruned.failed_layers = _prune_runs(engine, cutoff)
+    if configured is not None:
+        # Before the events: a departed secondary's deliveries no longer hold theirs.
+        pruned.departed_secondaries = _prune_departed(engine, configured, cutoff)
     # Finished deliveries first; then an event once it is rejected, or accepted with no
     # delivery left (every secondary's done and pruned).
     pruned.deliveries = _delete_chunks(
@@ -155,6 +186,37 @@ def prune_run_artifacts(engine: sa.Engine, cutoff: dt.datetime) -> list[str]:
         with engine.begin() as conn:
             conn.execute(run_artifacts.delete().where(run_artifacts.c.folder == folder))
     return sorted(folders)
+
+
+def _prune_departed(engine: sa.Engine, configured: Collection[str], cutoff: dt.datetime) -> int:
+    """Every row of each secondary that is not ``configured`` and none of whose rows changed
+    since ``cutoff``: all of them in one transaction (a record is trusted whole or not at
+    all); returns how many secondaries went. Their finished deliveries are carried as counts,
+    as retention carries any."""
+    kept = {*configured, LEGACY}  # LEGACY: rows waiting to be adopted, never departed
+    seen: set[str] = set()
+    recent: set[str] = set()
+    with engine.connect() as conn:
+        for table, changed in PER_SECONDARY:
+            seen.update(conn.execute(sa.select(table.c.secondary).distinct()).scalars())
+            recent.update(
+                conn.execute(
+                    sa.select(table.c.secondary).where(changed >= cutoff).distinct()
+                ).scalars()
+            )
+    departed = sorted(seen - recent - kept)
+    for secondary in departed:
+        with engine.begin() as conn:
+            finished = conn.execute(
+                deliveries.delete()
+                .where(deliveries.c.secondary == secondary)
+                .returning(deliveries.c.status)
+            ).all()
+            _carry(conn, _event_totals(finished))
+            for table, _ in PER_SECONDARY[1:]:
+                conn.execute(table.delete().where(table.c.secondary == secondary))
+            conn.execute(secondaries.delete().where(secondaries.c.conn_id == secondary))
+    return len(departed)
 
 
 def _prune_runs(engine: sa.Engine, cutoff: dt.datetime) -> tuple[int, int]:
