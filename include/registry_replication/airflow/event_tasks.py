@@ -161,13 +161,19 @@ def replicate_events(secondary: str, max_attempts: int = 10) -> dict[str, int]:
 
 def _unreachable(client: RegistryClient) -> str | None:
     """Why the secondary does not answer a one-try ping; None when it answers, or refuses us
-    (then the claims' failures say why, and count)."""
+    (then the claims' failures say why, and count). Whatever else the ping raises (a TLS or
+    proxy library's own error, a bug) counts as unreachable too, with its type and message:
+    a ping that cannot tell must cost the deliveries no attempt, nor end the drain."""
     try:
         with one_try_each():
             client.ping()
     except RegistryError as exc:
         if exc.status is None or exc.status in RETRY_STATUSES:
             return exc.without_advice
+    except Exception as exc:
+        # The traceback: a ping that raises what the transport does not wrap may be a bug.
+        log.warning("the ping of %s raised %s", client.url, type(exc).__name__, exc_info=True)
+        return f"its ping raised {type(exc).__name__}: {exc}"
     return None
 
 
