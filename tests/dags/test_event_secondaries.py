@@ -117,7 +117,7 @@ def test_a_ping_raising_anything_skips_that_secondary_alone(
     assert {(e["status"], e["attempts"]) for e in store.queue.events(secondary=EU)} == {
         ("pending", 0)
     }
-    assert f"the ping of {eu.url} raised SSLError" in caplog.text
+    assert f"{EU} ({eu.url}): its ping raised SSLError, taken as unreachable" in caplog.text
 
 
 def constructible(kind: type[Exception]) -> bool:
@@ -149,5 +149,5 @@ def test_whatever_a_ping_raises_counts_as_unreachable_with_its_reason(kind, mess
         raise kind(message)
 
     client.ping = ping  # type: ignore[method-assign]
-    reason = event_tasks._unreachable(client)
+    reason = event_tasks._unreachable(EU, client)
     assert reason == f"its ping raised {kind.__name__}: {kind(message)}"
