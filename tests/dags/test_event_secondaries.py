@@ -8,10 +8,19 @@ the webhook over HTTP, as in production.
 
 from __future__ import annotations
 
+import builtins
+import ssl
+
+import requests
+import urllib3
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from registry_replication.airflow import event_tasks
 from registry_replication.transport.client import RegistryClient
 from replication_harness import images
 from replication_harness.dag_runs import run, wait_for_events
+from replication_harness.registry import open_client
 from replication_harness.skopeo import skopeo_raw
 
 EU = "registry_eu"
@@ -66,3 +75,79 @@ def test_a_stopped_secondary_waits_and_the_other_replicates(
         assert skopeo_raw(eu, repository, tag) == raw
     assert {e["status"] for e in store.queue.events(secondary=EU)} == {"done"}
     assert {e["attempts"] for e in store.queue.events(secondary=EU)} == {1}
+
+
+def test_a_ping_raising_anything_skips_that_secondary_alone(
+    airflow_db,
+    connections,
+    store,
+    notifying_primary,
+    secondary,
+    eu_configured,
+    monkeypatch,
+    caplog,
+):
+    """Not only the transport's RegistryError: whatever the ping of a secondary raises (here a
+    TLS library's own error) skips that secondary's drain with its deliveries' attempts intact,
+    and the other drain replicates."""
+    eu = eu_configured
+    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS", "0")
+    ping = RegistryClient.ping
+
+    def ping_failing_on_eu(client: RegistryClient) -> None:
+        if client.url == eu.url:
+            raise ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+        ping(client)
+
+    monkeypatch.setattr(RegistryClient, "ping", ping_failing_on_eu)
+    writer = RegistryClient(notifying_primary.client_config(), writable=True)
+    img = images.ImageFactory(layer_size=32 * 1024).make()
+    images.push(writer, "group/app", img, ["v1"])
+    wait_for_events(store, {"v1"})
+    caplog.set_level("INFO", logger="registry_replication.airflow")
+
+    result = run("registry_events")
+    assert result.state == "success"
+    states = {ti.task_id: ti.state for ti in result.get_task_instances()}
+    assert states[f"replicate_events_{EU}"] == "skipped"
+    assert states["replicate_events_registry_secondary"] == "success"
+    assert skopeo_raw(secondary, "group/app", "v1") == skopeo_raw(
+        notifying_primary, "group/app", "v1"
+    )
+    assert {(e["status"], e["attempts"]) for e in store.queue.events(secondary=EU)} == {
+        ("pending", 0)
+    }
+    assert f"{EU} ({eu.url}): its ping raised SSLError, taken as unreachable" in caplog.text
+
+
+def constructible(kind: type[Exception]) -> bool:
+    try:
+        kind("message")
+    except Exception:
+        return False
+    return True
+
+
+# Every built-in exception that takes a message, and a few that libraries under the client raise.
+PING_ERRORS = sorted(
+    {
+        kind
+        for kind in vars(builtins).values()
+        if isinstance(kind, type) and issubclass(kind, Exception) and constructible(kind)
+    }
+    | {ssl.SSLError, requests.ConnectionError, urllib3.exceptions.ProtocolError},
+    key=lambda kind: kind.__qualname__,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(kind=st.sampled_from(PING_ERRORS), message=st.text(max_size=40))
+def test_whatever_a_ping_raises_counts_as_unreachable_with_its_reason(kind, message):
+    client = open_client("http://127.0.0.1:9")
+
+    def ping() -> None:
+        raise kind(message)
+
+    client.ping = ping  # type: ignore[method-assign]
+    reason = event_tasks._unreachable(EU, client)
+    assert reason == f"its ping raised {kind.__name__}: {kind(message)}"

@@ -94,8 +94,23 @@ def start_standalone() -> Iterator[Callable[..., AirflowStandalone]]:
 
 
 @pytest.fixture
+def webhook_notifications() -> Callable[[int], Notifications]:
+    """A primary's notifications to the webhook of the Airflow on a port."""
+
+    def to(port: int) -> Notifications:
+        return Notifications(
+            f"http://127.0.0.1:{port}/registry-replication/events", SECRET, backoff="500ms"
+        )
+
+    return to
+
+
+@pytest.fixture
 def notifying_registries(
-    start_registry: Callable[..., LocalRegistry], keys: Any, token_service: Any
+    start_registry: Callable[..., LocalRegistry],
+    keys: Any,
+    token_service: Any,
+    webhook_notifications: Callable[[int], Notifications],
 ) -> Callable[[int], tuple[LocalRegistry, LocalRegistry]]:
     """Starts a primary that notifies the webhook of the Airflow on a port, and a secondary,
     both behind the token service."""
@@ -105,9 +120,7 @@ def notifying_registries(
             "primary",
             keys=keys,
             token_realm=token_service.realm,
-            notifications=Notifications(
-                f"http://127.0.0.1:{port}/registry-replication/events", SECRET, backoff="500ms"
-            ),
+            notifications=webhook_notifications(port),
         )
         return primary, start_registry("secondary", keys=keys, token_realm=token_service.realm)
 

@@ -86,7 +86,7 @@ def replicate_events(secondary: str, max_attempts: int = 10) -> dict[str, int]:
         unreachable: str | None = None
         while True:
             failed += _dead_letter_lost(store, secondary, max_attempts)
-            unreachable = _unreachable(client)
+            unreachable = _unreachable(secondary, client)
             if unreachable:
                 until = pendulum.now("UTC").add(seconds=PROBE_SECONDS)
                 waiting = store.queue.postpone(secondary, until)
@@ -159,15 +159,28 @@ def replicate_events(secondary: str, max_attempts: int = 10) -> dict[str, int]:
     return totals
 
 
-def _unreachable(client: RegistryClient) -> str | None:
+def _unreachable(secondary: str, client: RegistryClient) -> str | None:
     """Why the secondary does not answer a one-try ping; None when it answers, or refuses us
-    (then the claims' failures say why, and count)."""
+    (then the claims' failures say why, and count). Whatever else the ping raises (a TLS or
+    proxy library's own error, a bug) counts as unreachable too, with its type and message:
+    a ping that cannot tell must cost the deliveries no attempt, nor end the drain."""
     try:
         with one_try_each():
             client.ping()
     except RegistryError as exc:
         if exc.status is None or exc.status in RETRY_STATUSES:
             return exc.without_advice
+    except Exception as exc:
+        # The traceback: a ping that raises what the transport does not wrap may be a bug.
+        log.warning(
+            "%s (%s): its ping raised %s, taken as unreachable: its deliveries wait; if this "
+            "is no network fault, report the traceback below",
+            secondary,
+            client.url,
+            type(exc).__name__,
+            exc_info=True,
+        )
+        return f"its ping raised {type(exc).__name__}: {exc}"
     return None
 
 
