@@ -22,22 +22,21 @@ from registry_replication.airflow.settings import (
     ReplicationFailed,
     registry_client,
 )
-from registry_replication.engine import realtime
+from registry_replication.engine import realtime, sites
 from registry_replication.engine.leases import Leases
 from registry_replication.outcomes import PermanentFailure, RepositoryState
 from registry_replication.settings import current
 from registry_replication.store import Store
 from registry_replication.store.queue import Event
-from registry_replication.transport.client import RegistryClient
-from registry_replication.transport.errors import RETRY_STATUSES, RegistryError
-from registry_replication.transport.retry import one_try_each
 
 log = logging.getLogger(__name__)
 
 # How often a draining replicate_events looks for new events: a cheap count, no write lock.
 DRAIN_POLL_SECONDS = 0.2
-# A secondary that does not answer: its deliveries wait this long (no attempt counted) before
-# a later run's drain probes it again.
+# A secondary that does not answer: its drain probes it this often while events still arrive,
+# its deliveries waiting as long (no attempt counted) ...
+DOWN_PROBE_SECONDS = 5.0
+# ... and once its drain ends, this long, until a later run's drain probes it again.
 PROBE_SECONDS = 30.0
 
 
@@ -68,8 +67,11 @@ def replicate_events(secondary: str, max_attempts: int = 10) -> dict[str, int]:
     be replicated, they ran out of attempts, or they kept losing their worker) do not stop the
     drain: the run fails once it ends, naming them, and the failure alert fires.
 
-    Before each claim, ``secondary`` is pinged once: if it does not answer, its deliveries are
-    postponed by ``PROBE_SECONDS`` with no attempt counted and the task is skipped.
+    Before each claim, ``secondary`` is pinged once. While it does not answer, its deliveries
+    wait with no attempt counted, and the drain probes it every ``DOWN_PROBE_SECONDS`` for as
+    long as events still arrive: a site back within the run drains its backlog in seconds. Once
+    none has come for the idle time with the site still down, its deliveries wait
+    ``PROBE_SECONDS`` for a later run and the task is skipped.
     """
     configured = current()
     store = Store()
@@ -84,13 +86,51 @@ def replicate_events(secondary: str, max_attempts: int = 10) -> dict[str, int]:
         leases.keep_alive()
         failed: list[str] = []  # events marked failed, as repository:tag
         unreachable: str | None = None
+        down_since: float | None = None
+        waiting = 0
         while True:
             failed += _dead_letter_lost(store, secondary, max_attempts)
-            unreachable = _unreachable(secondary, client)
+            unreachable = sites.unreachable(client)
             if unreachable:
-                until = pendulum.now("UTC").add(seconds=PROBE_SECONDS)
-                waiting = store.queue.postpone(secondary, until)
-                break
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning(
+                        "%s does not answer (%s): its deliveries wait, no attempt counted; "
+                        "probing it every %.0fs while events still arrive",
+                        secondary,
+                        unreachable,
+                        DOWN_PROBE_SECONDS,
+                    )
+                # While pushes still come (each one a delivery for every secondary), the drains
+                # of the sites that answer are busy with them: this one stays too, probing, so
+                # that a site back within the run drains its backlog in seconds, not at the
+                # next run (which starts only once every drain of this one has ended).
+                arrived = store.queue.postpone(
+                    secondary, pendulum.now("UTC").add(seconds=DOWN_PROBE_SECONDS)
+                )
+                if arrived > waiting:
+                    last_work = time.monotonic()
+                waiting = arrived
+                now = time.monotonic()
+                if (
+                    now - last_work >= configured.event_drain_idle_seconds
+                    or now - started >= configured.event_drain_max_seconds
+                ):
+                    until = pendulum.now("UTC").add(seconds=PROBE_SECONDS)
+                    store.queue.postpone(secondary, until)
+                    break
+                time.sleep(DOWN_PROBE_SECONDS)
+                continue
+            if down_since is not None:
+                log.info(
+                    "%s answers again after %.0fs: draining its %d waiting deliveries",
+                    secondary,
+                    time.monotonic() - down_since,
+                    waiting,
+                )
+                down_since, unreachable = None, None
+                # Its deliveries come due within DOWN_PROBE_SECONDS: the wait below claims them.
+                last_work = time.monotonic()
             owner, claimed = store.queue.claim(
                 secondary, lease_seconds=leases.ttl, owner=leases.owner, max_attempts=max_attempts
             )
@@ -157,31 +197,6 @@ def replicate_events(secondary: str, max_attempts: int = 10) -> dict[str, int]:
             f"their attempts; the next probe is after {until:%H:%M:%S} UTC"
         )
     return totals
-
-
-def _unreachable(secondary: str, client: RegistryClient) -> str | None:
-    """Why the secondary does not answer a one-try ping; None when it answers, or refuses us
-    (then the claims' failures say why, and count). Whatever else the ping raises (a TLS or
-    proxy library's own error, a bug) counts as unreachable too, with its type and message:
-    a ping that cannot tell must cost the deliveries no attempt, nor end the drain."""
-    try:
-        with one_try_each():
-            client.ping()
-    except RegistryError as exc:
-        if exc.status is None or exc.status in RETRY_STATUSES:
-            return exc.without_advice
-    except Exception as exc:
-        # The traceback: a ping that raises what the transport does not wrap may be a bug.
-        log.warning(
-            "%s (%s): its ping raised %s, taken as unreachable: its deliveries wait; if this "
-            "is no network fault, report the traceback below",
-            secondary,
-            client.url,
-            type(exc).__name__,
-            exc_info=True,
-        )
-        return f"its ping raised {type(exc).__name__}: {exc}"
-    return None
 
 
 def _dead_letter_lost(store: Store, secondary: str, max_attempts: int) -> list[str]:

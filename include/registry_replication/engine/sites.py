@@ -3,6 +3,7 @@ site's work raises is that site's outcome, never another's (ARCHITECTURE.md, "Co
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from registry_replication.store.record import TagRecord
 from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.errors import RETRY_STATUSES, RegistryError
 from registry_replication.transport.retry import one_try_each
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -70,8 +73,9 @@ def unreachable(client: RegistryClient) -> str | None:
     """Why a site does not answer one try of ``ping``; None when it answers, or answers with a
     refusal (a wrong credential, a 404: the work that follows fails on it and says so).
 
-    Whatever else the ping raises counts as no answer, with its reason: a check for reaching a
-    site must never be what crashes the work of the sites that do answer."""
+    Whatever else the ping raises (a TLS or proxy library's own error, a bug) counts as no
+    answer, with its type and message: a check for reaching a site must never be what crashes
+    the work of the sites that do answer, nor cost a site's work an attempt."""
     try:
         with one_try_each():
             client.ping()
@@ -79,5 +83,13 @@ def unreachable(client: RegistryClient) -> str | None:
         if exc.status is None or exc.status in RETRY_STATUSES:
             return exc.without_advice
     except Exception as exc:  # noqa: BLE001 - any failure to answer is an answer here
-        return f"{type(exc).__name__}: {exc}"
+        # The traceback: a ping that raises what the transport does not wrap may be a bug.
+        log.warning(
+            "%s: its ping raised %s, taken as unreachable; if this is no network fault, "
+            "report the traceback below",
+            client.url,
+            type(exc).__name__,
+            exc_info=True,
+        )
+        return f"its ping raised {type(exc).__name__}: {exc}"
     return None
