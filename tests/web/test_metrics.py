@@ -13,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from registry_replication.store.queue import Event
+from registry_replication.store.schema import deliveries
 from registry_replication.web import metrics
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -79,25 +80,41 @@ def test_the_readme_documents_exactly_the_series_exposed(store):
         families.items()
     )
     # And the documented repository states are the ones exposed.
-    states = re.search(r'repositories\{state="([^"]+)"\}', table).group(1).replace("\\|", "|")
+    states = (
+        re.search(r'repositories\{secondary,state="([^"]+)"\}', table).group(1).replace("\\|", "|")
+    )
     assert set(states.split("|")) == set(metrics.STATE_LABELS.values())
+
+
+HERE = (("secondary", "registry_secondary"),)  # the one configured secondary's series
+
+
+def of(samples, name: str, label: str, secondary: str = "registry_secondary") -> dict[str, float]:
+    """One family's samples of ``secondary``, by the value of their other label."""
+    return {
+        dict(labels)[label]: v
+        for (n, labels), v in samples.items()
+        if n == name and dict(labels).get("secondary") == secondary
+    }
 
 
 def test_an_empty_store_scrapes_as_zeros_with_every_label(store):
     samples = scraped(store)
-    assert samples[("registry_replication_events_pending", ())] == 0
-    assert samples[("registry_replication_oldest_pending_event_age_seconds", ())] == 0
+    assert samples[("registry_replication_events_pending", HERE)] == 0
+    assert samples[("registry_replication_oldest_pending_event_age_seconds", HERE)] == 0
     assert {
         labels[0][1]: v
         for (n, labels), v in samples.items()
         if n == "registry_replication_events_total"
     } == {"done": 0, "failed": 0, "rejected": 0}
-    assert {
-        labels[0][1]: v
-        for (n, labels), v in samples.items()
-        if n == "registry_replication_repositories"
-    } == {"synced": 0, "pending": 0, "failed": 0, "damaged": 0, "never": 0}
-    assert samples[("registry_replication_tags", (("side", "primary"),))] == 0
+    assert of(samples, "registry_replication_repositories", "state") == {
+        "synced": 0,
+        "pending": 0,
+        "failed": 0,
+        "damaged": 0,
+        "never": 0,
+    }
+    assert samples[("registry_replication_tags", (*HERE, ("side", "primary")))] == 0
     assert samples[("registry_replication_bytes_copied_total", ())] == 0
     assert samples[("registry_replication_push_to_replica_seconds_count", ())] == 0
     assert samples[("registry_replication_push_to_replica_seconds_bucket", (("le", "+Inf"),))] == 0
@@ -125,8 +142,8 @@ def test_a_scrape_reads_the_queue_the_history_and_the_latencies(store, ev):
     store.history.record_dag_outcome("registry_reconcile", "r2", "failed")
 
     samples = scraped(store)
-    assert samples[("registry_replication_events_pending", ())] == 1
-    assert samples[("registry_replication_oldest_pending_event_age_seconds", ())] >= 0
+    assert samples[("registry_replication_events_pending", HERE)] == 1
+    assert samples[("registry_replication_oldest_pending_event_age_seconds", HERE)] >= 0
     assert {
         labels[0][1]: v
         for (n, labels), v in samples.items()
@@ -170,3 +187,77 @@ def test_a_scrape_reads_the_queue_the_history_and_the_latencies(store, ev):
 )
 def test_only_the_bearer_token_itself_matches(header, matches):
     assert metrics.token_matches(header, TOKEN) is matches
+
+
+def test_each_secondary_has_its_own_series(store, ev, monkeypatch):
+    """Two secondaries: the backlog, the oldest waiting event, the repository states, the tags
+    and the last verification of each are its own series, labelled with its connection id."""
+    monkeypatch.setenv(
+        "AIRFLOW__REGISTRY_REPLICATION__SECONDARY_CONN_IDS", "registry_secondary,registry_eu"
+    )
+    store.queue.add([ev(i) for i in range(3)], ["registry_secondary", "registry_eu"])
+    owner, claimed = store.queue.claim("registry_secondary", limit=3)
+    store.queue.complete("registry_secondary", owner, [e.id for e in claimed])
+    owner, [failing] = store.queue.claim("registry_eu", limit=1)
+    store.queue.fail("registry_eu", owner, [failing.id], "HTTP 400 MANIFEST_INVALID")
+    verified = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    store.state.set_repository_state(
+        "registry_secondary",
+        [
+            {
+                "repository": "group/app",
+                "state": "synced",
+                "tags_primary": 3,
+                "tags_secondary": 3,
+                "verified_level": "blobs",
+                "verified_at": verified,
+            }
+        ],
+    )
+    store.state.set_repository_state(
+        "registry_eu",
+        [
+            {
+                "repository": "group/app",
+                "state": "pending",
+                "tags_primary": 3,
+                "tags_secondary": 1,
+                "last_sync_at": T0,
+            }
+        ],
+    )
+
+    with store.engine.begin() as conn:  # eu's deliveries have waited a minute
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.secondary == "registry_eu")
+            .values(received_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))
+        )
+
+    samples = scraped(store)
+    eu = (("secondary", "registry_eu"),)
+    assert samples[("registry_replication_events_pending", HERE)] == 0
+    assert samples[("registry_replication_events_pending", eu)] == 2
+    assert samples[("registry_replication_oldest_pending_event_age_seconds", HERE)] == 0
+    assert samples[("registry_replication_oldest_pending_event_age_seconds", eu)] >= 60
+    assert of(samples, "registry_replication_repositories", "state", "registry_eu") == {
+        "synced": 0,
+        "pending": 1,
+        "failed": 0,
+        "damaged": 0,
+        "never": 0,
+    }
+    assert of(samples, "registry_replication_repositories", "state")["synced"] == 1
+    assert of(samples, "registry_replication_tags", "side", "registry_eu") == {
+        "primary": 3,
+        "secondary": 1,
+    }
+    assert of(samples, "registry_replication_last_verified_timestamp_seconds", "level") == {
+        "blobs": verified.timestamp()
+    }
+    assert not of(
+        samples, "registry_replication_last_verified_timestamp_seconds", "level", "registry_eu"
+    )
+    # The counters are the deployment's totals (their pruned part is carried as one total).
+    outcomes = of(samples, "registry_replication_events_total", "outcome", None)
+    assert outcomes == {"done": 3, "failed": 1, "rejected": 0}

@@ -4,6 +4,11 @@ Every API server reads the same store, so every one reports the same numbers. A 
 collector over a fresh ``CollectorRegistry`` (never the process-global one) reads the store per
 scrape; ``figures()`` is the same data as plain numbers, which the tasks also send to Airflow's
 ``Stats`` (StatsD or OpenTelemetry).
+
+A figure of one secondary's state carries the label ``secondary`` (its connection id). The
+counters (events by outcome, bytes copied, push-to-replica) are the deployment's totals: the
+history rows retention deletes are carried as one total per counter (``rr_carried_totals``), not
+per secondary, and a per-secondary series would drop when they are pruned.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from registry_replication.outcomes import EventStatus, RepositoryState, VerifyLevel
+from registry_replication.outcomes import EventStatus, RepositoryState
 from registry_replication.settings import current, variable
 from registry_replication.store import Store
 from registry_replication.store.history import LATENCY_BUCKETS
@@ -47,24 +52,28 @@ STATE_LABELS = {
 
 
 def figures(store: Store, now: dt.datetime | None = None) -> dict[str, Any]:
-    """Every metric's current value, from the store alone."""
+    """Every metric's current value, from the store alone; the per-secondary ones keyed by
+    the secondary's connection id."""
     now = now or dt.datetime.now(dt.UTC)
-    page = statuses.status(store, now=now, with_history=False)
+    rows = statuses.status(store, now=now, with_history=False)["secondaries"]
     counts = store.queue.status_counts()
-    queue = store.queue.stats()
-    states = {label: page["states"].get(state, 0) for state, label in STATE_LABELS.items()}
     buckets, count, total = store.history.push_latency_histogram()
     return {
-        "events_pending": counts[EventStatus.PENDING] + counts[EventStatus.PROCESSING],
-        "oldest_pending_event_age_seconds": queue["oldest_waiting_seconds"] or 0.0,
+        "events_pending": {r["secondary"]: r["backlog"] for r in rows},
+        "oldest_pending_event_age_seconds": {
+            r["secondary"]: r["oldest_waiting_seconds"] or 0.0 for r in rows
+        },
         "events_total": {
             status: counts[status]
             for status in (EventStatus.DONE, EventStatus.FAILED, EventStatus.REJECTED)
         },
-        "repositories": states,
+        "repositories": {
+            r["secondary"]: {label: r["states"][state] for state, label in STATE_LABELS.items()}
+            for r in rows
+        },
         "tags": {
-            side: sum(r[f"tags_{side}"] or 0 for r in page["repositories"])
-            for side in ("primary", "secondary")
+            r["secondary"]: {side: r[f"tags_{side}"] for side in ("primary", "secondary")}
+            for r in rows
         },
         "bytes_copied_total": store.history.copied_bytes_total(),
         "last_success_timestamp_seconds": {
@@ -76,18 +85,14 @@ def figures(store: Store, now: dt.datetime | None = None) -> dict[str, Any]:
             "count": count,
             "sum": total,
         },
-        # Per level, the oldest of the repositories' last verifications at that level: what an
-        # alert on "no blobs verification for 8 days" reads.
+        # Per secondary and level, the oldest of the repositories' last verifications at that
+        # level: what an alert on "no blobs verification for 8 days" reads.
         "last_verified_timestamp_seconds": {
-            level: min(at.timestamp() for at in stamps)
-            for level in VerifyLevel
-            if (
-                stamps := [
-                    dt.datetime.fromisoformat(r["verified_at"])
-                    for r in page["repositories"]
-                    if r.get("verified_level") == level and r.get("verified_at")
-                ]
-            )
+            r["secondary"]: {
+                level: dt.datetime.fromisoformat(at).timestamp()
+                for level, at in r["last_verified"].items()
+            }
+            for r in rows
         },
     }
 
@@ -100,16 +105,22 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         f = figures(self.store)
-        yield GaugeMetricFamily(
+        pending = GaugeMetricFamily(
             f"{PREFIX}_events_pending",
-            "Events waiting to be replicated (pending or being processed).",
-            value=f["events_pending"],
+            "Events waiting to be replicated to a secondary (pending or being processed).",
+            labels=["secondary"],
         )
-        yield GaugeMetricFamily(
+        for secondary, n in f["events_pending"].items():
+            pending.add_metric([secondary], n)
+        yield pending
+        oldest = GaugeMetricFamily(
             f"{PREFIX}_oldest_pending_event_age_seconds",
-            "Age of the oldest waiting event (0 when none).",
-            value=f["oldest_pending_event_age_seconds"],
+            "Age of the oldest event waiting for a secondary (0 when none).",
+            labels=["secondary"],
         )
+        for secondary, age in f["oldest_pending_event_age_seconds"].items():
+            oldest.add_metric([secondary], age)
+        yield oldest
         events = CounterMetricFamily(
             f"{PREFIX}_events", "Events by final outcome.", labels=["outcome"]
         )
@@ -117,16 +128,22 @@ class StoreCollector(Collector):
             events.add_metric([outcome], n)
         yield events
         repositories = GaugeMetricFamily(
-            f"{PREFIX}_repositories", "Repositories by replication state.", labels=["state"]
+            f"{PREFIX}_repositories",
+            "Repositories by replication state on each secondary.",
+            labels=["secondary", "state"],
         )
-        for state, n in f["repositories"].items():
-            repositories.add_metric([state], n)
+        for secondary, states in f["repositories"].items():
+            for state, n in states.items():
+                repositories.add_metric([secondary, state], n)
         yield repositories
         tags = GaugeMetricFamily(
-            f"{PREFIX}_tags", "Tags per side, as of the last verification.", labels=["side"]
+            f"{PREFIX}_tags",
+            "Tags per side, as of each secondary's last verification.",
+            labels=["secondary", "side"],
         )
-        for side, n in f["tags"].items():
-            tags.add_metric([side], n)
+        for secondary, sides in f["tags"].items():
+            for side, n in sides.items():
+                tags.add_metric([secondary, side], n)
         yield tags
         yield CounterMetricFamily(
             f"{PREFIX}_bytes_copied",
@@ -143,12 +160,13 @@ class StoreCollector(Collector):
         yield success
         verified = GaugeMetricFamily(
             f"{PREFIX}_last_verified_timestamp_seconds",
-            "Per verification level (blobs, content), the oldest of the repositories' last "
-            "verifications at that level.",
-            labels=["level"],
+            "Per secondary and verification level (blobs, content), the oldest of the "
+            "repositories' last verifications at that level.",
+            labels=["secondary", "level"],
         )
-        for level, at in f["last_verified_timestamp_seconds"].items():
-            verified.add_metric([level], at)
+        for secondary, levels in f["last_verified_timestamp_seconds"].items():
+            for level, at in levels.items():
+                verified.add_metric([secondary, level], at)
         yield verified
         latency = f["push_to_replica_seconds"]
         yield HistogramMetricFamily(
