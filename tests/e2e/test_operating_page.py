@@ -230,7 +230,8 @@ def test_chart_dead_letter_retry_csrf_and_sync_now(stack):
         )
         runs = airflow.api("GET", "dags/registry_sync/dagRuns")["dag_runs"]
         [sync] = runs
-        assert sync["conf"] == {"repositories": ["group/ok"]}
+        # For the row's secondary alone.
+        assert sync["conf"] == {"repositories": ["group/ok"], "secondaries": ["registry_secondary"]}
         assert sync["triggering_user_name"] == "admin"
         assert landed.endswith(requests.utils.quote(sync["dag_run_id"], safe=""))
         assert airflow.wait_for_run("registry_sync", sync["dag_run_id"]) == "success"

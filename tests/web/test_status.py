@@ -304,6 +304,7 @@ def test_history_depth_latency_and_bytes_per_run(ev, tmp_path):
 
     page = render(status(store, now=dt.datetime.now(dt.UTC)), csrf="t0ken")
     assert page.count('class="latency-point"') == 1 and 'data-bytes="4096"' in page
+    assert 'data-secondary="registry_secondary" cx=' in page  # the point names its secondary
     # The dead letter (e3 failed) has a retry form carrying the CSRF token.
     assert 'name="event_id" value="e3"' in page and page.count('value="t0ken"') == 1
 

@@ -440,8 +440,10 @@ def lag_chart(history: dict[str, Any]) -> Markup:
     for point in latency:
         parts.append(
             f'<circle class="latency-point" data-seconds="{point["seconds"]}" '
+            f'data-secondary="{escape(point["secondary"])}" '
             f'cx="{x(point["at"]):.1f}" cy="{y(1, point["seconds"]):.1f}" r="3">'
-            f"<title>{escape(point['at'])}: {point['seconds']} s</title></circle>"
+            f"<title>{escape(point['secondary'])} {escape(point['at'])}: {point['seconds']} s"
+            "</title></circle>"
         )
     for run in runs:
         rx, ry = x(run["finished_at"]), y(2, run["bytes"])

@@ -201,14 +201,17 @@ class RunHistory:
         n = len(LATENCY_BUCKETS)
         return ([int(v) for v in row[:n]], int(row[n]), float(row[n + 1]) + int(row[n + 2]) / 1e6)
 
-    def push_latencies(self, since: dt.datetime) -> list[tuple[dt.datetime, float]]:
+    def push_latencies(self, since: dt.datetime) -> list[tuple[dt.datetime, float, str]]:
+        """(acknowledged, seconds, secondary) of each event acknowledged since ``since``."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(push_latency.c.acknowledged_at, push_latency.c.seconds)
+                sa.select(
+                    push_latency.c.acknowledged_at, push_latency.c.seconds, push_latency.c.secondary
+                )
                 .where(push_latency.c.acknowledged_at >= since)
                 .order_by(push_latency.c.acknowledged_at)
             )
-            return [(aware(r.acknowledged_at), r.seconds) for r in rows]
+            return [(aware(r.acknowledged_at), r.seconds, r.secondary) for r in rows]
 
     def record_dag_outcome(self, dag_id: str, run_id: str, state: str) -> str | None:
         """A finished DAG run's state; returns the state of the run recorded before it."""

@@ -170,7 +170,8 @@ def _secondary_row(
 
 
 def history(store: Store, now: dt.datetime) -> dict[str, Any]:
-    """The lag chart's series over the last day: queue depth, push-to-replica, bytes per run."""
+    """The lag chart's series over the last day: queue depth (every secondary's deliveries),
+    push-to-replica (each point naming its secondary), bytes per run."""
     since = now - HISTORY
     buckets = int(HISTORY / DEPTH_BUCKET)
     changes = []
@@ -205,7 +206,10 @@ def history(store: Store, now: dt.datetime) -> dict[str, Any]:
         "pending_depth": [
             {"at": _iso(since + DEPTH_BUCKET * b), "depth": n} for b, n in enumerate(peak)
         ],
-        "push_to_replica": [{"at": _iso(at), "seconds": round(s, 3)} for at, s in latencies],
+        "push_to_replica": [
+            {"at": _iso(at), "seconds": round(s, 3), "secondary": secondary}
+            for at, s, secondary in latencies
+        ],
         "bytes_per_run": runs,
     }
 
