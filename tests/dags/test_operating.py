@@ -89,6 +89,9 @@ def app(store, airflow_db):
     return TestClient(create_app(store))
 
 
+HERE = (("secondary", "registry_secondary"),)  # the one secondary's series
+
+
 def scrape(app: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     response = app.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
     assert response.status_code == 200, response.text
@@ -172,13 +175,17 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
     assert run("registry_sync", {"repositories": ["group/ok"]}).state == "success"
 
     m = scrape(app)
-    on = (("secondary", "registry_secondary"),)  # every per-secondary series names its secondary
+    on = HERE  # every per-secondary series names its secondary
     assert m[("registry_replication_events_pending", on)] == 1  # group/new:v1
     assert m[("registry_replication_oldest_pending_event_age_seconds", on)] > 0
-    assert {k[1][0][1]: v for k, v in m.items() if k[0] == "registry_replication_events_total"} == {
-        "done": 2,
-        "failed": 1,
-        "rejected": 1,
+    assert {
+        tuple(dict(k[1]).values()): v
+        for k, v in m.items()
+        if k[0] == "registry_replication_events_total"
+    } == {
+        ("done", "registry_secondary"): 2,
+        ("failed", "registry_secondary"): 1,
+        ("rejected", ""): 1,  # no secondary's
     }
     assert {
         dict(k[1])["state"]: v
@@ -205,7 +212,7 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
         b.size for img in (ok, broken, new) for b in img.blobs if b.digest != rotten.digest
     )
     assert copied > sum(b.size for b in missing) > 0
-    assert m[("registry_replication_bytes_copied_total", ())] == copied
+    assert m[("registry_replication_bytes_copied_total", on)] == copied
     last_success = {
         k[1][0][1]: v
         for k, v in m.items()
@@ -214,10 +221,10 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
     assert list(last_success) == ["registry_sync"]  # the events run and the reconcile failed
     assert time.time() - 120 < last_success["registry_sync"] <= time.time()
     # Two events acknowledged, each between its push and the scrape.
-    assert m[("registry_replication_push_to_replica_seconds_count", ())] == 2
-    assert 0 < m[("registry_replication_push_to_replica_seconds_sum", ())] < 120
-    assert m[("registry_replication_push_to_replica_seconds_bucket", (("le", "+Inf"),))] == 2
-    assert m[("registry_replication_push_to_replica_seconds_bucket", (("le", "3600.0"),))] == 2
+    assert m[("registry_replication_push_to_replica_seconds_count", on)] == 2
+    assert 0 < m[("registry_replication_push_to_replica_seconds_sum", on)] < 120
+    assert m[("registry_replication_push_to_replica_seconds_bucket", (("le", "+Inf"), *on))] == 2
+    assert m[("registry_replication_push_to_replica_seconds_bucket", (("le", "3600.0"), *on))] == 2
 
     # Every API server reports the same: a second app over the same store.
     from registry_replication.airflow.status_page import create_app
@@ -236,7 +243,7 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
     assert gauges[("registry_replication.events_total", (("outcome", "rejected"),))] == 1
     assert gauges[("registry_replication.repositories", (*on, ("state", "failed")))] == 1
     assert gauges[("registry_replication.tags", (*on, ("side", "secondary")))] == 3
-    assert gauges[("registry_replication.bytes_copied_total", ())] == copied
+    assert gauges[("registry_replication.bytes_copied_total", on)] == copied
     assert (
         sum(
             count
@@ -269,7 +276,7 @@ def test_bytes_copied_counts_the_event_path(
     writer = RegistryClient(primary.client_config(), writable=True)
     factory = images.ImageFactory(layer_size=48 * 1024)
     first, second = factory.make(unique_layers=2), factory.make(unique_layers=1)
-    assert scrape(app)[("registry_replication_bytes_copied_total", ())] == 0
+    assert scrape(app)[("registry_replication_bytes_copied_total", HERE)] == 0
 
     images.push(writer, "group/app", first, ["v1"])
     wait_for_events(store, {"v1"})
@@ -278,7 +285,7 @@ def test_bytes_copied_counts_the_event_path(
     manifest = json.loads(skopeo_raw(secondary, "group/app", "v1"))
     declared = manifest["config"]["size"] + sum(layer["size"] for layer in manifest["layers"])
     assert len(manifest["layers"]) == 4 and declared > 4 * 48 * 1024
-    assert scrape(app)[("registry_replication_bytes_copied_total", ())] == declared
+    assert scrape(app)[("registry_replication_bytes_copied_total", HERE)] == declared
 
     # A second image on the same base: only its own config and top layer cross.
     images.push(writer, "group/app", second, ["v2"])
@@ -287,7 +294,7 @@ def test_bytes_copied_counts_the_event_path(
     manifest = json.loads(skopeo_raw(secondary, "group/app", "v2"))
     own = manifest["config"]["size"] + manifest["layers"][-1]["size"]
     m = scrape(app)
-    assert m[("registry_replication_bytes_copied_total", ())] == declared + own
+    assert m[("registry_replication_bytes_copied_total", HERE)] == declared + own
     assert (
         sum(
             count
@@ -331,8 +338,9 @@ def test_a_report_prunes_the_store_history_and_the_counters_hold(
         conn.execute(events.update().values(updated_at=long_ago))
         conn.execute(deliveries.update().values(updated_at=long_ago))
     before = scrape(app)
-    assert before[("registry_replication_bytes_copied_total", ())] == 12345
-    assert before[("registry_replication_events_total", (("outcome", "done"),))] == 1
+    done = ("registry_replication_events_total", (("outcome", "done"), *HERE))
+    assert before[("registry_replication_bytes_copied_total", HERE)] == 12345
+    assert before[done] == 1
 
     img = images.ImageFactory(layer_size=16 * 1024).make()
     images.push(primary_writer, "group/app", img, ["v1"])
@@ -351,10 +359,10 @@ def test_a_report_prunes_the_store_history_and_the_counters_hold(
             sum(b.size for b in img.blobs)
         ]
     after = scrape(app)
-    assert after[("registry_replication_bytes_copied_total", ())] == 12345 + sum(
+    assert after[("registry_replication_bytes_copied_total", HERE)] == 12345 + sum(
         b.size for b in img.blobs
     )
-    assert after[("registry_replication_events_total", (("outcome", "done"),))] == 1
+    assert after[done] == 1  # carried as registry_secondary's
 
 
 def test_retention_is_a_teardown_after_the_report_and_the_graph_shows_the_reports_inputs(

@@ -14,8 +14,15 @@ from alembic import command
 
 from registry_replication.store import Store, engine, migrate, retention
 from registry_replication.store.record import INTENT, PRESENT, TagRecord
-from registry_replication.store.schema import LEGACY, deliveries, events, now, push_latency
-from registry_replication.store.secondaries import Secondaries
+from registry_replication.store.schema import (
+    LEGACY,
+    carried_totals,
+    deliveries,
+    events,
+    now,
+    push_latency,
+)
+from registry_replication.store.secondaries import KEYED, Secondaries
 from replication_harness.legacy_store import T0, secondaries_of, store_at
 
 
@@ -200,3 +207,44 @@ def test_retention_keeps_an_event_while_a_secondary_still_owes_it(store, ev):
     pruned = retention.prune(store.engine, dt.timedelta(days=30))
     assert (pruned.deliveries, pruned.events) == (1, 1)
     assert store.queue.events() == [] and store.queue.status_counts()["done"] == 2
+
+
+def test_the_carried_totals_go_to_the_adopting_secondary_added_to_its_own(store_url):
+    """A store adopted at 0008 upgrades to 0009: its carried totals wait on ``LEGACY`` (the
+    rejected events' is no secondary's), and the adopting secondary's own totals, carried
+    meanwhile, are added to, never replaced: its counters never go down."""
+    store_at(store_url, "0008")
+    at_0008 = engine.create(store_url)
+    try:
+        with at_0008.begin() as conn:
+            for table in KEYED:
+                if table is not carried_totals:
+                    conn.execute(sa.text(f"UPDATE {table.name} SET secondary = 'registry_eu'"))
+            conn.execute(sa.text("DELETE FROM rr_secondaries"))  # adopted already
+            conn.execute(sa.text("DELETE FROM rr_carried_totals"))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO rr_carried_totals (name, value) "
+                    "VALUES ('bytes_copied', 500), ('events_rejected', 2)"
+                )
+            )
+    finally:
+        at_0008.dispose()
+    store = Store(store_url)
+    rows = store.history.copied_bytes_total("registry_eu")  # its rows, before any total
+    rejected = store.queue.status_counts()["rejected"]
+    with store.engine.begin() as conn:  # a prune meanwhile carried some of its own
+        conn.execute(
+            carried_totals.insert().values(secondary="registry_eu", name="bytes_copied", value=100)
+        )
+    assert store.history.copied_bytes_total("registry_eu") == rows + 100
+    assert store.history.copied_bytes_total() == rows + 100 + 500  # LEGACY's, not adopted yet
+
+    assert store.secondaries.adopt_legacy(("registry_eu",), lambda _: None, "registry_eu")
+    assert store.history.copied_bytes_total("registry_eu") == rows + 600
+    with store.engine.connect() as conn:
+        assert {
+            (r.secondary, r.name): r.value for r in conn.execute(sa.select(carried_totals))
+        } == {("registry_eu", "bytes_copied"): 600, ("", "events_rejected"): 2}
+    assert store.queue.status_counts()["rejected"] == rejected
+    assert store.queue.status_counts("registry_eu")["rejected"] == 0

@@ -50,15 +50,21 @@ def send_stats(store: Store) -> None:
         Stats.gauge(f"{name}.events_pending", n, tags={"secondary": secondary})
     for secondary, age in f["oldest_pending_event_age_seconds"].items():
         Stats.gauge(f"{name}.oldest_pending_event_age_seconds", age, tags={"secondary": secondary})
-    for outcome, n in f["events_total"].items():
-        Stats.gauge(f"{name}.events_total", n, tags={"outcome": outcome})
+    for secondary, outcomes in f["events_total"].items():
+        for outcome, n in outcomes.items():
+            # Rejected events are no secondary's: their figure has no secondary tag.
+            tags = (
+                {"secondary": secondary, "outcome": outcome} if secondary else {"outcome": outcome}
+            )
+            Stats.gauge(f"{name}.events_total", n, tags=tags)
     for secondary, states in f["repositories"].items():
         for state, n in states.items():
             Stats.gauge(f"{name}.repositories", n, tags={"secondary": secondary, "state": state})
     for secondary, sides in f["tags"].items():
         for side, n in sides.items():
             Stats.gauge(f"{name}.tags", n, tags={"secondary": secondary, "side": side})
-    Stats.gauge(f"{name}.bytes_copied_total", f["bytes_copied_total"])
+    for secondary, n in f["bytes_copied_total"].items():
+        Stats.gauge(f"{name}.bytes_copied_total", n, tags={"secondary": secondary})
     for dag_id, at in f["last_success_timestamp_seconds"].items():
         Stats.gauge(f"{name}.last_success_timestamp_seconds", at, tags={"dag_id": dag_id})
 

@@ -5,10 +5,9 @@ collector over a fresh ``CollectorRegistry`` (never the process-global one) read
 scrape; ``figures()`` is the same data as plain numbers, which the tasks also send to Airflow's
 ``Stats`` (StatsD or OpenTelemetry).
 
-A figure of one secondary's state carries the label ``secondary`` (its connection id). The
-counters (events by outcome, bytes copied, push-to-replica) are the deployment's totals: the
-history rows retention deletes are carried as one total per counter (``rr_carried_totals``), not
-per secondary, and a per-secondary series would drop when they are pruned.
+Every figure of one secondary carries the label ``secondary`` (its connection id); the counters
+stay whole per secondary when retention prunes their rows (``rr_carried_totals`` is kept per
+secondary). Rejected events are no secondary's: their count has ``secondary=""``.
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from registry_replication.outcomes import EventStatus, RepositoryState
 from registry_replication.settings import current, variable
 from registry_replication.store import Store
 from registry_replication.store.history import LATENCY_BUCKETS
+from registry_replication.store.schema import NO_SECONDARY
 from registry_replication.web import status as statuses
 
 log = logging.getLogger(__name__)
@@ -56,16 +56,19 @@ def figures(store: Store, now: dt.datetime | None = None) -> dict[str, Any]:
     the secondary's connection id."""
     now = now or dt.datetime.now(dt.UTC)
     rows = statuses.status(store, now=now, with_history=False)["secondaries"]
-    counts = store.queue.status_counts()
-    buckets, count, total = store.history.push_latency_histogram()
+    names = [r["secondary"] for r in rows]
+    finished = {s: store.queue.status_counts(s) for s in names}
     return {
         "events_pending": {r["secondary"]: r["backlog"] for r in rows},
         "oldest_pending_event_age_seconds": {
             r["secondary"]: r["oldest_waiting_seconds"] or 0.0 for r in rows
         },
         "events_total": {
-            status: counts[status]
-            for status in (EventStatus.DONE, EventStatus.FAILED, EventStatus.REJECTED)
+            **{
+                s: {o: counts[o] for o in (EventStatus.DONE, EventStatus.FAILED)}
+                for s, counts in finished.items()
+            },
+            NO_SECONDARY: {EventStatus.REJECTED: store.queue.status_counts()[EventStatus.REJECTED]},
         },
         "repositories": {
             r["secondary"]: {label: r["states"][state] for state, label in STATE_LABELS.items()}
@@ -75,16 +78,12 @@ def figures(store: Store, now: dt.datetime | None = None) -> dict[str, Any]:
             r["secondary"]: {side: r[f"tags_{side}"] for side in ("primary", "secondary")}
             for r in rows
         },
-        "bytes_copied_total": store.history.copied_bytes_total(),
+        "bytes_copied_total": {s: store.history.copied_bytes_total(s) for s in names},
         "last_success_timestamp_seconds": {
             dag_id: at.timestamp()
             for dag_id, at in sorted(store.history.last_success_times().items())
         },
-        "push_to_replica_seconds": {
-            "buckets": list(zip(LATENCY_BUCKETS, buckets)),
-            "count": count,
-            "sum": total,
-        },
+        "push_to_replica_seconds": {s: _histogram(store, s) for s in names},
         # Per secondary and level, the oldest of the repositories' last verifications at that
         # level: what an alert on "no blobs verification for 8 days" reads.
         "last_verified_timestamp_seconds": {
@@ -95,6 +94,11 @@ def figures(store: Store, now: dt.datetime | None = None) -> dict[str, Any]:
             for r in rows
         },
     }
+
+
+def _histogram(store: Store, secondary: str) -> dict[str, Any]:
+    buckets, count, total = store.history.push_latency_histogram(secondary)
+    return {"buckets": list(zip(LATENCY_BUCKETS, buckets)), "count": count, "sum": total}
 
 
 class StoreCollector(Collector):
@@ -122,10 +126,13 @@ class StoreCollector(Collector):
             oldest.add_metric([secondary], age)
         yield oldest
         events = CounterMetricFamily(
-            f"{PREFIX}_events", "Events by final outcome.", labels=["outcome"]
+            f"{PREFIX}_events",
+            "Deliveries to each secondary by final outcome (rejected events: no secondary's).",
+            labels=["secondary", "outcome"],
         )
-        for outcome, n in f["events_total"].items():
-            events.add_metric([outcome], n)
+        for secondary, outcomes in f["events_total"].items():
+            for outcome, n in outcomes.items():
+                events.add_metric([secondary, outcome], n)
         yield events
         repositories = GaugeMetricFamily(
             f"{PREFIX}_repositories",
@@ -145,11 +152,12 @@ class StoreCollector(Collector):
             for side, n in sides.items():
                 tags.add_metric([secondary, side], n)
         yield tags
-        yield CounterMetricFamily(
-            f"{PREFIX}_bytes_copied",
-            "Blob bytes copied to the secondary.",
-            value=f["bytes_copied_total"],
+        copied = CounterMetricFamily(
+            f"{PREFIX}_bytes_copied", "Blob bytes copied to each secondary.", labels=["secondary"]
         )
+        for secondary, n in f["bytes_copied_total"].items():
+            copied.add_metric([secondary], n)
+        yield copied
         success = GaugeMetricFamily(
             f"{PREFIX}_last_success_timestamp_seconds",
             "When each DAG's latest successful run finished.",
@@ -168,13 +176,19 @@ class StoreCollector(Collector):
             for level, at in levels.items():
                 verified.add_metric([secondary, level], at)
         yield verified
-        latency = f["push_to_replica_seconds"]
-        yield HistogramMetricFamily(
+        latencies = HistogramMetricFamily(
             f"{PREFIX}_push_to_replica_seconds",
-            "From the registry's event timestamp to the event's acknowledgement.",
-            buckets=[(_bound(b), n) for b, n in latency["buckets"]] + [("+Inf", latency["count"])],
-            sum_value=latency["sum"],
+            "From the registry's event timestamp to the event's acknowledgement by a secondary.",
+            labels=["secondary"],
         )
+        for secondary, latency in f["push_to_replica_seconds"].items():
+            latencies.add_metric(
+                [secondary],
+                buckets=[(_bound(b), n) for b, n in latency["buckets"]]
+                + [("+Inf", latency["count"])],
+                sum_value=latency["sum"],
+            )
+        yield latencies
 
 
 def exposition(store: Store) -> bytes:
