@@ -276,8 +276,8 @@ def test_chart_dead_letter_retry_csrf_and_sync_now(stack):
     recovered = [a for a in sent() if a[0] == "registry_events" and a[2] == "recovered"]
     assert len(recovered) == 1 and events_runs[recovered[0][1]] == "success"
     assert not [a for a in sent() if a[0] == "registry_sync"]  # a plain success: no alert
-    here = "registry_secondary"  # every series of one secondary names it
-    assert samples[("registry_replication_events_total", (here, "done"))] == 3
-    assert samples[("registry_replication_events_total", (here, "failed"))] == 0
+    here = "registry_secondary"  # every series of one secondary names it (labels sorted)
+    assert samples[("registry_replication_events_total", ("done", here))] == 3
+    assert samples[("registry_replication_events_total", ("failed", here))] == 0
     assert samples[("registry_replication_push_to_replica_seconds_count", (here,))] == 3
     assert samples[("registry_replication_bytes_copied_total", (here,))] >= copied

@@ -35,7 +35,6 @@ def status(
     now: dt.datetime | None = None,
     with_history: bool = True,
     secondary: str | None = None,
-    configured: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Everything the status page shows.
 
@@ -43,17 +42,13 @@ def status(
     paths on the same host as the page). ``with_history``: include the lag chart's series
     (the metrics leave them out: they read the last day's events). ``secondary``: the detail
     (repositories, their totals, failed layers, dead letters) of that secondary alone; the
-    summary rows and the queue's totals stay every secondary's. ``configured``: the
-    secondaries listed even before anything is recorded for them (default: the settings').
+    summary rows and the queue's totals stay every secondary's.
     """
     now = now or dt.datetime.now(dt.UTC)
     base = ui_url.rstrip("/")
     layers = [_failed_layer(row, base) for row in store.history.failed_layers()]
     repositories = _repositories(store, layers, now)
-    names = _secondaries(
-        current().secondaries if configured is None else configured,
-        [r["secondary"] for r in repositories + layers],
-    )
+    names = _secondaries(current().secondaries, [r["secondary"] for r in repositories + layers])
     rows = [_secondary_row(store, s, repositories, layers) for s in names]
     if secondary is not None:
         repositories = [r for r in repositories if r["secondary"] == secondary]
