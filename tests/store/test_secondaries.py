@@ -19,6 +19,7 @@ from registry_replication.store.queue import Event
 from registry_replication.store.record import INTENT, PRESENT, TagRecord
 from registry_replication.store.schema import (
     LEGACY,
+    carried_totals,
     deliveries,
     events,
     leases,
@@ -28,7 +29,7 @@ from registry_replication.store.schema import (
     recorded_verifications,
     repository_state,
 )
-from registry_replication.store.secondaries import Secondaries
+from registry_replication.store.secondaries import KEYED, Secondaries
 from replication_harness.legacy_store import T0, secondaries_of, store_at
 
 
@@ -215,6 +216,47 @@ def test_retention_keeps_an_event_while_a_secondary_still_owes_it(store, ev):
     assert store.queue.events() == [] and store.queue.status_counts()["done"] == 2
 
 
+def test_the_carried_totals_go_to_the_adopting_secondary_added_to_its_own(store_url):
+    """A store adopted at 0008 upgrades to 0009: its carried totals wait on ``LEGACY`` (the
+    rejected events' is no secondary's), and the adopting secondary's own totals, carried
+    meanwhile, are added to, never replaced: its counters never go down."""
+    store_at(store_url, "0008")
+    at_0008 = engine.create(store_url)
+    try:
+        with at_0008.begin() as conn:
+            for table in KEYED:
+                if table is not carried_totals:
+                    conn.execute(sa.text(f"UPDATE {table.name} SET secondary = 'registry_eu'"))
+            conn.execute(sa.text("DELETE FROM rr_secondaries"))  # adopted already
+            conn.execute(sa.text("DELETE FROM rr_carried_totals"))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO rr_carried_totals (name, value) "
+                    "VALUES ('bytes_copied', 500), ('events_rejected', 2)"
+                )
+            )
+    finally:
+        at_0008.dispose()
+    store = Store(store_url)
+    rows = store.history.copied_bytes_total("registry_eu")  # its rows, before any total
+    rejected = store.queue.status_counts()["rejected"]
+    with store.engine.begin() as conn:  # a prune meanwhile carried some of its own
+        conn.execute(
+            carried_totals.insert().values(secondary="registry_eu", name="bytes_copied", value=100)
+        )
+    assert store.history.copied_bytes_total("registry_eu") == rows + 100
+    assert store.history.copied_bytes_total() == rows + 100 + 500  # LEGACY's, not adopted yet
+
+    assert store.secondaries.adopt_legacy(("registry_eu",), lambda _: None, "registry_eu")
+    assert store.history.copied_bytes_total("registry_eu") == rows + 600
+    with store.engine.connect() as conn:
+        assert {
+            (r.secondary, r.name): r.value for r in conn.execute(sa.select(carried_totals))
+        } == {("registry_eu", "bytes_copied"): 600, ("", "events_rejected"): 2}
+    assert store.queue.status_counts()["rejected"] == rejected
+    assert store.queue.status_counts("registry_eu")["rejected"] == 0
+
+
 # One row of each table of a secondary's own state, changed at ``at``.
 def _state_rows(secondary: str, at: dt.datetime) -> dict[sa.Table, dict]:
     return {
@@ -282,19 +324,21 @@ def test_a_departed_secondarys_rows_go_all_at_once_when_all_are_old(
     after = secondaries_of(store)
     departed = not recent
     assert pruned.departed_secondaries == int(departed)
-    # A done delivery a month old goes anyway: retention takes any finished delivery.
-    delivered = not departed and not (done and "deliveries" not in recent)
-    assert after == {
-        name: names - {"registry_ap"}
-        if departed or (name == "rr_deliveries" and not delivered)
-        else names
-        for name, names in before.items()
-    }
-    if done and not delivered:
-        assert store.queue.status_counts()["done"] == 1  # carried
+    # A done delivery a month old goes anyway: retention takes any finished delivery, and
+    # carries it in the secondary's counters.
+    carried = not departed and done and "deliveries" not in recent
+    expected = {name: set(names) for name, names in before.items()}
+    if departed:
+        expected = {name: names - {"registry_ap"} for name, names in expected.items()}
+    if carried:
+        expected["rr_deliveries"].discard("registry_ap")
+        expected["rr_carried_totals"].add("registry_ap")
+    assert after == expected
+    # A departed secondary's counters go with it; a configured one's never go down.
+    assert store.queue.status_counts("registry_ap")["done"] == int(done and not departed)
     # The event stays while the configured secondary (and the unadopted rows) still owe it.
     assert sorted(e["secondary"] for e in store.queue.events()) == sorted(
-        [LEGACY, "registry_eu", *(["registry_ap"] if delivered else [])]
+        [LEGACY, "registry_eu", *(["registry_ap"] if not departed and not carried else [])]
     )
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from registry_replication.store import retention
 from registry_replication.store.queue import Event
+from registry_replication.store.schema import copied_bytes, deliveries
 from registry_replication.web import metrics
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -79,28 +81,54 @@ def test_the_readme_documents_exactly_the_series_exposed(store):
         families.items()
     )
     # And the documented repository states are the ones exposed.
-    states = re.search(r'repositories\{state="([^"]+)"\}', table).group(1).replace("\\|", "|")
+    states = (
+        re.search(r'repositories\{secondary,state="([^"]+)"\}', table).group(1).replace("\\|", "|")
+    )
     assert set(states.split("|")) == set(metrics.STATE_LABELS.values())
+
+
+HERE = (("secondary", "registry_secondary"),)  # the one configured secondary's series
+
+
+def outcomes(samples) -> dict[tuple[str, str], float]:
+    """``events_total`` by (secondary, outcome)."""
+    return {
+        (dict(labels)["secondary"], dict(labels)["outcome"]): v
+        for (n, labels), v in samples.items()
+        if n == "registry_replication_events_total"
+    }
+
+
+def of(samples, name: str, label: str, secondary: str = "registry_secondary") -> dict[str, float]:
+    """One family's samples of ``secondary``, by the value of their other label."""
+    return {
+        dict(labels)[label]: v
+        for (n, labels), v in samples.items()
+        if n == name and dict(labels).get("secondary") == secondary
+    }
 
 
 def test_an_empty_store_scrapes_as_zeros_with_every_label(store):
     samples = scraped(store)
-    assert samples[("registry_replication_events_pending", ())] == 0
-    assert samples[("registry_replication_oldest_pending_event_age_seconds", ())] == 0
-    assert {
-        labels[0][1]: v
-        for (n, labels), v in samples.items()
-        if n == "registry_replication_events_total"
-    } == {"done": 0, "failed": 0, "rejected": 0}
-    assert {
-        labels[0][1]: v
-        for (n, labels), v in samples.items()
-        if n == "registry_replication_repositories"
-    } == {"synced": 0, "pending": 0, "failed": 0, "damaged": 0, "never": 0}
-    assert samples[("registry_replication_tags", (("side", "primary"),))] == 0
-    assert samples[("registry_replication_bytes_copied_total", ())] == 0
-    assert samples[("registry_replication_push_to_replica_seconds_count", ())] == 0
-    assert samples[("registry_replication_push_to_replica_seconds_bucket", (("le", "+Inf"),))] == 0
+    assert samples[("registry_replication_events_pending", HERE)] == 0
+    assert samples[("registry_replication_oldest_pending_event_age_seconds", HERE)] == 0
+    assert outcomes(samples) == {
+        ("registry_secondary", "done"): 0,
+        ("registry_secondary", "failed"): 0,
+        ("", "rejected"): 0,  # rejected events are no secondary's
+    }
+    assert of(samples, "registry_replication_repositories", "state") == {
+        "synced": 0,
+        "pending": 0,
+        "failed": 0,
+        "damaged": 0,
+        "never": 0,
+    }
+    assert samples[("registry_replication_tags", (*HERE, ("side", "primary")))] == 0
+    assert samples[("registry_replication_bytes_copied_total", HERE)] == 0
+    assert samples[("registry_replication_push_to_replica_seconds_count", HERE)] == 0
+    inf = (("le", "+Inf"), *HERE)
+    assert samples[("registry_replication_push_to_replica_seconds_bucket", inf)] == 0
     assert not any(n == "registry_replication_last_success_timestamp_seconds" for n, _ in samples)
 
 
@@ -125,14 +153,14 @@ def test_a_scrape_reads_the_queue_the_history_and_the_latencies(store, ev):
     store.history.record_dag_outcome("registry_reconcile", "r2", "failed")
 
     samples = scraped(store)
-    assert samples[("registry_replication_events_pending", ())] == 1
-    assert samples[("registry_replication_oldest_pending_event_age_seconds", ())] >= 0
-    assert {
-        labels[0][1]: v
-        for (n, labels), v in samples.items()
-        if n == "registry_replication_events_total"
-    } == {"done": 2, "failed": 1, "rejected": 1}
-    assert samples[("registry_replication_bytes_copied_total", ())] == 1234
+    assert samples[("registry_replication_events_pending", HERE)] == 1
+    assert samples[("registry_replication_oldest_pending_event_age_seconds", HERE)] >= 0
+    assert outcomes(samples) == {
+        ("registry_secondary", "done"): 2,
+        ("registry_secondary", "failed"): 1,
+        ("", "rejected"): 1,
+    }
+    assert samples[("registry_replication_bytes_copied_total", HERE)] == 1234
     # Only a successful run counts, per DAG.
     success = {
         labels[0][1]: v
@@ -142,15 +170,19 @@ def test_a_scrape_reads_the_queue_the_history_and_the_latencies(store, ev):
     assert list(success) == ["registry_sync"]
     assert abs(success["registry_sync"] - dt.datetime.now(dt.UTC).timestamp()) < 300
     # The two acknowledged events' push-to-replica times.
-    assert samples[("registry_replication_push_to_replica_seconds_count", ())] == 2
-    assert samples[("registry_replication_push_to_replica_seconds_bucket", (("le", "+Inf"),))] == 2
+    assert samples[("registry_replication_push_to_replica_seconds_count", HERE)] == 2
+    inf = (("le", "+Inf"), *HERE)
+    assert samples[("registry_replication_push_to_replica_seconds_bucket", inf)] == 2
     buckets = [
         v
         for (n, _), v in samples.items()
         if n == "registry_replication_push_to_replica_seconds_bucket"
     ]
     assert buckets == sorted(buckets)  # cumulative
-    assert metrics.figures(store)["events_total"] == {"done": 2, "failed": 1, "rejected": 1}
+    assert metrics.figures(store)["events_total"] == {
+        "registry_secondary": {"done": 2, "failed": 1},
+        "": {"rejected": 1},
+    }
 
 
 @pytest.mark.parametrize(
@@ -170,3 +202,105 @@ def test_a_scrape_reads_the_queue_the_history_and_the_latencies(store, ev):
 )
 def test_only_the_bearer_token_itself_matches(header, matches):
     assert metrics.token_matches(header, TOKEN) is matches
+
+
+def test_each_secondary_has_its_own_series(store, ev, monkeypatch):
+    """Two secondaries: the backlog, the oldest waiting event, the outcomes, the bytes copied,
+    the push-to-replica times, the repository states, the tags and the last verification of
+    each are its own series, labelled with its connection id."""
+    monkeypatch.setenv(
+        "AIRFLOW__REGISTRY_REPLICATION__SECONDARY_CONN_IDS", "registry_secondary,registry_eu"
+    )
+    store.queue.add([ev(i) for i in range(3)], ["registry_secondary", "registry_eu"])
+    owner, claimed = store.queue.claim("registry_secondary", limit=3)
+    store.queue.complete("registry_secondary", owner, [e.id for e in claimed])
+    store.history.record_acknowledged("registry_secondary", claimed)
+    owner, [failing] = store.queue.claim("registry_eu", limit=1)
+    store.queue.fail("registry_eu", owner, [failing.id], "HTTP 400 MANIFEST_INVALID")
+    store.history.record_copied_bytes(
+        "registry_events", "r1", "replicate_events", None, "registry_secondary", 1000
+    )
+    store.history.record_copied_bytes(
+        "registry_events", "r1", "replicate_events_registry_eu", None, "registry_eu", 24
+    )
+    verified = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    store.state.set_repository_state(
+        "registry_secondary",
+        [
+            {
+                "repository": "group/app",
+                "state": "synced",
+                "tags_primary": 3,
+                "tags_secondary": 3,
+                "verified_level": "blobs",
+                "verified_at": verified,
+            }
+        ],
+    )
+    store.state.set_repository_state(
+        "registry_eu",
+        [
+            {
+                "repository": "group/app",
+                "state": "pending",
+                "tags_primary": 3,
+                "tags_secondary": 1,
+                "last_sync_at": T0,
+            }
+        ],
+    )
+
+    with store.engine.begin() as conn:  # eu's deliveries have waited a minute
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.secondary == "registry_eu")
+            .values(received_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))
+        )
+
+    samples = scraped(store)
+    eu = (("secondary", "registry_eu"),)
+    assert samples[("registry_replication_events_pending", HERE)] == 0
+    assert samples[("registry_replication_events_pending", eu)] == 2
+    assert samples[("registry_replication_oldest_pending_event_age_seconds", HERE)] == 0
+    assert samples[("registry_replication_oldest_pending_event_age_seconds", eu)] >= 60
+    assert of(samples, "registry_replication_repositories", "state", "registry_eu") == {
+        "synced": 0,
+        "pending": 1,
+        "failed": 0,
+        "damaged": 0,
+        "never": 0,
+    }
+    assert of(samples, "registry_replication_repositories", "state")["synced"] == 1
+    assert of(samples, "registry_replication_tags", "side", "registry_eu") == {
+        "primary": 3,
+        "secondary": 1,
+    }
+    assert of(samples, "registry_replication_last_verified_timestamp_seconds", "level") == {
+        "blobs": verified.timestamp()
+    }
+    assert not of(
+        samples, "registry_replication_last_verified_timestamp_seconds", "level", "registry_eu"
+    )
+    assert outcomes(samples) == {
+        ("registry_secondary", "done"): 3,
+        ("registry_secondary", "failed"): 0,
+        ("registry_eu", "done"): 0,
+        ("registry_eu", "failed"): 1,
+        ("", "rejected"): 0,
+    }
+    assert samples[("registry_replication_bytes_copied_total", HERE)] == 1000
+    assert samples[("registry_replication_bytes_copied_total", eu)] == 24
+    assert samples[("registry_replication_push_to_replica_seconds_count", HERE)] == 3
+    assert samples[("registry_replication_push_to_replica_seconds_count", eu)] == 0
+
+    # Retention prunes eu's old copy record: its counter stays whole, carried as its own.
+    with store.engine.begin() as conn:
+        conn.execute(
+            copied_bytes.update()
+            .where(copied_bytes.c.secondary == "registry_eu")
+            .values(recorded_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=40))
+        )
+    assert retention.prune(store.engine, dt.timedelta(days=30)).copied_bytes_records == 1
+    again = scraped(store)
+    assert again[("registry_replication_bytes_copied_total", eu)] == 24
+    assert again[("registry_replication_bytes_copied_total", HERE)] == 1000

@@ -235,7 +235,9 @@ def test_the_page_shows_what_the_json_has(store, tmp_path):
     assert f'href="{s["failed_layers"][0]["log_url"]}"' in page
     assert "3.0 MiB" in page  # bytes copied by the last reconcile
     empty = render(status(Store(f"sqlite:///{tmp_path / 'empty.db'}")))
-    assert "<table" not in empty and "No failed layers" in empty
+    # Only the summary table, its one row the configured secondary's with nothing recorded.
+    assert empty.count("<table") == 1 and "No failed layers" in empty
+    assert 'data-secondary="registry_secondary" data-backlog="0"' in empty
 
 
 def test_history_depth_latency_and_bytes_per_run(ev, tmp_path):
@@ -302,5 +304,125 @@ def test_history_depth_latency_and_bytes_per_run(ev, tmp_path):
 
     page = render(status(store, now=dt.datetime.now(dt.UTC)), csrf="t0ken")
     assert page.count('class="latency-point"') == 1 and 'data-bytes="4096"' in page
+    assert 'data-secondary="registry_secondary" cx=' in page  # the point names its secondary
     # The dead letter (e3 failed) has a retry form carrying the CSRF token.
     assert 'name="event_id" value="e3"' in page and page.count('value="t0ken"') == 1
+
+
+def test_a_summary_row_per_secondary_and_its_detail(ev, tmp_path, monkeypatch):
+    """Two secondaries: each has its own backlog, states, verifications, failed layers and dead
+    letters, and ``secondary=`` shows one's detail; the retry form names its secondary."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from registry_replication.airflow.status_page import actions_router, render
+
+    monkeypatch.setenv(
+        "AIRFLOW__REGISTRY_REPLICATION__SECONDARY_CONN_IDS", "registry_secondary,registry_eu"
+    )
+    store = Store(f"sqlite:///{tmp_path / 'two.db'}")
+    store.queue.add(
+        [ev(i, repository="group/app", tag=f"v{i}") for i in (1, 2, 3)],
+        ["registry_secondary", "registry_eu"],
+    )
+    # registry_secondary replicated all three; registry_eu is processing one and gave up e1.
+    owner, claimed = store.queue.claim("registry_secondary", limit=10)
+    store.queue.complete("registry_secondary", owner, [e.id for e in claimed])
+    owner, _ = store.queue.claim("registry_eu", limit=1)
+    assert store.queue.retry_later("registry_eu", owner, ["e1"], "HTTP 503", max_attempts=1) == [
+        "e1"
+    ]
+    owner, [processing] = store.queue.claim("registry_eu", limit=1)
+    store.state.set_repository_state(
+        "registry_secondary",
+        [
+            {
+                "repository": "group/app",
+                "state": "synced",
+                "tags_primary": 3,
+                "tags_secondary": 3,
+                "last_sync_at": T0,
+                "verified_level": "blobs",
+                "verified_at": T0,
+            }
+        ],
+    )
+    store.state.set_repository_state(
+        "registry_eu",
+        [{"repository": "group/app", "state": "pending", "tags_primary": 3, "tags_secondary": 1}],
+    )
+    store.history.record_run(
+        "registry_reconcile",
+        RUN_ID,
+        "failed",
+        {"problems": ["registry_eu: 1 blobs failed"]},
+        [
+            {
+                "repository": "group/app",
+                "digest": ROTTEN,
+                "code": "BLOB_UPLOAD_INVALID",
+                "task_id": "registry_eu.copy_blobs",
+                "map_index": 0,
+                "secondary": "registry_eu",
+            }
+        ],
+    )
+
+    s = status(store)
+    rows = {r["secondary"]: r for r in s["secondaries"]}
+    assert list(rows) == ["registry_secondary", "registry_eu"]  # the configured order
+    here, eu = rows["registry_secondary"], rows["registry_eu"]
+    assert (here["backlog"], here["oldest_waiting_seconds"], here["counts"]["done"]) == (0, None, 3)
+    # e2 pending, e3 being processed: the backlog; e1 a dead letter.
+    assert (eu["backlog"], eu["counts"]["failed"], eu["counts"]["done"]) == (2, 1, 0)
+    assert eu["oldest_waiting_seconds"] >= 0 and processing.id == "e2"
+    assert here["states"]["synced"] == 1 and eu["states"]["failed"] == 1  # its failed layer
+    assert here["last_verified"] == {"blobs": T0.isoformat()} and eu["last_verified"] == {}
+    assert (here["failed_layers"], eu["failed_layers"]) == (0, 1)
+    assert (eu["tags_primary"], eu["tags_secondary"]) == (3, 1)
+    # The queue's totals stay every secondary's, for the JSON's existing readers.
+    assert s["queue"]["depth"] == 2 and s["queue"]["counts"]["done"] == 3
+    assert [(r["secondary"], r["repository"], r["state"]) for r in s["repositories"]] == [
+        ("registry_eu", "group/app", "failed"),
+        ("registry_secondary", "group/app", "synced"),
+    ]
+    assert [(e["id"], e["secondary"]) for e in s["dead_letters"]] == [("e1", "registry_eu")]
+    assert s["failed_layers"][0]["secondary"] == "registry_eu"
+
+    # One secondary's detail; every summary row stays.
+    mine = status(store, secondary="registry_secondary")
+    assert [r["secondary"] for r in mine["secondaries"]] == ["registry_secondary", "registry_eu"]
+    assert [r["secondary"] for r in mine["repositories"]] == ["registry_secondary"]
+    assert mine["failed_layers"] == [] and mine["dead_letters"] == []
+    assert mine["backfill"]["repositories"] == {"in_sync": 1, "total": 1, "percent": 100.0}
+
+    page = render(s, csrf="t0ken")
+    assert 'data-secondary="registry_eu" data-backlog="2"' in page
+    assert 'data-secondary="registry_secondary" data-backlog="0"' in page
+    assert 'name="secondary" value="registry_eu"' in page  # the retry form posts it
+    assert 'href="status?secondary=registry_eu"' in page
+
+    # The retry puts back the delivery to the secondary the form names, and no other.
+    app = FastAPI()
+    app.include_router(
+        actions_router(store, retry_access=[], sync_access=[], api_url="", ui_url="")
+    )
+    client = TestClient(app)
+    bearer = {"Authorization": "Bearer anything"}  # not forgeable cross-site: no CSRF token
+    refused = client.post(
+        "/dead-letters/retry",
+        data={"event_id": "e1", "secondary": "registry_secondary"},
+        headers=bearer,
+        follow_redirects=False,
+    )
+    assert refused.status_code == 409
+    assert "has no failed delivery to registry_secondary" in refused.json()["detail"]
+    retried = client.post(
+        "/dead-letters/retry",
+        data={"event_id": "e1", "secondary": "registry_eu"},
+        headers=bearer,
+        follow_redirects=False,
+    )
+    assert retried.status_code == 303
+    eu = {r["secondary"]: r for r in status(store)["secondaries"]}["registry_eu"]
+    assert (eu["backlog"], eu["counts"]["failed"]) == (3, 0)

@@ -42,24 +42,35 @@ FAILED, RECOVERED, OVERDUE = "failed", "recovered", "overdue"
 
 
 def send_stats(store: Store) -> None:
-    """The metrics endpoint's figures, as Airflow ``Stats`` gauges (StatsD or OpenTelemetry)."""
+    """The metrics endpoint's figures, as Airflow ``Stats`` gauges (StatsD or OpenTelemetry),
+    with the same ``secondary`` tag on each secondary's figures."""
     f = metrics.figures(store)
     name = metrics.PREFIX
-    Stats.gauge(f"{name}.events_pending", f["events_pending"])
-    Stats.gauge(f"{name}.oldest_pending_event_age_seconds", f["oldest_pending_event_age_seconds"])
-    for outcome, n in f["events_total"].items():
-        Stats.gauge(f"{name}.events_total", n, tags={"outcome": outcome})
-    for state, n in f["repositories"].items():
-        Stats.gauge(f"{name}.repositories", n, tags={"state": state})
-    for side, n in f["tags"].items():
-        Stats.gauge(f"{name}.tags", n, tags={"side": side})
-    Stats.gauge(f"{name}.bytes_copied_total", f["bytes_copied_total"])
+    for secondary, n in f["events_pending"].items():
+        Stats.gauge(f"{name}.events_pending", n, tags={"secondary": secondary})
+    for secondary, age in f["oldest_pending_event_age_seconds"].items():
+        Stats.gauge(f"{name}.oldest_pending_event_age_seconds", age, tags={"secondary": secondary})
+    for secondary, outcomes in f["events_total"].items():
+        for outcome, n in outcomes.items():
+            # Rejected events are no secondary's: their figure has no secondary tag.
+            tags = (
+                {"secondary": secondary, "outcome": outcome} if secondary else {"outcome": outcome}
+            )
+            Stats.gauge(f"{name}.events_total", n, tags=tags)
+    for secondary, states in f["repositories"].items():
+        for state, n in states.items():
+            Stats.gauge(f"{name}.repositories", n, tags={"secondary": secondary, "state": state})
+    for secondary, sides in f["tags"].items():
+        for side, n in sides.items():
+            Stats.gauge(f"{name}.tags", n, tags={"secondary": secondary, "side": side})
+    for secondary, n in f["bytes_copied_total"].items():
+        Stats.gauge(f"{name}.bytes_copied_total", n, tags={"secondary": secondary})
     for dag_id, at in f["last_success_timestamp_seconds"].items():
         Stats.gauge(f"{name}.last_success_timestamp_seconds", at, tags={"dag_id": dag_id})
 
 
-def send_copied_bytes(copied: int) -> None:
-    Stats.incr(f"{metrics.PREFIX}.bytes_copied", copied)
+def send_copied_bytes(secondary: str, copied: int) -> None:
+    Stats.incr(f"{metrics.PREFIX}.bytes_copied", copied, tags={"secondary": secondary})
 
 
 def record_copied_bytes(context: Any, secondary: str, copied: int) -> None:
@@ -69,12 +80,14 @@ def record_copied_bytes(context: Any, secondary: str, copied: int) -> None:
     Store().history.record_copied_bytes(
         ti.dag_id, ti.run_id, ti.task_id, ti.map_index, secondary, copied
     )
-    send_copied_bytes(copied)
+    send_copied_bytes(secondary, copied)
 
 
-def send_latencies(seconds: list[float]) -> None:
+def send_latencies(seconds: list[float], secondary: str) -> None:
+    """Push-to-replica times, tagged with their secondary."""
+    tags = {"secondary": secondary}
     for value in seconds:
-        Stats.timing(f"{metrics.PREFIX}.push_to_replica", timedelta(seconds=value))
+        Stats.timing(f"{metrics.PREFIX}.push_to_replica", timedelta(seconds=value), tags=tags)
 
 
 # -- alerts ----------------------------------------------------------------------------------
@@ -139,38 +152,50 @@ def notify(context: Any, state: str, dag_id: str, run_id: str) -> None:
     notifier(context)
 
 
+def _failed_secondaries(problems: list[str], layers: list[dict[str, Any]]) -> list[str]:
+    """The secondaries a run failed on: those its failed layers name, and those its problem
+    lines start with (the report prefixes each line with its secondary), configured first."""
+    configured = current().secondaries
+    named = {layer["secondary"] for layer in layers} | {
+        s for s in configured for line in problems if line.startswith(f"{s}: ")
+    }
+    return [s for s in configured if s in named] + sorted(named - set(configured))
+
+
 def describe(state: str, dag_id: str, run_id: str, store: Store) -> dict[str, Any]:
     """The alert's subject and text: what failed (layers, repositories, events) and a link."""
     url = run_url(conf.get("api", "base_url", fallback="").rstrip("/"), dag_id, run_id)
     lines: list[str] = []
     if state == FAILED:
-        subject = f"[registry-replication] {dag_id} failed"
         run = store.history.last_run(dag_id)
         problems = recorded_problems(run["summary"])[0] if run and run["run_id"] == run_id else []
-        lines += [f"Problems: {'; '.join(problems)}"] if problems else []
         layers = [
             layer
             for layer in store.history.failed_layers()
             if layer["dag_id"] == dag_id and layer["run_id"] == run_id
         ]
+        failed_on = _failed_secondaries(problems, layers)
+        subject = f"[registry-replication] {dag_id} failed" + (
+            f" on {', '.join(failed_on)}" if failed_on else ""
+        )
+        lines += [f"Problems: {'; '.join(problems)}"] if problems else []
         lines += [
-            f"Failed layer: {layer['repository']}@{layer['digest']} "
+            f"{layer['secondary']}: failed layer {layer['repository']}@{layer['digest']} "
             f"({layer.get('code') or 'error'}): {layer.get('error') or ''}"
             for layer in layers
         ]
-        failing = sorted(
-            {
-                r["repository"]
-                for r in store.state.repository_states()
-                if r["state"] == RepositoryState.FAILED
-            }
-        )
-        lines += [f"Failing repositories: {', '.join(failing)}"] if failing else []
-        dead = store.queue.dead_letters(limit=20)
+        failing: dict[str, list[str]] = {}
+        for r in store.state.repository_states():
+            if r["state"] == RepositoryState.FAILED:
+                failing.setdefault(r["secondary"], []).append(r["repository"])
         lines += [
-            f"Failed event: {e['action']} {e['repository']}:{e['tag'] or e['digest']}: "
-            f"{e['last_error'] or ''}"
-            for e in dead
+            f"{secondary}: failing repositories: {', '.join(sorted(names))}"
+            for secondary, names in sorted(failing.items())
+        ]
+        lines += [
+            f"{e['secondary']}: failed event {e['action']} {e['repository']}:"
+            f"{e['tag'] or e['digest']}: {e['last_error'] or ''}"
+            for e in store.queue.dead_letters(limit=20)
         ]
     elif state == RECOVERED:
         subject = f"[registry-replication] {dag_id} recovered"

@@ -238,7 +238,8 @@ def _acknowledge(
     store.queue.complete(secondary, owner, done)
     acknowledged = set(done)
     alerts.send_latencies(
-        store.history.record_acknowledged(secondary, (e for e in claimed if e.id in acknowledged))
+        store.history.record_acknowledged(secondary, (e for e in claimed if e.id in acknowledged)),
+        secondary,
     )
     failed: dict[str, list[str]] = {}
     for event_id, error in outcomes.items():

@@ -8,13 +8,15 @@ REST API does (``Authorization: Bearer <JWT>``, else the UI's ``_token`` cookie,
 the auth manager's ``get_user_from_token``) and asks the auth manager whether that user may
 read the runs of the replication DAGs. Without a valid login the JSON answers 401; the page
 redirects to Airflow's login and comes back, as the Airflow UI itself does. ``POST /events``
-keeps its own shared-secret check and needs no login.
+keeps its own shared-secret check and needs no login. Both take ``?secondary=<conn id>``: the
+repositories, failed layers and dead letters of that secondary alone (the summary row of each
+secondary is always there).
 
 Operating it: ``GET /metrics`` is Prometheus' text format, outside Airflow's login (Prometheus
 cannot log in) and behind its own Bearer token (``REGISTRY_REPLICATION_METRICS_TOKEN``; unset:
 404). ``POST /dead-letters/retry`` (put a failed event back in the queue) and ``POST /sync-now``
 (trigger ``registry_sync`` for one repository through Airflow's REST API, as the logged-in user)
-change state, so besides Airflow's login they need a CSRF token that the page embeds in its
+change state (each for one secondary, which the form posts), so besides Airflow's login they need a CSRF token that the page embeds in its
 forms: an HMAC keyed by the user's own JWT, which a cross-site page cannot read. A request
 authenticated by an ``Authorization`` header (not a cookie) cannot be forged cross-site and
 needs no such token. A cross-origin ``Origin`` header is refused outright.
@@ -44,7 +46,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from registry_replication.airflow import deployment
 from registry_replication.outcomes import VerifyLevel, human_size
-from registry_replication.settings import EVENTS_DAG_ID, RECONCILE_DAG_ID, SYNC_DAG_ID, variable
+from registry_replication.settings import (
+    EVENTS_DAG_ID,
+    RECONCILE_DAG_ID,
+    SYNC_DAG_ID,
+    current,
+    variable,
+)
 from registry_replication.store import Store
 from registry_replication.web import metrics, webhook
 from registry_replication.web.status import run_url, status
@@ -91,9 +99,9 @@ def create_app(store: Store | None = None) -> FastAPI:
     # What this deployment leaves unshared goes first: it explains anything odd below.
     app.include_router(
         status_router(
-            lambda: {
+            lambda secondary: {
                 "misconfiguration": deployment.problems(),
-                **status(store, ui_url=API_BASE_URL),
+                **status(store, ui_url=API_BASE_URL, secondary=secondary),
             },
             access,
             login_url,
@@ -191,15 +199,23 @@ def actions_router(
         request: Request,
         event_id: Annotated[str, Form()],
         csrf: Annotated[str | None, Form()] = None,
+        secondary: Annotated[str | None, Form()] = None,
     ) -> Response:
+        """Put the event's failed delivery to ``secondary`` back in the queue (none given: its
+        failed delivery to each secondary)."""
         check_csrf(request, csrf)
-        if not store.queue.retry_failed(event_id):
+        if not store.queue.retry_failed(event_id, secondary):
+            where = f" to {secondary}" if secondary else ""
             raise HTTPException(
                 409,
-                f"event {event_id!r} is not a failed event (a rejected "
+                f"event {event_id!r} has no failed delivery{where} (a rejected "
                 "event cannot be replicated; a done one needs nothing)",
             )
-        log.info("event %s put back in the queue from the dead-letter list", event_id)
+        log.info(
+            "event %s put back in the queue for %s from the dead-letter list",
+            event_id,
+            secondary or "each secondary it failed on",
+        )
         return RedirectResponse("status#dead-letters", status_code=303)
 
     @router.post("/sync-now", dependencies=sync_access)
@@ -208,8 +224,17 @@ def actions_router(
         repository: Annotated[str, Form()],
         csrf: Annotated[str | None, Form()] = None,
         verify: Annotated[str | None, Form()] = None,
+        secondary: Annotated[str | None, Form()] = None,
     ) -> Response:
         check_csrf(request, csrf)
+        # The run serves the row's secondary alone (param ``secondaries``; none: every one).
+        configured = current().secondaries
+        if secondary is not None and secondary not in configured:
+            raise HTTPException(
+                400,
+                f"{secondary!r} is not a configured secondary (one of {', '.join(configured)}): "
+                f"{SYNC_DAG_ID} cannot serve it",
+            )
         # "Verify now" is this button with verify=blobs (or content): the run's DAG param.
         if verify is not None and verify not in list(VerifyLevel):
             raise HTTPException(
@@ -225,7 +250,11 @@ def actions_router(
             headers={"Authorization": f"Bearer {user_token}"},
             json={
                 "logical_date": None,
-                "conf": {"repositories": [repository], **({"verify": verify} if verify else {})},
+                "conf": {
+                    "repositories": [repository],
+                    **({"secondaries": [secondary]} if secondary else {}),
+                    **({"verify": verify} if verify else {}),
+                },
             },
         )
         if not response.ok:
@@ -234,28 +263,39 @@ def actions_router(
                 f"Airflow refused to start {SYNC_DAG_ID}: {response.text[:500]}",
             )
         run_id = response.json()["dag_run_id"]
-        log.info("%s run %s started for %s from the status page", SYNC_DAG_ID, run_id, repository)
+        log.info(
+            "%s run %s started for %s on %s from the status page",
+            SYNC_DAG_ID,
+            run_id,
+            repository,
+            secondary or "every secondary",
+        )
         return RedirectResponse(run_url(ui_url.rstrip("/"), SYNC_DAG_ID, run_id), status_code=303)
 
     return router
 
 
 def status_router(
-    get_status: Callable[[], dict[str, Any]], access: list[Any], login_url: str
+    get_status: Callable[[str | None], dict[str, Any]], access: list[Any], login_url: str
 ) -> APIRouter:
-    """``GET /api/status`` and ``GET /status``, both behind the ``access`` dependencies."""
+    """``GET /api/status`` and ``GET /status``, both behind the ``access`` dependencies; both
+    take ``?secondary=`` (``get_status``'s argument)."""
     json_routes = APIRouter(dependencies=access)
 
     @json_routes.get("/api/status")
-    def status_json() -> dict[str, Any]:
+    def status_json(secondary: str | None = None) -> dict[str, Any]:
         """The replication status as JSON (the data of the page)."""
-        return get_status()
+        return get_status(secondary or None)
 
     page_routes = APIRouter(dependencies=access, route_class=_login_redirect(login_url))
 
     @page_routes.get("/status", response_class=HTMLResponse)
-    def status_page(request: Request) -> HTMLResponse:
-        return HTMLResponse(render(get_status(), csrf=csrf_token(request)))
+    def status_page(request: Request, secondary: str | None = None) -> HTMLResponse:
+        secondary = secondary or None
+        json_url = "api/status" + (f"?{urlencode({'secondary': secondary})}" if secondary else "")
+        return HTMLResponse(
+            render(get_status(secondary), json_url=json_url, csrf=csrf_token(request))
+        )
 
     router = APIRouter()
     router.include_router(json_routes)
@@ -400,8 +440,10 @@ def lag_chart(history: dict[str, Any]) -> Markup:
     for point in latency:
         parts.append(
             f'<circle class="latency-point" data-seconds="{point["seconds"]}" '
+            f'data-secondary="{escape(point["secondary"])}" '
             f'cx="{x(point["at"]):.1f}" cy="{y(1, point["seconds"]):.1f}" r="3">'
-            f"<title>{escape(point['at'])}: {point['seconds']} s</title></circle>"
+            f"<title>{escape(point['secondary'])} {escape(point['at'])}: {point['seconds']} s"
+            "</title></circle>"
         )
     for run in runs:
         rx, ry = x(run["finished_at"]), y(2, run["bytes"])

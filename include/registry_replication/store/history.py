@@ -140,11 +140,15 @@ class RunHistory:
             recorded_at=now(),
         )
 
-    def copied_bytes_total(self) -> int:
-        """Every byte ever recorded: the rows in the store and those retention carried."""
-        rows = sa.func.coalesce(sa.select(sa.func.sum(copied_bytes.c.bytes)).scalar_subquery(), 0)
+    def copied_bytes_total(self, secondary: str | None = None) -> int:
+        """Every byte ever recorded as copied to ``secondary`` (None: to any): the rows in the
+        store and those retention carried."""
+        total = sa.select(sa.func.sum(copied_bytes.c.bytes))
+        if secondary is not None:
+            total = total.where(copied_bytes.c.secondary == secondary)
+        rows = sa.func.coalesce(total.scalar_subquery(), 0)
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(rows + carried(BYTES_COPIED))).scalar())
+            return int(conn.execute(sa.select(rows + carried(BYTES_COPIED, secondary))).scalar())
 
     def record_acknowledged(self, secondary: str, acknowledged: Iterable[Event]) -> list[float]:
         """Each acknowledged event's push-to-replica time on ``secondary``; returns the seconds
@@ -177,38 +181,46 @@ class RunHistory:
             recorded = conn.execute(insert, list(rows.values())).scalars().all()
         return [rows[event_id]["seconds"] for event_id in recorded]
 
-    def push_latency_histogram(self) -> tuple[list[int], int, float]:
+    def push_latency_histogram(self, secondary: str | None = None) -> tuple[list[int], int, float]:
         """Cumulative counts per bound of ``LATENCY_BUCKETS``, the total count and the sum of
-        seconds, over every latency recorded (those retention pruned included)."""
+        seconds, over every latency recorded on ``secondary`` (None: on any; those retention
+        pruned included)."""
 
         def rows(value: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-            return sa.func.coalesce(sa.select(value).scalar_subquery(), 0)
+            query = sa.select(value)
+            if secondary is not None:
+                query = query.where(push_latency.c.secondary == secondary)
+            return sa.func.coalesce(query.scalar_subquery(), 0)
 
         columns = [
             rows(sa.func.sum(sa.case((push_latency.c.seconds <= b, 1), else_=0)))
-            + carried(latency_bucket(b))
+            + carried(latency_bucket(b), secondary)
             for b in LATENCY_BUCKETS
         ]
         with self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(
                     *columns,
-                    rows(sa.func.count(push_latency.c.event_id)) + carried(LATENCY_COUNT),
+                    rows(sa.func.count(push_latency.c.event_id))
+                    + carried(LATENCY_COUNT, secondary),
                     rows(sa.func.sum(push_latency.c.seconds)),
-                    carried(LATENCY_MICROSECONDS),
+                    carried(LATENCY_MICROSECONDS, secondary),
                 )
             ).one()
         n = len(LATENCY_BUCKETS)
         return ([int(v) for v in row[:n]], int(row[n]), float(row[n + 1]) + int(row[n + 2]) / 1e6)
 
-    def push_latencies(self, since: dt.datetime) -> list[tuple[dt.datetime, float]]:
+    def push_latencies(self, since: dt.datetime) -> list[tuple[dt.datetime, float, str]]:
+        """(acknowledged, seconds, secondary) of each event acknowledged since ``since``."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(push_latency.c.acknowledged_at, push_latency.c.seconds)
+                sa.select(
+                    push_latency.c.acknowledged_at, push_latency.c.seconds, push_latency.c.secondary
+                )
                 .where(push_latency.c.acknowledged_at >= since)
                 .order_by(push_latency.c.acknowledged_at)
             )
-            return [(aware(r.acknowledged_at), r.seconds) for r in rows]
+            return [(aware(r.acknowledged_at), r.seconds, r.secondary) for r in rows]
 
     def record_dag_outcome(self, dag_id: str, run_id: str, state: str) -> str | None:
         """A finished DAG run's state; returns the state of the run recorded before it."""

@@ -84,17 +84,25 @@ class QueueStatus:
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
-    def status_counts(self) -> dict[str, int]:
-        """Deliveries per status (rejected: events), every status included; done and rejected
-        count those retention pruned too (they are counters: they never go down)."""
-        delivered = sa.select(deliveries.c.status, sa.func.count().label("n")).group_by(
-            deliveries.c.status
+    def status_counts(self, secondary: str | None = None) -> dict[str, int]:
+        """Deliveries (to ``secondary``; None: to each, and the rejected events) per status,
+        every status included; done and rejected count those retention pruned too (they are
+        counters: they never go down)."""
+        delivered = (
+            sa.select(deliveries.c.status, sa.func.count().label("n"))
+            .where(_of(secondary))
+            .group_by(deliveries.c.status)
         )
         rejected = sa.select(
             sa.literal(EventStatus.REJECTED, sa.String).label("status"), sa.func.count()
-        ).where(events.c.status == EventStatus.REJECTED)
+        ).where(
+            events.c.status == EventStatus.REJECTED,
+            sa.true() if secondary is None else sa.false(),  # rejected: no secondary's
+        )
         pruned = [
-            sa.select(sa.literal(s, sa.String).label("status"), carried(finished_total(s)))
+            sa.select(
+                sa.literal(s, sa.String).label("status"), carried(finished_total(s), secondary)
+            )
             for s in FINISHED
         ]
         counts: Counter[str] = Counter()

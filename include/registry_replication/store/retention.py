@@ -6,7 +6,8 @@ alerts), each DAG's latest outcome and latest success (the "recovered" alert, th
 processed, failed: a dead letter waits for an operator): a finished delivery goes, an event
 once it is rejected or no delivery of it is left. The counters the metrics read from
 rows (bytes copied, events done and rejected, the push-to-replica histogram) are carried: what
-the deleted rows added goes to ``rr_carried_totals`` in the same transaction as the delete.
+the deleted rows added goes to ``rr_carried_totals``, per secondary, in the same transaction as
+the delete.
 
 A secondary no longer configured keeps its rows (its record, repository states, deliveries,
 leases) until none of them has changed for the retention; then all of them go together, so
@@ -36,6 +37,7 @@ from registry_replication.store.queue_status import FINISHED, finished_total
 from registry_replication.store.schema import (
     ACCEPTED,
     LEGACY,
+    NO_SECONDARY,
     carried_totals,
     copied_bytes,
     dag_outcomes,
@@ -123,8 +125,8 @@ def prune(
         engine,
         deliveries.c.event_id,
         sa.and_(deliveries.c.status.in_(FINISHED), deliveries.c.updated_at < cutoff),
-        [deliveries.c.status],
-        _event_totals,
+        [deliveries.c.status, deliveries.c.secondary],
+        _finished_totals,
     )
     undelivered = ~sa.exists().where(deliveries.c.event_id == events.c.id)
     pruned.events = _delete_chunks(
@@ -138,21 +140,21 @@ def prune(
             ),
         ),
         [events.c.status],
-        _event_totals,
+        _rejected_totals,
     )
     pruned.push_latencies = _delete_chunks(
         engine,
         push_latency.c.event_id,
         push_latency.c.acknowledged_at < cutoff,
-        [push_latency.c.seconds],
+        [push_latency.c.seconds, push_latency.c.secondary],
         _latency_totals,
     )
     pruned.copied_bytes_records = _delete_chunks(
         engine,
         copied_bytes.c.id,
         copied_bytes.c.recorded_at < cutoff,
-        [copied_bytes.c.bytes],
-        lambda rows: {BYTES_COPIED: sum(r.bytes for r in rows)},
+        [copied_bytes.c.bytes, copied_bytes.c.secondary],
+        _bytes_totals,
     )
     # Each DAG's latest outcome and latest success stay (ids only grow: the latest has the
     # largest); the subquery never yields NULL, which NOT IN would turn into "keep all".
@@ -189,11 +191,11 @@ def prune_run_artifacts(engine: sa.Engine, cutoff: dt.datetime) -> list[str]:
 
 
 def _prune_departed(engine: sa.Engine, configured: Collection[str], cutoff: dt.datetime) -> int:
-    """Every row of each secondary that is not ``configured`` and none of whose rows changed
-    since ``cutoff``: all of them in one transaction (a record is trusted whole or not at
-    all); returns how many secondaries went. Their finished deliveries are carried as counts,
-    as retention carries any."""
-    kept = {*configured, LEGACY}  # LEGACY: rows waiting to be adopted, never departed
+    """Every row of each secondary that is not ``configured`` and none of whose state changed
+    since ``cutoff``: all of them in one transaction (a record is trusted whole or not at all),
+    its history and carried counters with them (its metric series end); returns how many
+    secondaries went."""
+    kept = {*configured, LEGACY, NO_SECONDARY}  # LEGACY: rows waiting to be adopted
     seen: set[str] = set()
     recent: set[str] = set()
     with engine.connect() as conn:
@@ -207,14 +209,9 @@ def _prune_departed(engine: sa.Engine, configured: Collection[str], cutoff: dt.d
     departed = sorted(seen - recent - kept)
     for secondary in departed:
         with engine.begin() as conn:
-            finished = conn.execute(
-                deliveries.delete()
-                .where(deliveries.c.secondary == secondary)
-                .returning(deliveries.c.status)
-            ).all()
-            _carry(conn, _event_totals(finished))
-            for table, _ in PER_SECONDARY[1:]:
+            for table in (*(t for t, _ in PER_SECONDARY), push_latency, copied_bytes):
                 conn.execute(table.delete().where(table.c.secondary == secondary))
+            conn.execute(carried_totals.delete().where(carried_totals.c.secondary == secondary))
             conn.execute(secondaries.delete().where(secondaries.c.conn_id == secondary))
     return len(departed)
 
@@ -243,7 +240,7 @@ def _delete_chunks(
     key: sa.Column,
     where: sa.ColumnElement[bool],
     returning: Sequence[sa.Column] = (),
-    totals: Callable[[Sequence[Any]], dict[str, int]] | None = None,
+    totals: Callable[[Sequence[Any]], dict[tuple[str, str], int]] | None = None,
 ) -> int:
     """Delete the rows of ``key``'s table matching ``where``, ``CHUNK`` per transaction;
     ``totals`` turns each chunk's deleted rows (``returning``) into what it adds to the
@@ -267,29 +264,60 @@ def _delete_chunks(
             return deleted
 
 
-def _carry(conn: sa.Connection, amounts: dict[str, int]) -> None:
-    """Add ``amounts`` to the carried totals."""
-    rows = [{"name": name, "value": value} for name, value in amounts.items() if value]
+def _carry(conn: sa.Connection, amounts: dict[tuple[str, str], int]) -> None:
+    """Add ``amounts`` ({(secondary, counter): amount}) to the carried totals."""
+    rows = [
+        {"secondary": secondary, "name": name, "value": value}
+        for (secondary, name), value in amounts.items()
+        if value
+    ]
     if not rows:
         return
     insert = dialect_insert(conn, carried_totals)
     conn.execute(
         insert.on_conflict_do_update(
-            index_elements=[carried_totals.c.name],
+            index_elements=[carried_totals.c.secondary, carried_totals.c.name],
             set_={"value": carried_totals.c.value + insert.excluded.value},
         ),
         rows,
     )
 
 
-def _event_totals(rows: Sequence[Any]) -> dict[str, int]:
-    return {finished_total(s): sum(r.status == s for r in rows) for s in FINISHED}
+def _per_secondary(rows: Sequence[Any]) -> dict[str, list[Any]]:
+    by: dict[str, list[Any]] = {}
+    for row in rows:
+        by.setdefault(row.secondary, []).append(row)
+    return by
 
 
-def _latency_totals(rows: Sequence[Any]) -> dict[str, int]:
+def _finished_totals(rows: Sequence[Any]) -> dict[tuple[str, str], int]:
+    """The finished deliveries' counts per secondary and status."""
     return {
-        LATENCY_COUNT: len(rows),
-        # Rounded up: the histogram's sum must never dip, or Prometheus sees a reset.
-        LATENCY_MICROSECONDS: math.ceil(sum(r.seconds for r in rows) * 1e6),
-        **{latency_bucket(b): sum(r.seconds <= b for r in rows) for b in LATENCY_BUCKETS},
+        (secondary, finished_total(s)): sum(r.status == s for r in mine)
+        for secondary, mine in _per_secondary(rows).items()
+        for s in FINISHED
     }
+
+
+def _rejected_totals(rows: Sequence[Any]) -> dict[tuple[str, str], int]:
+    """The rejected events' count: no secondary's (a pruned accepted event adds nothing)."""
+    rejected = finished_total(EventStatus.REJECTED)
+    return {(NO_SECONDARY, rejected): sum(r.status == EventStatus.REJECTED for r in rows)}
+
+
+def _bytes_totals(rows: Sequence[Any]) -> dict[tuple[str, str], int]:
+    return {
+        (secondary, BYTES_COPIED): sum(r.bytes for r in mine)
+        for secondary, mine in _per_secondary(rows).items()
+    }
+
+
+def _latency_totals(rows: Sequence[Any]) -> dict[tuple[str, str], int]:
+    totals: dict[tuple[str, str], int] = {}
+    for secondary, mine in _per_secondary(rows).items():
+        totals[secondary, LATENCY_COUNT] = len(mine)
+        # Rounded up: the histogram's sum must never dip, or Prometheus sees a reset.
+        totals[secondary, LATENCY_MICROSECONDS] = math.ceil(sum(r.seconds for r in mine) * 1e6)
+        for b in LATENCY_BUCKETS:
+            totals[secondary, latency_bucket(b)] = sum(r.seconds <= b for r in mine)
+    return totals

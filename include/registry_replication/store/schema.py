@@ -201,13 +201,16 @@ sent_alerts = sa.Table(
 
 # What the history rows that retention deleted had added to the counters the metrics read
 # (``retention``): each such counter is its carried total plus its rows still in the store, so
-# pruning never lowers it. One row per counter, e.g. ``bytes_copied``, ``events_done``.
+# pruning never lowers it. One row per secondary and counter, e.g. ``bytes_copied``,
+# ``events_done``; the rejected events' total is no secondary's (``NO_SECONDARY``).
 carried_totals = sa.Table(
     "rr_carried_totals",
     metadata,
+    _secondary(key=True),
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.BigInteger, nullable=False),
 )
+NO_SECONDARY = ""
 
 
 # The secondary's tags as their writers recorded them (``recorded_tags``): what a cheap run
@@ -274,12 +277,14 @@ def aware(value: dt.datetime | None) -> dt.datetime | None:
     return value
 
 
-def carried(name: str) -> sa.ColumnElement[int]:
-    """The carried total of counter ``name`` (0 if none), as a scalar subquery.
+def carried(name: str, secondary: str | None = None) -> sa.ColumnElement[int]:
+    """The carried total of counter ``name`` on ``secondary`` (None: summed over every one; 0
+    if none), as a scalar subquery.
 
     Read it in the same statement as the counter's rows: a statement sees one snapshot, so a
     prune that commits meanwhile is counted either in the rows or in the total, never twice.
     """
-    return sa.func.coalesce(
-        sa.select(carried_totals.c.value).where(carried_totals.c.name == name).scalar_subquery(), 0
-    )
+    total = sa.select(sa.func.sum(carried_totals.c.value)).where(carried_totals.c.name == name)
+    if secondary is not None:
+        total = total.where(carried_totals.c.secondary == secondary)
+    return sa.func.coalesce(total.scalar_subquery(), 0)

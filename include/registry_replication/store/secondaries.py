@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from registry_replication.store.schema import (
     LEGACY,
+    carried_totals,
     copied_bytes,
     deliveries,
     failed_layers,
@@ -30,8 +31,10 @@ from registry_replication.store.schema import (
 
 log = logging.getLogger(__name__)
 
-# Every table of a secondary's state (the rows revisions 0007 and 0008 put on ``LEGACY``).
+# Every table of a secondary's state (the rows revisions 0007, 0008 and 0009 put on
+# ``LEGACY``).
 KEYED = (
+    carried_totals,
     leases,
     recorded_tags,
     recorded_verifications,
@@ -99,8 +102,24 @@ class Secondaries:
     @staticmethod
     def _adopt(conn: sa.Connection, table: sa.Table, chosen: str) -> None:
         """``table``'s ``LEGACY`` rows become ``chosen``'s; where ``chosen`` already has a row
-        of the same key (written meanwhile), that newer row stays and the legacy one goes."""
+        of the same key (written meanwhile), that newer row stays and the legacy one goes; a
+        carried total is added to ``chosen``'s of the same counter instead (both counted)."""
         key = [c for c in table.primary_key.columns if c.name != "secondary"]
+        if table is carried_totals:
+            legacy = carried_totals.alias("legacy")
+            conn.execute(
+                carried_totals.update()
+                .where(carried_totals.c.secondary == chosen)
+                .values(
+                    value=carried_totals.c.value
+                    + sa.func.coalesce(
+                        sa.select(legacy.c.value)
+                        .where(legacy.c.secondary == LEGACY, legacy.c.name == carried_totals.c.name)
+                        .scalar_subquery(),
+                        0,
+                    )
+                )
+            )
         if len(key) < len(table.primary_key.columns):
             other = table.alias("own")
             conn.execute(

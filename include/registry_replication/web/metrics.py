@@ -4,6 +4,10 @@ Every API server reads the same store, so every one reports the same numbers. A 
 collector over a fresh ``CollectorRegistry`` (never the process-global one) reads the store per
 scrape; ``figures()`` is the same data as plain numbers, which the tasks also send to Airflow's
 ``Stats`` (StatsD or OpenTelemetry).
+
+Every figure of one secondary carries the label ``secondary`` (its connection id); the counters
+stay whole per secondary when retention prunes their rows (``rr_carried_totals`` is kept per
+secondary). Rejected events are no secondary's: their count has ``secondary=""``.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from registry_replication.outcomes import EventStatus, RepositoryState, VerifyLevel
+from registry_replication.outcomes import EventStatus, RepositoryState
 from registry_replication.settings import current, variable
 from registry_replication.store import Store
 from registry_replication.store.history import LATENCY_BUCKETS
+from registry_replication.store.schema import NO_SECONDARY
 from registry_replication.web import status as statuses
 
 log = logging.getLogger(__name__)
@@ -47,49 +52,53 @@ STATE_LABELS = {
 
 
 def figures(store: Store, now: dt.datetime | None = None) -> dict[str, Any]:
-    """Every metric's current value, from the store alone."""
+    """Every metric's current value, from the store alone; the per-secondary ones keyed by
+    the secondary's connection id."""
     now = now or dt.datetime.now(dt.UTC)
-    page = statuses.status(store, now=now, with_history=False)
-    counts = store.queue.status_counts()
-    queue = store.queue.stats()
-    states = {label: page["states"].get(state, 0) for state, label in STATE_LABELS.items()}
-    buckets, count, total = store.history.push_latency_histogram()
+    rows = statuses.status(store, now=now, with_history=False)["secondaries"]
+    names = [r["secondary"] for r in rows]
+    finished = {s: store.queue.status_counts(s) for s in names}
     return {
-        "events_pending": counts[EventStatus.PENDING] + counts[EventStatus.PROCESSING],
-        "oldest_pending_event_age_seconds": queue["oldest_waiting_seconds"] or 0.0,
+        "events_pending": {r["secondary"]: r["backlog"] for r in rows},
+        "oldest_pending_event_age_seconds": {
+            r["secondary"]: r["oldest_waiting_seconds"] or 0.0 for r in rows
+        },
         "events_total": {
-            status: counts[status]
-            for status in (EventStatus.DONE, EventStatus.FAILED, EventStatus.REJECTED)
+            **{
+                s: {o: counts[o] for o in (EventStatus.DONE, EventStatus.FAILED)}
+                for s, counts in finished.items()
+            },
+            NO_SECONDARY: {EventStatus.REJECTED: store.queue.status_counts()[EventStatus.REJECTED]},
         },
-        "repositories": states,
+        "repositories": {
+            r["secondary"]: {label: r["states"][state] for state, label in STATE_LABELS.items()}
+            for r in rows
+        },
         "tags": {
-            side: sum(r[f"tags_{side}"] or 0 for r in page["repositories"])
-            for side in ("primary", "secondary")
+            r["secondary"]: {side: r[f"tags_{side}"] for side in ("primary", "secondary")}
+            for r in rows
         },
-        "bytes_copied_total": store.history.copied_bytes_total(),
+        "bytes_copied_total": {s: store.history.copied_bytes_total(s) for s in names},
         "last_success_timestamp_seconds": {
             dag_id: at.timestamp()
             for dag_id, at in sorted(store.history.last_success_times().items())
         },
-        "push_to_replica_seconds": {
-            "buckets": list(zip(LATENCY_BUCKETS, buckets)),
-            "count": count,
-            "sum": total,
-        },
-        # Per level, the oldest of the repositories' last verifications at that level: what an
-        # alert on "no blobs verification for 8 days" reads.
+        "push_to_replica_seconds": {s: _histogram(store, s) for s in names},
+        # Per secondary and level, the oldest of the repositories' last verifications at that
+        # level: what an alert on "no blobs verification for 8 days" reads.
         "last_verified_timestamp_seconds": {
-            level: min(at.timestamp() for at in stamps)
-            for level in VerifyLevel
-            if (
-                stamps := [
-                    dt.datetime.fromisoformat(r["verified_at"])
-                    for r in page["repositories"]
-                    if r.get("verified_level") == level and r.get("verified_at")
-                ]
-            )
+            r["secondary"]: {
+                level: dt.datetime.fromisoformat(at).timestamp()
+                for level, at in r["last_verified"].items()
+            }
+            for r in rows
         },
     }
+
+
+def _histogram(store: Store, secondary: str) -> dict[str, Any]:
+    buckets, count, total = store.history.push_latency_histogram(secondary)
+    return {"buckets": list(zip(LATENCY_BUCKETS, buckets)), "count": count, "sum": total}
 
 
 class StoreCollector(Collector):
@@ -100,39 +109,55 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         f = figures(self.store)
-        yield GaugeMetricFamily(
+        pending = GaugeMetricFamily(
             f"{PREFIX}_events_pending",
-            "Events waiting to be replicated (pending or being processed).",
-            value=f["events_pending"],
+            "Events waiting to be replicated to a secondary (pending or being processed).",
+            labels=["secondary"],
         )
-        yield GaugeMetricFamily(
+        for secondary, n in f["events_pending"].items():
+            pending.add_metric([secondary], n)
+        yield pending
+        oldest = GaugeMetricFamily(
             f"{PREFIX}_oldest_pending_event_age_seconds",
-            "Age of the oldest waiting event (0 when none).",
-            value=f["oldest_pending_event_age_seconds"],
+            "Age of the oldest event waiting for a secondary (0 when none).",
+            labels=["secondary"],
         )
+        for secondary, age in f["oldest_pending_event_age_seconds"].items():
+            oldest.add_metric([secondary], age)
+        yield oldest
         events = CounterMetricFamily(
-            f"{PREFIX}_events", "Events by final outcome.", labels=["outcome"]
+            f"{PREFIX}_events",
+            "Deliveries to each secondary by final outcome (rejected events: no secondary's).",
+            labels=["secondary", "outcome"],
         )
-        for outcome, n in f["events_total"].items():
-            events.add_metric([outcome], n)
+        for secondary, outcomes in f["events_total"].items():
+            for outcome, n in outcomes.items():
+                events.add_metric([secondary, outcome], n)
         yield events
         repositories = GaugeMetricFamily(
-            f"{PREFIX}_repositories", "Repositories by replication state.", labels=["state"]
+            f"{PREFIX}_repositories",
+            "Repositories by replication state on each secondary.",
+            labels=["secondary", "state"],
         )
-        for state, n in f["repositories"].items():
-            repositories.add_metric([state], n)
+        for secondary, states in f["repositories"].items():
+            for state, n in states.items():
+                repositories.add_metric([secondary, state], n)
         yield repositories
         tags = GaugeMetricFamily(
-            f"{PREFIX}_tags", "Tags per side, as of the last verification.", labels=["side"]
+            f"{PREFIX}_tags",
+            "Tags per side, as of each secondary's last verification.",
+            labels=["secondary", "side"],
         )
-        for side, n in f["tags"].items():
-            tags.add_metric([side], n)
+        for secondary, sides in f["tags"].items():
+            for side, n in sides.items():
+                tags.add_metric([secondary, side], n)
         yield tags
-        yield CounterMetricFamily(
-            f"{PREFIX}_bytes_copied",
-            "Blob bytes copied to the secondary.",
-            value=f["bytes_copied_total"],
+        copied = CounterMetricFamily(
+            f"{PREFIX}_bytes_copied", "Blob bytes copied to each secondary.", labels=["secondary"]
         )
+        for secondary, n in f["bytes_copied_total"].items():
+            copied.add_metric([secondary], n)
+        yield copied
         success = GaugeMetricFamily(
             f"{PREFIX}_last_success_timestamp_seconds",
             "When each DAG's latest successful run finished.",
@@ -143,20 +168,27 @@ class StoreCollector(Collector):
         yield success
         verified = GaugeMetricFamily(
             f"{PREFIX}_last_verified_timestamp_seconds",
-            "Per verification level (blobs, content), the oldest of the repositories' last "
-            "verifications at that level.",
-            labels=["level"],
+            "Per secondary and verification level (blobs, content), the oldest of the "
+            "repositories' last verifications at that level.",
+            labels=["secondary", "level"],
         )
-        for level, at in f["last_verified_timestamp_seconds"].items():
-            verified.add_metric([level], at)
+        for secondary, levels in f["last_verified_timestamp_seconds"].items():
+            for level, at in levels.items():
+                verified.add_metric([secondary, level], at)
         yield verified
-        latency = f["push_to_replica_seconds"]
-        yield HistogramMetricFamily(
+        latencies = HistogramMetricFamily(
             f"{PREFIX}_push_to_replica_seconds",
-            "From the registry's event timestamp to the event's acknowledgement.",
-            buckets=[(_bound(b), n) for b, n in latency["buckets"]] + [("+Inf", latency["count"])],
-            sum_value=latency["sum"],
+            "From the registry's event timestamp to the event's acknowledgement by a secondary.",
+            labels=["secondary"],
         )
+        for secondary, latency in f["push_to_replica_seconds"].items():
+            latencies.add_metric(
+                [secondary],
+                buckets=[(_bound(b), n) for b, n in latency["buckets"]]
+                + [("+Inf", latency["count"])],
+                sum_value=latency["sum"],
+            )
+        yield latencies
 
 
 def exposition(store: Store) -> bytes:

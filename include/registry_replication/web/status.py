@@ -1,21 +1,25 @@
 """Replication status: Geo's "verify replication" view, assembled from the store alone.
 
 ``status(store)`` reads only the event store (what the DAGs and the webhook recorded), never a
-registry, so a page load costs a few queries however large the registries are. Everything in
-the result is JSON-ready (ISO 8601 times, plain numbers and strings): the JSON endpoint returns
-it as is and the HTML page renders the very same dict.
+registry, so a page load costs a few queries (a few more per secondary) however large the
+registries are. Everything in the result is JSON-ready (ISO 8601 times, plain numbers and
+strings): the JSON endpoint returns it as is and the HTML page renders the very same dict.
+
+Each secondary is named by its connection id: ``secondaries`` has one summary row per secondary,
+and every repository row, failed layer and dead letter names its ``secondary``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-from registry_replication.outcomes import EventStatus, RepositoryState
+from registry_replication.outcomes import EventStatus, RepositoryState, VerifyLevel
 from registry_replication.run_outcome import recorded_problems
-from registry_replication.settings import RECONCILE_DAG_ID
+from registry_replication.settings import RECONCILE_DAG_ID, current
 from registry_replication.store import Store
 
 # The lag chart: the last day, pending depth as its maximum per 5-minute bucket.
@@ -23,38 +27,32 @@ HISTORY = dt.timedelta(hours=24)
 DEPTH_BUCKET = dt.timedelta(minutes=5)
 MAX_LATENCY_POINTS = 2000
 
-# The states the page shows per repository, in the order it shows them.
-
 
 def status(
-    store: Store, *, ui_url: str = "", now: dt.datetime | None = None, with_history: bool = True
+    store: Store,
+    *,
+    ui_url: str = "",
+    now: dt.datetime | None = None,
+    with_history: bool = True,
+    secondary: str | None = None,
 ) -> dict[str, Any]:
     """Everything the status page shows.
 
     ``ui_url`` is the Airflow UI's base URL (``[api] base_url``; empty: links are absolute
     paths on the same host as the page). ``with_history``: include the lag chart's series
-    (the metrics leave them out: they read the last day's events).
+    (the metrics leave them out: they read the last day's events). ``secondary``: the detail
+    (repositories, their totals, failed layers, dead letters) of that secondary alone; the
+    summary rows and the queue's totals stay every secondary's.
     """
     now = now or dt.datetime.now(dt.UTC)
     base = ui_url.rstrip("/")
     layers = [_failed_layer(row, base) for row in store.history.failed_layers()]
-    layers_by_repo: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for layer in layers:
-        layers_by_repo[layer["repository"]].append(layer)
-
-    repositories = [
-        _repository(row, layers_by_repo.get(row["repository"], []), now)
-        for row in store.state.repository_states()
-    ]
-    # A layer can fail in a repository the verification has not reached yet.
-    known = {r["repository"] for r in repositories}
-    for name in sorted(set(layers_by_repo) - known):
-        repositories.append(
-            _repository(
-                {"repository": name, "state": RepositoryState.FAILED}, layers_by_repo[name], now
-            )
-        )
-        repositories.sort(key=lambda r: r["repository"])
+    repositories = _repositories(store, layers, now)
+    names = _secondaries(current().secondaries, [r["secondary"] for r in repositories + layers])
+    rows = [_secondary_row(store, s, repositories, layers) for s in names]
+    if secondary is not None:
+        repositories = [r for r in repositories if r["secondary"] == secondary]
+        layers = [layer for layer in layers if layer["secondary"] == secondary]
 
     states = Counter(r["state"] for r in repositories)
     tags_total = sum(r["tags_primary"] or 0 for r in repositories)
@@ -66,6 +64,9 @@ def status(
     counts = store.queue.status_counts()
     return {
         "generated_at": _iso(now),
+        "secondary": secondary,
+        "secondaries": rows,
+        # Over (secondary, repository) pairs: one secondary's repositories when filtered.
         "backfill": {
             "repositories": _progress(states[RepositoryState.SYNCED], len(repositories)),
             "tags": _progress(tags_in_sync, tags_total),
@@ -80,7 +81,9 @@ def status(
             "counts": {s: counts[s] for s in EventStatus},
             "oldest_waiting_seconds": _round(queue["oldest_waiting_seconds"]),
         },
-        "dead_letters": [_failed_event(row) for row in store.queue.dead_letters(limit=100)],
+        "dead_letters": [
+            _failed_event(row) for row in store.queue.dead_letters(limit=100, secondary=secondary)
+        ],
         # Events the webhook stored but will not process (names out of grammar, malformed).
         "rejected_events": [
             _failed_event(row) for row in store.queue.events(status=EventStatus.REJECTED, limit=50)
@@ -90,8 +93,80 @@ def status(
     }
 
 
+def _repositories(
+    store: Store, layers: list[dict[str, Any]], now: dt.datetime
+) -> list[dict[str, Any]]:
+    """Each repository's row on each secondary, by secondary then repository."""
+    layers_by_repo: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for layer in layers:
+        layers_by_repo[layer["secondary"], layer["repository"]].append(layer)
+    repositories = [
+        _repository(row, layers_by_repo.get((row["secondary"], row["repository"]), []), now)
+        for row in store.state.repository_states()
+    ]
+    # A layer can fail in a repository the verification has not reached yet.
+    known = {(r["secondary"], r["repository"]) for r in repositories}
+    for secondary, name in sorted(set(layers_by_repo) - known):
+        repositories.append(
+            _repository(
+                {"secondary": secondary, "repository": name, "state": RepositoryState.FAILED},
+                layers_by_repo[secondary, name],
+                now,
+            )
+        )
+    return sorted(repositories, key=lambda r: (r["secondary"], r["repository"]))
+
+
+def _secondaries(configured: Sequence[str], recorded: Sequence[str]) -> list[str]:
+    """The configured secondaries in their order, then any other the store has rows of (one
+    no longer configured, or rows not adopted yet): none is hidden."""
+    return list(configured) + sorted(set(recorded) - set(configured))
+
+
+def _secondary_row(
+    store: Store,
+    secondary: str,
+    repositories: list[dict[str, Any]],
+    layers: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """One secondary's summary: its repositories' states, its backlog and its verifications."""
+    mine = [r for r in repositories if r["secondary"] == secondary]
+    states = Counter(r["state"] for r in mine)
+    queue = store.queue.stats(secondary)
+    counts = queue["counts"]
+    # Per level, the oldest of the repositories' last verifications at that level: how far
+    # behind that site's verification is.
+    verified = {
+        level: min(stamps, key=dt.datetime.fromisoformat)
+        for level in VerifyLevel
+        if (
+            stamps := [
+                r["verified_at"]
+                for r in mine
+                if r["verified_level"] == level and r["verified_at"] is not None
+            ]
+        )
+    }
+    return {
+        "secondary": secondary,
+        "states": {state: states[state] for state in RepositoryState},
+        "repositories": _progress(states[RepositoryState.SYNCED], len(mine)),
+        "tags": _progress(
+            sum(_tags_in_sync(r) for r in mine), sum(r["tags_primary"] or 0 for r in mine)
+        ),
+        "tags_primary": sum(r["tags_primary"] or 0 for r in mine),
+        "tags_secondary": sum(r["tags_secondary"] or 0 for r in mine),
+        "backlog": counts[EventStatus.PENDING] + counts[EventStatus.PROCESSING],
+        "counts": counts,
+        "oldest_waiting_seconds": _round(queue["oldest_waiting_seconds"]),
+        "last_verified": verified,
+        "failed_layers": sum(layer["secondary"] == secondary for layer in layers),
+    }
+
+
 def history(store: Store, now: dt.datetime) -> dict[str, Any]:
-    """The lag chart's series over the last day: queue depth, push-to-replica, bytes per run."""
+    """The lag chart's series over the last day: queue depth (every secondary's deliveries),
+    push-to-replica (each point naming its secondary), bytes per run."""
     since = now - HISTORY
     buckets = int(HISTORY / DEPTH_BUCKET)
     changes = []
@@ -126,7 +201,10 @@ def history(store: Store, now: dt.datetime) -> dict[str, Any]:
         "pending_depth": [
             {"at": _iso(since + DEPTH_BUCKET * b), "depth": n} for b, n in enumerate(peak)
         ],
-        "push_to_replica": [{"at": _iso(at), "seconds": round(s, 3)} for at, s in latencies],
+        "push_to_replica": [
+            {"at": _iso(at), "seconds": round(s, 3), "secondary": secondary}
+            for at, s, secondary in latencies
+        ],
         "bytes_per_run": runs,
     }
 
@@ -166,6 +244,7 @@ def _repository(
     else:
         state = RepositoryState.PENDING
     return {
+        "secondary": row["secondary"],
         "repository": row["repository"],
         "state": state,
         "tags_primary": row.get("tags_primary"),
@@ -200,6 +279,7 @@ def _tags_in_sync(repo: dict[str, Any]) -> int:
 def _failed_layer(row: dict[str, Any], base: str) -> dict[str, Any]:
     task_id = row.get("task_id")
     return {
+        "secondary": row["secondary"],
         "repository": row["repository"],
         "digest": row["digest"],
         "size": row.get("size"),
