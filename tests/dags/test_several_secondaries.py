@@ -30,14 +30,16 @@ ROOT = Path(__file__).resolve().parents[2]
 NAMES = ("registry_secondary", "registry_eu")
 REPOSITORIES = ("group/app", "group/db")
 
-# Runs one DAG in this process and prints its state and each task's, as JSON.
+# Runs one DAG in this process and prints its state, each task's, and each task's queue and
+# pool, as JSON.
 RUN = (
     "import json, sys; from airflow.dag_processing.dagbag import DagBag;"
     f"bag = DagBag(dag_folder={str(ROOT / 'dags')!r});"
     "dag_id, conf = sys.argv[1], json.loads(sys.argv[2]);"
-    "run = bag.get_dag(dag_id).test(run_conf=conf);"
+    "dag = bag.get_dag(dag_id); run = dag.test(run_conf=conf);"
     "print(json.dumps({'state': run.state, 'tasks': "
-    "{f'{ti.task_id}[{ti.map_index}]': ti.state for ti in run.get_task_instances()}}))"
+    "{f'{ti.task_id}[{ti.map_index}]': ti.state for ti in run.get_task_instances()},"
+    "'where': {t.task_id: [t.queue, t.pool] for t in dag.tasks}}))"
 )
 
 
@@ -135,9 +137,14 @@ def test_one_run_backfills_every_secondary_then_does_nothing(
     assert ratio <= 1.2, first["log"][-3000:]
     assert {t.split("[")[0].split(".")[0] for t in first["tasks"]} >= {*NAMES, "snapshot_primary"}
     assert states(first, "fanout_") == {"success"}
+    assert first["where"]["fanout_blobs"] == first["where"]["registry_eu.copy_blobs"]
     for name in NAMES:
         assert states(first, f"{name}.copy_blobs") == {"skipped"}, first["tasks"]
     assert exact(primary, secondary, pushed) and exact(primary, eu, pushed)
+    # The report counts what the fan-out copied, to each secondary.
+    summary = Store().history.last_run("registry_reconcile")["summary"]
+    assert summary["bytes copied"] == 2 * unique_blob_bytes(made), summary
+    assert Store().history.copied_bytes_total() == 2 * unique_blob_bytes(made)
     for name in NAMES:
         record = TagRecord(Store(), name)
         for (repository, tag), digest in pushed.items():
