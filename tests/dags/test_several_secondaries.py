@@ -226,3 +226,18 @@ def test_a_failed_leg_is_left_to_its_own_group(run_dag, primary, secondary, eu, 
     summary = Store().history.last_run("registry_reconcile")["summary"]
     assert summary["blobs failed"] == 1, summary
     assert all(line.startswith("registry_eu: ") for line in summary["problems"]), summary
+
+
+def test_a_leftover_is_what_no_fan_out_result_records_mounted_from_where_it_is_now():
+    from registry_replication.airflow.reconcile_copy import _left
+    from registry_replication.engine.plan import BlobTask
+
+    digest = "sha256:" + "a" * 64
+    task = BlobTask(digest, 10, "group/app", "group/app", ["group/db", "group/web"])
+    assert _left(task, set()) == task
+    done = {(repository, digest) for repository in task.repositories}
+    assert _left(task, done) is None
+    # The target is there, a mount is not: mounted from the target, not read again.
+    assert _left(task, {("group/app", digest), ("group/db", digest)}) == BlobTask(
+        digest, 10, "group/app", "group/web", [], "group/app"
+    )

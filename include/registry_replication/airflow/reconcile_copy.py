@@ -37,7 +37,7 @@ from registry_replication.airflow.settings import (
 )
 from registry_replication.engine import artifacts
 from registry_replication.engine.copy import BlobResult, Copier, ImageResult
-from registry_replication.engine.fanout import FanoutCopier, fanout_tasks
+from registry_replication.engine.fanout import FanoutCopier, FanoutTask, fanout_tasks
 from registry_replication.engine.leases import Leases
 from registry_replication.engine.plan import BlobTask, ImageTask, Plan, batch_label
 from registry_replication.engine.sites import Site
@@ -70,23 +70,9 @@ def fanout_plan() -> list[dict[str, Any]]:
             for record in artifacts.read_records(folder / ref["file"])
         ]
     groups = fanout_tasks(plans)
-    # A digest costs one transfer unless every secondary that lacks it mounts it.
-    stand_ins = {
-        id(stand_in): (stand_in, group)
-        for group in groups
-        for stand_in in [
-            BlobTask(
-                group.digest,
-                group.size,
-                group.source,
-                group.source,
-                mount_from=None
-                if any(leg.mount_from is None for leg in group.legs.values())
-                else next(iter(group.legs.values())).mount_from,
-            )
-        ]
-    }
-    batches = Plan(blobs=[s for s, _ in stand_ins.values()]).blob_batches(PARSED.blob_batch_bytes)
+    stand_ins = Plan(blobs=[_stand_in(group) for group in groups])
+    group_of = {id(stand_in): group for stand_in, group in zip(stand_ins.blobs, groups)}
+    batches = stand_ins.blob_batches(PARSED.blob_batch_bytes)
     refs = []
     for j, batch in enumerate(batches):
         name = f"fanout/blobs-{j:05d}.parquet"
@@ -95,11 +81,11 @@ def fanout_plan() -> list[dict[str, Any]]:
             [
                 {**vars(leg), "secondary": secondary}
                 for stand_in in batch
-                for secondary, leg in stand_ins[id(stand_in)][1].legs.items()
+                for secondary, leg in group_of[id(stand_in)].legs.items()
             ],
         )
         refs.append({"label": batch_label(batch, j, len(batches)), "file": name})
-    unique = sum(s.size for s, _ in stand_ins.values() if s.mount_from is None)
+    unique = stand_ins.transfer_bytes
     per_secondary = {
         secondary: sum(t.size for t in tasks if t.mount_from is None)
         for secondary, tasks in plans.items()
@@ -114,6 +100,20 @@ def fanout_plan() -> list[dict[str, Any]]:
         len(batches),
     )
     return refs
+
+
+def _stand_in(group: FanoutTask) -> BlobTask:
+    """One digest of the fan-out as one task to balance batches by: a transfer of its size,
+    unless every secondary that lacks it mounts it."""
+    legs = list(group.legs.values())
+    transfers = any(leg.mount_from is None for leg in legs)
+    return BlobTask(
+        group.digest,
+        group.size,
+        group.source,
+        group.source,
+        mount_from=None if transfers else legs[0].mount_from,
+    )
 
 
 @task(
