@@ -151,12 +151,13 @@ def fanout_blobs(batch: dict[str, Any]) -> dict[str, Any]:
         results = fanout.copy_blobs(plans)
     summaries: list[FanoutResults] = []
     stem = batch["file"].removeprefix("fanout/").removesuffix(".parquet")
+    copied = {s: sum(r.bytes for r in got) for s, got in results.items()}
     for secondary, got in results.items():
         summary, failed = _write_results(
             context, f"fanout/{secondary}/{stem}.results.jsonl", got, f"fan-out to {secondary}"
         )
         summaries.append({**summary, "secondary": secondary})
-        alerts.record_copied_bytes(context, secondary, sum(r.bytes for r in got))
+        alerts.record_copied_bytes(context, secondary, copied[secondary])
         if failed:
             log.warning(
                 "fan-out: %d of %d blobs did not reach %s; its copy_blobs copies them again "
@@ -169,7 +170,6 @@ def fanout_blobs(batch: dict[str, Any]) -> dict[str, Any]:
                 failed[0].error,
             )
     context["ti"].xcom_push(key="results", value=summaries)
-    copied = {s: sum(r.bytes for r in got) for s, got in results.items()}
     log.info(
         "fan-out: read %s of blobs from the primary once, copied %s",
         human_size(fanout.primary_bytes),
