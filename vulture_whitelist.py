@@ -34,6 +34,7 @@ config.Bounds.max_manifest_bytes
 config.Bounds.max_listing_bytes
 config.Bounds.max_error_bytes
 Pruned.copied_bytes_records
+Pruned.departed_secondaries
 CheckOutcome.OK
 
 # The schema: a table the migrations make and the pre-migration code reads (rr_schema).

@@ -48,10 +48,13 @@ per-repository checksums. Every run is a full, idempotent reconcile, so a backfi
 date range simply reconciles again; notifications missed by the event DAG are caught here.
 
 One task group per configured secondary (its connection id): the primary is listed once, and
-a secondary that fails fails only its own group.
+a secondary that fails fails only its own group. With several secondaries, `fanout_blobs`
+copies every blob they lack, each read from the primary once; a group's `copy_blobs` copies
+only what the fan-out left for it (skipped in a healthy run).
 
 * **Failed layer?** Open the failed `<secondary>.copy_blobs` map index (named
-  `blobs i/n (size)`) and search its log for `blob failed`; the `report` task lists every
+  `blobs i/n (size)`) and search its log for `blob failed` (with several secondaries, the
+  `fanout_blobs` log has its first failure: `fan-out: blob`); the `report` task lists every
   failed layer of the run per secondary and decides the run's state; `retention` (a teardown
   after it) removes old run folders and history.
 * **Trigger form:** `secondaries` (default: all), scope (`include`/`exclude` globs, `tags`

@@ -33,7 +33,8 @@ from registry_replication.settings import SYNC_DAG_ID
 
 Replicates the **repositories** you name (optionally only tags matching `tags`) from the primary
 to every configured secondary (or those in `secondaries`), a task group each, with the same
-engine and logs as `registry_reconcile`. It does not read the catalog, and prunes only if you
+engine and logs as `registry_reconcile` (with several, each blob read from the primary once by
+`fanout_blobs`). It does not read the catalog, and prunes only if you
 tick `prune`.
 
 CLI: `airflow dags trigger registry_sync --conf '{"repositories": ["group/app"]}'`

@@ -262,6 +262,9 @@ class FaultProxy(_Server):
         self._lock = threading.Lock()
         self.log: list[tuple[str, str, int | str]] = []
         self.strip_head_length = False  # answer HEADs without Content-Length, as some proxies do
+        # Each request meets the first queued fault that matches it, not only the first queued
+        # (for faults on requests sent in parallel, in no known order).
+        self.any_order = False
         self.body_bytes_sent = 0  # the forwarded answers' body bytes, as the registry served them
 
     def hold(self, method: str = "", path_contains: str = "", after: int = 0) -> Hold:
@@ -294,15 +297,17 @@ class FaultProxy(_Server):
 
     def next_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
-            if not self._faults:
-                return None
-            fault = self._faults[0]
-            if fault.path_contains not in path or fault.method not in ("", method):
+            queued = list(self._faults) if self.any_order else list(self._faults)[:1]
+            fault = next(
+                (f for f in queued if f.path_contains in path and f.method in ("", method)), None
+            )
+            if fault is None:
                 return None
             if fault.after:
                 fault.after -= 1
                 return None
-            return self._faults.popleft()
+            self._faults.remove(fault)
+            return fault
 
     def sent(self, n: int) -> None:
         with self._lock:

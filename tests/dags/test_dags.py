@@ -363,6 +363,8 @@ def test_copy_tasks_of_every_dag_share_the_configured_queue_and_pool():
         "registry_events.replicate_events",
     }
     assert set(map(tuple, copying.values())) == {("near_registries", "registry_copies")}
+    # One secondary: no fan-out (each blob is read once already).
+    assert not [name for name in tasks if name.split(".")[1].startswith("fanout_")]
     assert tasks["registry_reconcile.registry_secondary.diff"] == ["default", "default_pool"]
 
 

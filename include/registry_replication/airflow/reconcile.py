@@ -1,17 +1,26 @@
 """The reconcile's tasks and their wiring: ``replicate()`` lays out, in the current DAG,
 
     snapshot_primary -> for each configured secondary s, a task group s:
-        (s.reach, with several secondaries ->) s.snapshot_secondary -> s.diff -> s.plan -> s.copy_blobs[*] -> s.push_manifests[*]
+        s.snapshot_secondary -> s.diff -> s.plan -> s.copy_blobs[*] -> s.push_manifests[*]
         -> s.prune_tags -> s.verify_closure -> s.verify
     -> report -> retention (a teardown)
 
-The primary is listed once for every secondary; each group is one secondary's unit of failure
-(its failed layer fails only its group's tasks), and a group whose secondary the run does not
-serve (param ``secondaries``) is skipped. The DAG files (``registry_reconcile``,
+and, with several secondaries configured, a first task per group and the fan-out between the
+groups' plans and their copies:
+
+    s.reach -> s.snapshot_secondary
+    every s.plan -> fanout_plan -> fanout_blobs[*] -> s.leftover_batches -> s.copy_blobs[*]
+
+The primary is listed once for every secondary, and with several each blob they lack is read
+from it once (``fanout_blobs``: a failed leg is that secondary's leftover, never the task's
+failure; ``s.copy_blobs`` copies only the leftovers). Each group is one secondary's unit of
+failure (its failed layer fails only its group's tasks), and a group whose secondary the run
+does not serve (param ``secondaries``) is skipped. The DAG files (``registry_reconcile``,
 ``registry_sync``) only declare schedules, params and docs, then call ``replicate()``.
 Snapshots, differences and plan batches go to the run's folder (``airflow.run_folder``), a
 secondary's under its own subfolder, as Parquet; XComs carry only file names and counts. The
-snapshots are in ``airflow.reconcile_listing``; the last tasks, which check and report what
+snapshots are in ``airflow.reconcile_listing``; the copy tasks (and the fan-out) in
+``airflow.reconcile_copy``; the last tasks, which check and report what
 the run did, and ``retention`` in ``airflow.reconcile_report``. Every task refuses, before any
 work, state that the executor's machines cannot share (``deployment.checked``).
 """
@@ -19,15 +28,19 @@ work, state that the executor's machines cannot share (``deployment.checked``).
 from __future__ import annotations
 
 import logging
-from contextlib import ExitStack
 from dataclasses import asdict
-from typing import Any, TypedDict
+from typing import Any
 
-import pandas as pd
 from airflow.sdk import TaskGroup, TriggerRule, XComArg, get_current_context, task
 
-from registry_replication.airflow import alerts
 from registry_replication.airflow.deployment import checked
+from registry_replication.airflow.reconcile_copy import (
+    copy_blobs,
+    fanout_blobs,
+    fanout_plan,
+    leftover_batches,
+    push_manifests,
+)
 from registry_replication.airflow.reconcile_listing import (
     reach,
     snapshot_primary,
@@ -36,7 +49,6 @@ from registry_replication.airflow.reconcile_listing import (
 from registry_replication.airflow.reconcile_report import report, retention, verify, verify_closure
 from registry_replication.airflow.run_folder import (
     SKIPPED_FILE,
-    failed_refs,
     in_group,
     log_table,
     read_changes,
@@ -44,9 +56,7 @@ from registry_replication.airflow.run_folder import (
     run_folder,
 )
 from registry_replication.airflow.settings import (
-    COPY_QUEUE,
     PARSED,
-    ReplicationFailed,
     current_params,
     registry_client,
     skip_unless_selected,
@@ -54,13 +64,10 @@ from registry_replication.airflow.settings import (
 )
 from registry_replication.engine import artifacts
 from registry_replication.engine import diff as diffs
-from registry_replication.engine.copy import BlobResult, Copier, ImageResult
 from registry_replication.engine.diff import IN_SYNC
-from registry_replication.engine.leases import Leases
-from registry_replication.engine.plan import BlobTask, ImageTask, Plan, batch_label, build_plan
+from registry_replication.engine.plan import Plan, batch_label, build_plan
 from registry_replication.engine.prune import PruneRefused, prunable, prune
-from registry_replication.outcomes import failed_digests, human_size, summarize
-from registry_replication.run_outcome import Problem, RunOutcome
+from registry_replication.outcomes import human_size, summarize
 
 log = logging.getLogger(__name__)
 
@@ -167,135 +174,6 @@ def manifest_batches(secondary: str) -> list[dict[str, Any]]:
     return ti.xcom_pull(task_ids=in_group(secondary, "plan"), key="image_batches") or []
 
 
-@task(
-    map_index_template="{{ batch_label }}",
-    retry_exponential_backoff=2.0,
-    queue=COPY_QUEUE,
-    pool=PARSED.copy_pool,
-)
-@checked
-def copy_blobs(batch: dict[str, Any], secondary: str) -> BatchResults:
-    """Copy (or mount) one batch of blobs; fails, after retries, if any blob failed.
-
-    Every blob's record goes to the run's folder, failed or not, so the run's report counts
-    what a failed batch did copy; XCom key ``results`` names the file (with this map index, for
-    links to this log) and carries the batch's counts.
-    """
-    skip_unless_selected(secondary)
-    context = get_current_context()
-    context["batch_label"] = batch["label"]
-    tasks = [BlobTask(**b) for b in artifacts.read_records(run_folder() / batch["file"])]
-    with task_leases(secondary) as leases:
-        copier = _copier(context, leases)
-        results = copier.copy_blobs(tasks)
-    summary, failed = _push_results(context, batch, results)
-    alerts.record_copied_bytes(context, leases.secondary, sum(r.bytes for r in results))
-    if failed:
-        raise ReplicationFailed(
-            f"{len(failed)} of {len(results)} blobs failed in {batch['label']} for "
-            f"{secondary}; first: "
-            f"{failed[0].subject}: {failed[0].error}"
-        )
-    return summary
-
-
-@task(
-    map_index_template="{{ batch_label }}",
-    trigger_rule=TriggerRule.ALL_DONE,
-    retry_exponential_backoff=2.0,
-    queue=COPY_QUEUE,
-    pool=PARSED.copy_pool,
-)
-@checked
-def push_manifests(batch: dict[str, Any], secondary: str) -> BatchResults:
-    """Push one batch of images whose blobs are all on the secondary; tags last."""
-    skip_unless_selected(secondary)
-    context = get_current_context()
-    context["batch_label"] = batch["label"]
-    copied = failed_refs(context, in_group(secondary, "copy_blobs"))
-    failed_blobs = failed_digests(record for _, record in copied)
-    with task_leases(secondary) as leases:
-        copier = _copier(context, leases)
-        folder = run_folder()
-        planned = [ImageTask(**i) for i in artifacts.read_records(folder / batch["file"])]
-        copier.manifests.update(
-            artifacts.read_manifests(folder / artifacts.manifests_file(batch["file"]))
-        )
-        with ExitStack() as held:
-            # The batch's repositories' leases, held for the batch: one store write per
-            # repository rather than one per image (each image still takes it, re-entrantly).
-            for repository in sorted({t.repository for t in planned}):
-                held.enter_context(leases.repository(repository))
-            results = copier.push_images(planned, failed_blobs)
-    summary, bad = _push_results(context, batch, results)
-    if bad:
-        raise ReplicationFailed(
-            f"{len(bad)} of {len(results)} images not pushed to {secondary}; first: "
-            f"{bad[0].repository}:{','.join(bad[0].tags)}: {bad[0].error}"
-        )
-    return summary
-
-
-def _copier(context: Any, leases: Leases) -> Copier:
-    """A copy task's copier. Its first try trusts the plan, which asked the secondary about
-    every blob and tag minutes ago in this run (a tag written meanwhile by another writer is
-    written again with the same bytes; the compare-and-set on the primary still guards every
-    tag); a retry checks again before each blob and tag, so it never transfers twice."""
-    return Copier(
-        registry_client(PARSED.primary_conn_id),
-        registry_client(leases.secondary, writable=True),
-        leases=leases,
-        parallelism=current_params()["parallelism"],
-        concurrency=current_params()["concurrency"],
-        recheck=context["ti"].try_number > 1,
-    )
-
-
-class BatchResults(TypedDict):
-    """A copy batch's summary: its records' file, its map index (for links to its log), how
-    many failed and its counts (``summarize``)."""
-
-    file: str
-    map_index: int
-    failed: int
-    summary: dict[str, int]
-
-
-def _push_results(
-    context: Any, batch: dict[str, Any], results: list[BlobResult] | list[ImageResult]
-) -> tuple[BatchResults, list[Problem]]:
-    """Log the batch's summary table, write its records next to the batch's file and share
-    their name and counts (XCom key ``results``, which the report and verify read: a map index
-    that fails returns nothing); returns the same summary and the batch's problems."""
-    blobs = [r for r in results if isinstance(r, BlobResult)]
-    images = [r for r in results if isinstance(r, ImageResult)]
-    name = batch["file"].removesuffix(".parquet") + ".results.jsonl"
-    records = [vars(r) for r in results]  # read only: see plan()
-    artifacts.write_json_lines(run_folder() / name, records)
-    outcome = RunOutcome(blobs=blobs, images=images)
-    problems = outcome.problems()
-    summary: BatchResults = {
-        "file": name,
-        "map_index": context["ti"].map_index,
-        "failed": len(problems),
-        "summary": outcome.counts(zeros=True),
-    }
-    context["ti"].xcom_push(key="results", value=summary)
-    if not results:
-        return summary, problems
-    frame = pd.DataFrame(records)
-    sizes = (
-        {"bytes": ("bytes", "sum")}
-        if "bytes" in frame
-        else {"manifests_pushed": ("manifests_pushed", "sum")}
-    )
-    table = frame.groupby("outcome").agg(
-        count=("digest", "count"), **sizes, seconds=("seconds", "sum")
-    )
-    log.info("this batch (%s):\n%s", context["ti"].task_id, log_table(table))
-    return summary, problems
-
-
 @task(trigger_rule=TriggerRule.ALL_DONE)
 @checked
 def prune_tags(
@@ -344,12 +222,20 @@ def _pruned(
 
 def replicate() -> None:
     """Lay out the replication tasks in the current DAG: the primary listed once, then a task
-    group per configured secondary (its id the connection's), then the run's report."""
+    group per configured secondary (its id the connection's), then the run's report. With
+    several secondaries configured, the blobs they lack are copied by the top-level fan-out
+    (``fanout_plan``, ``fanout_blobs[*]``), each read from the primary once, and each group's
+    ``copy_blobs`` copies only what the fan-out left for it."""
     primary = snapshot_primary()
+    fanout: tuple[XComArg, XComArg] | None = None
     read: list[XComArg] = []
+    if len(PARSED.secondaries) > 1:
+        merged = fanout_plan()
+        fanout = (merged, fanout_blobs.expand(batch=merged))
+        read.append(fanout[1])
     for s in PARSED.secondaries:
         with TaskGroup(group_id=s):
-            read += _secondary_tasks(primary, s)
+            read += _secondary_tasks(primary, s, fanout)
     reported = report(primary)
     # The report reads these tasks' XComs: each is drawn as its input.
     read >> reported
@@ -357,16 +243,26 @@ def replicate() -> None:
     reported >> retention().as_teardown()
 
 
-def _secondary_tasks(primary: XComArg, s: str) -> list[XComArg]:
-    """One secondary's tasks, in its group; returns those whose XComs the report reads."""
+def _secondary_tasks(
+    primary: XComArg, s: str, fanout: tuple[XComArg, XComArg] | None
+) -> list[XComArg]:
+    """One secondary's tasks, in its group (``fanout``: the fan-out's plan and copy tasks,
+    when there is one); returns those whose XComs the report reads."""
     secondary = snapshot_secondary(s)
-    if len(PARSED.secondaries) > 1:  # a down site fails fast: the others need not wait on it
+    if fanout is not None:  # the fan-out waits for every group: a down site fails it fast
         reach(s) >> secondary
     differences = diff(primary, secondary, s)
     blob_batches = plan(differences, primary, s)
     image_batches = manifest_batches(s)
     blob_batches >> image_batches
-    copied = copy_blobs.partial(secondary=s).expand(batch=blob_batches)
+    if fanout is None:
+        copied = copy_blobs.partial(secondary=s).expand(batch=blob_batches)
+    else:
+        merged, fanned = fanout
+        blob_batches >> merged
+        left = leftover_batches(s)
+        [blob_batches, fanned] >> left
+        copied = copy_blobs.partial(secondary=s, recheck=True).expand(batch=left)
     pushed = push_manifests.partial(secondary=s).expand(batch=image_batches)
     copied >> pushed
     pruned = prune_tags(primary, secondary, differences, s)

@@ -26,7 +26,9 @@ from registry_replication.airflow.run_folder import (
     VERIFIED_FILE,
     Retention,
     apply_retention,
+    failed_blob_refs,
     failed_refs,
+    fanned_out,
     in_group,
     log_table,
     pulled,
@@ -279,18 +281,22 @@ def _secondary_outcome(
     context: Any, secondary: str, listing: Snapshot
 ) -> tuple[dict[str, Any], list[str], list[dict[str, Any]]]:
     """One secondary's part of the report: its counts (logged), its outcome and its failed
-    layers' rows; a secondary whose group did not get as far as ``verify`` has failed."""
+    layers' rows; a secondary whose group did not get as far as ``verify`` has failed. Its
+    blobs are the fan-out's (when there is one) and its own ``copy_blobs``' (the fan-out's
+    leftovers): a layer whose leg failed and that ``copy_blobs`` then copied has not failed."""
     ti = context["ti"]
-    copy_task = in_group(secondary, "copy_blobs")
     refs = [
-        *pulled(context, copy_task, "results"),
+        *fanned_out(context, secondary),
+        *pulled(context, in_group(secondary, "copy_blobs"), "results"),
         *pulled(context, in_group(secondary, "push_manifests"), "results"),
     ]
     pruned = ti.xcom_pull(task_ids=in_group(secondary, "prune_tags")) or {}
     verified = ti.xcom_pull(task_ids=in_group(secondary, "verify")) or {}
+    failed_blobs = failed_blob_refs(context, secondary)
     summed: Counter[str] = Counter(summarize([], [], [], zeros=True))
     for summary in [*(ref["summary"] for ref in refs), pruned.get("summary", {})]:
         summed.update(summary)
+    summed["blobs failed"] = len(failed_blobs)
     taken = ti.xcom_pull(task_ids=in_group(secondary, "snapshot_secondary")) or {}
     counts: dict[str, Any] = {
         **summed,
@@ -305,10 +311,7 @@ def _secondary_outcome(
         " (dry run)" if context["params"]["dry_run"] else "",
         log_table(pd.Series(counts, name="value", dtype=object).to_frame()),
     )
-    failed_blobs = failed_refs(context, copy_task)
-    map_index = {
-        (record["repository"], record["digest"]): ref["map_index"] for ref, record in failed_blobs
-    }
+    batch_of = {(record["repository"], record["digest"]): ref for ref, record in failed_blobs}
     damaged = verified.get("damaged") or []
     outcome = RunOutcome(
         blobs=[record for _, record in failed_blobs],
@@ -342,8 +345,8 @@ def _secondary_outcome(
             "status": r.get("status"),
             "code": r.get("code"),
             "error": r.get("error"),
-            "task_id": copy_task,
-            "map_index": map_index.get((r["repository"], r["digest"])),
+            "task_id": batch_of[(r["repository"], r["digest"])]["task_id"],
+            "map_index": batch_of[(r["repository"], r["digest"])]["map_index"],
             "secondary": secondary,
         }
         for r in outcome.failed_blobs

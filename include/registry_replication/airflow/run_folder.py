@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 # run's folder.
 SKIPPED_FILE = "skipped.jsonl"
 VERIFIED_FILE = "verified.jsonl"
+# The top-level task that copies the blobs several secondaries lack, each read once.
+FANOUT_TASK = "fanout_blobs"
 
 
 class Retention(TypedDict):
@@ -144,14 +146,43 @@ def failed_refs(context: Any, task_id: str) -> list[tuple[dict[str, Any], dict[s
     """The records of the blobs (``copy_blobs``) or images (``push_manifests``) that failed in
     this run's batches, with their batch's reference: only the files of batches that had
     failures are read."""
+    return _failed(pulled(context, task_id, "results"))
+
+
+def _failed(refs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     folder = run_folder()
     return [
         (ref, record)
-        for ref in pulled(context, task_id, "results")
+        for ref in refs
         if ref["failed"]
         for record in artifacts.read_json_lines(folder / ref["file"])
         if record["outcome"] in (BlobOutcome.FAILED, *NOT_PUSHED)
     ]
+
+
+def fanned_out(context: Any, secondary: str) -> list[dict[str, Any]]:
+    """The ``fanout_blobs`` batches' results for ``secondary`` (none in a DAG without the
+    fan-out, or a run whose fan-out left it out)."""
+    return [ref for ref in pulled(context, FANOUT_TASK, "results") if ref["secondary"] == secondary]
+
+
+def failed_blob_refs(context: Any, secondary: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The blobs that did not reach ``secondary`` in this run, with their batch's reference
+    (its ``task_id`` and ``map_index``): those its ``copy_blobs`` failed, and those a fan-out
+    leg failed that no ``copy_blobs`` batch recorded again (it failed before its records, or
+    did not run). A blob the leftover copy copied after its fan-out leg failed is no failure."""
+    copy_task = in_group(secondary, "copy_blobs")
+    copied = pulled(context, copy_task, "results")
+    fanned = _failed(fanned_out(context, secondary))
+    if fanned:
+        folder = run_folder()
+        again = {
+            (record["repository"], record["digest"])
+            for ref in copied
+            for record in artifacts.read_json_lines(folder / ref["file"])
+        }
+        fanned = [(r, b) for r, b in fanned if (b["repository"], b["digest"]) not in again]
+    return fanned + _failed(copied)
 
 
 def in_group(secondary: str, task_id: str) -> str:
