@@ -151,7 +151,7 @@ def test_the_webhook_refuses_to_store_events_no_worker_would_see(tmp_path, monke
 
 
 def test_the_status_page_shows_the_misconfiguration_first(tmp_path):
-    from registry_replication.airflow.status_page import render
+    from registry_replication.airflow.status_render import render
     from registry_replication.web.status import status
 
     store = Store(f"sqlite:///{tmp_path / 'page.db'}")

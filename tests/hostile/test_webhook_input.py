@@ -165,7 +165,7 @@ def test_short_secret_warns_at_start_up(store, caplog):
 
 
 def test_rejected_events_are_counted_and_shown_on_the_status_page(webhook, store):
-    from registry_replication.airflow.status_page import render
+    from registry_replication.airflow.status_render import render
     from registry_replication.web.status import status
 
     post(webhook, events=[event(repository="Foo/app", tag="1.0"), event(tag="1.0")])

@@ -225,7 +225,7 @@ def test_unmapped_task_log_url():
 
 
 def test_the_page_shows_what_the_json_has(store, tmp_path):
-    from registry_replication.airflow.status_page import render
+    from registry_replication.airflow.status_render import render
 
     s = status(store, ui_url=UI)
     page = render(s)
@@ -241,7 +241,7 @@ def test_the_page_shows_what_the_json_has(store, tmp_path):
 
 
 def test_history_depth_latency_and_bytes_per_run(ev, tmp_path):
-    from registry_replication.airflow.status_page import render
+    from registry_replication.airflow.status_render import render
     from registry_replication.store.schema import deliveries
 
     store = Store(f"sqlite:///{tmp_path / 'history.db'}")
@@ -315,7 +315,8 @@ def test_a_summary_row_per_secondary_and_its_detail(ev, tmp_path, monkeypatch):
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from registry_replication.airflow.status_page import actions_router, render
+    from registry_replication.airflow.status_page import actions_router
+    from registry_replication.airflow.status_render import render
 
     monkeypatch.setenv(
         "AIRFLOW__REGISTRY_REPLICATION__SECONDARY_CONN_IDS", "registry_secondary,registry_eu"
