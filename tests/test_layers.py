@@ -169,3 +169,12 @@ def test_modules_and_classes_stay_small_enough_to_read():
             and node.end_lineno - node.lineno + 1 > MAX_CLASS_LINES
         ]
     assert offenders == []
+
+
+def test_test_modules_have_names_of_their_own():
+    """pytest imports test modules by their file name (the test folders are not packages): two
+    of one name stop the whole suite at collection."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        seen.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}
