@@ -140,7 +140,8 @@ def measure(
             "burst_repositories": burst_repositories,
             "burst_push_seconds": round(last_push - started, 2),
             "burst_replicated_after_last_push_seconds": round(all_replicated - last_push, 2),
-            # The primary's notifications go out one at a time: how late the last one came.
+            # The primary's notifications go out one at a time: how late the last one came
+            # (below 0 when it was stored before the pushing client read its last answer).
             "burst_last_event_stored_after_last_push_seconds": round(delivered, 2),
             "load_average": load_average(),
         }

@@ -33,6 +33,8 @@ def test_tiny_event_latency_run_reports_every_figure(run_benchmark) -> None:
         "sequential_median_seconds",
         "after_idle_seconds",
         "burst_replicated_after_last_push_seconds",
-        "burst_last_event_stored_after_last_push_seconds",
     ):
         assert result[figure] >= 0, (figure, result)
+    # Two clocks' difference: the registry may notify (and the webhook store the event) before
+    # the pushing client has read the answer to its last PUT, so it can be a little below 0.
+    assert isinstance(result["burst_last_event_stored_after_last_push_seconds"], float), result
