@@ -47,6 +47,15 @@ from registry_replication.transport.client import RegistryClient
 
 log = logging.getLogger(__name__)
 
+# What every task that writes blobs or images shares: the copy workers' queue and pool, a map
+# index named by its batch, and backing off between retries.
+COPY_TASK: dict[str, Any] = {
+    "map_index_template": "{{ batch_label }}",
+    "retry_exponential_backoff": 2.0,
+    "queue": COPY_QUEUE,
+    "pool": PARSED.copy_pool,
+}
+
 
 @task(trigger_rule=TriggerRule.ALL_DONE)
 @checked
@@ -116,12 +125,7 @@ def _stand_in(group: FanoutTask) -> BlobTask:
     )
 
 
-@task(
-    map_index_template="{{ batch_label }}",
-    retry_exponential_backoff=2.0,
-    queue=COPY_QUEUE,
-    pool=PARSED.copy_pool,
-)
+@task(**COPY_TASK)
 @checked
 def fanout_blobs(batch: dict[str, Any]) -> dict[str, Any]:
     """Copy one fan-out batch to its secondaries, each blob read from the primary once
@@ -234,12 +238,7 @@ def _left(task: BlobTask, done: set[tuple[str, str]]) -> BlobTask | None:
     return BlobTask(task.digest, task.size, task.source, lacking[0], lacking[1:], holder)
 
 
-@task(
-    map_index_template="{{ batch_label }}",
-    retry_exponential_backoff=2.0,
-    queue=COPY_QUEUE,
-    pool=PARSED.copy_pool,
-)
+@task(**COPY_TASK)
 @checked
 def copy_blobs(batch: dict[str, Any], secondary: str, recheck: bool = False) -> BatchResults:
     """Copy (or mount) one batch of blobs; fails, after retries, if any blob failed.
@@ -267,13 +266,7 @@ def copy_blobs(batch: dict[str, Any], secondary: str, recheck: bool = False) -> 
     return summary
 
 
-@task(
-    map_index_template="{{ batch_label }}",
-    trigger_rule=TriggerRule.ALL_DONE,
-    retry_exponential_backoff=2.0,
-    queue=COPY_QUEUE,
-    pool=PARSED.copy_pool,
-)
+@task(**COPY_TASK, trigger_rule=TriggerRule.ALL_DONE)
 @checked
 def push_manifests(batch: dict[str, Any], secondary: str) -> BatchResults:
     """Push one batch of images whose blobs are all on the secondary; tags last."""
