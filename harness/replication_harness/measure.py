@@ -2,7 +2,9 @@
 
 Each tool runs under GNU ``time`` (wall time, peak RSS, CPU seconds of the child); the bytes
 the primary sent are its registry process's socket writes. The tools: this engine's CLI
-(``engine_sync``, ``verify``), ``skopeo sync`` and the raw ``curl`` floor (``floor.py``).
+(``engine_sync``, ``verify``), ``skopeo sync``, ``airflow dags test registry_reconcile``
+(``dag_run``, its peak RSS sampled per task by ``RssSampler``) and the raw ``curl`` floor
+(``floor.py``).
 """
 
 from __future__ import annotations
@@ -10,18 +12,23 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
 
+from replication_harness.dag_runs import DAGS
 from replication_harness.registry import LocalRegistry
 from replication_harness.sync_cli import connection_args, named_secondaries
 from replication_harness.synthetic import Corpus
@@ -29,6 +36,7 @@ from replication_harness.synthetic import Corpus
 MiB = 1 << 20
 VENV_BIN = Path(sys.executable).parent
 ENGINE = shutil.which("registry-replication", path=str(VENV_BIN)) or "registry-replication"
+AIRFLOW = str(VENV_BIN / "airflow")
 
 
 @dataclass
@@ -248,6 +256,161 @@ def write_skopeo_yaml(primary: LocalRegistry, corpus: Corpus, path: Path) -> Non
         }
     }
     path.write_text(json.dumps(source, indent=2))  # YAML is a JSON superset
+
+
+# -- airflow dags test ---------------------------------------------------------------------------
+
+
+def airflow_env(
+    workdir: Path, primary: LocalRegistry, secondary: LocalRegistry, **others: LocalRegistry
+) -> dict[str, str]:
+    """The environment of ``airflow`` commands with its home, store and artifacts in
+    ``workdir``: ``secondary`` is ``registry_secondary``; ``others`` (connection id -> registry),
+    when given, are configured beside it (``secondary_conn_ids``)."""
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "AIRFLOW_HOME": str(workdir / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__REGISTRY_REPLICATION__RECONCILE_SCHEDULE": "none",
+        "AIRFLOW__REGISTRY_REPLICATION__TASK_RETRIES": "0",
+        "AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH": f"file://{workdir / 'artifacts'}",
+        "AIRFLOW_CONN_REGISTRY_PRIMARY": json.dumps(primary.connection()),
+        "AIRFLOW_CONN_REGISTRY_SECONDARY": json.dumps(secondary.connection()),
+        "REGISTRY_REPLICATION_DB_URL": f"sqlite:///{workdir / 'replication.db'}",
+    }
+    if others:
+        env["AIRFLOW__REGISTRY_REPLICATION__SECONDARY_CONN_IDS"] = ",".join(
+            ["registry_secondary", *others]
+        )
+        env.update(
+            {
+                f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(r.connection())
+                for conn_id, r in others.items()
+            }
+        )
+    return env
+
+
+def fresh_airflow(
+    workdir: Path, primary: LocalRegistry, secondary: LocalRegistry, **others: LocalRegistry
+) -> dict[str, str]:
+    """``airflow_env`` with a new metadata DB, and no store or artifacts left by an earlier
+    run (they would describe the fresh secondaries)."""
+    shutil.rmtree(workdir / "airflow", ignore_errors=True)
+    shutil.rmtree(workdir / "artifacts", ignore_errors=True)
+    (workdir / "replication.db").unlink(missing_ok=True)
+    env = airflow_env(workdir, primary, secondary, **others)
+    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
+    return env
+
+
+class RssSampler:
+    """The RSS of a process tree, sampled every ``interval`` seconds, with the sample times."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.samples: list[tuple[float, int]] = []  # (unix time, bytes of the largest process)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, pid: int) -> None:
+        self._thread = threading.Thread(target=self._run, args=(pid,), daemon=True)
+        self._thread.start()
+
+    def _run(self, pid: int) -> None:
+        try:
+            root = psutil.Process(pid)
+        except psutil.Error:
+            return
+        while not self._stop.wait(self.interval):
+            largest = 0
+            try:
+                for proc in [root, *root.children(recursive=True)]:
+                    try:
+                        largest = max(largest, proc.memory_info().rss)
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                return
+            self.samples.append((time.time(), largest))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    def peak(self, start: float, end: float) -> int:
+        return max((rss for at, rss in self.samples if start <= at <= end), default=0)
+
+
+def dag_run(env: dict[str, str], conf: dict, log_path: Path) -> tuple[Run, list[list[str]]]:
+    """``airflow dags test registry_reconcile`` with ``conf``; notes its XCom and storage, and
+    returns a row per task: its time, sampled peak RSS and largest XCom."""
+    sampler = RssSampler()
+    run = run_child(
+        [AIRFLOW, "dags", "test", "registry_reconcile", "-c", json.dumps(conf)],
+        log_path,
+        Run(),
+        env=env,
+        on_start=sampler.watch,
+    )
+    sampler.stop()
+    home = Path(env["AIRFLOW_HOME"])
+    with sqlite3.connect(home / "airflow.db") as db:
+        run_id, state = db.execute(
+            "SELECT run_id, state FROM dag_run WHERE dag_id = "
+            "'registry_reconcile' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        largest = db.execute(
+            "SELECT task_id, key, length(value) FROM xcom WHERE run_id = ? "
+            "ORDER BY length(value) DESC LIMIT 1",
+            (run_id,),
+        ).fetchone()
+        per_task = db.execute(
+            "SELECT ti.task_id, count(*), min(ti.start_date), max(ti.end_date), "
+            "sum((julianday(ti.end_date) - julianday(ti.start_date)) * 86400), "
+            "(SELECT max(length(x.value)) FROM xcom x WHERE x.run_id = ti.run_id "
+            " AND x.task_id = ti.task_id), group_concat(ti.start_date || '|' || ti.end_date, ',') "
+            "FROM task_instance ti WHERE ti.run_id = ? AND ti.dag_id = 'registry_reconcile' "
+            "GROUP BY ti.task_id ORDER BY min(ti.start_date)",
+            (run_id,),
+        ).fetchall()
+    if state != "success":
+        run.error = run.error or f"run {run_id} ended {state}"
+    folders = [
+        f
+        for f in (
+            Path(env["AIRFLOW__REGISTRY_REPLICATION__ARTIFACTS_PATH"].removeprefix("file://"))
+            / "registry_reconcile"
+        ).iterdir()
+        if f.name.endswith(re.sub(r"[^A-Za-z0-9._-]", "_", run_id))
+    ]
+    files = [p for f in folders for p in f.rglob("*") if p.is_file()]
+    snapshot_bytes = sum(p.stat().st_size for p in files if p.name.startswith("snapshot_"))
+    run.note = f"largest XCom {largest[2]} B ({largest[0]}.{largest[1]})" if largest else "no XCom"
+    run.note += (
+        f"; snapshots {snapshot_bytes} B, all artifacts {sum(p.stat().st_size for p in files)} B"
+    )
+    rows = []
+    for task_id, instances, _, _, seconds, xcom, spans in per_task:
+        peak = max(
+            (
+                sampler.peak(_unix(s), _unix(e))
+                for s, e in (span.split("|") for span in (spans or "").split(",") if "|" in span)
+            ),
+            default=0,
+        )
+        rows.append(
+            [task_id, str(instances), fmt_seconds(seconds), fmt_rss(peak // 1024), f"{xcom or 0} B"]
+        )
+    return run, rows
+
+
+def _unix(text: str) -> float:
+    when = datetime.fromisoformat(text)
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 # -- verification ---------------------------------------------------------------------------------
