@@ -9,7 +9,9 @@ starts with none.
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -100,10 +102,29 @@ def _forget_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
+def _switch_to_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, tried again within ``BUSY_SECONDS``: SQLite answers "database
+    is locked" at once, without its busy handler, when the switch could deadlock with another
+    process's open transaction (several processes opening a new store at the same instant)."""
+    deadline = time.monotonic() + BUSY_SECONDS
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
+# How long a connection waits for another process's lock on the store file.
+BUSY_SECONDS = 10.0
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # First: switching a new file to WAL needs its lock, which another process may hold.
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
+    _switch_to_wal(cursor)
     cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged event survives a power cut
     cursor.close()
