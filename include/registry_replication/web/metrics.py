@@ -101,6 +101,72 @@ def _histogram(store: Store, secondary: str) -> dict[str, Any]:
     return {"buckets": list(zip(LATENCY_BUCKETS, buckets)), "count": count, "sum": total}
 
 
+# Each family of plain samples: its type, name, help and labels; its samples are the figure of
+# the same name (``FIGURE_OF`` where it differs), nested one dict level per label.
+FAMILIES: tuple[tuple[type[GaugeMetricFamily | CounterMetricFamily], str, str, list[str]], ...] = (
+    (
+        GaugeMetricFamily,
+        "events_pending",
+        "Events waiting to be replicated to a secondary (pending or being processed).",
+        ["secondary"],
+    ),
+    (
+        GaugeMetricFamily,
+        "oldest_pending_event_age_seconds",
+        "Age of the oldest event waiting for a secondary (0 when none).",
+        ["secondary"],
+    ),
+    (
+        CounterMetricFamily,
+        "events",
+        "Deliveries to each secondary by final outcome (rejected events: no secondary's).",
+        ["secondary", "outcome"],
+    ),
+    (
+        GaugeMetricFamily,
+        "repositories",
+        "Repositories by replication state on each secondary.",
+        ["secondary", "state"],
+    ),
+    (
+        GaugeMetricFamily,
+        "tags",
+        "Tags per side, as of each secondary's last verification.",
+        ["secondary", "side"],
+    ),
+    (
+        CounterMetricFamily,
+        "bytes_copied",
+        "Blob bytes copied to each secondary.",
+        ["secondary"],
+    ),
+    (
+        GaugeMetricFamily,
+        "last_success_timestamp_seconds",
+        "When each DAG's latest successful run finished.",
+        ["dag_id"],
+    ),
+    (
+        GaugeMetricFamily,
+        "last_verified_timestamp_seconds",
+        "Per secondary and verification level (blobs, content), the oldest of the "
+        "repositories' last verifications at that level.",
+        ["secondary", "level"],
+    ),
+)
+FIGURE_OF = {"events": "events_total", "bytes_copied": "bytes_copied_total"}
+
+
+def _flattened(values: Any, depth: int) -> Iterator[tuple[list[str], Any]]:
+    """The samples of ``values`` nested ``depth`` dicts deep: (label values, value)."""
+    if depth == 0:
+        yield [], values
+        return
+    for key, inner in values.items():
+        for keys, value in _flattened(inner, depth - 1):
+            yield [key, *keys], value
+
+
 class StoreCollector(Collector):
     """Reads the store on each scrape."""
 
@@ -109,73 +175,11 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         f = figures(self.store)
-        pending = GaugeMetricFamily(
-            f"{PREFIX}_events_pending",
-            "Events waiting to be replicated to a secondary (pending or being processed).",
-            labels=["secondary"],
-        )
-        for secondary, n in f["events_pending"].items():
-            pending.add_metric([secondary], n)
-        yield pending
-        oldest = GaugeMetricFamily(
-            f"{PREFIX}_oldest_pending_event_age_seconds",
-            "Age of the oldest event waiting for a secondary (0 when none).",
-            labels=["secondary"],
-        )
-        for secondary, age in f["oldest_pending_event_age_seconds"].items():
-            oldest.add_metric([secondary], age)
-        yield oldest
-        events = CounterMetricFamily(
-            f"{PREFIX}_events",
-            "Deliveries to each secondary by final outcome (rejected events: no secondary's).",
-            labels=["secondary", "outcome"],
-        )
-        for secondary, outcomes in f["events_total"].items():
-            for outcome, n in outcomes.items():
-                events.add_metric([secondary, outcome], n)
-        yield events
-        repositories = GaugeMetricFamily(
-            f"{PREFIX}_repositories",
-            "Repositories by replication state on each secondary.",
-            labels=["secondary", "state"],
-        )
-        for secondary, states in f["repositories"].items():
-            for state, n in states.items():
-                repositories.add_metric([secondary, state], n)
-        yield repositories
-        tags = GaugeMetricFamily(
-            f"{PREFIX}_tags",
-            "Tags per side, as of each secondary's last verification.",
-            labels=["secondary", "side"],
-        )
-        for secondary, sides in f["tags"].items():
-            for side, n in sides.items():
-                tags.add_metric([secondary, side], n)
-        yield tags
-        copied = CounterMetricFamily(
-            f"{PREFIX}_bytes_copied", "Blob bytes copied to each secondary.", labels=["secondary"]
-        )
-        for secondary, n in f["bytes_copied_total"].items():
-            copied.add_metric([secondary], n)
-        yield copied
-        success = GaugeMetricFamily(
-            f"{PREFIX}_last_success_timestamp_seconds",
-            "When each DAG's latest successful run finished.",
-            labels=["dag_id"],
-        )
-        for dag_id, at in f["last_success_timestamp_seconds"].items():
-            success.add_metric([dag_id], at)
-        yield success
-        verified = GaugeMetricFamily(
-            f"{PREFIX}_last_verified_timestamp_seconds",
-            "Per secondary and verification level (blobs, content), the oldest of the "
-            "repositories' last verifications at that level.",
-            labels=["secondary", "level"],
-        )
-        for secondary, levels in f["last_verified_timestamp_seconds"].items():
-            for level, at in levels.items():
-                verified.add_metric([secondary, level], at)
-        yield verified
+        for kind, name, doc, labels in FAMILIES:
+            family = kind(f"{PREFIX}_{name}", doc, labels=labels)
+            for values, n in _flattened(f[FIGURE_OF.get(name, name)], len(labels)):
+                family.add_metric(values, n)
+            yield family
         latencies = HistogramMetricFamily(
             f"{PREFIX}_push_to_replica_seconds",
             "From the registry's event timestamp to the event's acknowledgement by a secondary.",
