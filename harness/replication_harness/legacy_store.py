@@ -35,6 +35,49 @@ def assert_schema_matches(store: Store) -> None:
         assert migrate.current(conn) == migrate.head()
 
 
+def reflected_schema(url: str) -> dict[str, dict[str, object]]:
+    """Each table of the database at ``url`` as the database describes it: its columns (in any
+    order), primary key with its name, indexes, foreign keys and unique constraints."""
+    created = engine.create(url)
+    try:
+        with created.connect() as conn:
+            inspector = sa.inspect(conn)
+            return {
+                table: {
+                    "columns": sorted(
+                        (c["name"], str(c["type"]), c["nullable"], c.get("default"))
+                        for c in inspector.get_columns(table)
+                    ),
+                    "primary_key": inspector.get_pk_constraint(table),
+                    "indexes": sorted(
+                        (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                        for i in inspector.get_indexes(table)
+                    ),
+                    "foreign_keys": sorted(
+                        (tuple(f["constrained_columns"]), f["referred_table"])
+                        for f in inspector.get_foreign_keys(table)
+                    ),
+                    "unique": sorted(
+                        tuple(u["column_names"]) for u in inspector.get_unique_constraints(table)
+                    ),
+                }
+                for table in inspector.get_table_names()
+            }
+    finally:
+        created.dispose()
+
+
+def assert_made_like_upgraded(new_url: str, old_url: str) -> None:
+    """A store made at head (``migrate.upgrade`` on an empty database) is, table by table, the
+    store the revisions make of the code from before migrations, and both match ``metadata``."""
+    new = Store(new_url)
+    load_dump(old_url, "premigration")
+    for store in (new, Store(old_url)):
+        assert_schema_matches(store)
+    assert reflected_schema(new_url) == reflected_schema(old_url)
+    assert _schema_version(new_url) == _schema_version(old_url) == 2
+
+
 def load_dump(url: str, name: str) -> None:
     """Run ``schemas/<name>.<dialect>.sql`` on the empty database at ``url``, schema untouched."""
     created = engine.create(url)

@@ -3,8 +3,10 @@
 The revisions live in ``migrations/versions``. Our version table is ``rr_alembic_version``: the
 store may share Airflow's own database, whose ``alembic_version`` is Airflow's. A store made
 before migrations (tables and ``rr_schema`` version 1, no version table) is stamped at the
-baseline and upgraded from there. One process upgrades at a time: a PostgreSQL advisory lock,
-or SQLite's write lock (``BEGIN IMMEDIATE``), held across the whole upgrade.
+baseline and upgraded from there; a new store is made at head from ``schema.metadata`` and
+stamped there (Alembic's cookbook, "Building an Up to Date Database from Scratch"), so the
+revisions only ever change stores that exist. One process upgrades at a time: a PostgreSQL
+advisory lock, or SQLite's write lock (``BEGIN IMMEDIATE``), held across the whole upgrade.
 
 Alembic is imported only when there is something to upgrade: a store already at this code's
 head is told by one query, against the head read off the revision files' names (each revision
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
+
+from registry_replication.store import schema
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -72,20 +76,31 @@ def upgrade(engine: sa.Engine) -> str | None:
         if found == head():
             return found
         cfg = config(conn)
-        if found is None and sa.inspect(conn).has_table("rr_events"):
+        if found is None and not sa.inspect(conn).has_table(schema.events.name):
+            _create(conn)
+            command.stamp(cfg, "head")
+            log.info("made the replication store at %r at revision %s", engine.url, head())
+            return found
+        if found is None:
             log.info(
                 "the replication store at %r predates migrations: stamping it at %s",
                 engine.url,
                 BASELINE,
             )
             command.stamp(cfg, BASELINE)
-        elif found is not None:
+        else:
             _known(found, engine)
         command.upgrade(cfg, "head")
         log.info(
             "the replication store at %r is at revision %s (was %s)", engine.url, head(), found
         )
         return found
+
+
+def _create(conn: sa.Connection) -> None:
+    """Make every table of ``schema.metadata`` on the empty database of ``conn``."""
+    schema.metadata.create_all(conn)
+    conn.execute(schema.schema_info.insert().values(version=schema.REFUSED_BY_PREMIGRATION_CODE))
 
 
 def _known(revision: str, engine: sa.Engine) -> None:

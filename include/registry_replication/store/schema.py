@@ -27,12 +27,13 @@ def _secondary(*, key: bool) -> sa.Column:
 
 
 # Read only by code from before migrations, which refuses a store whose version is newer than
-# its own 1 (revision 0002 sets 2): an old worker cannot write to an upgraded store.
+# its own 1: an old worker cannot write to an upgraded store (revision 0002 sets it).
 schema_info = sa.Table(
     "rr_schema",
     metadata,
     sa.Column("version", sa.Integer, primary_key=True),
 )
+REFUSED_BY_PREMIGRATION_CODE = 2
 
 # The events the webhook received, once each: status ``accepted`` (its state per secondary is in
 # ``rr_deliveries``) or ``rejected``. The other delivery columns are from before 0008, unused.
@@ -264,6 +265,19 @@ run_artifacts = sa.Table(
     sa.Column("data", sa.LargeBinary),
     sa.Index("ix_rr_run_artifacts_run_at", "run_at"),  # retention
 )
+
+# The keys that revisions 0007 and 0009 rekeyed carry PostgreSQL's names on SQLite too, where a
+# store they upgraded has them (SQLite's keys are otherwise unnamed): a store made at head is
+# made the same, so that a later revision finds them by name on both.
+for _rekeyed in (
+    leases,
+    recorded_tags,
+    recorded_verifications,
+    repository_state,
+    push_latency,
+    carried_totals,
+):
+    _rekeyed.primary_key.name = f"{_rekeyed.name}_pkey"
 
 
 def now() -> dt.datetime:
