@@ -21,6 +21,21 @@ LEGACY = "(legacy)"
 ACCEPTED = "accepted"
 
 
+def _when(name: str, *, required: bool = True) -> sa.Column:
+    """A moment, stored with its time zone (UTC; SQLite's come back naive: ``aware``)."""
+    return sa.Column(name, sa.DateTime(timezone=True), nullable=not required)
+
+
+def _name(name: str, *, key: bool = False, required: bool = True) -> sa.Column:
+    """A name or id of up to 255 characters: a repository, a DAG, run or event id, a host."""
+    return sa.Column(name, sa.String(255), primary_key=key, nullable=not (key or required))
+
+
+def _state(name: str) -> sa.Column:
+    """A row's state, one of a few short words (each table's comment lists them)."""
+    return sa.Column(name, sa.String(16), nullable=False)
+
+
 def _secondary(*, key: bool) -> sa.Column:
     """The secondary a row of its state belongs to (part of the row's key where it has one)."""
     return sa.Column("secondary", sa.String(100), primary_key=key, nullable=False)
@@ -40,21 +55,21 @@ REFUSED_BY_PREMIGRATION_CODE = 2
 events = sa.Table(
     "rr_events",
     metadata,
-    sa.Column("id", sa.String(255), primary_key=True),  # the registry's event id
-    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False),  # the registry's
+    _name("id", key=True),  # the registry's event id
+    _when("received_at"),
+    _when("timestamp"),  # the registry's
     sa.Column("action", sa.String(16), nullable=False),  # push | delete
-    sa.Column("repository", sa.String(255), nullable=False),
+    _name("repository"),
     sa.Column("tag", sa.String(128)),
     sa.Column("digest", sa.String(160)),
-    sa.Column("media_type", sa.String(255)),
+    _name("media_type", required=False),
     sa.Column("status", sa.String(16), nullable=False, default=EventStatus.PENDING),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+    _when("next_attempt_at"),
     sa.Column("lease_owner", sa.String(64)),
-    sa.Column("lease_expires_at", sa.DateTime(timezone=True)),
+    _when("lease_expires_at", required=False),
     sa.Column("last_error", sa.Text),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    _when("updated_at"),
     sa.Index("ix_rr_events_status_next", "status", "next_attempt_at"),
     sa.Index("ix_rr_events_status_updated", "status", "updated_at"),  # retention, lag chart
 )
@@ -67,16 +82,16 @@ deliveries = sa.Table(
     metadata,
     sa.Column("event_id", sa.String(255), sa.ForeignKey("rr_events.id"), primary_key=True),
     _secondary(key=True),
-    sa.Column("status", sa.String(16), nullable=False),
+    _state("status"),
     sa.Column("attempts", sa.Integer, nullable=False),
-    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+    _when("next_attempt_at"),
     sa.Column("lease_owner", sa.String(64)),
-    sa.Column("lease_expires_at", sa.DateTime(timezone=True)),
+    _when("lease_expires_at", required=False),
     sa.Column("last_error", sa.Text),
-    sa.Column("event_timestamp", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("acknowledged_at", sa.DateTime(timezone=True)),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    _when("event_timestamp"),
+    _when("received_at"),
+    _when("acknowledged_at", required=False),
+    _when("updated_at"),
     sa.Index("ix_rr_deliveries_claim", "secondary", "status", "next_attempt_at"),
     sa.Index("ix_rr_deliveries_owner", "lease_owner"),
     sa.Index("ix_rr_deliveries_status_updated", "status", "updated_at"),  # retention, lag chart
@@ -86,30 +101,39 @@ repository_state = sa.Table(
     "rr_repository_state",
     metadata,
     _secondary(key=True),
-    sa.Column("repository", sa.String(255), primary_key=True),
-    sa.Column("state", sa.String(16), nullable=False),  # synced | pending | failed
+    _name("repository", key=True),
+    _state("state"),  # synced | pending | failed
     sa.Column("tags_primary", sa.Integer),
     sa.Column("tags_secondary", sa.Integer),
     sa.Column("checksum_primary", sa.String(64)),
     sa.Column("checksum_secondary", sa.String(64)),
-    sa.Column("last_sync_at", sa.DateTime(timezone=True)),
+    _when("last_sync_at", required=False),
     sa.Column("last_error", sa.Text),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    _when("updated_at"),
     # The last verification of the secondary (``verify``): its level (tags | blobs | content),
     # when, the next slice of its blobs a partial content check reads, and the digests it found
     # damaged (kept until a check at that level passes or the blob is copied again).
     sa.Column("verified_level", sa.String(16)),
-    sa.Column("verified_at", sa.DateTime(timezone=True)),
+    _when("verified_at", required=False),
     sa.Column("content_slice", sa.Integer),
     sa.Column("damaged", sa.JSON),
 )
 
 
+def _row_number() -> sa.Column:
+    """An append-only table's key: the database numbers its rows."""
+    return sa.Column("id", sa.Integer, primary_key=True, autoincrement=True)
+
+
+def _dag_run() -> list[sa.Column]:
+    """The DAG run a row is about: its DAG and run ids."""
+    return [_name("dag_id"), _name("run_id")]
+
+
 def _written_by(*, task_id_required: bool) -> list[sa.Column]:
     """The task instance that wrote a row: its DAG, run, task and map index."""
     return [
-        sa.Column("dag_id", sa.String(255), nullable=False),
-        sa.Column("run_id", sa.String(255), nullable=False),
+        *_dag_run(),
         sa.Column("task_id", sa.String(255), nullable=not task_id_required),
         sa.Column("map_index", sa.Integer),
     ]
@@ -118,16 +142,16 @@ def _written_by(*, task_id_required: bool) -> list[sa.Column]:
 failed_layers = sa.Table(
     "rr_failed_layers",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _row_number(),
     *_written_by(task_id_required=False),
     _secondary(key=False),
-    sa.Column("repository", sa.String(255), nullable=False),
+    _name("repository"),
     sa.Column("digest", sa.String(160), nullable=False),
     sa.Column("size", sa.BigInteger),
     sa.Column("status", sa.Integer),
     sa.Column("code", sa.String(64)),
     sa.Column("error", sa.Text),
-    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    _when("recorded_at"),
 )
 
 # Write leases: one row per secondary and resource (``repository:<name>`` or ``upload:<key>``),
@@ -138,41 +162,41 @@ leases = sa.Table(
     _secondary(key=True),
     sa.Column("resource", sa.String(512), primary_key=True),
     sa.Column("owner", sa.String(64), nullable=False),
-    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+    _when("expires_at"),
+    _when("acquired_at"),
     sa.Column("detail", sa.JSON),
 )
 
 runs = sa.Table(
     "rr_runs",
     metadata,
-    sa.Column("run_id", sa.String(255), primary_key=True),
-    sa.Column("dag_id", sa.String(255), primary_key=True),
-    sa.Column("state", sa.String(16), nullable=False),
+    _name("run_id", key=True),
+    _name("dag_id", key=True),
+    _state("state"),
     sa.Column("summary", sa.JSON, nullable=False),
-    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
+    _when("finished_at"),
 )
 
 # Operating history (append-only): what the metrics endpoint, the alerts and the lag chart read.
 copied_bytes = sa.Table(
     "rr_copied_bytes",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _row_number(),
     *_written_by(task_id_required=True),
     _secondary(key=False),
     sa.Column("bytes", sa.BigInteger, nullable=False),
-    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    _when("recorded_at"),
     sa.Index("ix_rr_copied_bytes_recorded", "recorded_at"),  # retention
 )
 
 push_latency = sa.Table(
     "rr_push_latency",
     metadata,
-    sa.Column("event_id", sa.String(255), primary_key=True),
+    _name("event_id", key=True),
     _secondary(key=True),
-    sa.Column("repository", sa.String(255), nullable=False),
-    sa.Column("pushed_at", sa.DateTime(timezone=True), nullable=False),  # the registry's time
-    sa.Column("acknowledged_at", sa.DateTime(timezone=True), nullable=False),
+    _name("repository"),
+    _when("pushed_at"),  # the registry's time
+    _when("acknowledged_at"),
     sa.Column("seconds", sa.Float, nullable=False),
     sa.Index("ix_rr_push_latency_ack", "acknowledged_at"),
 )
@@ -180,24 +204,22 @@ push_latency = sa.Table(
 dag_outcomes = sa.Table(
     "rr_dag_outcomes",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("dag_id", sa.String(255), nullable=False),
-    sa.Column("run_id", sa.String(255), nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),  # success | failed
-    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
+    _row_number(),
+    *_dag_run(),
+    _state("state"),  # success | failed
+    _when("finished_at"),
     sa.Index("ix_rr_dag_outcomes_dag", "dag_id", "id"),
 )
 
 sent_alerts = sa.Table(
     "rr_alerts",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("dag_id", sa.String(255), nullable=False),
-    sa.Column("run_id", sa.String(255), nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),  # failed | recovered | overdue
+    _row_number(),
+    *_dag_run(),
+    _state("state"),  # failed | recovered | overdue
     sa.Column("subject", sa.Text, nullable=False),
-    sa.Column("notifier", sa.String(255)),  # None: logged only, no notifier configured
-    sa.Column("sent_at", sa.DateTime(timezone=True), nullable=False),
+    _name("notifier", required=False),  # None: logged only, no notifier configured
+    _when("sent_at"),
 )
 
 # What the history rows that retention deleted had added to the counters the metrics read
@@ -220,15 +242,15 @@ recorded_tags = sa.Table(
     "rr_recorded_tags",
     metadata,
     _secondary(key=True),
-    sa.Column("repository", sa.String(255), primary_key=True),
+    _name("repository", key=True),
     sa.Column("tag", sa.String(128), primary_key=True),
     sa.Column("state", sa.String(8), nullable=False),
     sa.Column("digest", sa.String(160)),
-    sa.Column("media_type", sa.String(255)),
-    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("written_by", sa.String(255), nullable=False),  # a writer's lease owner, or a run
+    _name("media_type", required=False),
+    _when("recorded_at"),
+    _name("written_by"),  # a writer's lease owner, or a run
     # When a cheap run's sample last HEADed it (``record_check``): the sample rotates.
-    sa.Column("sampled_at", sa.DateTime(timezone=True)),
+    _when("sampled_at", required=False),
 )
 
 # Per repository: when a full listing of the secondary (at ``registry``) last confirmed it.
@@ -236,9 +258,9 @@ recorded_verifications = sa.Table(
     "rr_recorded_verifications",
     metadata,
     _secondary(key=True),
-    sa.Column("repository", sa.String(255), primary_key=True),
+    _name("repository", key=True),
     sa.Column("registry", sa.String(512), nullable=False),
-    sa.Column("verified_at", sa.DateTime(timezone=True), nullable=False),
+    _when("verified_at"),
 )
 
 # The secondaries of this store, by connection id: a ``LEGACY`` row (since when) while rows from
@@ -247,7 +269,7 @@ secondaries = sa.Table(
     "rr_secondaries",
     metadata,
     sa.Column("conn_id", sa.String(100), primary_key=True),
-    sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
+    _when("first_seen_at"),
 )
 
 # Each file of a run's folder (``artifacts.RunFolder``): the host that wrote it, and its bytes
@@ -257,10 +279,10 @@ run_artifacts = sa.Table(
     "rr_run_artifacts",
     metadata,
     sa.Column("folder", sa.String(512), primary_key=True),  # <dag_id>/<run due time>_<run_id>
-    sa.Column("name", sa.String(255), primary_key=True),
-    sa.Column("run_at", sa.DateTime(timezone=True), nullable=False),  # the run's due time
-    sa.Column("host", sa.String(255), nullable=False),
-    sa.Column("written_at", sa.DateTime(timezone=True), nullable=False),
+    _name("name", key=True),
+    _when("run_at"),  # the run's due time
+    _name("host"),
+    _when("written_at"),
     sa.Column("size", sa.BigInteger),
     sa.Column("data", sa.LargeBinary),
     sa.Index("ix_rr_run_artifacts_run_at", "run_at"),  # retention
