@@ -70,7 +70,7 @@ def test_postponing_a_secondary_counts_no_attempt(store_url):
     store = Store(store_url)
     store.queue.add(events(3), [A, B])
     owner, claimed = store.queue.claim(B, limit=1)
-    store.queue.retry_later(B, owner, [claimed[0].id], "HTTP 503", backoff_seconds=0)
+    store.queue.retry_later(B, owner, [claimed[0].id], "HTTP 503", backoff=dt.timedelta(0))
     assert store.queue.postpone(B, now() + dt.timedelta(hours=1)) == 3
     assert store.queue.ready_counts([A, B]) == {A: 3, B: 0}
     assert {e["id"]: e["attempts"] for e in store.queue.events(secondary=B)} == {
@@ -109,7 +109,7 @@ def replay(url: str, steps: list[tuple[str, str, int]]) -> dict[str, list[tuple]
         elif step == "fail":
             store.queue.fail(secondary, owner, ids, "malformed")
         else:
-            store.queue.retry_later(secondary, owner, ids, "503", max_attempts=3, backoff_seconds=0)
+            store.queue.retry_later(secondary, owner, ids, "503", max_attempts=3, backoff=dt.timedelta(0))
     return {
         s: sorted(
             (d["id"], d["status"], d["attempts"], d["last_error"])

@@ -23,6 +23,10 @@ from registry_replication.store.engine import dialect_insert
 from registry_replication.store.queue_status import QueueStatus
 from registry_replication.store.schema import ACCEPTED, aware, deliveries, events, now
 
+# A delivery put back waits this long after its first attempt, twice as long after each next.
+RETRY_BACKOFF = dt.timedelta(seconds=5)
+RETRY_BACKOFF_MAX = dt.timedelta(hours=1)
+
 
 @dataclass(frozen=True)
 class Event:
@@ -201,8 +205,7 @@ class EventQueue(QueueStatus):
                 conn.execute(
                     deliveries.update()
                     .where(
-                        deliveries.c.secondary == secondary,
-                        deliveries.c.status == EventStatus.PROCESSING,
+                        _in_state(secondary, EventStatus.PROCESSING),
                         deliveries.c.lease_expires_at < at,
                         deliveries.c.attempts >= max_attempts,
                     )
@@ -233,16 +236,13 @@ class EventQueue(QueueStatus):
             conn.execute(
                 deliveries.update()
                 .where(
-                    deliveries.c.secondary == secondary,
-                    deliveries.c.status == EventStatus.PENDING,
-                    deliveries.c.next_attempt_at < until,
+                    _in_state(secondary, EventStatus.PENDING), deliveries.c.next_attempt_at < until
                 )
                 .values(next_attempt_at=until)
             )
             return conn.execute(
                 sa.select(sa.func.count()).where(
-                    deliveries.c.secondary == secondary,
-                    deliveries.c.status.in_([EventStatus.PENDING, EventStatus.PROCESSING]),
+                    _in_state(secondary, EventStatus.PENDING, EventStatus.PROCESSING)
                 )
             ).scalar_one()
 
@@ -274,17 +274,14 @@ class EventQueue(QueueStatus):
         error: str,
         *,
         max_attempts: int = 10,
-        backoff_seconds: float = 5.0,
+        backoff: dt.timedelta = RETRY_BACKOFF,
     ) -> list[str]:
-        """Put deliveries back with exponential backoff; returns the event ids that ran out of
+        """Put deliveries back with exponential backoff (``backoff`` after the first attempt,
+        doubling, at most ``RETRY_BACKOFF_MAX``); returns the event ids that ran out of
         attempts."""
         at = now()
         exhausted = []
-        held = sa.and_(
-            deliveries.c.secondary == secondary,
-            deliveries.c.event_id.in_(ids),
-            deliveries.c.lease_owner == owner,
-        )
+        held = _held(secondary, owner, ids)
         with self.engine.begin() as conn:
             rows = conn.execute(
                 sa.select(deliveries.c.event_id, deliveries.c.attempts).where(held)
@@ -294,10 +291,10 @@ class EventQueue(QueueStatus):
                     exhausted.append(row.event_id)
                     values: dict[str, Any] = {"status": EventStatus.FAILED}
                 else:
-                    delay = min(backoff_seconds * 2 ** (row.attempts - 1), 3600)
+                    delay = min(backoff * 2 ** (row.attempts - 1), RETRY_BACKOFF_MAX)
                     values = {
                         "status": EventStatus.PENDING,
-                        "next_attempt_at": at + dt.timedelta(seconds=delay),
+                        "next_attempt_at": at + delay,
                     }
                 conn.execute(
                     deliveries.update()
@@ -321,11 +318,7 @@ class EventQueue(QueueStatus):
         with self.engine.begin() as conn:
             conn.execute(
                 deliveries.update()
-                .where(
-                    deliveries.c.secondary == secondary,
-                    deliveries.c.event_id.in_(ids),
-                    deliveries.c.lease_owner == owner,
-                )
+                .where(_held(secondary, owner, ids))
                 .values(
                     status=status,
                     last_error=error,
@@ -335,6 +328,20 @@ class EventQueue(QueueStatus):
                     updated_at=at,
                 )
             )
+
+
+def _in_state(secondary: str, *statuses: str) -> sa.ColumnElement[bool]:
+    """``secondary``'s deliveries in one of ``statuses``."""
+    return sa.and_(deliveries.c.secondary == secondary, deliveries.c.status.in_(statuses))
+
+
+def _held(secondary: str, owner: str, ids: Sequence[str]) -> sa.ColumnElement[bool]:
+    """``secondary``'s deliveries of the events ``ids`` that ``owner`` claimed."""
+    return sa.and_(
+        deliveries.c.secondary == secondary,
+        deliveries.c.event_id.in_(ids),
+        deliveries.c.lease_owner == owner,
+    )
 
 
 def _claimable(at: dt.datetime) -> sa.ColumnElement[bool]:

@@ -174,17 +174,23 @@ class QueueStatus:
         return [(aware(r[0]), None if r[2] else aware(r[1])) for r in rows]
 
 
+# What a listing row says of the event itself, whatever its deliveries.
+_EVENT = (
+    events.c.id,
+    events.c.received_at,
+    events.c.timestamp,
+    events.c.action,
+    events.c.repository,
+    events.c.tag,
+    events.c.digest,
+    events.c.media_type,
+)
+
+
 def _listing() -> sa.Select[Any]:
     """Each delivery as a row of its event with the delivery's state."""
     return sa.select(
-        events.c.id,
-        events.c.received_at,
-        events.c.timestamp,
-        events.c.action,
-        events.c.repository,
-        events.c.tag,
-        events.c.digest,
-        events.c.media_type,
+        *_EVENT,
         deliveries.c.secondary,
         deliveries.c.status,
         deliveries.c.attempts,
@@ -200,14 +206,7 @@ def _listing() -> sa.Select[Any]:
 def _rejected() -> sa.Select[Any]:
     """Each rejected event as a row of the same shape, with no secondary."""
     return sa.select(
-        events.c.id,
-        events.c.received_at,
-        events.c.timestamp,
-        events.c.action,
-        events.c.repository,
-        events.c.tag,
-        events.c.digest,
-        events.c.media_type,
+        *_EVENT,
         sa.cast(sa.null(), sa.String(100)).label("secondary"),
         events.c.status,
         events.c.attempts,

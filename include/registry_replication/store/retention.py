@@ -142,20 +142,19 @@ def prune(
         [events.c.status],
         _rejected_totals,
     )
-    pruned.push_latencies = _delete_chunks(
-        engine,
-        push_latency.c.event_id,
-        push_latency.c.acknowledged_at < cutoff,
-        [push_latency.c.seconds, push_latency.c.secondary],
-        _latency_totals,
-    )
-    pruned.copied_bytes_records = _delete_chunks(
-        engine,
-        copied_bytes.c.id,
-        copied_bytes.c.recorded_at < cutoff,
-        [copied_bytes.c.bytes, copied_bytes.c.secondary],
-        _bytes_totals,
-    )
+    # Each secondary's counted history: its Pruned field, its key, when a row was written, and
+    # what the deleted rows add to the carried totals (from the amount column they return).
+    for field, key, written, amount, totals in (
+        ("push_latencies", push_latency.c.event_id, push_latency.c.acknowledged_at,
+         push_latency.c.seconds, _latency_totals),
+        ("copied_bytes_records", copied_bytes.c.id, copied_bytes.c.recorded_at,
+         copied_bytes.c.bytes, _bytes_totals),
+    ):  # fmt: skip
+        setattr(
+            pruned,
+            field,
+            _delete_chunks(engine, key, written < cutoff, [amount, key.table.c.secondary], totals),
+        )
     # Each DAG's latest outcome and latest success stay (ids only grow: the latest has the
     # largest); the subquery never yields NULL, which NOT IN would turn into "keep all".
     latest = sa.union(

@@ -12,17 +12,16 @@ Revises: 0006
 
 from __future__ import annotations
 
-import datetime as dt
-
 import sqlalchemy as sa
 from alembic import op
+
+from registry_replication.store.migrations.legacy import LEGACY, await_adoption
 
 revision = "0007"
 down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-LEGACY = "(legacy)"
 # Each table of per-secondary state and its primary key from now on (None: its own ``id``).
 KEYED: dict[str, list[str] | None] = {
     "rr_leases": ["secondary", "resource"],
@@ -38,13 +37,13 @@ KEYED: dict[str, list[str] | None] = {
 def upgrade() -> None:
     conn = op.get_bind()
     legacy = any(conn.execute(sa.text(f"SELECT 1 FROM {name} LIMIT 1")).first() for name in KEYED)
-    secondaries = op.create_table(
+    op.create_table(
         "rr_secondaries",
         sa.Column("conn_id", sa.String(100), primary_key=True),
         sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
     )
     if legacy:
-        op.bulk_insert(secondaries, [{"conn_id": LEGACY, "first_seen_at": dt.datetime.now(dt.UTC)}])
+        await_adoption(conn)
     for name, key in KEYED.items():
         # A column added with a default fills the rows there; the default then goes, so that
         # a write naming no secondary fails.

@@ -12,17 +12,16 @@ Revises: 0007
 
 from __future__ import annotations
 
-import datetime as dt
-
 import sqlalchemy as sa
 from alembic import op
+
+from registry_replication.store.migrations.legacy import LEGACY, await_adoption
 
 revision = "0008"
 down_revision = "0007"
 branch_labels = None
 depends_on = None
 
-LEGACY = "(legacy)"
 ACCEPTED = "accepted"
 REJECTED = "rejected"
 
@@ -65,14 +64,8 @@ def upgrade() -> None:
         sa.text("UPDATE rr_events SET status = :accepted WHERE status <> :rejected"),
         {"accepted": ACCEPTED, "rejected": REJECTED},
     )
-    pending = conn.execute(
-        sa.text("SELECT 1 FROM rr_secondaries WHERE conn_id = :legacy"), {"legacy": LEGACY}
-    ).first()
-    if carried and pending is None:  # a store adopted already: its deliveries wait for one
-        conn.execute(
-            sa.text("INSERT INTO rr_secondaries (conn_id, first_seen_at) VALUES (:legacy, :at)"),
-            {"legacy": LEGACY, "at": dt.datetime.now(dt.UTC)},
-        )
+    if carried:  # on a store adopted already, its deliveries wait for the next adoption
+        await_adoption(conn)
 
 
 def downgrade() -> None:

@@ -12,17 +12,16 @@ Revises: 0008
 
 from __future__ import annotations
 
-import datetime as dt
-
 import sqlalchemy as sa
 from alembic import op
+
+from registry_replication.store.migrations.legacy import LEGACY, await_adoption
 
 revision = "0009"
 down_revision = "0008"
 branch_labels = None
 depends_on = None
 
-LEGACY = "(legacy)"
 TABLE = "rr_carried_totals"
 KEY = f"{TABLE}_pkey"
 REJECTED_TOTAL = "events_rejected"  # queue_status.finished_total("rejected")
@@ -46,14 +45,8 @@ def upgrade() -> None:
     carried = conn.execute(
         sa.text(f"SELECT 1 FROM {TABLE} WHERE secondary = :legacy"), {"legacy": LEGACY}
     ).first()
-    pending = conn.execute(
-        sa.text("SELECT 1 FROM rr_secondaries WHERE conn_id = :legacy"), {"legacy": LEGACY}
-    ).first()
-    if carried and pending is None:  # a store adopted already: its totals wait for one
-        conn.execute(
-            sa.text("INSERT INTO rr_secondaries (conn_id, first_seen_at) VALUES (:legacy, :at)"),
-            {"legacy": LEGACY, "at": dt.datetime.now(dt.UTC)},
-        )
+    if carried:  # on a store adopted already, its totals wait for the next adoption
+        await_adoption(conn)
 
 
 def _named_key(conn: sa.Connection) -> sa.Table | None:
