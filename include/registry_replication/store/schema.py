@@ -36,9 +36,15 @@ def _state(name: str) -> sa.Column:
     return sa.Column(name, sa.String(16), nullable=False)
 
 
-def _secondary(*, key: bool) -> sa.Column:
-    """The secondary a row of its state belongs to (part of the row's key where it has one)."""
-    return sa.Column("secondary", sa.String(100), primary_key=key, nullable=False)
+def _owner(name: str, *, required: bool = True) -> sa.Column:
+    """A lease holder: one writer's id (``Leases``, ``EventQueue.claim``)."""
+    return sa.Column(name, sa.String(64), nullable=not required)
+
+
+def _secondary(*, key: bool, name: str = "secondary") -> sa.Column:
+    """A secondary, by its connection id: the one a row of its state belongs to (part of the
+    row's key where it has one)."""
+    return sa.Column(name, sa.String(100), primary_key=key, nullable=False)
 
 
 # Read only by code from before migrations, which refuses a store whose version is newer than
@@ -66,7 +72,7 @@ events = sa.Table(
     sa.Column("status", sa.String(16), nullable=False, default=EventStatus.PENDING),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     _when("next_attempt_at"),
-    sa.Column("lease_owner", sa.String(64)),
+    _owner("lease_owner", required=False),
     _when("lease_expires_at", required=False),
     sa.Column("last_error", sa.Text),
     _when("updated_at"),
@@ -85,7 +91,7 @@ deliveries = sa.Table(
     _state("status"),
     sa.Column("attempts", sa.Integer, nullable=False),
     _when("next_attempt_at"),
-    sa.Column("lease_owner", sa.String(64)),
+    _owner("lease_owner", required=False),
     _when("lease_expires_at", required=False),
     sa.Column("last_error", sa.Text),
     _when("event_timestamp"),
@@ -161,7 +167,7 @@ leases = sa.Table(
     metadata,
     _secondary(key=True),
     sa.Column("resource", sa.String(512), primary_key=True),
-    sa.Column("owner", sa.String(64), nullable=False),
+    _owner("owner"),
     _when("expires_at"),
     _when("acquired_at"),
     sa.Column("detail", sa.JSON),
@@ -268,7 +274,7 @@ recorded_verifications = sa.Table(
 secondaries = sa.Table(
     "rr_secondaries",
     metadata,
-    sa.Column("conn_id", sa.String(100), primary_key=True),
+    _secondary(key=True, name="conn_id"),
     _when("first_seen_at"),
 )
 
