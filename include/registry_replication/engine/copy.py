@@ -31,11 +31,10 @@ from registry_replication.outcomes import (
 )
 from registry_replication.store.record import TagRecord
 from registry_replication.transport.client import Descriptor, Manifest, RegistryClient
-from registry_replication.transport.upload import OpenBody, Upload
+from registry_replication.transport.upload import MiB, OpenBody, Upload
 
 log = logging.getLogger(__name__)
 
-MiB = 1 << 20
 DEFAULT_CHUNK_SIZE = 128 * MiB
 # Tags per batch of tag writes: one intent and one record transaction in the store each.
 TAG_BATCH = 64
