@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 from registry_replication.engine.leases import Leases
 from registry_replication.engine.plan import BlobTask, ImageTask, Plan
@@ -31,11 +31,10 @@ from registry_replication.outcomes import (
 )
 from registry_replication.store.record import TagRecord
 from registry_replication.transport.client import Descriptor, Manifest, RegistryClient
-from registry_replication.transport.upload import OpenBody, Upload
+from registry_replication.transport.upload import MiB, OpenBody, Upload
 
 log = logging.getLogger(__name__)
 
-MiB = 1 << 20
 DEFAULT_CHUNK_SIZE = 128 * MiB
 # Tags per batch of tag writes: one intent and one record transaction in the store each.
 TAG_BATCH = 64
@@ -116,46 +115,41 @@ class _Progress:
         )
 
 
+def _log_result(result: BlobResult | ImageResult) -> None:
+    failed = result.outcome in (BlobOutcome.FAILED, *NOT_PUSHED)
+    (log.error if failed else log.info)(result.log_line())
+
+
+@dataclass(eq=False)  # a copier is one object with its own state, equal only to itself
 class Copier:
-    """Copies blob and image tasks with a bounded number of transfers in flight."""
+    """Copies blob and image tasks with a bounded number of transfers in flight.
 
-    def __init__(
-        self,
-        primary: RegistryClient,
-        secondary: RegistryClient,
-        *,
-        leases: Leases,
-        parallelism: int = 8,
-        concurrency: int = 16,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
-        progress_interval: float = 10.0,
-        manifests: dict[tuple[str, str], Manifest] | None = None,
-        on_result: Callable[[BlobResult | ImageResult], None] | None = None,
-        recheck: bool = True,
-    ) -> None:
-        """``recheck=False`` trusts a plan made moments ago in this process and skips the
-        existence checks before each blob and tag; tasks that run later (Airflow batches,
-        retries) keep them, so a rerun never transfers what is already there.
+    ``recheck=False`` trusts a plan made moments ago in this process and skips the existence
+    checks before each blob and tag; tasks that run later (Airflow batches, retries) keep them,
+    so a rerun never transfers what is already there.
 
-        ``parallelism``: blob transfers, or batches of tag writes, in flight; ``concurrency``:
-        manifest requests in flight.
+    ``parallelism``: blob transfers, or batches of tag writes, in flight; ``concurrency``:
+    manifest requests in flight.
 
-        ``leases``: tags are written only under the repository's lease, and only while the
-        primary still has the planned digest (checked just before each write)."""
-        self.primary = primary
-        self.secondary = secondary
-        self.leases = leases
-        self.parallelism = parallelism
-        self.concurrency = concurrency
-        self.chunk_size = chunk_size
-        self.progress_interval = progress_interval
-        self.manifests = manifests if manifests is not None else {}
-        self.on_result = on_result or _log_result
-        self.recheck = recheck
-        self.record = TagRecord(
-            leases.store, leases.secondary
-        )  # what cheap runs read instead of listing
-        self._progress: _Progress | None = None
+    ``leases``: tags are written only under the repository's lease, and only while the primary
+    still has the planned digest (checked just before each write)."""
+
+    primary: RegistryClient
+    secondary: RegistryClient
+    _: KW_ONLY
+    leases: Leases
+    parallelism: int = 8
+    concurrency: int = 16
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    progress_interval: float = 10.0
+    manifests: dict[tuple[str, str], Manifest] = field(default_factory=dict, repr=False)
+    on_result: Callable[[BlobResult | ImageResult], None] = _log_result
+    recheck: bool = True
+    record: TagRecord = field(init=False, repr=False)  # what cheap runs read instead of listing
+    _progress: _Progress | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.record = TagRecord(self.leases.store, self.leases.secondary)
 
     # -- blobs ----------------------------------------------------------------------------------
 
@@ -438,8 +432,3 @@ def copy_plan(
     if on_copied is not None:
         on_copied(sum(r.bytes for r in blobs))
     return blobs, copier.push_images(plan.images, failed_digests(blobs))
-
-
-def _log_result(result: BlobResult | ImageResult) -> None:
-    failed = result.outcome in (BlobOutcome.FAILED, *NOT_PUSHED)
-    (log.error if failed else log.info)(result.log_line())

@@ -31,11 +31,10 @@ from registry_replication.transport.errors import (
     RegistryError,
 )
 from registry_replication.transport.tee import Tee
-from registry_replication.transport.upload import OpenBody
+from registry_replication.transport.upload import MiB, OpenBody
 
 log = logging.getLogger(__name__)
 
-MiB = 1 << 20
 # Blobs up to this size are read into memory once (configs and small layers: most blobs).
 FANOUT_BUFFER_BYTES = 4 * MiB
 

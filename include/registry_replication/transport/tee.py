@@ -34,11 +34,9 @@ from enum import Enum
 
 from registry_replication.transport.errors import RegistryError, RegistryUnavailableError
 from registry_replication.transport.retry import one_try_each
-from registry_replication.transport.upload import OpenBody
+from registry_replication.transport.upload import MiB, OpenBody
 
 log = logging.getLogger(__name__)
-
-MiB = 1 << 20
 
 
 class _State(Enum):

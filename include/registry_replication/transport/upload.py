@@ -23,6 +23,8 @@ from registry_replication.transport.wire import Response
 
 log = logging.getLogger(__name__)
 
+MiB = 1 << 20  # the unit of every blob size in this package: chunks, windows, buffers
+
 # A blob's bytes from an offset to its end (``open_body(0)``: all of them).
 OpenBody = Callable[[int], Iterable[bytes]]
 
