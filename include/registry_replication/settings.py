@@ -36,10 +36,16 @@ class SettingsError(ValueError):
 
 
 def setting(
-    default: Any, about: str, *, example: str, shown: str | None = None, env: str | None = None
+    default: Any,
+    about: str,
+    *,
+    example: str | None = None,
+    shown: str | None = None,
+    env: str | None = None,
 ) -> Any:
-    """A field of ``Settings``: its default, a one-line description, an example value, the
-    default as the README shows it when it is not the value itself, and its older variable."""
+    """A field of ``Settings``: its default, a one-line description, an example value (None:
+    the default, as written in the file), the default as the README shows it when it is not
+    the value itself, and its older variable."""
     metadata = {"about": about, "example": example, "shown": shown, "env": env}
     if isinstance(default, dict):
         return field(default_factory=dict, metadata=metadata)
@@ -80,16 +86,14 @@ class Settings:
         "manual runs and backfills",
         example="*/30 * * * *",
     )
-    task_retries: int = setting(3, "retries of the reconcile's tasks", example="3")
+    task_retries: int = setting(3, "retries of the reconcile's tasks")
     task_retry_delay_seconds: int = setting(
         30,
         "the first delay before a reconcile task's retry (doubling, at most 10 minutes)",
-        example="30",
     )
     max_active_copy_tasks: int = setting(
         4,
         "the reconcile's tasks in flight at once per run: bounds the load on both registries",
-        example="4",
     )
     copy_queue: str = setting(
         "",
@@ -124,14 +128,12 @@ class Settings:
         7.0,
         "days between `blobs` verifications under `verify=auto` (see "
         "[Verification levels](#verification-levels-verify))",
-        example="7",
         env="REGISTRY_REPLICATION_DEEP_VERIFY_DAYS",
     )
     lease_seconds: float = setting(
         60.0,
         "the lifetime of a writer's lease on a repository, renewed while it works: a "
         "killed writer's repositories are free again after this long",
-        example="60",
         env="REGISTRY_REPLICATION_LEASE_SECONDS",
     )
     max_prune_fraction: float = setting(
@@ -139,30 +141,25 @@ class Settings:
         "the event path's mass-deletion guard: one batch of delete events removes at most "
         "this share of the secondary's tags (as recorded); the reconcile's is its DAG param of "
         "the same name (see [Consistency](#consistency))",
-        example="0.5",
     )
     event_max_attempts: int = setting(
         10,
         "attempts of an event before it is marked failed (the status page's dead letters)",
-        example="10",
     )
     event_drain_idle_seconds: float = setting(
         60.0,
         "how long `replicate_events` keeps draining new events after its last batch (see "
         "[the hot drain](#registry_events-within-seconds-of-a-push))",
-        example="60",
     )
     event_drain_max_seconds: float = setting(
         3600.0,
         "how long one `replicate_events` task drains at most, so its log and run stay readable "
         "under a never-ending stream",
-        example="3600",
     )
     event_repositories_at_once: int = setting(
         16,
         "repositories `replicate_events` replicates at once from one batch of events (each "
         "under its own lease): a burst over many repositories overlaps their round trips",
-        example="16",
     )
     artifacts_path: str = setting(
         "",
@@ -188,7 +185,6 @@ class Settings:
     artifacts_retention_days: float = setting(
         7.0,
         "run folders older than this are deleted by the `retention` task (after `report`) of later runs",
-        example="7",
     )
     # A month: 4x the run folders' 7 days, so a month's incidents can be traced (when a push
     # reached the secondary, which run failed and why) after their folders are gone. A push
@@ -199,7 +195,6 @@ class Settings:
         "the replication store's history older than this is deleted by the same step "
         "(each DAG's latest run and outcome and every unfinished event stay; counters never go "
         "down); at least 1. Also `registry-replication store prune [--days N]`",
-        example="30",
         env="REGISTRY_REPLICATION_HISTORY_RETENTION_DAYS",
     )
     notifier: str = setting(
@@ -344,11 +339,17 @@ def _parse(spec: dataclasses.Field[Any], raw: str) -> Any:
         _refuse(spec.name, raw, f"is not {expected}")
 
 
+def _written(value: object) -> str:
+    """A setting's value as its line in ``airflow.cfg`` would say it (``60.0``: ``60``)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}"
+    return str(value)
+
+
 def _refuse(name: str, raw: str, why: str) -> NoReturn:
     """Raise ``SettingsError``: setting ``name``'s value ``raw`` and why, then an example."""
-    example = next(spec for spec in dataclasses.fields(Settings) if spec.name == name).metadata[
-        "example"
-    ]
+    spec = next(spec for spec in dataclasses.fields(Settings) if spec.name == name)
+    example = spec.metadata["example"] or _written(spec.default)
     raise SettingsError(
         f"[{SECTION}] {name} = {raw!r} {why}: set it like {name} = {example} (environment: "
         f"{variable(name)}={example})"
