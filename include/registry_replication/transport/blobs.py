@@ -16,7 +16,7 @@ from typing import Any
 
 import urllib3
 
-from registry_replication.transport.errors import DigestMismatchError, RegistryError
+from registry_replication.transport.errors import DigestMismatchError, RegistryError, where
 from registry_replication.transport.reference import Digest, Repository
 from registry_replication.transport.responses import connection_error, content_length
 from registry_replication.transport.transport import Request, Transport
@@ -46,10 +46,7 @@ def size(transport: Transport, repository: Repository, digest: Digest) -> int | 
         raise RegistryError(
             "the registry answered the blob's HEAD without a valid Content-Length, so its "
             "size cannot be checked",
-            registry=transport.url,
-            operation="check blob",
-            repository=repository,
-            reference=digest,
+            **where(transport.url, "check blob", repository, digest),
             status=response.status,
             advice="a proxy in front of the registry probably strips Content-Length from "
             "HEAD answers: configure it to pass the header on",
@@ -112,10 +109,7 @@ def read(
         response.close()
         raise RegistryError(
             f"the registry ignored the Range request {headers['Range']}",
-            registry=transport.url,
-            operation="get blob",
-            repository=repository,
-            reference=digest,
+            **where(transport.url, "get blob", repository, digest),
             status=response.status,
         )
     return _chunks(
@@ -123,10 +117,7 @@ def read(
         chunk_size,
         digest if not partial else None,
         received,
-        registry=transport.url,
-        operation="get blob",
-        repository=repository,
-        reference=digest,
+        **where(transport.url, "get blob", repository, digest),
     )
 
 

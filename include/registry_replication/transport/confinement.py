@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from registry_replication.transport.config import RegistryConfig
-from registry_replication.transport.errors import RegistryError
+from registry_replication.transport.errors import RegistryError, where
 from registry_replication.transport.wire import Response
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -59,9 +59,7 @@ class Confinement:
         raise RegistryError(
             f"refused to follow a {source} to {elsewhere!r}: it is not the configured registry, "
             "and requests carry its credentials; nothing was sent there",
-            registry=self.url,
-            operation=operation,
-            repository=repository,
+            **where(self.url, operation, repository),
             advice="the registry (or a proxy in front of it) sends URLs for another host: set "
             "its http.host to the URL in this connection, or fix the connection's URL",
         )
@@ -72,18 +70,12 @@ class Confinement:
         (whatever answers at the registry's address must not make us read internal services:
         cloud metadata, admin ports)."""
         location = urljoin(response.url, response.headers["Location"])
-        where = dict(
-            registry=self.url,
-            operation="get blob",
-            repository=repository,
-            reference=digest,
-            status=response.status,
-        )
+        context = {**where(self.url, "get blob", repository, digest), "status": response.status}
         if urlsplit(location).scheme not in DEFAULT_PORTS:
             raise RegistryError(
                 "the registry redirected the download to a non-HTTP URL",
                 advice="check the registry's storage redirect configuration",
-                **where,
+                **context,
             )
         if not self.allow_private_redirects and not _same_origin(location, self.url):
             host = urlsplit(location).hostname or ""
@@ -96,7 +88,7 @@ class Confinement:
                     "an internal S3), set allow_private_redirects: true in the connection "
                     "extra; otherwise check the registry's storage redirect settings and "
                     "any proxy in front of it",
-                    **where,
+                    **context,
                 )
         return location
 

@@ -45,6 +45,20 @@ ADVICE = {
 }
 
 
+def where(
+    registry: str, operation: str, repository: str | None = None, reference: str | None = None
+) -> dict[str, str]:
+    """What an error names of where it happened: the registry, the operation, and the
+    repository and reference it was about when given (``RegistryError``'s fields of the same
+    names; one left out can be given on its own)."""
+    named = {"repository": repository, "reference": reference}
+    return {
+        "registry": registry,
+        "operation": operation,
+        **{field: value for field, value in named.items() if value is not None},
+    }
+
+
 @dataclass(eq=False)
 class RegistryError(Exception):
     """A registry request that failed for good (after any retries)."""

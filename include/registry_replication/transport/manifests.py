@@ -21,6 +21,7 @@ from registry_replication.transport.errors import (
     DigestMismatchError,
     NotFoundError,
     RegistryError,
+    where,
 )
 from registry_replication.transport.reference import (
     Digest,
@@ -102,10 +103,7 @@ def head(
         return _gone_or_here(transport, repository, reference, count)
     digest = _served_digest(
         response,
-        registry=transport.url,
-        operation="check manifest",
-        repository=repository,
-        reference=reference,
+        **where(transport.url, "check manifest", repository, reference),
     )
     if not digest:
         # Registries that omit the header on HEAD: fall back to fetching the bytes.
@@ -157,9 +155,7 @@ def get(
         response,
         reference,
         transport.config.bounds.max_json_depth,
-        registry=transport.url,
-        operation="get manifest",
-        repository=repository,
+        **where(transport.url, "get manifest", repository),
     )
 
 
@@ -185,10 +181,7 @@ def put(
     if stored and stored != digest:
         raise DigestMismatchError(
             f"the registry stored the manifest as {stored}, not as {digest}",
-            registry=transport.url,
-            operation="push manifest",
-            repository=repository,
-            reference=reference,
+            **where(transport.url, "push manifest", repository, reference),
             code="DIGEST_INVALID",
             advice="the registry rewrote the manifest; it cannot hold an exact replica",
         )

@@ -25,6 +25,7 @@ from registry_replication.transport.errors import (
     RegistryAuthError,
     RegistryError,
     RegistryUnavailableError,
+    where,
 )
 
 if TYPE_CHECKING:
@@ -173,9 +174,7 @@ class Pages:
             body = loads(
                 response.content,
                 transport.config.bounds.max_json_depth,
-                registry=transport.url,
-                operation=self.operation,
-                repository=self.repository,
+                **where(transport.url, self.operation, self.repository),
             )
         except ValueError:
             body = None
@@ -184,9 +183,7 @@ class Pages:
             raise RegistryError(
                 f"the answer is not the expected JSON object with a {key!r} list "
                 f"({body_shape(response)})",
-                registry=transport.url,
-                operation=self.operation,
-                repository=self.repository,
+                **where(transport.url, self.operation, self.repository),
                 status=response.status,
                 advice="the registry or a proxy in front of it answered with something else; "
                 "check that the connection's URL points at the registry itself",
@@ -201,12 +198,12 @@ class Pages:
         url = transport.confinement.own_url(
             urljoin(response.url, link), self.operation, self.repository, "Link"
         )
-        where = dict(registry=transport.url, operation=self.operation, repository=self.repository)
+        context = where(transport.url, self.operation, self.repository)
         if url in self.visited:
             raise RegistryError(
                 "the registry's Link header leads back to a page already read (a loop)",
                 code="PAGINATION_LOOP",
-                **where,
+                **context,
                 advice="the registry or a proxy in front of it rewrites pagination links: "
                 "check its http.host and any proxy; other listings are not affected",
             )
@@ -216,7 +213,7 @@ class Pages:
                 code="LIMIT_EXCEEDED",
                 setting="max_listing_pages",
                 limit=bound,
-                **where,
+                **context,
             )
         self.visited.add(url)
         return url

@@ -29,7 +29,7 @@ from registry_replication.transport.auth import Auth, BasicAuth, Challenge, scop
 from registry_replication.transport.bounded import read_body
 from registry_replication.transport.config import RegistryConfig
 from registry_replication.transport.confinement import Confinement
-from registry_replication.transport.errors import RegistryAuthError
+from registry_replication.transport.errors import RegistryAuthError, where
 from registry_replication.transport.responses import (
     connection_error,
     registry_error,
@@ -142,8 +142,7 @@ class Transport:
             if not service:
                 raise RegistryAuthError(
                     "cannot tell the token service name",
-                    registry=self.url,
-                    operation="ping",
+                    **where(self.url, "ping"),
                     advice="set 'service' in the connection extra (GitLab: container_registry)",
                 )
             try:
@@ -157,8 +156,7 @@ class Transport:
             except ValueError as exc:  # cryptography: not a PEM key or certificate
                 raise RegistryAuthError(
                     f"the signing key or certificate cannot be read ({type(exc).__name__})",
-                    registry=self.url,
-                    operation="sign token",
+                    **where(self.url, "sign token"),
                     advice="private_key_path must name the registry's PEM private key (GitLab: "
                     "gitlab-registry.key) and certificate_path its PEM certificate",
                 ) from None
@@ -221,10 +219,7 @@ class Transport:
                         response,
                         getattr(self.config.bounds, bound),
                         bound,
-                        registry=self.url,
-                        operation=request.operation,
-                        repository=request.repository,
-                        reference=request.reference,
+                        **where(self.url, request.operation, request.repository, request.reference),
                         status=response.status,
                     )
                     response.close()  # read: the connection goes back to the pool

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlencode, urljoin
 
-from registry_replication.transport.errors import RegistryError
+from registry_replication.transport.errors import RegistryError, where
 from registry_replication.transport.retry import one_try_each
 from registry_replication.transport.transport import Body, Request, Transport
 from registry_replication.transport.wire import Response
@@ -135,8 +135,7 @@ def _location(transport: Transport, response: Response) -> str:
     if not location:
         raise RegistryError(
             "the registry sent no upload Location",
-            registry=transport.url,
-            operation="upload",
+            **where(transport.url, "upload"),
             status=response.status,
         )
     return transport.confinement.own_url(
