@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import httpx
 import pytest
 
 from registry_replication.store import Store
@@ -409,21 +410,21 @@ def test_a_summary_row_per_secondary_and_its_detail(ev, tmp_path, monkeypatch):
         actions_router(store, retry_access=[], sync_access=[], api_url="", ui_url="")
     )
     client = TestClient(app)
-    bearer = {"Authorization": "Bearer anything"}  # not forgeable cross-site: no CSRF token
-    refused = client.post(
-        "/dead-letters/retry",
-        data={"event_id": "e1", "secondary": "registry_secondary"},
-        headers=bearer,
-        follow_redirects=False,
-    )
+
+    def retry_e1(secondary: str) -> httpx.Response:
+        """Ask for e1's delivery to ``secondary`` again, with a bearer token: not forgeable
+        cross-site, so no CSRF token."""
+        return client.post(
+            "/dead-letters/retry",
+            data={"event_id": "e1", "secondary": secondary},
+            headers={"Authorization": "Bearer anything"},
+            follow_redirects=False,
+        )
+
+    refused = retry_e1("registry_secondary")
     assert refused.status_code == 409
     assert "has no failed delivery to registry_secondary" in refused.json()["detail"]
-    retried = client.post(
-        "/dead-letters/retry",
-        data={"event_id": "e1", "secondary": "registry_eu"},
-        headers=bearer,
-        follow_redirects=False,
-    )
+    retried = retry_e1("registry_eu")
     assert retried.status_code == 303
     eu = {r["secondary"]: r for r in status(store)["secondaries"]}["registry_eu"]
     assert (eu["backlog"], eu["counts"]["failed"]) == (3, 0)
