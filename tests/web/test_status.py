@@ -310,7 +310,7 @@ def test_history_depth_latency_and_bytes_per_run(ev, tmp_path):
     assert 'name="event_id" value="e3"' in page and page.count('value="t0ken"') == 1
 
 
-def test_a_summary_row_per_secondary_and_its_detail(ev, tmp_path, monkeypatch):
+def test_a_summary_row_per_secondary_and_its_detail(ev, tmp_path, monkeypatch, set_app_state):
     """Two secondaries: each has its own backlog, states, verifications, failed layers and dead
     letters, and ``secondary=`` shows one's detail; the retry form names its secondary."""
     from fastapi import FastAPI
@@ -335,24 +335,16 @@ def test_a_summary_row_per_secondary_and_its_detail(ev, tmp_path, monkeypatch):
         "e1"
     ]
     owner, [processing] = store.queue.claim("registry_eu", limit=1)
-    store.state.set_repository_state(
+    set_app_state(
+        store,
         "registry_secondary",
-        [
-            {
-                "repository": "group/app",
-                "state": "synced",
-                "tags_primary": 3,
-                "tags_secondary": 3,
-                "last_sync_at": T0,
-                "verified_level": "blobs",
-                "verified_at": T0,
-            }
-        ],
+        "synced",
+        3,
+        last_sync_at=T0,
+        verified_level="blobs",
+        verified_at=T0,
     )
-    store.state.set_repository_state(
-        "registry_eu",
-        [{"repository": "group/app", "state": "pending", "tags_primary": 3, "tags_secondary": 1}],
-    )
+    set_app_state(store, "registry_eu", "pending", 1)
     store.history.record_run(
         "registry_reconcile",
         RUN_ID,
