@@ -11,6 +11,7 @@ import itertools
 import json
 import subprocess
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import pytest
 
@@ -24,6 +25,7 @@ from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.config import RegistryConfig
 from replication_harness import images
 from replication_harness.read_once import assert_read_once, push_tags
+from replication_harness.registry import LocalRegistry
 from replication_harness.servers import Fault, FaultProxy
 from replication_harness.sites import assert_exact
 from replication_harness.sync_cli import run_sync_cli, start_sync, sync_env
@@ -44,6 +46,25 @@ def any_store(request, tmp_path) -> Store:
 def proxy(secondary) -> Iterator[FaultProxy]:
     with FaultProxy(secondary.url) as proxy:
         yield proxy
+
+
+class Proxied(NamedTuple):
+    """The primary, the secondary behind the fault proxy, the replicator's writable client of
+    it through the proxy, and the test's writer of the primary and reader of the secondary."""
+
+    primary: LocalRegistry
+    secondary: LocalRegistry
+    proxy: FaultProxy
+    target: RegistryClient
+    primary_writer: RegistryClient
+    secondary_reader: RegistryClient
+
+
+@pytest.fixture
+def proxied(
+    primary, secondary, proxy: FaultProxy, target: RegistryClient, primary_writer, secondary_reader
+) -> Proxied:
+    return Proxied(primary, secondary, proxy, target, primary_writer, secondary_reader)
 
 
 @pytest.fixture
@@ -96,15 +117,8 @@ def listings(proxy: FaultProxy) -> list[str]:
     ]
 
 
-def test_a_cheap_run_does_not_list_the_secondary_yet_copies_and_prunes(
-    primary,
-    target,
-    secondary,
-    proxy,
-    any_store,
-    primary_writer,
-    secondary_reader,
-):
+def test_a_cheap_run_does_not_list_the_secondary_yet_copies_and_prunes(proxied, any_store):
+    primary, secondary, proxy, target, primary_writer, secondary_reader = proxied
     factory = images.ImageFactory()
     images.push(primary_writer, "app", factory.make(), ["v1"])
     doomed = factory.make()
@@ -150,19 +164,12 @@ def test_a_cheap_run_does_not_list_the_secondary_yet_copies_and_prunes(
     }
 
 
-def test_a_full_run_verifies_from_its_listing_and_its_acknowledged_writes(
-    primary,
-    target,
-    secondary,
-    proxy,
-    store,
-    primary_writer,
-    secondary_reader,
-):
+def test_a_full_run_verifies_from_its_listing_and_its_acknowledged_writes(proxied, store):
     """After writing, the secondary is not listed again where every write was acknowledged:
     the run's listing plus those writes are what is verified. A repository where a write
     failed is listed again (and found out of sync); a full verification asked for lists every
     repository the run changed."""
+    primary, _, proxy, target, primary_writer, secondary_reader = proxied
     factory = images.ImageFactory()
     for tag in ("v1", "v2"):
         images.push(primary_writer, "app", factory.make(), [tag])
@@ -197,14 +204,9 @@ def test_a_full_run_verifies_from_its_listing_and_its_acknowledged_writes(
 
 
 def test_drift_is_caught_by_the_rotating_sample_or_the_full_verification(
-    primary,
-    target,
-    proxy,
-    store,
-    primary_writer,
-    secondary_writer,
-    secondary_reader,
+    proxied, store, secondary_writer
 ):
+    primary, _, proxy, target, primary_writer, secondary_reader = proxied
     factory = images.ImageFactory()
     img = factory.make()
     images.push(primary_writer, "app", img, ["v1"])
@@ -236,20 +238,13 @@ def test_drift_is_caught_by_the_rotating_sample_or_the_full_verification(
     assert asked.run_kind.kind == "full" and "asked" in asked.run_kind.reason
 
 
-def test_a_record_made_against_another_address_is_not_trusted(
-    primary,
-    secondary,
-    proxy,
-    store,
-    primary_writer,
-):
+def test_a_record_made_against_another_address_is_not_trusted(proxied, store):
+    primary, secondary, _, target, primary_writer, _ = proxied
     images.push(primary_writer, "app", images.ImageFactory().make(), ["v1"])
     with RegistryClient(secondary.client_config(), writable=True) as direct:
         assert sync(primary, direct, store).run_kind.kind == "full"
         assert sync(primary, direct, store).run_kind.kind == "cheap"
-    assert (
-        sync(primary, through(secondary, proxy.url, writable=True), store).run_kind.kind == "full"
-    )
+    assert sync(primary, target, store).run_kind.kind == "full"  # through the proxy
 
 
 def test_the_cli_records_and_says_which_kind_of_run(primary, secondary, primary_writer, store):
@@ -300,18 +295,11 @@ def test_the_event_path_records_pushes_and_deletes(
     assert record.rows("app") == {"v1": (ABSENT, None), "v2": (PRESENT, digest)}
 
 
-def test_a_writer_killed_between_the_tag_write_and_its_record_leaves_an_intent(
-    primary,
-    target,
-    secondary,
-    proxy,
-    store,
-    primary_writer,
-    secondary_reader,
-):
+def test_a_writer_killed_between_the_tag_write_and_its_record_leaves_an_intent(proxied, store):
     """The worst case for a record: the registry took the tag, the writer died before saying
     so. Then the primary moves the tag back and that event is lost: only the intent left by
     the dead writer makes the next cheap run look, and put the tag right."""
+    primary, secondary, proxy, target, primary_writer, secondary_reader = proxied
     factory = images.ImageFactory()
     first, second = factory.make(), factory.make()
     images.push(primary_writer, "app", first, ["v1"])
@@ -336,22 +324,14 @@ def test_a_writer_killed_between_the_tag_write_and_its_record_leaves_an_intent(
     assert TagRecord(store, "registry_secondary").rows("app")["v1"] == (PRESENT, first.digest)
 
 
-def test_a_writer_killed_mid_batch_leaves_intents_on_the_whole_batch(
-    primary,
-    target,
-    secondary,
-    sites,
-    proxy,
-    store,
-    primary_writer,
-    secondary_reader,
-):
+def test_a_writer_killed_mid_batch_leaves_intents_on_the_whole_batch(proxied, sites, store):
     """Tags are written a batch at a time: one intent for the batch, the writes, one record.
     Killed with some of the batch's tags written and one held, the writer leaves an intent on
     every tag of the batch (written or not): none keeps the digest recorded before the batch,
     which the secondary no longer holds. The next cheap run asks about each and puts all
     right, a tag moved back meanwhile included. With a second secondary in the store, its
     writer records the same batch meanwhile: the intents of the first stand."""
+    primary, secondary, proxy, target, primary_writer, secondary_reader = proxied
     factory = images.ImageFactory()
     tags = [f"t{i}" for i in range(5)]
     old = {tag: images.push(primary_writer, "app", factory.make(), [tag]) for tag in tags}
