@@ -21,6 +21,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -30,7 +31,7 @@ from registry_replication.store import Store
 from registry_replication.store.queue import Event
 from registry_replication.transport.client import RegistryClient
 from registry_replication.web.webhook import create_app
-from replication_harness import envelopes
+from replication_harness import envelopes, images
 from replication_harness.dag_runs import load_dags, migrate_metadata_db
 from replication_harness.keys import KeyPair, generate_key_pair
 from replication_harness.postgres import LocalPostgres
@@ -116,28 +117,26 @@ def start_registry(tmp_path: Path) -> Iterator[Callable[..., LocalRegistry]]:
         registry.stop()
 
 
-@pytest.fixture
-def primary(
-    start_registry: Callable[..., LocalRegistry], keys: KeyPair, token_service: TokenService
-) -> LocalRegistry:
-    """A primary configured as GitLab configures its registry (token auth, gitlab-issuer)."""
-    return start_registry("primary", keys=keys, token_realm=token_service.realm)
+def _token_registry(name: str, doc: str) -> Any:
+    """The fixture ``name``: a registry of that name trusting the test's key pair and token
+    service, as GitLab configures its registries."""
+
+    def registry(
+        start_registry: Callable[..., LocalRegistry], keys: KeyPair, token_service: TokenService
+    ) -> LocalRegistry:
+        return start_registry(name, keys=keys, token_realm=token_service.realm)
+
+    registry.__doc__ = doc
+    return pytest.fixture(registry, name=name)
 
 
-@pytest.fixture
-def secondary(
-    start_registry: Callable[..., LocalRegistry], keys: KeyPair, token_service: TokenService
-) -> LocalRegistry:
-    """A secondary trusting the same key pair, as Geo requires."""
-    return start_registry("secondary", keys=keys, token_realm=token_service.realm)
-
-
-@pytest.fixture
-def eu(
-    start_registry: Callable[..., LocalRegistry], keys: KeyPair, token_service: TokenService
-) -> LocalRegistry:
-    """A second secondary of the same primary (issue 22), ``registry_eu`` in the store."""
-    return start_registry("eu", keys=keys, token_realm=token_service.realm)
+primary = _token_registry(
+    "primary", "A primary configured as GitLab configures its registry (token auth, gitlab-issuer)."
+)
+secondary = _token_registry("secondary", "A secondary trusting the same key pair, as Geo requires.")
+eu = _token_registry(
+    "eu", "A second secondary of the same primary (issue 22), ``registry_eu`` in the store."
+)
 
 
 @pytest.fixture
@@ -162,35 +161,56 @@ def sites(request: pytest.FixtureRequest, secondary: LocalRegistry) -> list[Site
 
 
 @pytest.fixture
+def image_factory() -> images.ImageFactory:
+    """The test's images: related ones, sharing base layers."""
+    return images.ImageFactory()
+
+
+@pytest.fixture
+def odd_repository(primary: LocalRegistry, image_factory: images.ImageFactory) -> str:
+    """``Foo/app``, pushed to the primary (tag ``1.0``): the reference grammar refuses it, but
+    distribution 2.8 reads ``Foo`` as a hostname and stores it, so it shows in the catalog."""
+    images.push_unchecked(primary, "Foo/app", image_factory.make(), "1.0")
+    return "Foo/app"
+
+
+@pytest.fixture
 def open_registry(start_registry: Callable[..., LocalRegistry]) -> LocalRegistry:
     """A registry without authentication."""
     return start_registry("open")
 
 
-@pytest.fixture
-def primary_writer(primary: LocalRegistry) -> Iterator[RegistryClient]:
-    """Pushes to the primary, as CI jobs and developers do (the replicator never does)."""
-    with RegistryClient(primary.client_config(), writable=True) as client:
-        yield client
+def _client(name: str, registry: str, *, writable: bool, doc: str) -> Any:
+    """The fixture ``name``: a client of the ``registry`` fixture's registry, closed after the
+    test."""
+
+    def client(request: pytest.FixtureRequest) -> Iterator[RegistryClient]:
+        config = request.getfixturevalue(registry).client_config()
+        with RegistryClient(config, writable=writable) as opened:
+            yield opened
+
+    client.__doc__ = doc
+    return pytest.fixture(client, name=name)
 
 
-@pytest.fixture
-def primary_reader(primary: LocalRegistry) -> Iterator[RegistryClient]:
-    """The replicator's view of the primary: read-only, pull-scoped tokens."""
-    with RegistryClient(primary.client_config()) as client:
-        yield client
-
-
-@pytest.fixture
-def secondary_writer(secondary: LocalRegistry) -> Iterator[RegistryClient]:
-    with RegistryClient(secondary.client_config(), writable=True) as client:
-        yield client
-
-
-@pytest.fixture
-def secondary_reader(secondary: LocalRegistry) -> Iterator[RegistryClient]:
-    with RegistryClient(secondary.client_config()) as client:
-        yield client
+primary_writer = _client(
+    "primary_writer",
+    "primary",
+    writable=True,
+    doc="Pushes to the primary, as CI jobs and developers do (the replicator never does).",
+)
+primary_reader = _client(
+    "primary_reader",
+    "primary",
+    writable=False,
+    doc="The replicator's view of the primary: read-only, pull-scoped tokens.",
+)
+secondary_writer = _client(
+    "secondary_writer", "secondary", writable=True, doc="Writes to the secondary."
+)
+secondary_reader = _client(
+    "secondary_reader", "secondary", writable=False, doc="Reads the secondary, read-only."
+)
 
 
 @pytest.fixture

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from registry_replication.engine.prune import TOMBSTONE_ARTIFACT_TYPE
 from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.errors import RegistryError
+from replication_harness import images
+from replication_harness.registry import LocalRegistry
 
 
 def is_tombstone(raw: bytes) -> bool:
@@ -56,6 +58,21 @@ def wait_for_replica(
             return time.monotonic() - started
         time.sleep(0.1)
     raise AssertionError(f"{repository}:{tag} did not reach the secondary in {timeout}s")
+
+
+def warmed_up(
+    primary: LocalRegistry, secondary: LocalRegistry, layer_size: int
+) -> tuple[RegistryClient, RegistryClient, images.ImageFactory]:
+    """A writer of the primary, a reader of the secondary and a factory of images with layers
+    of ``layer_size``, once a warm-up push (``group/app:warm-up``) has replicated: the event
+    path's first run starts its chain."""
+    writer = RegistryClient(primary.client_config(), writable=True)
+    reader = RegistryClient(secondary.client_config())
+    factory = images.ImageFactory(layer_size=layer_size)
+    warm = factory.make()
+    images.push(writer, "group/app", warm, ["warm-up"])
+    wait_for_replica(reader, "group/app", "warm-up", warm.digest, timeout=180)
+    return writer, reader, factory
 
 
 @dataclass

@@ -17,6 +17,7 @@ from registry_replication.store import Store
 from registry_replication.store.record import TagRecord
 from replication_harness import corpus, images
 from replication_harness.dag_runs import load_dags, run
+from replication_harness.read_once import assert_read_once, push_tags
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
@@ -177,83 +178,75 @@ def test_a_full_reconcile_reads_each_manifest_once(
     """snapshot_primary reads whole the tags the record lacks and keeps their manifests in the
     run's folder; plan reads none of them again: one GET per tag and per index child, and the
     compare-and-set before each write a conditional HEAD answered 304."""
-    from collections import Counter
-
-    factory = images.ImageFactory()
-    single = images.push(primary_writer, "app", factory.make(), ["v1", "v2"])
-    multi = factory.multi_arch()
-    images.push(primary_writer, "app", multi, ["multi"])
+    pushed = push_tags(primary_writer)
     assert run("registry_reconcile").state == "success"
-    manifests = Counter(
-        (method, path.rsplit("/", 1)[1], status)
-        for method, path, status in slow_connections.log
-        if "/manifests/" in path
-    )
-    assert manifests == Counter(
-        {
-            **{("GET", tag, 200): 1 for tag in ("v1", "v2", "multi")},
-            **{("GET", child.digest, 200): 1 for child in multi.children},
-            **{("HEAD", tag, 304): 1 for tag in ("v1", "v2", "multi")},
-        }
-    ), slow_connections.log
-    assert {t: secondary_reader.head_manifest("app", t).digest for t in ("v1", "v2", "multi")} == {
-        "v1": single,
-        "v2": single,
-        "multi": multi.digest,
-    }
+    assert_read_once(pushed, slow_connections.log, secondary_reader)
 
 
-def race(hold, action):
-    """Run ``action`` once the reconcile's held request arrives, then let the request go on."""
-    import threading
+class RacingReconcile:
+    """A reconcile whose request for one blob is held while the event path writes: what the
+    event path did in the meantime must stand."""
 
-    errors: list[BaseException] = []
+    def __init__(self, proxy, primary_reader, secondary_writer):
+        self.proxy = proxy
+        self.primary_reader = primary_reader
+        self.secondary_writer = secondary_writer
 
-    def go() -> None:
-        try:
-            assert hold.arrived.wait(120), "the reconcile never sent the held request"
-            action()
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            errors.append(exc)
-        finally:
-            hold.release()
+    def replicate_push(self, repository, tag, digest):
+        """The event path replicating one push, with its own leases in the DAGs' store."""
+        import datetime as dt
 
-    thread = threading.Thread(target=go)
-    thread.start()
-    return thread, errors
+        from registry_replication.engine.leases import Leases
+        from registry_replication.engine.realtime import replicate_events
+        from registry_replication.store.queue import Event
+
+        event = Event(
+            f"{repository}:{tag}@{digest}",
+            "push",
+            repository,
+            tag,
+            digest,
+            None,
+            dt.datetime.now(dt.UTC),
+        )
+        with Leases(Store(), "registry_secondary") as leases:
+            assert replicate_events(
+                self.primary_reader, self.secondary_writer, [event], leases=leases
+            ) == {event.id: None}
+
+    def run(self, held_blob, action, conf=None):
+        """Run the reconcile; once its GET of ``held_blob`` arrives, hold it, run ``action``,
+        then let the request go on. Returns the DagRun, ``action`` having raised nothing."""
+        import threading
+
+        hold = self.proxy.hold("GET", f"/blobs/{held_blob}")
+        errors: list[BaseException] = []
+
+        def go() -> None:
+            try:
+                assert hold.arrived.wait(120), "the reconcile never sent the held request"
+                action()
+            except BaseException as exc:  # noqa: BLE001 - reported by the test
+                errors.append(exc)
+            finally:
+                hold.release()
+
+        thread = threading.Thread(target=go)
+        thread.start()
+        result = run("registry_reconcile", conf)
+        thread.join()
+        assert errors == []
+        return result
 
 
-def replicate_push(primary_reader, secondary_writer, repository, tag, digest):
-    """The event path replicating one push, with its own leases in the DAGs' store."""
-    import datetime as dt
-
-    from registry_replication.engine.leases import Leases
-    from registry_replication.engine.realtime import replicate_events
-    from registry_replication.store.queue import Event
-
-    event = Event(
-        f"{repository}:{tag}@{digest}",
-        "push",
-        repository,
-        tag,
-        digest,
-        None,
-        dt.datetime.now(dt.UTC),
-    )
-    with Leases(Store(), "registry_secondary") as leases:
-        assert replicate_events(primary_reader, secondary_writer, [event], leases=leases) == {
-            event.id: None
-        }
+@pytest.fixture
+def racing(airflow_db, slow_connections, primary_reader, secondary_writer):
+    """The DAGs' reconcile, through the slow primary, racing the event path."""
+    return RacingReconcile(slow_connections, primary_reader, secondary_writer)
 
 
 def test_reconcile_never_overwrites_a_newer_tag(
-    airflow_db,
-    slow_connections,
-    primary_writer,
-    primary_reader,
-    secondary_writer,
-    secondary_reader,
-    caplog,
+    racing, primary_writer, primary_reader, secondary_reader, caplog
 ):
     factory = images.ImageFactory()
     old = factory.make()
@@ -262,14 +255,10 @@ def test_reconcile_never_overwrites_a_newer_tag(
 
     def move_and_replicate() -> None:
         newer.append(images.push(primary_writer, "app", factory.make(), ["t"]))
-        replicate_push(primary_reader, secondary_writer, "app", "t", newer[0])
+        racing.replicate_push("app", "t", newer[0])
 
-    hold = slow_connections.hold("GET", f"/blobs/{old.blobs[-1].digest}")
-    thread, errors = race(hold, move_and_replicate)
     with caplog.at_level(logging.INFO):
-        result = run("registry_reconcile")
-    thread.join()
-    assert errors == []
+        result = racing.run(old.blobs[-1].digest, move_and_replicate)
     assert result.state == "success"
     assert (
         secondary_reader.head_manifest("app", "t").digest
@@ -283,13 +272,7 @@ def test_reconcile_never_overwrites_a_newer_tag(
 
 
 def test_reconcile_never_deletes_a_tag_pushed_again(
-    airflow_db,
-    slow_connections,
-    primary_writer,
-    primary_reader,
-    secondary_writer,
-    secondary_reader,
-    caplog,
+    racing, primary_writer, secondary_reader, caplog
 ):
     factory = images.ImageFactory()
     kept = factory.make()
@@ -302,14 +285,10 @@ def test_reconcile_never_deletes_a_tag_pushed_again(
 
     def push_again_and_replicate() -> None:
         images.push(primary_writer, "keep", kept, ["k"])
-        replicate_push(primary_reader, secondary_writer, "keep", "k", kept.digest)
+        racing.replicate_push("keep", "k", kept.digest)
 
-    hold = slow_connections.hold("GET", f"/blobs/{fresh.blobs[-1].digest}")
-    thread, errors = race(hold, push_again_and_replicate)
     with caplog.at_level(logging.INFO):
-        result = run("registry_reconcile", {"prune": True})
-    thread.join()
-    assert errors == []
+        result = racing.run(fresh.blobs[-1].digest, push_again_and_replicate, {"prune": True})
     assert result.state == "success"
     assert secondary_reader.head_manifest("keep", "k").digest == kept.digest
     assert secondary_reader.head_manifest("app", "new").digest == fresh.digest

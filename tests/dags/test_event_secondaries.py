@@ -11,31 +11,59 @@ from __future__ import annotations
 import ssl
 import threading
 import time
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import pytest
 
 from registry_replication.airflow import event_tasks
+from registry_replication.store import Store
 from registry_replication.transport.client import RegistryClient
 from replication_harness import images
 from replication_harness.dag_runs import run, wait_for_events
+from replication_harness.registry import LocalRegistry
 from replication_harness.skopeo import skopeo_raw
 
 EU = "registry_eu"
+LAYER_SIZE = 32 * 1024
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
 
 
-def test_a_stopped_secondary_waits_and_the_other_replicates(
-    airflow_db,
-    connections,
-    store,
-    notifying_primary,
-    secondary,
-    eu_configured,
-    monkeypatch,
-):
-    eu = eu_configured
-    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS", "0")
+class EventSites(NamedTuple):
+    """What these tests replicate between: their store, the notifying primary, the test's
+    secondary and ``eu``, and a client that pushes to the primary as CI jobs do."""
+
+    store: Store
+    primary: LocalRegistry
+    secondary: LocalRegistry
+    eu: LocalRegistry
+    writer: RegistryClient
+
+
+@pytest.fixture
+def event_sites(
+    store: Store,
+    notifying_primary: LocalRegistry,
+    secondary: LocalRegistry,
+    eu_configured: LocalRegistry,
+) -> Iterator[EventSites]:
+    """The primary notifies the webhook; both secondaries are configured for the DAGs."""
+    with RegistryClient(notifying_primary.client_config(), writable=True) as writer:
+        yield EventSites(store, notifying_primary, secondary, eu_configured, writer)
+
+
+def drain_idle_seconds(monkeypatch: pytest.MonkeyPatch, seconds: int) -> None:
+    """How long a drain waits for more events before its run ends."""
+    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS", str(seconds))
+
+
+def test_a_stopped_secondary_waits_and_the_other_replicates(event_sites: EventSites, monkeypatch):
+    store, notifying_primary, secondary, eu, writer = event_sites
+    drain_idle_seconds(monkeypatch, 0)
     monkeypatch.setattr(event_tasks, "PROBE_SECONDS", 1.0)
     eu.stop()
-    writer = RegistryClient(notifying_primary.client_config(), writable=True)
-    factory = images.ImageFactory(layer_size=32 * 1024)
+    factory = images.ImageFactory(layer_size=LAYER_SIZE)
     first, second = factory.make(), factory.multi_arch()
     images.push(writer, "group/app", first, ["v1"])
     images.push(writer, "group/other", second, ["v2"])
@@ -72,23 +100,14 @@ def test_a_stopped_secondary_waits_and_the_other_replicates(
     assert {e["attempts"] for e in store.queue.events(secondary=EU)} == {1}
 
 
-def test_a_secondary_back_within_the_run_drains_in_it(
-    airflow_db,
-    connections,
-    store,
-    notifying_primary,
-    secondary,
-    eu_configured,
-    monkeypatch,
-):
+def test_a_secondary_back_within_the_run_drains_in_it(event_sites: EventSites, monkeypatch):
     """While events still arrive (the drain's idle time), a stopped secondary's drain stays,
     probing: once it answers, its backlog drains in the same run, on its first attempt."""
-    eu = eu_configured
-    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS", "6")
+    store, notifying_primary, _, eu, writer = event_sites
+    drain_idle_seconds(monkeypatch, 6)
     monkeypatch.setattr(event_tasks, "DOWN_PROBE_SECONDS", 0.5)
     eu.stop()
-    writer = RegistryClient(notifying_primary.client_config(), writable=True)
-    images.push(writer, "group/app", images.ImageFactory(layer_size=32 * 1024).make(), ["v1"])
+    images.push(writer, "group/app", images.ImageFactory(layer_size=LAYER_SIZE).make(), ["v1"])
     wait_for_events(store, {"v1"})
 
     def start_once_postponed() -> None:
@@ -116,20 +135,13 @@ def test_a_secondary_back_within_the_run_drains_in_it(
 
 
 def test_a_ping_raising_anything_skips_that_secondary_alone(
-    airflow_db,
-    connections,
-    store,
-    notifying_primary,
-    secondary,
-    eu_configured,
-    monkeypatch,
-    caplog,
+    event_sites: EventSites, monkeypatch, caplog
 ):
     """Not only the transport's RegistryError: whatever the ping of a secondary raises (here a
     TLS library's own error) skips that secondary's drain with its deliveries' attempts intact,
     and the other drain replicates."""
-    eu = eu_configured
-    monkeypatch.setenv("AIRFLOW__REGISTRY_REPLICATION__EVENT_DRAIN_IDLE_SECONDS", "0")
+    store, notifying_primary, secondary, eu, writer = event_sites
+    drain_idle_seconds(monkeypatch, 0)
     ping = RegistryClient.ping
 
     def ping_failing_on_eu(client: RegistryClient) -> None:
@@ -138,8 +150,7 @@ def test_a_ping_raising_anything_skips_that_secondary_alone(
         ping(client)
 
     monkeypatch.setattr(RegistryClient, "ping", ping_failing_on_eu)
-    writer = RegistryClient(notifying_primary.client_config(), writable=True)
-    img = images.ImageFactory(layer_size=32 * 1024).make()
+    img = images.ImageFactory(layer_size=LAYER_SIZE).make()
     images.push(writer, "group/app", img, ["v1"])
     wait_for_events(store, {"v1"})
     caplog.set_level("INFO", logger="registry_replication.airflow")

@@ -10,11 +10,10 @@ from __future__ import annotations
 import statistics
 import time
 
-from registry_replication.transport.client import RegistryClient
 from replication_harness import images
 from replication_harness.cluster import AirflowCluster
 from replication_harness.standalone import AirflowStandalone
-from replication_harness.watch import wait_for_replica
+from replication_harness.watch import wait_for_replica, warmed_up
 
 
 def stop_api_server(airflow: AirflowStandalone) -> None:
@@ -50,14 +49,7 @@ def wait_until_no_task_is_running(
 
 def test_push_replicates_by_itself_and_survives_an_api_server_restart(notified_stack, capsys):
     primary, secondary, airflow, store = notified_stack
-    writer = RegistryClient(primary.client_config(), writable=True)
-    reader = RegistryClient(secondary.client_config())
-    factory = images.ImageFactory(layer_size=256 * 1024)
-
-    # Warm-up push: the first run of the continuous DAG starts the chain.
-    warm = factory.make()
-    images.push(writer, "group/app", warm, ["warm-up"])
-    wait_for_replica(reader, "group/app", "warm-up", warm.digest, timeout=180)
+    writer, reader, factory = warmed_up(primary, secondary, layer_size=256 * 1024)
 
     latencies = []
     for i in range(5):

@@ -13,22 +13,15 @@ import time
 import requests
 
 from registry_replication.outcomes import EventStatus
-from registry_replication.transport.client import RegistryClient
 from replication_harness import images
-from replication_harness.watch import wait_for_replica
+from replication_harness.watch import wait_for_replica, warmed_up
 
 ODD = "Foo/app"
 
 
 def test_an_odd_push_is_rejected_and_the_next_push_still_replicates(notified_stack, capsys):
     primary, secondary, airflow, store = notified_stack
-    writer = RegistryClient(primary.client_config(), writable=True)
-    reader = RegistryClient(secondary.client_config())
-    factory = images.ImageFactory(layer_size=64 * 1024)
-
-    warm = factory.make()
-    images.push(writer, "group/app", warm, ["warm-up"])
-    wait_for_replica(reader, "group/app", "warm-up", warm.digest, timeout=180)
+    writer, reader, factory = warmed_up(primary, secondary, layer_size=64 * 1024)
 
     images.push_unchecked(primary, ODD, factory.make(), "1.0")
     latencies = []

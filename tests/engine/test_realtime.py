@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import pandas as pd
@@ -14,11 +16,25 @@ from hypothesis import strategies as st
 from registry_replication.engine.prune import prune
 from registry_replication.engine.realtime import coalesce, replicate_events
 from registry_replication.outcomes import PermanentFailure, PruneOutcome
+from registry_replication.store.queue import Event
 from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.config import RegistryConfig
 from registry_replication.transport.reference import Repository, Tag
 from replication_harness import images
 from replication_harness.servers import Fault, FaultProxy
+
+
+@pytest.fixture
+def replicate(primary_reader, secondary_writer, leases) -> Callable[..., dict[str, str | None]]:
+    """The event path from the test's primary to its secondary, with the test's leases:
+    ``replicate(*events, **options)`` returns each event's outcome."""
+
+    def replicate(*events: Event, **options: Any) -> dict[str, str | None]:
+        return replicate_events(
+            primary_reader, secondary_writer, list(events), leases=leases, **options
+        )
+
+    return replicate
 
 
 def test_coalesce_latest_push_per_tag_and_delete_after_push_wins(ev):
@@ -37,66 +53,42 @@ def test_coalesce_latest_push_per_tag_and_delete_after_push_wins(ev):
     assert work.noop == ["e5"]
 
 
-def test_push_and_delete_events_replicate(
-    ev, primary_writer, primary_reader, secondary_writer, secondary_reader, leases
-):
+def test_push_and_delete_events_replicate(ev, primary_writer, secondary_reader, replicate):
     factory = images.ImageFactory()
     first = factory.multi_arch()
     images.push(primary_writer, "group/app", first, ["1.0", "keep"])
-    outcomes = replicate_events(
-        primary_reader,
-        secondary_writer,
-        [ev(1, "push", "group/app", "1.0", first.digest)],
-        leases=leases,
-    )
+    outcomes = replicate(ev(1, "push", "group/app", "1.0", first.digest))
     assert outcomes == {"e1": None}
     assert secondary_reader.head_manifest("group/app", "1.0").digest == first.digest
     assert secondary_reader.head_manifest("group/app", "keep") is None  # only what was pushed
 
     images.push(primary_writer, "group/app", first, ["keep"])
-    replicate_events(
-        primary_reader, secondary_writer, [ev(2, "push", "group/app", "keep")], leases=leases
-    )
+    replicate(ev(2, "push", "group/app", "keep"))
     # "1.0" is untagged on the primary (delete by digest, then "keep" pushed again).
     primary_writer.delete_manifest("group/app", first.digest)
     images.push(primary_writer, "group/app", first, ["keep"])
-    outcomes = replicate_events(
-        primary_reader,
-        secondary_writer,
-        [ev(3, "delete", "group/app", digest=first.digest)],
-        leases=leases,
-    )
+    outcomes = replicate(ev(3, "delete", "group/app", digest=first.digest))
     assert outcomes == {"e3": None}
     # The manifest is back on the primary (re-pushed), so nothing is deleted on the secondary.
     assert secondary_reader.head_manifest("group/app", "1.0").digest == first.digest
 
     primary_writer.delete_manifest("group/app", first.digest)
     # Both of the secondary's tags: all of it, above the default mass-deletion guard.
-    outcomes = replicate_events(
-        primary_reader,
-        secondary_writer,
-        [ev(4, "delete", "group/app", digest=first.digest)],
-        leases=leases,
-        max_prune_fraction=1.0,
-    )
+    outcomes = replicate(ev(4, "delete", "group/app", digest=first.digest), max_prune_fraction=1.0)
     assert outcomes == {"e4": None}
     assert secondary_reader.tags("group/app") == []
 
 
-def test_failed_copy_is_reported_per_event(
-    ev, primary, primary_writer, primary_reader, secondary_writer, leases
-):
+def test_failed_copy_is_reported_per_event(ev, primary, primary_writer, replicate):
     img = images.ImageFactory().make()
     images.push(primary_writer, "app", img, ["v1"])
     primary.blob_path(img.blobs[-1].digest).write_bytes(b"\0" * img.blobs[-1].size)
-    outcomes = replicate_events(
-        primary_reader, secondary_writer, [ev(1, "push", "app", "v1")], leases=leases
-    )
+    outcomes = replicate(ev(1, "push", "app", "v1"))
     assert img.blobs[-1].digest in outcomes["e1"]
 
 
 def test_events_are_typed_once_and_a_row_out_of_grammar_fails_alone(
-    ev, primary_reader, secondary_writer, leases, monkeypatch
+    ev, primary_reader, monkeypatch, replicate
 ):
     """Events come back from the store as text: typed once for the whole path, and a row the
     webhook did not write (out of grammar) fails for good, before any request."""
@@ -108,15 +100,10 @@ def test_events_are_typed_once_and_a_row_out_of_grammar_fails_alone(
         return head(repository, reference, **kwargs)
 
     monkeypatch.setattr(primary_reader, "head_manifest", recording)
-    outcomes = replicate_events(
-        primary_reader,
-        secondary_writer,
-        [
-            ev(1, "push", "Foo/app", "v1"),
-            ev(2, "push", "app", "v1"),
-            ev(3, "delete", "app", digest="sha256:zz"),
-        ],
-        leases=leases,
+    outcomes = replicate(
+        ev(1, "push", "Foo/app", "v1"),
+        ev(2, "push", "app", "v1"),
+        ev(3, "delete", "app", digest="sha256:zz"),
     )
     assert isinstance(outcomes["e1"], PermanentFailure)
     assert "invalid repository name 'Foo/app'" in outcomes["e1"]
@@ -134,16 +121,14 @@ FIELD = st.one_of(
 @given(
     rows=st.lists(st.tuples(st.sampled_from(["push", "delete"]), FIELD, FIELD, FIELD), max_size=4)
 )
-def test_any_claimed_row_is_its_own_events_outcome(
-    ev, primary_reader, secondary_writer, leases, rows
-):
+def test_any_claimed_row_is_its_own_events_outcome(ev, rows, replicate):
     """Whatever a claimed row holds (text out of grammar, no text at all, nothing), the drain
     answers for every event and never raises: a row is one event's problem alone."""
     events = [
         dataclasses.replace(ev(i, action), repository=r, tag=t, digest=d)
         for i, (action, r, t, d) in enumerate(rows)
     ]
-    outcomes = replicate_events(primary_reader, secondary_writer, events, leases=leases)
+    outcomes = replicate(*events)
     assert set(outcomes) == {e.id for e in events}
 
 
@@ -161,27 +146,18 @@ def test_coalesce_tag_deletes_against_pushes(ev):
     assert work.tags == {"v2": ["e3", "e4"]}
 
 
-def test_a_moved_then_deleted_tag_is_removed(
-    ev, primary_writer, primary_reader, secondary_writer, secondary_reader, leases
-):
+def test_a_moved_then_deleted_tag_is_removed(ev, primary_writer, secondary_reader, replicate):
     """t on A (replicated), moved to B, B deleted: the secondary must not keep t on A."""
     factory = images.ImageFactory()
     old, new = factory.make(), factory.make()
     images.push(primary_writer, "app", old, ["t", "other"])
-    replicate_events(
-        primary_reader, secondary_writer, [ev(1, "push", "app", "t", old.digest)], leases=leases
-    )
+    replicate(ev(1, "push", "app", "t", old.digest))
     images.push(primary_writer, "app", new, ["t"])
     primary_writer.delete_manifest("app", new.digest)
-    outcomes = replicate_events(
-        primary_reader,
-        secondary_writer,
-        [
-            ev(2, "push", "app", "t", new.digest),
-            ev(3, "delete", "app", digest=new.digest),
-            ev(4, "delete", "app", "t"),
-        ],
-        leases=leases,
+    outcomes = replicate(
+        ev(2, "push", "app", "t", new.digest),
+        ev(3, "delete", "app", digest=new.digest),
+        ev(4, "delete", "app", "t"),
         max_prune_fraction=1.0,
     )  # "t" is all the secondary holds
     assert outcomes == {"e2": None, "e3": None, "e4": None}
@@ -190,7 +166,7 @@ def test_a_moved_then_deleted_tag_is_removed(
 
 
 def test_events_over_many_repositories_replicate_together(
-    ev, primary_writer, primary_reader, secondary_writer, secondary_reader, leases
+    ev, primary_writer, secondary_reader, replicate
 ):
     factory = images.ImageFactory(layer_size=16 * 1024)
     pushed = {}
@@ -203,16 +179,14 @@ def test_events_over_many_repositories_replicate_together(
         ev(i, "push", repository, tag, img.digest)
         for i, ((repository, tag), img) in enumerate(pushed.items())
     ]
-    outcomes = replicate_events(
-        primary_reader, secondary_writer, events, leases=leases, repositories_at_once=4
-    )
+    outcomes = replicate(*events, repositories_at_once=4)
     assert outcomes == {e.id: None for e in events}
     for (repository, tag), img in pushed.items():
         assert secondary_reader.get_manifest(repository, tag).raw == img.raw
 
 
 def test_one_push_event_sends_each_read_once(
-    ev, primary_writer, primary_reader, secondary_writer, secondary_reader, leases, monkeypatch
+    ev, primary_writer, primary_reader, secondary_writer, secondary_reader, monkeypatch, replicate
 ):
     """From the event to the blob PUT, no HEAD or GET is repeated; the only second look is the
     compare-and-set HEAD of the tag on the primary right before the tag is written."""
@@ -233,12 +207,7 @@ def test_one_push_event_sends_each_read_once(
             patch.setattr(
                 client.transport.pool, "urlopen", recorder(side, client.transport.pool.urlopen)
             )
-        outcomes = replicate_events(
-            primary_reader,
-            secondary_writer,
-            [ev(1, "push", "group/once", "1.0", image.digest)],
-            leases=leases,
-        )
+        outcomes = replicate(ev(1, "push", "group/once", "1.0", image.digest))
     assert outcomes == {"e1": None}
     assert secondary_reader.head_manifest("group/once", "1.0").digest == image.digest
     repeated = {
@@ -323,19 +292,16 @@ PROXY_PAGE = Fault(
 
 @pytest.mark.parametrize("path", ["tag delete event", "digest delete event", "prune"])
 def test_a_proxys_404_page_never_deletes_a_tag(
-    ev, path, primary, primary_writer, primary_reader, secondary_writer, secondary_reader, leases
+    ev, path, primary, primary_writer, secondary_writer, secondary_reader, leases, replicate
 ):
     """A 404 means gone only with the registry's MANIFEST_UNKNOWN or NAME_UNKNOWN: a HEAD has
     no body, so a GET asks; a proxy's page in front of the primary never causes a delete."""
     image = images.ImageFactory().make()
     tags = ["v1", "v2", "v3"]
     images.push(primary_writer, "app", image, tags)
-    assert replicate_events(
-        primary_reader,
-        secondary_writer,
-        [ev(i, "push", "app", t, image.digest) for i, t in enumerate(tags)],
-        leases=leases,
-    ) == {f"e{i}": None for i in range(3)}
+    assert replicate(*(ev(i, "push", "app", t, image.digest) for i, t in enumerate(tags))) == {
+        f"e{i}": None for i in range(3)
+    }
     with (
         FaultProxy(primary.url) as proxy,
         RegistryClient(
@@ -368,7 +334,7 @@ def test_a_proxys_404_page_never_deletes_a_tag(
 
 
 def test_the_event_paths_deletes_stop_at_the_mass_deletion_guard(
-    ev, primary_writer, primary_reader, secondary_writer, secondary_reader, leases
+    ev, primary_writer, secondary_reader, replicate
 ):
     """As prune's: one batch of events removes at most max_prune_fraction of the secondary's
     tags; the refused events come back with why, and the tags stay."""
@@ -377,15 +343,13 @@ def test_the_event_paths_deletes_stop_at_the_mass_deletion_guard(
     images.push(primary_writer, "app", kept, ["keep"])
     images.push(primary_writer, "app", doomed, ["a", "b", "c"])
     pushed = [ev(i, "push", "app", t) for i, t in enumerate(["keep", "a", "b", "c"])]
-    assert set(
-        replicate_events(primary_reader, secondary_writer, pushed, leases=leases).values()
-    ) == {None}
+    assert set(replicate(*pushed).values()) == {None}
     primary_writer.delete_manifest("app", doomed.digest)  # 3 of the 4 tags
     deletes = [
         ev(10, "delete", "app", digest=doomed.digest),
         *(ev(11 + i, "delete", "app", t) for i, t in enumerate("abc")),
     ]
-    outcomes = replicate_events(primary_reader, secondary_writer, deletes, leases=leases)
+    outcomes = replicate(*deletes)
     assert set(outcomes) == {"e10", "e11", "e12", "e13"}
     assert all(
         error
@@ -395,9 +359,5 @@ def test_the_event_paths_deletes_stop_at_the_mass_deletion_guard(
     ), outcomes
     assert sorted(secondary_reader.tags("app")) == ["a", "b", "c", "keep"]
     # The operator's way through: a higher fraction (or the reconcile's force_prune).
-    assert set(
-        replicate_events(
-            primary_reader, secondary_writer, deletes, leases=leases, max_prune_fraction=0.75
-        ).values()
-    ) == {None}
+    assert set(replicate(*deletes, max_prune_fraction=0.75).values()) == {None}
     assert secondary_reader.tags("app") == ["keep"]

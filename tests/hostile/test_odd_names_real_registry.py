@@ -13,38 +13,43 @@ from registry_replication.engine.sync import SyncOptions, run_sync
 from replication_harness import images
 from replication_harness.skopeo import skopeo_raw
 
-ODD = "Foo/app"
-
 
 def test_the_real_registry_stores_an_odd_name_and_the_cli_replicates_everything_else(
-    primary, secondary, primary_writer, secondary_writer, monkeypatch, capsys
+    primary,
+    secondary,
+    odd_repository,
+    image_factory,
+    primary_writer,
+    secondary_writer,
+    monkeypatch,
+    capsys,
 ):
-    factory = images.ImageFactory()
-    images.push_unchecked(primary, ODD, factory.make(), "1.0")
     wanted = {
-        ("group/a", "1.0"): images.push(primary_writer, "group/a", factory.make(), ["1.0"]),
-        ("group/b", "2.0"): images.push(primary_writer, "group/b", factory.multi_arch(), ["2.0"]),
+        ("group/a", "1.0"): images.push(primary_writer, "group/a", image_factory.make(), ["1.0"]),
+        ("group/b", "2.0"): images.push(
+            primary_writer, "group/b", image_factory.multi_arch(), ["2.0"]
+        ),
     }
     # A tag the primary no longer has: pruning must still happen outside the odd repository.
-    images.push(secondary_writer, "group/a", factory.make(), ["stale"])
-    assert ODD in list(primary_writer.catalog())
+    images.push(secondary_writer, "group/a", image_factory.make(), ["stale"])
+    assert odd_repository in list(primary_writer.catalog())
 
     monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_PRIMARY", json.dumps(primary.connection()))
     monkeypatch.setenv("AIRFLOW_CONN_REGISTRY_SECONDARY", json.dumps(secondary.connection()))
     # (A one-tag secondary would trip the mass-deletion guard.)
     assert main(["sync", "--max-prune-fraction", "1"]) == 1  # finished; needs an operator
     out = capsys.readouterr().out
-    line = next(line for line in out.splitlines() if ODD in line)
+    line = next(line for line in out.splitlines() if odd_repository in line)
     assert "invalid repository name 'Foo/app'" in line and "What to do:" in line
     for (repository, tag), digest in wanted.items():
         assert secondary_writer.head_manifest(repository, tag).digest == digest
         assert skopeo_raw(secondary, repository, tag) == skopeo_raw(primary, repository, tag)
     assert secondary_writer.head_manifest("group/a", "stale") is None  # pruned
-    assert ODD not in list(secondary_writer.catalog())
+    assert odd_repository not in list(secondary_writer.catalog())
 
     assert main(["sync", "--json"]) == 1
     result = json.loads(capsys.readouterr().out)
-    assert [p["repository"] for p in result["problems"]] == [ODD]
+    assert [p["repository"] for p in result["problems"]] == [odd_repository]
     assert result["counts"]["manifests pushed"] == 0  # everything else was already there
 
 

@@ -10,8 +10,8 @@ import datetime as dt
 import itertools
 import json
 import subprocess
-from collections import Counter
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import pytest
 
@@ -24,6 +24,8 @@ from registry_replication.store.record import ABSENT, INTENT, PRESENT, TagRecord
 from registry_replication.transport.client import RegistryClient
 from registry_replication.transport.config import RegistryConfig
 from replication_harness import images
+from replication_harness.read_once import assert_read_once, push_tags
+from replication_harness.registry import LocalRegistry
 from replication_harness.servers import Fault, FaultProxy
 from replication_harness.sites import assert_exact
 from replication_harness.sync_cli import run_sync_cli, start_sync, sync_env
@@ -46,6 +48,31 @@ def proxy(secondary) -> Iterator[FaultProxy]:
         yield proxy
 
 
+class Proxied(NamedTuple):
+    """The primary, the secondary behind the fault proxy, the replicator's writable client of
+    it through the proxy, and the test's writer of the primary and reader of the secondary."""
+
+    primary: LocalRegistry
+    secondary: LocalRegistry
+    proxy: FaultProxy
+    target: RegistryClient
+    primary_writer: RegistryClient
+    secondary_reader: RegistryClient
+
+
+@pytest.fixture
+def proxied(
+    primary, secondary, proxy: FaultProxy, target: RegistryClient, primary_writer, secondary_reader
+) -> Proxied:
+    return Proxied(primary, secondary, proxy, target, primary_writer, secondary_reader)
+
+
+@pytest.fixture
+def target(secondary, proxy: FaultProxy) -> RegistryClient:
+    """The replicator's writable client of the secondary, through the fault proxy."""
+    return through(secondary, proxy.url, writable=True)
+
+
 def cli_sync(primary, secondary, proxy: FaultProxy, store: Store) -> subprocess.Popen[str]:
     """A CLI sync in a process of its own (a test can kill it), writing through ``proxy``."""
     return start_sync(
@@ -64,10 +91,20 @@ def through(registry, url: str, *, writable: bool = False) -> RegistryClient:
 def sync(
     primary, target: RegistryClient, store: Store, secondary: str = "registry_secondary", **options
 ) -> object:
-    with (
-        RegistryClient(primary.client_config()) as source,
-        Leases(store, secondary) as leases,
-    ):
+    """One run from the primary, read directly, to ``target``."""
+    with RegistryClient(primary.client_config()) as source:
+        return replicate(source, target, store, secondary, **options)
+
+
+def replicate(
+    source: RegistryClient,
+    target: RegistryClient,
+    store: Store,
+    secondary: str = "registry_secondary",
+    **options,
+) -> object:
+    """One run from ``source`` to ``target`` under the store's leases for ``secondary``."""
+    with Leases(store, secondary) as leases:
         return run_sync(source, target, SyncOptions(**options), leases=leases)
 
 
@@ -80,20 +117,13 @@ def listings(proxy: FaultProxy) -> list[str]:
     ]
 
 
-def test_a_cheap_run_does_not_list_the_secondary_yet_copies_and_prunes(
-    primary,
-    secondary,
-    proxy,
-    any_store,
-    primary_writer,
-    secondary_reader,
-):
+def test_a_cheap_run_does_not_list_the_secondary_yet_copies_and_prunes(proxied, any_store):
+    primary, secondary, proxy, target, primary_writer, secondary_reader = proxied
     factory = images.ImageFactory()
     images.push(primary_writer, "app", factory.make(), ["v1"])
     doomed = factory.make()
     images.push(primary_writer, "app", doomed, ["v2"])
     images.push(primary_writer, "other", factory.make(), ["1.0"])
-    target = through(secondary, proxy.url, writable=True)
 
     first = sync(primary, target, any_store)
     # No record yet: the secondary is listed; replicated whole, no blobs verification follows.
@@ -134,23 +164,16 @@ def test_a_cheap_run_does_not_list_the_secondary_yet_copies_and_prunes(
     }
 
 
-def test_a_full_run_verifies_from_its_listing_and_its_acknowledged_writes(
-    primary,
-    secondary,
-    proxy,
-    store,
-    primary_writer,
-    secondary_reader,
-):
+def test_a_full_run_verifies_from_its_listing_and_its_acknowledged_writes(proxied, store):
     """After writing, the secondary is not listed again where every write was acknowledged:
     the run's listing plus those writes are what is verified. A repository where a write
     failed is listed again (and found out of sync); a full verification asked for lists every
     repository the run changed."""
+    primary, _, proxy, target, primary_writer, secondary_reader = proxied
     factory = images.ImageFactory()
     for tag in ("v1", "v2"):
         images.push(primary_writer, "app", factory.make(), [tag])
     images.push(primary_writer, "other", factory.make(), ["1.0"])
-    target = through(secondary, proxy.url, writable=True)
     proxy.inject(
         Fault(
             status=400, code="MANIFEST_INVALID", method="PUT", path_contains="/other/manifests/1.0"
@@ -181,19 +204,13 @@ def test_a_full_run_verifies_from_its_listing_and_its_acknowledged_writes(
 
 
 def test_drift_is_caught_by_the_rotating_sample_or_the_full_verification(
-    primary,
-    secondary,
-    proxy,
-    store,
-    primary_writer,
-    secondary_writer,
-    secondary_reader,
+    proxied, store, secondary_writer
 ):
+    primary, _, proxy, target, primary_writer, secondary_reader = proxied
     factory = images.ImageFactory()
     img = factory.make()
     images.push(primary_writer, "app", img, ["v1"])
     images.push(primary_writer, "app", factory.make(), ["v2"])
-    target = through(secondary, proxy.url, writable=True)
     assert sync(primary, target, store).run_kind.kind == "full"
 
     # Out of band: nobody records it. Each cheap run HEADs one of app's two tags, the one
@@ -221,20 +238,13 @@ def test_drift_is_caught_by_the_rotating_sample_or_the_full_verification(
     assert asked.run_kind.kind == "full" and "asked" in asked.run_kind.reason
 
 
-def test_a_record_made_against_another_address_is_not_trusted(
-    primary,
-    secondary,
-    proxy,
-    store,
-    primary_writer,
-):
+def test_a_record_made_against_another_address_is_not_trusted(proxied, store):
+    primary, secondary, _, target, primary_writer, _ = proxied
     images.push(primary_writer, "app", images.ImageFactory().make(), ["v1"])
     with RegistryClient(secondary.client_config(), writable=True) as direct:
         assert sync(primary, direct, store).run_kind.kind == "full"
         assert sync(primary, direct, store).run_kind.kind == "cheap"
-    assert (
-        sync(primary, through(secondary, proxy.url, writable=True), store).run_kind.kind == "full"
-    )
+    assert sync(primary, target, store).run_kind.kind == "full"  # through the proxy
 
 
 def test_the_cli_records_and_says_which_kind_of_run(primary, secondary, primary_writer, store):
@@ -285,21 +295,14 @@ def test_the_event_path_records_pushes_and_deletes(
     assert record.rows("app") == {"v1": (ABSENT, None), "v2": (PRESENT, digest)}
 
 
-def test_a_writer_killed_between_the_tag_write_and_its_record_leaves_an_intent(
-    primary,
-    secondary,
-    proxy,
-    store,
-    primary_writer,
-    secondary_reader,
-):
+def test_a_writer_killed_between_the_tag_write_and_its_record_leaves_an_intent(proxied, store):
     """The worst case for a record: the registry took the tag, the writer died before saying
     so. Then the primary moves the tag back and that event is lost: only the intent left by
     the dead writer makes the next cheap run look, and put the tag right."""
+    primary, secondary, proxy, target, primary_writer, secondary_reader = proxied
     factory = images.ImageFactory()
     first, second = factory.make(), factory.make()
     images.push(primary_writer, "app", first, ["v1"])
-    target = through(secondary, proxy.url, writable=True)
     assert sync(primary, target, store).run_kind.kind == "full"
     images.push(primary_writer, "app", second, ["v1"])
 
@@ -321,25 +324,17 @@ def test_a_writer_killed_between_the_tag_write_and_its_record_leaves_an_intent(
     assert TagRecord(store, "registry_secondary").rows("app")["v1"] == (PRESENT, first.digest)
 
 
-def test_a_writer_killed_mid_batch_leaves_intents_on_the_whole_batch(
-    primary,
-    secondary,
-    sites,
-    proxy,
-    store,
-    primary_writer,
-    secondary_reader,
-):
+def test_a_writer_killed_mid_batch_leaves_intents_on_the_whole_batch(proxied, sites, store):
     """Tags are written a batch at a time: one intent for the batch, the writes, one record.
     Killed with some of the batch's tags written and one held, the writer leaves an intent on
     every tag of the batch (written or not): none keeps the digest recorded before the batch,
     which the secondary no longer holds. The next cheap run asks about each and puts all
     right, a tag moved back meanwhile included. With a second secondary in the store, its
     writer records the same batch meanwhile: the intents of the first stand."""
+    primary, secondary, proxy, target, primary_writer, secondary_reader = proxied
     factory = images.ImageFactory()
     tags = [f"t{i}" for i in range(5)]
     old = {tag: images.push(primary_writer, "app", factory.make(), [tag]) for tag in tags}
-    target = through(secondary, proxy.url, writable=True)
     assert sync(primary, target, store).run_kind.kind == "full"
     assert TagRecord(store, "registry_secondary").rows("app") == {
         tag: (PRESENT, old[tag]) for tag in tags
@@ -415,23 +410,13 @@ def test_the_primary_is_read_with_conditional_heads_yet_every_move_is_seen(
     images.push(primary_writer, "app", factory.make(), ["v2"])
     with FaultProxy(primary.url) as primary_proxy:
         source = through(primary, primary_proxy.url)
-        with Leases(any_store, "registry_secondary") as leases:
-            run_sync(
-                source,
-                RegistryClient(secondary.client_config(), writable=True),
-                SyncOptions(),
-                leases=leases,
-            )
+        replicate(source, RegistryClient(secondary.client_config(), writable=True), any_store)
         moved = images.push(primary_writer, "app", factory.make(), ["v1"])  # no event: unseen
         added = images.push(primary_writer, "app", factory.make(), ["v3"])
         primary_proxy.log.clear()
-        with Leases(any_store, "registry_secondary") as leases:
-            report = run_sync(
-                source,
-                RegistryClient(secondary.client_config(), writable=True),
-                SyncOptions(),
-                leases=leases,
-            )
+        report = replicate(
+            source, RegistryClient(secondary.client_config(), writable=True), any_store
+        )
 
     asked: dict[str, list[tuple[str, int]]] = {}
     for method, path, status in primary_proxy.log:
@@ -459,33 +444,12 @@ def test_a_full_run_reads_each_manifest_once(
     """The listing reads whole the tags the record cannot confirm, and the plan reuses what it
     read: one GET per tag, plus one per index child; the compare-and-set before each write
     is a conditional HEAD the registry answers 304."""
-    factory = images.ImageFactory()
-    single = images.push(primary_writer, "app", factory.make(), ["v1", "v2"])
-    multi = factory.multi_arch()
-    images.push(primary_writer, "app", multi, ["multi"])
+    pushed = push_tags(primary_writer)
     with FaultProxy(primary.url) as primary_proxy:
-        with Leases(store, "registry_secondary") as leases:
-            report = run_sync(
-                through(primary, primary_proxy.url),
-                RegistryClient(secondary.client_config(), writable=True),
-                SyncOptions(),
-                leases=leases,
-            )
-    manifests = Counter(
-        (method, path.rsplit("/", 1)[1], status)
-        for method, path, status in primary_proxy.log
-        if "/manifests/" in path
-    )
-    assert manifests == Counter(
-        {
-            **{("GET", tag, 200): 1 for tag in ("v1", "v2", "multi")},
-            **{("GET", child.digest, 200): 1 for child in multi.children},
-            **{("HEAD", tag, 304): 1 for tag in ("v1", "v2", "multi")},
-        }
-    ), primary_proxy.log
+        report = replicate(
+            through(primary, primary_proxy.url),
+            RegistryClient(secondary.client_config(), writable=True),
+            store,
+        )
     assert not report.failed and report.verification["in_sync"].all()
-    assert {t: secondary_reader.head_manifest("app", t).digest for t in ("v1", "v2", "multi")} == {
-        "v1": single,
-        "v2": single,
-        "multi": multi.digest,
-    }
+    assert_read_once(pushed, primary_proxy.log, secondary_reader)

@@ -6,7 +6,9 @@ import hashlib
 import logging
 import random
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,9 +23,45 @@ from registry_replication.transport.errors import (
 )
 from registry_replication.transport.reference import InvalidReference
 from replication_harness import images
+from replication_harness.registry import LocalRegistry
 from replication_harness.servers import Fault, FaultProxy
 
 MiB = 1 << 20
+
+
+@contextmanager
+def writer_through_proxy(
+    secondary: LocalRegistry, **options: object
+) -> Iterator[tuple[FaultProxy, RegistryClient]]:
+    """A writable client of the secondary (its connection with ``options``) whose requests
+    pass a fault proxy."""
+    with FaultProxy(secondary.url) as proxy:
+        connection = {**secondary.connection(**options), "host": proxy.url}
+        with RegistryClient(RegistryConfig.from_connection(connection), writable=True) as target:
+            yield proxy, target
+
+
+def upload_in_chunks(target: RegistryClient, layer: images.Blob, source: RegistryClient) -> None:
+    """Upload the layer to the target in chunks of a MiB, read from the source at each offset
+    the upload asks for."""
+    target.upload_blob(
+        "app",
+        layer.digest,
+        layer.size,
+        lambda offset: source.read_blob("app", layer.digest, offset=offset),
+        chunk_size=MiB,
+    )
+
+
+def upload_calls(proxy: FaultProxy) -> list[tuple[str, object]]:
+    """The upload session's requests that went through the proxy, with what came of each."""
+    return [(method, outcome) for method, path, outcome in proxy.log if "uploads" in path]
+
+
+def assert_holds(secondary: LocalRegistry, layer: images.Blob) -> None:
+    """The secondary serves the layer's bytes, read back by a client of its own."""
+    with RegistryClient(secondary.client_config()) as reader:
+        assert b"".join(reader.read_blob("app", layer.digest)) == layer.data
 
 
 def test_manifests_of_every_type_round_trip_byte_for_byte(primary_writer, primary_reader):
@@ -160,21 +198,18 @@ def test_upload_interrupted_mid_patch_resumes_inside_the_client(
         opened.append(offset)
         return primary_reader.read_blob("app", layer.digest, offset=offset)
 
-    with FaultProxy(secondary.url) as proxy:
-        config = RegistryConfig.from_connection({**secondary.connection(), "host": proxy.url})
-        with RegistryClient(config, writable=True) as target:
-            proxy.inject(Fault(cut=True, method="PATCH", after=1))  # the second chunk is lost
-            with caplog.at_level(logging.WARNING, logger="registry_replication.transport"):
-                target.upload_blob(
-                    "app",
-                    layer.digest,
-                    layer.size,
-                    open_body,
-                    chunk_size=MiB,
-                    on_session=lambda upload: sessions.append(upload.location),
-                )
-        calls = [(method, outcome) for method, path, outcome in proxy.log if "uploads" in path]
-    assert calls == [
+    with writer_through_proxy(secondary) as (proxy, target):
+        proxy.inject(Fault(cut=True, method="PATCH", after=1))  # the second chunk is lost
+        with caplog.at_level(logging.WARNING, logger="registry_replication.transport"):
+            target.upload_blob(
+                "app",
+                layer.digest,
+                layer.size,
+                open_body,
+                chunk_size=MiB,
+                on_session=lambda upload: sessions.append(upload.location),
+            )
+    assert upload_calls(proxy) == [
         ("POST", 202),
         ("PATCH", 202),
         ("PATCH", "cut"),
@@ -189,8 +224,7 @@ def test_upload_interrupted_mid_patch_resumes_inside_the_client(
     assert any(
         f"resuming at byte {MiB}, the registry's offset" in r.getMessage() for r in caplog.records
     )
-    with RegistryClient(secondary.client_config()) as reader:
-        assert b"".join(reader.read_blob("app", layer.digest)) == layer.data
+    assert_holds(secondary, layer)
 
 
 def test_upload_restarts_when_the_registry_dropped_the_session(
@@ -199,24 +233,13 @@ def test_upload_restarts_when_the_registry_dropped_the_session(
     """distribution cancels a session whose bytes no longer match its state: start over."""
     layer = images.random_layer(2 * MiB + 5)
     primary_writer.push_blob("app", layer.digest, layer.data, layer.size)
-    with FaultProxy(secondary.url) as proxy:
-        config = RegistryConfig.from_connection({**secondary.connection(), "host": proxy.url})
-        with RegistryClient(config, writable=True) as target:
-            proxy.inject(
-                Fault(cut=True, method="PATCH", after=1),
-                Fault(
-                    status=404, method="GET", path_contains="/uploads/", code="BLOB_UPLOAD_UNKNOWN"
-                ),
-            )
-            target.upload_blob(
-                "app",
-                layer.digest,
-                layer.size,
-                lambda offset: primary_reader.read_blob("app", layer.digest, offset=offset),
-                chunk_size=MiB,
-            )
-        calls = [(method, outcome) for method, path, outcome in proxy.log if "uploads" in path]
-    assert calls == [
+    with writer_through_proxy(secondary) as (proxy, target):
+        proxy.inject(
+            Fault(cut=True, method="PATCH", after=1),
+            Fault(status=404, method="GET", path_contains="/uploads/", code="BLOB_UPLOAD_UNKNOWN"),
+        )
+        upload_in_chunks(target, layer, primary_reader)
+    assert upload_calls(proxy) == [
         ("POST", 202),
         ("PATCH", 202),
         ("PATCH", "cut"),
@@ -227,8 +250,7 @@ def test_upload_restarts_when_the_registry_dropped_the_session(
         ("PATCH", 202),
         ("PUT", 201),
     ]
-    with RegistryClient(secondary.client_config()) as reader:
-        assert b"".join(reader.read_blob("app", layer.digest)) == layer.data
+    assert_holds(secondary, layer)
 
 
 def test_the_retry_budget_starts_again_when_the_registry_accepts_a_chunk(
@@ -238,26 +260,16 @@ def test_the_retry_budget_starts_again_when_the_registry_accepts_a_chunk(
     starts the count again, so a long upload on a flaky link still gets through."""
     layer = images.random_layer(3 * MiB + 99)
     primary_writer.push_blob("app", layer.digest, layer.data, layer.size)
-    with FaultProxy(secondary.url) as proxy:
-        config = RegistryConfig.from_connection(
-            {**secondary.connection(max_retries=2, backoff_seconds=0.01), "host": proxy.url}
+    with writer_through_proxy(secondary, max_retries=2, backoff_seconds=0.01) as (proxy, target):
+        # The second and the third chunk each fail twice: four failures, two per chunk.
+        proxy.inject(
+            Fault(503, method="PATCH", after=1),
+            Fault(503, method="PATCH"),
+            Fault(503, method="PATCH", after=1),
+            Fault(503, method="PATCH"),
         )
-        with RegistryClient(config, writable=True) as target:
-            # The second and the third chunk each fail twice: four failures, two per chunk.
-            proxy.inject(
-                Fault(503, method="PATCH", after=1),
-                Fault(503, method="PATCH"),
-                Fault(503, method="PATCH", after=1),
-                Fault(503, method="PATCH"),
-            )
-            with caplog.at_level(logging.WARNING, logger="registry_replication.transport"):
-                target.upload_blob(
-                    "app",
-                    layer.digest,
-                    layer.size,
-                    lambda offset: primary_reader.read_blob("app", layer.digest, offset=offset),
-                    chunk_size=MiB,
-                )
+        with caplog.at_level(logging.WARNING, logger="registry_replication.transport"):
+            upload_in_chunks(target, layer, primary_reader)
         patches = [outcome for method, _, outcome in proxy.log if method == "PATCH"]
     assert patches == [202, 503, 503, 202, 503, 503, 202]
     retries = [r.getMessage() for r in caplog.records if "; retry " in r.getMessage()]
@@ -269,8 +281,7 @@ def test_the_retry_budget_starts_again_when_the_registry_accepts_a_chunk(
         )
         for line in retries
     )
-    with RegistryClient(secondary.client_config()) as reader:
-        assert b"".join(reader.read_blob("app", layer.digest)) == layer.data
+    assert_holds(secondary, layer)
 
 
 def test_cross_repository_mount(primary_writer):

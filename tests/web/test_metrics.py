@@ -204,7 +204,7 @@ def test_only_the_bearer_token_itself_matches(header, matches):
     assert metrics.token_matches(header, TOKEN) is matches
 
 
-def test_each_secondary_has_its_own_series(store, ev, monkeypatch):
+def test_each_secondary_has_its_own_series(store, ev, monkeypatch, set_app_state):
     """Two secondaries: the backlog, the oldest waiting event, the outcomes, the bytes copied,
     the push-to-replica times, the repository states, the tags and the last verification of
     each are its own series, labelled with its connection id."""
@@ -224,31 +224,10 @@ def test_each_secondary_has_its_own_series(store, ev, monkeypatch):
         "registry_events", "r1", "replicate_events_registry_eu", None, "registry_eu", 24
     )
     verified = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
-    store.state.set_repository_state(
-        "registry_secondary",
-        [
-            {
-                "repository": "group/app",
-                "state": "synced",
-                "tags_primary": 3,
-                "tags_secondary": 3,
-                "verified_level": "blobs",
-                "verified_at": verified,
-            }
-        ],
+    set_app_state(
+        store, "registry_secondary", "synced", 3, verified_level="blobs", verified_at=verified
     )
-    store.state.set_repository_state(
-        "registry_eu",
-        [
-            {
-                "repository": "group/app",
-                "state": "pending",
-                "tags_primary": 3,
-                "tags_secondary": 1,
-                "last_sync_at": T0,
-            }
-        ],
-    )
+    set_app_state(store, "registry_eu", "pending", 1, last_sync_at=T0)
 
     with store.engine.begin() as conn:  # eu's deliveries have waited a minute
         conn.execute(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import httpx
 import pytest
 
 from registry_replication.store import Store
@@ -309,7 +310,7 @@ def test_history_depth_latency_and_bytes_per_run(ev, tmp_path):
     assert 'name="event_id" value="e3"' in page and page.count('value="t0ken"') == 1
 
 
-def test_a_summary_row_per_secondary_and_its_detail(ev, tmp_path, monkeypatch):
+def test_a_summary_row_per_secondary_and_its_detail(ev, tmp_path, monkeypatch, set_app_state):
     """Two secondaries: each has its own backlog, states, verifications, failed layers and dead
     letters, and ``secondary=`` shows one's detail; the retry form names its secondary."""
     from fastapi import FastAPI
@@ -334,24 +335,16 @@ def test_a_summary_row_per_secondary_and_its_detail(ev, tmp_path, monkeypatch):
         "e1"
     ]
     owner, [processing] = store.queue.claim("registry_eu", limit=1)
-    store.state.set_repository_state(
+    set_app_state(
+        store,
         "registry_secondary",
-        [
-            {
-                "repository": "group/app",
-                "state": "synced",
-                "tags_primary": 3,
-                "tags_secondary": 3,
-                "last_sync_at": T0,
-                "verified_level": "blobs",
-                "verified_at": T0,
-            }
-        ],
+        "synced",
+        3,
+        last_sync_at=T0,
+        verified_level="blobs",
+        verified_at=T0,
     )
-    store.state.set_repository_state(
-        "registry_eu",
-        [{"repository": "group/app", "state": "pending", "tags_primary": 3, "tags_secondary": 1}],
-    )
+    set_app_state(store, "registry_eu", "pending", 1)
     store.history.record_run(
         "registry_reconcile",
         RUN_ID,
@@ -409,21 +402,21 @@ def test_a_summary_row_per_secondary_and_its_detail(ev, tmp_path, monkeypatch):
         actions_router(store, retry_access=[], sync_access=[], api_url="", ui_url="")
     )
     client = TestClient(app)
-    bearer = {"Authorization": "Bearer anything"}  # not forgeable cross-site: no CSRF token
-    refused = client.post(
-        "/dead-letters/retry",
-        data={"event_id": "e1", "secondary": "registry_secondary"},
-        headers=bearer,
-        follow_redirects=False,
-    )
+
+    def retry_e1(secondary: str) -> httpx.Response:
+        """Ask for e1's delivery to ``secondary`` again, with a bearer token: not forgeable
+        cross-site, so no CSRF token."""
+        return client.post(
+            "/dead-letters/retry",
+            data={"event_id": "e1", "secondary": secondary},
+            headers={"Authorization": "Bearer anything"},
+            follow_redirects=False,
+        )
+
+    refused = retry_e1("registry_secondary")
     assert refused.status_code == 409
     assert "has no failed delivery to registry_secondary" in refused.json()["detail"]
-    retried = client.post(
-        "/dead-letters/retry",
-        data={"event_id": "e1", "secondary": "registry_eu"},
-        headers=bearer,
-        follow_redirects=False,
-    )
+    retried = retry_e1("registry_eu")
     assert retried.status_code == 303
     eu = {r["secondary"]: r for r in status(store)["secondaries"]}["registry_eu"]
     assert (eu["backlog"], eu["counts"]["failed"]) == (3, 0)
