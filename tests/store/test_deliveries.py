@@ -104,7 +104,9 @@ def replay(url: str, steps: list[tuple[str, str, int]]) -> dict[str, list[tuple]
         elif step == "fail":
             store.queue.fail(secondary, owner, ids, "malformed")
         else:
-            store.queue.retry_later(secondary, owner, ids, "503", max_attempts=3, backoff=dt.timedelta(0))
+            store.queue.retry_later(
+                secondary, owner, ids, "503", max_attempts=3, backoff=dt.timedelta(0)
+            )
     return {
         s: sorted(
             (d["id"], d["status"], d["attempts"], d["last_error"])

@@ -87,7 +87,9 @@ def test_retry_backs_off_then_fails(ev, tmp_path):
     store.queue.add([ev(1)], [S])
     owner, _ = store.queue.claim(S)
     assert (
-        store.queue.retry_later(S, owner, ["e1"], "HTTP 503", max_attempts=2, backoff=dt.timedelta(seconds=60))
+        store.queue.retry_later(
+            S, owner, ["e1"], "HTTP 503", max_attempts=2, backoff=dt.timedelta(seconds=60)
+        )
         == []
     )
     assert store.queue.ready_counts([S]) == {S: 0}  # backing off
