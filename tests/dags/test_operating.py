@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from registry_replication.outcomes import EventStatus
 from registry_replication.store import Store
+from registry_replication.store.history import TaskTry
 from registry_replication.store.queue import Event
 from registry_replication.store.schema import copied_bytes, deliveries, events, runs
 from registry_replication.transport.client import RegistryClient
@@ -324,7 +325,7 @@ def test_a_report_prunes_the_store_history_and_the_counters_hold(
     long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=40)
     store.history.record_run("registry_reconcile", "old", "success", {"bytes copied": 12345})
     store.history.record_copied_bytes(
-        "registry_reconcile", "old", "copy_blobs", 0, "registry_secondary", 12345
+        TaskTry("registry_reconcile", "old", "copy_blobs", 0), "registry_secondary", 12345
     )
     store.queue.add(
         [Event("old-event", "push", "group/app", "v0", None, None, long_ago)],
@@ -425,7 +426,7 @@ def test_a_history_retention_below_a_day_is_logged_and_prunes_nothing(store, mon
     from registry_replication.airflow.run_folder import _prune_history
 
     store.history.record_copied_bytes(
-        "registry_reconcile", "old", "copy_blobs", 0, "registry_secondary", 12345
+        TaskTry("registry_reconcile", "old", "copy_blobs", 0), "registry_secondary", 12345
     )
     with store.engine.begin() as conn:
         conn.execute(

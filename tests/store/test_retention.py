@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from registry_replication.store import Store, retention
-from registry_replication.store.history import LATENCY_BUCKETS
+from registry_replication.store.history import LATENCY_BUCKETS, TaskTry
 from registry_replication.store.queue import Event
 from registry_replication.store.schema import (
     carried_totals,
@@ -179,7 +179,7 @@ def seed(store: Store) -> None:
         ((1000, 40), (2000, 39), (3000, 38), (4000, 37), (5000, 36), (700, 0.1))
     ):
         h.record_copied_bytes(
-            "registry_reconcile", f"r{i}", "copy_blobs", 0, "registry_secondary", copied
+            TaskTry("registry_reconcile", f"r{i}", "copy_blobs", 0), "registry_secondary", copied
         )
         set_time(store, copied_bytes.c.recorded_at, days_ago(age), copied_bytes.c.run_id == f"r{i}")
 
@@ -284,7 +284,7 @@ def test_prune_deletes_old_history_keeps_what_is_read_and_the_counters_hold(stor
     assert retention.prune(store.engine, dt.timedelta(days=30)) == retention.Pruned()
     assert observed(store) == seen
     store.history.record_copied_bytes(
-        "registry_events", "e9", "replicate_events", None, "registry_secondary", 300
+        TaskTry("registry_events", "e9", "replicate_events", None), "registry_secondary", 300
     )
     assert store.history.copied_bytes_total() == 16000
     # The kept outcome is what a recovery alert compares with; once superseded, it goes.

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from registry_replication.store import retention
+from registry_replication.store.history import TaskTry
 from registry_replication.store.queue import Event
 from registry_replication.store.schema import copied_bytes, deliveries
 from registry_replication.web import metrics
@@ -144,10 +145,10 @@ def test_a_scrape_reads_the_queue_the_history_and_the_latencies(store, ev):
     store.queue.fail("registry_secondary", owner, failed, "malformed")
     store.history.record_acknowledged("registry_secondary", claimed[:2])
     store.history.record_copied_bytes(
-        "registry_events", "r1", "replicate_events", None, "registry_secondary", 1000
+        TaskTry("registry_events", "r1", "replicate_events", None), "registry_secondary", 1000
     )
     store.history.record_copied_bytes(
-        "registry_reconcile", "r2", "copy_blobs", 0, "registry_secondary", 234
+        TaskTry("registry_reconcile", "r2", "copy_blobs", 0), "registry_secondary", 234
     )
     store.history.record_dag_outcome("registry_sync", "r3", "success")
     store.history.record_dag_outcome("registry_reconcile", "r2", "failed")
@@ -218,10 +219,10 @@ def test_each_secondary_has_its_own_series(store, ev, monkeypatch, set_app_state
     owner, [failing] = store.queue.claim("registry_eu", limit=1)
     store.queue.fail("registry_eu", owner, [failing.id], "HTTP 400 MANIFEST_INVALID")
     store.history.record_copied_bytes(
-        "registry_events", "r1", "replicate_events", None, "registry_secondary", 1000
+        TaskTry("registry_events", "r1", "replicate_events", None), "registry_secondary", 1000
     )
     store.history.record_copied_bytes(
-        "registry_events", "r1", "replicate_events_registry_eu", None, "registry_eu", 24
+        TaskTry("registry_events", "r1", "replicate_events_registry_eu", None), "registry_eu", 24
     )
     verified = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     set_app_state(

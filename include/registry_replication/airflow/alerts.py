@@ -30,6 +30,7 @@ from registry_replication.outcomes import RepositoryState
 from registry_replication.run_outcome import recorded_problems
 from registry_replication.settings import RECONCILE_DAG_ID, current
 from registry_replication.store import Store
+from registry_replication.store.history import TaskTry
 from registry_replication.web import metrics
 from registry_replication.web.status import run_url
 
@@ -77,9 +78,8 @@ def record_copied_bytes(context: Any, secondary: str, copied: int) -> None:
     """A task's bytes copied to ``secondary``: in the store for
     ``registry_replication_bytes_copied_total``, and to Airflow's ``Stats``."""
     ti = context["ti"]
-    Store().history.record_copied_bytes(
-        ti.dag_id, ti.run_id, ti.task_id, ti.map_index, secondary, copied
-    )
+    task = TaskTry(ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+    Store().history.record_copied_bytes(task, secondary, copied)
     send_copied_bytes(secondary, copied)
 
 

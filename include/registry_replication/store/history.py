@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -30,6 +30,15 @@ LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
 BYTES_COPIED = "bytes_copied"
 LATENCY_COUNT = "push_latency_count"
 LATENCY_MICROSECONDS = "push_latency_microseconds"
+
+
+class TaskTry(NamedTuple):
+    """The task instance that wrote a history row (``schema._written_by``)."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int | None
 
 
 def latency_bucket(bound: float) -> str:
@@ -118,27 +127,11 @@ class RunHistory:
 
     # -- operating history: metrics, alerts, the lag chart ------------------------------------
 
-    def record_copied_bytes(
-        self,
-        dag_id: str,
-        run_id: str,
-        task_id: str,
-        map_index: int | None,
-        secondary: str,
-        copied: int,
-    ) -> None:
+    def record_copied_bytes(self, task: TaskTry, secondary: str, copied: int) -> None:
         """Bytes one task try copied to ``secondary`` (append-only, so their total only
         grows)."""
-        self._append(
-            copied_bytes,
-            dag_id=dag_id,
-            run_id=run_id,
-            task_id=task_id,
-            map_index=map_index,
-            secondary=secondary,
-            bytes=copied,
-            recorded_at=now(),
-        )
+        row = {"secondary": secondary, "bytes": copied, "recorded_at": now()}
+        self._append(copied_bytes, **task._asdict(), **row)
 
     def copied_bytes_total(self, secondary: str | None = None) -> int:
         """Every byte ever recorded as copied to ``secondary`` (None: to any): the rows in the
