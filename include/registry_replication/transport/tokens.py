@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from registry_replication.transport import secrets, wire
 from registry_replication.transport.auth import Auth, Challenge
 from registry_replication.transport.bounded import read_body
+from registry_replication.transport.config import RegistryConfig
 from registry_replication.transport.errors import (
     RETRY_STATUSES,
     RegistryAuthError,
@@ -201,26 +202,24 @@ class TokenAuth(_BearerAuth):
     def __init__(
         self,
         pool: urllib3.PoolManager,
-        login: str | None = None,
-        password: str | None = None,
+        config: RegistryConfig,
         *,
         clock: Callable[[], float] = time.time,
-        registry: str = "",
-        realm_hosts: Sequence[str] = (),
-        max_answer_bytes: int = 64 << 10,
     ) -> None:
         """``pool``: the registry's (``wire.pool_manager``: its proxy, TLS and timeouts);
-        ``registry``: the registry's URL (an https registry accepts only an https realm);
-        ``realm_hosts``: when set, the only hosts (``host`` or ``host:port``) a realm may be on;
-        ``max_answer_bytes``: the token service's answer is read no further (its bound,
-        ``max_token_bytes``)."""
-        secrets.mask(password)
+        ``config``: the registry's connection: its URL (an https registry accepts only an https
+        realm), login and password, ``token_realm_hosts`` (when set, the only hosts, ``host``
+        or ``host:port``, a realm may be on) and the bound ``max_token_bytes`` on the token
+        service's answer."""
+        secrets.mask(config.password)
         self._pool = pool
-        self.login = login
-        self._password = password
-        self.registry = registry
-        self.realm_hosts = frozenset(h.strip().lower() for h in realm_hosts if h.strip())
-        self._max_answer_bytes = max_answer_bytes
+        self.login = config.login
+        self._password = config.password
+        self.registry = config.url
+        self.realm_hosts = frozenset(
+            h.strip().lower() for h in config.token_realm_hosts if h.strip()
+        )
+        self._max_answer_bytes = config.bounds.max_token_bytes
         self._clock = clock
         self._realm: str | None = None
         self._service: str | None = None

@@ -161,14 +161,7 @@ class Transport:
                     "gitlab-registry.key) and certificate_path its PEM certificate",
                 ) from None
         if kind == "token":
-            auth = TokenAuth(
-                self.pool,
-                cfg.login,
-                cfg.password,
-                registry=self.url,
-                realm_hosts=cfg.token_realm_hosts,
-                max_answer_bytes=cfg.bounds.max_token_bytes,
-            )
+            auth = TokenAuth(self.pool, cfg)
             if challenge:
                 auth.refresh(challenge, (), fresh=False)
             return auth
