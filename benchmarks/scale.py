@@ -9,16 +9,19 @@
 2. In one run, each timed as a child process under GNU ``time`` (wall time, peak RSS):
 
    * CLI ``registry-replication sync`` full, into an empty secondary, then its no-op
-     (``--no-cli``: skipped, with the skopeo runs and the floors);
+     (``--no-cli``: skipped, with the skopeo runs and the floors), each followed at once by
+     its floor, so that each ratio is of two runs under the same load;
    * ``skopeo sync`` no-op against that same, synced secondary (digests are preserved, so it
-     only checks every tag), and ``skopeo sync`` full into an empty secondary of its own;
+     only checks every tag), and ``skopeo sync`` full into an empty secondary of its own
+     (``--no-skopeo``: skipped);
    * the full-copy floor into another empty secondary: each repository's blobs uploaded once,
      then a manifest ``GET`` from the primary and a ``PUT`` to the secondary per tag, by a bare
      ``http.client`` over 16 keep-alive connections (``floor.floor_full_copy``); the full
      runs' ratios are to it;
    * ``airflow dags test registry_reconcile`` with an empty scope (Airflow's fixed per-run
      cost), one tag into an empty secondary of its own (the fixed cost of a full sync: every
-     task runs once), full into a second empty secondary, then its no-op.
+     task runs once), full into a second empty secondary, then its no-op (``--no-dag``:
+     skipped).
 
    ``airflow dags test`` runs every task in one process: its peak RSS bounds each task's, and
    the process's RSS, sampled while each task instance runs, is that task's peak (an upper
@@ -86,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--generate-only", action="store_true", help="fill the primary in --workdir and stop"
     )
     parser.add_argument("--no-cli", action="store_true", help="skip the CLI and skopeo runs")
+    parser.add_argument("--no-skopeo", action="store_true", help="skip the skopeo runs")
+    parser.add_argument("--no-dag", action="store_true", help="skip the registry_reconcile runs")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = prepare_workdir(args.workdir, prefix="scale-")
@@ -155,22 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             record("floor: full copy", timed(meter, floor_full_copy, primary, copied, corpus, 16))
             copied.stop()
             record("CLI no-op", timed(meter, engine_sync, primary, cli, logs / "cli-noop.log"))
-            skopeo_yaml = workdir / "skopeo-source.yaml"
-            write_skopeo_yaml(primary, corpus, skopeo_yaml)
-            record(
-                "skopeo sync no-op",
-                timed(meter, skopeo_sync, skopeo_yaml, cli, logs / "skopeo-noop.log"),
-            )
-            cli.stop()
-            copied = start("secondary-skopeo")
-            record(
-                "skopeo sync full",
-                timed(meter, skopeo_sync, skopeo_yaml, copied, logs / "skopeo-full.log"),
-            )
-            copied.stop()
             # The least a correct no-op asks of the primary, by the barest client: what is left
             # of a no-op once the client costs next to nothing. The conditional one uses the
-            # CLI's record, as the CLI does.
+            # CLI's record, as the CLI does. Right after the CLI's no-op, as above.
             record("floor: primary HEADs", timed(meter, floor_primary_noop, primary, corpus, 16))
             known = {
                 pair: d.digest
@@ -182,26 +174,41 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "floor: primary conditional HEADs",
                 timed(meter, floor_primary_noop, primary, corpus, 16, known),
             )
+            if not args.no_skopeo:
+                skopeo_yaml = workdir / "skopeo-source.yaml"
+                write_skopeo_yaml(primary, corpus, skopeo_yaml)
+                record(
+                    "skopeo sync no-op",
+                    timed(meter, skopeo_sync, skopeo_yaml, cli, logs / "skopeo-noop.log"),
+                )
+                copied = start("secondary-skopeo")
+                record(
+                    "skopeo sync full",
+                    timed(meter, skopeo_sync, skopeo_yaml, copied, logs / "skopeo-full.log"),
+                )
+                copied.stop()
+            cli.stop()
 
-        dag = start("secondary-dag")
-        env = fresh_airflow(workdir, primary, dag)
-        record_dag("registry_reconcile empty scope", EMPTY_SCOPE)
-        # One tag into an empty secondary of its own (and a store of its own): every task runs
-        # once, so this is the DAG's fixed cost for a full sync.
-        one = start("secondary-dag-one")
-        (workdir / "replication-one.db").unlink(missing_ok=True)
-        first = corpus.specs[0]
-        record_dag(
-            "registry_reconcile one tag",
-            {"repositories": [first.repository], "tags": re.escape(first.tag)},
-            {
-                **airflow_env(workdir, primary, one),
-                "REGISTRY_REPLICATION_DB_URL": f"sqlite:///{workdir / 'replication-one.db'}",
-            },
-        )
-        one.stop()
-        record_dag("registry_reconcile full", {})
-        record_dag("registry_reconcile no-op", {})
+        if not args.no_dag:
+            dag = start("secondary-dag")
+            env = fresh_airflow(workdir, primary, dag)
+            record_dag("registry_reconcile empty scope", EMPTY_SCOPE)
+            # One tag into an empty secondary of its own (and a store of its own): every task runs
+            # once, so this is the DAG's fixed cost for a full sync.
+            one = start("secondary-dag-one")
+            (workdir / "replication-one.db").unlink(missing_ok=True)
+            first = corpus.specs[0]
+            record_dag(
+                "registry_reconcile one tag",
+                {"repositories": [first.repository], "tags": re.escape(first.tag)},
+                {
+                    **airflow_env(workdir, primary, one),
+                    "REGISTRY_REPLICATION_DB_URL": f"sqlite:///{workdir / 'replication-one.db'}",
+                },
+            )
+            one.stop()
+            record_dag("registry_reconcile full", {})
+            record_dag("registry_reconcile no-op", {})
 
         by_name = dict(rows)
         print(
@@ -244,10 +251,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sampled every 0.2 s; all map indexes of a mapped task together)\n"
         )
         print(markdown(["run", "task", "instances", "time", "peak RSS", "largest XCom"], task_rows))
-        fixed = by_name["registry_reconcile empty scope"].seconds
-        noop = by_name["registry_reconcile no-op"].seconds
-        cli_noop = by_name["CLI no-op"].seconds if "CLI no-op" in by_name else None
+        seconds = {name: run.seconds for name, run in rows}
+        fixed = seconds.get("registry_reconcile empty scope")
+        noop = seconds.get("registry_reconcile no-op")
+        cli_noop = seconds.get("CLI no-op")
         floors = [by_name.get(f"floor: primary {kind}HEADs") for kind in ("", "conditional ")]
+        if cli_noop and all(f and f.ok for f in floors):
+            print(
+                f"\nCLI no-op {cli_noop:.2f}s vs the primary's floor: "
+                f"{cli_noop / floors[0].seconds:.2f}x the HEADs', "
+                f"{cli_noop / floors[1].seconds:.2f}x the conditional HEADs'"
+            )
         if skopeo_noop and all(f and f.ok for f in floors):
             print(
                 f"\nthe primary's floor (tag lists + a HEAD per tag, bare http.client): "
@@ -260,14 +274,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"\nDAG no-op {noop:.1f}s vs CLI no-op + Airflow's fixed cost "
                 f"{cli_noop:.1f} + {fixed:.1f} = {cli_noop + fixed:.1f}s"
             )
-        full, cli_full = by_name["registry_reconcile full"].seconds, by_name.get("CLI full")
-        one_tag = by_name["registry_reconcile one tag"].seconds
+        full, cli_full = seconds.get("registry_reconcile full"), seconds.get("CLI full")
+        one_tag = seconds.get("registry_reconcile one tag")
         if cli_full and floor:
             print(
-                f"\nfull sync vs the full-copy floor {floor:.1f}s: CLI {cli_full.seconds:.1f}s"
-                f" = {cli_full.seconds / floor:.2f}x; DAG {full:.1f}s vs CLI full + the "
-                f"one-tag DAG's fixed cost {cli_full.seconds:.1f} + {one_tag:.1f} = "
-                f"{cli_full.seconds + one_tag:.1f}s ({full / (cli_full.seconds + one_tag):.2f}x)"
+                f"\nfull sync vs the full-copy floor {floor:.1f}s: CLI {cli_full:.1f}s"
+                f" = {cli_full / floor:.2f}x"
+            )
+        if cli_full and full and one_tag:
+            print(
+                f"DAG full {full:.1f}s vs CLI full + the one-tag DAG's fixed cost "
+                f"{cli_full:.1f} + {one_tag:.1f} = {cli_full + one_tag:.1f}s "
+                f"({full / (cli_full + one_tag):.2f}x)"
             )
         return 0 if all(run.ok for _, run in rows) else 1
     finally:

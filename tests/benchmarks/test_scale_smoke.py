@@ -31,6 +31,8 @@ def test_tiny_scale_run_reports_every_row(run_benchmark) -> None:
     assert "40 tags: tag lists + conditional HEAD of every tag" in stdout
     assert "the primary's floor (tag lists + a HEAD per tag, bare http.client)" in stdout
     assert "40 tags: manifest GET + PUT each" in stdout
-    assert "full sync vs the full-copy floor" in stdout and "x; DAG " in stdout
+    assert "full sync vs the full-copy floor" in stdout
+    assert "vs CLI full + the one-tag DAG's fixed cost" in stdout
+    assert "x the conditional HEADs'" in stdout  # the CLI no-op's ratio to its floor
     assert "largest XCom" in stdout and "snapshots " in stdout
     assert "corpus: 40 tags in 4 repositories" in stdout
