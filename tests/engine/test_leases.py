@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 
 import pytest
 import sqlalchemy as sa
@@ -46,9 +48,17 @@ def test_a_lease_is_exclusive_until_released_or_expired(store_url):
         assert time.monotonic() - started >= 0.3
 
 
-def _processes() -> ProcessPoolExecutor:
-    # Forked: each worker starts without its parent's engines (engine._forget_in_child).
-    return ProcessPoolExecutor(8, mp_context=multiprocessing.get_context("fork"))
+@contextmanager
+def _processes() -> Iterator[ProcessPoolExecutor]:
+    """Eight worker processes, each up with its imports done before the test's clock starts.
+
+    Started by a fork server, not forked from this process: a fork copies the locks that this
+    process's other threads hold at that instant (a lease heartbeat inside libpq, Airflow's
+    in-process API), and a worker that inherits one held waits forever (seen in CI: two
+    workers stuck in psycopg2's connect)."""
+    with ProcessPoolExecutor(8, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        list(pool.map(time.sleep, [0.5] * 8))  # busy workers: each takes one
+        yield pool
 
 
 def _at(start: float) -> None:
