@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from registry_replication.store import Store
-from registry_replication.store.queue import Event
-from registry_replication.store.schema import now
+from registry_replication.store.queue import RETRY_BACKOFF_MAX, Event
+from registry_replication.store.schema import aware, deliveries, now
 from replication_harness.queue_counts import queue_counts
 
 A, B = "registry_secondary", "registry_eu"
@@ -129,6 +129,27 @@ def test_each_secondarys_deliveries_are_its_own_whatever_the_interleaving(steps)
                 [step for step in steps if step[0] == secondary],
             )
             assert both[secondary] == alone[secondary]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(attempts=st.integers(min_value=1, max_value=10**6))
+def test_a_retry_waits_at_most_the_cap_whatever_its_attempts(attempts):
+    """Any number of attempts so far (``event_max_attempts`` has no upper bound): the delivery
+    goes back, due within ``RETRY_BACKOFF_MAX``, never an overflow that loses it."""
+    with tempfile.TemporaryDirectory() as folder:
+        store = Store(f"sqlite:///{Path(folder) / 'q.db'}")
+        store.queue.add(events(1), [A])
+        owner, claimed = store.queue.claim(A)
+        with store.engine.begin() as conn:
+            conn.execute(deliveries.update().values(attempts=attempts))
+        before = now()
+        assert (
+            store.queue.retry_later(A, owner, [claimed[0].id], "503", max_attempts=attempts + 1)
+            == []
+        )
+        (waiting,) = store.queue.events(secondary=A)
+        assert waiting["status"] == "pending" and waiting["attempts"] == attempts
+        assert before < aware(waiting["next_attempt_at"]) <= now() + RETRY_BACKOFF_MAX
 
 
 @pytest.mark.parametrize("redelivered", [False, True])

@@ -26,6 +26,7 @@ from registry_replication.store.schema import ACCEPTED, aware, deliveries, event
 # A delivery put back waits this long after its first attempt, twice as long after each next.
 RETRY_BACKOFF = dt.timedelta(seconds=5)
 RETRY_BACKOFF_MAX = dt.timedelta(hours=1)
+_DOUBLINGS = 20
 
 
 @dataclass(frozen=True)
@@ -291,7 +292,10 @@ class EventQueue(QueueStatus):
                     exhausted.append(row.event_id)
                     values: dict[str, Any] = {"status": EventStatus.FAILED}
                 else:
-                    delay = min(backoff * 2 ** (row.attempts - 1), RETRY_BACKOFF_MAX)
+                    # The doubling stops long past the cap: a timedelta overflows near 2**44 x 5 s,
+                    # and event_max_attempts has no upper bound.
+                    doubled = backoff * 2 ** min(row.attempts - 1, _DOUBLINGS)
+                    delay = min(doubled, RETRY_BACKOFF_MAX)
                     values = {
                         "status": EventStatus.PENDING,
                         "next_attempt_at": at + delay,
